@@ -1,0 +1,296 @@
+"""Dask backend: ``local[:N]``, ``local-cuda[:N]`` and ``tcp://host:port``.
+
+`distributed` is imported only when a `DaskExecutor` is created, so ``import cluster``
+stays cheap. The worker side of actors (`_ActorHost`) lives here too: workers import this
+module to run it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .base import RETRIES, ActorHandle, Executor, Future
+from .specs import Spec, SpecError
+
+__all__ = ["DaskExecutor"]
+
+
+class _DaskFuture(Future):
+    __slots__ = ("_fut",)
+
+    def __init__(self, fut: Any) -> None:
+        self._fut = fut  # distributed.Future; holding it keeps the result alive
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._fut.result(timeout=timeout)
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+
+class _DaskActorFuture(Future):
+    __slots__ = ("_fut", "_keep")
+
+    def __init__(self, fut: Any, keep: tuple = ()) -> None:
+        self._fut = fut  # distributed.actor.ActorFuture
+        self._keep = keep  # scattered data the call refers to, alive until the call ends
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._fut.result(timeout=timeout)
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+
+def _apply(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """Run ``fn(*args, **kwargs)``; used when a keyword of fn clashes with Client.submit's."""
+    return fn(*args, **kwargs)
+
+
+class _RemoteRef:
+    """Stands for scattered data in an actor call; resolved by `_ActorHost` on the worker."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __reduce__(self):
+        return _RemoteRef, (self.key,)
+
+
+class _ActorHost:
+    """The Dask actor: holds the user's object and resolves `_RemoteRef` arguments.
+
+    Dask does not resolve futures passed to actor methods, so the driver sends the key of
+    the scattered data and the host looks it up in its worker's memory, or fetches it
+    through the worker's client (then caches the last few such objects).
+    """
+
+    _CACHE = 4
+
+    def __init__(self, cls: type, args: tuple, kwargs: dict) -> None:
+        self._obj = cls(*args, **kwargs)
+        self._fetched: OrderedDict[Any, Any] = OrderedDict()
+
+    def _resolve(self, value: Any) -> Any:
+        if not isinstance(value, _RemoteRef):
+            return value
+        from distributed import Future as DaskFuture
+        from distributed import get_client, get_worker
+
+        key = value.key
+        try:
+            return get_worker().data[key]
+        except KeyError:
+            pass
+        if key in self._fetched:
+            self._fetched.move_to_end(key)
+            return self._fetched[key]
+        client = get_client()
+        obj = client.gather(DaskFuture(key, client))
+        self._fetched[key] = obj
+        while len(self._fetched) > self._CACHE:
+            self._fetched.popitem(last=False)
+        return obj
+
+    def call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        args = tuple(self._resolve(a) for a in args)
+        kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
+        return getattr(self._obj, name)(*args, **kwargs)
+
+
+def _funcname(fn: Callable[..., Any]) -> str:
+    from dask.utils import funcname
+
+    return funcname(fn)
+
+
+class DaskExecutor(Executor):
+    """Tasks on a `distributed` cluster: a new `LocalCluster` (``local[:N]``), a
+    ``dask_cuda.LocalCUDACluster`` (``local-cuda[:N]``) or an existing scheduler
+    (``tcp://``, left running on `close`).
+    """
+
+    backend = "dask"
+
+    def __init__(self, spec: Spec) -> None:
+        super().__init__(spec)
+        import distributed
+
+        self._distributed = distributed
+        self._cluster = None
+        if spec.kind == "local":
+            self._cluster = distributed.LocalCluster(
+                n_workers=spec.n,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit="auto",
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            )
+        elif spec.kind == "local-cuda":
+            try:
+                import dask_cuda
+            except ImportError:
+                raise SpecError(
+                    "cluster spec 'local-cuda' needs dask-cuda (pip install 'tilegraph[gpu]')"
+                ) from None
+            kwargs: dict[str, Any] = {} if spec.n is None else {"n_workers": spec.n}
+            self._cluster = dask_cuda.LocalCUDACluster(
+                threads_per_worker=1,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+                resources={"GPU": 1},
+                **kwargs,
+            )
+        elif spec.kind != "tcp":
+            raise SpecError(f"{spec.kind!r} is not a Dask spec")
+        try:
+            self._client = distributed.Client(
+                self._cluster if self._cluster is not None else spec.address,
+                set_as_default=False,
+            )
+        except BaseException:
+            if self._cluster is not None:
+                self._cluster.close()
+            raise
+        if spec.kind == "local-cuda":
+            self._spec = Spec("local-cuda", n=self.n_workers)
+        self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)
+        self._map_params = frozenset(inspect.signature(self._client.map).parameters)
+
+    # -- description ------------------------------------------------------------------
+
+    def _workers(self) -> dict[str, Any]:
+        return self._client.scheduler_info(n_workers=-1)["workers"]
+
+    @property
+    def n_workers(self) -> int:
+        return len(self._workers())
+
+    @property
+    def n_gpus(self) -> int:
+        return int(sum(w.get("resources", {}).get("GPU", 0) for w in self._workers().values()))
+
+    @property
+    def dashboard_link(self) -> str | None:
+        try:
+            return self._client.dashboard_link
+        except Exception:  # no dashboard (bokeh missing) or scheduler without one
+            return None
+
+    @property
+    def client(self) -> Any:
+        """The underlying `distributed.Client` (for diagnostics, not for pipelines)."""
+        return self._client
+
+    # -- tasks ------------------------------------------------------------------------
+
+    @staticmethod
+    def _options(gpus: int, pure: bool) -> dict[str, Any]:
+        return {
+            "pure": pure,
+            "retries": RETRIES if pure else 0,
+            "resources": {"GPU": gpus} if gpus else None,
+        }
+
+    def _submit(self, fn, args, kwargs, gpus, pure, key) -> Future:
+        args, kwargs = self._unref_args(args, kwargs)
+        options = self._options(gpus, pure)
+        if key is not None:
+            options["key"] = key
+        if kwargs.keys() & self._submit_params:
+            if key is None:
+                from dask.base import tokenize
+
+                token = tokenize(fn, args, kwargs) if pure else uuid.uuid4().hex
+                options["key"] = f"{_funcname(fn)}-{token}"
+            fut = self._client.submit(_apply, fn, args, kwargs, **options)
+        else:
+            fut = self._client.submit(fn, *args, **options, **kwargs)
+        return _DaskFuture(fut)
+
+    def _map(self, fn, calls, kwargs, gpus, pure) -> list[Future]:
+        kwargs = {k: self._unref(v) for k, v in kwargs.items()}
+        if kwargs.keys() & self._map_params:
+            return super()._map(fn, calls, kwargs, gpus, pure)
+        columns = [[self._unref(a) for a in column] for column in zip(*calls, strict=True)]
+        futs = self._client.map(fn, *columns, **self._options(gpus, pure), **kwargs)
+        return [_DaskFuture(f) for f in futs]
+
+    def _gather(self, futures: list[Future]) -> list[Any]:
+        if all(isinstance(f, _DaskFuture) for f in futures):
+            return self._client.gather([f._fut for f in futures])
+        return super()._gather(futures)
+
+    def _as_completed(self, futures: list[Future]) -> Iterator[Future]:
+        if not all(isinstance(f, _DaskFuture) for f in futures):
+            yield from super()._as_completed(futures)
+            return
+        by_key: dict[Any, list[Future]] = {}
+        inner = []
+        for f in futures:
+            if f._fut.key not in by_key:
+                by_key[f._fut.key] = []
+                inner.append(f._fut)
+            by_key[f._fut.key].append(f)
+        for done in self._distributed.as_completed(inner):
+            yield from by_key[done.key]
+
+    # -- data and actors --------------------------------------------------------------
+
+    def _put(self, obj: Any) -> Any:
+        # A list makes scatter treat obj as one item even when obj is itself a list or dict.
+        [fut] = self._client.scatter([obj], broadcast=False, hash=False)
+        return fut
+
+    def _actor(self, cls, args, kwargs, gpus) -> ActorHandle:
+        args, kwargs = self._unref_args(args, kwargs)
+        fut = self._client.submit(
+            _ActorHost,
+            cls,
+            args,
+            kwargs,
+            actor=True,
+            pure=False,
+            key=f"{cls.__name__}-actor-{uuid.uuid4().hex}",
+            resources={"GPU": gpus} if gpus else None,
+        )
+        proxy = fut.result()
+        # The proxy binds itself to the *default* client, which ours is not (or may be
+        # another one): bind it to this executor's client.
+        proxy._client = self._client
+        proxy._future = fut
+        DaskFuture = self._distributed.Future
+
+        def call(name: str, margs: tuple, mkwargs: dict) -> Future:
+            self._check_usable(0)
+            margs, mkwargs = self._unref_args(margs, mkwargs)
+            scattered = tuple(
+                v for v in (*margs, *mkwargs.values()) if isinstance(v, DaskFuture)
+            )
+            if scattered:
+                margs = tuple(_RemoteRef(a.key) if isinstance(a, DaskFuture) else a for a in margs)
+                mkwargs = {
+                    k: _RemoteRef(v.key) if isinstance(v, DaskFuture) else v
+                    for k, v in mkwargs.items()
+                }
+            return _DaskActorFuture(proxy.call(name, margs, mkwargs), scattered)
+
+        call.actor_future = fut  # keeps the actor alive as long as the handle
+        return ActorHandle(cls, call)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def _close(self) -> None:
+        try:
+            self._client.close()
+        finally:
+            if self._cluster is not None:
+                self._cluster.close()

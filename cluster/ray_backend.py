@@ -1,0 +1,220 @@
+"""Ray backend: a local Ray (``ray[:N]``) or an existing cluster (``ray:auto``, ``ray://``).
+
+`ray` is imported only when a `RayExecutor` is created, so ``import cluster`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .base import ActorHandle, Executor, Future
+from .specs import Spec, SpecError
+
+__all__ = ["RAY_RETRIES", "RayExecutor"]
+
+#: ``max_retries`` of pure tasks (Ray counts re-runs, as Dask's ``retries`` does).
+RAY_RETRIES = 3
+
+
+def _apply(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)``; the Ray task for callables that are not functions."""
+    return fn(*args, **kwargs)
+
+
+def _raise_original(error: BaseException) -> None:
+    """Re-raise the exception a task raised (Ray wraps it in a RayTaskError)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        raise cause from error
+    raise error
+
+
+class _RayFuture(Future):
+    __slots__ = ("_ray", "_ref")
+
+    def __init__(self, ray: Any, ref: Any) -> None:
+        self._ray = ray
+        self._ref = ref  # ray.ObjectRef
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self._ray.get(self._ref, timeout=timeout)
+        except self._ray.exceptions.RayTaskError as error:
+            _raise_original(error)
+
+    def done(self) -> bool:
+        ready, _ = self._ray.wait([self._ref], timeout=0, fetch_local=False)
+        return bool(ready)
+
+
+def _driver_pythonpath() -> str:
+    """The driver's extra import paths (cwd, test folders...), for local Ray workers.
+
+    Ray workers start with the driver's script folder and working directory on their
+    path, but not with folders the driver added to ``sys.path`` at run time (pytest adds
+    the test folder, for example), so functions defined there could not be unpickled.
+    """
+    skip = {
+        os.path.realpath(p)
+        for p in (sysconfig.get_paths().get("stdlib"), sysconfig.get_paths().get("purelib"))
+        if p
+    }
+    paths: list[str] = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(path) and path not in skip and path not in paths:
+            if not any(path.startswith(s + os.sep) for s in skip):
+                paths.append(path)
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and entry not in paths:
+            paths.append(entry)
+    return os.pathsep.join(paths)
+
+
+class RayExecutor(Executor):
+    """Tasks on Ray: a local instance with ``spec.n`` CPUs, or an existing cluster.
+
+    Every task asks for one CPU (and ``gpus`` GPUs). Actors ask for no CPU
+    (``num_cpus=0``): an actor lives as long as its handle, and one holding a CPU would
+    leave a 2-CPU instance with a single slot for tasks, or none with two actors, so tasks
+    waiting on actors (or the reverse) could deadlock. GPU actors hold their GPUs.
+    """
+
+    backend = "ray"
+
+    def __init__(self, spec: Spec) -> None:
+        super().__init__(spec)
+        if spec.kind != "ray":
+            raise SpecError(f"{spec.kind!r} is not a Ray spec")
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        import ray
+
+        self._ray = ray
+        self._remotes: dict[Any, Any] = {}
+        self._actor_classes: dict[Any, Any] = {}
+        self._connected = False  # whether close() must call ray.shutdown()
+        self._dashboard: str | None = None
+        if ray.is_initialized():
+            # Someone else in this process runs Ray: use it, leave it running.
+            return
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        if spec.address is None:
+            context = ray.init(
+                num_cpus=spec.n,
+                include_dashboard=False,
+                runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}},
+                **quiet,
+            )
+        else:
+            context = ray.init(address=spec.address, **quiet)
+        self._connected = True
+        url = getattr(context, "dashboard_url", None)
+        if url:
+            self._dashboard = url if "://" in url else f"http://{url}"
+
+    # -- description ------------------------------------------------------------------
+
+    @property
+    def n_workers(self) -> int:
+        return int(self._ray.cluster_resources().get("CPU", 0))
+
+    @property
+    def n_gpus(self) -> int:
+        return int(self._ray.cluster_resources().get("GPU", 0))
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self._dashboard
+
+    # -- tasks ------------------------------------------------------------------------
+
+    def _remote(self, fn: Callable[..., Any], gpus: int, pure: bool) -> tuple[Any, bool]:
+        """The cached Ray remote function for fn; True if it is the `_apply` trampoline."""
+        wrapped = inspect.isfunction(fn)
+        cache_key = (fn if wrapped else _apply, gpus, pure)
+        remote = self._remotes.get(cache_key)
+        if remote is None:
+            remote = self._ray.remote(
+                num_cpus=1,
+                num_gpus=gpus,
+                max_retries=RAY_RETRIES if pure else 0,
+                retry_exceptions=pure,
+            )(fn if wrapped else _apply)
+            self._remotes[cache_key] = remote
+        return remote, not wrapped
+
+    def _submit(self, fn, args, kwargs, gpus, pure, key) -> Future:
+        remote, trampoline = self._remote(fn, gpus, pure)
+        if key is not None:
+            remote = remote.options(name=key)
+        args, kwargs = self._unref_args(args, kwargs)
+        if trampoline:
+            args = (fn, *args)
+        return _RayFuture(self._ray, remote.remote(*args, **kwargs))
+
+    def _map(self, fn, calls, kwargs, gpus, pure) -> list[Future]:
+        remote, trampoline = self._remote(fn, gpus, pure)
+        kwargs = {k: self._unref(v) for k, v in kwargs.items()}
+        prefix = (fn,) if trampoline else ()
+        unref, ray, submit = self._unref, self._ray, remote.remote
+        return [_RayFuture(ray, submit(*prefix, *map(unref, args), **kwargs)) for args in calls]
+
+    def _gather(self, futures: list[Future]) -> list[Any]:
+        if not all(isinstance(f, _RayFuture) for f in futures):
+            return super()._gather(futures)
+        try:
+            return self._ray.get([f._ref for f in futures])
+        except self._ray.exceptions.RayTaskError as error:
+            _raise_original(error)
+
+    def _as_completed(self, futures: list[Future]) -> Iterator[Future]:
+        if not all(isinstance(f, _RayFuture) for f in futures):
+            yield from super()._as_completed(futures)
+            return
+        by_ref: dict[Any, list[Future]] = {}
+        for f in futures:
+            by_ref.setdefault(f._ref, []).append(f)
+        pending = list(by_ref)
+        wait = self._ray.wait
+        while pending:
+            ready, pending = wait(pending, num_returns=1, fetch_local=False)
+            if pending:
+                more, pending = wait(pending, num_returns=len(pending), timeout=0)
+                ready += more
+            for ref in ready:
+                yield from by_ref[ref]
+
+    # -- data and actors --------------------------------------------------------------
+
+    def _put(self, obj: Any) -> Any:
+        return self._ray.put(obj)
+
+    def _actor(self, cls, args, kwargs, gpus) -> ActorHandle:
+        actor_class = self._actor_classes.get((cls, gpus))
+        if actor_class is None:
+            actor_class = self._ray.remote(num_cpus=0, num_gpus=gpus)(cls)
+            self._actor_classes[(cls, gpus)] = actor_class
+        args, kwargs = self._unref_args(args, kwargs)
+        handle = actor_class.remote(*args, **kwargs)
+        _RayFuture(self._ray, handle.__ray_ready__.remote()).result()  # constructor errors
+
+        def call(name: str, margs: tuple, mkwargs: dict) -> Future:
+            self._check_usable(0)
+            margs, mkwargs = self._unref_args(margs, mkwargs)
+            return _RayFuture(self._ray, getattr(handle, name).remote(*margs, **mkwargs))
+
+        return ActorHandle(cls, call)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def _close(self) -> None:
+        self._remotes.clear()
+        self._actor_classes.clear()
+        if self._connected:
+            self._ray.shutdown()

@@ -1,0 +1,11 @@
+"""How a problem is put together: validated configs, plans over ``tasks``, ``cluster``
+and ``storage``, and the ``tilegraph`` command line.
+
+A pipeline is a :class:`pipelines.base.Pipeline`; pipelines register through the entry
+point group ``tilegraph.pipelines`` (see :mod:`pipelines.registry`).
+"""
+
+from .base import Pipeline, RunContext
+from .registry import get_pipeline, load_pipelines
+
+__all__ = ["Pipeline", "RunContext", "get_pipeline", "load_pipelines"]

@@ -1,0 +1,236 @@
+"""The ``tilegraph`` command line.
+
+Exit status: 0 on success, 1 when a run itself fails (its store is marked ``failed``),
+2 on bad input (one ``error:`` line on stderr, nothing written). With ``--json`` the
+last line on stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from typing import Any
+
+from .config import ConfigError, build_config
+from .progress import progress_factory
+from .registry import available, get_pipeline, load_pipelines
+
+
+class UsageError(Exception):
+    """Bad input that is not a config field (a missing run, an unknown pipeline)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    import cluster
+
+    p = _Parser(
+        prog="tilegraph",
+        description="Run large numerical pipelines as Dask or Ray task graphs over Zarr.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sp = sub.add_parser("list", help="pipelines and their presets")
+    sp.add_argument("--json", action="store_true", help="print one JSON object last")
+
+    sp = sub.add_parser("run", help="run a pipeline")
+    sp.add_argument("name", help="pipeline name (see `tilegraph list`)")
+    sp.add_argument("--preset", help="named preset (default: the pipeline's quick preset)")
+    sp.add_argument("--config", help="YAML file of config fields")
+    sp.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field; VALUE is YAML; dotted keys for nested fields",
+    )
+    sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
+    sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
+    sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
+    sp.add_argument("--json", action="store_true", help="print one JSON object last")
+
+    sp = sub.add_parser("runs", help="table of runs and their status")
+    sp.add_argument("--store", default="./runs")
+    sp.add_argument("--json", action="store_true")
+
+    sp = sub.add_parser("show", help="config, metrics and location of one run")
+    sp.add_argument("run_id", metavar="RUN-ID")
+    sp.add_argument("--store", default="./runs")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: list[list[str]], header: list[str] | None = None) -> str:
+    all_rows = ([header] if header else []) + rows
+    if not all_rows:
+        return ""
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in all_rows]
+    if header:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cmd_list(args) -> int:
+    pipes = load_pipelines()
+    if args.json:
+        out = {n: {"description": p.description, "presets": list(p.presets)} for n, p in pipes.items()}
+        print(json.dumps({"pipelines": out}))
+        return 0
+    rows = [[n, ", ".join(p.presets), p.description] for n, p in pipes.items()]
+    print(_table(rows, ["pipeline", "presets", "description"]))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import cluster
+    import storage
+
+    try:
+        pipeline = get_pipeline(args.name)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    root = storage.Root(args.store)
+    run = None
+    if args.resume:
+        if args.preset or args.config or args.sets:
+            raise UsageError("--resume continues a run with its stored config; drop --preset/--config/--set")
+        try:
+            run = root.open(args.resume, pipeline=pipeline.name)
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"--resume: {exc.args[0] if exc.args else exc}") from None
+        if run.status == "complete":
+            raise UsageError(f"--resume: run {args.resume} is already complete")
+        config = build_config(pipeline, base=run.config)
+    else:
+        config = build_config(pipeline, args.preset, args.config, args.sets)
+    try:
+        cluster.parse_spec(args.cluster)
+    except ValueError as exc:
+        raise UsageError(f"--cluster: {exc}") from None
+
+    t0 = time.perf_counter()
+    try:
+        executor = cluster.connect(args.cluster)
+    except ValueError as exc:
+        raise UsageError(f"--cluster: {exc}") from None
+    with executor:
+        if run is None:
+            run = root.create(pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster)
+        else:
+            run.mark_running()
+        ctx_progress = progress_factory()
+        from .base import RunContext
+
+        ctx = RunContext(executor=executor, store=run, progress=ctx_progress, resume=bool(args.resume))
+        try:
+            metrics = pipeline.run(config, ctx)
+        except KeyboardInterrupt:
+            run.mark_failed("interrupted (KeyboardInterrupt)")
+            sys.stderr.write(f"error: run {run.run_id} interrupted; continue it with --resume {run.run_id}\n")
+            return 130
+        except Exception as exc:  # the run failed: record it, report, exit 1
+            run.mark_failed(exc)
+            sys.stderr.write(traceback.format_exc())
+            sys.stderr.write(f"error: run {run.run_id} failed: {type(exc).__name__}: {exc}\n")
+            if args.json:
+                print(json.dumps({"run_id": run.run_id, "path": run.url, "status": "failed", "metrics": {}}))
+            return 1
+    metrics = dict(metrics or {})
+    metrics.setdefault("wall_s", time.perf_counter() - t0)
+    run.mark_complete(metrics)
+    names = list(pipeline.metric_names) + [k for k in metrics if k not in pipeline.metric_names]
+    rows = [[k, _fmt(metrics[k])] for k in names if k in metrics]
+    print(f"run {run.run_id} complete: {run.url}")
+    print(_table(rows, ["metric", "value"]))
+    if args.json:
+        print(json.dumps({"run_id": run.run_id, "path": run.url, "status": run.status, "metrics": run.metrics}))
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    import storage
+
+    runs = storage.Root(args.store).runs()
+    if args.json:
+        print(json.dumps({"runs": runs}))
+        return 0
+    if not runs:
+        print(f"no runs under {args.store}")
+        return 0
+    rows = [[r["run_id"], r["pipeline"], r["status"], str(r.get("started") or ""), r["url"]] for r in runs]
+    print(_table(rows, ["run", "pipeline", "status", "started", "path"]))
+    return 0
+
+
+def _cmd_show(args) -> int:
+    import storage
+
+    try:
+        run = storage.Root(args.store).open(args.run_id)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
+    info = {
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "path": run.url,
+        "status": run.status,
+        "error": run.error,
+        "metrics": run.metrics,
+        "config": run.config,
+        "provenance": run.provenance,
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"run       {run.run_id} ({run.pipeline}), {run.status}")
+    print(f"path      {run.url}")
+    if run.error:
+        print(f"error     {run.error}")
+    print("config")
+    print(_indent(json.dumps(run.config, indent=2)))
+    print("metrics")
+    print(_indent(_table([[k, _fmt(v)] for k, v in run.metrics.items()])))
+    prov = run.provenance
+    keys = ("started", "ended", "backend", "host", "git_commit", "tilegraph")
+    print("provenance")
+    print(_indent(_table([[k, str(prov.get(k))] for k in keys if k in prov])))
+    print("open the results with: xarray.open_zarr(path + '/result', consolidated=False)")
+    return 0
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tilegraph`` console script."""
+    args = _parser().parse_args(argv)
+    handlers = {"list": _cmd_list, "run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, UsageError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+__all__ = ["main", "available"]

@@ -1,0 +1,147 @@
+"""Config and presets of the ``domain-split`` pipeline."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from tasks.domain_split.problems import Problem
+
+
+class ProblemConfig(BaseModel):
+    """Which manufactured problem (see :class:`tasks.domain_split.problems.Problem`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["constant", "variable", "boundary-layer"] = "constant"
+    alpha: list[float] = Field(default=[1.0, 1.0], description="constant diffusion, one per axis")
+    beta: list[float] = Field(default=[0.0, 0.0], description="constant advection, one per axis")
+    eps: float = Field(default=1.0, gt=0, description="diffusion of 'boundary-layer'")
+
+    @field_validator("alpha")
+    @classmethod
+    def _positive(cls, v):
+        if any(a <= 0 for a in v):
+            raise ValueError(f"every alpha must be > 0 (got {v})")
+        return v
+
+
+class DomainSplitConfig(BaseModel):
+    """Steady advection-diffusion on ``[0, 1]^d`` by two-level domain splitting.
+
+    Fields are listed by ``tilegraph run domain-split --set FIELD=VALUE``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    d: int = Field(default=2, description="space dimension, 2 or 3")
+    n_coarse: int = Field(default=5, ge=2, description="coarse intervals per direction, N_c")
+    n_fine: int = Field(default=100, ge=4, description="fine intervals per direction, N_f")
+    problem: ProblemConfig = Field(default_factory=ProblemConfig)
+    scheme: Literal["central", "upwind"] = "central"
+    solver: Literal["krylov", "stationary"] = "krylov"
+    merge: Literal["richardson", "combination"] = Field(
+        default="richardson", description="merge weights of the first guess"
+    )
+    smoother: bool = Field(
+        default=True, description="overlapping shifted-box solves before the coarse step"
+    )
+    tol: float = Field(default=1e-10, gt=0, lt=1, description="relative residual to stop at")
+    max_iter: int = Field(default=100, ge=1, description="iterations (preconditioner calls)")
+    restart: int = Field(default=30, ge=1, le=200, description="FGMRES restart length")
+    boxes_per_block: int | None = Field(
+        default=None, ge=1, description="boxes per task along each axis (default: auto)"
+    )
+    direct_reference: bool = Field(
+        default=True, description="also solve the fine system with SciPy for rel_error_direct"
+    )
+    out_of_core: bool = Field(
+        default=False, description="never hold the fine grid on the driver"
+    )
+    keep_work: bool = Field(default=False, description="keep the scratch vectors after the run")
+
+    @field_validator("d")
+    @classmethod
+    def _dim(cls, v):
+        if v not in (2, 3):
+            raise ValueError(f"must be 2 or 3 (got {v})")
+        return v
+
+    @field_validator("n_fine")
+    @classmethod
+    def _multiple(cls, v, info: ValidationInfo):
+        nc = info.data.get("n_coarse")
+        if nc and v % nc:
+            raise ValueError(f"must be a multiple of n_coarse={nc} (got {v})")
+        if nc and v // nc < 2:
+            raise ValueError(f"must be at least 2 * n_coarse = {2 * nc} (got {v})")
+        return v
+
+    @field_validator("problem")
+    @classmethod
+    def _lengths(cls, v: ProblemConfig, info: ValidationInfo):
+        d = info.data.get("d")
+        if d and v.kind == "constant" and len(v.alpha) != d:
+            raise ValueError(f"alpha needs {d} entries for d={d} (got {v.alpha})")
+        if d and v.kind in ("constant", "boundary-layer") and len(v.beta) != d:
+            raise ValueError(f"beta needs {d} entries for d={d} (got {v.beta})")
+        return v
+
+    @model_validator(mode="after")
+    def _peclet(self):
+        if self.scheme == "central":
+            pe = self.to_problem().max_cell_peclet(1.0 / self.n_coarse)
+            if pe > 1.0:
+                need = math.ceil(self.n_coarse * pe)
+                raise ValueError(
+                    f"coarse cell Peclet number {pe:.3g} > 1 with scheme=central oscillates: "
+                    f"use --set scheme=upwind or n_coarse >= {need}"
+                )
+        if self.out_of_core and self.direct_reference:
+            raise ValueError(
+                "direct_reference needs the fine grid in memory: set direct_reference=false "
+                "with out_of_core=true"
+            )
+        return self
+
+    def to_problem(self) -> Problem:
+        """The :class:`Problem` this config describes."""
+        p = self.problem
+        if p.kind == "variable":
+            return Problem("variable", self.d)
+        return Problem(p.kind, self.d, tuple(p.alpha), tuple(p.beta), p.eps)
+
+
+PRESETS: dict[str, dict] = {
+    "quick": {
+        "d": 2,
+        "n_fine": 100,
+        "n_coarse": 5,
+        "problem": {"kind": "constant", "alpha": [1.0, 1.0], "beta": [2.0, 1.0]},
+    },
+    "paper2d": {
+        "d": 2,
+        "n_fine": 1000,
+        "n_coarse": 10,
+        "problem": {"kind": "variable"},
+    },
+    "paper3d": {
+        "d": 3,
+        "n_fine": 40,
+        "n_coarse": 10,
+        "problem": {"kind": "constant", "alpha": [1.0, 2.0, 3.0], "beta": [1.0, 2.0, 3.0]},
+        "tol": 1e-8,
+    },
+    "large3d": {
+        "d": 3,
+        "n_fine": 600,
+        "n_coarse": 20,
+        "problem": {"kind": "constant", "alpha": [1.0, 1.0, 1.0], "beta": [0.0, 0.0, 0.0]},
+        "out_of_core": True,
+        "direct_reference": False,
+        "tol": 1e-8,
+        "restart": 20,
+    },
+}

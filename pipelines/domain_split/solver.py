@@ -1,0 +1,208 @@
+"""Driver side of ``domain-split``: the preconditioner, FGMRES and the stationary
+refinement, as passes of :class:`~pipelines.domain_split.worker.BlockWorker` actors over
+Zarr vectors.
+
+The driver holds only sub-mesh-sized data (restrictions, sub-mesh solutions, the
+Hessenberg matrix) and scalars; fine-grid vectors stay in Zarr.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tasks.domain_split.combine import SubmeshSolver, correct, merge, spline_matrix
+from tasks.domain_split.grid import merge_weights
+from tasks.domain_split.holes import work_region
+
+from .worker import BlockWorker
+
+
+class BlockPlan:
+    """Blocks spread over stateful workers, and the two-level preconditioner.
+
+    Parameters
+    ----------
+    executor : cluster.Executor
+    problem : Problem
+    layout : Layout
+    scheme : str
+    smoother : bool
+        Whether the preconditioner starts with the shifted-box solves.
+    """
+
+    def __init__(self, executor, problem, layout, scheme: str, smoother: bool = True):
+        self.ex, self.problem, self.layout = executor, problem, layout
+        self.smoother = smoother
+        n_blocks = len(layout.blocks)
+        n_actors = max(1, min(int(executor.n_workers or 1), n_blocks))
+        self.actors = [executor.actor(BlockWorker, problem, layout, scheme) for _ in range(n_actors)]
+        self.owner = [list(range(a, n_blocks, n_actors)) for a in range(n_actors)]
+        self.sub = SubmeshSolver(problem, layout, scheme)
+        self.P = spline_matrix(layout.n_coarse, layout.n_fine)
+        self.passes = 0
+
+    # -- passes ---------------------------------------------------------------------------
+    def call(self, method: str, *args, per_block=None, **kwargs) -> list:
+        """Run ``method`` on every block; results in block order."""
+        futures = []
+        for actor, ids in zip(self.actors, self.owner, strict=True):
+            extra = () if per_block is None else ([per_block[i] for i in ids],)
+            futures.append(getattr(actor, method)(ids, *extra, *args, **kwargs))
+        out: list = [None] * len(self.layout.blocks)
+        for ids, res in zip(self.owner, self.ex.gather(futures), strict=True):
+            for i, r in zip(ids, res, strict=True):
+                out[i] = r
+        self.passes += 1
+        return out
+
+    @staticmethod
+    def total(parts) -> tuple[float, np.ndarray]:
+        """Sum per-block ``(sumsq, dots)`` results in block order."""
+        sq = math.fsum(p[0] for p in parts)
+        dots = np.array([math.fsum(p[1][k] for p in parts) for k in range(len(parts[0][1]))])
+        return sq, dots
+
+    # -- the preconditioner -----------------------------------------------------------
+    def coarse(self, parts, rule: str) -> list[dict]:
+        """Sub-mesh solves, merge and correction from per-block restriction parts.
+
+        Returns
+        -------
+        list of dict
+            Per block, ``S -> w'_S`` on the block's work region.
+        """
+        lay = self.layout
+        rhs = {S: np.zeros(lay.mesh_shape(S)) for S in lay.subsets}
+        for part in parts:  # block order: the sum does not depend on placement
+            for S, (mesh, values) in part.items():
+                rhs[S][mesh] += values
+        w = {S: self.sub.solve(S, rhs[S]) for S in lay.subsets}
+        M = merge(lay, w, merge_weights(lay, rule))
+        wc = {S: correct(lay, S, w[S], M, self.P) for S in lay.subsets}
+        out = []
+        for b in lay.blocks:
+            start, shape = work_region(lay, b)
+            stop = tuple(a + n for a, n in zip(start, shape, strict=True))
+            out.append({S: wc[S][lay.mesh_slices(S, start, stop)[1]] for S in lay.subsets})
+        return out
+
+    def precondition(self, v, out, scratch, rule: str = "combination", smooth=None) -> None:
+        """``out = P v``: shifted-box solves (if enabled), then the two-level step on the
+        remaining residual: restriction, sub-mesh solves, merge, spline correction,
+        skeleton and box solves.
+
+        Parameters
+        ----------
+        v, out : ArrayRef
+        scratch : tuple of ArrayRef
+            Two scratch vectors ``(z, r)``.
+        rule : str
+            Merge rule at the coarse nodes.
+        smooth : bool, optional
+            Override ``self.smoother`` (the first guess ``T B`` is built without it: for
+            a smooth right-hand side the sub-mesh solutions are accurate as they are).
+        """
+        z, r = scratch
+        if self.smoother if smooth is None else smooth:
+            parts = self.call("smooth_residual", v, z, r)
+            self.call("fill", r, z, out, per_block=self.coarse(parts, rule))
+        else:
+            parts = self.call("restrict", v)
+            self.call("fill", v, None, out, per_block=self.coarse(parts, rule))
+
+
+def fgmres(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> dict:
+    """Restarted flexible GMRES, right-preconditioned by ``plan.precondition``.
+
+    Parameters
+    ----------
+    plan : BlockPlan
+    vec : callable
+        ``vec(name) -> ArrayRef`` of a fine-grid scratch vector.
+    state : dict
+        ``x`` (index of the current solution buffer), ``iterations``, ``history``,
+        ``norm_b``; updated in place and checkpointed after every restart cycle.
+    cfg : DomainSplitConfig
+    checkpoint : callable
+        ``checkpoint(state)`` saves the state atomically.
+    progress : context manager with ``update`` and ``set_postfix_str``
+
+    Returns
+    -------
+    dict
+        The final state, with ``rel_residual`` the true relative residual.
+    """
+    B = vec("B")
+    m = cfg.restart
+    V = [vec(f"V{j}") for j in range(m + 1)]
+    Z = [vec(f"Z{j}") for j in range(m)]
+    w, scratch = vec("w"), (vec("z"), vec("r"))
+    nb = state["norm_b"]
+    while True:
+        x = vec(f"x{state['x']}")
+        sq, _ = plan.total(plan.call("matvec", x, rhs=B, out=V[0]))
+        beta = math.sqrt(sq)
+        state["rel_residual"] = beta / nb
+        if not state["history"]:
+            state["history"].append(beta / nb)
+        progress.set_postfix_str(f"residual {beta / nb:.2e}")
+        if beta / nb <= cfg.tol or state["iterations"] >= cfg.max_iter:
+            return state
+        plan.call("lincomb", V[0], [(1.0 / beta, V[0])])
+        H = np.zeros((m + 1, m))
+        e1 = np.zeros(m + 1)
+        e1[0] = beta
+        y = np.zeros(0)
+        for j in range(m):
+            plan.precondition(V[j], Z[j], scratch)
+            _, h1 = plan.total(plan.call("matvec", Z[j], out=w, dots=V[: j + 1]))
+            terms = [(1.0, w)] + [(-h1[i], V[i]) for i in range(j + 1)]
+            s1, h2 = plan.total(plan.call("lincomb", V[j + 1], terms, dots=V[: j + 1]))
+            nrm = math.sqrt(max(s1 - float(h2 @ h2), 0.0))
+            H[: j + 1, j] = h1 + h2
+            H[j + 1, j] = nrm
+            if nrm > 0:
+                terms = [(1.0 / nrm, V[j + 1])] + [(-h2[i] / nrm, V[i]) for i in range(j + 1)]
+                plan.call("lincomb", V[j + 1], terms)
+            y, *_ = np.linalg.lstsq(H[: j + 2, : j + 1], e1[: j + 2], rcond=None)
+            est = float(np.linalg.norm(e1[: j + 2] - H[: j + 2, : j + 1] @ y)) / nb
+            state["iterations"] += 1
+            state["history"].append(est)
+            progress.update(1)
+            progress.set_postfix_str(f"residual {est:.2e}")
+            if est <= cfg.tol or nrm == 0 or state["iterations"] >= cfg.max_iter:
+                break
+        nxt = 1 - state["x"]
+        terms = [(1.0, x)] + [(float(y[i]), Z[i]) for i in range(len(y))]
+        plan.call("lincomb", vec(f"x{nxt}"), terms)
+        state["x"] = nxt
+        checkpoint(state)
+
+
+def stationary(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> dict:
+    """The paper's refinement: ``x += c P(r)`` with the residual-minimising step ``c``.
+
+    Same parameters and result as :func:`fgmres`.
+    """
+    B, r, e = vec("B"), vec("res"), vec("e")
+    scratch = (vec("z"), vec("r"))
+    nb = state["norm_b"]
+    while True:
+        x = vec(f"x{state['x']}")
+        sq, _ = plan.total(plan.call("matvec", x, rhs=B, out=r))
+        state["rel_residual"] = math.sqrt(sq) / nb
+        state["history"].append(state["rel_residual"])
+        progress.set_postfix_str(f"residual {state['rel_residual']:.2e}")
+        if state["rel_residual"] <= cfg.tol or state["iterations"] >= cfg.max_iter:
+            return state
+        plan.precondition(r, e, scratch)
+        aa, (ar,) = plan.total(plan.call("matvec", e, dots=[r]))
+        c = ar / aa if aa > 0 else 0.0
+        nxt = 1 - state["x"]
+        plan.call("lincomb", vec(f"x{nxt}"), [(1.0, x), (c, e)])
+        state["x"] = nxt
+        state["iterations"] += 1
+        progress.update(1)
+        checkpoint(state)

@@ -1,0 +1,175 @@
+"""The stateful worker of ``domain-split``: block passes over Zarr vectors.
+
+Every fine-grid vector lives in a Zarr array chunked by blocks. A :class:`BlockWorker`
+runs on a worker (a Dask or Ray actor, see ``cluster.Executor.actor``) and handles a
+fixed list of blocks: it reads what a pass needs (with halos where a stencil needs
+neighbours), calls the kernels of :mod:`tasks.domain_split`, writes only the chunks
+its blocks own, and returns small per-block results (partial sums, restrictions) that
+the driver reduces in block order. The actor exists to keep the box factorisations
+between passes; its results do not depend on which blocks it holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.domain_split.combine import restrict, restriction_matrix
+from tasks.domain_split.grid import Layout
+from tasks.domain_split.holes import BoxSolver, fill_block, smooth_block, smooth_region
+from tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
+from tasks.domain_split.problems import Problem
+
+
+class BlockWorker:
+    """Block passes for one worker.
+
+    Parameters
+    ----------
+    problem : Problem
+    layout : Layout
+    scheme : {"central", "upwind"}
+    """
+
+    def __init__(self, problem: Problem, layout: Layout, scheme: str):
+        self.problem, self.layout, self.scheme = problem, layout, scheme
+        self.boxes = BoxSolver(problem, layout, scheme)
+        self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
+        self._arrays: dict = {}
+
+    # -- I/O ----------------------------------------------------------------------------
+    def _arr(self, ref):
+        if ref not in self._arrays:
+            self._arrays[ref] = ref.open()
+        return self._arrays[ref]
+
+    def _read(self, ref, start, stop, halo: int = 0) -> np.ndarray:
+        n = self.layout.n_fine + 1
+        lo = [max(a - halo, 0) for a in start]
+        hi = [min(b + halo, n) for b in stop]
+        data = np.asarray(self._arr(ref)[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
+        if halo:
+            pad = [
+                (a0 - (a - halo), (b + halo) - b0)
+                for a, b, a0, b0 in zip(start, stop, lo, hi, strict=True)
+            ]
+            data = np.pad(data, pad)
+        return data
+
+    def _write(self, ref, block, data) -> None:
+        region = ref.check(block.region)
+        self._arr(ref)[region] = data
+
+    def _block(self, i):
+        return self.layout.blocks[i]
+
+    def _stencil(self, u_ext, block):
+        return apply_stencil(self.problem, u_ext, block.start, self.layout.n_fine, self.scheme)
+
+    @staticmethod
+    def _dots(y, others) -> list[float]:
+        return [float(np.vdot(y, o)) for o in others]
+
+    # -- passes ---------------------------------------------------------------------------
+    def rhs(self, ids, out):
+        """Write ``B`` (``f`` inside, ``g`` on the boundary); return ``sum(B^2)``."""
+        res = []
+        for i in ids:
+            b = self._block(i)
+            v = rhs_block(self.problem, b.start, b.shape, self.layout.n_fine)
+            self._write(out, b, v)
+            res.append(float(np.vdot(v, v)))
+        return res
+
+    def restrict(self, ids, v):
+        """Per-block parts of the restriction of ``v`` to every sub-mesh."""
+        res = []
+        for i in ids:
+            b = self._block(i)
+            res.append(restrict(self.layout, self._read(v, b.start, b.stop), b.start, self.R))
+        return res
+
+    def smooth_residual(self, ids, v, z_out, r_out):
+        """Shifted-box solves ``z = Sh v``, then ``r = v - L z``; write both and return
+        the restriction of ``r``."""
+        res = []
+        for i in ids:
+            b = self._block(i)
+            start, stop, _ = smooth_region(self.layout, b)
+            z_ext = smooth_block(self.layout, self.boxes, self._read(v, start, stop), b)
+            r = self._read(v, b.start, b.stop) - self._stencil(z_ext, b)
+            inner = (slice(1, -1),) * self.layout.d
+            self._write(z_out, b, z_ext[inner])
+            self._write(r_out, b, r)
+            res.append(restrict(self.layout, r, b.start, self.R))
+        return res
+
+    def fill(self, ids, corrected, v, base, out):
+        """``out = base + (skeleton + box solves of v)`` on each block (``base`` may be
+        None). ``corrected`` holds, per block, the corrected sub-mesh solutions on the
+        block's work region."""
+        for i, corr in zip(ids, corrected, strict=True):
+            b = self._block(i)
+            z = fill_block(self.layout, self.boxes, corr, self._read(v, b.start, b.stop), b)
+            if base is not None:
+                z = z + self._read(base, b.start, b.stop)
+            self._write(out, b, z)
+        return [None] * len(ids)
+
+    def matvec(self, ids, u, rhs=None, out=None, dots=()):
+        """``y = L u`` (or ``rhs - L u``); write ``y`` to ``out`` if given.
+
+        Returns, per block, ``(sum(y^2), [<y, d> for d in dots])``.
+        """
+        res = []
+        for i in ids:
+            b = self._block(i)
+            y = self._stencil(self._read(u, b.start, b.stop, halo=1), b)
+            if rhs is not None:
+                y = self._read(rhs, b.start, b.stop) - y
+            if out is not None:
+                self._write(out, b, y)
+            others = [self._read(d, b.start, b.stop) for d in dots]
+            res.append((float(np.vdot(y, y)), self._dots(y, others)))
+        return res
+
+    def lincomb(self, ids, out, terms, dots=()):
+        """``y = sum_k c_k v_k`` for ``terms = [(c_k, v_k), ...]``; write ``y`` to ``out``.
+
+        Returns, per block, ``(sum(y^2), [<y, d> for d in dots])``.
+        """
+        res = []
+        for i in ids:
+            b = self._block(i)
+            y = None
+            for c, ref in terms:
+                t = c * self._read(ref, b.start, b.stop)
+                y = t if y is None else y + t
+            others = [self._read(d, b.start, b.stop) for d in dots]
+            self._write(out, b, y)
+            res.append((float(np.vdot(y, y)), self._dots(y, others)))
+        return res
+
+    def finalize(self, ids, x, solution, exact, error):
+        """Write the solution, the exact solution and the error; return per block
+        ``(sum(err^2), sum(exact^2), max|err|)``."""
+        res = []
+        for i in ids:
+            b = self._block(i)
+            u = self._read(x, b.start, b.stop)
+            ue = np.asarray(exact_block(self.problem, b.start, b.shape, self.layout.n_fine))
+            err = u - ue
+            self._write(solution, b, u)
+            self._write(exact, b, ue)
+            self._write(error, b, err)
+            res.append((float(np.vdot(err, err)), float(np.vdot(ue, ue)), float(np.abs(err).max())))
+        return res
+
+
+def layout_for(d: int, n_fine: int, n_coarse: int, boxes_per_block: int | None) -> Layout:
+    """The block layout: ``boxes_per_block`` given, or chosen so a chunk holds about
+    2^20 nodes and there are at least two blocks per axis when possible."""
+    if boxes_per_block is None:
+        s = n_fine // n_coarse
+        side = round(2 ** (20 / d))
+        boxes_per_block = max(1, min(side // s, -(-n_coarse // 2)))
+    return Layout(d, n_fine, n_coarse, min(boxes_per_block, n_coarse))

@@ -1,0 +1,23 @@
+"""Exceptions raised by :mod:`storage`."""
+
+from __future__ import annotations
+
+__all__ = ["ChunkOwnershipError", "RunNotFound"]
+
+
+class RunNotFound(KeyError):
+    """No run with the requested id exists under a root.
+
+    A :class:`KeyError` subclass, so ``except KeyError`` also catches it; unlike a plain
+    ``KeyError`` its ``str()`` is the message itself, not its ``repr``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "run not found"
+
+
+class ChunkOwnershipError(ValueError):
+    """A write region does not consist of whole chunks (or whole shards).
+
+    Raised before anything is written, so a refused write leaves the array untouched.
+    """

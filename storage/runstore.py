@@ -1,0 +1,612 @@
+"""Run stores: one Zarr v3 group per run at ``<root>/<pipeline>/<run-id>/``.
+
+:class:`Root` creates, finds and lists runs under a root (a local path or any fsspec URL);
+:class:`RunStore` is one run: its attributes (config, provenance, status, metrics), its
+arrays, its xarray results, its checkpoints and its summary plot.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from . import checkpoint as _ckpt
+from .chunks import ArrayRef
+from .errors import RunNotFound
+from .provenance import collect_provenance, jsonable, utc_now
+from .urls import filesystem, is_local, join, normalize_url, open_store
+
+if TYPE_CHECKING:
+    import xarray
+
+__all__ = ["COMPLETE", "FAILED", "RUNNING", "Root", "RunStore", "new_run_id"]
+
+RUNNING = "running"
+COMPLETE = "complete"
+FAILED = "failed"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RESERVED = {_ckpt.CHECKPOINTS}
+
+
+def new_run_id(now: _dt.datetime | None = None) -> str:
+    """A fresh run id ``YYYYMMDD-HHMMSS-<6 hex>`` (UTC time; sortable by start time)."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    return f"{now.astimezone(_dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"invalid {kind} {name!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _check_path(kind: str, path: str) -> str:
+    parts = path.split("/") if isinstance(path, str) else [""]
+    if not all(_NAME.match(p) for p in parts):
+        raise ValueError(
+            f"invalid {kind} {path!r}: '/'-separated names of letters, digits, '.', '_', '-'"
+        )
+    if parts[0] in _RESERVED:
+        raise ValueError(f"invalid {kind} {path!r}: {parts[0]!r} is reserved")
+    return path
+
+
+def _summary(attrs: Mapping[str, Any], url: str) -> dict[str, Any]:
+    prov = attrs.get("provenance") or {}
+    return {
+        "run_id": attrs.get("run_id"),
+        "pipeline": attrs.get("pipeline"),
+        "status": attrs.get("status"),
+        "started": prov.get("started"),
+        "ended": prov.get("ended"),
+        "metrics": dict(attrs.get("metrics") or {}),
+        "error": attrs.get("error"),
+        "url": url,
+    }
+
+
+class RunStore:
+    """One run: a Zarr v3 group holding a pipeline's config, state and results.
+
+    Usually obtained from :meth:`Root.create` or :meth:`Root.open`.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        Location of the run group (local path or fsspec URL).
+    storage_options : dict, optional
+        fsspec options for non-local URLs.
+
+    Raises
+    ------
+    RunNotFound
+        If there is no run group at ``url``.
+    """
+
+    def __init__(
+        self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self._url = normalize_url(url)
+        self._options = dict(storage_options or {})
+        fs, path = filesystem(self._url, self._options)
+        if not fs.exists(join(path, "zarr.json")):
+            raise RunNotFound(f"no run group at {self._url}")
+        self._store = open_store(self._url, self._options)
+        attrs = self.group.attrs.asdict()
+        if "run_id" not in attrs or "pipeline" not in attrs:
+            raise RunNotFound(f"the Zarr group at {self._url} is not a tilegraph run")
+        self._run_id: str = attrs["run_id"]
+        self._pipeline: str = attrs["pipeline"]
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        """The run id, ``YYYYMMDD-HHMMSS-<6 hex>`` unless given explicitly."""
+        return self._run_id
+
+    @property
+    def pipeline(self) -> str:
+        """Name of the pipeline that made the run."""
+        return self._pipeline
+
+    @property
+    def url(self) -> str:
+        """Location of the run group: an absolute path for local roots, else a URL."""
+        return self._url
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options used for non-local stores (a copy)."""
+        return dict(self._options)
+
+    @property
+    def is_local(self) -> bool:
+        """True when the run lives on the local file system."""
+        return is_local(self._url)
+
+    @property
+    def group(self) -> zarr.Group:
+        """The run's :class:`zarr.Group`, freshly opened (attributes read now)."""
+        return zarr.open_group(self._store, mode="r+", zarr_format=3)
+
+    def __repr__(self) -> str:
+        return f"RunStore({self._pipeline}/{self._run_id} at {self._url!r})"
+
+    # -- attributes -----------------------------------------------------------------------
+    def _attrs(self) -> dict[str, Any]:
+        return self.group.attrs.asdict()
+
+    def _update(self, changes: Mapping[str, Any]) -> None:
+        self.group.attrs.update(jsonable(dict(changes)))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The validated config the run was created with."""
+        return dict(self._attrs().get("config") or {})
+
+    @property
+    def status(self) -> str:
+        """``"running"``, ``"complete"`` or ``"failed"``."""
+        return self._attrs()["status"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Headline metrics recorded so far."""
+        return dict(self._attrs().get("metrics") or {})
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Versions, host, backend, git commit, argv and start / end / resume times."""
+        return dict(self._attrs().get("provenance") or {})
+
+    @property
+    def error(self) -> str | None:
+        """The error message of a failed run, else ``None``."""
+        return self._attrs().get("error")
+
+    def summary(self) -> dict[str, Any]:
+        """``run_id, pipeline, status, started, ended, metrics, error, url`` of this run."""
+        return _summary(self._attrs(), self._url)
+
+    def set_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Merge ``metrics`` into the recorded metrics (NumPy scalars and NaN made JSON-safe).
+
+        Parameters
+        ----------
+        metrics : mapping of str to JSON-able
+            Headline numbers, e.g. ``{"residual": 1e-9, "wall_s": 12.3}``.
+        """
+        merged = self.metrics
+        merged.update(jsonable(dict(metrics), "metrics"))
+        self._update({"metrics": merged})
+
+    def _finish(self, status: str, error: str | None, metrics: Mapping[str, Any] | None) -> None:
+        attrs = self._attrs()
+        prov = dict(attrs.get("provenance") or {})
+        prov["ended"] = utc_now()
+        merged = dict(attrs.get("metrics") or {})
+        merged.update(jsonable(dict(metrics or {}), "metrics"))
+        self._update({"status": status, "error": error, "metrics": merged, "provenance": prov})
+
+    def mark_complete(self, metrics: Mapping[str, Any] | None = None) -> None:
+        """Set status ``complete`` and the end time, merging ``metrics`` in the same write."""
+        self._finish(COMPLETE, None, metrics)
+
+    def mark_failed(self, error: str | BaseException) -> None:
+        """Set status ``failed``, the error message and the end time.
+
+        Parameters
+        ----------
+        error : str or BaseException
+            The message; an exception is recorded as ``"TypeName: message"``.
+        """
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        self._finish(FAILED, str(error), None)
+
+    def mark_running(self) -> None:
+        """Set status back to ``running`` (for a resumed run).
+
+        Keeps the original start time, clears ``ended`` and the error, and appends the
+        current time to ``provenance["resumed"]``.
+        """
+        prov = self.provenance
+        prov["resumed"] = [*(prov.get("resumed") or []), utc_now()]
+        prov["ended"] = None
+        self._update({"status": RUNNING, "error": None, "provenance": prov})
+
+    # -- arrays ---------------------------------------------------------------------------
+    def create_array(
+        self,
+        name: str,
+        shape: Sequence[int],
+        chunks: Sequence[int],
+        dtype: Any = "float64",
+        dimension_names: Sequence[str] | None = None,
+        fill_value: Any = 0.0,
+        attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        shards: Sequence[int] | None = None,
+        compressors: Any = "auto",
+    ) -> ArrayRef:
+        """Create a chunked array in the run and return a worker handle on it.
+
+        Parameters
+        ----------
+        name : str
+            Array path inside the run (``"u"`` or ``"fields/u"``).
+        shape, chunks : sequence of int
+            Array and chunk shape (same length).
+        dtype : dtype-like
+            Element type, default ``float64``.
+        dimension_names : sequence of str, optional
+            One name per axis, stored as Zarr v3 ``dimension_names`` (default
+            ``dim_0, dim_1, …``).
+        fill_value : scalar
+            Value of never-written elements (cast to ``dtype``).
+        attrs : mapping, optional
+            Free-form attributes, e.g. ``{"units": "m/s"}``.
+        overwrite : bool
+            Replace an existing array of that name.
+        shards : sequence of int, optional
+            Shard shape (a multiple of ``chunks``); the shard is then the unit each task
+            must write whole.
+        compressors : "auto" or None or codec list
+            Passed to zarr; ``None`` stores raw bytes (scratch vectors that are rewritten
+            every iteration are faster uncompressed).
+
+        Returns
+        -------
+        ArrayRef
+        """
+        _check_path("array name", name)
+        shape_t = tuple(int(n) for n in shape)
+        chunks_t = tuple(int(c) for c in chunks)
+        if len(chunks_t) != len(shape_t):
+            raise ValueError(f"chunks {chunks_t} do not match shape {shape_t}")
+        if dimension_names is None:
+            dims = tuple(f"dim_{i}" for i in range(len(shape_t)))
+        else:
+            dims = tuple(str(d) for d in dimension_names)
+        if len(dims) != len(shape_t):
+            raise ValueError(f"dimension_names {dims} do not match shape {shape_t}")
+        np_dtype = np.dtype(dtype)
+        fill = np.asarray(fill_value).astype(np_dtype).item() if fill_value is not None else None
+        self.group.create_array(
+            name,
+            shape=shape_t,
+            chunks=chunks_t,
+            shards=tuple(int(s) for s in shards) if shards is not None else None,
+            dtype=np_dtype,
+            dimension_names=dims,
+            fill_value=fill,
+            attributes=jsonable(dict(attrs or {}), "attrs"),
+            overwrite=overwrite,
+            compressors=compressors,
+        )
+        return self.array(name)
+
+    def array(self, name: str) -> ArrayRef:
+        """Return an :class:`ArrayRef` on the existing array ``name``.
+
+        Raises
+        ------
+        KeyError
+            If the run has no array of that name.
+        """
+        try:
+            node = self.group[name]
+        except KeyError:
+            node = None
+        if not isinstance(node, zarr.Array):
+            raise KeyError(f"run {self._run_id} has no array {name!r} (at {self._url})")
+        unit = node.shards if node.shards is not None else node.chunks
+        return ArrayRef(
+            store_url=self._url,
+            path=name,
+            shape=tuple(node.shape),
+            chunks=tuple(unit),
+            dtype=str(np.dtype(node.dtype)),
+            storage_options=dict(self._options) or None,
+        )
+
+    # -- xarray results -------------------------------------------------------------------
+    def write_dataset(self, name: str, ds: xarray.Dataset, **to_zarr_kwargs: Any) -> str:
+        """Write ``ds`` to the subgroup ``name`` with ``Dataset.to_zarr``.
+
+        Zarr v3, unconsolidated, replacing an earlier dataset of that name; attributes are
+        made JSON-safe first.  Anyone can read it back with
+        ``xarray.open_zarr(run.url + "/" + name)``.
+
+        Parameters
+        ----------
+        name : str
+            Subgroup name.
+        ds : xarray.Dataset
+            The result, with coordinates and units in attrs.
+        **to_zarr_kwargs
+            Passed to ``to_zarr`` (e.g. ``encoding``); may override ``mode``.
+
+        Returns
+        -------
+        str
+            The dataset's location.
+        """
+        _check_path("dataset name", name)
+        ds = ds.copy(deep=False)
+        ds.attrs = jsonable(dict(ds.attrs), "dataset attrs")
+        for var in ds.variables.values():
+            var.attrs = jsonable(dict(var.attrs), "variable attrs")
+        kwargs = {"mode": "w", **to_zarr_kwargs, "zarr_format": 3, "consolidated": False}
+        ds.to_zarr(self._store, group=name, **kwargs)
+        return join(self._url, name)
+
+    def open_dataset(self, name: str, **open_zarr_kwargs: Any) -> xarray.Dataset:
+        """Open the dataset ``name`` written by :meth:`write_dataset` (lazily, via dask)."""
+        import xarray
+
+        kwargs = {"consolidated": False, "zarr_format": 3, **open_zarr_kwargs}
+        return xarray.open_zarr(self._store, group=name, **kwargs)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(
+        self,
+        step: int,
+        arrays: Mapping[str, Any],
+        scalars: Mapping[str, Any] | None = None,
+        keep: int | None = 3,
+    ) -> None:
+        """Save the state of ``step`` atomically (see :func:`storage.checkpoint.save_checkpoint`).
+
+        Parameters
+        ----------
+        step : int
+            Iteration number (>= 0).
+        arrays : mapping of str to array_like
+            State arrays, any shape and numeric dtype.
+        scalars : mapping, optional
+            JSON-able values (NaN/inf are stored as ``None``).
+        keep : int or None
+            Newest complete checkpoints to keep, default 3; ``None`` keeps all.
+        """
+        _ckpt.save_checkpoint(self.group, step, arrays, scalars, keep=keep)
+
+    def load_checkpoint(self) -> _ckpt.Checkpoint | None:
+        """The newest complete, checksum-verified checkpoint as ``(step, arrays, scalars)``.
+
+        Returns ``None`` when there is none.
+        """
+        return _ckpt.load_checkpoint(self.group)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps with a checkpoint directory (complete or not), ascending."""
+        return _ckpt.checkpoint_steps(self.group)
+
+    # -- side files (summary plot) --------------------------------------------------------
+    @property
+    def plot_path(self) -> str | None:
+        """Local path of ``summary.png`` inside the run directory; ``None`` for remote runs.
+
+        For remote runs write the image with :meth:`write_bytes` or :meth:`save_figure`.
+        """
+        return os.path.join(self._url, "summary.png") if self.is_local else None
+
+    def _side_path(self, name: str) -> str:
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if not all(p and p not in (".", "..") for p in parts):
+            raise ValueError(f"invalid file name {name!r}: use a relative path inside the run")
+        return join(self._url, name)
+
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Write a side file (e.g. ``"summary.png"``) into the run directory atomically.
+
+        Returns
+        -------
+        str
+            The file's location (a local path or a URL).
+        """
+        target = self._side_path(name)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, target)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        else:
+            fs, path = filesystem(target, self._options)
+            fs.pipe_file(path, bytes(data))
+        return target
+
+    def read_bytes(self, name: str) -> bytes:
+        """Read a side file written with :meth:`write_bytes`."""
+        fs, path = filesystem(self._side_path(name), self._options)
+        return fs.cat_file(path)
+
+    def save_figure(self, fig: Any, name: str = "summary.png", **savefig_kwargs: Any) -> str:
+        """Save a Matplotlib figure into the run (local or remote) and return its location."""
+        buf = io.BytesIO()
+        savefig_kwargs.setdefault("format", name.rsplit(".", 1)[-1] if "." in name else "png")
+        fig.savefig(buf, **savefig_kwargs)
+        return self.write_bytes(name, buf.getvalue())
+
+
+class Root:
+    """The root under which runs live, as ``<root>/<pipeline>/<run-id>/``.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        ``./runs`` (default), any local path, ``file://…``, ``memory://…`` (tests) or an
+        object store URL such as ``s3://bucket/prefix``.
+    storage_options : dict, optional
+        fsspec options for non-local URLs (credentials, endpoint …).
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] = "./runs",
+        *,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._url = normalize_url(url)
+        self._options = dict(storage_options or {})
+
+    @property
+    def url(self) -> str:
+        """Normalised root: an absolute path for local roots, else the URL."""
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"Root({self._url!r})"
+
+    def run_url(self, pipeline: str, run_id: str) -> str:
+        """Location of run ``run_id`` of ``pipeline`` (whether it exists or not)."""
+        return join(self._url, _check_name("pipeline", pipeline), _check_name("run id", run_id))
+
+    def _fs(self):
+        return filesystem(self._url, self._options)
+
+    def create(
+        self,
+        pipeline: str,
+        config: Mapping[str, Any] | Any | None = None,
+        *,
+        backend: str | None = None,
+        run_id: str | None = None,
+    ) -> RunStore:
+        """Create a new run with status ``running`` and its provenance recorded.
+
+        Parameters
+        ----------
+        pipeline : str
+            Pipeline name (letters, digits, ``.``, ``_``, ``-``).
+        config : mapping or pydantic model, optional
+            The validated config; stored JSON-safe in ``attrs["config"]``.
+        backend : str, optional
+            The cluster spec, recorded in the provenance.
+        run_id : str, optional
+            Explicit id; default a fresh ``YYYYMMDD-HHMMSS-<6 hex>``.
+
+        Returns
+        -------
+        RunStore
+
+        Raises
+        ------
+        FileExistsError
+            If an explicit ``run_id`` already exists for this pipeline.
+        """
+        _check_name("pipeline", pipeline)
+        config_json = jsonable(config if config is not None else {}, "config")
+        if not isinstance(config_json, dict):
+            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        fs, base = self._fs()
+        now = _dt.datetime.now(_dt.UTC)
+        for _attempt in range(20):
+            rid = _check_name("run id", run_id) if run_id is not None else new_run_id(now)
+            url = self.run_url(pipeline, rid)
+            if not fs.exists(join(base, pipeline, rid, "zarr.json")):
+                break
+            if run_id is not None:
+                raise FileExistsError(f"run {rid} of pipeline {pipeline!r} exists at {url}")
+        else:  # pragma: no cover - 20 collisions of 24 random bits
+            raise FileExistsError(f"could not find a free run id under {self._url}")
+        attrs = {
+            "run_id": rid,
+            "pipeline": pipeline,
+            "status": RUNNING,
+            "error": None,
+            "metrics": {},
+            "config": config_json,
+            "provenance": collect_provenance(backend, now.isoformat()),
+        }
+        zarr.open_group(
+            open_store(url, self._options), mode="w-", zarr_format=3, attributes=jsonable(attrs)
+        )
+        return RunStore(url, storage_options=self._options)
+
+    def open(self, run_id: str, pipeline: str | None = None) -> RunStore:
+        """Open an existing run by id, looking under every pipeline unless one is given.
+
+        Raises
+        ------
+        RunNotFound
+            If no such run exists (the message names the root and what was searched).
+        ValueError
+            If the id exists under several pipelines and ``pipeline`` is not given.
+        """
+        fs, base = self._fs()
+        where = f"pipeline {pipeline!r}" if pipeline else "any pipeline"
+        if not isinstance(run_id, str) or not _NAME.match(run_id):
+            raise RunNotFound(f"no run {run_id!r} under {self._url}: not a valid run id")
+        if pipeline is not None:
+            _check_name("pipeline", pipeline)
+            hits = [pipeline] if fs.exists(join(base, pipeline, run_id, "zarr.json")) else []
+        else:
+            hits = sorted(
+                p[len(base) :].strip("/").split("/")[0]
+                for p in fs.glob(join(base, "*", run_id, "zarr.json"))
+            )
+        if not hits:
+            known = len(self.runs(pipeline))
+            raise RunNotFound(
+                f"no run {run_id!r} under {self._url} ({where}; {known} runs there). "
+                f"List them with `tilegraph runs --store {self._url}`."
+            )
+        if len(hits) > 1:
+            raise ValueError(
+                f"run id {run_id!r} exists under pipelines {', '.join(hits)} in {self._url}; "
+                "pass pipeline="
+            )
+        return RunStore(self.run_url(hits[0], run_id), storage_options=self._options)
+
+    def resume(self, run_id: str, pipeline: str | None = None) -> RunStore:
+        """Open a run and set it back to ``running`` (see :meth:`RunStore.mark_running`)."""
+        run = self.open(run_id, pipeline)
+        run.mark_running()
+        return run
+
+    def runs(self, pipeline: str | None = None) -> list[dict[str, Any]]:
+        """Summaries of all runs (of one pipeline if given), sorted by run id.
+
+        Returns
+        -------
+        list of dict
+            ``run_id, pipeline, status, started, ended, metrics, error, url`` per run.
+        """
+        fs, base = self._fs()
+        pattern = join(base, _check_name("pipeline", pipeline) if pipeline else "*", "*")
+        paths = fs.glob(join(pattern, "zarr.json"))
+        blobs = fs.cat(paths, on_error="omit") if paths else {}
+        out = []
+        for path, blob in blobs.items():
+            parts = path[len(base) :].strip("/").split("/")
+            try:
+                meta = json.loads(blob)
+            except ValueError:
+                continue
+            attrs = meta.get("attributes") or {}
+            if meta.get("node_type") != "group" or "run_id" not in attrs or len(parts) != 3:
+                continue
+            out.append(_summary(attrs, join(self._url, parts[0], parts[1])))
+        out.sort(key=lambda r: (str(r["run_id"]), str(r["pipeline"])))
+        return out

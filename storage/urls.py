@@ -1,0 +1,90 @@
+"""Store locations: normalising URLs and opening Zarr stores / fsspec file systems.
+
+Plain paths (and ``file://`` URLs) are local and go through :class:`zarr.storage.LocalStore`;
+every other URL (``memory://``, ``s3://``, ``gs://`` …) goes through
+:class:`zarr.storage.FsspecStore`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+from zarr.storage import FsspecStore, LocalStore
+
+__all__ = ["filesystem", "is_local", "join", "normalize_url", "open_store"]
+
+
+def _protocol(url: str) -> str | None:
+    return url.split("://", 1)[0].lower() if "://" in url else None
+
+
+def normalize_url(url: str | os.PathLike[str]) -> str:
+    """Return the canonical form of a store location.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        A local path (relative, absolute, ``~``), a ``file://`` URL or any fsspec URL.
+
+    Returns
+    -------
+    str
+        Local locations become absolute paths without a protocol (``file:///a/b`` ->
+        ``/a/b``); other URLs keep their protocol and lose trailing slashes.
+    """
+    text = os.fspath(url)
+    proto = _protocol(text)
+    if proto is None or proto in ("file", "local"):
+        if proto is not None:
+            text = text.split("://", 1)[1]
+        return os.path.abspath(os.path.expanduser(text))
+    head, rest = text.split("://", 1)
+    return f"{head.lower()}://{rest.rstrip('/')}"
+
+
+def is_local(url: str) -> bool:
+    """True when ``url`` (normalised or not) names the local file system."""
+    return _protocol(os.fspath(url)) in (None, "file", "local")
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path components onto a (normalised) location with ``/``."""
+    out = url
+    for part in parts:
+        part = part.strip("/")
+        if not part:
+            continue
+        out = out + part if out.endswith("/") else f"{out}/{part}"
+    return out
+
+
+def open_store(
+    url: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = False
+) -> LocalStore | FsspecStore:
+    """Open a Zarr v3 store rooted at ``url``.
+
+    Parameters
+    ----------
+    url : str
+        Normalised location (see :func:`normalize_url`).
+    storage_options : dict, optional
+        Passed to fsspec for non-local URLs (credentials, endpoint …).
+    read_only : bool
+        Open the store read-only.
+
+    Returns
+    -------
+    zarr.storage.LocalStore or zarr.storage.FsspecStore
+    """
+    if is_local(url):
+        return LocalStore(normalize_url(url), read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=storage_options or None, read_only=read_only)
+
+
+def filesystem(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(fs, path)``: the fsspec file system behind ``url`` and the path on it."""
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))

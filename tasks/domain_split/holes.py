@@ -1,0 +1,186 @@
+"""Dirichlet solves on the boxes ("holes") that the skeleton cuts out of the fine grid.
+
+Box ``j`` (a multi-index) spans the fine nodes ``j_k s .. (j_k + 1) s`` along every axis:
+``(s - 1)^d`` interior unknowns whose boundary is skeleton (or domain boundary). Boxes
+are independent; a block of boxes is one task.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy.sparse.linalg import splu
+
+from .combine import skeleton
+from .grid import Block, Layout
+from .operator import assemble
+from .problems import Problem
+
+
+class BoxSolver:
+    """Factorised box operators, shared by all boxes when the coefficients are constant.
+
+    Parameters
+    ----------
+    problem : Problem
+    layout : Layout
+    scheme : {"central", "upwind"}
+    """
+
+    def __init__(self, problem: Problem, layout: Layout, scheme: str = "central"):
+        self.problem, self.layout, self.scheme = problem, layout, scheme
+        self._factors: dict = {}
+
+    def system(self, lo, hi):
+        """``(lu, A_ib, interior)`` of the box spanning fine nodes ``lo .. hi`` (inclusive).
+
+        Factorised once, then cached: per box size when the coefficients are constant
+        (all boxes of one size share a matrix), per box otherwise.
+        """
+        sizes = tuple(b - a for a, b in zip(lo, hi, strict=True))
+        key = sizes if self.problem.constant_coefficients else (tuple(lo), tuple(hi))
+        if key not in self._factors:
+            n = self.layout.n_fine
+            axes = [np.arange(a, b + 1) / n for a, b in zip(lo, hi, strict=True)]
+            A_ii, A_ib, interior = assemble(self.problem, axes, self.scheme)
+            self._factors[key] = (splu(A_ii), A_ib, interior)
+        return self._factors[key]
+
+    def solve_boxes(self, z: np.ndarray, v: np.ndarray, start, boxes) -> np.ndarray:
+        """Solve Dirichlet problems on boxes of a region, in place.
+
+        Parameters
+        ----------
+        z : numpy.ndarray
+            Region values; box boundaries hold the Dirichlet data, box interiors are
+            overwritten with the solution.
+        v : numpy.ndarray, same shape as ``z``
+            Right-hand side; only box interiors are read.
+        start : tuple of int
+            Fine index of ``z[0, ..., 0]``.
+        boxes : iterable of (lo, hi)
+            Boxes as inclusive fine-node ranges, each inside the region.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``z``, filled.
+        """
+        groups: dict = {}
+        for lo, hi in boxes:
+            sl = tuple(slice(a - o, b - o + 1) for a, b, o in zip(lo, hi, start, strict=True))
+            lu_key = self.system(lo, hi)
+            groups.setdefault(id(lu_key), (lu_key, []))[1].append(sl)
+        for (lu, A_ib, interior), members in groups.values():
+            rhs = np.stack([v[sl][interior] - A_ib @ z[sl][~interior] for sl in members], axis=1)
+            sol = lu.solve(rhs)
+            for i, sl in enumerate(members):
+                z[sl][interior] = sol[:, i]
+        return z
+
+
+def box_ranges(cuts_per_axis):
+    """Boxes ``(lo, hi)`` of the tensor product of 1-D cut lists (consecutive cuts)."""
+    segs = [list(zip(c[:-1], c[1:], strict=True)) for c in cuts_per_axis]
+    for combo in itertools.product(*segs):
+        yield tuple(a for a, _ in combo), tuple(b for _, b in combo)
+
+
+def fill_block(
+    layout: Layout, boxes: BoxSolver, corrected: dict, v: np.ndarray, block: Block
+) -> np.ndarray:
+    """One block of ``T v``: skeleton values from the corrected sub-mesh solutions, then
+    the box solves.
+
+    Parameters
+    ----------
+    layout : Layout
+    boxes : BoxSolver
+    corrected : dict
+        ``S -> w'_S`` restricted to :func:`work_region` of the block (or whole).
+    v : numpy.ndarray, shape ``block.shape``
+        The vector ``T`` is applied to, on the block's owned region.
+    block : Block
+
+    Returns
+    -------
+    numpy.ndarray, shape ``block.shape``
+        ``T v`` on the block's owned region.
+    """
+    start, shape = work_region(layout, block)
+    z = skeleton(layout, corrected, start, shape)
+    pad = [(0, w - o) for w, o in zip(shape, block.shape, strict=True)]
+    vw = np.pad(np.asarray(v, dtype=np.float64), pad)
+    s = layout.stride
+    cuts = [[j * s for j in range(r.start, r.stop + 1)] for r in block.boxes]
+    boxes.solve_boxes(z, vw, start, box_ranges(cuts))
+    return z[tuple(slice(0, n) for n in block.shape)]
+
+
+def shifted_cuts(layout: Layout) -> list[int]:
+    """Fine indices of the shifted skeleton along one axis: ``0``, ``j s + s // 2``,
+    ``n_fine``. The shifted boxes straddle the skeleton with overlap ``s // 2``."""
+    s, n = layout.stride, layout.n_fine
+    return sorted({0, n, *(j * s + s // 2 for j in range(layout.n_coarse))})
+
+
+def smooth_region(layout: Layout, block: Block):
+    """Region a block's shifted-box solves read: every shifted box that meets the block's
+    owned nodes or their one-node halo.
+
+    Returns
+    -------
+    start, stop : tuple of int
+        Fine range ``[start, stop)``.
+    cuts : list of list of int
+        Shifted cuts inside the region, per axis.
+    """
+    c = shifted_cuts(layout)
+    start, stop, cuts = [], [], []
+    for a, b in zip(block.start, block.stop, strict=True):
+        lo, hi = max(a - 1, 0), min(b, layout.n_fine)
+        first = max(i for i in range(len(c)) if c[i] <= lo)
+        last = min(i for i in range(len(c)) if c[i] >= hi)
+        start.append(c[first])
+        stop.append(c[last] + 1)
+        cuts.append(c[first : last + 1])
+    return tuple(start), tuple(stop), cuts
+
+
+def smooth_block(layout: Layout, boxes: BoxSolver, v_region: np.ndarray, block: Block):
+    """Shifted-box (overlapping Schwarz) solves of ``L z = v`` with ``z = 0`` on the
+    shifted skeleton, on a block's owned nodes plus a one-node halo.
+
+    Parameters
+    ----------
+    v_region : numpy.ndarray
+        ``v`` on :func:`smooth_region` of the block.
+
+    Returns
+    -------
+    numpy.ndarray, shape ``block.shape + 2`` per axis
+        ``z`` on the owned nodes with a one-node halo (zero outside the domain).
+    """
+    start, stop, cuts = smooth_region(layout, block)
+    z = np.zeros_like(v_region, dtype=np.float64)
+    boxes.solve_boxes(z, v_region, start, box_ranges(cuts))
+    zp = np.pad(z, 1)
+    sl = tuple(
+        slice(a - 1 - s0 + 1, b + 1 - s0 + 1)
+        for a, b, s0 in zip(block.start, block.stop, start, strict=True)
+    )
+    return zp[sl]
+
+
+def work_region(layout: Layout, block: Block):
+    """The region a block's box solves touch: its boxes and their upper faces.
+
+    Returns
+    -------
+    start, shape : tuple of int
+    """
+    s = layout.stride
+    start = tuple(r.start * s for r in block.boxes)
+    shape = tuple(len(r) * s + 1 for r in block.boxes)
+    return start, shape

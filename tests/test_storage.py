@@ -1,0 +1,512 @@
+"""Tests of ``storage``: run stores on real Zarr v3, on disk and on ``memory://``.
+
+Generic tests take the ``root`` fixture, which is parametrised over a local directory and an
+fsspec ``memory://`` root (the way zarr-python's ``StoreTests`` run one suite per store).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import multiprocessing
+import pickle
+import re
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import storage
+from storage import checkpoint as ckpt
+
+RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+@pytest.fixture(params=["local", "memory"])
+def root(request, tmp_path):
+    """A fresh run root: a directory under ``tmp_path`` or a unique ``memory://`` prefix."""
+    if request.param == "local":
+        yield storage.Root(tmp_path / "runs")
+        return
+    name = f"tg-test-{uuid.uuid4().hex}"
+    yield storage.Root(f"memory://{name}")
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{name}"):
+        fs.rm(f"/{name}", recursive=True)
+
+
+@pytest.fixture
+def local_root(tmp_path):
+    return storage.Root(tmp_path / "runs")
+
+
+CONFIG = {"n": 8, "tol": 1e-8, "name": "quick", "shape": [4, 4]}
+
+
+# -- roots, creation, attributes --------------------------------------------------------------
+def test_root_url_is_normalised(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.Root().url == str(tmp_path / "runs")
+    assert storage.Root("sub/dir/").url == str(tmp_path / "sub" / "dir")
+    assert storage.Root(f"file://{tmp_path}/x").url == str(tmp_path / "x")
+    assert storage.Root("memory://abc/").url == "memory://abc"
+    assert storage.Root("S3://bucket/prefix/").url == "s3://bucket/prefix"
+
+
+def test_create_records_config_provenance_and_status(root):
+    run = root.create("domain-split", config=CONFIG, backend="local:2")
+    assert RUN_ID.match(run.run_id)
+    assert run.pipeline == "domain-split"
+    assert run.url == f"{root.url}/domain-split/{run.run_id}"
+    assert run.config == CONFIG
+    assert run.status == "running"
+    assert run.error is None
+    assert run.metrics == {}
+    prov = run.provenance
+    for key in ("tilegraph", "python", "numpy", "zarr", "xarray", "host", "user", "platform"):
+        assert isinstance(prov[key], str) and prov[key], key
+    assert prov["backend"] == "local:2"
+    assert "git_commit" in prov and "argv" in prov
+    assert prov["started"].startswith(run.run_id[:4]) and prov["ended"] is None
+    # the same, read straight from the Zarr group as anyone else would
+    attrs = zarr.open_group(storage.urls.open_store(run.url), mode="r").attrs.asdict()
+    assert attrs["status"] == "running" and attrs["run_id"] == run.run_id
+    assert attrs["pipeline"] == "domain-split" and attrs["config"] == CONFIG
+
+
+def test_run_ids_are_unique_and_sortable(root):
+    ids = [root.create("p").run_id for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(RUN_ID.match(i) for i in ids)
+    assert storage.new_run_id() > "20240101-000000-000000"
+
+
+def test_explicit_run_id_and_bad_names(root):
+    run = root.create("p", run_id="sweep-0001")
+    assert run.run_id == "sweep-0001"
+    with pytest.raises(FileExistsError, match="sweep-0001"):
+        root.create("p", run_id="sweep-0001")
+    with pytest.raises(ValueError, match="pipeline"):
+        root.create("../evil")
+    with pytest.raises(ValueError, match="run id"):
+        root.create("p", run_id="a/b")
+
+
+def test_config_must_be_json(root):
+    with pytest.raises(TypeError, match="config"):
+        root.create("p", config={"f": object()})
+
+
+# -- arrays -------------------------------------------------------------------------------
+def test_array_roundtrip_with_dimension_names(root):
+    run = root.create("p")
+    ref = run.create_array(
+        "u",
+        shape=(6, 5),
+        chunks=(3, 2),
+        dimension_names=("y", "x"),
+        attrs={"units": "m/s", "scale": np.float32(2.0)},
+    )
+    assert ref.shape == (6, 5) and ref.chunks == (3, 2) and ref.dtype == "float64"
+    assert pickle.loads(pickle.dumps(ref)) == ref
+    data = np.arange(30.0).reshape(6, 5)
+    for region in ref.regions():
+        ref.write(region, data[region])
+    np.testing.assert_array_equal(ref.read(), data)
+    np.testing.assert_array_equal(ref.read((slice(1, 4), slice(0, 5))), data[1:4])
+    arr = ref.open("r")
+    assert arr.metadata.dimension_names == ("y", "x")
+    assert arr.attrs.asdict() == {"units": "m/s", "scale": 2.0}
+    assert run.array("u") == ref
+    ints = run.create_array("n", (4,), (2,), dtype="int32", dimension_names=("i",))
+    assert ints.dtype == "int32" and ints.read().tolist() == [0, 0, 0, 0]
+    with pytest.raises(KeyError, match="nope"):
+        run.array("nope")
+    with pytest.raises(ValueError, match="dimension_names"):
+        run.create_array("bad", (4,), (2,), dimension_names=("a", "b"))
+
+
+def test_sharded_array_owns_whole_shards(root):
+    run = root.create("p")
+    ref = run.create_array("s", (8,), (2,), shards=(4,), dimension_names=("x",))
+    assert ref.chunks == (4,)
+    ref.write((slice(4, 8),), np.ones(4))
+    with pytest.raises(storage.ChunkOwnershipError):
+        ref.write((slice(0, 2),), np.ones(2))
+    np.testing.assert_array_equal(ref.read(), [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+# -- chunk ownership --------------------------------------------------------------------------
+def test_chunk_regions_tile_the_array_once():
+    shape, chunks = (7, 5), (3, 2)
+    count = np.zeros(shape, dtype=int)
+    regions = list(storage.chunk_regions(shape, chunks))
+    for region in regions:
+        count[region] += 1
+        assert storage.check_whole_chunks(shape, chunks, region) == region
+    assert len(regions) == 3 * 3 and (count == 1).all()
+    assert list(storage.chunk_regions((), ())) == [()]
+
+
+def test_check_whole_chunks_rules():
+    shape, chunks = (10, 6), (4, 3)
+    ok = storage.check_whole_chunks(shape, chunks, (slice(8, None), slice(3, 6)))
+    assert ok == (slice(8, 10), slice(3, 6))  # stop at the array end is fine
+    assert storage.check_whole_chunks(shape, chunks, (slice(4, 8),)) == (
+        slice(4, 8),
+        slice(0, 6),
+    )
+    with pytest.raises(storage.ChunkOwnershipError, match=r"axis 0.*2:8.*0, 4, 8, 10"):
+        storage.check_whole_chunks(shape, chunks, (slice(2, 8),), name="u")
+    with pytest.raises(storage.ChunkOwnershipError, match=r"'u'.*axis 1.*0:4.*0, 3, 6"):
+        storage.check_whole_chunks(shape, chunks, (slice(0, 4), slice(0, 4)), name="u")
+    assert issubclass(storage.ChunkOwnershipError, ValueError)
+    with pytest.raises(ValueError, match="step"):
+        storage.check_whole_chunks(shape, chunks, (slice(0, 8, 2),))
+
+
+def test_refused_write_writes_nothing(root):
+    run = root.create("p")
+    ref = run.create_array("u", (10, 6), (4, 3), dimension_names=("y", "x"), fill_value=-1.0)
+    for bad in [(slice(1, 4), slice(0, 3)), (slice(0, 4), slice(0, 5))]:
+        block = np.full((3 if bad[0].start else 4, bad[1].stop - bad[1].start), 7.0)
+        with pytest.raises(storage.ChunkOwnershipError, match=r"'u'"):
+            ref.write(bad, block)
+    arr = ref.open("r")
+    assert arr.nchunks_initialized == 0
+    np.testing.assert_array_equal(arr[...], -1.0)
+    ref.write((slice(8, 10), slice(3, 6)), np.full((2, 3), 5.0))  # the partial last chunk
+    assert ref.open("r").nchunks_initialized == 1
+    assert (ref.read()[8:, 3:] == 5.0).all() and (ref.read()[:8] == -1.0).all()
+
+
+def _write_blocks(ref: storage.ArrayRef, regions: list[tuple[slice, ...]]) -> str:
+    """Worker: write this worker's own chunks; also try (and fail) to write a shared chunk."""
+    ref = pickle.loads(pickle.dumps(ref))
+    for region in regions:
+        rows, cols = region
+        ii, jj = np.meshgrid(
+            np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop), indexing="ij"
+        )
+        ref.write(region, 100.0 * ii + jj)
+    try:
+        ref.write((slice(1, 9), slice(0, 5)), np.zeros((8, 5)))
+    except storage.ChunkOwnershipError:
+        return "refused"
+    return "wrote"
+
+
+def test_four_processes_write_their_own_chunks(local_root):
+    run = local_root.create("p", backend="local:4")
+    ref = run.create_array("field", (40, 30), (10, 15), dimension_names=("y", "x"))
+    regions = list(ref.regions())
+    assert len(regions) == 8
+    jobs = [(ref, regions[k::4]) for k in range(4)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        outcomes = pool.starmap(_write_blocks, jobs)
+    assert outcomes == ["refused"] * 4
+    ii, jj = np.meshgrid(np.arange(40), np.arange(30), indexing="ij")
+    np.testing.assert_array_equal(ref.read(), 100.0 * ii + jj)
+
+
+# -- xarray results ---------------------------------------------------------------------------
+def _dataset() -> xr.Dataset:
+    x = np.linspace(0.0, 1.0, 5)
+    t = np.arange(3)
+    return xr.Dataset(
+        {
+            "u": (("t", "x"), np.arange(15.0).reshape(3, 5), {"units": "m/s"}),
+            "err": (("t",), np.array([1e-3, 1e-6, 1e-9]), {"units": "1"}),
+        },
+        coords={"x": ("x", x, {"units": "m"}), "t": ("t", t, {"units": "step"})},
+        attrs={"title": "test", "tol": np.float64(1e-8), "n": np.int64(5)},
+    )
+
+
+def test_write_dataset_readable_by_xarray_open_zarr(local_root):
+    run = local_root.create("p", config=CONFIG)
+    ref = run.create_array("state", (4,), (2,), dimension_names=("i",))
+    ref.write((slice(0, 4),), np.arange(4.0))
+    ds = _dataset()
+    where = run.write_dataset("result", ds)
+    assert where == run.url + "/result"
+    back = xr.open_zarr(run.url + "/result", consolidated=False, zarr_format=3).load()
+    xr.testing.assert_identical(back, ds)
+    with pytest.warns(RuntimeWarning, match="consolidated"):  # plain call works too
+        plain = xr.open_zarr(run.url + "/result")
+    xr.testing.assert_identical(plain.load(), ds)
+    meta = zarr.open_array(run.url + "/result/u", mode="r").metadata
+    assert meta.dimension_names == ("t", "x")
+    # the rest of the run is untouched
+    assert run.config == CONFIG and run.status == "running"
+    np.testing.assert_array_equal(run.array("state").read(), np.arange(4.0))
+
+
+def test_write_and_open_dataset(root):
+    run = root.create("p")
+    run.write_dataset("result", _dataset())
+    run.write_dataset("result", _dataset().isel(t=[0]))  # replaces
+    back = run.open_dataset("result").load()
+    xr.testing.assert_identical(back, _dataset().isel(t=[0]))
+    with pytest.raises(ValueError, match="reserved"):
+        run.write_dataset("checkpoints", _dataset())
+
+
+# -- status, listing, lookup ------------------------------------------------------------------
+def test_status_running_to_complete(root):
+    run = root.create("p")
+    run.set_metrics({"iterations": np.int64(12), "residual": np.float32(0.5)})
+    run.mark_complete({"residual": np.float64(1e-9), "bad": float("nan")})
+    assert run.status == "complete" and run.error is None
+    assert run.metrics == {"iterations": 12, "residual": 1e-9, "bad": None}
+    assert run.provenance["ended"] >= run.provenance["started"]
+
+
+def test_status_running_to_failed(root):
+    run = root.create("p")
+    run.mark_failed("solver diverged at step 3")
+    assert run.status == "failed" and run.error == "solver diverged at step 3"
+    assert run.provenance["ended"] is not None
+    run2 = root.create("p")
+    run2.mark_failed(RuntimeError("boom"))
+    assert run2.error == "RuntimeError: boom"
+
+
+def test_resume_after_failure(root):
+    run = root.create("p", backend="sync")
+    started = run.provenance["started"]
+    run.mark_failed("killed")
+    again = root.resume(run.run_id)
+    assert again.status == "running" and again.error is None
+    prov = again.provenance
+    assert prov["started"] == started and prov["ended"] is None
+    assert len(prov["resumed"]) == 1 and prov["resumed"][0] >= started
+    again.mark_running()
+    assert len(again.provenance["resumed"]) == 2
+
+
+def test_runs_listing_and_open_across_pipelines(root):
+    a = root.create("domain-split", config={"k": 1})
+    b = root.create("picard")
+    c = root.create("domain-split")
+    c.mark_complete({"err": 0.1})
+    listing = root.runs()
+    assert [r["run_id"] for r in listing] == sorted([a.run_id, b.run_id, c.run_id])
+    by_id = {r["run_id"]: r for r in listing}
+    assert by_id[b.run_id]["pipeline"] == "picard"
+    assert by_id[c.run_id]["status"] == "complete" and by_id[c.run_id]["metrics"] == {"err": 0.1}
+    assert by_id[c.run_id]["ended"] is not None and by_id[a.run_id]["ended"] is None
+    assert by_id[a.run_id]["url"] == a.url
+    assert set(by_id[a.run_id]) >= {"run_id", "pipeline", "status", "started", "ended", "metrics"}
+    assert {r["run_id"] for r in root.runs("domain-split")} == {a.run_id, c.run_id}
+    assert root.runs("nothing-here") == []
+
+    opened = root.open(b.run_id)
+    assert opened.pipeline == "picard" and opened.url == b.url
+    assert root.open(a.run_id, pipeline="domain-split").config == {"k": 1}
+    with pytest.raises(storage.RunNotFound, match="picard"):
+        root.open(a.run_id, pipeline="picard")
+    with pytest.raises(KeyError) as info:
+        root.open("20000101-000000-abcdef")
+    assert isinstance(info.value, storage.RunNotFound)
+    assert "20000101-000000-abcdef" in str(info.value) and root.url in str(info.value)
+
+
+def test_runs_ignores_foreign_content(root):
+    run = root.create("p")
+    fs, base = storage.urls.filesystem(root.url)
+    fs.pipe_file(f"{base}/p/notes.txt", b"hello")
+    zarr.open_group(storage.urls.open_store(f"{root.url}/p/plain-group"), mode="w")
+    assert [r["run_id"] for r in root.runs()] == [run.run_id]
+    with pytest.raises(storage.RunNotFound, match="not a tilegraph run"):
+        storage.RunStore(f"{root.url}/p/plain-group")
+
+
+def test_empty_root(root):
+    assert root.runs() == []
+    with pytest.raises(storage.RunNotFound):
+        root.open("20000101-000000-abcdef")
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def _state(step: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(step)
+    return {
+        "x": rng.standard_normal((5, 7)),
+        "k": np.arange(step, step + 3, dtype=np.int32),
+        "t": np.array(0.1 * step),
+    }
+
+
+def _assert_checkpoint(loaded, step: int) -> None:
+    assert loaded is not None
+    got_step, arrays, scalars = loaded
+    assert got_step == step
+    want = _state(step)
+    assert set(arrays) == set(want)
+    for name, value in want.items():
+        assert arrays[name].dtype == value.dtype and arrays[name].shape == value.shape
+        np.testing.assert_array_equal(arrays[name], value)
+    assert scalars == {"step": step, "energy": 1.5 * step, "nan": None}
+
+
+def _save(run, step: int, **kw) -> None:
+    scalars = {"step": np.int64(step), "energy": np.float64(1.5 * step), "nan": math.nan}
+    run.save_checkpoint(step, _state(step), scalars, **kw)
+
+
+def test_checkpoint_save_two_load_newest(root):
+    run = root.create("p")
+    assert run.load_checkpoint() is None
+    _save(run, 1)
+    _save(run, 2)
+    _assert_checkpoint(run.load_checkpoint(), 2)
+    _assert_checkpoint(root.open(run.run_id).load_checkpoint(), 2)
+
+
+def test_interrupted_checkpoint_is_skipped(root):
+    run = root.create("p")
+    _save(run, 1)
+    _save(run, 2)
+    # a crash after the arrays of step 3 were written but before its manifest
+    ck = run.group["checkpoints"]
+    sub = ck.create_group("00000003", attributes={"complete": False, "step": 3})
+    for name, value in _state(3).items():
+        sub.create_array(name, data=value)
+    assert run.checkpoint_steps() == [1, 2, 3]
+    _assert_checkpoint(run.load_checkpoint(), 2)
+
+
+@pytest.mark.parametrize("damage", ["overwrite", "delete"])
+def test_corrupt_complete_checkpoint_is_skipped(root, damage):
+    run = root.create("p")
+    _save(run, 1)
+    _save(run, 2)
+    _save(run, 3)
+    sub = run.group["checkpoints/00000003"]
+    assert sub.attrs["complete"] is True
+    if damage == "overwrite":
+        arr = sub["x"]
+        arr[0, 0] = arr[0, 0] + 1.0
+    else:
+        del sub["k"]
+    _assert_checkpoint(run.load_checkpoint(), 2)
+
+
+def test_checkpoint_retention_keeps_three(root):
+    run = root.create("p")
+    for step in range(1, 6):
+        _save(run, step)
+    assert run.checkpoint_steps() == [3, 4, 5]
+    _assert_checkpoint(run.load_checkpoint(), 5)
+    _save(run, 6, keep=None)
+    _save(run, 7, keep=None)
+    assert run.checkpoint_steps() == [3, 4, 5, 6, 7]
+    _save(run, 8, keep=1)
+    assert run.checkpoint_steps() == [8]
+
+
+def test_checkpoint_resave_same_step_and_leftovers(root):
+    run = root.create("p")
+    _save(run, 1)
+    ck = run.group["checkpoints"]
+    ck.create_group("00000002", attributes={"complete": False, "step": 2})  # crashed save
+    _save(run, 2)  # the resumed run saves step 2 again
+    _save(run, 3)
+    _assert_checkpoint(run.load_checkpoint(), 3)
+    partial = ck.create_group("00000004", attributes={"complete": False, "step": 4})
+    partial.create_array("x", data=np.zeros(3))
+    _save(run, 5)
+    assert run.checkpoint_steps() == [2, 3, 5]  # the stale partial step 4 is gone
+
+
+def test_checkpoint_rejects_bad_input(root):
+    run = root.create("p")
+    with pytest.raises(ValueError, match="step"):
+        run.save_checkpoint(-1, {"x": np.zeros(2)}, {})
+    with pytest.raises(ValueError, match="name"):
+        run.save_checkpoint(1, {"a/b": np.zeros(2)}, {})
+    with pytest.raises(TypeError, match="object"):
+        run.save_checkpoint(1, {"x": np.array([object()])}, {})
+    assert run.load_checkpoint() is None
+
+
+def test_checkpoint_functions_work_on_a_plain_group(tmp_path):
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w", zarr_format=3)
+    ckpt.save_checkpoint(group, 4, {"a": np.eye(2)}, {"s": "x"})
+    step, arrays, scalars = ckpt.load_checkpoint(group)
+    assert step == 4 and scalars == {"s": "x"}
+    np.testing.assert_array_equal(arrays["a"], np.eye(2))
+
+
+# -- side files, JSON, layering ---------------------------------------------------------------
+def test_plot_path_and_side_files(root):
+    run = root.create("p")
+    png = b"\x89PNG\r\n\x1a\nfake"
+    where = run.write_bytes("summary.png", png)
+    assert where == run.url + "/summary.png"
+    assert run.read_bytes("summary.png") == png
+    if run.is_local:
+        assert run.plot_path == str(Path(run.url) / "summary.png")
+        assert Path(run.plot_path).read_bytes() == png
+    else:
+        assert run.plot_path is None
+    with pytest.raises(ValueError, match="relative"):
+        run.write_bytes("../escape.png", png)
+    assert [r["run_id"] for r in root.runs()] == [run.run_id]
+
+
+def test_save_figure_uses_savefig(root):
+    class Fig:
+        def savefig(self, buf, format):
+            buf.write(f"image/{format}".encode())
+
+    run = root.create("p")
+    run.save_figure(Fig())
+    assert run.read_bytes("summary.png") == b"image/png"
+
+
+def test_jsonable():
+    value = {
+        "i": np.int16(3),
+        "f": np.float32(0.5),
+        "nan": np.float64("nan"),
+        "inf": float("inf"),
+        "arr": np.arange(3),
+        "t": (1, 2.0),
+        "b": np.bool_(True),
+        1: Path("/a"),
+    }
+    assert storage.jsonable(value) == {
+        "i": 3,
+        "f": 0.5,
+        "nan": None,
+        "inf": None,
+        "arr": [0, 1, 2],
+        "t": [1, 2.0],
+        "b": True,
+        "1": "/a",
+    }
+    assert type(storage.jsonable(np.int64(2))) is int
+    with pytest.raises(TypeError, match=r"cfg\['x'\]"):
+        storage.jsonable({"x": object()}, "cfg")
+
+
+def test_storage_imports_no_other_package():
+    forbidden = {"tasks", "cluster", "pipelines", "ray"}
+    package = Path(storage.__file__).parent
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
