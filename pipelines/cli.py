@@ -80,7 +80,9 @@ def _table(rows: list[list[str]], header: list[str] | None = None) -> str:
     if not all_rows:
         return ""
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in all_rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in all_rows
+    ]
     if header:
         lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -89,7 +91,9 @@ def _table(rows: list[list[str]], header: list[str] | None = None) -> str:
 def _cmd_list(args) -> int:
     pipes = load_pipelines()
     if args.json:
-        out = {n: {"description": p.description, "presets": list(p.presets)} for n, p in pipes.items()}
+        out = {
+            n: {"description": p.description, "presets": list(p.presets)} for n, p in pipes.items()
+        }
         print(json.dumps({"pipelines": out}))
         return 0
     rows = [[n, ", ".join(p.presets), p.description] for n, p in pipes.items()]
@@ -109,7 +113,9 @@ def _cmd_run(args) -> int:
     run = None
     if args.resume:
         if args.preset or args.config or args.sets:
-            raise UsageError("--resume continues a run with its stored config; drop --preset/--config/--set")
+            raise UsageError(
+                "--resume continues a run with its stored config; drop --preset/--config/--set"
+            )
         try:
             run = root.open(args.resume, pipeline=pipeline.name)
         except (KeyError, ValueError) as exc:
@@ -131,25 +137,35 @@ def _cmd_run(args) -> int:
         raise UsageError(f"--cluster: {exc}") from None
     with executor:
         if run is None:
-            run = root.create(pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster)
+            run = root.create(
+                pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster
+            )
         else:
             run.mark_running()
         ctx_progress = progress_factory()
         from .base import RunContext
 
-        ctx = RunContext(executor=executor, store=run, progress=ctx_progress, resume=bool(args.resume))
+        ctx = RunContext(
+            executor=executor, store=run, progress=ctx_progress, resume=bool(args.resume)
+        )
         try:
             metrics = pipeline.run(config, ctx)
         except KeyboardInterrupt:
             run.mark_failed("interrupted (KeyboardInterrupt)")
-            sys.stderr.write(f"error: run {run.run_id} interrupted; continue it with --resume {run.run_id}\n")
+            sys.stderr.write(
+                f"error: run {run.run_id} interrupted; continue it with --resume {run.run_id}\n"
+            )
             return 130
         except Exception as exc:  # the run failed: record it, report, exit 1
             run.mark_failed(exc)
             sys.stderr.write(traceback.format_exc())
             sys.stderr.write(f"error: run {run.run_id} failed: {type(exc).__name__}: {exc}\n")
             if args.json:
-                print(json.dumps({"run_id": run.run_id, "path": run.url, "status": "failed", "metrics": {}}))
+                print(
+                    json.dumps(
+                        {"run_id": run.run_id, "path": run.url, "status": "failed", "metrics": {}}
+                    )
+                )
             return 1
     metrics = dict(metrics or {})
     metrics.setdefault("wall_s", time.perf_counter() - t0)
@@ -159,7 +175,16 @@ def _cmd_run(args) -> int:
     print(f"run {run.run_id} complete: {run.url}")
     print(_table(rows, ["metric", "value"]))
     if args.json:
-        print(json.dumps({"run_id": run.run_id, "path": run.url, "status": run.status, "metrics": run.metrics}))
+        print(
+            json.dumps(
+                {
+                    "run_id": run.run_id,
+                    "path": run.url,
+                    "status": run.status,
+                    "metrics": run.metrics,
+                }
+            )
+        )
     return 0
 
 
@@ -173,7 +198,10 @@ def _cmd_runs(args) -> int:
     if not runs:
         print(f"no runs under {args.store}")
         return 0
-    rows = [[r["run_id"], r["pipeline"], r["status"], str(r.get("started") or ""), r["url"]] for r in runs]
+    rows = [
+        [r["run_id"], r["pipeline"], r["status"], str(r.get("started") or ""), r["url"]]
+        for r in runs
+    ]
     print(_table(rows, ["run", "pipeline", "status", "started", "path"]))
     return 0
 

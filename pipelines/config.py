@@ -64,7 +64,9 @@ def read_config_file(path: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"--config {path}: expected a mapping of fields, got {type(data).__name__}")
+        raise ConfigError(
+            f"--config {path}: expected a mapping of fields, got {type(data).__name__}"
+        )
     return dict(data)
 
 

@@ -57,9 +57,7 @@ class DomainSplitConfig(BaseModel):
     direct_reference: bool = Field(
         default=True, description="also solve the fine system with SciPy for rel_error_direct"
     )
-    out_of_core: bool = Field(
-        default=False, description="never hold the fine grid on the driver"
-    )
+    out_of_core: bool = Field(default=False, description="never hold the fine grid on the driver")
     keep_work: bool = Field(default=False, description="keep the scratch vectors after the run")
 
     @field_validator("d")

@@ -37,7 +37,9 @@ def summary_figure(store, d: int, history, title: str):
     axes[0].set_title("solution u" + where)
     fig.colorbar(im, ax=axes[0])
     lim = float(np.abs(err).max()) or 1.0
-    im = axes[1].imshow(err.T, origin="lower", extent=(0, 1, 0, 1), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    im = axes[1].imshow(
+        err.T, origin="lower", extent=(0, 1, 0, 1), cmap="RdBu_r", vmin=-lim, vmax=lim
+    )
     axes[1].set_title("error u - u_exact" + where)
     fig.colorbar(im, ax=axes[1])
     for ax in axes[:2]:

@@ -73,7 +73,11 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
             refs[name] = store.array(path)
         else:
             refs[name] = store.create_array(
-                path, layout.shape, layout.chunks, dimension_names=dims, compressors=None,
+                path,
+                layout.shape,
+                layout.chunks,
+                dimension_names=dims,
+                compressors=None,
                 overwrite=True,
             )
     vec = refs.__getitem__
@@ -93,7 +97,9 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         state = dict(saved.scalars)
         state["history"] = [float(h) for h in saved.arrays["history"]]
     else:
-        plan.precondition(refs["B"], refs["x0"], (refs["z"], refs["r"]), rule=cfg.merge, smooth=False)
+        plan.precondition(
+            refs["B"], refs["x0"], (refs["z"], refs["r"]), rule=cfg.merge, smooth=False
+        )
         state = {"x": 0, "iterations": 0, "rel_residual": None, "history": []}
         checkpoint(state)
     state["norm_b"] = norm_b
@@ -107,8 +113,12 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     attrs = {"units": "1", "grid": f"{cfg.n_fine} intervals per axis on [0, 1]"}
     out = {
         name: store.create_array(
-            f"result/{name}", layout.shape, layout.chunks, dimension_names=dims,
-            attrs={**attrs, "long_name": long}, overwrite=True,
+            f"result/{name}",
+            layout.shape,
+            layout.chunks,
+            dimension_names=dims,
+            attrs={**attrs, "long_name": long},
+            overwrite=True,
         )
         for name, long in (
             ("solution", "tilegraph two-level solution"),
@@ -118,11 +128,17 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     }
     for dim in dims:
         coord = store.create_array(
-            f"result/{dim}", (layout.n_fine + 1,), (layout.n_fine + 1,), dimension_names=(dim,),
-            attrs={"units": "1", "long_name": f"coordinate {dim}"}, overwrite=True,
+            f"result/{dim}",
+            (layout.n_fine + 1,),
+            (layout.n_fine + 1,),
+            dimension_names=(dim,),
+            attrs={"units": "1", "long_name": f"coordinate {dim}"},
+            overwrite=True,
         )
         coord.write((slice(None),), np.linspace(0.0, 1.0, layout.n_fine + 1))
-    parts = plan.call("finalize", vec(f"x{state['x']}"), out["solution"], out["exact"], out["error"])
+    parts = plan.call(
+        "finalize", vec(f"x{state['x']}"), out["solution"], out["exact"], out["error"]
+    )
     err_sq = math.fsum(p[0] for p in parts)
     ex_sq = math.fsum(p[1] for p in parts)
 
@@ -150,7 +166,13 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     store.write_dataset(
         "history",
         xr.Dataset(
-            {"rel_residual": ("iteration", hist, {"units": "1", "long_name": "relative residual"})},
+            {
+                "rel_residual": (
+                    "iteration",
+                    hist,
+                    {"units": "1", "long_name": "relative residual"},
+                )
+            },
             coords={"iteration": np.arange(hist.size)},
             attrs={"solver": cfg.solver},
         ),

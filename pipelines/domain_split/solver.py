@@ -37,7 +37,9 @@ class BlockPlan:
         self.smoother = smoother
         n_blocks = len(layout.blocks)
         n_actors = max(1, min(int(executor.n_workers or 1), n_blocks))
-        self.actors = [executor.actor(BlockWorker, problem, layout, scheme) for _ in range(n_actors)]
+        self.actors = [
+            executor.actor(BlockWorker, problem, layout, scheme) for _ in range(n_actors)
+        ]
         self.owner = [list(range(a, n_blocks, n_actors)) for a in range(n_actors)]
         self.sub = SubmeshSolver(problem, layout, scheme)
         self.P = spline_matrix(layout.n_coarse, layout.n_fine)

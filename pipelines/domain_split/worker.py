@@ -11,13 +11,29 @@ between passes; its results do not depend on which blocks it holds.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from tasks.domain_split.combine import restrict, restriction_matrix
 from tasks.domain_split.grid import Layout
 from tasks.domain_split.holes import BoxSolver, fill_block, smooth_block, smooth_region
 from tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
 from tasks.domain_split.problems import Problem
+
+
+def _one_thread(method):
+    """Run a pass with single-threaded BLAS: a multi-threaded ``gemm``/``trsm`` may
+    round differently, and a run must give the same bits in a one-thread worker process
+    and in the driver (``sync``)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class BlockWorker:
@@ -67,9 +83,10 @@ class BlockWorker:
 
     @staticmethod
     def _dots(y, others) -> list[float]:
-        return [float(np.vdot(y, o)) for o in others]
+        return [_dot(y, o) for o in others]
 
     # -- passes ---------------------------------------------------------------------------
+    @_one_thread
     def rhs(self, ids, out):
         """Write ``B`` (``f`` inside, ``g`` on the boundary); return ``sum(B^2)``."""
         res = []
@@ -77,9 +94,10 @@ class BlockWorker:
             b = self._block(i)
             v = rhs_block(self.problem, b.start, b.shape, self.layout.n_fine)
             self._write(out, b, v)
-            res.append(float(np.vdot(v, v)))
+            res.append(_dot(v, v))
         return res
 
+    @_one_thread
     def restrict(self, ids, v):
         """Per-block parts of the restriction of ``v`` to every sub-mesh."""
         res = []
@@ -88,6 +106,7 @@ class BlockWorker:
             res.append(restrict(self.layout, self._read(v, b.start, b.stop), b.start, self.R))
         return res
 
+    @_one_thread
     def smooth_residual(self, ids, v, z_out, r_out):
         """Shifted-box solves ``z = Sh v``, then ``r = v - L z``; write both and return
         the restriction of ``r``."""
@@ -103,6 +122,7 @@ class BlockWorker:
             res.append(restrict(self.layout, r, b.start, self.R))
         return res
 
+    @_one_thread
     def fill(self, ids, corrected, v, base, out):
         """``out = base + (skeleton + box solves of v)`` on each block (``base`` may be
         None). ``corrected`` holds, per block, the corrected sub-mesh solutions on the
@@ -115,6 +135,7 @@ class BlockWorker:
             self._write(out, b, z)
         return [None] * len(ids)
 
+    @_one_thread
     def matvec(self, ids, u, rhs=None, out=None, dots=()):
         """``y = L u`` (or ``rhs - L u``); write ``y`` to ``out`` if given.
 
@@ -129,9 +150,10 @@ class BlockWorker:
             if out is not None:
                 self._write(out, b, y)
             others = [self._read(d, b.start, b.stop) for d in dots]
-            res.append((float(np.vdot(y, y)), self._dots(y, others)))
+            res.append((_dot(y, y), self._dots(y, others)))
         return res
 
+    @_one_thread
     def lincomb(self, ids, out, terms, dots=()):
         """``y = sum_k c_k v_k`` for ``terms = [(c_k, v_k), ...]``; write ``y`` to ``out``.
 
@@ -146,9 +168,10 @@ class BlockWorker:
                 y = t if y is None else y + t
             others = [self._read(d, b.start, b.stop) for d in dots]
             self._write(out, b, y)
-            res.append((float(np.vdot(y, y)), self._dots(y, others)))
+            res.append((_dot(y, y), self._dots(y, others)))
         return res
 
+    @_one_thread
     def finalize(self, ids, x, solution, exact, error):
         """Write the solution, the exact solution and the error; return per block
         ``(sum(err^2), sum(exact^2), max|err|)``."""
@@ -161,8 +184,15 @@ class BlockWorker:
             self._write(solution, b, u)
             self._write(exact, b, ue)
             self._write(error, b, err)
-            res.append((float(np.vdot(err, err)), float(np.vdot(ue, ue)), float(np.abs(err).max())))
+            res.append((_dot(err, err), _dot(ue, ue), float(np.abs(err).max())))
         return res
+
+
+def _dot(a, b) -> float:
+    """``sum(a * b)`` by NumPy's pairwise summation: unlike BLAS ``ddot``, whose
+    rounding depends on how many threads split the sum, this gives the same bits in a
+    one-thread worker process and in a multi-threaded driver."""
+    return float(np.sum(np.multiply(a, b)))
 
 
 def layout_for(d: int, n_fine: int, n_coarse: int, boxes_per_block: int | None) -> Layout:

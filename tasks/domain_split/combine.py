@@ -225,11 +225,12 @@ def restrict(layout: Layout, v, start, R: np.ndarray) -> dict:
         ``mesh_slices``.
     """
     v = to_host(v)
+    stop = tuple(a + n for a, n in zip(start, v.shape, strict=True))
     out = {}
     for S in layout.subsets:
         part, mesh = v, []
         for k in range(layout.d):
-            a, b = start[k], start[k] + v.shape[k]
+            a, b = start[k], stop[k]
             if k in S:
                 Rk = R[:, a:b]
                 rows = np.flatnonzero(np.any(Rk != 0.0, axis=1))
@@ -238,6 +239,22 @@ def restrict(layout: Layout, v, start, R: np.ndarray) -> dict:
                 mesh.append(slice(J0, J1))
             else:
                 mesh.append(slice(a, b))
+        # Dirichlet data: at nodes on the domain boundary the sub-mesh takes the value
+        # itself (injection, from the block that owns the node), not an average.
+        bnd = np.zeros(part.shape, dtype=bool)
+        for k, sl in enumerate(mesh):
+            last = layout.n_coarse if k in S else layout.n_fine
+            edge = (np.arange(sl.start, sl.stop) == 0) | (np.arange(sl.start, sl.stop) == last)
+            shape = [1] * layout.d
+            shape[k] = -1
+            bnd |= edge.reshape(shape)
+        part = np.where(bnd, 0.0, part)
+        fine, own = layout.mesh_slices(S, start, stop)
+        if all(f.stop > f.start for f in fine):
+            inner = tuple(
+                slice(o.start - m.start, o.stop - m.start) for o, m in zip(own, mesh, strict=True)
+            )
+            part[inner] += np.where(bnd[inner], v[fine], 0.0)
         out[S] = (tuple(mesh), part)
     return out
 

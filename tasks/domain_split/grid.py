@@ -124,9 +124,7 @@ class Layout:
 
     def mesh_shape(self, S) -> tuple[int, ...]:
         """Node shape of sub-mesh ``S`` (boundary included)."""
-        return tuple(
-            self.n_coarse + 1 if k in S else self.n_fine + 1 for k in range(self.d)
-        )
+        return tuple(self.n_coarse + 1 if k in S else self.n_fine + 1 for k in range(self.d))
 
     def mesh_axes(self, S) -> list[np.ndarray]:
         """1-D node coordinates of sub-mesh ``S`` along each axis."""

@@ -42,6 +42,8 @@ class BoxSolver:
         key = sizes if self.problem.constant_coefficients else (tuple(lo), tuple(hi))
         if key not in self._factors:
             n = self.layout.n_fine
+            if self.problem.constant_coefficients:  # one matrix per size, built at x = 0
+                lo, hi = (0,) * len(sizes), sizes
             axes = [np.arange(a, b + 1) / n for a, b in zip(lo, hi, strict=True)]
             A_ii, A_ib, interior = assemble(self.problem, axes, self.scheme)
             self._factors[key] = (splu(A_ii), A_ib, interior)

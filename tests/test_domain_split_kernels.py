@@ -1,0 +1,218 @@
+"""Kernels of the two-level solver against independent references: closed forms,
+assembled sparse matrices and SciPy's direct solver."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.sparse.linalg import spsolve
+
+from tasks.domain_split.combine import (
+    SubmeshSolver,
+    correct,
+    merge,
+    restrict,
+    restriction_matrix,
+    skeleton,
+    spline_matrix,
+)
+from tasks.domain_split.grid import Layout, merge_weights
+from tasks.domain_split.holes import BoxSolver, fill_block, smooth_block, smooth_region
+from tasks.domain_split.operator import apply_stencil, assemble, fine_axes, rhs_block
+from tasks.domain_split.problems import Problem
+
+CONST = Problem("constant", 2, (1.0, 1.0), (2.0, 1.0))
+VAR = Problem("variable", 2)
+
+
+def direct(problem, n, scheme="central"):
+    d = problem.d
+    B = rhs_block(problem, (0,) * d, (n + 1,) * d, n)
+    A_ii, A_ib, interior = assemble(problem, fine_axes(n, d), scheme)
+    U = np.array(B, dtype=float)
+    U[interior] = spsolve(A_ii.tocsr(), B[interior] - A_ib @ B[~interior])
+    return U
+
+
+def exact(problem, n):
+    d = problem.d
+    axes = np.meshgrid(*fine_axes(n, d), indexing="ij", sparse=True)
+    return np.broadcast_to(problem.exact(tuple(axes)), (n + 1,) * d)
+
+
+@pytest.mark.parametrize("problem", [CONST, VAR], ids=["constant", "variable"])
+def test_second_order_convergence(problem):
+    ns = [25, 50, 100, 200]
+    errs = [np.abs(direct(problem, n) - exact(problem, n)).max() for n in ns]
+    slope = -np.polyfit(np.log(ns), np.log(errs), 1)[0]
+    assert abs(slope - 2.0) <= 0.1, (slope, errs)
+
+
+def test_one_dimensional_closed_form_and_oscillation():
+    eps, b = 0.05, 1.0
+    p = Problem("boundary-layer", 1, (eps,), (b,), eps)
+    errs = []
+    for n in (40, 80, 160):
+        errs.append(np.abs(direct(p, n) - exact(p, n)).max())
+    slope = -np.polyfit(np.log([40, 80, 160]), np.log(errs), 1)[0]
+    assert slope > 1.8
+    # cell Peclet b h / (2 eps) = 2.5 > 1: central differences oscillate, upwind does not
+    p = Problem("boundary-layer", 1, (0.01,), (1.0,), 0.01)
+    n = 20
+    u_c, u_u = direct(p, n, "central"), direct(p, n, "upwind")
+    assert np.any(np.diff(u_c) < -1e-3)
+    assert np.all(np.diff(u_u) >= -1e-12)
+    assert p.max_cell_peclet(1.0 / n) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("scheme", ["central", "upwind"])
+@pytest.mark.parametrize(
+    "problem", [VAR, Problem("constant", 3, (1.0, 2.0, 3.0), (1.0, -2.0, 3.0))]
+)
+def test_stencil_matches_assembled_matrix(problem, scheme):
+    n = 12
+    d = problem.d
+    A_ii, A_ib, interior = assemble(problem, fine_axes(n, d), scheme)
+    u = np.random.default_rng(1).standard_normal((n + 1,) * d)
+    ref = u.copy()
+    ref[interior] = A_ii @ u[interior] + A_ib @ u[~interior]
+    got = apply_stencil(problem, np.pad(u, 1), (0,) * d, n, scheme)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-9)
+    # a block with a halo gives the same rows as the whole grid
+    blk = (slice(3, 9),) * d
+    halo = (slice(2, 10),) * d
+    np.testing.assert_allclose(
+        apply_stencil(problem, u[halo], (3,) * d, n, scheme), got[blk], rtol=1e-12, atol=1e-9
+    )
+
+
+def test_stencil_is_array_api_generic():
+    xps = pytest.importorskip("array_api_strict")
+    u = np.random.default_rng(2).standard_normal((11, 11))
+    ref = apply_stencil(VAR, np.pad(u, 1), (0, 0), 10)
+    got = apply_stencil(VAR, xps.asarray(np.pad(u, 1)), (0, 0), 10)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-13)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("rule", ["richardson", "combination"])
+def test_merge_weights_cancel_the_h2_terms(d, rule):
+    lay = Layout(d, 40, 5)
+    w = merge_weights(lay, rule)
+    assert sum(w.values()) == pytest.approx(1.0)
+    hf, hc = lay.h_fine**2, lay.h_coarse**2
+    target = 0.0 if rule == "richardson" else hf
+    for k in range(d):  # coefficient of C_k in sum_S c_S h_k(S)^2
+        coeff = sum(c * (hc if k in S else hf) for S, c in w.items())
+        assert coeff == pytest.approx(target, abs=1e-15)
+
+
+def test_spline_interpolates_and_reproduces_cubics():
+    P = spline_matrix(6, 24)
+    xc, xf = np.linspace(0, 1, 7), np.linspace(0, 1, 25)
+    np.testing.assert_array_equal(P[::4], np.eye(7))
+    cubic = lambda x: 1 - 2 * x + 3 * x**2 - 5 * x**3  # noqa: E731
+    np.testing.assert_allclose(P @ cubic(xc), cubic(xf), atol=1e-12)
+
+
+def test_restriction_conserves_a_line_source():
+    R = restriction_matrix(5, 20)
+    v = np.zeros(21)
+    v[8] = 1.0  # a source between coarse nodes 1 (i=4) and 2 (i=8)
+    r = R @ v
+    assert r.sum() == pytest.approx(1.0 / 4)  # integral of a unit source, h_f / h_c
+    assert np.allclose(R[1:-1].sum(axis=1), 1.0)  # smooth functions are kept
+
+
+def test_restrict_parts_add_up_to_whole_grid_restriction():
+    lay = Layout(2, 24, 4, boxes_per_block=1)
+    R = restriction_matrix(4, 24)
+    v = np.random.default_rng(3).standard_normal(lay.shape)
+    whole = restrict(lay, v, (0, 0), R)
+    for S in lay.subsets:
+        acc = np.zeros(lay.mesh_shape(S))
+        for b in lay.blocks:
+            mesh, part = restrict(lay, v[b.region], b.start, R)[S]
+            acc[mesh] += part
+        np.testing.assert_allclose(acc, whole[S][1], atol=1e-13)
+
+
+def test_skeleton_is_single_valued_at_coarse_nodes():
+    lay = Layout(3, 12, 3)
+    rng = np.random.default_rng(4)
+    w = {S: rng.standard_normal(lay.mesh_shape(S)) for S in lay.subsets}
+    M = merge(lay, w, merge_weights(lay))
+    wc = {S: correct(lay, S, w[S], M, spline_matrix(3, 12)) for S in lay.subsets}
+    for S in lay.subsets:
+        np.testing.assert_allclose(wc[S][lay.coarse_view(S)], M, atol=1e-12)
+    z = skeleton(lay, wc, (0, 0, 0), lay.shape)
+    np.testing.assert_allclose(z[::4, ::4, ::4], M, atol=1e-12)
+    # planes carry their own sub-mesh: z on plane x = 1/3 (S = (0,)) away from lines
+    np.testing.assert_allclose(z[4, 1:4, 1:4], wc[(0,)][1, 1:4, 1:4])
+
+
+def test_box_solves_are_exact_dirichlet_solves():
+    lay = Layout(2, 20, 4, boxes_per_block=4)
+    boxes = BoxSolver(VAR, lay)
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal(lay.shape)
+    v = rng.standard_normal(lay.shape)
+    filled = boxes.solve_boxes(z.copy(), v, (0, 0), [((5, 10), (10, 15))])
+    # the box interior satisfies L z = v with the untouched boundary as data
+    Lz = apply_stencil(VAR, np.pad(filled, 1), (0, 0), 20)
+    np.testing.assert_allclose(Lz[6:10, 11:15], v[6:10, 11:15], atol=1e-9)
+    np.testing.assert_array_equal(filled[5, :], z[5, :])
+
+
+def _two_level(problem, lay, v):
+    sub, boxes = SubmeshSolver(problem, lay), BoxSolver(problem, lay)
+    R, P = restriction_matrix(lay.n_coarse, lay.n_fine), spline_matrix(lay.n_coarse, lay.n_fine)
+    parts = restrict(lay, v, (0,) * lay.d, R)
+    w = {S: sub.solve(S, parts[S][1]) for S in lay.subsets}
+    M = merge(lay, w, merge_weights(lay))
+    wc = {S: correct(lay, S, w[S], M, P) for S in lay.subsets}
+    return fill_block(lay, boxes, wc, v, lay.blocks[0])
+
+
+@pytest.mark.parametrize("problem", [CONST, VAR], ids=["constant", "variable"])
+def test_first_guess_is_close_to_the_fine_solution(problem):
+    n, nc = 100, 5
+    lay = Layout(2, n, nc, boxes_per_block=nc)
+    B = rhs_block(problem, (0, 0), lay.shape, n)
+    U = _two_level(problem, lay, B)
+    Ud = direct(problem, n)
+    assert np.linalg.norm(U - Ud) / np.linalg.norm(Ud) < 2e-3
+    # boundary data are reproduced exactly, box interiors satisfy the PDE
+    np.testing.assert_allclose(U[0], Ud[0], atol=1e-14)
+    r = B - apply_stencil(problem, np.pad(U, 1), (0, 0), n)
+    inside = np.ones(lay.shape, bool)
+    for k in range(2):
+        idx = [slice(None)] * 2
+        idx[k] = slice(None, None, lay.stride)
+        inside[tuple(idx)] = False
+    assert np.abs(r[inside]).max() < 1e-8 * np.abs(B).max()
+
+
+def test_smoother_blocks_agree_with_whole_grid():
+    lay1 = Layout(2, 24, 4, boxes_per_block=4)
+    lay4 = Layout(2, 24, 4, boxes_per_block=2)
+    v = np.random.default_rng(6).standard_normal(lay1.shape)
+    whole = smooth_block(lay1, BoxSolver(VAR, lay1), v, lay1.blocks[0])[1:-1, 1:-1]
+    bs = BoxSolver(VAR, lay4)
+    for b in lay4.blocks:
+        start, stop, _ = smooth_region(lay4, b)
+        part = smooth_block(lay4, bs, v[tuple(map(slice, start, stop))], b)[1:-1, 1:-1]
+        np.testing.assert_allclose(part, whole[b.region], atol=1e-12)
+
+
+def test_layout_blocks_cover_the_grid_once():
+    lay = Layout(3, 30, 5, boxes_per_block=2)
+    seen = np.zeros(lay.shape, int)
+    for b in lay.blocks:
+        seen[b.region] += 1
+        for k in range(3):  # whole chunks: starts on chunk boundaries
+            assert b.start[k] % lay.chunks[k] == 0
+    assert (seen == 1).all()
+    assert sorted(
+        itertools.chain.from_iterable(b.boxes[0] for b in lay.blocks if b.index[1:] == (0, 0))
+    ) == list(range(5))
