@@ -179,7 +179,10 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     )
     if not cfg.keep_work:
         del store.group["work"]
-    title = f"domain-split {cfg.d}-D, N_f={cfg.n_fine}, N_c={cfg.n_coarse}, {problem.kind}, {cfg.solver}"
+    title = (
+        f"domain-split {cfg.d}-D, N_f={cfg.n_fine}, N_c={cfg.n_coarse}, "
+        f"{problem.kind}, {cfg.solver}"
+    )
     fig = summary_figure(store, cfg.d, hist, title)
     store.save_figure(fig)
     import matplotlib.pyplot as plt
