@@ -82,7 +82,9 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
             )
     vec = refs.__getitem__
 
-    plan = BlockPlan(ctx.executor, problem, layout, cfg.scheme, smoother=cfg.smoother)
+    plan = BlockPlan(
+        ctx.executor, problem, layout, cfg.scheme, smoother=cfg.smoother, cache=not cfg.out_of_core
+    )
     norm_b = math.sqrt(math.fsum(plan.call("rhs", refs["B"])))
 
     def checkpoint(state):

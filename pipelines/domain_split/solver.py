@@ -30,15 +30,19 @@ class BlockPlan:
     scheme : str
     smoother : bool
         Whether the preconditioner starts with the shifted-box solves.
+    cache : bool
+        Let workers keep their blocks in memory (see ``BlockWorker``).
     """
 
-    def __init__(self, executor, problem, layout, scheme: str, smoother: bool = True):
+    def __init__(
+        self, executor, problem, layout, scheme: str, smoother: bool = True, cache: bool = True
+    ):
         self.ex, self.problem, self.layout = executor, problem, layout
         self.smoother = smoother
         n_blocks = len(layout.blocks)
         n_actors = max(1, min(int(executor.n_workers or 1), n_blocks))
         self.actors = [
-            executor.actor(BlockWorker, problem, layout, scheme) for _ in range(n_actors)
+            executor.actor(BlockWorker, problem, layout, scheme, cache) for _ in range(n_actors)
         ]
         self.owner = [list(range(a, n_blocks, n_actors)) for a in range(n_actors)]
         self.sub = SubmeshSolver(problem, layout, scheme)

@@ -44,13 +44,18 @@ class BlockWorker:
     problem : Problem
     layout : Layout
     scheme : {"central", "upwind"}
+    cache : bool
+        Keep the blocks this worker wrote in memory (write-through: Zarr always holds
+        every vector, and halos are always read from Zarr). Off in out-of-core runs.
     """
 
-    def __init__(self, problem: Problem, layout: Layout, scheme: str):
+    def __init__(self, problem: Problem, layout: Layout, scheme: str, cache: bool = True):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.boxes = BoxSolver(problem, layout, scheme)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
+        self.cache = cache
         self._arrays: dict = {}
+        self._blocks: dict = {}
 
     # -- I/O ----------------------------------------------------------------------------
     def _arr(self, ref):
@@ -74,6 +79,13 @@ class BlockWorker:
     def _write(self, ref, block, data) -> None:
         region = ref.check(block.region)
         self._arr(ref)[region] = data
+        if self.cache:
+            self._blocks[ref.path, block.index] = np.array(data, dtype=np.float64)
+
+    def _own(self, ref, block) -> np.ndarray:
+        """The block's owned part of ``ref`` (from memory when this worker wrote it)."""
+        hit = self._blocks.get((ref.path, block.index)) if self.cache else None
+        return hit if hit is not None else self._read(ref, block.start, block.stop)
 
     def _block(self, i):
         return self.layout.blocks[i]
@@ -103,7 +115,7 @@ class BlockWorker:
         res = []
         for i in ids:
             b = self._block(i)
-            res.append(restrict(self.layout, self._read(v, b.start, b.stop), b.start, self.R))
+            res.append(restrict(self.layout, self._own(v, b), b.start, self.R))
         return res
 
     @_one_thread
@@ -115,7 +127,7 @@ class BlockWorker:
             b = self._block(i)
             start, stop, _ = smooth_region(self.layout, b)
             z_ext = smooth_block(self.layout, self.boxes, self._read(v, start, stop), b)
-            r = self._read(v, b.start, b.stop) - self._stencil(z_ext, b)
+            r = self._own(v, b) - self._stencil(z_ext, b)
             inner = (slice(1, -1),) * self.layout.d
             self._write(z_out, b, z_ext[inner])
             self._write(r_out, b, r)
@@ -129,9 +141,9 @@ class BlockWorker:
         block's work region."""
         for i, corr in zip(ids, corrected, strict=True):
             b = self._block(i)
-            z = fill_block(self.layout, self.boxes, corr, self._read(v, b.start, b.stop), b)
+            z = fill_block(self.layout, self.boxes, corr, self._own(v, b), b)
             if base is not None:
-                z = z + self._read(base, b.start, b.stop)
+                z = z + self._own(base, b)
             self._write(out, b, z)
         return [None] * len(ids)
 
@@ -146,10 +158,10 @@ class BlockWorker:
             b = self._block(i)
             y = self._stencil(self._read(u, b.start, b.stop, halo=1), b)
             if rhs is not None:
-                y = self._read(rhs, b.start, b.stop) - y
+                y = self._own(rhs, b) - y
             if out is not None:
                 self._write(out, b, y)
-            others = [self._read(d, b.start, b.stop) for d in dots]
+            others = [self._own(d, b) for d in dots]
             res.append((_dot(y, y), self._dots(y, others)))
         return res
 
@@ -164,9 +176,9 @@ class BlockWorker:
             b = self._block(i)
             y = None
             for c, ref in terms:
-                t = c * self._read(ref, b.start, b.stop)
+                t = c * self._own(ref, b)
                 y = t if y is None else y + t
-            others = [self._read(d, b.start, b.stop) for d in dots]
+            others = [self._own(d, b) for d in dots]
             self._write(out, b, y)
             res.append((_dot(y, y), self._dots(y, others)))
         return res
@@ -178,7 +190,7 @@ class BlockWorker:
         res = []
         for i in ids:
             b = self._block(i)
-            u = self._read(x, b.start, b.stop)
+            u = self._own(x, b)
             ue = np.asarray(exact_block(self.problem, b.start, b.shape, self.layout.n_fine))
             err = u - ue
             self._write(solution, b, u)

@@ -1,0 +1,26 @@
+"""Shared fixtures.
+
+Executors are expensive to start (a LocalCluster, a Ray instance), so tests that need a
+backend share one per spec for the whole session through ``executors``; at most one Ray
+instance may exist per process.
+"""
+
+import pytest
+
+
+# --- pipeline fixtures ---
+@pytest.fixture(scope="session")
+def executors():
+    """``executors(spec)`` -> an open, shared ``cluster.Executor`` (closed at the end)."""
+    import cluster
+
+    opened: dict = {}
+
+    def get(spec: str):
+        if spec not in opened:
+            opened[spec] = cluster.connect(spec).__enter__()
+        return opened[spec]
+
+    yield get
+    for ex in opened.values():
+        ex.__exit__(None, None, None)

@@ -1,0 +1,87 @@
+"""The domain-split pipeline end to end: real executors, real Zarr stores, read back
+with xarray, judged against SciPy's direct solve of the fine system."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import storage
+from pipelines.base import RunContext
+from pipelines.config import build_config
+from pipelines.domain_split import PIPELINE
+from pipelines.progress import silent
+
+
+def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):
+    cfg = build_config(PIPELINE, preset, sets=list(sets))
+    root = storage.Root(str(tmp_path / name))
+    store = root.create(PIPELINE.name, config=cfg.model_dump(mode="json"), backend=executor.spec)
+    metrics = PIPELINE.run(cfg, RunContext(executor=executor, store=store, progress=silent))
+    store.mark_complete(metrics)
+    return store, metrics
+
+
+def test_quick_krylov_reaches_the_direct_solution(tmp_path, executors):
+    store, m = run_pipeline(tmp_path, executors("sync"))
+    assert m["rel_error_direct"] <= 1e-10
+    assert m["rel_residual"] <= 1e-10 and m["converged"]
+    assert m["iterations"] < 30
+    assert m["rel_error_exact"] == pytest.approx(m["discretisation_error"], rel=1e-6)
+    assert m["unknowns"] == 99**2
+    ds = xr.open_zarr(store.url + "/result", consolidated=False)
+    assert ds.solution.dims == ("x", "y")
+    assert ds.x.size == 101 and float(ds.x[-1]) == 1.0
+    np.testing.assert_allclose(ds.error.values, ds.solution.values - ds.exact.values)
+    hist = xr.open_zarr(store.url + "/history", consolidated=False).rel_residual.values
+    assert hist[-1] <= 1e-10 and hist[0] > 1e-4
+    assert (
+        tmp_path / "run" / "domain-split" / store.run_id / "summary.png"
+    ).stat().st_size > 10_000
+    assert "work" not in store.group  # scratch vectors removed
+
+
+def test_quick_stationary_reaches_the_direct_solution(tmp_path, executors):
+    _, m = run_pipeline(tmp_path, executors("sync"), sets=["solver=stationary", "tol=1e-9"])
+    assert m["rel_error_direct"] <= 1e-6
+    assert m["converged"]
+
+
+def test_krylov_converges_with_variable_coefficients(tmp_path, executors):
+    _, m = run_pipeline(tmp_path, executors("sync"), sets=["problem.kind=variable"])
+    assert m["converged"] and m["rel_error_direct"] <= 1e-9
+    # the discrete solution is second-order close to the exact one
+    assert m["rel_error_exact"] < 1e-4
+
+
+def test_three_dimensional_run(tmp_path, executors):
+    sets = ["n_fine=20", "n_coarse=5", "tol=1e-7"]
+    store, m = run_pipeline(tmp_path, executors("sync"), preset="paper3d", sets=sets)
+    assert m["converged"] and m["rel_error_direct"] <= 1e-7
+    assert m["unknowns"] == 19**3
+    ds = xr.open_zarr(store.url + "/result", consolidated=False)
+    assert ds.solution.dims == ("x", "y", "z")
+
+
+def test_upwind_boundary_layer(tmp_path, executors):
+    sets = [
+        "problem.kind=boundary-layer",
+        "problem.eps=0.01",
+        "problem.beta=[1.0, 1.0]",
+        "scheme=upwind",
+        "n_fine=80",
+        "n_coarse=8",
+        "tol=1e-9",
+    ]
+    _, m = run_pipeline(tmp_path, executors("sync"), sets=sets)
+    assert m["converged"] and m["rel_error_direct"] <= 1e-7
+
+
+@pytest.mark.parametrize("spec", ["local:2", "ray:2"])
+def test_identical_results_on_every_backend(tmp_path, executors, spec):
+    ref_store, ref = run_pipeline(tmp_path, executors("sync"), name="sync")
+    store, m = run_pipeline(tmp_path, executors(spec), name=spec.replace(":", "-"))
+    assert m["workers"] == 2
+    a = store.array("result/solution").read()
+    b = ref_store.array("result/solution").read()
+    np.testing.assert_array_equal(a, b)
+    assert m["iterations"] == ref["iterations"]
