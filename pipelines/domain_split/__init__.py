@@ -4,7 +4,7 @@ workers."""
 
 from ..base import Pipeline
 from .config import PRESETS, DomainSplitConfig
-from .run import METRICS, run
+from .runner import METRICS, run
 
 PIPELINE = Pipeline(
     name="domain-split",

@@ -1,0 +1,246 @@
+"""The ``tilegraph`` command line as a user runs it: subprocesses, exit codes, the JSON
+contract, nothing written on bad input, and resume after a killed driver."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import storage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tilegraph(*args, cwd=None, timeout=240):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_list():
+    out = tilegraph("list", "--json")
+    assert out.returncode == 0
+    pipes = last_json(out.stdout)["pipelines"]
+    assert "quick" in pipes["domain-split"]["presets"]
+    text = tilegraph("list").stdout
+    assert "domain-split" in text and "paper2d" in text
+
+
+def test_run_json_contract_runs_and_show(tmp_path):
+    store = tmp_path / "runs"
+    out = tilegraph(
+        "run",
+        "domain-split",
+        "--cluster",
+        "sync",
+        "--store",
+        str(store),
+        "--set",
+        "tol=1e-8",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    res = last_json(out.stdout)
+    assert set(res) == {"run_id", "path", "status", "metrics"}
+    assert res["status"] == "complete"
+    for key in (
+        "rel_error_exact",
+        "rel_error_direct",
+        "rel_residual",
+        "iterations",
+        "unknowns",
+        "wall_s",
+    ):
+        assert key in res["metrics"]
+    assert res["metrics"]["rel_residual"] <= 1e-8
+    assert "rel_error_direct" in out.stdout  # the metrics table
+    ds = xr.open_zarr(res["path"] + "/result", consolidated=False)
+    assert ds.solution.shape == (101, 101)
+
+    runs = last_json(tilegraph("runs", "--store", str(store), "--json").stdout)["runs"]
+    assert [r["run_id"] for r in runs] == [res["run_id"]]
+    shown = tilegraph("show", res["run_id"], "--store", str(store), "--json")
+    info = last_json(shown.stdout)
+    assert info["config"]["tol"] == 1e-8 and info["config"]["n_fine"] == 100
+    assert info["provenance"]["backend"] == "sync"
+    assert info["status"] == "complete" and info["metrics"] == res["metrics"]
+    assert res["run_id"] in tilegraph("runs", "--store", str(store)).stdout
+
+
+def test_config_file_and_nested_set(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("n_fine: 60\nn_coarse: 6\nproblem:\n  kind: variable\n")
+    out = tilegraph(
+        "run",
+        "domain-split",
+        "--config",
+        str(cfg),
+        "--set",
+        "problem.kind=constant",
+        "--set",
+        "problem.beta=[0.5, 0.0]",
+        "--cluster",
+        "sync",
+        "--store",
+        str(tmp_path / "r"),
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    res = last_json(out.stdout)
+    run = storage.Root(str(tmp_path / "r")).open(res["run_id"])
+    assert run.config["n_fine"] == 60
+    assert run.config["problem"] == {
+        "kind": "constant",
+        "alpha": [1.0, 1.0],
+        "beta": [0.5, 0.0],
+        "eps": 1.0,
+    }
+
+
+BAD = [
+    (["--set", "n_fine=101"], "n_fine"),
+    (["--set", "d=4"], "'d'"),
+    (
+        [
+            "--set",
+            "problem.kind=boundary-layer",
+            "--set",
+            "problem.eps=0.001",
+            "--set",
+            "problem.beta=[1, 1]",
+        ],
+        "upwind",
+    ),
+    (["--set", "bogus=1"], "bogus"),
+    (["--set", "tol=-1"], "tol"),
+    (["--set", "solver=cg"], "solver"),
+    (["--set", "problem.alpha=[1, 2, 3]"], "alpha"),
+    (["--set", "n_fine"], "key=value"),
+    (["--preset", "nope"], "preset"),
+    (["--cluster", "mars://x"], "--cluster"),
+    (["--config", "/nonexistent.yaml"], "--config"),
+    (["--set", "out_of_core=true"], "direct_reference"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[b[1] for b in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, needle):
+    store = tmp_path / "runs"
+    out = tilegraph("run", "domain-split", "--store", str(store), "--cluster", "sync", *args)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
+    assert needle in lines[0]
+    assert not store.exists()
+
+
+def test_unknown_pipeline_and_run(tmp_path):
+    out = tilegraph("run", "nope", "--store", str(tmp_path / "s"))
+    assert out.returncode == 2 and out.stderr.startswith("error:") and "domain-split" in out.stderr
+    out = tilegraph("show", "20990101-000000-abcdef", "--store", str(tmp_path / "s"))
+    assert out.returncode == 2 and out.stderr.startswith("error:")
+    out = tilegraph("run")
+    assert out.returncode == 2 and out.stderr.startswith("error:")
+
+
+def test_failed_run_exits_1_and_marks_store_failed(tmp_path, monkeypatch, capsys):
+    from pipelines import cli
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("injected failure")
+
+    monkeypatch.setattr("pipelines.domain_split.runner.fgmres", broken)
+    code = cli.main(
+        ["run", "domain-split", "--cluster", "sync", "--store", str(tmp_path), "--json"]
+    )
+    assert code == 1
+    res = last_json(capsys.readouterr().out)
+    assert res["status"] == "failed"
+    run = storage.Root(str(tmp_path)).open(res["run_id"])
+    assert run.status == "failed" and "injected failure" in run.error
+
+
+def _checkpoints(store: Path) -> list:
+    return sorted(store.glob("domain-split/*/checkpoints/*"))
+
+
+def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
+    sets = [
+        "--set",
+        "solver=stationary",
+        "--set",
+        "tol=1e-10",
+        "--set",
+        "n_fine=120",
+        "--set",
+        "n_coarse=6",
+        "--cluster",
+        "sync",
+    ]
+    ref = tilegraph("run", "domain-split", *sets, "--store", str(tmp_path / "ref"), "--json")
+    assert ref.returncode == 0, ref.stderr
+    ref = last_json(ref.stdout)
+
+    store = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "run",
+            "domain-split",
+            *sets,
+            "--store",
+            str(store),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while len(_checkpoints(store)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = next(store.glob("domain-split/*")).name
+    assert storage.Root(str(store)).open(run_id).status == "running"
+
+    out = tilegraph(
+        "run",
+        "domain-split",
+        "--resume",
+        run_id,
+        "--cluster",
+        "sync",
+        "--store",
+        str(store),
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    res = last_json(out.stdout)
+    assert res["run_id"] == run_id and res["status"] == "complete"
+    assert res["metrics"]["iterations"] == ref["metrics"]["iterations"]
+    a = xr.open_zarr(res["path"] + "/result", consolidated=False).solution.values
+    b = xr.open_zarr(ref["path"] + "/result", consolidated=False).solution.values
+    np.testing.assert_array_equal(a, b)
+    prov = storage.Root(str(store)).open(run_id).provenance
+    assert prov.get("resumed")
