@@ -19,6 +19,10 @@ from .specs import Spec, SpecError
 
 __all__ = ["DaskExecutor"]
 
+#: Scattered objects an actor handle keeps a copy of on its worker (the most recent ones;
+#: the copies live, in the worker's memory, until evicted or the handle is dropped).
+_ACTOR_COPIES = 8
+
 
 class _DaskFuture(Future):
     __slots__ = ("_fut",)
@@ -64,45 +68,49 @@ class _RemoteRef:
         return _RemoteRef, (self.key,)
 
 
+def _identity(obj: Any) -> Any:
+    """A task that makes Dask copy its argument to the worker it runs on."""
+    return obj
+
+
 class _ActorHost:
     """The Dask actor: holds the user's object and resolves `_RemoteRef` arguments.
 
-    Dask does not resolve futures passed to actor methods, so the driver sends the key of
-    the scattered data and the host looks it up in its worker's memory, or fetches it
-    through the worker's client (then caches the last few such objects).
+    Dask does not resolve futures passed to actor methods. The driver therefore first
+    runs `_identity` on the actor's worker for each scattered object (Dask copies the data
+    there), then sends the key of that task's result, which the host finds in its
+    worker's memory.
     """
-
-    _CACHE = 4
 
     def __init__(self, cls: type, args: tuple, kwargs: dict) -> None:
         self._obj = cls(*args, **kwargs)
-        self._fetched: OrderedDict[Any, Any] = OrderedDict()
 
-    def _resolve(self, value: Any) -> Any:
+    @staticmethod
+    def _resolve(value: Any) -> Any:
         if not isinstance(value, _RemoteRef):
             return value
-        from distributed import Future as DaskFuture
-        from distributed import get_client, get_worker
+        from distributed import get_worker
 
-        key = value.key
-        try:
-            return get_worker().data[key]
-        except KeyError:
-            pass
-        if key in self._fetched:
-            self._fetched.move_to_end(key)
-            return self._fetched[key]
-        client = get_client()
-        obj = client.gather(DaskFuture(key, client))
-        self._fetched[key] = obj
-        while len(self._fetched) > self._CACHE:
-            self._fetched.popitem(last=False)
-        return obj
+        return get_worker().data[value.key]
 
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
         args = tuple(self._resolve(a) for a in args)
         kwargs = {k: self._resolve(v) for k, v in kwargs.items()}
         return getattr(self._obj, name)(*args, **kwargs)
+
+
+def _remote_ref(value: Any, distributed: Any) -> Any:
+    return _RemoteRef(value.key) if isinstance(value, distributed.Future) else value
+
+
+def _quiet_worker_shutdown() -> None:
+    """Silence the worker logger that reports heartbeats cut off by the shutdown.
+
+    Closing a LocalCluster can let a worker heartbeat hit the closing scheduler, which
+    logs a spurious "Failed to communicate with scheduler during heartbeat" error
+    (dask/distributed#7105); run on the workers just before closing.
+    """
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
 
 
 def _funcname(fn: Callable[..., Any]) -> str:
@@ -240,7 +248,7 @@ class DaskExecutor(Executor):
                 by_key[f._fut.key] = []
                 inner.append(f._fut)
             by_key[f._fut.key].append(f)
-        for done in self._distributed.as_completed(inner):
+        for done in self._distributed.as_completed(inner, loop=self._client.loop):
             yield from by_key[done.key]
 
     # -- data and actors --------------------------------------------------------------
@@ -267,21 +275,42 @@ class DaskExecutor(Executor):
         # another one): bind it to this executor's client.
         proxy._client = self._client
         proxy._future = fut
-        DaskFuture = self._distributed.Future
+        distributed = self._distributed
+        copies: OrderedDict[Any, Any] = OrderedDict()  # scattered key -> copy on the actor
+
+        def local(value: Any) -> Any:
+            if not isinstance(value, distributed.Future):
+                return value
+            copy = copies.get(value.key)
+            if copy is None:
+                copy = self._client.submit(
+                    _identity,
+                    value,
+                    workers=[proxy._address],
+                    pure=False,
+                    retries=2,
+                    priority=100,  # ahead of queued tasks on that worker
+                )
+                error = copy.exception()  # waits without fetching the data here
+                if error is not None:
+                    raise error
+                copies[value.key] = copy
+                while len(copies) > _ACTOR_COPIES:
+                    copies.popitem(last=False)
+            copies.move_to_end(value.key)
+            return copy
 
         def call(name: str, margs: tuple, mkwargs: dict) -> Future:
             self._check_usable(0)
             margs, mkwargs = self._unref_args(margs, mkwargs)
-            scattered = tuple(
-                v for v in (*margs, *mkwargs.values()) if isinstance(v, DaskFuture)
-            )
-            if scattered:
-                margs = tuple(_RemoteRef(a.key) if isinstance(a, DaskFuture) else a for a in margs)
-                mkwargs = {
-                    k: _RemoteRef(v.key) if isinstance(v, DaskFuture) else v
-                    for k, v in mkwargs.items()
-                }
-            return _DaskActorFuture(proxy.call(name, margs, mkwargs), scattered)
+            margs = tuple(local(a) for a in margs)
+            mkwargs = {k: local(v) for k, v in mkwargs.items()}
+            values = (*margs, *mkwargs.values())
+            keep = tuple(v for v in values if isinstance(v, distributed.Future))
+            if keep:
+                margs = tuple(_remote_ref(a, distributed) for a in margs)
+                mkwargs = {k: _remote_ref(v, distributed) for k, v in mkwargs.items()}
+            return _DaskActorFuture(proxy.call(name, margs, mkwargs), keep)
 
         call.actor_future = fut  # keeps the actor alive as long as the handle
         return ActorHandle(cls, call)
@@ -290,6 +319,11 @@ class DaskExecutor(Executor):
 
     def _close(self) -> None:
         try:
+            if self._cluster is not None:
+                try:
+                    self._client.run(_quiet_worker_shutdown)
+                except Exception:  # best effort: the workers may be gone already
+                    pass
             self._client.close()
         finally:
             if self._cluster is not None:

@@ -77,9 +77,6 @@ class SyncExecutor(_InProcess):
 
     backend = "sync"
 
-    def __init__(self, spec: Spec) -> None:
-        super().__init__(spec)
-
     @property
     def n_workers(self) -> int:
         return 1

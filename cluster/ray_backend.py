@@ -185,7 +185,9 @@ class RayExecutor(Executor):
         while pending:
             ready, pending = wait(pending, num_returns=1, fetch_local=False)
             if pending:
-                more, pending = wait(pending, num_returns=len(pending), timeout=0)
+                more, pending = wait(
+                    pending, num_returns=len(pending), timeout=0, fetch_local=False
+                )
                 ready += more
             for ref in ready:
                 yield from by_ref[ref]
@@ -202,7 +204,9 @@ class RayExecutor(Executor):
             self._actor_classes[(cls, gpus)] = actor_class
         args, kwargs = self._unref_args(args, kwargs)
         handle = actor_class.remote(*args, **kwargs)
-        _RayFuture(self._ray, handle.__ray_ready__.remote()).result()  # constructor errors
+        ready = getattr(handle, "__ray_ready__", None)
+        if ready is not None:  # raise constructor errors here, as the other backends do
+            _RayFuture(self._ray, ready.remote()).result()
 
         def call(name: str, margs: tuple, mkwargs: dict) -> Future:
             self._check_usable(0)

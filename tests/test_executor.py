@@ -1,0 +1,432 @@
+"""Tests of `cluster`: one generic suite run on every backend, plus spec and Dask checks.
+
+`TestExecutor` holds the assertions every backend must pass (as zarr-python's
+`StoreTests` does for stores); the `ex` fixture runs it on ``sync``, ``threads``,
+``local:2`` (Dask) and ``ray:2``. Each backend starts once per module: the module-scoped
+`backend` parameter groups the tests by backend, and `_EXECUTORS` keeps the open
+executor until the group ends (or until the shutdown test closes it).
+
+Helpers are module-level so that Dask and Ray workers can import them by name.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import cluster
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BACKENDS = ["sync", "threads", "local:2", "ray:2"]
+BACKEND_NAMES = {"sync": "sync", "threads": "threads", "local:2": "dask", "ray:2": "ray"}
+
+
+# -- helpers run on the workers ---------------------------------------------------------
+
+
+class TaskError(Exception):
+    """Raised by `fail`, to check the original exception type comes back."""
+
+
+def add(x, y=0):
+    return x + y
+
+
+def slow_identity(i, delay):
+    time.sleep(delay)
+    return i
+
+
+def fail(message):
+    raise TaskError(message)
+
+
+def fail_once(marker):
+    """Fail on the first call (creating `marker`), succeed on later ones."""
+    path = pathlib.Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise TaskError(f"first attempt ({marker})")
+    return "ok"
+
+
+def array_stat(arr, offset=0.0):
+    return float(arr[::1000].sum()) + offset, arr.shape
+
+
+def offset_stat(offset, arr):
+    return array_stat(arr, offset)
+
+
+def make_adder(k):
+    def adder(x):
+        return x + k
+
+    return adder
+
+
+class Counter:
+    def __init__(self, start=0, step=1, data=None):
+        self.count = start
+        self.step = step
+        self.data = data
+
+    def incr(self, times=1):
+        self.count += self.step * times
+        return self.count
+
+    def stat(self, arr, scale=1.0):
+        return float(arr[::1000].sum()) * scale, arr.shape
+
+    def data_size(self):
+        return None if self.data is None else int(self.data.size)
+
+    def where(self):
+        from distributed import get_worker
+
+        return get_worker().address
+
+
+# -- process bookkeeping ----------------------------------------------------------------
+
+
+def _children() -> set[int]:
+    """Pids of live child processes (recursive) of this test process.
+
+    The multiprocessing resource tracker is left out: Python starts it for the first
+    spawned process (Dask's workers) and keeps it, by design, until the interpreter exits.
+    """
+    pids = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any("resource_tracker" in part for part in proc.cmdline()):
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        pids.add(proc.pid)
+    return pids
+
+
+def _new_children(baseline: set[int], wait: float = 15.0) -> set[int]:
+    """Children not in `baseline`, polling up to `wait` seconds for them to go."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = _children() - baseline
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.25)
+
+
+class _Executors:
+    """Open executors by spec; remembers the child processes from before each start."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, cluster.Executor] = {}
+        self.baseline: dict[str, set[int]] = {}
+
+    def get(self, spec: str) -> cluster.Executor:
+        ex = self.open.get(spec)
+        if ex is None or ex.closed:
+            self.baseline[spec] = _children()
+            ex = self.open[spec] = cluster.connect(spec)
+        return ex
+
+    def close(self, spec: str) -> None:
+        ex = self.open.pop(spec, None)
+        if ex is not None:
+            ex.close()
+
+
+_EXECUTORS = _Executors()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request):
+    """The spec under test; module scope makes pytest run the tests backend by backend."""
+    yield request.param
+    _EXECUTORS.close(request.param)
+
+
+@pytest.fixture
+def ex(backend):
+    return _EXECUTORS.get(backend)
+
+
+# -- the generic suite ------------------------------------------------------------------
+
+
+class TestExecutor:
+    """Assertions every backend must pass."""
+
+    def test_describe(self, ex, backend):
+        spec = cluster.parse_spec(backend)
+        assert ex.spec == str(spec)
+        assert ex.backend == BACKEND_NAMES[backend] == spec.backend
+        assert ex.n_workers == (spec.n or 1)
+        assert ex.n_gpus == 0
+        assert ex.dashboard_link is None or ex.dashboard_link.startswith("http")
+        assert ex.spec in repr(ex)
+
+    def test_submit_result(self, ex):
+        f = ex.submit(add, 1, y=2)
+        assert isinstance(f, cluster.Future)
+        assert f.result(timeout=60) == 3
+        assert f.done()
+        assert ex.gather(f) == 3
+
+    def test_map_gather_in_submission_order(self, ex):
+        n = 6
+        delays = [0.05 * (n - 1 - i) for i in range(n)]  # the last ones finish first
+        futures = ex.map(slow_identity, range(n), delays)
+        assert len(futures) == n
+        assert ex.gather(futures) == list(range(n))
+        assert ex.gather(ex.map(add, [1, 2, 3], [10, 20])) == [11, 22]  # shortest wins
+        assert ex.gather(ex.map(add, [1, 2, 3], y=100)) == [101, 102, 103]
+        assert ex.map(add, []) == []
+        assert ex.gather([]) == []
+
+    def test_as_completed_yields_each_future_once(self, ex):
+        futures = ex.map(slow_identity, range(5), [0.1, 0.0, 0.05, 0.0, 0.02])
+        seen = list(ex.as_completed(futures))
+        assert sorted(map(id, seen)) == sorted(map(id, futures))
+        assert sorted(f.result() for f in seen) == list(range(5))
+        assert all(f.done() for f in seen)
+
+    def test_exception_keeps_original_type(self, ex):
+        f = ex.submit(fail, "boom", pure=False)
+        with pytest.raises(TaskError, match="boom") as info:
+            f.result()
+        assert type(info.value) is TaskError
+        with pytest.raises(TaskError, match="boom"):
+            ex.gather([ex.submit(add, 1), f])
+        [done] = ex.as_completed([f])
+        assert done is f
+
+    def test_identical_submissions_get_right_results(self, ex):
+        assert ex.gather([ex.submit(add, 1, 2), ex.submit(add, 1, 2)]) == [3, 3]
+        adders = [make_adder(k) for k in range(3)]  # same code, different closures
+        assert ex.gather([ex.submit(a, 1) for a in adders]) == [1, 2, 3]
+        assert ex.gather(ex.map(add, [5, 5, 5], [1, 1, 1])) == [6, 6, 6]
+
+    def test_put_large_array_for_tasks_and_actors(self, ex):
+        arr = np.arange(2_500_000, dtype=np.float64)  # 20 MB
+        expected = float(arr[::1000].sum())
+        ref = ex.put(arr)
+        assert isinstance(ref, cluster.Ref)
+        futures = [
+            ex.submit(array_stat, ref),
+            ex.submit(array_stat, ref, offset=1.0),
+            ex.submit(array_stat, arr=ref, offset=2.0),
+            *ex.map(array_stat, [ref, ref], [3.0, 4.0]),
+            *ex.map(offset_stat, [5.0, 6.0], arr=ref),
+        ]
+        results = ex.gather(futures)
+        assert [r[0] - expected for r in results] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        assert all(r[1] == arr.shape for r in results)
+        counter = ex.actor(Counter, data=ref)
+        assert counter.data_size().result() == arr.size
+        assert counter.stat(ref).result() == (expected, arr.shape)
+        assert counter.stat(arr=ref, scale=2.0).result() == (2 * expected, arr.shape)
+
+    def test_actor_keeps_state(self, ex):
+        counter = ex.actor(Counter, 10, step=2)
+        assert isinstance(counter, cluster.ActorHandle)
+        assert [counter.incr().result() for _ in range(3)] == [12, 14, 16]
+        assert counter.incr(times=2).result() == 20
+        other = ex.actor(Counter, 10, step=2)  # same arguments, yet a separate actor
+        assert other.incr().result() == 12
+        assert ex.gather([counter.incr(), counter.incr()]) == [22, 24]
+        with pytest.raises(AttributeError):
+            counter.no_such_method  # noqa: B018
+
+    def test_actor_constructor_error_raises_at_creation(self, ex):
+        with pytest.raises(TypeError):
+            ex.actor(Counter, 1, 2, 3, 4)
+
+    def test_pure_task_is_retried(self, ex, tmp_path):
+        assert ex.submit(fail_once, str(tmp_path / "pure"), pure=True).result(timeout=60) == "ok"
+        assert (tmp_path / "pure").exists()
+        with pytest.raises(TaskError, match="first attempt"):
+            ex.submit(fail_once, str(tmp_path / "impure"), pure=False).result(timeout=60)
+        assert ex.submit(fail_once, str(tmp_path / "impure"), pure=False).result() == "ok"
+
+    def test_gpu_request_without_gpu_raises_at_once(self, ex):
+        assert ex.n_gpus == 0
+        start = time.monotonic()
+        with pytest.raises(cluster.ResourceError, match="no GPU available"):
+            ex.submit(add, 1, gpus=1)
+        with pytest.raises(cluster.ResourceError, match="no GPU available"):
+            ex.map(add, [1, 2], gpus=1)
+        with pytest.raises(cluster.ResourceError, match="no GPU available"):
+            ex.actor(Counter, gpus=1)
+        with pytest.raises(ValueError, match="gpus"):
+            ex.submit(add, 1, gpus=-1)
+        assert time.monotonic() - start < 5
+
+    def test_result_timeout(self, ex, backend):
+        f = ex.submit(slow_identity, 1, 0.5, pure=False)
+        if backend != "sync":  # sync ran the task inside submit
+            with pytest.raises(TimeoutError):
+                f.result(timeout=0.01)
+        assert f.result(timeout=60) == 1
+
+    def test_close_is_clean_and_idempotent(self, ex, backend):
+        """Runs last for its backend: closes the shared executor and checks its processes."""
+        baseline = _EXECUTORS.baseline[backend]
+        assert ex.submit(add, 2, 3).result() == 5
+        _EXECUTORS.close(backend)
+        ex.close()  # idempotent
+        assert ex.closed
+        with pytest.raises(RuntimeError, match="closed"):
+            ex.submit(add, 1)
+        assert _new_children(baseline) == set()
+
+
+# -- specs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sync", ("sync", None, None, "sync")),
+        (" Threads:3 ", ("threads", 3, None, "threads:3")),
+        ("threads", ("threads", os.cpu_count(), None, f"threads:{os.cpu_count()}")),
+        ("local", ("local", min(os.cpu_count(), 4), None, f"local:{min(os.cpu_count(), 4)}")),
+        (None, ("local", min(os.cpu_count(), 4), None, f"local:{min(os.cpu_count(), 4)}")),
+        ("local:8", ("local", 8, None, "local:8")),
+        ("local-cuda", ("local-cuda", None, None, "local-cuda")),
+        ("tcp://10.0.0.5:8786", ("tcp", None, "tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786")),
+        ("tcp://head", ("tcp", None, "tcp://head:8786", "tcp://head:8786")),
+        ("ray", ("ray", os.cpu_count(), None, f"ray:{os.cpu_count()}")),
+        ("ray:2", ("ray", 2, None, "ray:2")),
+        ("ray:auto", ("ray", None, "auto", "ray:auto")),
+        ("ray://head:10001", ("ray", None, "ray://head:10001", "ray://head:10001")),
+        ("slurm", ("slurm", None, None, "slurm")),
+        ("pbs", ("pbs", None, None, "pbs")),
+        ("sge", ("sge", None, None, "sge")),
+        ("lsf:4", ("lsf", 4, None, "lsf:4")),
+    ],
+)
+def test_parse_spec_accepts(text, expected):
+    spec = cluster.parse_spec(text)
+    assert (spec.kind, spec.n, spec.address, str(spec)) == expected
+    assert cluster.parse_spec(spec) is spec
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["dask", "local:0", "local:-1", "local:x", "threads:", "sync:2", "tcp://", "tcp://h:99999",
+     "ray:two", "http://host:80", "local:2:3", "kubernetes"],
+)  # fmt: skip
+def test_parse_spec_rejects_with_one_clear_line(text):
+    with pytest.raises(cluster.SpecError) as info:
+        cluster.parse_spec(text)
+    message = str(info.value)
+    assert "\n" not in message
+    assert repr(text.strip()) in message
+    assert cluster.SPECS_HELP in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("text", ["slurm", "pbs", "sge", "lsf"])
+def test_batch_schedulers_are_not_implemented_yet(text):
+    with pytest.raises(cluster.SpecError, match="'hpc' extra"):
+        cluster.connect(text)
+
+
+def test_local_cuda_needs_dask_cuda():
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(cluster.SpecError, match="dask-cuda"):
+            cluster.connect("local-cuda")
+    else:
+        pytest.skip("dask-cuda is installed; 'local-cuda' is exercised by GPU tests")
+
+
+def test_specs_help_lists_every_form():
+    for form in ["sync", "threads", "local", "local-cuda", "tcp://", "ray", "ray:auto",
+                 "ray://", "slurm", "pbs", "sge", "lsf"]:  # fmt: skip
+        assert form in cluster.SPECS_HELP
+
+
+# -- package hygiene ----------------------------------------------------------------------
+
+
+def test_import_is_cheap_and_lazy():
+    code = "import cluster, sys; print(sorted({'dask', 'distributed', 'ray'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_cluster_imports_no_other_tilegraph_package():
+    forbidden = {"tasks", "storage", "pipelines"}
+    for path in (REPO / "cluster").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            assert not {n.split(".")[0] for n in names} & forbidden, f"{path}: {names}"
+
+
+# -- Dask specifics -----------------------------------------------------------------------
+
+
+def test_tcp_connects_to_existing_scheduler_and_leaves_it_running():
+    import logging
+
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=1,
+        processes=True,
+        threads_per_worker=1,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as local:
+        address = local.scheduler_address
+        with cluster.connect(address) as ex:
+            assert ex.backend == "dask"
+            assert ex.spec == address
+            assert ex.n_workers == 1
+            assert ex.gather(ex.map(add, [1, 2], [3, 4])) == [4, 6]
+            counter = ex.actor(Counter, 1)
+            assert counter.incr().result() == 2
+        assert ex.closed
+        with distributed.Client(address, set_as_default=False) as client:  # still serving
+            assert client.submit(add, 20, 22).result(timeout=30) == 42
+            assert len(client.scheduler_info()["workers"]) == 1
+
+
+def test_dask_actor_gets_put_data_held_by_another_worker():
+    """Dask actors get no future resolution: check the copy-to-the-actor's-worker path."""
+    started_here = "local:2" not in _EXECUTORS.open
+    ex = _EXECUTORS.get("local:2")
+    try:
+        counter = ex.actor(Counter)
+        home = counter.where().result()
+        other = next(w for w in ex.client.scheduler_info()["workers"] if w != home)
+        arr = np.ones(10_000)
+        [fut] = ex.client.scatter([arr], workers=[other], hash=False)
+        ref = cluster.Ref(fut, ex, "ndarray")
+        assert ex.client.who_has([fut])[fut.key] == (other,)
+        assert counter.stat(ref).result() == (10.0, arr.shape)
+        assert counter.stat(arr=ref, scale=3.0).result() == (30.0, arr.shape)
+    finally:
+        if started_here:
+            _EXECUTORS.close("local:2")
