@@ -279,7 +279,9 @@ class Executor(abc.ABC):
         self._check_usable(0)
         return Ref(self._put(obj), self, type(obj).__name__)
 
-    def actor(self, cls: type, /, *args: Any, gpus: int = 0, **kwargs: Any) -> ActorHandle:
+    def actor(
+        self, cls: type, /, *args: Any, gpus: int = 0, spread: int | None = None, **kwargs: Any
+    ) -> ActorHandle:
         """Create ``cls(*args, **kwargs)`` on one worker and return a handle to it.
 
         Parameters
@@ -290,6 +292,10 @@ class Executor(abc.ABC):
             Constructor arguments; `Ref` arguments are resolved.
         gpus : int
             GPUs the actor holds for its lifetime (e.g. one model replica per GPU).
+        spread : int, optional
+            Placement hint: actors created with ``spread=0, 1, ...`` go to different
+            workers (worker ``spread % n_workers`` where the backend lets us choose, as
+            Dask does; Ray spreads actors over processes by itself).
 
         Returns
         -------
@@ -298,7 +304,7 @@ class Executor(abc.ABC):
             `Future`. Errors in the constructor are raised here.
         """
         self._check_usable(gpus)
-        return self._actor(cls, args, kwargs, gpus=gpus)
+        return self._actor(cls, args, kwargs, gpus=gpus, spread=spread)
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -389,7 +395,9 @@ class Executor(abc.ABC):
     def _put(self, obj: Any) -> Any: ...
 
     @abc.abstractmethod
-    def _actor(self, cls: type, args: tuple, kwargs: dict, gpus: int) -> ActorHandle: ...
+    def _actor(
+        self, cls: type, args: tuple, kwargs: dict, gpus: int, spread: int | None = None
+    ) -> ActorHandle: ...
 
     @abc.abstractmethod
     def _close(self) -> None: ...

@@ -258,8 +258,12 @@ class DaskExecutor(Executor):
         [fut] = self._client.scatter([obj], broadcast=False, hash=False)
         return fut
 
-    def _actor(self, cls, args, kwargs, gpus) -> ActorHandle:
+    def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:
         args, kwargs = self._unref_args(args, kwargs)
+        workers = None
+        if spread is not None:
+            addresses = sorted(self._workers())
+            workers = [addresses[spread % len(addresses)]] if addresses else None
         fut = self._client.submit(
             _ActorHost,
             cls,
@@ -269,6 +273,7 @@ class DaskExecutor(Executor):
             pure=False,
             key=f"{cls.__name__}-actor-{uuid.uuid4().hex}",
             resources={"GPU": gpus} if gpus else None,
+            workers=workers,
         )
         proxy = fut.result()
         # The proxy binds itself to the *default* client, which ours is not (or may be

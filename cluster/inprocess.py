@@ -85,7 +85,7 @@ class SyncExecutor(_InProcess):
         args, kwargs = self._unref_args(args, kwargs)
         return _DoneFuture(fn, args, kwargs, RETRIES if pure else 0)
 
-    def _actor(self, cls, args, kwargs, gpus) -> ActorHandle:
+    def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:
         args, kwargs = self._unref_args(args, kwargs)
         instance = cls(*args, **kwargs)
 
@@ -134,7 +134,7 @@ class ThreadsExecutor(_InProcess):
         for inner in cf.as_completed(by_inner):
             yield from by_inner[inner]
 
-    def _actor(self, cls, args, kwargs, gpus) -> ActorHandle:
+    def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:
         args, kwargs = self._unref_args(args, kwargs)
         pool = cf.ThreadPoolExecutor(1, thread_name_prefix=f"tilegraph-{cls.__name__}")
         with self._lock:

@@ -197,7 +197,7 @@ class RayExecutor(Executor):
     def _put(self, obj: Any) -> Any:
         return self._ray.put(obj)
 
-    def _actor(self, cls, args, kwargs, gpus) -> ActorHandle:
+    def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:
         actor_class = self._actor_classes.get((cls, gpus))
         if actor_class is None:
             actor_class = self._ray.remote(num_cpus=0, num_gpus=gpus)(cls)

@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 Executors are expensive to start (a LocalCluster, a Ray instance), so tests that need a
-backend share one per spec for the whole session through ``executors``; at most one Ray
+backend share one per spec for the whole module through ``executors``; at most one Ray
 instance may exist per process.
 """
 
@@ -9,7 +9,7 @@ import pytest
 
 
 # --- pipeline fixtures ---
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def executors():
     """``executors(spec)`` -> an open, shared ``cluster.Executor`` (closed at the end)."""
     import cluster

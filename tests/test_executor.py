@@ -89,6 +89,9 @@ class Counter:
     def data_size(self):
         return None if self.data is None else int(self.data.size)
 
+    def pid(self):
+        return os.getpid()
+
     def where(self):
         from distributed import get_worker
 
@@ -167,6 +170,14 @@ def ex(backend):
 
 class TestExecutor:
     """Assertions every backend must pass."""
+
+    def test_spread_places_actors_on_different_workers(self, ex):
+        actors = [ex.actor(Counter, spread=i) for i in range(ex.n_workers)]
+        pids = ex.gather([a.pid() for a in actors])
+        if ex.backend in ("dask", "ray"):  # one process per worker / per actor
+            assert len(set(pids)) == ex.n_workers
+        else:
+            assert set(pids) == {os.getpid()}
 
     def test_describe(self, ex, backend):
         spec = cluster.parse_spec(backend)

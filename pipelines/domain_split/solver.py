@@ -42,7 +42,8 @@ class BlockPlan:
         n_blocks = len(layout.blocks)
         n_actors = max(1, min(int(executor.n_workers or 1), n_blocks))
         self.actors = [
-            executor.actor(BlockWorker, problem, layout, scheme, cache) for _ in range(n_actors)
+            executor.actor(BlockWorker, problem, layout, scheme, cache, spread=a)
+            for a in range(n_actors)
         ]
         self.owner = [list(range(a, n_blocks, n_actors)) for a in range(n_actors)]
         self.sub = SubmeshSolver(problem, layout, scheme)
