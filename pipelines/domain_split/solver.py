@@ -9,6 +9,7 @@ Hessenberg matrix) and scalars; fine-grid vectors stay in Zarr.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -32,27 +33,38 @@ class BlockPlan:
         Whether the preconditioner starts with the shifted-box solves.
     cache : bool
         Let workers keep their blocks in memory (see ``BlockWorker``).
+    local : iterable of str
+        Scratch vectors that may stay in worker memory (see ``BlockWorker``).
     """
 
     def __init__(
-        self, executor, problem, layout, scheme: str, smoother: bool = True, cache: bool = True
+        self,
+        executor,
+        problem,
+        layout,
+        scheme: str,
+        smoother: bool = True,
+        cache: bool = True,
+        local=(),
     ):
         self.ex, self.problem, self.layout = executor, problem, layout
         self.smoother = smoother
         n_blocks = len(layout.blocks)
         n_actors = max(1, min(int(executor.n_workers or 1), n_blocks))
         self.actors = [
-            executor.actor(BlockWorker, problem, layout, scheme, cache, spread=a)
+            executor.actor(BlockWorker, problem, layout, scheme, cache, tuple(local), spread=a)
             for a in range(n_actors)
         ]
         self.owner = [list(range(a, n_blocks, n_actors)) for a in range(n_actors)]
         self.sub = SubmeshSolver(problem, layout, scheme)
         self.P = spline_matrix(layout.n_coarse, layout.n_fine)
         self.passes = 0
+        self.seconds: dict[str, float] = {}  # wall time per kind of pass (diagnostics)
 
     # -- passes ---------------------------------------------------------------------------
     def call(self, method: str, *args, per_block=None, **kwargs) -> list:
         """Run ``method`` on every block; results in block order."""
+        t0 = time.perf_counter()
         futures = []
         for actor, ids in zip(self.actors, self.owner, strict=True):
             extra = () if per_block is None else ([per_block[i] for i in ids],)
@@ -62,6 +74,7 @@ class BlockPlan:
             for i, r in zip(ids, res, strict=True):
                 out[i] = r
         self.passes += 1
+        self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - t0
         return out
 
     @staticmethod
@@ -165,13 +178,14 @@ def fgmres(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> dict
         for j in range(m):
             plan.precondition(V[j], Z[j], scratch)
             _, h1 = plan.total(plan.call("matvec", Z[j], out=w, dots=V[: j + 1]))
+            # classical Gram-Schmidt twice; w stays in worker memory, V[j+1] is written once
             terms = [(1.0, w)] + [(-h1[i], V[i]) for i in range(j + 1)]
-            s1, h2 = plan.total(plan.call("lincomb", V[j + 1], terms, dots=V[: j + 1]))
+            s1, h2 = plan.total(plan.call("lincomb", w, terms, dots=V[: j + 1]))
             nrm = math.sqrt(max(s1 - float(h2 @ h2), 0.0))
             H[: j + 1, j] = h1 + h2
             H[j + 1, j] = nrm
             if nrm > 0:
-                terms = [(1.0 / nrm, V[j + 1])] + [(-h2[i] / nrm, V[i]) for i in range(j + 1)]
+                terms = [(1.0 / nrm, w)] + [(-h2[i] / nrm, V[i]) for i in range(j + 1)]
                 plan.call("lincomb", V[j + 1], terms)
             y, *_ = np.linalg.lstsq(H[: j + 2, : j + 1], e1[: j + 2], rcond=None)
             est = float(np.linalg.norm(e1[: j + 2] - H[: j + 2, : j + 1] @ y)) / nb

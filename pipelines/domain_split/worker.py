@@ -45,15 +45,22 @@ class BlockWorker:
     layout : Layout
     scheme : {"central", "upwind"}
     cache : bool
-        Keep the blocks this worker wrote in memory (write-through: Zarr always holds
-        every vector, and halos are always read from Zarr). Off in out-of-core runs.
+        Keep the blocks this worker wrote in memory (write-through: halos are always
+        read from Zarr). Off in out-of-core runs.
+    local : iterable of str
+        Paths of scratch vectors that are only ever read back by the block that wrote
+        them (never through a halo, never on resume): with ``cache`` they stay in
+        memory and skip Zarr.
     """
 
-    def __init__(self, problem: Problem, layout: Layout, scheme: str, cache: bool = True):
+    def __init__(
+        self, problem: Problem, layout: Layout, scheme: str, cache: bool = True, local=()
+    ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.boxes = BoxSolver(problem, layout, scheme)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
         self.cache = cache
+        self.local = frozenset(local) if cache else frozenset()
         self._arrays: dict = {}
         self._blocks: dict = {}
 
@@ -78,7 +85,8 @@ class BlockWorker:
 
     def _write(self, ref, block, data) -> None:
         region = ref.check(block.region)
-        self._arr(ref)[region] = data
+        if ref.path not in self.local:
+            self._arr(ref)[region] = data
         if self.cache:
             self._blocks[ref.path, block.index] = np.array(data, dtype=np.float64)
 
@@ -86,6 +94,23 @@ class BlockWorker:
         """The block's owned part of ``ref`` (from memory when this worker wrote it)."""
         hit = self._blocks.get((ref.path, block.index)) if self.cache else None
         return hit if hit is not None else self._read(ref, block.start, block.stop)
+
+    def _halo1(self, ref, b) -> np.ndarray:
+        """The block with a one-node halo for the stencil: the owned part (from memory
+        when cached) and the 2 d face slabs from Zarr (corners are not needed)."""
+        if not self.cache:
+            return self._read(ref, b.start, b.stop, halo=1)
+        ext = np.pad(self._own(ref, b), 1)
+        arr, n = self._arr(ref), self.layout.n_fine + 1
+        for k in range(self.layout.d):
+            for idx, pos in ((b.start[k] - 1, 0), (b.stop[k], -1)):
+                if 0 <= idx < n:
+                    src = list(b.region)
+                    src[k] = slice(idx, idx + 1)
+                    dst = [slice(1, -1)] * self.layout.d
+                    dst[k] = slice(0, 1) if pos == 0 else slice(-1, None)
+                    ext[tuple(dst)] = arr[tuple(src)]
+        return ext
 
     def _block(self, i):
         return self.layout.blocks[i]
@@ -156,7 +181,7 @@ class BlockWorker:
         res = []
         for i in ids:
             b = self._block(i)
-            y = self._stencil(self._read(u, b.start, b.stop, halo=1), b)
+            y = self._stencil(self._halo1(u, b), b)
             if rhs is not None:
                 y = self._own(rhs, b) - y
             if out is not None:
