@@ -103,9 +103,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         state = dict(saved.scalars)
         state["history"] = [float(h) for h in saved.arrays["history"]]
     else:
-        plan.precondition(
-            vec("B"), vec("x0"), (vec("z"), vec("r")), rule=cfg.merge, smooth=False
-        )
+        plan.precondition(vec("B"), vec("x0"), (vec("z"), vec("r")), rule=cfg.merge, smooth=False)
         state = {"x": 0, "iterations": 0, "rel_residual": None, "history": []}
         checkpoint(state)
     state["norm_b"] = norm_b

@@ -25,7 +25,7 @@ from scipy.interpolate import make_interp_spline
 from scipy.sparse.linalg import splu
 
 from .grid import Layout
-from .operator import assemble
+from .operator import PERMC, assemble
 from .problems import Problem
 
 
@@ -51,7 +51,7 @@ class SubmeshSolver:
     def _factor(self, S):
         if S not in self._factors:
             A_ii, A_ib, interior = assemble(self.problem, self.layout.mesh_axes(S), self.scheme)
-            self._factors[S] = (splu(A_ii), A_ib, interior)
+            self._factors[S] = (splu(A_ii, permc_spec=PERMC), A_ib, interior)
         return self._factors[S]
 
     def solve(self, S, v_mesh: np.ndarray) -> np.ndarray:

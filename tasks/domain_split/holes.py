@@ -14,7 +14,7 @@ from scipy.sparse.linalg import splu
 
 from .combine import skeleton
 from .grid import Block, Layout
-from .operator import assemble
+from .operator import PERMC, assemble
 from .problems import Problem
 
 
@@ -46,7 +46,7 @@ class BoxSolver:
                 lo, hi = (0,) * len(sizes), sizes
             axes = [np.arange(a, b + 1) / n for a, b in zip(lo, hi, strict=True)]
             A_ii, A_ib, interior = assemble(self.problem, axes, self.scheme)
-            self._factors[key] = (splu(A_ii), A_ib, interior)
+            self._factors[key] = (splu(A_ii, permc_spec=PERMC), A_ib, interior)
         return self._factors[key]
 
     def solve_boxes(self, z: np.ndarray, v: np.ndarray, start, boxes) -> np.ndarray:

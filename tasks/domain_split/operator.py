@@ -22,6 +22,10 @@ from .problems import Problem
 
 SCHEMES = ("central", "upwind")
 
+#: SuperLU column ordering for the grid operators: minimum degree on A^T + A fills in
+#: about half as much as the default COLAMD on these stencils (measured on 3-D slabs).
+PERMC = "MMD_AT_PLUS_A"
+
 
 def _diff_1d(n: int, h: float, scheme: str):
     """1-D second- and first-difference matrices on ``n`` nodes (rows at the two end
