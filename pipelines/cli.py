@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
     sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
+    sp.add_argument("--debug", action="store_true", help="print the traceback of a failed run")
 
     sp = sub.add_parser("runs", help="table of runs and their status")
     sp.add_argument("--store", default="./runs")
@@ -104,12 +105,17 @@ def _cmd_list(args) -> int:
 def _cmd_run(args) -> int:
     import cluster
     import storage
+    from storage.urls import filesystem
 
     try:
         pipeline = get_pipeline(args.name)
     except KeyError as exc:
         raise UsageError(exc.args[0]) from None
     root = storage.Root(args.store)
+    try:
+        filesystem(root.url)
+    except (ValueError, ImportError) as exc:
+        raise UsageError(f"--store {args.store!r}: {exc}") from None
     run = None
     if args.resume:
         if args.preset or args.config or args.sets:
@@ -133,8 +139,8 @@ def _cmd_run(args) -> int:
     t0 = time.perf_counter()
     try:
         executor = cluster.connect(args.cluster)
-    except ValueError as exc:
-        raise UsageError(f"--cluster: {exc}") from None
+    except (ValueError, ImportError, OSError, TimeoutError) as exc:
+        raise UsageError(f"--cluster {args.cluster}: cannot start or reach it ({exc})") from None
     with executor:
         if run is None:
             run = root.create(
@@ -158,7 +164,8 @@ def _cmd_run(args) -> int:
             return 130
         except Exception as exc:  # the run failed: record it, report, exit 1
             run.mark_failed(exc)
-            sys.stderr.write(traceback.format_exc())
+            if args.debug:
+                sys.stderr.write(traceback.format_exc())
             sys.stderr.write(f"error: run {run.run_id} failed: {type(exc).__name__}: {exc}\n")
             if args.json:
                 print(

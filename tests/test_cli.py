@@ -244,3 +244,39 @@ def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
     np.testing.assert_array_equal(a, b)
     prov = storage.Root(str(store)).open(run_id).provenance
     assert prov.get("resumed")
+
+
+def test_resume_after_a_failure_while_writing_results(tmp_path, monkeypatch, capsys):
+    import pipelines.domain_split.runner as runner
+    from pipelines import cli
+
+    args = ["run", "domain-split", "--cluster", "sync", "--set", "tol=1e-9", "--json"]
+    assert cli.main([*args, "--store", str(tmp_path / "ref")]) == 0
+    ref = last_json(capsys.readouterr().out)
+
+    def boom(*a, **k):
+        raise OSError("disk full while plotting")
+
+    monkeypatch.setattr(runner, "summary_figure", boom)
+    store = str(tmp_path / "failed")
+    assert cli.main([*args, "--store", store]) == 1
+    failed = last_json(capsys.readouterr().out)
+    assert storage.Root(store).open(failed["run_id"]).status == "failed"
+    monkeypatch.undo()
+
+    resume = ["run", "domain-split", "--cluster", "sync", "--store", store, "--json"]
+    assert cli.main([*resume, "--resume", failed["run_id"]]) == 0
+    res = last_json(capsys.readouterr().out)
+    assert res["status"] == "complete"
+    assert res["metrics"]["iterations"] == ref["metrics"]["iterations"]
+    a = xr.open_zarr(res["path"] + "/result", consolidated=False).solution.values
+    b = xr.open_zarr(ref["path"] + "/result", consolidated=False).solution.values
+    np.testing.assert_array_equal(a, b)
+    assert "work" not in storage.Root(store).open(res["run_id"]).group
+
+
+def test_bad_store_url_exits_2(tmp_path):
+    out = tilegraph("run", "domain-split", "--store", "nosuchproto://x/y", "--cluster", "sync")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("error: --store")
