@@ -85,3 +85,15 @@ def test_identical_results_on_every_backend(tmp_path, executors, spec):
     b = ref_store.array("result/solution").read()
     np.testing.assert_array_equal(a, b)
     assert m["iterations"] == ref["iterations"]
+
+
+def test_out_of_core_mode_gives_the_same_answer(tmp_path, executors):
+    ex = executors("sync")
+    ref_store, ref = run_pipeline(tmp_path, ex, sets=["direct_reference=false"], name="mem")
+    store, m = run_pipeline(
+        tmp_path, ex, sets=["out_of_core=true", "direct_reference=false"], name="ooc"
+    )
+    assert m["converged"] and m["iterations"] == ref["iterations"]
+    np.testing.assert_array_equal(
+        store.array("result/solution").read(), ref_store.array("result/solution").read()
+    )
