@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import ConfigError, build_config
 from .progress import progress_factory
-from .registry import available, get_pipeline, load_pipelines
+from .registry import get_pipeline, load_pipelines
 
 
 class UsageError(Exception):
@@ -268,4 +268,4 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
-__all__ = ["main", "available"]
+__all__ = ["main"]

@@ -130,9 +130,6 @@ class Layout:
         """1-D node coordinates of sub-mesh ``S`` along each axis."""
         return [np.linspace(0.0, 1.0, n) for n in self.mesh_shape(S)]
 
-    def mesh_unknowns(self, S) -> int:
-        return math.prod(n - 2 for n in self.mesh_shape(S))
-
     # -- blocks -----------------------------------------------------------------------
     @property
     def blocks_per_axis(self) -> int:
