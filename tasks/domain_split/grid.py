@@ -20,7 +20,6 @@ handles a block owns the chunks it writes.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from functools import cached_property
 
