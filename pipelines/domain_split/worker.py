@@ -151,8 +151,12 @@ class BlockWorker:
         for i in ids:
             b = self._block(i)
             start, stop, _ = smooth_region(self.layout, b)
-            z_ext = smooth_block(self.layout, self.boxes, self._read(v, start, stop), b)
-            r = self._own(v, b) - self._stencil(z_ext, b)
+            v_region = self._read(v, start, stop)
+            z_ext = smooth_block(self.layout, self.boxes, v_region, b)
+            own = tuple(
+                slice(a - s0, e - s0) for a, e, s0 in zip(b.start, b.stop, start, strict=True)
+            )
+            r = v_region[own] - self._stencil(z_ext, b)
             inner = (slice(1, -1),) * self.layout.d
             self._write(z_out, b, z_ext[inner])
             self._write(r_out, b, r)
