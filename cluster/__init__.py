@@ -11,6 +11,7 @@ when an executor of theirs is created.
 
 from .base import ActorHandle, Executor, Future, Ref, ResourceError
 from .connect import connect
+from .faults import is_worker_lost
 from .specs import SPECS_HELP, Spec, SpecError, parse_spec
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "Spec",
     "SpecError",
     "connect",
+    "is_worker_lost",
     "parse_spec",
 ]

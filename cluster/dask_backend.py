@@ -168,6 +168,9 @@ class DaskExecutor(Executor):
             if self._cluster is not None:
                 self._cluster.close()
             raise
+        from .dask_plugin import OwnPackagesFirst
+
+        self._client.register_plugin(OwnPackagesFirst())
         if spec.kind == "local-cuda":
             self._spec = Spec("local-cuda", n=self.n_workers)
         self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import traceback
 from typing import Any
 
 from .config import ConfigError, build_config
+from .execute import DEFAULT_RETRIES, execute
 from .progress import progress_factory
 from .registry import get_pipeline, load_pipelines
 
@@ -27,6 +27,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
         sys.stderr.write(f"error: {message}\n")
         raise SystemExit(2)
+
+
+def _nonnegative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +64,49 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
     sp.add_argument("--debug", action="store_true", help="print the traceback of a failed run")
+    sp.add_argument(
+        "--retries",
+        type=_nonnegative,
+        default=DEFAULT_RETRIES,
+        help="continue from the last checkpoint this many times after a lost worker "
+        f"(default {DEFAULT_RETRIES})",
+    )
+
+    sp = sub.add_parser(
+        "sweep",
+        help="run a pipeline over a grid of config values",
+        description="Run one point per combination of --grid values, concurrently on the "
+        "cluster (each point one task); gather their metrics into one xarray Dataset at "
+        "STORE/sweeps/SWEEP-ID/result. Re-running the same sweep runs only the points that "
+        "are missing or did not complete.",
+    )
+    sp.add_argument("name", help="pipeline name (see `tilegraph list`)")
+    sp.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,…",
+        help="a swept field and its values (YAML each); repeat for more dimensions",
+    )
+    sp.add_argument("--preset", help="named preset for the base config")
+    sp.add_argument("--config", help="YAML file of base config fields")
+    sp.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one base field (not a swept one)",
+    )
+    sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
+    sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
+    sp.add_argument("--json", action="store_true", help="print one JSON object last")
+    sp.add_argument(
+        "--retries",
+        type=_nonnegative,
+        default=DEFAULT_RETRIES,
+        help="continuations of a point after a lost worker",
+    )
 
     sp = sub.add_parser("runs", help="table of runs and their status")
     sp.add_argument("--store", default="./runs")
@@ -136,7 +185,6 @@ def _cmd_run(args) -> int:
     except ValueError as exc:
         raise UsageError(f"--cluster: {exc}") from None
 
-    t0 = time.perf_counter()
     try:
         executor = cluster.connect(args.cluster)
     except (ValueError, ImportError, OSError, TimeoutError) as exc:
@@ -148,22 +196,23 @@ def _cmd_run(args) -> int:
             )
         else:
             run.mark_running()
-        ctx_progress = progress_factory()
-        from .base import RunContext
-
-        ctx = RunContext(
-            executor=executor, store=run, progress=ctx_progress, resume=bool(args.resume)
-        )
         try:
-            metrics = pipeline.run(config, ctx)
+            metrics = execute(
+                pipeline,
+                config,
+                run,
+                executor,
+                resume=bool(args.resume),
+                progress=progress_factory(),
+                retries=args.retries,
+            )
         except KeyboardInterrupt:
             run.mark_failed("interrupted (KeyboardInterrupt)")
             sys.stderr.write(
                 f"error: run {run.run_id} interrupted; continue it with --resume {run.run_id}\n"
             )
             return 130
-        except Exception as exc:  # the run failed: record it, report, exit 1
-            run.mark_failed(exc)
+        except Exception as exc:  # the run failed (execute marked it): report, exit 1
             if args.debug:
                 sys.stderr.write(traceback.format_exc())
             sys.stderr.write(f"error: run {run.run_id} failed: {type(exc).__name__}: {exc}\n")
@@ -174,9 +223,6 @@ def _cmd_run(args) -> int:
                     )
                 )
             return 1
-    metrics = dict(metrics or {})
-    metrics.setdefault("wall_s", time.perf_counter() - t0)
-    run.mark_complete(metrics)
     names = list(pipeline.metric_names) + [k for k in metrics if k not in pipeline.metric_names]
     rows = [[k, _fmt(metrics[k])] for k in names if k in metrics]
     print(f"run {run.run_id} complete: {run.url}")
@@ -193,6 +239,78 @@ def _cmd_run(args) -> int:
             )
         )
     return 0
+
+
+def _root_and_cluster(args):
+    """Check ``--store`` and ``--cluster`` before anything is started or written."""
+    import cluster
+    import storage
+    from storage.urls import filesystem
+
+    root = storage.Root(args.store)
+    try:
+        filesystem(root.url)
+    except (ValueError, ImportError) as exc:
+        raise UsageError(f"--store {args.store!r}: {exc}") from None
+    try:
+        cluster.parse_spec(args.cluster)
+    except ValueError as exc:
+        raise UsageError(f"--cluster: {exc}") from None
+    return root
+
+
+def _connect(spec: str):
+    import cluster
+
+    try:
+        return cluster.connect(spec)
+    except (ValueError, ImportError, OSError, TimeoutError) as exc:
+        raise UsageError(f"--cluster {spec}: cannot start or reach it ({exc})") from None
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import plan_sweep, run_sweep
+
+    try:
+        pipeline = get_pipeline(args.name)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    plan = plan_sweep(pipeline, args.grid, args.preset, args.config, args.sets)
+    root = _root_and_cluster(args)
+    with _connect(args.cluster) as executor:
+        result = run_sweep(
+            plan,
+            root,
+            executor,
+            progress=progress_factory(),
+            retries=args.retries,
+            backend=args.cluster,
+        )
+    shown = [n for n in pipeline.metric_names if n in result.dataset.data_vars]
+    header = [*plan.grid, "status", "run", *shown]
+    rows = [
+        [r[k] for k in plan.grid] + [r["status"], r["run_id"]] + [_fmt(r.get(n)) for n in shown]
+        for r in result.rows
+    ]
+    print(
+        f"sweep {result.sweep_id}: {result.complete} of {result.points} points complete"
+        f" ({result.skipped} already done), {result.failed} failed"
+    )
+    print(_table(rows, header))
+    print(f"results: xarray.open_zarr('{result.path}/result', consolidated=False)")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "sweep_id": result.sweep_id,
+                    "path": result.path,
+                    "points": result.points,
+                    "complete": result.complete,
+                    "failed": result.failed,
+                }
+            )
+        )
+    return 1 if result.failed else 0
 
 
 def _cmd_runs(args) -> int:
@@ -256,7 +374,13 @@ def _indent(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tilegraph`` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"list": _cmd_list, "run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show}
+    handlers = {
+        "list": _cmd_list,
+        "run": _cmd_run,
+        "sweep": _cmd_sweep,
+        "runs": _cmd_runs,
+        "show": _cmd_show,
+    }
     try:
         return handlers[args.command](args)
     except (ConfigError, UsageError) as exc:

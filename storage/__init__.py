@@ -20,6 +20,7 @@ from .chunks import ArrayRef, check_whole_chunks, chunk_regions
 from .errors import ChunkOwnershipError, RunNotFound
 from .provenance import collect_provenance, jsonable
 from .runstore import COMPLETE, FAILED, RUNNING, Root, RunStore, new_run_id
+from .sweeps import SweepStore, sweep_url
 from .urls import normalize_url
 
 __all__ = [
@@ -32,10 +33,12 @@ __all__ = [
     "Root",
     "RunNotFound",
     "RunStore",
+    "SweepStore",
     "check_whole_chunks",
     "chunk_regions",
     "collect_provenance",
     "jsonable",
     "new_run_id",
     "normalize_url",
+    "sweep_url",
 ]

@@ -1,7 +1,6 @@
 """The ``tilegraph`` command line as a user runs it: subprocesses, exit codes, the JSON
 contract, nothing written on bad input, and resume after a killed driver."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,26 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import ROOT, last_json, tilegraph
 
 import storage
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tilegraph(*args, cwd=None, timeout=240):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-    )
-
-
-def last_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def test_list():

@@ -1,0 +1,59 @@
+"""Telling a lost worker apart from a failure of the work itself.
+
+A worker process that dies (killed, out of memory, its node gone) takes its actors and
+running tasks with it. Dask and Ray report that with their own exception types; a
+pipeline that keeps checkpoints can then continue from the last one on the workers that
+are left (or that the nanny / raylet restarted). Any other exception is a real failure
+and retrying would only repeat it.
+"""
+
+from __future__ import annotations
+
+#: Exception class names (anywhere in the MRO) that mean "a worker was lost".
+_LOST_TYPES = frozenset(
+    {
+        # distributed
+        "KilledWorker",
+        "CommClosedError",
+        "StreamClosedError",
+        "FutureCancelledError",
+        # ray
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "LocalRayletDiedError",
+    }
+)
+
+#: Messages Dask uses for actor calls whose worker is gone (plain OSError / RuntimeError).
+_LOST_MESSAGES = (
+    "Unable to contact Actor's worker",
+    "Worker holding Actor was lost",
+)
+
+
+def is_worker_lost(exc: BaseException) -> bool:
+    """True if ``exc`` (or an exception it was raised from) says a worker was lost.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What a future's ``result()`` (or a pipeline's ``run``) raised.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(cls.__name__ in _LOST_TYPES for cls in type(exc).__mro__):
+            return True
+        text = str(exc)
+        if any(m in text for m in _LOST_MESSAGES):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+__all__ = ["is_worker_lost"]

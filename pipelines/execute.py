@@ -1,0 +1,94 @@
+"""Running one pipeline on one run store: the loop shared by ``run``, sweeps and tests.
+
+A run whose worker is lost (killed, out of memory) is continued from its newest
+checkpoint on the workers that are left or restarted, up to ``retries`` times; any other
+exception marks the run ``failed`` and propagates.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from .base import Pipeline, RunContext
+from .progress import silent
+
+#: How many times a run is continued after a lost worker before it is marked failed.
+DEFAULT_RETRIES = 2
+
+
+def execute(
+    pipeline: Pipeline,
+    config: BaseModel,
+    run: Any,
+    executor: Any,
+    *,
+    resume: bool = False,
+    progress: Callable[..., Any] = silent,
+    retries: int = DEFAULT_RETRIES,
+    log: Callable[[str], Any] | None = None,
+) -> dict:
+    """Run ``pipeline`` with ``config`` into ``run`` and mark it complete.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+    config : pydantic.BaseModel
+        Validated config of ``pipeline``.
+    run : storage.RunStore
+        The run's store, status ``running``.
+    executor : cluster.Executor
+        Open executor the pipeline's tasks and actors run on.
+    resume : bool
+        Continue from the run's newest checkpoint (``--resume``).
+    progress : callable
+        Progress-bar factory passed on in the :class:`RunContext`.
+    retries : int
+        Continuations allowed after a lost worker (``cluster.is_worker_lost``).
+    log : callable, optional
+        Receives one line per continuation; default writes to stderr.
+
+    Returns
+    -------
+    dict
+        The run's metrics (``wall_s`` added when the pipeline did not set it, and
+        ``worker_restarts`` when a worker was lost).
+
+    Raises
+    ------
+    Exception
+        Whatever the pipeline raised, after marking the run ``failed``.
+    """
+    import cluster
+
+    log = log or (lambda line: sys.stderr.write(line + "\n"))
+    t0 = time.perf_counter()
+    restarts = 0
+    while True:
+        ctx = RunContext(executor=executor, store=run, progress=progress, resume=resume)
+        try:
+            metrics = dict(pipeline.run(config, ctx) or {})
+            break
+        except Exception as exc:
+            if restarts < retries and cluster.is_worker_lost(exc):
+                restarts += 1
+                resume = True
+                log(
+                    f"warning: run {run.run_id}: a worker was lost ({type(exc).__name__}); "
+                    f"continuing from the last checkpoint (retry {restarts} of {retries})"
+                )
+                continue
+            run.mark_failed(exc)
+            raise
+    metrics.setdefault("wall_s", time.perf_counter() - t0)
+    if restarts:
+        metrics["worker_restarts"] = restarts
+    run.mark_complete(metrics)
+    return metrics
+
+
+__all__ = ["DEFAULT_RETRIES", "execute"]

@@ -1,0 +1,125 @@
+"""Sweep records: one Zarr v3 group per parameter sweep at ``<root>/sweeps/<sweep-id>/``.
+
+A sweep's points are ordinary runs (``<root>/<pipeline>/<run-id>/``); the sweep group
+records which run belongs to which point and holds the gathered metrics as an xarray
+Dataset. Only the process that drives the sweep writes the sweep group.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import zarr
+
+from .errors import RunNotFound
+from .provenance import jsonable, utc_now
+from .runstore import RUNNING, RunStore, _check_name
+from .urls import filesystem, join, normalize_url, open_store
+
+__all__ = ["SWEEPS", "SweepStore", "sweep_url"]
+
+#: Folder under a root that holds the sweep groups.
+SWEEPS = "sweeps"
+
+
+def sweep_url(root: str | os.PathLike[str], sweep_id: str) -> str:
+    """Location of sweep ``sweep_id`` under ``root`` (whether it exists or not)."""
+    return join(normalize_url(root), SWEEPS, _check_name("sweep id", sweep_id))
+
+
+class SweepStore(RunStore):
+    """One sweep: its definition, the run id of each point, and the gathered results.
+
+    Inherits the attribute, dataset and figure methods of :class:`RunStore`; ``run_id``
+    is the sweep id.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        Location of the sweep group.
+    storage_options : dict, optional
+        fsspec options for non-local URLs.
+    """
+
+    def __init__(
+        self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self._url = normalize_url(url)
+        self._options = dict(storage_options or {})
+        fs, path = filesystem(self._url, self._options)
+        if not fs.exists(join(path, "zarr.json")):
+            raise RunNotFound(f"no sweep group at {self._url}")
+        self._store = open_store(self._url, self._options)
+        attrs = self.group.attrs.asdict()
+        if "sweep_id" not in attrs or "pipeline" not in attrs:
+            raise RunNotFound(f"the Zarr group at {self._url} is not a tilegraph sweep")
+        self._run_id = attrs["sweep_id"]
+        self._pipeline = attrs["pipeline"]
+
+    @classmethod
+    def open_or_create(
+        cls,
+        root: str | os.PathLike[str],
+        sweep_id: str,
+        definition: Mapping[str, Any],
+        *,
+        storage_options: dict[str, Any] | None = None,
+    ) -> SweepStore:
+        """Open sweep ``sweep_id`` under ``root``, creating it with ``definition`` if new.
+
+        Parameters
+        ----------
+        root : str or os.PathLike
+            The run-store root.
+        sweep_id : str
+        definition : mapping
+            Must hold ``pipeline``; stored JSON-safe in the attributes (grid, base config).
+
+        Raises
+        ------
+        ValueError
+            If a sweep of that id exists for another pipeline.
+        """
+        url = sweep_url(root, sweep_id)
+        fs, path = filesystem(url, storage_options)
+        if not fs.exists(join(path, "zarr.json")):
+            attrs = {
+                **jsonable(dict(definition), "sweep definition"),
+                "sweep_id": sweep_id,
+                "status": RUNNING,
+                "created": utc_now(),
+                "points": {},
+            }
+            zarr.open_group(
+                open_store(url, storage_options), mode="w", zarr_format=3, attributes=attrs
+            )
+        sweep = cls(url, storage_options=storage_options)
+        if sweep.pipeline != definition["pipeline"]:
+            raise ValueError(
+                f"sweep {sweep_id} at {url} belongs to pipeline {sweep.pipeline!r}, "
+                f"not {definition['pipeline']!r}"
+            )
+        return sweep
+
+    @property
+    def sweep_id(self) -> str:
+        """The sweep id (also ``run_id``)."""
+        return self._run_id
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        """Everything recorded at creation (``pipeline``, ``grid``, ``base_config`` …)."""
+        return self._attrs()
+
+    @property
+    def points(self) -> dict[str, str]:
+        """Point key -> run id, for the points that have a run."""
+        return dict(self._attrs().get("points") or {})
+
+    def set_point(self, key: str, run_id: str) -> None:
+        """Record that point ``key`` is (being) computed by run ``run_id``."""
+        points = self.points
+        points[key] = run_id
+        self._update({"points": points})

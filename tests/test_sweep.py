@@ -1,0 +1,141 @@
+"""Parameter sweeps: grid parsing, one run per point on a real cluster, the gathered
+Dataset read back with xarray, and re-running a sweep (skip complete, redo the rest)."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import last_json, tilegraph
+
+import storage
+from pipelines.config import ConfigError
+from pipelines.registry import get_pipeline
+from pipelines.sweep import parse_grid, plan_sweep, run_sweep
+
+BASE = ["n_coarse=4", "tol=1e-9", "direct_reference=true"]
+
+
+def test_parse_grid_splits_outside_brackets():
+    grid = parse_grid(["n_fine=20,40", "problem.beta=[1,2],[2, 1]", "scheme='a,b',c"])
+    assert grid == {
+        "n_fine": ["20", "40"],
+        "problem.beta": ["[1,2]", "[2, 1]"],
+        "scheme": ["'a,b'", "c"],
+    }
+
+
+@pytest.mark.parametrize(
+    "items, needle",
+    [
+        ([], "at least one"),
+        (["n_fine"], "expected key=v1,v2"),
+        (["=1,2"], "expected key=v1,v2"),
+        (["n_fine=20,,40"], "empty value"),
+        (["n_fine=20,20"], "repeated value"),
+        (["n_fine=20", "n_fine=40"], "given twice"),
+    ],
+)
+def test_parse_grid_rejects(items, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_grid(items)
+
+
+def test_plan_validates_every_point_and_names_it():
+    pipe = get_pipeline("domain-split")
+    with pytest.raises(ConfigError, match=r"--grid point n_fine=21: .*n_fine"):
+        plan_sweep(pipe, ["n_fine=20,21"], sets=BASE)
+    with pytest.raises(ConfigError, match="also given with --set"):
+        plan_sweep(pipe, ["n_coarse=2,4"], sets=BASE)
+    a = plan_sweep(pipe, ["n_fine=20,40"], sets=BASE)
+    b = plan_sweep(pipe, ["n_fine=20,40"], sets=BASE)
+    c = plan_sweep(pipe, ["n_fine=20,40"], sets=[*BASE[:-1], "direct_reference=false"])
+    assert a.sweep_id == b.sweep_id != c.sweep_id
+    assert [p.config.n_fine for p in a.points] == [20, 40]
+
+
+@pytest.mark.parametrize("spec", ["local:2", "ray:2"])
+def test_sweep_on_a_cluster_gathers_one_dataset(tmp_path, executors, spec):
+    pipe = get_pipeline("domain-split")
+    plan = plan_sweep(pipe, ["n_fine=20,40", "scheme=central,upwind"], sets=BASE)
+    root = storage.Root(tmp_path / "runs")
+    res = run_sweep(plan, root, executors(spec))
+    assert (res.points, res.complete, res.failed, res.skipped) == (4, 4, 0, 0)
+
+    ds = xr.open_zarr(f"{res.path}/result", consolidated=False).load()
+    assert ds["rel_error_direct"].dims == ("n_fine", "scheme")
+    assert ds["n_fine"].values.tolist() == [20, 40]
+    assert ds["scheme"].values.tolist() == ["central", "upwind"]
+    assert (ds["status"].values == "complete").all()
+    # every point is its own run: the Dataset holds exactly what each run recorded
+    for n in (20, 40):
+        for scheme in ("central", "upwind"):
+            point = ds.sel(n_fine=n, scheme=scheme)
+            run = root.open(str(point["run_id"].values), pipeline="domain-split")
+            assert run.config["n_fine"] == n and run.config["scheme"] == scheme
+            assert run.status == "complete"
+            assert float(point["iterations"]) == run.metrics["iterations"]
+            assert float(point["unknowns"]) == (n - 1) ** 2
+            assert float(point["rel_error_direct"]) <= 1e-8
+    # the central scheme is second order, upwind first: refining helps central 4x
+    err = ds["rel_error_exact"]
+    ratio = err.sel(n_fine=20) / err.sel(n_fine=40)
+    assert 3.0 < float(ratio.sel(scheme="central")) < 5.0
+    assert 1.5 < float(ratio.sel(scheme="upwind")) < 2.5
+    assert (tmp_path / "runs" / "sweeps" / res.sweep_id / "summary.png").stat().st_size > 0
+
+
+def test_rerun_skips_complete_points_and_redoes_failed_and_missing(tmp_path, executors):
+    pipe = get_pipeline("domain-split")
+    plan = plan_sweep(pipe, ["n_fine=20,40,60"], sets=BASE)
+    root = storage.Root(tmp_path / "runs")
+    ex = executors("local:2")
+    first = run_sweep(plan, root, ex)
+    assert first.complete == 3
+    ids = {r["n_fine"]: r["run_id"] for r in first.rows}
+
+    again = run_sweep(plan, root, ex)
+    assert (again.skipped, again.complete) == (3, 3)
+    assert {r["n_fine"]: r["run_id"] for r in again.rows} == ids
+
+    # point 40 failed earlier, point 60 was never recorded: only they run
+    failed = root.open(ids["40"], pipeline="domain-split")
+    failed.mark_failed("RuntimeError: pretend")
+    sweep = storage.SweepStore(first.path)
+    pts = sweep.points
+    del pts["n_fine=60"]
+    sweep._update({"points": pts})
+    before = {rid: root.open(rid).provenance.get("ended") for rid in ids.values()}
+
+    third = run_sweep(plan, root, ex)
+    assert (third.skipped, third.complete, third.failed) == (1, 3, 0)
+    rows = {r["n_fine"]: r for r in third.rows}
+    assert rows["20"]["run_id"] == ids["20"]  # untouched
+    assert root.open(ids["20"]).provenance["ended"] == before[ids["20"]]
+    assert rows["40"]["run_id"] == ids["40"]  # the same run, continued
+    assert root.open(ids["40"]).status == "complete"
+    assert rows["60"]["run_id"] != ids["60"]  # a fresh run
+    np.testing.assert_allclose(rows["60"]["rel_error_exact"], first.rows[2]["rel_error_exact"])
+
+
+def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
+    store = tmp_path / "runs"
+    args = ["sweep", "domain-split", "--store", str(store), "--cluster", "sync"]
+    args += [f"--set={s}" for s in BASE]
+    out = tilegraph(*args, "--grid", "n_fine=20,40", "--json")
+    assert out.returncode == 0, out.stderr
+    res = last_json(out.stdout)
+    assert set(res) == {"sweep_id", "path", "points", "complete", "failed"}
+    assert (res["points"], res["complete"], res["failed"]) == (2, 2, 0)
+    assert "n_fine" in out.stdout and "rel_error_exact" in out.stdout
+    ds = xr.open_zarr(f"{res['path']}/result", consolidated=False)
+    assert ds.sizes == {"n_fine": 2}
+
+    out = tilegraph(*args, "--grid", "n_fine=20,40", "--json")
+    assert last_json(out.stdout)["complete"] == 2
+    assert "2 already done" in out.stdout
+
+    bad = tmp_path / "bad"
+    out = tilegraph("sweep", "domain-split", "--store", str(bad), "--grid", "n_fine=20,21")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: ")
+    assert "n_fine=21" in out.stderr
+    assert not bad.exists()
