@@ -77,6 +77,20 @@ def _driver_pythonpath() -> str:
     return os.pathsep.join(paths)
 
 
+def _token_auth_if_available() -> None:
+    """Use Ray's token authentication when a token is at hand and no mode is chosen.
+
+    ``ray start`` (Ray >= 2.5x) enables token authentication and writes the token to
+    ``~/.ray/auth_token``, but a driver only sends it with ``RAY_AUTH_MODE=token``;
+    without it, connecting to such a cluster fails after a long retry loop.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class RayExecutor(Executor):
     """Tasks on Ray: a local instance with ``spec.n`` CPUs, or an existing cluster.
 
@@ -93,6 +107,8 @@ class RayExecutor(Executor):
         if spec.kind != "ray":
             raise SpecError(f"{spec.kind!r} is not a Ray spec")
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        if spec.address is not None:
+            _token_auth_if_available()  # read by Ray when it is imported
         import ray
 
         self._ray = ray

@@ -14,7 +14,7 @@ __all__ = ["SPECS_HELP", "Spec", "SpecError", "parse_spec"]
 
 SPECS_HELP = (
     "sync | threads[:N] | local[:N] (default) | local-cuda[:N] | tcp://HOST:PORT"
-    " | ray[:N] | ray:auto | ray://HOST:PORT | slurm | pbs | sge | lsf"
+    " | ray[:N] | ray:auto | ray:HOST:PORT | ray://HOST:PORT | slurm | pbs | sge | lsf"
 )
 
 #: Batch-scheduler kinds that parse but are not implemented yet (need dask-jobqueue).
@@ -51,7 +51,8 @@ class Spec:
         (a local ``ray``); ``None`` where the count is not ours to choose (an existing
         cluster) or is only known at start (``local-cuda``: one worker per GPU).
     address : str or None
-        ``"tcp://host:port"``, ``"ray://host:port"`` or ``"auto"`` for existing clusters.
+        ``"tcp://host:port"``, ``"ray://host:port"`` (Ray Client), ``"host:port"`` (a Ray
+        head's GCS address) or ``"auto"`` for existing clusters.
     """
 
     kind: str
@@ -65,7 +66,9 @@ class Spec:
 
     def __str__(self) -> str:
         if self.address is not None:
-            return "ray:auto" if self.address == "auto" else self.address
+            if "://" in self.address:
+                return self.address
+            return f"ray:{self.address}"  # "auto" or the GCS HOST:PORT
         return self.kind if self.n is None else f"{self.kind}:{self.n}"
 
 
@@ -97,10 +100,11 @@ def parse_spec(spec: str | Spec | None = "local") -> Spec:
     spec : str, Spec or None
         One of the forms in `SPECS_HELP`: ``sync``, ``threads[:N]``, ``local[:N]``,
         ``local-cuda[:N]``, ``tcp://HOST:PORT`` (port defaults to 8786), ``ray[:N]``,
-        ``ray:auto``, ``ray://HOST:PORT`` (port defaults to 10001), ``slurm``, ``pbs``,
-        ``sge``, ``lsf`` (the batch schedulers optionally ``:JOBS``). ``None`` or ``""``
-        mean ``local``. Case and surrounding blanks are ignored in the kind. A `Spec` is
-        returned unchanged.
+        ``ray:auto``, ``ray:HOST:PORT`` (the GCS address of a running head),
+        ``ray://HOST:PORT`` (Ray Client, needs ``ray[client]``; port defaults to 10001),
+        ``slurm``, ``pbs``, ``sge``, ``lsf`` (the batch schedulers optionally ``:JOBS``).
+        ``None`` or ``""`` mean ``local``. Case and surrounding blanks are ignored in the
+        kind. A `Spec` is returned unchanged.
 
     Returns
     -------
@@ -141,6 +145,10 @@ def parse_spec(spec: str | Spec | None = "local") -> Spec:
         return Spec("sync")
     if kind == "ray" and arg == "auto":
         return Spec("ray", address="auto")
+    if kind == "ray" and ":" in arg:
+        # the GCS address of a running Ray head (``ray start --head`` prints it)
+        host_port = text.strip().partition(":")[2]
+        return Spec("ray", address=_address(text, "ray", host_port, 6379)[len("ray://") :])
     n = _count(text, arg) if sep else None
     if n is None:
         if kind == "local":

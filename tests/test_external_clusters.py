@@ -1,0 +1,156 @@
+"""Clusters started outside tilegraph, as a user starts them: a Dask scheduler and workers
+as separate processes (``dask scheduler`` / ``dask worker``), and a Ray head
+(``ray start --head``), all on loopback. A run through ``--cluster tcp://…`` and
+``--cluster ray:HOST:PORT`` gives the same answer as an in-process run; the clusters
+are left running by tilegraph and stopped by the tests."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import ROOT, last_json, tilegraph
+
+pytestmark = pytest.mark.slow
+
+SETS = ["--set=n_fine=60", "--set=n_coarse=5", "--set=tol=1e-10"]
+BIN = os.path.dirname(sys.executable)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=BIN) or shutil.which(name)
+    if path is None:
+        pytest.skip(f"the {name!r} command is not installed")
+    return path
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the cluster process exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    store = tmp_path_factory.mktemp("ref")
+    out = tilegraph(
+        "run", "domain-split", *SETS, "--cluster", "sync", "--store", str(store), "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    return last_json(out.stdout)
+
+
+def _same_answer(res: dict, ref: dict) -> None:
+    assert res["status"] == "complete"
+    assert res["metrics"]["iterations"] == ref["metrics"]["iterations"]
+    a = xr.open_zarr(res["path"] + "/result", consolidated=False).solution.values
+    b = xr.open_zarr(ref["path"] + "/result", consolidated=False).solution.values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = _tool("dask")
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--dashboard-address", "127.0.0.1:0", "--no-show"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers = None
+    try:
+        _wait_port(port, scheduler)
+        workers = subprocess.Popen(
+            [dask, "worker", address, "--nworkers", "2", "--nthreads", "1"]
+            + ["--no-dashboard", "--local-directory", str(tmp_path / "dask-workers")],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+
+        out = tilegraph(
+            "run", "domain-split", *SETS, "--cluster", address, "--store", str(tmp_path), "--json"
+        )
+        assert out.returncode == 0, out.stderr
+        res = last_json(out.stdout)
+        _same_answer(res, reference)
+        assert res["metrics"]["workers"] == 2
+
+        # a sweep through the same scheduler: points are tasks on those workers
+        out = tilegraph(
+            "sweep", "domain-split", "--grid", "n_fine=40,60", "--set=n_coarse=5",
+            "--cluster", address, "--store", str(tmp_path), "--json",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert last_json(out.stdout)["complete"] == 2
+
+        # tilegraph left the cluster running
+        with Client(address, timeout=30) as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+    finally:
+        if workers is not None:
+            _stop(workers)
+        _stop(scheduler)
+    assert scheduler.returncode is not None
+
+
+def test_ray_head_started_with_ray_start(tmp_path, reference):
+    port = _free_port()
+    ray = _tool("ray")
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
+        + ["--include-dashboard=false", "--disable-usage-stats"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, head)
+        out = tilegraph(
+            "run", "domain-split", *SETS, "--cluster", f"ray:127.0.0.1:{port}",
+            "--store", str(tmp_path), "--json", timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        res = last_json(out.stdout)
+        _same_answer(res, reference)
+        assert head.poll() is None, "tilegraph stopped a cluster it did not start"
+    finally:
+        _stop(head)
+    assert head.returncode is not None
