@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .base import Executor
-from .specs import HPC_KINDS, SPECS_HELP, Spec, SpecError, parse_spec
+from .specs import Spec, parse_spec
 
 __all__ = ["connect"]
 
 
-def connect(spec: str | Spec | None = "local") -> Executor:
+def connect(spec: str | Spec | None = "local", *, profile: str | None = None) -> Executor:
     """Start (or connect to) the executor a cluster spec names.
 
     Parameters
@@ -16,6 +16,9 @@ def connect(spec: str | Spec | None = "local") -> Executor:
     spec : str, Spec or None
         See `cluster.SPECS_HELP`; ``None`` means ``"local"`` (a Dask `LocalCluster` with
         ``min(os.cpu_count(), 4)`` worker processes).
+    profile : str, optional
+        Batch-scheduler profile file for ``slurm``/``pbs``/``sge``/``lsf`` (see
+        `cluster.jobqueue`); found in the usual places when not given.
 
     Returns
     -------
@@ -25,15 +28,12 @@ def connect(spec: str | Spec | None = "local") -> Executor:
     Raises
     ------
     SpecError
-        An unknown spec, or one this version cannot run (batch schedulers, ``local-cuda``
-        without dask-cuda).
+        An unknown spec, a bad profile, or one this machine cannot run (``local-cuda``
+        without dask-cuda, a batch scheduler without dask-jobqueue).
+    TimeoutError
+        No batch job's worker joined within the profile's ``wait_timeout``.
     """
     parsed = parse_spec(spec)
-    if parsed.kind in HPC_KINDS:
-        raise SpecError(
-            f"cluster spec {parsed.kind!r} needs the 'hpc' extra and is not implemented yet "
-            f"in this version; use one of: {SPECS_HELP}"
-        )
     if parsed.backend == "sync":
         from .inprocess import SyncExecutor
 
@@ -45,7 +45,7 @@ def connect(spec: str | Spec | None = "local") -> Executor:
     if parsed.backend == "dask":
         from .dask_backend import DaskExecutor
 
-        return DaskExecutor(parsed)
+        return DaskExecutor(parsed, profile_path=profile)
     from .ray_backend import RayExecutor
 
     return RayExecutor(parsed)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import RETRIES, ActorHandle, Executor, Future
-from .specs import Spec, SpecError
+from .specs import HPC_KINDS, Spec, SpecError
 
 __all__ = ["DaskExecutor"]
 
@@ -121,13 +121,14 @@ def _funcname(fn: Callable[..., Any]) -> str:
 
 class DaskExecutor(Executor):
     """Tasks on a `distributed` cluster: a new `LocalCluster` (``local[:N]``), a
-    ``dask_cuda.LocalCUDACluster`` (``local-cuda[:N]``) or an existing scheduler
-    (``tcp://``, left running on `close`).
+    ``dask_cuda.LocalCUDACluster`` (``local-cuda[:N]``), batch jobs through dask-jobqueue
+    (``slurm|pbs|sge|lsf[:JOBS]``, configured by a profile file, see `cluster.jobqueue`)
+    or an existing scheduler (``tcp://``, left running on `close`).
     """
 
     backend = "dask"
 
-    def __init__(self, spec: Spec) -> None:
+    def __init__(self, spec: Spec, profile_path: str | None = None) -> None:
         super().__init__(spec)
         import distributed
 
@@ -157,6 +158,12 @@ class DaskExecutor(Executor):
                 resources={"GPU": 1},
                 **kwargs,
             )
+        elif spec.kind in HPC_KINDS:
+            from .jobqueue import load_profile, make_cluster
+
+            profile = load_profile(spec.kind, profile_path)
+            self._cluster = make_cluster(spec, profile)
+            self._cluster.scale(jobs=spec.n or profile.jobs)
         elif spec.kind != "tcp":
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
         try:
@@ -168,6 +175,17 @@ class DaskExecutor(Executor):
             if self._cluster is not None:
                 self._cluster.close()
             raise
+        if spec.kind in HPC_KINDS:
+            try:
+                self._client.wait_for_workers(1, timeout=profile.wait_timeout)
+            except TimeoutError:
+                self._client.close()
+                self._cluster.close()
+                raise TimeoutError(
+                    f"no Dask worker joined from {spec.kind} within {profile.wait_timeout:g} s: "
+                    "the jobs may still be queued or may have failed (see the scheduler's "
+                    "queue and the job logs; raise wait_timeout in the cluster profile)"
+                ) from None
         from .dask_plugin import OwnPackagesFirst
 
         self._client.register_plugin(OwnPackagesFirst())

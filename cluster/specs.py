@@ -17,7 +17,7 @@ SPECS_HELP = (
     " | ray[:N] | ray:auto | ray:HOST:PORT | ray://HOST:PORT | slurm | pbs | sge | lsf"
 )
 
-#: Batch-scheduler kinds that parse but are not implemented yet (need dask-jobqueue).
+#: Batch-scheduler kinds, run through dask-jobqueue (see `cluster.jobqueue`).
 HPC_KINDS = ("slurm", "pbs", "sge", "lsf")
 
 _BACKENDS = {

@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
         help="override one field; VALUE is YAML; dotted keys for nested fields",
     )
     sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
+    sp.add_argument(
+        "--cluster-profile",
+        metavar="FILE",
+        help="batch-scheduler profile (YAML) for slurm/pbs/sge/lsf; see README",
+    )
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate everything and print the batch job script; submit and write nothing",
+    )
     sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
     sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
@@ -99,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
         help="override one base field (not a swept one)",
     )
     sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
+    sp.add_argument(
+        "--cluster-profile",
+        metavar="FILE",
+        help="batch-scheduler profile (YAML) for slurm/pbs/sge/lsf; see README",
+    )
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate everything and print the batch job script; submit and write nothing",
+    )
     sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
     sp.add_argument(
@@ -152,19 +172,11 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    import cluster
-    import storage
-    from storage.urls import filesystem
-
     try:
         pipeline = get_pipeline(args.name)
     except KeyError as exc:
         raise UsageError(exc.args[0]) from None
-    root = storage.Root(args.store)
-    try:
-        filesystem(root.url)
-    except (ValueError, ImportError) as exc:
-        raise UsageError(f"--store {args.store!r}: {exc}") from None
+    root = _check_store(args)
     run = None
     if args.resume:
         if args.preset or args.config or args.sets:
@@ -180,15 +192,11 @@ def _cmd_run(args) -> int:
         config = build_config(pipeline, base=run.config)
     else:
         config = build_config(pipeline, args.preset, args.config, args.sets)
-    try:
-        cluster.parse_spec(args.cluster)
-    except ValueError as exc:
-        raise UsageError(f"--cluster: {exc}") from None
+    _check_cluster(args)
+    if args.dry_run:
+        return _dry_run(args, {"config": config.model_dump(mode="json")})
 
-    try:
-        executor = cluster.connect(args.cluster)
-    except (ValueError, ImportError, OSError, TimeoutError) as exc:
-        raise UsageError(f"--cluster {args.cluster}: cannot start or reach it ({exc})") from None
+    executor = _connect(args)
     with executor:
         if run is None:
             run = root.create(
@@ -241,9 +249,8 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _root_and_cluster(args):
-    """Check ``--store`` and ``--cluster`` before anything is started or written."""
-    import cluster
+def _check_store(args):
+    """The run-store root of ``--store``, checked before anything is written."""
     import storage
     from storage.urls import filesystem
 
@@ -252,20 +259,54 @@ def _root_and_cluster(args):
         filesystem(root.url)
     except (ValueError, ImportError) as exc:
         raise UsageError(f"--store {args.store!r}: {exc}") from None
-    try:
-        cluster.parse_spec(args.cluster)
-    except ValueError as exc:
-        raise UsageError(f"--cluster: {exc}") from None
     return root
 
 
-def _connect(spec: str):
+def _check_cluster(args) -> None:
+    """Check ``--cluster`` (and a batch scheduler's profile) before anything starts."""
+    import cluster
+    from cluster.jobqueue import load_profile
+    from cluster.specs import HPC_KINDS
+
+    try:
+        spec = cluster.parse_spec(args.cluster)
+    except ValueError as exc:
+        raise UsageError(f"--cluster: {exc}") from None
+    if spec.kind in HPC_KINDS:
+        try:
+            load_profile(spec.kind, args.cluster_profile)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def _connect(args):
     import cluster
 
     try:
-        return cluster.connect(spec)
+        return cluster.connect(args.cluster, profile=args.cluster_profile)
     except (ValueError, ImportError, OSError, TimeoutError) as exc:
-        raise UsageError(f"--cluster {spec}: cannot start or reach it ({exc})") from None
+        raise UsageError(f"--cluster {args.cluster}: cannot start or reach it ({exc})") from None
+
+
+def _dry_run(args, info: dict) -> int:
+    """``--dry-run``: the validated config and, for batch schedulers, the job script."""
+    import cluster
+    from cluster.jobqueue import job_script
+    from cluster.specs import HPC_KINDS
+
+    spec = cluster.parse_spec(args.cluster)
+    script = None
+    if spec.kind in HPC_KINDS:
+        script = job_script(spec, args.cluster_profile)
+        jobs = f"{spec.n} job(s)" if spec.n else "the profile's number of jobs"
+        print(f"# dry run: {spec.kind} would be asked for {jobs} running this script")
+        print(script)
+    else:
+        print(f"# dry run: --cluster {spec} submits no batch jobs; the config is valid")
+        print(json.dumps(info, indent=2))
+    if args.json:
+        print(json.dumps({"dry_run": True, "cluster": str(spec), "job_script": script, **info}))
+    return 0
 
 
 def _cmd_sweep(args) -> int:
@@ -276,8 +317,11 @@ def _cmd_sweep(args) -> int:
     except KeyError as exc:
         raise UsageError(exc.args[0]) from None
     plan = plan_sweep(pipeline, args.grid, args.preset, args.config, args.sets)
-    root = _root_and_cluster(args)
-    with _connect(args.cluster) as executor:
+    root = _check_store(args)
+    _check_cluster(args)
+    if args.dry_run:
+        return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
+    with _connect(args) as executor:
         result = run_sweep(
             plan,
             root,

@@ -349,12 +349,6 @@ def test_parse_spec_rejects_with_one_clear_line(text):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("text", ["slurm", "pbs", "sge", "lsf"])
-def test_batch_schedulers_are_not_implemented_yet(text):
-    with pytest.raises(cluster.SpecError, match="'hpc' extra"):
-        cluster.connect(text)
-
-
 def test_local_cuda_needs_dask_cuda():
     try:
         import dask_cuda  # noqa: F401

@@ -1,0 +1,148 @@
+"""Batch schedulers through dask-jobqueue: the job scripts a profile produces for SLURM,
+PBS, SGE and LSF (``--dry-run``), bad profiles, and the real code path up to the
+submission command (``sbatch`` here is a stand-in script: no queue exists on this
+machine)."""
+
+import os
+import stat
+import textwrap
+
+import pytest
+import yaml
+
+import cluster
+from cluster.jobqueue import ProfileError, job_script, load_profile
+from pipelines import cli
+
+PROFILE = {
+    "queue": "compute",
+    "account": "proj123",
+    "walltime": "02:00:00",
+    "cores": 8,
+    "memory": "32GiB",
+    "processes": 2,
+    "job_script_prologue": ["module load python/3.11", "source ~/venv/bin/activate"],
+}
+EXTRA = {
+    "slurm": "--gres=gpu:1",
+    "pbs": "-l place=scatter",
+    "sge": "-pe smp 8",
+    "lsf": '-R "span[hosts=1]"',
+}
+#: What each scheduler's script must say for PROFILE (the directives, in its syntax).
+EXPECTED = {
+    "slurm": ["#SBATCH -p compute", "#SBATCH -A proj123", "#SBATCH -t 02:00:00",
+              "#SBATCH --cpus-per-task=8", "#SBATCH --gres=gpu:1"],
+    "pbs": ["#PBS -q compute", "#PBS -A proj123", "#PBS -l walltime=02:00:00",
+            "ncpus=8", "#PBS -l place=scatter"],
+    "sge": ["#$ -q compute", "#$ -P proj123", "#$ -l h_rt=02:00:00", "#$ -pe smp 8"],
+    "lsf": ["#BSUB -q compute", '#BSUB -P "proj123"', "#BSUB -W 02:00", "#BSUB -n 8",
+            '#BSUB -R "span[hosts=1]"'],
+}  # fmt: skip
+
+
+@pytest.fixture
+def profile(tmp_path):
+    data = {k: {**PROFILE, "job_extra_directives": [EXTRA[k]]} for k in EXTRA}
+    path = tmp_path / "jobqueue.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_dry_run_prints_the_job_script_and_writes_nothing(kind, profile, tmp_path, capsys):
+    store = tmp_path / "runs"
+    args = ["run", "domain-split", "--cluster", f"{kind}:3", "--cluster-profile", str(profile)]
+    assert cli.main([*args, "--store", str(store), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{kind} would be asked for 3 job(s)" in out
+    for line in EXPECTED[kind]:
+        assert line in out, f"{line!r} missing from the {kind} script"
+    prologue = out.index("module load python/3.11")
+    assert prologue < out.index("source ~/venv/bin/activate") < out.index("dask_worker")
+    assert "--nworkers 2" in out and "--nthreads 4" in out  # 8 cores, 2 processes
+    assert not store.exists()
+
+
+def test_sweep_dry_run_and_default_profile_from_the_environment(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "site.yaml"
+    path.write_text("pbs:\n  queue: short\n  walltime: '1-00:30'\n")
+    monkeypatch.setenv("TILEGRAPH_JOBQUEUE_PROFILE", str(path))
+    store = tmp_path / "runs"
+    args = ["sweep", "domain-split", "--grid", "n_fine=50,100", "--cluster", "pbs"]
+    assert cli.main([*args, "--store", str(store), "--dry-run", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "#PBS -q short" in out
+    assert "walltime=24:30:00" in out  # PBS takes no days
+    assert not store.exists()
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("slurm:\n  walltime: 2h\n", "field 'slurm.walltime': expected [D-]HH:MM[:SS]"),
+        ("slurm:\n  memory: lots\n", "field 'slurm.memory': expected a size"),
+        ("slurm:\n  cpus: 4\n", "field 'slurm.cpus': unknown field; allowed: queue"),
+        ("slurm:\n  cores: 0\n", "field 'slurm.cores'"),
+        ("slurmm:\n  cores: 2\n", "unknown section 'slurmm'"),
+        ("slurm: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_profile_exits_2_with_one_line(tmp_path, capsys, text, needle):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    store = tmp_path / "runs"
+    args = ["run", "domain-split", "--cluster", "slurm", "--cluster-profile", str(path)]
+    assert cli.main([*args, "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert needle in err
+    assert not store.exists()
+    with pytest.raises(ProfileError, match="cluster profile"):
+        load_profile("slurm", path)
+
+
+def test_missing_profile_and_non_batch_dry_run(tmp_path, capsys):
+    missing = str(tmp_path / "nope.yaml")
+    args = ["run", "domain-split", "--cluster", "lsf", "--cluster-profile", missing]
+    assert cli.main([*args, "--store", str(tmp_path / "r")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(ProfileError, match="not a batch scheduler"):
+        job_script("local:2")
+
+
+def _stand_in(folder, name, body):
+    path = folder / name
+    path.write_text("#!/usr/bin/env bash\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_submission_path_calls_sbatch_and_cancels_on_timeout(tmp_path, profile, monkeypatch):
+    """Everything up to the queue runs for real: dask-jobqueue writes each job script and
+    calls ``sbatch`` on it; no worker can join, so ``connect`` gives up after the
+    profile's ``wait_timeout`` with a clear error and cancels the jobs it submitted."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    log.mkdir()
+    _stand_in(bin_dir, "sbatch", f"""\
+        cp "$1" {log}/sbatch-$$.sh
+        echo "Submitted batch job $$"
+        """)  # fmt: skip
+    _stand_in(bin_dir, "scancel", f'echo "$@" >> {log}/scancel\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    data = yaml.safe_load(profile.read_text())
+    data["slurm"]["wait_timeout"] = 4
+    profile.write_text(yaml.safe_dump(data))
+
+    with pytest.raises(TimeoutError, match="no Dask worker joined from slurm within 4 s"):
+        cluster.connect("slurm:2", profile=str(profile))
+    scripts = sorted(log.glob("sbatch-*.sh"))
+    assert len(scripts) == 2
+    for script in scripts:
+        text = script.read_text()
+        for line in EXPECTED["slurm"]:
+            assert line in text
+        assert "distributed.cli.dask_worker tcp://" in text
+    job_ids = sorted(p.stem.removeprefix("sbatch-") for p in scripts)
+    cancelled = (log / "scancel").read_text().split()
+    assert sorted(cancelled) == job_ids
