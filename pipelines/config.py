@@ -82,6 +82,8 @@ def describe_error(model: type[BaseModel], exc: ValidationError) -> str:
         msg = msg[len("Value error, ") :]
     elif "input" in err and err["type"] not in ("missing",):
         msg = f"{msg} (got {err['input']!r})"
+    if not err["loc"]:  # a rule across fields: its message names them
+        return f"config: {msg}"
     return f"config field '{loc}': {msg}"
 
 

@@ -1,0 +1,245 @@
+"""Property-based bad input for every registered pipeline and the CLI arguments: each bad
+value exits 2 with ONE ``error:`` line that names what was wrong, and writes no store.
+
+Bad config values are derived from each config model's JSON schema so that they are bad
+by construction (a number below its minimum, a word where a number or a choice is
+expected, an unknown field), not by asking the validator; the cross-field rules a schema
+cannot express are listed per pipeline in ``KNOWN_BAD``.
+"""
+
+import contextlib
+import io
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipelines import cli
+from pipelines.registry import load_pipelines
+
+PIPELINES = load_pipelines()
+
+#: Strings pydantic reads as booleans (lax mode) or YAML reads as non-strings.
+_NOT_WORDS = {
+    "y", "n", "yes", "no", "on", "off", "t", "f", "true", "false", "null", "nan", "inf",
+}  # fmt: skip
+
+#: Cross-field rules per pipeline: ``(--set items, text the error must contain)``.
+KNOWN_BAD = {
+    "domain-split": [
+        (["d=4"], "d"),
+        (["d=1"], "d"),
+        (["n_fine=101", "n_coarse=5"], "n_fine"),
+        (["problem.kind=boundary-layer", "problem.eps=0.001", "n_coarse=4"], "Peclet number"),
+        (["problem.alpha=[1.0]"], "alpha"),
+    ],
+}
+
+
+def _words(exclude=()):
+    return st.from_regex(r"\A[a-z]{2,8}\Z").filter(
+        lambda w: w not in _NOT_WORDS and w not in exclude and isinstance(yaml.safe_load(w), str)
+    )
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    if ref:
+        return _resolve(root["$defs"][ref.rsplit("/", 1)[1]], root)
+    return schema
+
+
+def _fields(model) -> list[tuple[str, dict, dict]]:
+    """``(dotted name, field schema, schema of the object holding it)`` for every field."""
+    root = model.model_json_schema()
+    out = []
+
+    def walk(obj: dict, prefix: str):
+        for name, sub in obj.get("properties", {}).items():
+            sub = _resolve(sub, root)
+            if sub.get("type") == "object" and "properties" in sub:
+                walk(sub, f"{prefix}{name}.")
+            else:
+                out.append((f"{prefix}{name}", sub, obj))
+
+    walk(root, "")
+    return out
+
+
+def _bad_values(schema: dict):
+    """A strategy of YAML texts the field's schema rejects, or None if none is certain."""
+    branches = schema.get("anyOf", [schema])
+    types = {b.get("type") for b in branches}
+    if None in types or "object" in types:
+        return None  # free-form: nothing is bad by construction
+    choices = []
+    if "string" not in types:
+        choices.append(_words())  # a word where numbers, booleans or lists are expected
+    elif all("enum" in b for b in branches if b.get("type") == "string"):
+        allowed = {str(v) for b in branches for v in b.get("enum", [])}
+        choices.append(_words(allowed))
+    nums = [b for b in branches if b.get("type") in ("integer", "number")]
+    if len(nums) == len(branches) - ("null" in types):
+        for b in nums:
+            step = 1 if b["type"] == "integer" else 0.5
+            if "minimum" in b:
+                lo = b["minimum"]
+                choices.append(st.integers(1, 10**6).map(lambda k, lo=lo, s=step: lo - k * s))
+            if "exclusiveMinimum" in b:
+                lo = b["exclusiveMinimum"]
+                choices.append(st.integers(0, 10**6).map(lambda k, lo=lo, s=step: lo - k * s))
+            if "maximum" in b:
+                hi = b["maximum"]
+                choices.append(st.integers(1, 10**6).map(lambda k, hi=hi, s=step: hi + k * s))
+            if "exclusiveMaximum" in b:
+                hi = b["exclusiveMaximum"]
+                choices.append(st.integers(0, 10**6).map(lambda k, hi=hi, s=step: hi + k * s))
+        if types <= {"integer", "null"}:
+            choices.append(st.integers(-1000, 1000).map(lambda k: k + 0.5))  # not integral
+    if "array" in types:
+        choices.append(_words().map(lambda w: f"[{w}]"))
+    if not choices:
+        return None
+    return st.one_of(choices).map(lambda v: v if isinstance(v, str) else repr(v))
+
+
+def _cases():
+    """(pipeline, dotted field, bad YAML text) triples, unknown fields included."""
+    strategies = []
+    for name, pipe in PIPELINES.items():
+        for field, schema, holder in _fields(pipe.config):
+            bad = _bad_values(schema)
+            if bad is not None:
+                strategies.append(bad.map(lambda v, n=name, f=field: (n, f, v, f)))
+            prefix = field.rpartition(".")[0]
+            known = set(holder.get("properties", {}))
+            unknown = _words(known).map(
+                lambda w, n=name, p=prefix: (n, f"{p}.{w}" if p else w, "1", w)
+            )
+            strategies.append(unknown)
+    return st.one_of(strategies)
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str, Path]:
+    """``tilegraph *argv --store <fresh folder>`` in process: exit status, stderr, store."""
+    base = Path(tempfile.mkdtemp(prefix="tg-bad-"))
+    store = base / "runs"
+    err, out = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                rc = cli.main([*argv, "--store", str(store)])
+            except SystemExit as exc:  # argparse errors
+                rc = exc.code
+        return rc, err.getvalue(), store
+    finally:
+        existed = store.exists()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not existed, f"{argv} wrote a store"
+
+
+def _one_error_line(rc: int, err: str, needle: str | None = None):
+    assert rc == 2, err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    if needle is not None:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_cases(), sweep=st.booleans())
+def test_bad_config_value_exits_2_naming_the_field(case, sweep):
+    name, field, value, needle = case
+    if sweep:  # the same value as one point of a sweep grid
+        argv = ["sweep", name, "--grid", f"{field}={value}", "--cluster", "sync"]
+    else:
+        argv = ["run", name, "--set", f"{field}={value}", "--cluster", "sync"]
+    rc, err, _ = _run_cli(argv)
+    _one_error_line(rc, err, needle)
+
+
+def test_cross_field_rules_exit_2():
+    for name, cases in KNOWN_BAD.items():
+        if name not in PIPELINES:
+            continue
+        for sets, needle in cases:
+            argv = ["run", name, "--cluster", "sync"] + [f"--set={s}" for s in sets]
+            rc, err, _ = _run_cli(argv)
+            _one_error_line(rc, err, needle)
+
+
+_KINDS = {"sync", "threads", "local", "local-cuda", "tcp", "ray", "slurm", "pbs", "sge", "lsf"}
+
+_bad_cluster = st.one_of(
+    _words(_KINDS),
+    st.sampled_from(sorted(_KINDS - {"sync", "tcp"})).flatmap(
+        lambda k: st.one_of(
+            st.integers(-100, 0).map(lambda n, k=k: f"{k}:{n}"),
+            _words({"auto"}).map(lambda w, k=k: f"{k}:{w}"),
+        )
+    ),
+    st.integers(1, 9).map(lambda n: f"sync:{n}"),
+    _words().map(lambda w: f"{w}://host:1"),
+    st.integers(65536, 10**6).map(lambda p: f"tcp://127.0.0.1:{p}"),
+)
+
+
+@st.composite
+def _bad_cli(draw):
+    """(argv, text the error must contain) for bad command-line arguments."""
+    name = draw(st.sampled_from(sorted(PIPELINES)))
+    pipe = PIPELINES[name]
+    kind = draw(st.sampled_from(["cluster", "preset", "set", "store", "grid", "retries", "name"]))
+    if kind == "cluster":
+        return ["run", name, "--cluster", draw(_bad_cluster)], "--cluster"
+    if kind == "preset":
+        return ["run", name, "--preset", draw(_words(set(pipe.presets)))], "--preset"
+    if kind == "set":
+        item = draw(st.one_of(_words(), _words().map(lambda w: f"={w}")))
+        return ["run", name, "--set", item, "--cluster", "sync"], "--set"
+    if kind == "store":
+        return [
+            "run",
+            name,
+            "--cluster",
+            "sync",
+            "--store",
+            f"{draw(_words())}zz://x/y",
+        ], "--store"
+    if kind == "grid":
+        item = draw(
+            st.one_of(
+                _words(),
+                _words().map(lambda w: f"{w}="),
+                _words().map(lambda w: f"{w}=1,1"),
+                _words().map(lambda w: f"{w}=1,,2"),
+            )
+        )
+        return ["sweep", name, "--grid", item, "--cluster", "sync"], "--grid"
+    if kind == "retries":
+        bad = draw(st.one_of(st.integers(-100, -1).map(str), _words()))
+        return ["run", name, "--retries", bad, "--cluster", "sync"], "--retries"
+    return ["run", draw(_words(set(PIPELINES))), "--cluster", "sync"], "unknown pipeline"
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_bad_cli())
+def test_bad_command_line_exits_2_with_one_line(case):
+    argv, needle = case
+    if "--store" in argv:  # the case brings its own (bad) store
+        i = argv.index("--store")
+        store = argv[i + 1]
+        argv = argv[:i] + argv[i + 2 :]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = cli.main([*argv, "--store", store])
+        _one_error_line(rc, err.getvalue(), needle)
+        assert not Path(store).exists()
+        return
+    rc, err, _ = _run_cli(argv)
+    _one_error_line(rc, err, needle)
+    assert re.match(r"^error: \S", err)
