@@ -24,3 +24,17 @@ def executors():
     yield get
     for ex in opened.values():
         ex.__exit__(None, None, None)
+
+
+# --- GPU tests: run only where CuPy sees a CUDA device ---
+def pytest_collection_modifyitems(config, items):
+    if not any("gpu" in item.keywords for item in items):
+        return
+    from cluster.gpus import local_gpu_count
+
+    if local_gpu_count() > 0:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA and CuPy (no GPU visible here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,70 @@
+"""Multi-GPU nodes: one Dask worker per GPU (``local-cuda``), Ray actors holding one GPU
+each, and the pipelines' CuPy paths against their NumPy answers. Marked ``gpu``: skipped
+where CuPy sees no CUDA device (``benchmarks/gpu_check.py`` runs the same pipelines on a
+GPU machine and prints CPU-vs-GPU times)."""
+
+import os
+
+import numpy as np
+import pytest
+
+import cluster
+
+pytestmark = pytest.mark.gpu
+
+
+class DeviceHolder:
+    """A stateful worker that keeps an array on its GPU."""
+
+    def __init__(self, n):
+        import cupy
+
+        self.x = cupy.arange(n, dtype=cupy.float64)
+
+    def where(self):
+        import cupy
+
+        return int(cupy.cuda.runtime.getDevice()), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    def total(self):
+        return float(self.x.sum())
+
+
+def _gpu_square(n):
+    import cupy
+
+    return float((cupy.arange(n, dtype=cupy.float64) ** 2).sum())
+
+
+@pytest.mark.parametrize("spec", ["local-cuda", "ray"])
+def test_one_gpu_per_stateful_worker(spec):
+    if spec == "local-cuda":
+        pytest.importorskip("dask_cuda")
+    with cluster.connect(spec) as ex:
+        n = ex.n_gpus
+        assert n >= 1
+        actors = [ex.actor(DeviceHolder, 1000, gpus=1, spread=k) for k in range(n)]
+        assert ex.gather([a.total() for a in actors]) == [499500.0] * n
+        got = ex.gather(ex.map(_gpu_square, [10] * n, gpus=1))
+        assert got == [285.0] * n
+        if n > 1:  # each actor sees a different device
+            seen = {a.where().result() for a in actors}
+            assert len(seen) == n
+
+
+def test_picard_quick_on_the_gpu_matches_the_cpu(tmp_path):
+    from helpers import last_json, tilegraph
+
+    outs = {}
+    for device in ("cpu", "cuda"):
+        out = tilegraph(
+            "run", "picard", "--preset", "quick", "--set", f"device={device}",
+            "--cluster", "sync", "--store", str(tmp_path), "--json",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        outs[device] = last_json(out.stdout)["metrics"]
+    assert outs["cuda"]["iterations"] == outs["cpu"]["iterations"]
+    np.testing.assert_allclose(
+        outs["cuda"]["max_abs_diff_vs_sequential"], outs["cpu"]["max_abs_diff_vs_sequential"],
+        atol=1e-6,
+    )  # fmt: skip
