@@ -11,7 +11,6 @@ Helpers are module-level so that Dask and Ray workers can import them by name.
 
 from __future__ import annotations
 
-import ast
 import os
 import pathlib
 import subprocess
@@ -374,19 +373,6 @@ def test_import_is_cheap_and_lazy():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
-
-
-def test_cluster_imports_no_other_tilegraph_package():
-    forbidden = {"tasks", "storage", "pipelines"}
-    for path in (REPO / "cluster").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                continue
-            assert not {n.split(".")[0] for n in names} & forbidden, f"{path}: {names}"
 
 
 # -- Dask specifics -----------------------------------------------------------------------

@@ -6,7 +6,6 @@ fsspec ``memory://`` root (the way zarr-python's ``StoreTests`` run one suite pe
 
 from __future__ import annotations
 
-import ast
 import math
 import multiprocessing
 import pickle
@@ -495,18 +494,3 @@ def test_jsonable():
     assert type(storage.jsonable(np.int64(2))) is int
     with pytest.raises(TypeError, match=r"cfg\['x'\]"):
         storage.jsonable({"x": object()}, "cfg")
-
-
-def test_storage_imports_no_other_package():
-    forbidden = {"tasks", "cluster", "pipelines", "ray"}
-    package = Path(storage.__file__).parent
-    for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
