@@ -186,9 +186,11 @@ class DaskExecutor(Executor):
                     "the jobs may still be queued or may have failed (see the scheduler's "
                     "queue and the job logs; raise wait_timeout in the cluster profile)"
                 ) from None
-        from .dask_plugin import OwnPackagesFirst
+        from .dask_plugin import OwnPackagesFirst, sibling_packages
 
-        self._client.register_plugin(OwnPackagesFirst())
+        packages = sibling_packages()
+        if packages:
+            self._client.register_plugin(OwnPackagesFirst(packages))
         if spec.kind == "local-cuda":
             self._spec = Spec("local-cuda", n=self.n_workers)
         self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)

@@ -16,7 +16,6 @@ _LOST_TYPES = frozenset(
         "KilledWorker",
         "CommClosedError",
         "StreamClosedError",
-        "FutureCancelledError",
         # ray
         "RayActorError",
         "ActorDiedError",
@@ -37,7 +36,7 @@ _LOST_MESSAGES = (
 
 
 def is_worker_lost(exc: BaseException) -> bool:
-    """True if ``exc`` (or an exception it was raised from) says a worker was lost.
+    """True if ``exc`` (or one it was raised ``from``) says a worker was lost.
 
     Parameters
     ----------
@@ -52,7 +51,9 @@ def is_worker_lost(exc: BaseException) -> bool:
         text = str(exc)
         if any(m in text for m in _LOST_MESSAGES):
             return True
-        exc = exc.__cause__ or exc.__context__
+        # only explicit chaining (raise … from lost): an unrelated error raised while
+        # handling a lost worker is a real failure
+        exc = exc.__cause__
     return False
 
 

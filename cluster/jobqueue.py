@@ -27,10 +27,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .specs import HPC_KINDS, Spec, SpecError
 
@@ -74,12 +82,32 @@ class BatchProfile(BaseModel):
     python: str | None = Field(default=None, description="python on the compute nodes")
     wait_timeout: float = Field(default=600.0, gt=0, description="seconds for a first worker")
 
-    @field_validator("walltime")
+    @field_validator("walltime", mode="before")
     @classmethod
-    def _walltime(cls, v: str) -> str:
-        if not _WALLTIME.match(v):
-            raise ValueError(f"expected [D-]HH:MM[:SS], got {v!r}")
+    def _walltime(cls, v: Any) -> str:
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            # YAML reads an unquoted 12:00:00 as the sexagesimal integer 43200 (seconds)
+            h, rem = divmod(v, 3600)
+            return f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}"
+        if not isinstance(v, str) or not _WALLTIME.match(v):
+            raise ValueError(f"expected [D-]HH:MM[:SS] (quote it in YAML), got {v!r}")
+        if _seconds(v) <= 0:
+            raise ValueError(f"must be longer than zero, got {v!r}")
         return v
+
+    @field_validator("queue", "account", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _processes_fit(self) -> BatchProfile:
+        if self.processes is not None and self.processes > self.cores:
+            raise ValueError(
+                f"processes ({self.processes}) must not exceed cores ({self.cores}): each "
+                "Dask worker process needs at least one core"
+            )
+        return self
 
     @field_validator("memory")
     @classmethod
@@ -119,12 +147,16 @@ class BatchProfile(BaseModel):
         return kw
 
 
+def _seconds(text: str) -> int:
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")] + [0]
+    return int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
 def _walltime_for(kind: str, text: str) -> str:
     """``[D-]HH:MM[:SS]`` in the form each scheduler takes (LSF: ``HH:MM``; PBS and SGE
     take no days)."""
-    days, _, clock = text.rpartition("-")
-    parts = [int(p) for p in clock.split(":")] + [0]
-    seconds = int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+    seconds = _seconds(text)
     if kind == "slurm":
         return text
     h, rem = divmod(seconds, 3600)
@@ -168,19 +200,23 @@ def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> Batch
     data: Any = {}
     if file is not None:
         try:
-            data = yaml.safe_load(file.read_text()) or {}
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0]
             raise ProfileError(f"cluster profile {file}: not valid YAML ({first})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(f"cluster profile {file}: cannot read it ({exc})") from None
         if not isinstance(data, dict):
             raise ProfileError(f"cluster profile {file}: expected a mapping of scheduler kinds")
-        unknown = sorted(set(data) - set(HPC_KINDS))
+        unknown = sorted(str(k) for k in set(data) - set(HPC_KINDS))
         if unknown:
             raise ProfileError(
                 f"cluster profile {file}: unknown section {unknown[0]!r}; "
                 f"allowed: {', '.join(HPC_KINDS)}"
             )
         data = data.get(kind) or {}
+        if not isinstance(data, dict):
+            raise ProfileError(f"cluster profile {file}: section {kind!r} must be a mapping")
     where = f"cluster profile {file}" if file else "cluster profile"
     try:
         return BatchProfile.model_validate(data)
@@ -193,8 +229,15 @@ def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> Batch
         raise ProfileError(f"{where}: field '{kind}.{field}': {msg}") from None
 
 
-def make_cluster(spec: Spec, profile: BatchProfile):
-    """A dask-jobqueue cluster for ``spec`` (no job submitted yet)."""
+def make_cluster(spec: Spec, profile: BatchProfile, *, submit: bool = True):
+    """A dask-jobqueue cluster for ``spec`` (no job submitted yet).
+
+    Parameters
+    ----------
+    submit : bool
+        Jobs will be submitted: the scheduler's submit command must be on ``PATH``
+        (checked here, instead of failing only after ``wait_timeout``).
+    """
     try:
         import dask_jobqueue
     except ImportError:
@@ -203,6 +246,13 @@ def make_cluster(spec: Spec, profile: BatchProfile):
         ) from None
     cls_name, _ = _CLASSES[spec.kind]
     cls = getattr(dask_jobqueue, cls_name)
+    command = cls.job_cls.submit_command.split()[0]
+    if submit and shutil.which(command) is None:
+        raise SpecError(
+            f"cluster spec {spec.kind!r}: the submit command {command!r} is not on PATH; run "
+            "tilegraph where jobs can be submitted (a login node), or add --dry-run to see "
+            "the job script"
+        )
     return cls(**profile.cluster_kwargs(spec.kind), scheduler_options={"dashboard_address": ":0"})
 
 
@@ -214,8 +264,12 @@ def job_script(spec: Spec | str, profile_path: str | os.PathLike[str] | None = N
     if spec.kind not in HPC_KINDS:
         raise ProfileError(f"--dry-run: {spec} is not a batch scheduler; nothing to submit")
     profile = load_profile(spec.kind, profile_path)
-    cluster = make_cluster(spec, profile)
+    logs = Path(os.path.expanduser(profile.log_directory)) if profile.log_directory else None
+    made_logs = logs is not None and not logs.exists()
+    cluster = make_cluster(spec, profile, submit=False)
     try:
         return cluster.job_script()
     finally:
         cluster.close()
+        if made_logs and logs.is_dir() and not any(logs.iterdir()):
+            logs.rmdir()  # dask-jobqueue makes it; a dry run writes nothing

@@ -122,6 +122,7 @@ class RayExecutor(Executor):
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
         if spec.address is None:
             context = ray.init(
+                address="local",  # a new instance, even if a Ray cluster runs on this host
                 num_cpus=spec.n,
                 include_dashboard=False,
                 runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}},

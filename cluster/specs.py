@@ -149,6 +149,8 @@ def parse_spec(spec: str | Spec | None = "local") -> Spec:
         # the GCS address of a running Ray head (``ray start --head`` prints it)
         host_port = text.strip().partition(":")[2]
         return Spec("ray", address=_address(text, "ray", host_port, 6379)[len("ray://") :])
+    if kind == "ray" and sep and not arg.isdigit():
+        raise _error(text, f"{arg!r} is not a CPU count, 'auto' or a HOST:PORT address")
     n = _count(text, arg) if sep else None
     if n is None:
         if kind == "local":

@@ -121,12 +121,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
-    sp.add_argument(
-        "--retries",
-        type=_nonnegative,
-        default=DEFAULT_RETRIES,
-        help="continuations of a point after a lost worker",
-    )
 
     sp = sub.add_parser("runs", help="table of runs and their status")
     sp.add_argument("--store", default="./runs")
@@ -284,7 +278,7 @@ def _connect(args):
 
     try:
         return cluster.connect(args.cluster, profile=args.cluster_profile)
-    except (ValueError, ImportError, OSError, TimeoutError) as exc:
+    except (ValueError, ImportError, OSError, TimeoutError, RuntimeError) as exc:
         raise UsageError(f"--cluster {args.cluster}: cannot start or reach it ({exc})") from None
 
 
@@ -297,7 +291,10 @@ def _dry_run(args, info: dict) -> int:
     spec = cluster.parse_spec(args.cluster)
     script = None
     if spec.kind in HPC_KINDS:
-        script = job_script(spec, args.cluster_profile)
+        try:
+            script = job_script(spec, args.cluster_profile)
+        except (ValueError, ImportError, OSError, RuntimeError) as exc:
+            raise UsageError(f"--cluster {spec}: cannot make the job script ({exc})") from None
         jobs = f"{spec.n} job(s)" if spec.n else "the profile's number of jobs"
         print(f"# dry run: {spec.kind} would be asked for {jobs} running this script")
         print(script)
@@ -321,26 +318,32 @@ def _cmd_sweep(args) -> int:
     _check_cluster(args)
     if args.dry_run:
         return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
-    with _connect(args) as executor:
-        result = run_sweep(
-            plan,
-            root,
-            executor,
-            progress=progress_factory(),
-            retries=args.retries,
-            backend=args.cluster,
+    try:
+        with _connect(args) as executor:
+            result = run_sweep(
+                plan, root, executor, progress=progress_factory(), backend=args.cluster
+            )
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"error: sweep {plan.sweep_id} interrupted; run the same command again to "
+            "continue it (complete points are kept)\n"
         )
+        return 130
     shown = [n for n in pipeline.metric_names if n in result.dataset.data_vars]
     header = [*plan.grid, "status", "run", *shown]
     rows = [
         [r[k] for k in plan.grid] + [r["status"], r["run_id"]] + [_fmt(r.get(n)) for n in shown]
         for r in result.rows
     ]
+    failures = [r for r in result.rows if r["status"] != "complete"]
     print(
         f"sweep {result.sweep_id}: {result.complete} of {result.points} points complete"
         f" ({result.skipped} already done), {result.failed} failed"
     )
     print(_table(rows, header))
+    for r in failures:
+        where = ",".join(f"{k}={r[k]}" for k in plan.grid)
+        print(f"point {where} {r['status']}: {r['error'] or 'no run'}")
     print(f"results: xarray.open_zarr('{result.path}/result', consolidated=False)")
     if args.json:
         print(

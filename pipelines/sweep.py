@@ -18,19 +18,22 @@ import hashlib
 import itertools
 import json
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel
 
 from .base import Pipeline
 from .config import ConfigError, build_config
-from .execute import DEFAULT_RETRIES, execute
+from .execute import execute
 from .progress import silent
 from .registry import get_pipeline
+
+#: Dataset variables that are text, not metrics.
+_TEXT_VARS = ("status", "run_id", "error")
 
 __all__ = ["Point", "SweepPlan", "SweepResult", "parse_grid", "plan_sweep", "run_sweep"]
 
@@ -85,13 +88,18 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     return grid
 
 
-def _coordinate(raws: list[str]) -> np.ndarray:
-    """Coordinate values of one swept key: numbers or strings as parsed, else the text."""
+def _lookup(config: dict, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def _coordinate(raws: list[str], typed: list[Any]) -> np.ndarray:
+    """Coordinate values of one swept key: the validated values when they are all numbers,
+    booleans or strings (so ``tol=1e-8`` is the float 1e-8), else the YAML text."""
     text = np.array(raws, dtype=object)  # variable-length strings in Zarr v3
-    try:
-        parsed = [yaml.safe_load(r) for r in raws]
-    except yaml.YAMLError:
-        return text
+    parsed = typed
     if all(isinstance(v, bool) for v in parsed):
         return np.array(parsed, dtype=bool)
     if all(isinstance(v, int) and not isinstance(v, bool) for v in parsed):
@@ -155,6 +163,12 @@ def plan_sweep(
         One line naming the point and the field, for the first invalid point.
     """
     grid = parse_grid(grid_items)
+    dims = [k.replace(".", "_") for k in grid]
+    for key, dim in zip(grid, dims, strict=True):
+        if dim in _TEXT_VARS or dim in pipeline.metric_names or dims.count(dim) > 1:
+            raise ConfigError(
+                f"--grid {key}: its dimension name {dim!r} clashes with another variable"
+            )
     set_keys = {s.partition("=")[0].strip() for s in sets}
     for key in grid:
         if key in set_keys:
@@ -191,7 +205,6 @@ def run_point(
     run_url: str,
     storage_options: dict | None,
     resume: bool,
-    retries: int,
 ) -> dict:
     """The task of one point: run pipeline ``name`` into the run at ``run_url``.
 
@@ -213,7 +226,7 @@ def run_point(
     resume = resume or bool(run.checkpoint_steps())
     try:
         with cluster.connect("sync") as ex:
-            metrics = execute(pipeline, cfg, run, ex, resume=resume, retries=retries)
+            metrics = execute(pipeline, cfg, run, ex, resume=resume, retries=0)
     except Exception as exc:  # recorded in the run by execute
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return {"status": "complete", "metrics": metrics}
@@ -244,7 +257,8 @@ def _metric_names(pipeline: Pipeline, metrics: list[dict]) -> list[str]:
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
     bools = {k for m in metrics for k, v in m.items() if isinstance(v, bool)}
-    return [n for n in names if n in numeric or n in bools]
+    headline = set(pipeline.metric_names)  # always there (NaN if no point has it)
+    return [n for n in names if n in numeric or n in bools or n in headline]
 
 
 def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
@@ -273,22 +287,31 @@ def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
     # object arrays: Zarr v3 writes them as variable-length UTF-8 strings
     status = np.full(shape, "missing", dtype=object)
     run_ids = np.full(shape, "", dtype=object)
+    errors = np.full(shape, "", dtype=object)
     for p in plan.points:
         s = summaries.get(p.key)
         if s is None:
             continue
         status[p.index] = s["status"]
         run_ids[p.index] = s["run_id"]
+        errors[p.index] = s.get("error") or ""
         if s["status"] != "complete":
             continue
         for n in names:
             v = s["metrics"].get(n)
             if isinstance(v, int | float) and v is not None:
                 data[n][p.index] = float(v)
-    coords = {d: _coordinate(v) for d, v in zip(dims, plan.grid.values(), strict=True)}
+    coords = {}
+    for axis, (key, raws) in enumerate(plan.grid.items()):
+        first = {}
+        for p in plan.points:
+            first.setdefault(p.index[axis], p)
+        typed = [_lookup(first[i].config.model_dump(mode="json"), key) for i in range(len(raws))]
+        coords[dims[axis]] = _coordinate(raws, typed)
     variables = {n: (dims, a, {"long_name": f"metric {n}"}) for n, a in data.items()}
     variables["status"] = (dims, status, {"long_name": "run status of the point"})
     variables["run_id"] = (dims, run_ids, {"long_name": "run id of the point"})
+    variables["error"] = (dims, errors, {"long_name": "why the point failed ('' if it did not)"})
     return xr.Dataset(
         variables,
         coords=coords,
@@ -310,7 +333,7 @@ def summary_figure(ds, metric_names: Sequence[str]):
     dims = list(ds.attrs.get("swept_keys") or ds["status"].dims)
     dims = [d.replace(".", "_") for d in dims]
     names = [n for n in metric_names if n in ds.data_vars][:4] or [
-        n for n in ds.data_vars if n not in ("status", "run_id")
+        n for n in ds.data_vars if n not in _TEXT_VARS
     ][:4]
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 3.4))
     axes = np.atleast_1d(axes)
@@ -342,13 +365,32 @@ def summary_figure(ds, metric_names: Sequence[str]):
     return fig
 
 
+def _config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _complete_runs_by_config(root: Any, pipeline: str) -> dict[str, str]:
+    """Config (canonical JSON) -> run id of the newest complete run with that config."""
+    import storage
+
+    out = {}
+    for summary in root.runs(pipeline):
+        if summary["status"] != storage.COMPLETE:
+            continue
+        try:
+            config = storage.RunStore(summary["url"], storage_options=root.options).config
+        except (KeyError, ValueError):
+            continue
+        out[_config_key(config)] = summary["run_id"]
+    return out
+
+
 def run_sweep(
     plan: SweepPlan,
     root: Any,
     executor: Any,
     *,
     progress: Callable[..., Any] = silent,
-    retries: int = DEFAULT_RETRIES,
     backend: str | None = None,
 ) -> SweepResult:
     """Run the points of ``plan`` that are not complete yet and gather all metrics.
@@ -362,8 +404,6 @@ def run_sweep(
         Each point is one task on it.
     progress : callable
         Progress-bar factory; one bar over the points.
-    retries : int
-        Continuations of a point after a lost worker (inside its task).
     backend : str, optional
         Cluster spec, recorded in each new run's provenance.
 
@@ -374,12 +414,13 @@ def run_sweep(
     import storage
 
     name = plan.pipeline.name
-    options = getattr(root, "_options", None) or None
+    options = root.options or None
     sweep = storage.SweepStore.open_or_create(
         root.url, plan.sweep_id, plan.definition, storage_options=options
     )
     sweep.mark_running()
     recorded = sweep.points
+    finished = _complete_runs_by_config(root, name)
     runs: dict[str, Any] = {}
     todo = []
     for p in plan.points:
@@ -389,6 +430,12 @@ def run_sweep(
                 run = root.open(recorded[p.key], pipeline=name)
             except (KeyError, ValueError):
                 run = None
+        if run is None or run.status != storage.COMPLETE:
+            # a complete run of exactly this config (another sweep's, or a plain run)
+            same = finished.get(_config_key(p.config.model_dump(mode="json")))
+            if same is not None:
+                run = root.open(same, pipeline=name)
+                sweep.set_point(p.key, run.run_id)
         if run is not None and run.status == storage.COMPLETE:
             runs[p.key] = run
             continue
@@ -412,9 +459,11 @@ def run_sweep(
             run.url,
             run.storage_options or None,
             resume,
-            retries,
-            pure=False,
-            key=f"sweep-point-{plan.sweep_id}-{'-'.join(map(str, p.index))}",
+            # pure: the scheduler runs the task again when its worker is lost (Dask
+            # reschedules, Ray retries), and run_point then resumes from the checkpoints;
+            # run_point itself never raises, so no failure of the work is retried.
+            pure=True,
+            key=f"sweep-{plan.sweep_id}-{'-'.join(map(str, p.index))}-{uuid.uuid4().hex[:8]}",
         )
         futures[id(fut)] = (fut, p, run)
     with progress(total=len(plan.points), desc=f"sweep {name}") as bar:
@@ -451,8 +500,9 @@ def run_sweep(
         row = {k: v for k, v in p.values.items()}
         row["status"] = str(ds["status"].values[p.index])
         row["run_id"] = str(ds["run_id"].values[p.index])
+        row["error"] = str(ds["error"].values[p.index])
         for n in ds.data_vars:
-            if n not in ("status", "run_id"):
+            if n not in _TEXT_VARS:
                 v = float(ds[n].values[p.index])
                 row[n] = None if math.isnan(v) else v
         rows.append(row)

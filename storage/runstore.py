@@ -475,6 +475,11 @@ class Root:
         """Normalised root: an absolute path for local roots, else the URL."""
         return self._url
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """fsspec options for non-local roots (a copy)."""
+        return dict(self._options)
+
     def __repr__(self) -> str:
         return f"Root({self._url!r})"
 

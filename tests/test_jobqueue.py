@@ -86,6 +86,10 @@ def test_sweep_dry_run_and_default_profile_from_the_environment(tmp_path, monkey
         ("slurm:\n  cores: 0\n", "field 'slurm.cores'"),
         ("slurmm:\n  cores: 2\n", "unknown section 'slurmm'"),
         ("slurm: [1, 2\n", "not valid YAML"),
+        ("slurm:\n  walltime: '0:00'\n", "longer than zero"),
+        ("slurm:\n  cores: 2\n  processes: 8\n", "must not exceed cores"),
+        ("slurm: 3\n", "section 'slurm' must be a mapping"),
+        ("1: {}\n", "unknown section '1'"),
     ],
 )
 def test_bad_profile_exits_2_with_one_line(tmp_path, capsys, text, needle):
@@ -146,3 +150,31 @@ def test_submission_path_calls_sbatch_and_cancels_on_timeout(tmp_path, profile, 
     job_ids = sorted(p.stem.removeprefix("sbatch-") for p in scripts)
     cancelled = (log / "scancel").read_text().split()
     assert sorted(cancelled) == job_ids
+
+
+def test_profile_reads_what_yaml_makes_of_unquoted_values(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  walltime: 12:00:00\n  account: 12345\n")  # YAML: ints
+    profile = load_profile("slurm", path)
+    assert profile.walltime == "12:00:00" and profile.account == "12345"
+    assert "#SBATCH -A 12345" in job_script("slurm", path)
+
+
+def test_missing_submit_command_fails_at_once(tmp_path, monkeypatch, profile):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(cluster.SpecError, match="'sbatch' is not on PATH"):
+        cluster.connect("slurm", profile=str(profile))
+    args = ["run", "domain-split", "--cluster", "slurm", "--cluster-profile", str(profile)]
+    assert cli.main([*args, "--store", str(tmp_path / "runs")]) == 2
+    assert cli.main([*args, "--store", str(tmp_path / "runs"), "--dry-run"]) == 0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_leaves_no_log_directory(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    path = tmp_path / "p.yaml"
+    path.write_text(f"slurm:\n  log_directory: {logs}\n")
+    assert cli.main(["run", "domain-split", "--cluster", "slurm", "--cluster-profile",
+                     str(path), "--store", str(tmp_path / "r"), "--dry-run"]) == 0  # fmt: skip
+    assert str(logs) in capsys.readouterr().out
+    assert not logs.exists()

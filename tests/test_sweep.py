@@ -1,6 +1,8 @@
 """Parameter sweeps: grid parsing, one run per point on a real cluster, the gathered
 Dataset read back with xarray, and re-running a sweep (skip complete, redo the rest)."""
 
+import shutil
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -101,14 +103,23 @@ def test_rerun_skips_complete_points_and_redoes_failed_and_missing(tmp_path, exe
     assert (again.skipped, again.complete) == (3, 3)
     assert {r["n_fine"]: r["run_id"] for r in again.rows} == ids
 
-    # point 40 failed earlier, point 60 was never recorded: only they run
-    failed = root.open(ids["40"], pipeline="domain-split")
-    failed.mark_failed("RuntimeError: pretend")
+    # a point missing from the record whose config has a complete run reuses that run
     sweep = storage.SweepStore(first.path)
     pts = sweep.points
     del pts["n_fine=60"]
     sweep._update({"points": pts})
-    before = {rid: root.open(rid).provenance.get("ended") for rid in ids.values()}
+    reused = run_sweep(plan, root, ex)
+    assert (reused.skipped, reused.complete) == (3, 3)
+    assert {r["n_fine"]: r["run_id"] for r in reused.rows} == ids
+
+    # point 40 failed earlier, point 60 was never run: only they run
+    failed = root.open(ids["40"], pipeline="domain-split")
+    failed.mark_failed("RuntimeError: pretend")
+    pts = sweep.points
+    del pts["n_fine=60"]
+    sweep._update({"points": pts})
+    shutil.rmtree(root.open(ids["60"]).url)
+    before = {rid: root.open(rid).provenance.get("ended") for rid in (ids["20"], ids["40"])}
 
     third = run_sweep(plan, root, ex)
     assert (third.skipped, third.complete, third.failed) == (1, 3, 0)
@@ -144,3 +155,25 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: ")
     assert "n_fine=21" in out.stderr
     assert not bad.exists()
+
+
+def test_failed_points_carry_their_error_and_numbers_stay_numbers(tmp_path, monkeypatch):
+    import cluster
+    import pipelines.domain_split.runner as runner
+
+    def boom(*a, **k):
+        raise OSError("disk full while plotting")
+
+    monkeypatch.setattr(runner, "summary_figure", boom)
+    pipe = get_pipeline("domain-split")
+    plan = plan_sweep(pipe, ["tol=1e-8,1e-9"], sets=["n_fine=20", "n_coarse=4"])
+    root = storage.Root(tmp_path / "runs")
+    with cluster.connect("sync") as ex:
+        res = run_sweep(plan, root, ex)
+    assert (res.complete, res.failed) == (0, 2)
+    ds = xr.open_zarr(f"{res.path}/result", consolidated=False).load()
+    assert ds["tol"].dtype == np.float64  # YAML reads 1e-8 as text; the config as a float
+    assert ds.sel(tol=1e-9)["status"].item() == "failed"
+    assert "disk full while plotting" in ds.sel(tol=1e-9)["error"].item()
+    assert np.isnan(ds["iterations"]).all()
+    assert storage.SweepStore(res.path).status == "failed"
