@@ -1,0 +1,238 @@
+"""Picard sampling (ParaDiGMS) and its accelerated variant against the sequential sampler.
+
+Part 1 (counts, exact model): on the 64-D, 4-component Gaussian mixture with its exact
+noise prediction, a table over sampler x steps x window x tolerance of Picard
+iterations, model evaluations and the max |parallel - sequential| for plain Picard and
+for the accelerated variant (secant-linearised window sweep + extrapolated window
+starts) at the same tolerance and at a matched error (the loosest tolerance of a ladder
+whose error is no larger than plain Picard's), for triangular Anderson mixing alone, and
+the published ParaDiGMS counts where there are some. Goals: plain <= ParaDiGMS's
+count; accelerated <= 0.5x plain at the same error.
+
+Part 2 (wall clock): a model heavy enough that one batched call of the sequential
+sampler takes >= 10 ms (an exact Gaussian mixture with ``--components`` components in
+``--dim`` dimensions), the
+sequential sampler on one model replica against Picard with the window's model call
+split over 1 and 2 worker replicas (``local:1``, ``local:2``). Goal: >= 1.5x on 2
+workers. With ``--device cuda`` the replicas evaluate with CuPy on the GPU.
+
+    python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 4096]
+                                [--wall-steps 200] [--device cpu]
+
+Results go to ``benchmarks/results/picard.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+import cluster  # noqa: E402
+from pipelines.picard.runner import WindowEvaluator  # noqa: E402
+from pipelines.picard.worker import ModelReplica  # noqa: E402
+from tasks.picard.models import GaussianMixture  # noqa: E402
+from tasks.picard.samplers import draw_noise, picard, sequential  # noqa: E402
+from tasks.picard.schedules import make_schedule, make_steps  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "picard.json"
+#: ParaDiGMS's GMM figures from the reference (DDPM-1000): (window, tol) -> iterations
+PUBLISHED = {
+    ("ddpm", 1000, 96, 0.1): 35,
+    ("ddpm", 1000, 96, 1e-3): 49,
+    ("ddpm", 1000, 8, 0.1): 224,
+}
+
+
+LADDER = (0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
+ACCEL = {"secant": True, "extrapolate": True}
+
+
+def counts(samples: int, quick: bool) -> list[dict]:
+    abar = make_schedule("linear", 1000)
+    gmm = GaussianMixture.random(64, 4, 0.15, abar, mean_scale=1.0, seed=0)
+    grid = [("ddpm", 1000), ("ddim", 200), ("ddpm", 100)]
+    windows, tols = ([8, 96], [0.1, 1e-3]) if quick else ([8, 32, 96], [0.1, 1e-2, 1e-3])
+    rows = []
+    for kind, T in grid:
+        st = make_steps(kind, abar, T)
+        x_T, z = draw_noise(np.random.SeedSequence(0), samples, (64,), T)
+        xs = sequential(gmm.eps, st, x_T, z)
+        for p in windows:
+            if p > T:
+                continue
+            # the accelerated variant over a ladder of tolerances, for matched errors
+            ladder = []
+            for tol in LADDER:
+                r = picard(gmm.eps, st, x_T, z, p, tol, **ACCEL)
+                ladder.append((tol, r.iterations, float(np.abs(r.x - xs).max())))
+            for tol in tols:
+                plain = picard(gmm.eps, st, x_T, z, p, tol)
+                fast = picard(gmm.eps, st, x_T, z, p, tol, **ACCEL)
+                anderson = picard(gmm.eps, st, x_T, z, p, tol, anderson=3)
+                err = float(np.abs(plain.x - xs).max())
+                match = [it for _, it, e in ladder if e <= err]
+                rows.append(
+                    {
+                        "sampler": kind,
+                        "steps": T,
+                        "window": p,
+                        "tol": tol,
+                        "published": PUBLISHED.get((kind, T, p, tol)),
+                        "iters": plain.iterations,
+                        "evals": plain.model_evals,
+                        "err": err,
+                        "iters_acc": fast.iterations,
+                        "evals_acc": fast.model_evals,
+                        "err_acc": float(np.abs(fast.x - xs).max()),
+                        "iters_acc_matched": match[0] if match else None,
+                        "iters_anderson": anderson.iterations,
+                        "ratio": fast.iterations / plain.iterations,
+                        "ratio_matched": match[0] / plain.iterations if match else None,
+                    }
+                )
+                print_row(rows[-1])
+    return rows
+
+
+def print_row(r):
+    pub = "" if r["published"] is None else str(r["published"])
+    m = r["iters_acc_matched"]
+    rm = r["ratio_matched"]
+    print(
+        f"{r['sampler']:5} {r['steps']:5} {r['window']:4} {r['tol']:7.0e} {pub:>5} "
+        f"{r['iters']:6} {r['evals']:6} {r['err']:9.1e} "
+        f"{r['iters_acc']:6} {r['evals_acc']:6} {r['err_acc']:9.1e} {r['ratio']:6.2f} "
+        f"{'-' if m is None else m:>6} {'-' if rm is None else f'{rm:.2f}':>6} "
+        f"{r['iters_anderson']:6}",
+        flush=True,
+    )
+
+
+def heavy_spec(dim: int, components: int, abar) -> dict:
+    """An exact Gaussian mixture with many components (its cost grows with ``K D``), as
+    the picklable spec of a :class:`ModelReplica`."""
+    g = GaussianMixture.random(dim, components, 0.15, abar, mean_scale=1.0, seed=0)
+    return {"kind": "gmm", "means": g.means, "weights": g.weights, "spread": 0.15, "abar": abar}
+
+
+def wall(args) -> list[dict]:
+    abar = make_schedule("linear", 1000)
+    spec = heavy_spec(args.dim, args.components, abar)
+    T, n = args.wall_steps, args.wall_samples
+    st = make_steps("ddpm", abar, T)
+    x_T, z = draw_noise(np.random.SeedSequence(1), n, (args.dim,), T)
+    rows = []
+    for workers in (1, 2):
+        with cluster.connect(f"local:{workers}") as ex:
+            actors = [ex.actor(ModelReplica, spec, args.device, spread=k) for k in range(workers)]
+            # one batched call of the sequential sampler, on a replica
+            t = np.zeros(n, dtype=np.int64)
+            ex.gather(actors[0].eps(x_T, t))
+            t0 = time.perf_counter()
+            for _ in range(5):
+                ex.gather(actors[0].eps(x_T, t))
+            call_ms = (time.perf_counter() - t0) / 5 * 1e3
+            # the baseline again on every cluster: the shared machine's load drifts
+            xs, base = ex.gather(actors[0].sequential(st, x_T, z))
+            rows.append(
+                {
+                    "method": "sequential",
+                    "workers": workers,
+                    "window": 1,
+                    "iters": T,
+                    "evals": T,
+                    "wall_s": base,
+                    "speedup": 1.0,
+                    "err": 0.0,
+                    "median_err": 0.0,
+                    "call_ms": call_ms,
+                }
+            )
+            print(
+                f"{'sequential':12} {workers:3} {1:4} {T:6} {T:6} {base:8.2f}    1.00", flush=True
+            )
+            for p in args.windows:
+                for acc in (False, True):
+                    ev = WindowEvaluator(ex, actors, n, parts=max(2, workers))
+                    t0 = time.perf_counter()
+                    kw = ACCEL if acc else {}
+                    r = picard(ev, st, x_T, z, p, args.tol, **kw)
+                    el = time.perf_counter() - t0
+                    rows.append(
+                        {
+                            "method": "accelerated" if acc else "picard",
+                            "workers": workers,
+                            "window": p,
+                            "iters": r.iterations,
+                            "evals": r.model_evals,
+                            "wall_s": el,
+                            "speedup": base / el,
+                            "err": float(np.abs(r.x - xs).max()),
+                            "median_err": float(np.median(np.abs(r.x - xs).max(axis=1))),
+                            "call_ms": call_ms,
+                        }
+                    )
+                    w = rows[-1]
+                    print(
+                        f"{w['method']:12} {w['workers']:3} {w['window']:4} {w['iters']:6} "
+                        f"{w['evals']:6} {w['wall_s']:8.2f} {w['speedup']:7.2f} "
+                        f"{w['err']:9.1e} {w['median_err']:9.1e} {w['call_ms']:8.1f}",
+                        flush=True,
+                    )
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer windows and tolerances")
+    ap.add_argument("--samples", type=int, default=4, help="samples per batch (counts)")
+    ap.add_argument("--dim", type=int, default=128, help="GMM dimension (wall clock)")
+    ap.add_argument("--components", type=int, default=4096, help="GMM components (wall)")
+    ap.add_argument("--wall-steps", type=int, default=200, help="DDPM steps (wall clock)")
+    ap.add_argument("--wall-samples", type=int, default=64, help="samples (wall clock)")
+    ap.add_argument("--windows", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--tol", type=float, default=0.1, help="tolerance (wall clock)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--skip-wall", action="store_true")
+    args = ap.parse_args(argv)
+
+    print("Part 1: 64-D GMM (exact eps), iterations / model evals / max|parallel - sequential|")
+    print(
+        "sampl steps    p     tol  pub.  iters  evals       err  i_acc  e_acc   err_acc  "
+        "ratio  i_acc@err ratio i_anderson"
+    )
+    with threadpool_limits(limits=1, user_api="blas"):
+        rows = counts(args.samples, args.quick)
+    out = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "args": vars(args),
+        "counts": rows,
+    }
+    if not args.skip_wall:
+        print(
+            f"\nPart 2: wall clock, {args.dim}-D GMM with {args.components} components, "
+            f"DDPM-{args.wall_steps}, "
+            f"{args.wall_samples} samples, tol={args.tol}, device={args.device}"
+        )
+        print("method       wrk    p  iters  evals   wall_s speedup   max_err  med_err  call_ms")
+        out["wall"] = wall(args)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

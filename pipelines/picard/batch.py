@@ -1,0 +1,110 @@
+"""One sample batch of a picard run, from its seed to its chunks in the run store.
+
+The same function runs on the driver (``parallel="window"``: every window's model call
+spread over the replicas) and inside a replica (``parallel="batch"``: the batch is one
+task on one worker, its model calls local). Either way the window's rows are cut into
+the same pieces (:func:`split_steps`), so both give the same bits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from tasks.picard.samplers import HISTORY_COLUMNS, draw_noise, picard
+
+
+def split_steps(n_rows: int, n: int, parts: int) -> list[slice]:
+    """Row ranges of the pieces of a window call: ``n_rows = L n`` rows (step-major,
+    ``n`` samples per step) cut into ``min(parts, L)`` runs of whole steps."""
+    L = n_rows // n
+    groups = np.array_split(np.arange(L), min(parts, L))
+    return [slice(int(g[0]) * n, (int(g[-1]) + 1) * n) for g in groups]
+
+
+def sample_batch(
+    i: int,
+    cfg,
+    steps,
+    sample_shape: tuple[int, ...],
+    eps_fn: Callable,
+    run_sequential: Callable,
+    arrays: dict,
+    progress: Callable | None = None,
+    checkpoint: Callable | None = None,
+    state: dict | None = None,
+) -> int:
+    """Sample batch ``i`` and write its chunks; return its Picard iterations.
+
+    Parameters
+    ----------
+    i : int
+        Batch index: samples ``i * batch_size ..``, chunk ``i`` of every result array.
+    cfg : PicardConfig
+    steps : tasks.picard.schedules.Steps
+    sample_shape : tuple of int
+    eps_fn : callable
+        ``eps_fn(x, t)`` of a whole window (see :func:`tasks.picard.samplers.picard`).
+    run_sequential : callable
+        ``run_sequential(steps, x_T, z) -> (samples, wall seconds)``.
+    arrays : dict of str to storage ArrayRef
+        The run's ``result/*`` and ``history/*`` arrays.
+    progress : callable, optional
+        ``progress(iteration, begin, end)`` after each Picard iteration.
+    checkpoint : callable, optional
+        ``checkpoint(state)`` after a Picard iteration once ``cfg.checkpoint_s`` seconds
+        have passed since the last one (the time it takes is not counted in
+        ``wall_s``).
+    state : dict, optional
+        A state saved by ``checkpoint`` for this batch: continue from it.
+    """
+    T, bs = len(steps), cfg.batch_size
+    lo, hi = i * bs, min((i + 1) * bs, cfg.n_samples)
+    x_T, z = draw_noise(np.random.SeedSequence(cfg.seed, spawn_key=(i,)), hi - lo, sample_shape, T)
+    ckpt_s = [0.0]
+    last = [time.perf_counter()]
+
+    def timed_checkpoint(st):
+        c0 = time.perf_counter()
+        if c0 - last[0] >= cfg.checkpoint_s:
+            checkpoint(st)
+            last[0] = time.perf_counter()
+            ckpt_s[0] += last[0] - c0
+
+    t0 = time.perf_counter()
+    res = picard(
+        eps_fn,
+        steps,
+        x_T,
+        z,
+        cfg.window,
+        cfg.tol,
+        anderson=cfg.anderson_memory,
+        extrapolate=cfg.accelerate,
+        secant=cfg.accelerate,
+        callback=progress,
+        checkpoint=timed_checkpoint if checkpoint is not None else None,
+        checkpoint_every=1 if cfg.checkpoint_s is not None else 0,
+        state=state,
+    )
+    wall = time.perf_counter() - t0 - ckpt_s[0]  # sampling time, without checkpoints
+    region = (slice(lo, hi),) + (slice(None),) * len(sample_shape)
+    arrays["result/samples"].write(region, res.x)
+    seq_wall = diff = np.nan
+    if cfg.compare_sequential:
+        xs, seq_wall = run_sequential(steps, x_T, z)
+        diff = float(np.max(np.abs(res.x - xs)))
+        arrays["result/sequential"].write(region, xs)
+    rows = np.full((T, len(HISTORY_COLUMNS)), np.nan)
+    rows[: res.iterations] = res.history
+    one = (slice(i, i + 1),)
+    for c, name in enumerate(HISTORY_COLUMNS):
+        arrays[f"history/{name}"].write((*one, slice(None)), rows[None, :, c])
+    for name, value in (("wall_s", wall), ("sequential_wall_s", seq_wall), ("max_abs_diff", diff)):
+        arrays[f"result/{name}"].write(one, np.asarray([value]))
+    arrays["result/model_evals"].write(one, np.asarray([res.model_evals]))
+    # the last write of a batch: from now on it counts as done
+    arrays["result/iterations"].write(one, np.asarray([res.iterations]))
+    return res.iterations

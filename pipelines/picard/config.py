@@ -1,0 +1,156 @@
+"""Config and presets of the ``picard`` pipeline."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class GMMConfig(BaseModel):
+    """The exact Gaussian-mixture model: ``K`` components ``N(mu_k, spread^2 I)`` in
+    ``dim`` dimensions, means drawn from ``N(0, mean_scale^2 I)`` with ``seed``, weights
+    proportional to ``1, 2, .., K``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(default=64, ge=1, le=4096, description="sample dimension D")
+    components: int = Field(default=4, ge=1, le=1024, description="mixture components K")
+    spread: float = Field(default=0.15, gt=0, description="component standard deviation")
+    mean_scale: float = Field(default=1.0, ge=0, description="scale of the random means")
+    seed: int = Field(default=0, ge=0, description="seed of the means")
+
+
+class DigitsConfig(BaseModel):
+    """The learned denoiser, trained by the run on scikit-learn's 8x8 digits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: list[int] = Field(default=[256, 256], description="hidden layer widths")
+    epochs: int = Field(default=20, ge=1, description="training epochs (fresh noise each)")
+    repeats: int = Field(default=4, ge=1, description="noised copies of the data per epoch")
+    seed: int = Field(default=0, ge=0, description="seed of the training noise and weights")
+    weights_from: str | None = Field(
+        default=None,
+        description="run store (path/URL) whose trained weights to load instead of training",
+    )
+
+    @model_validator(mode="after")
+    def _widths(self):
+        if not self.hidden or any(h < 1 or h > 8192 for h in self.hidden):
+            raise ValueError(f"hidden must list 1 to 8192 units per layer (got {self.hidden})")
+        return self
+
+
+class PicardConfig(BaseModel):
+    """Parallel diffusion sampling by sliding-window Picard iteration.
+
+    Fields are listed by ``tilegraph run picard --set FIELD=VALUE``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["gmm", "digits", "custom"] = "gmm"
+    custom: str | None = Field(
+        default=None,
+        description="model=custom: 'package.module:factory', factory(abar) -> an object "
+        "with eps(x, t) and sample_shape",
+    )
+    gmm: GMMConfig = Field(default_factory=GMMConfig)
+    digits: DigitsConfig = Field(default_factory=DigitsConfig)
+    schedule: Literal["linear", "cosine"] = "linear"
+    train_steps: int = Field(default=1000, ge=2, le=100_000, description="T of training")
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    steps: int = Field(default=1000, ge=1, description="sampling steps T")
+    eta: float = Field(default=0.0, ge=0, le=1, description="DDIM noise (0: deterministic)")
+    window: int = Field(default=96, ge=1, description="Picard window p")
+    tol: float = Field(default=0.1, gt=0, description="tolerance relative to the noise scale")
+    accelerate: bool = Field(
+        default=False,
+        description="secant-linearised window sweep + extrapolated window starts (not ParaDiGMS)",
+    )
+    anderson_memory: int = Field(
+        default=0, ge=0, le=20, description="triangular Anderson mixing history (0: off)"
+    )
+    n_samples: int = Field(default=64, ge=1, description="samples in all")
+    batch_size: int = Field(default=64, ge=1, description="samples per batch (one Zarr chunk)")
+    seed: int = Field(default=0, ge=0, description="seed of the start points and the noise")
+    parallel: Literal["window", "batch"] = Field(
+        default="window",
+        description="split each window's model call over the workers, or one batch per task",
+    )
+    eval_parts: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="pieces each window's model call is split into (spread over the workers)",
+    )
+    checkpoint_s: float | None = Field(
+        default=60.0,
+        ge=0,
+        description="seconds between mid-batch checkpoints (window mode; 0: every "
+        "iteration; null: none)",
+    )
+    compare_sequential: bool = Field(
+        default=True, description="also run the sequential sampler on the same noise"
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="where the model replicas run (cuda: CuPy, one GPU each)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.beta_end <= self.beta_start:
+            raise ValueError(
+                f"beta_end must be > beta_start (got {self.beta_start}, {self.beta_end})"
+            )
+        if self.steps > self.train_steps:
+            raise ValueError(f"steps must be <= train_steps={self.train_steps} (got {self.steps})")
+        if self.window > self.steps:
+            raise ValueError(f"window must be <= steps={self.steps} (got {self.window})")
+        if self.batch_size > self.n_samples:
+            raise ValueError(
+                f"batch_size must be <= n_samples={self.n_samples} (got {self.batch_size})"
+            )
+        if (self.model == "custom") != bool(self.custom):
+            raise ValueError("model=custom needs custom='package.module:factory' (and only it)")
+        if self.custom and ":" not in self.custom:
+            raise ValueError(
+                f"custom must look like 'package.module:factory' (got {self.custom!r})"
+            )
+        if self.eta and self.sampler != "ddim":
+            raise ValueError("eta applies to sampler=ddim only (set eta=0 for ddpm)")
+        return self
+
+    @property
+    def n_batches(self) -> int:
+        """Number of sample batches (the last one may be smaller)."""
+        return -(-self.n_samples // self.batch_size)
+
+
+PRESETS: dict[str, dict] = {
+    # the published GMM setting: 64-D, 4 components, DDPM-1000, p = 96, tol = 0.1
+    "quick": {
+        "model": "gmm",
+        "sampler": "ddpm",
+        "steps": 1000,
+        "window": 96,
+        "tol": 0.1,
+        "n_samples": 64,
+        "batch_size": 16,
+    },
+    # tol = 0.1 lets one of 64 samples end in another mixture component (max diff 4.3)
+    # for the same 18 iterations that tol = 0.01 takes (max diff 5e-3)
+    "ddim": {"model": "gmm", "sampler": "ddim", "steps": 200, "window": 96, "tol": 0.01},
+    "digits": {
+        "model": "digits",
+        "sampler": "ddpm",
+        "steps": 1000,
+        "window": 96,
+        "tol": 0.1,
+        "n_samples": 64,
+        "batch_size": 32,
+    },
+}

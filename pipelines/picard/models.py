@@ -1,0 +1,116 @@
+"""The model of a ``picard`` run as a picklable spec for the worker replicas.
+
+``gmm`` is built from the config. ``digits`` is trained by the run itself (the
+``train`` step, one task on the executor) on scikit-learn's 8x8 digits; its weights go
+to the run store as Zarr arrays ``model/w{i}``, ``model/b{i}`` and the replicas load
+them from there. A later run can reuse them with ``digits.weights_from=<run path>``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import storage
+from tasks.picard.models import DiffusionModel, GaussianMixture
+from tasks.picard.training import train_denoiser
+
+from .config import PicardConfig
+from .worker import build_model
+
+N_FREQ = 8
+DIGITS_SHAPE = (8, 8)
+
+
+def digits_data() -> np.ndarray:
+    """scikit-learn's 8x8 digits scaled from [0, 16] to [-1, 1], shape (1797, 64)."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().data.astype(np.float64) / 8.0 - 1.0
+
+
+def gmm_model(cfg: PicardConfig, abar: np.ndarray) -> GaussianMixture:
+    """The exact mixture model the config describes."""
+    g = cfg.gmm
+    return GaussianMixture.random(
+        g.dim, g.components, g.spread, abar, mean_scale=g.mean_scale, seed=g.seed
+    )
+
+
+def _train(data, abar, hidden, epochs, repeats, seed):
+    model, losses = train_denoiser(
+        data, abar, hidden, epochs, repeats, seed, sample_shape=DIGITS_SHAPE, n_freq=N_FREQ
+    )
+    return model.weights, model.biases, losses
+
+
+def _mlp_spec(group, store_like, abar) -> dict:
+    n = int(group.attrs["layers"])
+    return {
+        "kind": "mlp",
+        "layers": n,
+        "refs": {f"{k}{i}": store_like.array(f"model/{k}{i}") for i in range(n) for k in "wb"},
+        "train_steps": int(group.attrs["train_steps"]),
+        "sample_shape": tuple(group.attrs["sample_shape"]),
+        "n_freq": int(group.attrs["n_freq"]),
+    }
+
+
+def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
+    """``(spec, info)``: the replicas' model spec and facts for the metrics.
+
+    For ``digits`` this trains (unless the run store already holds complete weights,
+    e.g. on resume, or ``digits.weights_from`` names a run that does) and writes the
+    weights into ``model/``.
+    """
+    if cfg.model == "gmm":
+        g = gmm_model(cfg, abar)
+        spec = {
+            "kind": "gmm",
+            "means": g.means,
+            "weights": g.weights,
+            "spread": g.spread,
+            "abar": abar,
+        }
+        return spec, {}
+    if cfg.model == "custom":
+        spec = {"kind": "custom", "target": cfg.custom, "abar": abar}
+        model = build_model(spec)
+        if not isinstance(model, DiffusionModel) or not hasattr(model, "sample_shape"):
+            raise TypeError(f"{cfg.custom} did not return a model with eps() and sample_shape")
+        return spec, {"sample_shape": [int(n) for n in model.sample_shape]}
+    store = ctx.store
+    if cfg.digits.weights_from:
+        src = storage.RunStore(cfg.digits.weights_from)
+        if "model" not in src.group or not src.group["model"].attrs.get("complete"):
+            raise ValueError(f"digits.weights_from: no trained weights in {src.url}")
+        grp = src.group["model"]
+        if int(grp.attrs["train_steps"]) != cfg.train_steps:
+            raise ValueError("digits.weights_from: trained with another train_steps")
+        return _mlp_spec(grp, src, abar), {"train_loss": grp.attrs.get("final_loss")}
+    if "model" in store.group and store.group["model"].attrs.get("complete"):
+        grp = store.group["model"]
+        return _mlp_spec(grp, store, abar), {"train_loss": grp.attrs.get("final_loss")}
+    d = cfg.digits
+    fut = ctx.executor.submit(_train, digits_data(), abar, d.hidden, d.epochs, d.repeats, d.seed)
+    weights, biases, losses = ctx.executor.gather(fut)
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        store.create_array(
+            f"model/w{i}", w.shape, w.shape, dimension_names=("in", "out"), overwrite=True
+        ).write((slice(None),) * 2, w)
+        store.create_array(
+            f"model/b{i}", b.shape, b.shape, dimension_names=("out",), overwrite=True
+        ).write((slice(None),), b)
+    grp = store.group["model"]
+    # the very last write: the marker that makes the weights usable (and resumable)
+    grp.attrs.update(
+        {
+            "layers": len(weights),
+            "train_steps": cfg.train_steps,
+            "sample_shape": list(DIGITS_SHAPE),
+            "n_freq": N_FREQ,
+            "losses": losses,
+            "final_loss": losses[-1],
+            "complete": True,
+        }
+    )
+    return _mlp_spec(grp, store, abar), {"train_loss": losses[-1]}

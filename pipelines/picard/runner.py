@@ -1,0 +1,223 @@
+"""``run`` of the picard pipeline: model replicas, sample batches, results, metrics.
+
+Plan: one :class:`~pipelines.picard.worker.ModelReplica` actor per worker. Sample
+batches are independent: batch ``i`` draws its start points and all its noise from
+``SeedSequence(seed, spawn_key=(i,))`` and owns chunk ``i`` of every result array.
+With ``parallel="window"`` (latency: one batch as fast as possible) the driver runs the
+batches one after another and splits every window's model call into ``eval_parts``
+pieces by a fixed rule (whole steps, so the answer does not depend on the number of
+workers) spread over the replicas. With ``parallel="batch"`` (throughput) each batch is
+one task on a replica, which runs the same code with its model calls local and writes
+the batch's chunks itself. A batch is done once its ``result/iterations``
+entry is written (the last write of the batch), which is what ``--resume`` looks at.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tasks.picard.samplers import HISTORY_COLUMNS
+from tasks.picard.schedules import make_schedule, make_steps
+
+from ..base import RunContext
+from .batch import sample_batch, split_steps
+from .config import PicardConfig
+from .models import DIGITS_SHAPE, model_spec
+from .plot import summary_figure
+from .worker import ModelReplica
+
+METRICS = (
+    "iterations",
+    "model_evals",
+    "sequential_steps",
+    "max_abs_diff_vs_sequential",
+    "wall_s",
+    "sequential_wall_s",
+)
+
+BATCH_INT = ("iterations", "model_evals")
+BATCH_FLOAT = ("wall_s", "sequential_wall_s", "max_abs_diff")
+
+
+class WindowEvaluator:
+    """``eps_fn`` for :func:`tasks.picard.samplers.picard` that spreads each window's
+    model call over the replicas.
+
+    The ``L n`` rows of a window (step-major, ``n`` samples per step) are cut into
+    ``min(parts, L)`` runs of whole steps (:func:`~pipelines.picard.batch.split_steps`),
+    piece ``k`` goes to replica ``k mod len(actors)``, and the pieces come back in order.
+    A one-step window is one piece of ``n`` rows, exactly what the sequential sampler
+    evaluates.
+    """
+
+    def __init__(self, executor, actors, n: int, parts: int):
+        self.executor, self.actors, self.n, self.parts = executor, actors, n, parts
+
+    def __call__(self, x, t):
+        futs = [
+            self.actors[k % len(self.actors)].eps(x[sl], t[sl])
+            for k, sl in enumerate(split_steps(x.shape[0], self.n, self.parts))
+        ]
+        return np.concatenate(self.executor.gather(futs), axis=0)
+
+
+def _layout(cfg: PicardConfig, info: dict):
+    if cfg.model == "digits":
+        return DIGITS_SHAPE, ("row", "col")
+    if cfg.model == "custom":
+        shape = tuple(info.pop("sample_shape"))
+        return shape, tuple(f"axis_{k}" for k in range(len(shape)))
+    return (cfg.gmm.dim,), ("feature",)
+
+
+def _arrays(store, cfg: PicardConfig, sample_shape, dims, resume: bool) -> dict:
+    """The run's result arrays (created unless a resumed run already has them)."""
+    nb, bs, T = cfg.n_batches, cfg.batch_size, cfg.steps
+    shape = (cfg.n_samples, *sample_shape)
+    chunks = (bs, *sample_shape)
+    specs = {
+        "result/samples": (shape, chunks, "float64", ("sample", *dims), np.nan, "Picard samples"),
+    }
+    if cfg.compare_sequential:
+        specs["result/sequential"] = (
+            shape,
+            chunks,
+            "float64",
+            ("sample", *dims),
+            np.nan,
+            "sequential sampler, same noise",
+        )
+    for name in BATCH_INT:
+        specs[f"result/{name}"] = ((nb,), (1,), "int64", ("batch",), 0, f"{name} per batch")
+    for name in BATCH_FLOAT:
+        specs[f"result/{name}"] = ((nb,), (1,), "float64", ("batch",), np.nan, name)
+    for name in HISTORY_COLUMNS:
+        specs[f"history/{name}"] = (
+            (nb, T),
+            (1, T),
+            "float64",
+            ("batch", "iteration"),
+            np.nan,
+            f"Picard {name} per iteration",
+        )
+    out = {}
+    for path, (shp, ch, dt, dn, fill, long) in specs.items():
+        if resume and path in store.group:
+            out[path] = store.array(path)
+        else:
+            out[path] = store.create_array(
+                path,
+                shp,
+                ch,
+                dtype=dt,
+                dimension_names=dn,
+                fill_value=fill,
+                attrs={"long_name": long},
+                overwrite=True,
+            )
+    return out
+
+
+def run(cfg: PicardConfig, ctx: RunContext) -> dict:
+    """Sample ``n_samples`` by Picard iteration; write ``result`` (samples, the sequential
+    samples, per-batch counts), ``history`` (per-iteration convergence) and
+    ``summary.png`` into ``ctx.store``.
+
+    Returns
+    -------
+    dict
+        Headline metrics (``METRICS``) plus ``mean_iterations``, ``speedup_wall``,
+        ``batches``, ``workers``, ``total_wall_s`` and, for digits, ``train_loss``.
+    """
+    t_start = time.perf_counter()
+    ex, store = ctx.executor, ctx.store
+    abar = make_schedule(cfg.schedule, cfg.train_steps, cfg.beta_start, cfg.beta_end)
+    steps = make_steps(cfg.sampler, abar, cfg.steps, cfg.eta)
+    spec, info = model_spec(cfg, abar, ctx)
+    sample_shape, dims = _layout(cfg, info)
+    arr = _arrays(store, cfg, sample_shape, dims, ctx.resume)
+
+    gpus = 1 if cfg.device == "cuda" else 0
+    n_act = max(1, ex.n_gpus if gpus else ex.n_workers)
+    actors = [ex.actor(ModelReplica, spec, cfg.device, gpus=gpus, spread=k) for k in range(n_act)]
+
+    T = len(steps)
+    todo = [int(i) for i in np.flatnonzero(arr["result/iterations"].read() == 0)]
+    with ctx.progress(total=cfg.n_batches, desc=f"picard {cfg.sampler}-{T}") as bar:
+        bar.update(cfg.n_batches - len(todo))
+        if cfg.parallel == "batch":
+            # every batch is one task on a replica, which writes the batch's own chunks
+            futs = [
+                actors[k % n_act].run_batch(i, cfg, steps, sample_shape, arr)
+                for k, i in enumerate(todo)
+            ]
+            for _ in ex.as_completed(futs):
+                bar.update(1)
+            ex.gather(futs)  # raise the first error, if any
+        else:
+            saved = store.load_checkpoint() if ctx.resume else None
+            for i in todo:
+                n = min(cfg.batch_size, cfg.n_samples - i * cfg.batch_size)
+                state = None
+                if saved is not None and saved.scalars.get("batch") == i:
+                    state = {**saved.arrays, **saved.scalars}
+
+                def checkpoint(st, i=i):
+                    arrays = {k: v for k, v in st.items() if not np.isscalar(v)}
+                    scalars = {k: int(v) for k, v in st.items() if np.isscalar(v)}
+                    store.save_checkpoint(
+                        i * (T + 1) + scalars["it"], arrays, {**scalars, "batch": i}, keep=2
+                    )
+
+                def show(it, b, e, i=i):
+                    bar.set_postfix_str(f"batch {i}: iteration {it}, step {b}/{T}")
+
+                def run_sequential(steps, x_T, z):
+                    return ex.gather(actors[0].sequential(steps, x_T, z))
+
+                evaluator = WindowEvaluator(ex, actors, n, cfg.eval_parts)
+                sample_batch(
+                    i,
+                    cfg,
+                    steps,
+                    sample_shape,
+                    evaluator,
+                    run_sequential,
+                    arr,
+                    show,
+                    checkpoint=checkpoint,
+                    state=state,
+                )
+                bar.update(1)
+
+    if "checkpoints" in store.group:
+        # every batch is written: the mid-batch states are of no further use
+        del store.group["checkpoints"]
+    its = arr["result/iterations"].read()
+    evals = arr["result/model_evals"].read()
+    walls = arr["result/wall_s"].read()
+    metrics = {
+        "iterations": int(its.max()),
+        "mean_iterations": float(its.mean()),
+        "model_evals": int(evals.max()),
+        "sequential_steps": T,
+        "wall_s": float(walls.sum()),
+        "batches": cfg.n_batches,
+        "workers": n_act,
+    }
+    if cfg.compare_sequential:
+        seq_walls = arr["result/sequential_wall_s"].read()
+        metrics["max_abs_diff_vs_sequential"] = float(arr["result/max_abs_diff"].read().max())
+        metrics["sequential_wall_s"] = float(seq_walls.sum())
+        metrics["speedup_wall"] = float(seq_walls.sum() / walls.sum())
+    metrics.update(info)
+
+    fig = summary_figure(store, cfg, spec, abar)
+    store.save_figure(fig)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    metrics["total_wall_s"] = time.perf_counter() - t_start
+    return metrics

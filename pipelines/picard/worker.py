@@ -1,0 +1,98 @@
+"""The stateful worker of ``picard``: one model replica per worker (per GPU with CUDA).
+
+A :class:`ModelReplica` is created once per worker as an executor actor; the driver
+sends it slices of a Picard window ``(rows, *sample_shape)`` with their timesteps and
+gets the predicted noise back. It also runs the sequential baseline next to the model,
+so that baseline pays no per-step communication.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from tasks.picard.models import GaussianMixture, MLPDenoiser
+from tasks.picard.samplers import sequential, to_host
+
+
+def build_model(spec: dict):
+    """The model a picklable ``spec`` describes (see :func:`pipelines.picard.models`).
+
+    ``spec["kind"]`` is ``"gmm"`` (means, weights, spread, abar), ``"mlp"`` (layer
+    arrays as ``storage`` ArrayRefs ``w0, b0, w1, ...``, train_steps, sample_shape,
+    n_freq) or ``"custom"`` (``target`` ``"package.module:factory"``, called with
+    ``abar``; the factory must be importable on the workers).
+    """
+    if spec["kind"] == "gmm":
+        return GaussianMixture(spec["means"], spec["weights"], spec["spread"], spec["abar"])
+    if spec["kind"] == "custom":
+        import importlib
+
+        module, _, attr = spec["target"].partition(":")
+        return getattr(importlib.import_module(module), attr)(spec["abar"])
+    if spec["kind"] == "mlp":
+        n = spec["layers"]
+        ws = [spec["refs"][f"w{i}"].read() for i in range(n)]
+        bs = [spec["refs"][f"b{i}"].read() for i in range(n)]
+        return MLPDenoiser(ws, bs, spec["train_steps"], spec["sample_shape"], spec["n_freq"])
+    raise ValueError(f"unknown model kind {spec['kind']!r}")
+
+
+class ModelReplica:
+    """A model replica living on one worker.
+
+    Parameters
+    ----------
+    spec : dict
+        Model description for :func:`build_model`.
+    device : {"cpu", "cuda"}
+        ``"cuda"`` evaluates with CuPy on the worker's GPU.
+    """
+
+    def __init__(self, spec: dict, device: str = "cpu"):
+        self.model = build_model(spec)
+        self.device = device
+        if device == "cuda":
+            import cupy
+
+            self._xp = cupy
+        else:
+            self._xp = np
+
+    def _eps(self, x, t):
+        return self.model.eps(x, t)
+
+    def eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Predicted noise of rows ``x`` (N, *sample_shape) at timesteps ``t`` (N,).
+
+        Single-threaded BLAS on the CPU: a run must give the same bits on every backend.
+        """
+        xp = self._xp
+        with threadpool_limits(limits=1, user_api="blas"):
+            out = self._eps(xp.asarray(x), xp.asarray(t))
+        return to_host(out)
+
+    def run_batch(self, i, cfg, steps, sample_shape, arrays) -> int:
+        """Sample batch ``i`` here (``parallel="batch"``) and write its chunks; the window
+        calls are cut into the same pieces as in window mode, evaluated one by one."""
+        from .batch import sample_batch, split_steps
+
+        n = min(cfg.batch_size, cfg.n_samples - i * cfg.batch_size)
+
+        def eps_fn(x, t):
+            pieces = split_steps(x.shape[0], n, cfg.eval_parts)
+            return np.concatenate([self.eps(x[sl], t[sl]) for sl in pieces], axis=0)
+
+        return sample_batch(i, cfg, steps, sample_shape, eps_fn, self.sequential, arrays)
+
+    def sequential(self, steps, x_T: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, float]:
+        """The sequential sampler on this worker: ``(samples, wall seconds)``."""
+        xp = self._xp
+        with threadpool_limits(limits=1, user_api="blas"):
+            x_T, z = xp.asarray(x_T), xp.asarray(z)
+            t0 = time.perf_counter()
+            x = sequential(self._eps, steps, x_T, z)
+            x = to_host(x)
+            return x, time.perf_counter() - t0

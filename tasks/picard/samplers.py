@@ -1,0 +1,462 @@
+"""Sequential and sliding-window Picard samplers (ParaDiGMS), plain and accelerated.
+
+A sampler with ``T`` steps computes ``x_{j+1} = x_j + d_j(x_j)`` with the drift
+``d_j(x) = (a_j - 1) x + b_j eps(x, t_j) + sigma_j z_j`` (see
+:mod:`tasks.picard.schedules`). The trajectory ``x_0 .. x_T`` is the fixed point of
+``x_k = x_0 + sum_{j<k} d_j(x_j)``; Picard iteration evaluates all drifts of a window
+of steps in ONE batched model call and takes a cumulative sum.
+
+Shapes: a batch of ``n`` samples of ``sample_shape`` is an array ``(n, *sample_shape)``;
+a trajectory buffer is ``(T + 1, n, *sample_shape)``; slot ``s`` of the buffer holds
+``x_s``. All kernels take the array namespace from their inputs (NumPy, CuPy,
+array_api_strict); the tiny Anderson least-squares systems are solved on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .schedules import Steps
+
+#: Columns of :attr:`PicardResult.history`.
+HISTORY_COLUMNS = ("begin", "end", "first_unconverged", "advance", "max_error")
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of an array of any namespace (CuPy via ``.get()``)."""
+    get = getattr(a, "get", None)
+    if callable(get) and not isinstance(a, np.ndarray):
+        return np.asarray(get())
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError, RuntimeError):  # array_api_strict refuses __array__
+        return np.from_dlpack(a)
+
+
+def draw_noise(seed, n: int, sample_shape, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-draw the start point and every step's noise of a batch.
+
+    Parameters
+    ----------
+    seed : int or numpy.random.SeedSequence
+        One batch's seed (e.g. ``SeedSequence(run_seed, spawn_key=(batch,))``).
+    n : int
+        Samples in the batch.
+    sample_shape : tuple of int
+    n_steps : int
+        Sampler steps ``T``.
+
+    Returns
+    -------
+    x_T : numpy.ndarray, shape (n, *sample_shape)
+    z : numpy.ndarray, shape (T, n, *sample_shape)
+        Standard normal noise of step ``j`` in ``z[j]`` (scaled by ``sigma_j`` later).
+    """
+    rng = np.random.default_rng(seed)
+    shape = (n, *tuple(sample_shape))
+    x_T = rng.standard_normal(shape)
+    z = rng.standard_normal((n_steps, *shape))
+    return x_T, z
+
+
+def _col(xp, values: np.ndarray, ndim: int):
+    """``values`` (L,) as an array of shape (L, 1, ..., 1) with ``ndim`` axes."""
+    v = xp.asarray(np.asarray(values, dtype=np.float64))
+    return xp.reshape(v, (v.shape[0],) + (1,) * (ndim - 1))
+
+
+def drift(x, eps, z, a, b, sigma):
+    """``(a - 1) x + b eps + sigma z`` for a stack of steps.
+
+    Parameters
+    ----------
+    x, eps, z : arrays, shape (L, n, *sample_shape)
+        Inputs of ``L`` steps, the model output at them and the steps' standard noise.
+    a, b, sigma : numpy.ndarray, shape (L,)
+        The steps' coefficients.
+
+    Returns
+    -------
+    array, shape of ``x``
+    """
+    xp = array_namespace(x)
+    return _col(xp, a - 1.0, x.ndim) * x + _col(xp, b, x.ndim) * eps + _col(xp, sigma, x.ndim) * z
+
+
+def window_update(x_in, old_out, d, inv_var):
+    """One Picard update of a window of ``L`` steps.
+
+    Parameters
+    ----------
+    x_in : array, shape (L, n, *sample_shape)
+        The current trajectory at the window's input slots ``b .. e-1`` (``x_in[0]``,
+        slot ``b``, is already exact).
+    old_out : array, shape (L, n, *sample_shape)
+        The current trajectory at the output slots ``b+1 .. e``.
+    d : array, shape (L, n, *sample_shape)
+        The drifts ``d_j(x_in[j])``.
+    inv_var : numpy.ndarray, shape (L,)
+        ``1 / var`` of the output slots (0 where a slot is never judged).
+
+    Returns
+    -------
+    new : array, shape (L, n, *sample_shape)
+        ``x_b + cumsum(d)``: accumulated left to right from ``x_b``, so at the fixed
+        point it has the sequential sampler's bits.
+    err : numpy.ndarray, shape (L,)
+        Per output slot, the max over samples of the mean squared change
+        ``(new - old_out)^2`` divided by the slot's variance.
+    """
+    xp = array_namespace(x_in)
+    new = xp.cumulative_sum(xp.concat([x_in[0:1, ...], d], axis=0), axis=0)[1:, ...]
+    diff = new - old_out
+    L, n = diff.shape[0], diff.shape[1]
+    ms = xp.mean(xp.reshape(diff * diff, (L, n, -1)), axis=2)
+    err = to_host(xp.max(ms, axis=1)) * np.asarray(inv_var, dtype=np.float64)
+    return new, err
+
+
+def _secant_gain(x, eps, x_prev, eps_prev, has_prev):
+    """Per step and sample, the secant slope ``<d eps, d x> / <d x, d x>`` between this
+    and the previous evaluation of a step (0 where there is none); shape (L, n)."""
+    xp = array_namespace(x)
+    L, n = x.shape[0], x.shape[1]
+    dx = xp.reshape(x - x_prev, (L, n, -1))
+    de = xp.reshape(eps - eps_prev, (L, n, -1))
+    num = xp.sum(dx * de, axis=2)
+    den = xp.sum(dx * dx, axis=2)
+    ok = (den > 0) & (_col(xp, np.asarray(has_prev, dtype=np.float64), 2) > 0)
+    return xp.where(ok, num / xp.where(den > 0, den, 1.0), 0.0)
+
+
+def window_update_linearised(x_in, old, d, gain, inv_var):
+    """Like :func:`window_update`, but the change of each input is propagated through a
+    linear model of its step: ``y_{j+1} = y_j + d_j + g_j (y_j - x_j)``, ``y_b = x_b``.
+
+    With ``g_j = a_j - 1 + b_j c_j`` (``c_j`` a secant slope of the model) this is a
+    Newton-like sweep (as in Parareal / ParaSolver with a linearised coarse step); at
+    the fixed point ``y = x`` it is the sequential recursion bit for bit.
+
+    Parameters
+    ----------
+    gain : array, shape (L, n)
+        ``g_j`` per step and sample.
+    Other parameters and returns as in :func:`window_update`.
+    """
+    xp = array_namespace(x_in)
+    L, n = x_in.shape[0], x_in.shape[1]
+    g = xp.reshape(gain, (L, n) + (1,) * (x_in.ndim - 2))
+    y = x_in[0, ...]
+    rows = []
+    for j in range(L):
+        y = y + d[j, ...] + g[j, ...] * (y - x_in[j, ...])
+        rows.append(y)
+    new = xp.stack(rows, axis=0)
+    diff = new - old
+    ms = xp.mean(xp.reshape(diff * diff, (L, n, -1)), axis=2)
+    err = to_host(xp.max(ms, axis=1)) * np.asarray(inv_var, dtype=np.float64)
+    return new, err
+
+
+def _model_call(eps_fn, x, t_steps):
+    """Evaluate ``eps_fn`` on a stack of steps: ``x`` (L, n, ...) at timesteps (L,)."""
+    xp = array_namespace(x)
+    L, n = x.shape[0], x.shape[1]
+    t = xp.asarray(np.repeat(np.asarray(t_steps, dtype=np.int64), n))
+    flat = xp.reshape(x, (L * n, *x.shape[2:]))
+    return xp.reshape(eps_fn(flat, t), x.shape)
+
+
+def sequential(eps_fn: Callable, steps: Steps, x_T, z, callback: Callable | None = None):
+    """The sequential sampler: ``T`` model calls of ``n`` rows each.
+
+    Parameters
+    ----------
+    eps_fn : callable
+        ``eps_fn(x (N, *sample_shape), t (N,) int) -> (N, *sample_shape)``.
+    steps : Steps
+    x_T : array, shape (n, *sample_shape)
+        Start points.
+    z : array, shape (T, n, *sample_shape)
+        Pre-drawn standard noise.
+    callback : callable, optional
+        Called with the step index after every step.
+
+    Returns
+    -------
+    array, shape (n, *sample_shape)
+        The end of the trajectory (after step ``T - 1``): the samples.
+    """
+    x = x_T
+    for j in range(len(steps)):
+        sl = slice(j, j + 1)
+        xs = x[None, ...]
+        e = _model_call(eps_fn, xs, steps.t[sl])
+        x = x + drift(xs, e, z[sl, ...], steps.a[sl], steps.b[sl], steps.sigma[sl])[0, ...]
+        if callback is not None:
+            callback(j)
+    return x
+
+
+@dataclass
+class PicardResult:
+    """What :func:`picard` returns.
+
+    Attributes
+    ----------
+    x : array, shape (n, *sample_shape)
+        The samples.
+    iterations : int
+        Picard iterations (batched model calls), at most ``T``.
+    model_evals : int
+        Steps evaluated in all (sum of the window lengths), per sample.
+    history : numpy.ndarray, shape (iterations, 5)
+        Per iteration: window begin and end, first unconverged slot offset ``k``,
+        advance, and the largest RMS change over the window in units of each slot's
+        noise standard deviation (``sqrt(err)``; compare with ``tol``); see
+        ``HISTORY_COLUMNS``.
+    """
+
+    x: object
+    iterations: int
+    model_evals: int
+    history: np.ndarray = field(repr=False)
+
+
+def _slot_inv_var(steps: Steps) -> np.ndarray:
+    """``1 / var`` per buffer slot ``0 .. T``: slot ``s < T`` is judged by the variance of
+    step ``s``; the last slot is never judged (its input converged before it)."""
+    inv = np.zeros(len(steps) + 1)
+    inv[:-1] = 1.0 / steps.var
+    return inv
+
+
+class _Anderson:
+    """Triangular Anderson mixing of the unconverged part of the window (memory ``m``).
+
+    The Picard map of a trajectory is lower triangular: slot ``i`` depends only on
+    earlier slots. As in ParaTAA (Tang et al., ICML 2024), the mixing coefficients of
+    slot ``i`` therefore minimise the weighted residual over the slots ``<= i`` only,
+    so every slot gets its own coefficients (one set per sample, too). History entries
+    are earlier iterates ``(lo, X, G)``: the iterate ``X`` at output slots
+    ``lo .. lo+L-1`` and its Picard image ``G``; an entry is used for slot ``i`` only
+    if its window covered ``i``. Residuals are weighted by the slots' ``1 / sigma``.
+    """
+
+    def __init__(self, memory: int, inv_var: np.ndarray, reg: float = 1e-8):
+        self.memory = int(memory)
+        self.w = np.sqrt(inv_var)
+        self.reg = reg
+        self.hist: list[tuple[int, object, object]] = []
+
+    def push(self, lo: int, X, G) -> None:
+        self.hist.append((lo, X, G))
+        if len(self.hist) > self.memory:
+            self.hist.pop(0)
+
+    def mix(self, lo: int, X, G, first: int):
+        """Accelerated values for the output slots ``first .. lo+L-1`` of the window
+        starting at ``lo``; returns ``(first, values)`` or None."""
+        end = lo + X.shape[0]
+        if not self.hist or first >= end:
+            return None
+        xp = array_namespace(X)
+        S, n = end - first, X.shape[1]
+        w = _col(xp, self.w[first:end, ...], X.ndim)
+        g = G[first - lo :, ...]
+        f = (g - X[first - lo :, ...]) * w
+        dF, dG, cover = [], [], []
+        for h_lo, h_X, h_G in self.hist:
+            h_end = min(h_lo + h_X.shape[0], end)
+            c = max(h_end - first, 0)  # slots of the target this entry covers
+            if c == 0:
+                continue
+            hg = h_G[first - h_lo : h_end - h_lo, ...]
+            pad = xp.zeros((S - c, *X.shape[1:]), dtype=X.dtype)
+            dF.append(
+                xp.concat(
+                    [f[:c, ...] - (hg - h_X[first - h_lo : h_end - h_lo, ...]) * w[:c, ...], pad]
+                )
+            )
+            dG.append(xp.concat([g[:c, ...] - hg, pad]))
+            cover.append(c)
+        if not dF:
+            return None
+        m = len(dF)
+        # (S, n, m, E) stacks of the difference vectors; per-slot Gram and right side
+        A = xp.stack([xp.reshape(a, (S, n, -1)) for a in dF], axis=2)
+        gram = np.cumsum(to_host(A @ xp.matrix_transpose(A)), axis=0)  # (S, n, m, m)
+        rhs = np.cumsum(to_host(A @ xp.reshape(f, (S, n, -1, 1)))[..., 0], axis=0)
+        gamma = np.zeros((S, n, m))
+        cover_a = np.asarray(cover)
+        cuts = sorted({0, S, *(c for c in cover if c < S)})
+        for s0, s1 in zip(cuts[:-1], cuts[1:], strict=False):
+            idx = np.flatnonzero(cover_a > s0)  # entries whose window covered these slots
+            if idx.size == 0:
+                continue
+            G_ = gram[s0:s1][:, :, idx[:, None], idx[None, :]]
+            scale = np.trace(G_, axis1=2, axis2=3)[..., None, None] / idx.size
+            G_ = G_ + (self.reg * scale + 1e-300) * np.eye(idx.size)
+            part = np.zeros((s1 - s0, n, m))
+            part[..., idx] = np.linalg.solve(G_, rhs[s0:s1][:, :, idx, None])[..., 0]
+            gamma[s0:s1] = part
+        out = g
+        gam = xp.asarray(gamma)
+        for i in range(m):
+            gi = xp.reshape(gam[:, :, i], (S, n) + (1,) * (X.ndim - 2))
+            out = out - gi * dG[i]
+        return first, out
+
+
+def _coefs(steps: Steps, j: int):
+    sl = slice(j, j + 1)
+    return steps.a[sl], steps.b[sl], steps.sigma[sl]
+
+
+def picard(
+    eps_fn: Callable,
+    steps: Steps,
+    x_T,
+    z,
+    window: int,
+    tol: float,
+    anderson: int = 0,
+    extrapolate: bool = False,
+    secant: bool = False,
+    callback: Callable | None = None,
+    checkpoint: Callable | None = None,
+    checkpoint_every: int = 0,
+    state: dict | None = None,
+) -> PicardResult:
+    """Sliding-window Picard iteration (ParaDiGMS), plain or accelerated.
+
+    Each iteration evaluates the model once on the ``L <= window`` steps of the window
+    ``[b, e)`` for all ``n`` samples (``L n`` rows), updates the output slots by a
+    cumulative sum of drifts, finds the first slot whose RMS change exceeds ``tol``
+    times its noise standard deviation (max over samples), and slides the window past
+    the converged prefix (always at least one step, so at most ``T`` iterations; with
+    ``window = 1`` this is the sequential sampler, bit for bit).
+
+    Parameters
+    ----------
+    eps_fn : callable
+        ``eps_fn(x (N, *sample_shape), t (N,) int) -> (N, *sample_shape)``; called once
+        per iteration with ``N = L n``.
+    steps : Steps
+    x_T : array, shape (n, *sample_shape)
+    z : array, shape (T, n, *sample_shape)
+        The same pre-drawn noise the sequential sampler uses.
+    window : int
+        Window size ``p`` (>= 1).
+    tol : float
+        Tolerance relative to the noise standard deviation (> 0).
+    anderson : int
+        Triangular Anderson memory ``m`` (0: off). The converged prefix always takes the
+        unmixed values, so the stopping rule and its guarantee are unchanged; only the
+        guesses of the unconverged slots are extrapolated.
+    extrapolate : bool
+        Start the slots a window slides onto by running their steps with the newest
+        model output held fixed (and the true noise) instead of copying ``x_e``.
+    secant : bool
+        Propagate input changes through the window with a linear model of each step
+        (:func:`window_update_linearised`, slopes from the last two evaluations of a
+        step) instead of the plain cumulative sum. ``extrapolate`` and ``secant`` make
+        the accelerated variant; none of the three costs extra model calls.
+    callback : callable, optional
+        ``callback(iteration, begin, end)`` after every iteration.
+    checkpoint : callable, optional
+        ``checkpoint(state)`` every ``checkpoint_every`` iterations with the state dict
+        to pass back as ``state`` (arrays are live: copy or write them at once). Not
+        called with Anderson mixing, whose history is not part of the state.
+    checkpoint_every : int
+        Iterations between checkpoints (0: none).
+    state : dict, optional
+        A state saved by ``checkpoint``: continue from there. The result is the one an
+        uninterrupted call returns, bit for bit.
+
+    Returns
+    -------
+    PicardResult
+    """
+    if window < 1 or tol <= 0:
+        raise ValueError("window must be >= 1 and tol > 0")
+    xp = array_namespace(x_T)
+    T = len(steps)
+    inv_var = _slot_inv_var(steps)
+    buf = xp.asarray(xp.broadcast_to(x_T[None, ...], (T + 1, *x_T.shape)), copy=True)
+    acc = _Anderson(anderson, inv_var) if anderson > 0 else None
+    b, e = 0, min(window, T)
+    it = evals = 0
+    hist = []
+    if secant:
+        seen_x = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
+        seen_eps = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
+        seen = np.zeros(T, dtype=bool)
+    if state is not None:
+        buf = xp.asarray(state["buf"], copy=True)
+        b, e, it, evals = (int(state[k]) for k in ("b", "e", "it", "evals"))
+        hist = [tuple(r) for r in np.asarray(state["hist"]).reshape(-1, 5).tolist()]
+        if secant:
+            seen_x = xp.asarray(state["seen_x"], copy=True)
+            seen_eps = xp.asarray(state["seen_eps"], copy=True)
+            seen = np.asarray(state["seen"], dtype=bool).copy()
+    save = checkpoint is not None and checkpoint_every > 0 and acc is None
+    while b < T:
+        L = e - b
+        x_in = buf[b:e, ...]
+        old = xp.asarray(buf[b + 1 : e + 1, ...], copy=True)
+        eps = _model_call(eps_fn, x_in, steps.t[b:e])
+        d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e])
+        if secant:
+            gain = _secant_gain(x_in, eps, seen_x[b:e, ...], seen_eps[b:e, ...], seen[b:e])
+            gain = gain * _col(xp, steps.b[b:e], 2) + _col(xp, steps.a[b:e] - 1.0, 2)
+            seen_x[b:e, ...], seen_eps[b:e, ...] = x_in, eps
+            seen[b:e] = True
+            new, err = window_update_linearised(x_in, old, d, gain, inv_var[b + 1 : e + 1])
+        else:
+            new, err = window_update(x_in, old, d, inv_var[b + 1 : e + 1])
+        bad = np.flatnonzero(err > tol**2)
+        k = int(bad[0]) if bad.size else L
+        advance = min(k + 1, window)
+        buf[b + 1 : e + 1, ...] = new
+        if acc is not None:
+            mixed = acc.mix(b + 1, old, new, b + k + 2) if k + 1 < L else None
+            acc.push(b + 1, old, new)
+            if mixed is not None:
+                first, vals = mixed
+                buf[first : first + vals.shape[0], ...] = vals
+        it += 1
+        evals += L
+        hist.append((b, e, k, advance, float(np.sqrt(err.max()))))
+        b2 = min(b + advance, T)
+        e2 = min(b2 + window, T)
+        if e2 > e and extrapolate:
+            # new slots: run the steps with the newest model output held fixed and the
+            # true pre-drawn noise (no model calls), instead of copying x_e
+            x, e_last = buf[e, ...], eps[-1, ...]
+            for j in range(e, e2):
+                x = (
+                    x
+                    + drift(x[None, ...], e_last[None, ...], z[j : j + 1, ...], *_coefs(steps, j))[
+                        0, ...
+                    ]
+                )
+                buf[j + 1, ...] = x
+        elif e2 > e:
+            buf[e + 1 : e2 + 1, ...] = xp.broadcast_to(
+                buf[e, ...][None, ...], (e2 - e, *x_T.shape)
+            )
+        b, e = b2, e2
+        if save and b < T and it % checkpoint_every == 0:
+            snap = {"buf": buf, "b": b, "e": e, "it": it, "evals": evals}
+            snap["hist"] = np.asarray(hist, dtype=np.float64).reshape(-1, 5)
+            if secant:
+                snap.update(seen_x=seen_x, seen_eps=seen_eps, seen=seen)
+            checkpoint(snap)
+        if callback is not None:
+            callback(it, b, e)
+    return PicardResult(buf[T, ...], it, evals, np.asarray(hist, dtype=np.float64).reshape(-1, 5))

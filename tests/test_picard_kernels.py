@@ -1,0 +1,301 @@
+"""Kernels of the picard pipeline against independent references: closed-form schedules,
+the DDPM/DDIM formulas written out directly, finite differences of the mixture's log
+density, scikit-learn's own forward pass, the sequential sampler, and the mixture's
+exact moments."""
+
+import math
+
+import array_api_strict
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
+
+from tasks.picard.models import GaussianMixture, MLPDenoiser, time_features
+from tasks.picard.samplers import draw_noise, picard, sequential
+from tasks.picard.schedules import (
+    cosine_betas,
+    ddim_steps,
+    ddpm_steps,
+    make_schedule,
+    make_steps,
+    timesteps,
+)
+
+ABAR = make_schedule("linear", 1000)
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Single-threaded BLAS, as in the workers: multi-threaded small GEMMs only fight
+    over the shared cores (3x slower here)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return GaussianMixture.random(64, 4, 0.15, ABAR, mean_scale=1.0, seed=0)
+
+
+def test_schedules_match_their_closed_forms():
+    beta = np.linspace(1e-4, 0.02, 1000)
+    np.testing.assert_allclose(ABAR, np.cumprod(1 - beta), rtol=1e-14)
+    ab_cos = make_schedule("cosine", 1000)
+    t = np.arange(1, 1001)
+    f = (
+        np.cos((t / 1000 + 0.008) / 1.008 * np.pi / 2) ** 2
+        / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
+    )
+    # equal wherever beta is not clipped at 0.999
+    ok = cosine_betas(1000) < 0.999
+    np.testing.assert_allclose(ab_cos[ok], f[ok], rtol=1e-10)
+    np.testing.assert_array_equal(timesteps(1000, 200)[[0, 1, -1]], [995, 990, 0])
+
+
+@pytest.mark.parametrize("n_steps", [1000, 50])
+def test_ddpm_step_is_the_posterior_mean(n_steps):
+    rng = np.random.default_rng(0)
+    x, eps = rng.standard_normal(5), rng.standard_normal(5)
+    st = ddpm_steps(ABAR, n_steps)
+    ts = timesteps(1000, n_steps)
+    for j in (0, n_steps // 2, n_steps - 1):
+        ab = ABAR[ts[j]]
+        ab_prev = ABAR[ts[j + 1]] if j + 1 < n_steps else 1.0
+        beta = 1 - ab / ab_prev
+        x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+        mean = (math.sqrt(ab_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - ab_prev) * x) / (
+            1 - ab
+        )
+        np.testing.assert_allclose(st.a[j] * x + st.b[j] * eps, mean, rtol=1e-10, atol=1e-12)
+        assert st.sigma[j] ** 2 == pytest.approx(
+            (1 - ab_prev) / (1 - ab) * beta, rel=1e-12, abs=1e-30
+        )
+    assert st.sigma[-1] == 0.0 and st.var[-1] == 1e-20
+
+
+def test_ddim_step_formula():
+    rng = np.random.default_rng(1)
+    x, eps = rng.standard_normal(5), rng.standard_normal(5)
+    for eta in (0.0, 1.0):
+        st = ddim_steps(ABAR, 200, eta)
+        ts = timesteps(1000, 200)
+        j = 37
+        ab, ab_prev = ABAR[ts[j]], ABAR[ts[j + 1]]
+        var = (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+        x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+        want = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev - eta**2 * var) * eps
+        np.testing.assert_allclose(st.a[j] * x + st.b[j] * eps, want, rtol=1e-12)
+        assert st.sigma[j] == pytest.approx(eta * math.sqrt(var))
+    # eta = 1 has the DDPM noise level
+    np.testing.assert_allclose(ddim_steps(ABAR, 200, 1.0).sigma, ddpm_steps(ABAR, 200).sigma)
+
+
+def test_gmm_eps_is_minus_scaled_score(gmm):
+    """eps* = -sqrt(1 - abar) grad log p_t, p_t the noised mixture (finite differences)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 64))
+    t = np.array([10, 400, 990])
+    got = gmm.eps(x, t)
+    h = 1e-5
+    for r in range(3):
+        ab = ABAR[t[r]]
+        v = ab * gmm.spread**2 + 1 - ab
+
+        def logp(y, ab=ab, v=v):
+            d2 = ((y - math.sqrt(ab) * gmm.means) ** 2).sum(axis=1)
+            return logsumexp(np.log(gmm.weights) - d2 / (2 * v) - 32 * np.log(2 * np.pi * v))
+
+        grad = np.array([(logp(x[r] + h * e) - logp(x[r] - h * e)) / (2 * h) for e in np.eye(64)])
+        np.testing.assert_allclose(got[r], -math.sqrt(1 - ab) * grad, rtol=1e-5, atol=1e-7)
+
+
+def test_gmm_moments_are_those_of_exact_draws(gmm):
+    x, _ = gmm.sample(200_000, seed=3)
+    np.testing.assert_allclose(x.mean(0), gmm.mean(), atol=0.01)
+    np.testing.assert_allclose(np.cov(x.T), gmm.covariance(), atol=0.02)
+
+
+def test_mlp_forward_matches_sklearn():
+    from sklearn.neural_network import MLPRegressor
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((50, 4 + 16))
+    Y = rng.standard_normal((50, 4))
+    reg = MLPRegressor(hidden_layer_sizes=(7, 5), max_iter=5, random_state=0).fit(X, Y)
+    model = MLPDenoiser(reg.coefs_, reg.intercepts_, 1000, (2, 2))
+    x = rng.standard_normal((6, 2, 2))
+    t = np.array([0, 1, 10, 100, 500, 999])
+    feats = time_features(t, 1000)
+    want = reg.predict(np.concatenate([x.reshape(6, 4), feats], axis=1)).reshape(6, 2, 2)
+    np.testing.assert_allclose(model.eps(x, t), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,n_steps", [("ddpm", 1000), ("ddim", 100)])
+def test_window_one_is_the_sequential_sampler_bit_for_bit(gmm, kind, n_steps):
+    st = make_steps(kind, ABAR, n_steps)
+    x_T, z = draw_noise(np.random.SeedSequence(5), 8, (64,), n_steps)
+    xs = sequential(gmm.eps, st, x_T, z)
+    r = picard(gmm.eps, st, x_T, z, window=1, tol=0.1)
+    np.testing.assert_array_equal(r.x, xs)
+    assert r.iterations == n_steps and r.model_evals == n_steps
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_published_gmm_setting(gmm, seed):
+    """64-D, 4 components, DDPM-1000, p = 96 (a batch of 4 samples, as in the reference's
+    figures; the max over larger batches is looser, see docs/picard.md)."""
+    st = ddpm_steps(ABAR, 1000)
+    x_T, z = draw_noise(np.random.SeedSequence(seed), 4, (64,), 1000)
+    xs = sequential(gmm.eps, st, x_T, z)
+    r = picard(gmm.eps, st, x_T, z, window=96, tol=0.1)
+    assert r.iterations <= 40
+    assert np.abs(r.x - xs).max() <= 1e-3
+    r = picard(gmm.eps, st, x_T, z, window=96, tol=1e-3)
+    assert r.iterations <= 60
+    assert np.abs(r.x - xs).max() <= 1e-5
+    assert r.history.shape == (r.iterations, 5)
+    assert r.model_evals == r.history[:, 1].sum() - r.history[:, 0].sum()
+
+
+VARIANTS = {
+    "plain": {},
+    "accelerated": {"secant": True, "extrapolate": True},
+    "anderson": {"anderson": 3},
+}
+
+
+@pytest.mark.parametrize("window", [2, 7, 50])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_iterations_never_exceed_steps_and_tiny_tol_is_exact(gmm, window, variant):
+    st = ddpm_steps(ABAR, 50)
+    x_T, z = draw_noise(np.random.SeedSequence(6), 3, (64,), 50)
+    xs = sequential(gmm.eps, st, x_T, z)
+    r = picard(gmm.eps, st, x_T, z, window=window, tol=1e-12, **VARIANTS[variant])
+    assert r.iterations <= 50
+    np.testing.assert_allclose(r.x, xs, rtol=0, atol=1e-12)
+    # the window always advances
+    assert np.all(r.history[:, 3] >= 1)
+
+
+@pytest.mark.parametrize(
+    "kind,n_steps,window", [("ddpm", 1000, 96), ("ddim", 200, 96), ("ddpm", 100, 50)]
+)
+def test_accelerated_variant_needs_fewer_iterations(gmm, kind, n_steps, window):
+    st = make_steps(kind, ABAR, n_steps)
+    x_T, z = draw_noise(np.random.SeedSequence(7), 4, (64,), n_steps)
+    xs = sequential(gmm.eps, st, x_T, z)
+    # (tol, bound on max |parallel - sequential|); at tol = 0.1 the accelerated DDIM run
+    # is less accurate than the plain one (about 5e-3 against 4e-4), see docs/picard.md
+    for tol, bound in ((0.1, 1e-2), (1e-3, 1e-4)):
+        plain = picard(gmm.eps, st, x_T, z, window=window, tol=tol)
+        fast = picard(gmm.eps, st, x_T, z, window=window, tol=tol, **VARIANTS["accelerated"])
+        assert fast.iterations < plain.iterations
+        assert fast.model_evals < plain.model_evals
+        assert np.abs(fast.x - xs).max() <= bound
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("variant", ["plain", "accelerated"])
+def test_resume_from_a_checkpoint_gives_the_uninterrupted_bits(gmm, variant):
+    st = ddpm_steps(ABAR, 200)
+    x_T, z = draw_noise(np.random.SeedSequence(12), 4, (64,), 200)
+    kw = {"window": 16, "tol": 0.01, **VARIANTS[variant]}
+    full = picard(gmm.eps, st, x_T, z, **kw)
+    saved = []
+
+    def checkpoint(state):
+        saved.append({k: np.array(v, copy=True) for k, v in state.items()})
+        if len(saved) == 2:
+            raise Killed  # the process dies right after its second checkpoint
+
+    with pytest.raises(Killed):
+        picard(gmm.eps, st, x_T, z, checkpoint=checkpoint, checkpoint_every=3, **kw)
+    assert int(saved[-1]["it"]) == 6 and 0 < int(saved[-1]["b"]) < 200
+    again = picard(gmm.eps, st, x_T, z, state=saved[-1], **kw)
+    np.testing.assert_array_equal(again.x, full.x)
+    assert again.iterations == full.iterations and again.model_evals == full.model_evals
+    np.testing.assert_array_equal(again.history, full.history)
+
+
+def test_anderson_mixing_changes_the_iterates_but_not_the_answer(gmm):
+    st = ddpm_steps(ABAR, 1000)
+    x_T, z = draw_noise(np.random.SeedSequence(7), 4, (64,), 1000)
+    xs = sequential(gmm.eps, st, x_T, z)
+    plain = picard(gmm.eps, st, x_T, z, window=96, tol=1e-3)
+    mixed = picard(gmm.eps, st, x_T, z, window=96, tol=1e-3, anderson=3)
+    assert mixed.iterations != plain.iterations or not np.array_equal(mixed.x, plain.x)
+    assert np.abs(mixed.x - xs).max() <= 1e-5
+
+
+def test_two_thousand_samples_match_the_mixture():
+    """2,000 Picard samples (DDPM-1000, p = 96, tol = 0.1, batches of 500) against the
+    exact mean, covariance and component weights of the mixture, each within 5 standard
+    errors. The mixture is the 64-D one's construction in 8-D, to keep the test short."""
+    gmm = GaussianMixture.random(8, 4, 0.15, ABAR, mean_scale=1.0, seed=0)
+    st = ddpm_steps(ABAR, 1000)
+    n, parts = 2000, 4
+    xs = []
+    for b in range(parts):
+        x_T, z = draw_noise(np.random.SeedSequence(8, spawn_key=(b,)), n // parts, (8,), 1000)
+        xs.append(picard(gmm.eps, st, x_T, z, window=96, tol=0.1).x)
+    x = np.concatenate(xs)
+    m, C = gmm.mean(), gmm.covariance()
+    se_m = np.sqrt(np.diag(C) / n)
+    assert np.max(np.abs(x.mean(0) - m) / se_m) < 5
+    # standard errors of the covariance entries from exact draws (not Gaussian)
+    dr = gmm.sample(200_000, seed=9)[0] - m
+    se_C = np.sqrt(((dr[:, :, None] * dr[:, None, :] - C) ** 2).mean(0) / n)
+    dx = x - m
+    assert np.max(np.abs(dx.T @ dx / n - C) / se_C) < 5
+    k = gmm.responsibilities(x).argmax(1)
+    w = gmm.weights
+    counts = np.bincount(k, minlength=4) / n
+    assert np.max(np.abs(counts - w) / np.sqrt(w * (1 - w) / n)) < 5
+    # the check has teeth: the start points (pure noise) fail it
+    assert np.max(np.abs(draw_noise(8, n, (8,), 0)[0].mean(0) - m) / se_m) > 5
+
+
+def test_kernels_run_under_array_api_strict(gmm):
+    xp = array_api_strict
+    st = ddpm_steps(ABAR, 40)
+    x_T, z = draw_noise(np.random.SeedSequence(10), 3, (64,), 40)
+    kw = {"window": 8, "tol": 0.05, "anderson": 2, "extrapolate": True, "secant": True}
+    ref = picard(gmm.eps, st, x_T, z, **kw)
+    got = picard(gmm.eps, st, xp.asarray(x_T), xp.asarray(z), **kw)
+    assert got.iterations == ref.iterations
+    np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-12, atol=1e-12)
+    seq = sequential(gmm.eps, st, xp.asarray(x_T), xp.asarray(z))
+    np.testing.assert_allclose(np.asarray(seq), sequential(gmm.eps, st, x_T, z), atol=1e-12)
+    w = [np.ones((64 + 16, 8)), np.ones((8, 64))]
+    b = [np.zeros(8), np.zeros(64)]
+    mlp = MLPDenoiser(w, b, 1000, (64,))
+    t = np.array([1, 2, 3])
+    np.testing.assert_allclose(
+        np.asarray(mlp.eps(xp.asarray(x_T), xp.asarray(t))), mlp.eps(x_T, t), atol=1e-12
+    )
+
+
+@pytest.mark.gpu
+def test_kernels_on_cupy_match_numpy(gmm):
+    cp = pytest.importorskip("cupy")
+    try:
+        cp.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - no CUDA driver
+        pytest.skip("no CUDA device")
+    st = ddpm_steps(ABAR, 1000)
+    x_T, z = draw_noise(np.random.SeedSequence(11), 16, (64,), 1000)
+    for kw in VARIANTS.values():
+        ref = picard(gmm.eps, st, x_T, z, window=96, tol=0.1, **kw)
+        got = picard(gmm.eps, st, cp.asarray(x_T), cp.asarray(z), window=96, tol=0.1, **kw)
+        assert got.iterations == ref.iterations
+        np.testing.assert_allclose(cp.asnumpy(got.x), ref.x, rtol=1e-9, atol=1e-9)
+    w = [np.random.default_rng(0).standard_normal((64 + 16, 32)), np.ones((32, 64))]
+    mlp = MLPDenoiser(w, [np.zeros(32), np.zeros(64)], 1000, (64,))
+    t = np.arange(16) * 60
+    np.testing.assert_allclose(
+        cp.asnumpy(mlp.eps(cp.asarray(x_T), cp.asarray(t))), mlp.eps(x_T, t), rtol=1e-9
+    )

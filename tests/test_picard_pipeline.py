@@ -1,0 +1,232 @@
+"""The picard pipeline end to end: real executors, real Zarr stores read back with
+xarray, judged against the sequential sampler run on the same pre-drawn noise."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import storage
+from pipelines.base import RunContext
+from pipelines.config import ConfigError, build_config
+from pipelines.picard import PIPELINE
+from pipelines.progress import silent
+
+SMALL = ["n_samples=8", "batch_size=4"]
+
+
+def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run", store=None):
+    cfg = build_config(PIPELINE, preset, sets=list(sets))
+    resume = store is not None
+    if store is None:
+        root = storage.Root(str(tmp_path / name))
+        store = root.create(
+            PIPELINE.name, config=cfg.model_dump(mode="json"), backend=executor.spec
+        )
+    ctx = RunContext(executor=executor, store=store, progress=silent, resume=resume)
+    metrics = PIPELINE.run(cfg, ctx)
+    store.mark_complete(metrics)
+    return store, metrics
+
+
+def test_quick_gmm_run_writes_readable_results(tmp_path, executors):
+    store, m = run_pipeline(tmp_path, executors("sync"), sets=["n_samples=4", "batch_size=4"])
+    for key in PIPELINE.metric_names:
+        assert key in m
+    assert m["sequential_steps"] == 1000 and m["batches"] == 1
+    assert m["iterations"] <= 40
+    assert m["max_abs_diff_vs_sequential"] <= 1e-3
+    assert m["model_evals"] <= 96 * m["iterations"]
+    ds = xr.open_zarr(store.url + "/result", consolidated=False)
+    assert ds.samples.dims == ("sample", "feature") and ds.samples.shape == (4, 64)
+    diff = np.abs(ds.samples.values - ds.sequential.values).max()
+    assert diff == pytest.approx(m["max_abs_diff_vs_sequential"])
+    assert ds.iterations.values.max() == m["iterations"]
+    hist = xr.open_zarr(store.url + "/history", consolidated=False)
+    n0 = int(ds.iterations.values[0])
+    adv = hist.advance.values[0]
+    # the windows' advances add up to the whole trajectory (the last one may overshoot)
+    assert adv[:n0].sum() >= 1000 and np.isnan(adv[n0:]).all()
+    assert np.all(np.diff(hist.begin.values[0, :n0]) > 0)
+    png = tmp_path / "run" / "picard" / store.run_id / "summary.png"
+    assert png.stat().st_size > 10_000
+
+
+def test_window_one_reproduces_the_sequential_sampler(tmp_path, executors):
+    sets = ["n_samples=4", "batch_size=4", "window=1", "steps=50", "sampler=ddim"]
+    store, m = run_pipeline(tmp_path, executors("sync"), sets=sets)
+    assert m["iterations"] == 50 and m["max_abs_diff_vs_sequential"] == 0.0
+    np.testing.assert_array_equal(
+        store.array("result/samples").read(), store.array("result/sequential").read()
+    )
+
+
+def test_accelerated_run_needs_fewer_iterations(tmp_path, executors):
+    ex = executors("sync")
+    sets = ["n_samples=4", "batch_size=4", "steps=100", "window=50"]
+    _, plain = run_pipeline(tmp_path, ex, sets=sets, name="plain")
+    _, fast = run_pipeline(tmp_path, ex, sets=[*sets, "accelerate=true"], name="fast")
+    assert fast["iterations"] < plain["iterations"]
+    assert fast["max_abs_diff_vs_sequential"] <= 1e-2
+
+
+BACKEND_SETS = [*SMALL, "steps=100", "window=16", "accelerate=true", "eval_parts=3"]
+
+
+@pytest.mark.parametrize(
+    "spec,parallel", [("local:2", "window"), ("ray:2", "window"), ("local:2", "batch")]
+)
+def test_identical_samples_on_every_backend(tmp_path, executors, spec, parallel):
+    ref_store, ref = run_pipeline(tmp_path, executors("sync"), sets=BACKEND_SETS, name="sync")
+    store, m = run_pipeline(
+        tmp_path,
+        executors(spec),
+        sets=[*BACKEND_SETS, f"parallel={parallel}"],
+        name=spec.replace(":", "-"),
+    )
+    assert m["workers"] == 2
+    for name in ("result/samples", "result/sequential", "result/iterations", "history/advance"):
+        np.testing.assert_array_equal(store.array(name).read(), ref_store.array(name).read())
+
+
+def test_resume_redoes_only_unfinished_batches(tmp_path, executors):
+    ex = executors("sync")
+    sets = ["n_samples=12", "batch_size=4", "steps=50", "window=16"]
+    ref_store, ref = run_pipeline(tmp_path, ex, sets=sets, name="ref")
+    store, _ = run_pipeline(tmp_path, ex, sets=sets, name="cut")
+    # a run killed inside batch 1: its marker never written, its chunk half garbage
+    store.array("result/iterations").write((slice(1, 2),), np.zeros(1, dtype=np.int64))
+    store.array("result/samples").write((slice(4, 8), slice(None)), np.full((4, 64), 7.0))
+    kept = store.array("result/wall_s").read()
+    _, m = run_pipeline(tmp_path, ex, sets=sets, store=store)
+    np.testing.assert_array_equal(
+        store.array("result/samples").read(), ref_store.array("result/samples").read()
+    )
+    assert m["iterations"] == ref["iterations"]
+    walls = store.array("result/wall_s").read()
+    assert walls[0] == kept[0] and walls[2] == kept[2] and walls[1] != kept[1]
+
+
+class Killed(Exception):
+    pass
+
+
+class Bar:
+    """A progress bar that records the Picard iterations it is shown and, like a
+    SIGKILL, stops the run when it reaches ``kill_at``."""
+
+    def __init__(self, kill_at=None):
+        self.kill_at, self.seen = kill_at, []
+
+    def __call__(self, total=None, desc=None):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, text):
+        it = int(text.split("iteration ")[1].split(",")[0])
+        self.seen.append(it)
+        if it == self.kill_at:
+            raise Killed
+
+
+def test_resume_inside_a_batch_continues_from_its_checkpoint(tmp_path, executors):
+    ex = executors("sync")
+    sets = ["n_samples=4", "batch_size=4", "steps=200", "window=16", "tol=0.01"]
+    sets += ["accelerate=true"]
+    ref_store, ref = run_pipeline(tmp_path, ex, sets=sets, name="ref")
+    cfg = build_config(PIPELINE, "quick", sets=[*sets, "checkpoint_s=0"])
+    store = storage.Root(str(tmp_path / "cut")).create(
+        PIPELINE.name, config=cfg.model_dump(mode="json"), backend=ex.spec
+    )
+    with pytest.raises(Killed):
+        PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=Bar(kill_at=8)))
+    # checkpoints after every iteration (checkpoint_s=0); the newest is iteration 8's
+    assert store.load_checkpoint().scalars["it"] == 8
+    bar = Bar()
+    m = PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=bar, resume=True))
+    assert bar.seen[0] == 9  # it went on from the checkpoint of iteration 8
+    assert m["iterations"] == ref["iterations"]
+    np.testing.assert_array_equal(
+        store.array("result/samples").read(), ref_store.array("result/samples").read()
+    )
+    np.testing.assert_array_equal(
+        store.array("history/max_error").read(), ref_store.array("history/max_error").read()
+    )
+    assert "checkpoints" not in store.group
+
+
+def test_digits_model_is_trained_stored_and_reused(tmp_path, executors):
+    ex = executors("sync")
+    sets = [
+        "digits.hidden=[32]",
+        "digits.epochs=3",
+        "digits.repeats=1",
+        "steps=100",
+        "window=1",
+        "n_samples=4",
+        "batch_size=4",
+    ]
+    store, m = run_pipeline(tmp_path, ex, preset="digits", sets=sets, name="train")
+    grp = store.group["model"]
+    assert grp.attrs["complete"] and grp.attrs["layers"] == 2
+    losses = grp.attrs["losses"]
+    assert losses[-1] < losses[0] and m["train_loss"] == losses[-1]
+    assert store.array("model/w0").shape == (64 + 16, 32)
+    ds = xr.open_zarr(store.url + "/result", consolidated=False)
+    assert ds.samples.dims == ("sample", "row", "col") and ds.samples.shape == (4, 8, 8)
+    # a barely trained network is a poor sampler, but p = 1 must still be exact
+    assert m["iterations"] == 100 and m["max_abs_diff_vs_sequential"] == 0.0
+    # a second run loads the stored weights instead of training: same samples
+    again, m2 = run_pipeline(
+        tmp_path, ex, preset="digits", sets=[*sets, f"digits.weights_from={store.url}"], name="b"
+    )
+    assert "model" not in again.group
+    np.testing.assert_array_equal(
+        again.array("result/samples").read(), store.array("result/samples").read()
+    )
+
+
+def small_mixture(abar):
+    """A user's model factory for ``model=custom``: any object with ``eps`` and
+    ``sample_shape`` (here an exact 3-D mixture)."""
+    from tasks.picard.models import GaussianMixture
+
+    return GaussianMixture([[2.0, 0.0, 0.0], [-2.0, 1.0, 0.0]], [0.3, 0.7], 0.2, abar)
+
+
+def test_custom_model_from_an_import_path(tmp_path, executors):
+    sets = ["model=custom", "custom=tests.test_picard_pipeline:small_mixture", *SMALL]
+    store, m = run_pipeline(tmp_path, executors("sync"), sets=sets)
+    ds = xr.open_zarr(store.url + "/result", consolidated=False)
+    assert ds.samples.shape == (8, 3) and ds.samples.dims == ("sample", "axis_0")
+    assert m["iterations"] <= 40 and m["max_abs_diff_vs_sequential"] <= 1e-3
+    # the samples sit at the two means (spread 0.2)
+    x = ds.samples.values
+    d = np.minimum(np.linalg.norm(x - [2, 0, 0], axis=1), np.linalg.norm(x - [-2, 1, 0], axis=1))
+    assert d.max() < 1.5
+
+
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["window=2000"], "window"),
+        (["steps=2000"], "steps must be <= train_steps"),
+        (["batch_size=100"], "batch_size"),
+        (["sampler=euler"], "sampler"),
+        (["tol=0"], "tol"),
+        (["eta=0.5"], "eta applies to sampler=ddim"),
+        (["digits.hidden=[]"], "hidden"),
+        (["model=custom"], "model=custom needs custom"),
+        (["model=custom", "custom=nocolon"], "package.module:factory"),
+    ],
+)
+def test_bad_config_names_the_field(sets, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_config(PIPELINE, "quick", sets=sets)
