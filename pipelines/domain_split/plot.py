@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: Most grid points per axis the figure shows: a panel is about 400 pixels wide, and
 #: drawing a 1025² image costs seconds (it was ~15% of a 2-D 1023² run).
 MAX_PIXELS = 400
