@@ -1,0 +1,182 @@
+"""bilevel: iterations and wall time to reach 1e-2 relative distance to x* on the quick
+problem, over blocks per iteration I, batch size B and methods, measured in one run.
+
+Two parts:
+
+1. Iterations to ``|x - x*| <= 1e-2 |x*|`` for every (method, I, B): the iteration is
+   deterministic given the seed and identical on every backend (the pipeline's tests
+   check this bit for bit), so it is counted with the one-process reference
+   (:func:`tasks.bilevel.sequential.run_sequential`) at the quick preset's settings
+   (upper step ``eta * I / m``, halved every 60 epochs). Ratios are against I = 1.
+2. Wall seconds per iteration of the pipeline itself (tasks on a local Dask cluster,
+   block state in Zarr) for each I on 1 and 2 workers, and the wall time to the target
+   estimated as iterations x seconds per iteration. Ratios are against I = 1 on the
+   same cluster.
+
+    python benchmarks/bilevel.py                  # the full grid
+    python benchmarks/bilevel.py --short          # I in {1, 10}, B = 8, two methods
+    python benchmarks/bilevel.py --parts heavy    # only the heavy-block timing
+
+3. The same timing with heavier blocks (v1, dim_y = 200, B = 256, m = 20: an
+   eigendecomposition and solves of 200 x 200 per block), where a task's compute is
+   not dwarfed by its Zarr and scheduling overhead.
+
+Goals (issue 6): >= 5x fewer iterations at I = 10 than at I = 1; seconds per iteration
+that do not grow with I up to the worker count. Writes ``benchmarks/results/bilevel.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = ("bsvrb-v1", "bsvrb-v2", "sgd", "f2sa")
+
+
+def iterations(method: str, I: int, B: int, cap: int) -> dict:
+    from pipelines.bilevel.config import BilevelConfig
+    from tasks.bilevel.sequential import run_sequential
+
+    cfg = BilevelConfig.model_validate(
+        {"method": method, "blocks_per_iter": I, "batch": B, "max_iter": cap}
+    )
+    p = cfg.problem.build()
+    t0 = time.perf_counter()
+    _, dist = run_sequential(
+        p, method, cfg.steps(), cap, I, B, cfg.upper_step, cfg.beta, cfg.seed, p.x_star, cfg.tol
+    )
+    reached = bool(dist) and dist[-1] <= cfg.tol
+    return {
+        "method": method,
+        "I": I,
+        "B": B,
+        "iterations": len(dist) if reached else None,
+        "final_rel_dist": dist[-1],
+        "seq_s": time.perf_counter() - t0,
+    }
+
+
+HEAVY = [
+    "method=bsvrb-v1",
+    "problem.m=20",
+    "problem.dim_y=200",
+    "problem.dim_x=20",
+    "problem.n_lower=1024",
+    "batch=256",
+    "eta=0.05",
+]
+
+
+def seconds_per_iteration(workers: int, I: int, n_iter: int, method: str, extra=()) -> float:
+    import cluster
+    import storage
+    from pipelines.base import RunContext
+    from pipelines.bilevel import PIPELINE
+    from pipelines.config import build_config
+    from pipelines.progress import silent
+
+    sets = [
+        f"blocks_per_iter={I}",
+        f"max_iter={n_iter}",
+        "tol=null",
+        f"method={method}",
+        f"eval_every={n_iter + 1}",
+        f"checkpoint_every={n_iter + 1}",
+        *extra,
+    ]
+    cfg = build_config(PIPELINE, "quick", sets=sets)
+    with tempfile.TemporaryDirectory() as tmp, cluster.connect(f"local:{workers}") as ex:
+        store = storage.Root(tmp).create("bilevel", config=cfg.model_dump(mode="json"))
+        m = PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=silent))
+    return m["s_per_iter"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--short", action="store_true", help="I in {1, 10}, B = 8, v2 and sgd")
+    ap.add_argument("--cap", type=int, default=20000, help="iterations at most per run")
+    ap.add_argument("--timing-iters", type=int, default=40, help="iterations per timing run")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        default=["iterations", "timing", "heavy"],
+        choices=["iterations", "timing", "heavy"],
+    )
+    args = ap.parse_args()
+    Is = (1, 10) if args.short else (1, 2, 5, 10)
+    Bs = (8,) if args.short else (1, 8, 32)
+    methods = ("bsvrb-v2", "sgd") if args.short else METHODS
+
+    out = ROOT / "benchmarks" / "results" / "bilevel.json"
+    result = json.loads(out.read_text()) if out.exists() else {}
+    rows = result.get("iterations", []) if "iterations" not in args.parts else []
+    if "iterations" in args.parts:
+        print(f"{'method':9} {'I':>3} {'B':>3} {'iters to 1e-2':>14} {'vs I=1':>7} {'final':>8}")
+    for method in methods if "iterations" in args.parts else ():
+        for B in Bs:
+            base = None
+            for I in Is:
+                r = iterations(method, I, B, args.cap)
+                if I == 1:
+                    base = r["iterations"]
+                it = r["iterations"]
+                r["ratio_vs_I1"] = (base / it) if (base and it) else None
+                rows.append(r)
+                ratio = f"{r['ratio_vs_I1']:.1f}x" if r["ratio_vs_I1"] else "-"
+                shown = it if it is not None else f">{args.cap}"
+                print(
+                    f"{method:9} {I:>3} {B:>3} {shown!s:>14} {ratio:>7} "
+                    f"{r['final_rel_dist']:8.2g}",
+                    flush=True,
+                )
+
+    timing = result.get("timing", []) if "timing" not in args.parts else []
+    its = {(r["method"], r["I"], r["B"]): r["iterations"] for r in rows}
+    if "timing" in args.parts:
+        print(f"\n{'workers':>7} {'I':>3} {'s/iter':>8} {'vs I=1':>7} {'est. s to 1e-2':>15}")
+    for w in args.workers if "timing" in args.parts else ():
+        base = None
+        for I in Is:
+            s = seconds_per_iteration(w, I, args.timing_iters, "bsvrb-v2")
+            base = base or s
+            n = its.get(("bsvrb-v2", I, 8))
+            timing.append(
+                {
+                    "workers": w,
+                    "I": I,
+                    "s_per_iter": s,
+                    "ratio_vs_I1": s / base,
+                    "est_s_to_target": n * s if n else None,
+                }
+            )
+            est = f"{n * s:15.1f}" if n else f"{'-':>15}"
+            print(f"{w:>7} {I:>3} {s:8.4f} {s / base:6.2f}x {est}", flush=True)
+
+    heavy = result.get("heavy", []) if "heavy" not in args.parts else []
+    if "heavy" in args.parts:
+        print(f"\nheavy blocks ({' '.join(HEAVY)})")
+        print(f"{'workers':>7} {'I':>3} {'s/iter':>8} {'vs I=1':>7}")
+    for w in args.workers if "heavy" in args.parts else ():
+        base = None
+        for I in Is:
+            s = seconds_per_iteration(w, I, max(4, args.timing_iters // 4), "bsvrb-v1", HEAVY)
+            base = base or s
+            heavy.append({"workers": w, "I": I, "s_per_iter": s, "ratio_vs_I1": s / base})
+            print(f"{w:>7} {I:>3} {s:8.4f} {s / base:6.2f}x", flush=True)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"iterations": rows, "timing": timing, "heavy": heavy, "args": vars(args)}
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

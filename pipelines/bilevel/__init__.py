@@ -1,0 +1,18 @@
+"""Pipeline ``bilevel``: multi-block bilevel optimisation by blockwise variance-reduced
+estimators (BSVRB v1/v2, Hu et al. ICML 2023) and baselines, the sampled blocks of an
+iteration running as tasks on per-block Zarr chunks."""
+
+from ..base import Pipeline
+from .config import PRESETS, BilevelConfig
+from .runner import METRICS, run
+
+PIPELINE = Pipeline(
+    name="bilevel",
+    description="multi-block bilevel optimisation (BSVRB) with blocks as parallel tasks",
+    config=BilevelConfig,
+    presets=PRESETS,
+    run=run,
+    metric_names=METRICS,
+)
+
+__all__ = ["PIPELINE", "BilevelConfig", "run"]

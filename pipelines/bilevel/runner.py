@@ -1,0 +1,301 @@
+"""``run`` of the bilevel pipeline: the driver loop over sampled blocks, checkpoints,
+history, results and metrics."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tasks.bilevel.hypergradient import hypergradient, lower_solutions, reference_optimum
+from tasks.bilevel.hypergradient import upper_objective as exact_objective
+from tasks.bilevel.methods import state_layout, state_size, unpack, upper_step
+from tasks.bilevel.sampling import draw, init_batches
+
+from ..base import RunContext
+from .config import BilevelConfig
+from .plot import summary_figure
+from .worker import SLOTS, block_task, free_slot, init_blocks
+
+METRICS = ("iterations", "rel_dist_to_optimum", "grad_norm", "upper_objective", "wall_s")
+
+HISTORY = ("iteration", "rel_dist", "upper_objective", "grad_norm")
+
+
+def evaluate(problem, x, x_star) -> tuple[float, float, float]:
+    """``(|x - x*| / |x*|, F(x), |grad F(x)|)`` from exact lower solutions (NaN where
+    ``x*`` is unknown)."""
+    ys = lower_solutions(problem, x)
+    dist = float("nan") if x_star is None else rel_dist(x, x_star)
+    return (
+        dist,
+        exact_objective(problem, x, ys),
+        float(np.linalg.norm(hypergradient(problem, x, ys))),
+    )
+
+
+def rel_dist(x, x_star) -> float:
+    return float(np.linalg.norm(x - x_star) / np.linalg.norm(x_star))
+
+
+def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
+    """Minimise the configured problem's ``F`` with ``cfg.method`` and then each method of
+    ``cfg.compare``; write ``history``, ``result`` (the main method),
+    ``compare_<method>`` (the others' histories) and ``summary.png`` into ``ctx.store``.
+
+    Returns
+    -------
+    dict
+        Headline metrics of the main method (see ``METRICS``) plus ``converged``,
+        ``method``, ``blocks``, ``blocks_per_iter``, ``batch``, ``workers``,
+        ``s_per_iter`` and ``<method>_iterations`` for the compared methods.
+    """
+    t_start = time.perf_counter()
+    store, ex = ctx.store, ctx.executor
+    problem = cfg.problem.build()
+    x_star = None if cfg.problem.kind == "logistic-hpo" else reference_optimum(problem)
+    prob = ex.put(problem)
+    methods = [cfg.method, *(mm for mm in dict.fromkeys(cfg.compare) if mm != cfg.method)]
+    histories: dict[str, dict] = {}
+    for method in methods:
+        name = "history" if method == cfg.method else f"compare_{method}"
+        if ctx.resume and f"done/{method}" in store.group:
+            ds = store.open_dataset(name)
+            histories[method] = {
+                **{k: [float(v) for v in ds[k].values] for k in HISTORY[1:] if k in ds},
+                "iteration": [int(v) for v in ds.iteration.values],
+                "s_per_iter": ds.attrs.get("s_per_iter"),
+            }
+            if "rel_dist" not in ds:
+                histories[method]["rel_dist"] = [float("nan")] * ds.iteration.size
+            continue
+        out = _iterate(cfg, method, ctx, problem, prob, x_star)
+        hist = {**out["hist"], "s_per_iter": out["s_per_iter"]}
+        write_history(store, name, cfg, method, hist, x_star is not None)
+        if method == cfg.method:
+            write_result(store, cfg, problem, out["x"], x_star, out["ref"], out["slot"])
+        store.create_array(f"done/{method}", (1,), (1,), overwrite=True)
+        histories[method] = hist
+
+    import matplotlib.pyplot as plt
+
+    title = f"bilevel on {cfg.problem.kind}: m={problem.m}, I={cfg.blocks_per_iter}, B={cfg.batch}"
+    fig = summary_figure(histories, x_star is not None, title)
+    store.save_figure(fig)
+    plt.close(fig)
+
+    main = histories[cfg.method]
+    dist = None if x_star is None else main["rel_dist"][-1]
+    metrics = {
+        "iterations": int(main["iteration"][-1]),
+        "rel_dist_to_optimum": dist,
+        "grad_norm": main["grad_norm"][-1],
+        "upper_objective": main["upper_objective"][-1],
+        "converged": bool(dist is not None and cfg.tol is not None and dist <= cfg.tol),
+        "method": cfg.method,
+        "blocks": problem.m,
+        "blocks_per_iter": cfg.blocks_per_iter,
+        "batch": cfg.batch,
+        "workers": ex.n_workers,
+        "s_per_iter": main["s_per_iter"],
+        **{f"{mm}_iterations": int(histories[mm]["iteration"][-1]) for mm in methods[1:]},
+    }
+    # last, in this order: once they are gone a resume starts over (same answer)
+    for group in ("checkpoints", "done"):
+        if group in store.group:
+            del store.group[group]
+    metrics["wall_s"] = time.perf_counter() - t_start
+    return metrics
+
+
+def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_star) -> dict:
+    """Run ``method`` from its newest checkpoint (when resuming) or from the start.
+
+    Returns
+    -------
+    dict
+        ``x``, ``hist`` (lists per ``HISTORY`` key), ``ref`` (the state array), ``slot``
+        (each block's current slot), ``s_per_iter``.
+    """
+    store, ex = ctx.store, ctx.executor
+    steps, m, I, B = cfg.steps(), problem.m, cfg.blocks_per_iter, cfg.batch
+    n_state = state_size(method, problem.dim_y)
+    path = f"state/{method}"
+    common = {"problem": prob, "method": method, "steps": steps}
+
+    saved = store.load_checkpoint() if ctx.resume else None
+    if saved is not None and (saved.scalars.get("method") != method or path not in store.group):
+        saved = None
+    if saved is not None:
+        ref = store.array(path)
+        a = saved.arrays
+        t = int(saved.scalars["t"])
+        x, x_prev, z = a["x"], a["x_prev"], a["z"]
+        last, slot = a["last"].astype(np.int64), a["slot"].astype(np.int64)
+        hist = {k: [float(v) for v in a["hist_" + k]] for k in HISTORY}
+    else:
+        if "checkpoints" in store.group:
+            del store.group["checkpoints"]
+        ref = store.create_array(
+            path,
+            (m, SLOTS, n_state),
+            (1, 1, n_state),
+            dimension_names=("block", "slot", "component"),
+            attrs={
+                "layout": {
+                    k: [o, list(s)] for k, (o, s) in state_layout(method, problem.dim_y).items()
+                }
+            },
+            compressors=None,
+            overwrite=True,
+        )
+        t = 0
+        x = np.asarray(problem.x0, dtype=np.float64)
+        x_prev, z = x.copy(), np.zeros_like(x)
+        last, slot = np.full(m, -1, dtype=np.int64), np.zeros(m, dtype=np.int64)
+        idx0 = init_batches(cfg.seed, m, B, problem.n_lower)
+        groups = np.array_split(np.arange(m), min(m, 4 * max(1, ex.n_workers)))
+        ex.gather(ex.map(init_blocks, groups, [idx0[g] for g in groups], ref=ref, x0=x, **common))
+        hist = {k: [] for k in HISTORY}
+        for k, v in zip(HISTORY, (0, *evaluate(problem, x, x_star)), strict=True):
+            hist[k].append(float(v))
+    committed = slot.copy()
+
+    def checkpoint():
+        store.save_checkpoint(
+            t,
+            arrays={
+                "x": x,
+                "x_prev": x_prev,
+                "z": z,
+                "last": last,
+                "slot": slot,
+                **{"hist_" + k: np.asarray(v, dtype=np.float64) for k, v in hist.items()},
+            },
+            scalars={"t": t, "method": method},
+        )
+
+    if saved is None:
+        checkpoint()
+
+    def reached() -> bool:
+        return x_star is not None and cfg.tol is not None and rel_dist(x, x_star) <= cfg.tol
+
+    t_loop = time.perf_counter()
+    t_loop_start, warm = t, False
+    with ctx.progress(total=cfg.max_iter, desc=f"bilevel {method}") as bar:
+        bar.update(t)
+        while t < cfg.max_iter and not reached():
+            d = draw(cfg.seed, t, m, I, B, problem.n_lower, problem.n_upper)
+            dst = [free_slot(int(slot[i]), int(committed[i])) for i in d.blocks]
+            futures = ex.map(
+                block_task,
+                [int(i) for i in d.blocks],
+                [int(slot[i]) for i in d.blocks],
+                dst,
+                list(d.idx_g),
+                list(d.idx_f),
+                [int(t - last[i] - 1) for i in d.blocks],
+                ref=ref,
+                x=x,
+                x_prev=x_prev,
+                first=(t == 0),
+                iteration=t,
+                **common,
+            )
+            G_new, G_old = np.zeros_like(x), np.zeros_like(x)
+            for g_new, g_old in ex.gather(futures):  # submission order: fixed reduction
+                G_new, G_old = G_new + g_new, G_old + g_old
+            x_next, z = upper_step(
+                method,
+                x,
+                z,
+                G_new / I,
+                G_old / I,
+                cfg.upper_step(t),
+                beta=cfg.beta,
+                first=(t == 0),
+            )
+            x_prev, x = x, x_next
+            last[d.blocks] = t
+            slot[d.blocks] = dst
+            t += 1
+            bar.update(1)
+            if not warm and t < cfg.max_iter:
+                # time from here: the first iteration ships the problem to the workers
+                t_loop, t_loop_start, warm = time.perf_counter(), t, True
+            if not np.all(np.isfinite(x)):
+                raise FloatingPointError(
+                    f"{method} diverged at iteration {t}: lower the steps (eta, tau, tau_v)"
+                )
+            if t % cfg.eval_every == 0:
+                for k, v in zip(HISTORY, (t, *evaluate(problem, x, x_star)), strict=True):
+                    hist[k].append(float(v))
+                bar.set_postfix_str(f"F={hist['upper_objective'][-1]:.4g}")
+            if t % cfg.checkpoint_every == 0:
+                checkpoint()
+                committed = slot.copy()
+    t_out = time.perf_counter()
+    if hist["iteration"][-1] != t:
+        for k, v in zip(HISTORY, (t, *evaluate(problem, x, x_star)), strict=True):
+            hist[k].append(float(v))
+
+    return {
+        "x": x,
+        "hist": hist,
+        "ref": ref,
+        "slot": slot,
+        "s_per_iter": (t_out - t_loop) / max(1, t - t_loop_start),
+    }
+
+
+def write_history(store, name: str, cfg, method: str, hist: dict, known: bool) -> None:
+    """One method's history as the xarray dataset ``name``."""
+    import xarray as xr
+
+    it = np.asarray(hist["iteration"], dtype=np.int64)
+    data = {
+        "upper_objective": (
+            "iteration",
+            np.asarray(hist["upper_objective"]),
+            {"units": "1", "long_name": "F(x) with exact lower solutions"},
+        ),
+        "grad_norm": (
+            "iteration",
+            np.asarray(hist["grad_norm"]),
+            {"units": "1", "long_name": "|grad F(x)| (exact hypergradient)"},
+        ),
+    }
+    if known:
+        data["rel_dist"] = (
+            "iteration",
+            np.asarray(hist["rel_dist"]),
+            {"units": "1", "long_name": "|x - x*| / |x*|"},
+        )
+    attrs = {
+        "method": method,
+        "problem": cfg.problem.kind,
+        "blocks_per_iter": cfg.blocks_per_iter,
+        "batch": cfg.batch,
+        "s_per_iter": hist.get("s_per_iter"),
+    }
+    store.write_dataset(name, xr.Dataset(data, coords={"iteration": it}, attrs=attrs))
+
+
+def write_result(store, cfg, problem, x, x_star, ref, slot) -> None:
+    """The main method's final iterate and lower variables as the dataset ``result``."""
+    import xarray as xr
+
+    state = ref.read()
+    flat = state[np.arange(problem.m), slot]
+    y = np.stack([unpack(cfg.method, problem.dim_y, flat[i])["y"] for i in range(problem.m)])
+    res = {
+        "x": ("x_dim", x, {"long_name": "upper variable at the end"}),
+        "y": (("block", "y_dim"), y, {"long_name": "lower variable at each block's last update"}),
+    }
+    if x_star is not None:
+        res["x_star"] = ("x_dim", np.asarray(x_star), {"long_name": "reference optimum"})
+    attrs = {"method": cfg.method, "problem": cfg.problem.kind}
+    store.write_dataset(
+        "result", xr.Dataset(res, coords={"block": np.arange(problem.m)}, attrs=attrs)
+    )

@@ -1,0 +1,111 @@
+"""The tasks of ``bilevel``: one sampled block's update, reading and writing only that
+block's chunk of the state array.
+
+The state array ``state/<method>`` has shape ``(m, 3, n_state)`` and chunks
+``(1, 1, n_state)``: three slots per block. A task reads the block's current slot and
+writes a slot that is neither the current one nor the one the newest checkpoint points
+to, so a re-run task (a retry) finds its input intact and a killed run resumes from
+slots nobody has overwritten.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from tasks.bilevel.methods import block_step, init_state
+
+SLOTS = 3
+
+# Opened state arrays of this process: opening one reads its metadata, which costs more
+# than the block's own chunk. Keyed by everything that identifies the array's layout.
+_OPEN: dict = {}
+
+
+def _array(ref):
+    key = (ref.store_url, ref.path, ref.shape, ref.chunks, ref.dtype)
+    if key not in _OPEN:
+        if len(_OPEN) > 64:
+            _OPEN.clear()
+        _OPEN[key] = ref.open()
+    return _OPEN[key]
+
+
+def _region(ref, i: int, s: int):
+    return ref.check((slice(i, i + 1), slice(s, s + 1), slice(None)))
+
+
+_CONTROLLER: list = []
+
+
+def _one_thread(fn):
+    """Single-threaded BLAS: the same bits in a worker process and in the driver. (The
+    controller is made once per process: finding the BLAS libraries is slower than a
+    block update.)"""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not _CONTROLLER:
+            _CONTROLLER.append(ThreadpoolController())
+        with _CONTROLLER[0].limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_one_thread
+def init_blocks(blocks, idx, *, problem, method, steps, ref, x0):
+    """Write the initial state of ``blocks`` into slot 0.
+
+    Parameters
+    ----------
+    problem : BlockProblem
+    method : str
+    steps : tasks.bilevel.methods.Steps
+    ref : storage.ArrayRef
+        The state array.
+    blocks : sequence of int
+    x0 : numpy.ndarray, shape (dim_x,)
+    idx : numpy.ndarray, shape (len(blocks), B)
+        Lower batch of each block.
+    """
+    for k, i in enumerate(blocks):
+        flat = init_state(problem, method, int(i), x0, steps, idx[k])
+        _array(ref)[_region(ref, int(i), 0)] = np.asarray(flat)[None, None, :]
+
+
+@_one_thread
+def block_task(
+    i, src, dst, idx_g, idx_f, wait, *, problem, method, steps, ref, x, x_prev, first, iteration
+):
+    """Update sampled block ``i``: read slot ``src``, write slot ``dst``.
+
+    ``idx_g``, ``idx_f`` are the block's batches, ``wait`` the iterations since its last
+    update; the keywords are the same for every block of an iteration (see
+    :func:`tasks.bilevel.methods.block_step`). ``iteration`` makes every task's
+    arguments unique, so Dask never hands back an earlier result instead of writing.
+
+    Returns
+    -------
+    G_new, G_old : numpy.ndarray, shape (dim_x,)
+        The block's hypergradient terms at ``x_t`` and ``x_{t-1}``.
+    """
+    arr = _array(ref)
+    flat = np.asarray(arr[_region(ref, i, src)])[0, 0]
+    new, g_new, g_old = block_step(
+        problem, method, int(i), flat, x, x_prev, idx_g, idx_f, int(wait), steps, first=first
+    )
+    new = np.asarray(new)
+    if not np.all(np.isfinite(new)):
+        raise FloatingPointError(
+            f"{method}: block {i} diverged at iteration {iteration}; lower tau / tau_v"
+        )
+    arr[_region(ref, i, dst)] = new[None, None, :]
+    return np.asarray(g_new), np.asarray(g_old)
+
+
+def free_slot(current: int, committed: int) -> int:
+    """The smallest slot that is neither ``current`` nor ``committed``."""
+    return min(s for s in range(SLOTS) if s not in (current, committed))

@@ -1,0 +1,1 @@
+"""Kernels of the multi-block bilevel pipeline (BSVRB and baselines)."""

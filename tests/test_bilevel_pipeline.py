@@ -1,0 +1,209 @@
+"""The bilevel pipeline end to end: real executors, real Zarr stores read back with
+xarray, judged against the closed-form optimum and against the same iteration run
+sequentially in one process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import ROOT, last_json, tilegraph
+
+import storage
+from pipelines import cli
+from pipelines.base import RunContext
+from pipelines.bilevel import PIPELINE
+from pipelines.config import build_config
+from pipelines.progress import silent
+from tasks.bilevel.sequential import run_sequential
+
+
+def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):
+    cfg = build_config(PIPELINE, preset, sets=list(sets))
+    root = storage.Root(str(tmp_path / name))
+    store = root.create(PIPELINE.name, config=cfg.model_dump(mode="json"), backend=executor.spec)
+    metrics = PIPELINE.run(cfg, RunContext(executor=executor, store=store, progress=silent))
+    store.mark_complete(metrics)
+    return store, metrics
+
+
+def _open(store, name):
+    return xr.open_zarr(store.url + "/" + name, consolidated=False)
+
+
+def test_quick_reaches_x_star_and_equals_the_sequential_iteration(tmp_path, executors):
+    store, m = run_pipeline(tmp_path, executors("sync"), sets=["eval_every=100"])
+    assert m["converged"] and m["rel_dist_to_optimum"] <= 1e-2
+    hist = _open(store, "history")
+    assert hist.rel_dist.values[0] == pytest.approx(1.0)  # x0 = 0
+    assert hist.rel_dist.values[-1] == m["rel_dist_to_optimum"]
+    assert int(hist.iteration.values[-1]) == m["iterations"]
+    assert hist.grad_norm.values[-1] < 0.05 * hist.grad_norm.values[0]
+    res = _open(store, "result")
+    assert res.y.dims == ("block", "y_dim") and res.y.shape == (50, 5)
+    x_star = res.x_star.values
+    assert np.linalg.norm(res.x.values - x_star) <= 1e-2 * np.linalg.norm(x_star)
+
+    cfg = build_config(PIPELINE, "quick", sets=["eval_every=100"])
+    p = cfg.problem.build()
+    np.testing.assert_array_equal(x_star, p.x_star)
+    x, dist = run_sequential(
+        p,
+        cfg.method,
+        cfg.steps(),
+        cfg.max_iter,
+        cfg.blocks_per_iter,
+        cfg.batch,
+        cfg.upper_step,
+        cfg.beta,
+        cfg.seed,
+        p.x_star,
+        cfg.tol,
+    )
+    np.testing.assert_array_equal(res.x.values, x)
+    assert len(dist) == m["iterations"]
+    assert store.plot_path and os.path.getsize(store.plot_path) > 10_000
+    assert "checkpoints" not in store.group
+
+
+SHORT = ["max_iter=12", "tol=null", "eval_every=4", "checkpoint_every=5", "problem.m=12"]
+
+
+@pytest.mark.parametrize("spec,method", [("local:2", "bsvrb-v1"), ("ray:2", "bsvrb-v2")])
+def test_identical_results_on_every_backend(tmp_path, executors, spec, method):
+    sets = [*SHORT, f"method={method}", "blocks_per_iter=4"]
+    ref_store, ref = run_pipeline(tmp_path, executors("sync"), sets=sets, name="sync")
+    store, m = run_pipeline(tmp_path, executors(spec), sets=sets, name=spec.replace(":", "-"))
+    assert m["workers"] == 2 and m["iterations"] == ref["iterations"] == 12
+    for name in ("result", "history"):
+        a, b = _open(store, name), _open(ref_store, name)
+        for var in a.data_vars:
+            np.testing.assert_array_equal(a[var].values, b[var].values)
+    np.testing.assert_array_equal(
+        store.array(f"state/{method}").read(), ref_store.array(f"state/{method}").read()
+    )
+
+
+def test_f2sa_run_writes_its_state_per_block(tmp_path, executors):
+    store, m = run_pipeline(tmp_path, executors("sync"), sets=[*SHORT, "method=f2sa"])
+    st = store.group["state/f2sa"]
+    assert st.shape == (12, 3, 10) and st.chunks == (1, 1, 10)
+    assert tuple(st.metadata.dimension_names) == ("block", "slot", "component")
+    assert np.isfinite(m["upper_objective"]) and m["iterations"] == 12
+
+
+def test_paper_preset_without_known_optimum(tmp_path, executors):
+    """Logistic HPO (x* unknown): no distance is reported, F and |grad F| are."""
+    store, m = run_pipeline(
+        tmp_path, executors("sync"), preset="paper", sets=["max_iter=6", "eval_every=3"]
+    )
+    assert m["rel_dist_to_optimum"] is None and not m["converged"]
+    hist = _open(store, "history")
+    assert "rel_dist" not in hist and list(hist.iteration.values) == [0, 3, 6]
+    assert np.all(np.isfinite(hist.upper_objective.values))
+    assert hist.grad_norm.values[0] > 0
+    res = _open(store, "result")
+    assert "x_star" not in res and res.x.shape == (400,) and res.y.shape == (100, 31)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "blocks_per_iter=51"], "blocks_per_iter"),
+        (["--set", "method=adam"], "method"),
+        (["--set", "problem.kind=digits-ridge", "--set", "problem.m=5"], "m must be 10"),
+        (["--set", "eta=-1"], "eta"),
+        (["--set", "bogus=1"], "bogus"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, needle):
+    store = tmp_path / "runs"
+    code = cli.main(["run", "bilevel", "--store", str(store), "--cluster", "sync", *args])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    assert not store.exists()
+
+
+def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
+    sets = []
+    for s in ["max_iter=60", "tol=null", "checkpoint_every=10", "method=bsvrb-v1"]:
+        sets += ["--set", s]
+    sets += ["--cluster", "sync"]
+    ref = tilegraph("run", "bilevel", *sets, "--store", str(tmp_path / "ref"), "--json")
+    assert ref.returncode == 0, ref.stderr
+    ref = last_json(ref.stdout)
+
+    store = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "bilevel", *sets, "--store", str(store)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while (
+        len(list(store.glob("bilevel/*/checkpoints/*"))) < 3
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = next(store.glob("bilevel/*")).name
+    assert storage.Root(str(store)).open(run_id).status == "running"
+
+    out = tilegraph(
+        "run", "bilevel", "--resume", run_id, "--cluster", "sync", "--store", str(store), "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    res = last_json(out.stdout)
+    assert res["status"] == "complete" and res["metrics"]["iterations"] == 60
+    for name in ("result", "history"):
+        a = xr.open_zarr(res["path"] + "/" + name, consolidated=False)
+        b = xr.open_zarr(ref["path"] + "/" + name, consolidated=False)
+        for var in a.data_vars:
+            np.testing.assert_array_equal(a[var].values, b[var].values)
+    assert storage.Root(str(store)).open(run_id).provenance.get("resumed")
+
+
+def test_compared_method_and_resume_after_it_failed(tmp_path, executors, monkeypatch):
+    import pipelines.bilevel.runner as runner
+
+    ex = executors("sync")
+    sets = [*SHORT, "method=bsvrb-v1", "compare=[sgd]"]
+    ref, m = run_pipeline(tmp_path, ex, sets=sets, name="ref")
+    # a compared method's history is that of its own run
+    alone, m_sgd = run_pipeline(tmp_path, ex, sets=[*SHORT, "method=sgd"], name="alone")
+    for var in ("rel_dist", "grad_norm", "upper_objective"):
+        np.testing.assert_array_equal(
+            _open(ref, "compare_sgd")[var].values, _open(alone, "history")[var].values
+        )
+    assert m["sgd_iterations"] == m_sgd["iterations"] == 12
+    assert "done" not in ref.group and "checkpoints" not in ref.group
+    cfg = build_config(PIPELINE, "quick", sets=sets)
+    store = storage.Root(str(tmp_path / "broken")).create(
+        PIPELINE.name, config=cfg.model_dump(mode="json"), backend="sync"
+    )
+    write = runner.write_history
+
+    def failing(st, name, *args, **kwargs):
+        if name == "compare_sgd":
+            raise OSError("disk full")
+        return write(st, name, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_history", failing)
+    with pytest.raises(OSError):
+        PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=silent))
+    monkeypatch.setattr(runner, "write_history", write)
+    assert "done/bsvrb-v1" in store.group  # the main method is finished and kept
+    PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=silent, resume=True))
+    for name in ("history", "result", "compare_sgd"):
+        a, b = _open(store, name), _open(ref, name)
+        for var in b.data_vars:
+            np.testing.assert_array_equal(a[var].values, b[var].values)
