@@ -17,7 +17,12 @@ from .base import Pipeline
 GROUP = "tilegraph.pipelines"
 
 # The built-in pipelines, so a checkout that is not pip-installed still finds them.
-_BUILTIN = {"domain-split": "pipelines.domain_split:PIPELINE"}
+_BUILTIN = {
+    "domain-split": "pipelines.domain_split:PIPELINE",
+    "ttn": "pipelines.ttn:PIPELINE",
+    "bilevel": "pipelines.bilevel:PIPELINE",
+    "picard": "pipelines.picard:PIPELINE",
+}
 
 
 def _load(target: str) -> Pipeline:

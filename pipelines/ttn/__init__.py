@@ -1,0 +1,18 @@
+"""Pipeline ``ttn``: time evolution of a tree tensor network by the parallel BUG
+integrator (Ceruti, Kusch, Lubich, Sulz 2024), every leaf K-step and node Galerkin step
+of a time step an executor task; the rank-adaptive sequential BUG as the baseline."""
+
+from ..base import Pipeline
+from .config import PRESETS, TTNConfig
+from .runner import METRICS, run
+
+PIPELINE = Pipeline(
+    name="ttn",
+    description="tree-tensor-network time integration by the parallel BUG integrator",
+    config=TTNConfig,
+    presets=PRESETS,
+    run=run,
+    metric_names=METRICS,
+)
+
+__all__ = ["PIPELINE", "TTNConfig", "run"]

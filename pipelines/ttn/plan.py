@@ -1,0 +1,243 @@
+"""How one step is scheduled on the executor.
+
+``nodes``: every leaf K-step and every node Galerkin step of a step is one executor task
+(one ``map`` per step); the driver holds the network and ships each task its node's
+tensors. ``subtrees``: one stateful worker per child of the root keeps its subtree
+between steps and runs that subtree's K-step (its leaf K-steps and node Galerkin steps
+in turn); the driver holds only the root tensor and does the root's Galerkin step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tasks.ttn import bug
+from tasks.ttn import state as st
+
+from .worker import SubtreeWorker
+
+#: Most times one step is redone from the augmented bases when nothing was truncated.
+MAX_REDO = 2
+
+
+def executor_map(ex):
+    """``map_fn(fn, *iterables) -> results`` running every call as one executor task."""
+
+    def map_fn(fn, *iterables):
+        return ex.gather(ex.map(fn, *iterables))
+
+    return map_fn
+
+
+class Integrator:
+    """Steps a TTN with the configured BUG variant and schedule."""
+
+    def __init__(self, cfg, executor):
+        self.cfg = cfg
+        self.ex = executor
+        self.tree = cfg.make_tree()
+        self.op = cfg.make_operator()
+        z = [((s, "z"),) for s in range(cfg.d)]
+        self.layout = bug.Layout(self.tree, self.op, extra_keys=z)
+        self.trunc = bug.Truncation(cfg.theta, cfg.relative, cfg.r_min, cfg.r_max)
+        self.subtrees = cfg.schedule == "subtrees" and cfg.method == "parallel"
+        # the step-rejection test h*eta > c*theta (parallel method only)
+        self.eta = cfg.reject and cfg.method == "parallel"
+        self.last_eta = 0.0
+        self.actors: list = []
+        self.driver_s = 0.0  # seconds the driver computed in steps (not waiting)
+
+    def initial(self):
+        return st.product_state(self.tree, self.cfg.start_vectors(), rank=self.cfg.r_min)
+
+    # -- state ------------------------------------------------------------------------
+    def load(self, state) -> None:
+        """Start from the orthonormal TTN ``state`` (a list of arrays)."""
+        kids = self.tree.children[0]
+        self._ranks = st.edge_ranks(self.tree, state)
+        if not self.subtrees:
+            self.state = list(state)
+            self.proj = bug.projections(self.layout, self.state)
+            return
+        if not self.actors:
+            self.actors = [
+                self.ex.actor(
+                    SubtreeWorker,
+                    self.layout,
+                    c,
+                    {n: state[n] for n in self.tree.subtree(c)},
+                    self.trunc,
+                    self.cfg.method,
+                    self.cfg.tol,
+                    spread=i,
+                )
+                for i, c in enumerate(kids)
+            ]
+        else:
+            resets = [
+                a.reset({n: state[n] for n in self.tree.subtree(c)})
+                for a, c in zip(self.actors, kids, strict=True)
+            ]
+            self.ex.gather(resets)
+        self.root = state[0]
+        self.kid_proj = self.ex.gather([a.top_projections() for a in self.actors])
+
+    def full_state(self) -> list:
+        if not self.subtrees:
+            return self.state
+        out = [None] * self.tree.n_nodes
+        out[0] = self.root
+        for part in self.ex.gather([a.tensors() for a in self.actors]):
+            for n, arr in part.items():
+                out[n] = arr
+        return out
+
+    def _proj(self) -> list:
+        if not self.subtrees:
+            return self.proj
+        proj = [{} for _ in range(self.tree.n_nodes)]
+        for c, p in zip(self.tree.children[0], self.kid_proj, strict=True):
+            proj[c] = p
+        return proj
+
+    # -- stepping ---------------------------------------------------------------------
+    def advance(self, h: float) -> int:
+        """One accepted step of size ``h``; returns how many times it was redone."""
+        redone = 0
+        while True:
+            untruncated, grown_max = (
+                self._step_subtrees(h) if self.subtrees else self._step_nodes(h)
+            )
+            # the dropped two-new-index blocks are too large for the truncation tolerance
+            scale = self.cfg.theta * (self.observe()["norm"] if self.cfg.relative else 1.0)
+            too_coarse = self.last_eta > self.cfg.c * scale
+            if (
+                not self.cfg.reject
+                or not (untruncated or too_coarse)
+                or redone >= MAX_REDO
+                or grown_max >= self.cfg.r_max
+            ):
+                return redone
+            # nothing was truncated, or the dropped blocks are large: the rank may need
+            # to grow by more than one augmentation allows; redo the step from the
+            # augmented bases
+            redone += 1
+            self._restart_augmented()
+
+    def _step_nodes(self, h):
+        self._start = (self.state, self.proj)
+        new, info = bug.step(
+            self.layout,
+            self.state,
+            h,
+            self.trunc,
+            method=self.cfg.method,
+            tol=self.cfg.tol,
+            proj=self.proj,
+            map_fn=executor_map(self.ex),
+            eta=self.eta,
+        )
+        self._info = info
+        self.last_eta = info.eta
+        old_max = max(st.edge_ranks(self.tree, self.state)[1:])
+        self.state = new
+        self._ranks = st.edge_ranks(self.tree, new)
+        self.proj = bug.projections(self.layout, new)
+        return info.untruncated, old_max
+
+    def _step_subtrees(self, h):
+        lay, tree = self.layout, self.tree
+        kids = tree.children[0]
+        bterms = bug.root_bond_terms(lay)
+        root = self.root
+        t0 = time.perf_counter()
+        envs, futures = [], []
+        for i, a in enumerate(self.actors):
+            S, Qt, cb = bug.child_environment(lay, 0, i, root, bterms, self.kid_proj)
+            envs.append(Qt)
+            futures.append(a.kstep(S, cb, h, self.eta))
+        # the root's Galerkin step runs on the driver while the subtrees work
+        terms = bug.merge_terms(bug.node_terms(lay, 0, bterms, self.kid_proj), root.shape)
+        C_bar = bug.galerkin_step(root, terms, h, self.cfg.tol)
+        self.driver_s += time.perf_counter() - t0
+        coeffs = self.ex.gather(futures)
+        t0 = time.perf_counter()
+        self.last_eta = 0.0
+        if self.eta:
+            eta2 = sum(c[1] for c in coeffs)
+            eta2 += bug.two_new_blocks(
+                lay, 0, root, bterms, self.kid_proj, [c[2] for c in coeffs], h
+            )
+            self.last_eta = float(np.sqrt(eta2))
+            coeffs = [c[0] for c in coeffs]
+        C_hat = bug.assemble(C_bar, coeffs, envs)
+        T = C_hat
+        cuts = []
+        for i in range(len(kids)):
+            P, sig = bug.truncate_edge(C_hat, i, self.trunc)
+            T = bug.mode(np, T, P.conj().T, i)
+            cuts.append(self.actors[i].truncate(P, sig))
+        self.driver_s += time.perf_counter() - t0
+        results = self.ex.gather(cuts)
+        t0 = time.perf_counter()
+        edges = []
+        for i, (R, top_proj, sub_edges) in enumerate(results):
+            T = bug.mode(np, T, R, i)
+            self.kid_proj[i] = top_proj
+            edges.append((kids[i], int(C_hat.shape[i]), int(root.shape[i]), int(R.shape[0])))
+            edges.extend(sub_edges)
+        for n, _, _, new in edges:
+            self._ranks[n] = new
+        self._root_start = (root, C_hat.shape)
+        self.root = T
+        self.driver_s += time.perf_counter() - t0
+        grown = [(a, n) for _, a, o, n in edges if a > o]
+        untruncated = bool(grown) and all(a == n for a, n in grown)
+        return untruncated, max(o for _, _, o, _ in edges)
+
+    def _restart_augmented(self):
+        if not self.subtrees:
+            start = self._info.start_augmented
+            self.state = start
+            self._ranks = st.edge_ranks(self.tree, start)
+            self.proj = bug.projections(self.layout, start)
+            return
+        root, shape = self._root_start
+        self.root = bug._pad(np, root, shape)
+        self.kid_proj = self.ex.gather([a.restart_augmented() for a in self.actors])
+        self._ranks = [1] + [None] * (self.tree.n_nodes - 1)  # unknown until the redo
+
+    # -- observables ------------------------------------------------------------------
+    def observe(self) -> dict:
+        """Norm, energy, magnetisation per site and ranks of the current state."""
+        lay, proj = self.layout, self._proj()
+        state = [None] * self.tree.n_nodes
+        state[0] = self.root if self.subtrees else self.state[0]
+        mz = [
+            bug.expectation(lay, state, proj, [(((s, "z"),), 1.0)]).real for s in range(self.cfg.d)
+        ]
+        return {
+            "norm": st.norm(state),
+            "energy": bug.energy(lay, state, proj),
+            "magnetization": mz,
+        }
+
+    def busy(self) -> dict:
+        """Compute seconds of the driver and of every subtree worker (``subtrees`` only)."""
+        if not self.subtrees:
+            return {}
+        return {
+            "driver_busy_s": self.driver_s,
+            "subtree_busy_s": [
+                float(b) for b in self.ex.gather([a.busy_s() for a in self.actors])
+            ],
+        }
+
+    def ranks(self) -> list[int]:
+        """Bond ranks of the edges above nodes 1, 2, ... (without shipping the state)."""
+        return list(self._ranks[1:])
+
+
+__all__ = ["Integrator", "executor_map", "MAX_REDO"]

@@ -1,0 +1,150 @@
+"""TTN states: leaf bases and connecting tensors on a :class:`~tasks.ttn.trees.Tree`.
+
+A state is a list indexed by node id. A leaf holds its basis ``U`` of shape
+``(n_site, r)``; an inner node holds its connecting tensor ``C`` of shape
+``(r_child_1, ..., r_child_m, r_bond)`` (``r_bond = 1`` at the root). The subtree
+tensor of a node is ``X = (X_1 (x) ... (x) X_m) reshape(C, (prod r_children, r_bond))``
+with the Kronecker product in C (row-major) order. In an *orthonormal* state every
+non-root ``X`` has orthonormal columns, so the root tensor carries the norm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .trees import Tree
+
+
+def _mat(xp, C, axis: int):
+    """Matricisation ``(r_axis, rest)`` with the other axes in order."""
+    perm = (axis,) + tuple(a for a in range(C.ndim) if a != axis)
+    Ct = xp.permute_dims(C, perm)
+    return xp.reshape(Ct, (C.shape[axis], math.prod(Ct.shape[1:])))
+
+
+def _unmat(xp, M, shape, axis: int):
+    """Inverse of :func:`_mat` for a tensor of ``shape`` with ``M.shape[0]`` at ``axis``."""
+    rest = tuple(s for a, s in enumerate(shape) if a != axis)
+    T = xp.reshape(M, (M.shape[0],) + rest)
+    inv = list(range(1, T.ndim))
+    inv.insert(axis, 0)
+    return xp.permute_dims(T, tuple(inv))
+
+
+def bond_matrix(xp, C):
+    """``reshape(C, (prod(C.shape[:-1]), C.shape[-1]))``: the subtree basis coefficients."""
+    return xp.reshape(C, (math.prod(C.shape[:-1]), C.shape[-1]))
+
+
+def product_state(tree: Tree, vectors, rank: int = 1) -> list:
+    """The product state ``(x)_s vectors[s]`` as an orthonormal TTN of bond rank ``rank``.
+
+    The extra basis directions (for ``rank > 1``) carry zero weight; they give the
+    integrators room to grow the rank from the start.
+
+    Parameters
+    ----------
+    tree : Tree
+    vectors : array, shape ``(d, n)``
+        Local states (normalised here).
+    rank : int
+        Bond rank wanted on every edge (clamped to what the dimensions allow).
+
+    Returns
+    -------
+    list of arrays (complex128)
+    """
+    xp = array_namespace(vectors)
+    n = vectors.shape[1]
+    state: list = [None] * tree.n_nodes
+    ranks = [0] * tree.n_nodes
+    total = math.prod([n] * tree.d)
+    for node in tree.postorder():
+        cap = min(n ** len(tree.leaves[node]), total // n ** len(tree.leaves[node]))
+        if tree.is_leaf(node):
+            v = xp.astype(vectors[tree.site[node], :], xp.complex128)
+            v = v / math.sqrt(float(xp.sum(xp.abs(v) ** 2)))
+            r = max(1, min(rank, cap))
+            A = xp.concat([xp.reshape(v, (n, 1)), xp.eye(n, dtype=xp.complex128)], axis=1)
+            Q, R = xp.linalg.qr(A)
+            # undo the phase QR puts on the first column, so the state is exactly v
+            ph = complex(R[0, 0]) / abs(complex(R[0, 0]))
+            U = Q[:, :r] * ph
+            state[node], ranks[node] = U, r
+            continue
+        kids = tree.children[node]
+        rows = math.prod(ranks[c] for c in kids)
+        r = 1 if node == 0 else max(1, min(rank, cap, rows))
+        M = xp.eye(rows, r, dtype=xp.complex128)
+        state[node] = xp.reshape(M, tuple(ranks[c] for c in kids) + (r,))
+        ranks[node] = r
+    return state
+
+
+def edge_ranks(tree: Tree, state) -> list[int]:
+    """Bond rank of the edge above every non-root node (root: 1)."""
+    return [int(state[n].shape[-1]) if n else 1 for n in range(tree.n_nodes)]
+
+
+def subtree_dense(tree: Tree, state, node: int):
+    """``X`` of ``node``: shape ``(prod of site dims under node, r_bond)``, tree order."""
+    xp = array_namespace(state[node])
+    if tree.is_leaf(node):
+        return state[node]
+    X = None
+    for c in tree.children[node]:
+        Xc = subtree_dense(tree, state, c)
+        if X is None:
+            X = Xc
+        else:  # kron of the columns, row-major
+            X = xp.reshape(
+                X[:, None, :, None] * Xc[None, :, None, :],
+                (X.shape[0] * Xc.shape[0], X.shape[1] * Xc.shape[1]),
+            )
+    return X @ bond_matrix(xp, state[node])
+
+
+def to_dense(tree: Tree, state, dims=None):
+    """The full state vector (site 0 the slowest index); for small d only.
+
+    Returns
+    -------
+    array, shape ``(prod(dims),)``
+    """
+    xp = array_namespace(state[0])
+    X = subtree_dense(tree, state, 0)[:, 0]
+    order = tree.leaves[0]
+    if list(order) == sorted(order):
+        return X
+    ns = [state[tree.leaf_nodes[0]].shape[0]] * tree.d if dims is None else list(dims)
+    T = xp.reshape(X, tuple(ns[s] for s in order))
+    T = xp.permute_dims(T, tuple(int(np.argsort(order)[s]) for s in range(tree.d)))
+    return xp.reshape(T, (-1,))
+
+
+def orthonormalize(tree: Tree, state) -> list:
+    """An orthonormal copy of ``state`` (QR from the leaves up; the root keeps the norm)."""
+    xp = array_namespace(state[0])
+    out = list(state)
+    for node in tree.postorder():
+        if node == 0:
+            break
+        par = tree.parent[node]
+        T = out[node]
+        Q, R = xp.linalg.qr(bond_matrix(xp, T) if T.ndim > 2 else T)
+        out[node] = xp.reshape(Q, T.shape[:-1] + (Q.shape[1],))
+        i = tree.children[par].index(node)
+        P = out[par]
+        out[par] = _unmat(
+            xp, R @ _mat(xp, P, i), P.shape[:i] + (R.shape[0],) + P.shape[i + 1 :], i
+        )
+    return out
+
+
+def norm(state) -> float:
+    """Norm of an orthonormal state (the root tensor's Frobenius norm)."""
+    xp = array_namespace(state[0])
+    return math.sqrt(float(xp.sum(xp.abs(state[0]) ** 2)))

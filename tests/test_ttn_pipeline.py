@@ -1,0 +1,169 @@
+"""The ttn pipeline end to end: same bits on sync, Dask and Ray, results readable with
+xarray, bad input refused before a store exists, and a killed run resumed to the
+uninterrupted answer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import storage
+from pipelines.base import RunContext
+from pipelines.config import build_config
+from pipelines.registry import get_pipeline
+from tasks.ttn import operators, trees
+from tasks.ttn import state as st
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ["T=0.5", "h=0.05", "checkpoint_every=3"]
+
+
+def _noprogress(total=None, desc=None):
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def update(self, n=1):
+            pass
+
+        def set_postfix_str(self, s):
+            pass
+
+    return Bar()
+
+
+def run_on(executor, tmp_path, preset="quick", sets=SETS):
+    pipe = get_pipeline("ttn")
+    cfg = build_config(pipe, preset, None, sets)
+    root = storage.Root(str(tmp_path / "runs"))
+    run = root.create("ttn", config=cfg.model_dump(mode="json"), backend=executor.spec)
+    metrics = pipe.run(cfg, RunContext(executor, run, _noprogress))
+    run.mark_complete(metrics)
+    return run, metrics
+
+
+@pytest.fixture(scope="module")
+def sync_result(executors, tmp_path_factory):
+    return run_on(executors("sync"), tmp_path_factory.mktemp("sync"))
+
+
+def test_quick_run_writes_history_checkpoints_and_summary(sync_result):
+    run, m = sync_result
+    for key in ("final_error_vs_exact", "max_rank", "norm_drift", "energy_drift", "steps"):
+        assert key in m
+    assert m["steps"] == 10 and 0 < m["final_error_vs_exact"] < 2e-2
+    ds = xr.open_zarr(run.url + "/history", consolidated=False)
+    assert ds.sizes["time"] == 11 and ds.magnetization.shape == (11, 8)
+    np.testing.assert_allclose(ds.time.values, np.arange(11) * 0.05)
+    # every recorded observable agrees with the metrics and is physical
+    assert m["max_rank"] == int(ds.max_rank.max()) <= 16
+    assert abs(m["norm_drift"] - float(abs(ds.norm - ds.norm[0]).max())) < 1e-15
+    assert float(ds.error[0]) < 1e-14
+    # the last checkpoint holds the final TTN: its dense vector reproduces the recorded
+    # norm, energy and magnetisation
+    ck = run.load_checkpoint()
+    assert ck.step == 10
+    tree = trees.balanced_binary(8)
+    y = st.to_dense(tree, [ck.arrays[f"node_{i:03d}"] for i in range(tree.n_nodes)])
+    H = operators.to_dense(operators.transverse_field_ising(8))
+    assert abs(np.linalg.norm(y) - float(ds.norm[-1])) < 1e-12
+    assert abs(np.vdot(y, H @ y).real - float(ds.energy[-1])) < 1e-10
+    Z = np.array([1.0, -1.0])
+    for site in range(8):
+        zs = np.kron(np.kron(np.ones(2**site), Z), np.ones(2 ** (7 - site)))
+        assert abs(np.vdot(y, zs * y).real - float(ds.magnetization[-1, site])) < 1e-12
+    assert os.path.getsize(run.plot_path) > 10_000
+
+
+@pytest.mark.parametrize("spec", ["local:2", "ray:2"])
+def test_same_bits_on_dask_and_ray(executors, tmp_path, sync_result, spec):
+    run, m = run_on(executors(spec), tmp_path)
+    ref = xr.open_zarr(sync_result[0].url + "/history", consolidated=False)
+    got = xr.open_zarr(run.url + "/history", consolidated=False)
+    for var in ("norm", "energy", "magnetization", "ranks", "error"):
+        np.testing.assert_array_equal(got[var].values, ref[var].values)
+    assert m["final_error_vs_exact"] == sync_result[1]["final_error_vs_exact"]
+
+
+def test_convergence_study_is_first_order(executors, tmp_path):
+    sets = ["h_list=[0.25, 0.125, 0.0625]"]
+    run, m = run_on(executors("sync"), tmp_path, "convergence", sets)
+    conv = xr.open_zarr(run.url + "/convergence", consolidated=False)
+    assert list(conv.h.values) == [0.25, 0.125, 0.0625]
+    assert m["convergence_slope"] >= 0.85
+    assert float(conv.error[-1]) == m["final_error_vs_exact"] < float(conv.error[0])
+
+
+def tilegraph(*args, timeout=240):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["r_min=5", "r_max=3"], "r_max"),
+        (["h=0.3"], "whole number of steps"),
+        (["d=20"], "exact_reference"),
+        (["tree=spec", "tree_spec=[0, [1, 1]]"], "tree_spec"),
+        (["model.kind=heisenberg"], "model.kind"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line_and_no_store(tmp_path, sets, needle):
+    args = [a for s in sets for a in ("--set", s)]
+    out = tilegraph("run", "ttn", *args, "--store", str(tmp_path / "s"), "--cluster", "sync")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    assert not (tmp_path / "s").exists()
+
+
+def test_killed_run_resumes_to_the_uninterrupted_answer(tmp_path):
+    sets = ["--set", "T=0.5", "--set", "h=0.025", "--set", "checkpoint_every=2"]
+    sets += ["--cluster", "sync"]
+    ref = tilegraph("run", "ttn", *sets, "--store", str(tmp_path / "ref"), "--json")
+    assert ref.returncode == 0, ref.stderr
+    ref = json.loads(ref.stdout.strip().splitlines()[-1])
+
+    store = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "ttn", *sets, "--store", str(store)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        ck = [int(p.name) for p in store.glob("ttn/*/checkpoints/*") if p.name.isdigit()]
+        if ck and max(ck) >= 6:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = next(store.glob("ttn/*")).name
+    out = tilegraph("run", "ttn", "--resume", run_id, "--cluster", "sync", "--store", str(store))
+    assert out.returncode == 0, out.stderr
+    a = xr.open_zarr(str(store / "ttn" / run_id / "history"), consolidated=False)
+    b = xr.open_zarr(ref["path"] + "/history", consolidated=False)
+    assert a.sizes["time"] == b.sizes["time"] == 21
+    for var in ("norm", "energy", "magnetization", "ranks", "error", "rejected"):
+        np.testing.assert_array_equal(a[var].values, b[var].values)
+    assert len(storage.Root(str(store)).open(run_id).provenance["resumed"]) == 1
