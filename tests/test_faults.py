@@ -25,15 +25,36 @@ CASES = {
     "domain-split": {
         "sets": ["tol=1e-11", "n_fine=120", "n_coarse=6", "smoother=false"],
         "datasets": ["result"],
+        "actors": True,  # state on the workers: a lost worker means continuing the run
+    },
+    "bilevel": {
+        "sets": ["checkpoint_every=10", "max_iter=150", "tol=null"],
+        "datasets": ["history", "result"],
+        "actors": False,  # plain tasks: the scheduler re-runs a lost one by itself
+    },
+    "ttn": {
+        "sets": ["h=0.025", "checkpoint_every=1"],
+        "datasets": ["history"],
+        "actors": True,
+    },
+    "picard": {
+        "sets": ["n_samples=96", "batch_size=16", "checkpoint_s=0"],
+        "datasets": ["result", "history"],
+        "actors": True,
     },
 }
 
-#: Metrics that measure time, the machine or this process's effort, not the answer.
-_UNSTABLE = ("_s", "worker_restarts", "workers", "passes")
+#: Metrics and variables that measure time, the machine or this process's effort, not
+#: the answer (matched as suffixes or substrings of the name).
+_UNSTABLE = ("_s", "worker_restarts", "workers", "passes", "speedup", "s_per_iter", "wall")
+
+
+def _unstable(name: str) -> bool:
+    return name.endswith(_UNSTABLE) or any(u in name for u in _UNSTABLE[4:])
 
 
 def _answer_metrics(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.endswith(_UNSTABLE)}
+    return {k: v for k, v in metrics.items() if not _unstable(k)}
 
 
 def _checkpoints(store, name) -> int:
@@ -89,7 +110,8 @@ def _assert_same_answer(res: dict, ref: dict, datasets):
         b = xr.open_zarr(f"{ref['path']}/{name}", consolidated=False).load()
         assert set(a.data_vars) == set(b.data_vars)
         for var in a.data_vars:  # a missing chunk would read as fill value: not equal
-            np.testing.assert_array_equal(a[var].values, b[var].values)
+            if not _unstable(var):
+                np.testing.assert_array_equal(a[var].values, b[var].values)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +146,10 @@ def test_killed_worker_run_completes_with_the_same_answer(tmp_path, reference, n
     assert proc.returncode == 0, err
     res = last_json(out)
     _assert_same_answer(res, ref, CASES[name]["datasets"])
-    assert res["metrics"].get("worker_restarts", 0) >= 1, "the kill did not hit the run"
-    assert "a worker was lost" in err
+    assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
+    if CASES[name]["actors"]:  # its actors died with it: the run went on from a checkpoint
+        assert res["metrics"].get("worker_restarts", 0) >= 1, "the kill did not hit the run"
+        assert "a worker was lost" in err
 
 
 @pytest.mark.parametrize("spec", ["local:2", "ray:2"])
