@@ -37,6 +37,20 @@ KNOWN_BAD = {
         (["problem.kind=boundary-layer", "problem.eps=0.001", "n_coarse=4"], "Peclet number"),
         (["problem.alpha=[1.0]"], "alpha"),
     ],
+    "picard": [
+        (["window=2000"], "window"),
+        (["beta_start=0.02", "beta_end=0.0001"], "beta_end"),
+        (["batch_size=1000"], "batch_size"),
+    ],
+    "ttn": [
+        (["h=0.03"], "whole number of steps"),
+        (["r_min=8", "r_max=4"], "r_max"),
+        (["d=20", "exact_reference=true"], "exact_reference"),
+    ],
+    "bilevel": [
+        (["blocks_per_iter=60"], "blocks_per_iter"),
+        (["problem.kind=digits-ridge", "problem.m=10", "problem.n_train=5000"], "n_train"),
+    ],
 }
 
 
