@@ -35,21 +35,10 @@ def _nonnegative(text: str) -> int:
     return int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
-    import cluster
-
-    p = _Parser(
-        prog="tilegraph",
-        description="Run large numerical pipelines as Dask or Ray task graphs over Zarr.",
-    )
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    sp = sub.add_parser("list", help="pipelines and their presets")
-    sp.add_argument("--json", action="store_true", help="print one JSON object last")
-
-    sp = sub.add_parser("run", help="run a pipeline")
+def _config_args(sp: argparse.ArgumentParser, preset_help: str) -> None:
+    """NAME, --preset, --config and --set: what to run."""
     sp.add_argument("name", help="pipeline name (see `tilegraph list`)")
-    sp.add_argument("--preset", help="named preset (default: the pipeline's quick preset)")
+    sp.add_argument("--preset", help=preset_help)
     sp.add_argument("--config", help="YAML file of config fields")
     sp.add_argument(
         "--set",
@@ -59,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one field; VALUE is YAML; dotted keys for nested fields",
     )
+
+
+def _where_args(sp: argparse.ArgumentParser) -> None:
+    """--cluster, --cluster-profile, --dry-run, --store and --json: where and how."""
+    import cluster
+
     sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
     sp.add_argument(
         "--cluster-profile",
@@ -71,8 +66,24 @@ def _parser() -> argparse.ArgumentParser:
         help="validate everything and print the batch job script; submit and write nothing",
     )
     sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
-    sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
+
+
+def _parser() -> argparse.ArgumentParser:
+
+    p = _Parser(
+        prog="tilegraph",
+        description="Run large numerical pipelines as Dask or Ray task graphs over Zarr.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sp = sub.add_parser("list", help="pipelines and their presets")
+    sp.add_argument("--json", action="store_true", help="print one JSON object last")
+
+    sp = sub.add_parser("run", help="run a pipeline")
+    _config_args(sp, "named preset (default: the pipeline's quick preset)")
+    _where_args(sp)
+    sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
     sp.add_argument("--debug", action="store_true", help="print the traceback of a failed run")
     sp.add_argument(
         "--retries",
@@ -90,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         "STORE/sweeps/SWEEP-ID/result. Re-running the same sweep runs only the points that "
         "are missing or did not complete.",
     )
-    sp.add_argument("name", help="pipeline name (see `tilegraph list`)")
+    _config_args(sp, "named preset for the base config")
     sp.add_argument(
         "--grid",
         action="append",
@@ -98,29 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2,…",
         help="a swept field and its values (YAML each); repeat for more dimensions",
     )
-    sp.add_argument("--preset", help="named preset for the base config")
-    sp.add_argument("--config", help="YAML file of base config fields")
-    sp.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one base field (not a swept one)",
-    )
-    sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
-    sp.add_argument(
-        "--cluster-profile",
-        metavar="FILE",
-        help="batch-scheduler profile (YAML) for slurm/pbs/sge/lsf; see README",
-    )
-    sp.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="validate everything and print the batch job script; submit and write nothing",
-    )
-    sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
-    sp.add_argument("--json", action="store_true", help="print one JSON object last")
+    _where_args(sp)
 
     sp = sub.add_parser("runs", help="table of runs and their status")
     sp.add_argument("--store", default="./runs")

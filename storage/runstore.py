@@ -97,6 +97,9 @@ class RunStore:
         If there is no run group at ``url``.
     """
 
+    _ID = "run_id"  # the attribute that holds the id
+    _KIND = "run"
+
     def __init__(
         self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
     ) -> None:
@@ -104,12 +107,12 @@ class RunStore:
         self._options = dict(storage_options or {})
         fs, path = filesystem(self._url, self._options)
         if not fs.exists(join(path, "zarr.json")):
-            raise RunNotFound(f"no run group at {self._url}")
+            raise RunNotFound(f"no {self._KIND} group at {self._url}")
         self._store = open_store(self._url, self._options)
         attrs = self.group.attrs.asdict()
-        if "run_id" not in attrs or "pipeline" not in attrs:
-            raise RunNotFound(f"the Zarr group at {self._url} is not a tilegraph run")
-        self._run_id: str = attrs["run_id"]
+        if self._ID not in attrs or "pipeline" not in attrs:
+            raise RunNotFound(f"the Zarr group at {self._url} is not a tilegraph {self._KIND}")
+        self._run_id: str = attrs[self._ID]
         self._pipeline: str = attrs["pipeline"]
 
     # -- identity -------------------------------------------------------------------------

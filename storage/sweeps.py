@@ -13,7 +13,6 @@ from typing import Any
 
 import zarr
 
-from .errors import RunNotFound
 from .provenance import jsonable, utc_now
 from .runstore import RUNNING, RunStore, _check_name
 from .urls import filesystem, join, normalize_url, open_store
@@ -43,20 +42,8 @@ class SweepStore(RunStore):
         fsspec options for non-local URLs.
     """
 
-    def __init__(
-        self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
-    ) -> None:
-        self._url = normalize_url(url)
-        self._options = dict(storage_options or {})
-        fs, path = filesystem(self._url, self._options)
-        if not fs.exists(join(path, "zarr.json")):
-            raise RunNotFound(f"no sweep group at {self._url}")
-        self._store = open_store(self._url, self._options)
-        attrs = self.group.attrs.asdict()
-        if "sweep_id" not in attrs or "pipeline" not in attrs:
-            raise RunNotFound(f"the Zarr group at {self._url} is not a tilegraph sweep")
-        self._run_id = attrs["sweep_id"]
-        self._pipeline = attrs["pipeline"]
+    _ID = "sweep_id"
+    _KIND = "sweep"
 
     @classmethod
     def open_or_create(
@@ -110,7 +97,7 @@ class SweepStore(RunStore):
 
     @property
     def definition(self) -> dict[str, Any]:
-        """Everything recorded at creation (``pipeline``, ``grid``, ``base_config`` …)."""
+        """Everything recorded at creation (``pipeline``, ``grid``, ``point_configs`` …)."""
         return self._attrs()
 
     @property
