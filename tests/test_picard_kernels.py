@@ -110,6 +110,34 @@ def test_gmm_eps_is_minus_scaled_score(gmm):
         np.testing.assert_allclose(got[r], -math.sqrt(1 - ab) * grad, rtol=1e-5, atol=1e-7)
 
 
+def _at_odd_offset(a):
+    """A copy of ``a`` one byte into a buffer (not aligned), as Dask and Ray may unpickle
+    an array out of a message."""
+    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    out = buf[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def test_models_give_the_same_bits_from_unaligned_parameters(gmm):
+    """A replica on a worker builds its model from unpickled arrays, which can sit at any
+    byte offset; NumPy's matmul then skips BLAS and rounds differently on calls of a few
+    hundred rows (the quick preset's window pieces): the models must own aligned copies."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((384, 64))
+    t = rng.integers(0, 1000, 384)
+    moved = GaussianMixture(*(_at_odd_offset(a) for a in (gmm.means, gmm.weights)), 0.15, ABAR)
+    np.testing.assert_array_equal(moved.eps(x, t), gmm.eps(x, t))
+    w = [rng.standard_normal((64 + 16, 32)) / 8, rng.standard_normal((32, 64)) / 8]
+    b = [rng.standard_normal(32), rng.standard_normal(64)]
+    mlp = MLPDenoiser(w, b, 1000, (64,))
+    moved = MLPDenoiser(
+        [_at_odd_offset(a) for a in w], [_at_odd_offset(a) for a in b], 1000, (64,)
+    )
+    np.testing.assert_array_equal(moved.eps(x, t), mlp.eps(x, t))
+
+
 def test_gmm_moments_are_those_of_exact_draws(gmm):
     x, _ = gmm.sample(200_000, seed=3)
     np.testing.assert_allclose(x.mean(0), gmm.mean(), atol=0.01)

@@ -70,17 +70,28 @@ def test_accelerated_run_needs_fewer_iterations(tmp_path, executors):
 
 
 BACKEND_SETS = [*SMALL, "steps=100", "window=16", "accelerate=true", "eval_parts=3"]
+# the quick preset's window pieces: 24 steps x 16 samples = 384 rows per model call,
+# large enough for NumPy/OpenBLAS to round differently on unaligned (unpickled) operands
+QUICK_LIKE_SETS = ["n_samples=16", "batch_size=16", "steps=200", "window=96"]
 
 
 @pytest.mark.parametrize(
-    "spec,parallel", [("local:2", "window"), ("ray:2", "window"), ("local:2", "batch")]
+    "spec,parallel,sets",
+    [
+        ("local:2", "window", BACKEND_SETS),
+        ("ray:2", "window", BACKEND_SETS),
+        ("local:2", "batch", BACKEND_SETS),
+        ("local:2", "window", QUICK_LIKE_SETS),
+        ("local:2", "batch", QUICK_LIKE_SETS),
+    ],
+    ids=["local-window", "ray-window", "local-batch", "local-window-quick", "local-batch-quick"],
 )
-def test_identical_samples_on_every_backend(tmp_path, executors, spec, parallel):
-    ref_store, ref = run_pipeline(tmp_path, executors("sync"), sets=BACKEND_SETS, name="sync")
+def test_identical_samples_on_every_backend(tmp_path, executors, spec, parallel, sets):
+    ref_store, ref = run_pipeline(tmp_path, executors("sync"), sets=sets, name="sync")
     store, m = run_pipeline(
         tmp_path,
         executors(spec),
-        sets=[*BACKEND_SETS, f"parallel={parallel}"],
+        sets=[*sets, f"parallel={parallel}"],
         name=spec.replace(":", "-"),
     )
     assert m["workers"] == 2

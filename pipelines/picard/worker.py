@@ -17,6 +17,15 @@ from tasks.picard.models import GaussianMixture, MLPDenoiser
 from tasks.picard.samplers import sequential, to_host
 
 
+def _local(a):
+    """``a`` itself, or a fresh aligned C-contiguous copy where ``a`` is a NumPy array
+    that is not: arrays unpickled by Dask or Ray may sit at any byte offset of the
+    message, and NumPy's matmul rounds differently (no BLAS) on unaligned operands."""
+    if isinstance(a, np.ndarray) and not (a.flags.aligned and a.flags.c_contiguous):
+        return np.array(a, order="C", copy=True)
+    return a
+
+
 def build_model(spec: dict):
     """The model a picklable ``spec`` describes (see :func:`pipelines.picard.models`).
 
@@ -31,7 +40,7 @@ def build_model(spec: dict):
         import importlib
 
         module, _, attr = spec["target"].partition(":")
-        return getattr(importlib.import_module(module), attr)(spec["abar"])
+        return getattr(importlib.import_module(module), attr)(_local(spec["abar"]))
     if spec["kind"] == "mlp":
         n = spec["layers"]
         ws = [spec["refs"][f"w{i}"].read() for i in range(n)]
@@ -67,11 +76,13 @@ class ModelReplica:
     def eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Predicted noise of rows ``x`` (N, *sample_shape) at timesteps ``t`` (N,).
 
-        Single-threaded BLAS on the CPU: a run must give the same bits on every backend.
+        Single-threaded BLAS on the CPU and aligned operands (the model keeps its own
+        copies of its parameters, see :func:`tasks.picard.models._owned`): a run must
+        give the same bits on every backend, in-process or not.
         """
         xp = self._xp
         with threadpool_limits(limits=1, user_api="blas"):
-            out = self._eps(xp.asarray(x), xp.asarray(t))
+            out = self._eps(xp.asarray(_local(x)), xp.asarray(_local(t)))
         return to_host(out)
 
     def run_batch(self, i, cfg, steps, sample_shape, arrays) -> int:
@@ -91,7 +102,7 @@ class ModelReplica:
         """The sequential sampler on this worker: ``(samples, wall seconds)``."""
         xp = self._xp
         with threadpool_limits(limits=1, user_api="blas"):
-            x_T, z = xp.asarray(x_T), xp.asarray(z)
+            x_T, z = xp.asarray(_local(x_T)), xp.asarray(_local(z))
             t0 = time.perf_counter()
             x = sequential(self._eps, steps, x_T, z)
             x = to_host(x)

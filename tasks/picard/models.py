@@ -37,6 +37,18 @@ class DiffusionModel(Protocol):
     def eps(self, x, t): ...
 
 
+def _owned(value) -> np.ndarray:
+    """A fresh, C-contiguous float64 NumPy copy of ``value``.
+
+    Models keep their parameters in such copies, never in the caller's buffer: an array
+    unpickled by Dask or Ray can sit at any byte offset of the message, and NumPy's
+    ``matmul`` takes its own (non-BLAS) loop on an operand that is not aligned, which
+    rounds differently from BLAS on large calls. A replica built from a deserialised
+    spec would then predict other bits than one built in-process.
+    """
+    return np.array(value, dtype=np.float64, order="C", copy=True)
+
+
 def _on(xp, cache: dict, name: str, value: np.ndarray):
     """``value`` as an array of namespace ``xp`` (converted once per namespace)."""
     key = (name, xp.__name__)
@@ -64,10 +76,10 @@ class GaussianMixture:
     """
 
     def __init__(self, means, weights, spread: float, abar):
-        self.means = np.asarray(means, dtype=np.float64)
-        self.weights = np.asarray(weights, dtype=np.float64)
+        self.means = _owned(means)
+        self.weights = _owned(weights)
         self.spread = float(spread)
-        self.abar = np.asarray(abar, dtype=np.float64)
+        self.abar = _owned(abar)
         if self.means.ndim != 2 or self.weights.shape != (self.means.shape[0],):
             raise ValueError("means must be (K, D) and weights (K,)")
         if not np.isclose(self.weights.sum(), 1.0) or np.any(self.weights <= 0):
@@ -175,8 +187,8 @@ class MLPDenoiser:
     """
 
     def __init__(self, weights, biases, train_steps: int, sample_shape, n_freq: int = 8):
-        self.weights = [np.asarray(w, dtype=np.float64) for w in weights]
-        self.biases = [np.asarray(b, dtype=np.float64) for b in biases]
+        self.weights = [_owned(w) for w in weights]
+        self.biases = [_owned(b) for b in biases]
         self.train_steps = int(train_steps)
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.n_freq = int(n_freq)
