@@ -312,6 +312,14 @@ class _Anderson:
         return first, out
 
 
+def _c_array(xp, shape, dtype, values):
+    """A new C-contiguous array of ``shape`` holding ``values`` (broadcast): the same
+    memory layout whatever the layout of ``values``."""
+    out = xp.zeros(shape, dtype=dtype)
+    out[...] = values
+    return out
+
+
 def _coefs(steps: Steps, j: int):
     sl = slice(j, j + 1)
     return steps.a[sl], steps.b[sl], steps.sigma[sl]
@@ -387,7 +395,13 @@ def picard(
     xp = array_namespace(x_T)
     T = len(steps)
     inv_var = _slot_inv_var(steps)
-    buf = xp.asarray(xp.broadcast_to(x_T[None, ...], (T + 1, *x_T.shape)), copy=True)
+    # Every state array is allocated C-contiguous and filled in place, fresh or restored:
+    # a copy of a broadcast view (``asarray(broadcast_to(..), copy=True)`` keeps the
+    # zero-stride axis innermost) or of an array of another layout would make the
+    # reductions below (mean/sum over a sample's features) add in another order than on
+    # a resumed run, whose state comes back C-ordered: other bits of ``max_error`` and
+    # of the secant slopes.
+    buf = _c_array(xp, (T + 1, *x_T.shape), x_T.dtype, x_T[None, ...])
     acc = _Anderson(anderson, inv_var) if anderson > 0 else None
     b, e = 0, min(window, T)
     it = evals = 0
@@ -397,12 +411,12 @@ def picard(
         seen_eps = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
         seen = np.zeros(T, dtype=bool)
     if state is not None:
-        buf = xp.asarray(state["buf"], copy=True)
+        buf = _c_array(xp, (T + 1, *x_T.shape), x_T.dtype, xp.asarray(state["buf"]))
         b, e, it, evals = (int(state[k]) for k in ("b", "e", "it", "evals"))
         hist = [tuple(r) for r in np.asarray(state["hist"]).reshape(-1, 5).tolist()]
         if secant:
-            seen_x = xp.asarray(state["seen_x"], copy=True)
-            seen_eps = xp.asarray(state["seen_eps"], copy=True)
+            seen_x = _c_array(xp, (T, *x_T.shape), x_T.dtype, xp.asarray(state["seen_x"]))
+            seen_eps = _c_array(xp, (T, *x_T.shape), x_T.dtype, xp.asarray(state["seen_eps"]))
             seen = np.asarray(state["seen"], dtype=bool).copy()
     save = checkpoint is not None and checkpoint_every > 0 and acc is None
     while b < T:
