@@ -28,10 +28,13 @@ _LOST_TYPES = frozenset(
     }
 )
 
-#: Messages Dask uses for actor calls whose worker is gone (plain OSError / RuntimeError).
+#: Messages Dask uses for actor calls whose worker is gone (plain OSError / RuntimeError),
+#: and for tasks cancelled because a worker took their only copy of an input with it
+#: (``FutureCancelledError`` also means a deliberate cancel, so only this reason counts).
 _LOST_MESSAGES = (
     "Unable to contact Actor's worker",
     "Worker holding Actor was lost",
+    "cancelled for reason: lost dependencies",
 )
 
 

@@ -421,3 +421,42 @@ def test_dask_actor_gets_put_data_held_by_another_worker():
     finally:
         if started_here:
             _EXECUTORS.close("local:2")
+
+
+# -- telling a lost worker from a failure --------------------------------------------------
+
+
+def _named(name: str, message: str = "") -> Exception:
+    return type(name, (Exception,), {})(message)
+
+
+@pytest.mark.parametrize(
+    "exc, lost",
+    [
+        (_named("KilledWorker"), True),
+        (_named("ActorDiedError"), True),
+        (OSError("Unable to contact Actor's worker"), True),
+        (_named("FutureCancelledError", "t cancelled for reason: lost dependencies."), True),
+        (_named("FutureCancelledError", "t cancelled for reason: unknown"), False),
+        (ValueError("bad input"), False),
+    ],
+)
+def test_is_worker_lost(exc, lost):
+    assert cluster.is_worker_lost(exc) is lost
+
+
+def test_is_worker_lost_follows_explicit_causes_only():
+    try:
+        try:
+            raise _named("KilledWorker")
+        except Exception as inner:
+            raise RuntimeError("pipeline step failed") from inner
+    except RuntimeError as exc:
+        assert cluster.is_worker_lost(exc)
+    try:
+        try:
+            raise _named("KilledWorker")
+        except Exception:
+            raise ValueError("unrelated bug while handling it")  # noqa: B904
+    except ValueError as exc:
+        assert not cluster.is_worker_lost(exc)
