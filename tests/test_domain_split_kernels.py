@@ -17,7 +17,14 @@ from tasks.domain_split.combine import (
     spline_matrix,
 )
 from tasks.domain_split.grid import Layout, merge_weights
-from tasks.domain_split.holes import BoxSolver, fill_block, smooth_block, smooth_region
+from tasks.domain_split.holes import (
+    BoxSolver,
+    fill_block,
+    shift_offsets,
+    shifted_cuts,
+    smooth_block,
+    smooth_region,
+)
 from tasks.domain_split.operator import apply_stencil, assemble, fine_axes, rhs_block
 from tasks.domain_split.problems import Problem
 
@@ -203,6 +210,40 @@ def test_smoother_blocks_agree_with_whole_grid():
         start, stop, _ = smooth_region(lay4, b)
         part = smooth_block(lay4, bs, v[tuple(map(slice, start, stop))], b)[1:-1, 1:-1]
         np.testing.assert_allclose(part, whole[b.region], atol=1e-12)
+
+
+def test_shift_offsets_spread_over_a_coarse_interval():
+    assert shift_offsets(Layout(2, 32, 4), 3) == [2, 4, 6]
+    assert shift_offsets(Layout(2, 32, 4), 1) == [4]
+    assert shift_offsets(Layout(2, 8, 4), 3) == [1]  # stride 2: one distinct shift
+    assert shifted_cuts(Layout(2, 32, 4), 2) == [0, 2, 10, 18, 26, 32]
+
+
+def test_smoother_blocks_agree_with_whole_grid_for_every_shift():
+    lay1 = Layout(2, 32, 4, boxes_per_block=4)
+    lay4 = Layout(2, 32, 4, boxes_per_block=2)
+    v = np.random.default_rng(7).standard_normal(lay1.shape)
+    for shift in shift_offsets(lay1, 3):
+        whole = smooth_block(lay1, BoxSolver(VAR, lay1), v, lay1.blocks[0], shift)
+        bs = BoxSolver(VAR, lay4)
+        for b in lay4.blocks:
+            start, stop, _ = smooth_region(lay4, b, shift)
+            part = smooth_block(lay4, bs, v[tuple(map(slice, start, stop))], b, shift)
+            np.testing.assert_allclose(part[1:-1, 1:-1], whole[1:-1, 1:-1][b.region], atol=1e-12)
+
+
+def test_amg_submesh_solve_matches_superlu():
+    problem = Problem("constant", 3, (1.0, 2.0, 3.0), (1.0, 0.5, 0.25))
+    lay = Layout(3, 40, 4)
+    S = (0,)  # a plane sub-mesh: 3 x 39 x 39 unknowns
+    v = np.random.default_rng(8).standard_normal(lay.mesh_shape(S))
+    direct = SubmeshSolver(problem, lay, method="direct").solve(S, v)
+    amg = SubmeshSolver(problem, lay, method="amg", tol=1e-10)
+    assert amg.method_for(S) == "amg"
+    np.testing.assert_allclose(amg.solve(S, v), direct, rtol=0, atol=1e-8 * np.abs(direct).max())
+    auto = SubmeshSolver(problem, lay)
+    assert auto.method_for(S) == "direct"  # 4563 unknowns: below AMG_ABOVE
+    assert SubmeshSolver(problem, Layout(3, 160, 4)).method_for(S) == "amg"
 
 
 def test_layout_blocks_cover_the_grid_once():

@@ -48,6 +48,19 @@ class DomainSplitConfig(BaseModel):
     smoother: bool = Field(
         default=True, description="overlapping shifted-box solves before the coarse step"
     )
+    submesh: Literal["auto", "direct", "amg"] = Field(
+        default="auto",
+        description="sub-mesh solver: SuperLU, pyamg, or auto (pyamg for large 3-D planes)",
+    )
+    submesh_tol: float = Field(
+        default=1e-10, gt=0, lt=1, description="relative residual of the pyamg sub-mesh solves"
+    )
+    shifts: int = Field(
+        default=3,
+        ge=1,
+        le=8,
+        description="shifted box sets the smoother sweeps, offset s/(shifts+1) apart",
+    )
     tol: float = Field(default=1e-10, gt=0, lt=1, description="relative residual to stop at")
     max_iter: int = Field(default=100, ge=1, description="iterations (preconditioner calls)")
     restart: int = Field(default=30, ge=1, le=200, description="FGMRES restart length")

@@ -85,6 +85,8 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         layout,
         cfg.scheme,
         smoother=cfg.smoother,
+        shifts=cfg.shifts,
+        submesh=(cfg.submesh, cfg.submesh_tol),
         cache=not cfg.out_of_core,
         local=[f"work/{n}" for n in ("w", "z", "r")],
     )

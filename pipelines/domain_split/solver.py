@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from tasks.domain_split.combine import SubmeshSolver, correct, merge, spline_matrix
+from tasks.domain_split.combine import correct, merge, spline_matrix
 from tasks.domain_split.grid import merge_weights
-from tasks.domain_split.holes import work_region
+from tasks.domain_split.holes import shift_offsets, work_region
 
 from .worker import BlockWorker
 
@@ -31,6 +31,12 @@ class BlockPlan:
     scheme : str
     smoother : bool
         Whether the preconditioner starts with the shifted-box solves.
+    shifts : int
+        Shifted box sets the smoother sweeps over, one after the other (see
+        :func:`tasks.domain_split.holes.shift_offsets`).
+    submesh : tuple
+        ``(method, tol)`` of the sub-mesh solves (see
+        :class:`tasks.domain_split.combine.SubmeshSolver`).
     cache : bool
         Let workers keep their blocks in memory (see ``BlockWorker``).
     local : iterable of str
@@ -44,19 +50,32 @@ class BlockPlan:
         layout,
         scheme: str,
         smoother: bool = True,
+        shifts: int = 3,
+        submesh=("auto", 1e-10),
         cache: bool = True,
         local=(),
     ):
         self.ex, self.problem, self.layout = executor, problem, layout
         self.smoother = smoother
+        self.offsets = shift_offsets(layout, shifts)
         n_blocks = len(layout.blocks)
         n_actors = max(1, min(int(executor.n_workers or 1), n_blocks))
         self.actors = [
-            executor.actor(BlockWorker, problem, layout, scheme, cache, tuple(local), spread=a)
+            executor.actor(
+                BlockWorker, problem, layout, scheme, cache, tuple(local), submesh, spread=a
+            )
             for a in range(n_actors)
         ]
+        # sub-meshes to actors, largest first, each to the least loaded: the plane
+        # sub-meshes of 3-D runs are solved in parallel, where their factors stay
+        sizes = {S: math.prod(layout.mesh_shape(S)) for S in layout.subsets}
+        load = [0] * n_actors
+        self.sub_owner: list[list] = [[] for _ in range(n_actors)]
+        for S in sorted(layout.subsets, key=lambda S: -sizes[S]):
+            a = load.index(min(load))
+            self.sub_owner[a].append(S)
+            load[a] += sizes[S]
         self.owner = [list(range(a, n_blocks, n_actors)) for a in range(n_actors)]
-        self.sub = SubmeshSolver(problem, layout, scheme)
         self.P = spline_matrix(layout.n_coarse, layout.n_fine)
         self.passes = 0
         self.seconds: dict[str, float] = {}  # wall time per kind of pass (diagnostics)
@@ -98,7 +117,19 @@ class BlockPlan:
         for part in parts:  # block order: the sum does not depend on placement
             for S, (mesh, values) in part.items():
                 rhs[S][mesh] += values
-        w = {S: self.sub.solve(S, rhs[S]) for S in lay.subsets}
+        t0 = time.perf_counter()
+        futures = [
+            actor.submesh_solve(subs, [rhs[S] for S in subs])
+            for actor, subs in zip(self.actors, self.sub_owner, strict=True)
+            if subs
+        ]
+        w = {}
+        owners = [subs for subs in self.sub_owner if subs]
+        for subs, sols in zip(owners, self.ex.gather(futures), strict=True):
+            w.update(zip(subs, sols, strict=True))
+        self.seconds["submesh_solve"] = (
+            self.seconds.get("submesh_solve", 0.0) + time.perf_counter() - t0
+        )
         M = merge(lay, w, merge_weights(lay, rule))
         wc = {S: correct(lay, S, w[S], M, self.P) for S in lay.subsets}
         out = []
@@ -109,24 +140,31 @@ class BlockPlan:
         return out
 
     def precondition(self, v, out, scratch, rule: str = "combination", smooth=None) -> None:
-        """``out = P v``: shifted-box solves (if enabled), then the two-level step on the
-        remaining residual: restriction, sub-mesh solves, merge, spline correction,
-        skeleton and box solves.
+        """``out = P v``: sweeps of shifted-box solves (if enabled), then the two-level
+        step on the remaining residual: restriction, sub-mesh solves, merge, spline
+        correction, skeleton and box solves.
 
         Parameters
         ----------
         v, out : ArrayRef
         scratch : tuple of ArrayRef
-            Two scratch vectors ``(z, r)``.
+            Scratch vectors ``(z, r, s0, s1)``: ``z`` and ``r`` are only read back by the
+            block that wrote them; ``s0`` and ``s1`` hold intermediate sweeps, which
+            neighbours read through halos.
         rule : str
             Merge rule at the coarse nodes.
         smooth : bool, optional
             Override ``self.smoother`` (the first guess ``T B`` is built without it: for
             a smooth right-hand side the sub-mesh solutions are accurate as they are).
         """
-        z, r = scratch
+        z, r, *between = scratch
         if self.smoother if smooth is None else smooth:
-            parts = self.call("smooth_residual", v, z, r)
+            z_in = None
+            for k, shift in enumerate(self.offsets):
+                last = k == len(self.offsets) - 1
+                z_out = z if last else between[k % 2]
+                parts = self.call("smooth_step", v, z_in, z_out, shift, r if last else None)
+                z_in = z_out
             self.call("fill", r, z, out, per_block=self.coarse(parts, rule))
         else:
             parts = self.call("restrict", v)
@@ -158,7 +196,7 @@ def fgmres(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> dict
     m = cfg.restart
     V = [vec(f"V{j}") for j in range(m + 1)]
     Z = [vec(f"Z{j}") for j in range(m)]
-    w, scratch = vec("w"), (vec("z"), vec("r"))
+    w, scratch = vec("w"), (vec("z"), vec("r"), vec("s0"), vec("s1"))
     nb = state["norm_b"]
     while True:
         x = vec(f"x{state['x']}")
@@ -208,7 +246,7 @@ def stationary(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> 
     Same parameters and result as :func:`fgmres`.
     """
     B, r, e = vec("B"), vec("res"), vec("e")
-    scratch = (vec("z"), vec("r"))
+    scratch = (vec("z"), vec("r"), vec("s0"), vec("s1"))
     nb = state["norm_b"]
     while True:
         x = vec(f"x{state['x']}")

@@ -16,7 +16,7 @@ import functools
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from tasks.domain_split.combine import restrict, restriction_matrix
+from tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix
 from tasks.domain_split.grid import Layout
 from tasks.domain_split.holes import BoxSolver, fill_block, smooth_block, smooth_region
 from tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
@@ -51,13 +51,23 @@ class BlockWorker:
         Paths of scratch vectors that are only ever read back by the block that wrote
         them (never through a halo, never on resume): with ``cache`` they stay in
         memory and skip Zarr.
+    submesh : tuple
+        ``(method, tol)`` of the sub-mesh solves this worker is given (see
+        :class:`tasks.domain_split.combine.SubmeshSolver`).
     """
 
     def __init__(
-        self, problem: Problem, layout: Layout, scheme: str, cache: bool = True, local=()
+        self,
+        problem: Problem,
+        layout: Layout,
+        scheme: str,
+        cache: bool = True,
+        local=(),
+        submesh=("auto", 1e-10),
     ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.boxes = BoxSolver(problem, layout, scheme)
+        self.sub = SubmeshSolver(problem, layout, scheme, *submesh)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
         self.cache = cache
         self.local = frozenset(local) if cache else frozenset()
@@ -135,6 +145,12 @@ class BlockWorker:
         return res
 
     @_one_thread
+    def submesh_solve(self, subsets, rhs):
+        """Solve the sub-mesh problems ``subsets`` (a list of ``S``) for the right-hand
+        sides ``rhs`` (same order); this worker keeps their factorisations."""
+        return [self.sub.solve(S, v) for S, v in zip(subsets, rhs, strict=True)]
+
+    @_one_thread
     def restrict(self, ids, v):
         """Per-block parts of the restriction of ``v`` to every sub-mesh."""
         res = []
@@ -144,23 +160,41 @@ class BlockWorker:
         return res
 
     @_one_thread
-    def smooth_residual(self, ids, v, z_out, r_out):
-        """Shifted-box solves ``z = Sh v``, then ``r = v - L z``; write both and return
-        the restriction of ``r``."""
+    def smooth_step(self, ids, v, z_in, z_out, shift, r_out=None):
+        """One sweep of shifted-box solves: ``z = z_in + Sh (v - L z_in)`` (``z_in`` None
+        means zero); write ``z``. With ``r_out``, also write ``r = v - L z`` and return
+        its restriction (the last sweep before the coarse step).
+
+        A block solves every shifted box that meets its nodes or their one-node halo, so
+        it gets ``z`` on the halo without waiting for its neighbours; boxes shared with a
+        neighbour are solved from the same data there, so both get the same bits.
+        """
         res = []
+        d = self.layout.d
         for i in ids:
             b = self._block(i)
-            start, stop, _ = smooth_region(self.layout, b)
+            start, stop, _ = smooth_region(self.layout, b, shift)
             v_region = self._read(v, start, stop)
-            z_ext = smooth_block(self.layout, self.boxes, v_region, b)
             own = tuple(
                 slice(a - s0, e - s0) for a, e, s0 in zip(b.start, b.stop, start, strict=True)
             )
-            r = v_region[own] - self._stencil(z_ext, b)
-            inner = (slice(1, -1),) * self.layout.d
-            self._write(z_out, b, z_ext[inner])
-            self._write(r_out, b, r)
-            res.append(restrict(self.layout, r, b.start, self.R))
+            if z_in is None:
+                r_region = v_region
+                z_ext = smooth_block(self.layout, self.boxes, r_region, b, shift)
+            else:
+                z_reg = self._read(z_in, start, stop, halo=1)
+                r_region = v_region - apply_stencil(
+                    self.problem, z_reg, start, self.layout.n_fine, self.scheme
+                )
+                halo = tuple(slice(o.start, o.stop + 2) for o in own)  # owned + 1, in z_reg
+                z_ext = z_reg[halo] + smooth_block(self.layout, self.boxes, r_region, b, shift)
+            self._write(z_out, b, z_ext[(slice(1, -1),) * d])
+            if r_out is not None:
+                r = v_region[own] - self._stencil(z_ext, b)
+                self._write(r_out, b, r)
+                res.append(restrict(self.layout, r, b.start, self.R))
+            else:
+                res.append(None)
         return res
 
     @_one_thread

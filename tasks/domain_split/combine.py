@@ -20,9 +20,11 @@ Steps 2-4 are small (sub-mesh sizes); 1, 5 and 6 run per block on the workers.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.interpolate import make_interp_spline
-from scipy.sparse.linalg import splu
+from scipy.sparse.linalg import SuperLU, splu
 
 from .grid import Layout
 from .operator import PERMC, assemble
@@ -30,28 +32,62 @@ from .problems import Problem
 
 
 class SubmeshSolver:
-    """Factorised sub-mesh operators, one per ``S``.
+    """Sub-mesh operators, one per ``S``, set up on first use and kept.
 
     Parameters
     ----------
     problem : Problem
     layout : Layout
     scheme : {"central", "upwind"}
+    method : {"auto", "direct", "amg"}
+        ``direct`` factorises with SuperLU; ``amg`` builds a Ruge-Stueben hierarchy
+        (pyamg) and solves to the relative residual ``tol`` by AMG-preconditioned
+        FGMRES. ``auto`` takes ``amg`` for the 3-D plane sub-meshes above
+        ``AMG_ABOVE`` unknowns (their LU fill grows like a 3-D problem's) and
+        ``direct`` otherwise.
+    tol : float
+        Relative residual of the ``amg`` solves. The outer FGMRES tolerates the
+        inexact (slightly nonlinear) preconditioner this gives.
 
     Notes
     -----
-    Factorisations are computed on first use and kept, so repeated applications (the
-    refinement steps, the Krylov iterations) pay only for triangular solves.
+    Repeated applications (the refinement steps, the Krylov iterations) pay only for
+    triangular solves or V-cycles.
     """
 
-    def __init__(self, problem: Problem, layout: Layout, scheme: str = "central"):
+    AMG_ABOVE = 20_000
+
+    def __init__(
+        self,
+        problem: Problem,
+        layout: Layout,
+        scheme: str = "central",
+        method: str = "auto",
+        tol: float = 1e-10,
+    ):
+        if method not in ("auto", "direct", "amg"):
+            raise ValueError(f"method must be 'auto', 'direct' or 'amg', got {method!r}")
         self.problem, self.layout, self.scheme = problem, layout, scheme
+        self.method, self.tol = method, tol
         self._factors: dict = {}
+
+    def method_for(self, S) -> str:
+        """``direct`` or ``amg`` for sub-mesh ``S``."""
+        if self.method != "auto":
+            return self.method
+        size = math.prod(n - 2 for n in self.layout.mesh_shape(S))
+        return "amg" if self.layout.d == 3 and size > self.AMG_ABOVE else "direct"
 
     def _factor(self, S):
         if S not in self._factors:
             A_ii, A_ib, interior = assemble(self.problem, self.layout.mesh_axes(S), self.scheme)
-            self._factors[S] = (splu(A_ii, permc_spec=PERMC), A_ib, interior)
+            if self.method_for(S) == "amg":
+                import pyamg
+
+                solver = pyamg.ruge_stuben_solver(A_ii.tocsr())
+            else:
+                solver = splu(A_ii, permc_spec=PERMC)
+            self._factors[S] = (solver, A_ib, interior)
         return self._factors[S]
 
     def solve(self, S, v_mesh: np.ndarray) -> np.ndarray:
@@ -68,11 +104,18 @@ class SubmeshSolver:
         numpy.ndarray, shape ``layout.mesh_shape(S)``
             The sub-mesh solution, boundary values copied from ``v_mesh``.
         """
-        lu, A_ib, interior = self._factor(S)
+        solver, A_ib, interior = self._factor(S)
         v = np.asarray(v_mesh, dtype=np.float64)
         rhs = v[interior] - A_ib @ v[~interior]
         out = v.copy()
-        out[interior] = lu.solve(rhs)
+        if isinstance(solver, SuperLU):
+            out[interior] = solver.solve(rhs)
+        elif np.any(rhs):
+            out[interior] = solver.solve(
+                rhs, tol=self.tol, accel="fgmres", maxiter=min(200, rhs.size)
+            )
+        else:
+            out[interior] = 0.0
         return out
 
 

@@ -120,14 +120,24 @@ def fill_block(
     return z[tuple(slice(0, n) for n in block.shape)]
 
 
-def shifted_cuts(layout: Layout) -> list[int]:
-    """Fine indices of the shifted skeleton along one axis: ``0``, ``j s + s // 2``,
-    ``n_fine``. The shifted boxes straddle the skeleton with overlap ``s // 2``."""
+def shift_offsets(layout: Layout, count: int) -> list[int]:
+    """Offsets of ``count`` shifted skeletons, spread evenly over one coarse interval:
+    ``j s // (count + 1)`` for ``j = 1 .. count`` (duplicates and 0 dropped when the
+    stride ``s`` is too small)."""
+    s = layout.stride
+    return sorted({j * s // (count + 1) for j in range(1, count + 1)} - {0})
+
+
+def shifted_cuts(layout: Layout, shift: int | None = None) -> list[int]:
+    """Fine indices of a shifted skeleton along one axis: ``0``, ``j s + shift``,
+    ``n_fine`` (``shift`` defaults to ``s // 2``). The shifted boxes straddle the
+    skeleton."""
     s, n = layout.stride, layout.n_fine
-    return sorted({0, n, *(j * s + s // 2 for j in range(layout.n_coarse))})
+    shift = s // 2 if shift is None else shift
+    return sorted({0, n, *(j * s + shift for j in range(layout.n_coarse))})
 
 
-def smooth_region(layout: Layout, block: Block):
+def smooth_region(layout: Layout, block: Block, shift: int | None = None):
     """Region a block's shifted-box solves read: every shifted box that meets the block's
     owned nodes or their one-node halo.
 
@@ -138,7 +148,7 @@ def smooth_region(layout: Layout, block: Block):
     cuts : list of list of int
         Shifted cuts inside the region, per axis.
     """
-    c = shifted_cuts(layout)
+    c = shifted_cuts(layout, shift)
     start, stop, cuts = [], [], []
     for a, b in zip(block.start, block.stop, strict=True):
         lo, hi = max(a - 1, 0), min(b, layout.n_fine)
@@ -150,21 +160,25 @@ def smooth_region(layout: Layout, block: Block):
     return tuple(start), tuple(stop), cuts
 
 
-def smooth_block(layout: Layout, boxes: BoxSolver, v_region: np.ndarray, block: Block):
+def smooth_block(
+    layout: Layout, boxes: BoxSolver, v_region: np.ndarray, block: Block, shift: int | None = None
+):
     """Shifted-box (overlapping Schwarz) solves of ``L z = v`` with ``z = 0`` on the
     shifted skeleton, on a block's owned nodes plus a one-node halo.
 
     Parameters
     ----------
     v_region : numpy.ndarray
-        ``v`` on :func:`smooth_region` of the block.
+        ``v`` on :func:`smooth_region` of the block (same ``shift``).
+    shift : int, optional
+        Offset of the shifted skeleton (see :func:`shifted_cuts`).
 
     Returns
     -------
     numpy.ndarray, shape ``block.shape + 2`` per axis
         ``z`` on the owned nodes with a one-node halo (zero outside the domain).
     """
-    start, stop, cuts = smooth_region(layout, block)
+    start, stop, cuts = smooth_region(layout, block, shift)
     z = np.zeros_like(v_region, dtype=np.float64)
     boxes.solve_boxes(z, v_region, start, box_ranges(cuts))
     zp = np.pad(z, 1)
