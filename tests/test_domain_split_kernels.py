@@ -232,18 +232,44 @@ def test_smoother_blocks_agree_with_whole_grid_for_every_shift():
             np.testing.assert_allclose(part[1:-1, 1:-1], whole[1:-1, 1:-1][b.region], atol=1e-12)
 
 
-def test_amg_submesh_solve_matches_superlu():
+@pytest.mark.parametrize("method", ["amg", "fd"])
+def test_submesh_solve_matches_superlu(method):
     problem = Problem("constant", 3, (1.0, 2.0, 3.0), (1.0, 0.5, 0.25))
     lay = Layout(3, 40, 4)
     S = (0,)  # a plane sub-mesh: 3 x 39 x 39 unknowns
     v = np.random.default_rng(8).standard_normal(lay.mesh_shape(S))
     direct = SubmeshSolver(problem, lay, method="direct").solve(S, v)
-    amg = SubmeshSolver(problem, lay, method="amg", tol=1e-10)
-    assert amg.method_for(S) == "amg"
-    np.testing.assert_allclose(amg.solve(S, v), direct, rtol=0, atol=1e-8 * np.abs(direct).max())
-    auto = SubmeshSolver(problem, lay)
-    assert auto.method_for(S) == "direct"  # 4563 unknowns: below AMG_ABOVE
-    assert SubmeshSolver(problem, Layout(3, 160, 4)).method_for(S) == "amg"
+    other = SubmeshSolver(problem, lay, method=method, tol=1e-10)
+    assert other.method_for(S) == method
+    got = other.solve(S, v)
+    np.testing.assert_allclose(got, direct, rtol=0, atol=1e-8 * np.abs(direct).max())
+    np.testing.assert_array_equal(got[0], v[0])  # Dirichlet data kept
+
+
+def test_submesh_auto_method():
+    const = Problem("constant", 3, (1.0, 2.0, 3.0), (1.0, 0.5, 0.25))
+    var = Problem("variable", 3)
+    assert SubmeshSolver(const, Layout(3, 40, 4)).method_for((0,)) == "fd"
+    assert SubmeshSolver(var, Layout(3, 40, 4)).method_for((0,)) == "direct"  # 4563 unknowns
+    assert SubmeshSolver(var, Layout(3, 160, 4)).method_for((0,)) == "amg"
+    with pytest.raises(ValueError, match="constant coefficients"):
+        SubmeshSolver(var, Layout(3, 40, 4), method="fd").method_for((0,))
+
+
+@pytest.mark.parametrize("problem", [CONST, Problem("boundary-layer", 2, (1, 1), (1.0, 1.0), 0.1)])
+def test_separable_box_solves_match_sparse_lu(problem):
+    lay = Layout(2, 24, 4)
+    rng = np.random.default_rng(9)
+    z, v = rng.standard_normal(lay.shape), rng.standard_normal(lay.shape)
+    boxes = [((0, 6), (6, 12)), ((6, 6), (12, 12)), ((12, 0), (18, 6))]
+    fd = BoxSolver(problem, lay)
+    assert fd.separable((6, 6)) is not None
+    got = fd.solve_boxes(z.copy(), v, (0, 0), boxes)
+    # the same boxes by sparse LU: variable-coefficient path forced through system()
+    lu = BoxSolver(problem, lay)
+    lu.separable = lambda sizes: None
+    want = lu.solve_boxes(z.copy(), v, (0, 0), boxes)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
 def test_layout_blocks_cover_the_grid_once():

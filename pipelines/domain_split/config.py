@@ -48,9 +48,10 @@ class DomainSplitConfig(BaseModel):
     smoother: bool = Field(
         default=True, description="overlapping shifted-box solves before the coarse step"
     )
-    submesh: Literal["auto", "direct", "amg"] = Field(
+    submesh: Literal["auto", "fd", "direct", "amg"] = Field(
         default="auto",
-        description="sub-mesh solver: SuperLU, pyamg, or auto (pyamg for large 3-D planes)",
+        description="sub-mesh solver: fast diagonalisation (constant coefficients), SuperLU, "
+        "pyamg, or auto (fd where it applies, else pyamg for large 3-D planes)",
     )
     submesh_tol: float = Field(
         default=1e-10, gt=0, lt=1, description="relative residual of the pyamg sub-mesh solves"
@@ -110,6 +111,11 @@ class DomainSplitConfig(BaseModel):
                     f"coarse cell Peclet number {pe:.3g} > 1 with scheme=central oscillates: "
                     f"use --set scheme=upwind or n_coarse >= {need}"
                 )
+        if self.submesh == "fd" and self.problem.kind == "variable":
+            raise ValueError(
+                "submesh=fd needs constant coefficients: use submesh=auto, direct or amg "
+                "with problem.kind=variable"
+            )
         if self.out_of_core and self.direct_reference:
             raise ValueError(
                 "direct_reference needs the fine grid in memory: set direct_reference=false "

@@ -29,6 +29,9 @@ from scipy.sparse.linalg import SuperLU, splu
 from .grid import Layout
 from .operator import PERMC, assemble
 from .problems import Problem
+from .separable import SeparableSolver
+
+METHODS = ("auto", "fd", "direct", "amg")
 
 
 class SubmeshSolver:
@@ -39,12 +42,13 @@ class SubmeshSolver:
     problem : Problem
     layout : Layout
     scheme : {"central", "upwind"}
-    method : {"auto", "direct", "amg"}
-        ``direct`` factorises with SuperLU; ``amg`` builds a Ruge-Stueben hierarchy
-        (pyamg) and solves to the relative residual ``tol`` by AMG-preconditioned
-        FGMRES. ``auto`` takes ``amg`` for the 3-D plane sub-meshes above
-        ``AMG_ABOVE`` unknowns (their LU fill grows like a 3-D problem's) and
-        ``direct`` otherwise.
+    method : {"auto", "fd", "direct", "amg"}
+        ``fd`` solves by fast diagonalisation (constant coefficients only, see
+        :mod:`.separable`); ``direct`` factorises with SuperLU; ``amg`` builds a
+        Ruge-Stueben hierarchy (pyamg) and solves to the relative residual ``tol`` by
+        AMG-preconditioned FGMRES. ``auto`` takes ``fd`` where it applies, else
+        ``amg`` for the 3-D plane sub-meshes above ``AMG_ABOVE`` unknowns (their LU
+        fill grows like a 3-D problem's) and ``direct`` otherwise.
     tol : float
         Relative residual of the ``amg`` solves. The outer FGMRES tolerates the
         inexact (slightly nonlinear) preconditioner this gives.
@@ -65,21 +69,34 @@ class SubmeshSolver:
         method: str = "auto",
         tol: float = 1e-10,
     ):
-        if method not in ("auto", "direct", "amg"):
-            raise ValueError(f"method must be 'auto', 'direct' or 'amg', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.method, self.tol = method, tol
         self._factors: dict = {}
 
+    def _separable(self, S):
+        lay = self.layout
+        sizes = [n - 2 for n in lay.mesh_shape(S)]
+        h = [lay.h_coarse if k in S else lay.h_fine for k in range(lay.d)]
+        return SeparableSolver.build(self.problem, sizes, h, self.scheme)
+
     def method_for(self, S) -> str:
-        """``direct`` or ``amg`` for sub-mesh ``S``."""
+        """``fd``, ``direct`` or ``amg`` for sub-mesh ``S``."""
+        if self.method == "fd" and self._separable(S) is None:
+            raise ValueError("fd sub-mesh solves need constant coefficients and mild advection")
         if self.method != "auto":
             return self.method
+        if self._separable(S) is not None:
+            return "fd"
         size = math.prod(n - 2 for n in self.layout.mesh_shape(S))
         return "amg" if self.layout.d == 3 and size > self.AMG_ABOVE else "direct"
 
     def _factor(self, S):
         if S not in self._factors:
+            if self.method_for(S) == "fd":
+                self._factors[S] = self._separable(S)
+                return self._factors[S]
             A_ii, A_ib, interior = assemble(self.problem, self.layout.mesh_axes(S), self.scheme)
             if self.method_for(S) == "amg":
                 import pyamg
@@ -104,6 +121,8 @@ class SubmeshSolver:
         numpy.ndarray, shape ``layout.mesh_shape(S)``
             The sub-mesh solution, boundary values copied from ``v_mesh``.
         """
+        if isinstance(self._factor(S), SeparableSolver):
+            return self._factor(S).solve_dirichlet(v_mesh)
         solver, A_ib, interior = self._factor(S)
         v = np.asarray(v_mesh, dtype=np.float64)
         rhs = v[interior] - A_ib @ v[~interior]

@@ -14,8 +14,9 @@ from scipy.sparse.linalg import splu
 
 from .combine import skeleton
 from .grid import Block, Layout
-from .operator import PERMC, assemble
+from .operator import PERMC, apply_stencil, assemble
 from .problems import Problem
+from .separable import SeparableSolver
 
 
 class BoxSolver:
@@ -49,6 +50,17 @@ class BoxSolver:
             self._factors[key] = (splu(A_ii, permc_spec=PERMC), A_ib, interior)
         return self._factors[key]
 
+    def separable(self, sizes):
+        """The fast-diagonalisation solver of boxes of ``sizes`` intervals per axis, or
+        None (variable coefficients, or advection too strong for it)."""
+        key = ("fd", tuple(sizes))
+        if key not in self._factors:
+            n = self.layout.n_fine
+            self._factors[key] = SeparableSolver.build(
+                self.problem, [m - 1 for m in sizes], [1.0 / n] * len(sizes), self.scheme
+            )
+        return self._factors[key]
+
     def solve_boxes(self, z: np.ndarray, v: np.ndarray, start, boxes) -> np.ndarray:
         """Solve Dirichlet problems on boxes of a region, in place.
 
@@ -68,12 +80,38 @@ class BoxSolver:
         -------
         numpy.ndarray
             ``z``, filled.
+
+        Notes
+        -----
+        With constant coefficients, boxes are solved by fast diagonalisation in stacks
+        of equal size; the couplings to the box boundaries come from one stencil
+        application to ``z`` with the box interiors zeroed. Otherwise each box size (or
+        box) has a sparse LU.
         """
         groups: dict = {}
+        fd_groups: dict = {}
         for lo, hi in boxes:
             sl = tuple(slice(a - o, b - o + 1) for a, b, o in zip(lo, hi, start, strict=True))
+            sizes = tuple(b - a for a, b in zip(lo, hi, strict=True))
+            if min(sizes) < 2:
+                continue  # no interior nodes
+            fd = self.separable(sizes) if self.problem.constant_coefficients else None
+            if fd is not None:
+                inner = tuple(slice(s.start + 1, s.stop - 1) for s in sl)
+                fd_groups.setdefault(sizes, (fd, []))[1].append(inner)
+                continue
             lu_key = self.system(lo, hi)
             groups.setdefault(id(lu_key), (lu_key, []))[1].append(sl)
+        if fd_groups:
+            zb = np.array(z, dtype=np.float64)
+            for _, members in fd_groups.values():
+                for inner in members:
+                    zb[inner] = 0.0
+            Lz = apply_stencil(self.problem, np.pad(zb, 1), start, self.layout.n_fine, self.scheme)
+            for fd, members in fd_groups.values():
+                sol = fd.solve(np.stack([v[inner] - Lz[inner] for inner in members]))
+                for i, inner in enumerate(members):
+                    z[inner] = sol[i]
         for (lu, A_ib, interior), members in groups.values():
             rhs = np.stack([v[sl][interior] - A_ib @ z[sl][~interior] for sl in members], axis=1)
             sol = lu.solve(rhs)
