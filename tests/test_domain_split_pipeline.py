@@ -92,6 +92,31 @@ def test_amg_submeshes_on_workers_give_the_same_bits(tmp_path, executors):
     assert direct["rel_error_exact"] == pytest.approx(ref["rel_error_exact"], rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    "preset, sets",
+    [
+        ("quick", ["n_fine=40", "n_coarse=4"]),  # constant: fast-diagonalisation boxes
+        ("quick", ["n_fine=40", "n_coarse=4", "problem.kind=variable"]),  # sparse LU boxes
+        ("paper3d", ["n_fine=16", "n_coarse=4"]),
+    ],
+    ids=["2d-constant", "2d-variable", "3d"],
+)
+def test_generic_device_path_gives_the_numpy_answer(tmp_path, executors, preset, sets):
+    # device=array-api-strict runs the workers' kernels on array-api-strict arrays: the
+    # code path CuPy takes, checked on a CPU (tests/test_gpu.py runs it on a GPU)
+    ex = executors("sync")
+    sets = [*sets, "direct_reference=false"]
+    ref_store, ref = run_pipeline(tmp_path, ex, preset, sets, name="numpy")
+    store, m = run_pipeline(tmp_path, ex, preset, [*sets, "device=array-api-strict"], "strict")
+    assert m["converged"] and m["iterations"] == ref["iterations"]
+    np.testing.assert_allclose(
+        store.array("result/solution").read(),
+        ref_store.array("result/solution").read(),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
 def test_upwind_boundary_layer(tmp_path, executors):
     sets = [
         "problem.kind=boundary-layer",

@@ -68,3 +68,19 @@ def test_picard_quick_on_the_gpu_matches_the_cpu(tmp_path):
         outs["cuda"]["max_abs_diff_vs_sequential"], outs["cpu"]["max_abs_diff_vs_sequential"],
         atol=1e-6,
     )  # fmt: skip
+
+
+def test_domain_split_quick_on_the_gpu_matches_the_cpu(tmp_path):
+    from helpers import last_json, tilegraph
+
+    outs = {}
+    for device in ("cpu", "cuda"):
+        out = tilegraph(
+            "run", "domain-split", "--preset", "quick", "--set", f"device={device}",
+            "--cluster", "sync", "--store", str(tmp_path), "--json",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        outs[device] = last_json(out.stdout)["metrics"]
+    assert outs["cuda"]["converged"]
+    assert outs["cuda"]["rel_error_direct"] <= 1e-10
+    assert outs["cuda"]["iterations"] == outs["cpu"]["iterations"]

@@ -71,6 +71,11 @@ class DomainSplitConfig(BaseModel):
     direct_reference: bool = Field(
         default=True, description="also solve the fine system with SciPy for rel_error_direct"
     )
+    device: Literal["cpu", "cuda", "array-api-strict"] = Field(
+        default="cpu",
+        description="where workers run the block kernels: NumPy, CuPy (one GPU per "
+        "worker), or array-api-strict (the GPU code path checked on a CPU)",
+    )
     out_of_core: bool = Field(default=False, description="never hold the fine grid on the driver")
     keep_work: bool = Field(default=False, description="keep the scratch vectors after the run")
 

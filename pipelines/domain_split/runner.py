@@ -87,6 +87,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         smoother=cfg.smoother,
         shifts=cfg.shifts,
         submesh=(cfg.submesh, cfg.submesh_tol),
+        device=cfg.device,
         cache=not cfg.out_of_core,
         local=[f"work/{n}" for n in ("w", "z", "r")],
     )

@@ -37,6 +37,8 @@ class BlockPlan:
     submesh : tuple
         ``(method, tol)`` of the sub-mesh solves (see
         :class:`tasks.domain_split.combine.SubmeshSolver`).
+    device : {"cpu", "cuda", "array-api-strict"}
+        Where the workers' block kernels run; ``cuda`` gives each worker one GPU.
     cache : bool
         Let workers keep their blocks in memory (see ``BlockWorker``).
     local : iterable of str
@@ -52,6 +54,7 @@ class BlockPlan:
         smoother: bool = True,
         shifts: int = 3,
         submesh=("auto", 1e-10),
+        device: str = "cpu",
         cache: bool = True,
         local=(),
     ):
@@ -59,10 +62,20 @@ class BlockPlan:
         self.smoother = smoother
         self.offsets = shift_offsets(layout, shifts)
         n_blocks = len(layout.blocks)
-        n_actors = max(1, min(int(executor.n_workers or 1), n_blocks))
+        slots = executor.n_gpus if device == "cuda" else executor.n_workers
+        n_actors = max(1, min(int(slots or 1), n_blocks))
         self.actors = [
             executor.actor(
-                BlockWorker, problem, layout, scheme, cache, tuple(local), submesh, spread=a
+                BlockWorker,
+                problem,
+                layout,
+                scheme,
+                cache,
+                tuple(local),
+                submesh,
+                device,
+                gpus=1 if device == "cuda" else 0,
+                spread=a,
             )
             for a in range(n_actors)
         ]

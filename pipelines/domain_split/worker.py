@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from array_api_compat import array_namespace
 from threadpoolctl import threadpool_limits
 
-from tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix
+from tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix, to_host
 from tasks.domain_split.grid import Layout
-from tasks.domain_split.holes import BoxSolver, fill_block, smooth_block, smooth_region
+from tasks.domain_split.holes import BoxSolver, fill_block, pad1, smooth_block, smooth_region
 from tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
 from tasks.domain_split.problems import Problem
 
@@ -54,6 +55,10 @@ class BlockWorker:
     submesh : tuple
         ``(method, tol)`` of the sub-mesh solves this worker is given (see
         :class:`tasks.domain_split.combine.SubmeshSolver`).
+    device : {"cpu", "cuda", "array-api-strict"}
+        Where the block kernels (stencils, box solves, vector updates) run: NumPy, CuPy
+        on the worker's GPU, or array-api-strict arrays (the GPU code path, checked on
+        a CPU). Zarr I/O and the sub-mesh solves stay on the host.
     """
 
     def __init__(
@@ -64,8 +69,10 @@ class BlockWorker:
         cache: bool = True,
         local=(),
         submesh=("auto", 1e-10),
+        device: str = "cpu",
     ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
+        self.xp = array_module(device)
         self.boxes = BoxSolver(problem, layout, scheme)
         self.sub = SubmeshSolver(problem, layout, scheme, *submesh)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
@@ -91,14 +98,20 @@ class BlockWorker:
                 for a, b, a0, b0 in zip(start, stop, lo, hi, strict=True)
             ]
             data = np.pad(data, pad)
-        return data
+        return self._dev(data)
+
+    def _dev(self, data):
+        """Host data as an array of this worker's device (no copy on the CPU)."""
+        return data if self.xp is np else self.xp.asarray(data)
 
     def _write(self, ref, block, data) -> None:
         region = ref.check(block.region)
         if ref.path not in self.local:
-            self._arr(ref)[region] = data
+            self._arr(ref)[region] = to_host(data)
         if self.cache:
-            self._blocks[ref.path, block.index] = np.array(data, dtype=np.float64)
+            if self.xp is np:
+                data = np.array(data, dtype=np.float64)
+            self._blocks[ref.path, block.index] = data
 
     def _own(self, ref, block) -> np.ndarray:
         """The block's owned part of ``ref`` (from memory when this worker wrote it)."""
@@ -110,7 +123,7 @@ class BlockWorker:
         when cached) and the 2 d face slabs from Zarr (corners are not needed)."""
         if not self.cache:
             return self._read(ref, b.start, b.stop, halo=1)
-        ext = np.pad(self._own(ref, b), 1)
+        ext = pad1(self._own(ref, b))
         arr, n = self._arr(ref), self.layout.n_fine + 1
         for k in range(self.layout.d):
             for idx, pos in ((b.start[k] - 1, 0), (b.stop[k], -1)):
@@ -119,7 +132,7 @@ class BlockWorker:
                     src[k] = slice(idx, idx + 1)
                     dst = [slice(1, -1)] * self.layout.d
                     dst[k] = slice(0, 1) if pos == 0 else slice(-1, None)
-                    ext[tuple(dst)] = arr[tuple(src)]
+                    ext[tuple(dst)] = self._dev(np.asarray(arr[tuple(src)]))
         return ext
 
     def _block(self, i):
@@ -139,7 +152,7 @@ class BlockWorker:
         res = []
         for i in ids:
             b = self._block(i)
-            v = rhs_block(self.problem, b.start, b.shape, self.layout.n_fine)
+            v = self._dev(rhs_block(self.problem, b.start, b.shape, self.layout.n_fine))
             self._write(out, b, v)
             res.append(_dot(v, v))
         return res
@@ -239,7 +252,7 @@ class BlockWorker:
             b = self._block(i)
             y = None
             for c, ref in terms:
-                t = c * self._own(ref, b)
+                t = float(c) * self._own(ref, b)
                 y = t if y is None else y + t
             others = [self._own(d, b) for d in dots]
             self._write(out, b, y)
@@ -254,12 +267,12 @@ class BlockWorker:
         for i in ids:
             b = self._block(i)
             u = self._own(x, b)
-            ue = np.asarray(exact_block(self.problem, b.start, b.shape, self.layout.n_fine))
+            ue = self._dev(exact_block(self.problem, b.start, b.shape, self.layout.n_fine))
             err = u - ue
             self._write(solution, b, u)
             self._write(exact, b, ue)
             self._write(error, b, err)
-            res.append((_dot(err, err), _dot(ue, ue), float(np.abs(err).max())))
+            res.append((_dot(err, err), _dot(ue, ue), float(self.xp.max(self.xp.abs(err)))))
         return res
 
 
@@ -267,7 +280,25 @@ def _dot(a, b) -> float:
     """``sum(a * b)`` by NumPy's pairwise summation: unlike BLAS ``ddot``, whose
     rounding depends on how many threads split the sum, this gives the same bits in a
     one-thread worker process and in a multi-threaded driver."""
-    return float(np.sum(np.multiply(a, b)))
+    if isinstance(a, np.ndarray):
+        return float(np.sum(np.multiply(a, b)))
+    xp = array_namespace(a)
+    return float(xp.sum(xp.multiply(a, b)))
+
+
+def array_module(device: str):
+    """The array namespace of ``device``: NumPy, CuPy or array-api-strict."""
+    if device == "cpu":
+        return np
+    if device == "cuda":
+        import cupy
+
+        return cupy
+    if device == "array-api-strict":
+        import array_api_strict
+
+        return array_api_strict
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'array-api-strict', got {device!r}")
 
 
 def layout_for(d: int, n_fine: int, n_coarse: int, boxes_per_block: int | None) -> Layout:

@@ -322,5 +322,10 @@ def restrict(layout: Layout, v, start, R: np.ndarray) -> dict:
 
 
 def to_host(x) -> np.ndarray:
-    """A NumPy copy of ``x`` (``x.get()`` for CuPy arrays)."""
-    return np.asarray(x.get() if hasattr(x, "get") else x)
+    """``x`` as a NumPy array: itself, ``x.get()`` for CuPy, DLPack for other array-API
+    arrays."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "get"):
+        return x.get()
+    return np.from_dlpack(x)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from array_api_compat import array_namespace
 from scipy.sparse.linalg import splu
 
-from .combine import skeleton
+from .combine import skeleton, to_host
 from .grid import Block, Layout
 from .operator import PERMC, apply_stencil, assemble
 from .problems import Problem
@@ -102,21 +103,29 @@ class BoxSolver:
                 continue
             lu_key = self.system(lo, hi)
             groups.setdefault(id(lu_key), (lu_key, []))[1].append(sl)
+        xp = array_namespace(z)
         if fd_groups:
-            zb = np.array(z, dtype=np.float64)
+            zb = xp.asarray(z, copy=True)
             for _, members in fd_groups.values():
                 for inner in members:
                     zb[inner] = 0.0
-            Lz = apply_stencil(self.problem, np.pad(zb, 1), start, self.layout.n_fine, self.scheme)
+            Lz = apply_stencil(self.problem, pad1(zb), start, self.layout.n_fine, self.scheme)
             for fd, members in fd_groups.values():
-                sol = fd.solve(np.stack([v[inner] - Lz[inner] for inner in members]))
+                sol = fd.solve(xp.stack([v[inner] - Lz[inner] for inner in members]))
                 for i, inner in enumerate(members):
-                    z[inner] = sol[i]
-        for (lu, A_ib, interior), members in groups.values():
-            rhs = np.stack([v[sl][interior] - A_ib @ z[sl][~interior] for sl in members], axis=1)
-            sol = lu.solve(rhs)
-            for i, sl in enumerate(members):
-                z[sl][interior] = sol[:, i]
+                    z[inner] = sol[i, ...]
+        if groups:  # sparse LU: on the host
+            on_host = isinstance(z, np.ndarray)
+            zh, vh = (z, v) if on_host else (to_host(z), to_host(v))
+            for (lu, A_ib, interior), members in groups.values():
+                rhs = np.stack(
+                    [vh[sl][interior] - A_ib @ zh[sl][~interior] for sl in members], axis=1
+                )
+                sol = lu.solve(rhs)
+                for i, sl in enumerate(members):
+                    zh[sl][interior] = sol[:, i]
+                    if not on_host:
+                        z[sl] = xp.asarray(zh[sl])
         return z
 
 
@@ -139,8 +148,9 @@ def fill_block(
     boxes : BoxSolver
     corrected : dict
         ``S -> w'_S`` restricted to :func:`work_region` of the block (or whole).
-    v : numpy.ndarray, shape ``block.shape``
-        The vector ``T`` is applied to, on the block's owned region.
+    v : array, shape ``block.shape``
+        The vector ``T`` is applied to, on the block's owned region (NumPy, CuPy or any
+        array-API namespace; the result is in the same one).
     block : Block
 
     Returns
@@ -149,9 +159,10 @@ def fill_block(
         ``T v`` on the block's owned region.
     """
     start, shape = work_region(layout, block)
-    z = skeleton(layout, corrected, start, shape)
-    pad = [(0, w - o) for w, o in zip(shape, block.shape, strict=True)]
-    vw = np.pad(np.asarray(v, dtype=np.float64), pad)
+    xp = array_namespace(v)
+    z = skeleton(layout, corrected, start, shape, xp)
+    vw = xp.zeros(tuple(shape), dtype=xp.float64)
+    vw[tuple(slice(0, n) for n in block.shape)] = v
     s = layout.stride
     cuts = [[j * s for j in range(r.start, r.stop + 1)] for r in block.boxes]
     boxes.solve_boxes(z, vw, start, box_ranges(cuts))
@@ -217,9 +228,10 @@ def smooth_block(
         ``z`` on the owned nodes with a one-node halo (zero outside the domain).
     """
     start, stop, cuts = smooth_region(layout, block, shift)
-    z = np.zeros_like(v_region, dtype=np.float64)
+    xp = array_namespace(v_region)
+    z = xp.zeros(tuple(v_region.shape), dtype=xp.float64)
     boxes.solve_boxes(z, v_region, start, box_ranges(cuts))
-    zp = np.pad(z, 1)
+    zp = pad1(z)
     sl = tuple(
         slice(a - 1 - s0 + 1, b + 1 - s0 + 1)
         for a, b, s0 in zip(block.start, block.stop, start, strict=True)
@@ -238,3 +250,11 @@ def work_region(layout: Layout, block: Block):
     start = tuple(r.start * s for r in block.boxes)
     shape = tuple(len(r) * s + 1 for r in block.boxes)
     return start, shape
+
+
+def pad1(x):
+    """``x`` with a one-node zero halo on every side (array-API generic ``numpy.pad``)."""
+    xp = array_namespace(x)
+    out = xp.zeros(tuple(n + 2 for n in x.shape), dtype=x.dtype)
+    out[(slice(1, -1),) * x.ndim] = x
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from .problems import Problem
 
@@ -68,6 +69,19 @@ class SeparableSolver:
             total = total + lk.reshape(shape)
         self.inv_lam = 1.0 / total
         self.shape = tuple(lk.size for lk in lam)
+        self._on: dict = {}  # namespace name -> (bases, inv_lam) as that namespace's arrays
+
+    def _arrays(self, xp):
+        key = xp.__name__
+        if key not in self._on:
+            if "numpy" in key and "strict" not in key:
+                self._on[key] = ([(V, Vi) for V, Vi, _ in self.bases], self.inv_lam)
+            else:
+                self._on[key] = (
+                    [(xp.asarray(V), xp.asarray(Vi)) for V, Vi, _ in self.bases],
+                    xp.asarray(self.inv_lam),
+                )
+        return self._on[key]
 
     @classmethod
     def build(cls, problem: Problem, sizes, spacings, scheme: str = "central"):
@@ -104,32 +118,36 @@ class SeparableSolver:
             edges.append((lower, upper))
         return cls(bases, edges)
 
-    def _apply(self, f: np.ndarray, which: int) -> np.ndarray:
+    def _apply(self, f, which: int, bases, xp):
         """Multiply every axis of the trailing ``d`` axes of ``f`` by ``V`` (``which=0``)
         or ``V^-1`` (``which=1``). Each product is a stack of small matrix products of
         one box's shape, so a box's bits do not depend on how many boxes share a call."""
-        lead = f.shape[: f.ndim - len(self.shape)]
+        lead = tuple(f.shape[: f.ndim - len(self.shape)])
         nb = math.prod(lead)
         for k, n in enumerate(self.shape):
             pre = nb * math.prod(self.shape[:k])
             post = math.prod(self.shape[k + 1 :])
-            f = np.matmul(self.bases[k][which], f.reshape(pre, n, post))
-        return f.reshape(*lead, *self.shape)
+            f = xp.matmul(bases[k][which], xp.reshape(f, (pre, n, post)))
+        return xp.reshape(f, (*lead, *self.shape))
 
-    def solve(self, f: np.ndarray) -> np.ndarray:
+    def solve(self, f):
         """Solve ``A u = f`` for a stack of right-hand sides.
 
         Parameters
         ----------
-        f : numpy.ndarray, shape ``(..., *self.shape)``
-            Right-hand sides at interior nodes (boundary couplings already moved over).
+        f : array, shape ``(..., *self.shape)``
+            Right-hand sides at interior nodes (boundary couplings already moved over),
+            float64, any array-API namespace (NumPy, CuPy, ...).
 
         Returns
         -------
-        numpy.ndarray, same shape
+        array, same shape and namespace
         """
-        f = np.ascontiguousarray(f, dtype=np.float64)
-        return self._apply(self._apply(f, 1) * self.inv_lam, 0)
+        xp = array_namespace(f)
+        bases, inv_lam = self._arrays(xp)
+        if isinstance(f, np.ndarray):
+            f = np.ascontiguousarray(f, dtype=np.float64)
+        return self._apply(self._apply(f, 1, bases, xp) * inv_lam, 0, bases, xp)
 
     def solve_dirichlet(self, v: np.ndarray) -> np.ndarray:
         """Solve on a whole grid: ``v`` holds the right-hand side inside and the Dirichlet
