@@ -13,7 +13,9 @@ ratios against the baselines, and writes JSON to ``benchmarks/results/``.
 
 Goals (issue 3): >= 3x faster than spsolve and within 1.5x of pyamg on 2-D 1023^2; a 3-D
 problem of >= 2e8 unknowns with peak worker memory <= 8 GiB (``--problems ooc
---ooc-n 600``: several hours and ~15 GB of disk on 2 cores).
+--ooc-n 592 --ooc-nc 37 --skip pyamg``: 2.06e8 unknowns, about 25 minutes, 4 GiB for the
+whole process tree and 40 GB of disk on 2 cores; set TILEGRAPH_BENCH_DIR to a disk with
+room).
 """
 
 from __future__ import annotations

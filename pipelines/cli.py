@@ -181,6 +181,7 @@ def _cmd_run(args) -> int:
 
     executor = _connect(args)
     with executor:
+        _check_device([config], executor, args.cluster)
         if run is None:
             run = root.create(
                 pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster
@@ -262,6 +263,15 @@ def _check_cluster(args) -> None:
             raise UsageError(str(exc)) from None
 
 
+def _check_device(configs, executor, spec: str) -> None:
+    """``device=cuda`` needs GPUs on the executor: say so before anything is written."""
+    if any(getattr(c, "device", "cpu") == "cuda" for c in configs) and not executor.n_gpus:
+        raise UsageError(
+            f"device=cuda: --cluster {spec} has no GPU (use 'local-cuda' or 'ray' on a GPU "
+            "node, or device=cpu)"
+        )
+
+
 def _connect(args):
     import cluster
 
@@ -309,6 +319,7 @@ def _cmd_sweep(args) -> int:
         return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
     try:
         with _connect(args) as executor:
+            _check_device([p.config for p in plan.points], executor, args.cluster)
             result = run_sweep(
                 plan, root, executor, progress=progress_factory(), backend=args.cluster
             )

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -257,3 +258,26 @@ def test_bad_command_line_exits_2_with_one_line(case):
     rc, err, _ = _run_cli(argv)
     _one_error_line(rc, err, needle)
     assert re.match(r"^error: \S", err)
+
+
+def _cuda_visible() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(_cuda_visible(), reason="a GPU is present: device=cuda is allowed")
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_device_cuda_without_a_gpu_exits_2_before_writing(command):
+    for name, pipeline in PIPELINES.items():
+        if "device" not in pipeline.config.model_fields:
+            continue
+        if command == "run":
+            argv = ["run", name, "--set", "device=cuda", "--cluster", "sync"]
+        else:
+            argv = ["sweep", name, "--grid", "device=cpu,cuda", "--cluster", "sync"]
+        rc, err, _ = _run_cli(argv)
+        _one_error_line(rc, err, "device=cuda")

@@ -84,3 +84,45 @@ def test_domain_split_quick_on_the_gpu_matches_the_cpu(tmp_path):
     assert outs["cuda"]["converged"]
     assert outs["cuda"]["rel_error_direct"] <= 1e-10
     assert outs["cuda"]["iterations"] == outs["cpu"]["iterations"]
+
+
+def test_bilevel_quick_on_the_gpu_matches_the_cpu(tmp_path):
+    from helpers import last_json, tilegraph
+
+    outs = {}
+    for device in ("cpu", "cuda"):
+        out = tilegraph(
+            "run", "bilevel", "--preset", "quick", "--set", f"device={device}",
+            "--cluster", "sync", "--store", str(tmp_path), "--json",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        outs[device] = last_json(out.stdout)["metrics"]
+    assert outs["cuda"]["converged"]
+    assert outs["cuda"]["iterations"] == outs["cpu"]["iterations"]
+    for key in ("rel_dist_to_optimum", "grad_norm", "upper_objective"):
+        np.testing.assert_allclose(outs["cuda"][key], outs["cpu"][key], rtol=1e-9)
+
+
+@pytest.mark.parametrize("schedule", ["subtrees", "nodes"])
+def test_ttn_quick_on_the_gpu_matches_the_cpu(tmp_path, schedule):
+    import xarray as xr
+    from helpers import last_json, tilegraph
+
+    outs, hist = {}, {}
+    for device in ("cpu", "cuda"):
+        out = tilegraph(
+            "run", "ttn", "--preset", "quick", "--set", f"device={device}",
+            "--set", f"schedule={schedule}",
+            "--cluster", "sync", "--store", str(tmp_path), "--json",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        res = last_json(out.stdout)
+        outs[device] = res["metrics"]
+        hist[device] = xr.open_zarr(res["path"] + "/history", consolidated=False).load()
+    assert outs["cuda"]["steps"] == outs["cpu"]["steps"] == 20
+    assert outs["cuda"]["max_rank"] == outs["cpu"]["max_rank"]
+    assert outs["cuda"]["final_error_vs_exact"] < 2e-2
+    a, b = hist["cuda"], hist["cpu"]
+    np.testing.assert_array_equal(a.ranks.values, b.ranks.values)
+    for var in ("norm", "energy", "magnetization", "error"):
+        np.testing.assert_allclose(a[var].values, b[var].values, rtol=0, atol=1e-10)

@@ -97,6 +97,12 @@ class BilevelConfig(BaseModel):
     eval_every: int = Field(default=10, ge=1, description="iterations between history points")
     checkpoint_every: int = Field(default=50, ge=1, description="iterations between checkpoints")
     seed: int = Field(default=0, ge=0, description="seed of the block and batch sampling")
+    device: Literal["cpu", "cuda", "array-api-strict"] = Field(
+        default="cpu",
+        description="where the block tasks run their kernels: NumPy, CuPy (each task asks "
+        "for one GPU of its worker), or array-api-strict (the GPU code path checked on a "
+        "CPU); sampling, the upper update and the exact evaluations stay NumPy on the driver",
+    )
 
     @model_validator(mode="after")
     def _blocks(self):

@@ -121,7 +121,9 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
     steps, m, I, B = cfg.steps(), problem.m, cfg.blocks_per_iter, cfg.batch
     n_state = state_size(method, problem.dim_y)
     path = f"state/{method}"
-    common = {"problem": prob, "method": method, "steps": steps}
+    common = {"problem": prob, "method": method, "steps": steps, "device": cfg.device}
+    # device=cuda: every task runs its kernels with CuPy on one GPU of its worker
+    gpus = 1 if cfg.device == "cuda" else 0
 
     saved = store.load_checkpoint() if ctx.resume else None
     if saved is not None and (saved.scalars.get("method") != method or path not in store.group):
@@ -154,8 +156,13 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
         x_prev, z = x.copy(), np.zeros_like(x)
         last, slot = np.full(m, -1, dtype=np.int64), np.zeros(m, dtype=np.int64)
         idx0 = init_batches(cfg.seed, m, B, problem.n_lower)
-        groups = np.array_split(np.arange(m), min(m, 4 * max(1, ex.n_workers)))
-        ex.gather(ex.map(init_blocks, groups, [idx0[g] for g in groups], ref=ref, x0=x, **common))
+        slots = ex.n_gpus if gpus else ex.n_workers
+        groups = np.array_split(np.arange(m), min(m, 4 * max(1, slots)))
+        ex.gather(
+            ex.map(
+                init_blocks, groups, [idx0[g] for g in groups], gpus=gpus, ref=ref, x0=x, **common
+            )
+        )
         hist = {k: [] for k in HISTORY}
         for k, v in zip(HISTORY, (0, *evaluate(problem, x, x_star)), strict=True):
             hist[k].append(float(v))
@@ -196,6 +203,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
                 list(d.idx_g),
                 list(d.idx_f),
                 [int(t - last[i] - 1) for i in d.blocks],
+                gpus=gpus,
                 ref=ref,
                 x=x,
                 x_prev=x_prev,

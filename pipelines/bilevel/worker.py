@@ -6,6 +6,15 @@ The state array ``state/<method>`` has shape ``(m, 3, n_state)`` and chunks
 writes a slot that is neither the current one nor the one the newest checkpoint points
 to, so a re-run task (a retry) finds its input intact and a killed run resumes from
 slots nobody has overwritten.
+
+``device`` picks where a task's kernels run: ``cpu`` (NumPy, the reference bits),
+``cuda`` (CuPy on the worker's GPU; the driver asks for ``gpus=1`` per task) or
+``array-api-strict`` (the same generic code path on array-api-strict arrays: the GPU
+path checked on a CPU). The block state read from Zarr and the upper iterates from the
+driver are moved to the device here; the batch indices stay NumPy (they were drawn on
+the driver, so every device uses the same samples, and the problems index their host
+data with them); the new state goes back to Zarr and the hypergradient terms back to
+the driver as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -40,6 +49,36 @@ def _region(ref, i: int, s: int):
 _CONTROLLER: list = []
 
 
+def array_module(device: str):
+    """The array namespace of ``device``: NumPy, CuPy or array-api-strict."""
+    if device == "cpu":
+        return np
+    if device == "cuda":
+        import cupy
+
+        return cupy
+    if device == "array-api-strict":
+        import array_api_strict
+
+        return array_api_strict
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'array-api-strict', got {device!r}")
+
+
+def to_device(xp, a):
+    """Host data as an array of ``xp`` (``a`` itself on NumPy: no copy, the same bits)."""
+    return a if xp is np else xp.asarray(np.asarray(a, dtype=np.float64))
+
+
+def to_host(a) -> np.ndarray:
+    """``a`` as a NumPy array: itself, ``a.get()`` for CuPy, DLPack for other array-API
+    arrays."""
+    if isinstance(a, np.ndarray | np.generic):
+        return np.asarray(a)
+    if hasattr(a, "get"):
+        return a.get()
+    return np.from_dlpack(a)
+
+
 def _one_thread(fn):
     """Single-threaded BLAS: the same bits in a worker process and in the driver. (The
     controller is made once per process: finding the BLAS libraries is slower than a
@@ -56,7 +95,7 @@ def _one_thread(fn):
 
 
 @_one_thread
-def init_blocks(blocks, idx, *, problem, method, steps, ref, x0):
+def init_blocks(blocks, idx, *, problem, method, steps, ref, x0, device="cpu"):
     """Write the initial state of ``blocks`` into slot 0.
 
     Parameters
@@ -70,15 +109,34 @@ def init_blocks(blocks, idx, *, problem, method, steps, ref, x0):
     x0 : numpy.ndarray, shape (dim_x,)
     idx : numpy.ndarray, shape (len(blocks), B)
         Lower batch of each block.
+    device : {"cpu", "cuda", "array-api-strict"}
+        Where the estimators' initial values are computed (see the module docstring).
     """
+    xp = array_module(device)
+    x0 = to_device(xp, x0)
     for k, i in enumerate(blocks):
-        flat = init_state(problem, method, int(i), x0, steps, idx[k])
+        flat = to_host(init_state(problem, method, int(i), x0, steps, idx[k]))
         _array(ref)[_region(ref, int(i), 0)] = np.asarray(flat)[None, None, :]
 
 
 @_one_thread
 def block_task(
-    i, src, dst, idx_g, idx_f, wait, *, problem, method, steps, ref, x, x_prev, first, iteration
+    i,
+    src,
+    dst,
+    idx_g,
+    idx_f,
+    wait,
+    *,
+    problem,
+    method,
+    steps,
+    ref,
+    x,
+    x_prev,
+    first,
+    iteration,
+    device="cpu",
 ):
     """Update sampled block ``i``: read slot ``src``, write slot ``dst``.
 
@@ -86,24 +144,29 @@ def block_task(
     update; the keywords are the same for every block of an iteration (see
     :func:`tasks.bilevel.methods.block_step`). ``iteration`` makes every task's
     arguments unique, so Dask never hands back an earlier result instead of writing.
+    ``device`` is where the update runs (see the module docstring); what it returns and
+    writes is NumPy on every device.
 
     Returns
     -------
     G_new, G_old : numpy.ndarray, shape (dim_x,)
         The block's hypergradient terms at ``x_t`` and ``x_{t-1}``.
     """
+    xp = array_module(device)
     arr = _array(ref)
-    flat = np.asarray(arr[_region(ref, i, src)])[0, 0]
+    flat = to_device(xp, np.asarray(arr[_region(ref, i, src)])[0, 0])
+    x, x_prev = to_device(xp, x), to_device(xp, x_prev)
+    # idx_g, idx_f stay NumPy: the problems index their host data with them
     new, g_new, g_old = block_step(
         problem, method, int(i), flat, x, x_prev, idx_g, idx_f, int(wait), steps, first=first
     )
-    new = np.asarray(new)
+    new = np.asarray(to_host(new))
     if not np.all(np.isfinite(new)):
         raise FloatingPointError(
             f"{method}: block {i} diverged at iteration {iteration}; lower tau / tau_v"
         )
     arr[_region(ref, i, dst)] = new[None, None, :]
-    return np.asarray(g_new), np.asarray(g_old)
+    return np.asarray(to_host(g_new)), np.asarray(to_host(g_old))
 
 
 def free_slot(current: int, committed: int) -> int:

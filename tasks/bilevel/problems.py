@@ -22,7 +22,12 @@ from array_api_compat import array_namespace
 
 
 def _take(xp, data: np.ndarray, idx, like):
-    """``data[idx]`` (``idx=None``: all rows) as an array of ``xp`` on ``like``'s device."""
+    """``data[idx]`` (``idx=None``: all rows) as an array of ``xp`` on ``like``'s device.
+
+    The rows are gathered on the host and only the batch is moved: the problem data are
+    NumPy arrays shipped to the workers once, and the batch indices are drawn on the
+    driver with NumPy, so every device sees the same samples. On NumPy this is a view or
+    a copy of the rows, the same bits as ``data[idx]``."""
     rows = data if idx is None else data[np.asarray(idx, dtype=np.intp)]
     return xp.asarray(np.ascontiguousarray(rows), dtype=like.dtype)
 
@@ -357,6 +362,9 @@ class LogisticHPO(_LinearData):
         xp = array_namespace(x)
         if idx is None:
             return vals
+        # the array API has no scatter-add (``np.add.at``): a one-hot (B, dim_x) matrix
+        # built on the host from the host batch indices, applied on the device, adds up
+        # repeated rows on every backend alike
         onehot = np.zeros((int(np.asarray(idx).size), self.dim_x))
         onehot[np.arange(onehot.shape[0]), np.asarray(idx, dtype=np.intp)] = 1.0
         return xp.asarray(onehot, dtype=x.dtype).T @ vals
