@@ -95,6 +95,71 @@ def test_same_bits_on_dask_and_ray(executors, tmp_path, sync_result, spec):
     assert m["final_error_vs_exact"] == sync_result[1]["final_error_vs_exact"]
 
 
+def _namespaces(monkeypatch, name: str, arg: int) -> set:
+    """Record the array namespace of argument ``arg`` of every call of ``bug.name``."""
+    from array_api_compat import array_namespace
+
+    from tasks.ttn import bug
+
+    seen = set()
+    fn = getattr(bug, name)
+
+    def spy(*args, **kwargs):
+        seen.add(array_namespace(args[arg]).__name__)
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(bug, name, spy)
+    return seen
+
+
+def _assert_same_history(got, ref, atol=1e-10):
+    assert got.sizes["time"] == ref.sizes["time"]
+    for var in ("ranks", "rejected"):
+        np.testing.assert_array_equal(got[var].values, ref[var].values)
+    for var in ("norm", "energy", "magnetization", "error"):
+        np.testing.assert_allclose(got[var].values, ref[var].values, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("case", ["subtrees", "grouped", "nodes"])
+def test_generic_device_path_gives_the_numpy_answer(
+    executors, tmp_path, sync_result, monkeypatch, case
+):
+    """device=array-api-strict runs the workers' kernels on array-api-strict arrays (the
+    CuPy code path, on a CPU) and gives the NumPy answer: ``subtrees`` (one actor per
+    child of the root), ``grouped`` (several subtrees per actor, as with fewer GPUs than
+    subtrees) and ``nodes`` (every K-step and Galerkin step a task)."""
+    from pipelines.ttn import plan
+
+    sets = [*SETS, "device=array-api-strict"]
+    ref_run, ref_m = sync_result
+    if case == "grouped":
+        slots = []
+
+        def one_slot(ex, device, n):
+            slots.append(n)
+            return 1
+
+        monkeypatch.setattr(plan, "subtree_slots", one_slot)
+    if case == "nodes":
+        cpu = ["T=0.2", "h=0.05", "schedule=nodes"]
+        ref_run, ref_m = run_on(executors("sync"), tmp_path / "cpu", sets=cpu)
+        sets = [*cpu, "device=array-api-strict"]
+    # the workers' kernels: the subtree K-step (subtrees), each task (nodes)
+    spied = ("_dispatch", 1) if case == "nodes" else ("subtree_update", 3)
+    seen = _namespaces(monkeypatch, *spied)
+    run, m = run_on(executors("sync"), tmp_path / "strict", sets=sets)
+    assert seen == {"array_api_strict"}
+    if case == "grouped":
+        assert slots == [2]  # both subtrees of the binary tree in one actor
+    assert m["steps"] == ref_m["steps"] and m["max_rank"] == ref_m["max_rank"]
+    got = xr.open_zarr(run.url + "/history", consolidated=False)
+    ref = xr.open_zarr(ref_run.url + "/history", consolidated=False)
+    _assert_same_history(got, ref)
+    # the checkpoint went back to the host
+    ck = run.load_checkpoint()
+    assert all(type(a) is np.ndarray for a in ck.arrays.values())
+
+
 def test_convergence_study_is_first_order(executors, tmp_path):
     sets = ["h_list=[0.25, 0.125, 0.0625]"]
     run, m = run_on(executors("sync"), tmp_path, "convergence", sets)
@@ -123,6 +188,7 @@ def tilegraph(*args, timeout=240):
         (["d=20"], "exact_reference"),
         (["tree=spec", "tree_spec=[0, [1, 1]]"], "tree_spec"),
         (["model.kind=heisenberg"], "model.kind"),
+        (["device=gpu"], "device"),
     ],
 )
 def test_bad_config_exits_2_with_one_line_and_no_store(tmp_path, sets, needle):

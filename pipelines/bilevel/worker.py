@@ -25,6 +25,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from tasks.bilevel.methods import block_step, init_state
+from tasks.devices import array_module, to_device, to_host
 
 SLOTS = 3
 
@@ -47,36 +48,6 @@ def _region(ref, i: int, s: int):
 
 
 _CONTROLLER: list = []
-
-
-def array_module(device: str):
-    """The array namespace of ``device``: NumPy, CuPy or array-api-strict."""
-    if device == "cpu":
-        return np
-    if device == "cuda":
-        import cupy
-
-        return cupy
-    if device == "array-api-strict":
-        import array_api_strict
-
-        return array_api_strict
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'array-api-strict', got {device!r}")
-
-
-def to_device(xp, a):
-    """Host data as an array of ``xp`` (``a`` itself on NumPy: no copy, the same bits)."""
-    return a if xp is np else xp.asarray(np.asarray(a, dtype=np.float64))
-
-
-def to_host(a) -> np.ndarray:
-    """``a`` as a NumPy array: itself, ``a.get()`` for CuPy, DLPack for other array-API
-    arrays."""
-    if isinstance(a, np.ndarray | np.generic):
-        return np.asarray(a)
-    if hasattr(a, "get"):
-        return a.get()
-    return np.from_dlpack(a)
 
 
 def _one_thread(fn):

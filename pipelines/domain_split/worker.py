@@ -17,7 +17,8 @@ import numpy as np
 from array_api_compat import array_namespace
 from threadpoolctl import threadpool_limits
 
-from tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix, to_host
+from tasks.devices import array_module, to_host
+from tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix
 from tasks.domain_split.grid import Layout
 from tasks.domain_split.holes import BoxSolver, fill_block, pad1, smooth_block, smooth_region
 from tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
@@ -284,21 +285,6 @@ def _dot(a, b) -> float:
         return float(np.sum(np.multiply(a, b)))
     xp = array_namespace(a)
     return float(xp.sum(xp.multiply(a, b)))
-
-
-def array_module(device: str):
-    """The array namespace of ``device``: NumPy, CuPy or array-api-strict."""
-    if device == "cpu":
-        return np
-    if device == "cuda":
-        import cupy
-
-        return cupy
-    if device == "array-api-strict":
-        import array_api_strict
-
-        return array_api_strict
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'array-api-strict', got {device!r}")
 
 
 def layout_for(d: int, n_fine: int, n_coarse: int, boxes_per_block: int | None) -> Layout:

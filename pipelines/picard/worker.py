@@ -13,8 +13,9 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from tasks.devices import to_host
 from tasks.picard.models import GaussianMixture, MLPDenoiser
-from tasks.picard.samplers import sequential, to_host
+from tasks.picard.samplers import sequential
 
 
 def _local(a):

@@ -78,6 +78,12 @@ class TTNConfig(BaseModel):
         default=10.0, gt=0, description="reject a step when h*eta > c*theta (parallel)"
     )
     tol: float = Field(default=1e-12, gt=0, lt=1e-2, description="Lanczos sub-flow tolerance")
+    device: Literal["cpu", "cuda", "array-api-strict"] = Field(
+        default="cpu",
+        description="where workers run the step kernels (K-steps, Galerkin steps, QR, "
+        "SVD): NumPy, CuPy (one GPU per worker), or array-api-strict (the GPU code path "
+        "checked on a CPU); the driver's share stays in NumPy",
+    )
     checkpoint_every: int = Field(default=10, ge=1, description="steps between checkpoints")
     exact_reference: bool = Field(
         default=True, description=f"compare with expm of the dense H (d <= {MAX_EXACT_D})"

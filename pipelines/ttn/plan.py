@@ -16,19 +16,53 @@ import numpy as np
 from tasks.ttn import bug
 from tasks.ttn import state as st
 
-from .worker import SubtreeWorker
+from .worker import SubtreeGroup, SubtreeWorker, device_task
 
 #: Most times one step is redone from the augmented bases when nothing was truncated.
 MAX_REDO = 2
 
 
-def executor_map(ex):
-    """``map_fn(fn, *iterables) -> results`` running every call as one executor task."""
+def executor_map(ex, device: str = "cpu"):
+    """``map_fn(fn, *iterables) -> results`` running every call as one executor task.
+
+    With a ``device`` other than ``cpu`` each task moves its arguments to the device,
+    runs there and returns NumPy arrays (:func:`.worker.device_task`); ``cuda`` tasks ask
+    for one GPU each.
+    """
 
     def map_fn(fn, *iterables):
-        return ex.gather(ex.map(fn, *iterables))
+        if device == "cpu":
+            return ex.gather(ex.map(fn, *iterables))
+        n = min(len(it) for it in iterables)
+        gpus = 1 if device == "cuda" else 0
+        return ex.gather(ex.map(device_task, [device] * n, [fn] * n, *iterables, gpus=gpus))
 
     return map_fn
+
+
+def subtree_slots(executor, device: str, n_subtrees: int) -> int:
+    """How many stateful workers hold the root's subtrees: one per subtree, but with
+    ``cuda`` at most one per GPU (each holds its GPU)."""
+    if device != "cuda":
+        return n_subtrees
+    return max(1, min(int(executor.n_gpus or 1), n_subtrees))
+
+
+class _Member:
+    """One subtree of a :class:`.worker.SubtreeGroup` actor, called like a
+    :class:`.worker.SubtreeWorker` actor (``member.kstep(...)`` returns a future)."""
+
+    def __init__(self, handle, top: int):
+        self._handle, self._top = handle, top
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def method(*args):
+            return self._handle.call(self._top, name, *args)
+
+        return method
 
 
 class Integrator:
@@ -62,19 +96,7 @@ class Integrator:
             self.proj = bug.projections(self.layout, self.state)
             return
         if not self.actors:
-            self.actors = [
-                self.ex.actor(
-                    SubtreeWorker,
-                    self.layout,
-                    c,
-                    {n: state[n] for n in self.tree.subtree(c)},
-                    self.trunc,
-                    self.cfg.method,
-                    self.cfg.tol,
-                    spread=i,
-                )
-                for i, c in enumerate(kids)
-            ]
+            self.actors = self._start_actors(state)
         else:
             resets = [
                 a.reset({n: state[n] for n in self.tree.subtree(c)})
@@ -83,6 +105,46 @@ class Integrator:
             self.ex.gather(resets)
         self.root = state[0]
         self.kid_proj = self.ex.gather([a.top_projections() for a in self.actors])
+
+    def _start_actors(self, state) -> list:
+        """One handle per child of the root (actors, or members of a group actor)."""
+        kids = self.tree.children[0]
+        device = self.cfg.device
+        gpus = 1 if device == "cuda" else 0
+        parts = [{n: state[n] for n in self.tree.subtree(c)} for c in kids]
+        slots = subtree_slots(self.ex, device, len(kids))
+        if slots == len(kids):
+            return [
+                self.ex.actor(
+                    SubtreeWorker,
+                    self.layout,
+                    c,
+                    part,
+                    self.trunc,
+                    self.cfg.method,
+                    self.cfg.tol,
+                    device,
+                    gpus=gpus,
+                    spread=i,
+                )
+                for i, (c, part) in enumerate(zip(kids, parts, strict=True))
+            ]
+        # fewer slots than subtrees (cuda, fewer GPUs): child i goes to group i % slots
+        groups = [
+            self.ex.actor(
+                SubtreeGroup,
+                self.layout,
+                {c: parts[i] for i, c in enumerate(kids) if i % slots == g},
+                self.trunc,
+                self.cfg.method,
+                self.cfg.tol,
+                device,
+                gpus=gpus,
+                spread=g,
+            )
+            for g in range(slots)
+        ]
+        return [_Member(groups[i % slots], c) for i, c in enumerate(kids)]
 
     def full_state(self) -> list:
         if not self.subtrees:
@@ -136,7 +198,7 @@ class Integrator:
             method=self.cfg.method,
             tol=self.cfg.tol,
             proj=self.proj,
-            map_fn=executor_map(self.ex),
+            map_fn=executor_map(self.ex, self.cfg.device),
             eta=self.eta,
         )
         self._info = info

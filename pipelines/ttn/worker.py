@@ -4,6 +4,11 @@ The subtree's tensors stay on its worker between steps. Per step the driver send
 child's environment (``S`` and the bond terms, small ``k x k`` matrices) and gets back
 the coefficients of the new basis directions; after the root's truncation it sends the
 kept singular vectors and gets back the subtree's ``R`` factor and its projections.
+
+Devices: the driver always works in NumPy. A worker with ``device="cuda"`` (CuPy on its
+GPU) or ``"array-api-strict"`` (the same generic code path, checked on a CPU) moves what
+it is sent to its device, keeps its subtree there, and returns NumPy arrays. The
+``nodes`` schedule does the same per task with :func:`device_task`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,52 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+from array_api_compat import array_namespace
+
+from tasks.devices import array_module, to_host
 from tasks.ttn import bug
+from tasks.ttn.state import bond_matrix
+
+
+def to_device(xp, obj, _seen=None):
+    """``obj`` with every NumPy array in it (in lists, tuples, dict values) as an array
+    of ``xp``; other leaves (Python numbers, keys, None) unchanged. An array that occurs
+    several times is moved once and stays one object (``merge_terms`` groups factors by
+    identity)."""
+    if xp is np:
+        return obj
+    seen = {} if _seen is None else _seen
+    if isinstance(obj, np.ndarray):
+        if id(obj) not in seen:
+            seen[id(obj)] = (obj, xp.asarray(obj))
+        return seen[id(obj)][1]
+    if isinstance(obj, dict):
+        return {k: to_device(xp, v, seen) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(xp, v, seen) for v in obj)
+    return obj
+
+
+def host_copy(obj):
+    """``obj`` with every device array in it as a NumPy array (a copy, so nothing the
+    driver holds aliases the worker's memory); NumPy arrays and other leaves unchanged."""
+    if obj is None or isinstance(obj, np.ndarray | np.generic | int | float | complex | str):
+        return obj
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(host_copy(v) for v in obj)
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return np.array(to_host(obj), copy=True)
+    return obj
+
+
+def device_task(device: str, fn, *args):
+    """``fn(*args)`` on ``device``: NumPy arguments moved there, results back to NumPy
+    (one task of the ``nodes`` schedule; ``cuda`` tasks ask for one GPU)."""
+    xp = array_module(device)
+    return host_copy(fn(*to_device(xp, args)))
 
 
 class SubtreeWorker:
@@ -28,11 +78,17 @@ class SubtreeWorker:
     method : str
     tol : float
         Lanczos tolerance.
+    device : {"cpu", "cuda", "array-api-strict"}
+        Where the subtree is kept and its kernels run: NumPy, CuPy on this worker's GPU,
+        or array-api-strict arrays (the GPU code path on a CPU). Arguments arrive and
+        results leave as NumPy arrays.
     """
 
-    def __init__(self, layout, top, tensors, trunc, method="parallel", tol=1e-12):
+    def __init__(self, layout, top, tensors, trunc, method="parallel", tol=1e-12, device="cpu"):
         self.layout, self.top, self.trunc = layout, top, trunc
         self.method, self.tol = method, tol
+        self.device = device
+        self.xp = array_module(device)
         self.busy = 0.0  # seconds spent computing (not waiting) on this worker
         self.reset(tensors)
 
@@ -40,14 +96,21 @@ class SubtreeWorker:
         """Hold ``tensors`` (node id -> array) from now on; returns the top projections."""
         self.state = [None] * self.layout.tree.n_nodes
         for n, a in tensors.items():
-            self.state[int(n)] = a
+            self.state[int(n)] = self._dev(a)
         self.proj = bug.projections(self.layout, self.state, self.top)
         self.aug = None
-        return self.proj[self.top]
+        return self._host(self.proj[self.top])
 
     def top_projections(self) -> dict:
         """``X_top^H A_key X_top`` for the keys of the top node."""
-        return self.proj[self.top]
+        return self._host(self.proj[self.top])
+
+    # -- device <-> host (identities on the CPU) ----------------------------------------
+    def _dev(self, obj):
+        return to_device(self.xp, obj)
+
+    def _host(self, obj):
+        return obj if self.xp is np else host_copy(obj)
 
     def kstep(self, S, bond_terms, h: float, eta: bool = False):
         """The recursive K-step of the subtree.
@@ -57,11 +120,13 @@ class SubtreeWorker:
         """
         t0 = time.perf_counter()
         tree = self.layout.tree
+        S, bond_terms = self._dev((S, bond_terms))
         old = self.state[self.top]
         if tree.is_leaf(self.top):
             c_in = old @ S
         else:
-            c_in = (old.reshape(-1, old.shape[-1]) @ S).reshape(old.shape[:-1] + (S.shape[1],))
+            xp = array_namespace(old)
+            c_in = xp.reshape(bond_matrix(xp, old) @ S, old.shape[:-1] + (S.shape[1],))
         self.aug, top_new, eta2 = bug.subtree_update(
             self.layout,
             self.state,
@@ -74,16 +139,16 @@ class SubtreeWorker:
             self.tol,
             eta=eta,
         )
+        out = self._host((top_new[1], eta2, top_new[2]) if eta else top_new[1])
         self.busy += time.perf_counter() - t0
-        if eta:
-            return top_new[1], eta2, top_new[2]
-        return top_new[1]
+        return out
 
     def truncate(self, P, sig):
         """Truncate with what the root kept on the top edge; returns ``(R, projections
         of the top, [(node, augmented, old, new rank)] per edge below the top)``."""
         t0 = time.perf_counter()
         tree = self.layout.tree
+        P, sig = self._dev((P, sig))
         T = bug.truncate_subtree(tree, self.aug, self.top, self.trunc, P, sig)
         R = bug.orthonormalize_subtree(tree, T, self.top)
         edges = [
@@ -93,15 +158,16 @@ class SubtreeWorker:
         ]
         self.state = T
         self.proj = bug.projections(self.layout, self.state, self.top)
+        out = self._host((R, self.proj[self.top], edges))
         self.busy += time.perf_counter() - t0
-        return R, self.proj[self.top], edges
+        return out
 
     def restart_augmented(self) -> dict:
         """Make the last step's augmented bases the current ones (a rejected step is redone
         from them); returns the new top projections."""
         self.state = list(self.aug)
         self.proj = bug.projections(self.layout, self.state, self.top)
-        return self.proj[self.top]
+        return self._host(self.proj[self.top])
 
     def pid(self) -> int:
         """Process id of the worker holding this subtree (placement diagnostics)."""
@@ -113,4 +179,32 @@ class SubtreeWorker:
 
     def tensors(self) -> dict:
         """The subtree's current tensors (for checkpoints and dense references)."""
-        return {n: self.state[n] for n in self.layout.tree.subtree(self.top)}
+        return self._host({n: self.state[n] for n in self.layout.tree.subtree(self.top)})
+
+
+class SubtreeGroup:
+    """Several :class:`SubtreeWorker` in one stateful worker, called in turn.
+
+    With ``device="cuda"`` every stateful worker holds one GPU, so when the root has more
+    children than there are GPUs the subtrees are shared out over one group per GPU.
+
+    Parameters
+    ----------
+    layout, trunc, method, tol, device
+        As for :class:`SubtreeWorker`.
+    parts : dict of int to dict
+        ``top -> tensors`` of each subtree this group holds.
+    """
+
+    def __init__(self, layout, parts, trunc, method="parallel", tol=1e-12, device="cpu"):
+        self.members = {
+            int(top): SubtreeWorker(layout, top, tensors, trunc, method, tol, device)
+            for top, tensors in parts.items()
+        }
+
+    def call(self, top: int, name: str, *args):
+        """``SubtreeWorker.name(*args)`` of the subtree under ``top``."""
+        return getattr(self.members[int(top)], name)(*args)
+
+    def pid(self) -> int:
+        return os.getpid()

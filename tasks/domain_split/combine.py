@@ -26,6 +26,7 @@ import numpy as np
 from scipy.interpolate import make_interp_spline
 from scipy.sparse.linalg import SuperLU, splu
 
+from ..devices import to_host
 from .grid import Layout
 from .operator import PERMC, assemble
 from .problems import Problem
@@ -319,13 +320,3 @@ def restrict(layout: Layout, v, start, R: np.ndarray) -> dict:
             part[inner] += np.where(bnd[inner], v[fine], 0.0)
         out[S] = (tuple(mesh), part)
     return out
-
-
-def to_host(x) -> np.ndarray:
-    """``x`` as a NumPy array: itself, ``x.get()`` for CuPy, DLPack for other array-API
-    arrays."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "get"):
-        return x.get()
-    return np.from_dlpack(x)

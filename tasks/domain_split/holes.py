@@ -13,7 +13,8 @@ import numpy as np
 from array_api_compat import array_namespace
 from scipy.sparse.linalg import splu
 
-from .combine import skeleton, to_host
+from ..devices import to_host
+from .combine import skeleton
 from .grid import Block, Layout
 from .operator import PERMC, apply_stencil, assemble
 from .problems import Problem

@@ -20,21 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from array_api_compat import array_namespace
 
+from ..devices import to_host
 from .schedules import Steps
 
 #: Columns of :attr:`PicardResult.history`.
 HISTORY_COLUMNS = ("begin", "end", "first_unconverged", "advance", "max_error")
-
-
-def to_host(a) -> np.ndarray:
-    """A NumPy copy of an array of any namespace (CuPy via ``.get()``)."""
-    get = getattr(a, "get", None)
-    if callable(get) and not isinstance(a, np.ndarray):
-        return np.asarray(get())
-    try:
-        return np.asarray(a)
-    except (TypeError, ValueError, RuntimeError):  # array_api_strict refuses __array__
-        return np.from_dlpack(a)
 
 
 def draw_noise(seed, n: int, sample_shape, n_steps: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from array_api_compat import array_namespace
 
+from ..devices import to_host
 from .contract import apply_factors, apply_terms, augment, merge_terms, mode, project_node
 from .expm import expm_apply
 from .operators import SumOfProducts
@@ -258,6 +259,7 @@ def _pad(xp, C, shape):
 
 
 def _rank(sigma, trunc: Truncation, cap: int) -> int:
+    """How many of the singular values ``sigma`` (host floats) to keep."""
     s = np.asarray(sigma, dtype=float)
     tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])  # tail[r] = ||s[r:]||
     tol = trunc.theta * (float(np.linalg.norm(s)) if trunc.relative else 1.0)
@@ -272,8 +274,11 @@ def truncate_edge(W, axis: int, trunc: Truncation):
     M = _mat(xp, W, axis)
     # reduced SVD already gives every left vector when rows <= cols (the usual case)
     U, s, _ = xp.linalg.svd(M, full_matrices=M.shape[0] > M.shape[1])
-    r = _rank([float(v) for v in s], trunc, M.shape[0])
-    sig = [float(s[j]) if j < s.shape[0] else 0.0 for j in range(r)]
+    # the rank is a sequential scan over a few singular values: on the host, after one
+    # transfer (no copy on NumPy), not one device synchronisation per value
+    s_host = to_host(s)
+    r = _rank([float(v) for v in s_host], trunc, M.shape[0])
+    sig = [float(s_host[j]) if j < s_host.shape[0] else 0.0 for j in range(r)]
     return U[:, :r], xp.asarray(sig, dtype=xp.complex128)
 
 

@@ -7,6 +7,7 @@ import math
 
 from array_api_compat import array_namespace
 
+from ..devices import to_host
 from .state import bond_matrix
 
 __all__ = [
@@ -126,7 +127,9 @@ def augment(old, new, rtol: float = 1e-13):
         return xp.zeros((N, 0), dtype=new.dtype), xp.zeros((0, new.shape[1]), dtype=new.dtype)
     U, s, _ = xp.linalg.svd(W, full_matrices=False)
     scale = max(1.0, math.sqrt(float(xp.sum(xp.abs(new) ** 2))))
-    p = min(room, sum(1 for v in s if float(v) > rtol * scale))
+    # counting the kept directions is a scan over a few values: on the host (one
+    # transfer, no copy on NumPy)
+    p = min(room, sum(1 for v in to_host(s) if float(v) > rtol * scale))
     Q = U[:, :p]
     if p:
         Q = Q - old @ (xp.conj(old.T) @ Q)

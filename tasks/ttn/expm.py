@@ -78,6 +78,10 @@ def _lanczos_step(xp, apply, v, t, abs_tol, m_max):
             w = w - _inner(xp, q, w) * q
         b = math.sqrt(abs(_inner(xp, w, w)))
         m = j + 1
+        # The small tridiagonal T (m <= m_max, its entries already host floats from the
+        # inner products) is diagonalised with NumPy on the host: on a GPU an m x m
+        # eigh costs more in launches than it computes. Only the Krylov vectors, the
+        # large part, stay in the caller's namespace (NumPy, CuPy, array-api-strict).
         T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
         evals, evecs = np.linalg.eigh(T)
         c = evecs @ (np.exp(-1j * t * evals) * evecs[0].conj())
