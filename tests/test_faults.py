@@ -33,12 +33,18 @@ CASES = {
         "actors": False,  # plain tasks: the scheduler re-runs a lost one by itself
     },
     "ttn": {
-        "sets": ["h=0.025", "checkpoint_every=1"],
+        "sets": ["h=0.05", "checkpoint_every=1"],
         "datasets": ["history"],
         "actors": True,
     },
     "picard": {
-        "sets": ["n_samples=96", "batch_size=16", "checkpoint_s=0"],
+        "sets": [
+            "n_samples=48",
+            "batch_size=16",
+            "checkpoint_s=0",
+            "steps=300",
+            "compare_sequential=false",
+        ],
         "datasets": ["result", "history"],
         "actors": True,
     },
