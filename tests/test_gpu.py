@@ -52,17 +52,25 @@ def test_one_gpu_per_stateful_worker(spec):
             assert len(seen) == n
 
 
-def test_picard_quick_on_the_gpu_matches_the_cpu(tmp_path):
+def _on_cpu_and_gpu(tmp_path, name: str, *sets: str) -> dict:
+    """``tilegraph run NAME --preset quick`` with ``device=cpu`` and ``device=cuda``
+    (plus ``--set`` items) on ``sync``: the ``--json`` record of each, by device."""
     from helpers import last_json, tilegraph
 
-    outs = {}
+    out = {}
     for device in ("cpu", "cuda"):
-        out = tilegraph(
-            "run", "picard", "--preset", "quick", "--set", f"device={device}",
+        args = [f"--set={s}" for s in (f"device={device}", *sets)]
+        run = tilegraph(
+            "run", name, "--preset", "quick", *args,
             "--cluster", "sync", "--store", str(tmp_path), "--json",
         )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        outs[device] = last_json(out.stdout)["metrics"]
+        assert run.returncode == 0, run.stderr
+        out[device] = last_json(run.stdout)
+    return out
+
+
+def test_picard_quick_on_the_gpu_matches_the_cpu(tmp_path):
+    outs = {k: v["metrics"] for k, v in _on_cpu_and_gpu(tmp_path, "picard").items()}
     assert outs["cuda"]["iterations"] == outs["cpu"]["iterations"]
     np.testing.assert_allclose(
         outs["cuda"]["max_abs_diff_vs_sequential"], outs["cpu"]["max_abs_diff_vs_sequential"],
@@ -71,32 +79,14 @@ def test_picard_quick_on_the_gpu_matches_the_cpu(tmp_path):
 
 
 def test_domain_split_quick_on_the_gpu_matches_the_cpu(tmp_path):
-    from helpers import last_json, tilegraph
-
-    outs = {}
-    for device in ("cpu", "cuda"):
-        out = tilegraph(
-            "run", "domain-split", "--preset", "quick", "--set", f"device={device}",
-            "--cluster", "sync", "--store", str(tmp_path), "--json",
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        outs[device] = last_json(out.stdout)["metrics"]
+    outs = {k: v["metrics"] for k, v in _on_cpu_and_gpu(tmp_path, "domain-split").items()}
     assert outs["cuda"]["converged"]
     assert outs["cuda"]["rel_error_direct"] <= 1e-10
     assert outs["cuda"]["iterations"] == outs["cpu"]["iterations"]
 
 
 def test_bilevel_quick_on_the_gpu_matches_the_cpu(tmp_path):
-    from helpers import last_json, tilegraph
-
-    outs = {}
-    for device in ("cpu", "cuda"):
-        out = tilegraph(
-            "run", "bilevel", "--preset", "quick", "--set", f"device={device}",
-            "--cluster", "sync", "--store", str(tmp_path), "--json",
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        outs[device] = last_json(out.stdout)["metrics"]
+    outs = {k: v["metrics"] for k, v in _on_cpu_and_gpu(tmp_path, "bilevel").items()}
     assert outs["cuda"]["converged"]
     assert outs["cuda"]["iterations"] == outs["cpu"]["iterations"]
     for key in ("rel_dist_to_optimum", "grad_norm", "upper_objective"):
@@ -106,19 +96,12 @@ def test_bilevel_quick_on_the_gpu_matches_the_cpu(tmp_path):
 @pytest.mark.parametrize("schedule", ["subtrees", "nodes"])
 def test_ttn_quick_on_the_gpu_matches_the_cpu(tmp_path, schedule):
     import xarray as xr
-    from helpers import last_json, tilegraph
 
-    outs, hist = {}, {}
-    for device in ("cpu", "cuda"):
-        out = tilegraph(
-            "run", "ttn", "--preset", "quick", "--set", f"device={device}",
-            "--set", f"schedule={schedule}",
-            "--cluster", "sync", "--store", str(tmp_path), "--json",
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        res = last_json(out.stdout)
-        outs[device] = res["metrics"]
-        hist[device] = xr.open_zarr(res["path"] + "/history", consolidated=False).load()
+    res = _on_cpu_and_gpu(tmp_path, "ttn", f"schedule={schedule}")
+    outs = {k: v["metrics"] for k, v in res.items()}
+    hist = {
+        k: xr.open_zarr(v["path"] + "/history", consolidated=False).load() for k, v in res.items()
+    }
     assert outs["cuda"]["steps"] == outs["cpu"]["steps"] == 20
     assert outs["cuda"]["max_rank"] == outs["cpu"]["max_rank"]
     assert outs["cuda"]["final_error_vs_exact"] < 2e-2
