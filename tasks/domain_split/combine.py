@@ -77,10 +77,14 @@ class SubmeshSolver:
         self._factors: dict = {}
 
     def _separable(self, S):
-        lay = self.layout
-        sizes = [n - 2 for n in lay.mesh_shape(S)]
-        h = [lay.h_coarse if k in S else lay.h_fine for k in range(lay.d)]
-        return SeparableSolver.build(self.problem, sizes, h, self.scheme)
+        """The fast-diagonalisation solver of sub-mesh ``S`` or None (built once)."""
+        key = ("fd", S)
+        if key not in self._factors:
+            lay = self.layout
+            sizes = [n - 2 for n in lay.mesh_shape(S)]
+            h = [lay.h_coarse if k in S else lay.h_fine for k in range(lay.d)]
+            self._factors[key] = SeparableSolver.build(self.problem, sizes, h, self.scheme)
+        return self._factors[key]
 
     def method_for(self, S) -> str:
         """``fd``, ``direct`` or ``amg`` for sub-mesh ``S``."""
