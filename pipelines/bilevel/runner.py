@@ -15,7 +15,7 @@ from tasks.bilevel.sampling import draw, init_batches
 from ..base import RunContext
 from .config import BilevelConfig
 from .plot import summary_figure
-from .worker import SLOTS, block_task, free_slot, init_blocks
+from .worker import SLOTS, block_tasks, free_slot, init_blocks
 
 METRICS = ("iterations", "rel_dist_to_optimum", "grad_norm", "upper_objective", "wall_s")
 
@@ -188,6 +188,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
     def reached() -> bool:
         return x_star is not None and cfg.tol is not None and rel_dist(x, x_star) <= cfg.tol
 
+    slots = ex.n_gpus if gpus else ex.n_workers
     t_loop = time.perf_counter()
     t_loop_start, warm = t, False
     with ctx.progress(total=cfg.max_iter, desc=f"bilevel {method}") as bar:
@@ -195,14 +196,22 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
         while t < cfg.max_iter and not reached():
             d = draw(cfg.seed, t, m, I, B, problem.n_lower, problem.n_upper)
             dst = [free_slot(int(slot[i]), int(committed[i])) for i in d.blocks]
+            work = list(
+                zip(
+                    [int(i) for i in d.blocks],
+                    [int(slot[i]) for i in d.blocks],
+                    dst,
+                    list(d.idx_g),
+                    list(d.idx_f),
+                    [int(t - last[i] - 1) for i in d.blocks],
+                    strict=True,
+                )
+            )
+            # one task per worker at most: consecutive sampled blocks share a task
+            parts = np.array_split(np.arange(len(work)), min(len(work), max(1, slots)))
             futures = ex.map(
-                block_task,
-                [int(i) for i in d.blocks],
-                [int(slot[i]) for i in d.blocks],
-                dst,
-                list(d.idx_g),
-                list(d.idx_f),
-                [int(t - last[i] - 1) for i in d.blocks],
+                block_tasks,
+                [[work[k] for k in part] for part in parts],
                 gpus=gpus,
                 ref=ref,
                 x=x,
@@ -212,8 +221,9 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
                 **common,
             )
             G_new, G_old = np.zeros_like(x), np.zeros_like(x)
-            for g_new, g_old in ex.gather(futures):  # submission order: fixed reduction
-                G_new, G_old = G_new + g_new, G_old + g_old
+            for group in ex.gather(futures):  # block order: a fixed reduction
+                for g_new, g_old in group:
+                    G_new, G_old = G_new + g_new, G_old + g_old
             x_next, z = upper_step(
                 method,
                 x,
