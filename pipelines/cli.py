@@ -205,9 +205,15 @@ def _cmd_run(args) -> int:
             )
             return 130
         except Exception as exc:  # the run failed (execute marked it): report, exit 1
+            from storage.runstore import TRACEBACK_FILE
+            from storage.urls import join
+
             if args.debug:
                 sys.stderr.write(traceback.format_exc())
-            sys.stderr.write(f"error: run {run.run_id} failed: {type(exc).__name__}: {exc}\n")
+            sys.stderr.write(
+                f"error: run {run.run_id} failed: {type(exc).__name__}: {exc}"
+                f" (traceback: {join(run.url, TRACEBACK_FILE)})\n"
+            )
             if args.json:
                 print(
                     json.dumps(

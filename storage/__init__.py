@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint
 from .chunks import ArrayRef, check_whole_chunks, chunk_regions
 from .errors import ChunkOwnershipError, RunNotFound
 from .provenance import collect_provenance, jsonable
-from .runstore import COMPLETE, FAILED, RUNNING, Root, RunStore, new_run_id
+from .runstore import COMPLETE, FAILED, RUNNING, TRACEBACK_FILE, Root, RunStore, new_run_id
 from .sweeps import SweepStore, sweep_url
 from .urls import normalize_url
 
@@ -27,6 +27,7 @@ __all__ = [
     "COMPLETE",
     "FAILED",
     "RUNNING",
+    "TRACEBACK_FILE",
     "ArrayRef",
     "Checkpoint",
     "ChunkOwnershipError",

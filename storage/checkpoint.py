@@ -81,7 +81,7 @@ def _is_complete(ck: zarr.Group, step: int) -> bool:
 def _delete(ck: zarr.Group, step: int) -> None:
     name = _step_name(step)
     try:  # drop the manifest first so a half-deleted checkpoint is never "complete"
-        ck[name].attrs.update({"complete": False})
+        ck[name].update_attributes({"complete": False})
     except Exception:
         pass
     del ck[name]
@@ -133,8 +133,10 @@ def save_checkpoint(
     for key, arr in data.items():
         sub.create_array(key, data=arr)
         manifest[key] = {"sha256": _digest(arr), "shape": list(arr.shape), "dtype": arr.dtype.str}
-    # The very last write: the manifest that makes this checkpoint exist.
-    sub.attrs.update(
+    # The very last write: the manifest that makes this checkpoint exist. One zarr.json
+    # write: ``attrs.update`` would write once per key, and a kill between those writes
+    # left "complete" manifests without their scalars.
+    sub.update_attributes(
         {
             "complete": True,
             "step": step,

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import tempfile
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +30,13 @@ from .urls import filesystem, is_local, join, normalize_url, open_store
 if TYPE_CHECKING:
     import xarray
 
-__all__ = ["COMPLETE", "FAILED", "RUNNING", "Root", "RunStore", "new_run_id"]
+__all__ = ["COMPLETE", "FAILED", "RUNNING", "TRACEBACK_FILE", "Root", "RunStore", "new_run_id"]
 
 RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
+#: Side file of a failed run holding the traceback of the exception that ended it.
+TRACEBACK_FILE = "traceback.txt"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RESERVED = {_ckpt.CHECKPOINTS}
@@ -154,7 +157,9 @@ class RunStore:
         return self.group.attrs.asdict()
 
     def _update(self, changes: Mapping[str, Any]) -> None:
-        self.group.attrs.update(jsonable(dict(changes)))
+        # one atomic zarr.json write (``attrs.update`` writes once per key: a kill between
+        # them could leave a run "complete" without its metrics)
+        self.group.update_attributes(jsonable(dict(changes)))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -215,9 +220,15 @@ class RunStore:
         Parameters
         ----------
         error : str or BaseException
-            The message; an exception is recorded as ``"TypeName: message"``.
+            The message; an exception is recorded as ``"TypeName: message"`` and its
+            traceback is kept in the side file ``traceback.txt`` of the run.
         """
         if isinstance(error, BaseException):
+            tb = "".join(traceback.format_exception(error))
+            try:
+                self.write_bytes(TRACEBACK_FILE, tb.encode())
+            except OSError:  # the status below matters more than the traceback
+                pass
             error = f"{type(error).__name__}: {error}"
         self._finish(FAILED, str(error), None)
 

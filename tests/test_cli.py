@@ -153,10 +153,14 @@ def test_failed_run_exits_1_and_marks_store_failed(tmp_path, monkeypatch, capsys
         ["run", "domain-split", "--cluster", "sync", "--store", str(tmp_path), "--json"]
     )
     assert code == 1
-    res = last_json(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    res = last_json(out)
     assert res["status"] == "failed"
     run = storage.Root(str(tmp_path)).open(res["run_id"])
     assert run.status == "failed" and "injected failure" in run.error
+    where = f"{run.url}/{storage.TRACEBACK_FILE}"
+    assert f"(traceback: {where})" in err
+    assert "in broken" in Path(where).read_text()  # the frame that raised
 
 
 def _checkpoints(store: Path) -> list:

@@ -72,7 +72,7 @@ def _checkpoints(store, name) -> int:
 
 def _start(name, sets, store, spec):
     args = [sys.executable, "-m", "pipelines.cli", "run", name, "--cluster", spec]
-    args += [f"--set={s}" for s in sets] + ["--store", str(store), "--json"]
+    args += [f"--set={s}" for s in sets] + ["--store", str(store), "--json", "--debug"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -178,7 +178,16 @@ def test_killed_driver_resumes_with_the_same_answer(tmp_path, reference, name, s
     assert run.status == "running"  # never 'complete' with missing chunks
 
     out = tilegraph(
-        "run", name, "--resume", run_id, "--cluster", spec, "--store", str(store), "--json"
+        "run",
+        name,
+        "--resume",
+        run_id,
+        "--cluster",
+        spec,
+        "--store",
+        str(store),
+        "--json",
+        "--debug",  # a failure's traceback in the assertion message
     )
     assert out.returncode == 0, out.stderr
     res = last_json(out.stdout)

@@ -272,8 +272,13 @@ def test_status_running_to_failed(root):
     assert run.status == "failed" and run.error == "solver diverged at step 3"
     assert run.provenance["ended"] is not None
     run2 = root.create("p")
-    run2.mark_failed(RuntimeError("boom"))
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        run2.mark_failed(exc)
     assert run2.error == "RuntimeError: boom"
+    tb = run2.read_bytes(storage.TRACEBACK_FILE).decode()
+    assert "Traceback" in tb and "test_status_running_to_failed" in tb and "boom" in tb
 
 
 def test_resume_after_failure(root):
@@ -441,6 +446,82 @@ def test_checkpoint_functions_work_on_a_plain_group(tmp_path):
     step, arrays, scalars = ckpt.load_checkpoint(group)
     assert step == 4 and scalars == {"s": "x"}
     np.testing.assert_array_equal(arrays["a"], np.eye(2))
+
+
+class _Killed(Exception):
+    """Stands for the process dying before a store write."""
+
+
+class _DyingStore(zarr.storage.LocalStore):
+    """A local store that lets ``writes_left[0]`` more writes (sets and deletes) through,
+    then fails every one: the on-disk state of a process killed at that point."""
+
+    writes_left = [math.inf]
+
+    def _spend(self, key):
+        if self.writes_left[0] <= 0:
+            raise _Killed(key)
+        self.writes_left[0] -= 1
+
+    async def _set(self, key, value, exclusive=False):
+        self._spend(key)
+        return await super()._set(key, value, exclusive=exclusive)
+
+    async def delete(self, key):
+        self._spend(key)
+        return await super().delete(key)
+
+    async def delete_dir(self, prefix):
+        self._spend(prefix)
+        return await super().delete_dir(prefix)
+
+
+def _killed_after(writes, action):
+    """Run ``action`` allowing ``writes`` store writes; True when it was cut short."""
+    _DyingStore.writes_left[0] = writes
+    try:
+        action()
+    except _Killed:
+        return True
+    finally:
+        _DyingStore.writes_left[0] = math.inf
+    return False
+
+
+def test_a_checkpoint_killed_before_any_write_loads_whole(tmp_path):
+    """Kill ``save_checkpoint`` before each of its writes in turn: the newest checkpoint
+    then loads whole, either the previous one or the new one with every scalar."""
+    old = ({"a": np.arange(3.0)}, {"i": 1, "x": 0})
+    new = ({"a": np.arange(3.0) + 1, "b": np.ones((2, 2))}, {"i": 2, "x": 1, "r": 0.5})
+    seen = []
+    for writes in range(100):
+        path = tmp_path / f"g{writes}"
+        group = zarr.open_group(path, mode="w", zarr_format=3)
+        ckpt.save_checkpoint(group, 1, *old)
+        dying = zarr.open_group(_DyingStore(path), mode="r+", zarr_format=3)
+        killed = _killed_after(writes, lambda g=dying: ckpt.save_checkpoint(g, 2, *new))
+        step, arrays, scalars = ckpt.load_checkpoint(zarr.open_group(path, mode="r"))
+        want_arrays, want_scalars = old if step == 1 else new
+        assert scalars == want_scalars, f"killed after {writes} writes"
+        assert arrays.keys() == want_arrays.keys()
+        for key, value in want_arrays.items():
+            np.testing.assert_array_equal(arrays[key], value)
+        seen.append(step)
+        if not killed:
+            break
+    assert seen[0] == 1 and seen[-1] == 2 and len(seen) > 3
+
+
+def test_a_run_killed_while_marked_complete_is_running_or_complete_with_metrics(local_root):
+    for writes in range(10):
+        run = local_root.create("p")
+        run._store = _DyingStore(run.url)  # the same directory, through a dying process
+        killed = _killed_after(writes, lambda r=run: r.mark_complete({"err": 1e-9}))
+        after = local_root.open(run.run_id)
+        assert (after.status, after.metrics) in (("running", {}), ("complete", {"err": 1e-9}))
+        if not killed:
+            break
+    assert writes > 0 and after.status == "complete"
 
 
 # -- side files, JSON, layering ---------------------------------------------------------------

@@ -102,7 +102,7 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
         ).write((slice(None),), b)
     grp = store.group["model"]
     # the very last write: the marker that makes the weights usable (and resumable)
-    grp.attrs.update(
+    grp.update_attributes(  # one write (attrs.update writes once per key)
         {
             "layers": len(weights),
             "train_steps": cfg.train_steps,
