@@ -123,6 +123,62 @@ def test_lanczos_exponential_matches_expm(xp_name):
     assert abs(np.linalg.norm(got) - np.linalg.norm(v)) < 1e-11
 
 
+@pytest.mark.parametrize("xp_name", ["numpy", "array_api_strict"])
+def test_batched_term_sum_and_projections_match_kronecker_products(xp_name):
+    """TermSum (stacked per pattern of legs) and project_node against the operator built
+    with np.kron, on a 3-leg tensor with mixed patterns, identities and a scalar term."""
+    from tasks.ttn.contract import TermSum, apply_each, project_node
+
+    rng = np.random.default_rng(7)
+    shape = (3, 4, 2)
+
+    def rand(p, q):
+        return rng.normal(size=(p, q)) + 1j * rng.normal(size=(p, q))
+
+    terms = [
+        (0.5, [rand(3, 3), None, None]),
+        (1.0, [rand(3, 3), rand(4, 4), None]),
+        (2.0 - 1j, [rand(3, 3), rand(4, 4), None]),
+        (1.0, [None, rand(4, 4), rand(2, 2)]),
+        (0.25, [None, None, None]),
+        (1.0, [rand(3, 3), rand(4, 4), rand(2, 2)]),
+    ]
+    eye = [np.eye(n) for n in shape]
+    dense = sum(
+        c
+        * np.kron(
+            np.kron(*(f if f is not None else eye[j] for j, f in enumerate(fs[:2]))),
+            fs[2] if fs[2] is not None else eye[2],
+        )
+        for c, fs in terms
+    )
+    C = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    ref = (dense @ C.reshape(-1)).reshape(shape)
+    T = np.linalg.qr(rng.normal(size=(12, 2)) + 0j)[0].reshape(3, 4, 2)
+    kids = [{"a": rand(3, 3), "b": rand(3, 3)}, {"a": rand(4, 4)}]
+    splits = {"k0": ("a", ()), "k1": ((), "a"), "k2": ("b", "a"), "k3": ("a", "a")}
+    want = {}
+    for key, parts in splits.items():
+        fs = [kp[p] if p else np.eye(n) for kp, p, n in zip(kids, parts, (3, 4), strict=True)]
+        B = T.reshape(12, 2)
+        want[key] = B.conj().T @ np.kron(*fs) @ B
+    if xp_name == "numpy":
+        xp, conv = np, (lambda a: a)
+    else:
+        xp = pytest.importorskip("array_api_strict")
+        conv = xp.asarray
+    terms_x = [(c, [conv(f) if f is not None else None for f in fs]) for c, fs in terms]
+    got = np.asarray(TermSum(terms_x)(conv(C)))
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    stacked = np.asarray(apply_each(conv(C), [fs for _, fs in terms_x[1:3]]))
+    assert stacked.shape == (2, *shape)
+    kids_x = [{k: conv(v) for k, v in kp.items()} for kp in kids]
+    proj = project_node(conv(T), kids_x, list(splits), lambda k: splits[k])
+    assert list(proj) == list(splits)
+    for key in splits:
+        np.testing.assert_allclose(np.asarray(proj[key]), want[key], atol=1e-12)
+
+
 # -- convergence against expm (d = 8) ----------------------------------------------------
 
 

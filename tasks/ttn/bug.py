@@ -22,7 +22,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..devices import to_host
-from .contract import apply_factors, apply_terms, augment, merge_terms, mode, project_node
+from .contract import TermSum, apply_terms, augment, merge_terms, mode, project_node
 from .expm import expm_apply
 from .operators import SumOfProducts
 from .state import _mat, _unmat, bond_matrix
@@ -162,14 +162,14 @@ def leaf_step(U0, K0, terms, h: float, tol: float):
     K1 : array ``(n, k)``; Q : array ``(n, p)`` new orthonormal directions;
     coeff : array ``(p, k)`` = ``Q^H K1``.
     """
-    K1 = expm_apply(lambda K: apply_terms(K, terms), K0, h, tol=tol)
+    K1 = expm_apply(TermSum(terms), K0, h, tol=tol)
     Q, coeff = augment(U0, K1)
     return K1, Q, coeff
 
 
 def galerkin_step(C0, terms, h: float, tol: float):
     """Integrate ``C' = -i sum coef (x)_j factors_j C`` from ``C0`` over ``h``."""
-    return expm_apply(lambda C: apply_terms(C, terms), C0, h, tol=tol)
+    return expm_apply(TermSum(terms), C0, h, tol=tol)
 
 
 # -- driver-side glue ------------------------------------------------------------------
@@ -229,22 +229,20 @@ def child_environment(layout: Layout, node: int, i: int, C_in, bond_terms, kid_p
         groups.setdefault(ck, []).append((others, B))
     out = {}
     for ck, members in groups.items():
-        acc = None
         ident = 0.0
+        terms = []
         for others, B in members:
             coef, bf = (complex(B), None) if _scalar(B) else (1.0, B)
             factors = others + [bf, None]
             if all(f is None for f in factors):
                 ident += coef
-                continue
-            G = apply_factors(xp, Qtens, factors)
-            G = G * coef if coef != 1 else G
-            acc = G if acc is None else acc + G
-        if acc is None:
+            else:
+                terms.append((coef, factors))
+        if not terms:
             if ident != 0:
                 out[ck] = ident  # a multiple of the identity stays a scalar
             continue
-        mat = Qh @ xp.reshape(acc, (Qt.shape[0], k_i))
+        mat = Qh @ xp.reshape(TermSum(terms)(Qtens), (Qt.shape[0], k_i))
         if ident != 0:
             mat = mat + xp.eye(k_i, dtype=xp.complex128) * ident
         out[ck] = mat
@@ -626,13 +624,7 @@ def subtree_update(
             split = layout.splitter(node)
             phat[node] = project_node(aug[node], kid_phat, need_p[node], split)
             if eta:
-                Qh = xp.conj(Q.T)
-                mixed[node] = {}
-                for key in need_m[node]:
-                    parts = split(key)
-                    fs = [kp[p] if p else None for kp, p in zip(kid_phat, parts, strict=True)]
-                    G = apply_factors(xp, old_t, fs + [None])
-                    mixed[node][key] = Qh @ bond_matrix(xp, G)
+                mixed[node] = project_node(old_t, kid_phat, need_m[node], split, bra=Q)
     if eta:
         return aug, (*new_part[top], mixed[top]), eta2
     return aug, new_part[top], eta2
@@ -685,7 +677,7 @@ def _two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h):
     total = 0.0
     for i in range(m):
         for j in range(i + 1, m):
-            acc = None
+            terms = []
             for key, B in bond_terms.items():
                 parts = split(key)
                 if not parts[i] or not parts[j]:
@@ -695,13 +687,14 @@ def _two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h):
                     for a, p in enumerate(parts)
                 ]
                 if fs[i].shape[0] == 0 or fs[j].shape[0] == 0:
+                    terms = []  # a child without new directions: no such block
                     break
                 if _scalar(B):
-                    G = apply_factors(xp, c_in, fs + [None]) * complex(B)
+                    terms.append((complex(B), fs + [None]))
                 else:
-                    G = apply_factors(xp, c_in, fs + [B])
-                acc = G if acc is None else acc + G
-            if acc is not None:
+                    terms.append((1.0, fs + [B]))
+            if terms:
+                acc = TermSum(terms)(c_in)
                 total += float(xp.sum(xp.abs(acc) ** 2)) * h * h
     return total
 
