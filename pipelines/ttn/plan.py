@@ -277,9 +277,8 @@ class Integrator:
         lay, proj = self.layout, self._proj()
         state = [None] * self.tree.n_nodes
         state[0] = self.root if self.subtrees else self.state[0]
-        mz = [
-            bug.expectation(lay, state, proj, [(((s, "z"),), 1.0)]).real for s in range(self.cfg.d)
-        ]
+        keys = [((s, "z"),) for s in range(self.cfg.d)]
+        mz = [v.real for v in bug.expectations(lay, state, proj, keys)]
         return {
             "norm": st.norm(state),
             "energy": bug.energy(lay, state, proj),

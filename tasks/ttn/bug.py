@@ -22,7 +22,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..devices import to_host
-from .contract import TermSum, apply_terms, augment, merge_terms, mode, project_node
+from .contract import TermSum, apply_each, apply_terms, augment, merge_terms, mode, project_node
 from .expm import expm_apply
 from .operators import SumOfProducts
 from .state import _mat, _unmat, bond_matrix
@@ -132,6 +132,24 @@ def expectation(layout: Layout, state, proj, keys_coefs) -> complex:
     C = state[0]
     G = apply_terms(C, root_terms(layout, proj, keys_coefs))
     return complex(xp.sum(xp.conj(C) * G))
+
+
+def expectations(layout: Layout, state, proj, keys) -> list[complex]:
+    """``<Y| key |Y>`` for each key (e.g. every site's magnetisation), the keys with
+    factors on the same children of the root applied in one batch."""
+    xp = array_namespace(state[0])
+    C = state[0]
+    terms = root_terms(layout, proj, [(k, 1.0) for k in keys])
+    groups: dict = {}
+    for idx, (_, fs) in enumerate(terms):
+        groups.setdefault(tuple(f is not None for f in fs), []).append((idx, fs))
+    out = [0j] * len(terms)
+    for members in groups.values():
+        G = apply_each(C, [fs for _, fs in members])
+        vals = xp.sum(xp.reshape(xp.conj(C) * G, (G.shape[0], -1)), axis=1)
+        for (idx, _), v in zip(members, to_host(vals), strict=True):
+            out[idx] = complex(v)
+    return out
 
 
 def energy(layout: Layout, state, proj) -> float:
