@@ -45,16 +45,26 @@ def _batched_mode(xp, Y, F, axis: int):
     ``Y`` has shape ``(K or 1, d_0, ..., d_m)``, ``F`` shape ``(K, p, d_axis)``; the result
     ``(K, d_0, .., p, .., d_m)``. One batched matrix product instead of ``K`` mode products.
     """
+    lead, shape = Y.shape[0], tuple(Y.shape[1:])
+    d, K, p = shape[axis], F.shape[0], F.shape[1]
+    out_shape = (K,) + shape[:axis] + (p,) + shape[axis + 1 :]
+    if axis == 0:  # (p, d) @ (d, rest): no transposes
+        Z = F @ xp.reshape(Y, (lead, d, -1))
+        return xp.reshape(Z, out_shape)
     ax = axis + 1
     rest = [a for a in range(1, Y.ndim) if a != ax]
     Yp = xp.permute_dims(Y, (0, ax, *rest))
-    lead, d = Yp.shape[0], Yp.shape[1]
     Z = F @ xp.reshape(Yp, (lead, d, -1))
-    Z = xp.reshape(Z, (F.shape[0], F.shape[1]) + tuple(Yp.shape[2:]))
+    Z = xp.reshape(Z, (K, p) + tuple(Yp.shape[2:]))
     back = [0] * Y.ndim
     for pos, a in enumerate((0, ax, *rest)):
         back[a] = pos
     return xp.permute_dims(Z, tuple(back))
+
+
+def _lift(xp, X):
+    """``X`` with a leading batch axis of length 1."""
+    return xp.reshape(X, (1,) + tuple(X.shape))
 
 
 def apply_each(X, factor_lists):
@@ -73,7 +83,7 @@ def apply_each(X, factor_lists):
     """
     xp = array_namespace(X)
     legs = [j for j, f in enumerate(factor_lists[0]) if f is not None]
-    Y = xp.expand_dims(X, axis=0)
+    Y = _lift(xp, X)
     for j in legs:
         Y = _batched_mode(xp, Y, xp.stack([fs[j] for fs in factor_lists]), j)
     if Y.shape[0] != len(factor_lists):  # every factor is the identity
@@ -105,8 +115,9 @@ class TermSum:
                 continue
             groups.setdefault(legs, []).append((coef, list(factors)))
         self.groups = []
+        self.xp = None
         for legs, members in groups.items():
-            xp = array_namespace(*[fs[j] for _, fs in members for j in legs])
+            xp = self.xp = array_namespace(*[fs[j] for _, fs in members for j in legs])
             # the coefficients are folded into the first factor of every term
             first = [fs[legs[0]] * c if c != 1 else fs[legs[0]] for c, fs in members]
             stacks = [xp.stack(first)] + [xp.stack([fs[j] for _, fs in members]) for j in legs[1:]]
@@ -114,10 +125,10 @@ class TermSum:
 
     def __call__(self, C):
         """The operator applied to ``C`` (shape ``(r_0, ..., r_m)``)."""
-        xp = array_namespace(C)
+        xp = self.xp or array_namespace(C)
         out = C * self.ident if self.ident != 0 else None
         for legs, stacks in self.groups:
-            Y = xp.expand_dims(C, axis=0)
+            Y = _lift(xp, C)
             for j, F in zip(legs, stacks, strict=True):
                 Y = _batched_mode(xp, Y, F, j)
             Y = xp.sum(Y, axis=0) if Y.shape[0] > 1 else Y[0, ...]
