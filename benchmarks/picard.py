@@ -212,15 +212,21 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=0.1, help="tolerance (wall clock)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--skip-wall", action="store_true")
+    ap.add_argument(
+        "--skip-counts", action="store_true", help="part 2 only (keeps the stored part 1)"
+    )
     args = ap.parse_args(argv)
 
-    print("Part 1: 64-D GMM (exact eps), iterations / model evals / max|parallel - sequential|")
-    print(
-        "sampl steps    p     tol  pub.  iters  evals       err  i_acc  e_acc   err_acc  "
-        "ratio  i_acc@err ratio i_anderson"
-    )
-    with threadpool_limits(limits=1, user_api="blas"):
-        rows = counts(args.samples, args.quick, args.spread)
+    if args.skip_counts:
+        rows = json.loads(RESULTS.read_text()).get("counts") if RESULTS.exists() else None
+    else:
+        print("Part 1: 64-D GMM (exact eps), iterations / model evals / max|parallel - seq.|")
+        print(
+            "sampl steps    p     tol  pub.  iters  evals       err  i_acc  e_acc   err_acc  "
+            "ratio  i_acc@err ratio i_anderson"
+        )
+        with threadpool_limits(limits=1, user_api="blas"):
+            rows = counts(args.samples, args.quick, args.spread)
     out = {
         "host": platform.node(),
         "python": platform.python_version(),
