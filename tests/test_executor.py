@@ -423,6 +423,28 @@ def test_dask_actor_gets_put_data_held_by_another_worker():
             _EXECUTORS.close("local:2")
 
 
+def _worker_settings():
+    import os
+
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get(
+        "distributed.worker.profile.enabled"
+    )
+
+
+def test_local_dask_workers_skip_the_malloc_trim_and_the_stack_sampler():
+    """Dask's MALLOC_TRIM_THRESHOLD_ makes every large temporary a fresh mmap on the
+    workers; local clusters start them without it (and without the 10 ms sampler)."""
+    started_here = "local:2" not in _EXECUTORS.open
+    ex = _EXECUTORS.get("local:2")
+    try:
+        assert ex.submit(_worker_settings).result() == (None, False)
+    finally:
+        if started_here:
+            _EXECUTORS.close("local:2")
+
+
 # -- telling a lost worker from a failure --------------------------------------------------
 
 
