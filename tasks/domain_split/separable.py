@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_numpy_namespace
 
 from .problems import Problem
 
@@ -74,7 +74,7 @@ class SeparableSolver:
     def _arrays(self, xp):
         key = xp.__name__
         if key not in self._on:
-            if "numpy" in key and "strict" not in key:
+            if is_numpy_namespace(xp):  # the host arrays as they are
                 self._on[key] = ([(V, Vi) for V, Vi, _ in self.bases], self.inv_lam)
             else:
                 self._on[key] = (
