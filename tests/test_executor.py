@@ -433,16 +433,14 @@ def _worker_settings():
     )
 
 
-def test_local_dask_workers_skip_the_malloc_trim_and_the_stack_sampler():
+def test_local_dask_workers_skip_the_malloc_trim_and_the_stack_sampler(monkeypatch):
     """Dask's MALLOC_TRIM_THRESHOLD_ makes every large temporary a fresh mmap on the
     workers; local clusters start them without it (and without the 10 ms sampler)."""
-    started_here = "local:2" not in _EXECUTORS.open
-    ex = _EXECUTORS.get("local:2")
-    try:
+    # a plain LocalCluster started earlier in this process leaves Dask's value in
+    # os.environ (its nannies export it there), and the OS environment wins
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with cluster.connect("local:1") as ex:
         assert ex.submit(_worker_settings).result() == (None, False)
-    finally:
-        if started_here:
-            _EXECUTORS.close("local:2")
 
 
 # -- telling a lost worker from a failure --------------------------------------------------
