@@ -16,7 +16,7 @@ import numpy as np
 from tasks.ttn import bug
 from tasks.ttn import state as st
 
-from .worker import SubtreeGroup, SubtreeWorker, device_task
+from .worker import SubtreeGroup, device_task
 
 #: Most times one step is redone from the augmented bases when nothing was truncated.
 MAX_REDO = 2
@@ -107,29 +107,15 @@ class Integrator:
         self.kid_proj = self.ex.gather([a.top_projections() for a in self.actors])
 
     def _start_actors(self, state) -> list:
-        """One handle per child of the root (actors, or members of a group actor)."""
+        """One handle per child of the root: a member of a :class:`.worker.SubtreeGroup`
+        actor (one group per subtree, or per GPU with ``cuda``)."""
         kids = self.tree.children[0]
         device = self.cfg.device
         gpus = 1 if device == "cuda" else 0
         parts = [{n: state[n] for n in self.tree.subtree(c)} for c in kids]
         slots = subtree_slots(self.ex, device, len(kids))
-        if slots == len(kids):
-            return [
-                self.ex.actor(
-                    SubtreeWorker,
-                    self.layout,
-                    c,
-                    part,
-                    self.trunc,
-                    self.cfg.method,
-                    self.cfg.tol,
-                    device,
-                    gpus=gpus,
-                    spread=i,
-                )
-                for i, (c, part) in enumerate(zip(kids, parts, strict=True))
-            ]
-        # fewer slots than subtrees (cuda, fewer GPUs): child i goes to group i % slots
+        # child i goes to group i % slots: one subtree per stateful worker, except with
+        # fewer GPUs than subtrees
         groups = [
             self.ex.actor(
                 SubtreeGroup,

@@ -183,10 +183,11 @@ class SubtreeWorker:
 
 
 class SubtreeGroup:
-    """Several :class:`SubtreeWorker` in one stateful worker, called in turn.
+    """One or several :class:`SubtreeWorker` in one stateful worker, called in turn.
 
-    With ``device="cuda"`` every stateful worker holds one GPU, so when the root has more
-    children than there are GPUs the subtrees are shared out over one group per GPU.
+    Every subtree of the root has a group of its own, except with ``device="cuda"``: there
+    every stateful worker holds one GPU, so when the root has more children than there
+    are GPUs the subtrees are shared out over one group per GPU.
 
     Parameters
     ----------
