@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -37,15 +39,36 @@ class _DaskFuture(Future):
         return self._fut.done()
 
 
-class _DaskActorFuture(Future):
-    __slots__ = ("_fut", "_keep")
+#: Seconds between checks, while waiting for an actor call, that the actor's worker is
+#: still in the cluster.
+_ACTOR_POLL_S = 1.0
 
-    def __init__(self, fut: Any, keep: tuple = ()) -> None:
+
+class _DaskActorFuture(Future):
+    """An actor call's result. A call that reaches a worker which died before the
+    scheduler noticed would wait out Dask's connect timeout (30 s) before it fails; this
+    one fails within a second or two of the scheduler dropping the worker."""
+
+    __slots__ = ("_alive", "_fut", "_keep")
+
+    def __init__(self, fut: Any, keep: tuple = (), alive: Callable[[], bool] | None = None):
         self._fut = fut  # distributed.actor.ActorFuture
         self._keep = keep  # scattered data the call refers to, alive until the call ends
+        self._alive = alive  # whether the actor's worker is still in the cluster
 
     def result(self, timeout: float | None = None) -> Any:
-        return self._fut.result(timeout=timeout)
+        if self._alive is None:
+            return self._fut.result(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            try:
+                return self._fut.result(timeout=max(0.0, min(_ACTOR_POLL_S, left)))
+            except TimeoutError:
+                if left <= _ACTOR_POLL_S:
+                    raise
+            if not self._fut.done() and not self._alive():
+                raise OSError("Unable to contact Actor's worker: it left the cluster")
 
     def done(self) -> bool:
         return self._fut.done()
@@ -355,7 +378,10 @@ class DaskExecutor(Executor):
             if keep:
                 margs = tuple(_remote_ref(a, distributed) for a in margs)
                 mkwargs = {k: _remote_ref(v, distributed) for k, v in mkwargs.items()}
-            return _DaskActorFuture(proxy.call(name, margs, mkwargs), keep)
+            return _DaskActorFuture(proxy.call(name, margs, mkwargs), keep, alive)
+
+        def alive() -> bool:
+            return proxy._address in self._client.scheduler_info().get("workers", {})
 
         call.actor_future = fut  # keeps the actor alive as long as the handle
         return ActorHandle(cls, call)

@@ -91,6 +91,10 @@ class Counter:
     def pid(self):
         return os.getpid()
 
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
     def where(self):
         from distributed import get_worker
 
@@ -441,6 +445,27 @@ def test_local_dask_workers_skip_the_malloc_trim_and_the_stack_sampler(monkeypat
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with cluster.connect("local:1") as ex:
         assert ex.submit(_worker_settings).result() == (None, False)
+
+
+def test_dask_actor_call_fails_soon_after_its_worker_left_the_cluster(monkeypatch):
+    """A call to an actor whose worker the scheduler has dropped fails as a lost worker
+    within seconds (Dask alone can wait out its 30 s connect timeout); a timeout still
+    raises TimeoutError while the worker is there."""
+    ex = cluster.connect("local:1")
+    try:
+        napper = ex.actor(Counter)
+        with pytest.raises(TimeoutError):
+            napper.nap(3.0).result(timeout=1.5)  # spans a liveness check
+        call = napper.nap(20.0)
+        monkeypatch.setattr(ex.client, "scheduler_info", lambda *a, **k: {"workers": {}})
+        t0 = time.perf_counter()
+        with pytest.raises(OSError) as info:
+            call.result()
+        assert time.perf_counter() - t0 < 5.0
+        assert cluster.is_worker_lost(info.value)
+    finally:
+        monkeypatch.undo()
+        ex.close()
 
 
 # -- telling a lost worker from a failure --------------------------------------------------
