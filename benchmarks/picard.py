@@ -217,8 +217,9 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
 
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.skip_counts:
-        rows = json.loads(RESULTS.read_text()).get("counts") if RESULTS.exists() else None
+        rows = stored.get("counts")
     else:
         print("Part 1: 64-D GMM (exact eps), iterations / model evals / max|parallel - seq.|")
         print(
@@ -233,7 +234,9 @@ def main(argv=None) -> int:
         "args": vars(args),
         "counts": rows,
     }
-    if not args.skip_wall:
+    if args.skip_wall:
+        out["wall"] = stored.get("wall")  # what an earlier run measured, if any
+    else:
         print(
             f"\nPart 2: wall clock, {args.dim}-D GMM with {args.components} components, "
             f"DDPM-{args.wall_steps}, "

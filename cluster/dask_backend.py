@@ -60,15 +60,18 @@ class _DaskActorFuture(Future):
         if self._alive is None:
             return self._fut.result(timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        while not self._fut.done():
             left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"actor call not done after {timeout} s")
             try:
-                return self._fut.result(timeout=max(0.0, min(_ACTOR_POLL_S, left)))
+                return self._fut.result(timeout=min(_ACTOR_POLL_S, left))
             except TimeoutError:
-                if left <= _ACTOR_POLL_S:
-                    raise
-            if not self._fut.done() and not self._alive():
+                if self._fut.done():  # it finished meanwhile, or raised TimeoutError itself
+                    return self._fut.result()
+            if not self._alive():
                 raise OSError("Unable to contact Actor's worker: it left the cluster")
+        return self._fut.result()
 
     def done(self) -> bool:
         return self._fut.done()
@@ -381,7 +384,13 @@ class DaskExecutor(Executor):
             return _DaskActorFuture(proxy.call(name, margs, mkwargs), keep, alive)
 
         def alive() -> bool:
-            return proxy._address in self._client.scheduler_info().get("workers", {})
+            # a closing client forgets its workers: then let Dask's own outcome through
+            if self._client.status != "running":
+                return True
+            try:
+                return proxy._address in self._client.scheduler_info().get("workers", {})
+            except Exception:
+                return True
 
         call.actor_future = fut  # keeps the actor alive as long as the handle
         return ActorHandle(cls, call)

@@ -210,10 +210,13 @@ def _cmd_run(args) -> int:
 
             if args.debug:
                 sys.stderr.write(traceback.format_exc())
-            sys.stderr.write(
-                f"error: run {run.run_id} failed: {type(exc).__name__}: {exc}"
-                f" (traceback: {join(run.url, TRACEBACK_FILE)})\n"
-            )
+            try:
+                run.read_bytes(TRACEBACK_FILE)
+                where = f" (traceback: {join(run.url, TRACEBACK_FILE)})"
+            except OSError:
+                where = ""
+            err = f"{type(exc).__name__}: {exc}"
+            sys.stderr.write(f"error: run {run.run_id} failed: {err}{where}\n")
             if args.json:
                 print(
                     json.dumps(

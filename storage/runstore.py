@@ -227,7 +227,7 @@ class RunStore:
             tb = "".join(traceback.format_exception(error))
             try:
                 self.write_bytes(TRACEBACK_FILE, tb.encode())
-            except OSError:  # the status below matters more than the traceback
+            except Exception:  # the status below matters more than the traceback
                 pass
             error = f"{type(error).__name__}: {error}"
         self._finish(FAILED, str(error), None)
@@ -235,13 +235,16 @@ class RunStore:
     def mark_running(self) -> None:
         """Set status back to ``running`` (for a resumed run).
 
-        Keeps the original start time, clears ``ended`` and the error, and appends the
-        current time to ``provenance["resumed"]``.
+        Keeps the original start time, clears ``ended``, the error and the traceback file,
+        and appends the current time to ``provenance["resumed"]``.
         """
         prov = self.provenance
         prov["resumed"] = [*(prov.get("resumed") or []), utc_now()]
         prov["ended"] = None
         self._update({"status": RUNNING, "error": None, "provenance": prov})
+        fs, path = filesystem(self._side_path(TRACEBACK_FILE), self._options)
+        if fs.exists(path):
+            fs.rm(path)
 
     # -- arrays ---------------------------------------------------------------------------
     def create_array(

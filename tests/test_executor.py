@@ -454,8 +454,9 @@ def test_dask_actor_call_fails_soon_after_its_worker_left_the_cluster(monkeypatc
     ex = cluster.connect("local:1")
     try:
         napper = ex.actor(Counter)
+        assert napper.nap(2.5).result() == 2.5  # spans liveness checks of a live worker
         with pytest.raises(TimeoutError):
-            napper.nap(3.0).result(timeout=1.5)  # spans a liveness check
+            napper.nap(3.0).result(timeout=1.5)
         call = napper.nap(20.0)
         monkeypatch.setattr(ex.client, "scheduler_info", lambda *a, **k: {"workers": {}})
         t0 = time.perf_counter()

@@ -166,8 +166,8 @@ def test_killed_worker_run_completes_with_the_same_answer(tmp_path, reference, n
 KILLED_DRIVER = [
     ("bilevel", "ray:2"),
     ("domain-split", "local:2"),
-    ("picard", "local:2"),
-    ("ttn", "ray:2"),
+    ("picard", "ray:2"),
+    ("ttn", "local:2"),
 ]
 
 

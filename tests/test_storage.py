@@ -284,9 +284,12 @@ def test_status_running_to_failed(root):
 def test_resume_after_failure(root):
     run = root.create("p", backend="sync")
     started = run.provenance["started"]
-    run.mark_failed("killed")
+    run.mark_failed(RuntimeError("killed"))
+    assert run.read_bytes(storage.TRACEBACK_FILE)
     again = root.resume(run.run_id)
     assert again.status == "running" and again.error is None
+    with pytest.raises(FileNotFoundError):  # the old failure's traceback went with it
+        again.read_bytes(storage.TRACEBACK_FILE)
     prov = again.provenance
     assert prov["started"] == started and prov["ended"] is None
     assert len(prov["resumed"]) == 1 and prov["resumed"][0] >= started

@@ -172,6 +172,8 @@ def test_batched_term_sum_and_projections_match_kronecker_products(xp_name):
     np.testing.assert_allclose(got, ref, atol=1e-12)
     stacked = np.asarray(apply_each(conv(C), [fs for _, fs in terms_x[1:3]]))
     assert stacked.shape == (2, *shape)
+    empty = conv(np.zeros((3, 0, 2), dtype=np.complex128))  # a leg without directions
+    assert TermSum(terms_x[:1])(empty).shape == (3, 0, 2)
     kids_x = [{k: conv(v) for k, v in kp.items()} for kp in kids]
     proj = project_node(conv(T), kids_x, list(splits), lambda k: splits[k])
     assert list(proj) == list(splits)

@@ -48,13 +48,14 @@ def _batched_mode(xp, Y, F, axis: int):
     lead, shape = Y.shape[0], tuple(Y.shape[1:])
     d, K, p = shape[axis], F.shape[0], F.shape[1]
     out_shape = (K,) + shape[:axis] + (p,) + shape[axis + 1 :]
+    m = math.prod(shape[:axis]) * math.prod(shape[axis + 1 :])  # no -1: sizes may be 0
     if axis == 0:  # (p, d) @ (d, rest): no transposes
-        Z = F @ xp.reshape(Y, (lead, d, -1))
+        Z = F @ xp.reshape(Y, (lead, d, m))
         return xp.reshape(Z, out_shape)
     ax = axis + 1
     rest = [a for a in range(1, Y.ndim) if a != ax]
     Yp = xp.permute_dims(Y, (0, ax, *rest))
-    Z = F @ xp.reshape(Yp, (lead, d, -1))
+    Z = F @ xp.reshape(Yp, (lead, d, m))
     Z = xp.reshape(Z, (K, p) + tuple(Yp.shape[2:]))
     back = [0] * Y.ndim
     for pos, a in enumerate((0, ax, *rest)):
@@ -74,8 +75,9 @@ def apply_each(X, factor_lists):
     ----------
     X : array, shape ``(r_0, ..., r_m)``
     factor_lists : list of list of (array or None)
-        ``K`` lists with one factor per axis of ``X`` (``None``: identity), every list
-        with its non-identity factors on the same axes, of the same shape per axis.
+        ``K >= 1`` lists with one factor per axis of ``X`` (``None``: identity), every
+        list with its non-identity factors on the same axes, of the same shape
+        ``(p_j, r_j)`` per axis.
 
     Returns
     -------
@@ -102,7 +104,8 @@ class TermSum:
     ----------
     terms : list of (complex, list of (array or None))
         One factor per axis of the tensors it is applied to (``None``: identity), shapes
-        ``(r_j, r_j)``.
+        ``(p_j, r_j)``: square for an operator, ``p_j != r_j`` for a block of one (every
+        term then with the same ``p_j`` on the same axes).
     """
 
     def __init__(self, terms):
@@ -241,7 +244,7 @@ def project_node(T, kid_projs, keys, splits, bra=None):
     keys : iterable of Key
     splits : callable
         ``splits(key) -> tuple`` of the key's restriction to each child (``()`` = identity).
-    bra : array, shape ``(r_1 ... r_m, p)``, optional
+    bra : array, shape ``(r_1 * ... * r_m, p)``, optional
         Basis coefficients ``W`` for the mixed projections ``W^H A_key X``; default ``X``.
 
     Returns
@@ -259,7 +262,7 @@ def project_node(T, kid_projs, keys, splits, bra=None):
     out = {}
     for members in groups.values():
         G = apply_each(T, [fs for _, fs in members])
-        G = Bh @ xp.reshape(G, (G.shape[0], -1, G.shape[-1]))
+        G = Bh @ xp.reshape(G, (G.shape[0], math.prod(G.shape[1:-1]), G.shape[-1]))
         for k, (key, _) in enumerate(members):
             out[key] = G[k, ...]
     return {key: out[key] for key in keys}
