@@ -49,16 +49,19 @@ class _DaskActorFuture(Future):
     scheduler noticed would wait out Dask's connect timeout (30 s) before it fails; this
     one fails within a second or two of the scheduler dropping the worker."""
 
-    __slots__ = ("_alive", "_fut", "_keep")
+    __slots__ = ("_alive", "_fut", "_keep", "_lost")
 
     def __init__(self, fut: Any, keep: tuple = (), alive: Callable[[], bool] | None = None):
         self._fut = fut  # distributed.actor.ActorFuture
         self._keep = keep  # scattered data the call refers to, alive until the call ends
         self._alive = alive  # whether the actor's worker is still in the cluster
+        self._lost = False
 
     def result(self, timeout: float | None = None) -> Any:
         if self._alive is None:
             return self._fut.result(timeout=timeout)
+        if self._lost and not self._fut.done():
+            raise OSError("Unable to contact Actor's worker: it left the cluster")
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._fut.done():
             left = math.inf if deadline is None else deadline - time.monotonic()
@@ -74,7 +77,13 @@ class _DaskActorFuture(Future):
         return self._fut.result()
 
     def done(self) -> bool:
-        return self._fut.done()
+        """True once the call ended, or once its worker left the cluster (``result``
+        then raises), so ``as_completed`` does not wait on a dead worker either."""
+        if self._fut.done() or self._lost:
+            return True
+        if self._alive is not None and not self._alive():
+            self._lost = True
+        return self._lost
 
 
 def _apply(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -383,14 +392,22 @@ class DaskExecutor(Executor):
                 mkwargs = {k: _remote_ref(v, distributed) for k, v in mkwargs.items()}
             return _DaskActorFuture(proxy.call(name, margs, mkwargs), keep, alive)
 
+        seen = [0.0, True]  # when the actor's worker was last looked up, and the answer
+
         def alive() -> bool:
+            """Whether the actor's worker is in the cluster (asked at most once a second:
+            ``as_completed`` polls ``done`` often)."""
             # a closing client forgets its workers: then let Dask's own outcome through
             if self._client.status != "running":
                 return True
-            try:
-                return proxy._address in self._client.scheduler_info().get("workers", {})
-            except Exception:
-                return True
+            if time.monotonic() - seen[0] >= _ACTOR_POLL_S:
+                try:
+                    workers = self._client.scheduler_info().get("workers", {})
+                    seen[1] = proxy._address in workers
+                except Exception:
+                    seen[1] = True
+                seen[0] = time.monotonic()
+            return seen[1]
 
         call.actor_future = fut  # keeps the actor alive as long as the handle
         return ActorHandle(cls, call)

@@ -449,8 +449,8 @@ def test_local_dask_workers_skip_the_malloc_trim_and_the_stack_sampler(monkeypat
 
 def test_dask_actor_call_fails_soon_after_its_worker_left_the_cluster(monkeypatch):
     """A call to an actor whose worker the scheduler has dropped fails as a lost worker
-    within seconds (Dask alone can wait out its 30 s connect timeout); a timeout still
-    raises TimeoutError while the worker is there."""
+    within seconds, through result() and through as_completed (Dask alone can wait out its
+    30 s connect timeout); a timeout still raises TimeoutError while the worker is there."""
     ex = cluster.connect("local:1")
     try:
         napper = ex.actor(Counter)
@@ -464,6 +464,8 @@ def test_dask_actor_call_fails_soon_after_its_worker_left_the_cluster(monkeypatc
             call.result()
         assert time.perf_counter() - t0 < 5.0
         assert cluster.is_worker_lost(info.value)
+        t0 = time.perf_counter()  # as_completed polls done(): it must not wait either
+        assert list(ex.as_completed([napper.nap(20.0)])) and time.perf_counter() - t0 < 5.0
     finally:
         monkeypatch.undo()
         ex.close()
