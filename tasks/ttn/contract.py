@@ -31,14 +31,6 @@ def mode(xp, X, f, axis: int):
     return xp.permute_dims(Y, tuple(perm))
 
 
-def apply_factors(xp, X, factors):
-    """``(factors[0] (x) factors[1] (x) ...) X`` with ``None`` for the identity."""
-    for j, f in enumerate(factors):
-        if f is not None:
-            X = mode(xp, X, f, j)
-    return X
-
-
 def _batched_mode(xp, Y, F, axis: int):
     """``F[k]`` applied to ``axis`` of ``Y[k]`` (or of ``Y[0]`` for every ``k``).
 
