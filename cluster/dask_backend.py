@@ -42,6 +42,8 @@ class _DaskFuture(Future):
 #: Seconds between checks, while waiting for an actor call, that the actor's worker is
 #: still in the cluster.
 _ACTOR_POLL_S = 1.0
+#: What such a call raises (a message `cluster.is_worker_lost` knows).
+_ACTOR_LEFT = "Unable to contact Actor's worker: it left the cluster"
 
 
 class _DaskActorFuture(Future):
@@ -61,7 +63,7 @@ class _DaskActorFuture(Future):
         if self._alive is None:
             return self._fut.result(timeout=timeout)
         if self._lost and not self._fut.done():
-            raise OSError("Unable to contact Actor's worker: it left the cluster")
+            raise OSError(_ACTOR_LEFT)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._fut.done():
             left = math.inf if deadline is None else deadline - time.monotonic()
@@ -73,7 +75,7 @@ class _DaskActorFuture(Future):
                 if self._fut.done():  # it finished meanwhile, or raised TimeoutError itself
                     return self._fut.result()
             if not self._alive():
-                raise OSError("Unable to contact Actor's worker: it left the cluster")
+                raise OSError(_ACTOR_LEFT)
         return self._fut.result()
 
     def done(self) -> bool:

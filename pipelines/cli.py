@@ -205,16 +205,10 @@ def _cmd_run(args) -> int:
             )
             return 130
         except Exception as exc:  # the run failed (execute marked it): report, exit 1
-            from storage.runstore import TRACEBACK_FILE
-            from storage.urls import join
-
             if args.debug:
                 sys.stderr.write(traceback.format_exc())
-            try:
-                run.read_bytes(TRACEBACK_FILE)
-                where = f" (traceback: {join(run.url, TRACEBACK_FILE)})"
-            except OSError:
-                where = ""
+            tb = run.traceback_path
+            where = f" (traceback: {tb})" if tb else ""
             err = f"{type(exc).__name__}: {exc}"
             sys.stderr.write(f"error: run {run.run_id} failed: {err}{where}\n")
             if args.json:

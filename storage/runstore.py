@@ -232,6 +232,13 @@ class RunStore:
             error = f"{type(error).__name__}: {error}"
         self._finish(FAILED, str(error), None)
 
+    @property
+    def traceback_path(self) -> str | None:
+        """Location of the traceback a failure left (``traceback.txt``), else ``None``."""
+        target = self._side_path(TRACEBACK_FILE)
+        fs, path = filesystem(target, self._options)
+        return target if fs.exists(path) else None
+
     def mark_running(self) -> None:
         """Set status back to ``running`` (for a resumed run).
 
@@ -242,8 +249,9 @@ class RunStore:
         prov["resumed"] = [*(prov.get("resumed") or []), utc_now()]
         prov["ended"] = None
         self._update({"status": RUNNING, "error": None, "provenance": prov})
-        fs, path = filesystem(self._side_path(TRACEBACK_FILE), self._options)
-        if fs.exists(path):
+        stale = self.traceback_path
+        if stale is not None:
+            fs, path = filesystem(stale, self._options)
             fs.rm(path)
 
     # -- arrays ---------------------------------------------------------------------------
