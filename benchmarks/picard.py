@@ -9,15 +9,26 @@ whose error is no larger than plain Picard's), for triangular Anderson mixing al
 the published ParaDiGMS counts where there are some. Goals: plain <= ParaDiGMS's
 count; accelerated <= 0.5x plain at the same error.
 
-Part 2 (wall clock): a model heavy enough that one batched call of the sequential
-sampler takes >= 10 ms (an exact Gaussian mixture with ``--components`` components in
-``--dim`` dimensions), the
-sequential sampler on one model replica against Picard with the window's model call
-split over 1 and 2 worker replicas (``local:1``, ``local:2``). Goal: >= 1.5x on 2
-workers. With ``--device cuda`` the replicas evaluate with CuPy on the GPU.
+Part 2 (wall clock): a model heavy enough that one call of the sequential sampler
+takes >= 10 ms (an exact Gaussian mixture in ``--dim`` dimensions), the sequential
+sampler on one model replica against Picard with the window's model call split over 1
+and 2 worker replicas (``local:1``, ``local:2``; the window is cut into one piece per
+worker). Two settings:
+
+* ``throughput``: ``--wall-samples`` (64) samples and ``--components`` (4096)
+  components; a call's cost grows in proportion to its rows, so a window of p steps
+  costs about p sequential calls.
+* ``latency`` (ParaDiGMS's setting): ``--latency-samples`` (1) sample and
+  ``--latency-components`` (32768) components, 32 MiB of means read by every call. Like
+  a neural network's weights, reading them dominates a call of a few rows, so a window
+  of p steps costs little more than one step.
+
+Goal: >= 1.5x on 2 workers. With ``--device cuda`` the replicas evaluate with CuPy on
+the GPU.
 
     python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 4096]
-                                [--wall-steps 200] [--device cpu]
+                                [--wall-steps 200] [--settings throughput latency]
+                                [--device cpu]
 
 Results go to ``benchmarks/results/picard.json``.
 """
@@ -126,71 +137,90 @@ def heavy_spec(dim: int, components: int, abar) -> dict:
     return {"kind": "gmm", "means": g.means, "weights": g.weights, "spread": 0.15, "abar": abar}
 
 
+def settings(args) -> list[tuple[str, int, int]]:
+    """``(name, components, samples)`` of the wall-clock settings asked for."""
+    known = {
+        "throughput": (args.components, args.wall_samples),
+        "latency": (args.latency_components, args.latency_samples),
+    }
+    return [(name, *known[name]) for name in args.settings]
+
+
 def wall(args) -> list[dict]:
     abar = make_schedule("linear", 1000)
-    spec = heavy_spec(args.dim, args.components, abar)
-    T, n = args.wall_steps, args.wall_samples
+    T = args.wall_steps
     st = make_steps("ddpm", abar, T)
-    x_T, z = draw_noise(np.random.SeedSequence(1), n, (args.dim,), T)
     rows = []
-    for workers in (1, 2):
-        with cluster.connect(f"local:{workers}") as ex:
-            actors = [ex.actor(ModelReplica, spec, args.device, spread=k) for k in range(workers)]
-            # one batched call of the sequential sampler, on a replica
-            t = np.zeros(n, dtype=np.int64)
-            ex.gather(actors[0].eps(x_T, t))
-            t0 = time.perf_counter()
-            for _ in range(5):
-                ex.gather(actors[0].eps(x_T, t))
-            call_ms = (time.perf_counter() - t0) / 5 * 1e3
-            # the baseline again on every cluster: the shared machine's load drifts
-            xs, base = ex.gather(actors[0].sequential(st, x_T, z))
-            rows.append(
-                {
-                    "method": "sequential",
-                    "workers": workers,
-                    "window": 1,
-                    "iters": T,
-                    "evals": T,
-                    "wall_s": base,
-                    "speedup": 1.0,
-                    "err": 0.0,
-                    "median_err": 0.0,
-                    "call_ms": call_ms,
-                }
-            )
-            print(
-                f"{'sequential':12} {workers:3} {1:4} {T:6} {T:6} {base:8.2f}    1.00", flush=True
-            )
-            for p in args.windows:
-                for acc in (False, True):
-                    ev = WindowEvaluator(ex, actors, n, parts=max(2, workers))
-                    t0 = time.perf_counter()
-                    kw = ACCEL if acc else {}
-                    r = picard(ev, st, x_T, z, p, args.tol, **kw)
-                    el = time.perf_counter() - t0
-                    rows.append(
-                        {
-                            "method": "accelerated" if acc else "picard",
-                            "workers": workers,
-                            "window": p,
-                            "iters": r.iterations,
-                            "evals": r.model_evals,
-                            "wall_s": el,
-                            "speedup": base / el,
-                            "err": float(np.abs(r.x - xs).max()),
-                            "median_err": float(np.median(np.abs(r.x - xs).max(axis=1))),
-                            "call_ms": call_ms,
-                        }
-                    )
-                    w = rows[-1]
-                    print(
-                        f"{w['method']:12} {w['workers']:3} {w['window']:4} {w['iters']:6} "
-                        f"{w['evals']:6} {w['wall_s']:8.2f} {w['speedup']:7.2f} "
-                        f"{w['err']:9.1e} {w['median_err']:9.1e} {w['call_ms']:8.1f}",
-                        flush=True,
-                    )
+    for setting, components, n in settings(args):
+        spec = heavy_spec(args.dim, components, abar)
+        x_T, z = draw_noise(np.random.SeedSequence(1), n, (args.dim,), T)
+        print(f"-- {setting}: {n} samples, {components} components")
+        for workers in (1, 2):
+            rows += wall_on(args, workers, setting, spec, st, x_T, z)
     return rows
+
+
+def wall_on(args, workers: int, setting: str, spec: dict, st, x_T, z) -> list[dict]:
+    """Part 2 rows of one setting on ``local:{workers}``."""
+    n, T = x_T.shape[0], len(st.t)
+    rows = []
+    with cluster.connect(f"local:{workers}") as ex:
+        actors = [ex.actor(ModelReplica, spec, args.device, spread=k) for k in range(workers)]
+        # one call of the sequential sampler, on a replica
+        t = np.zeros(n, dtype=np.int64)
+        ex.gather(actors[0].eps(x_T, t))
+        t0 = time.perf_counter()
+        for _ in range(5):
+            ex.gather(actors[0].eps(x_T, t))
+        call_ms = (time.perf_counter() - t0) / 5 * 1e3
+        # the baseline again on every cluster: the shared machine's load drifts
+        xs, base = ex.gather(actors[0].sequential(st, x_T, z))
+        common = {"setting": setting, "samples": n, "workers": workers, "call_ms": call_ms}
+        rows.append(
+            {
+                **common,
+                "method": "sequential",
+                "window": 1,
+                "iters": T,
+                "evals": T,
+                "wall_s": base,
+                "speedup": 1.0,
+                "err": 0.0,
+                "median_err": 0.0,
+            }
+        )
+        print_wall(rows[-1])
+        for p in args.windows:
+            for acc in (False, True):
+                ev = WindowEvaluator(ex, actors, n, parts=workers)
+                t0 = time.perf_counter()
+                r = picard(ev, st, x_T, z, p, args.tol, **(ACCEL if acc else {}))
+                el = time.perf_counter() - t0
+                rows.append(
+                    {
+                        **common,
+                        "method": "accelerated" if acc else "picard",
+                        "window": p,
+                        "iters": r.iterations,
+                        "evals": r.model_evals,
+                        "wall_s": el,
+                        "speedup": base / el,
+                        "err": float(np.abs(r.x - xs).max()),
+                        "median_err": float(np.median(np.abs(r.x - xs).max(axis=1))),
+                    }
+                )
+                print_wall(rows[-1])
+    return rows
+
+
+def print_wall(w: dict) -> None:
+    err = "" if w["method"] == "sequential" else f"{w['err']:9.1e} {w['median_err']:9.1e}"
+    print(
+        f"{w['method']:12} {w['workers']:3} {w['window']:4} {w['iters']:6} "
+        f"{w['evals']:6} {w['wall_s']:8.2f} {w['speedup']:7.2f} {err:>19} "
+        f"{w['call_ms']:8.1f}",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
@@ -207,7 +237,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=128, help="GMM dimension (wall clock)")
     ap.add_argument("--components", type=int, default=4096, help="GMM components (wall)")
     ap.add_argument("--wall-steps", type=int, default=200, help="DDPM steps (wall clock)")
-    ap.add_argument("--wall-samples", type=int, default=64, help="samples (wall clock)")
+    ap.add_argument("--wall-samples", type=int, default=64, help="samples (throughput)")
+    ap.add_argument(
+        "--latency-components", type=int, default=32768, help="GMM components (latency)"
+    )
+    ap.add_argument("--latency-samples", type=int, default=1, help="samples (latency)")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        choices=["throughput", "latency"],
+        default=["throughput", "latency"],
+        help="wall-clock settings to run",
+    )
     ap.add_argument("--windows", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--tol", type=float, default=0.1, help="tolerance (wall clock)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -238,9 +279,8 @@ def main(argv=None) -> int:
         out["wall"] = stored.get("wall")  # what an earlier run measured, if any
     else:
         print(
-            f"\nPart 2: wall clock, {args.dim}-D GMM with {args.components} components, "
-            f"DDPM-{args.wall_steps}, "
-            f"{args.wall_samples} samples, tol={args.tol}, device={args.device}"
+            f"\nPart 2: wall clock, {args.dim}-D GMM, DDPM-{args.wall_steps}, "
+            f"tol={args.tol}, device={args.device}"
         )
         print("method       wrk    p  iters  evals   wall_s speedup   max_err  med_err  call_ms")
         out["wall"] = wall(args)

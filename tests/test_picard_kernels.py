@@ -110,6 +110,27 @@ def test_gmm_eps_is_minus_scaled_score(gmm):
         np.testing.assert_allclose(got[r], -math.sqrt(1 - ab) * grad, rtol=1e-5, atol=1e-7)
 
 
+def test_gmm_eps_with_negligible_components_is_the_softmax_formula():
+    """Near t = 0 almost every responsibility underflows (log r_k < -50, most below the
+    subnormal range); the model zeroes those, and still agrees with the formula computed
+    with scipy's softmax to rounding."""
+    from scipy.special import softmax
+
+    g = GaussianMixture.random(16, 512, 0.15, ABAR, seed=3)
+    x = g.sample(4, seed=1)[0] + 0.01
+    t = np.array([0, 5, 20, 60])
+    ab = ABAR[t][:, None]
+    v = ab * g.spread**2 + 1 - ab
+    logit = np.log(g.weights) - ((x[:, None, :] - np.sqrt(ab)[..., None] * g.means) ** 2).sum(
+        -1
+    ) / (2 * v)
+    rel = logit - logit.max(axis=1, keepdims=True)
+    # the case at hand: nearly all components negligible, some of them subnormal in exp
+    assert (rel < -50).mean() > 0.9 and ((rel > -745) & (rel < -708)).any()
+    want = np.sqrt(1 - ab) / v * (x - np.sqrt(ab) * (softmax(logit, axis=1) @ g.means))
+    np.testing.assert_allclose(g.eps(x, t), want, rtol=1e-10, atol=1e-12)
+
+
 def _at_odd_offset(a):
     """A copy of ``a`` one byte into a buffer (not aligned), as Dask and Ray may unpickle
     an array out of a message."""

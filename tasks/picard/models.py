@@ -49,6 +49,10 @@ def _owned(value) -> np.ndarray:
     return np.array(value, dtype=np.float64, order="C", copy=True)
 
 
+#: log-responsibility (relative to the largest) below which a component counts as 0
+_NEGLIGIBLE_LOGIT = -50.0
+
+
 def _on(xp, cache: dict, name: str, value: np.ndarray):
     """``value`` as an array of namespace ``xp`` (converted once per namespace)."""
     key = (name, xp.__name__)
@@ -84,6 +88,9 @@ class GaussianMixture:
             raise ValueError("means must be (K, D) and weights (K,)")
         if not np.isclose(self.weights.sum(), 1.0) or np.any(self.weights <= 0):
             raise ValueError("weights must be positive and sum to 1")
+        # computed once: |mu_k|^2 alone costs a pass over all K D means
+        self._logw = np.log(self.weights)
+        self._mu2 = (self.means**2).sum(axis=1)
         self._cache: dict = {}
 
     @classmethod
@@ -139,15 +146,19 @@ class GaussianMixture:
         xp = array_namespace(x)
         mu = _on(xp, self._cache, "means", self.means)
         ab = xp.take(_on(xp, self._cache, "abar", self.abar), t)
-        logw = _on(xp, self._cache, "logw", np.log(self.weights))
-        mu2 = _on(xp, self._cache, "mu2", (self.means**2).sum(axis=1))
+        logw = _on(xp, self._cache, "logw", self._logw)
+        mu2 = _on(xp, self._cache, "mu2", self._mu2)
         v = ab * self.spread**2 + 1.0 - ab  # (N,)
         sab = xp.sqrt(ab)
         # log r_k = log w_k - |x - sqrt(ab) mu_k|^2 / (2 v) + const(x)
         cross = x @ xp.matrix_transpose(mu)  # (N, K)
         logit = logw + (sab[:, None] * cross - 0.5 * ab[:, None] * mu2) / v[:, None]
         logit = logit - xp.max(logit, axis=1, keepdims=True)
-        r = xp.exp(logit)
+        # Components e^50 below the best one are below float64 rounding of the
+        # normaliser (>= 1): they are set to exactly 0 instead of to the subnormals exp
+        # returns there, which made r @ mu (and exp) 2-4x slower at small t.
+        keep = xp.astype(logit > _NEGLIGIBLE_LOGIT, logit.dtype)
+        r = xp.exp(xp.maximum(logit, _NEGLIGIBLE_LOGIT)) * keep
         r = r / xp.sum(r, axis=1, keepdims=True)
         mean = sab[:, None] * (r @ mu)
         return (xp.sqrt(1.0 - ab) / v)[:, None] * (x - mean)
