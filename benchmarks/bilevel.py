@@ -10,8 +10,9 @@ Two parts:
    (upper step ``eta * I / m``, halved every 60 epochs). Ratios are against I = 1.
 2. Wall seconds per iteration of the pipeline itself (tasks on a local Dask cluster,
    block state in Zarr) for each I on 1 and 2 workers, and the wall time to the target
-   estimated as iterations x seconds per iteration. Ratios are against I = 1 on the
-   same cluster.
+   estimated as iterations x seconds per iteration. On each cluster the I values take
+   turns, ``--repeats`` rounds; the median is reported, and ratios are of medians
+   against I = 1 on the same cluster.
 
     python benchmarks/bilevel.py                  # the full grid
     python benchmarks/bilevel.py --short          # I in {1, 10}, B = 8, two methods
@@ -33,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -74,8 +77,8 @@ HEAVY = [
 ]
 
 
-def seconds_per_iteration(workers: int, I: int, n_iter: int, method: str, extra=()) -> float:
-    import cluster
+def seconds_per_iteration(ex, I: int, n_iter: int, method: str, extra=()) -> float:
+    """Wall seconds per iteration of one pipeline run on the executor ``ex``."""
     import storage
     from pipelines.base import RunContext
     from pipelines.bilevel import PIPELINE
@@ -92,10 +95,51 @@ def seconds_per_iteration(workers: int, I: int, n_iter: int, method: str, extra=
         *extra,
     ]
     cfg = build_config(PIPELINE, "quick", sets=sets)
-    with tempfile.TemporaryDirectory() as tmp, cluster.connect(f"local:{workers}") as ex:
+    with tempfile.TemporaryDirectory() as tmp:
         store = storage.Root(tmp).create("bilevel", config=cfg.model_dump(mode="json"))
         m = PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=silent))
     return m["s_per_iter"]
+
+
+def timed(workers: int, Is, repeats: int, n_iter: int, method: str, extra=()) -> dict:
+    """Seconds per iteration for every I on one ``local:{workers}`` cluster, the I values
+    interleaved ``repeats`` times (so that a slow spell of the machine hits them all):
+    ``{I: [s, ...]}``."""
+    import cluster
+
+    out = {I: [] for I in Is}
+    with cluster.connect(f"local:{workers}") as ex:
+        seconds_per_iteration(ex, Is[0], 2, method, extra)  # warm the workers up
+        for _ in range(repeats):
+            for I in Is:
+                out[I].append(seconds_per_iteration(ex, I, n_iter, method, extra))
+    return out
+
+
+def timing_rows(workers: int, per_I: dict, its: dict | None = None) -> list[dict]:
+    """Median seconds per iteration, spread and ratio against I = 1; printed."""
+    rows = []
+    base = float(np.median(per_I[min(per_I)]))
+    for I, ss in per_I.items():
+        med = float(np.median(ss))
+        n = (its or {}).get(I)
+        rows.append(
+            {
+                "workers": workers,
+                "I": I,
+                "s_per_iter": med,
+                "s_per_iter_all": ss,
+                "ratio_vs_I1": med / base,
+                "est_s_to_target": n * med if n else None,
+            }
+        )
+        est = f"{n * med:15.1f}" if n else f"{'-':>15}"
+        print(
+            f"{workers:>7} {I:>3} {med:8.4f} {min(ss):8.4f} {max(ss):8.4f} "
+            f"{med / base:6.2f}x {est}",
+            flush=True,
+        )
+    return rows
 
 
 def main() -> None:
@@ -104,6 +148,7 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=20000, help="iterations at most per run")
     ap.add_argument("--timing-iters", type=int, default=40, help="iterations per timing run")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=5, help="timing runs per (workers, I)")
     ap.add_argument(
         "--parts",
         nargs="+",
@@ -139,38 +184,23 @@ def main() -> None:
                 )
 
     timing = result.get("timing", []) if "timing" not in args.parts else []
-    its = {(r["method"], r["I"], r["B"]): r["iterations"] for r in rows}
+    its = {r["I"]: r["iterations"] for r in rows if r["method"] == "bsvrb-v2" and r["B"] == 8}
+    header = f"{'workers':>7} {'I':>3} {'median':>8} {'min':>8} {'max':>8} {'vs I=1':>7}"
     if "timing" in args.parts:
-        print(f"\n{'workers':>7} {'I':>3} {'s/iter':>8} {'vs I=1':>7} {'est. s to 1e-2':>15}")
+        print(f"\nseconds per iteration (v2, B = 8; {args.repeats} interleaved runs each)")
+        print(f"{header} {'est. s to 1e-2':>15}")
     for w in args.workers if "timing" in args.parts else ():
-        base = None
-        for I in Is:
-            s = seconds_per_iteration(w, I, args.timing_iters, "bsvrb-v2")
-            base = base or s
-            n = its.get(("bsvrb-v2", I, 8))
-            timing.append(
-                {
-                    "workers": w,
-                    "I": I,
-                    "s_per_iter": s,
-                    "ratio_vs_I1": s / base,
-                    "est_s_to_target": n * s if n else None,
-                }
-            )
-            est = f"{n * s:15.1f}" if n else f"{'-':>15}"
-            print(f"{w:>7} {I:>3} {s:8.4f} {s / base:6.2f}x {est}", flush=True)
+        per_I = timed(w, Is, args.repeats, args.timing_iters, "bsvrb-v2")
+        timing += timing_rows(w, per_I, its)
 
     heavy = result.get("heavy", []) if "heavy" not in args.parts else []
     if "heavy" in args.parts:
         print(f"\nheavy blocks ({' '.join(HEAVY)})")
-        print(f"{'workers':>7} {'I':>3} {'s/iter':>8} {'vs I=1':>7}")
+        print(header)
     for w in args.workers if "heavy" in args.parts else ():
-        base = None
-        for I in Is:
-            s = seconds_per_iteration(w, I, max(4, args.timing_iters // 4), "bsvrb-v1", HEAVY)
-            base = base or s
-            heavy.append({"workers": w, "I": I, "s_per_iter": s, "ratio_vs_I1": s / base})
-            print(f"{w:>7} {I:>3} {s:8.4f} {s / base:6.2f}x", flush=True)
+        n_iter = max(4, args.timing_iters // 4)
+        per_I = timed(w, Is, args.repeats, n_iter, "bsvrb-v1", HEAVY)
+        heavy += timing_rows(w, per_I)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"iterations": rows, "timing": timing, "heavy": heavy, "args": vars(args)}
