@@ -19,7 +19,7 @@ worker). Two settings:
   components; a call's cost grows in proportion to its rows, so a window of p steps
   costs about p sequential calls.
 * ``latency`` (ParaDiGMS's setting): ``--latency-samples`` (1) sample and
-  ``--latency-components`` (32768) components, 32 MiB of means read by every call. Like
+  ``--latency-components`` (131072) components, 128 MiB of means read by every call. Like
   a neural network's weights, reading them dominates a call of a few rows, so a window
   of p steps costs little more than one step.
 
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     ap.add_argument("--wall-steps", type=int, default=200, help="DDPM steps (wall clock)")
     ap.add_argument("--wall-samples", type=int, default=64, help="samples (throughput)")
     ap.add_argument(
-        "--latency-components", type=int, default=32768, help="GMM components (latency)"
+        "--latency-components", type=int, default=131072, help="GMM components (latency)"
     )
     ap.add_argument("--latency-samples", type=int, default=1, help="samples (latency)")
     ap.add_argument(
