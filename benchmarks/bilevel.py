@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--short", action="store_true", help="I in {1, 10}, B = 8, v2 and sgd")
     ap.add_argument("--cap", type=int, default=20000, help="iterations at most per run")
     ap.add_argument("--seeds", type=int, default=5, help="sampling seeds per (method, I, B)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes B")
     ap.add_argument("--timing-iters", type=int, default=40, help="iterations per timing run")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5, help="timing runs per (workers, I)")
@@ -175,8 +177,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     Is = (1, 10) if args.short else (1, 2, 5, 10)
-    Bs = (8,) if args.short else (1, 8, 32)
-    methods = ("bsvrb-v2", "sgd") if args.short else METHODS
+    Bs = (8,) if args.short else tuple(args.batches)
+    methods = ("bsvrb-v2", "sgd") if args.short else tuple(args.methods)
 
     out = ROOT / "benchmarks" / "results" / "bilevel.json"
     result = json.loads(out.read_text()) if out.exists() else {}

@@ -264,7 +264,8 @@ class Executor(abc.ABC):
     # -- data and actors --------------------------------------------------------------
 
     def put(self, obj: Any) -> Ref:
-        """Store large read-only data with the workers once.
+        """Store large read-only data with the workers once (a copy on every worker on
+        Dask, in the node's object store on Ray).
 
         Parameters
         ----------

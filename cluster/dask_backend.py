@@ -332,7 +332,9 @@ class DaskExecutor(Executor):
 
     def _put(self, obj: Any) -> Any:
         # A list makes scatter treat obj as one item even when obj is itself a list or dict.
-        [fut] = self._client.scatter([obj], broadcast=False, hash=False)
+        # Broadcast: Dask places a task on a worker that holds its inputs, so data held by
+        # one worker would queue every task that reads it there (and die with it).
+        [fut] = self._client.scatter([obj], broadcast=True, hash=False)
         return fut
 
     def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:

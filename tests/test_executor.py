@@ -61,6 +61,13 @@ def array_stat(arr, offset=0.0):
     return float(arr[::1000].sum()) + offset, arr.shape
 
 
+def pid_after(arr, delay):
+    """The process that ran this task, after ``delay`` seconds (so that two such tasks
+    overlap when there are two workers for them)."""
+    time.sleep(delay)
+    return os.getpid()
+
+
 def offset_stat(offset, arr):
     return array_stat(arr, offset)
 
@@ -251,6 +258,16 @@ class TestExecutor:
         assert counter.data_size().result() == arr.size
         assert counter.stat(ref).result() == (expected, arr.shape)
         assert counter.stat(arr=ref, scale=2.0).result() == (2 * expected, arr.shape)
+
+    def test_tasks_reading_put_data_run_on_every_worker(self, ex):
+        """``put`` data sits with every worker (Dask scatters it to all), so two tasks
+        that read it run side by side instead of queueing at the one worker that would
+        hold it (Dask places a task where its inputs are)."""
+        if ex.backend in ("sync", "threads"):
+            pytest.skip("tasks run in this process")
+        ref = ex.put(np.ones(1000))
+        pids = ex.gather(ex.map(pid_after, [ref, ref], [0.3, 0.31]))  # two tasks, not one
+        assert len(set(pids)) == 2 and os.getpid() not in pids
 
     def test_actor_keeps_state(self, ex):
         counter = ex.actor(Counter, 10, step=2)
