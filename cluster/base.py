@@ -265,7 +265,8 @@ class Executor(abc.ABC):
 
     def put(self, obj: Any) -> Ref:
         """Store large read-only data with the workers once (a copy on every worker on
-        Dask, in the node's object store on Ray).
+        Dask, so it costs that many times its size in memory; once per node in Ray's
+        object store).
 
         Parameters
         ----------

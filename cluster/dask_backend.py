@@ -169,6 +169,13 @@ WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
 }
 
+#: Dask config for a scheduler that tilegraph starts (local, local-cuda, batch jobs).
+#: The active memory manager's only default policy drops every copy of a key that no
+#: waiting task needs, within ~2 s; it would undo the broadcast of `put` data, and a
+#: task is placed on a worker that holds its inputs, so every task reading that data
+#: would queue at one worker again.
+SCHEDULER_CONFIG = {"distributed.scheduler.active-memory-manager.start": False}
+
 
 class DaskExecutor(Executor):
     """Tasks on a `distributed` cluster: a new `LocalCluster` (``local[:N]``), a
@@ -187,7 +194,7 @@ class DaskExecutor(Executor):
         self._distributed = distributed
         self._cluster = None
         if spec.kind == "local":
-            with dask.config.set(WORKER_CONFIG):
+            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}):
                 self._cluster = distributed.LocalCluster(
                     n_workers=spec.n,
                     threads_per_worker=1,
@@ -204,7 +211,7 @@ class DaskExecutor(Executor):
                     "cluster spec 'local-cuda' needs dask-cuda (pip install 'tilegraph[gpu]')"
                 ) from None
             kwargs: dict[str, Any] = {} if spec.n is None else {"n_workers": spec.n}
-            with dask.config.set(WORKER_CONFIG):
+            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}):
                 self._cluster = dask_cuda.LocalCUDACluster(
                     threads_per_worker=1,
                     dashboard_address=":0",
@@ -216,7 +223,8 @@ class DaskExecutor(Executor):
             from .jobqueue import load_profile, make_cluster
 
             profile = load_profile(spec.kind, profile_path)
-            self._cluster = make_cluster(spec, profile)
+            with dask.config.set(SCHEDULER_CONFIG):
+                self._cluster = make_cluster(spec, profile)
             self._cluster.scale(jobs=spec.n or profile.jobs)
         elif spec.kind != "tcp":
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
@@ -333,7 +341,9 @@ class DaskExecutor(Executor):
     def _put(self, obj: Any) -> Any:
         # A list makes scatter treat obj as one item even when obj is itself a list or dict.
         # Broadcast: Dask places a task on a worker that holds its inputs, so data held by
-        # one worker would queue every task that reads it there (and die with it).
+        # one worker would queue every task that reads it there (and die with it). The
+        # copies stay where tilegraph starts the scheduler (SCHEDULER_CONFIG); on an
+        # external one (tcp://) its active memory manager may reduce them again.
         [fut] = self._client.scatter([obj], broadcast=True, hash=False)
         return fut
 

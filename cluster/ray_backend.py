@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import sysconfig
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -54,19 +55,24 @@ class _RayFuture(Future):
         return bool(ready)
 
 
+_ENVIRON_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """Set environment variables for the duration of the block, then restore them (one
+    such block at a time; other threads still see the values meanwhile)."""
+    with _ENVIRON_LOCK:
+        old = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _driver_pythonpath() -> str:

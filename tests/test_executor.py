@@ -444,6 +444,23 @@ def test_dask_actor_gets_put_data_held_by_another_worker():
             _EXECUTORS.close("local:2")
 
 
+def test_dask_put_data_stays_on_every_worker():
+    """Dask's active memory manager would drop the broadcast copies within ~2 s (nothing
+    waits on them); tilegraph's own schedulers run without it."""
+    started_here = "local:2" not in _EXECUTORS.open
+    ex = _EXECUTORS.get("local:2")
+    try:
+        ref = ex.put(np.ones(1000))
+        workers = set(ex.client.scheduler_info()["workers"])
+        time.sleep(2.5)  # past a pass of the memory manager (every 2 s by default)
+        key = ref._payload.key
+        assert set(ex.client.who_has([ref._payload])[key]) == workers
+        assert len(workers) == 2
+    finally:
+        if started_here:
+            _EXECUTORS.close("local:2")
+
+
 def _worker_settings():
     import os
 
