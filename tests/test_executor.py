@@ -61,10 +61,14 @@ def array_stat(arr, offset=0.0):
     return float(arr[::1000].sum()) + offset, arr.shape
 
 
-def pid_after(arr, delay):
-    """The process that ran this task, after ``delay`` seconds (so that two such tasks
-    overlap when there are two workers for them)."""
-    time.sleep(delay)
+def pid_at_barrier(arr, folder, name, parties, timeout=10.0):
+    """The process that ran this task, once ``parties`` tasks have reached the barrier
+    in ``folder`` (or after ``timeout`` s): tasks queued at one worker cannot all get
+    there together, however long a worker takes to start."""
+    pathlib.Path(folder, name).touch()
+    deadline = time.monotonic() + timeout
+    while len(list(pathlib.Path(folder).iterdir())) < parties and time.monotonic() < deadline:
+        time.sleep(0.01)
     return os.getpid()
 
 
@@ -259,14 +263,16 @@ class TestExecutor:
         assert counter.stat(ref).result() == (expected, arr.shape)
         assert counter.stat(arr=ref, scale=2.0).result() == (2 * expected, arr.shape)
 
-    def test_tasks_reading_put_data_run_on_every_worker(self, ex):
-        """``put`` data sits with every worker (Dask scatters it to all), so two tasks
-        that read it run side by side instead of queueing at the one worker that would
-        hold it (Dask places a task where its inputs are)."""
+    def test_two_tasks_reading_put_data_run_side_by_side(self, ex, tmp_path):
+        """Two tasks that read the same ``put`` data run at once in two worker processes
+        (the barrier holds each until both have started). On Dask the copy on every
+        worker is what keeps them from queueing at one worker; that the copies stay is
+        checked in ``test_dask_put_data_stays_on_every_worker``."""
         if ex.backend in ("sync", "threads"):
             pytest.skip("tasks run in this process")
         ref = ex.put(np.ones(1000))
-        pids = ex.gather(ex.map(pid_after, [ref, ref], [0.3, 0.31]))  # two tasks, not one
+        folder = str(tmp_path)
+        pids = ex.gather(ex.map(pid_at_barrier, [ref, ref], [folder] * 2, ["a", "b"], [2, 2]))
         assert len(set(pids)) == 2 and os.getpid() not in pids
 
     def test_actor_keeps_state(self, ex):
