@@ -26,7 +26,7 @@ worker). Two settings:
 Goal: >= 1.5x on 2 workers. With ``--device cuda`` the replicas evaluate with CuPy on
 the GPU.
 
-    python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 4096]
+    python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 8192]
                                 [--wall-steps 200] [--settings throughput latency]
                                 [--device cpu]
 
