@@ -150,10 +150,10 @@ def timing_rows(workers: int, per_I: dict, its: dict | None = None) -> list[dict
                 "est_s_to_target": n * med if n else None,
             }
         )
-        est = f"{n * med:15.1f}" if n else f"{'-':>15}"
+        est = "" if its is None else f" {n * med:15.1f}" if n else f" {'-':>15}"
         print(
             f"{workers:>7} {I:>3} {med:8.4f} {min(ss):8.4f} {max(ss):8.4f} "
-            f"{med / base:6.2f}x {est}",
+            f"{med / base:6.2f}x{est}",
             flush=True,
         )
     return rows
@@ -183,6 +183,10 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "bilevel.json"
     result = json.loads(out.read_text()) if out.exists() else {}
     rows = result.get("iterations", []) if "iterations" not in args.parts else []
+
+    def show(v):  # an iteration count, or more than the cap
+        return f">{args.cap}" if v is None else f"{v:.0f}"
+
     if "iterations" in args.parts:
         print(f"iterations to 1e-2, median over sampling seeds 0..{args.seeds - 1}")
         print(
@@ -200,9 +204,6 @@ def main() -> None:
                 r["ratio_vs_I1"] = (base / it) if (base and it) else None
                 rows.append(r)
                 ratio = f"{r['ratio_vs_I1']:.1f}x" if r["ratio_vs_I1"] else "-"
-
-                def show(v):
-                    return f">{args.cap}" if v is None else f"{v:.0f}"
 
                 print(
                     f"{method:9} {I:>3} {B:>3} {show(it):>8} {show(r['min']):>6} "
