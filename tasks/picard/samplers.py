@@ -14,6 +14,7 @@ array_api_strict); the tiny Anderson least-squares systems are solved on the hos
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -121,6 +122,57 @@ def _secant_gain(x, eps, x_prev, eps_prev, has_prev):
     den = xp.sum(dx * dx, axis=2)
     ok = (den > 0) & (_col(xp, np.asarray(has_prev, dtype=np.float64), 2) > 0)
     return xp.where(ok, num / xp.where(den > 0, den, 1.0), 0.0)
+
+
+def _fill_unseen(slope, seen: np.ndarray, abar: np.ndarray):
+    """Give each step without a secant slope (``seen`` False) the slope
+    ``1 / sqrt(1 - abar)`` of the model that :func:`_extrapolate` assumes (a fixed
+    clean-sample prediction), instead of 0, which would propagate input changes through
+    that step as plain Picard does.
+
+    Parameters
+    ----------
+    slope : array, shape (L, n)
+        Secant slopes of the model per step and sample (0 where ``seen`` is False).
+    seen : numpy.ndarray of bool, shape (L,)
+    abar : numpy.ndarray, shape (L,)
+        ``alphas_cumprod`` of the steps.
+    """
+    if np.all(seen):
+        return slope
+    xp = array_namespace(slope)
+    fixed_x0 = _col(xp, 1.0 / np.sqrt(np.maximum(1.0 - abar, 1e-300)), 2)
+    return xp.where(_col(xp, seen.astype(np.float64), 2) > 0, slope, fixed_x0)
+
+
+def _extrapolate(x, x_ref, eps_ref, abar_ref: float, z, steps: Steps, lo: int, hi: int):
+    """Initial guesses for the slots ``lo+1 .. hi`` that a window slides onto: run steps
+    ``lo .. hi-1`` from ``x`` (slot ``lo``) holding the model's clean-sample prediction
+    ``x0_hat`` fixed (as a DDIM step does), with the true noise; no model calls.
+
+    Parameters
+    ----------
+    x : array, shape (n, *sample_shape)
+        The trajectory at slot ``lo``.
+    x_ref, eps_ref : arrays, shape (n, *sample_shape)
+        The newest model evaluation (input and output) and ``abar_ref``, its
+        ``alphas_cumprod``: they give ``x0_hat``.
+    z : array, shape (T, n, *sample_shape)
+
+    Returns
+    -------
+    array, shape (hi - lo, n, *sample_shape)
+    """
+    xp = array_namespace(x)
+    x0_hat = (x_ref - math.sqrt(1.0 - abar_ref) * eps_ref) / math.sqrt(abar_ref)
+    rows = []
+    for j in range(lo, hi):
+        ab = float(steps.abar[j])
+        eps = (x - math.sqrt(ab) * x0_hat) / math.sqrt(max(1.0 - ab, 1e-300))
+        sl = slice(j, j + 1)
+        x = x + drift(x[None, ...], eps[None, ...], z[sl, ...], *_coefs(steps, j))[0, ...]
+        rows.append(x)
+    return xp.stack(rows, axis=0)
 
 
 def window_update_linearised(x_in, old, d, gain, inv_var):
@@ -358,12 +410,15 @@ def picard(
         guesses of the unconverged slots are extrapolated.
     extrapolate : bool
         Start the slots a window slides onto by running their steps with the newest
-        model output held fixed (and the true noise) instead of copying ``x_e``.
+        clean-sample prediction ``x0_hat`` held fixed (and the true noise) instead of
+        copying ``x_e`` (:func:`_extrapolate`).
     secant : bool
         Propagate input changes through the window with a linear model of each step
         (:func:`window_update_linearised`, slopes from the last two evaluations of a
-        step) instead of the plain cumulative sum. ``extrapolate`` and ``secant`` make
-        the accelerated variant; none of the three costs extra model calls.
+        step; a step evaluated for the first time takes the slope of a fixed clean-sample
+        prediction, as ``extrapolate`` assumes) instead of the plain cumulative sum.
+        ``extrapolate`` and ``secant`` make the accelerated variant; none of the three
+        costs extra model calls.
     callback : callable, optional
         ``callback(iteration, begin, end)`` after every iteration.
     checkpoint : callable, optional
@@ -414,9 +469,12 @@ def picard(
         x_in = buf[b:e, ...]
         old = xp.asarray(buf[b + 1 : e + 1, ...], copy=True)
         eps = _model_call(eps_fn, x_in, steps.t[b:e])
+        if extrapolate:  # x_in is a view of buf: keep the last input before the update
+            x_last = xp.asarray(x_in[-1, ...], copy=True)
         d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e])
         if secant:
             gain = _secant_gain(x_in, eps, seen_x[b:e, ...], seen_eps[b:e, ...], seen[b:e])
+            gain = _fill_unseen(gain, seen[b:e], steps.abar[b:e])
             gain = gain * _col(xp, steps.b[b:e], 2) + _col(xp, steps.a[b:e] - 1.0, 2)
             seen_x[b:e, ...], seen_eps[b:e, ...] = x_in, eps
             seen[b:e] = True
@@ -439,17 +497,9 @@ def picard(
         b2 = min(b + advance, T)
         e2 = min(b2 + window, T)
         if e2 > e and extrapolate:
-            # new slots: run the steps with the newest model output held fixed and the
-            # true pre-drawn noise (no model calls), instead of copying x_e
-            x, e_last = buf[e, ...], eps[-1, ...]
-            for j in range(e, e2):
-                x = (
-                    x
-                    + drift(x[None, ...], e_last[None, ...], z[j : j + 1, ...], *_coefs(steps, j))[
-                        0, ...
-                    ]
-                )
-                buf[j + 1, ...] = x
+            buf[e + 1 : e2 + 1, ...] = _extrapolate(
+                buf[e, ...], x_last, eps[-1, ...], float(steps.abar[e - 1]), z, steps, e, e2
+            )
         elif e2 > e:
             buf[e + 1 : e2 + 1, ...] = xp.broadcast_to(
                 buf[e, ...][None, ...], (e2 - e, *x_T.shape)

@@ -75,6 +75,9 @@ class Steps:
     var : numpy.ndarray
         The DDPM posterior variance of step ``j`` (floored at 1e-20), the scale of the
         Picard tolerance for DDPM and DDIM alike.
+    abar : numpy.ndarray
+        ``alphas_cumprod`` at ``t``: what relates the model's noise prediction to its
+        prediction of the clean sample, ``x0_hat = (x - sqrt(1 - abar) eps) / sqrt(abar)``.
     kind : str
         ``"ddpm"`` or ``"ddim"``.
     """
@@ -84,6 +87,7 @@ class Steps:
     b: np.ndarray
     sigma: np.ndarray
     var: np.ndarray
+    abar: np.ndarray
     kind: str
 
     def __len__(self) -> int:
@@ -132,7 +136,7 @@ def ddpm_steps(abar: np.ndarray, n_steps: int) -> Steps:
     a = c0 / np.sqrt(ab_t) + cx
     b = -c0 * np.sqrt(1.0 - ab_t) / np.sqrt(ab_t)
     sigma = np.sqrt(np.where(var > 1e-20, var, 0.0))
-    return Steps(t, a, b, sigma, var, "ddpm")
+    return Steps(t, a, b, sigma, var, ab_t, "ddpm")
 
 
 def ddim_steps(abar: np.ndarray, n_steps: int, eta: float = 0.0) -> Steps:
@@ -150,7 +154,7 @@ def ddim_steps(abar: np.ndarray, n_steps: int, eta: float = 0.0) -> Steps:
     s2 = eta**2 * np.where(var > 1e-20, var, 0.0)
     a = np.sqrt(ab_prev / ab_t)
     b = np.sqrt(np.maximum(1.0 - ab_prev - s2, 0.0)) - np.sqrt(ab_prev * (1.0 - ab_t) / ab_t)
-    return Steps(t, a, b, np.sqrt(s2), var, "ddim")
+    return Steps(t, a, b, np.sqrt(s2), var, ab_t, "ddim")
 
 
 def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0) -> Steps:
