@@ -29,12 +29,12 @@ CASES = {
         "actors": True,  # state on the workers: a lost worker means continuing the run
     },
     "bilevel": {
-        "sets": ["checkpoint_every=10", "max_iter=150", "tol=null"],
+        "sets": ["checkpoint_every=10", "max_iter=80", "tol=null"],
         "datasets": ["history", "result"],
         "actors": False,  # plain tasks: the scheduler re-runs a lost one by itself
     },
     "ttn": {
-        "sets": ["h=0.05", "checkpoint_every=1"],
+        "sets": ["h=0.1", "checkpoint_every=1"],
         "datasets": ["history"],
         "actors": True,
     },

@@ -325,6 +325,19 @@ def test_steps_seen_first_take_the_slope_of_a_fixed_clean_sample_prediction():
     assert _fill_unseen(slope, np.ones(4, dtype=bool), abar) is slope
 
 
+def test_model_parameters_are_read_only(gmm):
+    """Models derive values from their parameters once (``|mu_k|^2``, copies on other
+    devices), so changing a parameter in place must fail rather than leave them stale."""
+    for a in (gmm.means, gmm.weights, gmm.abar):
+        with pytest.raises(ValueError, match="read-only"):
+            a[0] = 0.0
+    mlp = MLPDenoiser(
+        [np.ones((64 + 16, 8)), np.ones((8, 64))], [np.zeros(8), np.zeros(64)], 1000, (64,)
+    )
+    with pytest.raises(ValueError, match="read-only"):
+        mlp.weights[0][0, 0] = 2.0
+
+
 class Killed(Exception):
     pass
 

@@ -38,15 +38,20 @@ class DiffusionModel(Protocol):
 
 
 def _owned(value) -> np.ndarray:
-    """A fresh, C-contiguous float64 NumPy copy of ``value``.
+    """A fresh, C-contiguous, read-only float64 NumPy copy of ``value``.
 
     Models keep their parameters in such copies, never in the caller's buffer: an array
     unpickled by Dask or Ray can sit at any byte offset of the message, and NumPy's
     ``matmul`` takes its own (non-BLAS) loop on an operand that is not aligned, which
     rounds differently from BLAS on large calls. A replica built from a deserialised
     spec would then predict other bits than one built in-process.
+
+    Read-only, because a model derives values from its parameters once (and keeps copies
+    on other devices): a parameter changed in place would leave those stale.
     """
-    return np.array(value, dtype=np.float64, order="C", copy=True)
+    out = np.array(value, dtype=np.float64, order="C", copy=True)
+    out.flags.writeable = False
+    return out
 
 
 #: log-responsibility (relative to the largest) below which a component counts as 0
@@ -89,8 +94,8 @@ class GaussianMixture:
         if not np.isclose(self.weights.sum(), 1.0) or np.any(self.weights <= 0):
             raise ValueError("weights must be positive and sum to 1")
         # computed once: |mu_k|^2 alone costs a pass over all K D means
-        self._logw = np.log(self.weights)
-        self._mu2 = (self.means**2).sum(axis=1)
+        self._logw = _owned(np.log(self.weights))
+        self._mu2 = _owned((self.means**2).sum(axis=1))
         self._cache: dict = {}
 
     @classmethod
