@@ -124,39 +124,81 @@ def _secant_gain(x, eps, x_prev, eps_prev, has_prev):
     return xp.where(ok, num / xp.where(den > 0, den, 1.0), 0.0)
 
 
-def _fill_unseen(slope, seen: np.ndarray, abar: np.ndarray):
-    """Give each step without a secant slope (``seen`` False) the slope
-    ``1 / sqrt(1 - abar)`` of the model that :func:`_extrapolate` assumes (a fixed
-    clean-sample prediction), instead of 0, which would propagate input changes through
-    that step as plain Picard does.
+def _data_spread(slope, seen: np.ndarray, abar: np.ndarray):
+    """Per sample, the variance ``s^2`` of a local Gaussian model of the data,
+    ``N(mu, s^2 I)``, whose exact noise prediction ``eps = sqrt(1 - abar) (x - sqrt(abar)
+    mu) / (abar s^2 + 1 - abar)`` has the secant slope of the last step with one.
 
     Parameters
     ----------
     slope : array, shape (L, n)
-        Secant slopes of the model per step and sample (0 where ``seen`` is False).
+        Secant slopes ``<d eps, d x> / <d x, d x>`` of the window's steps.
+    seen : numpy.ndarray of bool, shape (L,)
+        Which steps have a slope.
+    abar : numpy.ndarray, shape (L,)
+        ``alphas_cumprod`` of the steps.
+
+    Returns
+    -------
+    array, shape (n,)
+        ``s^2 >= 0``; 0 (a point: a fixed clean-sample prediction) where no step has a
+        slope or the slope is not one a Gaussian has (``<= 0`` or above
+        ``1 / sqrt(1 - abar)``).
+    """
+    xp = array_namespace(slope)
+    have = np.flatnonzero(seen)
+    if have.size == 0:
+        return xp.zeros(slope.shape[1:], dtype=slope.dtype)
+    c, ab = slope[int(have[-1]), ...], float(abar[int(have[-1])])
+    ok = c > 0
+    s2 = (math.sqrt(1.0 - ab) / xp.where(ok, c, 1.0) - (1.0 - ab)) / ab
+    return xp.where(ok & (s2 > 0), s2, 0.0)
+
+
+def _gaussian_slope(xp, abar: np.ndarray, s2):
+    """``d eps / d x`` of the local Gaussian model at ``abar`` (L,), shape (L, n)."""
+    ab = _col(xp, abar, 2)
+    return xp.sqrt(1.0 - ab) / (ab * s2[None, :] + (1.0 - ab))
+
+
+def _fill_unseen(slope, seen: np.ndarray, abar: np.ndarray, s2):
+    """Give each step without a secant slope (``seen`` False) the slope of the local
+    Gaussian model (:func:`_data_spread`) that :func:`_extrapolate` assumes too, instead
+    of 0, which would propagate input changes through that step as plain Picard does.
+
+    Parameters
+    ----------
+    slope : array, shape (L, n)
+        Secant slopes per step and sample (0 where ``seen`` is False).
     seen : numpy.ndarray of bool, shape (L,)
     abar : numpy.ndarray, shape (L,)
         ``alphas_cumprod`` of the steps.
+    s2 : array, shape (n,)
+        The model's data variance per sample (0: slope ``1 / sqrt(1 - abar)``).
     """
     if np.all(seen):
         return slope
     xp = array_namespace(slope)
-    fixed_x0 = _col(xp, 1.0 / np.sqrt(np.maximum(1.0 - abar, 1e-300)), 2)
-    return xp.where(_col(xp, seen.astype(np.float64), 2) > 0, slope, fixed_x0)
+    model = _gaussian_slope(xp, abar, s2)
+    return xp.where(_col(xp, seen.astype(np.float64), 2) > 0, slope, model)
 
 
-def _extrapolate(x, x_ref, eps_ref, abar_ref: float, z, steps: Steps, lo: int, hi: int):
+def _extrapolate(x, x_ref, eps_ref, abar_ref: float, s2, z, steps: Steps, lo: int, hi: int):
     """Initial guesses for the slots ``lo+1 .. hi`` that a window slides onto: run steps
-    ``lo .. hi-1`` from ``x`` (slot ``lo``) holding the model's clean-sample prediction
-    ``x0_hat`` fixed (as a DDIM step does), with the true noise; no model calls.
+    ``lo .. hi-1`` from ``x`` (slot ``lo``), with the true noise, on the exact noise
+    prediction of a local Gaussian model of the data ``N(mu, s^2 I)``; no model calls.
+
+    ``mu`` is fitted per sample to the newest model evaluation. With ``s^2 = 0`` the model
+    holds the clean-sample prediction ``x0_hat`` fixed, as a DDIM step does.
 
     Parameters
     ----------
     x : array, shape (n, *sample_shape)
         The trajectory at slot ``lo``.
     x_ref, eps_ref : arrays, shape (n, *sample_shape)
-        The newest model evaluation (input and output) and ``abar_ref``, its
-        ``alphas_cumprod``: they give ``x0_hat``.
+        The newest model evaluation (input and output), at ``alphas_cumprod`` ``abar_ref``.
+    s2 : array, shape (n,)
+        The data variance per sample (:func:`_data_spread`).
     z : array, shape (T, n, *sample_shape)
 
     Returns
@@ -164,11 +206,13 @@ def _extrapolate(x, x_ref, eps_ref, abar_ref: float, z, steps: Steps, lo: int, h
     array, shape (hi - lo, n, *sample_shape)
     """
     xp = array_namespace(x)
-    x0_hat = (x_ref - math.sqrt(1.0 - abar_ref) * eps_ref) / math.sqrt(abar_ref)
+    s2 = xp.reshape(s2, (-1,) + (1,) * (x.ndim - 1))
+    v_ref = abar_ref * s2 + (1.0 - abar_ref)
+    mu = (x_ref - eps_ref * v_ref / math.sqrt(1.0 - abar_ref)) / math.sqrt(abar_ref)
     rows = []
     for j in range(lo, hi):
         ab = float(steps.abar[j])
-        eps = (x - math.sqrt(ab) * x0_hat) / math.sqrt(max(1.0 - ab, 1e-300))
+        eps = math.sqrt(1.0 - ab) * (x - math.sqrt(ab) * mu) / (ab * s2 + max(1.0 - ab, 1e-300))
         sl = slice(j, j + 1)
         x = x + drift(x[None, ...], eps[None, ...], z[sl, ...], *_coefs(steps, j))[0, ...]
         rows.append(x)
@@ -409,14 +453,16 @@ def picard(
         unmixed values, so the stopping rule and its guarantee are unchanged; only the
         guesses of the unconverged slots are extrapolated.
     extrapolate : bool
-        Start the slots a window slides onto by running their steps with the newest
-        clean-sample prediction ``x0_hat`` held fixed (and the true noise) instead of
-        copying ``x_e`` (:func:`_extrapolate`).
+        Start the slots a window slides onto by running their steps (with the true noise)
+        on a local Gaussian model of the data fitted to the newest model output and, with
+        ``secant``, to the newest secant slope, instead of copying ``x_e``
+        (:func:`_extrapolate`; without ``secant`` the model holds the clean-sample
+        prediction fixed).
     secant : bool
         Propagate input changes through the window with a linear model of each step
         (:func:`window_update_linearised`, slopes from the last two evaluations of a
-        step; a step evaluated for the first time takes the slope of a fixed clean-sample
-        prediction, as ``extrapolate`` assumes) instead of the plain cumulative sum.
+        step; a step evaluated for the first time takes the slope of the local Gaussian
+        model, :func:`_data_spread`) instead of the plain cumulative sum.
         ``extrapolate`` and ``secant`` make the accelerated variant; none of the three
         costs extra model calls.
     callback : callable, optional
@@ -474,7 +520,8 @@ def picard(
         d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e])
         if secant:
             gain = _secant_gain(x_in, eps, seen_x[b:e, ...], seen_eps[b:e, ...], seen[b:e])
-            gain = _fill_unseen(gain, seen[b:e], steps.abar[b:e])
+            s2 = _data_spread(gain, seen[b:e], steps.abar[b:e])
+            gain = _fill_unseen(gain, seen[b:e], steps.abar[b:e], s2)
             gain = gain * _col(xp, steps.b[b:e], 2) + _col(xp, steps.a[b:e] - 1.0, 2)
             seen_x[b:e, ...], seen_eps[b:e, ...] = x_in, eps
             seen[b:e] = True
@@ -497,8 +544,10 @@ def picard(
         b2 = min(b + advance, T)
         e2 = min(b2 + window, T)
         if e2 > e and extrapolate:
+            if not secant:  # no slopes: a fixed clean-sample prediction
+                s2 = xp.zeros(x_T.shape[:1], dtype=x_T.dtype)
             buf[e + 1 : e2 + 1, ...] = _extrapolate(
-                buf[e, ...], x_last, eps[-1, ...], float(steps.abar[e - 1]), z, steps, e, e2
+                buf[e, ...], x_last, eps[-1, ...], float(steps.abar[e - 1]), s2, z, steps, e, e2
             )
         elif e2 > e:
             buf[e + 1 : e2 + 1, ...] = xp.broadcast_to(
