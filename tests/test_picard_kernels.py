@@ -301,43 +301,72 @@ def test_accelerated_variant_needs_fewer_iterations(gmm, kind, n_steps, window):
         assert np.abs(fast.x - xs).max() <= bound
 
 
-def test_extrapolated_windows_are_exact_on_a_point_mass():
-    """For data that is one point, the local Gaussian model of the accelerated variant
-    (variance fitted from secants: 0 here) is the exact model, so every window it
-    extrapolates is right at first sight and moves its full length per iteration. The
-    variant's first version (noise prediction held fixed) needed three iterations per
-    window here."""
-    x0 = np.linspace(-1.0, 1.0, 16)
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("spread", [0.0, 0.3, 2.0])
+def test_extrapolated_windows_are_right_on_gaussian_data(kind, spread):
+    """For data N(mu, s^2 I) (s = 0: a point) the local Gaussian model of the accelerated
+    variant is exact once a secant has given its variance, and the variance is kept when
+    a window brings no new secant: the windows converge at first sight and move their
+    full length per iteration, but for at most two (the last steps, where tol * sigma is
+    tiny, can need another look). Holding the noise prediction fixed instead, the
+    variant's first version, needed three iterations per window on a point."""
+    mu = np.linspace(-1.0, 1.0, 16)
 
-    def eps(x, t):
+    def point(x, t):
         ab = ABAR[np.asarray(t)][:, None]
-        return (x - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)
+        return (x - np.sqrt(ab) * mu) / np.sqrt(1.0 - ab)
 
-    st = ddpm_steps(ABAR, 100)
+    eps = GaussianMixture(mu[None], [1.0], spread, ABAR).eps if spread > 0 else point
+    st = make_steps(kind, ABAR, 100)
     x_T, z = draw_noise(np.random.SeedSequence(1), 3, (16,), 100)
     xs = sequential(eps, st, x_T, z)
     fast = picard(eps, st, x_T, z, window=10, tol=1e-3, **VARIANTS["accelerated"])
     advance = fast.history[:, 3].astype(int)
-    assert np.all(advance[1:] == 10), advance
-    assert fast.iterations == 11
-    assert picard(eps, st, x_T, z, window=10, tol=1e-3).iterations > 3 * fast.iterations
+    assert fast.iterations <= 12 and np.sum(advance[1:] < 10) <= 2, advance
+    assert picard(eps, st, x_T, z, window=10, tol=1e-3).iterations >= 2 * fast.iterations
     np.testing.assert_allclose(fast.x, xs, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_samples_with_two_axes_give_the_flat_bits(gmm, variant):
+    st = ddpm_steps(ABAR, 200)
+    x_T, z = draw_noise(np.random.SeedSequence(13), 3, (64,), 200)
+
+    def eps88(x, t):
+        return gmm.eps(x.reshape(x.shape[0], 64), t).reshape(x.shape)
+
+    flat = picard(gmm.eps, st, x_T, z, window=16, tol=0.01, **VARIANTS[variant])
+    square = picard(
+        eps88, st, x_T.reshape(3, 8, 8), z.reshape(200, 3, 8, 8), 16, 0.01, **VARIANTS[variant]
+    )
+    assert square.x.shape == (3, 8, 8)
+    np.testing.assert_array_equal(square.x.reshape(3, 64), flat.x)
+    np.testing.assert_array_equal(square.history, flat.history)
 
 
 def test_data_spread_is_recovered_from_a_gaussian_models_secant():
     """The exact noise prediction of data N(mu, s^2 I) has slope sqrt(1 - abar) /
-    (abar s^2 + 1 - abar): from it (the last step with a slope), s^2 per sample."""
+    (abar s^2 + 1 - abar): from it (the newest step with a positive slope), s^2 per
+    sample."""
     abar = np.array([0.2, 0.5, 0.9, 0.95])
     s2 = np.array([0.09, 0.0, 2.0])
     slope = np.sqrt(1 - abar)[:, None] / (abar[:, None] * s2[None, :] + 1 - abar[:, None])
     seen = np.array([True, True, True, False])
     slope[3] = 0.0  # not seen: no slope
-    np.testing.assert_allclose(_data_spread(slope, seen, abar), s2, atol=1e-13)
-    # slopes no Gaussian has (<= 0, or steeper than a point's): a point, s^2 = 0
-    bad = slope.copy()
-    bad[2] = [-1.0, 0.0, 1.01 / np.sqrt(1 - 0.9)]
-    np.testing.assert_array_equal(_data_spread(bad, seen, abar), [0.0, 0.0, 0.0])
-    assert np.all(_data_spread(slope, np.zeros(4, dtype=bool), abar) == 0.0)
+    before = np.array([5.0, 6.0, 7.0])
+    np.testing.assert_allclose(_data_spread(slope, seen, abar, before), s2, atol=1e-13)
+    # steeper than a point's slope: a point; <= 0 (no change of x, or no Gaussian) or
+    # subnormal (s^2 would overflow): the next older step's
+    odd = slope.copy()
+    odd[2] = [1.01 / np.sqrt(1 - 0.9), 0.0, -1.0]
+    odd[1] = [1.0, 1e-320, 1.0]
+    got = _data_spread(odd, seen, abar, before)
+    np.testing.assert_allclose(got, [0.0, 0.0, (np.sqrt(0.5) - 0.5) / 0.5], atol=1e-15)
+    # no slope in the window (it converged at first sight): the earlier value is kept
+    np.testing.assert_array_equal(
+        _data_spread(slope, np.zeros(4, dtype=bool), abar, before), before
+    )
+    np.testing.assert_array_equal(_data_spread(-slope, seen, abar, before), before)
 
 
 def test_steps_seen_first_take_the_slope_of_the_local_gaussian_model():
@@ -362,6 +391,10 @@ def test_model_parameters_are_read_only(gmm):
     )
     with pytest.raises(ValueError, match="read-only"):
         mlp.weights[0][0, 0] = 2.0
+    with pytest.raises(AttributeError):
+        gmm.means = np.zeros((4, 64))
+    with pytest.raises(TypeError):
+        mlp.weights[0] = np.zeros((80, 8))
 
 
 class Killed(Exception):

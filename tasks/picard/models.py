@@ -47,7 +47,9 @@ def _owned(value) -> np.ndarray:
     spec would then predict other bits than one built in-process.
 
     Read-only, because a model derives values from its parameters once (and keeps copies
-    on other devices): a parameter changed in place would leave those stale.
+    on other devices): a parameter changed in place would leave those stale. (The models
+    expose their parameters as properties without setters, so they cannot be rebound
+    either.)
     """
     out = np.array(value, dtype=np.float64, order="C", copy=True)
     out.flags.writeable = False
@@ -85,10 +87,10 @@ class GaussianMixture:
     """
 
     def __init__(self, means, weights, spread: float, abar):
-        self.means = _owned(means)
-        self.weights = _owned(weights)
-        self.spread = float(spread)
-        self.abar = _owned(abar)
+        self._means = _owned(means)
+        self._weights = _owned(weights)
+        self._spread = float(spread)
+        self._abar = _owned(abar)
         if self.means.ndim != 2 or self.weights.shape != (self.means.shape[0],):
             raise ValueError("means must be (K, D) and weights (K,)")
         if not np.isclose(self.weights.sum(), 1.0) or np.any(self.weights <= 0):
@@ -108,6 +110,27 @@ class GaussianMixture:
             weights = np.arange(1, components + 1, dtype=np.float64)
             weights /= weights.sum()
         return cls(means, weights, spread, abar)
+
+    # read-only: the values derived from them (|mu_k|^2, log w, device copies) stay valid
+    @property
+    def means(self) -> np.ndarray:
+        """Component means, shape (K, D), read-only."""
+        return self._means
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Component weights, shape (K,), read-only."""
+        return self._weights
+
+    @property
+    def spread(self) -> float:
+        """Component standard deviation ``s``."""
+        return self._spread
+
+    @property
+    def abar(self) -> np.ndarray:
+        """``alphas_cumprod`` of the training schedule, shape (T_train,), read-only."""
+        return self._abar
 
     @property
     def dim(self) -> int:
@@ -203,8 +226,8 @@ class MLPDenoiser:
     """
 
     def __init__(self, weights, biases, train_steps: int, sample_shape, n_freq: int = 8):
-        self.weights = [_owned(w) for w in weights]
-        self.biases = [_owned(b) for b in biases]
+        self._weights = tuple(_owned(w) for w in weights)
+        self._biases = tuple(_owned(b) for b in biases)
         self.train_steps = int(train_steps)
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.n_freq = int(n_freq)
@@ -212,6 +235,16 @@ class MLPDenoiser:
         if self.weights[0].shape[0] != dim + 2 * self.n_freq or self.weights[-1].shape[1] != dim:
             raise ValueError("layer shapes do not match sample_shape and n_freq")
         self._cache: dict = {}
+
+    @property
+    def weights(self) -> tuple[np.ndarray, ...]:
+        """Layer matrices, read-only (their device copies stay valid)."""
+        return self._weights
+
+    @property
+    def biases(self) -> tuple[np.ndarray, ...]:
+        """Layer biases, read-only."""
+        return self._biases
 
     @property
     def dim(self) -> int:

@@ -124,10 +124,11 @@ def _secant_gain(x, eps, x_prev, eps_prev, has_prev):
     return xp.where(ok, num / xp.where(den > 0, den, 1.0), 0.0)
 
 
-def _data_spread(slope, seen: np.ndarray, abar: np.ndarray):
+def _data_spread(slope, seen: np.ndarray, abar: np.ndarray, previous):
     """Per sample, the variance ``s^2`` of a local Gaussian model of the data,
     ``N(mu, s^2 I)``, whose exact noise prediction ``eps = sqrt(1 - abar) (x - sqrt(abar)
-    mu) / (abar s^2 + 1 - abar)`` has the secant slope of the last step with one.
+    mu) / (abar s^2 + 1 - abar)`` has the secant slope ``c`` of the newest step with a
+    positive one: ``s^2 = (sqrt(1 - abar) / c - (1 - abar)) / abar``.
 
     Parameters
     ----------
@@ -137,22 +138,26 @@ def _data_spread(slope, seen: np.ndarray, abar: np.ndarray):
         Which steps have a slope.
     abar : numpy.ndarray, shape (L,)
         ``alphas_cumprod`` of the steps.
+    previous : array, shape (n,)
+        What to keep for a sample without a positive slope in the window (its value
+        from an earlier window: a window that converged at first sight has none).
 
     Returns
     -------
     array, shape (n,)
-        ``s^2 >= 0``; 0 (a point: a fixed clean-sample prediction) where no step has a
-        slope or the slope is not one a Gaussian has (``<= 0`` or above
-        ``1 / sqrt(1 - abar)``).
+        ``s^2 >= 0``, finite; 0 (a point: a fixed clean-sample prediction) where the
+        slope is steeper than a point's, ``1 / sqrt(1 - abar)``. Slopes ``<= 0`` or
+        below ``1e-12`` of a point's are skipped.
     """
     xp = array_namespace(slope)
-    have = np.flatnonzero(seen)
-    if have.size == 0:
-        return xp.zeros(slope.shape[1:], dtype=slope.dtype)
-    c, ab = slope[int(have[-1]), ...], float(abar[int(have[-1])])
-    ok = c > 0
-    s2 = (math.sqrt(1.0 - ab) / xp.where(ok, c, 1.0) - (1.0 - ab)) / ab
-    return xp.where(ok & (s2 > 0), s2, 0.0)
+    out = previous
+    for j in np.flatnonzero(seen):  # oldest to newest: the newest usable one wins
+        c, ab = slope[int(j), ...], float(abar[int(j)])
+        # a slope below 1e-12 of a point's says nothing usable (s^2 > 1e12 / abar)
+        ok = c * math.sqrt(1.0 - ab) > 1e-12
+        s2 = (math.sqrt(1.0 - ab) / xp.where(ok, c, 1.0) - (1.0 - ab)) / ab
+        out = xp.where(ok, xp.where(s2 > 0, s2, 0.0), out)
+    return out
 
 
 def _gaussian_slope(xp, abar: np.ndarray, s2):
@@ -497,6 +502,9 @@ def picard(
     b, e = 0, min(window, T)
     it = evals = 0
     hist = []
+    # the local Gaussian model's data variance per sample (0: a point; stays 0 without
+    # secant slopes)
+    s2 = xp.zeros(x_T.shape[:1], dtype=x_T.dtype)
     if secant:
         seen_x = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
         seen_eps = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
@@ -509,6 +517,8 @@ def picard(
             seen_x = _c_array(xp, (T, *x_T.shape), x_T.dtype, xp.asarray(state["seen_x"]))
             seen_eps = _c_array(xp, (T, *x_T.shape), x_T.dtype, xp.asarray(state["seen_eps"]))
             seen = np.asarray(state["seen"], dtype=bool).copy()
+            if "s2" in state:  # absent in a state saved before it was kept
+                s2 = _c_array(xp, x_T.shape[:1], x_T.dtype, xp.asarray(state["s2"]))
     save = checkpoint is not None and checkpoint_every > 0 and acc is None
     while b < T:
         L = e - b
@@ -520,7 +530,7 @@ def picard(
         d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e])
         if secant:
             gain = _secant_gain(x_in, eps, seen_x[b:e, ...], seen_eps[b:e, ...], seen[b:e])
-            s2 = _data_spread(gain, seen[b:e], steps.abar[b:e])
+            s2 = _data_spread(gain, seen[b:e], steps.abar[b:e], s2)
             gain = _fill_unseen(gain, seen[b:e], steps.abar[b:e], s2)
             gain = gain * _col(xp, steps.b[b:e], 2) + _col(xp, steps.a[b:e] - 1.0, 2)
             seen_x[b:e, ...], seen_eps[b:e, ...] = x_in, eps
@@ -544,8 +554,6 @@ def picard(
         b2 = min(b + advance, T)
         e2 = min(b2 + window, T)
         if e2 > e and extrapolate:
-            if not secant:  # no slopes: a fixed clean-sample prediction
-                s2 = xp.zeros(x_T.shape[:1], dtype=x_T.dtype)
             buf[e + 1 : e2 + 1, ...] = _extrapolate(
                 buf[e, ...], x_last, eps[-1, ...], float(steps.abar[e - 1]), s2, z, steps, e, e2
             )
@@ -558,7 +566,7 @@ def picard(
             snap = {"buf": buf, "b": b, "e": e, "it": it, "evals": evals}
             snap["hist"] = np.asarray(hist, dtype=np.float64).reshape(-1, 5)
             if secant:
-                snap.update(seen_x=seen_x, seen_eps=seen_eps, seen=seen)
+                snap.update(seen_x=seen_x, seen_eps=seen_eps, seen=seen, s2=s2)
             checkpoint(snap)
         if callback is not None:
             callback(it, b, e)
