@@ -423,6 +423,36 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_bits(gmm, variant):
     np.testing.assert_array_equal(again.history, full.history)
 
 
+@pytest.mark.parametrize("data", ["mixture", "gaussian"])
+def test_resume_from_every_checkpoint_gives_the_uninterrupted_bits(gmm, data):
+    """Every iteration's state continues to the uninterrupted bits, also where a window
+    brought no secant and the local Gaussian model's variance comes from the state."""
+    if data == "gaussian":
+        eps = GaussianMixture(np.linspace(-1.0, 1.0, 64)[None], [1.0], 2.0, ABAR).eps
+        st, kw = ddpm_steps(ABAR, 100), {"window": 10, "tol": 1e-3}
+    else:
+        eps, st, kw = gmm.eps, ddpm_steps(ABAR, 200), {"window": 16, "tol": 0.01}
+    kw.update(VARIANTS["accelerated"])
+    x_T, z = draw_noise(np.random.SeedSequence(14), 3, (64,), len(st))
+    saved = []
+    full = picard(
+        eps,
+        st,
+        x_T,
+        z,
+        checkpoint=lambda state: saved.append(
+            {k: np.array(v, copy=True) for k, v in state.items()}
+        ),
+        checkpoint_every=1,
+        **kw,
+    )
+    assert len(saved) == full.iterations - 1
+    for state in saved:
+        again = picard(eps, st, x_T, z, state=state, **kw)
+        np.testing.assert_array_equal(again.x, full.x)
+        np.testing.assert_array_equal(again.history, full.history)
+
+
 def test_anderson_mixing_changes_the_iterates_but_not_the_answer(gmm):
     st = ddpm_steps(ABAR, 1000)
     x_T, z = draw_noise(np.random.SeedSequence(7), 4, (64,), 1000)
