@@ -511,6 +511,29 @@ def test_kernels_run_under_array_api_strict(gmm):
     )
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_float32_samples_stay_float32(gmm, variant):
+    """float32 samples (a GPU's usual precision) are sampled in float32, under
+    array_api_strict (no silent promotion) as under NumPy, close to the float64 run."""
+    xp = array_api_strict
+    st = ddpm_steps(ABAR, 100)
+    x_T, z = draw_noise(np.random.SeedSequence(3), 3, (64,), 100)
+    kw = {"window": 16, "tol": 0.01, **VARIANTS[variant]}
+    ref = picard(gmm.eps, st, x_T, z, **kw)
+    got = picard(
+        gmm.eps, st, xp.asarray(x_T, dtype=xp.float32), xp.asarray(z, dtype=xp.float32), **kw
+    )
+    assert got.x.dtype == xp.float32
+    same = picard(gmm.eps, st, x_T.astype(np.float32), z.astype(np.float32), **kw)
+    assert same.x.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(got.x), same.x)
+    np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=0, atol=1e-3)
+    seq = sequential(
+        gmm.eps, st, xp.asarray(x_T, dtype=xp.float32), xp.asarray(z, dtype=xp.float32)
+    )
+    assert seq.dtype == xp.float32
+
+
 @pytest.mark.gpu
 def test_kernels_on_cupy_match_numpy(gmm):
     cp = pytest.importorskip("cupy")

@@ -54,9 +54,10 @@ def draw_noise(seed, n: int, sample_shape, n_steps: int) -> tuple[np.ndarray, np
     return x_T, z
 
 
-def _col(xp, values: np.ndarray, ndim: int):
-    """``values`` (L,) as an array of shape (L, 1, ..., 1) with ``ndim`` axes."""
-    v = xp.asarray(np.asarray(values, dtype=np.float64))
+def _col(xp, values: np.ndarray, ndim: int, dtype=None):
+    """``values`` (L,) as an array of shape (L, 1, ..., 1) with ``ndim`` axes, of ``dtype``
+    (the samples' floating type, so that float32 samples stay float32; default float64)."""
+    v = xp.asarray(np.asarray(values, dtype=np.float64), dtype=dtype)
     return xp.reshape(v, (v.shape[0],) + (1,) * (ndim - 1))
 
 
@@ -75,7 +76,8 @@ def drift(x, eps, z, a, b, sigma):
     array, shape of ``x``
     """
     xp = array_namespace(x)
-    return _col(xp, a - 1.0, x.ndim) * x + _col(xp, b, x.ndim) * eps + _col(xp, sigma, x.ndim) * z
+    nd, dt = x.ndim, x.dtype
+    return _col(xp, a - 1.0, nd, dt) * x + _col(xp, b, nd, dt) * eps + _col(xp, sigma, nd, dt) * z
 
 
 def window_update(x_in, old_out, d, inv_var):
@@ -162,7 +164,7 @@ def _data_spread(slope, seen: np.ndarray, abar: np.ndarray, previous):
 
 def _gaussian_slope(xp, abar: np.ndarray, s2):
     """``d eps / d x`` of the local Gaussian model at ``abar`` (L,), shape (L, n)."""
-    ab = _col(xp, abar, 2)
+    ab = _col(xp, abar, 2, s2.dtype)
     return xp.sqrt(1.0 - ab) / (ab * s2[None, :] + (1.0 - ab))
 
 
@@ -259,7 +261,9 @@ def _model_call(eps_fn, x, t_steps):
     L, n = x.shape[0], x.shape[1]
     t = xp.asarray(np.repeat(np.asarray(t_steps, dtype=np.int64), n))
     flat = xp.reshape(x, (L * n, *x.shape[2:]))
-    return xp.reshape(eps_fn(flat, t), x.shape)
+    eps = xp.reshape(eps_fn(flat, t), x.shape)
+    # a model may compute in float64 (its parameters): keep the samples' precision
+    return eps if eps.dtype == x.dtype else xp.astype(eps, x.dtype)
 
 
 def sequential(eps_fn: Callable, steps: Steps, x_T, z, callback: Callable | None = None):
@@ -357,7 +361,7 @@ class _Anderson:
             return None
         xp = array_namespace(X)
         S, n = end - first, X.shape[1]
-        w = _col(xp, self.w[first:end, ...], X.ndim)
+        w = _col(xp, self.w[first:end, ...], X.ndim, X.dtype)
         g = G[first - lo :, ...]
         f = (g - X[first - lo :, ...]) * w
         dF, dG, cover = [], [], []
@@ -380,8 +384,9 @@ class _Anderson:
         m = len(dF)
         # (S, n, m, E) stacks of the difference vectors; per-slot Gram and right side
         A = xp.stack([xp.reshape(a, (S, n, -1)) for a in dF], axis=2)
-        gram = np.cumsum(to_host(A @ xp.matrix_transpose(A)), axis=0)  # (S, n, m, m)
-        rhs = np.cumsum(to_host(A @ xp.reshape(f, (S, n, -1, 1)))[..., 0], axis=0)
+        # the small systems in float64 on the host, whatever the samples' precision
+        gram = np.cumsum(to_host(A @ xp.matrix_transpose(A)).astype(np.float64), axis=0)
+        rhs = np.cumsum(to_host(A @ xp.reshape(f, (S, n, -1, 1)))[..., 0].astype(np.float64), 0)
         gamma = np.zeros((S, n, m))
         cover_a = np.asarray(cover)
         cuts = sorted({0, S, *(c for c in cover if c < S)})
@@ -396,7 +401,7 @@ class _Anderson:
             part[..., idx] = np.linalg.solve(G_, rhs[s0:s1][:, :, idx, None])[..., 0]
             gamma[s0:s1] = part
         out = g
-        gam = xp.asarray(gamma)
+        gam = xp.asarray(gamma, dtype=X.dtype)
         for i in range(m):
             gi = xp.reshape(gam[:, :, i], (S, n) + (1,) * (X.ndim - 2))
             out = out - gi * dG[i]
@@ -532,7 +537,8 @@ def picard(
             gain = _secant_gain(x_in, eps, seen_x[b:e, ...], seen_eps[b:e, ...], seen[b:e])
             s2 = _data_spread(gain, seen[b:e], steps.abar[b:e], s2)
             gain = _fill_unseen(gain, seen[b:e], steps.abar[b:e], s2)
-            gain = gain * _col(xp, steps.b[b:e], 2) + _col(xp, steps.a[b:e] - 1.0, 2)
+            dt = x_T.dtype
+            gain = gain * _col(xp, steps.b[b:e], 2, dt) + _col(xp, steps.a[b:e] - 1.0, 2, dt)
             seen_x[b:e, ...], seen_eps[b:e, ...] = x_in, eps
             seen[b:e] = True
             new, err = window_update_linearised(x_in, old, d, gain, inv_var[b + 1 : e + 1])
