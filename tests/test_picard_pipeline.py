@@ -100,6 +100,19 @@ def test_identical_samples_on_every_backend(tmp_path, executors, spec, parallel,
         np.testing.assert_array_equal(store.array(name).read(), ref_store.array(name).read())
 
 
+def test_float32_run_is_the_same_on_a_cluster_and_close_to_float64(tmp_path, executors):
+    sets = [*BACKEND_SETS, "dtype=float32"]
+    ref_store, ref = run_pipeline(tmp_path, executors("sync"), sets=sets, name="sync")
+    store, m = run_pipeline(tmp_path, executors("local:2"), sets=sets, name="local")
+    for name in ("result/samples", "result/sequential", "result/iterations"):
+        np.testing.assert_array_equal(store.array(name).read(), ref_store.array(name).read())
+    wide_store, _ = run_pipeline(tmp_path, executors("sync"), sets=BACKEND_SETS, name="f64")
+    got, wide = store.array("result/samples").read(), wide_store.array("result/samples").read()
+    assert not np.array_equal(got, wide)  # it did sample in float32
+    np.testing.assert_allclose(got, wide, rtol=0, atol=1e-3)
+    assert m["workers"] == 2
+
+
 def test_resume_redoes_only_unfinished_batches(tmp_path, executors):
     ex = executors("sync")
     sets = ["n_samples=12", "batch_size=4", "steps=50", "window=16"]

@@ -63,6 +63,7 @@ def sample_batch(
     T, bs = len(steps), cfg.batch_size
     lo, hi = i * bs, min((i + 1) * bs, cfg.n_samples)
     x_T, z = draw_noise(np.random.SeedSequence(cfg.seed, spawn_key=(i,)), hi - lo, sample_shape, T)
+    x_T, z = x_T.astype(cfg.dtype), z.astype(cfg.dtype)  # drawn in float64 either way
     ckpt_s = [0.0]
     last = [time.perf_counter()]
 

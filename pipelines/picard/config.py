@@ -99,6 +99,11 @@ class PicardConfig(BaseModel):
     device: Literal["cpu", "cuda"] = Field(
         default="cpu", description="where the model replicas run (cuda: CuPy, one GPU each)"
     )
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64",
+        description="precision of the samples and of the model evaluations (float32: half "
+        "the bytes per window call, a GPU's usual precision)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -60,11 +60,13 @@ def _owned(value) -> np.ndarray:
 _NEGLIGIBLE_LOGIT = -50.0
 
 
-def _on(xp, cache: dict, name: str, value: np.ndarray):
-    """``value`` as an array of namespace ``xp`` (converted once per namespace)."""
-    key = (name, xp.__name__)
+def _on(xp, cache: dict, name: str, value: np.ndarray, dtype=None):
+    """``value`` as an array of namespace ``xp`` and floating type ``dtype`` (the
+    input's, so that float32 samples are evaluated in float32; converted once per
+    namespace and dtype)."""
+    key = (name, xp.__name__, str(dtype))
     if key not in cache:
-        cache[key] = xp.asarray(value)
+        cache[key] = xp.asarray(value, dtype=dtype)
     return cache[key]
 
 
@@ -172,10 +174,11 @@ class GaussianMixture:
     def eps(self, x, t):
         """Exact ``eps*(x, t)``; ``x`` (N, D), ``t`` (N,) int, result (N, D)."""
         xp = array_namespace(x)
-        mu = _on(xp, self._cache, "means", self.means)
-        ab = xp.take(_on(xp, self._cache, "abar", self.abar), t)
-        logw = _on(xp, self._cache, "logw", self._logw)
-        mu2 = _on(xp, self._cache, "mu2", self._mu2)
+        dt = x.dtype
+        mu = _on(xp, self._cache, "means", self.means, dt)
+        ab = xp.take(_on(xp, self._cache, "abar", self.abar, dt), t)
+        logw = _on(xp, self._cache, "logw", self._logw, dt)
+        mu2 = _on(xp, self._cache, "mu2", self._mu2, dt)
         v = ab * self.spread**2 + 1.0 - ab  # (N,)
         sab = xp.sqrt(ab)
         # log r_k = log w_k - |x - sqrt(ab) mu_k|^2 / (2 v) + const(x)
@@ -255,14 +258,13 @@ class MLPDenoiser:
         """Predicted noise; ``x`` (N, *sample_shape), ``t`` (N,) int, result like ``x``."""
         xp = array_namespace(x)
         n = x.shape[0]
-        h = xp.concat(
-            [xp.reshape(x, (n, self.dim)), time_features(t, self.train_steps, self.n_freq)],
-            axis=1,
-        )
+        dt = x.dtype
+        tf = xp.astype(time_features(t, self.train_steps, self.n_freq), dt)
+        h = xp.concat([xp.reshape(x, (n, self.dim)), tf], axis=1)
         last = len(self.weights) - 1
         for i in range(len(self.weights)):
-            w = _on(xp, self._cache, f"w{i}", self.weights[i])
-            b = _on(xp, self._cache, f"b{i}", self.biases[i])
+            w = _on(xp, self._cache, f"w{i}", self.weights[i], dt)
+            b = _on(xp, self._cache, f"b{i}", self.biases[i], dt)
             h = h @ w + b
             if i < last:
                 h = xp.maximum(h, 0.0)
