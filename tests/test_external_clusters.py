@@ -5,6 +5,7 @@ as separate processes (``dask scheduler`` / ``dask worker``), and a Ray head
 an in-process run; the clusters are left running by tilegraph and stopped by the
 tests."""
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -132,10 +134,14 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
     assert scheduler.returncode is not None
 
 
+@pytest.mark.timeout(900)  # a head, two runs and maybe a retry
 def test_ray_head_started_with_ray_start(tmp_path, reference):
     """A run through the head's GCS address, and one through its Ray Client server
     (``ray://``, as from a laptop outside the cluster; needs ``ray[client]``)."""
-    port, client_port = _free_port(), _free_port()
+    port = _free_port()
+    client_port = _free_port()
+    while client_port == port:
+        client_port = _free_port()
     ray = _tool("ray")
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
@@ -147,7 +153,10 @@ def test_ray_head_started_with_ray_start(tmp_path, reference):
     )
     try:
         _wait_port(port, head)
-        for address in (f"ray:127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}"):
+        addresses = [f"ray:127.0.0.1:{port}"]
+        if importlib.util.find_spec("grpc") is not None:  # ray[client]
+            addresses.append(f"ray://127.0.0.1:{client_port}")
+        for address in addresses:
             if address.startswith("ray://"):
                 _wait_port(client_port, head)
             for _attempt in range(2):
@@ -156,10 +165,12 @@ def test_ray_head_started_with_ray_start(tmp_path, reference):
                     "--store", str(tmp_path / address.replace("/", "_").replace(":", "_")),
                     "--json", timeout=300,
                 )  # fmt: skip
-                # the Ray Client server starts a server process per client, and on a
-                # loaded 2-core machine that can miss Ray's own start-up deadline
+                # The Ray Client server starts a server process per client; here that
+                # process once died during its start-up on the loaded 2-core machine.
+                # Retried once, and said, so that a recurring failure stays visible.
                 if "Starting Ray client server failed" not in out.stderr:
                     break
+                warnings.warn(f"{address}: Ray Client server failed; retrying", stacklevel=1)
             assert out.returncode == 0, f"{address}: {out.stderr}"
             res = last_json(out.stdout)
             _same_answer(res, reference)

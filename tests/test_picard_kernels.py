@@ -532,6 +532,13 @@ def test_float32_samples_stay_float32(gmm, variant):
         gmm.eps, st, xp.asarray(x_T, dtype=xp.float32), xp.asarray(z, dtype=xp.float32)
     )
     assert seq.dtype == xp.float32
+    rng = np.random.default_rng(0)
+    w = [0.1 * rng.standard_normal((64 + 16, 32)), 0.1 * rng.standard_normal((32, 64))]
+    mlp = MLPDenoiser(w, [np.zeros(32), np.zeros(64)], 1000, (64,))
+    x32, z32 = xp.asarray(x_T, dtype=xp.float32), xp.asarray(z, dtype=xp.float32)
+    assert picard(mlp.eps, st, x32, z32, **kw).x.dtype == xp.float32
+    with pytest.raises(ValueError, match="same dtype"):
+        picard(gmm.eps, st, x_T.astype(np.float32), z, **kw)
 
 
 @pytest.mark.gpu

@@ -384,9 +384,11 @@ class _Anderson:
         m = len(dF)
         # (S, n, m, E) stacks of the difference vectors; per-slot Gram and right side
         A = xp.stack([xp.reshape(a, (S, n, -1)) for a in dF], axis=2)
-        # the small systems in float64 on the host, whatever the samples' precision
-        gram = np.cumsum(to_host(A @ xp.matrix_transpose(A)).astype(np.float64), axis=0)
-        rhs = np.cumsum(to_host(A @ xp.reshape(f, (S, n, -1, 1)))[..., 0].astype(np.float64), 0)
+        fv = f
+        if A.dtype != xp.float64:  # the small systems in float64, whatever the samples' type
+            A, fv = xp.astype(A, xp.float64), xp.astype(f, xp.float64)
+        gram = np.cumsum(to_host(A @ xp.matrix_transpose(A)), axis=0)  # (S, n, m, m)
+        rhs = np.cumsum(to_host(A @ xp.reshape(fv, (S, n, -1, 1)))[..., 0], axis=0)
         gamma = np.zeros((S, n, m))
         cover_a = np.asarray(cover)
         cuts = sorted({0, S, *(c for c in cover if c < S)})
@@ -493,6 +495,8 @@ def picard(
     """
     if window < 1 or tol <= 0:
         raise ValueError("window must be >= 1 and tol > 0")
+    if z.dtype != x_T.dtype:
+        raise ValueError(f"z and x_T must have the same dtype (got {z.dtype} and {x_T.dtype})")
     xp = array_namespace(x_T)
     T = len(steps)
     inv_var = _slot_inv_var(steps)
