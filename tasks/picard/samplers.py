@@ -151,15 +151,25 @@ def _data_spread(slope, seen: np.ndarray, abar: np.ndarray, previous):
         slope is steeper than a point's, ``1 / sqrt(1 - abar)``. Slopes ``<= 0`` or
         below ``1e-12`` of a point's are skipped.
     """
+    rows = np.flatnonzero(seen)
+    if rows.size == 0:
+        return previous
+    # all steps at once (a fixed number of array operations, whatever the window: a few
+    # kernel launches on a GPU instead of a few per step)
     xp = array_namespace(slope)
-    out = previous
-    for j in np.flatnonzero(seen):  # oldest to newest: the newest usable one wins
-        c, ab = slope[int(j), ...], float(abar[int(j)])
-        # a slope below 1e-12 of a point's says nothing usable (s^2 > 1e12 / abar)
-        ok = c * math.sqrt(1.0 - ab) > 1e-12
-        s2 = (math.sqrt(1.0 - ab) / xp.where(ok, c, 1.0) - (1.0 - ab)) / ab
-        out = xp.where(ok, xp.where(s2 > 0, s2, 0.0), out)
-    return out
+    dt = slope.dtype
+    c = xp.take(slope, xp.asarray(rows), axis=0)  # (R, n)
+    ab = abar[rows]
+    root = _col(xp, np.sqrt(1.0 - ab), 2, dt)
+    # a slope below 1e-12 of a point's says nothing usable (s^2 > 1e12 / abar)
+    ok = c * root > 1e-12
+    s2 = (root / xp.where(ok, c, 1.0) - _col(xp, 1.0 - ab, 2, dt)) / _col(xp, ab, 2, dt)
+    s2 = xp.where(s2 > 0, s2, 0.0)
+    # per sample the newest usable step: a one-hot pick, exact (one value plus zeros)
+    order = _col(xp, np.arange(rows.size), 2, dt)
+    newest = xp.max(xp.where(ok, order, -1.0), axis=0)  # (n,), -1: none
+    pick = xp.sum(xp.where(order == newest[None, :], s2, 0.0), axis=0)
+    return xp.where(newest >= 0, pick, previous)
 
 
 def _gaussian_slope(xp, abar: np.ndarray, s2):
