@@ -8,10 +8,17 @@ starts) at the same tolerance and at a matched error (the loosest tolerance of a
 whose error is no larger than plain Picard's), for triangular Anderson mixing alone, and
 the published ParaDiGMS counts where there are some. "floor" is ceil(T / p) as a
 fraction of plain Picard's count: no variant with window p can do better, since a
-window moves at most p steps per iteration. Goals: plain <= ParaDiGMS's count;
-accelerated <= 0.5x plain at the same error.
+window moves at most p steps per iteration. "bound" is the accelerated sweep with new
+window slots started from the model's own steps (the sequential sampler's continuation,
+bought with model calls): what a perfect extrapolation would give. Goals: plain <=
+ParaDiGMS's count; accelerated <= 0.5x plain at the same error.
 
-Part 2 (wall clock): a model heavy enough that one call of the sequential sampler
+Part 2 (counts, learned model): the same table for the 256-256 ReLU denoiser that the
+``digits`` preset trains on scikit-learn's digits, ``--learned-samples`` (8) samples;
+"draft" starts new window slots from the steps of a twin network (same architecture and
+data, another seed), as a cheap draft model would.
+
+Part 3 (wall clock): a model heavy enough that one call of the sequential sampler
 takes >= 10 ms (an exact Gaussian mixture in ``--dim`` dimensions), the sequential
 sampler on one model replica against Picard with the window's model call split over 1
 and 2 worker replicas (``local:1``, ``local:2``; the window is cut into one piece per
@@ -30,7 +37,8 @@ the GPU.
 
     python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 8192]
                                 [--wall-steps 200] [--settings throughput latency]
-                                [--device cpu]
+                                [--device cpu] [--skip-counts] [--skip-learned]
+                                [--skip-wall]
 
 Results go to ``benchmarks/results/picard.json``.
 """
@@ -52,11 +60,13 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 import cluster  # noqa: E402
+from pipelines.picard.models import digits_data  # noqa: E402
 from pipelines.picard.runner import WindowEvaluator  # noqa: E402
 from pipelines.picard.worker import ModelReplica  # noqa: E402
 from tasks.picard.models import GaussianMixture  # noqa: E402
-from tasks.picard.samplers import draw_noise, picard, sequential  # noqa: E402
+from tasks.picard.samplers import draw_noise, model_steps, picard, sequential  # noqa: E402
 from tasks.picard.schedules import make_schedule, make_steps  # noqa: E402
+from tasks.picard.training import train_denoiser  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "picard.json"
 #: ParaDiGMS's GMM figures from the reference (DDPM-1000): (window, tol) -> iterations
@@ -69,9 +79,14 @@ PUBLISHED = {
 
 LADDER = (0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 ACCEL = {"secant": True, "extrapolate": True}
+HEADER = (
+    "sampl steps    p     tol  pub.  iters  evals       err  i_acc  e_acc   err_acc  "
+    "ratio  i_acc@err ratio i_anderson floor bound draft"
+)
 
 
 def counts(samples: int, quick: bool, spread: float = 0.25) -> list[dict]:
+    """Part 1: the exact mixture."""
     abar = make_schedule("linear", 1000)
     gmm = GaussianMixture.random(64, 4, spread, abar, mean_scale=1.0, seed=0)
     grid = [("ddpm", 1000), ("ddim", 200), ("ddpm", 100)]
@@ -80,41 +95,81 @@ def counts(samples: int, quick: bool, spread: float = 0.25) -> list[dict]:
     for kind, T in grid:
         st = make_steps(kind, abar, T)
         x_T, z = draw_noise(np.random.SeedSequence(0), samples, (64,), T)
-        xs = sequential(gmm.eps, st, x_T, z)
         for p in windows:
-            if p > T:
-                continue
-            # the accelerated variant over a ladder of tolerances, for matched errors
-            ladder = []
-            for tol in LADDER:
-                r = picard(gmm.eps, st, x_T, z, p, tol, **ACCEL)
-                ladder.append((tol, r.iterations, float(np.abs(r.x - xs).max())))
-            for tol in tols:
-                plain = picard(gmm.eps, st, x_T, z, p, tol)
-                fast = picard(gmm.eps, st, x_T, z, p, tol, **ACCEL)
-                anderson = picard(gmm.eps, st, x_T, z, p, tol, anderson=3)
-                err = float(np.abs(plain.x - xs).max())
-                match = [it for _, it, e in ladder if e <= err]
-                rows.append(
-                    {
-                        "sampler": kind,
-                        "steps": T,
-                        "window": p,
-                        "tol": tol,
-                        "published": PUBLISHED.get((kind, T, p, tol)),
-                        "iters": plain.iterations,
-                        "evals": plain.model_evals,
-                        "err": err,
-                        "iters_acc": fast.iterations,
-                        "evals_acc": fast.model_evals,
-                        "err_acc": float(np.abs(fast.x - xs).max()),
-                        "iters_acc_matched": match[0] if match else None,
-                        "iters_anderson": anderson.iterations,
-                        "ratio": fast.iterations / plain.iterations,
-                        "ratio_matched": match[0] / plain.iterations if match else None,
-                    }
-                )
-                print_row(rows[-1])
+            if p <= T:
+                rows += compare(gmm.eps, kind, st, x_T, z, p, tols, published=True)
+    return rows
+
+
+def learned(samples: int, quick: bool) -> list[dict]:
+    """Part 2: the denoiser trained on the digits (as the ``digits`` preset trains it), and
+    a twin network (same architecture and data, another seed) as a draft model whose
+    steps start the new window slots."""
+    abar = make_schedule("linear", 1000)
+    data = digits_data()
+    net, twin = (
+        train_denoiser(data, abar, (256, 256), 20, 4, seed, sample_shape=(8, 8))[0]
+        for seed in (0, 1)
+    )
+    grid = [("ddpm", 1000, 96), ("ddpm", 100, 32), ("ddim", 200, 32)]
+    tols = [0.1, 1e-3] if quick else [0.1, 1e-2, 1e-3]
+    rows = []
+    for kind, T, p in grid:
+        st = make_steps(kind, abar, T)
+        x_T, z = draw_noise(np.random.SeedSequence(0), samples, (8, 8), T)
+        rows += compare(net.eps, kind, st, x_T, z, p, tols, draft=twin.eps)
+    return rows
+
+
+def compare(eps, kind: str, st, x_T, z, p: int, tols, draft=None, published=False) -> list[dict]:
+    """One table row per tolerance: plain Picard, the accelerated variant at the same
+    tolerance and at a matched error (the loosest tolerance of a ladder whose error is no
+    larger than plain Picard's), Anderson mixing alone, and the accelerated sweep with
+    window starts from the model's own steps ("bound": the sequential sampler's
+    continuation, which no extrapolation without model calls can beat) and from a draft
+    model's steps."""
+    T = len(st.t)
+    xs = sequential(eps, st, x_T, z)
+
+    def err(r) -> float:
+        return float(np.abs(r.x - xs).max())
+
+    ladder = [picard(eps, st, x_T, z, p, tol, **ACCEL) for tol in LADDER]
+    rows = []
+    for tol in tols:
+        plain = picard(eps, st, x_T, z, p, tol)
+        fast = picard(eps, st, x_T, z, p, tol, **ACCEL)
+        anderson = picard(eps, st, x_T, z, p, tol, anderson=3)
+        bound = picard(eps, st, x_T, z, p, tol, secant=True, extrapolate=model_steps(eps, st, z))
+        drafted = None
+        if draft is not None:
+            starts = model_steps(draft, st, z)
+            drafted = picard(eps, st, x_T, z, p, tol, secant=True, extrapolate=starts)
+        match = [r.iterations for r in ladder if err(r) <= err(plain)]
+        rows.append(
+            {
+                "sampler": kind,
+                "steps": T,
+                "window": p,
+                "tol": tol,
+                "published": PUBLISHED.get((kind, T, p, tol)) if published else None,
+                "iters": plain.iterations,
+                "evals": plain.model_evals,
+                "err": err(plain),
+                "iters_acc": fast.iterations,
+                "evals_acc": fast.model_evals,
+                "err_acc": err(fast),
+                "iters_acc_matched": match[0] if match else None,
+                "iters_anderson": anderson.iterations,
+                "iters_bound": bound.iterations,
+                "err_bound": err(bound),
+                "iters_draft": None if drafted is None else drafted.iterations,
+                "err_draft": None if drafted is None else err(drafted),
+                "ratio": fast.iterations / plain.iterations,
+                "ratio_matched": match[0] / plain.iterations if match else None,
+            }
+        )
+        print_row(rows[-1])
     return rows
 
 
@@ -122,12 +177,14 @@ def print_row(r):
     pub = "" if r["published"] is None else str(r["published"])
     m = r["iters_acc_matched"]
     rm = r["ratio_matched"]
+    dr = r.get("iters_draft")
     print(
         f"{r['sampler']:5} {r['steps']:5} {r['window']:4} {r['tol']:7.0e} {pub:>5} "
         f"{r['iters']:6} {r['evals']:6} {r['err']:9.1e} "
         f"{r['iters_acc']:6} {r['evals_acc']:6} {r['err_acc']:9.1e} {r['ratio']:6.2f} "
         f"{'-' if m is None else m:>6} {'-' if rm is None else f'{rm:.2f}':>6} "
-        f"{r['iters_anderson']:6} {floor_ratio(r):5.2f}",
+        f"{r['iters_anderson']:6} {floor_ratio(r):5.2f} {r['iters_bound']:5} "
+        f"{'-' if dr is None else dr:>5}",
         flush=True,
     )
 
@@ -261,9 +318,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=0.1, help="tolerance (wall clock)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--skip-wall", action="store_true")
-    ap.add_argument(
-        "--skip-counts", action="store_true", help="part 2 only (keeps the stored part 1)"
-    )
+    ap.add_argument("--skip-counts", action="store_true", help="no part 1 (keeps the stored one)")
+    ap.add_argument("--skip-learned", action="store_true", help="no part 2 (keeps the stored one)")
+    ap.add_argument("--learned-samples", type=int, default=8, help="samples (part 2)")
     args = ap.parse_args(argv)
 
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -271,10 +328,7 @@ def main(argv=None) -> int:
         rows = stored.get("counts")
     else:
         print("Part 1: 64-D GMM (exact eps), iterations / model evals / max|parallel - seq.|")
-        print(
-            "sampl steps    p     tol  pub.  iters  evals       err  i_acc  e_acc   err_acc  "
-            "ratio  i_acc@err ratio i_anderson floor"
-        )
+        print(HEADER)
         with threadpool_limits(limits=1, user_api="blas"):
             rows = counts(args.samples, args.quick, args.spread)
     out = {
@@ -283,11 +337,18 @@ def main(argv=None) -> int:
         "args": vars(args),
         "counts": rows,
     }
+    if args.skip_learned:
+        out["learned"] = stored.get("learned")
+    else:
+        print("\nPart 2: denoiser learned on the digits (256-256 ReLU MLP), draft: its twin")
+        print(HEADER)
+        with threadpool_limits(limits=1, user_api="blas"):
+            out["learned"] = learned(args.learned_samples, args.quick)
     if args.skip_wall:
         out["wall"] = stored.get("wall")  # what an earlier run measured, if any
     else:
         print(
-            f"\nPart 2: wall clock, {args.dim}-D GMM, DDPM-{args.wall_steps}, "
+            f"\nPart 3: wall clock, {args.dim}-D GMM, DDPM-{args.wall_steps}, "
             f"tol={args.tol}, device={args.device}"
         )
         print("method       wrk    p  iters  evals   wall_s speedup   max_err  med_err  call_ms")

@@ -16,6 +16,7 @@ from tasks.picard.samplers import (
     _data_spread,
     _fill_unseen,
     draw_noise,
+    model_steps,
     picard,
     sequential,
 )
@@ -325,6 +326,47 @@ def test_extrapolated_windows_are_right_on_gaussian_data(kind, spread):
     assert fast.iterations <= 12 and np.sum(advance[1:] < 10) <= 2, advance
     assert picard(eps, st, x_T, z, window=10, tol=1e-3).iterations >= 2 * fast.iterations
     np.testing.assert_allclose(fast.x, xs, rtol=0, atol=1e-12)
+
+
+def test_model_steps_are_the_sequential_sampler(gmm):
+    st = make_steps("ddpm", ABAR, 50)
+    x_T, z = draw_noise(np.random.SeedSequence(2), 3, (64,), 50)
+    rows = model_steps(gmm.eps, st, z)(x_T, 0, 50)
+    assert rows.shape == (50, 3, 64)
+    np.testing.assert_array_equal(rows[-1], sequential(gmm.eps, st, x_T, z))
+    np.testing.assert_array_equal(model_steps(gmm.eps, st, z)(rows[19], 20, 50), rows[20:])
+
+
+def test_window_starts_from_a_callable(gmm):
+    """``extrapolate`` may be a callable: the model's own steps as window starts (a bound
+    for any extrapolation) move almost every window its full length; garbage starts cost
+    iterations but not the answer; a guess of the wrong shape is refused."""
+    T, p = 200, 32
+    st = make_steps("ddim", ABAR, T)
+    x_T, z = draw_noise(np.random.SeedSequence(0), 4, (64,), T)
+    xs = sequential(gmm.eps, st, x_T, z)
+    calls = []
+
+    def exact(x, lo, hi):
+        calls.append((lo, hi))
+        return model_steps(gmm.eps, st, z)(x, lo, hi)
+
+    best = picard(gmm.eps, st, x_T, z, p, 1e-2, secant=True, extrapolate=exact)
+    fast = picard(gmm.eps, st, x_T, z, p, 1e-2, **VARIANTS["accelerated"])
+    assert best.iterations <= math.ceil(T / p) + 1 < fast.iterations
+    assert np.abs(best.x - xs).max() <= 1e-4
+    # each call covers exactly the slots the window slid onto
+    ends = [min(p, T)] + [int(e) for e in best.history[:, 1]]
+    assert calls == [(e0, e1) for e0, e1 in zip(ends[:-1], ends[1:], strict=False) if e1 > e0]
+
+    def zeros(x, lo, hi):
+        return np.zeros((hi - lo, *x.shape))
+
+    bad = picard(gmm.eps, st, x_T, z, p, 1e-9, extrapolate=zeros)
+    np.testing.assert_allclose(bad.x, xs, rtol=0, atol=1e-10)
+
+    with pytest.raises(ValueError, match="returned shape"):
+        picard(gmm.eps, st, x_T, z, p, 1e-2, extrapolate=lambda x, lo, hi: x)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -276,6 +276,42 @@ def _model_call(eps_fn, x, t_steps):
     return eps if eps.dtype == x.dtype else xp.astype(eps, x.dtype)
 
 
+def model_steps(eps_fn: Callable, steps: Steps, z) -> Callable:
+    """Window starts from running the new slots' steps on a model: a callable for
+    :func:`picard`'s ``extrapolate``.
+
+    With the sampler's own model the starts are the sequential sampler's continuation of
+    ``x_e`` (they cost ``hi - lo`` model calls in a row, so this is a bound on what any
+    extrapolation can give, not a method); with a cheap draft model they are its guess.
+
+    Parameters
+    ----------
+    eps_fn : callable
+        ``eps_fn(x (N, *sample_shape), t (N,) int) -> (N, *sample_shape)``.
+    steps : Steps
+    z : array, shape (T, n, *sample_shape)
+        The pre-drawn noise of the sampler's run.
+
+    Returns
+    -------
+    callable
+        ``guess(x (n, *sample_shape), lo, hi) -> (hi - lo, n, *sample_shape)``: the
+        states after steps ``lo .. hi-1`` started from ``x`` at slot ``lo``.
+    """
+
+    def guess(x, lo: int, hi: int):
+        xp = array_namespace(x)
+        rows = []
+        for j in range(lo, hi):
+            xs = x[None, ...]
+            e = _model_call(eps_fn, xs, steps.t[j : j + 1])
+            x = x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
+            rows.append(x)
+        return xp.stack(rows, axis=0)
+
+    return guess
+
+
 def sequential(eps_fn: Callable, steps: Steps, x_T, z, callback: Callable | None = None):
     """The sequential sampler: ``T`` model calls of ``n`` rows each.
 
@@ -441,7 +477,7 @@ def picard(
     window: int,
     tol: float,
     anderson: int = 0,
-    extrapolate: bool = False,
+    extrapolate: bool | Callable = False,
     secant: bool = False,
     callback: Callable | None = None,
     checkpoint: Callable | None = None,
@@ -474,12 +510,14 @@ def picard(
         Triangular Anderson memory ``m`` (0: off). The converged prefix always takes the
         unmixed values, so the stopping rule and its guarantee are unchanged; only the
         guesses of the unconverged slots are extrapolated.
-    extrapolate : bool
+    extrapolate : bool or callable
         Start the slots a window slides onto by running their steps (with the true noise)
         on a local Gaussian model of the data fitted to the newest model output and, with
         ``secant``, to the newest secant slope, instead of copying ``x_e``
         (:func:`_extrapolate`; without ``secant`` the model holds the clean-sample
-        prediction fixed).
+        prediction fixed). A callable ``guess(x, lo, hi)`` gives the starts instead: the
+        states of slots ``lo+1 .. hi`` from ``x`` (n, *sample_shape) at slot ``lo``, an
+        array (hi - lo, n, *sample_shape) (e.g. :func:`model_steps` of a draft model).
     secant : bool
         Propagate input changes through the window with a linear model of each step
         (:func:`window_update_linearised`, slopes from the last two evaluations of a
@@ -544,7 +582,8 @@ def picard(
         x_in = buf[b:e, ...]
         old = xp.asarray(buf[b + 1 : e + 1, ...], copy=True)
         eps = _model_call(eps_fn, x_in, steps.t[b:e])
-        if extrapolate:  # x_in is a view of buf: keep the last input before the update
+        if extrapolate and not callable(extrapolate):
+            # x_in is a view of buf: keep the last input before the update
             x_last = xp.asarray(x_in[-1, ...], copy=True)
         d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e])
         if secant:
@@ -573,7 +612,15 @@ def picard(
         hist.append((b, e, k, advance, float(np.sqrt(err.max()))))
         b2 = min(b + advance, T)
         e2 = min(b2 + window, T)
-        if e2 > e and extrapolate:
+        if e2 > e and callable(extrapolate):
+            guess = extrapolate(buf[e, ...], e, e2)
+            if tuple(guess.shape) != (e2 - e, *x_T.shape):
+                raise ValueError(
+                    f"extrapolate({e}, {e2}) returned shape {tuple(guess.shape)}, "
+                    f"expected {(e2 - e, *x_T.shape)}"
+                )
+            buf[e + 1 : e2 + 1, ...] = guess
+        elif e2 > e and extrapolate:
             buf[e + 1 : e2 + 1, ...] = _extrapolate(
                 buf[e, ...], x_last, eps[-1, ...], float(steps.abar[e - 1]), s2, z, steps, e, e2
             )
