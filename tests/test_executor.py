@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +71,18 @@ def pid_at_barrier(arr, folder, name, parties, timeout=10.0):
     while len(list(pathlib.Path(folder).iterdir())) < parties and time.monotonic() < deadline:
         time.sleep(0.01)
     return os.getpid()
+
+
+def pid_then_wait(path, seconds):
+    """Append this process's pid to ``path``; on the first attempt (no file yet), wait
+    ``seconds`` first, to be killed meanwhile."""
+    p = pathlib.Path(path)
+    first = not p.exists()
+    with p.open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    if first:
+        time.sleep(seconds)
+    return "ok"
 
 
 def offset_stat(offset, arr):
@@ -508,6 +521,38 @@ def test_dask_actor_call_fails_soon_after_its_worker_left_the_cluster(monkeypatc
         assert list(ex.as_completed([napper.nap(20.0)])) and time.perf_counter() - t0 < 5.0
     finally:
         monkeypatch.undo()
+        ex.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["local:2", "ray:2"])
+def test_killed_worker_process_is_a_lost_worker_and_its_pure_task_runs_again(spec, tmp_path):
+    """The backend half of surviving a worker's death (SIGKILL), on every distributed
+    backend: a call to an actor the process held fails with an error that
+    `cluster.is_worker_lost` knows (the pipelines then go on from a checkpoint), and a
+    pure task it was running runs again elsewhere. tests/test_faults.py kills workers
+    under each pipeline, on one backend per pipeline."""
+    ex = cluster.connect(spec)
+    try:
+        actor = ex.actor(Counter)
+        pid = actor.pid().result(timeout=60)
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Exception) as info:  # the type is the backend's
+            actor.incr().result(timeout=60)
+        assert cluster.is_worker_lost(info.value), repr(info.value)
+
+        marker = tmp_path / "pids"
+        fut = ex.submit(pid_then_wait, str(marker), 60.0, pure=True)
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = int(marker.read_text().split()[0])
+        os.kill(first, signal.SIGKILL)
+        assert fut.result(timeout=120) == "ok"
+        pids = [int(p) for p in marker.read_text().split()]
+        assert len(pids) >= 2 and pids[-1] != first
+    finally:
         ex.close()
 
 
