@@ -85,6 +85,10 @@ def pid_then_wait(path, seconds):
     return "ok"
 
 
+def _text(path: pathlib.Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def offset_stat(offset, arr):
     return array_stat(arr, offset)
 
@@ -545,9 +549,12 @@ def test_killed_worker_process_is_a_lost_worker_and_its_pure_task_runs_again(spe
         marker = tmp_path / "pids"
         fut = ex.submit(pid_then_wait, str(marker), 60.0, pure=True)
         deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
+        # the file appears before its first line is written: wait for the line
+        while not _text(marker).endswith("\n") and time.monotonic() < deadline:
             time.sleep(0.05)
-        first = int(marker.read_text().split()[0])
+        assert _text(marker).endswith("\n"), "the task did not start within 60 s"
+        first = int(_text(marker).split()[0])
+        assert first != os.getpid()
         os.kill(first, signal.SIGKILL)
         assert fut.result(timeout=120) == "ok"
         pids = [int(p) for p in marker.read_text().split()]

@@ -355,8 +355,8 @@ def test_window_starts_from_a_callable(gmm):
     fast = picard(gmm.eps, st, x_T, z, p, 1e-2, **VARIANTS["accelerated"])
     assert best.iterations <= math.ceil(T / p) + 1 < fast.iterations
     assert np.abs(best.x - xs).max() <= 1e-4
-    # each call covers exactly the slots the window slid onto
-    ends = [min(p, T)] + [int(e) for e in best.history[:, 1]]
+    # the first window's slots, then exactly the slots each window slid onto
+    ends = [0, min(p, T)] + [int(e) for e in best.history[:, 1]]
     assert calls == [(e0, e1) for e0, e1 in zip(ends[:-1], ends[1:], strict=False) if e1 > e0]
 
     def zeros(x, lo, hi):
@@ -367,6 +367,32 @@ def test_window_starts_from_a_callable(gmm):
 
     with pytest.raises(ValueError, match="returned shape"):
         picard(gmm.eps, st, x_T, z, p, 1e-2, extrapolate=lambda x, lo, hi: x)
+
+
+def test_window_starts_from_a_callable_are_taken_in_the_samples_namespace(gmm):
+    """A guess of another library or dtype (NumPy float64 here) is converted: float32
+    samples under array_api_strict stay float32, with the bits of the float32 NumPy run;
+    the callable gets a copy of the slot, so writing to it leaves the run unchanged."""
+    T, p = 100, 16
+    st = make_steps("ddpm", ABAR, T)
+    x_T, z = draw_noise(np.random.SeedSequence(3), 2, (64,), T)
+    x32, z32 = x_T.astype(np.float32), z.astype(np.float32)
+    exact = model_steps(gmm.eps, st, z)
+
+    def host_guess(x, lo, hi):
+        out = exact(np.asarray(x, dtype=np.float64), lo, hi)
+        x[...] = 1e6  # must not reach the buffer
+        return out
+
+    xs = array_api_strict
+    ref = picard(gmm.eps, st, x32, z32, p, 1e-3, secant=True, extrapolate=host_guess)
+    strict = picard(
+        gmm.eps, st, xs.asarray(x32), xs.asarray(z32), p, 1e-3, secant=True,
+        extrapolate=host_guess,
+    )  # fmt: skip
+    assert strict.x.dtype == xs.float32 and ref.x.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(strict.x), ref.x)
+    assert np.abs(ref.x - sequential(gmm.eps, st, x_T, z)).max() < 1e-3
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -456,6 +456,18 @@ class _Anderson:
         return first, out
 
 
+def _guess(extrapolate: Callable, xp, x, lo: int, hi: int):
+    """``extrapolate(x, lo, hi)`` checked for its shape and taken in ``x``'s namespace and
+    dtype; ``x`` (a slot of the buffer) is passed as a copy."""
+    guess = extrapolate(xp.asarray(x, copy=True), lo, hi)
+    if tuple(guess.shape) != (hi - lo, *x.shape):
+        raise ValueError(
+            f"extrapolate(x, {lo}, {hi}) returned shape {tuple(guess.shape)}, "
+            f"expected {(hi - lo, *x.shape)}"
+        )
+    return xp.asarray(guess, dtype=x.dtype)
+
+
 def _c_array(xp, shape, dtype, values):
     """A new C-contiguous array of ``shape`` holding ``values`` (broadcast): the same
     memory layout whatever the layout of ``values``."""
@@ -515,9 +527,10 @@ def picard(
         on a local Gaussian model of the data fitted to the newest model output and, with
         ``secant``, to the newest secant slope, instead of copying ``x_e``
         (:func:`_extrapolate`; without ``secant`` the model holds the clean-sample
-        prediction fixed). A callable ``guess(x, lo, hi)`` gives the starts instead: the
-        states of slots ``lo+1 .. hi`` from ``x`` (n, *sample_shape) at slot ``lo``, an
-        array (hi - lo, n, *sample_shape) (e.g. :func:`model_steps` of a draft model).
+        prediction fixed). A callable ``guess(x, lo, hi)`` gives the starts instead, those
+        of the first window included: the states of slots ``lo+1 .. hi`` from ``x``
+        (n, *sample_shape) at slot ``lo``, an array (hi - lo, n, *sample_shape) (e.g.
+        :func:`model_steps` of a draft model); it is taken in the samples' dtype.
     secant : bool
         Propagate input changes through the window with a linear model of each step
         (:func:`window_update_linearised`, slopes from the last two evaluations of a
@@ -576,6 +589,8 @@ def picard(
             seen = np.asarray(state["seen"], dtype=bool).copy()
             if "s2" in state:  # absent in a state saved before it was kept
                 s2 = _c_array(xp, x_T.shape[:1], x_T.dtype, xp.asarray(state["s2"]))
+    elif callable(extrapolate):  # a fresh start: the first window's slots too
+        buf[1 : e + 1, ...] = _guess(extrapolate, xp, buf[0, ...], 0, e)
     save = checkpoint is not None and checkpoint_every > 0 and acc is None
     while b < T:
         L = e - b
@@ -613,13 +628,7 @@ def picard(
         b2 = min(b + advance, T)
         e2 = min(b2 + window, T)
         if e2 > e and callable(extrapolate):
-            guess = extrapolate(buf[e, ...], e, e2)
-            if tuple(guess.shape) != (e2 - e, *x_T.shape):
-                raise ValueError(
-                    f"extrapolate({e}, {e2}) returned shape {tuple(guess.shape)}, "
-                    f"expected {(e2 - e, *x_T.shape)}"
-                )
-            buf[e + 1 : e2 + 1, ...] = guess
+            buf[e + 1 : e2 + 1, ...] = _guess(extrapolate, xp, buf[e, ...], e, e2)
         elif e2 > e and extrapolate:
             buf[e + 1 : e2 + 1, ...] = _extrapolate(
                 buf[e, ...], x_last, eps[-1, ...], float(steps.abar[e - 1]), s2, z, steps, e, e2
