@@ -66,14 +66,18 @@ def summary_figure(store, cfg, spec, abar):
     ax2.set_ylabel("window start (step)")
     ax.set_title(f"window p={cfg.window}, tol={cfg.tol:g}")
     ax = axes[2]
-    ax.bar(np.arange(its.size), its, color="C2")
+    bars = ax.bar(np.arange(its.size), its, color="C2")
+    if its.size <= 32:  # the counts themselves, while they fit
+        ax.bar_label(bars, fontsize=7)
     ax.axhline(cfg.steps, color="k", ls="--", lw=1)
     ax.text(0, cfg.steps, f" sequential: {cfg.steps} steps", va="bottom", fontsize=8)
     ax.set_xlabel("sample batch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel("Picard iterations")
-    ax.set_ylim(0, cfg.steps * 1.1)
-    ax.set_title("iterations per batch")
+    ax.set_ylabel("Picard iterations (log scale)")
+    # log: tens of iterations beside a thousand sequential steps stay readable
+    ax.set_yscale("log")
+    ax.set_ylim(0.8, cfg.steps * 2.0)
+    ax.set_title(f"iterations per batch (mean {its.mean():.1f} of {cfg.steps} steps)")
     name = "accelerated Picard" if cfg.accelerate or cfg.anderson_memory else "Picard (ParaDiGMS)"
     fig.suptitle(f"picard: {cfg.model}, {cfg.sampler.upper()}-{cfg.steps}, {name}")
     fig.tight_layout()
