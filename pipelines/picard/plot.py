@@ -74,9 +74,10 @@ def summary_figure(store, cfg, spec, abar):
     ax.set_xlabel("sample batch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("Picard iterations (log scale)")
-    # log: tens of iterations beside a thousand sequential steps stay readable
-    ax.set_yscale("log")
+    # log: tens of iterations beside a thousand sequential steps stay readable (limits
+    # first: autoscaling bars from 0 on a log axis warns of a singular range)
     ax.set_ylim(0.8, cfg.steps * 2.0)
+    ax.set_yscale("log")
     ax.set_title(f"iterations per batch (mean {its.mean():.1f} of {cfg.steps} steps)")
     name = "accelerated Picard" if cfg.accelerate or cfg.anderson_memory else "Picard (ParaDiGMS)"
     fig.suptitle(f"picard: {cfg.model}, {cfg.sampler.upper()}-{cfg.steps}, {name}")
