@@ -105,7 +105,7 @@ def counts(samples: int, quick: bool, spread: float = 0.25) -> list[dict]:
 def learned(samples: int, quick: bool) -> list[dict]:
     """Part 2: the denoiser trained on the digits (as the ``digits`` preset trains it), and
     a twin network (same architecture and data, another seed) as a draft model whose
-    steps start the new window slots."""
+    steps start all window slots."""
     abar = make_schedule("linear", 1000)
     data = digits_data()
     net, twin = (
