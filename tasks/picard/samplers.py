@@ -276,6 +276,14 @@ def _model_call(eps_fn, x, t_steps):
     return eps if eps.dtype == x.dtype else xp.astype(eps, x.dtype)
 
 
+def _step(eps_fn: Callable, steps: Steps, z, j: int, x):
+    """One sequential step ``j``: ``x_{j+1}`` from ``x_j`` (n, *sample_shape), one model
+    call of ``n`` rows."""
+    xs = x[None, ...]
+    e = _model_call(eps_fn, xs, steps.t[j : j + 1])
+    return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
+
+
 def model_steps(eps_fn: Callable, steps: Steps, z) -> Callable:
     """Window starts from running the new slots' steps on a model: a callable for
     :func:`picard`'s ``extrapolate``.
@@ -303,9 +311,7 @@ def model_steps(eps_fn: Callable, steps: Steps, z) -> Callable:
         xp = array_namespace(x)
         rows = []
         for j in range(lo, hi):
-            xs = x[None, ...]
-            e = _model_call(eps_fn, xs, steps.t[j : j + 1])
-            x = x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
+            x = _step(eps_fn, steps, z, j, x)
             rows.append(x)
         return xp.stack(rows, axis=0)
 
@@ -334,10 +340,7 @@ def sequential(eps_fn: Callable, steps: Steps, x_T, z, callback: Callable | None
     """
     x = x_T
     for j in range(len(steps)):
-        sl = slice(j, j + 1)
-        xs = x[None, ...]
-        e = _model_call(eps_fn, xs, steps.t[sl])
-        x = x + drift(xs, e, z[sl, ...], steps.a[sl], steps.b[sl], steps.sigma[sl])[0, ...]
+        x = _step(eps_fn, steps, z, j, x)
         if callback is not None:
             callback(j)
     return x
