@@ -6,7 +6,7 @@ Two parts:
 1. Iterations to ``|x - x*| <= 1e-2 |x*|`` for every (method, I, B): the iteration is
    deterministic given the seed and identical on every backend (the pipeline's tests
    check this bit for bit), so it is counted with the one-process reference
-   (:func:`tasks.bilevel.sequential.run_sequential`) at the quick preset's settings
+   (:func:`tilegraph.tasks.bilevel.sequential.run_sequential`) at the quick preset's settings
    (upper step ``eta * I / m``, halved every 60 epochs). The count is a first passage
    and varies several-fold with the sampling seed (at I = 1, B = 32: 1661 to > 10000
    over 8 seeds), so every cell runs ``--seeds`` sampling seeds and reports the median;
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 METHODS = ("bsvrb-v1", "bsvrb-v2", "sgd", "f2sa")
 
@@ -50,8 +48,8 @@ def iterations(method: str, I: int, B: int, cap: int, seeds: int) -> dict:
     """Iterations to the target for sampling seeds ``0 .. seeds - 1`` (the problem's data
     seed fixed): the median (a run that never gets there counts as infinite), min, max
     and how many got there."""
-    from pipelines.bilevel.config import BilevelConfig
-    from tasks.bilevel.sequential import run_sequential
+    from tilegraph.pipelines.bilevel.config import BilevelConfig
+    from tilegraph.tasks.bilevel.sequential import run_sequential
 
     counts, finals = [], []
     t0 = time.perf_counter()
@@ -96,11 +94,11 @@ HEAVY = [
 
 def seconds_per_iteration(ex, I: int, n_iter: int, method: str, extra=()) -> float:
     """Wall seconds per iteration of one pipeline run on the executor ``ex``."""
-    import storage
-    from pipelines.base import RunContext
-    from pipelines.bilevel import PIPELINE
-    from pipelines.config import build_config
-    from pipelines.progress import silent
+    from tilegraph import storage
+    from tilegraph.pipelines.base import RunContext
+    from tilegraph.pipelines.bilevel import PIPELINE
+    from tilegraph.pipelines.config import build_config
+    from tilegraph.pipelines.progress import silent
 
     sets = [
         f"blocks_per_iter={I}",
@@ -122,7 +120,7 @@ def timed(workers: int, Is, repeats: int, n_iter: int, method: str, extra=()) ->
     """Seconds per iteration for every I on one ``local:{workers}`` cluster, the I values
     interleaved ``repeats`` times (so that a slow spell of the machine hits them all):
     ``{I: [s, ...]}``."""
-    import cluster
+    from tilegraph import cluster
 
     out = {I: [] for I in Is}
     with cluster.connect(f"local:{workers}") as ex:

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PROBLEMS = {
     # name: (d, n_fine, n_coarse, alpha, beta)
@@ -43,8 +42,8 @@ PROBLEMS = {
 
 
 def _fine_system(d, n, alpha, beta):
-    from tasks.domain_split.operator import assemble, fine_axes, rhs_block
-    from tasks.domain_split.problems import Problem
+    from tilegraph.tasks.domain_split.operator import assemble, fine_axes, rhs_block
+    from tilegraph.tasks.domain_split.problems import Problem
 
     p = Problem("constant", d, tuple(alpha), tuple(beta))
     B = rhs_block(p, (0,) * d, (n + 1,) * d, n)
@@ -82,12 +81,11 @@ def case_pyamg(d, n, nc, alpha, beta, tol, workers):
 
 
 def case_tilegraph(d, n, nc, alpha, beta, tol, workers, out_of_core=False, solver="krylov"):
-    import cluster
-    import storage
-    from pipelines.base import RunContext
-    from pipelines.config import build_config
-    from pipelines.domain_split import PIPELINE
-    from pipelines.progress import progress_factory
+    from tilegraph import cluster, storage
+    from tilegraph.pipelines.base import RunContext
+    from tilegraph.pipelines.config import build_config
+    from tilegraph.pipelines.domain_split import PIPELINE
+    from tilegraph.pipelines.progress import progress_factory
 
     sets = [
         f"d={d}",
@@ -152,7 +150,7 @@ def run_case(case: str, problem: tuple, tol: float, workers: int, timeout: float
     """Run one case in a subprocess, sampling the memory of its process tree."""
     args = {"case": case, "problem": problem, "tol": tol, "workers": workers, **(extra or {})}
     cmd = [sys.executable, __file__, "--child", json.dumps(args)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )

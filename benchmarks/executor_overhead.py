@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-import cluster  # noqa: E402
+from tilegraph import cluster  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "executor_overhead.json"
 GOAL = 1.2

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def cuda_available() -> str | None:
@@ -38,9 +37,9 @@ def cuda_available() -> str | None:
 
 
 def run(name: str, preset: str, device: str, cluster: str, store: str) -> dict:
-    args = [sys.executable, "-m", "pipelines.cli", "run", name, "--preset", preset]
+    args = [sys.executable, "-m", "tilegraph.pipelines.cli", "run", name, "--preset", preset]
     args += ["--set", f"device={device}", "--cluster", cluster, "--store", store, "--json"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     t0 = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -62,7 +61,7 @@ def agree(a: dict, b: dict, names) -> str:
 
 
 def main() -> int:
-    from pipelines.registry import load_pipelines
+    from tilegraph.pipelines.registry import load_pipelines
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cluster", default="sync")

@@ -60,14 +60,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-import cluster  # noqa: E402
-from pipelines.picard.models import digits_data  # noqa: E402
-from pipelines.picard.runner import WindowEvaluator  # noqa: E402
-from pipelines.picard.worker import ModelReplica  # noqa: E402
-from tasks.picard.models import GaussianMixture  # noqa: E402
-from tasks.picard.samplers import draw_noise, model_steps, picard, sequential  # noqa: E402
-from tasks.picard.schedules import make_schedule, make_steps  # noqa: E402
-from tasks.picard.training import train_denoiser  # noqa: E402
+from tilegraph import cluster  # noqa: E402
+from tilegraph.pipelines.picard.models import digits_data  # noqa: E402
+from tilegraph.pipelines.picard.runner import WindowEvaluator  # noqa: E402
+from tilegraph.pipelines.picard.worker import ModelReplica  # noqa: E402
+from tilegraph.tasks.picard.models import GaussianMixture  # noqa: E402
+from tilegraph.tasks.picard.samplers import draw_noise, model_steps, picard, sequential  # noqa: E402
+from tilegraph.tasks.picard.schedules import make_schedule, make_steps  # noqa: E402
+from tilegraph.tasks.picard.training import train_denoiser  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "picard.json"
 #: ParaDiGMS's GMM figures from the reference (DDPM-1000): (window, tol) -> iterations

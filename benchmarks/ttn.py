@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,15 +35,13 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def run_once(preset: str, sets: list[str], spec: str, root: str) -> dict:
-    import cluster
-    import storage
-    from pipelines.base import RunContext
-    from pipelines.config import build_config
-    from pipelines.registry import get_pipeline
+    from tilegraph import cluster, storage
+    from tilegraph.pipelines.base import RunContext
+    from tilegraph.pipelines.config import build_config
+    from tilegraph.pipelines.registry import get_pipeline
 
     pipe = get_pipeline("ttn")
     cfg = build_config(pipe, preset, None, sets)

@@ -126,6 +126,7 @@ class Executor(abc.ABC):
     def __init__(self, spec: Spec) -> None:
         self._spec = spec
         self._closed = False
+        self._code: tuple[str, ...] = ()
 
     # -- description ----------------------------------------------------------------
 
@@ -307,6 +308,44 @@ class Executor(abc.ABC):
         """
         self._check_usable(gpus)
         return self._actor(cls, args, kwargs, gpus=gpus, spread=spread)
+
+    # -- the user's code ----------------------------------------------------------------
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        """Absolute paths of the user modules shipped to the workers (`add_code`)."""
+        return self._code
+
+    def add_code(self, paths: Iterable[str]) -> None:
+        """Make user modules importable on every worker, present and future.
+
+        Parameters
+        ----------
+        paths : iterable of str
+            ``.py`` files or package folders (``import <stem>`` / ``import <folder>``
+            works on the workers afterwards). Each is shipped with the backend's own
+            mechanism (see `cluster.code`); shipping the same path again does nothing.
+
+        Raises
+        ------
+        ValueError
+            A path that is not a module, or too large to ship.
+        RuntimeError
+            A backend that takes code only when it connects (Ray) was given new code
+            afterwards: pass ``code=`` to `cluster.connect`.
+        """
+        from .code import check_code_paths
+
+        self._check_usable(0)
+        new = [p for p in check_code_paths(paths) if p not in self._code]
+        if new:
+            self._add_code(new)
+            self._code = (*self._code, *new)
+
+    def _add_code(self, paths: list[str]) -> None:
+        from .code import add_to_sys_path
+
+        add_to_sys_path(paths)
 
     # -- lifetime ---------------------------------------------------------------------
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .base import Executor
-from .specs import Spec, parse_spec
+from .code import check_code_paths
+from .specs import Spec, check_reachable, parse_spec
 
 __all__ = ["connect"]
 
 
-def connect(spec: str | Spec | None = "local", *, profile: str | None = None) -> Executor:
+def connect(
+    spec: str | Spec | None = "local",
+    *,
+    profile: str | None = None,
+    code: Iterable[str] = (),
+) -> Executor:
     """Start (or connect to) the executor a cluster spec names.
 
     Parameters
@@ -19,6 +27,9 @@ def connect(spec: str | Spec | None = "local", *, profile: str | None = None) ->
     profile : str, optional
         Batch-scheduler profile file for ``slurm``/``pbs``/``sge``/``lsf`` (see
         `cluster.jobqueue`); found in the usual places when not given.
+    code : iterable of str
+        The user's modules (``.py`` files or package folders) to ship to every worker,
+        see `Executor.add_code`. Ray takes them only here, when it connects.
 
     Returns
     -------
@@ -34,18 +45,28 @@ def connect(spec: str | Spec | None = "local", *, profile: str | None = None) ->
         No batch job's worker joined within the profile's ``wait_timeout``.
     """
     parsed = parse_spec(spec)
+    code = check_code_paths(code)
+    check_reachable(parsed)
+    if parsed.backend == "ray":
+        from .ray_backend import RayExecutor
+
+        return RayExecutor(parsed, code=code)
     if parsed.backend == "sync":
         from .inprocess import SyncExecutor
 
-        return SyncExecutor(parsed)
-    if parsed.backend == "threads":
+        executor: Executor = SyncExecutor(parsed)
+    elif parsed.backend == "threads":
         from .inprocess import ThreadsExecutor
 
-        return ThreadsExecutor(parsed)
-    if parsed.backend == "dask":
+        executor = ThreadsExecutor(parsed)
+    else:
         from .dask_backend import DaskExecutor
 
-        return DaskExecutor(parsed, profile_path=profile)
-    from .ray_backend import RayExecutor
-
-    return RayExecutor(parsed)
+        executor = DaskExecutor(parsed, profile_path=profile)
+    if code:
+        try:
+            executor.add_code(code)
+        except BaseException:
+            executor.close()
+            raise
+    return executor

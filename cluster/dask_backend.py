@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -248,15 +249,24 @@ class DaskExecutor(Executor):
                     "the jobs may still be queued or may have failed (see the scheduler's "
                     "queue and the job logs; raise wait_timeout in the cluster profile)"
                 ) from None
-        from .dask_plugin import OwnPackagesFirst, sibling_packages
-
-        packages = sibling_packages()
-        if packages:
-            self._client.register_plugin(OwnPackagesFirst(packages))
         if spec.kind == "local-cuda":
             self._spec = Spec("local-cuda", n=self.n_workers)
         self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)
         self._map_params = frozenset(inspect.signature(self._client.map).parameters)
+
+    def _add_code(self, paths: list[str]) -> None:
+        """Upload each module with a worker plugin (kept for workers that join later)."""
+        import tempfile
+
+        from distributed.diagnostics.plugin import UploadFile
+
+        from .code import zip_package
+
+        with tempfile.TemporaryDirectory(prefix="tilegraph-code-") as tmp:
+            for path in paths:
+                upload = zip_package(path, tmp) if os.path.isdir(path) else path
+                name = f"tilegraph-code-{os.path.basename(upload)}"
+                self._client.register_plugin(UploadFile(upload, load=True), name=name)
 
     # -- description ------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ class RayExecutor(Executor):
 
     backend = "ray"
 
-    def __init__(self, spec: Spec) -> None:
+    def __init__(self, spec: Spec, code: tuple[str, ...] = ()) -> None:
         super().__init__(spec)
         if spec.kind != "ray":
             raise SpecError(f"{spec.kind!r} is not a Ray spec")
@@ -140,8 +140,16 @@ class RayExecutor(Executor):
         self._dashboard: str | None = None
         if ray.is_initialized():
             # Someone else in this process runs Ray: use it, leave it running.
+            if code:
+                raise RuntimeError(
+                    "Ray is already running in this process and takes user code only when "
+                    "it starts; ship the modules with ray.init(runtime_env=...) instead"
+                )
             return
-        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        init_options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+        if code:  # Ray's own mechanism: packed, uploaded to the cluster, on every worker
+            init_options["runtime_env"] = {"py_modules": list(code)}
+            self._code = tuple(code)
         if spec.address is None:
             # The workers inherit the environment of the processes ray.init starts. A
             # runtime_env with the same variable would make Ray start a second pool of
@@ -151,14 +159,19 @@ class RayExecutor(Executor):
                     address="local",  # a new instance, even if Ray runs on this host
                     num_cpus=spec.n,
                     include_dashboard=False,
-                    **quiet,
+                    **init_options,
                 )
         else:
-            context = ray.init(address=spec.address, **quiet)
+            context = ray.init(address=spec.address, **init_options)
         self._connected = True
         url = getattr(context, "dashboard_url", None)
         if url:
             self._dashboard = url if "://" in url else f"http://{url}"
+
+    def _add_code(self, paths: list[str]) -> None:
+        raise RuntimeError(
+            f"Ray takes user code when it connects: pass code={paths!r} to cluster.connect"
+        )
 
     # -- description ------------------------------------------------------------------
 

@@ -158,3 +158,39 @@ def parse_spec(spec: str | Spec | None = "local") -> Spec:
         elif kind in ("threads", "ray"):
             n = cpus
     return Spec(kind, n=n)
+
+
+def check_reachable(spec: Spec, timeout: float = 3.0) -> None:
+    """Fail fast when nothing listens at an existing cluster's address.
+
+    Dask retries a refused connection until its 30 s connect timeout, and Ray keeps
+    polling a GCS address that never answers for minutes; one plain TCP connection tells
+    at once. Specs that start their own cluster (and ``ray:auto``) pass unchecked.
+
+    Raises
+    ------
+    SpecError
+        Naming the address and what happened (refused, timed out, unknown host).
+    """
+    import socket
+
+    address = spec.address
+    if address is None or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise SpecError(
+            f"{spec}: no answer from {hostport} within {timeout:g} s (is the scheduler or "
+            "head running, and the port open?)"
+        ) from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise SpecError(
+            f"{spec}: cannot connect to {hostport} ({why}); start the scheduler or head "
+            "first, or check the address"
+        ) from None

@@ -1,8 +1,8 @@
 """How a problem is put together: validated configs, plans over ``tasks``, ``cluster``
 and ``storage``, and the ``tilegraph`` command line.
 
-A pipeline is a :class:`pipelines.base.Pipeline`; pipelines register through the entry
-point group ``tilegraph.pipelines`` (see :mod:`pipelines.registry`).
+A pipeline is a :class:`tilegraph.pipelines.base.Pipeline`; pipelines register through the entry
+point group ``tilegraph.pipelines`` (see :mod:`tilegraph.pipelines.registry`).
 """
 
 from .base import Pipeline, RunContext

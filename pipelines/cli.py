@@ -9,18 +9,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
 from .config import ConfigError, build_config
 from .execute import DEFAULT_RETRIES, execute
+from .imports import check_trusted, prepare_user_code
 from .progress import progress_factory
 from .registry import get_pipeline, load_pipelines
 
 
 class UsageError(Exception):
     """Bad input that is not a config field (a missing run, an unknown pipeline)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's time limit), handled like Ctrl-C."""
+
+    reason = "SIGTERM"
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _quiet_shutdown() -> None:
+    """After an interrupt: no second one mid-cleanup, no shutdown noise from the cluster."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    for name in ("distributed", "ray", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: control
+    characters (newlines, terminal escape sequences) are shown escaped."""
+    out = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text)
+    )
+    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +83,7 @@ def _config_args(sp: argparse.ArgumentParser, preset_help: str) -> None:
 
 def _where_args(sp: argparse.ArgumentParser) -> None:
     """--cluster, --cluster-profile, --dry-run, --store and --json: where and how."""
-    import cluster
+    from tilegraph import cluster
 
     sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
     sp.add_argument(
@@ -84,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(sp, "named preset (default: the pipeline's quick preset)")
     _where_args(sp)
     sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
+    sp.add_argument(
+        "--trust-store",
+        action="store_true",
+        help="with --resume: import the code and open the URLs the stored config names",
+    )
     sp.add_argument("--debug", action="store_true", help="print the traceback of a failed run")
     sp.add_argument(
         "--retries",
@@ -173,13 +209,15 @@ def _cmd_run(args) -> int:
         if run.status == "complete":
             raise UsageError(f"--resume: run {args.resume} is already complete")
         config = build_config(pipeline, base=run.config)
+        check_trusted(config, run.run_id, args.trust_store)
     else:
         config = build_config(pipeline, args.preset, args.config, args.sets)
+    code = prepare_user_code([config], args.config)
     _check_cluster(args)
     if args.dry_run:
-        return _dry_run(args, {"config": config.model_dump(mode="json")})
+        return _dry_run(args, {"config": config.model_dump(mode="json"), "user_code": code})
 
-    executor = _connect(args)
+    executor = _connect(args, code)
     with executor:
         _check_device([config], executor, args.cluster)
         if run is None:
@@ -198,12 +236,12 @@ def _cmd_run(args) -> int:
                 progress=progress_factory(),
                 retries=args.retries,
             )
-        except KeyboardInterrupt:
-            run.mark_failed("interrupted (KeyboardInterrupt)")
+        except KeyboardInterrupt as exc:  # execute() marked the run interrupted
+            _quiet_shutdown()
             sys.stderr.write(
                 f"error: run {run.run_id} interrupted; continue it with --resume {run.run_id}\n"
             )
-            return 130
+            return 143 if isinstance(exc, Terminated) else 130
         except Exception as exc:  # the run failed (execute marked it): report, exit 1
             if args.debug:
                 sys.stderr.write(traceback.format_exc())
@@ -238,27 +276,33 @@ def _cmd_run(args) -> int:
 
 def _check_store(args):
     """The run-store root of ``--store``, checked before anything is written."""
-    import storage
-    from storage.urls import filesystem
+    from tilegraph import storage
+    from tilegraph.storage.urls import check_root
 
-    root = storage.Root(args.store)
     try:
-        filesystem(root.url)
-    except (ValueError, ImportError) as exc:
-        raise UsageError(f"--store {args.store!r}: {exc}") from None
+        root = storage.Root(args.store)
+        check_root(root.url)
+    except (ValueError, ImportError, OSError) as exc:
+        raise UsageError(f"--store: {exc}") from None
     return root
 
 
 def _check_cluster(args) -> None:
     """Check ``--cluster`` (and a batch scheduler's profile) before anything starts."""
-    import cluster
-    from cluster.jobqueue import load_profile
-    from cluster.specs import HPC_KINDS
+    from tilegraph import cluster
+    from tilegraph.cluster.jobqueue import load_profile
+    from tilegraph.cluster.specs import HPC_KINDS
 
     try:
         spec = cluster.parse_spec(args.cluster)
     except ValueError as exc:
         raise UsageError(f"--cluster: {exc}") from None
+    if args.store.lower().startswith("memory://") and spec.backend not in ("sync", "threads"):
+        raise UsageError(
+            f"--store {one_line(args.store, 200)}: a memory:// store lives inside this "
+            f"process, where the worker processes of --cluster {spec} cannot reach it; "
+            "use a path or an object store, or --cluster sync/threads"
+        )
     if spec.kind in HPC_KINDS:
         try:
             load_profile(spec.kind, args.cluster_profile)
@@ -275,20 +319,20 @@ def _check_device(configs, executor, spec: str) -> None:
         )
 
 
-def _connect(args):
-    import cluster
+def _connect(args, code=()):
+    from tilegraph import cluster
 
     try:
-        return cluster.connect(args.cluster, profile=args.cluster_profile)
+        return cluster.connect(args.cluster, profile=args.cluster_profile, code=code)
     except (ValueError, ImportError, OSError, TimeoutError, RuntimeError) as exc:
         raise UsageError(f"--cluster {args.cluster}: cannot start or reach it ({exc})") from None
 
 
 def _dry_run(args, info: dict) -> int:
     """``--dry-run``: the validated config and, for batch schedulers, the job script."""
-    import cluster
-    from cluster.jobqueue import job_script
-    from cluster.specs import HPC_KINDS
+    from tilegraph import cluster
+    from tilegraph.cluster.jobqueue import job_script
+    from tilegraph.cluster.specs import HPC_KINDS
 
     spec = cluster.parse_spec(args.cluster)
     script = None
@@ -316,22 +360,24 @@ def _cmd_sweep(args) -> int:
     except KeyError as exc:
         raise UsageError(exc.args[0]) from None
     plan = plan_sweep(pipeline, args.grid, args.preset, args.config, args.sets)
+    code = prepare_user_code([p.config for p in plan.points], args.config)
     root = _check_store(args)
     _check_cluster(args)
     if args.dry_run:
         return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
     try:
-        with _connect(args) as executor:
+        with _connect(args, code) as executor:
             _check_device([p.config for p in plan.points], executor, args.cluster)
             result = run_sweep(
                 plan, root, executor, progress=progress_factory(), backend=args.cluster
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _quiet_shutdown()
         sys.stderr.write(
             f"error: sweep {plan.sweep_id} interrupted; run the same command again to "
             "continue it (complete points are kept)\n"
         )
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     shown = [n for n in pipeline.metric_names if n in result.dataset.data_vars]
     header = [*plan.grid, "status", "run", *shown]
     rows = [
@@ -363,10 +409,22 @@ def _cmd_sweep(args) -> int:
     return 1 if result.failed else 0
 
 
-def _cmd_runs(args) -> int:
-    import storage
+def _read_root(args):
+    """The run-store root of ``--store`` for reading: a bad protocol is one error line."""
+    from tilegraph import storage
+    from tilegraph.storage.urls import filesystem, is_local
 
-    runs = storage.Root(args.store).runs()
+    try:
+        root = storage.Root(args.store)
+        if not is_local(root.url):
+            filesystem(root.url)
+    except (ValueError, ImportError, TypeError) as exc:
+        raise UsageError(f"--store {one_line(args.store, 200)}: {one_line(exc, 200)}") from None
+    return root
+
+
+def _cmd_runs(args) -> int:
+    runs = _read_root(args).runs()
     if args.json:
         print(json.dumps({"runs": runs}))
         return 0
@@ -374,7 +432,10 @@ def _cmd_runs(args) -> int:
         print(f"no runs under {args.store}")
         return 0
     rows = [
-        [r["run_id"], r["pipeline"], r["status"], str(r.get("started") or ""), r["url"]]
+        [
+            one_line(c, 200)
+            for c in (r["run_id"], r["pipeline"], r["status"], r.get("started") or "", r["url"])
+        ]
         for r in runs
     ]
     print(_table(rows, ["run", "pipeline", "status", "started", "path"]))
@@ -382,10 +443,9 @@ def _cmd_runs(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    import storage
-
+    root = _read_root(args)
     try:
-        run = storage.Root(args.store).open(args.run_id)
+        run = root.open(args.run_id)
     except (KeyError, ValueError) as exc:
         raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
     info = {
@@ -401,18 +461,19 @@ def _cmd_show(args) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"run       {run.run_id} ({run.pipeline}), {run.status}")
-    print(f"path      {run.url}")
+    # a store may come from anyone: everything it says is printed escaped
+    print(f"run       {one_line(run.run_id)} ({one_line(run.pipeline)}), {one_line(run.status)}")
+    print(f"path      {one_line(run.url)}")
     if run.error:
-        print(f"error     {run.error}")
+        print(f"error     {one_line(run.error, 2000)}")
     print("config")
-    print(_indent(json.dumps(run.config, indent=2)))
+    print(_indent(json.dumps(run.config, indent=2)))  # JSON escapes control characters
     print("metrics")
-    print(_indent(_table([[k, _fmt(v)] for k, v in run.metrics.items()])))
+    print(_indent(_table([[one_line(k), one_line(_fmt(v))] for k, v in run.metrics.items()])))
     prov = run.provenance
     keys = ("started", "ended", "backend", "host", "git_commit", "tilegraph")
     print("provenance")
-    print(_indent(_table([[k, str(prov.get(k))] for k in keys if k in prov])))
+    print(_indent(_table([[k, one_line(prov.get(k))] for k in keys if k in prov])))
     print("open the results with: xarray.open_zarr(path + '/result', consolidated=False)")
     return 0
 
@@ -431,11 +492,26 @@ def main(argv: list[str] | None = None) -> int:
         "runs": _cmd_runs,
         "show": _cmd_show,
     }
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        saved[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+        if args.command in ("list", "runs", "show") and hasattr(signal, "SIGPIPE"):
+            # read-only: `tilegraph show ID | head -3` ends quietly, as coreutils do
+            saved[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        else:
+            saved[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return handlers[args.command](args)
     except (ConfigError, UsageError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {one_line(exc)}\n")
         return 2
+    except KeyboardInterrupt as exc:  # before a run existed (connecting, validating)
+        _quiet_shutdown()
+        sys.stderr.write(f"error: interrupted ({getattr(exc, 'reason', 'Ctrl-C')})\n")
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,8 @@ as one line that names the field and what is allowed (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import cmath
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,17 +22,69 @@ class ConfigError(ValueError):
     """Bad input: the message is one line naming the field and what is allowed."""
 
 
+#: Largest ``--config`` file and ``--set`` value read, in bytes.
+MAX_YAML_BYTES = 1 << 20
+#: Most values (scalars, list items, mapping entries) a YAML document may expand to,
+#: counting every use of an alias: a config is small, an alias bomb is not.
+MAX_YAML_VALUES = 100_000
+
+
+def shorten(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for one-line error messages."""
+    text = repr(value) if not isinstance(value, str) else repr(value[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_expansion(value: Any, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(
+            f"expands to more than {MAX_YAML_VALUES} values (YAML aliases?); "
+            "a config is much smaller"
+        )
+    if isinstance(value, Mapping):
+        for v in value.values():
+            _check_expansion(v, budget)
+    elif isinstance(value, list):
+        for v in value:
+            _check_expansion(v, budget)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse bounded YAML: at most :data:`MAX_YAML_BYTES` and :data:`MAX_YAML_VALUES`.
+
+    Raises
+    ------
+    ConfigError
+        ``where`` and the first line of the problem.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_YAML_BYTES // 1024} KiB")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({first[:200]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    try:
+        _check_expansion(value, [MAX_YAML_VALUES])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    return value
+
+
 def parse_set(item: str) -> tuple[list[str], Any]:
     """Split ``key.sub=value``; the value is parsed as YAML (numbers, booleans, lists)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set n_fine=200)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({first})") from None
+        raise ConfigError(f"--set {shorten(item)}: expected key=value (e.g. --set n_fine=200)")
+    if len(key) > 200:
+        raise ConfigError(f"--set {shorten(key)}: not a config field")
+    value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
     return key.split("."), value
 
 
@@ -55,12 +109,16 @@ def read_config_file(path: str) -> dict:
     """Read a YAML (or JSON) mapping from ``path``."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: no such file {path!r}")
+        raise ConfigError(f"--config: no such file {shorten(path)}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"--config {path}: not valid YAML ({first})") from None
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"--config {path}: larger than {MAX_YAML_BYTES // 1024} KiB")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a UTF-8 text file (YAML expected)") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    data = load_yaml(text, f"--config {path}")
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -81,7 +139,7 @@ def describe_error(model: type[BaseModel], exc: ValidationError) -> str:
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     elif "input" in err and err["type"] not in ("missing",):
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {shorten(err['input'])})"
     if not err["loc"]:  # a rule across fields: its message names them
         return f"config: {msg}"
     return f"config field '{loc}': {msg}"
@@ -101,7 +159,7 @@ def _field_names(model: type[BaseModel], loc) -> list[str]:
 def build_config(
     pipeline: Pipeline,
     preset: str | None = None,
-    config_file: str | None = None,
+    config_file: str | Mapping | None = None,
     sets: Iterable[str] = (),
     base: Mapping | None = None,
 ) -> BaseModel:
@@ -112,8 +170,8 @@ def build_config(
     pipeline : Pipeline
     preset : str, optional
         Name of a preset; the pipeline's default preset when None and no ``base``.
-    config_file : str, optional
-        YAML file with (nested) fields.
+    config_file : str or mapping, optional
+        YAML file with (nested) fields, or the fields themselves.
     sets : iterable of str
         ``key=value`` overrides, dotted keys for nested fields.
     base : mapping, optional
@@ -134,11 +192,32 @@ def build_config(
             )
         data = dict(pipeline.presets[name])
     if config_file:
-        data = _merge(data, read_config_file(config_file))
+        fields = config_file if isinstance(config_file, Mapping) else read_config_file(config_file)
+        data = _merge(data, fields)
     for item in sets:
         path, value = parse_set(item)
         data = _set_path(data, path, value)
+    _check_finite(data)
     try:
-        return pipeline.config.model_validate(data)
+        config = pipeline.config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_error(pipeline.config, exc)) from None
+    except ArithmeticError as exc:  # a rule across fields overflowed on extreme values
+        raise ConfigError(f"config: values out of range ({type(exc).__name__}: {exc})") from None
+    _check_finite(config.model_dump(mode="python"))
+    return config
+
+
+def _check_finite(value: Any, where: str = "") -> None:
+    """Refuse NaN and ±inf anywhere in a config: every number a pipeline takes is meant
+    to be finite (``--set tol=.inf`` would otherwise fail much later, or run wrong)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config field '{where}': must be a finite number (got {value})")
+    if isinstance(value, complex) and not cmath.isfinite(value):
+        raise ConfigError(f"config field '{where}': must be a finite number (got {value})")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")

@@ -63,7 +63,7 @@ def execute(
     Exception
         Whatever the pipeline raised, after marking the run ``failed``.
     """
-    import cluster
+    from tilegraph import cluster
 
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     t0 = time.perf_counter()
@@ -73,8 +73,12 @@ def execute(
         try:
             metrics = dict(pipeline.run(config, ctx) or {})
             break
-        except Exception as exc:
-            if restarts < retries and cluster.is_worker_lost(exc):
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI
+            how = getattr(exc, "reason", None) or "KeyboardInterrupt"
+            run.mark_failed(f"interrupted ({how}); continue it with --resume {run.run_id}")
+            raise
+        except BaseException as exc:  # SystemExit from user code too: never left running
+            if isinstance(exc, Exception) and restarts < retries and cluster.is_worker_lost(exc):
                 restarts += 1
                 resume = True
                 log(

@@ -5,7 +5,7 @@ A user's package adds a pipeline with, in its ``pyproject.toml``::
     [project.entry-points."tilegraph.pipelines"]
     my-problem = "my_package.pipeline:PIPELINE"
 
-where ``PIPELINE`` is a :class:`pipelines.base.Pipeline`.
+where ``PIPELINE`` is a :class:`tilegraph.pipelines.base.Pipeline`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ GROUP = "tilegraph.pipelines"
 
 # The built-in pipelines, so a checkout that is not pip-installed still finds them.
 _BUILTIN = {
-    "domain-split": "pipelines.domain_split:PIPELINE",
-    "ttn": "pipelines.ttn:PIPELINE",
-    "bilevel": "pipelines.bilevel:PIPELINE",
-    "picard": "pipelines.picard:PIPELINE",
+    "domain-split": "tilegraph.pipelines.domain_split:PIPELINE",
+    "ttn": "tilegraph.pipelines.ttn:PIPELINE",
+    "bilevel": "tilegraph.pipelines.bilevel:PIPELINE",
+    "picard": "tilegraph.pipelines.picard:PIPELINE",
 }
 
 

@@ -217,8 +217,7 @@ def run_point(
     dict
         ``{"status": "complete", "metrics": …}`` or ``{"status": "failed", "error": …}``.
     """
-    import cluster
-    import storage
+    from tilegraph import cluster, storage
 
     pipeline = get_pipeline(name)
     cfg = pipeline.config.model_validate(config)
@@ -371,7 +370,7 @@ def _config_key(config: dict) -> str:
 
 def _complete_runs_by_config(root: Any, pipeline: str) -> dict[str, str]:
     """Config (canonical JSON) -> run id of the newest complete run with that config."""
-    import storage
+    from tilegraph import storage
 
     out = {}
     for summary in root.runs(pipeline):
@@ -411,7 +410,7 @@ def run_sweep(
     -------
     SweepResult
     """
-    import storage
+    from tilegraph import storage
 
     name = plan.pipeline.name
     options = root.options or None

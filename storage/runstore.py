@@ -38,7 +38,7 @@ FAILED = "failed"
 #: Side file of a failed run holding the traceback of the exception that ended it.
 TRACEBACK_FILE = "traceback.txt"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RESERVED = {_ckpt.CHECKPOINTS}
 
 
@@ -48,8 +48,22 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
     return f"{now.astimezone(_dt.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+def _umask() -> int:
+    """The process's umask (from /proc where it is, else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid {kind} {name!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
@@ -59,7 +73,7 @@ def _check_name(kind: str, name: str) -> str:
 
 def _check_path(kind: str, path: str) -> str:
     parts = path.split("/") if isinstance(path, str) else [""]
-    if not all(_NAME.match(p) for p in parts):
+    if not all(_NAME.fullmatch(p) for p in parts):
         raise ValueError(
             f"invalid {kind} {path!r}: '/'-separated names of letters, digits, '.', '_', '-'"
         )
@@ -395,7 +409,9 @@ class RunStore:
         scalars: Mapping[str, Any] | None = None,
         keep: int | None = 3,
     ) -> None:
-        """Save the state of ``step`` atomically (see :func:`storage.checkpoint.save_checkpoint`).
+        """Save the state of ``step`` atomically.
+
+        See :func:`tilegraph.storage.checkpoint.save_checkpoint`.
 
         Parameters
         ----------
@@ -451,6 +467,7 @@ class RunStore:
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; Zarr's files follow umask
                 os.replace(tmp, target)
             except BaseException:
                 if os.path.exists(tmp):
@@ -586,7 +603,7 @@ class Root:
         """
         fs, base = self._fs()
         where = f"pipeline {pipeline!r}" if pipeline else "any pipeline"
-        if not isinstance(run_id, str) or not _NAME.match(run_id):
+        if not isinstance(run_id, str) or not _NAME.fullmatch(run_id):
             raise RunNotFound(f"no run {run_id!r} under {self._url}: not a valid run id")
         if pipeline is not None:
             _check_name("pipeline", pipeline)
@@ -596,6 +613,16 @@ class Root:
                 p[len(base) :].strip("/").split("/")[0]
                 for p in fs.glob(join(base, "*", run_id, "zarr.json"))
             )
+        if not hits and pipeline is not None:
+            elsewhere = sorted(
+                p[len(base) :].strip("/").split("/")[0]
+                for p in fs.glob(join(base, "*", run_id, "zarr.json"))
+            )
+            if elsewhere:
+                raise RunNotFound(
+                    f"run {run_id!r} belongs to pipeline {elsewhere[0]!r}, not {pipeline!r} "
+                    f"(tilegraph run {elsewhere[0]} --resume {run_id})"
+                )
         if not hits:
             known = len(self.runs(pipeline))
             raise RunNotFound(

@@ -13,7 +13,7 @@ from typing import Any
 import fsspec
 from zarr.storage import FsspecStore, LocalStore
 
-__all__ = ["filesystem", "is_local", "join", "normalize_url", "open_store"]
+__all__ = ["check_root", "filesystem", "is_local", "join", "normalize_url", "open_store"]
 
 
 def _protocol(url: str) -> str | None:
@@ -88,3 +88,39 @@ def filesystem(
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(fs, path)``: the fsspec file system behind ``url`` and the path on it."""
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def check_root(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Check, without writing anything, that runs can be created under ``url``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the location and the reason: an unknown protocol, a protocol
+        whose package is missing, a path through a file, a folder that is not writable
+        or on a read-only file system.
+    """
+    if not is_local(url):
+        try:
+            filesystem(url, storage_options)
+        except ImportError as exc:
+            raise ValueError(f"{url}: the package for this protocol is missing ({exc})") from None
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{url}: {str(exc)[:200]}") from None
+        return
+    path = normalize_url(url)
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        what = "a file" if os.path.isfile(probe) else "not a folder"
+        where = "" if probe == path else f" ({probe} is on its path)"
+        raise ValueError(f"{path}: {what}{where}; a store is a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        stat = os.statvfs(probe) if hasattr(os, "statvfs") else None
+        if stat is not None and stat.f_flag & getattr(os, "ST_RDONLY", 1):
+            raise ValueError(f"{path}: {probe} is on a read-only file system")
+        raise ValueError(f"{path}: {probe} is not writable by this user")

@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="module")
 def executors():
     """``executors(spec)`` -> an open, shared ``cluster.Executor`` (closed at the end)."""
-    import cluster
+    from tilegraph import cluster
 
     opened: dict = {}
 
@@ -30,7 +30,7 @@ def executors():
 def pytest_collection_modifyitems(config, items):
     if not any("gpu" in item.keywords for item in items):
         return
-    from cluster.gpus import local_gpu_count
+    from tilegraph.cluster.gpus import local_gpu_count
 
     if local_gpu_count() > 0:
         return

@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tilegraph(*args, cwd=None, timeout=240, env=None):
     """Run the ``tilegraph`` command line in a subprocess, as a user would."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    env = dict(os.environ, **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "tilegraph.pipelines.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

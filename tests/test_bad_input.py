@@ -18,9 +18,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from pipelines import cli
-from pipelines.registry import load_pipelines
+from tilegraph.pipelines import cli
+from tilegraph.pipelines.registry import load_pipelines
 
 PIPELINES = load_pipelines()
 

@@ -4,16 +4,15 @@ sequential BSVRB iteration against the known x*."""
 
 import numpy as np
 import pytest
-
-from pipelines.bilevel.config import BilevelConfig
-from tasks.bilevel.hypergradient import (
+from tilegraph.pipelines.bilevel.config import BilevelConfig
+from tilegraph.tasks.bilevel.hypergradient import (
     block_hypergradient,
     hypergradient,
     reference_optimum,
     solve_lower,
     upper_objective,
 )
-from tasks.bilevel.methods import (
+from tilegraph.tasks.bilevel.methods import (
     METHODS,
     Steps,
     block_step,
@@ -24,9 +23,9 @@ from tasks.bilevel.methods import (
     state_size,
     unpack,
 )
-from tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
-from tasks.bilevel.sampling import draw
-from tasks.bilevel.sequential import run_sequential
+from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
+from tilegraph.tasks.bilevel.sampling import draw
+from tilegraph.tasks.bilevel.sequential import run_sequential
 
 PROBLEMS = {
     "quadratic": lambda: QuadraticBlocks(m=4, dim_x=3, dim_y=4, n_lower=10),
@@ -273,7 +272,7 @@ def test_eager_lower_update_catches_up_on_missed_iterations():
 def test_digits_ridge_bsvrb_approaches_the_lbfgs_optimum():
     """On real data (digits, m = 10, I = 2, B = 32) v2 gets within 2 % of the optimum
     that L-BFGS finds on the exact hypergradient."""
-    from pipelines.bilevel.config import PRESETS
+    from tilegraph.pipelines.bilevel.config import PRESETS
 
     cfg = BilevelConfig.model_validate(PRESETS["digits"])
     p = cfg.problem.build()

@@ -11,16 +11,15 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from helpers import ROOT, last_json, tilegraph
-
-import storage
-from pipelines import cli
-from pipelines.base import RunContext
-from pipelines.bilevel import PIPELINE
-from pipelines.config import build_config
-from pipelines.progress import silent
-from tasks.bilevel.methods import METHODS
-from tasks.bilevel.sequential import run_sequential
+from helpers import last_json, tilegraph
+from tilegraph import storage
+from tilegraph.pipelines import cli
+from tilegraph.pipelines.base import RunContext
+from tilegraph.pipelines.bilevel import PIPELINE
+from tilegraph.pipelines.config import build_config
+from tilegraph.pipelines.progress import silent
+from tilegraph.tasks.bilevel.methods import METHODS
+from tilegraph.tasks.bilevel.sequential import run_sequential
 
 
 def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):
@@ -177,8 +176,17 @@ def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
 
     store = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "bilevel", *sets, "--store", str(store)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        [
+            sys.executable,
+            "-m",
+            "tilegraph.pipelines.cli",
+            "run",
+            "bilevel",
+            *sets,
+            "--store",
+            str(store),
+        ],
+        env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -210,7 +218,7 @@ def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
 
 
 def test_compared_method_and_resume_after_it_failed(tmp_path, executors, monkeypatch):
-    import pipelines.bilevel.runner as runner
+    import tilegraph.pipelines.bilevel.runner as runner
 
     ex = executors("sync")
     sets = [*SHORT, "method=bsvrb-v1", "compare=[sgd]"]

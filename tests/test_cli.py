@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from helpers import ROOT, last_json, tilegraph
-
-import storage
+from helpers import last_json, tilegraph
+from tilegraph import storage
 
 
 def test_list():
@@ -143,12 +142,12 @@ def test_unknown_pipeline_and_run(tmp_path):
 
 
 def test_failed_run_exits_1_and_marks_store_failed(tmp_path, monkeypatch, capsys):
-    from pipelines import cli
+    from tilegraph.pipelines import cli
 
     def broken(*args, **kwargs):
         raise FloatingPointError("injected failure")
 
-    monkeypatch.setattr("pipelines.domain_split.runner.fgmres", broken)
+    monkeypatch.setattr("tilegraph.pipelines.domain_split.runner.fgmres", broken)
     code = cli.main(
         ["run", "domain-split", "--cluster", "sync", "--store", str(tmp_path), "--json"]
     )
@@ -185,12 +184,12 @@ def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
     ref = last_json(ref.stdout)
 
     store = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "tilegraph.pipelines.cli",
             "run",
             "domain-split",
             *sets,
@@ -233,8 +232,8 @@ def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
 
 
 def test_resume_after_a_failure_while_writing_results(tmp_path, monkeypatch, capsys):
-    import pipelines.domain_split.runner as runner
-    from pipelines import cli
+    import tilegraph.pipelines.domain_split.runner as runner
+    from tilegraph.pipelines import cli
 
     args = ["run", "domain-split", "--cluster", "sync", "--set", "tol=1e-9", "--json"]
     assert cli.main([*args, "--store", str(tmp_path / "ref")]) == 0

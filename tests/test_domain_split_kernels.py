@@ -6,8 +6,7 @@ import itertools
 import numpy as np
 import pytest
 from scipy.sparse.linalg import spsolve
-
-from tasks.domain_split.combine import (
+from tilegraph.tasks.domain_split.combine import (
     SubmeshSolver,
     correct,
     merge,
@@ -16,8 +15,8 @@ from tasks.domain_split.combine import (
     skeleton,
     spline_matrix,
 )
-from tasks.domain_split.grid import Layout, merge_weights
-from tasks.domain_split.holes import (
+from tilegraph.tasks.domain_split.grid import Layout, merge_weights
+from tilegraph.tasks.domain_split.holes import (
     BoxSolver,
     fill_block,
     shift_offsets,
@@ -25,8 +24,8 @@ from tasks.domain_split.holes import (
     smooth_block,
     smooth_region,
 )
-from tasks.domain_split.operator import apply_stencil, assemble, fine_axes, rhs_block
-from tasks.domain_split.problems import Problem
+from tilegraph.tasks.domain_split.operator import apply_stencil, assemble, fine_axes, rhs_block
+from tilegraph.tasks.domain_split.problems import Problem
 
 CONST = Problem("constant", 2, (1.0, 1.0), (2.0, 1.0))
 VAR = Problem("variable", 2)

@@ -4,12 +4,11 @@ with xarray, judged against SciPy's direct solve of the fine system."""
 import numpy as np
 import pytest
 import xarray as xr
-
-import storage
-from pipelines.base import RunContext
-from pipelines.config import build_config
-from pipelines.domain_split import PIPELINE
-from pipelines.progress import silent
+from tilegraph import storage
+from tilegraph.pipelines.base import RunContext
+from tilegraph.pipelines.config import build_config
+from tilegraph.pipelines.domain_split import PIPELINE
+from tilegraph.pipelines.progress import silent
 
 
 def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):

@@ -21,8 +21,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-
-import cluster
+from tilegraph import cluster
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKENDS = ["sync", "threads", "local:2", "ray:2"]

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from helpers import ROOT, last_json, tilegraph
+from helpers import last_json, tilegraph
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    return dict(os.environ)
 
 
 def _tool(name: str) -> str:
@@ -82,6 +82,48 @@ def _same_answer(res: dict, ref: dict) -> None:
     np.testing.assert_array_equal(a, b)
 
 
+USER_PACKAGE = {
+    "__init__.py": "",
+    "models.py": (
+        "from tilegraph.tasks.picard.models import GaussianMixture\n\n\n"
+        "def factory(abar):\n"
+        "    return GaussianMixture([[2.0, 0.0], [-2.0, 1.0]], [0.3, 0.7], 0.2, abar)\n"
+    ),
+}
+PICARD = ["--set=model=custom", "--set=custom=tg_userext.models:factory"]
+PICARD += ["--set=n_samples=4", "--set=batch_size=2", "--set=steps=200", "--set=train_steps=200"]
+
+
+def _elsewhere(tmp_path):
+    """The folder the cluster's processes start in: not the user's project."""
+    folder = tmp_path / "cluster-home"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _user_code_run(address: str, tmp_path) -> None:
+    """picard with the user's own model package, from the user's project folder, on
+    workers that never saw it: the answer of an in-process run."""
+    project = tmp_path / "project"
+    (project / "tg_userext").mkdir(parents=True, exist_ok=True)
+    for name, text in USER_PACKAGE.items():
+        (project / "tg_userext" / name).write_text(text)
+    runs = tmp_path / "user-runs"
+    results = []
+    for spec in ("sync", address):
+        out = tilegraph(
+            "run", "picard", *PICARD, "--cluster", spec, "--store", str(runs), "--json",
+            cwd=project, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, f"{spec}: {out.stderr}"
+        results.append(last_json(out.stdout))
+    ref, res = results
+    assert res["metrics"]["iterations"] == ref["metrics"]["iterations"]
+    a = xr.open_zarr(ref["path"] + "/result", consolidated=False).samples.values
+    b = xr.open_zarr(res["path"] + "/result", consolidated=False).samples.values
+    np.testing.assert_array_equal(a, b)
+
+
 def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -90,6 +132,7 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
         [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
         + ["--dashboard-address", "127.0.0.1:0", "--no-show"],
         env=_env(),
+        cwd=_elsewhere(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -100,6 +143,7 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
             [dask, "worker", address, "--nworkers", "2", "--nthreads", "1"]
             + ["--no-dashboard", "--local-directory", str(tmp_path / "dask-workers")],
             env=_env(),
+            cwd=_elsewhere(tmp_path),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -123,6 +167,8 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert last_json(out.stdout)["complete"] == 2
+
+        _user_code_run(address, tmp_path)
 
         # tilegraph left the cluster running
         with Client(address, timeout=30) as client:
@@ -148,6 +194,7 @@ def test_ray_head_started_with_ray_start(tmp_path, reference):
         + [f"--ray-client-server-port={client_port}"]
         + ["--include-dashboard=false", "--disable-usage-stats"],
         env=_env(),
+        cwd=_elsewhere(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -180,6 +227,7 @@ def test_ray_head_started_with_ray_start(tmp_path, reference):
             res = last_json(out.stdout)
             _same_answer(res, reference)
             assert head.poll() is None, "tilegraph stopped a cluster it did not start"
+        _user_code_run(addresses[0], tmp_path)
     finally:
         _stop(head)
     assert head.returncode is not None

@@ -14,9 +14,8 @@ import numpy as np
 import psutil
 import pytest
 import xarray as xr
-from helpers import ROOT, last_json, tilegraph
-
-import storage
+from helpers import last_json, tilegraph
+from tilegraph import storage
 
 pytestmark = pytest.mark.slow
 
@@ -72,9 +71,9 @@ def _checkpoints(store, name) -> int:
 
 
 def _start(name, sets, store, spec):
-    args = [sys.executable, "-m", "pipelines.cli", "run", name, "--cluster", spec]
+    args = [sys.executable, "-m", "tilegraph.pipelines.cli", "run", name, "--cluster", spec]
     args += [f"--set={s}" for s in sets] + ["--store", str(store), "--json", "--debug"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     return subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -227,9 +226,17 @@ def test_killed_worker_during_a_sweep(tmp_path, reference, spec):
     ref = reference(name)
     store = tmp_path / "runs"
     sets = [f"--set={s}" for s in CASES[name]["sets"] if not s.startswith("tol=")]
-    args = [sys.executable, "-m", "pipelines.cli", "sweep", name, "--grid", "tol=1e-11,1e-10"]
+    args = [
+        sys.executable,
+        "-m",
+        "tilegraph.pipelines.cli",
+        "sweep",
+        name,
+        "--grid",
+        "tol=1e-11,1e-10",
+    ]
     args += [*sets, "--cluster", spec, "--store", str(store), "--json"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

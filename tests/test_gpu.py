@@ -7,8 +7,7 @@ import os
 
 import numpy as np
 import pytest
-
-import cluster
+from tilegraph import cluster
 
 pytestmark = pytest.mark.gpu
 

@@ -9,10 +9,9 @@ import textwrap
 
 import pytest
 import yaml
-
-import cluster
-from cluster.jobqueue import ProfileError, job_script, load_profile
-from pipelines import cli
+from tilegraph import cluster
+from tilegraph.cluster.jobqueue import ProfileError, job_script, load_profile
+from tilegraph.pipelines import cli
 
 PROFILE = {
     "queue": "compute",

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-
-import storage
+from tilegraph import storage
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+ENV = dict(os.environ)
 
 
 def tilegraph(*args, timeout=240):
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "tilegraph.pipelines.cli", *args],
         capture_output=True,
         text=True,
         env=ENV,
@@ -51,7 +50,16 @@ def test_killed_run_resumes_to_the_uninterrupted_answer(tmp_path):
 
     store = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "picard", *SETS, "--store", str(store)],
+        [
+            sys.executable,
+            "-m",
+            "tilegraph.pipelines.cli",
+            "run",
+            "picard",
+            *SETS,
+            "--store",
+            str(store),
+        ],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

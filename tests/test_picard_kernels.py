@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
-
-from tasks.picard.models import GaussianMixture, MLPDenoiser, time_features
-from tasks.picard.samplers import (
+from tilegraph.tasks.picard.models import GaussianMixture, MLPDenoiser, time_features
+from tilegraph.tasks.picard.samplers import (
     _data_spread,
     _fill_unseen,
     draw_noise,
@@ -20,7 +19,7 @@ from tasks.picard.samplers import (
     picard,
     sequential,
 )
-from tasks.picard.schedules import (
+from tilegraph.tasks.picard.schedules import (
     cosine_betas,
     ddim_steps,
     ddpm_steps,

@@ -4,13 +4,12 @@ xarray, judged against the sequential sampler run on the same pre-drawn noise.""
 import numpy as np
 import pytest
 import xarray as xr
-
-import storage
-from pipelines.base import RunContext
-from pipelines.config import ConfigError, build_config
-from pipelines.picard import PIPELINE
-from pipelines.progress import silent
-from tasks.picard.samplers import HISTORY_COLUMNS
+from tilegraph import storage
+from tilegraph.pipelines.base import RunContext
+from tilegraph.pipelines.config import ConfigError, build_config
+from tilegraph.pipelines.picard import PIPELINE
+from tilegraph.pipelines.progress import silent
+from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS
 
 SMALL = ["n_samples=8", "batch_size=4"]
 
@@ -240,18 +239,29 @@ def test_digits_model_is_trained_stored_and_reused(tmp_path, executors):
     )
 
 
+SMALL_MIXTURE = """
+from tilegraph.tasks.picard.models import GaussianMixture
+
+
 def small_mixture(abar):
-    """A user's model factory for ``model=custom``: any object with ``eps`` and
-    ``sample_shape`` (here an exact 3-D mixture)."""
-    from tasks.picard.models import GaussianMixture
-
+    # any object with eps and sample_shape (here an exact 3-D mixture)
     return GaussianMixture([[2.0, 0.0, 0.0], [-2.0, 1.0, 0.0]], [0.3, 0.7], 0.2, abar)
+"""
 
 
-def test_custom_model_from_an_import_path(tmp_path, executors):
-    sets = ["model=custom", "custom=tests.test_picard_pipeline:small_mixture", *SMALL]
-    store, m = run_pipeline(tmp_path, executors("sync"), sets=sets)
-    ds = xr.open_zarr(store.url + "/result", consolidated=False)
+def test_custom_model_from_an_import_path(tmp_path, executors, monkeypatch):
+    """A user's model factory for ``model=custom`` in a module of the working folder,
+    through ``tilegraph.run`` (the resolver makes the folder importable)."""
+    import tilegraph
+
+    (tmp_path / "tg_usermixture.py").write_text(SMALL_MIXTURE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    sets = ["model=custom", "custom=tg_usermixture:small_mixture", *SMALL]
+    run = tilegraph.run("picard", sets=sets, cluster=executors("sync"), store=tmp_path / "runs")
+    m = run.metrics
+    assert run.status == "complete"
+    ds = run.open_dataset("result")
     assert ds.samples.shape == (8, 3) and ds.samples.dims == ("sample", "axis_0")
     assert m["iterations"] <= 40 and m["max_abs_diff_vs_sequential"] <= 1e-3
     # the samples sit at the two means (spread 0.2)
@@ -271,7 +281,7 @@ def test_custom_model_from_an_import_path(tmp_path, executors):
         (["eta=0.5"], "eta applies to sampler=ddim"),
         (["digits.hidden=[]"], "hidden"),
         (["model=custom"], "model=custom needs custom"),
-        (["model=custom", "custom=nocolon"], "package.module:factory"),
+        (["model=custom", "custom=nocolon"], "package.module:attribute"),
     ],
 )
 def test_bad_config_names_the_field(sets, needle):

@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
-import storage
-from storage import checkpoint as ckpt
+from tilegraph import storage
+from tilegraph.storage import checkpoint as ckpt
 
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 

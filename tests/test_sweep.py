@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import xarray as xr
 from helpers import last_json, tilegraph
-
-import storage
-from pipelines.config import ConfigError
-from pipelines.registry import get_pipeline
-from pipelines.sweep import parse_grid, plan_sweep, run_sweep
+from tilegraph import storage
+from tilegraph.pipelines.config import ConfigError
+from tilegraph.pipelines.registry import get_pipeline
+from tilegraph.pipelines.sweep import parse_grid, plan_sweep, run_sweep
 
 BASE = ["n_coarse=4", "tol=1e-9", "direct_reference=true"]
 
@@ -158,8 +157,8 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
 
 
 def test_failed_points_carry_their_error_and_numbers_stay_numbers(tmp_path, monkeypatch):
-    import cluster
-    import pipelines.domain_split.runner as runner
+    import tilegraph.pipelines.domain_split.runner as runner
+    from tilegraph import cluster
 
     def boom(*a, **k):
         raise OSError("disk full while plotting")

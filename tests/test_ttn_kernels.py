@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import scipy.linalg as sla
 from threadpoolctl import threadpool_limits
-
-from tasks.ttn import bug, operators, trees
-from tasks.ttn import state as st
-from tasks.ttn.expm import expm_apply
+from tilegraph.tasks.ttn import bug, operators, trees
+from tilegraph.tasks.ttn import state as st
+from tilegraph.tasks.ttn.expm import expm_apply
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +126,7 @@ def test_lanczos_exponential_matches_expm(xp_name):
 def test_batched_term_sum_and_projections_match_kronecker_products(xp_name):
     """TermSum (stacked per pattern of legs) and project_node against the operator built
     with np.kron, on a 3-leg tensor with mixed patterns, identities and a scalar term."""
-    from tasks.ttn.contract import TermSum, apply_each, project_node
+    from tilegraph.tasks.ttn.contract import TermSum, apply_each, project_node
 
     rng = np.random.default_rng(7)
     shape = (3, 4, 2)

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-
-import storage
-from pipelines.base import RunContext
-from pipelines.config import build_config
-from pipelines.registry import get_pipeline
-from tasks.ttn import operators, trees
-from tasks.ttn import state as st
+from tilegraph import storage
+from tilegraph.pipelines.base import RunContext
+from tilegraph.pipelines.config import build_config
+from tilegraph.pipelines.registry import get_pipeline
+from tilegraph.tasks.ttn import operators, trees
+from tilegraph.tasks.ttn import state as st
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ["T=0.5", "h=0.05", "checkpoint_every=3"]
@@ -98,8 +97,7 @@ def test_same_bits_on_dask_and_ray(executors, tmp_path, sync_result, spec):
 def _namespaces(monkeypatch, name: str, arg: int) -> set:
     """Record the array namespace of argument ``arg`` of every call of ``bug.name``."""
     from array_api_compat import array_namespace
-
-    from tasks.ttn import bug
+    from tilegraph.tasks.ttn import bug
 
     seen = set()
     fn = getattr(bug, name)
@@ -128,7 +126,7 @@ def test_generic_device_path_gives_the_numpy_answer(
     CuPy code path, on a CPU) and gives the NumPy answer: ``subtrees`` (one actor per
     child of the root), ``grouped`` (several subtrees per actor, as with fewer GPUs than
     subtrees) and ``nodes`` (every K-step and Galerkin step a task)."""
-    from pipelines.ttn import plan
+    from tilegraph.pipelines.ttn import plan
 
     sets = [*SETS, "device=array-api-strict"]
     ref_run, ref_m = sync_result
@@ -170,9 +168,9 @@ def test_convergence_study_is_first_order(executors, tmp_path):
 
 
 def tilegraph(*args, timeout=240):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "tilegraph.pipelines.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -208,9 +206,18 @@ def test_killed_run_resumes_to_the_uninterrupted_answer(tmp_path):
     ref = json.loads(ref.stdout.strip().splitlines()[-1])
 
     store = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "ttn", *sets, "--store", str(store)],
+        [
+            sys.executable,
+            "-m",
+            "tilegraph.pipelines.cli",
+            "run",
+            "ttn",
+            *sets,
+            "--store",
+            str(store),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

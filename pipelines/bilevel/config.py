@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from tasks.bilevel.methods import Steps
-from tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
+from tilegraph.tasks.bilevel.methods import Steps
+from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
 
 
 class ProblemConfig(BaseModel):
-    """Which multi-block problem (see :mod:`tasks.bilevel.problems`)."""
+    """Which multi-block problem (see :mod:`tilegraph.tasks.bilevel.problems`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,7 +41,7 @@ class ProblemConfig(BaseModel):
         return self
 
     def build(self):
-        """The :class:`tasks.bilevel.problems.BlockProblem` this config describes."""
+        """The :class:`tilegraph.tasks.bilevel.problems.BlockProblem` this config describes."""
         if self.kind == "quadratic":
             return QuadraticBlocks(
                 self.m,

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from tasks.bilevel.hypergradient import hypergradient, lower_solutions, reference_optimum
-from tasks.bilevel.hypergradient import upper_objective as exact_objective
-from tasks.bilevel.methods import state_layout, state_size, unpack, upper_step
-from tasks.bilevel.sampling import draw, init_batches
+from tilegraph.tasks.bilevel.hypergradient import hypergradient, lower_solutions, reference_optimum
+from tilegraph.tasks.bilevel.hypergradient import upper_objective as exact_objective
+from tilegraph.tasks.bilevel.methods import state_layout, state_size, unpack, upper_step
+from tilegraph.tasks.bilevel.sampling import draw, init_batches
 
 from ..base import RunContext
 from .config import BilevelConfig

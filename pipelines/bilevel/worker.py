@@ -23,9 +23,8 @@ import functools
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
-
-from tasks.bilevel.methods import block_step, init_state
-from tasks.devices import array_module, to_device, to_host
+from tilegraph.tasks.bilevel.methods import block_step, init_state
+from tilegraph.tasks.devices import array_module, to_device, to_host
 
 SLOTS = 3
 
@@ -113,7 +112,7 @@ def block_task(
 
     ``idx_g``, ``idx_f`` are the block's batches, ``wait`` the iterations since its last
     update; the keywords are the same for every block of an iteration (see
-    :func:`tasks.bilevel.methods.block_step`). ``iteration`` makes every task's
+    :func:`tilegraph.tasks.bilevel.methods.block_step`). ``iteration`` makes every task's
     arguments unique, so Dask never hands back an earlier result instead of writing.
     ``device`` is where the update runs (see the module docstring); what it returns and
     writes is NumPy on every device.

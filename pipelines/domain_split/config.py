@@ -6,12 +6,11 @@ import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-
-from tasks.domain_split.problems import Problem
+from tilegraph.tasks.domain_split.problems import Problem
 
 
 class ProblemConfig(BaseModel):
-    """Which manufactured problem (see :class:`tasks.domain_split.problems.Problem`)."""
+    """Which manufactured problem (see :class:`tilegraph.tasks.domain_split.problems.Problem`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -33,8 +33,7 @@ def direct_solution(problem, layout, scheme: str) -> np.ndarray:
     numpy.ndarray, shape ``layout.shape``
     """
     from scipy.sparse.linalg import splu
-
-    from tasks.domain_split.operator import PERMC, assemble, fine_axes, rhs_block
+    from tilegraph.tasks.domain_split.operator import PERMC, assemble, fine_axes, rhs_block
 
     B = rhs_block(problem, (0,) * layout.d, layout.shape, layout.n_fine)
     A_ii, A_ib, interior = assemble(problem, fine_axes(layout.n_fine, layout.d), scheme)

@@ -1,5 +1,5 @@
 """Driver side of ``domain-split``: the preconditioner, FGMRES and the stationary
-refinement, as passes of :class:`~pipelines.domain_split.worker.BlockWorker` actors over
+refinement, as passes of :class:`~tilegraph.pipelines.domain_split.worker.BlockWorker` actors over
 Zarr vectors.
 
 The driver holds only sub-mesh-sized data (restrictions, sub-mesh solutions, the
@@ -12,10 +12,9 @@ import math
 import time
 
 import numpy as np
-
-from tasks.domain_split.combine import correct, merge, spline_matrix
-from tasks.domain_split.grid import merge_weights
-from tasks.domain_split.holes import shift_offsets, work_region
+from tilegraph.tasks.domain_split.combine import correct, merge, spline_matrix
+from tilegraph.tasks.domain_split.grid import merge_weights
+from tilegraph.tasks.domain_split.holes import shift_offsets, work_region
 
 from .worker import BlockWorker
 
@@ -33,10 +32,10 @@ class BlockPlan:
         Whether the preconditioner starts with the shifted-box solves.
     shifts : int
         Shifted box sets the smoother sweeps over, one after the other (see
-        :func:`tasks.domain_split.holes.shift_offsets`).
+        :func:`tilegraph.tasks.domain_split.holes.shift_offsets`).
     submesh : tuple
         ``(method, tol)`` of the sub-mesh solves (see
-        :class:`tasks.domain_split.combine.SubmeshSolver`).
+        :class:`tilegraph.tasks.domain_split.combine.SubmeshSolver`).
     device : {"cpu", "cuda", "array-api-strict"}
         Where the workers' block kernels run; ``cuda`` gives each worker one GPU.
     cache : bool

@@ -3,7 +3,7 @@
 Every fine-grid vector lives in a Zarr array chunked by blocks. A :class:`BlockWorker`
 runs on a worker (a Dask or Ray actor, see ``cluster.Executor.actor``) and handles a
 fixed list of blocks: it reads what a pass needs (with halos where a stencil needs
-neighbours), calls the kernels of :mod:`tasks.domain_split`, writes only the chunks
+neighbours), calls the kernels of :mod:`tilegraph.tasks.domain_split`, writes only the chunks
 its blocks own, and returns small per-block results (partial sums, restrictions) that
 the driver reduces in block order. The actor exists to keep the box factorisations
 between passes; its results do not depend on which blocks it holds.
@@ -16,13 +16,18 @@ import functools
 import numpy as np
 from array_api_compat import array_namespace
 from threadpoolctl import threadpool_limits
-
-from tasks.devices import array_module, to_host
-from tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix
-from tasks.domain_split.grid import Layout
-from tasks.domain_split.holes import BoxSolver, fill_block, pad1, smooth_block, smooth_region
-from tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
-from tasks.domain_split.problems import Problem
+from tilegraph.tasks.devices import array_module, to_host
+from tilegraph.tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix
+from tilegraph.tasks.domain_split.grid import Layout
+from tilegraph.tasks.domain_split.holes import (
+    BoxSolver,
+    fill_block,
+    pad1,
+    smooth_block,
+    smooth_region,
+)
+from tilegraph.tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
+from tilegraph.tasks.domain_split.problems import Problem
 
 
 def _one_thread(method):
@@ -55,7 +60,7 @@ class BlockWorker:
         memory and skip Zarr.
     submesh : tuple
         ``(method, tol)`` of the sub-mesh solves this worker is given (see
-        :class:`tasks.domain_split.combine.SubmeshSolver`).
+        :class:`tilegraph.tasks.domain_split.combine.SubmeshSolver`).
     device : {"cpu", "cuda", "array-api-strict"}
         Where the block kernels (stencils, box solves, vector updates) run: NumPy, CuPy
         on the worker's GPU, or array-api-strict arrays (the GPU code path, checked on

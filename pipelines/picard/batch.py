@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-
-from tasks.picard.samplers import HISTORY_COLUMNS, draw_noise, picard
+from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS, draw_noise, picard
 
 
 def split_steps(n_rows: int, n: int, parts: int) -> list[slice]:
@@ -46,7 +45,7 @@ def sample_batch(
     steps : tasks.picard.schedules.Steps
     sample_shape : tuple of int
     eps_fn : callable
-        ``eps_fn(x, t)`` of a whole window (see :func:`tasks.picard.samplers.picard`).
+        ``eps_fn(x, t)`` of a whole window (see :func:`tilegraph.tasks.picard.samplers.picard`).
     run_sequential : callable
         ``run_sequential(steps, x_T, z) -> (samples, wall seconds)``.
     arrays : dict of str to storage ArrayRef

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..imports import ExternalURL, ImportPath
+
 
 class GMMConfig(BaseModel):
     """The exact Gaussian-mixture model: ``K`` components ``N(mu_k, spread^2 I)`` in
@@ -30,7 +32,7 @@ class DigitsConfig(BaseModel):
     epochs: int = Field(default=20, ge=1, description="training epochs (fresh noise each)")
     repeats: int = Field(default=4, ge=1, description="noised copies of the data per epoch")
     seed: int = Field(default=0, ge=0, description="seed of the training noise and weights")
-    weights_from: str | None = Field(
+    weights_from: ExternalURL | None = Field(
         default=None,
         description="run store (path/URL) whose trained weights to load instead of training",
     )
@@ -51,7 +53,7 @@ class PicardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Literal["gmm", "digits", "custom"] = "gmm"
-    custom: str | None = Field(
+    custom: ImportPath | None = Field(
         default=None,
         description="model=custom: 'package.module:factory', factory(abar) -> an object "
         "with eps(x, t) and sample_shape",
@@ -121,10 +123,6 @@ class PicardConfig(BaseModel):
             )
         if (self.model == "custom") != bool(self.custom):
             raise ValueError("model=custom needs custom='package.module:factory' (and only it)")
-        if self.custom and ":" not in self.custom:
-            raise ValueError(
-                f"custom must look like 'package.module:factory' (got {self.custom!r})"
-            )
         if self.eta and self.sampler != "ddim":
             raise ValueError("eta applies to sampler=ddim only (set eta=0 for ddpm)")
         return self

@@ -9,10 +9,9 @@ them from there. A later run can reuse them with ``digits.weights_from=<run path
 from __future__ import annotations
 
 import numpy as np
-
-import storage
-from tasks.picard.models import DiffusionModel, GaussianMixture
-from tasks.picard.training import train_denoiser
+from tilegraph import storage
+from tilegraph.tasks.picard.models import DiffusionModel, GaussianMixture
+from tilegraph.tasks.picard.training import train_denoiser
 
 from .config import PicardConfig
 from .worker import build_model

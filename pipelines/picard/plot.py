@@ -8,8 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
-
-from tasks.picard.models import GaussianMixture  # noqa: E402
+from tilegraph.tasks.picard.models import GaussianMixture  # noqa: E402
 
 
 def _gmm_panel(ax, samples, spec):

@@ -1,6 +1,6 @@
 """``run`` of the picard pipeline: model replicas, sample batches, results, metrics.
 
-Plan: one :class:`~pipelines.picard.worker.ModelReplica` actor per worker. Sample
+Plan: one :class:`~tilegraph.pipelines.picard.worker.ModelReplica` actor per worker. Sample
 batches are independent: batch ``i`` draws its start points and all its noise from
 ``SeedSequence(seed, spawn_key=(i,))`` and owns chunk ``i`` of every result array.
 With ``parallel="window"`` (latency: one batch as fast as possible) the driver runs the
@@ -17,9 +17,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from tasks.picard.samplers import HISTORY_COLUMNS
-from tasks.picard.schedules import make_schedule, make_steps
+from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS
+from tilegraph.tasks.picard.schedules import make_schedule, make_steps
 
 from ..base import RunContext
 from .batch import sample_batch, split_steps
@@ -42,11 +41,11 @@ BATCH_FLOAT = ("wall_s", "sequential_wall_s", "max_abs_diff")
 
 
 class WindowEvaluator:
-    """``eps_fn`` for :func:`tasks.picard.samplers.picard` that spreads each window's
+    """``eps_fn`` for :func:`tilegraph.tasks.picard.samplers.picard` that spreads each window's
     model call over the replicas.
 
     The ``L n`` rows of a window (step-major, ``n`` samples per step) are cut into
-    ``min(parts, L)`` runs of whole steps (:func:`~pipelines.picard.batch.split_steps`),
+    ``min(parts, L)`` runs of whole steps (:func:`~tilegraph.pipelines.picard.batch.split_steps`),
     piece ``k`` goes to replica ``k mod len(actors)``, and the pieces come back in order.
     A one-step window is one piece of ``n`` rows, exactly what the sequential sampler
     evaluates.

@@ -12,10 +12,9 @@ import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-
-from tasks.devices import to_host
-from tasks.picard.models import GaussianMixture, MLPDenoiser
-from tasks.picard.samplers import sequential
+from tilegraph.tasks.devices import to_host
+from tilegraph.tasks.picard.models import GaussianMixture, MLPDenoiser
+from tilegraph.tasks.picard.samplers import sequential
 
 
 def _local(a):
@@ -28,7 +27,7 @@ def _local(a):
 
 
 def build_model(spec: dict):
-    """The model a picklable ``spec`` describes (see :func:`pipelines.picard.models`).
+    """The model a picklable ``spec`` describes (see :func:`tilegraph.pipelines.picard.models`).
 
     ``spec["kind"]`` is ``"gmm"`` (means, weights, spread, abar), ``"mlp"`` (layer
     arrays as ``storage`` ArrayRefs ``w0, b0, w1, ...``, train_steps, sample_shape,
@@ -38,10 +37,9 @@ def build_model(spec: dict):
     if spec["kind"] == "gmm":
         return GaussianMixture(spec["means"], spec["weights"], spec["spread"], spec["abar"])
     if spec["kind"] == "custom":
-        import importlib
+        from ..imports import resolve
 
-        module, _, attr = spec["target"].partition(":")
-        return getattr(importlib.import_module(module), attr)(_local(spec["abar"]))
+        return resolve(spec["target"], field="custom")(_local(spec["abar"]))
     if spec["kind"] == "mlp":
         n = spec["layers"]
         ws = [spec["refs"][f"w{i}"].read() for i in range(n)]
@@ -78,7 +76,7 @@ class ModelReplica:
         """Predicted noise of rows ``x`` (N, *sample_shape) at timesteps ``t`` (N,).
 
         Single-threaded BLAS on the CPU and aligned operands (the model keeps its own
-        copies of its parameters, see :func:`tasks.picard.models._owned`): a run must
+        copies of its parameters, see :func:`tilegraph.tasks.picard.models._owned`): a run must
         give the same bits on every backend, in-process or not.
         """
         xp = self._xp

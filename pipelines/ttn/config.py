@@ -112,7 +112,7 @@ class TTNConfig(BaseModel):
         if self.h_list is not None and not self.exact_reference:
             raise ValueError("h_list (a convergence study) needs exact_reference=true")
         if self.tree == "spec":
-            from tasks.ttn.trees import make_tree
+            from tilegraph.tasks.ttn.trees import make_tree
 
             try:
                 make_tree("spec", self.d, _as_tuple(self.tree_spec))
@@ -126,12 +126,12 @@ class TTNConfig(BaseModel):
         return int(round(self.T / (h or self.h)))
 
     def make_tree(self):
-        from tasks.ttn.trees import make_tree
+        from tilegraph.tasks.ttn.trees import make_tree
 
         return make_tree(self.tree, self.d, _as_tuple(self.tree_spec))
 
     def make_operator(self):
-        from tasks.ttn.operators import make_operator
+        from tilegraph.tasks.ttn.operators import make_operator
 
         return make_operator(self.model.kind, self.d, **self.model.params())
 

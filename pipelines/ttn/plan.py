@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from tasks.ttn import bug
-from tasks.ttn import state as st
+from tilegraph.tasks.ttn import bug
+from tilegraph.tasks.ttn import state as st
 
 from .worker import SubtreeGroup, device_task
 

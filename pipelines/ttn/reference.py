@@ -15,7 +15,7 @@ class ExactSolution:
     """
 
     def __init__(self, op, psi0):
-        from tasks.ttn.operators import to_dense
+        from tilegraph.tasks.ttn.operators import to_dense
 
         self.H = to_dense(op)
         self.psi0 = np.asarray(psi0, dtype=np.complex128)

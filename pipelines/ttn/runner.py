@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from tasks.ttn import state as st
+from tilegraph.tasks.ttn import state as st
 
 from ..base import RunContext
 from .config import TTNConfig

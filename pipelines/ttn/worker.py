@@ -18,10 +18,9 @@ import time
 
 import numpy as np
 from array_api_compat import array_namespace
-
-from tasks.devices import array_module, to_host
-from tasks.ttn import bug
-from tasks.ttn.state import bond_matrix
+from tilegraph.tasks.devices import array_module, to_host
+from tilegraph.tasks.ttn import bug
+from tilegraph.tasks.ttn.state import bond_matrix
 
 
 def to_device(xp, obj, _seen=None):

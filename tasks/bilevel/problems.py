@@ -214,7 +214,7 @@ class RidgeBlocks(_LinearData):
     ``g_i = 1/(2n) |X_B w - b_B|^2 + 1/2 sum_j exp(x_j) w_j^2`` on training rows,
     ``f_i = 1/(2n') |X_V w - b_V|^2 + rho/2 |x|^2`` on validation rows. ``g_i`` is
     quadratic in ``w``, so the exact hypergradient needs only linear solves; ``x*`` is
-    found by L-BFGS on it (:func:`tasks.bilevel.hypergradient.reference_optimum`).
+    found by L-BFGS on it (:func:`tilegraph.tasks.bilevel.hypergradient.reference_optimum`).
 
     Features are standardised, constant pixels dropped and a constant column added
     (``dim_x = dim_y = 62``).

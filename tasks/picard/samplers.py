@@ -2,7 +2,7 @@
 
 A sampler with ``T`` steps computes ``x_{j+1} = x_j + d_j(x_j)`` with the drift
 ``d_j(x) = (a_j - 1) x + b_j eps(x, t_j) + sigma_j z_j`` (see
-:mod:`tasks.picard.schedules`). The trajectory ``x_0 .. x_T`` is the fixed point of
+:mod:`tilegraph.tasks.picard.schedules`). The trajectory ``x_0 .. x_T`` is the fixed point of
 ``x_k = x_0 + sum_{j<k} d_j(x_j)``; Picard iteration evaluates all drifts of a window
 of steps in ONE batched model call and takes a cumulative sum.
 

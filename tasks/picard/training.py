@@ -1,4 +1,4 @@
-"""Fitting the MLP denoiser of :class:`tasks.picard.models.MLPDenoiser`.
+"""Fitting the MLP denoiser of :class:`tilegraph.tasks.picard.models.MLPDenoiser`.
 
 The network learns ``eps`` from ``(x_t, time_features(t))`` with ``x_t = sqrt(abar_t)
 x0 + sqrt(1 - abar_t) eps`` for uniformly drawn ``t`` (the DDPM "simple" loss), using

@@ -1,4 +1,4 @@
-"""TTN states: leaf bases and connecting tensors on a :class:`~tasks.ttn.trees.Tree`.
+"""TTN states: leaf bases and connecting tensors on a :class:`~tilegraph.tasks.ttn.trees.Tree`.
 
 A state is a list indexed by node id. A leaf holds its basis ``U`` of shape
 ``(n_site, r)``; an inner node holds its connecting tensor ``C`` of shape

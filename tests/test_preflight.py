@@ -1,0 +1,241 @@
+"""Stores, values, addresses and signals checked before (or while) work runs: one
+``error:`` line, exit 2 (143 for SIGTERM), nothing half-written."""
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from helpers import ROOT, last_json, tilegraph
+from tilegraph import storage
+from tilegraph.pipelines import cli
+from tilegraph.pipelines.base import Pipeline
+from tilegraph.pipelines.execute import execute
+
+OLD_STORE = ROOT / "tests" / "data" / "store-v0.1.0"
+OLD_RUN = "20261204-051754-bea5fb"
+
+
+def _main(*argv) -> tuple[int, str, str]:
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = cli.main(list(argv))
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _one_line(rc, err, needle, limit=500):
+    assert rc == 2, err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle in lines[0], (needle, lines[0])
+    assert len(lines[0]) <= limit
+
+
+@pytest.mark.parametrize(
+    "name,item,field",
+    [
+        ("domain-split", "problem.eps=.inf", "problem.eps"),
+        ("domain-split", "problem.beta=[.inf, 0]", "problem.beta[0]"),
+        ("ttn", "T=.inf", "'T'"),
+        ("ttn", "T=-.inf", "'T'"),
+        ("picard", "tol=.inf", "'tol'"),
+        ("bilevel", "problem.spread=.nan", "problem.spread"),
+    ],
+)
+def test_non_finite_numbers_are_refused(tmp_path, name, item, field):
+    store = tmp_path / "runs"
+    rc, _, err = _main("run", name, "--set", item, "--cluster", "sync", "--store", str(store))
+    _one_line(rc, err, field)
+    assert "finite" in err or "nan" in err
+    assert not store.exists()
+
+
+def test_huge_values_are_quoted_short(tmp_path):
+    store = tmp_path / "runs"
+    rc, _, err = _main(
+        "run", "domain-split", "--set", "n_fine=" + "x" * 100_000, "--store", str(store)
+    )
+    _one_line(rc, err, "n_fine", limit=450)
+    assert not store.exists()
+
+
+BOMB = "a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(
+    f"{chr(98 + k)}: &{chr(98 + k)} [{','.join(['*' + chr(97 + k)] * 9)}]\n" for k in range(8)
+)
+
+
+def test_yaml_alias_bombs_and_binary_configs_are_refused(tmp_path):
+    store = tmp_path / "runs"
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    t0 = time.perf_counter()
+    rc, _, err = _main("run", "ttn", "--config", str(bomb), "--store", str(store))
+    _one_line(rc, err, "expands to more than")
+    rc, _, err = _main("run", "ttn", "--set", "h=" + _inline_bomb(), "--store", str(store))
+    _one_line(rc, err, "expands to more than")
+    assert time.perf_counter() - t0 < 20
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    rc, _, err = _main("run", "ttn", "--config", str(binary), "--store", str(store))
+    _one_line(rc, err, "not a UTF-8 text file")
+    assert not store.exists()
+
+
+def _inline_bomb(levels: int = 7) -> str:
+    """A one-line YAML value that expands to 10**levels items through aliases."""
+    text = "[" + ",".join(["&l0 [0,0,0,0,0,0,0,0,0,0]"] + ["*l0"] * 9) + "]"
+    for k in range(1, levels):
+        text = "[" + ",".join([f"&l{k} {text}"] + [f"*l{k}"] * 9) + "]"
+    assert yaml.safe_load(text) is not None  # cheap to parse: the aliases share objects
+    return text
+
+
+def test_bad_stores_exit_2_and_write_nothing(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for store in (str(afile), str(afile / "runs")):
+        rc, _, err = _main("run", "bilevel", "--cluster", "sync", "--store", store)
+        _one_line(rc, err, "a file")
+        rc, _, err = _main("run", "bilevel", "--cluster", "sync", "--dry-run", "--store", store)
+        _one_line(rc, err, "a file")
+    assert afile.read_text() == "not a folder"
+    for argv in (["runs"], ["show", "x1"], ["run", "bilevel", "--cluster", "sync"]):
+        rc, _, err = _main(*argv, "--store", "foo://bucket/x")
+        _one_line(rc, err, "--store")
+        assert "foo" in err
+    rc, _, err = _main("run", "bilevel", "--cluster", "local:2", "--store", "memory://tg-x")
+    _one_line(rc, err, "memory://")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_store_that_is_not_writable(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        rc, _, err = _main("run", "bilevel", "--cluster", "sync", "--store", str(locked / "r"))
+        _one_line(rc, err, "not writable")
+    finally:
+        locked.chmod(0o755)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "scheme", ["tcp://127.0.0.1:{}", "ray:127.0.0.1:{}", "ray://127.0.0.1:{}"]
+)
+def test_nothing_listening_fails_fast_naming_the_address(tmp_path, scheme):
+    address = scheme.format(_free_port())
+    t0 = time.perf_counter()
+    rc, _, err = _main("run", "bilevel", "--cluster", address, "--store", str(tmp_path / "r"))
+    _one_line(rc, err, address.split("//")[-1].split(":", 1)[-1] if "//" in address else address)
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_ids_and_pipelines_are_checked(tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(OLD_STORE, store)
+    rc, _, err = _main("show", OLD_RUN + "\n", "--store", str(store))
+    _one_line(rc, err, "not a valid run id")
+    rc, _, err = _main("run", "bilevel", "--resume", OLD_RUN, "--store", str(store))
+    _one_line(rc, err, "belongs to pipeline 'domain-split'")
+
+
+def test_show_into_a_closed_pipe_ends_quietly(tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(OLD_STORE, store)
+    proc = subprocess.run(
+        f"{sys.executable} -m tilegraph.pipelines.cli show {OLD_RUN} --store {store} | head -1",
+        shell=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.stdout.startswith("run ")
+    assert proc.stderr == ""
+
+
+def test_stored_text_is_printed_escaped(tmp_path):
+    root = storage.Root(tmp_path / "runs")
+    run = root.create("bilevel", config={"n": 1}, backend="sync")
+    run.mark_failed("boom \x1b[2J\x1b]0;owned\x07 done\nsecond line")
+    rc, out, _ = _main("show", run.run_id, "--store", str(tmp_path / "runs"))
+    assert rc == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J" in out and "second line" in out.splitlines()[2]
+
+
+def test_side_files_follow_the_umask(tmp_path):
+    root = storage.Root(tmp_path / "runs")
+    run = root.create("bilevel", config={"n": 1}, backend="sync")
+    run.write_bytes("summary.png", b"\x89PNG")
+    try:
+        raise RuntimeError("for the traceback file")
+    except RuntimeError as exc:
+        run.mark_failed(exc)
+    base = tmp_path / "runs" / "bilevel" / run.run_id
+    zarr_mode = stat.S_IMODE((base / "zarr.json").stat().st_mode)
+    for name in ("summary.png", "traceback.txt"):
+        assert stat.S_IMODE((base / name).stat().st_mode) == zarr_mode, name
+
+
+def _exits(config, ctx):
+    sys.exit(3)
+
+
+def test_a_run_that_calls_sys_exit_is_marked_failed(tmp_path):
+    from pydantic import BaseModel
+
+    class Empty(BaseModel):
+        pass
+
+    pipeline = Pipeline(name="exits", description="calls sys.exit", config=Empty, run=_exits)
+    run = storage.Root(tmp_path / "runs").create("exits", config={}, backend="sync")
+    from tilegraph import cluster
+
+    with cluster.connect("sync") as ex, pytest.raises(SystemExit):
+        execute(pipeline, Empty(), run, ex)
+    assert run.status == "failed" and run.error.startswith("SystemExit")
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
+    store = tmp_path / "runs"
+    args = ["run", "bilevel", "--set=max_iter=800", "--set=tol=1e-12", "--cluster", "sync"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilegraph.pipelines.cli", *args, "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    root = storage.Root(store)
+    deadline = time.time() + 120
+    while time.time() < deadline and not root.runs():
+        time.sleep(0.2)
+    time.sleep(3.0)  # into the iterations
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    (line,) = err.strip().splitlines()
+    (info,) = root.runs()
+    assert line == (
+        f"error: run {info['run_id']} interrupted; continue it with --resume {info['run_id']}"
+    )
+    run = root.open(info["run_id"])
+    assert run.status == "failed" and "interrupted (SIGTERM)" in run.error
+    again = tilegraph("run", "bilevel", "--resume", info["run_id"], "--cluster", "sync",
+                      "--store", str(store), "--json")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert last_json(again.stdout)["status"] == "complete"
