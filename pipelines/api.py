@@ -72,6 +72,8 @@ def run(
     ------
     pipelines.config.ConfigError
         Bad config, store, cluster spec or run id (nothing written).
+    storage.LeaseHeld
+        ``resume`` of a run that another live process is running.
     Exception
         Whatever the pipeline raised; the run is then marked ``failed``.
     """
@@ -95,18 +97,24 @@ def run(
     else:
         cfg = build_config(pipeline, preset, config, sets)
     code = prepare_user_code([cfg], config if isinstance(config, str) else None)
+    lease = None if run_store is None else run_store.lease().acquire()  # or LeaseHeld
     owned = isinstance(cluster, str)
-    if owned:
-        executor = _cluster.connect(cluster, profile=cluster_profile, code=code)
-    else:
-        executor = cluster
-        executor.add_code(code)
+    try:
+        if owned:
+            executor = _cluster.connect(cluster, profile=cluster_profile, code=code)
+        else:
+            executor = cluster
+            executor.add_code(code)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
     backend = cluster if owned else str(getattr(executor, "spec", type(executor).__name__))
     try:
         if run_store is None:
-            run_store = root.create(
-                pipeline.name, config=cfg.model_dump(mode="json"), backend=backend
-            )
+            dump = cfg.model_dump(mode="json")
+            run_store = root.create(pipeline.name, config=dump, backend=backend)
+            lease = run_store.lease().acquire()
         else:
             run_store.mark_running()
         execute(
@@ -121,6 +129,8 @@ def run(
     finally:
         if owned:
             executor.close()
+        if lease is not None:
+            lease.release()
     return run_store
 
 

@@ -8,6 +8,7 @@ last line on stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -190,7 +191,22 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _owned(run):
+    """The run's lease, held for the rest of the command (one live owner per run)."""
+    from tilegraph.storage.lease import LeaseHeld
+
+    try:
+        return run.lease().acquire()
+    except LeaseHeld as exc:
+        raise UsageError(f"{exc}; wait for it, or stop it first") from None
+
+
 def _cmd_run(args) -> int:
+    with contextlib.ExitStack() as owned:
+        return _run(args, owned)
+
+
+def _run(args, owned: contextlib.ExitStack) -> int:
     try:
         pipeline = get_pipeline(args.name)
     except KeyError as exc:
@@ -206,6 +222,8 @@ def _cmd_run(args) -> int:
             run = root.open(args.resume, pipeline=pipeline.name)
         except (KeyError, ValueError) as exc:
             raise UsageError(f"--resume: {exc.args[0] if exc.args else exc}") from None
+        if not args.dry_run:
+            owned.enter_context(_owned(run))
         if run.status == "complete":
             raise UsageError(f"--resume: run {args.resume} is already complete")
         config = build_config(pipeline, base=run.config)
@@ -224,6 +242,7 @@ def _cmd_run(args) -> int:
             run = root.create(
                 pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster
             )
+            owned.enter_context(_owned(run))
         else:
             run.mark_running()
         try:
@@ -353,6 +372,8 @@ def _dry_run(args, info: dict) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    from tilegraph.storage.lease import LeaseHeld
+
     from .sweep import plan_sweep, run_sweep
 
     try:
@@ -368,9 +389,12 @@ def _cmd_sweep(args) -> int:
     try:
         with _connect(args, code) as executor:
             _check_device([p.config for p in plan.points], executor, args.cluster)
-            result = run_sweep(
-                plan, root, executor, progress=progress_factory(), backend=args.cluster
-            )
+            try:
+                result = run_sweep(
+                    plan, root, executor, progress=progress_factory(), backend=args.cluster
+                )
+            except LeaseHeld as exc:
+                raise UsageError(f"{exc}; wait for it, or stop it first") from None
     except KeyboardInterrupt as exc:
         _quiet_shutdown()
         sys.stderr.write(

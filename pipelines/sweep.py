@@ -222,12 +222,20 @@ def run_point(
     pipeline = get_pipeline(name)
     cfg = pipeline.config.model_validate(config)
     run = storage.RunStore(run_url, storage_options=storage_options)
-    resume = resume or bool(run.checkpoint_steps())
+    lease = run.lease()
     try:
+        # a rescheduled task may find its lost worker's lease: taken over once stale
+        lease.acquire(wait=lease.ttl + 2 * lease.interval)
+    except storage.LeaseHeld as exc:
+        return {"status": "failed", "error": str(exc)}
+    try:
+        resume = resume or bool(run.checkpoint_steps())
         with cluster.connect("sync") as ex:
             metrics = execute(pipeline, cfg, run, ex, resume=resume, retries=0)
     except Exception as exc:  # recorded in the run by execute
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        lease.release()
     return {"status": "complete", "metrics": metrics}
 
 
@@ -409,11 +417,27 @@ def run_sweep(
     Returns
     -------
     SweepResult
+
+    Raises
+    ------
+    storage.LeaseHeld
+        The same sweep is running in another live process.
     """
     from tilegraph import storage
 
-    name = plan.pipeline.name
     options = root.options or None
+    url = storage.sweep_url(root.url, plan.sweep_id)
+    lease = storage.Lease(url, f"sweep {plan.sweep_id}", options).acquire()  # or LeaseHeld
+    try:
+        return _run_sweep(plan, root, executor, progress, backend, options)
+    finally:
+        lease.release()
+
+
+def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
+    from tilegraph import storage
+
+    name = plan.pipeline.name
     sweep = storage.SweepStore.open_or_create(
         root.url, plan.sweep_id, plan.definition, storage_options=options
     )

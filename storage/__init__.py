@@ -18,6 +18,7 @@ Examples
 from .checkpoint import Checkpoint
 from .chunks import ArrayRef, check_whole_chunks, chunk_regions
 from .errors import ChunkOwnershipError, RunNotFound
+from .lease import Lease, LeaseHeld
 from .provenance import collect_provenance, jsonable
 from .runstore import COMPLETE, FAILED, RUNNING, TRACEBACK_FILE, Root, RunStore, new_run_id
 from .sweeps import SweepStore, sweep_url
@@ -39,6 +40,8 @@ __all__ = [
     "chunk_regions",
     "collect_provenance",
     "jsonable",
+    "Lease",
+    "LeaseHeld",
     "new_run_id",
     "normalize_url",
     "sweep_url",

@@ -24,6 +24,7 @@ import zarr
 from . import checkpoint as _ckpt
 from .chunks import ArrayRef
 from .errors import RunNotFound
+from .lease import Lease
 from .provenance import collect_provenance, jsonable, utc_now
 from .urls import filesystem, is_local, join, normalize_url, open_store
 
@@ -227,6 +228,16 @@ class RunStore:
     def mark_complete(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Set status ``complete`` and the end time, merging ``metrics`` in the same write."""
         self._finish(COMPLETE, None, metrics)
+
+    def lease(self, *, ttl: float = 30.0, interval: float = 5.0) -> Lease:
+        """The lease that makes one process at a time the owner of this run.
+
+        Use as ``with run.lease():`` or ``run.lease().acquire(wait=…)``; see
+        :class:`tilegraph.storage.lease.Lease` (raises ``LeaseHeld`` naming the owner).
+        """
+        return Lease(
+            self._url, f"{self._KIND} {self._run_id}", self._options, ttl=ttl, interval=interval
+        )
 
     def mark_failed(self, error: str | BaseException) -> None:
         """Set status ``failed``, the error message and the end time.

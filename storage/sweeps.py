@@ -2,7 +2,8 @@
 
 A sweep's points are ordinary runs (``<root>/<pipeline>/<run-id>/``); the sweep group
 records which run belongs to which point and holds the gathered metrics as an xarray
-Dataset. Only the process that drives the sweep writes the sweep group.
+Dataset. Only the process that drives the sweep writes the sweep group, and it holds the
+sweep's lease (:mod:`tilegraph.storage.lease`) while it does.
 """
 
 from __future__ import annotations
@@ -79,9 +80,8 @@ class SweepStore(RunStore):
                 "created": utc_now(),
                 "points": {},
             }
-            zarr.open_group(
-                open_store(url, storage_options), mode="w", zarr_format=3, attributes=attrs
-            )
+            # under the sweep's lease: no other writer; the folder holds the lease file
+            zarr.create_group(open_store(url, storage_options), zarr_format=3, attributes=attrs)
         sweep = cls(url, storage_options=storage_options)
         if sweep.pipeline != definition["pipeline"]:
             raise ValueError(

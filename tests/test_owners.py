@@ -1,0 +1,126 @@
+"""One live owner per run and per sweep: a lease in the store (atomic create,
+heartbeat, taken over only when stale); a second command exits 2 naming the owner."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import last_json
+from tilegraph import storage
+from tilegraph.pipelines.config import build_config
+from tilegraph.pipelines.registry import get_pipeline
+from tilegraph.storage.lease import LEASE_FILE, Lease, LeaseHeld
+
+
+@pytest.fixture(params=["local", "memory"])
+def folder(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "run")
+    return f"memory://tg-lease-{os.getpid()}-{time.time_ns()}"
+
+
+def test_one_owner_at_a_time(folder):
+    first = Lease(folder, "run A", interval=0.2).acquire()
+    try:
+        with pytest.raises(LeaseHeld, match=r"run A is already running \(pid \d+, host "):
+            Lease(folder, "run A").acquire()
+        beat = first.read()["heartbeat"]
+        time.sleep(0.6)
+        assert first.read()["heartbeat"] > beat  # the heartbeat keeps it fresh
+        with pytest.raises(LeaseHeld):
+            Lease(folder, "run A", ttl=0.5).acquire()
+    finally:
+        first.release()
+    assert first.read() is None
+    with Lease(folder, "run A") as second:
+        assert second.read()["token"] == second.token
+
+
+def test_a_stale_lease_is_taken_over(tmp_path):
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    record = {"token": "x", "pid": int(dead.stdout), "host": socket.gethostname(),
+              "heartbeat": time.time()}  # fmt: skip
+    with open(os.path.join(folder, LEASE_FILE), "w") as fh:
+        json.dump(record, fh)
+    with Lease(folder, "run B") as lease:  # its owner's process is gone: at once
+        assert lease.read()["pid"] == os.getpid()
+    record.update(pid=1, host="another-host", heartbeat=time.time() - 100)
+    with open(os.path.join(folder, LEASE_FILE), "w") as fh:
+        json.dump(record, fh)
+    with pytest.raises(LeaseHeld, match="another-host"):
+        Lease(folder, "run B", ttl=1000).acquire()
+    with Lease(folder, "run B", ttl=30) as lease:  # no heartbeat for 100 s: stale
+        assert lease.read()["host"] == socket.gethostname()
+    assert not os.listdir(folder)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "tilegraph.pipelines.cli", *args]
+
+
+BILEVEL = ["--set=max_iter=400", "--set=tol=1e-9"]
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_run(tmp_path):
+    """Started together: one continues the run, the other exits 2 naming it; the answer
+    is the uninterrupted one."""
+    store = tmp_path / "runs"
+    pipeline = get_pipeline("bilevel")
+    config = build_config(pipeline, sets=[s.removeprefix("--set=") for s in BILEVEL])
+    run = storage.Root(store).create("bilevel", config=config.model_dump(mode="json"),
+                                     backend="sync")  # fmt: skip
+    run.mark_failed("stopped before its first step")
+    procs = [
+        subprocess.Popen(_cli("run", "bilevel", "--resume", run.run_id, "--cluster", "sync",
+                              "--store", str(store), "--json"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    loser = next(err for p, (_, err) in zip(procs, outs, strict=True) if p.returncode == 2)
+    assert f"run {run.run_id} is already running (pid" in loser or "already complete" in loser
+    assert len(loser.strip().splitlines()) == 1
+    ref = subprocess.run(_cli("run", "bilevel", *BILEVEL, "--cluster", "sync",
+                              "--store", str(tmp_path / "ref"), "--json"),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    a = xr.open_zarr(run.url + "/result", consolidated=False)
+    b = xr.open_zarr(last_json(ref.stdout)["path"] + "/result", consolidated=False)
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert storage.Root(store).open(run.run_id).status == "complete"
+    hist = xr.open_zarr(run.url + "/history", consolidated=False)
+    steps = hist[list(hist.dims)[0]].values
+    assert len(np.unique(steps)) == len(steps)  # no step written twice
+
+
+@pytest.mark.slow
+def test_two_identical_sweeps(tmp_path):
+    store = tmp_path / "runs"
+    argv = _cli("sweep", "bilevel", "--grid", "max_iter=300,350,400", "--set=tol=1e-9",
+                "--cluster", "sync", "--store", str(store), "--json")  # fmt: skip
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 2], outs
+    winner = next(out for p, (out, _) in zip(procs, outs, strict=True) if p.returncode == 0)
+    loser = next(err for p, (_, err) in zip(procs, outs, strict=True) if p.returncode == 2)
+    info = last_json(winner)
+    assert f"sweep {info['sweep_id']} is already running" in loser
+    assert info["complete"] == 3
+    assert len(storage.Root(store).runs("bilevel")) == 3  # one run per point, no more
+    ds = xr.open_zarr(info["path"] + "/result", consolidated=False)
+    assert set(ds.status.values.ravel()) == {"complete"}
+    assert len(set(ds.run_id.values.ravel())) == 3
