@@ -146,6 +146,12 @@ class Executor(abc.ABC):
         return 0
 
     @property
+    def memory_limit(self) -> int | None:
+        """Bytes one worker process may use (the smallest limit of any worker), or None
+        when the backend sets none."""
+        return None
+
+    @property
     def dashboard_link(self) -> str | None:
         """URL of the backend's dashboard, or None."""
         return None

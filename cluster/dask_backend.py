@@ -1,4 +1,4 @@
-"""Dask backend: ``local[:N]``, ``local-cuda[:N]`` and ``tcp://host:port``.
+"""Dask backend: ``local[:N]``, ``local-cuda[:N]``, batch jobs, ``tcp://`` and ``tls://``.
 
 `distributed` is imported only when a `DaskExecutor` is created, so ``import cluster``
 stays cheap. The worker side of actors (`_ActorHost`) lives here too: workers import this
@@ -177,12 +177,62 @@ WORKER_CONFIG = {
 #: would queue at one worker again.
 SCHEDULER_CONFIG = {"distributed.scheduler.active-memory-manager.start": False}
 
+#: Where the scheduler, nannies, workers and dashboard of a local cluster listen. Dask's
+#: dashboard would otherwise take all interfaces, and it serves, unauthenticated, the
+#: workers' addresses, folders, logs and call stacks.
+LOOPBACK = "127.0.0.1"
+
+
+def _tls_security(spec: Spec, profile_path: str | None) -> Any:
+    """The `distributed.security.Security` for a ``tls://`` scheduler.
+
+    Certificates come from the ``tls`` section of the cluster profile when it has one,
+    else from the Dask config (``distributed.comm.tls.ca-file``,
+    ``distributed.comm.tls.client.cert`` and ``.key``).
+
+    Raises
+    ------
+    SpecError
+        Neither names a CA file and a client certificate, or a named file is missing.
+    """
+    from distributed.security import Security
+
+    from .jobqueue import load_tls
+
+    tls = load_tls(profile_path)
+    if tls is not None:
+        return Security(
+            tls_ca_file=tls.ca_file,
+            tls_client_cert=tls.cert,
+            tls_client_key=tls.key,
+            require_encryption=True,
+        )
+    security = Security()  # reads distributed.comm.tls.* from the Dask config
+    if not security.tls_ca_file or not security.tls_client_cert:
+        raise SpecError(
+            f"{spec}: no TLS certificates configured; set distributed.comm.tls.ca-file, "
+            "distributed.comm.tls.client.cert and distributed.comm.tls.client.key in the "
+            "Dask config (or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ...__CLIENT__CERT, "
+            "...__CLIENT__KEY), or a 'tls' section in the cluster profile"
+        )
+    for key, path in (
+        ("ca-file", security.tls_ca_file),
+        ("client.cert", security.tls_client_cert),
+        ("client.key", security.tls_client_key),
+    ):
+        if path and not os.path.isfile(path):
+            raise SpecError(f"{spec}: distributed.comm.tls.{key}: no such file {path!r}")
+    return security
+
 
 class DaskExecutor(Executor):
     """Tasks on a `distributed` cluster: a new `LocalCluster` (``local[:N]``), a
     ``dask_cuda.LocalCUDACluster`` (``local-cuda[:N]``), batch jobs through dask-jobqueue
     (``slurm|pbs|sge|lsf[:JOBS]``, configured by a profile file, see `cluster.jobqueue`)
-    or an existing scheduler (``tcp://``, left running on `close`).
+    or an existing scheduler (``tcp://``, or ``tls://`` with certificates, see
+    `_tls_security`; left running on `close`).
+
+    The local clusters listen on loopback only (`LOOPBACK`).
     """
 
     backend = "dask"
@@ -194,6 +244,9 @@ class DaskExecutor(Executor):
 
         self._distributed = distributed
         self._cluster = None
+        # Where a batch scheduler's dashboard listens: Dask's link names the scheduler's
+        # host, which listens on all interfaces when the profile names none.
+        self._dashboard_host: str | None = None
         if spec.kind == "local":
             with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}):
                 self._cluster = distributed.LocalCluster(
@@ -201,7 +254,8 @@ class DaskExecutor(Executor):
                     threads_per_worker=1,
                     processes=True,
                     memory_limit="auto",
-                    dashboard_address=":0",
+                    host=LOOPBACK,
+                    dashboard_address=f"{LOOPBACK}:0",
                     silence_logs=logging.ERROR,
                 )
         elif spec.kind == "local-cuda":
@@ -215,23 +269,27 @@ class DaskExecutor(Executor):
             with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}):
                 self._cluster = dask_cuda.LocalCUDACluster(
                     threads_per_worker=1,
-                    dashboard_address=":0",
+                    host=LOOPBACK,
+                    dashboard_address=f"{LOOPBACK}:0",
                     silence_logs=logging.ERROR,
                     resources={"GPU": 1},
                     **kwargs,
                 )
         elif spec.kind in HPC_KINDS:
-            from .jobqueue import load_profile, make_cluster
+            from .jobqueue import dashboard_address, load_profile, make_cluster
 
             profile = load_profile(spec.kind, profile_path)
+            self._dashboard_host = dashboard_address(profile).rpartition(":")[0]
             with dask.config.set(SCHEDULER_CONFIG):
                 self._cluster = make_cluster(spec, profile)
             self._cluster.scale(jobs=spec.n or profile.jobs)
-        elif spec.kind != "tcp":
+        elif spec.kind not in ("tcp", "tls"):
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
+        security = _tls_security(spec, profile_path) if spec.kind == "tls" else None
         try:
             self._client = distributed.Client(
                 self._cluster if self._cluster is not None else spec.address,
+                security=security,
                 set_as_default=False,
             )
         except BaseException:
@@ -284,6 +342,11 @@ class DaskExecutor(Executor):
     @property
     def dashboard_link(self) -> str | None:
         try:
+            if self._dashboard_host is not None:
+                from distributed.utils import format_dashboard_link
+
+                port = self._cluster.scheduler_info["services"]["dashboard"]
+                return format_dashboard_link(self._dashboard_host, port)
             return self._client.dashboard_link
         except Exception:  # no dashboard (bokeh missing) or scheduler without one
             return None

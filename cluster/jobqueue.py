@@ -17,6 +17,20 @@ kind, e.g.::
         - source ~/venvs/tilegraph/bin/activate
       log_directory: ~/tilegraph-logs
       wait_timeout: 900           # seconds to wait for the first worker
+      interface: ib0              # scheduler and dashboard listen there (default below)
+
+The scheduler tilegraph starts for the jobs listens on the profile's ``interface``, or,
+without one, where dask-jobqueue puts it (all interfaces: the workers on the compute
+nodes must reach it). Its dashboard listens on that interface's IPv4 address, or on
+127.0.0.1 without one (reach it through an SSH tunnel).
+
+A ``tls`` section gives the certificates for ``tls://HOST:PORT`` specs (an existing
+scheduler started with ``--protocol tls``)::
+
+    tls:
+      ca_file: ~/certs/ca.pem     # the CA that signed the scheduler's certificate
+      cert: ~/certs/client.pem    # this client's certificate
+      key: ~/certs/client-key.pem # its key (leave out when it is in ``cert``)
 
 The file is the one given (``--cluster-profile``), else ``$TILEGRAPH_JOBQUEUE_PROFILE``,
 else ``./tilegraph-jobqueue.yaml``, else ``~/.config/tilegraph/jobqueue.yaml``; with
@@ -42,10 +56,23 @@ from pydantic import (
 
 from .specs import HPC_KINDS, Spec, SpecError
 
-__all__ = ["BatchProfile", "ProfileError", "find_profile", "job_script", "load_profile"]
+__all__ = [
+    "BatchProfile",
+    "ProfileError",
+    "TlsProfile",
+    "dashboard_address",
+    "find_profile",
+    "job_script",
+    "load_profile",
+    "load_tls",
+]
 
 PROFILE_ENV = "TILEGRAPH_JOBQUEUE_PROFILE"
 DEFAULT_PATHS = ("./tilegraph-jobqueue.yaml", "~/.config/tilegraph/jobqueue.yaml")
+
+#: The profile section with the certificates of ``tls://`` specs.
+TLS_SECTION = "tls"
+_SECTIONS = (*HPC_KINDS, TLS_SECTION)
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
 
@@ -147,6 +174,26 @@ class BatchProfile(BaseModel):
         return kw
 
 
+class TlsProfile(BaseModel):
+    """Certificates for a ``tls://`` scheduler (the profile's ``tls`` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str = Field(description="CA certificate that signed the scheduler's")
+    cert: str = Field(description="this client's certificate (PEM)")
+    key: str | None = Field(default=None, description="its private key, unless in cert")
+
+    @field_validator("ca_file", "cert", "key")
+    @classmethod
+    def _file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        path = os.path.expanduser(v)
+        if not os.path.isfile(path):
+            raise ValueError(f"no such file {v!r}")
+        return path
+
+
 def _seconds(text: str) -> int:
     days, _, clock = text.rpartition("-")
     parts = [int(p) for p in clock.split(":")] + [0]
@@ -184,6 +231,47 @@ def find_profile(path: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
+def _read_profile(path: str | os.PathLike[str] | None) -> tuple[Path | None, dict]:
+    """The profile file in effect and its sections (``{}`` without a file)."""
+    import yaml
+
+    file = find_profile(path)
+    if file is None:
+        return None, {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ProfileError(f"cluster profile {file}: not valid YAML ({first})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"cluster profile {file}: cannot read it ({exc})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"cluster profile {file}: expected a mapping of scheduler kinds")
+    unknown = sorted(str(k) for k in set(data) - set(_SECTIONS))
+    if unknown:
+        raise ProfileError(
+            f"cluster profile {file}: unknown section {unknown[0]!r}; "
+            f"allowed: {', '.join(_SECTIONS)}"
+        )
+    return file, data
+
+
+def _validate(model: type[BaseModel], file: Path | None, section: str, data: Any) -> Any:
+    """``model`` validated from a profile section, or a one-line `ProfileError`."""
+    where = f"cluster profile {file}" if file else "cluster profile"
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: section {section!r} must be a mapping")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or section
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed: {', '.join(model.model_fields)}"
+        raise ProfileError(f"{where}: field '{section}.{field}': {msg}") from None
+
+
 def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> BatchProfile:
     """The validated profile of scheduler ``kind`` (defaults where the file is silent).
 
@@ -192,41 +280,48 @@ def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> Batch
     ProfileError
         One line naming the file, the field and what is allowed.
     """
-    import yaml
-
     if kind not in HPC_KINDS:
         raise ProfileError(f"{kind!r} is not a batch scheduler; allowed: {', '.join(HPC_KINDS)}")
-    file = find_profile(path)
-    data: Any = {}
-    if file is not None:
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0]
-            raise ProfileError(f"cluster profile {file}: not valid YAML ({first})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProfileError(f"cluster profile {file}: cannot read it ({exc})") from None
-        if not isinstance(data, dict):
-            raise ProfileError(f"cluster profile {file}: expected a mapping of scheduler kinds")
-        unknown = sorted(str(k) for k in set(data) - set(HPC_KINDS))
-        if unknown:
-            raise ProfileError(
-                f"cluster profile {file}: unknown section {unknown[0]!r}; "
-                f"allowed: {', '.join(HPC_KINDS)}"
-            )
-        data = data.get(kind) or {}
-        if not isinstance(data, dict):
-            raise ProfileError(f"cluster profile {file}: section {kind!r} must be a mapping")
-    where = f"cluster profile {file}" if file else "cluster profile"
-    try:
-        return BatchProfile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or kind
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field; allowed: {', '.join(BatchProfile.model_fields)}"
-        raise ProfileError(f"{where}: field '{kind}.{field}': {msg}") from None
+    file, data = _read_profile(path)
+    return _validate(BatchProfile, file, kind, data.get(kind) or {})
+
+
+def load_tls(path: str | os.PathLike[str] | None = None) -> TlsProfile | None:
+    """The profile's ``tls`` section, or None when the profile (or the file) has none.
+
+    Raises
+    ------
+    ProfileError
+        One line naming the file and the field (a missing certificate file, say).
+    """
+    file, data = _read_profile(path)
+    if data.get(TLS_SECTION) is None:
+        return None
+    return _validate(TlsProfile, file, TLS_SECTION, data[TLS_SECTION])
+
+
+def _interface_ipv4(interface: str) -> str:
+    """The IPv4 address of network ``interface`` on this host."""
+    import socket
+
+    import psutil
+
+    addrs = psutil.net_if_addrs()
+    for addr in addrs.get(interface, ()):
+        if addr.family == socket.AF_INET:
+            return addr.address
+    have = sorted(n for n, a in addrs.items() if any(x.family == socket.AF_INET for x in a))
+    raise ProfileError(
+        f"cluster profile: interface {interface!r} has no IPv4 address on this host; "
+        f"interfaces with one: {', '.join(have) or 'none'}"
+    )
+
+
+def dashboard_address(profile: BatchProfile) -> str:
+    """Where the scheduler's dashboard listens: the IPv4 address of the profile's
+    ``interface``, else loopback (any free port)."""
+    host = "127.0.0.1" if profile.interface is None else _interface_ipv4(profile.interface)
+    return f"{host}:0"
 
 
 def make_cluster(spec: Spec, profile: BatchProfile, *, submit: bool = True):
@@ -253,7 +348,10 @@ def make_cluster(spec: Spec, profile: BatchProfile, *, submit: bool = True):
             "tilegraph where jobs can be submitted (a login node), or add --dry-run to see "
             "the job script"
         )
-    return cls(**profile.cluster_kwargs(spec.kind), scheduler_options={"dashboard_address": ":0"})
+    return cls(
+        **profile.cluster_kwargs(spec.kind),
+        scheduler_options={"dashboard_address": dashboard_address(profile)},
+    )
 
 
 def job_script(spec: Spec | str, profile_path: str | os.PathLike[str] | None = None) -> str:

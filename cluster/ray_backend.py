@@ -20,6 +20,8 @@ from .specs import Spec, SpecError
 
 __all__ = ["RAY_RETRIES", "RayExecutor"]
 
+logger = logging.getLogger(__name__)
+
 #: ``max_retries`` of pure tasks (Ray counts re-runs, as Dask's ``retries`` does).
 RAY_RETRIES = 3
 
@@ -99,6 +101,39 @@ def _driver_pythonpath() -> str:
     return os.pathsep.join(paths)
 
 
+#: What turns off multi-node Ray for the processes a local instance starts (see
+#: `_loopback_node`).
+_LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Make the Ray instance ``ray.init`` starts in this block a loopback-only node.
+
+    Ray's GCS server, raylet, agents and workers bind 127.0.0.1 when the node's IP is
+    127.0.0.1 and all interfaces otherwise, and ``ray.init`` turns a loopback
+    ``_node_ip_address`` into the host's outward IP, except where multi-node clusters are
+    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the macOS and Windows default). Ray
+    reads that variable when it is imported, so the flag it set is switched here, for
+    the block only (a later ``ray:HOST:PORT`` driver in this process needs its real IP);
+    the caller sets the variable (`_LOCAL_ONLY_ENV`) for the processes Ray starts.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # a Ray without it: the warning after ray.init tells
+        yield
+        return
+    flag = "ENABLE_RAY_CLUSTER"
+    old = getattr(ray_constants, flag, None)
+    if old is not None:
+        setattr(ray_constants, flag, False)
+    try:
+        yield
+    finally:
+        if old is not None:
+            setattr(ray_constants, flag, old)
+
+
 def _token_auth_if_available() -> None:
     """Use Ray's token authentication when a token is at hand and no mode is chosen.
 
@@ -120,6 +155,8 @@ class RayExecutor(Executor):
     (``num_cpus=0``): an actor lives as long as its handle, and one holding a CPU would
     leave a 2-CPU instance with a single slot for tasks, or none with two actors, so tasks
     waiting on actors (or the reverse) could deadlock. GPU actors hold their GPUs.
+
+    A local instance listens on loopback only (`_loopback_node`).
     """
 
     backend = "ray"
@@ -154,12 +191,20 @@ class RayExecutor(Executor):
             # The workers inherit the environment of the processes ray.init starts. A
             # runtime_env with the same variable would make Ray start a second pool of
             # workers for it at the first task (~2 s) next to the prestarted ones.
-            with _environ(PYTHONPATH=_driver_pythonpath()):
+            with _environ(PYTHONPATH=_driver_pythonpath(), **_LOCAL_ONLY_ENV), _loopback_node():
                 context = ray.init(
                     address="local",  # a new instance, even if Ray runs on this host
                     num_cpus=spec.n,
                     include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
                     **init_options,
+                )
+            node_ip = ray.util.get_node_ip_address()
+            if node_ip != "127.0.0.1":
+                logger.warning(
+                    "the local Ray instance runs as node %s, not 127.0.0.1: its processes "
+                    "listen on all interfaces (this Ray version ignores the loopback setting)",
+                    node_ip,
                 )
         else:
             context = ray.init(address=spec.address, **init_options)

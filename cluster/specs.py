@@ -14,7 +14,8 @@ __all__ = ["SPECS_HELP", "Spec", "SpecError", "parse_spec"]
 
 SPECS_HELP = (
     "sync | threads[:N] | local[:N] (default) | local-cuda[:N] | tcp://HOST:PORT"
-    " | ray[:N] | ray:auto | ray:HOST:PORT | ray://HOST:PORT | slurm | pbs | sge | lsf"
+    " | tls://HOST:PORT | ray[:N] | ray:auto | ray:HOST:PORT | ray://HOST:PORT"
+    " | slurm | pbs | sge | lsf"
 )
 
 #: Batch-scheduler kinds, run through dask-jobqueue (see `cluster.jobqueue`).
@@ -26,6 +27,7 @@ _BACKENDS = {
     "local": "dask",
     "local-cuda": "dask",
     "tcp": "dask",
+    "tls": "dask",
     "ray": "ray",
     **{kind: "dask" for kind in HPC_KINDS},
 }
@@ -44,15 +46,17 @@ class Spec:
     Attributes
     ----------
     kind : str
-        ``"sync"``, ``"threads"``, ``"local"``, ``"local-cuda"``, ``"tcp"``, ``"ray"``,
-        or one of the batch schedulers ``"slurm"``, ``"pbs"``, ``"sge"``, ``"lsf"``.
+        ``"sync"``, ``"threads"``, ``"local"``, ``"local-cuda"``, ``"tcp"``, ``"tls"``,
+        ``"ray"``, or one of the batch schedulers ``"slurm"``, ``"pbs"``, ``"sge"``,
+        ``"lsf"``.
     n : int or None
         Number of workers (``threads``, ``local``, ``local-cuda``, batch jobs) or of CPUs
         (a local ``ray``); ``None`` where the count is not ours to choose (an existing
         cluster) or is only known at start (``local-cuda``: one worker per GPU).
     address : str or None
-        ``"tcp://host:port"``, ``"ray://host:port"`` (Ray Client), ``"host:port"`` (a Ray
-        head's GCS address) or ``"auto"`` for existing clusters.
+        ``"tcp://host:port"``, ``"tls://host:port"``, ``"ray://host:port"`` (Ray
+        Client), ``"host:port"`` (a Ray head's GCS address) or ``"auto"`` for existing
+        clusters.
     """
 
     kind: str
@@ -99,7 +103,8 @@ def parse_spec(spec: str | Spec | None = "local") -> Spec:
     ----------
     spec : str, Spec or None
         One of the forms in `SPECS_HELP`: ``sync``, ``threads[:N]``, ``local[:N]``,
-        ``local-cuda[:N]``, ``tcp://HOST:PORT`` (port defaults to 8786), ``ray[:N]``,
+        ``local-cuda[:N]``, ``tcp://HOST:PORT`` (port defaults to 8786),
+        ``tls://HOST:PORT`` (the same over TLS, see `cluster.dask_backend`), ``ray[:N]``,
         ``ray:auto``, ``ray:HOST:PORT`` (the GCS address of a running head),
         ``ray://HOST:PORT`` (Ray Client, needs ``ray[client]``; port defaults to 10001),
         ``slurm``, ``pbs``, ``sge``, ``lsf`` (the batch schedulers optionally ``:JOBS``).
@@ -130,12 +135,14 @@ def parse_spec(spec: str | Spec | None = "local") -> Spec:
     lowered = text.lower()
     if lowered.startswith("tcp://"):
         return Spec("tcp", address=_address(text, "tcp", text[6:], 8786))
+    if lowered.startswith("tls://"):
+        return Spec("tls", address=_address(text, "tls", text[6:], 8786))
     if lowered.startswith("ray://"):
         return Spec("ray", address=_address(text, "ray", text[6:], 10001))
     if "://" in lowered:
         raise _error(text, "unknown scheme")
     kind, sep, arg = lowered.partition(":")
-    if kind not in _BACKENDS or kind == "tcp":
+    if kind not in _BACKENDS or kind in ("tcp", "tls"):
         raise _error(text, f"unknown kind {kind!r}")
     if sep and not arg:
         raise _error(text, "missing value after ':'")
