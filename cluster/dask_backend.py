@@ -307,6 +307,10 @@ class DaskExecutor(Executor):
                     "the jobs may still be queued or may have failed (see the scheduler's "
                     "queue and the job logs; raise wait_timeout in the cluster profile)"
                 ) from None
+        if spec.kind in ("local", "local-cuda"):
+            from .dask_plugins import IgnoreInterrupts
+
+            self._client.register_plugin(IgnoreInterrupts())
         if spec.kind == "local-cuda":
             self._spec = Spec("local-cuda", n=self.n_workers)
         self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)

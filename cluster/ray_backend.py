@@ -175,6 +175,7 @@ class RayExecutor(Executor):
         self._actor_classes: dict[Any, Any] = {}
         self._connected = False  # whether close() must call ray.shutdown()
         self._dashboard: str | None = None
+        self._reaper: Any = None  # cluster.reaper watchdog of a local instance
         if ray.is_initialized():
             # Someone else in this process runs Ray: use it, leave it running.
             if code:
@@ -199,6 +200,13 @@ class RayExecutor(Executor):
                     _node_ip_address="127.0.0.1",
                     **init_options,
                 )
+            import psutil
+
+            from .reaper import start_reaper
+
+            # the instance's processes end with this driver, even a SIGKILLed one
+            ray_pids = [p.pid for p in psutil.Process().children(recursive=True)]
+            self._reaper = start_reaper(ray_pids)
             node_ip = ray.util.get_node_ip_address()
             if node_ip != "127.0.0.1":
                 logger.warning(
@@ -322,3 +330,7 @@ class RayExecutor(Executor):
         self._actor_classes.clear()
         if self._connected:
             self._ray.shutdown()
+        if self._reaper is not None:
+            self._reaper.terminate()
+            self._reaper.wait(timeout=10)
+            self._reaper = None

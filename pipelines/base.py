@@ -34,6 +34,31 @@ class RunContext:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """What a run will need, estimated from its config before it starts.
+
+    Attributes
+    ----------
+    driver_bytes : int
+        Peak memory of the driver process (the ``tilegraph`` command), bytes.
+    worker_bytes : int
+        Peak memory of one worker process, bytes.
+    store_bytes : int
+        Bytes the run writes to its store (uncompressed), checkpoints included.
+    field : str
+        The config field that drives the size (what to lower).
+    alternative : str
+        What else makes it fit (``"out_of_core=true"``, ``"more workers"`` …).
+    """
+
+    driver_bytes: int
+    worker_bytes: int
+    store_bytes: int
+    field: str
+    alternative: str = "more workers"
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """One problem family.
 
@@ -52,6 +77,10 @@ class Pipeline:
         writes its arrays and results into ``ctx.store`` and may write ``summary.png``.
     metric_names : tuple of str
         The headline metrics, in the order the end-of-run table shows them.
+    estimate : callable, optional
+        ``estimate(config, workers: int) -> Estimate``: peak memory per process and store
+        size, from the config alone (no arrays allocated). Checked against what the
+        processes can use before anything is written, and printed by ``--dry-run``.
     """
 
     name: str
@@ -61,3 +90,4 @@ class Pipeline:
     run: Callable[[BaseModel, RunContext], dict] | None = None
     metric_names: tuple[str, ...] = ()
     default_preset: str = "quick"
+    estimate: Callable[[BaseModel, int], Estimate] | None = None

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import traceback
 from typing import Any
 
+from . import resources
 from .config import ConfigError, build_config
 from .execute import DEFAULT_RETRIES, execute
 from .imports import check_trusted, prepare_user_code
@@ -232,12 +235,22 @@ def _run(args, owned: contextlib.ExitStack) -> int:
         config = build_config(pipeline, args.preset, args.config, args.sets)
     code = prepare_user_code([config], args.config)
     _check_cluster(args)
+    workers = _workers_guess(args.cluster)
+    est = resources.estimate(pipeline, config, workers)
+    resources.check_size(est, config)
+    resources.check_fits(est, driver_limit=resources.available_memory())
     if args.dry_run:
-        return _dry_run(args, {"config": config.model_dump(mode="json"), "user_code": code})
+        info = {"config": config.model_dump(mode="json"), "user_code": code}
+        if est is not None:
+            info["estimate"] = {**dataclasses.asdict(est), "workers": workers}
+        return _dry_run(args, info, est, workers)
 
     executor = _connect(args, code)
     with executor:
         _check_device([config], executor, args.cluster)
+        resources.check_executor(
+            resources.estimate(pipeline, config, executor.n_workers), executor
+        )
         if run is None:
             run = root.create(
                 pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster
@@ -347,7 +360,19 @@ def _connect(args, code=()):
         raise UsageError(f"--cluster {args.cluster}: cannot start or reach it ({exc})") from None
 
 
-def _dry_run(args, info: dict) -> int:
+def _workers_guess(spec_text: str) -> int:
+    """Workers a spec will have, before connecting (1 where it cannot be known yet)."""
+    from tilegraph import cluster
+
+    spec = cluster.parse_spec(spec_text)
+    if spec.n is not None:
+        return spec.n
+    if spec.kind == "local":
+        return min(os.cpu_count() or 1, 4)
+    return 1
+
+
+def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:
     """``--dry-run``: the validated config and, for batch schedulers, the job script."""
     from tilegraph import cluster
     from tilegraph.cluster.jobqueue import job_script
@@ -366,6 +391,10 @@ def _dry_run(args, info: dict) -> int:
     else:
         print(f"# dry run: --cluster {spec} submits no batch jobs; the config is valid")
         print(json.dumps(info, indent=2))
+    print(f"# store {one_line(args.store, 200)}: checked, nothing written")
+    if est is not None:
+        for line in resources.describe(est, workers):
+            print(f"# {line}")
     if args.json:
         print(json.dumps({"dry_run": True, "cluster": str(spec), "job_script": script, **info}))
     return 0
