@@ -340,6 +340,12 @@ class DaskExecutor(Executor):
         return len(self._workers())
 
     @property
+    def memory_limit(self) -> int | None:
+        limits = [int(w.get("memory_limit") or 0) for w in self._workers().values()]
+        limits = [m for m in limits if m > 0]  # 0: the worker has no limit
+        return min(limits) if limits else None
+
+    @property
     def n_gpus(self) -> int:
         return int(sum(w.get("resources", {}).get("GPU", 0) for w in self._workers().values()))
 

@@ -233,6 +233,13 @@ class RayExecutor(Executor):
         return int(self._ray.cluster_resources().get("CPU", 0))
 
     @property
+    def memory_limit(self) -> int | None:
+        """Ray's memory for tasks and actors, shared by the CPUs (one task per CPU)."""
+        res = self._ray.cluster_resources()
+        memory, cpus = float(res.get("memory", 0)), float(res.get("CPU", 0))
+        return int(memory / cpus) if memory > 0 and cpus > 0 else None
+
+    @property
     def n_gpus(self) -> int:
         return int(self._ray.cluster_resources().get("GPU", 0))
 

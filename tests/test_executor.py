@@ -218,6 +218,15 @@ class TestExecutor:
         assert ex.dashboard_link is None or ex.dashboard_link.startswith("http")
         assert ex.spec in repr(ex)
 
+    def test_memory_limit(self, ex):
+        import psutil
+
+        limit = ex.memory_limit
+        if ex.backend in ("sync", "threads"):
+            assert limit is None  # the driver's own memory: checked separately
+        else:
+            assert isinstance(limit, int) and 0 < limit <= psutil.virtual_memory().total
+
     def test_submit_result(self, ex):
         f = ex.submit(add, 1, y=2)
         assert isinstance(f, cluster.Future)
