@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +284,22 @@ def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> Batch
     if kind not in HPC_KINDS:
         raise ProfileError(f"{kind!r} is not a batch scheduler; allowed: {', '.join(HPC_KINDS)}")
     file, data = _read_profile(path)
+    if file is not None and kind not in data:
+        have = [k for k in data if k in HPC_KINDS]
+        raise ProfileError(
+            f"cluster profile {file}: no {kind!r} section (it has: {', '.join(have) or 'none'});"
+            f" add a '{kind}:' section with the queue, account, walltime, cores and memory"
+        )
     return _validate(BatchProfile, file, kind, data.get(kind) or {})
+
+
+def describe_defaults() -> str:
+    """The profile fields a run without a profile file uses, as ``key=value`` text."""
+    fields = BatchProfile()
+    keys = ("queue", "account", "walltime", "cores", "memory", "processes", "jobs", "python")
+    values = {k: getattr(fields, k) for k in keys}
+    values["python"] = values["python"] or f"{sys.executable} (this interpreter)"
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def load_tls(path: str | os.PathLike[str] | None = None) -> TlsProfile | None:

@@ -385,7 +385,15 @@ def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:
             script = job_script(spec, args.cluster_profile)
         except (ValueError, ImportError, OSError, RuntimeError) as exc:
             raise UsageError(f"--cluster {spec}: cannot make the job script ({exc})") from None
+        from tilegraph.cluster.jobqueue import DEFAULT_PATHS, PROFILE_ENV, find_profile
+
         jobs = f"{spec.n} job(s)" if spec.n else "the profile's number of jobs"
+        if find_profile(args.cluster_profile) is None:
+            from tilegraph.cluster.jobqueue import describe_defaults
+
+            looked = ", ".join([f"${PROFILE_ENV}", *map(str, DEFAULT_PATHS)])
+            print(f"# no cluster profile found (looked at --cluster-profile, {looked});")
+            print(f"# defaults used: {describe_defaults()}")
         print(f"# dry run: {spec.kind} would be asked for {jobs} running this script")
         print(script)
     else:

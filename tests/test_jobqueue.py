@@ -177,3 +177,35 @@ def test_dry_run_leaves_no_log_directory(tmp_path, capsys):
                      str(path), "--store", str(tmp_path / "r"), "--dry-run"]) == 0  # fmt: skip
     assert str(logs) in capsys.readouterr().out
     assert not logs.exists()
+
+
+def test_a_profile_without_the_schedulers_section_is_an_error(tmp_path, capsys):
+    path = tmp_path / "jobqueue.yaml"
+    path.write_text(yaml.safe_dump({"slurm": PROFILE}))
+    with pytest.raises(ProfileError, match=r"no 'pbs' section \(it has: slurm\)"):
+        load_profile("pbs", path)
+    store = tmp_path / "runs"
+    argv = ["run", "bilevel", "--cluster", "pbs:2", "--cluster-profile", str(path)]
+    assert cli.main([*argv, "--store", str(store), "--dry-run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: cluster profile") and "'pbs'" in line
+    assert not store.exists()
+
+
+def test_the_job_script_runs_the_profiles_python(tmp_path):
+    path = tmp_path / "jobqueue.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {**PROFILE, "python": "/opt/site/bin/python3.11"}}))
+    script = job_script("slurm:1", path)
+    assert "/opt/site/bin/python3.11 -m distributed.cli.dask_worker" in script
+
+
+def test_dry_run_without_a_profile_says_which_defaults(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TILEGRAPH_JOBQUEUE_PROFILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/tilegraph/jobqueue.yaml
+    monkeypatch.chdir(tmp_path)  # no ./tilegraph-jobqueue.yaml
+    argv = ["run", "bilevel", "--cluster", "slurm:1", "--dry-run", "--store", str(tmp_path / "r")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "# no cluster profile found" in out
+    assert "defaults used: queue=None" in out and "walltime=01:00:00" in out
+    assert "(this interpreter)" in out
