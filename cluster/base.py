@@ -145,6 +145,11 @@ class Executor(abc.ABC):
         """Number of GPUs tasks may request with ``gpus=``."""
         return 0
 
+    def worker_ids(self) -> frozenset[str]:
+        """Identities of the worker processes now (a restarted worker gets a new one);
+        empty where the backend cannot tell."""
+        return frozenset()
+
     @property
     def memory_limit(self) -> int | None:
         """Bytes one worker process may use (the smallest limit of any worker), or None

@@ -339,6 +339,9 @@ class DaskExecutor(Executor):
     def n_workers(self) -> int:
         return len(self._workers())
 
+    def worker_ids(self) -> frozenset[str]:
+        return frozenset(self._workers())  # addresses: a restarted worker listens anew
+
     @property
     def memory_limit(self) -> int | None:
         limits = [int(w.get("memory_limit") or 0) for w in self._workers().values()]

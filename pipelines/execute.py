@@ -56,7 +56,9 @@ def execute(
     -------
     dict
         The run's metrics (``wall_s`` added when the pipeline did not set it, and
-        ``worker_restarts`` when a worker was lost).
+        ``worker_restarts`` when a worker was lost: the larger of the continuations
+        from a checkpoint and the worker processes that left the cluster during the
+        run, where the backend can tell, as Dask can).
 
     Raises
     ------
@@ -68,6 +70,7 @@ def execute(
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     t0 = time.perf_counter()
     restarts = 0
+    workers_before = executor.worker_ids()
     while True:
         ctx = RunContext(executor=executor, store=run, progress=progress, resume=resume)
         try:
@@ -89,8 +92,10 @@ def execute(
             run.mark_failed(exc)
             raise
     metrics.setdefault("wall_s", time.perf_counter() - t0)
-    if restarts:
-        metrics["worker_restarts"] = restarts
+    # worker processes lost while the run ran: re-run pure tasks hide them otherwise
+    lost = len(workers_before - executor.worker_ids())
+    if restarts or lost:
+        metrics["worker_restarts"] = max(restarts, lost)
     run.mark_complete(metrics)
     return metrics
 
