@@ -7,6 +7,7 @@ Backends (`cluster.inprocess`, `cluster.dask_backend`, `cluster.ray_backend`) su
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -319,6 +320,31 @@ class Executor(abc.ABC):
         """
         self._check_usable(gpus)
         return self._actor(cls, args, kwargs, gpus=gpus, spread=spread)
+
+    # -- performance report -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def report(self, path: str) -> Iterator[None]:
+        """Record a performance report of the work done inside the block into ``path``.
+
+        Dask writes its own performance report (HTML: task stream, worker profiles,
+        bandwidth; needs ``bokeh``), Ray its timeline (Chrome trace JSON, for
+        ``chrome://tracing`` or Perfetto).
+
+        Raises
+        ------
+        ValueError
+            In-process backends (nothing to report), or bokeh missing for Dask.
+        """
+        self.check_report()
+        yield  # pragma: no cover
+
+    def check_report(self) -> None:
+        """Raise ``ValueError`` (one line) if `report` cannot work here."""
+        raise ValueError(
+            f"a performance report needs a Dask or Ray cluster; {self.spec!r} runs tasks "
+            "in this process"
+        )
 
     # -- the user's code ----------------------------------------------------------------
 

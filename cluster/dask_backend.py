@@ -7,6 +7,7 @@ module to run it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -315,6 +316,20 @@ class DaskExecutor(Executor):
             self._spec = Spec("local-cuda", n=self.n_workers)
         self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)
         self._map_params = frozenset(inspect.signature(self._client.map).parameters)
+
+    def check_report(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("bokeh") is None:
+            raise ValueError(
+                "Dask's performance report needs bokeh: pip install 'tilegraph[report]'"
+            )
+
+    @contextlib.contextmanager
+    def report(self, path: str) -> Iterator[None]:
+        self.check_report()
+        with self._client.as_current(), self._distributed.performance_report(filename=path):
+            yield
 
     def _add_code(self, paths: list[str]) -> None:
         """Upload each module with a worker plugin (kept for workers that join later)."""

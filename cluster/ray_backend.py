@@ -221,6 +221,16 @@ class RayExecutor(Executor):
         if url:
             self._dashboard = url if "://" in url else f"http://{url}"
 
+    def check_report(self) -> None:
+        pass  # the timeline needs nothing more
+
+    @contextlib.contextmanager
+    def report(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self._ray.timeline(filename=path)
+
     def _add_code(self, paths: list[str]) -> None:
         raise RuntimeError(
             f"Ray takes user code when it connects: pass code={paths!r} to cluster.connect"

@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--debug", action="store_true", help="print the traceback of a failed run")
     sp.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write the backend's performance report: Dask's HTML report (task stream, "
+        "worker profiles; needs bokeh) or Ray's timeline (Chrome trace JSON)",
+    )
+    sp.add_argument(
         "--retries",
         type=_nonnegative,
         default=DEFAULT_RETRIES,
@@ -194,6 +200,21 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _check_report(args, executor) -> str | None:
+    """The absolute ``--report`` path, checked (backend, folder) before any store."""
+    if not args.report:
+        return None
+    path = os.path.abspath(os.path.expanduser(args.report))
+    folder = os.path.dirname(path)
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"--report {one_line(args.report, 200)}: not a writable file path")
+    try:
+        executor.check_report()
+    except ValueError as exc:
+        raise UsageError(f"--report: {exc}") from None
+    return path
+
+
 def _owned(run):
     """The run's lease, held for the rest of the command (one live owner per run)."""
     from tilegraph.storage.lease import LeaseHeld
@@ -251,6 +272,7 @@ def _run(args, owned: contextlib.ExitStack) -> int:
         resources.check_executor(
             resources.estimate(pipeline, config, executor.n_workers), executor
         )
+        report = _check_report(args, executor)
         if run is None:
             run = root.create(
                 pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster
@@ -259,15 +281,18 @@ def _run(args, owned: contextlib.ExitStack) -> int:
         else:
             run.mark_running()
         try:
-            metrics = execute(
-                pipeline,
-                config,
-                run,
-                executor,
-                resume=bool(args.resume),
-                progress=progress_factory(),
-                retries=args.retries,
-            )
+            with executor.report(report) if report else contextlib.nullcontext():
+                metrics = execute(
+                    pipeline,
+                    config,
+                    run,
+                    executor,
+                    resume=bool(args.resume),
+                    progress=progress_factory(),
+                    retries=args.retries,
+                )
+            if report:
+                run.add_report(report)
         except KeyboardInterrupt as exc:  # execute() marked the run interrupted
             _quiet_shutdown()
             sys.stderr.write(
@@ -291,6 +316,8 @@ def _run(args, owned: contextlib.ExitStack) -> int:
     names = list(pipeline.metric_names) + [k for k in metrics if k not in pipeline.metric_names]
     rows = [[k, _fmt(metrics[k])] for k in names if k in metrics]
     print(f"run {run.run_id} complete: {run.url}")
+    if report:
+        print(f"performance report: {report}")
     print(_table(rows, ["metric", "value"]))
     if args.json:
         print(
@@ -518,6 +545,7 @@ def _cmd_show(args) -> int:
         "metrics": run.metrics,
         "config": run.config,
         "provenance": run.provenance,
+        "reports": run.reports,
     }
     if args.json:
         print(json.dumps(info))
@@ -531,6 +559,8 @@ def _cmd_show(args) -> int:
     print(_indent(json.dumps(run.config, indent=2)))  # JSON escapes control characters
     print("metrics")
     print(_indent(_table([[one_line(k), one_line(_fmt(v))] for k, v in run.metrics.items()])))
+    for report in run.reports:
+        print(f"report    {one_line(report)}")
     prov = run.provenance
     keys = ("started", "ended", "backend", "host", "git_commit", "tilegraph")
     print("provenance")

@@ -229,6 +229,15 @@ class RunStore:
         """Set status ``complete`` and the end time, merging ``metrics`` in the same write."""
         self._finish(COMPLETE, None, metrics)
 
+    @property
+    def reports(self) -> list[str]:
+        """Performance reports written for this run (``--report``), oldest first."""
+        return list(self._attrs().get("reports") or [])
+
+    def add_report(self, path: str) -> None:
+        """Record that a performance report of this run was written to ``path``."""
+        self._update({"reports": [*self.reports, str(path)]})
+
     def lease(self, *, ttl: float = 30.0, interval: float = 5.0) -> Lease:
         """The lease that makes one process at a time the owner of this run.
 
