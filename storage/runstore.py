@@ -167,6 +167,34 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({self._pipeline}/{self._run_id} at {self._url!r})"
 
+    # -- nodes inside the run (what pipelines need instead of the raw group) -------------
+    def has(self, path: str) -> bool:
+        """Whether an array or group exists at ``path`` (``"work/x0"``, ``"model"``)."""
+        return path in self.group
+
+    def delete(self, path: str) -> None:
+        """Remove the array or group at ``path`` with everything below it; no error
+        when it does not exist."""
+        group = self.group
+        if path in group:
+            del group[path]
+
+    def node_attrs(self, path: str) -> dict[str, Any]:
+        """The attributes of the array or group at ``path`` (``{}`` when it is missing)."""
+        group = self.group
+        return group[path].attrs.asdict() if path in group else {}
+
+    def set_node_attrs(self, path: str, changes: Mapping[str, Any]) -> None:
+        """Update the attributes of the group or array at ``path`` in one atomic write
+        (a group is created when missing): use the last such write as a commit marker."""
+        group = self.group
+        node = group[path] if path in group else group.require_group(path)
+        node.update_attributes(jsonable(dict(changes)))
+
+    def clear_checkpoints(self) -> None:
+        """Remove every checkpoint (a resume then starts over)."""
+        self.delete("checkpoints")
+
     # -- attributes -----------------------------------------------------------------------
     def _attrs(self) -> dict[str, Any]:
         return self.group.attrs.asdict()

@@ -17,7 +17,7 @@ FORBIDDEN = {
               "xarray", "fsspec"},
     "cluster": {"tasks", "storage", "pipelines"},
     "storage": {"tasks", "cluster", "pipelines", "ray"},
-    "pipelines": {"dask", "distributed", "ray"},
+    "pipelines": {"dask", "distributed", "ray", "zarr"},
 }  # fmt: skip
 
 PACKAGES = ("tasks", "cluster", "storage", "pipelines")
@@ -88,4 +88,15 @@ def test_tasks_do_no_file_io():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "open":
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno} calls open()")
+    assert not bad, "\n".join(bad)
+
+
+def test_pipelines_reach_stores_only_through_runstore():
+    """No raw Zarr group in ``pipelines/``: ``RunStore`` offers has, delete, node_attrs,
+    set_node_attrs, clear_checkpoints, arrays and datasets."""
+    bad = []
+    for path in sorted((REPO / "pipelines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "group":
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} uses .group")
     assert not bad, "\n".join(bad)

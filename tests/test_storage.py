@@ -577,3 +577,22 @@ def test_jsonable():
     assert type(storage.jsonable(np.int64(2))) is int
     with pytest.raises(TypeError, match=r"cfg\['x'\]"):
         storage.jsonable({"x": object()}, "cfg")
+
+
+def test_nodes_inside_a_run(root):
+    """What pipelines use instead of the raw group: has, delete, node attributes."""
+    run = root.create("demo", config={}, backend="sync")
+    assert not run.has("work/x0")
+    run.create_array("work/x0", shape=(4,), chunks=(2,), dimension_names=("i",))
+    assert run.has("work/x0") and run.has("work")
+    run.delete("work")
+    run.delete("work")  # already gone: nothing to do
+    assert not run.has("work/x0") and not run.has("work")
+    assert run.node_attrs("model") == {}
+    run.set_node_attrs("model", {"layers": 2, "complete": True})
+    run.set_node_attrs("model", {"final_loss": 0.5})
+    assert run.node_attrs("model") == {"layers": 2, "complete": True, "final_loss": 0.5}
+    run.save_checkpoint(1, arrays={"h": np.zeros(2)}, scalars={"t": 1})
+    assert run.checkpoint_steps() == [1]
+    run.clear_checkpoints()
+    assert run.checkpoint_steps() == [] and run.load_checkpoint() is None

@@ -58,7 +58,7 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
     histories: dict[str, dict] = {}
     for method in methods:
         name = "history" if method == cfg.method else f"compare_{method}"
-        if ctx.resume and f"done/{method}" in store.group:
+        if ctx.resume and store.has(f"done/{method}"):
             ds = store.open_dataset(name)
             histories[method] = {
                 **{k: [float(v) for v in ds[k].values] for k in HISTORY[1:] if k in ds},
@@ -100,9 +100,8 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
         **{f"{mm}_iterations": int(histories[mm]["iteration"][-1]) for mm in methods[1:]},
     }
     # last, in this order: once they are gone a resume starts over (same answer)
-    for group in ("checkpoints", "done"):
-        if group in store.group:
-            del store.group[group]
+    store.clear_checkpoints()
+    store.delete("done")
     metrics["wall_s"] = time.perf_counter() - t_start
     return metrics
 
@@ -125,7 +124,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
     gpus = 1 if cfg.device == "cuda" else 0
 
     saved = store.load_checkpoint() if ctx.resume else None
-    if saved is not None and (saved.scalars.get("method") != method or path not in store.group):
+    if saved is not None and (saved.scalars.get("method") != method or not store.has(path)):
         saved = None
     if saved is not None:
         ref = store.array(path)
@@ -135,8 +134,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
         last, slot = a["last"].astype(np.int64), a["slot"].astype(np.int64)
         hist = {k: [float(v) for v in a["hist_" + k]] for k in HISTORY}
     else:
-        if "checkpoints" in store.group:
-            del store.group["checkpoints"]
+        store.clear_checkpoints()
         ref = store.create_array(
             path,
             (m, SLOTS, n_state),

@@ -71,7 +71,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         as many basis vectors as it needs); the solution buffers survive a resume."""
         if name not in refs:
             path = f"work/{name}"
-            if ctx.resume and name in ("x0", "x1") and path in store.group:
+            if ctx.resume and name in ("x0", "x1") and store.has(path):
                 refs[name] = store.array(path)
             else:
                 refs[name] = store.create_array(
@@ -107,7 +107,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
 
     t_solve = time.perf_counter()
     saved = store.load_checkpoint() if ctx.resume else None
-    if saved is not None and f"work/x{saved.scalars['x']}" not in store.group:
+    if saved is not None and not store.has(f"work/x{saved.scalars['x']}"):
         saved = None  # its solution buffer is gone: start over
     if saved is not None:
         state = dict(saved.scalars)
@@ -208,9 +208,8 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     if not cfg.keep_work:
         # Last, and in this order: once the checkpoints are gone a resume starts over
         # (and reaches the same answer); scratch vectors never outlive their checkpoints.
-        if "checkpoints" in store.group:
-            del store.group["checkpoints"]
-        del store.group["work"]
+        store.clear_checkpoints()
+        store.delete("work")
     end = time.perf_counter()
     metrics.update(
         wall_s=end - t0,

@@ -42,15 +42,17 @@ def _train(data, abar, hidden, epochs, repeats, seed):
     return model.weights, model.biases, losses
 
 
-def _mlp_spec(group, store_like, abar) -> dict:
-    n = int(group.attrs["layers"])
+def _mlp_spec(attrs: dict, store_like, abar) -> dict:
+    """The replicas' spec of the MLP whose weights ``store_like`` holds under ``model/``
+    (``attrs``: that group's attributes)."""
+    n = int(attrs["layers"])
     return {
         "kind": "mlp",
         "layers": n,
         "refs": {f"{k}{i}": store_like.array(f"model/{k}{i}") for i in range(n) for k in "wb"},
-        "train_steps": int(group.attrs["train_steps"]),
-        "sample_shape": tuple(group.attrs["sample_shape"]),
-        "n_freq": int(group.attrs["n_freq"]),
+        "train_steps": int(attrs["train_steps"]),
+        "sample_shape": tuple(attrs["sample_shape"]),
+        "n_freq": int(attrs["n_freq"]),
     }
 
 
@@ -80,15 +82,15 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
     store = ctx.store
     if cfg.digits.weights_from:
         src = storage.RunStore(cfg.digits.weights_from)
-        if "model" not in src.group or not src.group["model"].attrs.get("complete"):
+        attrs = src.node_attrs("model")
+        if not attrs.get("complete"):
             raise ValueError(f"digits.weights_from: no trained weights in {src.url}")
-        grp = src.group["model"]
-        if int(grp.attrs["train_steps"]) != cfg.train_steps:
+        if int(attrs["train_steps"]) != cfg.train_steps:
             raise ValueError("digits.weights_from: trained with another train_steps")
-        return _mlp_spec(grp, src, abar), {"train_loss": grp.attrs.get("final_loss")}
-    if "model" in store.group and store.group["model"].attrs.get("complete"):
-        grp = store.group["model"]
-        return _mlp_spec(grp, store, abar), {"train_loss": grp.attrs.get("final_loss")}
+        return _mlp_spec(attrs, src, abar), {"train_loss": attrs.get("final_loss")}
+    attrs = store.node_attrs("model")
+    if attrs.get("complete"):
+        return _mlp_spec(attrs, store, abar), {"train_loss": attrs.get("final_loss")}
     d = cfg.digits
     fut = ctx.executor.submit(_train, digits_data(), abar, d.hidden, d.epochs, d.repeats, d.seed)
     weights, biases, losses = ctx.executor.gather(fut)
@@ -99,9 +101,9 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
         store.create_array(
             f"model/b{i}", b.shape, b.shape, dimension_names=("out",), overwrite=True
         ).write((slice(None),), b)
-    grp = store.group["model"]
     # the very last write: the marker that makes the weights usable (and resumable)
-    grp.update_attributes(  # one write (attrs.update writes once per key)
+    store.set_node_attrs(
+        "model",
         {
             "layers": len(weights),
             "train_steps": cfg.train_steps,
@@ -110,6 +112,6 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
             "losses": losses,
             "final_loss": losses[-1],
             "complete": True,
-        }
+        },
     )
-    return _mlp_spec(grp, store, abar), {"train_loss": losses[-1]}
+    return _mlp_spec(store.node_attrs("model"), store, abar), {"train_loss": losses[-1]}

@@ -103,7 +103,7 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims, resume: bool) -> dict:
         )
     out = {}
     for path, (shp, ch, dt, dn, fill, long) in specs.items():
-        if resume and path in store.group:
+        if resume and store.has(path):
             out[path] = store.array(path)
         else:
             out[path] = store.create_array(
@@ -191,9 +191,8 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
                 )
                 bar.update(1)
 
-    if "checkpoints" in store.group:
-        # every batch is written: the mid-batch states are of no further use
-        del store.group["checkpoints"]
+    # every batch is written: the mid-batch states are of no further use
+    store.clear_checkpoints()
     its = arr["result/iterations"].read()
     evals = arr["result/model_evals"].read()
     walls = arr["result/wall_s"].read()
