@@ -85,13 +85,17 @@ def _same_answer(res: dict, ref: dict) -> None:
 USER_PACKAGE = {
     "__init__.py": "",
     "models.py": (
-        "from tilegraph.tasks.picard.models import GaussianMixture\n\n\n"
+        "import os\n"
+        "from tilegraph.tasks.picard.models import GaussianMixture\n\n"
+        "# where each process that imports this module says from which file it did\n"
+        "with open(os.path.join({probe!r}, f'{{os.getpid()}}.txt'), 'w') as fh:\n"
+        "    fh.write(__file__)\n\n\n"
         "def factory(abar):\n"
         "    return GaussianMixture([[2.0, 0.0], [-2.0, 1.0]], [0.3, 0.7], 0.2, abar)\n"
     ),
 }
-PICARD = ["--set=model=custom", "--set=custom=tg_userext.models:factory"]
-PICARD += ["--set=n_samples=4", "--set=batch_size=2", "--set=steps=200", "--set=train_steps=200"]
+#: picard with the user's model; `model` and `custom` come from the project's config file
+PICARD = ["--set=n_samples=4", "--set=batch_size=2", "--set=steps=200", "--set=train_steps=200"]
 
 
 def _elsewhere(tmp_path):
@@ -105,18 +109,33 @@ def _user_code_run(address: str, tmp_path) -> None:
     """picard with the user's own model package, from the user's project folder, on
     workers that never saw it: the answer of an in-process run."""
     project = tmp_path / "project"
+    probe = tmp_path / "probe"
+    probe.mkdir(exist_ok=True)
     (project / "tg_userext").mkdir(parents=True, exist_ok=True)
     for name, text in USER_PACKAGE.items():
-        (project / "tg_userext" / name).write_text(text)
+        (project / "tg_userext" / name).write_text(text.format(probe=str(probe)))
+    config = project / "picard.yaml"
+    config.write_text("model: custom\ncustom: tg_userext.models:factory\n")
+    # started from another folder: the package is importable through the --config
+    # file's folder only (Ray would hand the driver's working folder to its workers)
+    elsewhere = tmp_path / "user-home"
+    elsewhere.mkdir(exist_ok=True)
     runs = tmp_path / "user-runs"
     results = []
     for spec in ("sync", address):
+        for old in probe.iterdir():
+            old.unlink()
         out = tilegraph(
-            "run", "picard", *PICARD, "--cluster", spec, "--store", str(runs), "--json",
-            cwd=project, timeout=300,
+            "run", "picard", "--config", str(config), *PICARD, "--cluster", spec,
+            "--store", str(runs), "--json", cwd=elsewhere, timeout=300,
         )  # fmt: skip
         assert out.returncode == 0, f"{spec}: {out.stderr}"
         results.append(last_json(out.stdout))
+    # the workers imported the copy their backend shipped, not the project's file (a
+    # worker on this machine could have reached that through the driver's sys.path)
+    loaded = {f.read_text() for f in probe.iterdir()}
+    shipped = {path for path in loaded if not path.startswith(str(project))}
+    assert shipped, f"{address}: every process imported the project's own file: {loaded}"
     ref, res = results
     assert res["metrics"]["iterations"] == ref["metrics"]["iterations"]
     a = xr.open_zarr(ref["path"] + "/result", consolidated=False).samples.values
