@@ -94,11 +94,7 @@ HEAVY = [
 
 def seconds_per_iteration(ex, I: int, n_iter: int, method: str, extra=()) -> float:
     """Wall seconds per iteration of one pipeline run on the executor ``ex``."""
-    from tilegraph import storage
-    from tilegraph.pipelines.base import RunContext
-    from tilegraph.pipelines.bilevel import PIPELINE
-    from tilegraph.pipelines.config import build_config
-    from tilegraph.pipelines.progress import silent
+    import tilegraph
 
     sets = [
         f"blocks_per_iter={I}",
@@ -109,10 +105,8 @@ def seconds_per_iteration(ex, I: int, n_iter: int, method: str, extra=()) -> flo
         f"checkpoint_every={n_iter + 1}",
         *extra,
     ]
-    cfg = build_config(PIPELINE, "quick", sets=sets)
     with tempfile.TemporaryDirectory() as tmp:
-        store = storage.Root(tmp).create("bilevel", config=cfg.model_dump(mode="json"))
-        m = PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=silent))
+        m = tilegraph.run("bilevel", sets=sets, cluster=ex, store=tmp).metrics
     return m["s_per_iter"]
 
 

@@ -81,11 +81,8 @@ def case_pyamg(d, n, nc, alpha, beta, tol, workers):
 
 
 def case_tilegraph(d, n, nc, alpha, beta, tol, workers, out_of_core=False, solver="krylov"):
-    from tilegraph import cluster, storage
-    from tilegraph.pipelines.base import RunContext
-    from tilegraph.pipelines.config import build_config
-    from tilegraph.pipelines.domain_split import PIPELINE
-    from tilegraph.pipelines.progress import progress_factory
+    import tilegraph
+    from tilegraph import cluster
 
     sets = [
         f"d={d}",
@@ -99,14 +96,12 @@ def case_tilegraph(d, n, nc, alpha, beta, tol, workers, out_of_core=False, solve
         f"out_of_core={str(out_of_core).lower()}",
         "max_iter=100",
     ]
-    cfg = build_config(PIPELINE, "quick", sets=sets)
     with tempfile.TemporaryDirectory(dir=os.environ.get("TILEGRAPH_BENCH_DIR")) as tmp:
         t0 = time.perf_counter()
         with cluster.connect(f"local:{workers}") as ex:
             start = time.perf_counter() - t0
-            store = storage.Root(tmp).create(PIPELINE.name, config=cfg.model_dump(mode="json"))
-            ctx = RunContext(executor=ex, store=store, progress=progress_factory())
-            m = PIPELINE.run(cfg, ctx)
+            run = tilegraph.run("domain-split", sets=sets, cluster=ex, store=tmp, progress=None)
+            m = run.metrics
     return {
         # time to solution, as for the baselines; writing the result dataset and the
         # summary plot is reported apart (total_s)

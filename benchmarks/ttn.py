@@ -38,31 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_once(preset: str, sets: list[str], spec: str, root: str) -> dict:
-    from tilegraph import cluster, storage
-    from tilegraph.pipelines.base import RunContext
-    from tilegraph.pipelines.config import build_config
-    from tilegraph.pipelines.registry import get_pipeline
-
-    pipe = get_pipeline("ttn")
-    cfg = build_config(pipe, preset, None, sets)
-
-    class Bar:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def update(self, n=1):
-            pass
-
-        def set_postfix_str(self, s):
-            pass
+    import tilegraph
+    from tilegraph import cluster
 
     with cluster.connect(spec) as ex:
-        run = storage.Root(root).create("ttn", config=cfg.model_dump(mode="json"), backend=spec)
         t0 = time.perf_counter()
-        m = pipe.run(cfg, RunContext(ex, run, lambda total=None, desc=None: Bar()))
+        run = tilegraph.run("ttn", preset=preset, sets=sets, cluster=ex, store=root)
+        m = dict(run.metrics)
         m["wall_s"] = time.perf_counter() - t0
         hist = run.open_dataset("history")
         m["step_s_total"] = float(hist.step_s.sum())

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import ConfigError, build_config
@@ -30,7 +30,7 @@ def run(
     resume: str | None = None,
     retries: int = DEFAULT_RETRIES,
     cluster_profile: str | None = None,
-    progress: bool | None = False,
+    progress: bool | None | Callable[..., Any] = False,
     trust_store: bool = False,
 ):
     """Run pipeline ``name`` into a run store and return the run.
@@ -58,8 +58,9 @@ def run(
         Continuations after a lost worker.
     cluster_profile : str, optional
         Batch-scheduler profile file (``slurm`` …).
-    progress : bool or None
-        Progress bars: off by default from Python; ``None`` shows them on a terminal.
+    progress : bool, None or callable
+        Progress bars: off by default from Python; ``None`` shows them on a terminal; a
+        callable is used as the factory ``progress(total=None, desc=None)``.
     trust_store : bool
         With ``resume``: import the code and open the URLs the stored config names.
 
@@ -123,7 +124,7 @@ def run(
             run_store,
             executor,
             resume=bool(resume),
-            progress=progress_factory(progress),
+            progress=progress if callable(progress) else progress_factory(progress),
             retries=retries,
         )
     finally:

@@ -10,25 +10,22 @@ import time
 
 import numpy as np
 import pytest
+import tilegraph as tg
 import xarray as xr
 from helpers import last_json, tilegraph
 from tilegraph import storage
 from tilegraph.pipelines import cli
-from tilegraph.pipelines.base import RunContext
 from tilegraph.pipelines.bilevel import PIPELINE
 from tilegraph.pipelines.config import build_config
-from tilegraph.pipelines.progress import silent
 from tilegraph.tasks.bilevel.methods import METHODS
 from tilegraph.tasks.bilevel.sequential import run_sequential
 
 
 def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):
-    cfg = build_config(PIPELINE, preset, sets=list(sets))
-    root = storage.Root(str(tmp_path / name))
-    store = root.create(PIPELINE.name, config=cfg.model_dump(mode="json"), backend=executor.spec)
-    metrics = PIPELINE.run(cfg, RunContext(executor=executor, store=store, progress=silent))
-    store.mark_complete(metrics)
-    return store, metrics
+    run = tg.run(
+        PIPELINE.name, preset=preset, sets=list(sets), cluster=executor, store=tmp_path / name
+    )
+    return run, run.metrics
 
 
 def _open(store, name):
@@ -231,10 +228,6 @@ def test_compared_method_and_resume_after_it_failed(tmp_path, executors, monkeyp
         )
     assert m["sgd_iterations"] == m_sgd["iterations"] == 12
     assert "done" not in ref.group and "checkpoints" not in ref.group
-    cfg = build_config(PIPELINE, "quick", sets=sets)
-    store = storage.Root(str(tmp_path / "broken")).create(
-        PIPELINE.name, config=cfg.model_dump(mode="json"), backend="sync"
-    )
     write = runner.write_history
 
     def failing(st, name, *args, **kwargs):
@@ -244,10 +237,13 @@ def test_compared_method_and_resume_after_it_failed(tmp_path, executors, monkeyp
 
     monkeypatch.setattr(runner, "write_history", failing)
     with pytest.raises(OSError):
-        PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=silent))
+        tg.run(PIPELINE.name, sets=sets, cluster=ex, store=tmp_path / "broken")
     monkeypatch.setattr(runner, "write_history", write)
-    assert "done/bsvrb-v1" in store.group  # the main method is finished and kept
-    PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=silent, resume=True))
+    (info,) = storage.Root(tmp_path / "broken").runs()
+    store = storage.Root(tmp_path / "broken").open(info["run_id"])
+    assert store.status == "failed"
+    assert store.has("done/bsvrb-v1")  # the main method is finished and kept
+    tg.run(PIPELINE.name, resume=store.run_id, cluster=ex, store=tmp_path / "broken")
     for name in ("history", "result", "compare_sgd"):
         a, b = _open(store, name), _open(ref, name)
         for var in b.data_vars:

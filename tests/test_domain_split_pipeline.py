@@ -3,21 +3,16 @@ with xarray, judged against SciPy's direct solve of the fine system."""
 
 import numpy as np
 import pytest
+import tilegraph as tg
 import xarray as xr
-from tilegraph import storage
-from tilegraph.pipelines.base import RunContext
-from tilegraph.pipelines.config import build_config
 from tilegraph.pipelines.domain_split import PIPELINE
-from tilegraph.pipelines.progress import silent
 
 
 def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):
-    cfg = build_config(PIPELINE, preset, sets=list(sets))
-    root = storage.Root(str(tmp_path / name))
-    store = root.create(PIPELINE.name, config=cfg.model_dump(mode="json"), backend=executor.spec)
-    metrics = PIPELINE.run(cfg, RunContext(executor=executor, store=store, progress=silent))
-    store.mark_complete(metrics)
-    return store, metrics
+    run = tg.run(
+        PIPELINE.name, preset=preset, sets=list(sets), cluster=executor, store=tmp_path / name
+    )
+    return run, run.metrics
 
 
 def test_quick_krylov_reaches_the_direct_solution(tmp_path, executors):

@@ -3,29 +3,38 @@ xarray, judged against the sequential sampler run on the same pre-drawn noise.""
 
 import numpy as np
 import pytest
+import tilegraph as tg
 import xarray as xr
 from tilegraph import storage
-from tilegraph.pipelines.base import RunContext
 from tilegraph.pipelines.config import ConfigError, build_config
 from tilegraph.pipelines.picard import PIPELINE
-from tilegraph.pipelines.progress import silent
 from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS
 
 SMALL = ["n_samples=8", "batch_size=4"]
 
 
-def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run", store=None):
-    cfg = build_config(PIPELINE, preset, sets=list(sets))
-    resume = store is not None
-    if store is None:
-        root = storage.Root(str(tmp_path / name))
-        store = root.create(
-            PIPELINE.name, config=cfg.model_dump(mode="json"), backend=executor.spec
-        )
-    ctx = RunContext(executor=executor, store=store, progress=silent, resume=resume)
-    metrics = PIPELINE.run(cfg, ctx)
-    store.mark_complete(metrics)
-    return store, metrics
+def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):
+    run = tg.run(
+        PIPELINE.name, preset=preset, sets=list(sets), cluster=executor, store=tmp_path / name
+    )
+    return run, run.metrics
+
+
+def run_killed(tmp_path, executor, sets, bar, name="cut"):
+    """A run that ``bar`` kills (raises ``Killed``): its store, marked failed."""
+    with pytest.raises(Killed):
+        tg.run(PIPELINE.name, sets=sets, cluster=executor, store=tmp_path / name,
+                      progress=lambda total=None, desc=None: bar)  # fmt: skip
+    (info,) = storage.Root(tmp_path / name).runs()
+    return storage.Root(tmp_path / name).open(info["run_id"])
+
+
+def resume(tmp_path, executor, store, bar=None, name="cut"):
+    """Continue ``store``'s run (with ``bar`` as its progress bar): its metrics."""
+    progress = False if bar is None else (lambda total=None, desc=None: bar)
+    run = tg.run(PIPELINE.name, resume=store.run_id, cluster=executor,
+                        store=tmp_path / name, progress=progress)  # fmt: skip
+    return run.metrics
 
 
 def test_quick_gmm_run_writes_readable_results(tmp_path, executors):
@@ -121,7 +130,7 @@ def test_resume_redoes_only_unfinished_batches(tmp_path, executors):
     store.array("result/iterations").write((slice(1, 2),), np.zeros(1, dtype=np.int64))
     store.array("result/samples").write((slice(4, 8), slice(None)), np.full((4, 64), 7.0))
     kept = store.array("result/wall_s").read()
-    _, m = run_pipeline(tmp_path, ex, sets=sets, store=store)
+    m = resume(tmp_path, ex, store)
     np.testing.assert_array_equal(
         store.array("result/samples").read(), ref_store.array("result/samples").read()
     )
@@ -165,16 +174,11 @@ def test_resume_inside_a_batch_continues_from_its_checkpoint(tmp_path, executors
     sets = ["n_samples=4", "batch_size=4", "steps=200", "window=16", "tol=0.01"]
     sets += ["accelerate=true"]
     ref_store, ref = run_pipeline(tmp_path, ex, sets=sets, name="ref")
-    cfg = build_config(PIPELINE, "quick", sets=[*sets, "checkpoint_s=0"])
-    store = storage.Root(str(tmp_path / "cut")).create(
-        PIPELINE.name, config=cfg.model_dump(mode="json"), backend=ex.spec
-    )
-    with pytest.raises(Killed):
-        PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=Bar(kill_at=8)))
+    store = run_killed(tmp_path, ex, [*sets, "checkpoint_s=0"], Bar(kill_at=8))
     # checkpoints after every iteration (checkpoint_s=0); the newest is iteration 8's
     assert store.load_checkpoint().scalars["it"] == 8
     bar = Bar()
-    m = PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=bar, resume=True))
+    m = resume(tmp_path, ex, store, bar)
     assert bar.seen[0] == 9  # it went on from the checkpoint of iteration 8
     assert m["iterations"] == ref["iterations"]
     np.testing.assert_array_equal(
@@ -195,14 +199,9 @@ def test_resumed_history_has_the_uninterrupted_bits(tmp_path, executors):
     sets = ["n_samples=16", "batch_size=16", "steps=200", "window=96"]
     sets += ["compare_sequential=false", "checkpoint_s=0"]
     ref_store, ref = run_pipeline(tmp_path, ex, sets=sets, name="ref")
-    cfg = build_config(PIPELINE, "quick", sets=sets)
-    store = storage.Root(str(tmp_path / "cut")).create(
-        PIPELINE.name, config=cfg.model_dump(mode="json"), backend=ex.spec
-    )
-    with pytest.raises(Killed):
-        PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=Bar(kill_at=2)))
+    store = run_killed(tmp_path, ex, sets, Bar(kill_at=2))
     bar = Bar()
-    m = PIPELINE.run(cfg, RunContext(executor=ex, store=store, progress=bar, resume=True))
+    m = resume(tmp_path, ex, store, bar)
     assert bar.seen[0] == 3 and m["iterations"] == ref["iterations"] > 3
     for name in ("result/samples", *(f"history/{c}" for c in HISTORY_COLUMNS)):
         np.testing.assert_array_equal(store.array(name).read(), ref_store.array(name).read())
@@ -252,13 +251,12 @@ def small_mixture(abar):
 def test_custom_model_from_an_import_path(tmp_path, executors, monkeypatch):
     """A user's model factory for ``model=custom`` in a module of the working folder,
     through ``tilegraph.run`` (the resolver makes the folder importable)."""
-    import tilegraph
 
     (tmp_path / "tg_usermixture.py").write_text(SMALL_MIXTURE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", list(__import__("sys").path))
     sets = ["model=custom", "custom=tg_usermixture:small_mixture", *SMALL]
-    run = tilegraph.run("picard", sets=sets, cluster=executors("sync"), store=tmp_path / "runs")
+    run = tg.run("picard", sets=sets, cluster=executors("sync"), store=tmp_path / "runs")
     m = run.metrics
     assert run.status == "complete"
     ds = run.open_dataset("result")

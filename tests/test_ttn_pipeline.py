@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tilegraph as tg
 import xarray as xr
 from tilegraph import storage
-from tilegraph.pipelines.base import RunContext
-from tilegraph.pipelines.config import build_config
-from tilegraph.pipelines.registry import get_pipeline
 from tilegraph.tasks.ttn import operators, trees
 from tilegraph.tasks.ttn import state as st
 
@@ -24,31 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = ["T=0.5", "h=0.05", "checkpoint_every=3"]
 
 
-def _noprogress(total=None, desc=None):
-    class Bar:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def update(self, n=1):
-            pass
-
-        def set_postfix_str(self, s):
-            pass
-
-    return Bar()
-
-
 def run_on(executor, tmp_path, preset="quick", sets=SETS):
-    pipe = get_pipeline("ttn")
-    cfg = build_config(pipe, preset, None, sets)
-    root = storage.Root(str(tmp_path / "runs"))
-    run = root.create("ttn", config=cfg.model_dump(mode="json"), backend=executor.spec)
-    metrics = pipe.run(cfg, RunContext(executor, run, _noprogress))
-    run.mark_complete(metrics)
-    return run, metrics
+    run = tg.run("ttn", preset=preset, sets=list(sets), cluster=executor, store=tmp_path / "runs")
+    return run, run.metrics
 
 
 @pytest.fixture(scope="module")
