@@ -256,7 +256,7 @@ def _run(args, owned: contextlib.ExitStack) -> int:
         config = build_config(pipeline, args.preset, args.config, args.sets)
     code = prepare_user_code([config], args.config)
     _check_cluster(args)
-    workers = _workers_guess(args.cluster)
+    workers = _workers_guess(args.spec)
     est = resources.estimate(pipeline, config, workers)
     resources.check_size(est, config)
     resources.check_fits(est, driver_limit=resources.available_memory())
@@ -268,14 +268,14 @@ def _run(args, owned: contextlib.ExitStack) -> int:
 
     executor = _connect(args, code)
     with executor:
-        _check_device([config], executor, args.cluster)
+        _check_device([config], executor, str(args.spec))
         resources.check_executor(
             resources.estimate(pipeline, config, executor.n_workers), executor
         )
         report = _check_report(args, executor)
         if run is None:
             run = root.create(
-                pipeline.name, config=config.model_dump(mode="json"), backend=args.cluster
+                pipeline.name, config=config.model_dump(mode="json"), backend=str(args.spec)
             )
             owned.enter_context(_owned(run))
         else:
@@ -356,6 +356,7 @@ def _check_cluster(args) -> None:
         spec = cluster.parse_spec(args.cluster)
     except ValueError as exc:
         raise UsageError(f"--cluster: {exc}") from None
+    args.spec = spec  # parsed once; the normalised form is what runs record
     if args.store.lower().startswith("memory://") and spec.backend not in ("sync", "threads"):
         raise UsageError(
             f"--store {one_line(args.store, 200)}: a memory:// store lives inside this "
@@ -382,16 +383,13 @@ def _connect(args, code=()):
     from tilegraph import cluster
 
     try:
-        return cluster.connect(args.cluster, profile=args.cluster_profile, code=code)
+        return cluster.connect(args.spec, profile=args.cluster_profile, code=code)
     except (ValueError, ImportError, OSError, TimeoutError, RuntimeError) as exc:
-        raise UsageError(f"--cluster {args.cluster}: cannot start or reach it ({exc})") from None
+        raise UsageError(f"--cluster {args.spec}: cannot start or reach it ({exc})") from None
 
 
-def _workers_guess(spec_text: str) -> int:
-    """Workers a spec will have, before connecting (1 where it cannot be known yet)."""
-    from tilegraph import cluster
-
-    spec = cluster.parse_spec(spec_text)
+def _workers_guess(spec) -> int:
+    """Workers a parsed spec will have, before connecting (1 where it cannot be known)."""
     if spec.n is not None:
         return spec.n
     if spec.kind == "local":
@@ -401,11 +399,10 @@ def _workers_guess(spec_text: str) -> int:
 
 def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:
     """``--dry-run``: the validated config and, for batch schedulers, the job script."""
-    from tilegraph import cluster
     from tilegraph.cluster.jobqueue import job_script
     from tilegraph.cluster.specs import HPC_KINDS
 
-    spec = cluster.parse_spec(args.cluster)
+    spec = args.spec
     script = None
     if spec.kind in HPC_KINDS:
         try:
@@ -452,10 +449,10 @@ def _cmd_sweep(args) -> int:
         return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
     try:
         with _connect(args, code) as executor:
-            _check_device([p.config for p in plan.points], executor, args.cluster)
+            _check_device([p.config for p in plan.points], executor, str(args.spec))
             try:
                 result = run_sweep(
-                    plan, root, executor, progress=progress_factory(), backend=args.cluster
+                    plan, root, executor, progress=progress_factory(), backend=str(args.spec)
                 )
             except LeaseHeld as exc:
                 raise UsageError(f"{exc}; wait for it, or stop it first") from None

@@ -3,6 +3,7 @@
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -239,3 +240,12 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
                       "--store", str(store), "--json")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert last_json(again.stdout)["status"] == "complete"
+
+
+def test_the_cluster_spec_is_recorded_normalised(tmp_path):
+    store = tmp_path / "runs"
+    rc, out, err = _main("run", "bilevel", "--set=max_iter=3", "--set=tol=null",
+                         "--cluster", " SYNC ", "--store", str(store), "--json")  # fmt: skip
+    assert rc == 0, err
+    run = storage.Root(store).open(json.loads(out.strip().splitlines()[-1])["run_id"])
+    assert run.provenance["backend"] == "sync"
