@@ -1,7 +1,8 @@
-"""Tests of ``storage``: run stores on real Zarr v3, on disk and on ``memory://``.
+"""Tests of ``storage``: run stores on real Zarr v3, on disk, on ``memory://`` and on an
+S3 object store (moto's server on loopback, through s3fs).
 
-Generic tests take the ``root`` fixture, which is parametrised over a local directory and an
-fsspec ``memory://`` root (the way zarr-python's ``StoreTests`` run one suite per store).
+The generic suite is :class:`RunStoreTests`; each backend subclasses it with its own
+``root`` fixture (the way zarr-python's ``StoreTests`` run one suite per store).
 """
 
 from __future__ import annotations
@@ -24,19 +25,6 @@ from tilegraph.storage import checkpoint as ckpt
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
-@pytest.fixture(params=["local", "memory"])
-def root(request, tmp_path):
-    """A fresh run root: a directory under ``tmp_path`` or a unique ``memory://`` prefix."""
-    if request.param == "local":
-        yield storage.Root(tmp_path / "runs")
-        return
-    name = f"tg-test-{uuid.uuid4().hex}"
-    yield storage.Root(f"memory://{name}")
-    fs = fsspec.filesystem("memory")
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
-
-
 @pytest.fixture
 def local_root(tmp_path):
     return storage.Root(tmp_path / "runs")
@@ -55,87 +43,7 @@ def test_root_url_is_normalised(tmp_path, monkeypatch):
     assert storage.Root("S3://bucket/prefix/").url == "s3://bucket/prefix"
 
 
-def test_create_records_config_provenance_and_status(root):
-    run = root.create("domain-split", config=CONFIG, backend="local:2")
-    assert RUN_ID.match(run.run_id)
-    assert run.pipeline == "domain-split"
-    assert run.url == f"{root.url}/domain-split/{run.run_id}"
-    assert run.config == CONFIG
-    assert run.status == "running"
-    assert run.error is None
-    assert run.metrics == {}
-    prov = run.provenance
-    for key in ("tilegraph", "python", "numpy", "zarr", "xarray", "host", "user", "platform"):
-        assert isinstance(prov[key], str) and prov[key], key
-    assert prov["backend"] == "local:2"
-    assert "git_commit" in prov and "argv" in prov
-    assert prov["started"].startswith(run.run_id[:4]) and prov["ended"] is None
-    # the same, read straight from the Zarr group as anyone else would
-    attrs = zarr.open_group(storage.urls.open_store(run.url), mode="r").attrs.asdict()
-    assert attrs["status"] == "running" and attrs["run_id"] == run.run_id
-    assert attrs["pipeline"] == "domain-split" and attrs["config"] == CONFIG
-
-
-def test_run_ids_are_unique_and_sortable(root):
-    ids = [root.create("p").run_id for _ in range(3)]
-    assert len(set(ids)) == 3
-    assert all(RUN_ID.match(i) for i in ids)
-    assert storage.new_run_id() > "20240101-000000-000000"
-
-
-def test_explicit_run_id_and_bad_names(root):
-    run = root.create("p", run_id="sweep-0001")
-    assert run.run_id == "sweep-0001"
-    with pytest.raises(FileExistsError, match="sweep-0001"):
-        root.create("p", run_id="sweep-0001")
-    with pytest.raises(ValueError, match="pipeline"):
-        root.create("../evil")
-    with pytest.raises(ValueError, match="run id"):
-        root.create("p", run_id="a/b")
-
-
-def test_config_must_be_json(root):
-    with pytest.raises(TypeError, match="config"):
-        root.create("p", config={"f": object()})
-
-
 # -- arrays -------------------------------------------------------------------------------
-def test_array_roundtrip_with_dimension_names(root):
-    run = root.create("p")
-    ref = run.create_array(
-        "u",
-        shape=(6, 5),
-        chunks=(3, 2),
-        dimension_names=("y", "x"),
-        attrs={"units": "m/s", "scale": np.float32(2.0)},
-    )
-    assert ref.shape == (6, 5) and ref.chunks == (3, 2) and ref.dtype == "float64"
-    assert pickle.loads(pickle.dumps(ref)) == ref
-    data = np.arange(30.0).reshape(6, 5)
-    for region in ref.regions():
-        ref.write(region, data[region])
-    np.testing.assert_array_equal(ref.read(), data)
-    np.testing.assert_array_equal(ref.read((slice(1, 4), slice(0, 5))), data[1:4])
-    arr = ref.open("r")
-    assert arr.metadata.dimension_names == ("y", "x")
-    assert arr.attrs.asdict() == {"units": "m/s", "scale": 2.0}
-    assert run.array("u") == ref
-    ints = run.create_array("n", (4,), (2,), dtype="int32", dimension_names=("i",))
-    assert ints.dtype == "int32" and ints.read().tolist() == [0, 0, 0, 0]
-    with pytest.raises(KeyError, match="nope"):
-        run.array("nope")
-    with pytest.raises(ValueError, match="dimension_names"):
-        run.create_array("bad", (4,), (2,), dimension_names=("a", "b"))
-
-
-def test_sharded_array_owns_whole_shards(root):
-    run = root.create("p")
-    ref = run.create_array("s", (8,), (2,), shards=(4,), dimension_names=("x",))
-    assert ref.chunks == (4,)
-    ref.write((slice(4, 8),), np.ones(4))
-    with pytest.raises(storage.ChunkOwnershipError):
-        ref.write((slice(0, 2),), np.ones(2))
-    np.testing.assert_array_equal(ref.read(), [0, 0, 0, 0, 1, 1, 1, 1])
 
 
 # -- chunk ownership --------------------------------------------------------------------------
@@ -165,21 +73,6 @@ def test_check_whole_chunks_rules():
     assert issubclass(storage.ChunkOwnershipError, ValueError)
     with pytest.raises(ValueError, match="step"):
         storage.check_whole_chunks(shape, chunks, (slice(0, 8, 2),))
-
-
-def test_refused_write_writes_nothing(root):
-    run = root.create("p")
-    ref = run.create_array("u", (10, 6), (4, 3), dimension_names=("y", "x"), fill_value=-1.0)
-    for bad in [(slice(1, 4), slice(0, 3)), (slice(0, 4), slice(0, 5))]:
-        block = np.full((3 if bad[0].start else 4, bad[1].stop - bad[1].start), 7.0)
-        with pytest.raises(storage.ChunkOwnershipError, match=r"'u'"):
-            ref.write(bad, block)
-    arr = ref.open("r")
-    assert arr.nchunks_initialized == 0
-    np.testing.assert_array_equal(arr[...], -1.0)
-    ref.write((slice(8, 10), slice(3, 6)), np.full((2, 3), 5.0))  # the partial last chunk
-    assert ref.open("r").nchunks_initialized == 1
-    assert (ref.read()[8:, 3:] == 5.0).all() and (ref.read()[:8] == -1.0).all()
 
 
 def _write_blocks(ref: storage.ArrayRef, regions: list[tuple[slice, ...]]) -> str:
@@ -245,98 +138,7 @@ def test_write_dataset_readable_by_xarray_open_zarr(local_root):
     np.testing.assert_array_equal(run.array("state").read(), np.arange(4.0))
 
 
-def test_write_and_open_dataset(root):
-    run = root.create("p")
-    run.write_dataset("result", _dataset())
-    run.write_dataset("result", _dataset().isel(t=[0]))  # replaces
-    back = run.open_dataset("result").load()
-    xr.testing.assert_identical(back, _dataset().isel(t=[0]))
-    with pytest.raises(ValueError, match="reserved"):
-        run.write_dataset("checkpoints", _dataset())
-
-
 # -- status, listing, lookup ------------------------------------------------------------------
-def test_status_running_to_complete(root):
-    run = root.create("p")
-    run.set_metrics({"iterations": np.int64(12), "residual": np.float32(0.5)})
-    run.mark_complete({"residual": np.float64(1e-9), "bad": float("nan")})
-    assert run.status == "complete" and run.error is None
-    assert run.metrics == {"iterations": 12, "residual": 1e-9, "bad": None}
-    assert run.provenance["ended"] >= run.provenance["started"]
-
-
-def test_status_running_to_failed(root):
-    run = root.create("p")
-    run.mark_failed("solver diverged at step 3")
-    assert run.status == "failed" and run.error == "solver diverged at step 3"
-    assert run.provenance["ended"] is not None
-    run2 = root.create("p")
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError as exc:
-        run2.mark_failed(exc)
-    assert run2.error == "RuntimeError: boom"
-    tb = run2.read_bytes(storage.TRACEBACK_FILE).decode()
-    assert "Traceback" in tb and "test_status_running_to_failed" in tb and "boom" in tb
-
-
-def test_resume_after_failure(root):
-    run = root.create("p", backend="sync")
-    started = run.provenance["started"]
-    run.mark_failed(RuntimeError("killed"))
-    assert run.read_bytes(storage.TRACEBACK_FILE)
-    again = root.resume(run.run_id)
-    assert again.status == "running" and again.error is None
-    with pytest.raises(FileNotFoundError):  # the old failure's traceback went with it
-        again.read_bytes(storage.TRACEBACK_FILE)
-    prov = again.provenance
-    assert prov["started"] == started and prov["ended"] is None
-    assert len(prov["resumed"]) == 1 and prov["resumed"][0] >= started
-    again.mark_running()
-    assert len(again.provenance["resumed"]) == 2
-
-
-def test_runs_listing_and_open_across_pipelines(root):
-    a = root.create("domain-split", config={"k": 1})
-    b = root.create("picard")
-    c = root.create("domain-split")
-    c.mark_complete({"err": 0.1})
-    listing = root.runs()
-    assert [r["run_id"] for r in listing] == sorted([a.run_id, b.run_id, c.run_id])
-    by_id = {r["run_id"]: r for r in listing}
-    assert by_id[b.run_id]["pipeline"] == "picard"
-    assert by_id[c.run_id]["status"] == "complete" and by_id[c.run_id]["metrics"] == {"err": 0.1}
-    assert by_id[c.run_id]["ended"] is not None and by_id[a.run_id]["ended"] is None
-    assert by_id[a.run_id]["url"] == a.url
-    assert set(by_id[a.run_id]) >= {"run_id", "pipeline", "status", "started", "ended", "metrics"}
-    assert {r["run_id"] for r in root.runs("domain-split")} == {a.run_id, c.run_id}
-    assert root.runs("nothing-here") == []
-
-    opened = root.open(b.run_id)
-    assert opened.pipeline == "picard" and opened.url == b.url
-    assert root.open(a.run_id, pipeline="domain-split").config == {"k": 1}
-    with pytest.raises(storage.RunNotFound, match="picard"):
-        root.open(a.run_id, pipeline="picard")
-    with pytest.raises(KeyError) as info:
-        root.open("20000101-000000-abcdef")
-    assert isinstance(info.value, storage.RunNotFound)
-    assert "20000101-000000-abcdef" in str(info.value) and root.url in str(info.value)
-
-
-def test_runs_ignores_foreign_content(root):
-    run = root.create("p")
-    fs, base = storage.urls.filesystem(root.url)
-    fs.pipe_file(f"{base}/p/notes.txt", b"hello")
-    zarr.open_group(storage.urls.open_store(f"{root.url}/p/plain-group"), mode="w")
-    assert [r["run_id"] for r in root.runs()] == [run.run_id]
-    with pytest.raises(storage.RunNotFound, match="not a tilegraph run"):
-        storage.RunStore(f"{root.url}/p/plain-group")
-
-
-def test_empty_root(root):
-    assert root.runs() == []
-    with pytest.raises(storage.RunNotFound):
-        root.open("20000101-000000-abcdef")
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -364,82 +166,6 @@ def _assert_checkpoint(loaded, step: int) -> None:
 def _save(run, step: int, **kw) -> None:
     scalars = {"step": np.int64(step), "energy": np.float64(1.5 * step), "nan": math.nan}
     run.save_checkpoint(step, _state(step), scalars, **kw)
-
-
-def test_checkpoint_save_two_load_newest(root):
-    run = root.create("p")
-    assert run.load_checkpoint() is None
-    _save(run, 1)
-    _save(run, 2)
-    _assert_checkpoint(run.load_checkpoint(), 2)
-    _assert_checkpoint(root.open(run.run_id).load_checkpoint(), 2)
-
-
-def test_interrupted_checkpoint_is_skipped(root):
-    run = root.create("p")
-    _save(run, 1)
-    _save(run, 2)
-    # a crash after the arrays of step 3 were written but before its manifest
-    ck = run.group["checkpoints"]
-    sub = ck.create_group("00000003", attributes={"complete": False, "step": 3})
-    for name, value in _state(3).items():
-        sub.create_array(name, data=value)
-    assert run.checkpoint_steps() == [1, 2, 3]
-    _assert_checkpoint(run.load_checkpoint(), 2)
-
-
-@pytest.mark.parametrize("damage", ["overwrite", "delete"])
-def test_corrupt_complete_checkpoint_is_skipped(root, damage):
-    run = root.create("p")
-    _save(run, 1)
-    _save(run, 2)
-    _save(run, 3)
-    sub = run.group["checkpoints/00000003"]
-    assert sub.attrs["complete"] is True
-    if damage == "overwrite":
-        arr = sub["x"]
-        arr[0, 0] = arr[0, 0] + 1.0
-    else:
-        del sub["k"]
-    _assert_checkpoint(run.load_checkpoint(), 2)
-
-
-def test_checkpoint_retention_keeps_three(root):
-    run = root.create("p")
-    for step in range(1, 6):
-        _save(run, step)
-    assert run.checkpoint_steps() == [3, 4, 5]
-    _assert_checkpoint(run.load_checkpoint(), 5)
-    _save(run, 6, keep=None)
-    _save(run, 7, keep=None)
-    assert run.checkpoint_steps() == [3, 4, 5, 6, 7]
-    _save(run, 8, keep=1)
-    assert run.checkpoint_steps() == [8]
-
-
-def test_checkpoint_resave_same_step_and_leftovers(root):
-    run = root.create("p")
-    _save(run, 1)
-    ck = run.group["checkpoints"]
-    ck.create_group("00000002", attributes={"complete": False, "step": 2})  # crashed save
-    _save(run, 2)  # the resumed run saves step 2 again
-    _save(run, 3)
-    _assert_checkpoint(run.load_checkpoint(), 3)
-    partial = ck.create_group("00000004", attributes={"complete": False, "step": 4})
-    partial.create_array("x", data=np.zeros(3))
-    _save(run, 5)
-    assert run.checkpoint_steps() == [2, 3, 5]  # the stale partial step 4 is gone
-
-
-def test_checkpoint_rejects_bad_input(root):
-    run = root.create("p")
-    with pytest.raises(ValueError, match="step"):
-        run.save_checkpoint(-1, {"x": np.zeros(2)}, {})
-    with pytest.raises(ValueError, match="name"):
-        run.save_checkpoint(1, {"a/b": np.zeros(2)}, {})
-    with pytest.raises(TypeError, match="object"):
-        run.save_checkpoint(1, {"x": np.array([object()])}, {})
-    assert run.load_checkpoint() is None
 
 
 def test_checkpoint_functions_work_on_a_plain_group(tmp_path):
@@ -527,30 +253,6 @@ def test_a_run_killed_while_marked_complete_is_running_or_complete_with_metrics(
 
 
 # -- side files, JSON, layering ---------------------------------------------------------------
-def test_plot_path_and_side_files(root):
-    run = root.create("p")
-    png = b"\x89PNG\r\n\x1a\nfake"
-    where = run.write_bytes("summary.png", png)
-    assert where == run.url + "/summary.png"
-    assert run.read_bytes("summary.png") == png
-    if run.is_local:
-        assert run.plot_path == str(Path(run.url) / "summary.png")
-        assert Path(run.plot_path).read_bytes() == png
-    else:
-        assert run.plot_path is None
-    with pytest.raises(ValueError, match="relative"):
-        run.write_bytes("../escape.png", png)
-    assert [r["run_id"] for r in root.runs()] == [run.run_id]
-
-
-def test_save_figure_uses_savefig(root):
-    class Fig:
-        def savefig(self, buf, format):
-            buf.write(f"image/{format}".encode())
-
-    run = root.create("p")
-    run.save_figure(Fig())
-    assert run.read_bytes("summary.png") == b"image/png"
 
 
 def test_jsonable():
@@ -579,20 +281,353 @@ def test_jsonable():
         storage.jsonable({"x": object()}, "cfg")
 
 
-def test_nodes_inside_a_run(root):
-    """What pipelines use instead of the raw group: has, delete, node attributes."""
-    run = root.create("demo", config={}, backend="sync")
-    assert not run.has("work/x0")
-    run.create_array("work/x0", shape=(4,), chunks=(2,), dimension_names=("i",))
-    assert run.has("work/x0") and run.has("work")
-    run.delete("work")
-    run.delete("work")  # already gone: nothing to do
-    assert not run.has("work/x0") and not run.has("work")
-    assert run.node_attrs("model") == {}
-    run.set_node_attrs("model", {"layers": 2, "complete": True})
-    run.set_node_attrs("model", {"final_loss": 0.5})
-    assert run.node_attrs("model") == {"layers": 2, "complete": True, "final_loss": 0.5}
-    run.save_checkpoint(1, arrays={"h": np.zeros(2)}, scalars={"t": 1})
-    assert run.checkpoint_steps() == [1]
-    run.clear_checkpoints()
-    assert run.checkpoint_steps() == [] and run.load_checkpoint() is None
+class RunStoreTests:
+    """Assertions every store backend must pass; a subclass per backend provides the
+    ``root`` fixture (as zarr-python's ``StoreTests`` and rechunker's executor tests)."""
+
+    def test_create_records_config_provenance_and_status(self, root):
+        run = root.create("domain-split", config=CONFIG, backend="local:2")
+        assert RUN_ID.match(run.run_id)
+        assert run.pipeline == "domain-split"
+        assert run.url == f"{root.url}/domain-split/{run.run_id}"
+        assert run.config == CONFIG
+        assert run.status == "running"
+        assert run.error is None
+        assert run.metrics == {}
+        prov = run.provenance
+        for key in ("tilegraph", "python", "numpy", "zarr", "xarray", "host", "user", "platform"):
+            assert isinstance(prov[key], str) and prov[key], key
+        assert prov["backend"] == "local:2"
+        assert "git_commit" in prov and "argv" in prov
+        assert prov["started"].startswith(run.run_id[:4]) and prov["ended"] is None
+        # the same, read straight from the Zarr group as anyone else would
+        store = storage.urls.open_store(run.url, root.options)
+        attrs = zarr.open_group(store, mode="r").attrs.asdict()
+        assert attrs["status"] == "running" and attrs["run_id"] == run.run_id
+        assert attrs["pipeline"] == "domain-split" and attrs["config"] == CONFIG
+
+    def test_run_ids_are_unique_and_sortable(self, root):
+        ids = [root.create("p").run_id for _ in range(3)]
+        assert len(set(ids)) == 3
+        assert all(RUN_ID.match(i) for i in ids)
+        assert storage.new_run_id() > "20240101-000000-000000"
+
+    def test_explicit_run_id_and_bad_names(self, root):
+        run = root.create("p", run_id="sweep-0001")
+        assert run.run_id == "sweep-0001"
+        with pytest.raises(FileExistsError, match="sweep-0001"):
+            root.create("p", run_id="sweep-0001")
+        with pytest.raises(ValueError, match="pipeline"):
+            root.create("../evil")
+        with pytest.raises(ValueError, match="run id"):
+            root.create("p", run_id="a/b")
+
+    def test_config_must_be_json(self, root):
+        with pytest.raises(TypeError, match="config"):
+            root.create("p", config={"f": object()})
+
+    def test_array_roundtrip_with_dimension_names(self, root):
+        run = root.create("p")
+        ref = run.create_array(
+            "u",
+            shape=(6, 5),
+            chunks=(3, 2),
+            dimension_names=("y", "x"),
+            attrs={"units": "m/s", "scale": np.float32(2.0)},
+        )
+        assert ref.shape == (6, 5) and ref.chunks == (3, 2) and ref.dtype == "float64"
+        assert pickle.loads(pickle.dumps(ref)) == ref
+        data = np.arange(30.0).reshape(6, 5)
+        for region in ref.regions():
+            ref.write(region, data[region])
+        np.testing.assert_array_equal(ref.read(), data)
+        np.testing.assert_array_equal(ref.read((slice(1, 4), slice(0, 5))), data[1:4])
+        arr = ref.open("r")
+        assert arr.metadata.dimension_names == ("y", "x")
+        assert arr.attrs.asdict() == {"units": "m/s", "scale": 2.0}
+        assert run.array("u") == ref
+        ints = run.create_array("n", (4,), (2,), dtype="int32", dimension_names=("i",))
+        assert ints.dtype == "int32" and ints.read().tolist() == [0, 0, 0, 0]
+        with pytest.raises(KeyError, match="nope"):
+            run.array("nope")
+        with pytest.raises(ValueError, match="dimension_names"):
+            run.create_array("bad", (4,), (2,), dimension_names=("a", "b"))
+
+    def test_sharded_array_owns_whole_shards(self, root):
+        run = root.create("p")
+        ref = run.create_array("s", (8,), (2,), shards=(4,), dimension_names=("x",))
+        assert ref.chunks == (4,)
+        ref.write((slice(4, 8),), np.ones(4))
+        with pytest.raises(storage.ChunkOwnershipError):
+            ref.write((slice(0, 2),), np.ones(2))
+        np.testing.assert_array_equal(ref.read(), [0, 0, 0, 0, 1, 1, 1, 1])
+
+    def test_refused_write_writes_nothing(self, root):
+        run = root.create("p")
+        ref = run.create_array("u", (10, 6), (4, 3), dimension_names=("y", "x"), fill_value=-1.0)
+        for bad in [(slice(1, 4), slice(0, 3)), (slice(0, 4), slice(0, 5))]:
+            block = np.full((3 if bad[0].start else 4, bad[1].stop - bad[1].start), 7.0)
+            with pytest.raises(storage.ChunkOwnershipError, match=r"'u'"):
+                ref.write(bad, block)
+        arr = ref.open("r")
+        assert arr.nchunks_initialized == 0
+        np.testing.assert_array_equal(arr[...], -1.0)
+        ref.write((slice(8, 10), slice(3, 6)), np.full((2, 3), 5.0))  # the partial last chunk
+        assert ref.open("r").nchunks_initialized == 1
+        assert (ref.read()[8:, 3:] == 5.0).all() and (ref.read()[:8] == -1.0).all()
+
+    def test_write_and_open_dataset(self, root):
+        run = root.create("p")
+        run.write_dataset("result", _dataset())
+        run.write_dataset("result", _dataset().isel(t=[0]))  # replaces
+        back = run.open_dataset("result").load()
+        xr.testing.assert_identical(back, _dataset().isel(t=[0]))
+        with pytest.raises(ValueError, match="reserved"):
+            run.write_dataset("checkpoints", _dataset())
+
+    def test_status_running_to_complete(self, root):
+        run = root.create("p")
+        run.set_metrics({"iterations": np.int64(12), "residual": np.float32(0.5)})
+        run.mark_complete({"residual": np.float64(1e-9), "bad": float("nan")})
+        assert run.status == "complete" and run.error is None
+        assert run.metrics == {"iterations": 12, "residual": 1e-9, "bad": None}
+        assert run.provenance["ended"] >= run.provenance["started"]
+
+    def test_status_running_to_failed(self, root):
+        run = root.create("p")
+        run.mark_failed("solver diverged at step 3")
+        assert run.status == "failed" and run.error == "solver diverged at step 3"
+        assert run.provenance["ended"] is not None
+        run2 = root.create("p")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as exc:
+            run2.mark_failed(exc)
+        assert run2.error == "RuntimeError: boom"
+        tb = run2.read_bytes(storage.TRACEBACK_FILE).decode()
+        assert "Traceback" in tb and "test_status_running_to_failed" in tb and "boom" in tb
+
+    def test_resume_after_failure(self, root):
+        run = root.create("p", backend="sync")
+        started = run.provenance["started"]
+        run.mark_failed(RuntimeError("killed"))
+        assert run.read_bytes(storage.TRACEBACK_FILE)
+        again = root.resume(run.run_id)
+        assert again.status == "running" and again.error is None
+        with pytest.raises(FileNotFoundError):  # the old failure's traceback went with it
+            again.read_bytes(storage.TRACEBACK_FILE)
+        prov = again.provenance
+        assert prov["started"] == started and prov["ended"] is None
+        assert len(prov["resumed"]) == 1 and prov["resumed"][0] >= started
+        again.mark_running()
+        assert len(again.provenance["resumed"]) == 2
+
+    def test_runs_listing_and_open_across_pipelines(self, root):
+        a = root.create("domain-split", config={"k": 1})
+        b = root.create("picard")
+        c = root.create("domain-split")
+        c.mark_complete({"err": 0.1})
+        listing = root.runs()
+        assert [r["run_id"] for r in listing] == sorted([a.run_id, b.run_id, c.run_id])
+        by_id = {r["run_id"]: r for r in listing}
+        assert by_id[b.run_id]["pipeline"] == "picard"
+        assert by_id[c.run_id]["status"] == "complete" and by_id[c.run_id]["metrics"] == {
+            "err": 0.1
+        }
+        assert by_id[c.run_id]["ended"] is not None and by_id[a.run_id]["ended"] is None
+        assert by_id[a.run_id]["url"] == a.url
+        assert set(by_id[a.run_id]) >= {
+            "run_id",
+            "pipeline",
+            "status",
+            "started",
+            "ended",
+            "metrics",
+        }
+        assert {r["run_id"] for r in root.runs("domain-split")} == {a.run_id, c.run_id}
+        assert root.runs("nothing-here") == []
+
+        opened = root.open(b.run_id)
+        assert opened.pipeline == "picard" and opened.url == b.url
+        assert root.open(a.run_id, pipeline="domain-split").config == {"k": 1}
+        with pytest.raises(storage.RunNotFound, match="picard"):
+            root.open(a.run_id, pipeline="picard")
+        with pytest.raises(KeyError) as info:
+            root.open("20000101-000000-abcdef")
+        assert isinstance(info.value, storage.RunNotFound)
+        assert "20000101-000000-abcdef" in str(info.value) and root.url in str(info.value)
+
+    def test_runs_ignores_foreign_content(self, root):
+        run = root.create("p")
+        fs, base = storage.urls.filesystem(root.url, root.options)
+        fs.pipe_file(f"{base}/p/notes.txt", b"hello")
+        zarr.open_group(
+            storage.urls.open_store(f"{root.url}/p/plain-group", root.options), mode="w"
+        )
+        assert [r["run_id"] for r in root.runs()] == [run.run_id]
+        with pytest.raises(storage.RunNotFound, match="not a tilegraph run"):
+            storage.RunStore(f"{root.url}/p/plain-group", storage_options=root.options)
+
+    def test_empty_root(self, root):
+        assert root.runs() == []
+        with pytest.raises(storage.RunNotFound):
+            root.open("20000101-000000-abcdef")
+
+    def test_checkpoint_save_two_load_newest(self, root):
+        run = root.create("p")
+        assert run.load_checkpoint() is None
+        _save(run, 1)
+        _save(run, 2)
+        _assert_checkpoint(run.load_checkpoint(), 2)
+        _assert_checkpoint(root.open(run.run_id).load_checkpoint(), 2)
+
+    def test_interrupted_checkpoint_is_skipped(self, root):
+        run = root.create("p")
+        _save(run, 1)
+        _save(run, 2)
+        # a crash after the arrays of step 3 were written but before its manifest
+        ck = run.group["checkpoints"]
+        sub = ck.create_group("00000003", attributes={"complete": False, "step": 3})
+        for name, value in _state(3).items():
+            sub.create_array(name, data=value)
+        assert run.checkpoint_steps() == [1, 2, 3]
+        _assert_checkpoint(run.load_checkpoint(), 2)
+
+    @pytest.mark.parametrize("damage", ["overwrite", "delete"])
+    def test_corrupt_complete_checkpoint_is_skipped(self, root, damage):
+        run = root.create("p")
+        _save(run, 1)
+        _save(run, 2)
+        _save(run, 3)
+        sub = run.group["checkpoints/00000003"]
+        assert sub.attrs["complete"] is True
+        if damage == "overwrite":
+            arr = sub["x"]
+            arr[0, 0] = arr[0, 0] + 1.0
+        else:
+            del sub["k"]
+        _assert_checkpoint(run.load_checkpoint(), 2)
+
+    def test_checkpoint_retention_keeps_three(self, root):
+        run = root.create("p")
+        for step in range(1, 6):
+            _save(run, step)
+        assert run.checkpoint_steps() == [3, 4, 5]
+        _assert_checkpoint(run.load_checkpoint(), 5)
+        _save(run, 6, keep=None)
+        _save(run, 7, keep=None)
+        assert run.checkpoint_steps() == [3, 4, 5, 6, 7]
+        _save(run, 8, keep=1)
+        assert run.checkpoint_steps() == [8]
+
+    def test_checkpoint_resave_same_step_and_leftovers(self, root):
+        run = root.create("p")
+        _save(run, 1)
+        ck = run.group["checkpoints"]
+        ck.create_group("00000002", attributes={"complete": False, "step": 2})  # crashed save
+        _save(run, 2)  # the resumed run saves step 2 again
+        _save(run, 3)
+        _assert_checkpoint(run.load_checkpoint(), 3)
+        partial = ck.create_group("00000004", attributes={"complete": False, "step": 4})
+        partial.create_array("x", data=np.zeros(3))
+        _save(run, 5)
+        assert run.checkpoint_steps() == [2, 3, 5]  # the stale partial step 4 is gone
+
+    def test_checkpoint_rejects_bad_input(self, root):
+        run = root.create("p")
+        with pytest.raises(ValueError, match="step"):
+            run.save_checkpoint(-1, {"x": np.zeros(2)}, {})
+        with pytest.raises(ValueError, match="name"):
+            run.save_checkpoint(1, {"a/b": np.zeros(2)}, {})
+        with pytest.raises(TypeError, match="object"):
+            run.save_checkpoint(1, {"x": np.array([object()])}, {})
+        assert run.load_checkpoint() is None
+
+    def test_plot_path_and_side_files(self, root):
+        run = root.create("p")
+        png = b"\x89PNG\r\n\x1a\nfake"
+        where = run.write_bytes("summary.png", png)
+        assert where == run.url + "/summary.png"
+        assert run.read_bytes("summary.png") == png
+        if run.is_local:
+            assert run.plot_path == str(Path(run.url) / "summary.png")
+            assert Path(run.plot_path).read_bytes() == png
+        else:
+            assert run.plot_path is None
+        with pytest.raises(ValueError, match="relative"):
+            run.write_bytes("../escape.png", png)
+        assert [r["run_id"] for r in root.runs()] == [run.run_id]
+
+    def test_save_figure_uses_savefig(self, root):
+        class Fig:
+            def savefig(self, buf, format):
+                buf.write(f"image/{format}".encode())
+
+        run = root.create("p")
+        run.save_figure(Fig())
+        assert run.read_bytes("summary.png") == b"image/png"
+
+    def test_nodes_inside_a_run(self, root):
+        """What pipelines use instead of the raw group: has, delete, node attributes."""
+        run = root.create("demo", config={}, backend="sync")
+        assert not run.has("work/x0")
+        run.create_array("work/x0", shape=(4,), chunks=(2,), dimension_names=("i",))
+        assert run.has("work/x0") and run.has("work")
+        run.delete("work")
+        run.delete("work")  # already gone: nothing to do
+        assert not run.has("work/x0") and not run.has("work")
+        assert run.node_attrs("model") == {}
+        run.set_node_attrs("model", {"layers": 2, "complete": True})
+        run.set_node_attrs("model", {"final_loss": 0.5})
+        assert run.node_attrs("model") == {"layers": 2, "complete": True, "final_loss": 0.5}
+        run.save_checkpoint(1, arrays={"h": np.zeros(2)}, scalars={"t": 1})
+        assert run.checkpoint_steps() == [1]
+        run.clear_checkpoints()
+        assert run.checkpoint_steps() == [] and run.load_checkpoint() is None
+
+
+class TestLocalStore(RunStoreTests):
+    @pytest.fixture
+    def root(self, tmp_path):
+        return storage.Root(tmp_path / "runs")
+
+
+class TestMemoryStore(RunStoreTests):
+    @pytest.fixture
+    def root(self):
+        name = f"tg-test-{uuid.uuid4().hex}"
+        yield storage.Root(f"memory://{name}")
+        fs = fsspec.filesystem("memory")
+        if fs.exists(f"/{name}"):
+            fs.rm(f"/{name}", recursive=True)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """An S3-compatible object store on loopback (moto's server), for the module."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    import logging
+    import socket
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
+    server.stop()
+
+
+class TestS3Store(RunStoreTests):
+    """The suite on ``s3://`` through fsspec's s3fs: an object store, where folders do
+    not exist and nothing is renamed."""
+
+    @pytest.fixture
+    def root(self, s3_endpoint):
+        import s3fs
+
+        bucket = f"tg-{uuid.uuid4().hex[:12]}"
+        s3fs.S3FileSystem(**s3_endpoint).mkdir(bucket)
+        return storage.Root(f"s3://{bucket}/runs", storage_options=s3_endpoint)
