@@ -259,12 +259,14 @@ def _run(args, owned: contextlib.ExitStack) -> int:
     workers = _workers_guess(args.spec)
     est = resources.estimate(pipeline, config, workers)
     resources.check_size(est, config)
-    resources.check_fits(est, driver_limit=resources.available_memory())
-    if args.dry_run:
+    if args.dry_run:  # the sizes are printed even when they do not fit (then exit 2)
         info = {"config": config.model_dump(mode="json"), "user_code": code}
         if est is not None:
             info["estimate"] = {**dataclasses.asdict(est), "workers": workers}
-        return _dry_run(args, info, est, workers)
+        rc = _dry_run(args, info, est, workers)
+        resources.check_fits(est, driver_limit=resources.available_memory())
+        return rc
+    resources.check_fits(est, driver_limit=resources.available_memory())
 
     executor = _connect(args, code)
     with executor:

@@ -4,6 +4,7 @@ workers."""
 
 from ..base import Pipeline
 from .config import PRESETS, DomainSplitConfig
+from .resources import estimate
 from .runner import METRICS, run
 
 PIPELINE = Pipeline(
@@ -13,6 +14,7 @@ PIPELINE = Pipeline(
     presets=PRESETS,
     run=run,
     metric_names=METRICS,
+    estimate=estimate,
 )
 
 __all__ = ["PIPELINE", "DomainSplitConfig", "run"]

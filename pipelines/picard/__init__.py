@@ -4,6 +4,7 @@ variant (triangular Anderson mixing)."""
 
 from ..base import Pipeline
 from .config import PRESETS, PicardConfig
+from .resources import estimate
 from .runner import METRICS, run
 
 PIPELINE = Pipeline(
@@ -13,6 +14,7 @@ PIPELINE = Pipeline(
     presets=PRESETS,
     run=run,
     metric_names=METRICS,
+    estimate=estimate,
 )
 
 __all__ = ["PIPELINE", "PicardConfig", "run"]

@@ -4,6 +4,7 @@ of a time step an executor task; the rank-adaptive sequential BUG as the baselin
 
 from ..base import Pipeline
 from .config import PRESETS, TTNConfig
+from .resources import estimate
 from .runner import METRICS, run
 
 PIPELINE = Pipeline(
@@ -13,6 +14,7 @@ PIPELINE = Pipeline(
     presets=PRESETS,
     run=run,
     metric_names=METRICS,
+    estimate=estimate,
 )
 
 __all__ = ["PIPELINE", "TTNConfig", "run"]

@@ -1,0 +1,208 @@
+"""Memory and store size of a ``ttn`` run, estimated from its config.
+
+The state is a tree tensor network of complex128 tensors (16 bytes an entry). The rank
+of the edge above a node with ``L`` of the ``d`` sites under it is at most
+``r = min(r_max, 2^L, 2^(d - L))``; a step augments it to at most ``2 r`` (a leaf: 2).
+A node with children ranks ``r_1 .. r_m`` holds ``r_1 ... r_m r`` entries. What grows
+with the config, per inner node:
+
+* its tensor, the sub-problem's start ``C_in``, the Galerkin result, the augmented and
+  truncated tensors (``prod(2 r_j) 2 r`` entries), and the projections ``X^H A X`` of
+  every operator term restricted to the subtree (``K`` of them, ``r x r`` each);
+* while it is worked on: the Lanczos basis of the Galerkin step (up to 41 tensors) and
+  the stacked term applications (``K`` tensors at once, ``K`` = the distinct restricted
+  terms: ``3 L`` for ``tfi``/``xxz``, ``3 L + L (L - 1) / 2`` for ``lr-ising``).
+
+Where it lives: with ``schedule=subtrees`` (parallel method) each worker keeps the
+subtrees under the root's children it was given and the driver the root; otherwise the
+driver keeps the whole network and a worker holds one node's step at a time.
+
+``exact_reference=true`` adds on the driver the sparse ``2^d x 2^d`` Hamiltonian
+(``(d + 1) 2^d`` entries, a few copies inside ``expm_multiply``) and, every step, the
+dense state ``to_dense`` builds: at the root a ``2^d x r_1 r_2`` Kronecker product,
+usually the largest array of the run.
+
+The store holds the history (one row of ``d + nodes + 9`` float64 per step, in chunks
+of 256 rows) and up to three checkpoints of the network. Only array memory is estimated
+(what grows with the config): the Python process with its imported modules comes on
+top.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..base import Estimate
+
+#: Bytes of a complex128 entry.
+C16 = 16
+#: Largest Lanczos basis of one sub-flow (``tasks.ttn.expm.expm_apply``'s ``m_max``), plus
+#: the start vector.
+KRYLOV = 41
+#: Every estimate is capped here (1 ZiB): sizes beyond are refused anyway.
+CAP = 2**70
+
+
+def _cap(n: float) -> int:
+    return int(min(max(n, 0), CAP))
+
+
+def term_count(kind: str, leaves: int) -> int:
+    """Distinct operator terms restricted to a subtree of ``leaves`` sites (the keys of
+    :class:`tilegraph.tasks.ttn.bug.Layout`, magnetisations included)."""
+    L = leaves
+    if kind == "lr-ising":
+        return 3 * L + L * (L - 1) // 2
+    if kind == "xxz":
+        return 4 * L + 3
+    return 3 * L  # tfi
+
+
+def _shape(cfg, r_max: int):
+    """Per node: children, sites under it, rank cap and augmented rank cap."""
+    tree = cfg.make_tree()
+    d = cfg.d
+    n = tree.n_nodes
+    leaves = [len(tree.leaves[k]) for k in range(n)]
+    rank = [1] * n
+    aug = [1] * n
+    for k in reversed(range(n)):  # children before parents (pre-order numbering)
+        if k == 0:
+            continue
+        L = leaves[k]
+        cap = min(2**L, 2 ** (d - L))
+        rank[k] = max(1, min(r_max, cap))
+        rank[k] = max(rank[k], min(cfg.r_min, cap))
+        rows = 2 if tree.is_leaf(k) else math.prod(aug[c] for c in tree.children[k])
+        aug[k] = min(2 * rank[k], rows, cap)
+    return tree, leaves, rank, aug
+
+
+def group_counts(kind: str, child_leaves) -> tuple[int, int, int]:
+    """Most terms applied at once at a node with children of ``child_leaves`` sites:
+    ``(projections, Galerkin sub-flow, rejection test)``.
+
+    The projections stack the terms inside one child (or joining two); the sub-flow's
+    ``TermSum`` merges terms that share all but one factor (measured: about 0.6 of those
+    of ``tfi``/``xxz``, none of the pairs of ``lr-ising``); the rejection test applies
+    the terms joining two children.
+    """
+    inside = max(term_count(kind, L) for L in child_leaves)
+    pairs = [(a, b) for i, a in enumerate(child_leaves) for b in child_leaves[i + 1 :]]
+    if kind == "lr-ising":
+        joining = max((a * b for a, b in pairs), default=0)
+        return max(inside, joining), max(inside, joining), joining
+    joining = 3 if kind == "xxz" else 1
+    return max(inside, joining), max(1, (3 * inside) // 5), joining
+
+
+def _node_bytes(cfg, tree, leaves, rank, aug, k) -> tuple[int, int]:
+    """``(kept, working)`` bytes of inner node ``k``: what stays between its steps and
+    the peak while its step (Galerkin sub-flow, projections) runs."""
+    kids = tree.children[k]
+    size = math.prod(rank[c] for c in kids) * rank[k]  # the tensor
+    padded = math.prod(aug[c] for c in kids) * rank[k]  # in the augmented child bases
+    big = math.prod(aug[c] for c in kids) * aug[k]  # augmented
+    K = term_count(cfg.model.kind, leaves[k])
+    G_proj, G_flow, G_join = group_counts(cfg.model.kind, [leaves[c] for c in kids])
+    # kept: the tensor and its projections; during a step also C_in, the Galerkin
+    # result, the assembled and augmented tensors and their truncation
+    kept = 3 * size + 2 * big + K * rank[k] ** 2
+    # a batched mode product of a stack of G terms holds about 3 G tensors (the stack,
+    # its transpose, the product); the sub-flow adds its Lanczos basis
+    flow = padded if cfg.method == "sequential" else size  # the sequential one: augmented
+    working = max((KRYLOV + 2 + 3 * G_flow) * flow, (G_proj + 1) * size, 2 * big)
+    if cfg.method == "sequential":
+        working = max(working, (G_proj + 1) * big)  # projections in the augmented bases
+    elif cfg.reject:
+        working = max(working, 3 * G_join * size)  # the blocks with two new indices
+    return C16 * kept, C16 * working
+
+
+def _exact_bytes(cfg, tree, rank) -> int:
+    """Driver bytes of the exact reference: the sparse H inside ``expm_multiply`` and
+    the dense state ``to_dense`` builds (largest at the root)."""
+    d = cfg.d
+    dim = 2**d
+    offdiag = d - 1 if cfg.model.kind == "xxz" else d
+    H = (offdiag + 1) * dim * (C16 + 4) + 4 * dim
+    dense = 0  # the Kronecker product of the children's bases, then the children's
+    for k in tree.inner:
+        L = len(tree.leaves[k])
+        cols = math.prod(rank[c] for c in tree.children[k])
+        below = sum(2 ** len(tree.leaves[c]) * rank[c] for c in tree.children[k])
+        dense = max(dense, C16 * (2**L * cols + below))
+    return _cap(3 * H + 8 * C16 * dim + dense)
+
+
+def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
+    tree, leaves, rank, aug = _shape(cfg, r_max)
+    nodes = {k: _node_bytes(cfg, tree, leaves, rank, aug, k) for k in tree.inner}
+    leaf_bytes = C16 * 8 * 2 * max(aug)  # a leaf's basis, K-step and augmentation
+    state = C16 * sum(
+        math.prod(rank[c] for c in tree.children[k]) * rank[k] if k in nodes else 2 * rank[k]
+        for k in range(tree.n_nodes)
+    )
+    root_kept, root_work = nodes[0]
+    if cfg.method == "parallel" and cfg.schedule == "subtrees":
+        # one stateful worker per child of the root; a worker may hold several
+        kids = tree.children[0]
+        per = []
+        for c in kids:
+            sub = [k for k in tree.subtree(c) if k in nodes]
+            kept = sum(nodes[k][0] for k in sub) + leaf_bytes * len(tree.subtree(c))
+            work = max((nodes[k][1] for k in sub), default=leaf_bytes)
+            per.append((kept, work))
+        per.sort(reverse=True)
+        groups = max(1, min(int(workers), len(kids)))
+        share = -(-len(kids) // groups)
+        worker = sum(k for k, _ in per[:share]) + max(w for _, w in per)
+        driver = root_kept + root_work + 2 * state  # the gathered network: observables
+    else:
+        kept = sum(k for k, _ in nodes.values()) + leaf_bytes * tree.n_nodes
+        driver = kept + max(w for _, w in nodes.values()) + 2 * state
+        worker = max(w for _, w in nodes.values())
+    if cfg.exact_reference:
+        driver += _exact_bytes(cfg, tree, rank)
+    return _cap(driver), _cap(worker), state
+
+
+def estimate(cfg, workers: int) -> Estimate:
+    """Peak memory of the driver and of one worker, and the store size, of a run.
+
+    Parameters
+    ----------
+    cfg : TTNConfig
+    workers : int
+        Workers the root's subtrees are shared out over (at least 1).
+
+    Returns
+    -------
+    Estimate
+        Bytes of array memory at the largest ranks ``r_max`` allows; ``field`` is
+        ``r_max`` (``d`` where the tree shape, not the rank, sets the size),
+        ``alternative`` names ``exact_reference=false`` when the reference is on.
+    """
+    driver, worker, state = _sizes(cfg, cfg.r_max, workers)
+    hs = cfg.h_list or [cfg.h]
+    tree = cfg.make_tree()
+    row = 8 * (cfg.d + tree.n_nodes + 9)
+    history = sum(row * 256 * -(-(cfg.steps(h) + 1) // 256) for h in hs)  # whole chunks
+    every = cfg.checkpoint_every
+    saved = sum(-(-cfg.steps(h) // every) for h in hs)  # every k-th step and the last
+    store = _cap(history + min(3, saved) * state)  # the newest three are kept
+
+    field = "r_max"
+    low_driver, low_worker, _ = _sizes(cfg, cfg.r_min, workers)
+    if 2 * max(low_driver, low_worker) > max(driver, worker):
+        field = "d"  # the tree's shape (a wide node), not the rank, sets the size
+    if cfg.exact_reference:
+        alternative = "set exact_reference=false (the dense 2^d reference)"
+    elif field == "d" and cfg.tree != "binary":
+        alternative = "use tree=binary (nodes with two children)"
+    else:
+        alternative = "more workers"
+    return Estimate(driver, worker, store, field, alternative)
+
+
+__all__ = ["estimate", "term_count"]
