@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tilegraph.tasks.bilevel.methods import Steps
 from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
+from tilegraph.tasks.devices import Device
 
 
 class ProblemConfig(BaseModel):
@@ -96,7 +97,7 @@ class BilevelConfig(BaseModel):
     eval_every: int = Field(default=10, ge=1, description="iterations between history points")
     checkpoint_every: int = Field(default=50, ge=1, description="iterations between checkpoints")
     seed: int = Field(default=0, ge=0, description="seed of the block and batch sampling")
-    device: Literal["cpu", "cuda", "array-api-strict"] = Field(
+    device: Device = Field(
         default="cpu",
         description="where the block tasks run their kernels: NumPy, CuPy (each task asks "
         "for one GPU of its worker), or array-api-strict (the GPU code path checked on a "

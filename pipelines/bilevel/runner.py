@@ -10,6 +10,7 @@ from tilegraph.tasks.bilevel.hypergradient import hypergradient, lower_solutions
 from tilegraph.tasks.bilevel.hypergradient import upper_objective as exact_objective
 from tilegraph.tasks.bilevel.methods import state_layout, state_size, unpack, upper_step
 from tilegraph.tasks.bilevel.sampling import draw, init_batches
+from tilegraph.tasks.devices import slots
 
 from ..base import RunContext
 from .config import BilevelConfig
@@ -153,8 +154,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
         x_prev, z = x.copy(), np.zeros_like(x)
         last, slot = np.full(m, -1, dtype=np.int64), np.zeros(m, dtype=np.int64)
         idx0 = init_batches(cfg.seed, m, B, problem.n_lower)
-        slots = ex.n_gpus if gpus else ex.n_workers
-        groups = np.array_split(np.arange(m), min(m, 4 * max(1, slots)))
+        groups = np.array_split(np.arange(m), min(m, 4 * slots(ex, cfg.device)))
         ex.gather(
             ex.map(
                 init_blocks, groups, [idx0[g] for g in groups], gpus=gpus, ref=ref, x0=x, **common
@@ -185,7 +185,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
     def reached() -> bool:
         return x_star is not None and cfg.tol is not None and rel_dist(x, x_star) <= cfg.tol
 
-    slots = ex.n_gpus if gpus else ex.n_workers
+    n_slots = slots(ex, cfg.device)
     t_loop = time.perf_counter()
     t_loop_start, warm = t, False
     with ctx.progress(total=cfg.max_iter, desc=f"bilevel {method}") as bar:
@@ -205,7 +205,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
                 )
             )
             # one task per worker at most: consecutive sampled blocks share a task
-            parts = np.array_split(np.arange(len(work)), min(len(work), max(1, slots)))
+            parts = np.array_split(np.arange(len(work)), min(len(work), n_slots))
             futures = ex.map(
                 block_tasks,
                 [[work[k] for k in part] for part in parts],

@@ -15,16 +15,17 @@ driver are moved to the device here; the batch indices stay NumPy (they were dra
 the driver, so every device uses the same samples, and the problems index their host
 data with them); the new state goes back to Zarr and the hypergradient terms back to
 the driver as NumPy arrays.
+
+Both tasks run with single-threaded BLAS
+(:func:`~tilegraph.tasks.devices.deterministic_blas`): the same bits in a worker process
+and in the driver.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-from threadpoolctl import ThreadpoolController
 from tilegraph.tasks.bilevel.methods import block_step, init_state
-from tilegraph.tasks.devices import array_module, to_device, to_host
+from tilegraph.tasks.devices import array_module, deterministic_blas, to_device, to_host
 
 SLOTS = 3
 
@@ -46,25 +47,7 @@ def _region(ref, i: int, s: int):
     return ref.check((slice(i, i + 1), slice(s, s + 1), slice(None)))
 
 
-_CONTROLLER: list = []
-
-
-def _one_thread(fn):
-    """Single-threaded BLAS: the same bits in a worker process and in the driver. (The
-    controller is made once per process: finding the BLAS libraries is slower than a
-    block update.)"""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if not _CONTROLLER:
-            _CONTROLLER.append(ThreadpoolController())
-        with _CONTROLLER[0].limit(limits=1, user_api="blas"):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_one_thread
+@deterministic_blas()
 def init_blocks(blocks, idx, *, problem, method, steps, ref, x0, device="cpu"):
     """Write the initial state of ``blocks`` into slot 0.
 
@@ -89,7 +72,7 @@ def init_blocks(blocks, idx, *, problem, method, steps, ref, x0, device="cpu"):
         _array(ref)[_region(ref, int(i), 0)] = np.asarray(flat)[None, None, :]
 
 
-@_one_thread
+@deterministic_blas()
 def block_task(
     i,
     src,

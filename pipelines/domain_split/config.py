@@ -6,6 +6,7 @@ import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from tilegraph.tasks.devices import Device
 from tilegraph.tasks.domain_split.problems import Problem
 
 
@@ -70,7 +71,7 @@ class DomainSplitConfig(BaseModel):
     direct_reference: bool = Field(
         default=True, description="also solve the fine system with SciPy for rel_error_direct"
     )
-    device: Literal["cpu", "cuda", "array-api-strict"] = Field(
+    device: Device = Field(
         default="cpu",
         description="where workers run the block kernels: NumPy, CuPy (one GPU per "
         "worker), or array-api-strict (the GPU code path checked on a CPU)",

@@ -12,6 +12,7 @@ import math
 import time
 
 import numpy as np
+from tilegraph.tasks.devices import slots
 from tilegraph.tasks.domain_split.combine import correct, merge, spline_matrix
 from tilegraph.tasks.domain_split.grid import merge_weights
 from tilegraph.tasks.domain_split.holes import shift_offsets, work_region
@@ -61,8 +62,7 @@ class BlockPlan:
         self.smoother = smoother
         self.offsets = shift_offsets(layout, shifts)
         n_blocks = len(layout.blocks)
-        slots = executor.n_gpus if device == "cuda" else executor.n_workers
-        n_actors = max(1, min(int(slots or 1), n_blocks))
+        n_actors = slots(executor, device, n_blocks)
         self.actors = [
             executor.actor(
                 BlockWorker,

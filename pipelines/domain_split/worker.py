@@ -11,12 +11,9 @@ between passes; its results do not depend on which blocks it holds.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from array_api_compat import array_namespace
-from threadpoolctl import threadpool_limits
-from tilegraph.tasks.devices import array_module, to_host
+from tilegraph.tasks.devices import array_module, deterministic_blas, to_device, to_host
 from tilegraph.tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix
 from tilegraph.tasks.domain_split.grid import Layout
 from tilegraph.tasks.domain_split.holes import (
@@ -30,21 +27,13 @@ from tilegraph.tasks.domain_split.operator import apply_stencil, exact_block, rh
 from tilegraph.tasks.domain_split.problems import Problem
 
 
-def _one_thread(method):
-    """Run a pass with single-threaded BLAS: a multi-threaded ``gemm``/``trsm`` may
-    round differently, and a run must give the same bits in a one-thread worker process
-    and in the driver (``sync``)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with threadpool_limits(limits=1, user_api="blas"):
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
 class BlockWorker:
     """Block passes for one worker.
+
+    Every pass runs with single-threaded BLAS
+    (:func:`~tilegraph.tasks.devices.deterministic_blas`): a multi-threaded ``gemm`` or
+    ``trsm`` may round differently, and a run must give the same bits in a one-thread
+    worker process and in the driver (``sync``).
 
     Parameters
     ----------
@@ -108,7 +97,7 @@ class BlockWorker:
 
     def _dev(self, data):
         """Host data as an array of this worker's device (no copy on the CPU)."""
-        return data if self.xp is np else self.xp.asarray(data)
+        return to_device(self.xp, data)
 
     def _write(self, ref, block, data) -> None:
         region = ref.check(block.region)
@@ -152,7 +141,7 @@ class BlockWorker:
         return [_dot(y, o) for o in others]
 
     # -- passes ---------------------------------------------------------------------------
-    @_one_thread
+    @deterministic_blas()
     def rhs(self, ids, out):
         """Write ``B`` (``f`` inside, ``g`` on the boundary); return ``sum(B^2)``."""
         res = []
@@ -163,13 +152,13 @@ class BlockWorker:
             res.append(_dot(v, v))
         return res
 
-    @_one_thread
+    @deterministic_blas()
     def submesh_solve(self, subsets, rhs):
         """Solve the sub-mesh problems ``subsets`` (a list of ``S``) for the right-hand
         sides ``rhs`` (same order); this worker keeps their factorisations."""
         return [self.sub.solve(S, v) for S, v in zip(subsets, rhs, strict=True)]
 
-    @_one_thread
+    @deterministic_blas()
     def restrict(self, ids, v):
         """Per-block parts of the restriction of ``v`` to every sub-mesh."""
         res = []
@@ -178,7 +167,7 @@ class BlockWorker:
             res.append(restrict(self.layout, self._own(v, b), b.start, self.R))
         return res
 
-    @_one_thread
+    @deterministic_blas()
     def smooth_step(self, ids, v, z_in, z_out, shift, r_out=None):
         """One sweep of shifted-box solves: ``z = z_in + Sh (v - L z_in)`` (``z_in`` None
         means zero); write ``z``. With ``r_out``, also write ``r = v - L z`` and return
@@ -216,7 +205,7 @@ class BlockWorker:
                 res.append(None)
         return res
 
-    @_one_thread
+    @deterministic_blas()
     def fill(self, ids, corrected, v, base, out):
         """``out = base + (skeleton + box solves of v)`` on each block (``base`` may be
         None). ``corrected`` holds, per block, the corrected sub-mesh solutions on the
@@ -229,7 +218,7 @@ class BlockWorker:
             self._write(out, b, z)
         return [None] * len(ids)
 
-    @_one_thread
+    @deterministic_blas()
     def matvec(self, ids, u, rhs=None, out=None, dots=()):
         """``y = L u`` (or ``rhs - L u``); write ``y`` to ``out`` if given.
 
@@ -247,7 +236,7 @@ class BlockWorker:
             res.append((_dot(y, y), self._dots(y, others)))
         return res
 
-    @_one_thread
+    @deterministic_blas()
     def lincomb(self, ids, out, terms, dots=()):
         """``y = sum_k c_k v_k`` for ``terms = [(c_k, v_k), ...]``; write ``y`` to ``out``.
 
@@ -265,7 +254,7 @@ class BlockWorker:
             res.append((_dot(y, y), self._dots(y, others)))
         return res
 
-    @_one_thread
+    @deterministic_blas()
     def finalize(self, ids, x, solution, exact, error):
         """Write the solution, the exact solution and the error; return per block
         ``(sum(err^2), sum(exact^2), max|err|)``."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tilegraph.tasks.devices import Device
 
 from ..imports import ExternalURL, ImportPath
 
@@ -98,14 +99,26 @@ class PicardConfig(BaseModel):
     compare_sequential: bool = Field(
         default=True, description="also run the sequential sampler on the same noise"
     )
-    device: Literal["cpu", "cuda"] = Field(
-        default="cpu", description="where the model replicas run (cuda: CuPy, one GPU each)"
+    device: Device = Field(
+        default="cpu",
+        description="where the model replicas run (cuda: CuPy, one GPU each); "
+        "array-api-strict is not offered",
     )
     dtype: Literal["float64", "float32"] = Field(
         default="float64",
         description="precision of the samples and of the model evaluations (float32: half "
         "the bytes per window call, a GPU's usual precision)",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _replica_device(cls, v: str) -> str:
+        if v == "array-api-strict":
+            raise ValueError(
+                "picard's model replicas run on NumPy or CuPy: use cpu or cuda "
+                "(got 'array-api-strict')"
+            )
+        return v
 
     @model_validator(mode="after")
     def _consistent(self):

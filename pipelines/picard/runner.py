@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from tilegraph.tasks.devices import slots
 from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS
 from tilegraph.tasks.picard.schedules import make_schedule, make_steps
 
@@ -139,7 +140,7 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     arr = _arrays(store, cfg, sample_shape, dims, ctx.resume)
 
     gpus = 1 if cfg.device == "cuda" else 0
-    n_act = max(1, ex.n_gpus if gpus else ex.n_workers)
+    n_act = slots(ex, cfg.device)
     actors = [ex.actor(ModelReplica, spec, cfg.device, gpus=gpus, spread=k) for k in range(n_act)]
 
     T = len(steps)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
-from tilegraph.tasks.devices import to_host
+from tilegraph.tasks.devices import array_module, deterministic_blas, to_host
 from tilegraph.tasks.picard.models import GaussianMixture, MLPDenoiser
 from tilegraph.tasks.picard.samplers import sequential
 
@@ -62,12 +61,7 @@ class ModelReplica:
     def __init__(self, spec: dict, device: str = "cpu"):
         self.model = build_model(spec)
         self.device = device
-        if device == "cuda":
-            import cupy
-
-            self._xp = cupy
-        else:
-            self._xp = np
+        self._xp = array_module(device)
 
     def _eps(self, x, t):
         return self.model.eps(x, t)
@@ -80,7 +74,7 @@ class ModelReplica:
         give the same bits on every backend, in-process or not.
         """
         xp = self._xp
-        with threadpool_limits(limits=1, user_api="blas"):
+        with deterministic_blas():
             out = self._eps(xp.asarray(_local(x)), xp.asarray(_local(t)))
         return to_host(out)
 
@@ -100,7 +94,7 @@ class ModelReplica:
     def sequential(self, steps, x_T: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, float]:
         """The sequential sampler on this worker: ``(samples, wall seconds)``."""
         xp = self._xp
-        with threadpool_limits(limits=1, user_api="blas"):
+        with deterministic_blas():
             x_T, z = xp.asarray(_local(x_T)), xp.asarray(_local(z))
             t0 = time.perf_counter()
             x = sequential(self._eps, steps, x_T, z)

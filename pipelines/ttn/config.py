@@ -6,6 +6,7 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tilegraph.tasks.devices import Device
 
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
 MAX_EXACT_D = 14
@@ -78,7 +79,7 @@ class TTNConfig(BaseModel):
         default=10.0, gt=0, description="reject a step when h*eta > c*theta (parallel)"
     )
     tol: float = Field(default=1e-12, gt=0, lt=1e-2, description="Lanczos sub-flow tolerance")
-    device: Literal["cpu", "cuda", "array-api-strict"] = Field(
+    device: Device = Field(
         default="cpu",
         description="where workers run the step kernels (K-steps, Galerkin steps, QR, "
         "SVD): NumPy, CuPy (one GPU per worker), or array-api-strict (the GPU code path "

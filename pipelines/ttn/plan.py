@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from tilegraph.tasks.devices import slots
 from tilegraph.tasks.ttn import bug
 from tilegraph.tasks.ttn import state as st
 
@@ -41,10 +42,9 @@ def executor_map(ex, device: str = "cpu"):
 
 def subtree_slots(executor, device: str, n_subtrees: int) -> int:
     """How many stateful workers hold the root's subtrees: one per subtree, but with
-    ``cuda`` at most one per GPU (each holds its GPU)."""
-    if device != "cuda":
-        return n_subtrees
-    return max(1, min(int(executor.n_gpus or 1), n_subtrees))
+    ``cuda`` at most one per GPU (each holds its GPU); see
+    :func:`tilegraph.tasks.devices.slots`."""
+    return slots(executor, device, n_subtrees, cpu_per_item=True)
 
 
 class _Member:
@@ -112,14 +112,14 @@ class Integrator:
         device = self.cfg.device
         gpus = 1 if device == "cuda" else 0
         parts = [{n: state[n] for n in self.tree.subtree(c)} for c in kids]
-        slots = subtree_slots(self.ex, device, len(kids))
-        # child i goes to group i % slots: one subtree per stateful worker, except with
+        n_groups = subtree_slots(self.ex, device, len(kids))
+        # child i goes to group i % n_groups: one subtree per stateful worker, except with
         # fewer GPUs than subtrees
         groups = [
             self.ex.actor(
                 SubtreeGroup,
                 self.layout,
-                {c: parts[i] for i, c in enumerate(kids) if i % slots == g},
+                {c: parts[i] for i, c in enumerate(kids) if i % n_groups == g},
                 self.trunc,
                 self.cfg.method,
                 self.cfg.tol,
@@ -127,9 +127,9 @@ class Integrator:
                 gpus=gpus,
                 spread=g,
             )
-            for g in range(slots)
+            for g in range(n_groups)
         ]
-        return [_Member(groups[i % slots], c) for i, c in enumerate(kids)]
+        return [_Member(groups[i % n_groups], c) for i, c in enumerate(kids)]
 
     def full_state(self) -> list:
         if not self.subtrees:

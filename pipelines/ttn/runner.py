@@ -158,11 +158,11 @@ def run(cfg: TTNConfig, ctx: RunContext) -> dict:
     dict
         Headline metrics (see ``METRICS``) plus ``workers``.
     """
-    from threadpoolctl import threadpool_limits
+    from tilegraph.tasks.devices import deterministic_blas
 
     # The kernels are many small dense products: multi-threaded BLAS on the driver only
     # oversubscribes the cores the workers use (measured 20x slower on 2 cores).
-    with threadpool_limits(limits=1):
+    with deterministic_blas():
         return _run(cfg, ctx)
 
 

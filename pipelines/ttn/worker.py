@@ -18,49 +18,16 @@ import time
 
 import numpy as np
 from array_api_compat import array_namespace
-from tilegraph.tasks.devices import array_module, to_host
+from tilegraph.tasks.devices import array_module, to_device, to_host
 from tilegraph.tasks.ttn import bug
 from tilegraph.tasks.ttn.state import bond_matrix
-
-
-def to_device(xp, obj, _seen=None):
-    """``obj`` with every NumPy array in it (in lists, tuples, dict values) as an array
-    of ``xp``; other leaves (Python numbers, keys, None) unchanged. An array that occurs
-    several times is moved once and stays one object (``merge_terms`` groups factors by
-    identity)."""
-    if xp is np:
-        return obj
-    seen = {} if _seen is None else _seen
-    if isinstance(obj, np.ndarray):
-        if id(obj) not in seen:
-            seen[id(obj)] = (obj, xp.asarray(obj))
-        return seen[id(obj)][1]
-    if isinstance(obj, dict):
-        return {k: to_device(xp, v, seen) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_device(xp, v, seen) for v in obj)
-    return obj
-
-
-def host_copy(obj):
-    """``obj`` with every device array in it as a NumPy array (a copy, so nothing the
-    driver holds aliases the worker's memory); NumPy arrays and other leaves unchanged."""
-    if obj is None or isinstance(obj, np.ndarray | np.generic | int | float | complex | str):
-        return obj
-    if isinstance(obj, dict):
-        return {k: host_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(host_copy(v) for v in obj)
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        return np.array(to_host(obj), copy=True)
-    return obj
 
 
 def device_task(device: str, fn, *args):
     """``fn(*args)`` on ``device``: NumPy arguments moved there, results back to NumPy
     (one task of the ``nodes`` schedule; ``cuda`` tasks ask for one GPU)."""
     xp = array_module(device)
-    return host_copy(fn(*to_device(xp, args)))
+    return to_host(fn(*to_device(xp, args)), copy=True)
 
 
 class SubtreeWorker:
@@ -109,7 +76,8 @@ class SubtreeWorker:
         return to_device(self.xp, obj)
 
     def _host(self, obj):
-        return obj if self.xp is np else host_copy(obj)
+        # a copy: nothing the driver holds aliases this worker's device memory
+        return obj if self.xp is np else to_host(obj, copy=True)
 
     def kstep(self, S, bond_terms, h: float, eta: bool = False):
         """The recursive K-step of the subtree.
