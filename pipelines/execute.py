@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .base import Pipeline, RunContext
+from .base import DONE, SCRATCH, Pipeline, RunContext
 from .progress import silent
 
 #: How many times a run is continued after a lost worker before it is marked failed.
@@ -55,10 +55,20 @@ def execute(
     Returns
     -------
     dict
-        The run's metrics (``wall_s`` added when the pipeline did not set it, and
-        ``worker_restarts`` when a worker was lost: the larger of the continuations
-        from a checkpoint and the worker processes that left the cluster during the
-        run, where the backend can tell, as Dask can).
+        The run's metrics, with the common ones the framework measures, one meaning in
+        every pipeline:
+
+        * ``wall_s``: seconds from the start of ``execute`` to the completion mark
+          (setup, solve and output, continuations after a lost worker included);
+        * ``setup_s``, ``solve_s``, ``output_s``: seconds in the pipeline's phases
+          (:meth:`RunContext.enter`; ``run`` starts in ``setup``), summed over
+          continuations;
+        * ``worker_restarts`` (only when a worker was lost): the larger of the
+          continuations from a checkpoint and the worker processes that left the
+          cluster during the run, where the backend can tell (Dask can).
+
+        Once the run is complete, its checkpoints, scratch arrays (``work/``) and done
+        markers (``done/``) are removed, unless the config has ``keep_work=true``.
 
     Raises
     ------
@@ -71,10 +81,17 @@ def execute(
     t0 = time.perf_counter()
     restarts = 0
     workers_before = executor.worker_ids()
+    timings: dict[str, float] = {}  # phases summed over continuations
     while True:
-        ctx = RunContext(executor=executor, store=run, progress=progress, resume=resume)
+        ctx = RunContext(
+            executor=executor, store=run, progress=progress, resume=resume, timings=timings
+        )
         try:
-            metrics = dict(pipeline.run(config, ctx) or {})
+            ctx.enter("setup")
+            try:
+                metrics = dict(pipeline.run(config, ctx) or {})
+            finally:
+                ctx.close_phase()
             break
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI
             how = getattr(exc, "reason", None) or "KeyboardInterrupt"
@@ -91,7 +108,15 @@ def execute(
                 continue
             run.mark_failed(exc)
             raise
-    metrics.setdefault("wall_s", time.perf_counter() - t0)
+    if not getattr(config, "keep_work", False):
+        # in this order: once the checkpoints are gone a resume starts over (and reaches
+        # the same answer); scratch and done markers never outlive their checkpoints
+        run.clear_checkpoints()
+        run.delete(SCRATCH)
+        run.delete(DONE)
+    for key, seconds in timings.items():
+        metrics.setdefault(key, seconds)
+    metrics["wall_s"] = time.perf_counter() - t0
     # worker processes lost while the run ran: re-run pure tasks hide them otherwise
     lost = len(workers_before - executor.worker_ids())
     if restarts or lost:

@@ -50,16 +50,16 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
         ``method``, ``blocks``, ``blocks_per_iter``, ``batch``, ``workers``,
         ``s_per_iter`` and ``<method>_iterations`` for the compared methods.
     """
-    t_start = time.perf_counter()
     store, ex = ctx.store, ctx.executor
     problem = cfg.problem.build()
     x_star = None if cfg.problem.kind == "logistic-hpo" else reference_optimum(problem)
     prob = ex.put(problem)
     methods = [cfg.method, *(mm for mm in dict.fromkeys(cfg.compare) if mm != cfg.method)]
     histories: dict[str, dict] = {}
+    ctx.enter("solve")
     for method in methods:
         name = "history" if method == cfg.method else f"compare_{method}"
-        if ctx.resume and store.has(f"done/{method}"):
+        if ctx.is_done(method):
             ds = store.open_dataset(name)
             histories[method] = {
                 **{k: [float(v) for v in ds[k].values] for k in HISTORY[1:] if k in ds},
@@ -74,15 +74,12 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
         write_history(store, name, cfg, method, hist, x_star is not None)
         if method == cfg.method:
             write_result(store, cfg, problem, out["x"], x_star, out["ref"], out["slot"])
-        store.create_array(f"done/{method}", (1,), (1,), overwrite=True)
+        ctx.mark_done(method)
         histories[method] = hist
 
-    import matplotlib.pyplot as plt
-
+    ctx.enter("output")
     title = f"bilevel on {cfg.problem.kind}: m={problem.m}, I={cfg.blocks_per_iter}, B={cfg.batch}"
-    fig = summary_figure(histories, x_star is not None, title)
-    store.save_figure(fig)
-    plt.close(fig)
+    ctx.save_figure(summary_figure(histories, x_star is not None, title))
 
     main = histories[cfg.method]
     dist = None if x_star is None else main["rel_dist"][-1]
@@ -100,10 +97,6 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
         "s_per_iter": main["s_per_iter"],
         **{f"{mm}_iterations": int(histories[mm]["iteration"][-1]) for mm in methods[1:]},
     }
-    # last, in this order: once they are gone a resume starts over (same answer)
-    store.clear_checkpoints()
-    store.delete("done")
-    metrics["wall_s"] = time.perf_counter() - t_start
     return metrics
 
 

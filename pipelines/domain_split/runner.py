@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
@@ -58,7 +57,6 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         Headline metrics (see ``METRICS``) plus ``converged``, ``blocks``, ``workers``,
         ``passes``.
     """
-    t0 = time.perf_counter()
     store = ctx.store
     problem = cfg.to_problem()
     layout = layout_for(cfg.d, cfg.n_fine, cfg.n_coarse, cfg.boxes_per_block)
@@ -70,18 +68,9 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         """The scratch vector ``work/<name>``, created on first use (FGMRES touches only
         as many basis vectors as it needs); the solution buffers survive a resume."""
         if name not in refs:
-            path = f"work/{name}"
-            if ctx.resume and name in ("x0", "x1") and store.has(path):
-                refs[name] = store.array(path)
-            else:
-                refs[name] = store.create_array(
-                    path,
-                    layout.shape,
-                    layout.chunks,
-                    dimension_names=dims,
-                    compressors=None,
-                    overwrite=True,
-                )
+            refs[name] = ctx.scratch(
+                name, layout.shape, layout.chunks, dims, reuse=name in ("x0", "x1")
+            )
         return refs[name]
 
     plan = BlockPlan(
@@ -105,9 +94,9 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
             scalars={k: state[k] for k in ("x", "iterations", "rel_residual")},
         )
 
-    t_solve = time.perf_counter()
+    ctx.enter("solve")
     saved = store.load_checkpoint() if ctx.resume else None
-    if saved is not None and not store.has(f"work/x{saved.scalars['x']}"):
+    if saved is not None and not ctx.has_scratch(f"x{saved.scalars['x']}"):
         saved = None  # its solution buffer is gone: start over
     if saved is not None:
         state = dict(saved.scalars)
@@ -122,7 +111,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     with ctx.progress(total=cfg.max_iter, desc=f"domain-split {cfg.solver}") as bar:
         bar.update(state["iterations"])
         state = solve(plan, vec, state, cfg, checkpoint, bar)
-    t_output = time.perf_counter()
+    ctx.enter("output")
 
     # results: an xarray-readable group (arrays with dimension_names + 1-D coordinates)
     attrs = {"units": "1", "grid": f"{cfg.n_fine} intervals per axis on [0, 1]"}
@@ -200,21 +189,5 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         f"domain-split {cfg.d}-D, N_f={cfg.n_fine}, N_c={cfg.n_coarse}, "
         f"{problem.kind}, {cfg.solver}"
     )
-    fig = summary_figure(store, cfg.d, hist, title)
-    store.save_figure(fig)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    if not cfg.keep_work:
-        # Last, and in this order: once the checkpoints are gone a resume starts over
-        # (and reaches the same answer); scratch vectors never outlive their checkpoints.
-        store.clear_checkpoints()
-        store.delete("work")
-    end = time.perf_counter()
-    metrics.update(
-        wall_s=end - t0,
-        setup_s=t_solve - t0,
-        solve_s=t_output - t_solve,
-        output_s=end - t_output,
-    )
+    ctx.save_figure(summary_figure(store, cfg.d, hist, title))
     return metrics

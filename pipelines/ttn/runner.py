@@ -32,6 +32,26 @@ def _state_from(arrays: dict, n: int) -> list:
     return [np.asarray(arrays[f"node_{i:03d}"], dtype=np.complex128) for i in range(n)]
 
 
+def _write_state(store, state) -> None:
+    """The final TTN as arrays ``state/node_<i>`` (a result: checkpoints do not outlive
+    a complete run)."""
+    from tilegraph.tasks.devices import to_host
+
+    for name, a in _state_arrays(to_host(state)).items():
+        a = np.asarray(a, dtype=np.complex128)
+        ref = store.create_array(
+            f"state/{name}",
+            a.shape,
+            a.shape,
+            dtype="complex128",
+            dimension_names=tuple(f"axis_{k}" for k in range(a.ndim)),
+            fill_value=0j,
+            attrs={"long_name": "final TTN node tensor (leaf basis or connecting tensor)"},
+            overwrite=True,
+        )
+        ref.write((slice(None),) * a.ndim, a)
+
+
 def _history_dataset(rows: list[dict], d: int, edges: int):
     import xarray as xr
 
@@ -167,7 +187,6 @@ def run(cfg: TTNConfig, ctx: RunContext) -> dict:
 
 
 def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
-    t_start = time.perf_counter()
     store = ctx.store
     integ = Integrator(cfg, ctx.executor)
     psi_state = integ.initial()
@@ -186,6 +205,7 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
         state = _state_from(saved.arrays, integ.tree.n_nodes)
         rows = _resume_rows(store, names[first], saved.scalars["step"])
     total = sum(cfg.steps(h) for h in hs)
+    ctx.enter("solve")
     with ctx.progress(total=total, desc=f"ttn {cfg.method} BUG") as bar:
         bar.update(sum(cfg.steps(h) for h in hs[:first]) + (rows[-1]["step"] if rows else 0))
         for k in range(first, len(hs)):
@@ -197,11 +217,12 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
                 cfg, ctx, integ, hs[k], exact, names[k], offsets[k], bar, state_k, rows_k
             )
 
+    ctx.enter("output")
+    _write_state(store, integ.full_state())
     hist = store.open_dataset(names[-1]).load()
     metrics = _metrics(hist, cfg)
     metrics["workers"] = int(ctx.executor.n_workers)
     metrics.update(integ.busy())
-    metrics["wall_s"] = time.perf_counter() - t_start
     convergence = None
     if cfg.h_list is not None:
         convergence = _convergence(store, names, hs)
@@ -212,11 +233,7 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
         f"ttn {cfg.method} BUG, {cfg.model.kind}, d={cfg.d}, {cfg.tree} tree, "
         f"h={cfg.h if cfg.h_list is None else 'study'}, theta={cfg.theta:g}"
     )
-    fig = summary_figure(hist, title, convergence)
-    store.save_figure(fig)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    ctx.save_figure(summary_figure(hist, title, convergence))
     return metrics
 
 

@@ -1,0 +1,90 @@
+"""The lifecycle the framework owns (``execute`` and ``RunContext``): phases and common
+metrics with one meaning, scratch arrays and done markers removed once a run is
+complete (kept with ``keep_work``), figures saved and closed."""
+
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+from tilegraph import cluster, storage  # noqa: E402
+from tilegraph.pipelines.base import Pipeline  # noqa: E402
+from tilegraph.pipelines.execute import execute  # noqa: E402
+
+
+class Config(BaseModel):
+    keep_work: bool = False
+    fail_in_output: bool = False
+
+
+def _run(cfg: Config, ctx) -> dict:
+    """Sleeps a known time per phase, makes scratch, a done marker, a checkpoint and a
+    figure, the way the built-in pipelines do."""
+    time.sleep(0.05)
+    if ctx.is_done("part-1"):
+        assert ctx.resume and ctx.has_scratch("x")
+    v = ctx.scratch("x", (4,), (2,), ("i",), reuse=True)
+    ctx.enter("solve")
+    time.sleep(0.15)
+    v.write((slice(None),), np.arange(4.0))
+    ctx.store.save_checkpoint(1, arrays={"h": np.zeros(1)}, scalars={"t": 1})
+    ctx.mark_done("part-1")
+    ctx.enter("output")
+    if cfg.fail_in_output:
+        raise OSError("disk full")
+    fig = plt.figure()
+    ctx.save_figure(fig)
+    assert not plt.fignum_exists(fig.number)  # saved and closed
+    time.sleep(0.05)
+    return {"answer": 42.0}
+
+
+PIPE = Pipeline(name="lifecycle-demo", description="test", config=Config, run=_run)
+
+
+@pytest.fixture
+def ex():
+    with cluster.connect("sync") as e:
+        yield e
+
+
+def _new(tmp_path, cfg):
+    return storage.Root(tmp_path / "runs").create(PIPE.name, config=cfg.model_dump())
+
+
+def test_phases_and_common_metrics(tmp_path, ex):
+    run = _new(tmp_path, Config())
+    t0 = time.perf_counter()
+    m = execute(PIPE, Config(), run, ex)
+    total = time.perf_counter() - t0
+    assert m["answer"] == 42.0 and run.status == "complete"
+    assert m["setup_s"] >= 0.05 and m["solve_s"] >= 0.15 and m["output_s"] >= 0.05
+    assert m["setup_s"] + m["solve_s"] + m["output_s"] <= m["wall_s"] <= total
+    assert "worker_restarts" not in m
+    # what only a running run needs is gone: checkpoints, scratch, done markers
+    assert not run.has("work") and not run.has("done") and run.checkpoint_steps() == []
+    assert run.plot_path is not None
+
+
+def test_keep_work_keeps_scratch_and_checkpoints(tmp_path, ex):
+    cfg = Config(keep_work=True)
+    run = _new(tmp_path, cfg)
+    execute(PIPE, cfg, run, ex)
+    assert run.has("work/x") and run.has("done/part-1") and run.checkpoint_steps() == [1]
+
+
+def test_a_failed_run_keeps_what_resume_needs(tmp_path, ex):
+    cfg = Config(fail_in_output=True)
+    run = _new(tmp_path, cfg)
+    with pytest.raises(OSError):
+        execute(PIPE, cfg, run, ex)
+    assert run.status == "failed"
+    assert run.has("work/x") and run.has("done/part-1") and run.checkpoint_steps() == [1]
+    ok = Config()
+    run.mark_running()
+    m = execute(PIPE, ok, run, ex, resume=True)
+    assert m["answer"] == 42.0 and not run.has("work")
