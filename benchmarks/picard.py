@@ -61,7 +61,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from tilegraph import cluster  # noqa: E402
-from tilegraph.pipelines.picard.models import digits_data  # noqa: E402
+from tilegraph.pipelines.picard.model_spec import digits_data  # noqa: E402
 from tilegraph.pipelines.picard.runner import WindowEvaluator  # noqa: E402
 from tilegraph.pipelines.picard.worker import ModelReplica  # noqa: E402
 from tilegraph.tasks.picard.models import GaussianMixture  # noqa: E402

@@ -63,7 +63,7 @@ def _umask() -> int:
     return mask
 
 
-def _check_name(kind: str, name: str) -> str:
+def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid {kind} {name!r}: use letters, digits, '.', '_' and '-', "
@@ -575,7 +575,7 @@ class Root:
 
     def run_url(self, pipeline: str, run_id: str) -> str:
         """Location of run ``run_id`` of ``pipeline`` (whether it exists or not)."""
-        return join(self._url, _check_name("pipeline", pipeline), _check_name("run id", run_id))
+        return join(self._url, check_name("pipeline", pipeline), check_name("run id", run_id))
 
     def _fs(self):
         return filesystem(self._url, self._options)
@@ -610,14 +610,14 @@ class Root:
         FileExistsError
             If an explicit ``run_id`` already exists for this pipeline.
         """
-        _check_name("pipeline", pipeline)
+        check_name("pipeline", pipeline)
         config_json = jsonable(config if config is not None else {}, "config")
         if not isinstance(config_json, dict):
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
         fs, base = self._fs()
         now = _dt.datetime.now(_dt.UTC)
         for _attempt in range(20):
-            rid = _check_name("run id", run_id) if run_id is not None else new_run_id(now)
+            rid = check_name("run id", run_id) if run_id is not None else new_run_id(now)
             url = self.run_url(pipeline, rid)
             if not fs.exists(join(base, pipeline, rid, "zarr.json")):
                 break
@@ -654,7 +654,7 @@ class Root:
         if not isinstance(run_id, str) or not _NAME.fullmatch(run_id):
             raise RunNotFound(f"no run {run_id!r} under {self._url}: not a valid run id")
         if pipeline is not None:
-            _check_name("pipeline", pipeline)
+            check_name("pipeline", pipeline)
             hits = [pipeline] if fs.exists(join(base, pipeline, run_id, "zarr.json")) else []
         else:
             hits = sorted(
@@ -699,7 +699,7 @@ class Root:
             ``run_id, pipeline, status, started, ended, metrics, error, url`` per run.
         """
         fs, base = self._fs()
-        pattern = join(base, _check_name("pipeline", pipeline) if pipeline else "*", "*")
+        pattern = join(base, check_name("pipeline", pipeline) if pipeline else "*", "*")
         paths = fs.glob(join(pattern, "zarr.json"))
         blobs = fs.cat(paths, on_error="omit") if paths else {}
         out = []

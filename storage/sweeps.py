@@ -15,7 +15,7 @@ from typing import Any
 import zarr
 
 from .provenance import jsonable, utc_now
-from .runstore import RUNNING, RunStore, _check_name
+from .runstore import RUNNING, RunStore, check_name
 from .urls import filesystem, join, normalize_url, open_store
 
 __all__ = ["SWEEPS", "SweepStore", "sweep_url"]
@@ -26,7 +26,7 @@ SWEEPS = "sweeps"
 
 def sweep_url(root: str | os.PathLike[str], sweep_id: str) -> str:
     """Location of sweep ``sweep_id`` under ``root`` (whether it exists or not)."""
-    return join(normalize_url(root), SWEEPS, _check_name("sweep id", sweep_id))
+    return join(normalize_url(root), SWEEPS, check_name("sweep id", sweep_id))
 
 
 class SweepStore(RunStore):

@@ -14,7 +14,7 @@ from tilegraph.tasks.bilevel.hypergradient import (
 )
 from tilegraph.tasks.bilevel.methods import (
     METHODS,
-    Steps,
+    StepSizes,
     block_step,
     clip_eigenvalues,
     init_state,
@@ -192,7 +192,7 @@ def test_sampling_is_a_function_of_seed_and_iteration():
 def test_block_step_under_array_api_strict(method):
     xps = pytest.importorskip("array_api_strict")
     p = PROBLEMS["quadratic"]()
-    st = Steps(tau=0.3, tau_v=0.3)
+    st = StepSizes(tau=0.3, tau_v=0.3)
     x, _, _, ig, iff = _point(p, seed=6)
     flat = init_state(p, method, 1, x, st, ig)
     ref = block_step(p, method, 1, flat, x, 0.9 * x, ig, iff, 0, st)
@@ -251,7 +251,7 @@ def test_eager_lower_update_catches_up_on_missed_iterations():
     """eager=True: a block that waited k iterations moves by k tau s before its step,
     and its previous iterate is one stale step back."""
     p = PROBLEMS["quadratic"]()
-    st = Steps(tau=0.2, eager=True)
+    st = StepSizes(tau=0.2, eager=True)
     x, _, _, ig, iff = _point(p, seed=8)
     flat = init_state(p, "bsvrb-v1", 2, x, st, ig)
     parts = unpack("bsvrb-v1", p.dim_y, flat)
@@ -299,7 +299,7 @@ def test_digits_ridge_bsvrb_approaches_the_lbfgs_optimum():
 def test_block_step_on_cupy_matches_numpy(method):
     cp = pytest.importorskip("cupy")
     p = PROBLEMS["logistic-hpo"]()
-    st = Steps(tau=0.3, tau_v=0.3, h_floor=1e-2)
+    st = StepSizes(tau=0.3, tau_v=0.3, h_floor=1e-2)
     x, _, _, ig, iff = _point(p, seed=9)
     flat = init_state(p, method, 1, x, st, ig)
     ref = block_step(p, method, 1, flat, x, 0.9 * x, ig, iff, 0, st)

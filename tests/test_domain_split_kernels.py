@@ -15,7 +15,7 @@ from tilegraph.tasks.domain_split.combine import (
     skeleton,
     spline_matrix,
 )
-from tilegraph.tasks.domain_split.grid import Layout, merge_weights
+from tilegraph.tasks.domain_split.grid import GridLayout, merge_weights
 from tilegraph.tasks.domain_split.holes import (
     BoxSolver,
     fill_block,
@@ -103,7 +103,7 @@ def test_stencil_is_array_api_generic():
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("rule", ["richardson", "combination"])
 def test_merge_weights_cancel_the_h2_terms(d, rule):
-    lay = Layout(d, 40, 5)
+    lay = GridLayout(d, 40, 5)
     w = merge_weights(lay, rule)
     assert sum(w.values()) == pytest.approx(1.0)
     hf, hc = lay.h_fine**2, lay.h_coarse**2
@@ -131,7 +131,7 @@ def test_restriction_conserves_a_line_source():
 
 
 def test_restrict_parts_add_up_to_whole_grid_restriction():
-    lay = Layout(2, 24, 4, boxes_per_block=1)
+    lay = GridLayout(2, 24, 4, boxes_per_block=1)
     R = restriction_matrix(4, 24)
     v = np.random.default_rng(3).standard_normal(lay.shape)
     whole = restrict(lay, v, (0, 0), R)
@@ -144,7 +144,7 @@ def test_restrict_parts_add_up_to_whole_grid_restriction():
 
 
 def test_skeleton_is_single_valued_at_coarse_nodes():
-    lay = Layout(3, 12, 3)
+    lay = GridLayout(3, 12, 3)
     rng = np.random.default_rng(4)
     w = {S: rng.standard_normal(lay.mesh_shape(S)) for S in lay.subsets}
     M = merge(lay, w, merge_weights(lay))
@@ -158,7 +158,7 @@ def test_skeleton_is_single_valued_at_coarse_nodes():
 
 
 def test_box_solves_are_exact_dirichlet_solves():
-    lay = Layout(2, 20, 4, boxes_per_block=4)
+    lay = GridLayout(2, 20, 4, boxes_per_block=4)
     boxes = BoxSolver(VAR, lay)
     rng = np.random.default_rng(5)
     z = rng.standard_normal(lay.shape)
@@ -183,7 +183,7 @@ def _two_level(problem, lay, v):
 @pytest.mark.parametrize("problem", [CONST, VAR], ids=["constant", "variable"])
 def test_first_guess_is_close_to_the_fine_solution(problem):
     n, nc = 100, 5
-    lay = Layout(2, n, nc, boxes_per_block=nc)
+    lay = GridLayout(2, n, nc, boxes_per_block=nc)
     B = rhs_block(problem, (0, 0), lay.shape, n)
     U = _two_level(problem, lay, B)
     Ud = direct(problem, n)
@@ -200,8 +200,8 @@ def test_first_guess_is_close_to_the_fine_solution(problem):
 
 
 def test_smoother_blocks_agree_with_whole_grid():
-    lay1 = Layout(2, 24, 4, boxes_per_block=4)
-    lay4 = Layout(2, 24, 4, boxes_per_block=2)
+    lay1 = GridLayout(2, 24, 4, boxes_per_block=4)
+    lay4 = GridLayout(2, 24, 4, boxes_per_block=2)
     v = np.random.default_rng(6).standard_normal(lay1.shape)
     whole = smooth_block(lay1, BoxSolver(VAR, lay1), v, lay1.blocks[0])[1:-1, 1:-1]
     bs = BoxSolver(VAR, lay4)
@@ -212,15 +212,15 @@ def test_smoother_blocks_agree_with_whole_grid():
 
 
 def test_shift_offsets_spread_over_a_coarse_interval():
-    assert shift_offsets(Layout(2, 32, 4), 3) == [2, 4, 6]
-    assert shift_offsets(Layout(2, 32, 4), 1) == [4]
-    assert shift_offsets(Layout(2, 8, 4), 3) == [1]  # stride 2: one distinct shift
-    assert shifted_cuts(Layout(2, 32, 4), 2) == [0, 2, 10, 18, 26, 32]
+    assert shift_offsets(GridLayout(2, 32, 4), 3) == [2, 4, 6]
+    assert shift_offsets(GridLayout(2, 32, 4), 1) == [4]
+    assert shift_offsets(GridLayout(2, 8, 4), 3) == [1]  # stride 2: one distinct shift
+    assert shifted_cuts(GridLayout(2, 32, 4), 2) == [0, 2, 10, 18, 26, 32]
 
 
 def test_smoother_blocks_agree_with_whole_grid_for_every_shift():
-    lay1 = Layout(2, 32, 4, boxes_per_block=4)
-    lay4 = Layout(2, 32, 4, boxes_per_block=2)
+    lay1 = GridLayout(2, 32, 4, boxes_per_block=4)
+    lay4 = GridLayout(2, 32, 4, boxes_per_block=2)
     v = np.random.default_rng(7).standard_normal(lay1.shape)
     for shift in shift_offsets(lay1, 3):
         whole = smooth_block(lay1, BoxSolver(VAR, lay1), v, lay1.blocks[0], shift)
@@ -234,7 +234,7 @@ def test_smoother_blocks_agree_with_whole_grid_for_every_shift():
 @pytest.mark.parametrize("method", ["amg", "fd"])
 def test_submesh_solve_matches_superlu(method):
     problem = Problem("constant", 3, (1.0, 2.0, 3.0), (1.0, 0.5, 0.25))
-    lay = Layout(3, 40, 4)
+    lay = GridLayout(3, 40, 4)
     S = (0,)  # a plane sub-mesh: 3 x 39 x 39 unknowns
     v = np.random.default_rng(8).standard_normal(lay.mesh_shape(S))
     direct = SubmeshSolver(problem, lay, method="direct").solve(S, v)
@@ -248,16 +248,16 @@ def test_submesh_solve_matches_superlu(method):
 def test_submesh_auto_method():
     const = Problem("constant", 3, (1.0, 2.0, 3.0), (1.0, 0.5, 0.25))
     var = Problem("variable", 3)
-    assert SubmeshSolver(const, Layout(3, 40, 4)).method_for((0,)) == "fd"
-    assert SubmeshSolver(var, Layout(3, 40, 4)).method_for((0,)) == "direct"  # 4563 unknowns
-    assert SubmeshSolver(var, Layout(3, 160, 4)).method_for((0,)) == "amg"
+    assert SubmeshSolver(const, GridLayout(3, 40, 4)).method_for((0,)) == "fd"
+    assert SubmeshSolver(var, GridLayout(3, 40, 4)).method_for((0,)) == "direct"  # 4563 unknowns
+    assert SubmeshSolver(var, GridLayout(3, 160, 4)).method_for((0,)) == "amg"
     with pytest.raises(ValueError, match="constant coefficients"):
-        SubmeshSolver(var, Layout(3, 40, 4), method="fd").method_for((0,))
+        SubmeshSolver(var, GridLayout(3, 40, 4), method="fd").method_for((0,))
 
 
 @pytest.mark.parametrize("problem", [CONST, Problem("boundary-layer", 2, (1, 1), (1.0, 1.0), 0.1)])
 def test_separable_box_solves_match_sparse_lu(problem):
-    lay = Layout(2, 24, 4)
+    lay = GridLayout(2, 24, 4)
     rng = np.random.default_rng(9)
     z, v = rng.standard_normal(lay.shape), rng.standard_normal(lay.shape)
     boxes = [((0, 6), (6, 12)), ((6, 6), (12, 12)), ((12, 0), (18, 6))]
@@ -272,7 +272,7 @@ def test_separable_box_solves_match_sparse_lu(problem):
 
 
 def test_layout_blocks_cover_the_grid_once():
-    lay = Layout(3, 30, 5, boxes_per_block=2)
+    lay = GridLayout(3, 30, 5, boxes_per_block=2)
     seen = np.zeros(lay.shape, int)
     for b in lay.blocks:
         seen[b.region] += 1

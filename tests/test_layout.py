@@ -72,7 +72,7 @@ def test_only_tilegraph_names():
 def test_kernels_import_without_the_framework():
     """``import tilegraph.tasks...`` on a worker does not pull in pipelines, Dask or Ray."""
     code = (
-        "import sys, tilegraph.tasks.ttn.bug, tilegraph.tasks.picard.samplers;"
+        "import sys, tilegraph.tasks.ttn.integrator, tilegraph.tasks.picard.samplers;"
         "print(sorted(m for m in ('tilegraph.pipelines', 'tilegraph.cluster', 'distributed',"
         " 'ray', 'zarr') if m in sys.modules))"
     )

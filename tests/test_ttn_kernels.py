@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg as sla
 from threadpoolctl import threadpool_limits
-from tilegraph.tasks.ttn import bug, operators, trees
+from tilegraph.tasks.ttn import integrator, operators, trees
 from tilegraph.tasks.ttn import state as st
 from tilegraph.tasks.ttn.expm import expm_apply
 
@@ -20,7 +20,7 @@ def _one_blas_thread():
 def evolve(tree, op, vecs, h, T, trunc, method="parallel"):
     """Integrate to T; return (dense y(T), dense y0, max norm drift, max energy drift,
     ranks per step)."""
-    lay = bug.Layout(tree, op)
+    lay = integrator.OperatorLayout(tree, op)
     s = st.product_state(tree, vecs, rank=trunc.r_min)
     y0 = st.to_dense(tree, s)
     H = operators.to_dense(op)
@@ -28,7 +28,7 @@ def evolve(tree, op, vecs, h, T, trunc, method="parallel"):
     dn = de = 0.0
     ranks = []
     for _ in range(int(round(T / h))):
-        s, info = bug.step(lay, s, h, trunc, method=method)
+        s, info = integrator.step(lay, s, h, trunc, method=method)
         y = st.to_dense(tree, s)
         dn = max(dn, abs(np.linalg.norm(y) - 1))
         de = max(de, abs(np.vdot(y, H @ y).real - E0))
@@ -185,19 +185,19 @@ def test_batched_magnetisations_and_energy_match_the_dense_state():
     d = 8 TTN against the dense vector."""
     d = 8
     tree, op = trees.balanced_binary(d), operators.long_range_ising(d)
-    lay = bug.Layout(tree, op, extra_keys=[((s, "z"),) for s in range(d)])
+    lay = integrator.OperatorLayout(tree, op, extra_keys=[((s, "z"),) for s in range(d)])
     s = st.product_state(tree, tilted_neel(d), rank=2)
     for _ in range(3):
-        s, _ = bug.step(lay, s, 0.1, bug.Truncation(theta=1e-8, r_min=2, r_max=40))
+        s, _ = integrator.step(lay, s, 0.1, integrator.Truncation(theta=1e-8, r_min=2, r_max=40))
     y = st.to_dense(tree, s)
-    proj = bug.projections(lay, s)
-    got = bug.expectations(lay, s, proj, [((site, "z"),) for site in range(d)])
+    proj = integrator.projections(lay, s)
+    got = integrator.expectations(lay, s, proj, [((site, "z"),) for site in range(d)])
     Z = operators.PAULI["z"]
     for site in range(d):
         Zs = np.kron(np.kron(np.eye(2**site), Z), np.eye(2 ** (d - site - 1)))
         assert abs(got[site] - np.vdot(y, Zs @ y)) < 1e-12
     H = operators.to_dense(op)
-    assert abs(bug.energy(lay, s, proj) - np.vdot(y, H @ y).real) < 1e-10
+    assert abs(integrator.energy(lay, s, proj) - np.vdot(y, H @ y).real) < 1e-10
 
 
 # -- convergence against expm (d = 8) ----------------------------------------------------
@@ -208,7 +208,7 @@ def test_tfi_parallel_bug_converges_and_sequential_conserves():
     order; the sequential BUG conserves norm and energy, the parallel BUG's drift decays."""
     d, T = 8, 1.0
     tree, op = trees.balanced_binary(d), operators.transverse_field_ising(d)
-    trunc = bug.Truncation(theta=1e-8, r_min=2, r_max=40)
+    trunc = integrator.Truncation(theta=1e-8, r_min=2, r_max=40)
     hs = [0.1, 0.05, 0.025]
     par = [evolve(tree, op, UP8, h, T, trunc, "parallel") for h in hs]
     ref = exact(op, par[0][1], T)
@@ -231,7 +231,7 @@ def test_xxz_tilted_neel_converges_at_first_order():
     """Heisenberg XXZ from a tilted Neel state (the reference's symmetry trap avoided)."""
     d, T = 8, 0.5
     tree, op = trees.balanced_binary(d), operators.xxz(d, J=1.0, delta=0.5)
-    trunc = bug.Truncation(theta=1e-8, r_min=2, r_max=40)
+    trunc = integrator.Truncation(theta=1e-8, r_min=2, r_max=40)
     hs = [0.1, 0.05, 0.025]
     for method in ("parallel", "sequential"):
         runs = [evolve(tree, op, tilted_neel(d), h, T, trunc, method) for h in hs]
@@ -310,16 +310,16 @@ def test_matrix_case_matches_a_direct_matrix_parallel_bug():
     op = chain_grouped(6, [3, 3])
     tree = trees.tucker(2)
     H = operators.to_dense(op).toarray()
-    trunc = bug.Truncation(theta=1e-6, r_min=1, r_max=8)
+    trunc = integrator.Truncation(theta=1e-6, r_min=1, r_max=8)
     v = np.zeros(8)
     v[0] = 1.0
     s = st.product_state(tree, np.stack([v, v]), rank=1)
-    lay = bug.Layout(tree, op)
+    lay = integrator.OperatorLayout(tree, op)
     U, S, V = v[:, None] + 0j, np.ones((1, 1), complex), v[:, None] + 0j
     h = 0.1
     etas = []
     for _ in range(5):
-        s, info = bug.step(lay, s, h, trunc, method="parallel", eta=True)
+        s, info = integrator.step(lay, s, h, trunc, method="parallel", eta=True)
         U, S, V, eta = direct_matrix_parallel_bug(H, U, S, V, h, 1e-6, 1, 8)
         y_direct = (U @ S @ V.T).reshape(-1)
         np.testing.assert_allclose(st.to_dense(tree, s), y_direct, atol=1e-10)
@@ -401,13 +401,13 @@ def test_tucker_case_matches_a_direct_tucker_bug(method):
     op = chain_grouped(6, [2, 2, 2])
     tree = trees.tucker(3)
     H = operators.to_dense(op).toarray()
-    trunc = bug.Truncation(theta=1e-6, r_min=1, r_max=4)
+    trunc = integrator.Truncation(theta=1e-6, r_min=1, r_max=4)
     v = np.array([1.0, 0.0, 0.0, 0.0])
     s = st.product_state(tree, np.stack([v] * 3), rank=1)
-    lay = bug.Layout(tree, op)
+    lay = integrator.OperatorLayout(tree, op)
     Us, C = [v[:, None] + 0j] * 3, np.ones((1, 1, 1), complex)
     for _ in range(4):
-        s, _ = bug.step(lay, s, 0.1, trunc, method=method)
+        s, _ = integrator.step(lay, s, 0.1, trunc, method=method)
         Us, C = direct_tucker_step(H, (4, 4, 4), Us, C, 0.1, trunc, method == "sequential")
         Y = C
         for i, U in enumerate(Us):
@@ -422,10 +422,10 @@ def test_tucker_case_matches_a_direct_tucker_bug(method):
 def test_ranks_grow_from_r_min_and_never_exceed_r_max():
     d = 8
     tree, op = trees.balanced_binary(d), operators.transverse_field_ising(d)
-    _, _, _, _, ranks = evolve(tree, op, UP8, 0.1, 0.5, bug.Truncation(1e-10, False, 1, 3))
+    _, _, _, _, ranks = evolve(tree, op, UP8, 0.1, 0.5, integrator.Truncation(1e-10, False, 1, 3))
     assert max(ranks[0]) <= 3 and max(max(r) for r in ranks) == 3
     assert min(min(r) for r in ranks) >= 1
-    _, _, _, _, ranks = evolve(tree, op, UP8, 0.1, 0.5, bug.Truncation(1e-10, False, 1, 40))
+    _, _, _, _, ranks = evolve(tree, op, UP8, 0.1, 0.5, integrator.Truncation(1e-10, False, 1, 40))
     assert max(ranks[-1]) > 3  # grows past 3 when allowed
     assert all(max(r) <= 16 for r in ranks)  # and never above what d = 8 allows
 
@@ -434,7 +434,7 @@ def test_general_tree_spec_converges():
     d = 6
     tree = trees.from_spec([0, [1, 2], [[3, 4], 5]])
     op = operators.long_range_ising(d)
-    trunc = bug.Truncation(1e-8, False, 2, 20)
+    trunc = integrator.Truncation(1e-8, False, 2, 20)
     hs = [0.1, 0.05]
     runs = [evolve(tree, op, np.tile([1.0, 0.0], (d, 1)), h, 0.5, trunc) for h in hs]
     ref = exact(op, runs[0][1], 0.5)
@@ -446,14 +446,14 @@ def test_parallel_step_is_array_api_generic():
     xs = pytest.importorskip("array_api_strict")
     d = 4
     tree, op = trees.balanced_binary(d), operators.transverse_field_ising(d)
-    lay = bug.Layout(tree, op)
-    trunc = bug.Truncation(1e-8, False, 1, 8)
+    lay = integrator.OperatorLayout(tree, op)
+    trunc = integrator.Truncation(1e-8, False, 1, 8)
     a = st.product_state(tree, np.tile([1.0, 0.0], (d, 1)), rank=1)
     b = st.product_state(tree, xs.asarray(np.tile([1.0, 0.0], (d, 1))), rank=1)
     for method in ("parallel", "sequential"):
         for _ in range(3):
-            a, _ = bug.step(lay, a, 0.1, trunc, method=method)
-            b, _ = bug.step(lay, b, 0.1, trunc, method=method)
+            a, _ = integrator.step(lay, a, 0.1, trunc, method=method)
+            b, _ = integrator.step(lay, b, 0.1, trunc, method=method)
         assert isinstance(b[0], type(xs.asarray(1.0)))
         np.testing.assert_allclose(
             np.asarray(st.to_dense(tree, b)), st.to_dense(tree, a), atol=1e-13

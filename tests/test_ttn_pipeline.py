@@ -70,18 +70,18 @@ def test_same_bits_on_dask_and_ray(executors, tmp_path, sync_result, spec):
 
 
 def _namespaces(monkeypatch, name: str, arg: int) -> set:
-    """Record the array namespace of argument ``arg`` of every call of ``bug.name``."""
+    """Record the array namespace of argument ``arg`` of every call of ``integrator.name``."""
     from array_api_compat import array_namespace
-    from tilegraph.tasks.ttn import bug
+    from tilegraph.tasks.ttn import integrator
 
     seen = set()
-    fn = getattr(bug, name)
+    fn = getattr(integrator, name)
 
     def spy(*args, **kwargs):
         seen.add(array_namespace(args[arg]).__name__)
         return fn(*args, **kwargs)
 
-    monkeypatch.setattr(bug, name, spy)
+    monkeypatch.setattr(integrator, name, spy)
     return seen
 
 
@@ -101,7 +101,7 @@ def test_generic_device_path_gives_the_numpy_answer(
     CuPy code path, on a CPU) and gives the NumPy answer: ``subtrees`` (one actor per
     child of the root), ``grouped`` (several subtrees per actor, as with fewer GPUs than
     subtrees) and ``nodes`` (every K-step and Galerkin step a task)."""
-    from tilegraph.pipelines.ttn import plan
+    from tilegraph.pipelines.ttn import driver
 
     sets = [*SETS, "device=array-api-strict"]
     ref_run, ref_m = sync_result
@@ -112,7 +112,7 @@ def test_generic_device_path_gives_the_numpy_answer(
             slots.append(n)
             return 1
 
-        monkeypatch.setattr(plan, "subtree_slots", one_slot)
+        monkeypatch.setattr(driver, "subtree_slots", one_slot)
     if case == "nodes":
         cpu = ["T=0.2", "h=0.05", "schedule=nodes"]
         ref_run, ref_m = run_on(executors("sync"), tmp_path / "cpu", sets=cpu)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tilegraph.tasks.bilevel.methods import Steps
+from tilegraph.tasks.bilevel.methods import StepSizes
 from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
 from tilegraph.tasks.devices import Device
 
@@ -118,9 +118,9 @@ class BilevelConfig(BaseModel):
     def m(self) -> int:
         return 10 if self.problem.kind == "digits-ridge" else self.problem.m
 
-    def steps(self) -> Steps:
+    def steps(self) -> StepSizes:
         """The block-update parameters."""
-        return Steps(
+        return StepSizes(
             tau=self.tau,
             tau_v=self.tau_v,
             alpha=self.alpha,

@@ -55,7 +55,7 @@ def init_blocks(blocks, idx, *, problem, method, steps, ref, x0, device="cpu"):
     ----------
     problem : BlockProblem
     method : str
-    steps : tasks.bilevel.methods.Steps
+    steps : tasks.bilevel.methods.StepSizes
     ref : storage.ArrayRef
         The state array.
     blocks : sequence of int

@@ -147,7 +147,7 @@ def _box_solver_bytes(cfg, layout, problem, offsets) -> tuple[int, int]:
 def _submesh_bytes(cfg, layout, problem, actors: int) -> tuple[int, int]:
     """``(solvers, meshes)``: bytes of the sub-mesh solvers and solve temporaries the
     busiest worker holds (sub-meshes go to workers largest first, each to the least
-    loaded, as :class:`~tilegraph.pipelines.domain_split.solver.BlockPlan` does), and of
+    loaded, as :class:`~tilegraph.pipelines.domain_split.solver.BlockDriver` does), and of
     all sub-mesh arrays together."""
     total = 0
     load, held = [0] * actors, [0] * actors

@@ -9,7 +9,7 @@ import numpy as np
 from ..base import RunContext
 from .config import DomainSplitConfig
 from .plot import summary_figure
-from .solver import BlockPlan, fgmres, stationary
+from .solver import BlockDriver, fgmres, stationary
 from .worker import layout_for
 
 METRICS = (
@@ -73,7 +73,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
             )
         return refs[name]
 
-    plan = BlockPlan(
+    plan = BlockDriver(
         ctx.executor,
         problem,
         layout,

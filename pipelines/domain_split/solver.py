@@ -20,14 +20,14 @@ from tilegraph.tasks.domain_split.holes import shift_offsets, work_region
 from .worker import BlockWorker
 
 
-class BlockPlan:
+class BlockDriver:
     """Blocks spread over stateful workers, and the two-level preconditioner.
 
     Parameters
     ----------
     executor : cluster.Executor
     problem : Problem
-    layout : Layout
+    layout : GridLayout
     scheme : str
     smoother : bool
         Whether the preconditioner starts with the shifted-box solves.
@@ -183,12 +183,12 @@ class BlockPlan:
             self.call("fill", v, None, out, per_block=self.coarse(parts, rule))
 
 
-def fgmres(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> dict:
+def fgmres(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> dict:
     """Restarted flexible GMRES, right-preconditioned by ``plan.precondition``.
 
     Parameters
     ----------
-    plan : BlockPlan
+    plan : BlockDriver
     vec : callable
         ``vec(name) -> ArrayRef`` of a fine-grid scratch vector.
     state : dict
@@ -252,7 +252,7 @@ def fgmres(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> dict
         checkpoint(state)
 
 
-def stationary(plan: BlockPlan, vec, state: dict, cfg, checkpoint, progress) -> dict:
+def stationary(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> dict:
     """The paper's refinement: ``x += c P(r)`` with the residual-minimising step ``c``.
 
     Same parameters and result as :func:`fgmres`.

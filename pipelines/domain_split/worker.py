@@ -15,7 +15,7 @@ import numpy as np
 from array_api_compat import array_namespace
 from tilegraph.tasks.devices import array_module, deterministic_blas, to_device, to_host
 from tilegraph.tasks.domain_split.combine import SubmeshSolver, restrict, restriction_matrix
-from tilegraph.tasks.domain_split.grid import Layout
+from tilegraph.tasks.domain_split.grid import GridLayout
 from tilegraph.tasks.domain_split.holes import (
     BoxSolver,
     fill_block,
@@ -38,7 +38,7 @@ class BlockWorker:
     Parameters
     ----------
     problem : Problem
-    layout : Layout
+    layout : GridLayout
     scheme : {"central", "upwind"}
     cache : bool
         Keep the blocks this worker wrote in memory (write-through: halos are always
@@ -59,7 +59,7 @@ class BlockWorker:
     def __init__(
         self,
         problem: Problem,
-        layout: Layout,
+        layout: GridLayout,
         scheme: str,
         cache: bool = True,
         local=(),
@@ -281,11 +281,11 @@ def _dot(a, b) -> float:
     return float(xp.sum(xp.multiply(a, b)))
 
 
-def layout_for(d: int, n_fine: int, n_coarse: int, boxes_per_block: int | None) -> Layout:
+def layout_for(d: int, n_fine: int, n_coarse: int, boxes_per_block: int | None) -> GridLayout:
     """The block layout: ``boxes_per_block`` given, or chosen so a chunk holds about
     2^20 nodes and there are at least two blocks per axis when possible."""
     if boxes_per_block is None:
         s = n_fine // n_coarse
         side = round(2 ** (20 / d))
         boxes_per_block = max(1, min(side // s, -(-n_coarse // 2)))
-    return Layout(d, n_fine, n_coarse, min(boxes_per_block, n_coarse))
+    return GridLayout(d, n_fine, n_coarse, min(boxes_per_block, n_coarse))

@@ -42,7 +42,7 @@ def sample_batch(
     i : int
         Batch index: samples ``i * batch_size ..``, chunk ``i`` of every result array.
     cfg : PicardConfig
-    steps : tasks.picard.schedules.Steps
+    steps : tasks.picard.schedules.SamplerSteps
     sample_shape : tuple of int
     eps_fn : callable
         ``eps_fn(x, t)`` of a whole window (see :func:`tilegraph.tasks.picard.samplers.picard`).

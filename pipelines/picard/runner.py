@@ -22,7 +22,7 @@ from tilegraph.tasks.picard.schedules import make_schedule, make_steps
 from ..base import RunContext
 from .batch import sample_batch, split_steps
 from .config import PicardConfig
-from .models import DIGITS_SHAPE, model_spec
+from .model_spec import DIGITS_SHAPE, model_spec
 from .plot import summary_figure
 from .worker import ModelReplica
 

@@ -26,7 +26,9 @@ def _local(a):
 
 
 def build_model(spec: dict):
-    """The model a picklable ``spec`` describes (see :func:`tilegraph.pipelines.picard.models`).
+    """The model a picklable ``spec`` describes.
+
+    See :func:`tilegraph.pipelines.picard.model_spec.model_spec`.
 
     ``spec["kind"]`` is ``"gmm"`` (means, weights, spread, abar), ``"mlp"`` (layer
     arrays as ``storage`` ArrayRefs ``w0, b0, w1, ...``, train_steps, sample_shape,

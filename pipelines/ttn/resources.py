@@ -49,7 +49,7 @@ def _cap(n: float) -> int:
 
 def term_count(kind: str, leaves: int) -> int:
     """Distinct operator terms restricted to a subtree of ``leaves`` sites (the keys of
-    :class:`tilegraph.tasks.ttn.bug.Layout`, magnetisations included)."""
+    :class:`tilegraph.tasks.ttn.integrator.OperatorLayout`, magnetisations included)."""
     L = leaves
     if kind == "lr-ising":
         return 3 * L + L * (L - 1) // 2

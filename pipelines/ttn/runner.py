@@ -9,7 +9,7 @@ from tilegraph.tasks.ttn import state as st
 
 from ..base import RunContext
 from .config import TTNConfig
-from .plan import Integrator
+from .driver import BUGDriver
 from .plot import summary_figure
 from .reference import ExactSolution
 
@@ -188,7 +188,7 @@ def run(cfg: TTNConfig, ctx: RunContext) -> dict:
 
 def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     store = ctx.store
-    integ = Integrator(cfg, ctx.executor)
+    integ = BUGDriver(cfg, ctx.executor)
     psi_state = integ.initial()
     exact = None
     if cfg.exact_reference:

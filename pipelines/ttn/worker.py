@@ -19,7 +19,7 @@ import time
 import numpy as np
 from array_api_compat import array_namespace
 from tilegraph.tasks.devices import array_module, to_device, to_host
-from tilegraph.tasks.ttn import bug
+from tilegraph.tasks.ttn import integrator
 from tilegraph.tasks.ttn.state import bond_matrix
 
 
@@ -35,12 +35,12 @@ class SubtreeWorker:
 
     Parameters
     ----------
-    layout : tasks.ttn.bug.Layout
+    layout : tasks.ttn.integrator.OperatorLayout
     top : int
         Node id of the subtree's top.
     tensors : dict of int to array
         The subtree's orthonormal tensors.
-    trunc : tasks.ttn.bug.Truncation
+    trunc : tasks.ttn.integrator.Truncation
     method : str
     tol : float
         Lanczos tolerance.
@@ -63,7 +63,7 @@ class SubtreeWorker:
         self.state = [None] * self.layout.tree.n_nodes
         for n, a in tensors.items():
             self.state[int(n)] = self._dev(a)
-        self.proj = bug.projections(self.layout, self.state, self.top)
+        self.proj = integrator.projections(self.layout, self.state, self.top)
         self.aug = None
         return self._host(self.proj[self.top])
 
@@ -94,7 +94,7 @@ class SubtreeWorker:
         else:
             xp = array_namespace(old)
             c_in = xp.reshape(bond_matrix(xp, old) @ S, old.shape[:-1] + (S.shape[1],))
-        self.aug, top_new, eta2 = bug.subtree_update(
+        self.aug, top_new, eta2 = integrator.subtree_update(
             self.layout,
             self.state,
             self.top,
@@ -116,15 +116,15 @@ class SubtreeWorker:
         t0 = time.perf_counter()
         tree = self.layout.tree
         P, sig = self._dev((P, sig))
-        T = bug.truncate_subtree(tree, self.aug, self.top, self.trunc, P, sig)
-        R = bug.orthonormalize_subtree(tree, T, self.top)
+        T = integrator.truncate_subtree(tree, self.aug, self.top, self.trunc, P, sig)
+        R = integrator.orthonormalize_subtree(tree, T, self.top)
         edges = [
             (n, int(self.aug[n].shape[-1]), int(self.state[n].shape[-1]), int(T[n].shape[-1]))
             for n in tree.subtree(self.top)
             if n != self.top
         ]
         self.state = T
-        self.proj = bug.projections(self.layout, self.state, self.top)
+        self.proj = integrator.projections(self.layout, self.state, self.top)
         out = self._host((R, self.proj[self.top], edges))
         self.busy += time.perf_counter() - t0
         return out
@@ -133,7 +133,7 @@ class SubtreeWorker:
         """Make the last step's augmented bases the current ones (a rejected step is redone
         from them); returns the new top projections."""
         self.state = list(self.aug)
-        self.proj = bug.projections(self.layout, self.state, self.top)
+        self.proj = integrator.projections(self.layout, self.state, self.top)
         return self._host(self.proj[self.top])
 
     def pid(self) -> int:

@@ -47,7 +47,7 @@ METHODS = ("bsvrb-v1", "bsvrb-v2", "sgd", "f2sa")
 
 
 @dataclass(frozen=True)
-class Steps:
+class StepSizes:
     """Step sizes and estimator parameters of the block updates.
 
     Attributes
@@ -134,7 +134,7 @@ def pack(method: str, dim_y: int, parts: dict):
     return xp.concat([xp.reshape(parts[k], (-1,)) for k in state_layout(method, dim_y)])
 
 
-def init_state(problem: BlockProblem, method: str, i: int, x, steps: Steps, idx=None):
+def init_state(problem: BlockProblem, method: str, i: int, x, steps: StepSizes, idx=None):
     """Block ``i``'s state before the first iteration: ``y = y_prev = z = v = 0``,
     estimators from one batch at ``(x, 0)`` (``H`` clipped; ``u = -grad_y f``).
 
@@ -182,7 +182,7 @@ def block_step(
     idx_g,
     idx_f,
     wait: int,
-    steps: Steps,
+    steps: StepSizes,
     first: bool = False,
 ):
     """One update of sampled block ``i`` at iteration ``t``.
@@ -202,7 +202,7 @@ def block_step(
         The lower and upper batch (indices into the block's samples).
     wait : int
         Iterations since the block's last update (0: it was updated at ``t - 1``).
-    steps : Steps
+    steps : StepSizes
     first : bool
         ``t = 0``: there is no previous iterate.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .methods import Steps, block_step, init_state, state_size, upper_step
+from .methods import StepSizes, block_step, init_state, state_size, upper_step
 from .problems import BlockProblem
 from .sampling import draw, init_batches
 
@@ -13,7 +13,7 @@ from .sampling import draw, init_batches
 def run_sequential(
     problem: BlockProblem,
     method: str,
-    steps: Steps,
+    steps: StepSizes,
     iterations: int,
     n_blocks: int,
     batch: int,

@@ -27,7 +27,7 @@ from scipy.interpolate import make_interp_spline
 from scipy.sparse.linalg import SuperLU, splu
 
 from ..devices import to_host
-from .grid import Layout
+from .grid import GridLayout
 from .operator import PERMC, assemble
 from .problems import Problem
 from .separable import SeparableSolver
@@ -41,7 +41,7 @@ class SubmeshSolver:
     Parameters
     ----------
     problem : Problem
-    layout : Layout
+    layout : GridLayout
     scheme : {"central", "upwind"}
     method : {"auto", "fd", "direct", "amg"}
         ``fd`` solves by fast diagonalisation (constant coefficients only, see
@@ -65,7 +65,7 @@ class SubmeshSolver:
     def __init__(
         self,
         problem: Problem,
-        layout: Layout,
+        layout: GridLayout,
         scheme: str = "central",
         method: str = "auto",
         tol: float = 1e-10,
@@ -143,12 +143,12 @@ class SubmeshSolver:
         return out
 
 
-def merge(layout: Layout, solutions: dict, weights: dict) -> np.ndarray:
+def merge(layout: GridLayout, solutions: dict, weights: dict) -> np.ndarray:
     """Merged values ``M = sum_S c_S w_S`` at the coarse nodes.
 
     Parameters
     ----------
-    layout : Layout
+    layout : GridLayout
     solutions : dict
         ``S -> w_S`` sub-mesh solutions, shape ``layout.mesh_shape(S)``.
     weights : dict
@@ -184,12 +184,12 @@ def spline_matrix(n_coarse: int, n_fine: int) -> np.ndarray:
     return P
 
 
-def correct(layout: Layout, S, w: np.ndarray, M: np.ndarray, P: np.ndarray) -> np.ndarray:
+def correct(layout: GridLayout, S, w: np.ndarray, M: np.ndarray, P: np.ndarray) -> np.ndarray:
     """Add the spline of the mismatch ``M - w_S`` (at coarse nodes) to ``w_S``.
 
     Parameters
     ----------
-    layout : Layout
+    layout : GridLayout
     S : tuple of int
     w : numpy.ndarray, shape ``layout.mesh_shape(S)``
     M : numpy.ndarray, shape ``(n_coarse + 1,) * d``
@@ -209,12 +209,12 @@ def correct(layout: Layout, S, w: np.ndarray, M: np.ndarray, P: np.ndarray) -> n
     return w + delta
 
 
-def skeleton(layout: Layout, corrected: dict, start, shape, xp=np):
+def skeleton(layout: GridLayout, corrected: dict, start, shape, xp=np):
     """Skeleton values on a fine-grid region; zero at the nodes off the skeleton.
 
     Parameters
     ----------
-    layout : Layout
+    layout : GridLayout
     corrected : dict
         ``S -> w'_S``, each either the whole corrected sub-mesh array or, to save
         transfer, the part of it given by ``layout.mesh_slices(S, start, stop)``.
@@ -267,7 +267,7 @@ def restriction_matrix(n_coarse: int, n_fine: int) -> np.ndarray:
     return R
 
 
-def restrict(layout: Layout, v, start, R: np.ndarray) -> dict:
+def restrict(layout: GridLayout, v, start, R: np.ndarray) -> dict:
     """A block's contribution to the restriction of a fine vector to every sub-mesh.
 
     Full weighting (``R``) along the sub-mesh's coarse axes, injection along its fine
@@ -277,7 +277,7 @@ def restrict(layout: Layout, v, start, R: np.ndarray) -> dict:
 
     Parameters
     ----------
-    layout : Layout
+    layout : GridLayout
     v : array
         The vector on the block's owned region.
     start : tuple of int

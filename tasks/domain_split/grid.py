@@ -56,7 +56,7 @@ class Block:
 
 
 @dataclass(frozen=True)
-class Layout:
+class GridLayout:
     """Fine/coarse grids and the block decomposition.
 
     Parameters
@@ -190,7 +190,7 @@ class Layout:
         return tuple(slice(None) if k in S else slice(None, None, s) for k in range(self.d))
 
 
-def merge_weights(layout: Layout, rule: str = "richardson") -> dict[tuple[int, ...], float]:
+def merge_weights(layout: GridLayout, rule: str = "richardson") -> dict[tuple[int, ...], float]:
     """Weights ``c_S`` of the merge ``M = sum_S c_S w_S`` at the coarse nodes.
 
     ``combination`` is the sparse-grid combination technique,
@@ -202,7 +202,7 @@ def merge_weights(layout: Layout, rule: str = "richardson") -> dict[tuple[int, .
 
     Parameters
     ----------
-    layout : Layout
+    layout : GridLayout
     rule : {"richardson", "combination"}
     """
     d = layout.d

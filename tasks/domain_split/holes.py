@@ -15,7 +15,7 @@ from scipy.sparse.linalg import splu
 
 from ..devices import to_host
 from .combine import skeleton
-from .grid import Block, Layout
+from .grid import Block, GridLayout
 from .operator import PERMC, apply_stencil, assemble
 from .problems import Problem
 from .separable import SeparableSolver
@@ -27,11 +27,11 @@ class BoxSolver:
     Parameters
     ----------
     problem : Problem
-    layout : Layout
+    layout : GridLayout
     scheme : {"central", "upwind"}
     """
 
-    def __init__(self, problem: Problem, layout: Layout, scheme: str = "central"):
+    def __init__(self, problem: Problem, layout: GridLayout, scheme: str = "central"):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self._factors: dict = {}
 
@@ -138,14 +138,14 @@ def box_ranges(cuts_per_axis):
 
 
 def fill_block(
-    layout: Layout, boxes: BoxSolver, corrected: dict, v: np.ndarray, block: Block
+    layout: GridLayout, boxes: BoxSolver, corrected: dict, v: np.ndarray, block: Block
 ) -> np.ndarray:
     """One block of ``T v``: skeleton values from the corrected sub-mesh solutions, then
     the box solves.
 
     Parameters
     ----------
-    layout : Layout
+    layout : GridLayout
     boxes : BoxSolver
     corrected : dict
         ``S -> w'_S`` restricted to :func:`work_region` of the block (or whole).
@@ -170,7 +170,7 @@ def fill_block(
     return z[tuple(slice(0, n) for n in block.shape)]
 
 
-def shift_offsets(layout: Layout, count: int) -> list[int]:
+def shift_offsets(layout: GridLayout, count: int) -> list[int]:
     """Offsets of ``count`` shifted skeletons, spread evenly over one coarse interval:
     ``j s // (count + 1)`` for ``j = 1 .. count`` (duplicates and 0 dropped when the
     stride ``s`` is too small)."""
@@ -178,7 +178,7 @@ def shift_offsets(layout: Layout, count: int) -> list[int]:
     return sorted({j * s // (count + 1) for j in range(1, count + 1)} - {0})
 
 
-def shifted_cuts(layout: Layout, shift: int | None = None) -> list[int]:
+def shifted_cuts(layout: GridLayout, shift: int | None = None) -> list[int]:
     """Fine indices of a shifted skeleton along one axis: ``0``, ``j s + shift``,
     ``n_fine`` (``shift`` defaults to ``s // 2``). The shifted boxes straddle the
     skeleton."""
@@ -187,7 +187,7 @@ def shifted_cuts(layout: Layout, shift: int | None = None) -> list[int]:
     return sorted({0, n, *(j * s + shift for j in range(layout.n_coarse))})
 
 
-def smooth_region(layout: Layout, block: Block, shift: int | None = None):
+def smooth_region(layout: GridLayout, block: Block, shift: int | None = None):
     """Region a block's shifted-box solves read: every shifted box that meets the block's
     owned nodes or their one-node halo.
 
@@ -211,7 +211,11 @@ def smooth_region(layout: Layout, block: Block, shift: int | None = None):
 
 
 def smooth_block(
-    layout: Layout, boxes: BoxSolver, v_region: np.ndarray, block: Block, shift: int | None = None
+    layout: GridLayout,
+    boxes: BoxSolver,
+    v_region: np.ndarray,
+    block: Block,
+    shift: int | None = None,
 ):
     """Shifted-box (overlapping Schwarz) solves of ``L z = v`` with ``z = 0`` on the
     shifted skeleton, on a block's owned nodes plus a one-node halo.
@@ -240,7 +244,7 @@ def smooth_block(
     return zp[sl]
 
 
-def work_region(layout: Layout, block: Block):
+def work_region(layout: GridLayout, block: Block):
     """The region a block's box solves touch: its boxes and their upper faces.
 
     Returns

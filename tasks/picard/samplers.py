@@ -22,7 +22,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..devices import to_host
-from .schedules import Steps
+from .schedules import SamplerSteps
 
 #: Columns of :attr:`PicardResult.history`.
 HISTORY_COLUMNS = ("begin", "end", "first_unconverged", "advance", "max_error")
@@ -200,7 +200,7 @@ def _fill_unseen(slope, seen: np.ndarray, abar: np.ndarray, s2):
     return xp.where(_col(xp, seen.astype(np.float64), 2) > 0, slope, model)
 
 
-def _extrapolate(x, x_ref, eps_ref, abar_ref: float, s2, z, steps: Steps, lo: int, hi: int):
+def _extrapolate(x, x_ref, eps_ref, abar_ref: float, s2, z, steps: SamplerSteps, lo: int, hi: int):
     """Initial guesses for the slots ``lo+1 .. hi`` that a window slides onto: run steps
     ``lo .. hi-1`` from ``x`` (slot ``lo``), with the true noise, on the exact noise
     prediction of a local Gaussian model of the data ``N(mu, s^2 I)``; no model calls.
@@ -276,7 +276,7 @@ def _model_call(eps_fn, x, t_steps):
     return eps if eps.dtype == x.dtype else xp.astype(eps, x.dtype)
 
 
-def _step(eps_fn: Callable, steps: Steps, z, j: int, x):
+def _step(eps_fn: Callable, steps: SamplerSteps, z, j: int, x):
     """One sequential step ``j``: ``x_{j+1}`` from ``x_j`` (n, *sample_shape), one model
     call of ``n`` rows."""
     xs = x[None, ...]
@@ -284,7 +284,7 @@ def _step(eps_fn: Callable, steps: Steps, z, j: int, x):
     return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
 
 
-def model_steps(eps_fn: Callable, steps: Steps, z) -> Callable:
+def model_steps(eps_fn: Callable, steps: SamplerSteps, z) -> Callable:
     """Window starts from running the new slots' steps on a model: a callable for
     :func:`picard`'s ``extrapolate``.
 
@@ -296,7 +296,7 @@ def model_steps(eps_fn: Callable, steps: Steps, z) -> Callable:
     ----------
     eps_fn : callable
         ``eps_fn(x (N, *sample_shape), t (N,) int) -> (N, *sample_shape)``.
-    steps : Steps
+    steps : SamplerSteps
     z : array, shape (T, n, *sample_shape)
         The pre-drawn noise of the sampler's run.
 
@@ -318,14 +318,14 @@ def model_steps(eps_fn: Callable, steps: Steps, z) -> Callable:
     return guess
 
 
-def sequential(eps_fn: Callable, steps: Steps, x_T, z, callback: Callable | None = None):
+def sequential(eps_fn: Callable, steps: SamplerSteps, x_T, z, callback: Callable | None = None):
     """The sequential sampler: ``T`` model calls of ``n`` rows each.
 
     Parameters
     ----------
     eps_fn : callable
         ``eps_fn(x (N, *sample_shape), t (N,) int) -> (N, *sample_shape)``.
-    steps : Steps
+    steps : SamplerSteps
     x_T : array, shape (n, *sample_shape)
         Start points.
     z : array, shape (T, n, *sample_shape)
@@ -371,7 +371,7 @@ class PicardResult:
     history: np.ndarray = field(repr=False)
 
 
-def _slot_inv_var(steps: Steps) -> np.ndarray:
+def _slot_inv_var(steps: SamplerSteps) -> np.ndarray:
     """``1 / var`` per buffer slot ``0 .. T``: slot ``s < T`` is judged by the variance of
     step ``s``; the last slot is never judged (its input converged before it)."""
     inv = np.zeros(len(steps) + 1)
@@ -479,14 +479,14 @@ def _c_array(xp, shape, dtype, values):
     return out
 
 
-def _coefs(steps: Steps, j: int):
+def _coefs(steps: SamplerSteps, j: int):
     sl = slice(j, j + 1)
     return steps.a[sl], steps.b[sl], steps.sigma[sl]
 
 
 def picard(
     eps_fn: Callable,
-    steps: Steps,
+    steps: SamplerSteps,
     x_T,
     z,
     window: int,
@@ -513,7 +513,7 @@ def picard(
     eps_fn : callable
         ``eps_fn(x (N, *sample_shape), t (N,) int) -> (N, *sample_shape)``; called once
         per iteration with ``N = L n``.
-    steps : Steps
+    steps : SamplerSteps
     x_T : array, shape (n, *sample_shape)
     z : array, shape (T, n, *sample_shape)
         The same pre-drawn noise the sequential sampler uses.

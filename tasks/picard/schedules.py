@@ -60,7 +60,7 @@ def make_schedule(kind: str, train_steps: int, beta_start=1e-4, beta_end=0.02) -
 
 
 @dataclass(frozen=True)
-class Steps:
+class SamplerSteps:
     """The coefficients of an ``n``-step sampler (all arrays of shape ``(n,)``, float64
     except ``t``).
 
@@ -117,7 +117,7 @@ def _pairs(abar: np.ndarray, n_steps: int):
     return t, ab_t, ab_prev, beta, var
 
 
-def ddpm_steps(abar: np.ndarray, n_steps: int) -> Steps:
+def ddpm_steps(abar: np.ndarray, n_steps: int) -> SamplerSteps:
     """Ancestral DDPM sampling (posterior mean, "fixed small" variance, no clipping).
 
     Mean ``(sqrt(abar_prev) beta / (1 - abar)) x0_hat + (sqrt(1 - beta)(1 - abar_prev) /
@@ -136,10 +136,10 @@ def ddpm_steps(abar: np.ndarray, n_steps: int) -> Steps:
     a = c0 / np.sqrt(ab_t) + cx
     b = -c0 * np.sqrt(1.0 - ab_t) / np.sqrt(ab_t)
     sigma = np.sqrt(np.where(var > 1e-20, var, 0.0))
-    return Steps(t, a, b, sigma, var, ab_t, "ddpm")
+    return SamplerSteps(t, a, b, sigma, var, ab_t, "ddpm")
 
 
-def ddim_steps(abar: np.ndarray, n_steps: int, eta: float = 0.0) -> Steps:
+def ddim_steps(abar: np.ndarray, n_steps: int, eta: float = 0.0) -> SamplerSteps:
     """DDIM sampling: ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - s^2) eps +
     s z`` with ``s = eta * sqrt(var)`` (eta = 0: the deterministic ODE sampler).
 
@@ -154,10 +154,10 @@ def ddim_steps(abar: np.ndarray, n_steps: int, eta: float = 0.0) -> Steps:
     s2 = eta**2 * np.where(var > 1e-20, var, 0.0)
     a = np.sqrt(ab_prev / ab_t)
     b = np.sqrt(np.maximum(1.0 - ab_prev - s2, 0.0)) - np.sqrt(ab_prev * (1.0 - ab_t) / ab_t)
-    return Steps(t, a, b, np.sqrt(s2), var, ab_t, "ddim")
+    return SamplerSteps(t, a, b, np.sqrt(s2), var, ab_t, "ddim")
 
 
-def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0) -> Steps:
+def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0) -> SamplerSteps:
     """``ddpm_steps`` or ``ddim_steps`` by name."""
     if kind == "ddpm":
         return ddpm_steps(abar, n_steps)

@@ -18,15 +18,15 @@ from array_api_compat import array_namespace
 from .trees import Tree
 
 
-def _mat(xp, C, axis: int):
+def matricize(xp, C, axis: int):
     """Matricisation ``(r_axis, rest)`` with the other axes in order."""
     perm = (axis,) + tuple(a for a in range(C.ndim) if a != axis)
     Ct = xp.permute_dims(C, perm)
     return xp.reshape(Ct, (C.shape[axis], math.prod(Ct.shape[1:])))
 
 
-def _unmat(xp, M, shape, axis: int):
-    """Inverse of :func:`_mat` for a tensor of ``shape`` with ``M.shape[0]`` at ``axis``."""
+def unmatricize(xp, M, shape, axis: int):
+    """Inverse of :func:`matricize` for a tensor of ``shape`` with ``M.shape[0]`` at ``axis``."""
     rest = tuple(s for a, s in enumerate(shape) if a != axis)
     T = xp.reshape(M, (M.shape[0],) + rest)
     inv = list(range(1, T.ndim))
@@ -138,8 +138,8 @@ def orthonormalize(tree: Tree, state) -> list:
         out[node] = xp.reshape(Q, T.shape[:-1] + (Q.shape[1],))
         i = tree.children[par].index(node)
         P = out[par]
-        out[par] = _unmat(
-            xp, R @ _mat(xp, P, i), P.shape[:i] + (R.shape[0],) + P.shape[i + 1 :], i
+        out[par] = unmatricize(
+            xp, R @ matricize(xp, P, i), P.shape[:i] + (R.shape[0],) + P.shape[i + 1 :], i
         )
     return out
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 from tilegraph.tasks.devices import slots
-from tilegraph.tasks.ttn import bug
+from tilegraph.tasks.ttn import integrator
 from tilegraph.tasks.ttn import state as st
 
 from .worker import SubtreeGroup, device_task
@@ -64,7 +64,7 @@ class _Member:
         return method
 
 
-class Integrator:
+class BUGDriver:
     """Steps a TTN with the configured BUG variant and schedule."""
 
     def __init__(self, cfg, executor):
@@ -73,8 +73,8 @@ class Integrator:
         self.tree = cfg.make_tree()
         self.op = cfg.make_operator()
         z = [((s, "z"),) for s in range(cfg.d)]
-        self.layout = bug.Layout(self.tree, self.op, extra_keys=z)
-        self.trunc = bug.Truncation(cfg.theta, cfg.relative, cfg.r_min, cfg.r_max)
+        self.layout = integrator.OperatorLayout(self.tree, self.op, extra_keys=z)
+        self.trunc = integrator.Truncation(cfg.theta, cfg.relative, cfg.r_min, cfg.r_max)
         self.subtrees = cfg.schedule == "subtrees" and cfg.method == "parallel"
         # the step-rejection test h*eta > c*theta (parallel method only)
         self.eta = cfg.reject and cfg.method == "parallel"
@@ -92,7 +92,7 @@ class Integrator:
         self._ranks = st.edge_ranks(self.tree, state)
         if not self.subtrees:
             self.state = list(state)
-            self.proj = bug.projections(self.layout, self.state)
+            self.proj = integrator.projections(self.layout, self.state)
             return
         if not self.actors:
             self.actors = self._start_actors(state)
@@ -175,7 +175,7 @@ class Integrator:
 
     def _step_nodes(self, h):
         self._start = (self.state, self.proj)
-        new, info = bug.step(
+        new, info = integrator.step(
             self.layout,
             self.state,
             h,
@@ -191,47 +191,49 @@ class Integrator:
         old_max = max(st.edge_ranks(self.tree, self.state)[1:])
         self.state = new
         self._ranks = st.edge_ranks(self.tree, new)
-        self.proj = bug.projections(self.layout, new)
+        self.proj = integrator.projections(self.layout, new)
         return info.untruncated, old_max
 
     def _step_subtrees(self, h):
         lay, tree = self.layout, self.tree
         kids = tree.children[0]
-        bterms = bug.root_bond_terms(lay)
+        bterms = integrator.root_bond_terms(lay)
         root = self.root
         t0 = time.perf_counter()
         envs, futures = [], []
         for i, a in enumerate(self.actors):
-            S, Qt, cb = bug.child_environment(lay, 0, i, root, bterms, self.kid_proj)
+            S, Qt, cb = integrator.child_environment(lay, 0, i, root, bterms, self.kid_proj)
             envs.append(Qt)
             futures.append(a.kstep(S, cb, h, self.eta))
         # the root's Galerkin step runs on the driver while the subtrees work
-        terms = bug.merge_terms(bug.node_terms(lay, 0, bterms, self.kid_proj), root.shape)
-        C_bar = bug.galerkin_step(root, terms, h, self.cfg.tol)
+        terms = integrator.merge_terms(
+            integrator.node_terms(lay, 0, bterms, self.kid_proj), root.shape
+        )
+        C_bar = integrator.galerkin_step(root, terms, h, self.cfg.tol)
         self.driver_s += time.perf_counter() - t0
         coeffs = self.ex.gather(futures)
         t0 = time.perf_counter()
         self.last_eta = 0.0
         if self.eta:
             eta2 = sum(c[1] for c in coeffs)
-            eta2 += bug.two_new_blocks(
+            eta2 += integrator.two_new_blocks(
                 lay, 0, root, bterms, self.kid_proj, [c[2] for c in coeffs], h
             )
             self.last_eta = float(np.sqrt(eta2))
             coeffs = [c[0] for c in coeffs]
-        C_hat = bug.assemble(C_bar, coeffs, envs)
+        C_hat = integrator.assemble(C_bar, coeffs, envs)
         T = C_hat
         cuts = []
         for i in range(len(kids)):
-            P, sig = bug.truncate_edge(C_hat, i, self.trunc)
-            T = bug.mode(np, T, P.conj().T, i)
+            P, sig = integrator.truncate_edge(C_hat, i, self.trunc)
+            T = integrator.mode(np, T, P.conj().T, i)
             cuts.append(self.actors[i].truncate(P, sig))
         self.driver_s += time.perf_counter() - t0
         results = self.ex.gather(cuts)
         t0 = time.perf_counter()
         edges = []
         for i, (R, top_proj, sub_edges) in enumerate(results):
-            T = bug.mode(np, T, R, i)
+            T = integrator.mode(np, T, R, i)
             self.kid_proj[i] = top_proj
             edges.append((kids[i], int(C_hat.shape[i]), int(root.shape[i]), int(R.shape[0])))
             edges.extend(sub_edges)
@@ -249,10 +251,10 @@ class Integrator:
             start = self._info.start_augmented
             self.state = start
             self._ranks = st.edge_ranks(self.tree, start)
-            self.proj = bug.projections(self.layout, start)
+            self.proj = integrator.projections(self.layout, start)
             return
         root, shape = self._root_start
-        self.root = bug._pad(np, root, shape)
+        self.root = integrator.pad(np, root, shape)
         self.kid_proj = self.ex.gather([a.restart_augmented() for a in self.actors])
         self._ranks = [1] + [None] * (self.tree.n_nodes - 1)  # unknown until the redo
 
@@ -263,10 +265,10 @@ class Integrator:
         state = [None] * self.tree.n_nodes
         state[0] = self.root if self.subtrees else self.state[0]
         keys = [((s, "z"),) for s in range(self.cfg.d)]
-        mz = [v.real for v in bug.expectations(lay, state, proj, keys)]
+        mz = [v.real for v in integrator.expectations(lay, state, proj, keys)]
         return {
             "norm": st.norm(state),
-            "energy": bug.energy(lay, state, proj),
+            "energy": integrator.energy(lay, state, proj),
             "magnetization": mz,
         }
 
@@ -286,4 +288,4 @@ class Integrator:
         return list(self._ranks[1:])
 
 
-__all__ = ["Integrator", "executor_map", "MAX_REDO"]
+__all__ = ["BUGDriver", "executor_map", "MAX_REDO"]

@@ -25,7 +25,7 @@ from ..devices import to_host
 from .contract import TermSum, apply_each, apply_terms, augment, merge_terms, mode, project_node
 from .expm import expm_apply
 from .operators import SumOfProducts
-from .state import _mat, _unmat, bond_matrix
+from .state import bond_matrix, matricize, unmatricize
 from .trees import Tree
 
 
@@ -59,7 +59,7 @@ class StepInfo:
 # -- the operator's structure on a tree ------------------------------------------------
 
 
-class Layout:
+class OperatorLayout:
     """Which operator keys live on which subtree, and how they split over children.
 
     Built once per (tree, operator); picklable.
@@ -94,7 +94,7 @@ class Layout:
         return {k: self.op.ops[k[0][1]] for k in self.keys[node]}
 
 
-def projections(layout: Layout, state, top: int = 0) -> list[dict]:
+def projections(layout: OperatorLayout, state, top: int = 0) -> list[dict]:
     """``X^H A_key X`` for every node (of the subtree under ``top``) and key of the layout,
     bottom-up, in the state's array namespace. The root entry is empty (its bond is 1)."""
     tree = layout.tree
@@ -113,7 +113,7 @@ def projections(layout: Layout, state, top: int = 0) -> list[dict]:
     return proj
 
 
-def root_terms(layout: Layout, proj, keys_coefs):
+def root_terms(layout: OperatorLayout, proj, keys_coefs):
     """Terms of ``sum coef * key`` at the root as per-child factors (bond 1 folded in)."""
     split = layout.splitter(0)
     kids = layout.tree.children[0]
@@ -126,7 +126,7 @@ def root_terms(layout: Layout, proj, keys_coefs):
     return terms
 
 
-def expectation(layout: Layout, state, proj, keys_coefs) -> complex:
+def expectation(layout: OperatorLayout, state, proj, keys_coefs) -> complex:
     """``<Y| sum coef * key |Y>`` of an orthonormal state with projections ``proj``."""
     xp = array_namespace(state[0])
     C = state[0]
@@ -134,7 +134,7 @@ def expectation(layout: Layout, state, proj, keys_coefs) -> complex:
     return complex(xp.sum(xp.conj(C) * G))
 
 
-def expectations(layout: Layout, state, proj, keys) -> list[complex]:
+def expectations(layout: OperatorLayout, state, proj, keys) -> list[complex]:
     """``<Y| key |Y>`` for each key (e.g. every site's magnetisation), the keys with
     factors on the same children of the root applied in one batch."""
     xp = array_namespace(state[0])
@@ -152,7 +152,7 @@ def expectations(layout: Layout, state, proj, keys) -> list[complex]:
     return out
 
 
-def energy(layout: Layout, state, proj) -> float:
+def energy(layout: OperatorLayout, state, proj) -> float:
     return expectation(layout, state, proj, zip(layout.op.keys, layout.op.coefs, strict=True)).real
 
 
@@ -198,7 +198,7 @@ def _scalar(B) -> bool:
     return isinstance(B, int | float | complex)
 
 
-def node_terms(layout: Layout, node: int, bond_terms, kid_proj):
+def node_terms(layout: OperatorLayout, node: int, bond_terms, kid_proj):
     """The restricted operator at ``node`` as per-leg factors (children then bond)."""
     split = layout.splitter(node)
     terms = []
@@ -212,7 +212,7 @@ def node_terms(layout: Layout, node: int, bond_terms, kid_proj):
     return terms
 
 
-def child_environment(layout: Layout, node: int, i: int, C_in, bond_terms, kid_proj):
+def child_environment(layout: OperatorLayout, node: int, i: int, C_in, bond_terms, kid_proj):
     """Environment of child ``i`` of ``node``.
 
     Returns
@@ -227,7 +227,7 @@ def child_environment(layout: Layout, node: int, i: int, C_in, bond_terms, kid_p
     xp = array_namespace(C_in)
     tree = layout.tree
     child = tree.children[node][i]
-    M = _mat(xp, C_in, i)
+    M = matricize(xp, C_in, i)
     Qt, R = xp.linalg.qr(M.T)
     S = R.T
     k_i = Qt.shape[1]
@@ -268,7 +268,7 @@ def child_environment(layout: Layout, node: int, i: int, C_in, bond_terms, kid_p
     return S, Qt, out
 
 
-def _pad(xp, C, shape):
+def pad(xp, C, shape):
     out = xp.zeros(shape, dtype=C.dtype)
     out[tuple(slice(0, s) for s in C.shape)] = C
     return out
@@ -287,7 +287,7 @@ def truncate_edge(W, axis: int, trunc: Truncation):
     """Left singular vectors ``P`` (``r_hat x r``) and values (length ``r``, zero-padded)
     kept on ``axis`` of the weighted tensor ``W``."""
     xp = array_namespace(W)
-    M = _mat(xp, W, axis)
+    M = matricize(xp, W, axis)
     # reduced SVD already gives every left vector when rows <= cols (the usual case)
     U, s, _ = xp.linalg.svd(M, full_matrices=M.shape[0] > M.shape[1])
     # the rank is a sequential scan over a few singular values: on the host, after one
@@ -385,14 +385,14 @@ def assemble(C_bar, coeffs, envs):
     xp = array_namespace(C_bar)
     m = C_bar.ndim - 1
     shape = tuple(C_bar.shape[a] + coeffs[a].shape[0] for a in range(m)) + (C_bar.shape[-1],)
-    C_hat = _pad(xp, C_bar, shape)
+    C_hat = pad(xp, C_bar, shape)
     for i in range(m):
         p = coeffs[i].shape[0]
         if p == 0:
             continue
         blk = coeffs[i] @ envs[i].T
         rest = tuple(C_bar.shape[a] for a in range(m + 1) if a != i)
-        blk = _unmat(xp, blk, rest[:i] + (p,) + rest[i:], i)
+        blk = unmatricize(xp, blk, rest[:i] + (p,) + rest[i:], i)
         idx = tuple(
             slice(C_bar.shape[i], shape[i]) if a == i else slice(0, C_bar.shape[a])
             for a in range(m + 1)
@@ -405,13 +405,13 @@ def _serial_map(fn, *iterables):
     return [fn(*args) for args in zip(*iterables, strict=True)]
 
 
-def root_bond_terms(layout: Layout) -> dict:
+def root_bond_terms(layout: OperatorLayout) -> dict:
     """The operator at the root: every key with its coefficient (the bond is 1)."""
     return dict(zip(layout.op.keys, layout.op.coefs, strict=True))
 
 
 def step(
-    layout: Layout,
+    layout: OperatorLayout,
     state,
     h: float,
     trunc: Truncation,
@@ -425,7 +425,7 @@ def step(
 
     Parameters
     ----------
-    layout : Layout
+    layout : OperatorLayout
     state : list
         Orthonormal TTN at ``t``.
     h : float
@@ -477,14 +477,14 @@ def step(
         info.ranks[e - 1] == info.augmented[e - 1] for e in grown
     )
     start_aug = list(aug)
-    start_aug[0] = _pad(xp, state[0], aug[0].shape)
+    start_aug[0] = pad(xp, state[0], aug[0].shape)
     info.start_augmented = start_aug
     info.eta = math.sqrt(eta2)
     return new, info
 
 
 def subtree_update(
-    layout: Layout,
+    layout: OperatorLayout,
     state,
     top: int,
     c_in_top,
@@ -625,13 +625,13 @@ def subtree_update(
                     h,
                 )
         else:
-            C0 = _pad(xp, c_in[node], shape)
+            C0 = pad(xp, c_in[node], shape)
             terms = node_terms(layout, node, bterms[node], [phat[c] for c in kids])
             C_hat = galerkin_step(C0, merge_terms(terms, shape), h, tol)
         if node == 0:
             aug[0] = C_hat
             return aug, None, eta2
-        old_t = _pad(xp, state[node], shape[:-1] + (state[node].shape[-1],))
+        old_t = pad(xp, state[node], shape[:-1] + (state[node].shape[-1],))
         old = bond_matrix(xp, old_t)
         Q, coeff = augment(old, bond_matrix(xp, C_hat))
         full = xp.concat([old, Q], axis=1)
@@ -648,7 +648,7 @@ def subtree_update(
     return aug, new_part[top], eta2
 
 
-def _eta_keys(layout: Layout, top: int, bterms, nodes):
+def _eta_keys(layout: OperatorLayout, top: int, bterms, nodes):
     """Keys whose mixed (``need_m``) and augmented (``need_p``) projections the
     rejection test needs at each inner node of the subtree: only terms that reach into
     two children of a node can feed a block with two new indices."""
