@@ -67,7 +67,7 @@ def _cli(*args):
     return [sys.executable, "-m", "tilegraph.pipelines.cli", *args]
 
 
-BILEVEL = ["--set=max_iter=400", "--set=tol=1e-9"]
+BILEVEL = ["--set=max_iter=250", "--set=tol=1e-9"]
 
 
 @pytest.mark.slow
@@ -109,7 +109,7 @@ def test_two_resumes_of_one_run(tmp_path):
 @pytest.mark.slow
 def test_two_identical_sweeps(tmp_path):
     store = tmp_path / "runs"
-    argv = _cli("sweep", "bilevel", "--grid", "max_iter=300,350,400", "--set=tol=1e-9",
+    argv = _cli("sweep", "bilevel", "--grid", "max_iter=150,175,200", "--set=tol=1e-9",
                 "--cluster", "sync", "--store", str(store), "--json")  # fmt: skip
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]  # fmt: skip
