@@ -119,8 +119,14 @@ class RunStore:
     _KIND = "run"
 
     def __init__(
-        self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+        self,
+        url: str | os.PathLike[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        kind: str = "run",
+        id_key: str = "run_id",
     ) -> None:
+        self._KIND, self._ID = kind, id_key  # a sweep's record: "sweep", "sweep_id"
         self._url = normalize_url(url)
         self._options = dict(storage_options or {})
         fs, path = filesystem(self._url, self._options)

@@ -29,11 +29,12 @@ def sweep_url(root: str | os.PathLike[str], sweep_id: str) -> str:
     return join(normalize_url(root), SWEEPS, check_name("sweep id", sweep_id))
 
 
-class SweepStore(RunStore):
+class SweepStore:
     """One sweep: its definition, the run id of each point, and the gathered results.
 
-    Inherits the attribute, dataset and figure methods of :class:`RunStore`; ``run_id``
-    is the sweep id.
+    A sweep is not a run: it holds a record (a Zarr group with status, metrics, the
+    result Dataset and a figure, kept by a :class:`RunStore` of kind ``"sweep"``) and
+    offers only what a sweep needs.
 
     Parameters
     ----------
@@ -43,8 +44,12 @@ class SweepStore(RunStore):
         fsspec options for non-local URLs.
     """
 
-    _ID = "sweep_id"
-    _KIND = "sweep"
+    def __init__(
+        self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self._record = RunStore(
+            url, storage_options=storage_options, kind="sweep", id_key="sweep_id"
+        )
 
     @classmethod
     def open_or_create(
@@ -92,21 +97,82 @@ class SweepStore(RunStore):
 
     @property
     def sweep_id(self) -> str:
-        """The sweep id (also ``run_id``)."""
-        return self._run_id
+        """The sweep id."""
+        return self._record.run_id
+
+    @property
+    def pipeline(self) -> str:
+        """The swept pipeline."""
+        return self._record.pipeline
+
+    @property
+    def url(self) -> str:
+        """The sweep group's location."""
+        return self._record.url
+
+    @property
+    def status(self) -> str:
+        """``running``, ``complete`` or ``failed``."""
+        return self._record.status
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Counts of the points (``points``, ``complete``, ``failed``)."""
+        return self._record.metrics
 
     @property
     def definition(self) -> dict[str, Any]:
         """Everything recorded at creation (``pipeline``, ``grid``, ``point_configs`` …)."""
-        return self._attrs()
+        return self._record._attrs()
 
     @property
     def points(self) -> dict[str, str]:
         """Point key -> run id, for the points that have a run."""
-        return dict(self._attrs().get("points") or {})
+        return dict(self.definition.get("points") or {})
 
     def set_point(self, key: str, run_id: str) -> None:
         """Record that point ``key`` is (being) computed by run ``run_id``."""
         points = self.points
         points[key] = run_id
-        self._update({"points": points})
+        self.set_points(points)
+
+    def set_points(self, points: Mapping[str, str]) -> None:
+        """Replace the record of point key -> run id (one atomic write)."""
+        self._record._update({"points": dict(points)})
+
+    # -- status, results and figure, kept by the record -------------------------------
+    def mark_running(self) -> None:
+        """Set the sweep ``running`` (again)."""
+        self._record.mark_running()
+
+    def mark_failed(self, error: str | BaseException) -> None:
+        """Set the sweep ``failed`` with ``error``."""
+        self._record.mark_failed(error)
+
+    def mark_complete(self, metrics: Mapping[str, Any] | None = None) -> None:
+        """Set the sweep ``complete`` (with its counts)."""
+        self._record.mark_complete(metrics)
+
+    def set_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Record the sweep's counts."""
+        self._record.set_metrics(metrics)
+
+    def write_dataset(self, name: str, ds: Any, **to_zarr_kwargs: Any) -> str:
+        """Write the sweep's ``name`` Dataset (see :meth:`RunStore.write_dataset`)."""
+        return self._record.write_dataset(name, ds, **to_zarr_kwargs)
+
+    def open_dataset(self, name: str, **open_zarr_kwargs: Any) -> Any:
+        """The sweep's ``name`` Dataset (``result``)."""
+        return self._record.open_dataset(name, **open_zarr_kwargs)
+
+    def save_figure(self, fig: Any, name: str = "summary.png", **kwargs: Any) -> str:
+        """Save the sweep's figure next to its record."""
+        return self._record.save_figure(fig, name, **kwargs)
+
+    @property
+    def plot_path(self) -> str | None:
+        """Location of ``summary.png``, or None."""
+        return self._record.plot_path
+
+    def __repr__(self) -> str:
+        return f"SweepStore({self.pipeline}/{self.sweep_id} at {self.url!r})"

@@ -106,7 +106,7 @@ def test_rerun_skips_complete_points_and_redoes_failed_and_missing(tmp_path, exe
     sweep = storage.SweepStore(first.path)
     pts = sweep.points
     del pts["n_fine=60"]
-    sweep._update({"points": pts})
+    sweep.set_points(pts)
     reused = run_sweep(plan, root, ex)
     assert (reused.skipped, reused.complete) == (3, 3)
     assert {r["n_fine"]: r["run_id"] for r in reused.rows} == ids
@@ -116,7 +116,7 @@ def test_rerun_skips_complete_points_and_redoes_failed_and_missing(tmp_path, exe
     failed.mark_failed("RuntimeError: pretend")
     pts = sweep.points
     del pts["n_fine=60"]
-    sweep._update({"points": pts})
+    sweep.set_points(pts)
     shutil.rmtree(root.open(ids["60"]).url)
     before = {rid: root.open(rid).provenance.get("ended") for rid in (ids["20"], ids["40"])}
 
