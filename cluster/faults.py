@@ -38,6 +38,11 @@ _LOST_MESSAGES = (
 )
 
 
+#: Ray reports an actor whose constructor raised as a dead actor: the work failed (the
+#: user's module did not import on the worker, say); retrying would only repeat it.
+_NOT_LOST_MESSAGES = ("error raised in its creation task",)
+
+
 def is_worker_lost(exc: BaseException) -> bool:
     """True if ``exc`` (or one it was raised ``from``) says a worker was lost.
 
@@ -49,6 +54,8 @@ def is_worker_lost(exc: BaseException) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if any(m in str(exc) for m in _NOT_LOST_MESSAGES):
+            return False
         if any(cls.__name__ in _LOST_TYPES for cls in type(exc).__mro__):
             return True
         text = str(exc)

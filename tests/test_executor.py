@@ -583,6 +583,14 @@ def _named(name: str, message: str = "") -> Exception:
     [
         (_named("KilledWorker"), True),
         (_named("ActorDiedError"), True),
+        (
+            _named(
+                "ActorDiedError",
+                "The actor died because of an error raised in its "
+                "creation task, ray::ModelReplica.__init__()",
+            ),
+            False,
+        ),  # fmt: skip
         (OSError("Unable to contact Actor's worker"), True),
         (_named("FutureCancelledError", "t cancelled for reason: lost dependencies."), True),
         (_named("FutureCancelledError", "t cancelled for reason: unknown"), False),
