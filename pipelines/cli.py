@@ -387,7 +387,18 @@ def _connect(args, code=()):
     try:
         return cluster.connect(args.spec, profile=args.cluster_profile, code=code)
     except (ValueError, ImportError, OSError, TimeoutError, RuntimeError) as exc:
-        raise UsageError(f"--cluster {args.spec}: cannot start or reach it ({exc})") from None
+        raise UsageError(
+            f"--cluster {args.spec}: cannot start or reach it ({_gist(exc)})"
+        ) from None
+
+
+def _gist(exc: BaseException) -> str:
+    """First and last line of an error whose text is a whole remote traceback (Ray's
+    client server sends one): what happened and why, in one line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return f"{lines[0]} ... {lines[-1]}"
 
 
 def _workers_guess(spec) -> int:
