@@ -192,6 +192,11 @@ class RayExecutor(Executor):
             # The workers inherit the environment of the processes ray.init starts. A
             # runtime_env with the same variable would make Ray start a second pool of
             # workers for it at the first task (~2 s) next to the prestarted ones.
+            import psutil
+
+            from .reaper import start_reaper
+
+            before = {p.pid for p in psutil.Process().children(recursive=True)}
             with _environ(PYTHONPATH=_driver_pythonpath(), **_LOCAL_ONLY_ENV), _loopback_node():
                 context = ray.init(
                     address="local",  # a new instance, even if Ray runs on this host
@@ -200,13 +205,10 @@ class RayExecutor(Executor):
                     _node_ip_address="127.0.0.1",
                     **init_options,
                 )
-            import psutil
-
-            from .reaper import start_reaper
-
-            # the instance's processes end with this driver, even a SIGKILLed one
-            ray_pids = [p.pid for p in psutil.Process().children(recursive=True)]
-            self._reaper = start_reaper(ray_pids)
+            # the instance's processes (not the driver's other children, a Dask
+            # cluster's say) end with this driver, even a SIGKILLed one
+            children = psutil.Process().children(recursive=True)
+            self._reaper = start_reaper([p.pid for p in children if p.pid not in before])
             node_ip = ray.util.get_node_ip_address()
             if node_ip != "127.0.0.1":
                 logger.warning(

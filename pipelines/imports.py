@@ -118,7 +118,7 @@ def search_dirs(config_file: str | None = None) -> list[str]:
     """Folders made importable for user code: the working directory, then the folder of
     the ``--config`` file (when given)."""
     dirs = [os.getcwd()]
-    if config_file and not isinstance(config_file, dict):
+    if config_file:
         folder = str(Path(config_file).resolve().parent)
         if folder not in dirs:
             dirs.append(folder)

@@ -115,9 +115,6 @@ class RunStore:
         If there is no run group at ``url``.
     """
 
-    _ID = "run_id"  # the attribute that holds the id
-    _KIND = "run"
-
     def __init__(
         self,
         url: str | os.PathLike[str],
@@ -126,7 +123,8 @@ class RunStore:
         kind: str = "run",
         id_key: str = "run_id",
     ) -> None:
-        self._KIND, self._ID = kind, id_key  # a sweep's record: "sweep", "sweep_id"
+        # what it is and the attribute that holds its id: a sweep's record is a "sweep"
+        self._KIND, self._ID = kind, id_key
         self._url = normalize_url(url)
         self._options = dict(storage_options or {})
         fs, path = filesystem(self._url, self._options)

@@ -8,28 +8,19 @@ tests."""
 import importlib.util
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
 import pytest
 import xarray as xr
-from helpers import last_json, tilegraph
+from helpers import free_port, last_json, stop, tilegraph, wait_port
 
 pytestmark = pytest.mark.slow
 
 SETS = ["--set=n_fine=60", "--set=n_coarse=5", "--set=tol=1e-10"]
 BIN = os.path.dirname(sys.executable)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -41,27 +32,6 @@ def _tool(name: str) -> str:
     if path is None:
         pytest.skip(f"the {name!r} command is not installed")
     return path
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 60) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "the cluster process exited"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +114,7 @@ def _user_code_run(address: str, tmp_path) -> None:
 
 
 def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = _tool("dask")
     scheduler = subprocess.Popen(
@@ -157,7 +127,7 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
     )
     workers = None
     try:
-        _wait_port(port, scheduler)
+        wait_port(port, scheduler)
         workers = subprocess.Popen(
             [dask, "worker", address, "--nworkers", "2", "--nthreads", "1"]
             + ["--no-dashboard", "--local-directory", str(tmp_path / "dask-workers")],
@@ -194,8 +164,8 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
             assert len(client.scheduler_info()["workers"]) == 2
     finally:
         if workers is not None:
-            _stop(workers)
-        _stop(scheduler)
+            stop(workers)
+        stop(scheduler)
     assert scheduler.returncode is not None
 
 
@@ -203,10 +173,10 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
 def test_ray_head_started_with_ray_start(tmp_path, reference):
     """A run through the head's GCS address, and one through its Ray Client server
     (``ray://``, as from a laptop outside the cluster; needs ``ray[client]``)."""
-    port = _free_port()
-    client_port = _free_port()
+    port = free_port()
+    client_port = free_port()
     while client_port == port:
-        client_port = _free_port()
+        client_port = free_port()
     ray = _tool("ray")
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
@@ -218,13 +188,13 @@ def test_ray_head_started_with_ray_start(tmp_path, reference):
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port, head)
+        wait_port(port, head)
         addresses = [f"ray:127.0.0.1:{port}"]
         if importlib.util.find_spec("grpc") is not None:  # ray[client]
             addresses.append(f"ray://127.0.0.1:{client_port}")
         for address in addresses:
             if address.startswith("ray://"):
-                _wait_port(client_port, head)
+                wait_port(client_port, head)
             for _attempt in range(3):
                 out = tilegraph(
                     "run", "domain-split", *SETS, "--cluster", address,
@@ -249,5 +219,5 @@ def test_ray_head_started_with_ray_start(tmp_path, reference):
             assert head.poll() is None, "tilegraph stopped a cluster it did not start"
         _user_code_run(addresses[0], tmp_path)
     finally:
-        _stop(head)
+        stop(head)
     assert head.returncode is not None

@@ -12,7 +12,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 import dask
 import psutil
 import pytest
+from helpers import free_port, stop, wait_port
 from tilegraph import cluster
 from tilegraph.cluster.jobqueue import BatchProfile, ProfileError, dashboard_address, load_tls
 from tilegraph.cluster.specs import Spec, SpecError, check_reachable, parse_spec
@@ -228,33 +228,6 @@ def certs(tmp_path_factory) -> dict[str, str]:
     return {name: str(folder / f"{name}") for name in ("ca.pem", "node.pem", "node.key")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "the scheduler exited"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def tls_scheduler(certs, tmp_path_factory):
     """``tls://127.0.0.1:PORT``: a scheduler that takes TLS connections only, one worker."""
@@ -265,7 +238,7 @@ def tls_scheduler(certs, tmp_path_factory):
         "--tls-ca-file", certs["ca.pem"], "--tls-cert", certs["node.pem"],
         "--tls-key", certs["node.key"],
     ]  # fmt: skip
-    port = _free_port()
+    port = free_port()
     home = tmp_path_factory.mktemp("tls-cluster")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": home}
     scheduler = subprocess.Popen(
@@ -275,7 +248,7 @@ def tls_scheduler(certs, tmp_path_factory):
     )  # fmt: skip
     worker = None
     try:
-        _wait_port(port, scheduler)
+        wait_port(port, scheduler)
         address = f"tls://127.0.0.1:{port}"
         worker = subprocess.Popen(
             [dask_cli, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
@@ -285,8 +258,8 @@ def tls_scheduler(certs, tmp_path_factory):
         yield address
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(scheduler)
+            stop(worker)
+        stop(scheduler)
 
 
 #: The Dask config keys of a client's certificates.

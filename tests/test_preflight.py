@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 
 import pytest
 import yaml
-from helpers import ROOT, last_json, tilegraph
+from helpers import ROOT, free_port, last_json, tilegraph
 from tilegraph import storage
 from tilegraph.pipelines import cli
 from tilegraph.pipelines.base import Pipeline
@@ -131,17 +130,11 @@ def test_a_store_that_is_not_writable(tmp_path):
         locked.chmod(0o755)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "scheme", ["tcp://127.0.0.1:{}", "ray:127.0.0.1:{}", "ray://127.0.0.1:{}"]
 )
 def test_nothing_listening_fails_fast_naming_the_address(tmp_path, scheme):
-    address = scheme.format(_free_port())
+    address = scheme.format(free_port())
     t0 = time.perf_counter()
     rc, _, err = _main("run", "bilevel", "--cluster", address, "--store", str(tmp_path / "r"))
     _one_line(rc, err, address.split("//")[-1].split(":", 1)[-1] if "//" in address else address)
