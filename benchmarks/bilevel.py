@@ -102,7 +102,7 @@ def seconds_per_iteration(ex, I: int, n_iter: int, method: str, extra=()) -> flo
         "tol=null",
         f"method={method}",
         f"eval_every={n_iter + 1}",
-        f"checkpoint_every={n_iter + 1}",
+        "checkpoint_s=null",
         *extra,
     ]
     with tempfile.TemporaryDirectory() as tmp:

@@ -72,7 +72,7 @@ def paper(args, T: list[str], root: str, out: dict) -> None:
     reversed every other round (the shared machine's speed drifts), medians reported."""
     runs = [r for r in PAPER_RUNS if not (args.skip_nodes and "nodes" in r[0])]
     # warm the imports (matplotlib, zarr, the kernels) outside the timed runs
-    run_once("paper", ["T=0.02", "checkpoint_every=1000"], "local:1", root)
+    run_once("paper", ["T=0.02", "checkpoint_s=null"], "local:1", root)
     got: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
     for rep in range(args.repeats):
         for name, spec, sets in runs if rep % 2 == 0 else runs[::-1]:
@@ -149,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     out: dict = {"T": args.T, "paper": {}, "accuracy": []}
     root = tempfile.mkdtemp(prefix="ttn-bench-")
-    T = [f"T={args.T}", "checkpoint_every=1000"]
+    T = [f"T={args.T}", "checkpoint_s=null"]
 
     if not args.skip_paper:
         paper(args, T, root, out)

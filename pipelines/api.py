@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .config import ConfigError, build_config
-from .execute import DEFAULT_RETRIES, execute
-from .imports import check_trusted, prepare_user_code
+from .execute import DEFAULT_RETRIES
+from .launch import prepare
 from .progress import progress_factory
-from .registry import get_pipeline
 
 
 def run(
@@ -72,67 +70,44 @@ def run(
     Raises
     ------
     pipelines.config.ConfigError
-        Bad config, store, cluster spec or run id (nothing written).
-    storage.LeaseHeld
-        ``resume`` of a run that another live process is running.
+        Bad config, store, cluster spec or run id, a run another live process owns, a
+        run that does not fit the memory there is (nothing written); the same checks
+        and one-line messages as ``tilegraph run``.
     Exception
         Whatever the pipeline raised; the run is then marked ``failed``.
     """
     from tilegraph import cluster as _cluster
-    from tilegraph import storage
 
-    pipeline = get_pipeline(name)
-    root = store if isinstance(store, storage.Root) else storage.Root(str(store))
     if isinstance(sets, Mapping):
         sets = [f"{k}={_yaml(v)}" for k, v in sets.items()]
-    sets = list(sets)
-    run_store = None
-    if resume:
-        if preset or config or sets:
-            raise ConfigError(
-                "resume continues a run with its stored config; drop preset/config/sets"
-            )
-        run_store = root.open(resume, pipeline=pipeline.name)
-        cfg = build_config(pipeline, base=run_store.config)
-        check_trusted(cfg, resume, trust_store)
-    else:
-        cfg = build_config(pipeline, preset, config, sets)
-    code = prepare_user_code([cfg], config if isinstance(config, str) else None)
-    lease = None if run_store is None else run_store.lease().acquire()  # or LeaseHeld
     owned = isinstance(cluster, str)
-    try:
+    launch = prepare(
+        name,
+        preset=preset,
+        config=config,
+        sets=list(sets),
+        store=store,
+        resume=resume,
+        cluster=cluster if owned else None,
+        cluster_profile=cluster_profile,
+        trust_store=trust_store,
+    )
+    with launch:
+        launch.check_memory()
         if owned:
-            executor = _cluster.connect(cluster, profile=cluster_profile, code=code)
+            executor = _cluster.connect(launch.spec, profile=cluster_profile, code=launch.code)
         else:
             executor = cluster
-            executor.add_code(code)
-    except BaseException:
-        if lease is not None:
-            lease.release()
-        raise
-    backend = cluster if owned else str(getattr(executor, "spec", type(executor).__name__))
-    try:
-        if run_store is None:
-            dump = cfg.model_dump(mode="json")
-            run_store = root.create(pipeline.name, config=dump, backend=backend)
-            lease = run_store.lease().acquire()
-        else:
-            run_store.mark_running()
-        execute(
-            pipeline,
-            cfg,
-            run_store,
-            executor,
-            resume=bool(resume),
-            progress=progress if callable(progress) else progress_factory(progress),
-            retries=retries,
-        )
-    finally:
-        if owned:
-            executor.close()
-        if lease is not None:
-            lease.release()
-    return run_store
+            executor.add_code(launch.code)
+        try:
+            return launch.start(
+                executor,
+                progress=progress if callable(progress) else progress_factory(progress),
+                retries=retries,
+            )
+        finally:
+            if owned:
+                executor.close()
 
 
 def _yaml(value: Any) -> str:

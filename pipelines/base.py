@@ -8,12 +8,48 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 #: Groups of a run that the framework removes once the run is complete (unless the
 #: config says ``keep_work=true``): checkpoints, scratch arrays, done markers.
 SCRATCH = "work"
 DONE = "done"
+
+
+class PipelineConfig(BaseModel):
+    """Fields every pipeline's config has: the lifecycle the framework runs.
+
+    A pipeline's config subclasses it (unknown fields are refused, one error line).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_s: float | None = Field(
+        default=60.0,
+        ge=0,
+        description="seconds of wall time between checkpoints (0: after every step; "
+        "null: none, a resumed run starts its unfinished part over)",
+    )
+    keep_work: bool = Field(
+        default=False,
+        description="keep checkpoints, scratch arrays and done markers after the run",
+    )
+
+
+@dataclass
+class Resumes:
+    """What the resumes of one run restored, summed over continuations.
+
+    Attributes
+    ----------
+    checkpoint : int or None
+        Step of the newest checkpoint a resume restored.
+    skipped : int
+        Progress steps a resumed run did not do again (from checkpoints and done marks).
+    """
+
+    checkpoint: int | None = None
+    skipped: int = 0
 
 
 @dataclass
@@ -32,22 +68,30 @@ class RunContext:
         Where tasks run.
     store : storage.RunStore
         Where the run's arrays, results, checkpoints and metrics go.
-    progress : callable
-        ``progress(total=None, desc=None)`` returning a context manager with
-        ``update(n=1)`` and ``set_postfix_str(s)``; a no-op when not on a terminal.
+    bars : callable
+        ``bars(total=None, desc=None)``: the progress-bar factory behind
+        :meth:`progress` (tqdm on a terminal, silent otherwise).
     resume : bool
-        True when the run continues an earlier one (``--resume``): load the newest
-        checkpoint from ``store`` and go on from there.
+        True when the run continues an earlier one (``--resume``, or a continuation
+        after a lost worker): :meth:`restore` returns the newest checkpoint.
+    checkpoint_s : float or None
+        Seconds between checkpoints (the config's ``checkpoint_s``): :meth:`checkpoint`
+        saves only when they have passed; 0 saves every time, None never.
     timings : dict of str to float
         Seconds per phase (``setup_s``, ``solve_s``, ``output_s``), filled by `phase`.
+    resumes : Resumes
+        What resumes restored (recorded in the run's provenance).
     """
 
     executor: Any
     store: Any
-    progress: Callable[..., Any]
+    bars: Callable[..., Any]
     resume: bool = False
+    checkpoint_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    resumes: Resumes = field(default_factory=Resumes)
     _phase: tuple[str, float] | None = field(default=None, repr=False)
+    _last_save: float = field(default_factory=time.perf_counter, repr=False)
 
     def enter(self, name: str) -> None:
         """The run is now in phase ``name``: ``"setup"`` (the framework enters it before
@@ -76,6 +120,96 @@ class RunContext:
             if outer is not None:
                 self.enter(outer)
 
+    # -- checkpoints --------------------------------------------------------------------
+    def restore(self, valid: Callable[[Any], bool] | None = None):
+        """The newest checkpoint to continue from, or None to start over.
+
+        Parameters
+        ----------
+        valid : callable, optional
+            ``valid(checkpoint) -> bool``: whether the state it refers to is still there
+            (a scratch array, the part of the run it belongs to); None when it is not.
+
+        Returns
+        -------
+        storage.checkpoint.Checkpoint or None
+            ``(step, arrays, scalars)`` as saved by :meth:`checkpoint`; always None for a
+            run that is not resumed.
+        """
+        if not self.resume:
+            return None
+        saved = self.store.load_checkpoint()
+        if saved is None or (valid is not None and not valid(saved)):
+            return None
+        self.resumes.checkpoint = int(saved.step)
+        return saved
+
+    def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_s`` seconds have passed since the last checkpoint (or the
+        start): build an expensive payload only then."""
+        if self.checkpoint_s is None:
+            return False
+        return time.perf_counter() - self._last_save >= self.checkpoint_s
+
+    def checkpoint(
+        self,
+        step: int,
+        arrays: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+        scalars: Mapping[str, Any] | None = None,
+        *,
+        force: bool = False,
+        keep: int | None = 3,
+    ) -> bool:
+        """Save the run's state as checkpoint ``step`` when one is due.
+
+        Parameters
+        ----------
+        step : int
+            Increases over the whole run (parts of a run use offsets), so that the
+            newest checkpoint is the one to continue from.
+        arrays : mapping of str to array_like, or a callable returning one
+            The state (a callable is only called when the checkpoint is saved).
+        scalars : mapping, optional
+            JSON-able state.
+        force : bool
+            Save even when not due (``checkpoint_s`` seconds have not passed).
+        keep : int or None
+            Newest checkpoints kept.
+
+        Returns
+        -------
+        bool
+            Whether it was saved: state a checkpoint refers to must stay untouched
+            until the next saved one.
+        """
+        if not (force or self.checkpoint_due()):
+            return False
+        payload = arrays() if callable(arrays) else arrays
+        self.store.save_checkpoint(step, payload, scalars, keep=keep)
+        self._last_save = time.perf_counter()
+        return True
+
+    def progress(self, total: int | None, desc: str, done: int = 0):
+        """A progress bar over ``total`` steps, ``done`` of them already done.
+
+        On a resumed run, ``done`` counts as steps skipped (recorded in the run's
+        provenance as ``restored``).
+
+        Returns
+        -------
+        progress.Progress
+            A context manager with ``update(n=1)``, ``set_postfix_str(s)`` and
+            ``seconds_per_step()``.
+        """
+        from .progress import Progress
+
+        if self.resume and done:
+            self.resumes.skipped += int(done)
+        bar = self.bars(total=total, desc=desc)
+        if done:
+            bar.update(done)
+        return Progress(bar)
+
     def scratch(self, name: str, shape, chunks, dims, *, reuse: bool = False, **kwargs):
         """A scratch array ``work/<name>`` (no compression unless asked), removed with
         the run's other scratch once the run is complete.
@@ -83,13 +217,13 @@ class RunContext:
         Parameters
         ----------
         reuse : bool
-            Return the existing array when the run is resumed and it exists (state
-            that a checkpoint refers to); otherwise it is created anew.
+            Return the existing array when it exists (what a resumed run wrote before:
+            state that a checkpoint refers to); otherwise it is created anew.
         """
         path = f"{SCRATCH}/{name}"
-        if reuse and self.resume and self.store.has(path):
-            return self.store.array(path)
         kwargs.setdefault("compressors", None)
+        if reuse:
+            return self.store.require_array(path, shape, chunks, dimension_names=dims, **kwargs)
         return self.store.create_array(
             path, shape, chunks, dimension_names=dims, overwrite=True, **kwargs
         )
@@ -143,6 +277,27 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class Checks:
+    """Runs of a pipeline for the generic pipeline suite (``tests/test_pipelines.py``),
+    which covers every registered pipeline, a plugin's included, with them.
+
+    Attributes
+    ----------
+    small : mapping of str to value
+        Dotted config overrides for a run of a few seconds (same bits on every backend).
+    long : mapping of str to value
+        Overrides for a run of 10-30 s on two workers that saves checkpoints often
+        (``checkpoint_s=0``), so that a killed worker or driver interrupts it.
+    datasets : tuple of str
+        Datasets whose variables must be the same bits after an interruption.
+    """
+
+    small: Mapping[str, Any] = field(default_factory=dict)
+    long: Mapping[str, Any] = field(default_factory=dict)
+    datasets: tuple[str, ...] = ("result",)
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """One problem family.
 
@@ -165,6 +320,8 @@ class Pipeline:
         ``estimate(config, workers: int) -> Estimate``: peak memory per process and store
         size, from the config alone (no arrays allocated). Checked against what the
         processes can use before anything is written, and printed by ``--dry-run``.
+    checks : Checks
+        The runs the generic pipeline suite makes of it.
     """
 
     name: str
@@ -175,3 +332,4 @@ class Pipeline:
     metric_names: tuple[str, ...] = ()
     default_preset: str = "quick"
     estimate: Callable[[BaseModel, int], Estimate] | None = None
+    checks: Checks = field(default_factory=Checks)

@@ -8,7 +8,6 @@ last line on stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -20,15 +19,12 @@ import traceback
 from typing import Any
 
 from . import resources
-from .config import ConfigError, build_config
-from .execute import DEFAULT_RETRIES, execute
-from .imports import check_trusted, prepare_user_code
+from .config import ConfigError
+from .execute import DEFAULT_RETRIES
+from .imports import prepare_user_code
+from .launch import UsageError, check_cluster, check_store, prepare
 from .progress import progress_factory
 from .registry import get_pipeline, load_pipelines
-
-
-class UsageError(Exception):
-    """Bad input that is not a config field (a missing run, an unknown pipeline)."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -215,106 +211,66 @@ def _check_report(args, executor) -> str | None:
     return path
 
 
-def _owned(run):
-    """The run's lease, held for the rest of the command (one live owner per run)."""
-    from tilegraph.storage.lease import LeaseHeld
-
-    try:
-        return run.lease().acquire()
-    except LeaseHeld as exc:
-        raise UsageError(f"{exc}; wait for it, or stop it first") from None
-
-
 def _cmd_run(args) -> int:
-    with contextlib.ExitStack() as owned:
-        return _run(args, owned)
-
-
-def _run(args, owned: contextlib.ExitStack) -> int:
-    try:
-        pipeline = get_pipeline(args.name)
-    except KeyError as exc:
-        raise UsageError(exc.args[0]) from None
-    root = _check_store(args)
-    run = None
-    if args.resume:
-        if args.preset or args.config or args.sets:
-            raise UsageError(
-                "--resume continues a run with its stored config; drop --preset/--config/--set"
-            )
-        try:
-            run = root.open(args.resume, pipeline=pipeline.name)
-        except (KeyError, ValueError) as exc:
-            raise UsageError(f"--resume: {exc.args[0] if exc.args else exc}") from None
-        if not args.dry_run:
-            owned.enter_context(_owned(run))
-        if run.status == "complete":
-            raise UsageError(f"--resume: run {args.resume} is already complete")
-        config = build_config(pipeline, base=run.config)
-        check_trusted(config, run.run_id, args.trust_store)
-    else:
-        config = build_config(pipeline, args.preset, args.config, args.sets)
-    code = prepare_user_code([config], args.config)
-    _check_cluster(args)
-    workers = _workers_guess(args.spec)
-    est = resources.estimate(pipeline, config, workers)
-    resources.check_size(est, config)
-    if args.dry_run:  # the sizes are printed even when they do not fit (then exit 2)
-        info = {"config": config.model_dump(mode="json"), "user_code": code}
-        if est is not None:
-            info["estimate"] = {**dataclasses.asdict(est), "workers": workers}
-        rc = _dry_run(args, info, est, workers)
-        resources.check_fits(est, driver_limit=resources.available_memory())
-        return rc
-    resources.check_fits(est, driver_limit=resources.available_memory())
-
-    executor = _connect(args, code)
-    with executor:
-        _check_device([config], executor, str(args.spec))
-        resources.check_executor(
-            resources.estimate(pipeline, config, executor.n_workers), executor
-        )
-        report = _check_report(args, executor)
-        if run is None:
-            run = root.create(
-                pipeline.name, config=config.model_dump(mode="json"), backend=str(args.spec)
-            )
-            owned.enter_context(_owned(run))
-        else:
-            run.mark_running()
-        try:
-            with executor.report(report) if report else contextlib.nullcontext():
-                metrics = execute(
-                    pipeline,
-                    config,
-                    run,
+    launch = prepare(
+        args.name,
+        preset=args.preset,
+        config=args.config,
+        sets=args.sets,
+        store=args.store,
+        resume=args.resume,
+        cluster=args.cluster,
+        cluster_profile=args.cluster_profile,
+        trust_store=args.trust_store,
+        own_run=not args.dry_run,
+    )
+    with launch:
+        args.spec = launch.spec  # parsed once; the normalised form is what runs record
+        if args.dry_run:  # the sizes are printed even when they do not fit (then exit 2)
+            est, workers = launch.estimate, launch.workers
+            info = {"config": launch.config.model_dump(mode="json"), "user_code": launch.code}
+            if est is not None:
+                info["estimate"] = {**dataclasses.asdict(est), "workers": workers}
+            rc = _dry_run(args, info, est, workers)
+            launch.check_memory()
+            return rc
+        launch.check_memory()
+        with _connect(args, launch.code) as executor:
+            report = _check_report(args, executor)
+            try:
+                run = launch.start(
                     executor,
-                    resume=bool(args.resume),
                     progress=progress_factory(),
                     retries=args.retries,
+                    report=report,
                 )
-            if report:
-                run.add_report(report)
-        except KeyboardInterrupt as exc:  # execute() marked the run interrupted
-            _quiet_shutdown()
-            sys.stderr.write(
-                f"error: run {run.run_id} interrupted; continue it with --resume {run.run_id}\n"
-            )
-            return 143 if isinstance(exc, Terminated) else 130
-        except Exception as exc:  # the run failed (execute marked it): report, exit 1
-            if args.debug:
-                sys.stderr.write(traceback.format_exc())
-            tb = run.traceback_path
-            where = f" (traceback: {tb})" if tb else ""
-            err = f"{type(exc).__name__}: {exc}"
-            sys.stderr.write(f"error: run {run.run_id} failed: {err}{where}\n")
-            if args.json:
-                print(
-                    json.dumps(
-                        {"run_id": run.run_id, "path": run.url, "status": "failed", "metrics": {}}
-                    )
+            except KeyboardInterrupt as exc:  # execute() marked the run interrupted
+                if launch.run is None:
+                    raise
+                _quiet_shutdown()
+                rid = launch.run.run_id
+                sys.stderr.write(
+                    f"error: run {rid} interrupted; continue it with --resume {rid}\n"
                 )
-            return 1
+                return 143 if isinstance(exc, Terminated) else 130
+            except ConfigError:
+                raise
+            except Exception as exc:  # the run failed (execute marked it): report, exit 1
+                run = launch.run
+                if run is None:
+                    raise
+                if args.debug:
+                    sys.stderr.write(traceback.format_exc())
+                tb = run.traceback_path
+                where = f" (traceback: {tb})" if tb else ""
+                err = f"{type(exc).__name__}: {exc}"
+                sys.stderr.write(f"error: run {run.run_id} failed: {err}{where}\n")
+                if args.json:
+                    failed = {"run_id": run.run_id, "path": run.url, "status": "failed"}
+                    print(json.dumps({**failed, "metrics": {}}))
+                return 1
+    metrics = run.metrics
+    pipeline = launch.pipeline
     names = list(pipeline.metric_names) + [k for k in metrics if k not in pipeline.metric_names]
     rows = [[k, _fmt(metrics[k])] for k in names if k in metrics]
     print(f"run {run.run_id} complete: {run.url}")
@@ -322,54 +278,9 @@ def _run(args, owned: contextlib.ExitStack) -> int:
         print(f"performance report: {report}")
     print(_table(rows, ["metric", "value"]))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "run_id": run.run_id,
-                    "path": run.url,
-                    "status": run.status,
-                    "metrics": run.metrics,
-                }
-            )
-        )
+        summary = {"run_id": run.run_id, "path": run.url, "status": run.status}
+        print(json.dumps({**summary, "metrics": metrics}))
     return 0
-
-
-def _check_store(args):
-    """The run-store root of ``--store``, checked before anything is written."""
-    from tilegraph import storage
-    from tilegraph.storage.urls import check_root
-
-    try:
-        root = storage.Root(args.store)
-        check_root(root.url)
-    except (ValueError, ImportError, OSError) as exc:
-        raise UsageError(f"--store: {exc}") from None
-    return root
-
-
-def _check_cluster(args) -> None:
-    """Check ``--cluster`` (and a batch scheduler's profile) before anything starts."""
-    from tilegraph import cluster
-    from tilegraph.cluster.jobqueue import load_profile
-    from tilegraph.cluster.specs import HPC_KINDS
-
-    try:
-        spec = cluster.parse_spec(args.cluster)
-    except ValueError as exc:
-        raise UsageError(f"--cluster: {exc}") from None
-    args.spec = spec  # parsed once; the normalised form is what runs record
-    if args.store.lower().startswith("memory://") and spec.backend not in ("sync", "threads"):
-        raise UsageError(
-            f"--store {one_line(args.store, 200)}: a memory:// store lives inside this "
-            f"process, where the worker processes of --cluster {spec} cannot reach it; "
-            "use a path or an object store, or --cluster sync/threads"
-        )
-    if spec.kind in HPC_KINDS:
-        try:
-            load_profile(spec.kind, args.cluster_profile)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
 
 
 def _check_device(configs, executor, spec: str) -> None:
@@ -399,15 +310,6 @@ def _gist(exc: BaseException) -> str:
     if len(lines) <= 1:
         return lines[0] if lines else type(exc).__name__
     return f"{lines[0]} ... {lines[-1]}"
-
-
-def _workers_guess(spec) -> int:
-    """Workers a parsed spec will have, before connecting (1 where it cannot be known)."""
-    if spec.n is not None:
-        return spec.n
-    if spec.kind == "local":
-        return min(os.cpu_count() or 1, 4)
-    return 1
 
 
 def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:
@@ -456,8 +358,8 @@ def _cmd_sweep(args) -> int:
         raise UsageError(exc.args[0]) from None
     plan = plan_sweep(pipeline, args.grid, args.preset, args.config, args.sets)
     code = prepare_user_code([p.config for p in plan.points], args.config)
-    root = _check_store(args)
-    _check_cluster(args)
+    root = check_store(args.store)
+    args.spec = check_cluster(args.cluster, root.url, args.cluster_profile)
     if args.dry_run:
         return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .base import DONE, SCRATCH, Pipeline, RunContext
+from .base import DONE, SCRATCH, Pipeline, Resumes, RunContext
 from .progress import silent
 
 #: How many times a run is continued after a lost worker before it is marked failed.
@@ -67,6 +67,9 @@ def execute(
           continuations from a checkpoint and the worker processes that left the
           cluster during the run, where the backend can tell (Dask can).
 
+        A resumed run records in its provenance what it restored
+        (``resumes``: the checkpoint step and the steps skipped).
+
         Once the run is complete, its checkpoints, scratch arrays (``work/``) and done
         markers (``done/``) are removed, unless the config has ``keep_work=true``.
 
@@ -82,9 +85,16 @@ def execute(
     restarts = 0
     workers_before = executor.worker_ids()
     timings: dict[str, float] = {}  # phases summed over continuations
+    resumes = Resumes()
     while True:
         ctx = RunContext(
-            executor=executor, store=run, progress=progress, resume=resume, timings=timings
+            executor=executor,
+            store=run,
+            bars=progress,
+            resume=resume,
+            checkpoint_s=getattr(config, "checkpoint_s", None),
+            timings=timings,
+            resumes=resumes,
         )
         try:
             ctx.enter("setup")
@@ -108,6 +118,8 @@ def execute(
                 continue
             run.mark_failed(exc)
             raise
+    if resume:
+        run.record_resume(resumes.checkpoint, resumes.skipped)
     if not getattr(config, "keep_work", False):
         # in this order: once the checkpoints are gone a resume starts over (and reaches
         # the same answer); scratch and done markers never outlive their checkpoints

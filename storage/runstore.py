@@ -320,6 +320,20 @@ class RunStore:
             fs, path = filesystem(stale, self._options)
             fs.rm(path)
 
+    @property
+    def restored(self) -> list[dict[str, Any]]:
+        """What each resume of this run restored, oldest first: ``checkpoint`` (the step
+        of the checkpoint it continued from, None if it started its part over) and
+        ``skipped`` (steps it did not do again)."""
+        return list(self.provenance.get("restored") or [])
+
+    def record_resume(self, checkpoint: int | None, skipped: int) -> None:
+        """Append what a resume restored to ``provenance["restored"]``."""
+        prov = self.provenance
+        entry = {"checkpoint": checkpoint, "skipped": int(skipped)}
+        prov["restored"] = [*(prov.get("restored") or []), entry]
+        self._update({"provenance": prov})
+
     # -- arrays ---------------------------------------------------------------------------
     def create_array(
         self,
@@ -390,6 +404,33 @@ class RunStore:
             compressors=compressors,
         )
         return self.array(name)
+
+    def require_array(
+        self,
+        name: str,
+        shape: Sequence[int],
+        chunks: Sequence[int],
+        dtype: Any = "float64",
+        **kwargs: Any,
+    ) -> ArrayRef:
+        """The array ``name`` as it is when it exists with this shape, chunks and dtype
+        (what a resumed run wrote before), else created anew (as :meth:`create_array`,
+        replacing an array of that name that does not match).
+
+        Returns
+        -------
+        ArrayRef
+        """
+        if self.has(name):
+            ref = self.array(name)
+            same = (
+                ref.shape == tuple(int(n) for n in shape)
+                and ref.chunks == tuple(int(c) for c in kwargs.get("shards") or chunks)
+                and np.dtype(ref.dtype) == np.dtype(dtype)
+            )
+            if same:
+                return ref
+        return self.create_array(name, shape, chunks, dtype, overwrite=True, **kwargs)
 
     def array(self, name: str) -> ArrayRef:
         """Return an :class:`ArrayRef` on the existing array ``name``.

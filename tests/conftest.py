@@ -3,9 +3,25 @@
 Executors are expensive to start (a LocalCluster, a Ray instance), so tests that need a
 backend share one per spec for the whole module through ``executors``; at most one Ray
 instance may exist per process.
+
+``tests/plugin`` holds a pipeline registered the way a user's package registers one (an
+entry point in a ``.dist-info`` folder); it goes on ``sys.path`` and ``PYTHONPATH`` here,
+before anything starts, so that this process, the CLI subprocesses and every worker of
+every backend see it.
 """
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
+
+PLUGIN = str(Path(__file__).parent / "plugin")
+if PLUGIN not in sys.path:
+    sys.path.insert(0, PLUGIN)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [PLUGIN, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
+    )
 
 
 # --- pipeline fixtures ---

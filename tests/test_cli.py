@@ -173,6 +173,8 @@ def test_killed_driver_resumes_to_the_uninterrupted_answer(tmp_path):
         "--set",
         "tol=1e-10",
         "--set",
+        "checkpoint_s=0",
+        "--set",
         "n_fine=120",
         "--set",
         "n_coarse=6",

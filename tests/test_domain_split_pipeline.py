@@ -125,17 +125,6 @@ def test_upwind_boundary_layer(tmp_path, executors):
     assert m["converged"] and m["rel_error_direct"] <= 1e-7
 
 
-@pytest.mark.parametrize("spec", ["local:2", "ray:2"])
-def test_identical_results_on_every_backend(tmp_path, executors, spec):
-    ref_store, ref = run_pipeline(tmp_path, executors("sync"), name="sync")
-    store, m = run_pipeline(tmp_path, executors(spec), name=spec.replace(":", "-"))
-    assert m["workers"] == 2
-    a = store.array("result/solution").read()
-    b = ref_store.array("result/solution").read()
-    np.testing.assert_array_equal(a, b)
-    assert m["iterations"] == ref["iterations"]
-
-
 def test_out_of_core_mode_gives_the_same_answer(tmp_path, executors):
     ex = executors("sync")
     ref_store, ref = run_pipeline(tmp_path, ex, sets=["direct_reference=false"], name="mem")

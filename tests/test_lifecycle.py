@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from tilegraph import cluster, storage  # noqa: E402
-from tilegraph.pipelines.base import Pipeline  # noqa: E402
+from tilegraph.pipelines.base import Pipeline, PipelineConfig  # noqa: E402
 from tilegraph.pipelines.execute import execute  # noqa: E402
 
 
@@ -88,3 +88,58 @@ def test_a_failed_run_keeps_what_resume_needs(tmp_path, ex):
     run.mark_running()
     m = execute(PIPE, ok, run, ex, resume=True)
     assert m["answer"] == 42.0 and not run.has("work")
+
+
+# --- checkpoints: one cadence field, restore and validity owned by the framework ----
+class Counter(PipelineConfig):
+    steps: int = 6
+    fail_at: int | None = None
+
+
+def _count(cfg: Counter, ctx) -> dict:
+    """Sums 1..steps, offering a checkpoint after every step; fails once at ``fail_at``."""
+    saved = ctx.restore(valid=lambda c: c.scalars["steps"] == cfg.steps)
+    k, total = (saved.scalars["k"], saved.scalars["total"]) if saved else (0, 0)
+    with ctx.progress(cfg.steps, "count", done=k) as bar:
+        while k < cfg.steps:
+            k, total = k + 1, total + k + 1
+            bar.update(1)
+            if k == cfg.fail_at and not ctx.resume:
+                raise RuntimeError("boom")
+            ctx.checkpoint(k, {"none": np.zeros(1)}, {"k": k, "total": total, "steps": cfg.steps})
+    return {"total": total, "per_step_s": bar.seconds_per_step()}
+
+
+COUNT = Pipeline(name="count", description="test", config=Counter, run=_count)
+
+
+@pytest.mark.parametrize(("every", "saved"), [(0, [2, 3, 4]), (None, []), (3600, [])])
+def test_checkpoint_cadence_is_the_config_field(tmp_path, ex, every, saved):
+    cfg = Counter(checkpoint_s=every, fail_at=5)
+    run = storage.Root(tmp_path / "runs").create("count", config=cfg.model_dump())
+    with pytest.raises(RuntimeError):
+        execute(COUNT, cfg, run, ex)
+    assert run.checkpoint_steps() == saved  # 0: every step (newest 3 kept); else none due
+
+
+def test_resume_restores_the_newest_checkpoint_and_records_it(tmp_path, ex):
+    cfg = Counter(checkpoint_s=0, fail_at=5)
+    run = storage.Root(tmp_path / "runs").create("count", config=cfg.model_dump())
+    with pytest.raises(RuntimeError):
+        execute(COUNT, cfg, run, ex)
+    run.mark_running()
+    m = execute(COUNT, cfg, run, ex, resume=True)
+    assert m["total"] == 21 and run.status == "complete"  # 1 + ... + 6, from step 4
+    assert run.restored == [{"checkpoint": 4, "skipped": 4}]
+    assert run.checkpoint_steps() == []  # removed once complete
+    assert m["per_step_s"] >= 0
+
+
+def test_an_invalid_checkpoint_starts_over(tmp_path, ex):
+    cfg = Counter(checkpoint_s=0, fail_at=5)
+    run = storage.Root(tmp_path / "runs").create("count", config=cfg.model_dump())
+    with pytest.raises(RuntimeError):
+        execute(COUNT, cfg, run, ex)
+    run.mark_running()
+    m = execute(COUNT, Counter(steps=7, checkpoint_s=0), run, ex, resume=True)
+    assert m["total"] == 28 and run.restored == [{"checkpoint": None, "skipped": 0}]

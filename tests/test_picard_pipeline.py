@@ -87,13 +87,11 @@ QUICK_LIKE_SETS = ["n_samples=16", "batch_size=16", "steps=200", "window=96"]
 @pytest.mark.parametrize(
     "spec,parallel,sets",
     [
-        ("local:2", "window", BACKEND_SETS),
-        ("ray:2", "window", BACKEND_SETS),
         ("local:2", "batch", BACKEND_SETS),
         ("local:2", "window", QUICK_LIKE_SETS),
         ("local:2", "batch", QUICK_LIKE_SETS),
     ],
-    ids=["local-window", "ray-window", "local-batch", "local-window-quick", "local-batch-quick"],
+    ids=["local-batch", "local-window-quick", "local-batch-quick"],
 )
 def test_identical_samples_on_every_backend(tmp_path, executors, spec, parallel, sets):
     ref_store, ref = run_pipeline(tmp_path, executors("sync"), sets=sets, name="sync")

@@ -585,6 +585,25 @@ class RunStoreTests:
         run.clear_checkpoints()
         assert run.checkpoint_steps() == [] and run.load_checkpoint() is None
 
+    def test_require_array_keeps_what_matches(self, root):
+        run = root.create("demo", config={}, backend="sync")
+        a = run.require_array("result/n", (4,), (2,), "int64", dimension_names=("batch",))
+        a.write((slice(0, 2),), np.array([7, 8]))
+        again = run.require_array("result/n", (4,), (2,), "int64", dimension_names=("batch",))
+        np.testing.assert_array_equal(again.read(), [7, 8, 0, 0])  # kept: a resume's data
+        other = run.require_array("result/n", (6,), (2,), "int64", dimension_names=("batch",))
+        assert other.shape == (6,) and not other.read().any()  # replaced: another shape
+
+    def test_resumes_are_recorded_in_order(self, root):
+        run = root.create("demo", config={}, backend="sync")
+        assert run.restored == []
+        run.record_resume(12, 3)
+        run.record_resume(None, 0)
+        assert run.restored == [
+            {"checkpoint": 12, "skipped": 3},
+            {"checkpoint": None, "skipped": 0},
+        ]
+
 
 class TestLocalStore(RunStoreTests):
     @pytest.fixture

@@ -176,3 +176,68 @@ def test_failed_points_carry_their_error_and_numbers_stay_numbers(tmp_path, monk
     assert "disk full while plotting" in ds.sel(tol=1e-9)["error"].item()
     assert np.isnan(ds["iterations"]).all()
     assert storage.SweepStore(res.path).status == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["local:2", "ray:2"])
+def test_killed_worker_during_a_sweep(tmp_path, spec):
+    """A point whose worker dies is run again by the scheduler and resumes from its
+    checkpoints; every point ends complete with the uninterrupted answer."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    name = "domain-split"
+    long = {k: v for k, v in get_pipeline(name).checks.long.items() if k != "tol"}
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in long.items()]
+    ref_out = tilegraph(
+        "run", name, *sets, "--set=tol=1e-11", "--cluster=sync", "--json",
+        "--store", str(tmp_path / "ref"),
+    )  # fmt: skip
+    assert ref_out.returncode == 0, ref_out.stderr
+    ref = last_json(ref_out.stdout)
+    store = tmp_path / "runs"
+    args = [sys.executable, "-m", "tilegraph.pipelines.cli", "sweep", name]
+    args += ["--grid", "tol=1e-11,1e-10", *sets, "--cluster", spec, "--store", str(store)]
+    proc = subprocess.Popen(
+        [*args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if any(
+            len(list((run / "checkpoints").glob("*/zarr.json"))) >= 2
+            for run in store.glob(f"{name}/*")
+        ):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before a worker could be killed"
+    procs = psutil.Process(proc.pid).children(recursive=True)
+    if spec.startswith("ray"):
+        cmds = {p.pid: " ".join(p.cmdline()) for p in procs}
+        pool = [
+            p
+            for p in procs
+            if cmds[p.pid].startswith("ray::")
+            and not cmds[p.pid].startswith("ray::IDLE")
+            and "Agent" not in cmds[p.pid]
+        ]
+    else:
+        pool = [p for p in procs if "spawn_main" in " ".join(p.cmdline())]
+    pool = [p for p in pool if "resource_tracker" not in " ".join(p.cmdline())]
+    assert pool, "no worker process under the sweep's driver"
+    pool[0].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    res = last_json(out)
+    assert (res["complete"], res["failed"]) == (2, 0)
+    ds = xr.open_zarr(f"{res['path']}/result", consolidated=False).load()
+    point = ds.sel(tol=1e-11)
+    assert float(point["iterations"]) == ref["metrics"]["iterations"]
+    run = storage.Root(str(store)).open(str(point["run_id"].values))
+    a = run.open_dataset("result").solution.values
+    b = xr.open_zarr(f"{ref['path']}/result", consolidated=False).solution.values
+    np.testing.assert_array_equal(a, b)

@@ -2,7 +2,7 @@
 estimators (BSVRB v1/v2, Hu et al. ICML 2023) and baselines, the sampled blocks of an
 iteration running as tasks on per-block Zarr chunks."""
 
-from ..base import Pipeline
+from ..base import Checks, Pipeline
 from .config import PRESETS, BilevelConfig
 from .resources import estimate
 from .runner import METRICS, run
@@ -15,6 +15,11 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    checks=Checks(
+        small={"max_iter": 60, "tol": None},
+        long={"max_iter": 80, "tol": None, "checkpoint_s": 0},
+        datasets=("result", "history"),
+    ),
 )
 
 __all__ = ["PIPELINE", "BilevelConfig", "run"]

@@ -9,6 +9,8 @@ from tilegraph.tasks.bilevel.methods import StepSizes
 from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
 from tilegraph.tasks.devices import Device
 
+from ..base import PipelineConfig
+
 
 class ProblemConfig(BaseModel):
     """Which multi-block problem (see :mod:`tilegraph.tasks.bilevel.problems`)."""
@@ -59,7 +61,7 @@ class ProblemConfig(BaseModel):
         return LogisticHPO(self.m, self.n_train, self.lam, self.seed)
 
 
-class BilevelConfig(BaseModel):
+class BilevelConfig(PipelineConfig):
     """Multi-block bilevel optimisation by BSVRB (or a baseline).
 
     Fields are listed by ``tilegraph run bilevel --set FIELD=VALUE``.
@@ -95,7 +97,6 @@ class BilevelConfig(BaseModel):
         default=1e-2, gt=0, description="stop at |x - x*| <= tol |x*| (when x* is known)"
     )
     eval_every: int = Field(default=10, ge=1, description="iterations between history points")
-    checkpoint_every: int = Field(default=50, ge=1, description="iterations between checkpoints")
     seed: int = Field(default=0, ge=0, description="seed of the block and batch sampling")
     device: Device = Field(
         default="cpu",

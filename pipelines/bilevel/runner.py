@@ -3,18 +3,17 @@ history, results and metrics."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from tilegraph.tasks.bilevel.hypergradient import hypergradient, lower_solutions, reference_optimum
 from tilegraph.tasks.bilevel.hypergradient import upper_objective as exact_objective
-from tilegraph.tasks.bilevel.methods import state_layout, state_size, unpack, upper_step
+from tilegraph.tasks.bilevel.methods import state_layout, state_size, upper_step
 from tilegraph.tasks.bilevel.sampling import draw, init_batches
 from tilegraph.tasks.devices import slots
 
 from ..base import RunContext
 from .config import BilevelConfig
 from .plot import summary_figure
+from .results import write_history, write_result
 from .worker import SLOTS, block_tasks, free_slot, init_blocks
 
 METRICS = ("iterations", "rel_dist_to_optimum", "grad_norm", "upper_objective", "wall_s")
@@ -69,7 +68,8 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
             if "rel_dist" not in ds:
                 histories[method]["rel_dist"] = [float("nan")] * ds.iteration.size
             continue
-        out = _iterate(cfg, method, ctx, problem, prob, x_star)
+        offset = methods.index(method) * (cfg.max_iter + 1)  # checkpoint steps grow
+        out = _iterate(cfg, method, offset, ctx, problem, prob, x_star)
         hist = {**out["hist"], "s_per_iter": out["s_per_iter"]}
         write_history(store, name, cfg, method, hist, x_star is not None)
         if method == cfg.method:
@@ -100,8 +100,11 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
     return metrics
 
 
-def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_star) -> dict:
-    """Run ``method`` from its newest checkpoint (when resuming) or from the start.
+def _iterate(
+    cfg: BilevelConfig, method: str, offset: int, ctx: RunContext, problem, prob, x_star
+) -> dict:
+    """Run ``method`` from its newest checkpoint (when resuming) or from the start; its
+    checkpoint of iteration ``t`` is step ``offset + t``.
 
     Returns
     -------
@@ -117,9 +120,7 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
     # device=cuda: every task runs its kernels with CuPy on one GPU of its worker
     gpus = 1 if cfg.device == "cuda" else 0
 
-    saved = store.load_checkpoint() if ctx.resume else None
-    if saved is not None and (saved.scalars.get("method") != method or not store.has(path)):
-        saved = None
+    saved = ctx.restore(valid=lambda c: c.scalars.get("method") == method and store.has(path))
     if saved is not None:
         ref = store.array(path)
         a = saved.arrays
@@ -128,7 +129,6 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
         last, slot = a["last"].astype(np.int64), a["slot"].astype(np.int64)
         hist = {k: [float(v) for v in a["hist_" + k]] for k in HISTORY}
     else:
-        store.clear_checkpoints()
         ref = store.create_array(
             path,
             (m, SLOTS, n_state),
@@ -158,31 +158,21 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
             hist[k].append(float(v))
     committed = slot.copy()
 
-    def checkpoint():
-        store.save_checkpoint(
-            t,
-            arrays={
-                "x": x,
-                "x_prev": x_prev,
-                "z": z,
-                "last": last,
-                "slot": slot,
-                **{"hist_" + k: np.asarray(v, dtype=np.float64) for k, v in hist.items()},
-            },
-            scalars={"t": t, "method": method},
-        )
-
-    if saved is None:
-        checkpoint()
+    def state():
+        return {
+            "x": x,
+            "x_prev": x_prev,
+            "z": z,
+            "last": last,
+            "slot": slot,
+            **{"hist_" + k: np.asarray(v, dtype=np.float64) for k, v in hist.items()},
+        }
 
     def reached() -> bool:
         return x_star is not None and cfg.tol is not None and rel_dist(x, x_star) <= cfg.tol
 
     n_slots = slots(ex, cfg.device)
-    t_loop = time.perf_counter()
-    t_loop_start, warm = t, False
-    with ctx.progress(total=cfg.max_iter, desc=f"bilevel {method}") as bar:
-        bar.update(t)
+    with ctx.progress(cfg.max_iter, f"bilevel {method}", done=t) as bar:
         while t < cfg.max_iter and not reached():
             d = draw(cfg.seed, t, m, I, B, problem.n_lower, problem.n_upper)
             dst = [free_slot(int(slot[i]), int(committed[i])) for i in d.blocks]
@@ -229,9 +219,6 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
             slot[d.blocks] = dst
             t += 1
             bar.update(1)
-            if not warm and t < cfg.max_iter:
-                # time from here: the first iteration ships the problem to the workers
-                t_loop, t_loop_start, warm = time.perf_counter(), t, True
             if not np.all(np.isfinite(x)):
                 raise FloatingPointError(
                     f"{method} diverged at iteration {t}: lower the steps (eta, tau, tau_v)"
@@ -240,10 +227,8 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
                 for k, v in zip(HISTORY, (t, *evaluate(problem, x, x_star)), strict=True):
                     hist[k].append(float(v))
                 bar.set_postfix_str(f"F={hist['upper_objective'][-1]:.4g}")
-            if t % cfg.checkpoint_every == 0:
-                checkpoint()
-                committed = slot.copy()
-    t_out = time.perf_counter()
+            if ctx.checkpoint(offset + t, state, {"t": t, "method": method}):
+                committed = slot.copy()  # the slots it refers to stay untouched till the next
     if hist["iteration"][-1] != t:
         for k, v in zip(HISTORY, (t, *evaluate(problem, x, x_star)), strict=True):
             hist[k].append(float(v))
@@ -253,57 +238,6 @@ def _iterate(cfg: BilevelConfig, method: str, ctx: RunContext, problem, prob, x_
         "hist": hist,
         "ref": ref,
         "slot": slot,
-        "s_per_iter": (t_out - t_loop) / max(1, t - t_loop_start),
+        # without the first iteration, which ships the problem to the workers
+        "s_per_iter": bar.seconds_per_step(skip=1),
     }
-
-
-def write_history(store, name: str, cfg, method: str, hist: dict, known: bool) -> None:
-    """One method's history as the xarray dataset ``name``."""
-    import xarray as xr
-
-    it = np.asarray(hist["iteration"], dtype=np.int64)
-    data = {
-        "upper_objective": (
-            "iteration",
-            np.asarray(hist["upper_objective"]),
-            {"units": "1", "long_name": "F(x) with exact lower solutions"},
-        ),
-        "grad_norm": (
-            "iteration",
-            np.asarray(hist["grad_norm"]),
-            {"units": "1", "long_name": "|grad F(x)| (exact hypergradient)"},
-        ),
-    }
-    if known:
-        data["rel_dist"] = (
-            "iteration",
-            np.asarray(hist["rel_dist"]),
-            {"units": "1", "long_name": "|x - x*| / |x*|"},
-        )
-    attrs = {
-        "method": method,
-        "problem": cfg.problem.kind,
-        "blocks_per_iter": cfg.blocks_per_iter,
-        "batch": cfg.batch,
-        "s_per_iter": hist.get("s_per_iter"),
-    }
-    store.write_dataset(name, xr.Dataset(data, coords={"iteration": it}, attrs=attrs))
-
-
-def write_result(store, cfg, problem, x, x_star, ref, slot) -> None:
-    """The main method's final iterate and lower variables as the dataset ``result``."""
-    import xarray as xr
-
-    state = ref.read()
-    flat = state[np.arange(problem.m), slot]
-    y = np.stack([unpack(cfg.method, problem.dim_y, flat[i])["y"] for i in range(problem.m)])
-    res = {
-        "x": ("x_dim", x, {"long_name": "upper variable at the end"}),
-        "y": (("block", "y_dim"), y, {"long_name": "lower variable at each block's last update"}),
-    }
-    if x_star is not None:
-        res["x_star"] = ("x_dim", np.asarray(x_star), {"long_name": "reference optimum"})
-    attrs = {"method": cfg.method, "problem": cfg.problem.kind}
-    store.write_dataset(
-        "result", xr.Dataset(res, coords={"block": np.arange(problem.m)}, attrs=attrs)
-    )

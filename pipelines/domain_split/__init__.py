@@ -2,7 +2,7 @@
 splitting (Trotti, arXiv 2303.01163), with the fine solution in Zarr written by the
 workers."""
 
-from ..base import Pipeline
+from ..base import Checks, Pipeline
 from .config import PRESETS, DomainSplitConfig
 from .resources import estimate
 from .runner import METRICS, run
@@ -15,6 +15,18 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    checks=Checks(
+        small={"n_fine": 60, "n_coarse": 5},
+        long={
+            "tol": 1e-11,
+            "n_fine": 120,
+            "n_coarse": 6,
+            "smoother": False,
+            "restart": 5,
+            "checkpoint_s": 0,
+        },
+        datasets=("result", "history"),
+    ),
 )
 
 __all__ = ["PIPELINE", "DomainSplitConfig", "run"]

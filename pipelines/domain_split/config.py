@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from tilegraph.tasks.devices import Device
 from tilegraph.tasks.domain_split.problems import Problem
 
+from ..base import PipelineConfig
+
 
 class ProblemConfig(BaseModel):
     """Which manufactured problem (see :class:`tilegraph.tasks.domain_split.problems.Problem`)."""
@@ -28,7 +30,7 @@ class ProblemConfig(BaseModel):
         return v
 
 
-class DomainSplitConfig(BaseModel):
+class DomainSplitConfig(PipelineConfig):
     """Steady advection-diffusion on ``[0, 1]^d`` by two-level domain splitting.
 
     Fields are listed by ``tilegraph run domain-split --set FIELD=VALUE``.
@@ -77,7 +79,6 @@ class DomainSplitConfig(BaseModel):
         "worker), or array-api-strict (the GPU code path checked on a CPU)",
     )
     out_of_core: bool = Field(default=False, description="never hold the fine grid on the driver")
-    keep_work: bool = Field(default=False, description="keep the scratch vectors after the run")
 
     @field_validator("d")
     @classmethod

@@ -5,9 +5,10 @@ What grows with the config, and where it lives (``N = n_fine + 1`` nodes per axi
 
 * **workers** (:class:`~tilegraph.pipelines.domain_split.worker.BlockWorker`): with
   ``out_of_core=false`` every block a worker owns keeps every vector it wrote in memory
-  (``B``, ``x0``, ``x1``, the FGMRES bases ``V_0 .. V_m`` and ``Z_0 .. Z_{m-1}`` with
-  ``m = min(restart, max_iter)``, the scratch ``w, z, r, s0, s1`` and the three result
-  fields): about ``2 m + 12`` vectors shared out over the workers. With
+  (``B``, the iterates ``x0 .. x2``, the FGMRES bases ``V_0 .. V_m`` and
+  ``Z_0 .. Z_{m-1}`` with ``m = min(restart, max_iter)``, the scratch
+  ``w, z, r, s0, s1`` and the three result fields): about ``2 m + 13`` vectors shared
+  out over the workers. With
   ``out_of_core=true`` a worker keeps no vectors, only the arrays of the block pass
   running (``m + 1`` blocks of the Gram-Schmidt dots and the smoother's region
   temporaries). On top: the box solvers (fast-diagonalisation bases per box size, or a
@@ -203,10 +204,10 @@ def work_vectors(cfg, offsets) -> tuple[int, int]:
     if cfg.solver == "krylov":
         m = min(cfg.restart, cfg.max_iter)
         local = 3  # w, z, r: kept in worker memory only, unless out of core
-        vectors = 3 + (m + 1) + m + local + between  # B, x0, x1, V, Z, w z r, s0 s1
+        vectors = 4 + (m + 1) + m + local + between  # B, x0-x2, V, Z, w z r, s0 s1
     else:
         local = 2  # z, r
-        vectors = 3 + 2 + local + between  # B, x0, x1, res, e, z r, s0 s1
+        vectors = 4 + 2 + local + between  # B, x0-x2, res, e, z r, s0 s1
     written = vectors - (0 if cfg.out_of_core else local)
     return vectors, written
 

@@ -23,6 +23,9 @@ METRICS = (
 
 DIMS = ("x", "y", "z")
 
+#: Scratch vectors holding iterates (``state["x"]`` names one): kept over a resume.
+SOLUTION_BUFFERS = ("x0", "x1", "x2")
+
 
 def _norm(x: np.ndarray) -> float:
     """2-norm with a correctly rounded sum: the same bits whatever BLAS threads do
@@ -68,9 +71,8 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         """The scratch vector ``work/<name>``, created on first use (FGMRES touches only
         as many basis vectors as it needs); the solution buffers survive a resume."""
         if name not in refs:
-            refs[name] = ctx.scratch(
-                name, layout.shape, layout.chunks, dims, reuse=name in ("x0", "x1")
-            )
+            reuse = name in SOLUTION_BUFFERS
+            refs[name] = ctx.scratch(name, layout.shape, layout.chunks, dims, reuse=reuse)
         return refs[name]
 
     plan = BlockDriver(
@@ -87,29 +89,25 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     )
     norm_b = math.sqrt(math.fsum(plan.call("rhs", vec("B"))))
 
-    def checkpoint(state):
-        store.save_checkpoint(
+    def checkpoint(state) -> bool:
+        return ctx.checkpoint(
             state["iterations"],
-            arrays={"history": np.asarray(state["history"], dtype=np.float64)},
-            scalars={k: state[k] for k in ("x", "iterations", "rel_residual")},
+            lambda: {"history": np.asarray(state["history"], dtype=np.float64)},
+            {k: state[k] for k in ("x", "iterations", "rel_residual")},
         )
 
     ctx.enter("solve")
-    saved = store.load_checkpoint() if ctx.resume else None
-    if saved is not None and not ctx.has_scratch(f"x{saved.scalars['x']}"):
-        saved = None  # its solution buffer is gone: start over
+    saved = ctx.restore(valid=lambda c: ctx.has_scratch(f"x{c.scalars['x']}"))
     if saved is not None:
-        state = dict(saved.scalars)
-        state["history"] = [float(h) for h in saved.arrays["history"]]
+        state = {**saved.scalars, "history": [float(h) for h in saved.arrays["history"]]}
     else:
         plan.precondition(vec("B"), vec("x0"), (vec("z"), vec("r")), rule=cfg.merge, smooth=False)
         state = {"x": 0, "iterations": 0, "rel_residual": None, "history": []}
-        checkpoint(state)
-    state["norm_b"] = norm_b
+    state.update(norm_b=norm_b, committed=state["x"])
 
     solve = fgmres if cfg.solver == "krylov" else stationary
-    with ctx.progress(total=cfg.max_iter, desc=f"domain-split {cfg.solver}") as bar:
-        bar.update(state["iterations"])
+    desc = f"domain-split {cfg.solver}"
+    with ctx.progress(cfg.max_iter, desc, done=state["iterations"]) as bar:
         state = solve(plan, vec, state, cfg, checkpoint, bar)
     ctx.enter("output")
 

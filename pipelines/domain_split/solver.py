@@ -183,6 +183,12 @@ class BlockDriver:
             self.call("fill", v, None, out, per_block=self.coarse(parts, rule))
 
 
+def free_buffer(state: dict) -> int:
+    """The solution buffer (of ``x0``, ``x1``, ``x2``) to write the next iterate into:
+    neither the current one nor the one the newest checkpoint refers to."""
+    return min({0, 1, 2} - {state["x"], state["committed"]})
+
+
 def fgmres(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> dict:
     """Restarted flexible GMRES, right-preconditioned by ``plan.precondition``.
 
@@ -192,11 +198,12 @@ def fgmres(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> di
     vec : callable
         ``vec(name) -> ArrayRef`` of a fine-grid scratch vector.
     state : dict
-        ``x`` (index of the current solution buffer), ``iterations``, ``history``,
-        ``norm_b``; updated in place and checkpointed after every restart cycle.
+        ``x`` (index of the current solution buffer), ``committed`` (the buffer the
+        newest checkpoint refers to), ``iterations``, ``history``, ``norm_b``; updated
+        in place and offered to ``checkpoint`` after every restart cycle.
     cfg : DomainSplitConfig
     checkpoint : callable
-        ``checkpoint(state)`` saves the state atomically.
+        ``checkpoint(state) -> bool`` saves the state atomically when one is due.
     progress : context manager with ``update`` and ``set_postfix_str``
 
     Returns
@@ -245,11 +252,12 @@ def fgmres(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> di
             progress.set_postfix_str(f"residual {est:.2e}")
             if est <= cfg.tol or nrm == 0 or state["iterations"] >= cfg.max_iter:
                 break
-        nxt = 1 - state["x"]
+        nxt = free_buffer(state)
         terms = [(1.0, x)] + [(float(y[i]), Z[i]) for i in range(len(y))]
         plan.call("lincomb", vec(f"x{nxt}"), terms)
         state["x"] = nxt
-        checkpoint(state)
+        if checkpoint(state):
+            state["committed"] = nxt
 
 
 def stationary(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> dict:
@@ -271,9 +279,10 @@ def stationary(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -
         plan.precondition(r, e, scratch)
         aa, (ar,) = plan.total(plan.call("matvec", e, dots=[r]))
         c = ar / aa if aa > 0 else 0.0
-        nxt = 1 - state["x"]
+        nxt = free_buffer(state)
         plan.call("lincomb", vec(f"x{nxt}"), [(1.0, x), (c, e)])
         state["x"] = nxt
         state["iterations"] += 1
         progress.update(1)
-        checkpoint(state)
+        if checkpoint(state):
+            state["committed"] = nxt

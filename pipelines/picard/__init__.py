@@ -2,7 +2,7 @@
 (ParaDiGMS, Shih et al. 2023) with model replicas on the workers, plus an accelerated
 variant (triangular Anderson mixing)."""
 
-from ..base import Pipeline
+from ..base import Checks, Pipeline
 from .config import PRESETS, PicardConfig
 from .resources import estimate
 from .runner import METRICS, run
@@ -15,6 +15,17 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    checks=Checks(
+        small={"n_samples": 8, "batch_size": 4, "steps": 200, "train_steps": 200},
+        long={
+            "n_samples": 48,
+            "batch_size": 16,
+            "steps": 300,
+            "compare_sequential": False,
+            "checkpoint_s": 0,
+        },
+        datasets=("result", "history"),
+    ),
 )
 
 __all__ = ["PIPELINE", "PicardConfig", "run"]

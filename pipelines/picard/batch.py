@@ -53,9 +53,8 @@ def sample_batch(
     progress : callable, optional
         ``progress(iteration, begin, end)`` after each Picard iteration.
     checkpoint : callable, optional
-        ``checkpoint(state)`` after a Picard iteration once ``cfg.checkpoint_s`` seconds
-        have passed since the last one (the time it takes is not counted in
-        ``wall_s``).
+        ``checkpoint(state)`` after every Picard iteration; it saves ``state`` when a
+        checkpoint is due (the time it takes is not counted in ``wall_s``).
     state : dict, optional
         A state saved by ``checkpoint`` for this batch: continue from it.
     """
@@ -64,14 +63,11 @@ def sample_batch(
     x_T, z = draw_noise(np.random.SeedSequence(cfg.seed, spawn_key=(i,)), hi - lo, sample_shape, T)
     x_T, z = x_T.astype(cfg.dtype), z.astype(cfg.dtype)  # drawn in float64 either way
     ckpt_s = [0.0]
-    last = [time.perf_counter()]
 
     def timed_checkpoint(st):
         c0 = time.perf_counter()
-        if c0 - last[0] >= cfg.checkpoint_s:
-            checkpoint(st)
-            last[0] = time.perf_counter()
-            ckpt_s[0] += last[0] - c0
+        checkpoint(st)
+        ckpt_s[0] += time.perf_counter() - c0
 
     t0 = time.perf_counter()
     res = picard(
@@ -86,7 +82,7 @@ def sample_batch(
         secant=cfg.accelerate,
         callback=progress,
         checkpoint=timed_checkpoint if checkpoint is not None else None,
-        checkpoint_every=1 if cfg.checkpoint_s is not None else 0,
+        checkpoint_every=1,
         state=state,
     )
     wall = time.perf_counter() - t0 - ckpt_s[0]  # sampling time, without checkpoints

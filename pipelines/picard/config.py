@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tilegraph.tasks.devices import Device
 
+from ..base import PipelineConfig
 from ..imports import ExternalURL, ImportPath
 
 
@@ -45,7 +46,7 @@ class DigitsConfig(BaseModel):
         return self
 
 
-class PicardConfig(BaseModel):
+class PicardConfig(PipelineConfig):
     """Parallel diffusion sampling by sliding-window Picard iteration.
 
     Fields are listed by ``tilegraph run picard --set FIELD=VALUE``.
@@ -89,12 +90,6 @@ class PicardConfig(BaseModel):
         ge=1,
         le=1024,
         description="pieces each window's model call is split into (spread over the workers)",
-    )
-    checkpoint_s: float | None = Field(
-        default=60.0,
-        ge=0,
-        description="seconds between mid-batch checkpoints (window mode; 0: every "
-        "iteration; null: none)",
     )
     compare_sequential: bool = Field(
         default=True, description="also run the sequential sampler on the same noise"

@@ -71,8 +71,8 @@ def _layout(cfg: PicardConfig, info: dict):
     return (cfg.gmm.dim,), ("feature",)
 
 
-def _arrays(store, cfg: PicardConfig, sample_shape, dims, resume: bool) -> dict:
-    """The run's result arrays (created unless a resumed run already has them)."""
+def _arrays(store, cfg: PicardConfig, sample_shape, dims) -> dict:
+    """The run's result arrays (as a resumed run left them, or new)."""
     nb, bs, T = cfg.n_batches, cfg.batch_size, cfg.steps
     shape = (cfg.n_samples, *sample_shape)
     chunks = (bs, *sample_shape)
@@ -103,19 +103,9 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims, resume: bool) -> dict:
         )
     out = {}
     for path, (shp, ch, dt, dn, fill, long) in specs.items():
-        if resume and store.has(path):
-            out[path] = store.array(path)
-        else:
-            out[path] = store.create_array(
-                path,
-                shp,
-                ch,
-                dtype=dt,
-                dimension_names=dn,
-                fill_value=fill,
-                attrs={"long_name": long},
-                overwrite=True,
-            )
+        out[path] = store.require_array(
+            path, shp, ch, dt, dimension_names=dn, fill_value=fill, attrs={"long_name": long}
+        )
     return out
 
 
@@ -137,7 +127,7 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     steps = make_steps(cfg.sampler, abar, cfg.steps, cfg.eta)
     spec, info = model_spec(cfg, abar, ctx)
     sample_shape, dims = _layout(cfg, info)
-    arr = _arrays(store, cfg, sample_shape, dims, ctx.resume)
+    arr = _arrays(store, cfg, sample_shape, dims)
 
     gpus = 1 if cfg.device == "cuda" else 0
     n_act = slots(ex, cfg.device)
@@ -146,8 +136,8 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     T = len(steps)
     todo = [int(i) for i in np.flatnonzero(arr["result/iterations"].read() == 0)]
     ctx.enter("solve")
-    with ctx.progress(total=cfg.n_batches, desc=f"picard {cfg.sampler}-{T}") as bar:
-        bar.update(cfg.n_batches - len(todo))
+    desc = f"picard {cfg.sampler}-{T}"
+    with ctx.progress(cfg.n_batches, desc, done=cfg.n_batches - len(todo)) as bar:
         if cfg.parallel == "batch":
             # every batch is one task on a replica, which writes the batch's own chunks
             futs = [
@@ -158,19 +148,18 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
                 bar.update(1)
             ex.gather(futs)  # raise the first error, if any
         else:
-            saved = store.load_checkpoint() if ctx.resume else None
+            saved = ctx.restore(valid=lambda c: c.scalars.get("batch") in todo)
             for i in todo:
                 n = min(cfg.batch_size, cfg.n_samples - i * cfg.batch_size)
                 state = None
-                if saved is not None and saved.scalars.get("batch") == i:
+                if saved is not None and saved.scalars["batch"] == i:
                     state = {**saved.arrays, **saved.scalars}
 
                 def checkpoint(st, i=i):
                     arrays = {k: v for k, v in st.items() if not np.isscalar(v)}
                     scalars = {k: int(v) for k, v in st.items() if np.isscalar(v)}
-                    store.save_checkpoint(
-                        i * (T + 1) + scalars["it"], arrays, {**scalars, "batch": i}, keep=2
-                    )
+                    step = i * (T + 1) + scalars["it"]
+                    return ctx.checkpoint(step, arrays, {**scalars, "batch": i}, keep=2)
 
                 def show(it, b, e, i=i):
                     bar.set_postfix_str(f"batch {i}: iteration {it}, step {b}/{T}")
@@ -178,17 +167,16 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
                 def run_sequential(steps, x_T, z):
                     return ex.gather(actors[0].sequential(steps, x_T, z))
 
-                evaluator = WindowEvaluator(ex, actors, n, cfg.eval_parts)
                 sample_batch(
                     i,
                     cfg,
                     steps,
                     sample_shape,
-                    evaluator,
+                    WindowEvaluator(ex, actors, n, cfg.eval_parts),
                     run_sequential,
                     arr,
                     show,
-                    checkpoint=checkpoint,
+                    checkpoint=None if cfg.checkpoint_s is None else checkpoint,
                     state=state,
                 )
                 bar.update(1)

@@ -2,7 +2,7 @@
 integrator (Ceruti, Kusch, Lubich, Sulz 2024), every leaf K-step and node Galerkin step
 of a time step an executor task; the rank-adaptive sequential BUG as the baseline."""
 
-from ..base import Pipeline
+from ..base import Checks, Pipeline
 from .config import PRESETS, TTNConfig
 from .resources import estimate
 from .runner import METRICS, run
@@ -15,6 +15,7 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    checks=Checks(small={}, long={"h": 0.1, "checkpoint_s": 0}, datasets=("history",)),
 )
 
 __all__ = ["PIPELINE", "TTNConfig", "run"]

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tilegraph.tasks.devices import Device
 
+from ..base import PipelineConfig
+
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
 MAX_EXACT_D = 14
 
@@ -40,7 +42,7 @@ class ModelConfig(BaseModel):
         return {"J": self.J, "delta": self.anisotropy}
 
 
-class TTNConfig(BaseModel):
+class TTNConfig(PipelineConfig):
     """Time evolution ``y' = -i H y`` of a spin chain as a tree tensor network.
 
     Fields are listed by ``tilegraph run ttn --set FIELD=VALUE``.
@@ -85,7 +87,6 @@ class TTNConfig(BaseModel):
         "SVD): NumPy, CuPy (one GPU per worker), or array-api-strict (the GPU code path "
         "checked on a CPU); the driver's share stays in NumPy",
     )
-    checkpoint_every: int = Field(default=10, ge=1, description="steps between checkpoints")
     exact_reference: bool = Field(
         default=True, description=f"compare with expm of the dense H (d <= {MAX_EXACT_D})"
     )
@@ -183,7 +184,7 @@ PRESETS: dict[str, dict] = {
         "theta": 1e-8,
         "r_min": 2,
         "r_max": 40,
-        "checkpoint_every": 1000,
+        "checkpoint_s": None,  # the end of each study is saved anyway
         "exact_reference": True,
     },
 }

@@ -151,7 +151,15 @@ class BUGDriver:
 
     # -- stepping ---------------------------------------------------------------------
     def advance(self, h: float) -> int:
-        """One accepted step of size ``h``; returns how many times it was redone."""
+        """One accepted step of size ``h``; returns how many times it was redone. Its wall
+        seconds, redone attempts included, are then ``last_step_s``."""
+        t0 = time.perf_counter()
+        try:
+            return self._advance(h)
+        finally:
+            self.last_step_s = time.perf_counter() - t0
+
+    def _advance(self, h: float) -> int:
         redone = 0
         while True:
             untruncated, grown_max = (

@@ -188,9 +188,7 @@ def estimate(cfg, workers: int) -> Estimate:
     tree = cfg.make_tree()
     row = 8 * (cfg.d + tree.n_nodes + 9)
     history = sum(row * 256 * -(-(cfg.steps(h) + 1) // 256) for h in hs)  # whole chunks
-    every = cfg.checkpoint_every
-    saved = sum(-(-cfg.steps(h) // every) for h in hs)  # every k-th step and the last
-    store = _cap(history + min(3, saved) * state)  # the newest three are kept
+    store = _cap(history + 3 * state)  # the newest three checkpoints are kept
 
     field = "r_max"
     low_driver, low_worker, _ = _sizes(cfg, cfg.r_min, workers)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from tilegraph.tasks.ttn import state as st
 
 from ..base import RunContext
 from .config import TTNConfig
 from .driver import BUGDriver
+from .history import (
+    history_row,
+    resume_rows,
+    state_arrays,
+    state_from,
+    write_convergence,
+    write_history,
+    write_state,
+)
 from .plot import summary_figure
 from .reference import ExactSolution
 
@@ -24,77 +31,6 @@ METRICS = (
 )
 
 
-def _state_arrays(state) -> dict:
-    return {f"node_{i:03d}": np.asarray(a) for i, a in enumerate(state)}
-
-
-def _state_from(arrays: dict, n: int) -> list:
-    return [np.asarray(arrays[f"node_{i:03d}"], dtype=np.complex128) for i in range(n)]
-
-
-def _write_state(store, state) -> None:
-    """The final TTN as arrays ``state/node_<i>`` (a result: checkpoints do not outlive
-    a complete run)."""
-    from tilegraph.tasks.devices import to_host
-
-    for name, a in _state_arrays(to_host(state)).items():
-        a = np.asarray(a, dtype=np.complex128)
-        ref = store.create_array(
-            f"state/{name}",
-            a.shape,
-            a.shape,
-            dtype="complex128",
-            dimension_names=tuple(f"axis_{k}" for k in range(a.ndim)),
-            fill_value=0j,
-            attrs={"long_name": "final TTN node tensor (leaf basis or connecting tensor)"},
-            overwrite=True,
-        )
-        ref.write((slice(None),) * a.ndim, a)
-
-
-def _history_dataset(rows: list[dict], d: int, edges: int):
-    import xarray as xr
-
-    def col(k):
-        return np.asarray([r[k] for r in rows], dtype=np.float64)
-
-    data = {
-        "norm": ("time", col("norm"), {"units": "1", "long_name": "norm of the state"}),
-        "energy": ("time", col("energy"), {"units": "energy", "long_name": "<H>"}),
-        "magnetization": (
-            ("time", "site"),
-            np.asarray([r["magnetization"] for r in rows], dtype=np.float64),
-            {"units": "1", "long_name": "<Z_site>"},
-        ),
-        "ranks": (
-            ("time", "edge"),
-            np.asarray([r["ranks"] for r in rows], dtype=np.int64),
-            {"units": "1", "long_name": "bond rank of the edge above node edge+1"},
-        ),
-        "max_rank": ("time", col("max_rank").astype(np.int64), {"units": "1"}),
-        "mean_rank": ("time", col("mean_rank"), {"units": "1"}),
-        "rejected": (
-            "time",
-            col("rejected").astype(np.int64),
-            {"units": "1", "long_name": "times the step was redone"},
-        ),
-        "step_s": ("time", col("step_s"), {"units": "s", "long_name": "wall time of the step"}),
-    }
-    if "error" in rows[0]:
-        data["error"] = (
-            "time",
-            col("error"),
-            {"units": "1", "long_name": "||y - expm(-i t H) y0||"},
-        )
-    return xr.Dataset(
-        data,
-        coords={
-            "time": ("time", col("time"), {"units": "1/energy"}),
-            "step": ("time", col("step").astype(np.int64)),
-        },
-    )
-
-
 def _integrate(cfg, ctx, integ, h, exact, name, ckpt_offset, bar, state=None, rows=None):
     """Integrate from the newest state to T with step h, writing dataset ``name``."""
     store = ctx.store
@@ -102,70 +38,24 @@ def _integrate(cfg, ctx, integ, h, exact, name, ckpt_offset, bar, state=None, ro
     integ.load(state)
     step0 = int(rows[-1]["step"]) if rows else 0
 
-    def row(n, rejected, dt):
-        obs = integ.observe()
-        ranks = integ.ranks()
-        r = {
-            "step": n,
-            "time": n * h,
-            "norm": obs["norm"],
-            "energy": obs["energy"],
-            "magnetization": obs["magnetization"],
-            "ranks": ranks,
-            "max_rank": max(ranks),
-            "mean_rank": float(np.mean(ranks)),
-            "rejected": rejected,
-            "step_s": dt,
-        }
-        if exact is not None:
-            y = st.to_dense(integ.tree, integ.full_state())
-            r["error"] = float(np.linalg.norm(y - exact.at(n * h)))
-        return r
-
     if not rows:
-        rows = [row(0, 0, 0.0)]
-    # (re)write what is known: on resume this drops rows written after the checkpoint
-    ds = _history_dataset(rows, cfg.d, integ.tree.n_nodes - 1)
-    store.write_dataset(name, ds, encoding={v: {"chunks": _chunks(ds[v])} for v in ds.variables})
+        rows = [history_row(integ, 0, h, 0, 0.0, exact)]
+    write_history(store, name, rows)  # on resume: drops rows written after the checkpoint
     flushed = len(rows)
     for n in range(step0 + 1, n_steps + 1):
-        t0 = time.perf_counter()
         redone = integ.advance(h)
-        rows.append(row(n, redone, time.perf_counter() - t0))
+        rows.append(history_row(integ, n, h, redone, integ.last_step_s, exact))
         bar.update(1)
         bar.set_postfix_str(f"t={n * h:.3g} max rank {rows[-1]['max_rank']}")
-        if n % cfg.checkpoint_every == 0 or n == n_steps:
-            new_rows = rows[flushed:]
-            store.write_dataset(
-                name,
-                _history_dataset(new_rows, cfg.d, integ.tree.n_nodes - 1),
-                mode="a",
-                append_dim="time",
-            )
+        if ctx.checkpoint_due() or n == n_steps:
+            write_history(store, name, rows[flushed:], append=True)
             flushed = len(rows)
-            store.save_checkpoint(
+            ctx.checkpoint(
                 ckpt_offset + n,
-                arrays=_state_arrays(integ.full_state()),
-                scalars={"dataset": name, "step": n, "h": h},
+                state_arrays(integ.full_state()),
+                {"dataset": name, "step": n, "h": h},
+                force=True,  # the history on the store is this far
             )
-    return rows
-
-
-def _chunks(var) -> tuple[int, ...]:
-    """Chunks of a history variable: 256 steps along time, whole along other dims."""
-    return tuple(256 if dim == "time" else n for dim, n in zip(var.dims, var.shape, strict=True))
-
-
-def _resume_rows(store, name: str, upto: int) -> list[dict]:
-    """History rows of ``name`` up to step ``upto`` (later ones came after the checkpoint)."""
-    ds = store.open_dataset(name).load()
-    ds = ds.where(ds.step <= upto, drop=True)
-    rows = []
-    for i in range(ds.sizes["time"]):
-        r = {k: ds[k].values[i].tolist() for k in ds.data_vars}
-        r["step"] = int(ds.step.values[i])
-        r["time"] = float(ds.time.values[i])
-        rows.append(r)
     return rows
 
 
@@ -198,16 +88,16 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     # checkpoint steps are global: study k owns steps [offset_k, offset_k + steps_k]
     offsets = np.cumsum([0] + [cfg.steps(h) + 1 for h in hs]).tolist()
 
-    saved = store.load_checkpoint() if ctx.resume else None
+    saved = ctx.restore()
     first, state, rows = 0, psi_state, None
     if saved is not None:
         first = names.index(saved.scalars["dataset"])
-        state = _state_from(saved.arrays, integ.tree.n_nodes)
-        rows = _resume_rows(store, names[first], saved.scalars["step"])
+        state = state_from(saved.arrays, integ.tree.n_nodes)
+        rows = resume_rows(store, names[first], saved.scalars["step"])
     total = sum(cfg.steps(h) for h in hs)
     ctx.enter("solve")
-    with ctx.progress(total=total, desc=f"ttn {cfg.method} BUG") as bar:
-        bar.update(sum(cfg.steps(h) for h in hs[:first]) + (rows[-1]["step"] if rows else 0))
+    done = sum(cfg.steps(h) for h in hs[:first]) + (rows[-1]["step"] if rows else 0)
+    with ctx.progress(total, f"ttn {cfg.method} BUG", done=done) as bar:
         for k in range(first, len(hs)):
             if k == first and rows:
                 state_k, rows_k = state, rows
@@ -218,14 +108,14 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
             )
 
     ctx.enter("output")
-    _write_state(store, integ.full_state())
+    write_state(store, integ.full_state())
     hist = store.open_dataset(names[-1]).load()
     metrics = _metrics(hist, cfg)
     metrics["workers"] = int(ctx.executor.n_workers)
     metrics.update(integ.busy())
     convergence = None
     if cfg.h_list is not None:
-        convergence = _convergence(store, names, hs)
+        convergence = write_convergence(store, names, hs)
         metrics["final_error_vs_exact"] = float(convergence["error"].values[-1])
         slope = np.polyfit(np.log(hs), np.log(convergence["error"].values), 1)[0]
         metrics["convergence_slope"] = float(slope)
@@ -250,15 +140,3 @@ def _metrics(hist, cfg) -> dict:
     if "error" in hist:
         m["final_error_vs_exact"] = float(hist["error"].values[-1])
     return m
-
-
-def _convergence(store, names, hs):
-    import xarray as xr
-
-    err = [float(store.open_dataset(n)["error"].values[-1]) for n in names]
-    ds = xr.Dataset(
-        {"error": ("h", np.asarray(err), {"units": "1", "long_name": "error at T vs expm"})},
-        coords={"h": ("h", np.asarray(hs), {"units": "1/energy"})},
-    )
-    store.write_dataset("convergence", ds)
-    return ds

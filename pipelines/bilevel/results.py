@@ -1,0 +1,58 @@
+"""What a bilevel run stores: each method's history and the main method's result."""
+
+from __future__ import annotations
+
+import numpy as np
+from tilegraph.tasks.bilevel.methods import unpack
+
+
+def write_history(store, name: str, cfg, method: str, hist: dict, known: bool) -> None:
+    """One method's history as the xarray dataset ``name``."""
+    import xarray as xr
+
+    it = np.asarray(hist["iteration"], dtype=np.int64)
+    data = {
+        "upper_objective": (
+            "iteration",
+            np.asarray(hist["upper_objective"]),
+            {"units": "1", "long_name": "F(x) with exact lower solutions"},
+        ),
+        "grad_norm": (
+            "iteration",
+            np.asarray(hist["grad_norm"]),
+            {"units": "1", "long_name": "|grad F(x)| (exact hypergradient)"},
+        ),
+    }
+    if known:
+        data["rel_dist"] = (
+            "iteration",
+            np.asarray(hist["rel_dist"]),
+            {"units": "1", "long_name": "|x - x*| / |x*|"},
+        )
+    attrs = {
+        "method": method,
+        "problem": cfg.problem.kind,
+        "blocks_per_iter": cfg.blocks_per_iter,
+        "batch": cfg.batch,
+        "s_per_iter": hist.get("s_per_iter"),
+    }
+    store.write_dataset(name, xr.Dataset(data, coords={"iteration": it}, attrs=attrs))
+
+
+def write_result(store, cfg, problem, x, x_star, ref, slot) -> None:
+    """The main method's final iterate and lower variables as the dataset ``result``."""
+    import xarray as xr
+
+    state = ref.read()
+    flat = state[np.arange(problem.m), slot]
+    y = np.stack([unpack(cfg.method, problem.dim_y, flat[i])["y"] for i in range(problem.m)])
+    res = {
+        "x": ("x_dim", x, {"long_name": "upper variable at the end"}),
+        "y": (("block", "y_dim"), y, {"long_name": "lower variable at each block's last update"}),
+    }
+    if x_star is not None:
+        res["x_star"] = ("x_dim", np.asarray(x_star), {"long_name": "reference optimum"})
+    attrs = {"method": cfg.method, "problem": cfg.problem.kind}
+    store.write_dataset(
+        "result", xr.Dataset(res, coords={"block": np.arange(problem.m)}, attrs=attrs)
+    )

@@ -1,0 +1,276 @@
+"""One run from its inputs to a complete store: the core that ``tilegraph run`` and
+:func:`tilegraph.run` share.
+
+:func:`prepare` checks everything that can be checked before anything is written (the
+pipeline, the config, the store, the run to resume and its owner, the user's code, the
+cluster spec, the memory estimate) and raises :class:`~tilegraph.pipelines.config.ConfigError`
+(one line, naming what is wrong) otherwise. :meth:`Launch.start` then checks the open
+executor (GPUs, its workers' memory), creates the run or marks it running, holds its
+lease and runs :func:`~tilegraph.pipelines.execute.execute`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import resources
+from .base import Estimate, Pipeline
+from .config import ConfigError, build_config
+from .execute import DEFAULT_RETRIES, execute
+from .imports import check_trusted, prepare_user_code
+from .progress import silent
+from .registry import get_pipeline
+
+
+class UsageError(ConfigError):
+    """Bad input that is not a config field (a missing run, an unknown pipeline, a
+    cluster or store that cannot be used)."""
+
+
+@dataclass
+class Launch:
+    """A run checked and ready to start.
+
+    Attributes
+    ----------
+    pipeline : Pipeline
+    config : pydantic.BaseModel
+        The validated config (the stored one for a resume).
+    root : storage.Root
+        The checked run-store root.
+    run : storage.RunStore or None
+        The run to resume (its lease held), None for a new run.
+    code : tuple of str
+        Folders and modules of the user's code to ship to the workers.
+    spec : cluster.ClusterSpec or None
+        The parsed ``cluster`` (None when an open executor was given).
+    estimate : Estimate or None
+        Memory and store size for ``workers`` workers.
+    workers : int
+        Workers the estimate assumed (the spec's, before connecting).
+    """
+
+    pipeline: Pipeline
+    config: BaseModel
+    root: Any
+    run: Any
+    code: tuple[str, ...]
+    spec: Any
+    estimate: Estimate | None
+    workers: int
+    owned: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+    def __enter__(self) -> Launch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the run's lease."""
+        self.owned.close()
+
+    def check_memory(self) -> None:
+        """Refuse a run whose estimate does not fit this machine (before connecting)."""
+        resources.check_fits(self.estimate, driver_limit=resources.available_memory())
+
+    def start(
+        self,
+        executor: Any,
+        *,
+        progress: Callable[..., Any] = silent,
+        retries: int = DEFAULT_RETRIES,
+        report: str | None = None,
+        backend: str | None = None,
+    ):
+        """Run it on the open ``executor`` and return the complete run.
+
+        Parameters
+        ----------
+        report : str, optional
+            Write the backend's performance report of the run to this path.
+        backend : str, optional
+            What the run records as its backend (default: the spec).
+
+        Raises
+        ------
+        ConfigError
+            The executor cannot run it (no GPU for ``device=cuda``, too little memory
+            per worker); nothing written.
+        Exception
+            Whatever the pipeline raised; the run is then marked ``failed``.
+        """
+        config = self.config
+        if getattr(config, "device", "cpu") == "cuda" and not executor.n_gpus:
+            raise UsageError(
+                f"device=cuda: --cluster {self.spec or executor.spec} has no GPU (use "
+                "'local-cuda' or 'ray' on a GPU node, or device=cpu)"
+            )
+        est = resources.estimate(self.pipeline, config, executor.n_workers)
+        resources.check_executor(est, executor)
+        if self.run is None:
+            backend = backend or str(self.spec or getattr(executor, "spec", "executor"))
+            dump = config.model_dump(mode="json")
+            self.run = self.root.create(self.pipeline.name, config=dump, backend=backend)
+            self.owned.enter_context(own(self.run))
+            resume = False
+        else:
+            self.run.mark_running()
+            resume = True
+        with executor.report(report) if report else contextlib.nullcontext():
+            execute(
+                self.pipeline,
+                config,
+                self.run,
+                executor,
+                resume=resume,
+                progress=progress,
+                retries=retries,
+            )
+        if report:
+            self.run.add_report(report)
+        return self.run
+
+
+def own(run):
+    """The run's lease (one live owner per run), or a one-line error."""
+    from tilegraph.storage.lease import LeaseHeld
+
+    try:
+        return run.lease().acquire()
+    except LeaseHeld as exc:
+        raise UsageError(f"{exc}; wait for it, or stop it first") from None
+
+
+def check_store(store: Any):
+    """The run-store root of ``store`` (a path, URL or ``storage.Root``), checked."""
+    from tilegraph import storage
+    from tilegraph.storage.urls import check_root
+
+    try:
+        root = store if isinstance(store, storage.Root) else storage.Root(str(store))
+        check_root(root.url)
+    except (ValueError, ImportError, OSError) as exc:
+        raise UsageError(f"--store: {exc}") from None
+    return root
+
+
+def check_cluster(cluster: str, store_url: str, profile: str | None = None):
+    """The parsed cluster spec, checked (and a batch scheduler's profile) before anything
+    starts."""
+    from tilegraph import cluster as _cluster
+    from tilegraph.cluster.jobqueue import load_profile
+    from tilegraph.cluster.specs import HPC_KINDS
+
+    try:
+        spec = _cluster.parse_spec(cluster)
+    except ValueError as exc:
+        raise UsageError(f"--cluster: {exc}") from None
+    if store_url.lower().startswith("memory://") and spec.backend not in ("sync", "threads"):
+        raise UsageError(
+            f"--store {store_url[:200]}: a memory:// store lives inside this process, "
+            f"where the worker processes of --cluster {spec} cannot reach it; use a path "
+            "or an object store, or --cluster sync/threads"
+        )
+    if spec.kind in HPC_KINDS:
+        try:
+            load_profile(spec.kind, profile)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return spec
+
+
+def workers_guess(spec) -> int:
+    """Workers a parsed spec will have, before connecting (1 where it cannot be known)."""
+    import os
+
+    if spec is None:
+        return 1
+    if spec.n is not None:
+        return spec.n
+    if spec.kind == "local":
+        return min(os.cpu_count() or 1, 4)
+    return 1
+
+
+def prepare(
+    name: str,
+    *,
+    preset: str | None = None,
+    config: str | Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+    store: Any = "./runs",
+    resume: str | None = None,
+    cluster: str | None = "local",
+    cluster_profile: str | None = None,
+    trust_store: bool = False,
+    own_run: bool = True,
+) -> Launch:
+    """Check a run's inputs; nothing is written.
+
+    Parameters
+    ----------
+    name : str
+        A registered pipeline.
+    preset, config, sets
+        As :func:`~tilegraph.pipelines.config.build_config`.
+    store : str or storage.Root
+    resume : str, optional
+        A run id to continue (then ``preset``, ``config``, ``sets`` must be empty).
+    cluster : str or None
+        A cluster spec; None when the caller brings an open executor.
+    own_run : bool
+        Take the resumed run's lease (False for a dry run).
+
+    Raises
+    ------
+    ConfigError
+        One line naming what is wrong (:class:`UsageError` when it is not a config
+        field); ``storage.LeaseHeld`` never escapes (it becomes a ``UsageError``).
+    """
+    try:
+        pipeline = get_pipeline(name)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    root = check_store(store)
+    run = None
+    owned = contextlib.ExitStack()
+    if resume:
+        if preset or config or list(sets):
+            raise UsageError(
+                "--resume continues a run with its stored config; drop --preset/--config/--set"
+            )
+        try:
+            run = root.open(resume, pipeline=pipeline.name)
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"--resume: {exc.args[0] if exc.args else exc}") from None
+        if own_run:
+            owned.enter_context(own(run))
+        try:
+            if run.status == "complete":
+                raise UsageError(f"--resume: run {resume} is already complete")
+            cfg = build_config(pipeline, base=run.config)
+            check_trusted(cfg, run.run_id, trust_store)
+        except BaseException:
+            owned.close()
+            raise
+    else:
+        cfg = build_config(pipeline, preset, config, sets)
+    try:
+        code = tuple(prepare_user_code([cfg], config if isinstance(config, str) else None))
+        spec = None if cluster is None else check_cluster(cluster, root.url, cluster_profile)
+        workers = workers_guess(spec)
+        est = resources.estimate(pipeline, cfg, workers)
+        resources.check_size(est, cfg)
+    except BaseException:
+        owned.close()
+        raise
+    return Launch(pipeline, cfg, root, run, code, spec, est, workers, owned)
+
+
+__all__ = ["Launch", "UsageError", "check_cluster", "check_store", "own", "prepare"]

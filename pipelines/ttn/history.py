@@ -1,0 +1,158 @@
+"""What a ttn run stores: the history of a study (its schema), the final network, the
+convergence table; and the network as a checkpoint's arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def history_row(integ, n: int, h: float, rejected: int, step_s: float, exact=None) -> dict:
+    """The history row of step ``n`` (time ``n h``) of the driver ``integ``'s state.
+
+    Parameters
+    ----------
+    integ : BUGDriver
+    rejected : int
+        Times the step was redone.
+    step_s : float
+        Wall seconds of the step.
+    exact : ExactSolution, optional
+        Adds ``error``, the distance to the exact state.
+    """
+    from tilegraph.tasks.ttn import state as st
+
+    obs = integ.observe()
+    ranks = integ.ranks()
+    r = {
+        "step": n,
+        "time": n * h,
+        "norm": obs["norm"],
+        "energy": obs["energy"],
+        "magnetization": obs["magnetization"],
+        "ranks": ranks,
+        "max_rank": max(ranks),
+        "mean_rank": float(np.mean(ranks)),
+        "rejected": rejected,
+        "step_s": step_s,
+    }
+    if exact is not None:
+        y = st.to_dense(integ.tree, integ.full_state())
+        r["error"] = float(np.linalg.norm(y - exact.at(n * h)))
+    return r
+
+
+def write_history(store, name: str, rows: list[dict], append: bool = False) -> None:
+    """Write ``rows`` as dataset ``name`` (chunks of 256 steps), or append them to it."""
+    ds = history_dataset(rows)
+    if append:
+        store.write_dataset(name, ds, mode="a", append_dim="time")
+    else:
+        chunks = {v: {"chunks": history_chunks(ds[v])} for v in ds.variables}
+        store.write_dataset(name, ds, encoding=chunks)
+
+
+def state_arrays(state) -> dict:
+    """The TTN's node tensors by name ``node_<i>`` (a checkpoint's arrays)."""
+    return {f"node_{i:03d}": np.asarray(a) for i, a in enumerate(state)}
+
+
+def state_from(arrays: dict, n: int) -> list:
+    """The ``n`` node tensors back from :func:`state_arrays`' mapping."""
+    return [np.asarray(arrays[f"node_{i:03d}"], dtype=np.complex128) for i in range(n)]
+
+
+def write_state(store, state) -> None:
+    """The final TTN as arrays ``state/node_<i>`` (a result: checkpoints do not outlive
+    a complete run)."""
+    from tilegraph.tasks.devices import to_host
+
+    for name, a in state_arrays(to_host(state)).items():
+        a = np.asarray(a, dtype=np.complex128)
+        ref = store.create_array(
+            f"state/{name}",
+            a.shape,
+            a.shape,
+            dtype="complex128",
+            dimension_names=tuple(f"axis_{k}" for k in range(a.ndim)),
+            fill_value=0j,
+            attrs={"long_name": "final TTN node tensor (leaf basis or connecting tensor)"},
+            overwrite=True,
+        )
+        ref.write((slice(None),) * a.ndim, a)
+
+
+def history_dataset(rows: list[dict]):
+    """The history rows (one per step: observables, ranks, step time) as a Dataset on
+    ``time``."""
+    import xarray as xr
+
+    def col(k):
+        return np.asarray([r[k] for r in rows], dtype=np.float64)
+
+    data = {
+        "norm": ("time", col("norm"), {"units": "1", "long_name": "norm of the state"}),
+        "energy": ("time", col("energy"), {"units": "energy", "long_name": "<H>"}),
+        "magnetization": (
+            ("time", "site"),
+            np.asarray([r["magnetization"] for r in rows], dtype=np.float64),
+            {"units": "1", "long_name": "<Z_site>"},
+        ),
+        "ranks": (
+            ("time", "edge"),
+            np.asarray([r["ranks"] for r in rows], dtype=np.int64),
+            {"units": "1", "long_name": "bond rank of the edge above node edge+1"},
+        ),
+        "max_rank": ("time", col("max_rank").astype(np.int64), {"units": "1"}),
+        "mean_rank": ("time", col("mean_rank"), {"units": "1"}),
+        "rejected": (
+            "time",
+            col("rejected").astype(np.int64),
+            {"units": "1", "long_name": "times the step was redone"},
+        ),
+        "step_s": ("time", col("step_s"), {"units": "s", "long_name": "wall time of the step"}),
+    }
+    if "error" in rows[0]:
+        data["error"] = (
+            "time",
+            col("error"),
+            {"units": "1", "long_name": "||y - expm(-i t H) y0||"},
+        )
+    return xr.Dataset(
+        data,
+        coords={
+            "time": ("time", col("time"), {"units": "1/energy"}),
+            "step": ("time", col("step").astype(np.int64)),
+        },
+    )
+
+
+def history_chunks(var) -> tuple[int, ...]:
+    """Chunks of a history variable: 256 steps along time, whole along other dims."""
+    return tuple(256 if dim == "time" else n for dim, n in zip(var.dims, var.shape, strict=True))
+
+
+def resume_rows(store, name: str, upto: int) -> list[dict]:
+    """History rows of ``name`` up to step ``upto`` (later ones came after the checkpoint)."""
+    ds = store.open_dataset(name).load()
+    ds = ds.where(ds.step <= upto, drop=True)
+    rows = []
+    for i in range(ds.sizes["time"]):
+        r = {k: ds[k].values[i].tolist() for k in ds.data_vars}
+        r["step"] = int(ds.step.values[i])
+        r["time"] = float(ds.time.values[i])
+        rows.append(r)
+    return rows
+
+
+def write_convergence(store, names, hs):
+    """Dataset ``convergence``: the error at ``T`` against the exact solution per step
+    size ``h``."""
+    import xarray as xr
+
+    err = [float(store.open_dataset(n)["error"].values[-1]) for n in names]
+    ds = xr.Dataset(
+        {"error": ("h", np.asarray(err), {"units": "1", "long_name": "error at T vs expm"})},
+        coords={"h": ("h", np.asarray(hs), {"units": "1/energy"})},
+    )
+    store.write_dataset("convergence", ds)
+    return ds
