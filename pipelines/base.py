@@ -322,6 +322,9 @@ class Pipeline:
         processes can use before anything is written, and printed by ``--dry-run``.
     checks : Checks
         The runs the generic pipeline suite makes of it.
+    preflight : callable, optional
+        ``preflight(config)``: checks that need the user's code or data (importable by
+        then), run before anything is written; raises ``ConfigError`` (one line).
     """
 
     name: str
@@ -333,3 +336,4 @@ class Pipeline:
     default_preset: str = "quick"
     estimate: Callable[[BaseModel, int], Estimate] | None = None
     checks: Checks = field(default_factory=Checks)
+    preflight: Callable[[BaseModel], None] | None = None

@@ -358,6 +358,9 @@ def _cmd_sweep(args) -> int:
         raise UsageError(exc.args[0]) from None
     plan = plan_sweep(pipeline, args.grid, args.preset, args.config, args.sets)
     code = prepare_user_code([p.config for p in plan.points], args.config)
+    if pipeline.preflight is not None:
+        for point in plan.points:
+            pipeline.preflight(point.config)
     root = check_store(args.store)
     args.spec = check_cluster(args.cluster, root.url, args.cluster_profile)
     if args.dry_run:

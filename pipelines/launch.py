@@ -263,6 +263,8 @@ def prepare(
         cfg = build_config(pipeline, preset, config, sets)
     try:
         code = tuple(prepare_user_code([cfg], config if isinstance(config, str) else None))
+        if pipeline.preflight is not None:
+            pipeline.preflight(cfg)
         spec = None if cluster is None else check_cluster(cluster, root.url, cluster_profile)
         workers = workers_guess(spec)
         est = resources.estimate(pipeline, cfg, workers)

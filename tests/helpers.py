@@ -58,3 +58,49 @@ def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+#: A user's own PDE module (``kind=custom``): variable coefficients on the box
+#: ``[0, 2] x [-1, 1] (x [0, 1])`` with the exact solution
+#: ``u = exp(x / 2) sin(y) (1 + z / 2)``; ``f`` is ``L u`` worked out by hand.
+USER_PDE = """
+import numpy as np
+
+
+class Manufactured:
+    def __init__(self, d=2):
+        self.d = d
+
+    def alpha_k(self, k, c):
+        x, y = c[0], c[1]
+        return (1.0 + 0.5 * x**2, 1.5 + 0.5 * np.sin(x * y), 1.0 + 0.25 * c[-1] ** 2)[k]
+
+    def beta_k(self, k, c):
+        x, y = c[0], c[1]
+        return (1.0 - 0.5 * y, 0.5 * x, 0.3 + 0 * x)[k]
+
+    def _z(self, c):
+        return 1.0 + 0.5 * c[2] if self.d == 3 else 1.0
+
+    def exact(self, c):
+        return np.exp(0.5 * c[0]) * np.sin(c[1]) * self._z(c)
+
+    def rhs(self, c):
+        u = self.exact(c)
+        u_y = np.exp(0.5 * c[0]) * np.cos(c[1]) * self._z(c)
+        f = -0.25 * self.alpha_k(0, c) * u + self.alpha_k(1, c) * u
+        f = f + 0.5 * self.beta_k(0, c) * u + self.beta_k(1, c) * u_y
+        if self.d == 3:
+            f = f + self.beta_k(2, c) * 0.5 * np.exp(0.5 * c[0]) * np.sin(c[1])
+        return f
+
+    def boundary(self, c):
+        return self.exact(c)
+
+
+def make(d=2):
+    return Manufactured(d)
+"""
+
+#: ``problem.domain`` of :data:`USER_PDE` per dimension.
+USER_PDE_DOMAIN = {2: [[0.0, 2.0], [-1.0, 1.0]], 3: [[0.0, 2.0], [-1.0, 1.0], [0.0, 1.0]]}

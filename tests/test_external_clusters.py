@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from helpers import free_port, last_json, stop, tilegraph, wait_port
+from helpers import USER_PDE, USER_PDE_DOMAIN, free_port, last_json, stop, tilegraph, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +113,26 @@ def _user_code_run(address: str, tmp_path) -> None:
     np.testing.assert_array_equal(a, b)
 
 
+def _user_pde_run(address: str, tmp_path) -> None:
+    """domain-split on the user's own PDE module, run from their project folder: the
+    workers (started elsewhere) get the module shipped and give the in-process bits."""
+    project = tmp_path / "pde-project"
+    project.mkdir(exist_ok=True)
+    (project / "my_pde.py").write_text(USER_PDE)
+    sets = ["--set=problem.kind=custom", "--set=problem.factory=my_pde:make"]
+    sets += [f"--set=problem.domain={USER_PDE_DOMAIN[2]}", "--set=n_fine=40", "--set=tol=1e-12"]
+    results = []
+    for spec in ("sync", address):
+        out = tilegraph(
+            "run", "domain-split", *sets, "--cluster", spec, "--store", str(tmp_path / "pde"),
+            "--json", cwd=project, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, f"{spec}: {out.stderr}"
+        results.append(last_json(out.stdout))
+    _same_answer(results[1], results[0])
+    assert results[1]["metrics"]["rel_error_exact"] < 1e-2
+
+
 def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -158,6 +178,7 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
         assert last_json(out.stdout)["complete"] == 2
 
         _user_code_run(address, tmp_path)
+        _user_pde_run(address, tmp_path)
 
         # tilegraph left the cluster running
         with Client(address, timeout=30) as client:

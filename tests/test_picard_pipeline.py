@@ -128,6 +128,7 @@ def test_resume_redoes_only_unfinished_batches(tmp_path, executors):
     store.array("result/iterations").write((slice(1, 2),), np.zeros(1, dtype=np.int64))
     store.array("result/samples").write((slice(4, 8), slice(None)), np.full((4, 64), 7.0))
     kept = store.array("result/wall_s").read()
+    store.mark_failed("killed inside batch 1")  # what a killed run's store says
     m = resume(tmp_path, ex, store)
     np.testing.assert_array_equal(
         store.array("result/samples").read(), ref_store.array("result/samples").read()

@@ -17,7 +17,7 @@ PIPELINE = Pipeline(
     estimate=estimate,
     checks=Checks(
         small={"max_iter": 60, "tol": None},
-        long={"max_iter": 80, "tol": None, "checkpoint_s": 0},
+        long={"max_iter": 80, "tol": None, "checkpoint_s": 0.25},
         datasets=("result", "history"),
     ),
 )

@@ -4,6 +4,7 @@ workers."""
 
 from ..base import Checks, Pipeline
 from .config import PRESETS, DomainSplitConfig
+from .preflight import preflight
 from .resources import estimate
 from .runner import METRICS, run
 
@@ -15,6 +16,7 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    preflight=preflight,
     checks=Checks(
         small={"n_fine": 60, "n_coarse": 5},
         long={
@@ -22,7 +24,7 @@ PIPELINE = Pipeline(
             "n_fine": 120,
             "n_coarse": 6,
             "smoother": False,
-            "restart": 5,
+            "restart": 10,
             "checkpoint_s": 0,
         },
         datasets=("result", "history"),

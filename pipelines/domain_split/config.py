@@ -3,24 +3,47 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from tilegraph.tasks.devices import Device
-from tilegraph.tasks.domain_split.problems import Problem
+from tilegraph.tasks.domain_split.problems import OnBox, Problem
 
 from ..base import PipelineConfig
+from ..imports import ExternalURL, ImportPath
+
+#: Kinds whose coefficients the user gives (code or data), checked by ``preflight``.
+USER_KINDS = ("custom", "dataset")
 
 
 class ProblemConfig(BaseModel):
-    """Which manufactured problem (see :class:`tilegraph.tasks.domain_split.problems.Problem`)."""
+    """Which problem: a manufactured one (see
+    :class:`tilegraph.tasks.domain_split.problems.Problem`), the user's from code
+    (``custom``) or from a dataset (``dataset``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["constant", "variable", "boundary-layer"] = "constant"
+    kind: Literal["constant", "variable", "boundary-layer", "custom", "dataset"] = "constant"
     alpha: list[float] = Field(default=[1.0, 1.0], description="constant diffusion, one per axis")
     beta: list[float] = Field(default=[0.0, 0.0], description="constant advection, one per axis")
     eps: float = Field(default=1.0, gt=0, description="diffusion of 'boundary-layer'")
+    domain: list[list[float]] | None = Field(
+        default=None,
+        description="the box [[a_1, b_1], ...] (default: the unit cube; for a dataset, "
+        "the box its coordinates cover)",
+    )
+    factory: ImportPath | None = Field(
+        default=None,
+        description="kind=custom: 'package.module:name', called as name(**params); returns "
+        "an object with alpha_k(k, coords), beta_k(k, coords), rhs(coords), "
+        "boundary(coords) and optionally exact(coords)",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="kind=custom: factory kwargs")
+    dataset: ExternalURL | None = Field(
+        default=None,
+        description="kind=dataset: a Zarr store (path or URL) with alpha_x, ..., beta_x, "
+        "..., f, g on coordinates x, y[, z]",
+    )
 
     @field_validator("alpha")
     @classmethod
@@ -28,6 +51,23 @@ class ProblemConfig(BaseModel):
         if any(a <= 0 for a in v):
             raise ValueError(f"every alpha must be > 0 (got {v})")
         return v
+
+    @field_validator("domain")
+    @classmethod
+    def _box(cls, v):
+        if v is not None and any(len(ab) != 2 or not ab[0] < ab[1] for ab in v):
+            raise ValueError(f"expected [[a_1, b_1], ...] with a_k < b_k (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if (self.kind == "custom") != (self.factory is not None):
+            raise ValueError("kind=custom needs factory='package.module:name' (and only it)")
+        if (self.kind == "dataset") != (self.dataset is not None):
+            raise ValueError("kind=dataset needs dataset=URL (and only it)")
+        if self.params and self.kind != "custom":
+            raise ValueError("params are the factory's arguments: only with kind=custom")
+        return self
 
 
 class DomainSplitConfig(PipelineConfig):
@@ -105,22 +145,18 @@ class DomainSplitConfig(PipelineConfig):
             raise ValueError(f"alpha needs {d} entries for d={d} (got {v.alpha})")
         if d and v.kind in ("constant", "boundary-layer") and len(v.beta) != d:
             raise ValueError(f"beta needs {d} entries for d={d} (got {v.beta})")
+        if d and v.domain is not None and len(v.domain) != d:
+            raise ValueError(f"domain needs {d} intervals for d={d} (got {v.domain})")
         return v
 
     @model_validator(mode="after")
     def _peclet(self):
-        if self.scheme == "central":
-            pe = self.to_problem().max_cell_peclet(1.0 / self.n_coarse)
-            if pe > 1.0:
-                need = math.ceil(self.n_coarse * pe)
-                raise ValueError(
-                    f"coarse cell Peclet number {pe:.3g} > 1 with scheme=central oscillates: "
-                    f"use --set scheme=upwind or n_coarse >= {need}"
-                )
-        if self.submesh == "fd" and self.problem.kind == "variable":
+        if self.problem.kind not in USER_KINDS:  # the user's: checked by preflight
+            self.check_problem(self.to_problem())
+        if self.submesh == "fd" and self.problem.kind in ("variable", "dataset"):
             raise ValueError(
                 "submesh=fd needs constant coefficients: use submesh=auto, direct or amg "
-                "with problem.kind=variable"
+                f"with problem.kind={self.problem.kind}"
             )
         if self.out_of_core and self.direct_reference:
             raise ValueError(
@@ -129,12 +165,60 @@ class DomainSplitConfig(PipelineConfig):
             )
         return self
 
-    def to_problem(self) -> Problem:
-        """The :class:`Problem` this config describes."""
+    def check_problem(self, problem) -> None:
+        """Rules on the problem itself: the coarse cell Peclet number of the central
+        scheme, fast diagonalisation only for constant coefficients."""
+        if self.scheme == "central":
+            pe = problem.max_cell_peclet(1.0 / self.n_coarse)
+            if not pe <= 1.0:
+                need = math.ceil(self.n_coarse * pe) if math.isfinite(pe) else "more"
+                raise ValueError(
+                    f"coarse cell Peclet number {pe:.3g} > 1 with scheme=central oscillates: "
+                    f"use --set scheme=upwind or n_coarse >= {need}"
+                )
+        if self.submesh == "fd" and not problem.constant_coefficients:
+            raise ValueError(
+                "submesh=fd needs constant coefficients: use submesh=auto, direct or amg"
+            )
+
+    def to_problem(self, user: Any = None):
+        """The problem this config describes, on the unit cube the solver works on.
+
+        Parameters
+        ----------
+        user : object, optional
+            ``kind=custom``: what the factory returned (default: call it now).
+        """
         p = self.problem
-        if p.kind == "variable":
-            return Problem("variable", self.d)
-        return Problem(p.kind, self.d, tuple(p.alpha), tuple(p.beta), p.eps)
+        if p.kind == "custom":
+            if user is None:
+                from ..imports import resolve
+
+                user = resolve(p.factory, field="problem.factory")(**p.params)
+            inner = user
+        elif p.kind == "dataset":
+            from .data import DatasetProblem
+
+            inner = DatasetProblem(p.dataset, self.d)
+        elif p.kind == "variable":
+            inner = Problem("variable", self.d)
+        else:
+            inner = Problem(p.kind, self.d, tuple(p.alpha), tuple(p.beta), p.eps)
+        domain = self.domain(inner)
+        if p.kind not in USER_KINDS and domain == ((0.0, 1.0),) * self.d:
+            return inner
+        return OnBox(inner, domain, p.kind)
+
+    def domain(self, inner: Any = None) -> tuple[tuple[float, float], ...]:
+        """The physical box ``((a_1, b_1), ...)``."""
+        if self.problem.domain is not None:
+            return tuple((float(a), float(b)) for a, b in self.problem.domain)
+        if self.problem.kind == "dataset":
+            from .data import DatasetProblem
+
+            inner = inner or DatasetProblem(self.problem.dataset, self.d)
+            return inner.extent()
+        return ((0.0, 1.0),) * self.d
 
 
 PRESETS: dict[str, dict] = {

@@ -18,7 +18,7 @@ PIPELINE = Pipeline(
     checks=Checks(
         small={"n_samples": 8, "batch_size": 4, "steps": 200, "train_steps": 200},
         long={
-            "n_samples": 48,
+            "n_samples": 32,
             "batch_size": 16,
             "steps": 300,
             "compare_sequential": False,

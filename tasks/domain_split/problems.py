@@ -65,6 +65,8 @@ class Problem:
         """True when alpha and beta do not depend on x (all boxes share one matrix)."""
         return self.kind != "variable"
 
+    has_exact = True
+
     # -- coefficients -----------------------------------------------------------------
     def alpha_k(self, k: int, coords):
         """Diffusion coefficient ``alpha_k`` at ``coords`` (dimensionless)."""
@@ -137,6 +139,79 @@ class Problem:
             pe = np.abs(self.beta_k(k, coords)) * h / (2.0 * self.alpha_k(k, coords))
             worst = max(worst, float(np.max(pe)))
         return worst
+
+
+@dataclass(frozen=True)
+class OnBox:
+    """A problem given on a box ``[a_1, b_1] x ... x [a_d, b_d]``, as the solver sees it
+    on the unit cube.
+
+    With ``x_k = a_k + L_k xi_k`` (``L_k = b_k - a_k``) the PDE
+    ``-sum alpha_k u_{x_k x_k} + sum beta_k u_{x_k} = f`` becomes one on the unit cube
+    with ``alpha_k / L_k^2`` and ``beta_k / L_k``; ``f`` and the boundary data are the
+    same values. The solver, its grids and kernels stay on the unit cube.
+
+    Parameters
+    ----------
+    inner : object
+        The problem in physical coordinates: ``alpha_k(k, coords)``,
+        ``beta_k(k, coords)``, ``rhs(coords)``, ``boundary(coords)`` and, optionally,
+        ``exact(coords)`` and ``constant_coefficients`` (default False). ``coords`` is a
+        tuple of ``d`` broadcastable arrays; results may be scalars or broadcastable.
+    domain : tuple of (float, float)
+        ``(a_k, b_k)`` per axis, ``a_k < b_k``.
+    kind : str
+        Name shown in titles.
+    """
+
+    inner: object
+    domain: tuple[tuple[float, float], ...]
+    kind: str = "custom"
+
+    def __post_init__(self):
+        if any(not (a < b) for a, b in self.domain):
+            raise ValueError(f"problem.domain: every axis needs a < b (got {self.domain})")
+
+    @property
+    def d(self) -> int:
+        return len(self.domain)
+
+    @property
+    def constant_coefficients(self) -> bool:
+        return bool(getattr(self.inner, "constant_coefficients", False))
+
+    @property
+    def has_exact(self) -> bool:
+        """Whether the problem knows its exact solution."""
+        return callable(getattr(self.inner, "exact", None))
+
+    def physical(self, coords):
+        """Unit-cube coordinates to the box's."""
+        return tuple(a + (b - a) * c for c, (a, b) in zip(coords, self.domain, strict=True))
+
+    def _full(self, value, coords):
+        xp = array_namespace(*coords)
+        value = xp.asarray(value, dtype=coords[0].dtype)
+        return xp.broadcast_to(value, _bshape(coords))
+
+    def alpha_k(self, k: int, coords):
+        length = self.domain[k][1] - self.domain[k][0]
+        return self._full(self.inner.alpha_k(k, self.physical(coords)), coords) / length**2
+
+    def beta_k(self, k: int, coords):
+        length = self.domain[k][1] - self.domain[k][0]
+        return self._full(self.inner.beta_k(k, self.physical(coords)), coords) / length
+
+    def rhs(self, coords):
+        return self._full(self.inner.rhs(self.physical(coords)), coords)
+
+    def boundary(self, coords):
+        return self._full(self.inner.boundary(self.physical(coords)), coords)
+
+    def exact(self, coords):
+        return self._full(self.inner.exact(self.physical(coords)), coords)
+
+    max_cell_peclet = Problem.max_cell_peclet
 
 
 def _bshape(coords):

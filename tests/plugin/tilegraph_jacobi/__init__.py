@@ -79,7 +79,7 @@ PIPELINE = Pipeline(
     metric_names=("iterations", "rel_error_direct", "wall_s"),
     checks=Checks(
         small={"iterations": 20},
-        long={"iterations": 150, "spin_s": 0.02, "checkpoint_s": 0},
+        long={"iterations": 100, "spin_s": 0.02, "checkpoint_s": 0},
         datasets=("result",),
     ),
 )

@@ -1,0 +1,189 @@
+"""A PDE whose coefficients, source and boundary data come from a dataset.
+
+``problem.kind=dataset problem.dataset=URL``: any xarray-readable Zarr store (a path or
+an fsspec URL) with variables ``alpha_x, alpha_y[, alpha_z]``, ``beta_x, beta_y[,
+beta_z]``, ``f`` and ``g`` on 1-D coordinates ``x, y[, z]`` (increasing, any spacing and
+resolution). :class:`DatasetProblem` evaluates them by multilinear interpolation at the
+points a worker asks for, reading only the chunks around them; it is what the workers
+get (a URL and a few numbers, not the data). :func:`check_dataset` checks a dataset on
+the driver before anything is written, one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+AXES = ("x", "y", "z")
+
+#: Bytes of interpolated values a process keeps (the same block is asked for again at
+#: every operator application).
+CACHE_BYTES = 256 << 20
+
+
+def variables(d: int) -> tuple[str, ...]:
+    """The variables a ``d``-dimensional dataset must have."""
+    return (
+        *(f"alpha_{a}" for a in AXES[:d]),
+        *(f"beta_{a}" for a in AXES[:d]),
+        "f",
+        "g",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _open(url: str, options: tuple) -> Any:
+    import xarray as xr
+
+    kwargs = {"storage_options": dict(options)} if options else {}
+    return xr.open_zarr(url, consolidated=False, chunks=None, **kwargs)
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """``-sum_k alpha_k u_kk + sum_k beta_k u_k = f``, ``u = g`` on the boundary, with
+    every field interpolated (multilinear) from the dataset at ``url``.
+
+    Methods take and return physical coordinates (wrap it in
+    :class:`~tilegraph.tasks.domain_split.problems.OnBox` for the solver).
+
+    Parameters
+    ----------
+    url : str
+        The dataset (checked by :func:`check_dataset`).
+    d : int
+        Space dimension.
+    storage_options : tuple of (str, value)
+        fsspec options of ``url``.
+    """
+
+    url: str
+    d: int
+    storage_options: tuple = ()
+    kind: str = "dataset"
+    constant_coefficients: bool = False
+    _cache: OrderedDict = field(default_factory=OrderedDict, compare=False, hash=False, repr=False)
+
+    def __getstate__(self):
+        return {"url": self.url, "d": self.d, "storage_options": self.storage_options}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "kind", "dataset")
+        object.__setattr__(self, "constant_coefficients", False)
+        object.__setattr__(self, "_cache", OrderedDict())
+
+    def alpha_k(self, k: int, coords):
+        return self.at(f"alpha_{AXES[k]}", coords)
+
+    def beta_k(self, k: int, coords):
+        return self.at(f"beta_{AXES[k]}", coords)
+
+    def rhs(self, coords):
+        return self.at("f", coords)
+
+    def boundary(self, coords):
+        return self.at("g", coords)
+
+    def extent(self) -> tuple[tuple[float, float], ...]:
+        """``(first, last)`` coordinate per axis: the box the data cover."""
+        ds = _open(self.url, self.storage_options)
+        return tuple((float(ds[a].values[0]), float(ds[a].values[-1])) for a in AXES[: self.d])
+
+    def at(self, name: str, coords):
+        """Variable ``name`` interpolated at ``coords`` (a tuple of ``d`` broadcastable
+        arrays, NumPy or another array namespace's; the result is in the same one).
+
+        Only the index box around the points is read; values are cached per process
+        (up to :data:`CACHE_BYTES`), since the same blocks are asked for repeatedly.
+        """
+        from array_api_compat import array_namespace
+        from tilegraph.tasks.devices import to_host
+
+        host = [np.asarray(to_host(c), dtype=np.float64) for c in coords]
+        key = (name, tuple((c.shape, c.tobytes()) for c in host))
+        out = self._cache.get(key)
+        if out is None:
+            out = self._interpolate(name, host)
+            self._cache[key] = out
+            while sum(v.nbytes for v in self._cache.values()) > CACHE_BYTES:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        xp = array_namespace(*coords)
+        return out if xp is np or "numpy" in xp.__name__ else xp.asarray(out)
+
+    def _interpolate(self, name: str, host: list[np.ndarray]) -> np.ndarray:
+        ds = _open(self.url, self.storage_options)
+        dims = AXES[: self.d]
+        da = ds[name].transpose(*dims)
+        idx, wts, lo, hi = [], [], [], []
+        for k, c in enumerate(host):
+            grid = np.asarray(ds[dims[k]].values, dtype=np.float64)
+            i = np.clip(np.searchsorted(grid, c, side="right") - 1, 0, grid.size - 2)
+            w = np.clip((c - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
+            idx.append(i)
+            wts.append(w)
+            lo.append(int(i.min()))
+            hi.append(int(i.max()) + 2)
+        box = np.asarray(
+            da.isel({dim: slice(a, b) for dim, a, b in zip(dims, lo, hi, strict=True)}).values,
+            dtype=np.float64,
+        )
+        out = 0.0
+        for corner in itertools.product((0, 1), repeat=self.d):
+            at = tuple(i - a + c for i, a, c in zip(idx, lo, corner, strict=True))
+            weight = 1.0
+            for w, c in zip(wts, corner, strict=True):
+                weight = weight * (w if c else 1.0 - w)
+            out = out + weight * box[at]
+        return np.ascontiguousarray(out)
+
+
+def check_dataset(url: str, d: int, options: dict | None = None) -> tuple:
+    """Check a coefficient dataset; return the box its coordinates cover.
+
+    Raises
+    ------
+    ValueError
+        One line naming the variable or coordinate and what is wrong: it cannot be
+        opened, a variable is missing or has other dimensions, a coordinate is not 1-D
+        and increasing, a value is NaN or infinite, an ``alpha`` is not positive.
+    """
+    import xarray as xr
+
+    kwargs = {"storage_options": dict(options)} if options else {}
+    try:
+        ds = xr.open_zarr(url, consolidated=False, **kwargs)
+    except Exception as exc:  # any backend's "not a store": one line
+        raise ValueError(f"cannot open it as a Zarr store ({type(exc).__name__})") from None
+    dims = AXES[:d]
+    extent = []
+    for a in dims:
+        if a not in ds.coords:
+            raise ValueError(f"coordinate '{a}' is missing (needs {', '.join(dims)})")
+        c = np.asarray(ds[a].values, dtype=np.float64)
+        if c.ndim != 1 or c.size < 2 or not np.all(np.diff(c) > 0):
+            raise ValueError(f"coordinate '{a}' must be 1-D, increasing, at least 2 values")
+        extent.append((float(c[0]), float(c[-1])))
+    for name in variables(d):
+        if name not in ds.data_vars:
+            raise ValueError(f"variable '{name}' is missing (needs {', '.join(variables(d))})")
+        var = ds[name]
+        if set(var.dims) != set(dims) or var.ndim != d:
+            raise ValueError(f"variable '{name}' has dims {var.dims}, needs {dims}")
+        # a reduction per chunk (dask): the whole variable is never in memory
+        if bool((~np.isfinite(var)).any()):
+            raise ValueError(f"variable '{name}' has NaN or infinite values")
+        if name.startswith("alpha_") and bool((var <= 0).any()):
+            raise ValueError(f"variable '{name}' must be > 0 everywhere (diffusion)")
+    return tuple(extent)
+
+
+__all__ = ["DatasetProblem", "check_dataset", "variables"]

@@ -1,0 +1,119 @@
+"""Checks of the user's own problem (``problem.kind=custom`` or ``dataset``) that need
+their code or data: run by the framework before anything is written, each failure one
+line naming the field, the variable or the method."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+
+from ..config import ConfigError
+from .config import USER_KINDS, DomainSplitConfig
+
+#: Methods a custom problem must have; ``exact`` is optional.
+METHODS = ("alpha_k", "beta_k", "rhs", "boundary")
+
+
+def preflight(cfg: DomainSplitConfig) -> None:
+    """Raise :class:`ConfigError` when the user's problem cannot run.
+
+    ``custom``: the factory is called with ``params``; the object must have
+    :data:`METHODS`, pickle (it is sent to the workers), and give finite values of the
+    right shape, ``alpha_k > 0``, on a sample grid of the box. ``dataset``: see
+    :func:`~tilegraph.pipelines.domain_split.data.check_dataset`; the domain must lie
+    inside the data. Then the rules every problem meets (``check_problem``).
+    """
+    p = cfg.problem
+    if p.kind not in USER_KINDS:
+        return
+    user = None
+    if p.kind == "custom":
+        user = _build(p.factory, p.params)
+        field = "problem.factory"
+    else:
+        from .data import check_dataset
+
+        field = "problem.dataset"
+        try:
+            extent = check_dataset(p.dataset, cfg.d)
+        except ValueError as exc:
+            raise ConfigError(f"config field '{field}': {p.dataset}: {exc}") from None
+        for k, ((a, b), (lo, hi)) in enumerate(zip(cfg.domain(), extent, strict=True)):
+            if a < lo or b > hi:
+                raise ConfigError(
+                    f"config field 'problem.domain': axis {k} [{a}, {b}] is not inside the "
+                    f"data's [{lo}, {hi}]"
+                )
+    problem = cfg.to_problem(user)
+    _sample(problem, field, exact=p.kind == "custom")
+    try:
+        cfg.check_problem(problem)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+
+
+def _build(target: str, params: dict):
+    from ..imports import resolve
+
+    factory = resolve(target, field="problem.factory")
+    try:
+        user = factory(**params)
+    except Exception as exc:
+        raise ConfigError(
+            f"config field 'problem.factory': {target}(**problem.params) raised "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    missing = [m for m in METHODS if not callable(getattr(user, m, None))]
+    if missing:
+        raise ConfigError(
+            f"config field 'problem.factory': {target} returned a {type(user).__name__} "
+            f"without {', '.join(missing)} (needs {', '.join(METHODS)}; exact optional)"
+        )
+    try:
+        pickle.dumps(user)
+    except Exception as exc:
+        raise ConfigError(
+            f"config field 'problem.factory': {target} returned an object the workers "
+            f"cannot receive (not picklable: {type(exc).__name__}: {exc})"
+        ) from None
+    return user
+
+
+def _sample(problem, field: str, exact: bool, n: int = 5) -> None:
+    """Evaluate every method on ``n^d`` points of the box: finite, broadcastable to
+    the grid's shape, ``alpha_k > 0``."""
+    d = problem.d
+    t = np.linspace(0.0, 1.0, n)
+    coords = tuple(np.meshgrid(*([t] * d), indexing="ij", sparse=True))
+    calls = [(f"alpha_k({k}, coords)", lambda k=k: problem.alpha_k(k, coords)) for k in range(d)]
+    calls += [(f"beta_k({k}, coords)", lambda k=k: problem.beta_k(k, coords)) for k in range(d)]
+    calls += [("rhs(coords)", lambda: problem.rhs(coords))]
+    calls += [("boundary(coords)", lambda: problem.boundary(coords))]
+    if exact and problem.has_exact:
+        calls += [("exact(coords)", lambda: problem.exact(coords))]
+    for name, call in calls:
+        try:
+            value = np.asarray(call(), dtype=np.float64)
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ConfigError(
+                f"config field '{field}': {name} raised {type(exc).__name__}: {first}"
+            ) from None
+        if value.shape != (n,) * d:
+            raise ConfigError(
+                f"config field '{field}': {name} gave shape {value.shape} on a {(n,) * d} "
+                "grid (coords is a tuple of broadcastable arrays; return their broadcast)"
+            )
+        if not np.all(np.isfinite(value)):
+            raise ConfigError(f"config field '{field}': {name} is not finite on the box")
+        if name.startswith("alpha") and not float(value.min()) > 0:
+            raise ConfigError(
+                f"config field '{field}': {name} must be > 0 on the box (min {value.min():.3g})"
+            )
+    if not math.isfinite(problem.max_cell_peclet(1.0)):
+        raise ConfigError(f"config field '{field}': the coefficients overflow")
+
+
+__all__ = ["preflight"]
