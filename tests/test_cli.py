@@ -92,6 +92,10 @@ def test_config_file_and_nested_set(tmp_path):
         "alpha": [1.0, 1.0],
         "beta": [0.5, 0.0],
         "eps": 1.0,
+        "domain": None,
+        "factory": None,
+        "params": {},
+        "dataset": None,
     }
 
 

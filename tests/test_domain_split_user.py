@@ -205,9 +205,6 @@ BAD_FACTORIES = [
     ("def make(d=2):\n    raise RuntimeError('no licence')\n", "raised RuntimeError: no licence"),
     (USER_PDE.replace("1.0 + 0.5 * x**2", "-1.0 + 0 * x"), "alpha_k(0, coords) must be > 0"),
     (USER_PDE.replace("return self.exact(c)", "return self.exact(c) * np.nan"), "not finite"),
-    (USER_PDE + "\nimport threading\nLOCK = threading.Lock()\n"
-     "def make(d=2):\n    m = Manufactured(d)\n    m.lock = LOCK\n    return m\n",
-     "not picklable"),
 ]  # fmt: skip
 
 

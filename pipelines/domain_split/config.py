@@ -181,21 +181,13 @@ class DomainSplitConfig(PipelineConfig):
                 "submesh=fd needs constant coefficients: use submesh=auto, direct or amg"
             )
 
-    def to_problem(self, user: Any = None):
-        """The problem this config describes, on the unit cube the solver works on.
-
-        Parameters
-        ----------
-        user : object, optional
-            ``kind=custom``: what the factory returned (default: call it now).
-        """
+    def to_problem(self):
+        """The problem this config describes, on the unit cube the solver works on."""
         p = self.problem
         if p.kind == "custom":
-            if user is None:
-                from ..imports import resolve
+            from .data import FactoryProblem
 
-                user = resolve(p.factory, field="problem.factory")(**p.params)
-            inner = user
+            inner = FactoryProblem(p.factory, tuple(sorted(p.params.items())))
         elif p.kind == "dataset":
             from .data import DatasetProblem
 

@@ -1,4 +1,7 @@
-"""A PDE whose coefficients, source and boundary data come from a dataset.
+"""The user's own PDE: from a factory in their code, or from a dataset.
+
+``problem.kind=custom``: :class:`FactoryProblem` carries the factory's import path and
+arguments, and each process builds the user's object from them.
 
 ``problem.kind=dataset problem.dataset=URL``: any xarray-readable Zarr store (a path or
 an fsspec URL) with variables ``alpha_x, alpha_y[, alpha_z]``, ``beta_x, beta_y[,
@@ -186,4 +189,68 @@ def check_dataset(url: str, d: int, options: dict | None = None) -> tuple:
     return tuple(extent)
 
 
-__all__ = ["DatasetProblem", "check_dataset", "variables"]
+@dataclass(frozen=True)
+class FactoryProblem:
+    """The user's problem from ``factory(**params)``, built where it is used.
+
+    What travels to the workers (and through a Dask scheduler, which unpickles task
+    graphs but does not have the user's code) is the import path and the arguments; each
+    process builds the object once, from the module the executor shipped to it.
+
+    Parameters
+    ----------
+    target : str
+        ``package.module:name`` of the factory.
+    params : tuple of (str, value)
+        Its keyword arguments.
+    """
+
+    target: str
+    params: tuple = ()
+    kind: str = "custom"
+    _built: list = field(default_factory=list, compare=False, hash=False, repr=False)
+
+    def __getstate__(self):
+        return {"target": self.target, "params": self.params}
+
+    def __setstate__(self, state):
+        object.__setattr__(self, "target", state["target"])
+        object.__setattr__(self, "params", state["params"])
+        object.__setattr__(self, "kind", "custom")
+        object.__setattr__(self, "_built", [])
+
+    @property
+    def obj(self):
+        """The object the factory returned (built on first use in this process)."""
+        if not self._built:
+            from ..imports import resolve
+
+            factory = resolve(self.target, field="problem.factory")
+            self._built.append(factory(**dict(self.params)))
+        return self._built[0]
+
+    @property
+    def constant_coefficients(self) -> bool:
+        return bool(getattr(self.obj, "constant_coefficients", False))
+
+    @property
+    def has_exact(self) -> bool:
+        return callable(getattr(self.obj, "exact", None))
+
+    def alpha_k(self, k: int, coords):
+        return self.obj.alpha_k(k, coords)
+
+    def beta_k(self, k: int, coords):
+        return self.obj.beta_k(k, coords)
+
+    def rhs(self, coords):
+        return self.obj.rhs(coords)
+
+    def boundary(self, coords):
+        return self.obj.boundary(coords)
+
+    def exact(self, coords):
+        return self.obj.exact(coords)
+
+
+__all__ = ["DatasetProblem", "FactoryProblem", "check_dataset", "variables"]

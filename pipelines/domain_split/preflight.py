@@ -5,7 +5,6 @@ line naming the field, the variable or the method."""
 from __future__ import annotations
 
 import math
-import pickle
 
 import numpy as np
 
@@ -20,17 +19,16 @@ def preflight(cfg: DomainSplitConfig) -> None:
     """Raise :class:`ConfigError` when the user's problem cannot run.
 
     ``custom``: the factory is called with ``params``; the object must have
-    :data:`METHODS`, pickle (it is sent to the workers), and give finite values of the
-    right shape, ``alpha_k > 0``, on a sample grid of the box. ``dataset``: see
+    :data:`METHODS` and give finite values of the right shape, ``alpha_k > 0``, on a
+    sample grid of the box (each worker builds its own from the shipped module). ``dataset``: see
     :func:`~tilegraph.pipelines.domain_split.data.check_dataset`; the domain must lie
     inside the data. Then the rules every problem meets (``check_problem``).
     """
     p = cfg.problem
     if p.kind not in USER_KINDS:
         return
-    user = None
     if p.kind == "custom":
-        user = _build(p.factory, p.params)
+        _build(p.factory, p.params)
         field = "problem.factory"
     else:
         from .data import check_dataset
@@ -46,7 +44,7 @@ def preflight(cfg: DomainSplitConfig) -> None:
                     f"config field 'problem.domain': axis {k} [{a}, {b}] is not inside the "
                     f"data's [{lo}, {hi}]"
                 )
-    problem = cfg.to_problem(user)
+    problem = cfg.to_problem()
     _sample(problem, field, exact=p.kind == "custom")
     try:
         cfg.check_problem(problem)
@@ -71,13 +69,6 @@ def _build(target: str, params: dict):
             f"config field 'problem.factory': {target} returned a {type(user).__name__} "
             f"without {', '.join(missing)} (needs {', '.join(METHODS)}; exact optional)"
         )
-    try:
-        pickle.dumps(user)
-    except Exception as exc:
-        raise ConfigError(
-            f"config field 'problem.factory': {target} returned an object the workers "
-            f"cannot receive (not picklable: {type(exc).__name__}: {exc})"
-        ) from None
     return user
 
 

@@ -183,7 +183,8 @@ class OnBox:
     @property
     def has_exact(self) -> bool:
         """Whether the problem knows its exact solution."""
-        return callable(getattr(self.inner, "exact", None))
+        known = getattr(self.inner, "has_exact", None)
+        return bool(known) if known is not None else callable(getattr(self.inner, "exact", None))
 
     def physical(self, coords):
         """Unit-cube coordinates to the box's."""
