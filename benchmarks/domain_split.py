@@ -276,7 +276,13 @@ def main() -> None:
             print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
             results[label] = run_case(case, sets, args.tol, args.workers, args.timeout, extra)
         base = results.get("tilegraph", {})
-        amg = [r for k, r in results.items() if k.startswith("pyamg") and r["status"] == "ok"]
+        # pyamg's best: the fastest run that reached the tolerance (its stopping test is
+        # on a preconditioned residual; the true one is checked here)
+        amg = [
+            r
+            for k, r in results.items()
+            if k.startswith("pyamg") and r["status"] == "ok" and r["rel_residual"] <= args.tol
+        ]
         best = min(amg, key=lambda r: r["wall_s"]) if amg else None
         for label, res in results.items():
             res["case"] = label

@@ -71,6 +71,7 @@ class DatasetProblem:
     kind: str = "dataset"
     constant_coefficients: bool = False
     _cache: OrderedDict = field(default_factory=OrderedDict, compare=False, hash=False, repr=False)
+    _size: list = field(default_factory=lambda: [0], compare=False, hash=False, repr=False)
 
     def __getstate__(self):
         return {"url": self.url, "d": self.d, "storage_options": self.storage_options}
@@ -81,6 +82,7 @@ class DatasetProblem:
         object.__setattr__(self, "kind", "dataset")
         object.__setattr__(self, "constant_coefficients", False)
         object.__setattr__(self, "_cache", OrderedDict())
+        object.__setattr__(self, "_size", [0])
 
     def alpha_k(self, k: int, coords):
         return self.at(f"alpha_{AXES[k]}", coords)
@@ -114,18 +116,41 @@ class DatasetProblem:
         out = self._cache.get(key)
         if out is None:
             out = self._interpolate(name, host)
-            self._cache[key] = out
-            while sum(v.nbytes for v in self._cache.values()) > CACHE_BYTES:
-                self._cache.popitem(last=False)
+            self._keep(key, out)
         else:
             self._cache.move_to_end(key)
         xp = array_namespace(*coords)
         return out if xp is np or "numpy" in xp.__name__ else xp.asarray(out)
 
+    def _region(self, name, var, dims, lo, hi):
+        """Values of variable ``var`` (dims ``dims`` in any stored order) on the index
+        box ``lo .. hi`` (exclusive, in ``dims`` order), read by whole Zarr chunks and
+        kept (the boxes of one worker block share their chunks): the array, in ``dims``
+        order, and the index of its first element."""
+        stored = dict(zip(var.dims, var.encoding.get("chunks") or var.shape, strict=True))
+        sizes = dict(zip(var.dims, var.shape, strict=True))
+        chunks = [stored[dim] for dim in dims]
+        a = [(x // c) * c for x, c in zip(lo, chunks, strict=True)]
+        b = [min(-(-y // c) * c, sizes[dim]) for y, c, dim in zip(hi, chunks, dims, strict=True)]
+        key = ("region", name, tuple(a), tuple(b))
+        hit = self._cache.get(key)
+        if hit is None:
+            sel = {dim: slice(x, y) for dim, x, y in zip(dims, a, b, strict=True)}
+            hit = np.asarray(var.isel(sel).transpose(*dims).values, dtype=np.float64)
+            self._keep(key, hit)
+        else:
+            self._cache.move_to_end(key)
+        return hit, a
+
+    def _keep(self, key, value) -> None:
+        self._cache[key] = value
+        self._size[0] += value.nbytes
+        while self._size[0] > CACHE_BYTES and len(self._cache) > 1:
+            self._size[0] -= self._cache.popitem(last=False)[1].nbytes
+
     def _interpolate(self, name: str, host: list[np.ndarray]) -> np.ndarray:
         ds = _open(self.url, self.storage_options)
         dims = AXES[: self.d]
-        da = ds[name].transpose(*dims)
         idx, wts, lo, hi = [], [], [], []
         for k, c in enumerate(host):
             grid = np.asarray(ds[dims[k]].values, dtype=np.float64)
@@ -135,13 +160,10 @@ class DatasetProblem:
             wts.append(w)
             lo.append(int(i.min()))
             hi.append(int(i.max()) + 2)
-        box = np.asarray(
-            da.isel({dim: slice(a, b) for dim, a, b in zip(dims, lo, hi, strict=True)}).values,
-            dtype=np.float64,
-        )
+        box, at0 = self._region(name, ds[name], dims, lo, hi)
         out = 0.0
         for corner in itertools.product((0, 1), repeat=self.d):
-            at = tuple(i - a + c for i, a, c in zip(idx, lo, corner, strict=True))
+            at = tuple(i - a + c for i, a, c in zip(idx, at0, corner, strict=True))
             weight = 1.0
             for w, c in zip(wts, corner, strict=True):
                 weight = weight * (w if c else 1.0 - w)
