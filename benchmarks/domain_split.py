@@ -129,11 +129,13 @@ def case_pyamg(sets, tol, workers, accel=None):
     }
 
 
-def case_tilegraph(sets, tol, workers, out_of_core=False):
+def case_tilegraph(sets, tol, workers, out_of_core=False, box_solver="lu"):
     import tilegraph
     from tilegraph import cluster
 
     over = {**sets, "tol": tol, "direct_reference": False, "max_iter": 100}
+    if "problem.kind" in sets and sets["problem.kind"] in ("variable", "dataset", "custom"):
+        over["box_solver"] = box_solver
     over["out_of_core"] = out_of_core
     items = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in over.items()]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TILEGRAPH_BENCH_DIR")) as tmp:
@@ -222,7 +224,7 @@ def run_case(case: str, sets: dict, tol: float, workers: int, timeout: float, ex
 def child(spec: str) -> None:
     args = json.loads(spec)
     fn = CASES[args["case"]]
-    kwargs = {k: args[k] for k in ("out_of_core", "accel") if k in args}
+    kwargs = {k: args[k] for k in ("out_of_core", "accel", "box_solver") if k in args}
     res = fn(args["sets"], args["tol"], args["workers"], **kwargs)
     print(json.dumps(res))
 
@@ -241,6 +243,12 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    ap.add_argument(
+        "--box-solver",
+        default="lu",
+        choices=("lu", "frozen"),
+        help="tilegraph's box_solver on variable coefficients",
+    )
     ap.add_argument("--ooc-n", type=int, default=240, help="n_fine of the out-of-core 3-D case")
     ap.add_argument("--ooc-nc", type=int, default=40, help="n_coarse of the out-of-core case")
     ap.add_argument(
@@ -266,7 +274,7 @@ def main() -> None:
         else:
             sets = dict(PROBLEMS[name])
             cases = [("spsolve", {})] + [("pyamg", {"accel": a}) for a in ACCELS]
-            cases += [("tilegraph", {})]
+            cases += [("tilegraph", {"box_solver": args.box_solver})]
         if sets.get("problem.kind") == "dataset":
             sets["problem.dataset"] = write_dataset(f"{data_dir}/{name}.zarr", sets["d"])
         cases = [(c, e) for c, e in cases if c not in skip and f"{name}:{c}" not in skip]

@@ -86,6 +86,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         submesh=(cfg.submesh, cfg.submesh_tol),
         device=cfg.device,
         cache=not cfg.out_of_core,
+        boxes=cfg.box_solver,
         local=[f"work/{n}" for n in ("w", "z", "r")],
     )
     norm_b = math.sqrt(math.fsum(plan.call("rhs", vec("B"))))

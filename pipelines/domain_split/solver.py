@@ -43,6 +43,8 @@ class BlockDriver:
         Let workers keep their blocks in memory (see ``BlockWorker``).
     local : iterable of str
         Scratch vectors that may stay in worker memory (see ``BlockWorker``).
+    boxes : {"lu", "frozen"}
+        How variable-coefficient boxes are solved (see ``BlockWorker``).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class BlockDriver:
         device: str = "cpu",
         cache: bool = True,
         local=(),
+        boxes: str = "lu",
     ):
         self.ex, self.problem, self.layout = executor, problem, layout
         self.smoother = smoother
@@ -73,6 +76,7 @@ class BlockDriver:
                 tuple(local),
                 submesh,
                 device,
+                boxes,
                 gpus=1 if device == "cuda" else 0,
                 spread=a,
             )

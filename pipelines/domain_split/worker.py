@@ -54,6 +54,8 @@ class BlockWorker:
         Where the block kernels (stencils, box solves, vector updates) run: NumPy, CuPy
         on the worker's GPU, or array-api-strict arrays (the GPU code path, checked on
         a CPU). Zarr I/O and the sub-mesh solves stay on the host.
+    boxes : {"lu", "frozen"}
+        How variable-coefficient boxes are solved (see ``BoxSolver``'s ``frozen``).
     """
 
     def __init__(
@@ -65,10 +67,11 @@ class BlockWorker:
         local=(),
         submesh=("auto", 1e-10),
         device: str = "cpu",
+        boxes: str = "lu",
     ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.xp = array_module(device)
-        self.boxes = BoxSolver(problem, layout, scheme)
+        self.boxes = BoxSolver(problem, layout, scheme, frozen=boxes == "frozen")
         self.sub = SubmeshSolver(problem, layout, scheme, *submesh)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
         self.cache = cache
