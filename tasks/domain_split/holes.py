@@ -18,7 +18,7 @@ from .combine import skeleton
 from .grid import Block, GridLayout
 from .operator import PERMC, apply_stencil, assemble
 from .problems import Problem
-from .separable import SeparableSolver
+from .separable import SeparableSolver, StackedSeparable
 
 
 class BoxSolver:
@@ -59,21 +59,38 @@ class BoxSolver:
             self._factors[key] = (splu(A_ii, permc_spec=PERMC), A_ib, interior)
         return self._factors[key]
 
+    def stacked(self, sizes, boxes):
+        """The :class:`StackedSeparable` of these boxes' frozen operators, and which
+        boxes it holds (fast diagonalisation may not apply to some). Cached: a block's
+        boxes, and its shifted boxes, are the same every preconditioner application.
+
+        Returns
+        -------
+        stack : StackedSeparable or None
+        ok : tuple of bool
+            Per box of ``boxes``, whether it is in ``stack``.
+        """
+        key = ("stacked", tuple(sizes), boxes)
+        if key not in self._factors:
+            solvers = [self.frozen_solver(lo, hi) for lo, hi in boxes]
+            ok = tuple(fd is not None for fd in solvers)
+            kept = [fd for fd in solvers if fd is not None]
+            self._factors[key] = (StackedSeparable(kept) if kept else None, ok)
+        return self._factors[key]
+
     def frozen_solver(self, lo, hi):
         """Fast diagonalisation of the box's operator with the coefficients frozen at its
         centre (an approximate solve of a variable-coefficient box), or None where it
-        does not apply (advection too strong for it)."""
-        key = ("frozen", tuple(lo), tuple(hi))
-        if key not in self._factors:
-            n, d = self.layout.n_fine, len(lo)
-            mid = tuple(np.full((1,) * d, 0.5 * (a + b) / n) for a, b in zip(lo, hi, strict=True))
-            alpha = tuple(float(np.ravel(self.problem.alpha_k(k, mid))[0]) for k in range(d))
-            beta = tuple(float(np.ravel(self.problem.beta_k(k, mid))[0]) for k in range(d))
-            sizes = [b - a - 1 for a, b in zip(lo, hi, strict=True)]
-            self._factors[key] = SeparableSolver.build(
-                Problem("constant", d, alpha, beta), sizes, [1.0 / n] * d, self.scheme
-            )
-        return self._factors[key]
+        does not apply (advection too strong for it). Not cached: :meth:`stacked` keeps
+        the boxes' solvers stacked."""
+        n, d = self.layout.n_fine, len(lo)
+        mid = tuple(np.full((1,) * d, 0.5 * (a + b) / n) for a, b in zip(lo, hi, strict=True))
+        alpha = tuple(float(np.ravel(self.problem.alpha_k(k, mid))[0]) for k in range(d))
+        beta = tuple(float(np.ravel(self.problem.beta_k(k, mid))[0]) for k in range(d))
+        sizes = [b - a - 1 for a, b in zip(lo, hi, strict=True)]
+        return SeparableSolver.build(
+            Problem("constant", d, alpha, beta), sizes, [1.0 / n] * d, self.scheme
+        )
 
     def separable(self, sizes):
         """The fast-diagonalisation solver of boxes of ``sizes`` intervals per axis, or
@@ -115,6 +132,7 @@ class BoxSolver:
         """
         groups: dict = {}
         fd_groups: dict = {}
+        frozen: dict = {}  # sizes -> [(box, slices)]: solved stacked
         for lo, hi in boxes:
             sl = tuple(slice(a - o, b - o + 1) for a, b, o in zip(lo, hi, start, strict=True))
             sizes = tuple(b - a for a, b in zip(lo, hi, strict=True))
@@ -123,7 +141,8 @@ class BoxSolver:
             if self.problem.constant_coefficients:
                 fd, group = self.separable(sizes), sizes
             elif self.frozen:
-                fd, group = self.frozen_solver(lo, hi), (tuple(lo), tuple(hi))
+                frozen.setdefault(sizes, []).append(((tuple(lo), tuple(hi)), sl))
+                continue
             else:
                 fd = None
             if fd is not None:
@@ -132,15 +151,36 @@ class BoxSolver:
                 continue
             lu_key = self.system(lo, hi)
             groups.setdefault(id(lu_key), (lu_key, []))[1].append(sl)
+        stacks = []
+        for sizes, members in frozen.items():
+            stack, ok = self.stacked(sizes, tuple(box for box, _ in members))
+            inner = [
+                tuple(slice(s.start + 1, s.stop - 1) for s in sl)
+                for (_, sl), use in zip(members, ok, strict=True)
+                if use
+            ]
+            if inner:
+                stacks.append((stack, inner))
+            for (box, sl), use in zip(members, ok, strict=True):
+                if not use:  # fast diagonalisation does not apply: a sparse LU
+                    lu_key = self.system(*box)
+                    groups.setdefault(id(lu_key), (lu_key, []))[1].append(sl)
         xp = array_namespace(z)
-        if fd_groups:
+        if fd_groups or stacks:
             zb = xp.asarray(z, copy=True)
             for _, members in fd_groups.values():
+                for inner in members:
+                    zb[inner] = 0.0
+            for _, members in stacks:
                 for inner in members:
                     zb[inner] = 0.0
             Lz = apply_stencil(self.problem, pad1(zb), start, self.layout.n_fine, self.scheme)
             for fd, members in fd_groups.values():
                 sol = fd.solve(xp.stack([v[inner] - Lz[inner] for inner in members]))
+                for i, inner in enumerate(members):
+                    z[inner] = sol[i, ...]
+            for stack, members in stacks:
+                sol = stack.solve(xp.stack([v[inner] - Lz[inner] for inner in members]))
                 for i, inner in enumerate(members):
                     z[inner] = sol[i, ...]
         if groups:  # sparse LU: on the host
