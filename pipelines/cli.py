@@ -22,7 +22,7 @@ from . import resources
 from .config import ConfigError
 from .execute import DEFAULT_RETRIES
 from .imports import prepare_user_code
-from .launch import UsageError, check_cluster, check_store, prepare
+from .launch import UsageError, check_cluster, check_device, check_store, prepare
 from .progress import progress_factory
 from .registry import get_pipeline, load_pipelines
 
@@ -283,15 +283,6 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _check_device(configs, executor, spec: str) -> None:
-    """``device=cuda`` needs GPUs on the executor: say so before anything is written."""
-    if any(getattr(c, "device", "cpu") == "cuda" for c in configs) and not executor.n_gpus:
-        raise UsageError(
-            f"device=cuda: --cluster {spec} has no GPU (use 'local-cuda' or 'ray' on a GPU "
-            "node, or device=cpu)"
-        )
-
-
 def _connect(args, code=()):
     from tilegraph import cluster
 
@@ -367,7 +358,7 @@ def _cmd_sweep(args) -> int:
         return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
     try:
         with _connect(args, code) as executor:
-            _check_device([p.config for p in plan.points], executor, str(args.spec))
+            check_device([p.config for p in plan.points], executor, str(args.spec))
             try:
                 result = run_sweep(
                     plan, root, executor, progress=progress_factory(), backend=str(args.spec)

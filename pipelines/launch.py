@@ -106,11 +106,7 @@ class Launch:
             Whatever the pipeline raised; the run is then marked ``failed``.
         """
         config = self.config
-        if getattr(config, "device", "cpu") == "cuda" and not executor.n_gpus:
-            raise UsageError(
-                f"device=cuda: --cluster {self.spec or executor.spec} has no GPU (use "
-                "'local-cuda' or 'ray' on a GPU node, or device=cpu)"
-            )
+        check_device([config], executor, str(self.spec or executor.spec))
         est = resources.estimate(self.pipeline, config, executor.n_workers)
         resources.check_executor(est, executor)
         if self.run is None:
@@ -135,6 +131,15 @@ class Launch:
         if report:
             self.run.add_report(report)
         return self.run
+
+
+def check_device(configs, executor, spec: str) -> None:
+    """``device=cuda`` needs GPUs on the executor: say so before anything is written."""
+    if any(getattr(c, "device", "cpu") == "cuda" for c in configs) and not executor.n_gpus:
+        raise UsageError(
+            f"device=cuda: --cluster {spec} has no GPU (use 'local-cuda' or 'ray' on a GPU "
+            "node, or device=cpu)"
+        )
 
 
 def own(run):
@@ -275,4 +280,12 @@ def prepare(
     return Launch(pipeline, cfg, root, run, code, spec, est, workers, owned)
 
 
-__all__ = ["Launch", "UsageError", "check_cluster", "check_store", "own", "prepare"]
+__all__ = [
+    "Launch",
+    "UsageError",
+    "check_cluster",
+    "check_device",
+    "check_store",
+    "own",
+    "prepare",
+]

@@ -236,3 +236,26 @@ def test_problem_fields_are_checked(problem, needle):
 
     with pytest.raises(ConfigError, match=needle):
         build_config(tilegraph.get_pipeline("domain-split"), config_file={"problem": problem})
+
+
+def test_a_relative_dataset_path_is_stored_absolute(tmp_path, monkeypatch):
+    """Workers started elsewhere, and a resume from another folder, find the data."""
+    from tilegraph.pipelines.config import build_config
+
+    monkeypatch.chdir(tmp_path)
+    problem = {"kind": "dataset", "dataset": "coeffs.zarr"}
+    cfg = build_config(tilegraph.get_pipeline("domain-split"), config_file={"problem": problem})
+    assert cfg.problem.dataset == str(tmp_path / "coeffs.zarr")
+    problem["dataset"] = "s3://bucket/coeffs.zarr"
+    cfg = build_config(tilegraph.get_pipeline("domain-split"), config_file={"problem": problem})
+    assert cfg.problem.dataset == "s3://bucket/coeffs.zarr"
+
+
+def test_frozen_boxes_are_estimated_smaller_than_their_factorisations():
+    from tilegraph.pipelines.config import build_config
+
+    pipe = tilegraph.get_pipeline("domain-split")
+    sets = ["problem.kind=variable", "n_fine=400", "n_coarse=10", "direct_reference=false"]
+    lu = pipe.estimate(build_config(pipe, sets=sets), 2)
+    frozen = pipe.estimate(build_config(pipe, sets=[*sets, "box_solver=frozen"]), 2)
+    assert frozen.worker_bytes < lu.worker_bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -50,6 +51,14 @@ class ProblemConfig(BaseModel):
     def _positive(cls, v):
         if any(a <= 0 for a in v):
             raise ValueError(f"every alpha must be > 0 (got {v})")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _absolute(cls, v):
+        # a worker started elsewhere, or a resume from another folder, must find it
+        if v is not None and "://" not in v:
+            return os.path.abspath(os.path.expanduser(v))
         return v
 
     @field_validator("domain")

@@ -20,7 +20,8 @@ def preflight(cfg: DomainSplitConfig) -> None:
 
     ``custom``: the factory is called with ``params``; the object must have
     :data:`METHODS` and give finite values of the right shape, ``alpha_k > 0``, on a
-    sample grid of the box (each worker builds its own from the shipped module). ``dataset``: see
+    sample grid of the box (each worker builds its own from the shipped module).
+    ``dataset``: see
     :func:`~tilegraph.pipelines.domain_split.data.check_dataset`; the domain must lie
     inside the data. Then the rules every problem meets (``check_problem``).
     """
@@ -28,7 +29,8 @@ def preflight(cfg: DomainSplitConfig) -> None:
     if p.kind not in USER_KINDS:
         return
     if p.kind == "custom":
-        _build(p.factory, p.params)
+        problem = cfg.to_problem()
+        _build(problem.inner, p.factory)
         field = "problem.factory"
     else:
         from .data import check_dataset
@@ -44,7 +46,7 @@ def preflight(cfg: DomainSplitConfig) -> None:
                     f"config field 'problem.domain': axis {k} [{a}, {b}] is not inside the "
                     f"data's [{lo}, {hi}]"
                 )
-    problem = cfg.to_problem()
+        problem = cfg.to_problem()  # opens the data: only once it is known to open
     _sample(problem, field, exact=p.kind == "custom")
     try:
         cfg.check_problem(problem)
@@ -52,12 +54,14 @@ def preflight(cfg: DomainSplitConfig) -> None:
         raise ConfigError(f"config: {exc}") from None
 
 
-def _build(target: str, params: dict):
+def _build(source, target: str):
+    """Call the factory through ``source`` (the run's ``FactoryProblem``, which keeps
+    what it returned) and check what came back."""
     from ..imports import resolve
 
-    factory = resolve(target, field="problem.factory")
+    resolve(target, field="problem.factory")  # a bad path: its own one-line error
     try:
-        user = factory(**params)
+        user = source.obj
     except Exception as exc:
         raise ConfigError(
             f"config field 'problem.factory': {target}(**problem.params) raised "

@@ -134,6 +134,10 @@ def _box_solver_bytes(cfg, layout, problem, offsets) -> tuple[int, int]:
         bases = d * k ** (d - 1) * sum(2 * F8 * n * n for n in per_axis)
         inv_lam = F8 * sum(per_axis) ** d
         return _cap(bases + inv_lam), _fd_build_bytes([big])
+    if not problem.constant_coefficients and cfg.box_solver == "frozen":
+        # every box its own fast-diagonalisation solver, stacked per shape
+        boxes = (1 + len(offsets)) * (nc + 1) ** d
+        return _cap(boxes * _fd_bytes([big] * d)), _fd_build_bytes([big])
     unknowns = big**d
     nnz = lu_nonzeros(unknowns, d)
     one = LU_BYTES * nnz + _matrix_bytes(unknowns, d)
