@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .execute import DEFAULT_RETRIES
-from .launch import prepare
+from .launch import connect, prepare
 from .progress import progress_factory
 
 
@@ -76,8 +76,6 @@ def run(
     Exception
         Whatever the pipeline raised; the run is then marked ``failed``.
     """
-    from tilegraph import cluster as _cluster
-
     if isinstance(sets, Mapping):
         sets = [f"{k}={_yaml(v)}" for k, v in sets.items()]
     owned = isinstance(cluster, str)
@@ -95,7 +93,7 @@ def run(
     with launch:
         launch.check_memory()
         if owned:
-            executor = _cluster.connect(launch.spec, profile=cluster_profile, code=launch.code)
+            executor = connect(launch.spec, cluster_profile, launch.code)
         else:
             executor = cluster
             executor.add_code(launch.code)

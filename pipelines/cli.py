@@ -22,7 +22,7 @@ from . import resources
 from .config import ConfigError
 from .execute import DEFAULT_RETRIES
 from .imports import prepare_user_code
-from .launch import UsageError, check_cluster, check_device, check_store, prepare
+from .launch import UsageError, check_cluster, check_device, check_store, connect, prepare
 from .progress import progress_factory
 from .registry import get_pipeline, load_pipelines
 
@@ -284,23 +284,7 @@ def _cmd_run(args) -> int:
 
 
 def _connect(args, code=()):
-    from tilegraph import cluster
-
-    try:
-        return cluster.connect(args.spec, profile=args.cluster_profile, code=code)
-    except (ValueError, ImportError, OSError, TimeoutError, RuntimeError) as exc:
-        raise UsageError(
-            f"--cluster {args.spec}: cannot start or reach it ({_gist(exc)})"
-        ) from None
-
-
-def _gist(exc: BaseException) -> str:
-    """First and last line of an error whose text is a whole remote traceback (Ray's
-    client server sends one): what happened and why, in one line."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else type(exc).__name__
-    return f"{lines[0]} ... {lines[-1]}"
+    return connect(args.spec, args.cluster_profile, code)
 
 
 def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:

@@ -142,6 +142,21 @@ def check_device(configs, executor, spec: str) -> None:
         )
 
 
+def connect(spec, profile: str | None = None, code=()):
+    """Start or reach the cluster ``spec``; what fails is one line (a remote traceback,
+    as Ray's client server sends, cut to its first and last line)."""
+    from tilegraph import cluster
+
+    try:
+        return cluster.connect(spec, profile=profile, code=code)
+    except (ValueError, ImportError, OSError, TimeoutError, RuntimeError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        gist = lines[0] if len(lines) == 1 else type(exc).__name__
+        if len(lines) > 1:
+            gist = f"{lines[0]} ... {lines[-1]}"
+        raise UsageError(f"--cluster {spec}: cannot start or reach it ({gist})") from None
+
+
 def own(run):
     """The run's lease (one live owner per run), or a one-line error."""
     from tilegraph.storage.lease import LeaseHeld
@@ -286,6 +301,7 @@ __all__ = [
     "check_cluster",
     "check_device",
     "check_store",
+    "connect",
     "own",
     "prepare",
 ]
