@@ -229,7 +229,7 @@ def wall(args) -> list[dict]:
         spec = heavy_spec(args.dim, components, abar)
         x_T, z = draw_noise(np.random.SeedSequence(1), n, (args.dim,), T)
         print(f"-- {setting}: {n} samples, {components} components")
-        for workers in (1, 2):
+        for workers in args.wall_workers:
             rows += wall_on(args, workers, setting, spec, st, x_T, z)
     return rows
 
@@ -326,6 +326,9 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--tol", type=float, default=0.1, help="tolerance (wall clock)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument(
+        "--wall-workers", type=int, nargs="+", default=[1, 2], help="model replicas (part 3)"
+    )
     ap.add_argument("--skip-wall", action="store_true")
     ap.add_argument("--skip-counts", action="store_true", help="no part 1 (keeps the stored one)")
     ap.add_argument("--skip-learned", action="store_true", help="no part 2 (keeps the stored one)")

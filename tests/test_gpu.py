@@ -37,8 +37,7 @@ def _gpu_square(n):
 
 @pytest.mark.parametrize("spec", ["local-cuda", "ray"])
 def test_one_gpu_per_stateful_worker(spec):
-    if spec == "local-cuda":
-        pytest.importorskip("dask_cuda")
+    pytest.importorskip("dask_cuda" if spec == "local-cuda" else "ray")
     with cluster.connect(spec) as ex:
         n = ex.n_gpus
         assert n >= 1

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU and many-core checks of issue 21, for a machine with an NVIDIA GPU and 16 cores
+# whose Python has CuPy but not tilegraph's dependencies (DEVELOPERS' GPU image).
+#
+#   benchmarks/device_wheels.sh            # here, once: the wheels into .whl/
+#   bash benchmarks/device_run.sh gpu      # there: pytest -m gpu, gpu_check, kernels, picard
+#   bash benchmarks/device_run.sh scaling  # there: 1, 2, 4, 8 CPU workers
+#
+# Every step runs under its own time limit; its log and the JSON it writes are packed
+# into $OUT/device-<part>.tar.gz after each step, so a run cut short still returns what
+# it measured. Steps are independent: a failing one does not stop the next.
+set -u
+PART=${1:-gpu}
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT" benchmarks/results
+LOGS=$(mktemp -d)
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then  # tilegraph and the dependencies the image lacks, no index
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+fi
+
+pack() {
+    cp benchmarks/results/*.json "$LOGS"/ 2>/dev/null
+    tar -czf "$OUT/device-$PART.tar.gz" -C "$LOGS" .
+}
+
+step() {  # step NAME LIMIT_S COMMAND...: run, log, report
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s) $(date +%T)"
+    local t0=$SECONDS
+    timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: rc=$rc in $((SECONDS - t0)) s"
+    tail -n "${TAIL:-25}" "$LOGS/$name.log"
+    pack
+}
+
+case $PART in
+gpu)
+    step env 60 bash -c 'nvidia-smi -L; nproc; free -g | head -2; python3 -c "
+import cupy, numpy, dask, distributed, zarr, xarray, tilegraph
+print(\"cupy\", cupy.__version__, \"numpy\", numpy.__version__, \"dask\", dask.__version__,
+      \"zarr\", zarr.__version__, \"xarray\", xarray.__version__,
+      \"gpus\", cupy.cuda.runtime.getDeviceCount())"'
+    TAIL=40 step pytest-gpu 200 python3 -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider \
+        -o addopts= -q -rA --timeout 150
+    step gpu-kernels 90 python3 benchmarks/gpu_kernels.py
+    step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
+        --device cuda --wall-workers 1 --windows 8 32
+    step gpu-check 150 python3 benchmarks/gpu_check.py
+    ;;
+scaling)
+    TAIL=20 step scaling "${SCALING_LIMIT:-330}" python3 benchmarks/scaling.py \
+        --workers 1 2 4 8 --rounds "${ROUNDS:-3}"
+    ;;
+*)
+    echo "usage: device_run.sh gpu|scaling" >&2
+    exit 2
+    ;;
+esac
+ls -la "$OUT"

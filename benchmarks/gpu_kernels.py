@@ -1,0 +1,150 @@
+"""The block kernels on the CPU (NumPy) and on the GPU (CuPy), timed alone (issue 21).
+
+Kernels, each on inputs of the sizes the pipelines give them:
+
+* ``picard window call``: the Gaussian-mixture noise prediction ``eps(x, t)`` of a
+  window of ``p`` steps for ``--samples`` samples (``p * samples`` rows, ``--dim``
+  dimensions, ``--components`` components), for p in ``--windows``;
+* ``domain-split box solves``: fast diagonalisation of every box of a block at once —
+  constant coefficients (one :class:`SeparableSolver`, 2-D boxes of 31² and 3-D boxes of
+  15³) and frozen variable coefficients (:class:`StackedSeparable`, one basis per box);
+* ``domain-split stencil``: the variable-coefficient operator on one block
+  (:func:`apply_stencil`, coefficients evaluated on the block).
+
+Each is timed as the median of ``--repeats`` calls after two warm-up calls (the GPU
+synchronised before the clock is read); the GPU result is checked against the CPU one.
+NumPy runs with the machine's BLAS threads as they are. Without a CUDA device the GPU
+columns say why. Writes ``benchmarks/results/gpu_kernels.json``.
+
+    python benchmarks/gpu_kernels.py [--repeats 7] [--components 8192]
+
+Goal (issue 21): the GPU >= 5x faster than the CPU on picard's window call and on
+domain-split's block solves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cupy_or_reason():
+    """``(cupy, None)`` where CuPy sees a GPU, else ``(None, why)``."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None, "no CUDA device"
+        return cupy, None
+    except Exception as exc:  # ImportError, CUDARuntimeError …
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def timed(fn, args, repeats: int, sync=None) -> tuple[float, object]:
+    """Median seconds of ``fn(*args)`` over ``repeats`` calls after two warm-ups."""
+    for _ in range(2):
+        out = fn(*args)
+    if sync:
+        sync()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        if sync:
+            sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), out
+
+
+def kernels(args) -> list[tuple[str, object, tuple]]:
+    """``(name, fn, host args)`` of every kernel."""
+    from tilegraph.tasks.domain_split.operator import apply_stencil
+    from tilegraph.tasks.domain_split.problems import Problem
+    from tilegraph.tasks.domain_split.separable import SeparableSolver, StackedSeparable
+    from tilegraph.tasks.picard.models import GaussianMixture
+    from tilegraph.tasks.picard.schedules import make_schedule
+
+    rng = np.random.default_rng(0)
+    out = []
+    abar = make_schedule("linear", 1000)
+    gmm = GaussianMixture.random(args.dim, args.components, 0.25, abar)
+    for p in args.windows:
+        rows = p * args.samples
+        x = rng.standard_normal((rows, args.dim))
+        t = rng.integers(0, 1000, rows)
+        out.append((f"picard window call, p={p} ({rows} rows)", gmm.eps, (x, t)))
+    const2 = Problem("constant", 2, (1.0, 1.0), (2.0, 1.0))
+    const3 = Problem("constant", 3, (1.0, 1.0, 1.0), (2.0, 1.0, 0.5))
+    for prob, m, nb in ((const2, 31, 1024), (const3, 15, 512)):
+        d = prob.d
+        fd = SeparableSolver.build(prob, [m] * d, [1.0 / 1024] * d)
+        f = rng.standard_normal((nb, *([m] * d)))
+        out.append((f"box solves, {d}-D constant, {nb} boxes of {m}^{d}", fd.solve, (f,)))
+    for d, m, nb in ((2, 31, 1024), (3, 15, 512)):
+        solvers = []
+        for _ in range(nb):
+            alpha = tuple(rng.uniform(0.5, 2, d))
+            beta = tuple(rng.uniform(-1, 1, d))
+            solvers.append(SeparableSolver.build(Problem("constant", d, alpha, beta),
+                                                 [m] * d, [1.0 / 1024] * d))  # fmt: skip
+        f = rng.standard_normal((nb, *([m] * d)))
+        stack = StackedSeparable(solvers)
+        out.append((f"box solves, {d}-D frozen, {nb} boxes of {m}^{d}", stack.solve, (f,)))
+    var2 = Problem("variable", 2)
+    for d, n, prob in ((2, 1024, var2), (3, 128, Problem("variable", 3))):
+        u = rng.standard_normal(tuple(n // 4 + 3 for _ in range(d)))
+
+        def stencil(u_ext, prob=prob, n=n):
+            return apply_stencil(prob, u_ext, (n // 8,) * u_ext.ndim, n, "central")
+
+        out.append((f"stencil, {d}-D variable, block of {(n // 4 + 1)}^{d}", stencil, (u,)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--components", type=int, default=8192)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--windows", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_kernels.json"))
+    args = ap.parse_args(argv)
+
+    cp, why = cupy_or_reason()
+    rows = []
+    for name, fn, host in kernels(args):
+        cpu_s, ref = timed(fn, host, args.repeats)
+        row = {"kernel": name, "cpu_s": cpu_s, "gpu_s": None, "speedup": None, "max_rel": None}
+        if cp is not None:
+            try:
+                dev = tuple(cp.asarray(a) for a in host)
+                gpu_s, got = timed(fn, dev, args.repeats, cp.cuda.Device().synchronize)
+                got = cp.asnumpy(got)
+                scale = float(np.abs(ref).max()) or 1.0
+                row.update(gpu_s=gpu_s, speedup=cpu_s / gpu_s,
+                           max_rel=float(np.abs(got - ref).max()) / scale)  # fmt: skip
+            except Exception as exc:  # report it in the table, go on with the next kernel
+                row["error"] = f"{type(exc).__name__}: {exc}"[:200]
+        rows.append(row)
+        gpu = f"{row['gpu_s'] * 1e3:9.3f}" if row["gpu_s"] else f"{'-':>9}"
+        sp = f"{row['speedup']:7.1f}x" if row["speedup"] else f"{'-':>8}"
+        err = f"{row['max_rel']:.1e}" if row["max_rel"] is not None else (why or "")
+        err = row.get("error", err)
+        print(f"{name:48s} {cpu_s * 1e3:9.3f} {gpu} {sp}  {err}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"cuda": why, "args": vars(args), "rows": rows}, indent=1))
+    print(f"(ms: cpu, gpu; speed-up; max relative difference)  wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Parallel speed-up on 1, 2, 4, 8 … CPU workers, measured in one run (issue 21).
+
+For every case below and every worker count ``W`` the script runs the pipeline through
+``tilegraph.run`` on a ``local:W`` Dask cluster (started once per round and worker
+count, outside the timed runs), ``--rounds`` rounds with the order of the worker counts
+reversed every other round (a shared machine's speed drifts), and reports the median
+time of each and its ratio against 1 worker. Every worker is one process with one BLAS
+thread (``OMP_NUM_THREADS=1``), so W workers use W cores.
+
+Cases (``--cases``; the sizes are chosen so that one run on 1 worker takes seconds):
+
+* ``ttn-paper``: the ``paper`` preset (d = 16 long-range Ising, r_max = 40) up to
+  ``--ttn-T``; time = the steps alone (the history's ``step_s``), so that the exact-reference
+  and output phases do not dilute the ratio.
+* ``ttn-d64``: the same Hamiltonian on d = 64 sites (binary tree of 127 nodes), r_max 16,
+  up to ``--ttn-d64-T``.
+* ``bilevel-I<k>``: seconds per iteration (``s_per_iter``) of BSVRB v1 on heavy blocks
+  (dim_y = 200, batch 256, m = 20) at I = k blocks per iteration, for each k of ``--Is``.
+* ``domain-split-var``: the variable-coefficient problem (2-D, ``--ds-n``), ``krylov``,
+  block LU; time = the solve phase (setup and output excluded).
+
+    python benchmarks/scaling.py                            # 1 2 4 8 workers, 3 rounds
+    python benchmarks/scaling.py --workers 1 2 --rounds 1 --small   # a smoke run
+
+Goals (issue 21): ttn >= 1.6x on 2 and >= 4x on 8 workers. Writes
+``benchmarks/results/scaling.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cases(args) -> dict[str, tuple[str | None, list[str], str]]:
+    """``{case: (preset, --set items, what is timed)}``."""
+    out = {
+        "ttn-paper": ("paper", [f"T={args.ttn_T}", "checkpoint_s=null"], "steps"),
+        "ttn-d64": (
+            "paper",
+            ["d=64", f"T={args.ttn_d64_T}", "r_max=16", "checkpoint_s=null"],
+            "steps",
+        ),
+        "domain-split-var": (
+            None,
+            [
+                "d=2",
+                "problem.kind=variable",
+                f"n_fine={args.ds_n}",
+                f"n_coarse={args.ds_nc}",
+                "solver=krylov",
+                "tol=1e-8",
+                "checkpoint_s=null",
+            ],
+            "solve",
+        ),  # fmt: skip
+    }
+    heavy = ["method=bsvrb-v1", "problem.m=20", "problem.dim_y=200", "problem.dim_x=20",
+             "problem.n_lower=1024", "batch=256", "eta=0.05", "tol=null",
+             f"max_iter={args.bilevel_iters}", f"eval_every={args.bilevel_iters + 1}",
+             "checkpoint_s=null"]  # fmt: skip
+    for k in args.Is:
+        out[f"bilevel-I{k}"] = (None, [*heavy, f"blocks_per_iter={k}"], "s_per_iter")
+    if args.small:  # a smoke run of the script itself
+        out["ttn-paper"][1][:] = ["T=0.02", "d=8", "checkpoint_s=null"]
+        out["ttn-d64"][1][:] = ["T=0.01", "d=16", "r_max=8", "checkpoint_s=null"]
+        out["domain-split-var"][1][2:4] = ["n_fine=64", "n_coarse=8"]
+    return out
+
+
+def pipeline_of(case: str) -> str:
+    return case.split("-I")[0] if case.startswith("bilevel") else case.rsplit("-", 1)[0]
+
+
+def run_once(ex, case: str, spec, root: str) -> dict:
+    """One run of ``case`` on the open executor: its metrics plus ``time_s``."""
+    import tilegraph
+
+    preset, sets, what = spec
+    name = {"ttn": "ttn", "bilevel": "bilevel", "domain-split": "domain-split"}[pipeline_of(case)]
+    t0 = time.perf_counter()
+    run = tilegraph.run(name, preset=preset, sets=sets, cluster=ex, store=root)
+    wall = time.perf_counter() - t0
+    m = {k: v for k, v in run.metrics.items() if isinstance(v, int | float | str | bool)}
+    m["process_wall_s"] = wall
+    if what == "steps":
+        m["time_s"] = float(run.open_dataset("history").step_s.sum())
+    elif what == "s_per_iter":
+        m["time_s"] = float(m["s_per_iter"])
+    else:  # the solve phase: setup (assembly, factorizations) and output excluded
+        m["time_s"] = float(m["solve_s"])
+    return m
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from tilegraph import cluster
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cases", default=None, help="comma-separated (default: all)")
+    ap.add_argument("--ttn-T", type=float, default=0.2, help="final time of ttn-paper")
+    ap.add_argument("--ttn-d64-T", type=float, default=0.05, help="final time of ttn-d64")
+    ap.add_argument("--Is", type=int, nargs="+", default=[1, 8], help="bilevel I values")
+    ap.add_argument("--bilevel-iters", type=int, default=20)
+    ap.add_argument("--ds-n", type=int, default=512, help="domain-split n_fine, 2-D")
+    ap.add_argument("--ds-nc", type=int, default=32, help="domain-split n_coarse")
+    ap.add_argument("--small", action="store_true", help="tiny sizes: a smoke run")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.json"))
+    args = ap.parse_args(argv)
+
+    allc = cases(args)
+    names = args.cases.split(",") if args.cases else list(allc)
+    unknown = sorted(set(names) - set(allc))
+    if unknown:
+        ap.error(f"--cases: unknown {unknown}; allowed: {sorted(allc)}")
+    got: dict[str, dict[int, list[dict]]] = {c: {w: [] for w in args.workers} for c in names}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(summary=None):  # after every round too: a run cut short keeps what it measured
+        out.write_text(json.dumps({"args": vars(args), "summary": summary, "runs": got},
+                                  indent=1, default=str))  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as root:
+        for rnd in range(args.rounds):
+            order = args.workers if rnd % 2 == 0 else args.workers[::-1]
+            for w in order:
+                t0 = time.perf_counter()
+                with cluster.connect(f"local:{w}") as ex:
+                    start = time.perf_counter() - t0
+                    if rnd == 0:  # warm the workers' imports and kernels, untimed
+                        for c in names:
+                            if c.startswith("bilevel"):
+                                run_once(ex, c, (None, [*allc[c][1], "max_iter=2"], "s"), root)
+                                break
+                    for c in names:
+                        m = run_once(ex, c, allc[c], root)
+                        m["cluster_start_s"] = start
+                        got[c][w].append(m)
+                        print(
+                            f"round {rnd + 1}  {w:2d} workers  {c:18s} {m['time_s']:8.3f} s "
+                            f"(run {m['process_wall_s']:.1f} s)",
+                            flush=True,
+                        )
+            save()
+    rows, summary = [], {}
+    for c in names:
+        med = {w: statistics.median(m["time_s"] for m in got[c][w]) for w in args.workers}
+        base = med[args.workers[0]]
+        summary[c] = {"median_s": med, "speedup": {w: base / med[w] for w in med}}
+        rows.append([c, *(f"{med[w]:.3f} ({base / med[w]:.2f}x)" for w in args.workers)])
+    header = ["case", *(f"{w} worker{'s' * (w > 1)}" for w in args.workers)]
+    print(f"\nmedian seconds (speed-up against {args.workers[0]} worker), {args.rounds} rounds")
+    print(table(rows, header))
+    save(summary)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
