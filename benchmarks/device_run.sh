@@ -46,12 +46,12 @@ import cupy, numpy, dask, distributed, zarr, xarray, tilegraph
 print(\"cupy\", cupy.__version__, \"numpy\", numpy.__version__, \"dask\", dask.__version__,
       \"zarr\", zarr.__version__, \"xarray\", xarray.__version__,
       \"gpus\", cupy.cuda.runtime.getDeviceCount())"'
-    TAIL=40 step pytest-gpu 200 python3 -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider \
+    TAIL=40 step pytest-gpu 170 python3 -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider \
         -o addopts= -q -rA --timeout 150
     step gpu-kernels 90 python3 benchmarks/gpu_kernels.py
-    step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
+    step picard-gpu 100 python3 benchmarks/picard.py --skip-counts --skip-learned \
         --device cuda --wall-workers 1 --windows 8 32
-    step gpu-check 150 python3 benchmarks/gpu_check.py
+    step gpu-check 120 python3 benchmarks/gpu_check.py
     ;;
 scaling)
     TAIL=20 step scaling "${SCALING_LIMIT:-330}" python3 benchmarks/scaling.py \
