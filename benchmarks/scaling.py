@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                             f"(run {m['process_wall_s']:.1f} s)",
                             flush=True,
                         )
-            save()
+                save()
     rows, summary = [], {}
     for c in names:
         med = {w: statistics.median(m["time_s"] for m in got[c][w]) for w in args.workers}
