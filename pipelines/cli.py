@@ -274,6 +274,9 @@ def _cmd_run(args) -> int:
     names = list(pipeline.metric_names) + [k for k in metrics if k not in pipeline.metric_names]
     rows = [[k, _fmt(metrics[k])] for k in names if k in metrics]
     print(f"run {run.run_id} complete: {run.url}")
+    if not (args.preset or args.resume):
+        what = " under --config" if args.config else ""
+        print(f"preset: {pipeline.default_preset} (the default{what}; --preset chooses another)")
     if report:
         print(f"performance report: {report}")
     print(_table(rows, ["metric", "value"]))

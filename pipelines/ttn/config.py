@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
+from ..imports import ImportPath
 
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
 MAX_EXACT_D = 14
@@ -19,12 +20,14 @@ class ModelConfig(BaseModel):
 
     ``tfi``: ``-J sum Z_i Z_{i+1} - g sum X_i``; ``lr-ising``: ``sum (omega X_k + delta
     n_k) + sum_{i<j} nu |i-j|^-alpha n_i n_j``; ``xxz``: ``J sum (XX + YY + anisotropy
-    ZZ)``.
+    ZZ)`` (all three on spin-1/2 sites, written as terms by :meth:`term_list`);
+    ``terms``: the user's ``[coefficient, "OP site OP site ..."]`` list; ``custom``: a
+    factory's.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["tfi", "lr-ising", "xxz"] = "tfi"
+    kind: Literal["tfi", "lr-ising", "xxz", "terms", "custom"] = "tfi"
     J: float = Field(default=1.0, description="tfi/xxz coupling")
     g: float = Field(default=1.0, description="tfi transverse field")
     omega: float = Field(default=1.0, description="lr-ising Rabi frequency")
@@ -32,14 +35,46 @@ class ModelConfig(BaseModel):
     nu: float = Field(default=2.0, description="lr-ising interaction strength")
     alpha: float = Field(default=1.0, ge=0, description="lr-ising interaction decay exponent")
     anisotropy: float = Field(default=0.5, description="xxz Delta")
+    terms: list[tuple[Any, str]] | None = Field(
+        default=None,
+        description='kind=terms: [[coefficient, "OP site OP site ..."], ...]; coefficients '
+        "real, '<re>+<im>j' strings or [re, im]",
+    )
+    hermitian: bool = Field(default=True, description="refuse a non-Hermitian Hamiltonian")
+    factory: ImportPath | None = Field(
+        default=None,
+        description="kind=custom: 'package.module:name', called as name(**params); returns "
+        "{'terms': [...], 'ops': {name: matrix}} or a SumOfProducts",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="kind=custom: its kwargs")
 
-    def params(self) -> dict[str, Any]:
-        """Keyword arguments of the operator builder of ``kind``."""
+    @model_validator(mode="after")
+    def _sources(self):
+        if (self.kind == "terms") != (self.terms is not None):
+            raise ValueError(
+                "kind=terms needs terms=[[coefficient, 'OP site ...'], ...] (only it)"
+            )
+        if (self.kind == "custom") != (self.factory is not None):
+            raise ValueError("kind=custom needs factory='package.module:name' (and only it)")
+        if self.params and self.kind != "custom":
+            raise ValueError("params are the factory's arguments: only with kind=custom")
+        return self
+
+    def params_of_builtin(self) -> dict[str, Any]:
+        """Keyword arguments of the built-in model ``kind``."""
         if self.kind == "tfi":
             return {"J": self.J, "g": self.g}
         if self.kind == "lr-ising":
             return {"omega": self.omega, "delta": self.delta, "nu": self.nu, "alpha": self.alpha}
         return {"J": self.J, "delta": self.anisotropy}
+
+    def term_list(self, d: int) -> list[tuple[Any, str]]:
+        """The Hamiltonian as terms (a built-in model written out, or the user's)."""
+        if self.kind == "terms":
+            return list(self.terms)
+        from tilegraph.tasks.ttn.operators import builtin_terms
+
+        return builtin_terms(self.kind, d, **self.params_of_builtin())
 
 
 class TTNConfig(PipelineConfig):
@@ -50,14 +85,32 @@ class TTNConfig(PipelineConfig):
 
     model_config = ConfigDict(extra="forbid")
 
-    d: int = Field(default=8, ge=2, le=128, description="number of spins")
+    d: int = Field(default=8, ge=2, le=128, description="number of sites")
+    sites: str | list[str] = Field(
+        default="S=1/2",
+        description="site type, one for all or one per site: 'S=1/2', 'S=1', 'S=3/2', ..., "
+        "'Boson:<n_max>', 'Qudit:<q>'",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     tree: Literal["binary", "tucker", "spec"] = "binary"
     tree_spec: Any = Field(default=None, description="nested lists of sites, with tree=spec")
-    start: Literal["up", "tilted-neel"] = Field(
-        default="up", description="all spins up, or a Neel state with every spin tilted"
+    start: Any = Field(
+        default="up",
+        description="product start state: 'tilted-neel' (spin-1/2), or per site (one for all "
+        "or a list of d) a name ('up', 'down', '+', '-'), a basis index or a vector",
+    )
+    start_factory: ImportPath | None = Field(
+        default=None,
+        description="'package.module:name' called as name(d); returns d local state vectors "
+        "(replaces start)",
     )
     tilt: float = Field(default=0.3, description="tilt angle (rad) of tilted-neel")
+    observables: list[str] = Field(
+        default_factory=list,
+        description="operator products recorded every observe_every steps, e.g. 'Sz 3', "
+        "'Sz 0 Sz 5', 'N 4'",
+    )
+    observe_every: int = Field(default=1, ge=1, description="steps between observations")
     method: Literal["parallel", "sequential"] = "parallel"
     schedule: Literal["subtrees", "nodes"] = Field(
         default="subtrees",
@@ -100,6 +153,35 @@ class TTNConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _cross(self):
+        from tilegraph.tasks.ttn.sites import site_types
+
+        try:
+            types = site_types(self.sites, self.d)
+        except ValueError as exc:
+            raise ValueError(f"sites: {exc}") from None
+        if self.model.kind in BUILTIN and any(t.name != "S=1/2" for t in types):
+            raise ValueError(f"model.kind={self.model.kind} is a spin-1/2 model: sites='S=1/2'")
+        if self.start_factory is None:
+            try:
+                self.start_vectors()
+            except ValueError as exc:
+                raise ValueError(f"start: {exc}") from None
+        if self.model.kind == "terms":
+            from tilegraph.tasks.ttn.terms import TermError
+
+            try:
+                self.make_operator()
+            except TermError as exc:
+                raise ValueError(f"model.terms: {exc}") from None
+        for i, text in enumerate(self.observables):
+            from tilegraph.tasks.ttn.terms import TermError, from_terms
+
+            try:
+                if not from_terms(types, [(1.0, text)]).keys[0]:
+                    raise TermError("acts on no site (Id only)")
+            except TermError as exc:
+                msg = str(exc).replace("term 0 ", "")
+                raise ValueError(f"observables[{i}] {text!r}: {msg}") from None
         if self.r_max < self.r_min:
             raise ValueError(f"r_max={self.r_max} must be >= r_min={self.r_min}")
         for h in self.h_list or [self.h]:
@@ -132,19 +214,88 @@ class TTNConfig(PipelineConfig):
 
         return make_tree(self.tree, self.d, _as_tuple(self.tree_spec))
 
+    def site_types(self):
+        """One :class:`tilegraph.tasks.ttn.sites.SiteType` per site."""
+        from tilegraph.tasks.ttn.sites import site_types
+
+        return site_types(self.sites, self.d)
+
     def make_operator(self):
-        from tilegraph.tasks.ttn.operators import make_operator
+        """The Hamiltonian as a :class:`tilegraph.tasks.ttn.operators.SumOfProducts`.
 
-        return make_operator(self.model.kind, self.d, **self.model.params())
+        Raises
+        ------
+        tilegraph.tasks.ttn.terms.TermError
+            Naming the offending term (unknown operator, site out of range, an operator
+            not defined for that site type, not Hermitian).
+        """
+        from tilegraph.tasks.ttn.operators import SumOfProducts
+        from tilegraph.tasks.ttn.terms import TermError, check_hermitian, from_terms
 
-    def start_vectors(self):
-        """Local start states, shape ``(d, 2)`` (basis order up, down)."""
+        types = self.site_types()
+        extra = None
+        if self.model.kind == "custom":
+            from ..imports import resolve
+
+            got = resolve(self.model.factory, field="model.factory")(**self.model.params)
+            if isinstance(got, SumOfProducts):
+                if got.dims != tuple(t.dim for t in types):
+                    raise TermError(
+                        f"model.factory returned an operator on dimensions {got.dims}, but "
+                        f"sites give {tuple(t.dim for t in types)}"
+                    )
+                op, texts = got, None
+            else:
+                if not isinstance(got, dict) or "terms" not in got:
+                    raise TermError(
+                        "model.factory must return {'terms': [...], 'ops': {...}} or a "
+                        f"SumOfProducts, got {type(got).__name__}"
+                    )
+                terms, extra = list(got["terms"]), got.get("ops")
+                op, texts = from_terms(types, terms, extra, with_texts=True)
+        else:
+            op, texts = from_terms(types, self.model.term_list(self.d), with_texts=True)
+        if self.model.hermitian:
+            check_hermitian(op, texts)
+        return op
+
+    def start_vectors(self) -> list:
+        """Local start states, one vector of its site's dimension per site."""
         import numpy as np
 
-        if self.start == "up":
-            return np.tile([1.0, 0.0], (self.d, 1))
-        c, s = math.cos(self.tilt / 2), math.sin(self.tilt / 2)
-        return np.array([[c, s] if i % 2 == 0 else [s, -c] for i in range(self.d)])
+        types = self.site_types()
+        if self.start_factory is not None:
+            from ..imports import resolve
+
+            got = list(resolve(self.start_factory, field="start_factory")(self.d))
+            if len(got) != self.d:
+                raise ValueError(f"start_factory returned {len(got)} vectors for d={self.d}")
+            return [t.state(v) for t, v in zip(types, got, strict=True)]
+        if self.start == "tilted-neel":
+            if any(t.name != "S=1/2" for t in types):
+                raise ValueError("'tilted-neel' needs spin-1/2 sites")
+            c, s = math.cos(self.tilt / 2), math.sin(self.tilt / 2)
+            return [np.array([c, s] if i % 2 == 0 else [s, -c]) for i in range(self.d)]
+        per = self.start
+        if isinstance(per, list) and len(per) == self.d and not _is_vector(per, types[0].dim):
+            return [t.state(v) for t, v in zip(types, per, strict=True)]
+        if isinstance(per, list) and not _is_vector(per, types[0].dim):
+            raise ValueError(f"a list of start states needs d={self.d} entries (got {len(per)})")
+        return [t.state(per) for t in types]
+
+
+def _is_vector(value, dim: int) -> bool:
+    """Whether ``value`` is one local state vector (numbers), not a list per site."""
+    return (
+        isinstance(value, list)
+        and all(isinstance(x, int | float | complex) and not isinstance(x, bool) for x in value)
+        and len(value) == dim
+        and not all(isinstance(x, int) for x in value)
+    )
+
+
+#: The built-in spin-1/2 models.
+BUILTIN = ("tfi", "lr-ising", "xxz")
 
 
 def _as_tuple(spec):

@@ -9,6 +9,7 @@ in turn); the driver holds only the root tensor and does the root's Galerkin ste
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -64,6 +65,31 @@ class _Member:
         return method
 
 
+def observable_keys(cfg) -> tuple[dict, list, list]:
+    """What the driver observes besides norm and energy: ``(ops, magnetisation keys,
+    observable keys)``. A magnetisation key is ``((site, "Sz/S@<type>"),)`` at a spin
+    site (``Z`` for spin-1/2) and None elsewhere; an observable key is the factors of
+    one of ``cfg.observables``; ``ops`` holds the matrices these keys name."""
+    from tilegraph.tasks.ttn.terms import from_terms
+
+    types = cfg.site_types()
+    ops: dict = {}
+    mag: list = []
+    for s, t in enumerate(types):
+        if t.kind != "spin":
+            mag.append(None)
+            continue
+        name = f"Sz/S@{t.name}"
+        ops[name] = t.op("Sz") / float(t.spin)
+        mag.append(((s, name),))
+    obs = []
+    for text in cfg.observables:
+        one = from_terms(types, [(1.0, text)])
+        ops.update(one.ops)
+        obs.append(one.keys[0])
+    return ops, mag, obs
+
+
 class BUGDriver:
     """Steps a TTN with the configured BUG variant and schedule."""
 
@@ -71,9 +97,11 @@ class BUGDriver:
         self.cfg = cfg
         self.ex = executor
         self.tree = cfg.make_tree()
-        self.op = cfg.make_operator()
-        z = [((s, "z"),) for s in range(cfg.d)]
-        self.layout = integrator.OperatorLayout(self.tree, self.op, extra_keys=z)
+        op = cfg.make_operator()
+        extra_ops, self.mag_keys, self.obs_keys = observable_keys(cfg)
+        self.op = dataclasses.replace(op, ops={**op.ops, **extra_ops})
+        keys = [k for k in self.mag_keys if k is not None] + self.obs_keys
+        self.layout = integrator.OperatorLayout(self.tree, self.op, extra_keys=keys)
         self.trunc = integrator.Truncation(cfg.theta, cfg.relative, cfg.r_min, cfg.r_max)
         self.subtrees = cfg.schedule == "subtrees" and cfg.method == "parallel"
         # the step-rejection test h*eta > c*theta (parallel method only)
@@ -267,18 +295,25 @@ class BUGDriver:
         self._ranks = [1] + [None] * (self.tree.n_nodes - 1)  # unknown until the redo
 
     # -- observables ------------------------------------------------------------------
-    def observe(self) -> dict:
-        """Norm, energy, magnetisation per site and ranks of the current state."""
+    def observe(self, observables: bool = True) -> dict:
+        """Norm, energy, magnetisation per site (``<Sz>/S``; NaN at sites that are not
+        spins) and, with ``observables``, the configured observables of the current
+        state."""
         lay, proj = self.layout, self._proj()
         state = [None] * self.tree.n_nodes
         state[0] = self.root if self.subtrees else self.state[0]
-        keys = [((s, "z"),) for s in range(self.cfg.d)]
-        mz = [v.real for v in integrator.expectations(lay, state, proj, keys)]
-        return {
+        spins = [k for k in self.mag_keys if k is not None]
+        vals = iter(integrator.expectations(lay, state, proj, spins) if spins else [])
+        mz = [float("nan") if k is None else next(vals).real for k in self.mag_keys]
+        out = {
             "norm": st.norm(state),
             "energy": integrator.energy(lay, state, proj),
             "magnetization": mz,
         }
+        if self.obs_keys:
+            got = integrator.expectations(lay, state, proj, self.obs_keys) if observables else None
+            out["observables"] = got or [complex("nan+nanj")] * len(self.obs_keys)
+        return out
 
     def busy(self) -> dict:
         """Compute seconds of the driver and of every subtree worker (``subtrees`` only)."""

@@ -21,7 +21,8 @@ def history_row(integ, n: int, h: float, rejected: int, step_s: float, exact=Non
     """
     from tilegraph.tasks.ttn import state as st
 
-    obs = integ.observe()
+    every = integ.cfg.observe_every
+    obs = integ.observe(observables=n % every == 0)
     ranks = integ.ranks()
     r = {
         "step": n,
@@ -35,15 +36,27 @@ def history_row(integ, n: int, h: float, rejected: int, step_s: float, exact=Non
         "rejected": rejected,
         "step_s": step_s,
     }
+    if "observables" in obs:
+        r["observables"] = obs["observables"]
     if exact is not None:
         y = st.to_dense(integ.tree, integ.full_state())
-        r["error"] = float(np.linalg.norm(y - exact.at(n * h)))
+        ref = exact.at(n * h)
+        r["error"] = float(np.linalg.norm(y - ref))
+        if "observables" in obs:
+            nan = complex("nan+nanj")
+            r["observables_exact"] = (
+                exact.observe(ref) if n % every == 0 else [nan] * len(obs["observables"])
+            )
     return r
 
 
-def write_history(store, name: str, rows: list[dict], append: bool = False) -> None:
+def write_history(
+    store, name: str, rows: list[dict], append: bool = False, observables=()
+) -> None:
     """Write ``rows`` as dataset ``name`` (chunks of 256 steps), or append them to it."""
-    ds = history_dataset(rows)
+    ds = history_dataset(rows, observables)
+    if append:
+        ds = ds.drop_vars("observable", errors="ignore")
     if append:
         store.write_dataset(name, ds, mode="a", append_dim="time")
     else:
@@ -81,9 +94,9 @@ def write_state(store, state) -> None:
         ref.write((slice(None),) * a.ndim, a)
 
 
-def history_dataset(rows: list[dict]):
+def history_dataset(rows: list[dict], observables=()):
     """The history rows (one per step: observables, ranks, step time) as a Dataset on
-    ``time``."""
+    ``time`` (and ``observable``: the operator strings of ``observables``)."""
     import xarray as xr
 
     def col(k):
@@ -95,7 +108,7 @@ def history_dataset(rows: list[dict]):
         "magnetization": (
             ("time", "site"),
             np.asarray([r["magnetization"] for r in rows], dtype=np.float64),
-            {"units": "1", "long_name": "<Z_site>"},
+            {"units": "1", "long_name": "<Sz_site>/S (NaN where the site is not a spin)"},
         ),
         "ranks": (
             ("time", "edge"),
@@ -111,6 +124,13 @@ def history_dataset(rows: list[dict]):
         ),
         "step_s": ("time", col("step_s"), {"units": "s", "long_name": "wall time of the step"}),
     }
+    for name, what in (("observables", "<O>"), ("observables_exact", "<O> of expm(-i t H) y0")):
+        if name in rows[0]:
+            data[name] = (
+                ("time", "observable"),
+                np.asarray([r[name] for r in rows], dtype=np.complex128),
+                {"units": "1", "long_name": f"{what}, every observe_every steps (NaN between)"},
+            )
     if "error" in rows[0]:
         data["error"] = (
             "time",
@@ -122,6 +142,7 @@ def history_dataset(rows: list[dict]):
         coords={
             "time": ("time", col("time"), {"units": "1/energy"}),
             "step": ("time", col("step").astype(np.int64)),
+            **({"observable": ("observable", list(observables))} if "observables" in data else {}),
         },
     )
 

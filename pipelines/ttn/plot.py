@@ -1,4 +1,5 @@
-"""``summary.png`` of a ttn run: drifts, ranks, magnetisation and the error vs time."""
+"""``summary.png`` of a ttn run: drifts, ranks, magnetisation, the error vs time and the
+user's observables (against the exact reference where there is one)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import numpy as np
 
 
 def summary_figure(hist, title: str, convergence=None):
-    """Four panels from the ``history`` dataset (and the convergence study, if any)."""
+    """Four panels from the ``history`` dataset (and the convergence study, if any), and
+    two more (real and imaginary parts) when it records observables."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(2, 2, figsize=(11, 7.5))
+    has_obs = "observables" in hist
+    fig, ax = plt.subplots(3 if has_obs else 2, 2, figsize=(11, 11 if has_obs else 7.5))
     t = np.asarray(hist["time"])
     tiny = 1e-17
     ax[0, 0].semilogy(t, np.abs(hist["norm"] - hist["norm"][0]) + tiny, label="|norm - norm0|")
@@ -40,7 +43,10 @@ def summary_figure(hist, title: str, convergence=None):
     fig.colorbar(im, ax=ax[1, 0])
     ax[1, 0].set_xlabel("time")
     ax[1, 0].set_ylabel("site")
-    ax[1, 0].set_title("<Z_site>")
+    ax[1, 0].set_title("<Sz>/S per site (Z for spin-1/2)")
+    if np.all(np.isnan(mz)):
+        ax[1, 0].text(0.5, 0.5, "no spin sites", ha="center", va="center",
+                      transform=ax[1, 0].transAxes)  # fmt: skip
     a = ax[1, 1]
     if convergence is not None:
         h = np.asarray(convergence["h"])
@@ -57,6 +63,25 @@ def summary_figure(hist, title: str, convergence=None):
     else:
         a.text(0.5, 0.5, "no exact reference (d too large)", ha="center", va="center")
         a.set_axis_off()
+    if has_obs:
+        _observables(ax[2], t, hist)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _observables(axes, t, hist) -> None:
+    """Real and imaginary parts of every observable against time; the exact reference
+    dashed."""
+    vals = np.asarray(hist["observables"])
+    ref = np.asarray(hist["observables_exact"]) if "observables_exact" in hist else None
+    names = [str(n) for n in np.asarray(hist["observable"])]
+    for a, part, label in ((axes[0], np.real, "Re"), (axes[1], np.imag, "Im")):
+        for j, name in enumerate(names):
+            ok = ~np.isnan(vals[:, j].real)
+            (line,) = a.plot(t[ok], part(vals[ok, j]), "o-", ms=3, label=name)
+            if ref is not None:
+                a.plot(t[ok], part(ref[ok, j]), "--", color=line.get_color(), lw=1)
+        a.set_xlabel("time")
+        a.set_title(f"{label} <O>" + (" (dashed: exact)" if ref is not None else ""))
+    axes[0].legend(fontsize=8)

@@ -30,9 +30,11 @@ top.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ..base import Estimate
+from .config import BUILTIN
 
 #: Bytes of a complex128 entry.
 C16 = 16
@@ -61,19 +63,21 @@ def term_count(kind: str, leaves: int) -> int:
 def _shape(cfg, r_max: int):
     """Per node: children, sites under it, rank cap and augmented rank cap."""
     tree = cfg.make_tree()
-    d = cfg.d
     n = tree.n_nodes
+    dims = [t.dim for t in cfg.site_types()]
+    total = math.prod(dims)
     leaves = [len(tree.leaves[k]) for k in range(n)]
     rank = [1] * n
     aug = [1] * n
     for k in reversed(range(n)):  # children before parents (pre-order numbering)
         if k == 0:
             continue
-        L = leaves[k]
-        cap = min(2**L, 2 ** (d - L))
+        under = math.prod(dims[s] for s in tree.leaves[k])
+        cap = min(under, total // under)
         rank[k] = max(1, min(r_max, cap))
         rank[k] = max(rank[k], min(cfg.r_min, cap))
-        rows = 2 if tree.is_leaf(k) else math.prod(aug[c] for c in tree.children[k])
+        kids = tree.children[k]
+        rows = dims[tree.site[k]] if tree.is_leaf(k) else math.prod(aug[c] for c in kids)
         aug[k] = min(2 * rank[k], rows, cap)
     return tree, leaves, rank, aug
 
@@ -103,8 +107,11 @@ def _node_bytes(cfg, tree, leaves, rank, aug, k) -> tuple[int, int]:
     size = math.prod(rank[c] for c in kids) * rank[k]  # the tensor
     padded = math.prod(aug[c] for c in kids) * rank[k]  # in the augmented child bases
     big = math.prod(aug[c] for c in kids) * aug[k]  # augmented
-    K = term_count(cfg.model.kind, leaves[k])
-    G_proj, G_flow, G_join = group_counts(cfg.model.kind, [leaves[c] for c in kids])
+    if cfg.model.kind in BUILTIN:
+        K = term_count(cfg.model.kind, leaves[k])
+        G_proj, G_flow, G_join = group_counts(cfg.model.kind, [leaves[c] for c in kids])
+    else:  # counted on the operator itself
+        K, G_proj, G_flow, G_join = _layout_counts(cfg)[k]
     # kept: the tensor and its projections; during a step also C_in, the Galerkin
     # result, the assembled and augmented tensors and their truncation
     kept = 3 * size + 2 * big + K * rank[k] ** 2
@@ -119,26 +126,59 @@ def _node_bytes(cfg, tree, leaves, rank, aug, k) -> tuple[int, int]:
     return C16 * kept, C16 * working
 
 
+def _layout_counts(cfg) -> dict[int, tuple[int, int, int, int]]:
+    """Per inner node of a user's Hamiltonian: ``(K, G_proj, G_flow, G_join)`` of
+    :func:`_node_bytes`, from its :class:`~tilegraph.tasks.ttn.integrator.OperatorLayout`
+    (the sub-flow counted as unmerged: an upper bound)."""
+    key = cfg.model_dump_json()
+    if _COUNTS.get("key") != key:
+        from tilegraph.tasks.ttn.integrator import OperatorLayout
+
+        from .driver import observable_keys
+
+        tree, op = cfg.make_tree(), cfg.make_operator()
+        ops, mag, obs = observable_keys(cfg)
+        extra = [k for k in mag if k is not None] + obs
+        lay = OperatorLayout(tree, dataclasses.replace(op, ops={**op.ops, **ops}), extra)
+        out = {}
+        for k in tree.inner:
+            kids = tree.children[k]
+            inside = max(len(lay.keys[c]) for c in kids)
+            split = lay.splitter(k)
+            joining = sum(1 for key_ in lay.keys[k] if sum(1 for p in split(key_) if p) > 1)
+            g = max(inside, joining)
+            out[k] = (len(lay.keys[k]) + len(kids), g, g, joining)
+        _COUNTS.update(key=key, counts=out)
+    return _COUNTS["counts"]
+
+
+_COUNTS: dict = {}
+
+
 def _exact_bytes(cfg, tree, rank) -> int:
     """Driver bytes of the exact reference: the sparse H inside ``expm_multiply`` and
     the dense state ``to_dense`` builds (largest at the root)."""
-    d = cfg.d
-    dim = 2**d
-    offdiag = d - 1 if cfg.model.kind == "xxz" else d
+    dims = [t.dim for t in cfg.site_types()]
+    dim = math.prod(dims)
+    if cfg.model.kind in BUILTIN:
+        offdiag = cfg.d - 1 if cfg.model.kind == "xxz" else cfg.d
+    else:  # at most one entry per term and row
+        offdiag = min(len(cfg.make_operator().keys), dim)
     H = (offdiag + 1) * dim * (C16 + 4) + 4 * dim
     dense = 0  # the Kronecker product of the children's bases, then the children's
     for k in tree.inner:
-        L = len(tree.leaves[k])
         cols = math.prod(rank[c] for c in tree.children[k])
-        below = sum(2 ** len(tree.leaves[c]) * rank[c] for c in tree.children[k])
-        dense = max(dense, C16 * (2**L * cols + below))
+        sub = [math.prod(dims[s] for s in tree.leaves[c]) for c in tree.children[k]]
+        below = sum(n * rank[c] for n, c in zip(sub, tree.children[k], strict=True))
+        dense = max(dense, C16 * (math.prod(sub) * cols + below))
     return _cap(3 * H + 8 * C16 * dim + dense)
 
 
 def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
     tree, leaves, rank, aug = _shape(cfg, r_max)
     nodes = {k: _node_bytes(cfg, tree, leaves, rank, aug, k) for k in tree.inner}
-    leaf_bytes = C16 * 8 * 2 * max(aug)  # a leaf's basis, K-step and augmentation
+    most = max(t.dim for t in cfg.site_types())
+    leaf_bytes = C16 * 8 * most * max(aug)  # a leaf's basis, K-step and augmentation
     state = C16 * sum(
         math.prod(rank[c] for c in tree.children[k]) * rank[k] if k in nodes else 2 * rank[k]
         for k in range(tree.n_nodes)
@@ -186,7 +226,7 @@ def estimate(cfg, workers: int) -> Estimate:
     driver, worker, state = _sizes(cfg, cfg.r_max, workers)
     hs = cfg.h_list or [cfg.h]
     tree = cfg.make_tree()
-    row = 8 * (cfg.d + tree.n_nodes + 9)
+    row = 8 * (cfg.d + tree.n_nodes + 9) + 32 * len(cfg.observables)
     history = sum(row * 256 * -(-(cfg.steps(h) + 1) // 256) for h in hs)  # whole chunks
     store = _cap(history + 3 * state)  # the newest three checkpoints are kept
 

@@ -40,7 +40,8 @@ def _integrate(cfg, ctx, integ, h, exact, name, ckpt_offset, bar, state=None, ro
 
     if not rows:
         rows = [history_row(integ, 0, h, 0, 0.0, exact)]
-    write_history(store, name, rows)  # on resume: drops rows written after the checkpoint
+    # on resume: drops rows written after the checkpoint
+    write_history(store, name, rows, observables=cfg.observables)
     flushed = len(rows)
     for n in range(step0 + 1, n_steps + 1):
         redone = integ.advance(h)
@@ -48,7 +49,7 @@ def _integrate(cfg, ctx, integ, h, exact, name, ckpt_offset, bar, state=None, ro
         bar.update(1)
         bar.set_postfix_str(f"t={n * h:.3g} max rank {rows[-1]['max_rank']}")
         if ctx.checkpoint_due() or n == n_steps:
-            write_history(store, name, rows[flushed:], append=True)
+            write_history(store, name, rows[flushed:], append=True, observables=cfg.observables)
             flushed = len(rows)
             ctx.checkpoint(
                 ckpt_offset + n,
@@ -82,7 +83,7 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     psi_state = integ.initial()
     exact = None
     if cfg.exact_reference:
-        exact = ExactSolution(integ.op, st.to_dense(integ.tree, psi_state))
+        exact = ExactSolution(integ.op, st.to_dense(integ.tree, psi_state), integ.obs_keys)
     hs = cfg.h_list or [cfg.h]
     names = ["history"] if cfg.h_list is None else [f"history_{k}" for k in range(len(hs))]
     # checkpoint steps are global: study k owns steps [offset_k, offset_k + steps_k]

@@ -116,6 +116,39 @@ def xxz(d: int, J: float = 1.0, delta: float = 0.5) -> SumOfProducts:
     return build([2] * d, PAULI, terms)
 
 
+def builtin_terms(model: str, d: int, **params) -> list[tuple[float, str]]:
+    """The built-in spin-1/2 model ``model`` (``"tfi"``, ``"lr-ising"``, ``"xxz"``) as
+    ``[coefficient, "OP site ..."]`` terms (:mod:`tilegraph.tasks.ttn.terms`); the same
+    operator, term for term, as :func:`make_operator` builds.
+
+    Parameters are those of :func:`transverse_field_ising`, :func:`long_range_ising` and
+    :func:`xxz`.
+    """
+    if model == "tfi":
+        J, g = params.get("J", 1.0), params.get("g", 1.0)
+        return [(-J, f"Z {i} Z {i + 1}") for i in range(d - 1)] + [
+            (-g, f"X {i}") for i in range(d)
+        ]
+    if model == "lr-ising":
+        omega, delta = params.get("omega", 1.0), params.get("delta", 1.0)
+        nu, alpha = params.get("nu", 2.0), params.get("alpha", 1.0)
+        terms = [(omega, f"X {i}") for i in range(d)] + [(delta, f"Pup {i}") for i in range(d)]
+        terms += [
+            (nu * abs(i - j) ** (-alpha), f"Pup {i} Pup {j}")
+            for i in range(d)
+            for j in range(i + 1, d)
+        ]
+        return terms
+    if model == "xxz":
+        J, delta = params.get("J", 1.0), params.get("delta", 0.5)
+        terms = []
+        for i in range(d - 1):
+            terms += [(J, f"X {i} X {i + 1}"), (J, f"Y {i} Y {i + 1}")]
+            terms += [(J * delta, f"Z {i} Z {i + 1}")]
+        return terms
+    raise ValueError(f"unknown model {model!r}; choose one of ['lr-ising', 'tfi', 'xxz']")
+
+
 def make_operator(model: str, d: int, **params) -> SumOfProducts:
     """``model`` is ``"tfi"``, ``"lr-ising"`` or ``"xxz"``; ``params`` go to its builder."""
     builders = {"tfi": transverse_field_ising, "lr-ising": long_range_ising, "xxz": xxz}

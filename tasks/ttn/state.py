@@ -48,8 +48,8 @@ def product_state(tree: Tree, vectors, rank: int = 1) -> list:
     Parameters
     ----------
     tree : Tree
-    vectors : array, shape ``(d, n)``
-        Local states (normalised here).
+    vectors : array, shape ``(d, n)``, or sequence of d arrays
+        Local states (normalised here); a sequence when sites differ in dimension.
     rank : int
         Bond rank wanted on every edge (clamped to what the dimensions allow).
 
@@ -57,15 +57,20 @@ def product_state(tree: Tree, vectors, rank: int = 1) -> list:
     -------
     list of arrays (complex128)
     """
-    xp = array_namespace(vectors)
-    n = vectors.shape[1]
+    vecs = [
+        vectors[s] if isinstance(vectors, list | tuple) else vectors[s, ...] for s in range(tree.d)
+    ]
+    xp = array_namespace(*vecs)
+    dims = [int(v.shape[0]) for v in vecs]
     state: list = [None] * tree.n_nodes
     ranks = [0] * tree.n_nodes
-    total = math.prod([n] * tree.d)
+    total = math.prod(dims)
     for node in tree.postorder():
-        cap = min(n ** len(tree.leaves[node]), total // n ** len(tree.leaves[node]))
+        under = math.prod(dims[s] for s in tree.leaves[node])
+        cap = min(under, total // under)
         if tree.is_leaf(node):
-            v = xp.astype(vectors[tree.site[node], :], xp.complex128)
+            n = dims[tree.site[node]]
+            v = xp.astype(vecs[tree.site[node]], xp.complex128)
             v = v / math.sqrt(float(xp.sum(xp.abs(v) ** 2)))
             r = max(1, min(rank, cap))
             A = xp.concat([xp.reshape(v, (n, 1)), xp.eye(n, dtype=xp.complex128)], axis=1)
@@ -119,7 +124,10 @@ def to_dense(tree: Tree, state, dims=None):
     order = tree.leaves[0]
     if list(order) == sorted(order):
         return X
-    ns = [state[tree.leaf_nodes[0]].shape[0]] * tree.d if dims is None else list(dims)
+    ns = [0] * tree.d if dims is None else list(dims)
+    if dims is None:
+        for leaf in tree.leaf_nodes:
+            ns[tree.site[leaf]] = int(state[leaf].shape[0])
     T = xp.reshape(X, tuple(ns[s] for s in order))
     T = xp.permute_dims(T, tuple(int(np.argsort(order)[s]) for s in range(tree.d)))
     return xp.reshape(T, (-1,))

@@ -1,0 +1,231 @@
+"""ttn on the user's own system: site types, Hamiltonians as terms, start states and
+observables, checked against dense references built here with ``np.kron``."""
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+import xarray as xr
+import yaml
+from helpers import last_json, tilegraph
+from tilegraph.pipelines.ttn.config import TTNConfig
+from tilegraph.tasks.ttn import integrator, operators
+from tilegraph.tasks.ttn import state as st
+from tilegraph.tasks.ttn.sites import parse_site
+from tilegraph.tasks.ttn.terms import check_hermitian, from_terms
+from tilegraph.tasks.ttn.trees import make_tree
+
+
+def kron_all(mats):
+    out = np.ones((1, 1), dtype=complex)
+    for m in mats:
+        out = np.kron(out, m)
+    return out
+
+
+def dense(dims, terms):
+    """``sum c (x)_s A_s`` from ``[(c, {site: matrix})]``, built independently."""
+    H = np.zeros((int(np.prod(dims)),) * 2, dtype=complex)
+    for c, fac in terms:
+        H += c * kron_all([fac.get(s, np.eye(n)) for s, n in enumerate(dims)])
+    return H
+
+
+def test_spin_operators_follow_the_documented_conventions():
+    half, one = parse_site("S=1/2"), parse_site("S=1")
+    np.testing.assert_array_equal(half.op("Sz"), np.diag([0.5, -0.5]))
+    np.testing.assert_array_equal(half.op("Z"), 2 * half.op("Sz"))
+    for t in (half, one, parse_site("S=3/2")):
+        S = float(t.spin)
+        Sx, Sy, Sz = t.op("Sx"), t.op("Sy"), t.op("Sz")
+        np.testing.assert_allclose(Sx @ Sy - Sy @ Sx, 1j * Sz, atol=1e-14)  # [Sx, Sy] = i Sz
+        np.testing.assert_allclose(Sx @ Sx + Sy @ Sy + Sz @ Sz, S * (S + 1) * np.eye(t.dim))
+        np.testing.assert_allclose(t.op("S+"), Sx + 1j * Sy, atol=1e-15)
+        assert np.diag(Sz)[0] == S  # basis m = +S first
+    b = parse_site("Boson:3")
+    np.testing.assert_allclose(b.op("B") @ b.op("Bdag") - b.op("Bdag") @ b.op("B"),
+                               np.diag([1, 1, 1, -3]))  # fmt: skip
+    np.testing.assert_array_equal(b.op("N"), np.diag([0, 1, 2, 3]))
+    np.testing.assert_array_equal(parse_site("Qudit:4").op("E1_3")[1, 3], 1)
+
+
+def test_builtin_models_written_as_terms_are_the_same_operator():
+    """The presets' models, now written as terms, give the operators of the builders they
+    replace entry for entry (so the same bits through the integrators)."""
+    for kind in ("tfi", "lr-ising", "xxz"):
+        cfg = TTNConfig(d=9, model={"kind": kind})
+        new = cfg.make_operator()
+        old = operators.make_operator(kind, 9, **cfg.model.params_of_builtin())
+        assert new.dims == old.dims and new.coefs == old.coefs
+        assert len(new.keys) == len(old.keys)
+        for kn, ko in zip(new.keys, old.keys, strict=True):
+            assert [s for s, _ in kn] == [s for s, _ in ko]
+            for (_, a), (_, b) in zip(kn, ko, strict=True):
+                np.testing.assert_array_equal(new.ops[a], old.ops[b])
+
+
+def random_system(seed):
+    """Mixed sites (dims 2, 3, 4), random complex couplings on pairs and triples written
+    with transition operators E<j>_<k>, each with its Hermitian partner."""
+    rng = np.random.default_rng(seed)
+    names = ["S=1/2", "S=1", "Qudit:4", "Boson:2", "S=1/2"]
+    types = [parse_site(n) for n in names]
+    dims = [t.dim for t in types]
+    terms, ref = [], []
+    for n_sites in (1, 2, 2, 2, 3, 3):
+        sites = sorted(rng.choice(len(dims), n_sites, replace=False).tolist())
+        c = complex(rng.normal(), rng.normal())
+        jk = [tuple(rng.integers(0, dims[s], 2)) for s in sites]
+        text = " ".join(f"E{j}_{k} {s}" for (j, k), s in zip(jk, sites, strict=True))
+        adj = " ".join(f"E{k}_{j} {s}" for (j, k), s in zip(jk, sites, strict=True))
+        terms += [[f"{c.real}{c.imag:+}j", text], [[c.real, -c.imag], adj]]
+        for coef, swap in ((c, False), (c.conjugate(), True)):
+            fac = {}
+            for (j, k), s in zip(jk, sites, strict=True):
+                m = np.zeros((dims[s], dims[s]))
+                m[(k, j) if swap else (j, k)] = 1
+                fac[s] = m
+            ref.append((coef, fac))
+    vecs = [rng.normal(size=n) + 1j * rng.normal(size=n) for n in dims]
+    return types, dims, terms, dense(dims, ref), vecs
+
+
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_random_sums_of_products_converge_to_expm(method):
+    types, dims, terms, H, vecs = random_system(4)
+    op = from_terms(types, terms)
+    check_hermitian(op)  # every term came with its partner
+    np.testing.assert_allclose(operators.to_dense(op).toarray(), H, atol=1e-13)
+    tree = make_tree("binary", len(dims))
+    lay = integrator.OperatorLayout(tree, op)
+    trunc = integrator.Truncation(1e-10, False, 2, 64)
+    T = 0.4
+    y0 = st.to_dense(tree, st.product_state(tree, vecs, rank=2))
+    ref = sla.expm_multiply(-1j * T * H, y0)
+    E0 = np.vdot(y0, H @ y0).real
+    errs = []
+    for h in (0.04, 0.02, 0.01):
+        s = st.product_state(tree, vecs, rank=2)
+        for _ in range(round(T / h)):
+            s, _ = integrator.step(lay, s, h, trunc, method=method)
+            y = st.to_dense(tree, s)
+            if method == "sequential":  # conserves norm and energy
+                assert abs(np.linalg.norm(y) - 1) < 1e-8
+                assert abs(np.vdot(y, H @ y).real - E0) < 1e-8
+        errs.append(np.linalg.norm(y - ref))
+    assert errs[-1] < 5e-2
+    rates = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all(rates > 0.8), (errs, rates)  # first order or better
+
+
+def test_non_hermitian_terms_name_the_term_and_can_be_allowed():
+    types = [parse_site("Boson:3")] * 3
+    op = from_terms(types, [[1.0, "Bdag 0 B 1"], [1.0, "B 0 Bdag 1"], [0.5, "Bdag 1 B 2"]])
+    with pytest.raises(ValueError, match=r'\[0\.5, "Bdag 1 B 2"\]'):
+        check_hermitian(op)
+    cfg = TTNConfig(
+        d=3,
+        sites="Boson:3",
+        model={"kind": "terms", "terms": [[0.5, "Bdag 1 B 2"]], "hermitian": False},  # fmt: skip
+        exact_reference=True,
+    )
+    assert cfg.make_operator().coefs == (0.5 + 0j,)
+
+
+SPIN1 = {
+    "d": 4,
+    "sites": "S=1",
+    "model": {
+        "kind": "terms",
+        "terms": [
+            t
+            for i in range(3)
+            for t in (
+                [0.5, f"S+ {i} S- {i + 1}"],
+                [0.5, f"S- {i} S+ {i + 1}"],
+                [1.0, f"Sz {i} Sz {i + 1}"],
+            )
+        ]
+        + [[0.3, f"Sz {i} Sz {i}"] for i in range(4)]
+        + [[0.2, f"Sx {i}"] for i in range(4)],
+    },  # fmt: skip
+    "start": ["up", "down", [1, 1, 0], 1],
+    "observables": ["Sz 0", "Sz 1 Sz 2", "S+ 3"],
+}
+BOSE_HUBBARD = {
+    "d": 4,
+    "sites": "Boson:3",
+    "model": {
+        "kind": "terms",
+        "terms": [
+            t
+            for i in range(3)
+            for t in ([-1.0, f"Bdag {i} B {i + 1}"], [-1.0, f"B {i} Bdag {i + 1}"])
+        ]
+        + [[2.0, f"N {i} N {i}"] for i in range(4)]
+        + [[-2.0, f"N {i}"] for i in range(4)],
+    },  # fmt: skip
+    "start": [[0.6, 0.8, 0, 0], [1, 0.5, 0.2, 0], [0.6, 0.8, 0, 0], [1, 0.3, 0, 0]],
+    "observables": ["N 0", "N 1 N 2", "Bdag 0 B 1"],
+}
+
+
+def dense_observables(cfg_dict, T):
+    """The system of a config, built here: ``<O>(T)`` by ``expm_multiply``."""
+    cfg = TTNConfig(**cfg_dict)
+    types = cfg.site_types()
+    dims = [t.dim for t in types]
+
+    def fac(text):
+        out = {}
+        toks = text.split()
+        for name, s in zip(toks[::2], toks[1::2], strict=True):
+            m = types[int(s)].op(name)
+            out[int(s)] = out[int(s)] @ m if int(s) in out else m
+        return out
+
+    H = dense(dims, [(complex(c), fac(t)) for c, t in cfg_dict["model"]["terms"]])
+    y0 = kron_all([v[:, None] for v in cfg.start_vectors()])[:, 0]
+    y = sla.expm_multiply(-1j * T * H, y0)
+    return [np.vdot(y, dense(dims, [(1.0, fac(o))]) @ y) for o in cfg_dict["observables"]]
+
+
+@pytest.mark.parametrize("system", [SPIN1, BOSE_HUBBARD], ids=["spin-1", "bose-hubbard"])
+def test_user_systems_from_yaml_record_observables(tmp_path, system):
+    cfg = {**system, "T": 0.3, "h": 0.01, "r_max": 32, "theta": 1e-10, "observe_every": 5}
+    path = tmp_path / "system.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tilegraph(
+        "run", "ttn", "--config", str(path), "--set", "method=sequential",
+        "--cluster", "sync", "--store", str(tmp_path / "runs"), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    res = last_json(run.stdout)
+    hist = xr.open_zarr(res["path"] + "/history", consolidated=False).load()
+    assert list(hist.observable.values) == system["observables"]
+    assert hist.observables.dtype == np.complex128
+    recorded = ~np.isnan(hist.observables.values[:, 0].real)
+    np.testing.assert_array_equal(np.nonzero(recorded)[0], np.arange(0, 31, 5))
+    want = dense_observables(system, 0.3)
+    np.testing.assert_allclose(hist.observables.values[-1], want, atol=2e-3)
+    assert res["metrics"]["final_error_vs_exact"] < 2e-2
+    assert (tmp_path / "runs" / "ttn").exists()
+
+
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["model.kind=terms", "model.terms=[[1.0, 'Q 0']]"], "'Q' is not an operator"),
+        (["model.kind=terms", "model.terms=[[1.0, 'Sz 9']]"], "site 9 out of range"),
+        (["model.kind=terms", "sites=S=1", "model.terms=[[1.0, 'X 0']]"], "of S=1 sites"),
+        (["model.kind=terms", "model.terms=[[1.0, 'S+ 0 S- 1']]"], '[1, "S+ 0 S- 1"]'),
+        (["sites=Spin:1"], "unknown site type"),
+        (["observables=['Sz 0', 'N 1']"], "observables[1]"),
+    ],
+)
+def test_bad_terms_exit_2_naming_the_term(tmp_path, sets, needle):
+    args = [a for s in sets for a in ("--set", s)]
+    run = tilegraph("run", "ttn", *args, "--cluster", "sync", "--store", str(tmp_path))
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
+    assert not any(tmp_path.iterdir())
