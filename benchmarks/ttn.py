@@ -13,6 +13,13 @@ function of wall time for both integrators over a range of step sizes, to answer
 whether the parallel BUG reaches a given accuracy in less wall time than the sequential
 one.
 
+Part 3, Hamiltonians given as terms (``model.kind=terms``): the long-range Ising chain on
+64 sites written out as 2080 terms (binary tree, r_max 40) and a Bose-Hubbard chain of
+16 sites (n_max = 3): seconds per step on 1 and 2 workers and for the sequential BUG,
+and the seconds to build the operator (parse, Hermiticity check, layout) as a share of
+the run. Goals (issue 18): building < 5 % of the run; the parallel BUG on 2 workers at
+least as fast per step as the sequential BUG at d = 64.
+
     python benchmarks/ttn.py                 # T = 1 (several minutes on 2 cores)
     python benchmarks/ttn.py --T 0.25        # a short run
     python benchmarks/ttn.py --skip-nodes --skip-accuracy --repeats 5
@@ -133,6 +140,92 @@ def paper(args, T: list[str], root: str, out: dict) -> None:
     print(table(rows, header))
 
 
+USER_CASES = {
+    # ~2000 terms: the lr-ising chain on 64 sites written as terms
+    "lr-ising d=64 (2080 terms)": (
+        "paper",
+        ["d=64", "r_max=40", "model.kind=terms", "exact_reference=false"],
+        lambda d: (
+            [[1.0, f"X {i}"] for i in range(d)]
+            + [[1.0, f"Pup {i}"] for i in range(d)]
+            + [
+                [2.0 * abs(i - j) ** -1.0, f"Pup {i} Pup {j}"]
+                for i in range(d)
+                for j in range(i + 1, d)
+            ]
+        ),
+    ),  # fmt: skip
+    "Bose-Hubbard d=16, n_max=3": (
+        "paper",
+        [
+            "d=16",
+            "sites=Boson:3",
+            "r_max=24",
+            "model.kind=terms",
+            "exact_reference=false",
+            "start=[[0.6, 0.8, 0, 0]]",
+        ],
+        lambda d: (
+            [
+                t
+                for i in range(d - 1)
+                for t in ([-1.0, f"Bdag {i} B {i + 1}"], [-1.0, f"B {i} Bdag {i + 1}"])
+            ]
+            + [[2.0, f"N {i} N {i}"] for i in range(d)]
+            + [[-2.0, f"N {i}"] for i in range(d)]
+        ),
+    ),  # fmt: skip
+}
+
+
+def user_systems(args, root: str, out: dict) -> None:
+    """Part 3: user Hamiltonians given as terms: seconds per step on 1 and 2 workers and
+    for the sequential BUG, and the seconds spent building the operator (terms parsed,
+    Hermiticity checked, the layout of every node's restricted terms) against the run."""
+    from tilegraph.pipelines.ttn.config import TTNConfig
+    from tilegraph.tasks.ttn.integrator import OperatorLayout
+
+    rows = []
+    for name, (preset, sets, terms_of) in USER_CASES.items():
+        d = int(next(s for s in sets if s.startswith("d="))[2:])
+        terms = terms_of(d)
+        start = [s for s in sets if s.startswith("start=")]
+        sets = [s for s in sets if not s.startswith("start=")] + [
+            "model.terms=" + json.dumps(terms),
+            f"T={args.user_T}",
+            "checkpoint_s=null",
+        ]
+        if start:  # one state for every site
+            sets.append("start=" + json.dumps(json.loads(start[0][6:])[0]))
+        cfg = TTNConfig(**_as_dict(preset, sets))
+        t0 = time.perf_counter()
+        op = cfg.make_operator()
+        OperatorLayout(cfg.make_tree(), op)
+        build_s = time.perf_counter() - t0
+        res = {"case": name, "terms": len(terms), "build_s": build_s, "runs": {}}
+        for label, spec, extra in (
+            ("parallel, 1 worker", "local:1", ["method=parallel"]),
+            ("parallel, 2 workers", "local:2", ["method=parallel"]),
+            ("sequential", "sync", ["method=sequential"]),
+        ):
+            m = run_once(preset, sets + extra, spec, root)
+            per_step = m["step_s_total"] / m["steps"]
+            res["runs"][label] = {**m, "s_per_step": per_step}
+            rows.append([name, label, f"{per_step:.3f}", f"{build_s:.2f}",
+                         f"{100 * build_s / m['wall_s']:.1f}%", m["max_rank"]])  # fmt: skip
+            print(rows[-1], flush=True)
+        out.setdefault("user", []).append(res)
+    print(f"\nuser Hamiltonians as terms, T={args.user_T}")
+    print(table(rows, ["case", "run", "s per step", "build s", "build / run", "max rank"]))
+
+
+def _as_dict(preset: str, sets: list[str]) -> dict:
+    from tilegraph.pipelines.config import build_config
+    from tilegraph.pipelines.registry import get_pipeline
+
+    return build_config(get_pipeline("ttn"), preset, None, sets).model_dump()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=float, default=1.0, help="final time of both parts")
@@ -143,6 +236,8 @@ def main() -> None:
     ap.add_argument("--skip-paper", action="store_true")
     ap.add_argument("--skip-nodes", action="store_true", help="part 1 without the nodes run")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--skip-user", action="store_true", help="no part 3 (terms Hamiltonians)")
+    ap.add_argument("--user-T", type=float, default=0.05, help="final time of part 3")
     ap.add_argument(
         "--repeats", type=int, default=3, help="rounds of part 1 (medians are reported)"
     )
@@ -172,8 +267,11 @@ def main() -> None:
                 ]
             )
             print(rows[-1], flush=True)
-    print(f"\nerror vs expm at T={args.T}, d={args.d_small} long-range Ising")
-    print(table(rows, ["method", "cluster", "h", "wall s", "error", "norm drift", "max rank"]))
+    if rows:
+        print(f"\nerror vs expm at T={args.T}, d={args.d_small} long-range Ising")
+        print(table(rows, ["method", "cluster", "h", "wall s", "error", "norm drift", "max rank"]))
+    if not args.skip_user:
+        user_systems(args, root, out)
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / "ttn.json").write_text(json.dumps(out, indent=1, default=str))

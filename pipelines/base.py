@@ -93,6 +93,14 @@ class RunContext:
     _phase: tuple[str, float] | None = field(default=None, repr=False)
     _last_save: float = field(default_factory=time.perf_counter, repr=False)
 
+    def warn(self, message: str) -> None:
+        """Tell the user something about the result they should know (one line on
+        standard error, ``warning: ...``); the pipeline also returns it in its metrics
+        under ``warnings`` so that it stays with the run."""
+        import sys
+
+        sys.stderr.write(f"warning: {message}\n")
+
     def enter(self, name: str) -> None:
         """The run is now in phase ``name``: ``"setup"`` (the framework enters it before
         ``run``), ``"solve"`` or ``"output"``. The seconds of each phase go to

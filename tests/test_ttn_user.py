@@ -229,3 +229,91 @@ def test_bad_terms_exit_2_naming_the_term(tmp_path, sets, needle):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
     assert not any(tmp_path.iterdir())
+
+
+MATRIX_FACTORY = '''
+import numpy as np
+
+
+def coupled(q=5, seed=0):
+    """Two q-level systems: H = A (x) 1 + 1 (x) A + g B (x) B, A and B random Hermitian."""
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(q, q)) + 1j * rng.normal(size=(q, q))
+    N = rng.normal(size=(q, q))
+    return {
+        "ops": {"A": (M + M.conj().T) / 2, "Bm": (N + N.T) / 2},
+        "terms": [[1.0, "A 0"], [1.0, "A 1"], [0.3, "Bm 0 Bm 1"]],
+    }
+'''
+
+
+def test_matrix_case_is_a_config_qudits_on_a_tucker_tree(tmp_path):
+    """Super-sites of any dimension (``Qudit:q``) on a Tucker tree, the Hamiltonian from
+    a factory in the working directory: the observables follow the dense dynamics."""
+    (tmp_path / "mymodel.py").write_text(MATRIX_FACTORY)
+    q, T = 5, 0.5
+    run = tilegraph(
+        "run", "ttn", "--set", "d=2", "--set", f"sites=Qudit:{q}", "--set", "tree=tucker",
+        "--set", "model.kind=custom", "--set", "model.factory=mymodel:coupled",
+        "--set", f"model.params={{q: {q}}}", "--set", "start=[[1, 1, 0, 0, 0], 2]",
+        "--set", "observables=['P0 0', 'P2 1', 'E0_1 0']", "--set", f"T={T}",
+        "--set", "h=0.01", "--set", "r_max=5", "--set", "method=sequential",
+        "--cluster", "sync", "--store", "runs", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    res = last_json(run.stdout)
+    hist = xr.open_zarr(res["path"] + "/history", consolidated=False).load()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mymodel", tmp_path / "mymodel.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    got = mod.coupled(q)
+    A, B = got["ops"]["A"], got["ops"]["Bm"]
+    eye = np.eye(q)
+    H = np.kron(A, eye) + np.kron(eye, A) + 0.3 * np.kron(B, B)
+    y0 = np.kron(np.array([1, 1, 0, 0, 0]) / np.sqrt(2), eye[2])
+    y = sla.expm_multiply(-1j * T * H, y0)
+    P0, P2, E01 = np.diag(eye[0]), np.diag(eye[2]), np.outer(eye[0], eye[1])
+    want = [np.vdot(y, O @ y) for O in (np.kron(P0, eye), np.kron(eye, P2), np.kron(E01, eye))]
+    np.testing.assert_allclose(hist.observables.values[-1], want, atol=1e-6)
+
+
+def test_h_list_counts_the_redone_steps_of_every_study(tmp_path):
+    run = tilegraph(
+        "run", "ttn", "--preset", "convergence", "--set", "reject=true",
+        "--set", "h_list=[0.25, 0.125]", "--set", "T=0.5",
+        "--cluster", "sync", "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    res = last_json(run.stdout)
+    per = [
+        int((xr.open_zarr(f"{res['path']}/history_{k}", consolidated=False).rejected > 0).sum())
+        for k in range(2)
+    ]
+    assert per[0] > 0 and res["metrics"]["rejected_steps"] == sum(per)
+
+
+def test_a_start_pinned_in_a_symmetry_sector_is_warned_about(tmp_path):
+    """The isotropic Heisenberg chain from the tilted Neel state: the error stays O(1)
+    under step refinement; the run says so."""
+    sets = ["d=6", "model.kind=xxz", "model.anisotropy=1", "start=tilted-neel",
+            "method=sequential", "T=1", "h=0.1"]  # fmt: skip
+    run = tilegraph(
+        "run", "ttn", *[a for s in sets for a in ("--set", s)],
+        "--cluster", "sync", "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    res = last_json(run.stdout)
+    assert res["metrics"]["final_error_vs_exact"] > 0.1
+    assert "warning: the error against the exact solution ended at" in run.stderr
+    assert res["metrics"]["warnings"]
+    # a free start of the same chain is not warned about
+    sets[3] = "start=['+', 'up', 'down', '+', '-', 'up']"
+    run = tilegraph(
+        "run", "ttn", *[a for s in sets for a in ("--set", s)],
+        "--cluster", "sync", "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "warning:" not in run.stderr
+    assert last_json(run.stdout)["metrics"]["final_error_vs_exact"] < 0.1

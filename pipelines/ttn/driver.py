@@ -194,7 +194,8 @@ class BUGDriver:
                 self._step_subtrees(h) if self.subtrees else self._step_nodes(h)
             )
             # the dropped two-new-index blocks are too large for the truncation tolerance
-            scale = self.cfg.theta * (self.observe()["norm"] if self.cfg.relative else 1.0)
+            norm = self.observe(observables=False)["norm"] if self.cfg.relative else 1.0
+            scale = self.cfg.theta * norm
             too_coarse = self.last_eta > self.cfg.c * scale
             if (
                 not self.cfg.reject

@@ -112,6 +112,14 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     write_state(store, integ.full_state())
     hist = store.open_dataset(names[-1]).load()
     metrics = _metrics(hist, cfg)
+    if cfg.h_list is not None:  # every study's redone steps, not the last one's
+        metrics["rejected_steps"] = sum(
+            int((store.open_dataset(n)["rejected"].values > 0).sum()) for n in names
+        )
+    trapped = trapped_start(hist, cfg)
+    if trapped:
+        ctx.warn(trapped)
+        metrics["warnings"] = [trapped]
     metrics["workers"] = int(ctx.executor.n_workers)
     metrics.update(integ.busy())
     convergence = None
@@ -126,6 +134,28 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     )
     ctx.save_figure(summary_figure(hist, title, convergence))
     return metrics
+
+
+def trapped_start(hist, cfg) -> str | None:
+    """A warning when the error against the exact reference ends above 0.1.
+
+    One cause besides a step too large: a start in a symmetry sector that the
+    rank-adaptive integrators cannot leave (the tilted Neel state of the isotropic
+    Heisenberg chain stays at O(1) error under step refinement, ranks growing or not).
+    """
+    if "error" not in hist:
+        return None
+    err = float(hist["error"].values[-1])
+    if not err > 0.1:
+        return None
+    ranks = np.asarray(hist["ranks"].values)
+    pinned = " with every rank at its start value" if np.all(ranks == ranks[0]) else ""
+    return (
+        f"the error against the exact solution ended at {err:.2g}{pinned}; if a smaller h "
+        "does not reduce it, the start state may sit in a symmetry sector the rank-adaptive "
+        "BUG cannot leave: start from a product state that is not an eigenstate of the "
+        "symmetry (docs/ttn.md, 'Your own system')"
+    )
 
 
 def _metrics(hist, cfg) -> dict:
