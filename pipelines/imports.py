@@ -75,8 +75,17 @@ class _URLMarker:
 
 EXTERNAL_URL = _URLMarker()
 
-#: A config field holding a path or URL that a run reads (another run's weights, data).
-ExternalURL = Annotated[str, EXTERNAL_URL]
+
+def _absolute(value: str) -> str:
+    # a worker started elsewhere, or a resume from another folder, must find it
+    if "://" in value:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+#: A config field holding a path or URL that a run reads (another run's weights, data);
+#: a local path is stored absolute.
+ExternalURL = Annotated[str, AfterValidator(_absolute), EXTERNAL_URL]
 
 
 def _marked(annotation: Any, marker: object) -> bool:

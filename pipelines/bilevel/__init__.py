@@ -4,6 +4,7 @@ iteration running as tasks on per-block Zarr chunks."""
 
 from ..base import Checks, Pipeline
 from .config import PRESETS, BilevelConfig
+from .preflight import preflight
 from .resources import estimate
 from .runner import METRICS, run
 
@@ -15,6 +16,7 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    preflight=preflight,
     checks=Checks(
         small={"max_iter": 60, "tol": None},
         long={"max_iter": 80, "tol": None, "checkpoint_s": 0.25},

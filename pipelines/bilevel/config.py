@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from tilegraph.tasks.bilevel.methods import StepSizes
 from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, RidgeBlocks
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
+from ..imports import ExternalURL, ImportPath
+
+#: Problems that are the user's: their sizes come from their data or code.
+USER_KINDS = ("dataset", "custom")
 
 
 class ProblemConfig(BaseModel):
@@ -17,21 +22,50 @@ class ProblemConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["quadratic", "digits-ridge", "logistic-hpo"] = "quadratic"
+    kind: Literal["quadratic", "digits-ridge", "logistic-hpo", "dataset", "custom"] = "quadratic"
+    dataset: ExternalURL | None = Field(
+        default=None,
+        description="kind=dataset: a Zarr group (path or URL), one subgroup per block with "
+        "X_train, y_train, X_val, y_val",
+    )
+    model: Literal["ridge", "logistic"] = Field(
+        default="ridge", description="kind=dataset: the lower problems (logistic: labels 0/1)"
+    )
+    factory: ImportPath | None = Field(
+        default=None,
+        description="kind=custom: 'package.module:name' called as name(**params); returns a "
+        "BlockProblem",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="kind=custom: its kwargs")
     m: int = Field(default=50, ge=1, description="blocks (digits-ridge always has 10)")
     dim_x: int = Field(default=5, ge=1, description="upper dimension (quadratic)")
     dim_y: int = Field(default=5, ge=1, description="lower dimension (quadratic)")
     n_lower: int = Field(default=32, ge=1, description="lower samples per block (quadratic)")
     spread: float = Field(default=0.3, ge=0, description="how much blocks differ (quadratic)")
     lam: float = Field(default=1.0, gt=0, description="lower ridge (quadratic, logistic-hpo)")
-    rho: float = Field(default=0.1, ge=0, description="upper regulariser (quadratic, ridge)")
+    rho: float = Field(
+        default=0.1, ge=0, description="upper regulariser (quadratic, ridge; dataset: 0 if unset)"
+    )
     n_train: int = Field(
         default=1000, ge=10, description="training rows (digits-ridge <= 1700, hpo <= 500)"
     )
     seed: int = Field(default=0, ge=0, description="seed of the synthetic data and splits")
 
+    @classmethod
+    def _absolute(cls, v):
+        # a worker started elsewhere, or a resume from another folder, must find it
+        if v is not None and "://" not in v:
+            return os.path.abspath(os.path.expanduser(v))
+        return v
+
     @model_validator(mode="after")
     def _sizes(self):
+        if (self.kind == "dataset") != (self.dataset is not None):
+            raise ValueError("kind=dataset needs dataset=URL (and only it)")
+        if (self.kind == "custom") != (self.factory is not None):
+            raise ValueError("kind=custom needs factory='package.module:name' (and only it)")
+        if self.params and self.kind != "custom":
+            raise ValueError("params are the factory's arguments: only with kind=custom")
         if self.kind == "digits-ridge":
             if self.m != 10:
                 raise ValueError(
@@ -58,6 +92,16 @@ class ProblemConfig(BaseModel):
             )
         if self.kind == "digits-ridge":
             return RidgeBlocks(self.n_train, self.rho, self.seed)
+        if self.kind == "dataset":
+            from .data import ZarrBlocks
+
+            # the upper regulariser is the user's choice: 0 unless set
+            rho = self.rho if "rho" in self.model_fields_set else 0.0
+            return ZarrBlocks(self.dataset, self.model, rho)
+        if self.kind == "custom":
+            from ..imports import resolve
+
+            return resolve(self.factory, field="problem.factory")(**self.params)
         return LogisticHPO(self.m, self.n_train, self.lam, self.seed)
 
 
@@ -70,6 +114,7 @@ class BilevelConfig(PipelineConfig):
     model_config = ConfigDict(extra="forbid")
 
     problem: ProblemConfig = Field(default_factory=ProblemConfig)
+    _m: int | None = PrivateAttr(default=None)
     method: Literal["bsvrb-v1", "bsvrb-v2", "sgd", "f2sa"] = "bsvrb-v2"
     compare: list[Literal["bsvrb-v1", "bsvrb-v2", "sgd", "f2sa"]] = Field(
         default=[], description="methods also run, one after the other, for the summary plot"
@@ -92,6 +137,12 @@ class BilevelConfig(PipelineConfig):
     v_bound: float = Field(default=10.0, gt=0, description="radius of v's ball")
     penalty: float = Field(default=100.0, gt=0, description="F2SA multiplier lambda")
     eager: bool = Field(default=False, description="unsampled lower variables keep moving")
+    auto_steps: bool | None = Field(
+        default=None,
+        description="fill the steps the config leaves unset (tau, tau_v, h_floor, v_bound, "
+        "eta, decay_epochs) from the problem's curvature; default: on for the user's own "
+        "problems (dataset, custom), off for the presets",
+    )
     max_iter: int = Field(default=3000, ge=1, description="iterations at most")
     tol: float | None = Field(
         default=1e-2, gt=0, description="stop at |x - x*| <= tol |x*| (when x* is known)"
@@ -107,6 +158,8 @@ class BilevelConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _blocks(self):
+        if self.problem.kind in USER_KINDS:  # m is the data's: checked by the preflight
+            return self
         m = 10 if self.problem.kind == "digits-ridge" else self.problem.m
         if self.blocks_per_iter > m:
             raise ValueError(
@@ -117,7 +170,17 @@ class BilevelConfig(PipelineConfig):
 
     @property
     def m(self) -> int:
+        if self.problem.kind in USER_KINDS:
+            if self._m is None:  # the data's (or the factory's): asked every iteration
+                self._m = int(self.problem.build().m)
+            return self._m
         return 10 if self.problem.kind == "digits-ridge" else self.problem.m
+
+    def auto(self) -> bool:
+        """Whether :mod:`.steps` fills the unset steps."""
+        if self.auto_steps is not None:
+            return self.auto_steps
+        return self.problem.kind in USER_KINDS
 
     def steps(self) -> StepSizes:
         """The block-update parameters."""

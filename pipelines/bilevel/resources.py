@@ -23,6 +23,7 @@ config): the Python process with its imported modules comes on top.
 
 from __future__ import annotations
 
+import numpy as np
 from tilegraph.tasks.bilevel.methods import state_size
 
 from ..base import Estimate
@@ -57,6 +58,15 @@ def problem_bytes(p) -> tuple[int, int, dict]:
     if p.kind == "digits-ridge":
         data = F8 * (3 * DIGITS_ROWS * DIGITS_COLS + 3 * 10 * DIGITS_ROWS)
         return data, 2 * data, {"problem.n_train": data}
+    if p.kind == "dataset":
+        # a process holds the blocks it has read: at most all of them (the driver: none,
+        # one at a time while checking); the largest block while it is read
+        prob = p.build()
+        rows = (prob.n_lower + prob.n_upper) * (prob.dim_y + 1)
+        data = F8 * int(rows.sum())
+        return data, F8 * int(rows.max()), {"problem.dataset": data}
+    if p.kind == "custom":  # the factory's own data: not known here
+        return 0, 0, {"problem.factory": 0}
     # logistic-hpo: the data, and the labels divided by each block's temperature
     labels = F8 * p.m * CANCER_ROWS
     data = F8 * 3 * CANCER_ROWS * CANCER_COLS + labels
@@ -70,6 +80,9 @@ def _dims(cfg) -> tuple[int, int, int, int]:
         return p.dim_x, p.dim_y, p.n_lower, 1
     if p.kind == "digits-ridge":
         return DIGITS_COLS, DIGITS_COLS, p.n_train, DIGITS_ROWS - p.n_train
+    if p.kind in ("dataset", "custom"):
+        prob = p.build()
+        return prob.dim_x, prob.dim_y, int(np.max(prob.n_lower)), int(np.max(prob.n_upper))
     return p.n_train, CANCER_COLS, p.n_train, CANCER_ROWS - p.n_train
 
 
@@ -104,7 +117,10 @@ def estimate(cfg, workers: int) -> Estimate:
     exact = F8 * (3 * dy * dy + 2 * m * dy + 10 * dx)
     # the result: every state read back, one slot per block picked, y stacked
     result = states + F8 * m * (n_state + dy)
-    driver = max(built, data + max(exact, result))
+    if cfg.problem.kind == "dataset":  # the driver reads no block (but while checking)
+        driver = max(built, exact + result)
+    else:
+        driver = max(built, data + max(exact, result))
     worker = data + task * -(-cfg.blocks_per_iter // max(1, int(workers)))
 
     # -- the store -----------------------------------------------------------------

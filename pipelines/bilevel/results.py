@@ -39,8 +39,10 @@ def write_history(store, name: str, cfg, method: str, hist: dict, known: bool) -
     store.write_dataset(name, xr.Dataset(data, coords={"iteration": it}, attrs=attrs))
 
 
-def write_result(store, cfg, problem, x, x_star, ref, slot) -> None:
-    """The main method's final iterate and lower variables as the dataset ``result``."""
+def write_result(store, cfg, problem, x, x_star, ref, slot, val_loss=None) -> None:
+    """The main method's final iterate and lower variables as the dataset ``result``
+    (with the user's blocks: their names as the ``block`` coordinate and each block's
+    validation loss at the final ``x``)."""
     import xarray as xr
 
     state = ref.read()
@@ -52,7 +54,13 @@ def write_result(store, cfg, problem, x, x_star, ref, slot) -> None:
     }
     if x_star is not None:
         res["x_star"] = ("x_dim", np.asarray(x_star), {"long_name": "reference optimum"})
+    if val_loss is not None:
+        res["val_loss"] = (
+            "block",
+            np.asarray(val_loss),
+            {"long_name": "validation loss f_i at the final x, lower problem solved exactly"},
+        )
     attrs = {"method": cfg.method, "problem": cfg.problem.kind}
-    store.write_dataset(
-        "result", xr.Dataset(res, coords={"block": np.arange(problem.m)}, attrs=attrs)
-    )
+    names = getattr(problem, "block_names", None)
+    block = np.asarray(names, dtype=str) if names is not None else np.arange(problem.m)
+    store.write_dataset("result", xr.Dataset(res, coords={"block": block}, attrs=attrs))

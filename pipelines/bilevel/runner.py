@@ -11,10 +11,11 @@ from tilegraph.tasks.bilevel.sampling import draw, init_batches
 from tilegraph.tasks.devices import slots
 
 from ..base import RunContext
-from .config import BilevelConfig
+from .config import USER_KINDS, BilevelConfig
 from .plot import summary_figure
 from .results import write_history, write_result
-from .worker import SLOTS, block_tasks, free_slot, init_blocks
+from .steps import resolve as resolve_steps
+from .worker import SLOTS, block_tasks, evaluate_blocks, free_slot, init_blocks
 
 METRICS = ("iterations", "rel_dist_to_optimum", "grad_norm", "upper_objective", "wall_s")
 
@@ -31,6 +32,29 @@ def evaluate(problem, x, x_star) -> tuple[float, float, float]:
         exact_objective(problem, x, ys),
         float(np.linalg.norm(hypergradient(problem, x, ys))),
     )
+
+
+def distributed_evaluator(ex, prob, m: int, x_star):
+    """``ev(x) -> (|x - x*| / |x*|, F(x), |grad F(x)|)`` with every block's exact terms
+    computed by tasks where the data are (the user's blocks are never read on the
+    driver); sums in block order, as :func:`evaluate` does. Also keeps the last
+    per-block ``f_i`` as ``ev.per_block``."""
+    groups = [g for g in np.array_split(np.arange(m), min(m, 4 * max(1, ex.n_workers))) if g.size]
+
+    def ev(x):
+        parts = ex.gather(ex.map(evaluate_blocks, groups, problem=prob, x=np.asarray(x)))
+        terms = [t for part in parts for t in part]
+        F = float(sum(f for f, _ in terms) / m)
+        grad = terms[0][1]
+        for _, g in terms[1:]:
+            grad = grad + g
+        ev.per_block = np.array([f for f, _ in terms])
+        ev.grad = grad / m
+        dist = float("nan") if x_star is None else rel_dist(x, x_star)
+        return dist, F, float(np.linalg.norm(grad / m))
+
+    ev.per_block = None
+    return ev
 
 
 def rel_dist(x, x_star) -> float:
@@ -51,8 +75,18 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
     """
     store, ex = ctx.store, ctx.executor
     problem = cfg.problem.build()
-    x_star = None if cfg.problem.kind == "logistic-hpo" else reference_optimum(problem)
     prob = ex.put(problem)
+    exact = distributed_evaluator(ex, prob, problem.m, None)
+    cfg, auto = resolve_steps(cfg, ex, prob, problem, exact)
+    if cfg.problem.kind in USER_KINDS:
+        x_star = problem.x_star  # the user's, where their problem knows it
+        ev = distributed_evaluator(ex, prob, problem.m, x_star)
+    else:
+        x_star = None if cfg.problem.kind == "logistic-hpo" else reference_optimum(problem)
+
+        def ev(x):
+            return evaluate(problem, x, x_star)
+
     methods = [cfg.method, *(mm for mm in dict.fromkeys(cfg.compare) if mm != cfg.method)]
     histories: dict[str, dict] = {}
     ctx.enter("solve")
@@ -69,11 +103,16 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
                 histories[method]["rel_dist"] = [float("nan")] * ds.iteration.size
             continue
         offset = methods.index(method) * (cfg.max_iter + 1)  # checkpoint steps grow
-        out = _iterate(cfg, method, offset, ctx, problem, prob, x_star)
+        out = _iterate(cfg, method, offset, ctx, problem, prob, x_star, ev)
         hist = {**out["hist"], "s_per_iter": out["s_per_iter"]}
         write_history(store, name, cfg, method, hist, x_star is not None)
         if method == cfg.method:
-            write_result(store, cfg, problem, out["x"], x_star, out["ref"], out["slot"])
+            val = None
+            if cfg.problem.kind in USER_KINDS:  # each block's validation loss at the end
+                ev(out["x"])
+                rho = float(getattr(problem, "rho", 0.0))
+                val = ev.per_block - 0.5 * rho * float(np.sum(out["x"] ** 2))
+            write_result(store, cfg, problem, out["x"], x_star, out["ref"], out["slot"], val)
         ctx.mark_done(method)
         histories[method] = hist
 
@@ -95,13 +134,14 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
         "batch": cfg.batch,
         "workers": ex.n_workers,
         "s_per_iter": main["s_per_iter"],
+        **({"auto_steps": auto} if auto else {}),
         **{f"{mm}_iterations": int(histories[mm]["iteration"][-1]) for mm in methods[1:]},
     }
     return metrics
 
 
 def _iterate(
-    cfg: BilevelConfig, method: str, offset: int, ctx: RunContext, problem, prob, x_star
+    cfg: BilevelConfig, method: str, offset: int, ctx: RunContext, problem, prob, x_star, ev
 ) -> dict:
     """Run ``method`` from its newest checkpoint (when resuming) or from the start; its
     checkpoint of iteration ``t`` is step ``offset + t``.
@@ -154,7 +194,7 @@ def _iterate(
             )
         )
         hist = {k: [] for k in HISTORY}
-        for k, v in zip(HISTORY, (0, *evaluate(problem, x, x_star)), strict=True):
+        for k, v in zip(HISTORY, (0, *ev(x)), strict=True):
             hist[k].append(float(v))
     committed = slot.copy()
 
@@ -224,13 +264,13 @@ def _iterate(
                     f"{method} diverged at iteration {t}: lower the steps (eta, tau, tau_v)"
                 )
             if t % cfg.eval_every == 0:
-                for k, v in zip(HISTORY, (t, *evaluate(problem, x, x_star)), strict=True):
+                for k, v in zip(HISTORY, (t, *ev(x)), strict=True):
                     hist[k].append(float(v))
                 bar.set_postfix_str(f"F={hist['upper_objective'][-1]:.4g}")
             if ctx.checkpoint(offset + t, state, {"t": t, "method": method}):
                 committed = slot.copy()  # the slots it refers to stay untouched till the next
     if hist["iteration"][-1] != t:
-        for k, v in zip(HISTORY, (t, *evaluate(problem, x, x_star)), strict=True):
+        for k, v in zip(HISTORY, (t, *ev(x)), strict=True):
             hist[k].append(float(v))
 
     return {

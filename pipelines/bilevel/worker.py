@@ -136,3 +136,17 @@ def block_tasks(blocks, **kwargs) -> list:
 def free_slot(current: int, committed: int) -> int:
     """The smallest slot that is neither ``current`` nor ``committed``."""
     return min(s for s in range(SLOTS) if s not in (current, committed))
+
+
+def evaluate_blocks(blocks, *, problem, x):
+    """Each block's exact terms at ``x``: ``[(f_i(x, y_i*(x)), hypergradient term)]``,
+    its lower problem solved to convergence where its data are (NumPy)."""
+    from tilegraph.tasks.bilevel.hypergradient import block_hypergradient, solve_lower
+
+    x = np.asarray(x, dtype=np.float64)
+    out = []
+    for i in blocks:
+        y = solve_lower(problem, int(i), x)
+        hg = np.asarray(block_hypergradient(problem, int(i), x, y))
+        out.append((float(problem.f(int(i), x, y)), hg))
+    return out

@@ -53,7 +53,6 @@ class ProblemConfig(BaseModel):
             raise ValueError(f"every alpha must be > 0 (got {v})")
         return v
 
-    @field_validator("dataset")
     @classmethod
     def _absolute(cls, v):
         # a worker started elsewhere, or a resume from another folder, must find it

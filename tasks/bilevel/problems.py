@@ -206,7 +206,25 @@ class _LinearData(BlockProblem):
         return _take(xp, lab[i], idx, like)
 
 
-class RidgeBlocks(_LinearData):
+class _LogPenalty:
+    """The parts of ``g_i`` and ``f_i`` that come from the penalty ``1/2 sum_j exp(x_j)
+    w_j^2`` (lower) and ``rho/2 |x|^2`` (upper), shared by the ridge-type problems."""
+
+    rho = 0.0
+
+    def grad_x_g(self, i, x, y, idx=None):
+        xp = array_namespace(x, y)
+        return 0.5 * xp.exp(x) * y * y
+
+    def grad_x_f(self, i, x, y, idx=None):
+        return self.rho * x
+
+    def cross_xy_g(self, i, x, y, v, idx=None):
+        xp = array_namespace(x, y)
+        return xp.exp(x) * y * v
+
+
+class RidgeBlocks(_LogPenalty, _LinearData):
     """One-vs-rest ridge regressions on scikit-learn's digits with a shared per-feature
     regulariser ``exp(x_j)``.
 
@@ -255,13 +273,6 @@ class RidgeBlocks(_LinearData):
         r = X @ y - self._labels(i, "lower", idx, y)
         return X.T @ r / _count(idx, self.n_lower) + xp.exp(x) * y
 
-    def grad_x_g(self, i, x, y, idx=None):
-        xp = array_namespace(x, y)
-        return 0.5 * xp.exp(x) * y * y
-
-    def grad_x_f(self, i, x, y, idx=None):
-        return self.rho * x
-
     def grad_y_f(self, i, x, y, idx=None):
         X = self._rows("upper", idx, y)
         return X.T @ (X @ y - self._labels(i, "upper", idx, y)) / _count(idx, self.n_upper)
@@ -277,10 +288,6 @@ class RidgeBlocks(_LinearData):
         xp = array_namespace(x, v)
         X = self._rows("lower", idx, v)
         return X.T @ (X @ v) / _count(idx, self.n_lower) + xp.exp(x) * v
-
-    def cross_xy_g(self, i, x, y, v, idx=None):
-        xp = array_namespace(x, y)
-        return xp.exp(x) * y * v
 
 
 class LogisticHPO(_LinearData):
@@ -404,3 +411,92 @@ class LogisticHPO(_LinearData):
 
 
 PROBLEMS = {"quadratic": QuadraticBlocks, "digits-ridge": RidgeBlocks, "logistic-hpo": LogisticHPO}
+
+
+class LinearBlocks(_LogPenalty, BlockProblem):
+    """Per-block ridge or logistic regressions with a shared per-feature penalty: the
+    user's data (:class:`tilegraph.pipelines.bilevel.data.ZarrBlocks` reads it).
+
+    The upper variable is ``x = log lambda`` (one penalty per feature). Block ``i`` with
+    training rows ``(X_i, y_i)`` (``n_i`` of them) and validation rows ``(V_i, u_i)``
+    (``m_i``) has
+
+    * ``g_i(x, w) = (1/n_i) sum_k l(X_i w, y_i)_k + 1/2 sum_j exp(x_j) w_j^2``,
+    * ``f_i(x, w) = (1/m_i) sum_k l(V_i w, u_i)_k + rho/2 |x|^2``,
+
+    with ``l(z, y) = (z - y)^2 / 2`` for ``ridge`` and ``log(1 + e^z) - y z`` (labels
+    0/1) for ``logistic``. Blocks may differ in size: ``n_lower`` and ``n_upper`` are
+    arrays, one entry per block. Subclasses provide the data by :meth:`block`.
+    """
+
+    name = "dataset"
+
+    def __init__(self, m: int, dim: int, n_lower, n_upper, model: str = "ridge", rho=0.0):
+        if model not in ("ridge", "logistic"):
+            raise ValueError(f"model must be 'ridge' or 'logistic', got {model!r}")
+        self.m, self.dim_x, self.dim_y = int(m), int(dim), int(dim)
+        self.n_lower = np.asarray(n_lower, dtype=np.int64)
+        self.n_upper = np.asarray(n_upper, dtype=np.int64)
+        self.model, self.rho = model, float(rho)
+        self.x_star = None
+
+    def block(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(X_train, y_train, X_val, y_val)`` of block ``i`` as NumPy arrays."""
+        raise NotImplementedError
+
+    def _data(self, i, which, idx, like):
+        X_tr, y_tr, X_va, y_va = self.block(int(i))
+        X, y = (X_tr, y_tr) if which == "lower" else (X_va, y_va)
+        xp = array_namespace(like)
+        n = (self.n_lower if which == "lower" else self.n_upper)[int(i)]
+        return _take(xp, X, idx, like), _take(xp, y, idx, like), _count(idx, int(n))
+
+    def _resid(self, z, y):
+        """``dl/dz``: ``z - y`` (ridge) or ``sigmoid(z) - y`` (logistic)."""
+        xp = array_namespace(z)
+        return z - y if self.model == "ridge" else 1.0 / (1.0 + xp.exp(-z)) - y
+
+    def _loss(self, z, y):
+        xp = array_namespace(z)
+        if self.model == "ridge":
+            return 0.5 * xp.sum((z - y) ** 2)
+        return xp.sum(xp.logaddexp(xp.zeros_like(z), z) - y * z)
+
+    def _curv(self, z):
+        """``d2l/dz2``: 1 (ridge) or ``sigmoid(z) (1 - sigmoid(z))`` (logistic)."""
+        xp = array_namespace(z)
+        if self.model == "ridge":
+            return xp.ones_like(z)
+        p = 1.0 / (1.0 + xp.exp(-z))
+        return p * (1.0 - p)
+
+    def g(self, i, x, y, idx=None):
+        xp = array_namespace(x, y)
+        X, t, n = self._data(i, "lower", idx, y)
+        return self._loss(X @ y, t) / n + 0.5 * xp.sum(xp.exp(x) * y * y)
+
+    def f(self, i, x, y, idx=None):
+        xp = array_namespace(x, y)
+        V, u, n = self._data(i, "upper", idx, y)
+        return self._loss(V @ y, u) / n + 0.5 * self.rho * xp.sum(x * x)
+
+    def grad_y_g(self, i, x, y, idx=None):
+        xp = array_namespace(x, y)
+        X, t, n = self._data(i, "lower", idx, y)
+        return X.T @ self._resid(X @ y, t) / n + xp.exp(x) * y
+
+    def grad_y_f(self, i, x, y, idx=None):
+        V, u, n = self._data(i, "upper", idx, y)
+        return V.T @ self._resid(V @ y, u) / n
+
+    def hess_yy_g(self, i, x, y, idx=None):
+        xp = array_namespace(x, y)
+        X, _, n = self._data(i, "lower", idx, y)
+        c = self._curv(X @ y)
+        diag = xp.eye(self.dim_y, dtype=y.dtype) * xp.reshape(xp.exp(x), (1, self.dim_y))
+        return (X.T * xp.reshape(c, (1, -1))) @ X / n + diag
+
+    def hvp_yy_g(self, i, x, y, v, idx=None):
+        xp = array_namespace(x, v)
+        X, _, n = self._data(i, "lower", idx, v)
+        return X.T @ (self._curv(X @ y) * (X @ v)) / n + xp.exp(x) * v

@@ -36,17 +36,27 @@ def draw(seed: int, t: int, m: int, n_blocks: int, batch: int, n_lower: int, n_u
         Iteration.
     m, n_blocks, batch : int
         Blocks, sampled blocks ``I`` and batch size ``B``.
-    n_lower, n_upper : int
-        Sample counts the batch indices range over (with replacement).
+    n_lower, n_upper : int or numpy.ndarray of shape (m,)
+        Sample counts the batch indices range over (with replacement); arrays when the
+        blocks differ in size.
     """
     rng = np.random.default_rng([seed, t])
     blocks = np.sort(rng.choice(m, size=n_blocks, replace=False))
-    idx_g = rng.integers(0, n_lower, size=(n_blocks, batch))
-    idx_f = rng.integers(0, n_upper, size=(n_blocks, batch))
+    idx_g = _indices(rng, n_lower, blocks, batch)
+    idx_f = _indices(rng, n_upper, blocks, batch)
     return Draw(blocks, idx_g, idx_f)
+
+
+def _indices(rng, n, blocks, batch: int) -> np.ndarray:
+    """Uniform sample indices, shape ``(len(blocks), batch)``: below ``n`` or, with one
+    count per block, below each sampled block's own."""
+    if np.ndim(n) == 0:
+        return rng.integers(0, n, size=(len(blocks), batch))
+    sizes = np.asarray(n, dtype=np.int64)[blocks][:, None]
+    return np.minimum((rng.random((len(blocks), batch)) * sizes).astype(np.int64), sizes - 1)
 
 
 def init_batches(seed: int, m: int, batch: int, n_lower: int) -> np.ndarray:
     """Lower batches for the estimators' initial values, shape (m, B)."""
     rng = np.random.default_rng([seed, 2**31])
-    return rng.integers(0, n_lower, size=(m, batch))
+    return _indices(rng, n_lower, np.arange(m), batch)

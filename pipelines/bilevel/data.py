@@ -1,0 +1,135 @@
+"""The user's blocks from a Zarr group: one subgroup per block holding ``X_train``,
+``y_train``, ``X_val`` and ``y_val``; each process reads a block when it first needs it.
+
+The problem object travels to the workers with the group's address and the blocks'
+sizes only; the arrays are read where the block is used (a block task, or the exact
+evaluation of that block), never gathered on the driver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tilegraph.tasks.bilevel.problems import LinearBlocks
+
+__all__ = ["ARRAYS", "ZarrBlocks", "check_dataset", "open_blocks"]
+
+#: What every block's subgroup holds: name -> rank.
+ARRAYS = {"X_train": 2, "y_train": 1, "X_val": 2, "y_val": 1}
+
+
+def _open(url: str):
+    import zarr
+
+    return zarr.open_group(url, mode="r")
+
+
+def open_blocks(url: str) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
+    """``[(block name, {array name: shape})]`` of the group at ``url``, blocks sorted by
+    name (metadata only)."""
+    root = _open(url)
+    out = []
+    for name, member in sorted(root.members(), key=lambda kv: kv[0]):
+        if not hasattr(member, "members"):  # an array at the top level: not a block
+            continue
+        shapes = {k: tuple(a.shape) for k, a in member.members() if hasattr(a, "shape")}
+        out.append((name, shapes))
+    return out
+
+
+def check_dataset(url: str, model: str) -> list[str]:
+    """Check the blocks at ``url``; return their names.
+
+    Raises
+    ------
+    ValueError
+        One line naming the block and array: none found, an array missing or of the
+        wrong rank, rows of ``X`` and ``y`` that differ, features that differ between
+        arrays or blocks, a NaN or infinity, labels other than 0/1 for ``logistic``.
+        Each block is read once, one at a time.
+    """
+    try:
+        blocks = open_blocks(url)
+    except Exception as exc:  # FileNotFoundError, GroupNotFoundError, …
+        raise ValueError(f"cannot open a Zarr group there ({type(exc).__name__})") from None
+    if not blocks:
+        raise ValueError("no block subgroups (each with X_train, y_train, X_val, y_val)")
+    features = None
+    root = _open(url)
+    for name, shapes in blocks:
+        for arr, rank in ARRAYS.items():
+            if arr not in shapes:
+                raise ValueError(f"block {name!r}: no array {arr!r}")
+            if len(shapes[arr]) != rank:
+                raise ValueError(f"block {name!r}: {arr} must have {rank} dimensions, has "
+                                 f"shape {shapes[arr]}")  # fmt: skip
+        for which in ("train", "val"):
+            nx, ny = shapes[f"X_{which}"][0], shapes[f"y_{which}"][0]
+            if nx != ny:
+                raise ValueError(f"block {name!r}: X_{which} has {nx} rows but y_{which} has {ny}")
+            if nx == 0:
+                raise ValueError(f"block {name!r}: X_{which} has no rows")
+        for which in ("train", "val"):
+            p = shapes[f"X_{which}"][1]
+            if features is None:
+                features = (p, f"{name!r} X_{which}")
+            elif p != features[0]:
+                raise ValueError(
+                    f"block {name!r}: X_{which} has {p} features but block "
+                    f"{features[1]} has {features[0]}"
+                )
+        group = root[name]
+        for arr in ARRAYS:
+            values = np.asarray(group[arr][...], dtype=np.float64)
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"block {name!r}: {arr} holds NaN or infinite values")
+            if (
+                model == "logistic"
+                and arr.startswith("y")
+                and not np.all((values == 0) | (values == 1))
+            ):
+                raise ValueError(f"block {name!r}: {arr} must hold labels 0 or 1 (logistic)")
+    return [name for name, _ in blocks]
+
+
+class ZarrBlocks(LinearBlocks):
+    """:class:`LinearBlocks` whose block ``i`` is the ``i``-th subgroup (by name) of the
+    Zarr group at ``url``; read on first use in each process and kept.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the group.
+    model : {"ridge", "logistic"}
+    rho : float
+        Upper regulariser.
+    """
+
+    name = "dataset"
+
+    def __init__(self, url: str, model: str = "ridge", rho: float = 0.0):
+        blocks = open_blocks(url)
+        self.url = url
+        self.block_names = [name for name, _ in blocks]
+        dim = blocks[0][1]["X_train"][1]
+        super().__init__(
+            len(blocks),
+            dim,
+            [s["X_train"][0] for _, s in blocks],
+            [s["X_val"][0] for _, s in blocks],
+            model,
+            rho,
+        )
+        self._cache: dict = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = {}  # the data stay where they were read
+        return state
+
+    def block(self, i: int):
+        if i not in self._cache:
+            group = _open(self.url)[self.block_names[i]]
+            self._cache[i] = tuple(
+                np.ascontiguousarray(group[a][...], dtype=np.float64) for a in ARRAYS
+            )
+        return self._cache[i]

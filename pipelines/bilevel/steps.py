@@ -1,0 +1,106 @@
+"""Step sizes from the user's problem itself (``auto_steps``).
+
+The built-in presets carry steps tuned to their problems. On the user's own problem
+(``problem.kind=dataset`` or ``custom``) the steps the config leaves unset come from the
+problem at the start point ``x0``, before the first iteration:
+
+* ``tau``, ``tau_v`` = 0.5 / L with L the largest eigenvalue of the lower Hessians
+  ``hess_yy_g`` of a seeded sample of blocks (power iteration on Hessian-vector
+  products, full block data);
+* ``h_floor`` = half the smallest such eigenvalue (v1's Hessian estimate is not clipped
+  above the true curvature);
+* ``v_bound`` = 10 x the largest ``|v_i*| = |H_i^-1 grad_y f_i|`` at ``x0`` (not binding
+  near the start; the ball only guards against blow-ups);
+* the upper step from a secant estimate of the upper curvature: the exact hypergradient
+  at ``x0`` and at ``x0 - delta g / |g|`` give ``L_F``; the effective step per iteration
+  is ``0.5 / L_F`` (``0.125 / L_F`` for F2SA; ``eta`` rescaled by ``m / I`` under
+  ``eta_scaling=blocks``);
+* ``decay_epochs`` = None: a constant upper step (the variance-reduced estimators do not
+  need a decaying one, and halving froze ``x`` far from the optimum on problems with
+  other curvature than the presets');
+* ``penalty`` (F2SA's multiplier) = 10.
+
+The estimates run as tasks where the blocks' data are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: The config fields ``auto_steps`` fills (when the config does not set them).
+AUTO_FIELDS = ("tau", "tau_v", "h_floor", "v_bound", "eta", "decay_epochs", "penalty")
+
+#: Blocks sampled for the lower curvature.
+SAMPLE = 8
+
+
+def block_curvature(blocks, *, problem, x, iters: int = 30):
+    """Per block: ``(largest, smallest eigenvalue of hess_yy_g, |v_i*|)`` at ``x`` and the
+    block's exact lower solution (power iterations on Hessian-vector products)."""
+    from tilegraph.tasks.bilevel.hypergradient import solve_lower
+
+    x = np.asarray(x, dtype=np.float64)
+    out = []
+    for i in blocks:
+        i = int(i)
+        y = solve_lower(problem, i, x)
+        rng = np.random.default_rng([7, i])
+        v = rng.standard_normal(problem.dim_y)
+        lam = 0.0
+        for _ in range(iters):
+            w = np.asarray(problem.hvp_yy_g(i, x, y, v / np.linalg.norm(v)))
+            lam, v = float(np.linalg.norm(w)), w
+        top = lam
+        v = rng.standard_normal(problem.dim_y)
+        for _ in range(iters):  # the top of (top I - H): top - smallest eigenvalue
+            u = v / np.linalg.norm(v)
+            v = top * u - np.asarray(problem.hvp_yy_g(i, x, y, u))
+        low = top - float(np.linalg.norm(v))
+        H = np.asarray(problem.hess_yy_g(i, x, y))
+        vstar = np.linalg.solve(H, np.asarray(problem.grad_y_f(i, x, y)))
+        out.append((top, max(low, 0.0), float(np.linalg.norm(vstar))))
+    return out
+
+
+def resolve(cfg, ex, prob, problem, ev) -> tuple[object, dict]:
+    """The config with the unset :data:`AUTO_FIELDS` filled from the problem, and what
+    was chosen (recorded in the run's metrics as ``auto_steps``)."""
+    todo = [f for f in AUTO_FIELDS if f not in cfg.model_fields_set]
+    if not cfg.auto() or not todo:
+        return cfg, {}
+    m, I = problem.m, cfg.blocks_per_iter
+    x0 = np.asarray(problem.x0, dtype=np.float64)
+    rng = np.random.default_rng([cfg.seed, 2**30])
+    sample = np.sort(rng.choice(m, size=min(m, SAMPLE), replace=False))
+    groups = [g for g in np.array_split(sample, min(len(sample), max(1, ex.n_workers))) if g.size]
+    stats = [s for part in ex.gather(ex.map(block_curvature, groups, problem=prob, x=x0))
+             for s in part]  # fmt: skip
+    L = max(s[0] for s in stats)
+    mu = min(s[1] for s in stats)
+    vmax = max(s[2] for s in stats)
+    chosen: dict = {
+        "tau": 0.5 / L,
+        "tau_v": 0.5 / L,
+        "h_floor": max(0.5 * mu, 1e-8),
+        "v_bound": max(10.0 * vmax, 1.0),
+        "decay_epochs": None,
+        # F2SA's multiplier: its estimator's variance grows with it; 100 (the preset
+        # value) left F2SA diverging at the upper step above on a ridge problem
+        "penalty": 10.0,
+    }
+    # the upper curvature along the first descent direction (exact hypergradients)
+    ev(x0)
+    g0 = ev.grad
+    gn = float(np.linalg.norm(g0))
+    if gn > 0:
+        delta = 1e-2 * (1.0 + float(np.linalg.norm(x0)))
+        ev(x0 - delta * g0 / gn)
+        L_F = float(np.linalg.norm(ev.grad - g0)) / delta
+        # F2SA's estimator (lam times a difference of two lower solutions) is noisier:
+        # a quarter of that step (the full one diverged on a ridge problem)
+        step = (0.125 if cfg.method == "f2sa" else 0.5) / max(L_F, 1e-12)
+        scale = I / m if cfg.eta_scaling == "blocks" else 1.0
+        chosen["eta"] = step / scale
+    chosen = {k: v for k, v in chosen.items() if k in todo}
+    info = {**chosen, "lower_curvature": [mu, L], "v_star_max": vmax}
+    return cfg.model_copy(update=chosen), info
