@@ -133,6 +133,45 @@ def _user_pde_run(address: str, tmp_path) -> None:
     assert results[1]["metrics"]["rel_error_exact"] < 1e-2
 
 
+USER_BLOCKS = '''
+import numpy as np
+from tilegraph.tasks.bilevel.problems import QuadraticBlocks
+
+
+class MyBlocks(QuadraticBlocks):
+    """The user's own block problem: quadratic blocks with twice the lower curvature."""
+
+    def __init__(self, m=12):
+        super().__init__(m=m, seed=3)
+        self.A, self.lam, self.Q = self.A * np.sqrt(2.0), self.lam * 2.0, self.Q * 2.0
+        self.x_star = None
+
+
+def make(m=12):
+    return MyBlocks(m)
+'''
+
+
+def _user_blocks_run(address: str, tmp_path) -> None:
+    """bilevel on a BlockProblem of the user's, from their project folder: the workers
+    (started elsewhere) get the module shipped and give the in-process bits."""
+    project = tmp_path / "blocks-project"
+    project.mkdir(exist_ok=True)
+    (project / "my_blocks.py").write_text(USER_BLOCKS)
+    sets = ["--set=problem.kind=custom", "--set=problem.factory=my_blocks:make",
+            "--set=blocks_per_iter=4", "--set=max_iter=30", "--set=tol=null"]  # fmt: skip
+    xs = []
+    for spec in ("sync", address):
+        out = tilegraph(
+            "run", "bilevel", *sets, "--cluster", spec, "--store", str(tmp_path / "blk"),
+            "--json", cwd=project, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, f"{spec}: {out.stderr}"
+        res = last_json(out.stdout)
+        xs.append(xr.open_zarr(res["path"] + "/result", consolidated=False).x.values)
+    np.testing.assert_array_equal(xs[0], xs[1])
+
+
 def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -179,6 +218,7 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
 
         _user_code_run(address, tmp_path)
         _user_pde_run(address, tmp_path)
+        _user_blocks_run(address, tmp_path)
 
         # tilegraph left the cluster running
         with Client(address, timeout=30) as client:

@@ -317,3 +317,17 @@ def test_a_start_pinned_in_a_symmetry_sector_is_warned_about(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "warning:" not in run.stderr
     assert last_json(run.stdout)["metrics"]["final_error_vs_exact"] < 0.1
+
+
+def test_start_states_from_a_factory(tmp_path):
+    (tmp_path / "mystart.py").write_text(
+        "def start(d):\n    return [[1, 0] if i % 3 else [0.6, 0.8] for i in range(d)]\n"
+    )
+    run = tilegraph(
+        "run", "ttn", "--set", "d=6", "--set", "start_factory=mystart:start", "--set", "T=0.1",
+        "--cluster", "sync", "--store", "runs", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    hist = xr.open_zarr(last_json(run.stdout)["path"] + "/history", consolidated=False)
+    want = [1.0 if i % 3 else 0.6**2 - 0.8**2 for i in range(6)]  # <Z> of each start
+    np.testing.assert_allclose(hist.magnetization.values[0], want, atol=1e-14)

@@ -9,6 +9,7 @@ evaluation of that block), never gathered on the driver.
 from __future__ import annotations
 
 import numpy as np
+from tilegraph.storage.groups import read_member, subgroups
 from tilegraph.tasks.bilevel.problems import LinearBlocks
 
 __all__ = ["ARRAYS", "ZarrBlocks", "check_dataset", "open_blocks"]
@@ -17,23 +18,10 @@ __all__ = ["ARRAYS", "ZarrBlocks", "check_dataset", "open_blocks"]
 ARRAYS = {"X_train": 2, "y_train": 1, "X_val": 2, "y_val": 1}
 
 
-def _open(url: str):
-    import zarr
-
-    return zarr.open_group(url, mode="r")
-
-
 def open_blocks(url: str) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
     """``[(block name, {array name: shape})]`` of the group at ``url``, blocks sorted by
     name (metadata only)."""
-    root = _open(url)
-    out = []
-    for name, member in sorted(root.members(), key=lambda kv: kv[0]):
-        if not hasattr(member, "members"):  # an array at the top level: not a block
-            continue
-        shapes = {k: tuple(a.shape) for k, a in member.members() if hasattr(a, "shape")}
-        out.append((name, shapes))
-    return out
+    return subgroups(url)
 
 
 def check_dataset(url: str, model: str) -> list[str]:
@@ -54,7 +42,6 @@ def check_dataset(url: str, model: str) -> list[str]:
     if not blocks:
         raise ValueError("no block subgroups (each with X_train, y_train, X_val, y_val)")
     features = None
-    root = _open(url)
     for name, shapes in blocks:
         for arr, rank in ARRAYS.items():
             if arr not in shapes:
@@ -77,9 +64,8 @@ def check_dataset(url: str, model: str) -> list[str]:
                     f"block {name!r}: X_{which} has {p} features but block "
                     f"{features[1]} has {features[0]}"
                 )
-        group = root[name]
         for arr in ARRAYS:
-            values = np.asarray(group[arr][...], dtype=np.float64)
+            values = read_member(url, name, arr)
             if not np.all(np.isfinite(values)):
                 raise ValueError(f"block {name!r}: {arr} holds NaN or infinite values")
             if (
@@ -128,8 +114,6 @@ class ZarrBlocks(LinearBlocks):
 
     def block(self, i: int):
         if i not in self._cache:
-            group = _open(self.url)[self.block_names[i]]
-            self._cache[i] = tuple(
-                np.ascontiguousarray(group[a][...], dtype=np.float64) for a in ARRAYS
-            )
+            name = self.block_names[i]
+            self._cache[i] = tuple(read_member(self.url, name, a) for a in ARRAYS)
         return self._cache[i]

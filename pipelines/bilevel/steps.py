@@ -26,6 +26,7 @@ The estimates run as tasks where the blocks' data are.
 from __future__ import annotations
 
 import numpy as np
+from tilegraph.tasks.devices import deterministic_blas
 
 #: The config fields ``auto_steps`` fills (when the config does not set them).
 AUTO_FIELDS = ("tau", "tau_v", "h_floor", "v_bound", "eta", "decay_epochs", "penalty")
@@ -34,6 +35,7 @@ AUTO_FIELDS = ("tau", "tau_v", "h_floor", "v_bound", "eta", "decay_epochs", "pen
 SAMPLE = 8
 
 
+@deterministic_blas()
 def block_curvature(blocks, *, problem, x, iters: int = 30):
     """Per block: ``(largest, smallest eigenvalue of hess_yy_g, |v_i*|)`` at ``x`` and the
     block's exact lower solution (power iterations on Hessian-vector products)."""
@@ -101,6 +103,9 @@ def resolve(cfg, ex, prob, problem, ev) -> tuple[object, dict]:
         step = (0.125 if cfg.method == "f2sa" else 0.5) / max(L_F, 1e-12)
         scale = I / m if cfg.eta_scaling == "blocks" else 1.0
         chosen["eta"] = step / scale
-    chosen = {k: v for k, v in chosen.items() if k in todo}
+    # six significant digits: the estimates come from tasks whose last bits can differ
+    # between processes (BLAS kernels pick paths by alignment), and the run's iterates
+    # must not
+    chosen = {k: v if v is None else float(f"{v:.6g}") for k, v in chosen.items() if k in todo}
     info = {**chosen, "lower_curvature": [mu, L], "v_star_max": vmax}
     return cfg.model_copy(update=chosen), info

@@ -138,6 +138,7 @@ def free_slot(current: int, committed: int) -> int:
     return min(s for s in range(SLOTS) if s not in (current, committed))
 
 
+@deterministic_blas()
 def evaluate_blocks(blocks, *, problem, x):
     """Each block's exact terms at ``x``: ``[(f_i(x, y_i*(x)), hypergradient term)]``,
     its lower problem solved to convergence where its data are (NumPy)."""

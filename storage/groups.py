@@ -1,0 +1,40 @@
+"""Reading a user's Zarr group of subgroups (one per block, task or client): what it
+holds, and one array at a time. For pipelines that take the user's data, so that Zarr
+stays behind ``storage``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .urls import normalize_url
+
+__all__ = ["read_member", "subgroups"]
+
+
+def _open(url: str):
+    import zarr
+
+    return zarr.open_group(normalize_url(url), mode="r")
+
+
+def subgroups(url: str) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
+    """``[(name, {array name: shape})]`` of the subgroups of the group at ``url``, sorted
+    by name (metadata only; arrays at the top level are not listed).
+
+    Raises
+    ------
+    FileNotFoundError and others of zarr/fsspec
+        When there is no group there.
+    """
+    out = []
+    for name, member in sorted(_open(url).members(), key=lambda kv: kv[0]):
+        if not hasattr(member, "members"):
+            continue
+        shapes = {k: tuple(a.shape) for k, a in member.members() if hasattr(a, "shape")}
+        out.append((name, shapes))
+    return out
+
+
+def read_member(url: str, group: str, name: str) -> np.ndarray:
+    """The whole array ``<group>/<name>`` of the group at ``url`` as float64."""
+    return np.ascontiguousarray(_open(url)[group][name][...], dtype=np.float64)
