@@ -1,0 +1,155 @@
+"""A hyperparameter study on data shipped with scikit-learn (issue 20), in one run.
+
+scikit-learn's diabetes data (442 patients, 10 standardised features and an intercept
+column) split by a seeded partition into ``--blocks`` blocks ("clinics"), each split 70/30
+into training and validation rows, written as a Zarr group the way a user would give
+it (``problem.kind=dataset``). The question: one ridge penalty per feature, shared by all
+clinics, that minimises the mean validation loss ``F(x) = mean_i 1/(2 m_i)
+|V_i w_i(x) - u_i|^2`` (``x = log lambda``). Side by side:
+
+* tilegraph BSVRB v2 and F2SA (``auto_steps``, ``--iters`` iterations, I = blocks / 2,
+  batch 16, ``local:2``): the validation loss F reached and the wall time;
+* L-BFGS-B on the exact hypergradient (linear solves on all data, in this process): the
+  optimum of the same problem;
+* what a user of scikit-learn would do instead: per-clinic ``RidgeCV`` (one penalty per
+  clinic chosen by its efficient leave-one-out on the clinic's training rows), and
+  per-clinic grid search of one penalty on the clinic's validation rows (a lower bound for
+  any per-clinic scalar penalty, since it is chosen on the data it is scored on).
+
+Prints one table (mean validation loss, wall seconds) and writes
+``benchmarks/results/bilevel_study.json``.
+
+    python benchmarks/bilevel_study.py [--blocks 8] [--iters 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_blocks(n_blocks: int, seed: int) -> list[dict]:
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    X = np.hstack([X, np.ones((X.shape[0], 1))])
+    y = (y - y.mean()) / y.std()
+    order = np.random.default_rng(seed).permutation(len(y))
+    blocks = []
+    for part in np.array_split(order, n_blocks):
+        k = int(0.7 * len(part))
+        tr, va = part[:k], part[k:]
+        blocks.append({"X_train": X[tr], "y_train": y[tr], "X_val": X[va], "y_val": y[va]})
+    return blocks
+
+
+def write_group(path: str, blocks: list[dict]) -> None:
+    import zarr
+
+    root = zarr.open_group(path, mode="w")
+    for b, arrays in enumerate(blocks):
+        g = root.create_group(f"clinic{b:02d}")
+        for k, a in arrays.items():
+            g.create_array(k, data=a)
+
+
+def exact(blocks, x):
+    """F(x) and its gradient (ridge, lambda = exp(x)), by linear solves."""
+    lam = np.exp(x)
+    F, g = 0.0, np.zeros_like(x)
+    for b in blocks:
+        X, y, V, u = b["X_train"], b["y_train"], b["X_val"], b["y_val"]
+        H = X.T @ X / len(y) + np.diag(lam)
+        w = np.linalg.solve(H, X.T @ y / len(y))
+        r = V @ w - u
+        F += 0.5 * r @ r / len(u)
+        g -= lam * w * np.linalg.solve(H, V.T @ r / len(u))
+    return F / len(blocks), g / len(blocks)
+
+
+def sklearn_baselines(blocks) -> dict:
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    alphas = np.logspace(-4, 4, 81)
+    out = {}
+    t0 = time.perf_counter()
+    losses = []
+    for b in blocks:
+        m = RidgeCV(alphas=alphas, fit_intercept=False).fit(b["X_train"], b["y_train"])
+        r = m.predict(b["X_val"]) - b["y_val"]
+        losses.append(0.5 * np.mean(r * r))
+    out["RidgeCV per clinic (LOO on training rows)"] = (float(np.mean(losses)),
+                                                       time.perf_counter() - t0)  # fmt: skip
+    t0 = time.perf_counter()
+    losses = []
+    for b in blocks:
+        best = np.inf
+        for a in alphas:
+            m = Ridge(alpha=a, fit_intercept=False).fit(b["X_train"], b["y_train"])
+            r = m.predict(b["X_val"]) - b["y_val"]
+            best = min(best, 0.5 * np.mean(r * r))
+        losses.append(best)
+    out["grid search per clinic (on its validation rows)"] = (float(np.mean(losses)),
+                                                             time.perf_counter() - t0)  # fmt: skip
+    return out
+
+
+def main(argv=None) -> int:
+    import tilegraph
+    from scipy.optimize import minimize
+    from tilegraph import cluster
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=1500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cluster", default="local:2")
+    args = ap.parse_args(argv)
+
+    blocks = make_blocks(args.blocks, args.seed)
+    rows = {}
+    x0 = np.zeros(blocks[0]["X_train"].shape[1])
+    rows["F at x = 0 (lambda = 1 for every feature)"] = (exact(blocks, x0)[0], 0.0)
+    t0 = time.perf_counter()
+    res = minimize(lambda x: exact(blocks, x), x0, jac=True, method="L-BFGS-B",
+                   options={"gtol": 1e-12})  # fmt: skip
+    rows["L-BFGS-B on the exact hypergradient (optimum)"] = (float(res.fun),
+                                                             time.perf_counter() - t0)  # fmt: skip
+    rows.update(sklearn_baselines(blocks))
+    with tempfile.TemporaryDirectory() as tmp, cluster.connect(args.cluster) as ex:
+        path = f"{tmp}/clinics.zarr"
+        write_group(path, blocks)
+        for method in ("bsvrb-v2", "f2sa"):
+            sets = ["problem.kind=dataset", f"problem.dataset={path}", f"method={method}",
+                    f"blocks_per_iter={max(1, args.blocks // 2)}", "batch=16",
+                    f"max_iter={args.iters}", "tol=null", f"eval_every={args.iters}"]  # fmt: skip
+            t0 = time.perf_counter()
+            run = tilegraph.run("bilevel", sets=sets, cluster=ex, store=f"{tmp}/runs")
+            rows[f"tilegraph {method}, {args.iters} iterations, {args.cluster}"] = (
+                float(run.metrics["upper_objective"]),
+                time.perf_counter() - t0,
+            )
+    best = rows["L-BFGS-B on the exact hypergradient (optimum)"][0]
+    width = max(len(k) for k in rows)
+    print(f"\ndiabetes in {args.blocks} clinics: mean validation loss 1/2 MSE (standardised y)")
+    print(f"{'method':{width}}  {'loss':>8}  {'vs optimum':>10}  {'wall s':>7}")
+    for k, (loss, wall) in rows.items():
+        print(f"{k:{width}}  {loss:8.5f}  {loss / best:10.4f}  {wall:7.2f}")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bilevel_study.json").write_text(
+        json.dumps({"args": vars(args), "rows": rows}, indent=1)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
