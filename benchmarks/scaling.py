@@ -87,7 +87,7 @@ def run_once(ex, case: str, spec, root: str) -> dict:
     import tilegraph
 
     preset, sets, what = spec
-    name = {"ttn": "ttn", "bilevel": "bilevel", "domain-split": "domain-split"}[pipeline_of(case)]
+    name = pipeline_of(case)
     t0 = time.perf_counter()
     run = tilegraph.run(name, preset=preset, sets=sets, cluster=ex, store=root)
     wall = time.perf_counter() - t0

@@ -8,7 +8,7 @@ import numpy as np
 
 from .urls import normalize_url
 
-__all__ = ["read_member", "subgroups"]
+__all__ = ["read_members", "subgroups"]
 
 
 def _open(url: str):
@@ -35,6 +35,8 @@ def subgroups(url: str) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
     return out
 
 
-def read_member(url: str, group: str, name: str) -> np.ndarray:
-    """The whole array ``<group>/<name>`` of the group at ``url`` as float64."""
-    return np.ascontiguousarray(_open(url)[group][name][...], dtype=np.float64)
+def read_members(url: str, group: str, names) -> tuple[np.ndarray, ...]:
+    """The whole arrays ``<group>/<name>`` for each of ``names`` (group opened once), as
+    float64."""
+    g = _open(url)[group]
+    return tuple(np.ascontiguousarray(g[n][...], dtype=np.float64) for n in names)

@@ -9,19 +9,13 @@ evaluation of that block), never gathered on the driver.
 from __future__ import annotations
 
 import numpy as np
-from tilegraph.storage.groups import read_member, subgroups
+from tilegraph.storage.groups import read_members, subgroups
 from tilegraph.tasks.bilevel.problems import LinearBlocks
 
-__all__ = ["ARRAYS", "ZarrBlocks", "check_dataset", "open_blocks"]
+__all__ = ["ARRAYS", "ZarrBlocks", "check_dataset"]
 
 #: What every block's subgroup holds: name -> rank.
 ARRAYS = {"X_train": 2, "y_train": 1, "X_val": 2, "y_val": 1}
-
-
-def open_blocks(url: str) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
-    """``[(block name, {array name: shape})]`` of the group at ``url``, blocks sorted by
-    name (metadata only)."""
-    return subgroups(url)
 
 
 def check_dataset(url: str, model: str) -> list[str]:
@@ -36,7 +30,7 @@ def check_dataset(url: str, model: str) -> list[str]:
         Each block is read once, one at a time.
     """
     try:
-        blocks = open_blocks(url)
+        blocks = subgroups(url)
     except Exception as exc:  # FileNotFoundError, GroupNotFoundError, …
         raise ValueError(f"cannot open a Zarr group there ({type(exc).__name__})") from None
     if not blocks:
@@ -64,8 +58,7 @@ def check_dataset(url: str, model: str) -> list[str]:
                     f"block {name!r}: X_{which} has {p} features but block "
                     f"{features[1]} has {features[0]}"
                 )
-        for arr in ARRAYS:
-            values = read_member(url, name, arr)
+        for arr, values in zip(ARRAYS, read_members(url, name, ARRAYS), strict=True):
             if not np.all(np.isfinite(values)):
                 raise ValueError(f"block {name!r}: {arr} holds NaN or infinite values")
             if (
@@ -93,7 +86,7 @@ class ZarrBlocks(LinearBlocks):
     name = "dataset"
 
     def __init__(self, url: str, model: str = "ridge", rho: float = 0.0):
-        blocks = open_blocks(url)
+        blocks = subgroups(url)
         self.url = url
         self.block_names = [name for name, _ in blocks]
         dim = blocks[0][1]["X_train"][1]
@@ -115,5 +108,5 @@ class ZarrBlocks(LinearBlocks):
     def block(self, i: int):
         if i not in self._cache:
             name = self.block_names[i]
-            self._cache[i] = tuple(read_member(self.url, name, a) for a in ARRAYS)
+            self._cache[i] = read_members(self.url, name, ARRAYS)
         return self._cache[i]

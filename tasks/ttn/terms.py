@@ -174,10 +174,7 @@ def check_hermitian(op: SumOfProducts, texts: Sequence[str] | None = None, tol=1
                 rest = tuple(x for x in sites if x != s)
                 T = _partial_trace(D, dims, pos) / dims[pos]
                 D = D - _embed(T, dims, pos)
-                if rest:
-                    parts[rest] = parts.get(rest, 0) + T
-                else:
-                    parts[()] = parts.get((), 0) + T
+                parts[rest] = parts.get(rest, 0) + T  # rest == (): the scalar part
             parts[sites] = D
     scale = max([abs(c) for c in op.coefs] + [1e-300])
     for sites, D in sorted(parts.items(), key=lambda kv: -len(kv[0])):
