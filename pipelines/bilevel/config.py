@@ -136,6 +136,17 @@ class BilevelConfig(PipelineConfig):
     h_floor: float = Field(default=0.5, gt=0, description="smallest eigenvalue of v1's H")
     v_bound: float = Field(default=10.0, gt=0, description="radius of v's ball")
     penalty: float = Field(default=100.0, gt=0, description="F2SA multiplier lambda")
+    x_min: float | None = Field(
+        default=None,
+        description="lower edge of the box the upper variable x is projected on after every "
+        "step (None: unbounded); problem.kind=dataset: -20 unless set",
+    )
+    x_max: float | None = Field(
+        default=None,
+        description="upper edge of that box; problem.kind=dataset with auto_steps: "
+        "log(4 L) unless set, L the largest curvature of the blocks' training losses, so "
+        "that the lower steps stay stable for every lambda = exp(x) in the box",
+    )
     eager: bool = Field(default=False, description="unsampled lower variables keep moving")
     auto_steps: bool | None = Field(
         default=None,
@@ -194,6 +205,16 @@ class BilevelConfig(PipelineConfig):
             penalty=self.penalty,
             eager=self.eager,
         )
+
+    def upper_box(self) -> tuple[float | None, float | None]:
+        """The box ``(x_min, x_max)`` of the upper variable (``problem.kind=dataset``:
+        ``x_min = -20`` and, without ``auto_steps``, ``x_max = 20`` unless set)."""
+        if self.problem.kind == "dataset":
+            return (
+                -20.0 if self.x_min is None else self.x_min,
+                20.0 if self.x_max is None else self.x_max,
+            )
+        return self.x_min, self.x_max
 
     def upper_step(self, t: int) -> float:
         """The upper step at iteration ``t``."""

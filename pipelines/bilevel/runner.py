@@ -253,6 +253,7 @@ def _iterate(
                 cfg.upper_step(t),
                 beta=cfg.beta,
                 first=(t == 0),
+                box=cfg.upper_box(),
             )
             x_prev, x = x, x_next
             last[d.blocks] = t
@@ -261,7 +262,9 @@ def _iterate(
             bar.update(1)
             if not np.all(np.isfinite(x)):
                 raise FloatingPointError(
-                    f"{method} diverged at iteration {t}: lower the steps (eta, tau, tau_v)"
+                    f"{method} diverged at iteration {t}: the upper variable x became "
+                    f"non-finite (max |z| = {float(np.max(np.abs(z))):.3g}, the momentum of "
+                    "the hypergradient); lower the steps (eta, tau, tau_v) or set x_min / x_max"
                 )
             if t % cfg.eval_every == 0:
                 for k, v in zip(HISTORY, (t, *ev(x)), strict=True):

@@ -24,8 +24,11 @@ and in the driver.
 from __future__ import annotations
 
 import numpy as np
-from tilegraph.tasks.bilevel.methods import block_step, init_state
+from tilegraph.tasks.bilevel.methods import block_step, init_state, unpack
 from tilegraph.tasks.devices import array_module, deterministic_blas, to_device, to_host
+
+#: A block state entry above this is diverged.
+BLOWN = 1e100
 
 SLOTS = 3
 
@@ -114,9 +117,16 @@ def block_task(
         problem, method, int(i), flat, x, x_prev, idx_g, idx_f, int(wait), steps, first=first
     )
     new = np.asarray(to_host(new))
-    if not np.all(np.isfinite(new)):
+    # past 1e100 the squares in the norms overflow (and v's projection then returns 0):
+    # such a state is diverged though still finite
+    if not np.all(np.abs(new) < BLOWN):
+        parts = unpack(method, problem.dim_y, new)
+        bad = ", ".join(k for k, a in parts.items() if not np.all(np.abs(a) < BLOWN))
         raise FloatingPointError(
-            f"{method}: block {i} diverged at iteration {iteration}; lower tau / tau_v"
+            f"{method}: block {i} diverged at iteration {iteration}: {bad} non-finite or "
+            f"above {BLOWN:.0e} "
+            f"(|x| max {float(np.max(np.abs(np.asarray(to_host(x))))):.3g}); lower tau / "
+            "tau_v, or eta and x_max if x is large"
         )
     arr[_region(ref, i, dst)] = new[None, None, :]
     return np.asarray(to_host(g_new)), np.asarray(to_host(g_old))

@@ -275,11 +275,14 @@ def block_step(
     return pack(method, problem.dim_y, new), G_new, G_old
 
 
-def upper_step(method: str, x, z, G_new, G_old, eta: float, beta: float, first: bool):
+def upper_step(
+    method: str, x, z, G_new, G_old, eta: float, beta: float, first: bool, box=(None, None)
+):
     """The driver's update of ``x`` from the mean block terms of one iteration.
 
     BSVRB: STORM momentum ``z <- (1 - beta)(z - G_old) + G_new`` (``z = G_new`` at
-    ``t = 0``), ``x <- x - eta z``. Baselines: ``z = G_new``, ``x <- x - eta z``.
+    ``t = 0``), ``x <- x - eta z``. Baselines: ``z = G_new``, ``x <- x - eta z``. The
+    new ``x`` is projected on the box ``box = (lo, hi)`` (``None``: no edge).
 
     Returns
     -------
@@ -289,4 +292,7 @@ def upper_step(method: str, x, z, G_new, G_old, eta: float, beta: float, first: 
         z = (1 - beta) * (z - G_old) + G_new
     else:
         z = G_new
-    return x - eta * z, z
+    x = x - eta * z
+    if box != (None, None):
+        x = array_namespace(x).clip(x, min=box[0], max=box[1])
+    return x, z
