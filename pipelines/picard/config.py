@@ -46,6 +46,33 @@ class DigitsConfig(BaseModel):
         return self
 
 
+class DiffusersConfig(BaseModel):
+    """A diffusers pipeline directory (``DDPMPipeline(unet, scheduler).save_pretrained``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: ExternalURL | None = Field(
+        default=None,
+        description="model=diffusers: the directory (model_index.json, unet/, scheduler/); "
+        "never a hub name",
+    )
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] = Field(
+        default="float32", description="precision the network evaluates in"
+    )
+
+
+#: Schedule fields a diffusers directory's scheduler_config.json decides.
+FROM_SCHEDULER = (
+    "schedule",
+    "train_steps",
+    "beta_start",
+    "beta_end",
+    "timestep_spacing",
+    "steps_offset",
+    "clip_sample",
+)
+
+
 class PicardConfig(PipelineConfig):
     """Parallel diffusion sampling by sliding-window Picard iteration.
 
@@ -54,7 +81,7 @@ class PicardConfig(PipelineConfig):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Literal["gmm", "digits", "custom"] = "gmm"
+    model: Literal["gmm", "digits", "custom", "diffusers"] = "gmm"
     custom: ImportPath | None = Field(
         default=None,
         description="model=custom: 'package.module:factory', factory(abar) -> an object "
@@ -62,10 +89,18 @@ class PicardConfig(PipelineConfig):
     )
     gmm: GMMConfig = Field(default_factory=GMMConfig)
     digits: DigitsConfig = Field(default_factory=DigitsConfig)
-    schedule: Literal["linear", "cosine"] = "linear"
+    diffusers: DiffusersConfig = Field(default_factory=DiffusersConfig)
+    schedule: Literal["linear", "scaled_linear", "cosine", "squaredcos_cap_v2"] = "linear"
     train_steps: int = Field(default=1000, ge=2, le=100_000, description="T of training")
     beta_start: float = Field(default=1e-4, gt=0, lt=1)
     beta_end: float = Field(default=0.02, gt=0, lt=1)
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = Field(
+        default="leading", description="how the sampler's timesteps are spaced (as diffusers)"
+    )
+    steps_offset: int = Field(default=0, ge=0, description="added to leading timesteps")
+    clip_sample: float | None = Field(
+        default=None, gt=0, description="clip the clean-sample prediction to [-v, v]"
+    )
     sampler: Literal["ddpm", "ddim"] = "ddpm"
     steps: int = Field(default=1000, ge=1, description="sampling steps T")
     eta: float = Field(default=0.0, ge=0, le=1, description="DDIM noise (0: deterministic)")
@@ -117,6 +152,8 @@ class PicardConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.model == "diffusers":
+            self._from_directory()
         if self.beta_end <= self.beta_start:
             raise ValueError(
                 f"beta_end must be > beta_start (got {self.beta_start}, {self.beta_end})"
@@ -134,6 +171,73 @@ class PicardConfig(PipelineConfig):
         if self.eta and self.sampler != "ddim":
             raise ValueError("eta applies to sampler=ddim only (set eta=0 for ddpm)")
         return self
+
+    def _from_directory(self) -> None:
+        """model=diffusers: the schedule fields from the directory's scheduler config."""
+        from tilegraph.tasks.picard.schedules import SCHEDULES, SPACINGS
+        from tilegraph.tasks.picard.torch_models import PREDICTIONS, read_pipeline_dir
+
+        if self.diffusers.path is None:
+            raise ValueError("model=diffusers needs diffusers.path=DIR (a pipeline directory)")
+        try:
+            sc = read_pipeline_dir(self.diffusers.path)["scheduler"]
+        except ValueError as err:
+            raise ValueError(f"diffusers.path: {err}") from None
+        checks = {
+            "beta_schedule": SCHEDULES,
+            "timestep_spacing": SPACINGS,
+            "prediction_type": PREDICTIONS,
+        }
+        for key, allowed in checks.items():
+            if sc.get(key, allowed[0]) not in allowed:
+                raise ValueError(
+                    f"diffusers.path: scheduler {key}={sc[key]!r} is not supported "
+                    f"(tilegraph has {', '.join(allowed)})"
+                )
+        if sc.get("thresholding") or sc.get("trained_betas") is not None:
+            raise ValueError(
+                "diffusers.path: scheduler thresholding / trained_betas are not supported"
+            )
+        found = dict(
+            schedule=sc.get("beta_schedule", "linear"),
+            train_steps=int(sc.get("num_train_timesteps", 1000)),
+            beta_start=float(sc.get("beta_start", 1e-4)),
+            beta_end=float(sc.get("beta_end", 0.02)),
+            timestep_spacing=sc.get("timestep_spacing", "leading"),
+            steps_offset=int(sc.get("steps_offset", 0)),
+            clip_sample=float(sc.get("clip_sample_range", 1.0)) if sc.get("clip_sample") else None,
+        )
+        # a field set to another value than the directory's (a resumed run's saved
+        # config repeats the directory's values)
+        given = self.model_fields_set
+        clash = [k for k in FROM_SCHEDULER if k in given and getattr(self, k) != found[k]]
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)}: with model=diffusers the schedule comes from "
+                f"{self.diffusers.path}/scheduler/scheduler_config.json "
+                f"({', '.join(f'{k}={found[k]!r}' for k in clash)}); do not set it"
+            )
+        self.__dict__.update(found)
+
+    def scheduler_config(self) -> dict:
+        """model=diffusers: the directory's ``scheduler_config.json`` (else empty)."""
+        if self.model != "diffusers":
+            return {}
+        from tilegraph.tasks.picard.torch_models import read_pipeline_dir
+
+        return read_pipeline_dir(self.diffusers.path)["scheduler"]
+
+    def sampler_steps(self):
+        """``(abar, steps)``: the training schedule's ``alphas_cumprod`` and the
+        sampler's :class:`~tilegraph.tasks.picard.schedules.SamplerSteps`."""
+        from tilegraph.tasks.picard.schedules import make_schedule, make_steps
+
+        abar = make_schedule(self.schedule, self.train_steps, self.beta_start, self.beta_end)
+        kw = {"spacing": self.timestep_spacing, "offset": self.steps_offset}
+        if self.model == "diffusers" and self.sampler == "ddim":
+            kw["final_one"] = bool(self.scheduler_config().get("set_alpha_to_one", True))
+        steps = make_steps(self.sampler, abar, self.steps, self.eta, clip=self.clip_sample, **kw)
+        return abar, steps
 
     @property
     def n_batches(self) -> int:

@@ -73,6 +73,27 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
             "abar": abar,
         }
         return spec, {}
+    if cfg.model == "diffusers":
+        from tilegraph.tasks.picard.torch_models import read_pipeline_dir
+
+        unet = read_pipeline_dir(cfg.diffusers.path)["unet"]
+        size = unet.get("sample_size", 32)
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if unet.get("_class_name") != "UNet2DModel":
+            raise ValueError(
+                f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
+                "unconditional UNet2DModel pipelines so far"
+            )
+        spec = {
+            "kind": "diffusers",
+            "path": str(cfg.diffusers.path),
+            "class_name": unet["_class_name"],
+            "abar": abar,
+            "sample_shape": (int(unet.get("in_channels", 3)), *map(int, size)),
+            "prediction_type": cfg.scheduler_config().get("prediction_type", "epsilon"),
+            "dtype": cfg.diffusers.dtype,
+        }
+        return spec, {"sample_shape": list(spec["sample_shape"])}
     if cfg.model == "custom":
         spec = {"kind": "custom", "target": cfg.custom, "abar": abar}
         model = build_model(spec)

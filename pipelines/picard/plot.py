@@ -28,6 +28,23 @@ def _gmm_panel(ax, samples, spec):
     ax.set_title("samples, 2-D projection")
 
 
+def _image_panel(ax, samples, sequential):
+    """Picard samples (top row) above the sequential sampler's (bottom row); images
+    ``(n, C, H, W)`` in [-1, 1], channel 0 or RGB."""
+    k = min(8, samples.shape[0])
+    rows = [samples[:k]] + ([sequential[:k]] if sequential is not None else [])
+    C, H, W = samples.shape[1:]
+    grid = np.full((len(rows) * (H + 1) + 1, k * (W + 1) + 1, 3), np.nan)
+    for r, imgs in enumerate(rows):
+        for c in range(k):
+            img = np.moveaxis(imgs[c], 0, -1)
+            img = np.repeat(img[..., :1], 3, axis=-1) if C != 3 else img
+            grid[1 + r * (H + 1) : (r + 1) * (H + 1), 1 + c * (W + 1) : (c + 1) * (W + 1)] = img
+    ax.imshow(np.nan_to_num((np.clip(grid, -1, 1) + 1) / 2, nan=1.0))
+    ax.set_axis_off()
+    ax.set_title("Picard (top) and sequential (bottom) samples")
+
+
 def _digits_panel(ax, samples):
     k = int(min(6, np.floor(np.sqrt(samples.shape[0]))))
     grid = np.ones((k * 9 + 1, k * 9 + 1)) * np.nan
@@ -52,6 +69,9 @@ def summary_figure(store, cfg, spec, abar):
         _digits_panel(axes[0], samples)
     elif cfg.model == "gmm":
         _gmm_panel(axes[0], samples, spec)
+    elif cfg.model == "diffusers":
+        seq = store.array("result/sequential").read() if cfg.compare_sequential else None
+        _image_panel(axes[0], samples, seq)
     else:
         flat = samples.reshape(samples.shape[0], -1)
         axes[0].scatter(flat[:, 0], flat[:, min(1, flat.shape[1] - 1)], s=6)

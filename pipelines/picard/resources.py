@@ -65,6 +65,13 @@ def _model_bytes(cfg, D: int, rows: int, e: int) -> tuple[int, int, int]:
 
 
 def _sample_size(cfg) -> int:
+    if cfg.model == "diffusers":
+        from tilegraph.tasks.picard.torch_models import read_pipeline_dir
+
+        unet = read_pipeline_dir(cfg.diffusers.path)["unet"]
+        size = unet.get("sample_size", 32)
+        hw = size * size if isinstance(size, int) else size[0] * size[1]
+        return int(unet.get("in_channels", 3)) * hw
     return DIGITS_D if cfg.model == "digits" else cfg.gmm.dim
 
 

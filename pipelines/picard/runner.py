@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 from tilegraph.tasks.devices import slots
 from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS
-from tilegraph.tasks.picard.schedules import make_schedule, make_steps
 
 from ..base import RunContext
 from .batch import sample_batch, split_steps
@@ -65,6 +64,8 @@ class WindowEvaluator:
 def _layout(cfg: PicardConfig, info: dict):
     if cfg.model == "digits":
         return DIGITS_SHAPE, ("row", "col")
+    if cfg.model == "diffusers":
+        return tuple(info.pop("sample_shape")), ("channel", "row", "col")
     if cfg.model == "custom":
         shape = tuple(info.pop("sample_shape"))
         return shape, tuple(f"axis_{k}" for k in range(len(shape)))
@@ -123,8 +124,7 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
         digits, ``train_loss``. ``wall_s`` and the phases are the framework's.
     """
     ex, store = ctx.executor, ctx.store
-    abar = make_schedule(cfg.schedule, cfg.train_steps, cfg.beta_start, cfg.beta_end)
-    steps = make_steps(cfg.sampler, abar, cfg.steps, cfg.eta)
+    abar, steps = cfg.sampler_steps()
     spec, info = model_spec(cfg, abar, ctx)
     sample_shape, dims = _layout(cfg, info)
     arr = _arrays(store, cfg, sample_shape, dims)

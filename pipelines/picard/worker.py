@@ -25,7 +25,7 @@ def _local(a):
     return a
 
 
-def build_model(spec: dict):
+def build_model(spec: dict, device: str = "cpu"):
     """The model a picklable ``spec`` describes.
 
     See :func:`tilegraph.pipelines.picard.model_spec.model_spec`.
@@ -33,20 +33,58 @@ def build_model(spec: dict):
     ``spec["kind"]`` is ``"gmm"`` (means, weights, spread, abar), ``"mlp"`` (layer
     arrays as ``storage`` ArrayRefs ``w0, b0, w1, ...``, train_steps, sample_shape,
     n_freq) or ``"custom"`` (``target`` ``"package.module:factory"``, called with
-    ``abar``; the factory must be importable on the workers).
+    ``abar``; the factory must be importable on the workers) or ``"diffusers"`` (a
+    pipeline directory's network, loaded on this worker, on its GPU with ``device="cuda"``).
+    A custom factory may return a ``torch.nn.Module`` or another callable on torch tensors:
+    it is wrapped in :class:`~tilegraph.tasks.picard.torch_models.TorchDenoiser`.
     """
+    if spec["kind"] == "diffusers":
+        from tilegraph.tasks.picard.torch_models import TorchDenoiser, load_unet
+
+        return TorchDenoiser(
+            load_unet(spec["path"], spec["class_name"]),
+            _local(spec["abar"]),
+            spec["sample_shape"],
+            spec["prediction_type"],
+            spec["dtype"],
+            device,
+        )
     if spec["kind"] == "gmm":
         return GaussianMixture(spec["means"], spec["weights"], spec["spread"], spec["abar"])
     if spec["kind"] == "custom":
         from ..imports import resolve
 
-        return resolve(spec["target"], field="custom")(_local(spec["abar"]))
+        model = resolve(spec["target"], field="custom")(_local(spec["abar"]))
+        return _wrap_torch(model, spec["abar"], device)
     if spec["kind"] == "mlp":
         n = spec["layers"]
         ws = [spec["refs"][f"w{i}"].read() for i in range(n)]
         bs = [spec["refs"][f"b{i}"].read() for i in range(n)]
         return MLPDenoiser(ws, bs, spec["train_steps"], spec["sample_shape"], spec["n_freq"])
     raise ValueError(f"unknown model kind {spec['kind']!r}")
+
+
+def _wrap_torch(model, abar, device: str):
+    """``model`` itself, or a torch network (a ``torch.nn.Module`` with ``sample_shape``)
+    wrapped as a diffusion model predicting the noise."""
+    if hasattr(model, "eps"):
+        return model
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            "model=custom: the factory must return an object with eps(x, t) or a torch.nn.Module"
+        )
+    from tilegraph.tasks.picard.torch_models import TorchDenoiser
+
+    return TorchDenoiser(
+        model,
+        _local(abar),
+        model.sample_shape,
+        getattr(model, "prediction_type", "epsilon"),
+        str(next(model.parameters()).dtype).removeprefix("torch."),
+        device,
+    )
 
 
 class ModelReplica:
@@ -61,7 +99,7 @@ class ModelReplica:
     """
 
     def __init__(self, spec: dict, device: str = "cpu"):
-        self.model = build_model(spec)
+        self.model = build_model(spec, device)
         self.device = device
         self._xp = array_module(device)
 

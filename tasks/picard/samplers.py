@@ -265,22 +265,48 @@ def window_update_linearised(x_in, old, d, gain, inv_var):
     return new, err
 
 
-def _model_call(eps_fn, x, t_steps):
-    """Evaluate ``eps_fn`` on a stack of steps: ``x`` (L, n, ...) at timesteps (L,)."""
+def _model_call(eps_fn, x, steps: SamplerSteps, lo: int, hi: int):
+    """Evaluate ``eps_fn`` on a stack of steps ``lo .. hi-1``: ``x`` (L, n, ...); with
+    ``steps.clip`` the output is :func:`clipped_eps`'s."""
     xp = array_namespace(x)
     L, n = x.shape[0], x.shape[1]
-    t = xp.asarray(np.repeat(np.asarray(t_steps, dtype=np.int64), n))
+    t = xp.asarray(np.repeat(np.asarray(steps.t[lo:hi], dtype=np.int64), n))
     flat = xp.reshape(x, (L * n, *x.shape[2:]))
     eps = xp.reshape(eps_fn(flat, t), x.shape)
     # a model may compute in float64 (its parameters): keep the samples' precision
-    return eps if eps.dtype == x.dtype else xp.astype(eps, x.dtype)
+    eps = eps if eps.dtype == x.dtype else xp.astype(eps, x.dtype)
+    return eps if steps.clip is None else clipped_eps(x, eps, steps, lo, hi)
+
+
+def clipped_eps(x, eps, steps: SamplerSteps, lo: int, hi: int):
+    """The model output that makes steps ``lo .. hi-1`` clip the clean-sample
+    prediction ``x0_hat = (x - sqrt(1 - abar) eps) / sqrt(abar)`` to ``[-clip, clip]``
+    (diffusers' ``clip_sample``): the step ``a x + b eps + x0_coef (clip(x0_hat) -
+    x0_hat)`` is ``a x + b eps'`` with ``eps' = eps + x0_coef / b (clip(x0_hat) -
+    x0_hat)``, so every sampler keeps its linear form.
+
+    Parameters
+    ----------
+    x, eps : arrays, shape (L, n, *sample_shape)
+    steps : SamplerSteps
+        With ``clip`` and ``x0_coef`` set.
+    lo, hi : int
+        The steps of ``x``'s rows (``hi - lo = L``).
+    """
+    xp = array_namespace(x)
+    nd, dt = x.ndim, x.dtype
+    ab = steps.abar[lo:hi]
+    b = steps.b[lo:hi]
+    ratio = np.where(b != 0, steps.x0_coef[lo:hi] / np.where(b != 0, b, 1.0), 0.0)
+    x0 = (x - _col(xp, np.sqrt(1.0 - ab), nd, dt) * eps) / _col(xp, np.sqrt(ab), nd, dt)
+    return eps + _col(xp, ratio, nd, dt) * (xp.clip(x0, min=-steps.clip, max=steps.clip) - x0)
 
 
 def _step(eps_fn: Callable, steps: SamplerSteps, z, j: int, x):
     """One sequential step ``j``: ``x_{j+1}`` from ``x_j`` (n, *sample_shape), one model
     call of ``n`` rows."""
     xs = x[None, ...]
-    e = _model_call(eps_fn, xs, steps.t[j : j + 1])
+    e = _model_call(eps_fn, xs, steps, j, j + 1)
     return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
 
 
@@ -599,7 +625,7 @@ def picard(
         L = e - b
         x_in = buf[b:e, ...]
         old = xp.asarray(buf[b + 1 : e + 1, ...], copy=True)
-        eps = _model_call(eps_fn, x_in, steps.t[b:e])
+        eps = _model_call(eps_fn, x_in, steps, b, e)
         if extrapolate and not callable(extrapolate):
             # x_in is a view of buf: keep the last input before the update
             x_last = xp.asarray(x_in[-1, ...], copy=True)

@@ -2,13 +2,15 @@
 
 Conventions: training timesteps ``t = 0 .. T_train - 1`` with ``alphas_cumprod[t]`` the
 signal fraction ``abar_t``. A sampler with ``n`` steps visits the timesteps
-``t_0 > t_1 > ... > t_{n-1} = 0`` (evenly spaced, "leading" spacing as in diffusers)
-and step ``j`` maps ``x_j`` (noised at ``t_j``) to ``x_{j+1}`` (noised at ``t_{j+1}``,
-clean after the last step). Every step is written as
+``t_0 > t_1 > ... > t_{n-1}`` (spaced as diffusers' ``timestep_spacing`` says:
+``leading``, the default, ends at 0) and step ``j`` maps ``x_j`` (noised at ``t_j``) to
+``x_{j+1}`` (noised at ``t_{j+1}``, clean after the last step). Every step is written as
 
     x_{j+1} = a_j x_j + b_j eps(x_j, t_j) + sigma_j z_j,        z_j ~ N(0, I),
 
-so the deterministic part is linear in ``x`` and the model output.
+so the deterministic part is linear in ``x`` and the model output. Clipping the
+clean-sample prediction (diffusers' ``clip_sample``) keeps this form: the sampler folds
+the clipped part into the model output (``samplers.clipped_eps``).
 """
 
 from __future__ import annotations
@@ -50,13 +52,24 @@ def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
     return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
 
 
+#: Schedule names, diffusers' ``beta_schedule`` names included.
+SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2")
+
+#: diffusers' ``timestep_spacing`` values.
+SPACINGS = ("leading", "trailing", "linspace")
+
+
 def make_schedule(kind: str, train_steps: int, beta_start=1e-4, beta_end=0.02) -> np.ndarray:
-    """``alphas_cumprod`` of the ``"linear"`` or ``"cosine"`` schedule."""
+    """``alphas_cumprod`` of a schedule: ``linear`` betas, ``scaled_linear`` (linear in
+    ``sqrt(beta)``, Stable Diffusion's) or ``cosine`` (= diffusers'
+    ``squaredcos_cap_v2``)."""
     if kind == "linear":
         return alphas_cumprod(linear_betas(train_steps, beta_start, beta_end))
-    if kind == "cosine":
+    if kind == "scaled_linear":
+        return alphas_cumprod(linear_betas(train_steps, beta_start**0.5, beta_end**0.5) ** 2)
+    if kind in ("cosine", "squaredcos_cap_v2"):
         return alphas_cumprod(cosine_betas(train_steps))
-    raise ValueError(f"unknown schedule {kind!r}; choose 'linear' or 'cosine'")
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,12 @@ class SamplerSteps:
         prediction of the clean sample, ``x0_hat = (x - sqrt(1 - abar) eps) / sqrt(abar)``.
     kind : str
         ``"ddpm"`` or ``"ddim"``.
+    x0_coef : numpy.ndarray or None
+        The coefficient of the clean-sample prediction ``x0_hat`` in step ``j`` (what a
+        clipped ``x0_hat`` changes).
+    clip : float or None
+        ``x0_hat`` is clipped to ``[-clip, clip]`` (diffusers' ``clip_sample_range``;
+        None: not clipped).
     """
 
     t: np.ndarray
@@ -89,13 +108,18 @@ class SamplerSteps:
     var: np.ndarray
     abar: np.ndarray
     kind: str
+    x0_coef: np.ndarray | None = None
+    clip: float | None = None
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
 
-def timesteps(train_steps: int, n_steps: int) -> np.ndarray:
-    """``n_steps`` evenly spaced training timesteps, descending, ending at 0.
+def timesteps(
+    train_steps: int, n_steps: int, spacing: str = "leading", offset: int = 0
+) -> np.ndarray:
+    """``n_steps`` training timesteps, descending, spaced as diffusers' schedulers space
+    them (``timestep_spacing``; ``offset`` is ``steps_offset``, added with ``leading``).
 
     Returns
     -------
@@ -103,22 +127,38 @@ def timesteps(train_steps: int, n_steps: int) -> np.ndarray:
     """
     if not 1 <= n_steps <= train_steps:
         raise ValueError(f"n_steps must be in 1..{train_steps}, got {n_steps}")
-    ratio = train_steps // n_steps
-    return (np.arange(n_steps, dtype=np.int64) * ratio)[::-1].copy()
+    if spacing == "leading":
+        ratio = train_steps // n_steps
+        return (np.arange(n_steps, dtype=np.int64) * ratio)[::-1].copy() + int(offset)
+    if spacing == "trailing":
+        t = np.round(np.arange(train_steps, 0, -train_steps / n_steps)).astype(np.int64)
+        return t - 1
+    if spacing == "linspace":
+        return np.linspace(0, train_steps - 1, n_steps).round()[::-1].copy().astype(np.int64)
+    raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
 
 
-def _pairs(abar: np.ndarray, n_steps: int):
-    t = timesteps(abar.shape[0], n_steps)
+def _pairs(abar: np.ndarray, t: np.ndarray, prev: np.ndarray, final: float = 1.0):
+    """``abar`` at the visited timesteps ``t`` and at their predecessors ``prev``
+    (``final`` where ``prev < 0``), the step's beta and its DDPM posterior variance."""
     ab_t = abar[t]
-    ab_prev = np.concatenate([abar[t[1:]], [1.0]])
+    ab_prev = np.where(prev >= 0, abar[np.maximum(prev, 0)], final)
     # DDPM posterior variance between t and the next visited timestep
     beta = 1.0 - ab_t / ab_prev
     var = np.maximum((1.0 - ab_prev) / (1.0 - ab_t) * beta, 1e-20)
-    return t, ab_t, ab_prev, beta, var
+    return ab_t, ab_prev, beta, var
 
 
-def ddpm_steps(abar: np.ndarray, n_steps: int) -> SamplerSteps:
-    """Ancestral DDPM sampling (posterior mean, "fixed small" variance, no clipping).
+def ddpm_steps(
+    abar: np.ndarray,
+    n_steps: int,
+    spacing: str = "leading",
+    offset: int = 0,
+    clip: float | None = None,
+) -> SamplerSteps:
+    """Ancestral DDPM sampling (posterior mean, "fixed small" variance), as diffusers'
+    ``DDPMScheduler``: the previous timestep is the next visited one (-1, with
+    ``abar = 1``, after the last).
 
     Mean ``(sqrt(abar_prev) beta / (1 - abar)) x0_hat + (sqrt(1 - beta)(1 - abar_prev) /
     (1 - abar)) x`` with ``x0_hat = (x - sqrt(1 - abar) eps) / sqrt(abar)``.
@@ -129,19 +169,37 @@ def ddpm_steps(abar: np.ndarray, n_steps: int) -> SamplerSteps:
         ``alphas_cumprod`` of the training schedule.
     n_steps : int
         Sampling steps (<= T_train).
+    spacing, offset
+        See :func:`timesteps`.
+    clip : float, optional
+        Clip ``x0_hat`` to ``[-clip, clip]`` (diffusers' ``clip_sample``).
     """
-    t, ab_t, ab_prev, beta, var = _pairs(np.asarray(abar, dtype=np.float64), n_steps)
+    abar = np.asarray(abar, dtype=np.float64)
+    t = timesteps(abar.shape[0], n_steps, spacing, offset)
+    prev = np.concatenate([t[1:], [-1]])
+    ab_t, ab_prev, beta, var = _pairs(abar, t, prev)
     c0 = np.sqrt(ab_prev) * beta / (1.0 - ab_t)  # coefficient of x0_hat
     cx = np.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)  # coefficient of x
     a = c0 / np.sqrt(ab_t) + cx
     b = -c0 * np.sqrt(1.0 - ab_t) / np.sqrt(ab_t)
     sigma = np.sqrt(np.where(var > 1e-20, var, 0.0))
-    return SamplerSteps(t, a, b, sigma, var, ab_t, "ddpm")
+    return SamplerSteps(t, a, b, sigma, var, ab_t, "ddpm", c0, clip)
 
 
-def ddim_steps(abar: np.ndarray, n_steps: int, eta: float = 0.0) -> SamplerSteps:
+def ddim_steps(
+    abar: np.ndarray,
+    n_steps: int,
+    eta: float = 0.0,
+    spacing: str = "leading",
+    offset: int = 0,
+    clip: float | None = None,
+    final_one: bool = True,
+) -> SamplerSteps:
     """DDIM sampling: ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - s^2) eps +
-    s z`` with ``s = eta * sqrt(var)`` (eta = 0: the deterministic ODE sampler).
+    s z`` with ``s = eta * sqrt(var)`` (eta = 0: the deterministic ODE sampler), as
+    diffusers' ``DDIMScheduler``: the previous timestep is ``t - T_train // n_steps``
+    whatever the spacing, and ``abar_prev`` there is 1 (``final_one``, diffusers'
+    ``set_alpha_to_one``) or ``abar[0]`` when it is negative.
 
     Parameters
     ----------
@@ -149,18 +207,27 @@ def ddim_steps(abar: np.ndarray, n_steps: int, eta: float = 0.0) -> SamplerSteps
     n_steps : int
     eta : float
         0 (deterministic) to 1 (DDPM-like noise).
+    spacing, offset, clip
+        As for :func:`ddpm_steps`.
+    final_one : bool
+        diffusers' ``set_alpha_to_one``.
     """
-    t, ab_t, ab_prev, _, var = _pairs(np.asarray(abar, dtype=np.float64), n_steps)
+    abar = np.asarray(abar, dtype=np.float64)
+    t = timesteps(abar.shape[0], n_steps, spacing, offset)
+    prev = t - abar.shape[0] // n_steps
+    ab_t, ab_prev, _, var = _pairs(abar, t, prev, 1.0 if final_one else float(abar[0]))
     s2 = eta**2 * np.where(var > 1e-20, var, 0.0)
     a = np.sqrt(ab_prev / ab_t)
     b = np.sqrt(np.maximum(1.0 - ab_prev - s2, 0.0)) - np.sqrt(ab_prev * (1.0 - ab_t) / ab_t)
-    return SamplerSteps(t, a, b, np.sqrt(s2), var, ab_t, "ddim")
+    return SamplerSteps(t, a, b, np.sqrt(s2), var, ab_t, "ddim", np.sqrt(ab_prev), clip)
 
 
-def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0) -> SamplerSteps:
-    """``ddpm_steps`` or ``ddim_steps`` by name."""
+def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0, **kw) -> SamplerSteps:
+    """``ddpm_steps`` or ``ddim_steps`` by name (``kw``: ``spacing``, ``offset``,
+    ``clip``; ``final_one`` for DDIM)."""
     if kind == "ddpm":
-        return ddpm_steps(abar, n_steps)
+        kw.pop("final_one", None)
+        return ddpm_steps(abar, n_steps, **kw)
     if kind == "ddim":
-        return ddim_steps(abar, n_steps, eta)
+        return ddim_steps(abar, n_steps, eta, **kw)
     raise ValueError(f"unknown sampler {kind!r}; choose 'ddpm' or 'ddim'")

@@ -1,0 +1,158 @@
+"""PyTorch networks as diffusion models: the adapter the samplers call, and diffusers'
+pipeline directories.
+
+The samplers keep their samples in NumPy or CuPy arrays; :class:`TorchDenoiser` hands
+them to the network through DLPack (no host copy of a CuPy array on the GPU, none of a
+NumPy array on the CPU), evaluates under ``torch.inference_mode`` in the network's own
+dtype (float32, float16 or bfloat16) and converts what the network predicts
+(``epsilon``, ``v_prediction`` or ``sample``, diffusers' ``prediction_type``) into the
+noise prediction ``eps``, returned in the samples' namespace and dtype.
+
+torch and diffusers are imported only when a model is built (the ``torch`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from array_api_compat import array_namespace
+
+#: diffusers' ``prediction_type`` values.
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+#: Model precisions (``torch`` dtype names).
+TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _to_torch(a, device):
+    import torch
+
+    try:
+        out = torch.from_dlpack(a)
+    except (BufferError, TypeError, RuntimeError):  # read-only or odd NumPy arrays
+        out = torch.as_tensor(np.ascontiguousarray(a))
+    return out.to(device)
+
+
+class TorchDenoiser:
+    """A PyTorch network ``net(x, t)`` as a :class:`~.models.DiffusionModel`.
+
+    Parameters
+    ----------
+    net : callable
+        A ``torch.nn.Module`` (or any callable on torch tensors) mapping noised samples
+        ``(N, *sample_shape)`` and integer timesteps ``(N,)`` to its prediction of the
+        same shape; a diffusers output object (``.sample``) or a tuple (first entry) is
+        unpacked.
+    abar : numpy.ndarray, shape (T_train,)
+        ``alphas_cumprod`` of the training schedule (converts ``v`` and ``x0``
+        predictions into noise predictions).
+    sample_shape : tuple of int
+    prediction_type : {"epsilon", "v_prediction", "sample"}
+    dtype : str
+        Precision the network evaluates in (its parameters are cast to it).
+    device : str
+        torch device of the network (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
+    """
+
+    def __init__(
+        self,
+        net: Callable,
+        abar: np.ndarray,
+        sample_shape: tuple[int, ...],
+        prediction_type: str = "epsilon",
+        dtype: str = "float32",
+        device: str = "cpu",
+    ):
+        import torch
+
+        if prediction_type not in PREDICTIONS:
+            raise ValueError(
+                f"prediction_type must be one of {', '.join(PREDICTIONS)} "
+                f"(got {prediction_type!r})"
+            )
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(TORCH_DTYPES)} (got {dtype!r})")
+        self.dtype = getattr(torch, dtype)
+        self.device = torch.device(device)
+        if isinstance(net, torch.nn.Module):
+            net = net.to(device=self.device, dtype=self.dtype).eval()
+        self.net = net
+        self.abar = np.array(abar, dtype=np.float64)
+        self.sample_shape = tuple(int(n) for n in sample_shape)
+        self.prediction_type = prediction_type
+
+    def eps(self, x, t):
+        """Predicted noise of ``x`` (N, *sample_shape) at timesteps ``t`` (N,), in the
+        namespace and dtype of ``x``."""
+        import torch
+
+        xp = array_namespace(x)
+        xt = _to_torch(x, self.device).to(self.dtype)
+        tt = _to_torch(t, self.device).to(torch.int64)
+        with torch.inference_mode():
+            out = self.net(xt, tt)
+            out = getattr(out, "sample", out)
+            if isinstance(out, tuple):
+                out = out[0]
+            out = out.to(_torch_dtype(x.dtype)).contiguous()
+        pred = xp.from_dlpack(out)
+        if self.prediction_type == "epsilon":
+            return pred
+        ab = np.asarray(self.abar[np.asarray(_host(t), dtype=np.int64)])
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        sa = xp.reshape(xp.asarray(np.sqrt(ab), dtype=x.dtype), shape)
+        sb = xp.reshape(xp.asarray(np.sqrt(1.0 - ab), dtype=x.dtype), shape)
+        if self.prediction_type == "v_prediction":
+            return sa * pred + sb * x
+        return (x - sa * pred) / sb  # "sample": the network predicts x0
+
+
+def _host(t):
+    return t.get() if hasattr(t, "get") else np.asarray(t)
+
+
+def _torch_dtype(dtype):
+    """The torch dtype of a NumPy/CuPy dtype."""
+    import torch
+
+    return getattr(torch, np.dtype(dtype).name)
+
+
+def read_pipeline_dir(path: str | Path) -> dict:
+    """What a diffusers pipeline directory (``save_pretrained``) holds: its network's
+    class and config, and its scheduler's config.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing or unreadable file.
+    """
+    root = Path(path)
+    files = {
+        "index": root / "model_index.json",
+        "unet": root / "unet" / "config.json",
+        "scheduler": root / "scheduler" / "scheduler_config.json",
+    }
+    out = {}
+    for key, f in files.items():
+        if not f.is_file():
+            raise ValueError(f"{f} not found (a diffusers pipeline directory, save_pretrained)")
+        try:
+            out[key] = json.loads(f.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{f} is not JSON: {err}") from None
+    return out
+
+
+def load_unet(path: str | Path, class_name: str):
+    """The network of a diffusers pipeline directory (``unet/``), on the CPU."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    if cls is None:
+        raise ValueError(f"unet/config.json names {class_name!r}, which diffusers does not have")
+    return cls.from_pretrained(str(path), subfolder="unet")

@@ -1,0 +1,225 @@
+"""picard on PyTorch models: diffusers pipeline directories and torch modules, checked
+against diffusers' own schedulers (same start and noise)."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import last_json, tilegraph
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from tilegraph.tasks.picard.samplers import draw_noise, sequential  # noqa: E402
+from tilegraph.tasks.picard.schedules import make_schedule, make_steps  # noqa: E402
+from tilegraph.tasks.picard.torch_models import TorchDenoiser  # noqa: E402
+
+SHAPE = (1, 8, 8)
+
+
+def tiny_unet(seed=0):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+
+
+def steps_kw(sched):
+    sc = sched.config
+    return sc.timestep_spacing, sc.clip_sample_range if sc.clip_sample else None
+
+
+def our_steps(sched, kind, T):
+    sc = sched.config
+    abar = make_schedule(sc.beta_schedule, sc.num_train_timesteps, sc.beta_start, sc.beta_end)
+    kw = {"final_one": sc.set_alpha_to_one} if kind == "ddim" else {}
+    spacing, clip = steps_kw(sched)
+    steps = make_steps(kind, abar, T, spacing=spacing, offset=sc.steps_offset, clip=clip, **kw)
+    return abar, steps
+
+
+def diffusers_loop(net, sched, x_T, kind, seed=1):
+    """diffusers' sequential scheduler loop from x_T; DDPM's step draws its noise from a
+    generator: each draw is replayed first and returned, shape (T, *x_T.shape)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(x_T.copy())
+    zs = []
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            out = net(x, t).sample
+            state = gen.get_state()
+            zs.append(torch.randn(x.shape, generator=gen).numpy())
+            gen.set_state(state)
+            if kind == "ddim":
+                x = sched.step(out, t, x, eta=0.0).prev_sample
+            else:
+                x = sched.step(out, t, x, generator=gen).prev_sample
+    return x.numpy(), np.stack(zs)
+
+
+@pytest.mark.parametrize(
+    "kind, kw, atol",
+    [
+        ("ddpm", {}, 1e-5),  # the DDPMScheduler defaults: linear, clip_sample at 1, leading
+        (
+            "ddpm",
+            {
+                "timestep_spacing": "linspace",
+                "clip_sample_range": 0.5,
+                "prediction_type": "v_prediction",
+            },
+            1e-5,
+        ),  # fmt: skip
+        (
+            "ddim",
+            {
+                "timestep_spacing": "trailing",
+                "prediction_type": "v_prediction",
+                "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085,
+                "beta_end": 0.012,
+            },
+            1e-5,
+        ),
+        # cosine ends at abar = 2.4e-9 with x0_hat clipped: the linear step form cancels
+        # terms of size 1/sqrt(abar) = 2e4 in float32 (2e-5 off diffusers' x0 form)
+        (
+            "ddim",
+            {
+                "timestep_spacing": "leading",
+                "steps_offset": 1,
+                "set_alpha_to_one": False,
+                "beta_schedule": "squaredcos_cap_v2",
+            },
+            5e-5,
+        ),  # fmt: skip
+    ],
+)
+def test_sequential_matches_diffusers_scheduler_loop(kind, kw, atol):
+    cls = diffusers.DDPMScheduler if kind == "ddpm" else diffusers.DDIMScheduler
+    sched = cls(**kw)
+    T, n = 20, 3
+    abar, steps = our_steps(sched, kind, T)
+    np.testing.assert_allclose(abar, sched.alphas_cumprod.numpy(), rtol=1e-6, atol=1e-9)  # float32
+    sched.set_timesteps(T)
+    np.testing.assert_array_equal(sched.timesteps.numpy(), steps.t)
+    # the samplers compared on diffusers' own (float32) alphas_cumprod
+    abar = sched.alphas_cumprod.numpy().astype(np.float64)
+    kw = {"final_one": sched.config.set_alpha_to_one} if kind == "ddim" else {}
+    steps = make_steps(kind, abar, T, spacing=steps_kw(sched)[0], offset=sched.config.steps_offset,
+                       clip=steps_kw(sched)[1], **kw)  # fmt: skip
+    net = tiny_unet()
+    x_T = draw_noise(np.random.SeedSequence(1), n, SHAPE, T)[0].astype(np.float32)
+    ref, z = diffusers_loop(net, sched, x_T, kind)
+    model = TorchDenoiser(net, abar, SHAPE, prediction_type=sched.config.prediction_type)
+    ours = sequential(model.eps, steps, x_T, z)
+    assert np.abs(ref).max() > 0.1  # not a trivial sample
+    np.testing.assert_allclose(ours, ref, atol=atol, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def ddim_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipe") / "ddim"
+    # v-prediction: with epsilon prediction, clip_sample and this random network the DDIM
+    # trajectory is so ill-conditioned that diffusers' own float32 and float64 loops end
+    # 3e-3 apart (x0_hat = (x - sqrt(1 - abar) eps) / sqrt(abar) at abar = 4e-5)
+    sched = diffusers.DDIMScheduler(timestep_spacing="trailing", prediction_type="v_prediction")
+    diffusers.DDIMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(str(path))
+    return path
+
+
+def test_a_diffusers_directory_runs_and_matches_diffusers(tmp_path, ddim_dir):
+    """model=diffusers on local:2: the run's sequential samples are diffusers' DDIM loop
+    from the same start, and Picard ends within its tolerance of them."""
+    T, n = 25, 4
+    run = tilegraph(
+        "run", "picard", "--set", "model=diffusers", "--set", f"diffusers.path={ddim_dir}",
+        "--set", "sampler=ddim", "--set", f"steps={T}", "--set", "window=8",
+        "--set", f"n_samples={n}", "--set", f"batch_size={n}", "--set", "dtype=float32",
+        "--set", "tol=0.01", "--cluster", "local:2", "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = last_json(run.stdout)
+    res = xr.open_zarr(out["path"] + "/result", consolidated=False).load()
+    assert res.samples.dims == ("sample", "channel", "row", "col")
+    assert res.samples.shape == (n, *SHAPE)
+    sched = diffusers.DDIMScheduler.from_pretrained(str(ddim_dir), subfolder="scheduler")
+    sched.set_timesteps(T)
+    x_T = draw_noise(np.random.SeedSequence(0, spawn_key=(0,)), n, SHAPE, T)[0]
+    net = diffusers.UNet2DModel.from_pretrained(str(ddim_dir), subfolder="unet")
+    ref, _ = diffusers_loop(net, sched, x_T.astype(np.float32), "ddim")
+    np.testing.assert_allclose(res.sequential.values, ref, atol=2e-5, rtol=0)
+    assert out["metrics"]["iterations"] < T
+    assert 0 < out["metrics"]["max_abs_diff_vs_sequential"] < 0.05
+
+
+MODULE = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    """A per-pixel MLP of (x, t): any torch module with sample_shape."""
+
+    sample_shape = (2, 3)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.f = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def forward(self, x, t):
+        tt = (t.to(x.dtype) / 1000.0)[:, None, None].expand_as(x)
+        return self.f(torch.stack([x, tt], dim=-1))[..., 0]
+
+
+def factory(abar):
+    return Net().double()
+'''
+
+
+def test_a_torch_module_from_a_factory(tmp_path):
+    """model=custom returning a torch.nn.Module: wrapped, run on the workers, and its
+    sequential samples are the in-process sampler's on the same module."""
+    (tmp_path / "mynet.py").write_text(MODULE)
+    run = tilegraph(
+        "run", "picard", "--set", "model=custom", "--set", "custom=mynet:factory",
+        "--set", "steps=40", "--set", "window=10", "--set", "n_samples=6",
+        "--set", "batch_size=3", "--set", "tol=1e-3", "--store", str(tmp_path / "runs"),
+        "--cluster", "local:2",
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = last_json(run.stdout)
+    res = xr.open_zarr(out["path"] + "/result", consolidated=False).load()
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    import mynet
+
+    abar = make_schedule("linear", 1000)
+    steps = make_steps("ddpm", abar, 40)
+    model = TorchDenoiser(mynet.factory(abar), abar, (2, 3), dtype="float64")
+    x_T, z = draw_noise(np.random.SeedSequence(0, spawn_key=(1,)), 3, (2, 3), 40)
+    np.testing.assert_allclose(res.sequential.values[3:], sequential(model.eps, steps, x_T, z),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    assert out["metrics"]["max_abs_diff_vs_sequential"] < 0.05
+
+
+@pytest.mark.parametrize(
+    "sets, field",
+    [
+        (["model=diffusers"], "diffusers.path"),
+        (["model=diffusers", "diffusers.path=/nonexistent/dir"], "diffusers.path"),
+        (["model=diffusers", "DIR", "train_steps=500"], "train_steps"),
+        (["model=diffusers", "DIR", "diffusers.dtype=float8"], "diffusers.dtype"),
+    ],
+)
+def test_bad_diffusers_settings_exit_2(tmp_path, ddim_dir, sets, field):
+    sets = [f"diffusers.path={ddim_dir}" if s == "DIR" else s for s in sets]
+    args = [a for s in sets for a in ("--set", s)]
+    run = tilegraph("run", "picard", *args, "--store", str(tmp_path / "runs"))
+    assert run.returncode == 2, run.stderr
+    assert field in run.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists()
