@@ -266,6 +266,7 @@ VARIANTS = {
     "plain": {},
     "accelerated": {"secant": True, "extrapolate": True},
     "anderson": {"anderson": 3},
+    "guarded": {"guard": True},
 }
 
 
@@ -468,7 +469,7 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("variant", ["plain", "accelerated"])
+@pytest.mark.parametrize("variant", ["plain", "accelerated", "guarded"])
 def test_resume_from_a_checkpoint_gives_the_uninterrupted_bits(gmm, variant):
     st = ddpm_steps(ABAR, 200)
     x_T, z = draw_noise(np.random.SeedSequence(12), 4, (64,), 200)
@@ -518,6 +519,44 @@ def test_resume_from_every_checkpoint_gives_the_uninterrupted_bits(gmm, data):
         again = picard(eps, st, x_T, z, state=state, **kw)
         np.testing.assert_array_equal(again.x, full.x)
         np.testing.assert_array_equal(again.history, full.history)
+
+
+# (sampler, seed, batch): the batches of the quick preset's mixture (seeds 0-4, 4 batches
+# of 16) in which ParaDiGMS's test lets a sample end in another component somewhere on
+# the tolerance ladder, with the ladder
+FLIPS = [
+    ("ddpm", 0, 0, [0.1, 0.05, 0.02, 0.01]),
+    ("ddpm", 2, 1, [0.1, 0.05, 0.02, 0.01]),
+    ("ddim", 0, 1, [0.05, 0.02, 0.01]),
+    ("ddim", 1, 1, [0.05, 0.02, 0.01]),
+    ("ddim", 3, 2, [0.05, 0.02, 0.01]),
+]
+
+
+def _components(gmm, x):
+    return np.argmin(((x[:, None, :] - gmm.means[None]) ** 2).sum(-1), axis=1)
+
+
+@pytest.mark.parametrize("kind, seed, batch, ladder", FLIPS)
+def test_the_guard_keeps_every_sample_in_its_component(gmm, kind, seed, batch, ladder):
+    """Over a ladder of tol, the guarded test never returns a sample of another mixture
+    component than the sequential sampler's, and its error shrinks with tol (up to a
+    factor 3); ParaDiGMS's test does return one on the same ladder."""
+    T = 1000 if kind == "ddpm" else 200
+    st = make_steps(kind, ABAR, T)
+    x_T, z = draw_noise(np.random.SeedSequence(seed, spawn_key=(batch,)), 16, (64,), T)
+    xs = sequential(gmm.eps, st, x_T, z)
+    want = _components(gmm, xs)
+    plain = [picard(gmm.eps, st, x_T, z, 96, tol).x for tol in ladder]
+    assert any(np.any(_components(gmm, x) != want) for x in plain)
+    errs = []
+    for tol in ladder:
+        x = picard(gmm.eps, st, x_T, z, 96, tol, guard=True).x
+        np.testing.assert_array_equal(_components(gmm, x), want)
+        errs.append(np.abs(x - xs).max())
+    assert errs[0] < 0.1
+    for loose, tight in zip(errs, errs[1:], strict=False):
+        assert tight <= 3 * loose, errs
 
 
 def test_anderson_mixing_changes_the_iterates_but_not_the_answer(gmm):

@@ -80,6 +80,7 @@ def sample_batch(
         anderson=cfg.anderson_memory,
         extrapolate=cfg.accelerate,
         secant=cfg.accelerate,
+        guard=cfg.guard,
         callback=progress,
         checkpoint=timed_checkpoint if checkpoint is not None else None,
         checkpoint_every=1,

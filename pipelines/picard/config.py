@@ -110,6 +110,12 @@ class PicardConfig(PipelineConfig):
         default=False,
         description="secant-linearised window sweep + extrapolated window starts (not ParaDiGMS)",
     )
+    guard: bool = Field(
+        default=True,
+        description="scale each step's change by the amplification the steps ahead may "
+        "give it before the tol test (false: ParaDiGMS's test, which can return another "
+        "sample; see docs/picard.md, Error control)",
+    )
     anderson_memory: int = Field(
         default=0, ge=0, le=20, description="triangular Anderson mixing history (0: off)"
     )

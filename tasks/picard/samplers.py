@@ -22,6 +22,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..devices import to_host
+from .guard import lookahead, step_expansion
 from .schedules import SamplerSteps
 
 #: Columns of :attr:`PicardResult.history`.
@@ -520,6 +521,7 @@ def picard(
     anderson: int = 0,
     extrapolate: bool | Callable = False,
     secant: bool = False,
+    guard: bool = False,
     callback: Callable | None = None,
     checkpoint: Callable | None = None,
     checkpoint_every: int = 0,
@@ -567,6 +569,10 @@ def picard(
         model, :func:`_data_spread`) instead of the plain cumulative sum.
         ``extrapolate`` and ``secant`` make the accelerated variant; none of the three
         costs extra model calls.
+    guard : bool
+        Scale each slot's change by how much the steps ahead in the window may amplify
+        it before the test against ``tol`` (:mod:`.guard`; no extra model calls): a slot
+        whose small error the next steps would blow up is not accepted yet.
     callback : callable, optional
         ``callback(iteration, begin, end)`` after every iteration.
     checkpoint : callable, optional
@@ -604,7 +610,8 @@ def picard(
     # the local Gaussian model's data variance per sample (0: a point; stays 0 without
     # secant slopes)
     s2 = xp.zeros(x_T.shape[:1], dtype=x_T.dtype)
-    if secant:
+    loglam = np.full((T, x_T.shape[0]), np.nan) if guard else None
+    if secant or guard:
         seen_x = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
         seen_eps = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
         seen = np.zeros(T, dtype=bool)
@@ -612,12 +619,14 @@ def picard(
         buf = _c_array(xp, (T + 1, *x_T.shape), x_T.dtype, xp.asarray(state["buf"]))
         b, e, it, evals = (int(state[k]) for k in ("b", "e", "it", "evals"))
         hist = [tuple(r) for r in np.asarray(state["hist"]).reshape(-1, 5).tolist()]
-        if secant:
+        if secant or guard:
             seen_x = _c_array(xp, (T, *x_T.shape), x_T.dtype, xp.asarray(state["seen_x"]))
             seen_eps = _c_array(xp, (T, *x_T.shape), x_T.dtype, xp.asarray(state["seen_eps"]))
             seen = np.asarray(state["seen"], dtype=bool).copy()
             if "s2" in state:  # absent in a state saved before it was kept
                 s2 = _c_array(xp, x_T.shape[:1], x_T.dtype, xp.asarray(state["s2"]))
+        if guard:
+            loglam = np.array(state["loglam"], dtype=np.float64).reshape(T, -1)
     elif callable(extrapolate):  # a fresh start: the first window's slots too
         buf[1 : e + 1, ...] = _guess(extrapolate, xp, buf[0, ...], 0, e)
     save = checkpoint is not None and checkpoint_every > 0 and acc is None
@@ -630,6 +639,16 @@ def picard(
             # x_in is a view of buf: keep the last input before the update
             x_last = xp.asarray(x_in[-1, ...], copy=True)
         d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e])
+        if guard:  # before the secant update overwrites the previous evaluations
+            idx = np.flatnonzero(seen[b:e])
+            if idx.size:
+                ix = xp.asarray(idx)
+                dx = xp.take(x_in, ix, axis=0) - xp.take(seen_x, ix + b, axis=0)
+                de = xp.take(eps, ix, axis=0) - xp.take(seen_eps, ix + b, axis=0)
+                loglam[b + idx] = step_expansion(dx, de, steps.a[b + idx], steps.b[b + idx])
+            if not secant:
+                seen_x[b:e, ...], seen_eps[b:e, ...] = x_in, eps
+                seen[b:e] = True
         if secant:
             gain = _secant_gain(x_in, eps, seen_x[b:e, ...], seen_eps[b:e, ...], seen[b:e])
             s2 = _data_spread(gain, seen[b:e], steps.abar[b:e], s2)
@@ -641,6 +660,11 @@ def picard(
             new, err = window_update_linearised(x_in, old, d, gain, inv_var[b + 1 : e + 1])
         else:
             new, err = window_update(x_in, old, d, inv_var[b + 1 : e + 1])
+        if guard:
+            diff = xp.reshape(new - old, (L, x_T.shape[0], -1))
+            ms = np.asarray(to_host(xp.mean(diff * diff, axis=2)), dtype=np.float64)
+            G = lookahead(loglam, b, L)
+            err = np.max(ms * G * G, axis=1) * inv_var[b + 1 : e + 1]
         bad = np.flatnonzero(err > tol**2)
         k = int(bad[0]) if bad.size else L
         advance = min(k + 1, window)
@@ -670,8 +694,10 @@ def picard(
         if save and b < T and it % checkpoint_every == 0:
             snap = {"buf": buf, "b": b, "e": e, "it": it, "evals": evals}
             snap["hist"] = np.asarray(hist, dtype=np.float64).reshape(-1, 5)
-            if secant:
+            if secant or guard:
                 snap.update(seen_x=seen_x, seen_eps=seen_eps, seen=seen, s2=s2)
+            if guard:
+                snap["loglam"] = loglam
             checkpoint(snap)
         if callback is not None:
             callback(it, b, e)
