@@ -8,6 +8,7 @@ import math
 import array_api_strict
 import numpy as np
 import pytest
+from helpers import tilegraph
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 from tilegraph.tasks.picard.models import GaussianMixture, MLPDenoiser, time_features
@@ -667,3 +668,22 @@ def test_kernels_on_cupy_match_numpy(gmm):
     np.testing.assert_allclose(
         cp.asnumpy(mlp.eps(cp.asarray(x_T), cp.asarray(t))), mlp.eps(x_T, t), rtol=1e-9
     )
+
+
+def test_timestep_spacings_and_gmm_weights(tmp_path):
+    """diffusers' spacings written out by hand; explicit mixture weights reach the model
+    and bad ones exit 2."""
+    np.testing.assert_array_equal(timesteps(1000, 10, "trailing"), np.arange(999, 0, -100))
+    np.testing.assert_array_equal(timesteps(1000, 10, "leading", 1), np.arange(901, 0, -100))
+    np.testing.assert_array_equal(timesteps(1000, 4, "linspace"), [999, 666, 333, 0])
+    # DDIM steps: the previous timestep is t - 1000 // n whatever the spacing
+    st = make_steps("ddim", ABAR, 10, spacing="trailing")
+    np.testing.assert_allclose(st.a[:-1], np.sqrt(ABAR[np.arange(899, 0, -100)] / ABAR[st.t[:-1]]))
+    assert st.a[-1] == pytest.approx(1 / np.sqrt(ABAR[99]))  # abar_prev = 1 at the end
+    from tilegraph.pipelines.picard.config import PicardConfig
+    from tilegraph.pipelines.picard.model_spec import gmm_model
+
+    cfg = PicardConfig(gmm={"components": 3, "weights": [2, 1, 1]})
+    np.testing.assert_allclose(gmm_model(cfg, ABAR).weights, [0.5, 0.25, 0.25])
+    run = tilegraph("run", "picard", "--set", "gmm.weights=[1, 2]", "--store", str(tmp_path))
+    assert run.returncode == 2 and "weights" in run.stderr.strip().splitlines()[-1]

@@ -9,7 +9,7 @@ from helpers import last_json, tilegraph
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from tilegraph.tasks.picard.samplers import draw_noise, sequential  # noqa: E402
+from tilegraph.tasks.picard.samplers import draw_noise, picard, sequential  # noqa: E402
 from tilegraph.tasks.picard.schedules import make_schedule, make_steps  # noqa: E402
 from tilegraph.tasks.picard.torch_models import TorchDenoiser  # noqa: E402
 
@@ -223,3 +223,35 @@ def test_bad_diffusers_settings_exit_2(tmp_path, ddim_dir, sets, field):
     assert run.returncode == 2, run.stderr
     assert field in run.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "kind, prediction, p, tol",
+    [
+        ("ddpm", "epsilon", 8, 0.1),
+        ("ddpm", "epsilon", 32, 0.01),
+        ("ddim", "v_prediction", 32, 0.1),
+    ],
+)
+def test_plain_picard_counts_equal_diffusers_paradigms_loop(kind, prediction, p, tol):
+    """diffusers' own ParaDiGMS loop (StableDiffusionParadigmsPipeline's, transcribed in
+    tasks/picard/paradigms_peer.py) and tilegraph's plain Picard (guard off): the same
+    iterations per batch and the same samples, on the same network, start and noise."""
+    from tilegraph.tasks.picard.paradigms_peer import paradigms_loop
+
+    cls = diffusers.DDPMParallelScheduler if kind == "ddpm" else diffusers.DDIMParallelScheduler
+    sched = cls(prediction_type=prediction)
+    T = 100
+    sched.set_timesteps(T)
+    abar = sched.alphas_cumprod.numpy().astype(np.float64)
+    steps = make_steps(kind, abar, T, clip=sched.config.clip_sample_range)
+    net = tiny_unet()
+    model = TorchDenoiser(net, abar, SHAPE, prediction_type=prediction)
+    for seed in range(2):
+        x_T, z = draw_noise(np.random.SeedSequence(seed), 4, SHAPE, T)
+        x_T, z = x_T.astype(np.float32), z.astype(np.float32)
+        theirs, their_its = paradigms_loop(net, sched, x_T, z, p, tol)
+        ours = picard(model.eps, steps, x_T, z, p, tol)
+        assert abs(ours.iterations - their_its) <= 1, (ours.iterations, their_its)
+        assert ours.iterations < T // 2
+        np.testing.assert_allclose(ours.x, theirs, atol=1e-4, rtol=0)

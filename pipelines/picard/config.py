@@ -14,7 +14,7 @@ from ..imports import ExternalURL, ImportPath
 class GMMConfig(BaseModel):
     """The exact Gaussian-mixture model: ``K`` components ``N(mu_k, spread^2 I)`` in
     ``dim`` dimensions, means drawn from ``N(0, mean_scale^2 I)`` with ``seed``, weights
-    proportional to ``1, 2, .., K``."""
+    ``weights`` (normalised) or proportional to ``1, 2, .., K``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -23,6 +23,20 @@ class GMMConfig(BaseModel):
     spread: float = Field(default=0.15, gt=0, description="component standard deviation")
     mean_scale: float = Field(default=1.0, ge=0, description="scale of the random means")
     seed: int = Field(default=0, ge=0, description="seed of the means")
+    weights: list[float] | None = Field(
+        default=None,
+        description="component weights (K positive numbers, normalised); default "
+        "proportional to 1, 2, .., K",
+    )
+
+    @model_validator(mode="after")
+    def _weights(self):
+        w = self.weights
+        if w is not None and (len(w) != self.components or min(w) <= 0):
+            raise ValueError(
+                f"weights must list components={self.components} positive numbers (got {w})"
+            )
+        return self
 
 
 class DigitsConfig(BaseModel):

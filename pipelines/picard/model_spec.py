@@ -30,8 +30,15 @@ def digits_data() -> np.ndarray:
 def gmm_model(cfg: PicardConfig, abar: np.ndarray) -> GaussianMixture:
     """The exact mixture model the config describes."""
     g = cfg.gmm
+    w = None if g.weights is None else np.asarray(g.weights, dtype=np.float64)
     return GaussianMixture.random(
-        g.dim, g.components, g.spread, abar, mean_scale=g.mean_scale, seed=g.seed
+        g.dim,
+        g.components,
+        g.spread,
+        abar,
+        mean_scale=g.mean_scale,
+        seed=g.seed,
+        weights=None if w is None else w / w.sum(),
     )
 
 

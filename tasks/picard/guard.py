@@ -47,11 +47,14 @@ def step_expansion(dx, de, a: np.ndarray, b: np.ndarray, block: int = BLOCK) -> 
     -------
     numpy.ndarray, shape (Q, n)
         ``log`` of the largest singular value of the step Jacobian restricted to the
-        span of the block's input changes (NaN where a block has no change).
+        span of the block's input changes (NaN where a block has no change or a
+        non-finite one).
     """
     xp = array_namespace(dx)
     Q, n = dx.shape[0], dx.shape[1]
-    X = xp.reshape(dx, (Q, n, -1))
+    # float64: the squares of a float32 iterate far from the fixed point overflow
+    X = xp.astype(xp.reshape(dx, (Q, n, -1)), xp.float64)
+    de = xp.astype(de, xp.float64)
     D = X.shape[2]
     dt = X.dtype
     W = _col(xp, a, dt) * X + _col(xp, b, dt) * xp.reshape(de, (Q, n, D))
@@ -69,6 +72,9 @@ def step_expansion(dx, de, a: np.ndarray, b: np.ndarray, block: int = BLOCK) -> 
     W = xp.permute_dims(xp.reshape(W, (nb, block, n, D)), (2, 0, 1, 3))
     Gx = np.asarray(to_host(X @ xp.matrix_transpose(X)), dtype=np.float64)
     Gw = np.asarray(to_host(W @ xp.matrix_transpose(W)), dtype=np.float64)
+    # a block with a non-finite entry (an iterate that overflowed) gives no estimate
+    bad = ~(np.isfinite(Gx).all(axis=(-2, -1)) & np.isfinite(Gw).all(axis=(-2, -1)))
+    Gx[bad], Gw[bad] = 0.0, 0.0
     # max |W^T c| / |X^T c|: whiten by Gx's kept eigenvectors, then the top eigenvalue
     lam, V = np.linalg.eigh(Gx)
     keep = lam > RCOND * lam[..., -1:]
@@ -76,7 +82,8 @@ def step_expansion(dx, de, a: np.ndarray, b: np.ndarray, block: int = BLOCK) -> 
     P = V * inv[..., None, :]
     top = np.linalg.eigvalsh(np.swapaxes(P, -1, -2) @ Gw @ P)[..., -1]
     top = np.sqrt(np.maximum(top, 0.0))
-    log = np.where(top > 0, np.log(np.where(top > 0, top, 1.0)), np.nan)  # (n, nb)
+    ok = (top > 0) & ~bad
+    log = np.where(ok, np.log(np.where(ok, top, 1.0)), np.nan)  # (n, nb)
     return np.repeat(log, block, axis=1)[:, :Q].T
 
 
