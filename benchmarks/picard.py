@@ -34,7 +34,17 @@ worker). Two settings:
   of p steps costs little more than one step.
 
 Goal: >= 1.5x on 2 workers. With ``--device cuda`` the replicas evaluate with CuPy on
-the GPU.
+the GPU. Every variant runs with ParaDiGMS's stopping test and with the guard
+(``+guard``); a run whose error exceeds ``WRONG`` (10) x tol returned another sample and
+gets no speed-up ("WRONG").
+
+Part 4 (``--diffusers``; needs the ``torch`` extra): a small ``UNet2DModel`` (randomly
+initialised, seeded; ``--unet-size`` pixels) in a DDPM pipeline directory: iterations,
+model evaluations, error and wall time of diffusers' own ParaDiGMS loop
+(``tasks/picard/paradigms_peer.py``), tilegraph's plain and accelerated Picard (guard off
+and on) in this process, against the sequential sampler; then the ``picard`` pipeline
+with ``model=diffusers`` on ``local:1`` and ``local:2`` (its ``speedup_wall``). Goals:
+plain <= diffusers' count; accelerated <= 0.5x of it at the same error.
 
     python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 8192]
                                 [--wall-steps 200] [--settings throughput latency]
@@ -80,6 +90,9 @@ PUBLISHED = {
 
 LADDER = (0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 ACCEL = {"secant": True, "extrapolate": True}
+#: A run whose max |parallel - sequential| exceeds WRONG x tol (data of unit scale) has
+#: returned another sample: its wall-time ratio is not reported ("WRONG").
+WRONG = 10.0
 HEADER = (
     "sampl steps    p     tol  pub.  iters  evals       err  i_acc  e_acc   err_acc  "
     "ratio  i_acc@err ratio i_anderson floor bound draft"
@@ -265,21 +278,24 @@ def wall_on(args, workers: int, setting: str, spec: dict, st, x_T, z) -> list[di
         )
         print_wall(rows[-1])
         for p in args.windows:
-            for acc in (False, True):
+            for acc, guard in ((False, False), (True, False), (False, True), (True, True)):
                 ev = WindowEvaluator(ex, actors, n, parts=workers)
                 t0 = time.perf_counter()
-                r = picard(ev, st, x_T, z, p, args.tol, **(ACCEL if acc else {}))
+                r = picard(ev, st, x_T, z, p, args.tol, guard=guard, **(ACCEL if acc else {}))
                 el = time.perf_counter() - t0
+                err = float(np.abs(r.x - xs).max())
                 rows.append(
                     {
                         **common,
-                        "method": "accelerated" if acc else "picard",
+                        "method": ("accelerated" if acc else "picard")
+                        + ("+guard" if guard else ""),
                         "window": p,
                         "iters": r.iterations,
                         "evals": r.model_evals,
                         "wall_s": el,
-                        "speedup": base / el,
-                        "err": float(np.abs(r.x - xs).max()),
+                        # a speed-up at a wrong answer is none
+                        "speedup": base / el if err <= WRONG * args.tol else None,
+                        "err": err,
                         "median_err": float(np.median(np.abs(r.x - xs).max(axis=1))),
                     }
                 )
@@ -289,12 +305,86 @@ def wall_on(args, workers: int, setting: str, spec: dict, st, x_T, z) -> list[di
 
 def print_wall(w: dict) -> None:
     err = "" if w["method"] == "sequential" else f"{w['err']:9.1e} {w['median_err']:9.1e}"
+    speed = "  WRONG" if w["speedup"] is None else f"{w['speedup']:7.2f}"
     print(
-        f"{w['method']:12} {w['workers']:3} {w['window']:4} {w['iters']:6} "
-        f"{w['evals']:6} {w['wall_s']:8.2f} {w['speedup']:7.2f} {err:>19} "
+        f"{w['method']:18} {w['workers']:3} {w['window']:4} {w['iters']:6} "
+        f"{w['evals']:6} {w['wall_s']:8.2f} {speed} {err:>19} "
         f"{w['call_ms']:8.1f}",
         flush=True,
     )
+
+
+def diffusers_part(args) -> list[dict]:
+    """Part 4 rows: diffusers' ParaDiGMS loop and tilegraph's samplers on one UNet."""
+    import tempfile
+
+    import diffusers
+    import torch
+    from tilegraph.tasks.picard.paradigms_peer import paradigms_loop
+    from tilegraph.tasks.picard.torch_models import TorchDenoiser
+
+    torch.manual_seed(0)
+    size = args.unet_size
+    net = diffusers.UNet2DModel(
+        sample_size=size, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+    ).eval()  # fmt: skip
+    T, n, shape = args.unet_steps, args.unet_samples, (1, size, size)
+    sched = diffusers.DDPMParallelScheduler()
+    sched.set_timesteps(T)
+    abar = sched.alphas_cumprod.numpy().astype(np.float64)
+    st = make_steps("ddpm", abar, T, clip=sched.config.clip_sample_range)
+    model = TorchDenoiser(net, abar, shape)
+    x_T, z = draw_noise(np.random.SeedSequence(2), n, shape, T)
+    x_T, z = x_T.astype(np.float32), z.astype(np.float32)
+    t0 = time.perf_counter()
+    xs = sequential(model.eps, st, x_T, z)
+    base = time.perf_counter() - t0
+    rows = [{"method": "sequential", "window": 1, "iters": T, "evals": T, "wall_s": base,
+             "speedup": 1.0, "err": 0.0}]  # fmt: skip
+
+    def row(method, p, its, evals, wall, x):
+        err = float(np.abs(x - xs).max())
+        ok = err <= WRONG * args.tol
+        speed = base / wall if ok else None
+        rows.append({"method": method, "window": p, "iters": its, "evals": evals,
+                     "wall_s": wall, "speedup": speed, "err": err})  # fmt: skip
+
+    for p in args.windows:
+        t0 = time.perf_counter()
+        x, its = paradigms_loop(net, sched, x_T, z, p, args.tol)
+        row("diffusers-paradigms", p, its, None, time.perf_counter() - t0, x)
+        for acc, guard in ((False, False), (True, False), (False, True), (True, True)):
+            t0 = time.perf_counter()
+            r = picard(model.eps, st, x_T, z, p, args.tol, guard=guard, **(ACCEL if acc else {}))
+            name = ("accelerated" if acc else "picard") + ("+guard" if guard else "")
+            row(name, p, r.iterations, r.model_evals, time.perf_counter() - t0, r.x)
+    for r in rows:
+        speed = "WRONG" if r["speedup"] is None else f"{r['speedup']:.2f}"
+        print(f"{r['method']:20} {r['window']:4} {r['iters']:6} {str(r['evals']):>6} "
+              f"{r['wall_s']:8.2f} {speed:>7} {r['err']:9.1e}", flush=True)  # fmt: skip
+    # the pipeline, the model on 1 and 2 worker replicas
+    import tilegraph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/ddpm"
+        diffusers.DDPMPipeline(unet=net, scheduler=diffusers.DDPMScheduler()).save_pretrained(path)
+        for workers in (1, 2):
+            sets = ["model=diffusers", f"diffusers.path={path}", f"steps={T}",
+                    f"window={max(args.windows)}", f"tol={args.tol}", f"n_samples={n}",
+                    f"batch_size={n}", "dtype=float32", "guard=false"]  # fmt: skip
+            run = tilegraph.run("picard", sets=sets, cluster=f"local:{workers}", store=f"{tmp}/r")
+            m = run.metrics
+            rows.append({"method": f"pipeline local:{workers}", "window": max(args.windows),
+                         "iters": m["iterations"], "evals": m["model_evals"],
+                         "wall_s": m["sampling_s"], "speedup": m["speedup_wall"],
+                         "err": m["max_abs_diff_vs_sequential"]})  # fmt: skip
+            err = m["max_abs_diff_vs_sequential"]
+            print(f"pipeline local:{workers}: sampling {m['sampling_s']:.2f} s, sequential "
+                  f"{m['sequential_wall_s']:.2f} s, speed-up {m['speedup_wall']:.2f}, "
+                  f"{m['iterations']} iterations, err {err:.1e}")  # fmt: skip
+    return rows
 
 
 def main(argv=None) -> int:
@@ -333,6 +423,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-counts", action="store_true", help="no part 1 (keeps the stored one)")
     ap.add_argument("--skip-learned", action="store_true", help="no part 2 (keeps the stored one)")
     ap.add_argument("--learned-samples", type=int, default=8, help="samples (part 2)")
+    ap.add_argument("--diffusers", action="store_true", help="part 4 (the torch extra)")
+    ap.add_argument("--unet-size", type=int, default=16, help="UNet image side (part 4)")
+    ap.add_argument("--unet-steps", type=int, default=100, help="DDPM steps (part 4)")
+    ap.add_argument("--unet-samples", type=int, default=4, help="samples (part 4)")
     args = ap.parse_args(argv)
 
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -363,11 +457,21 @@ def main(argv=None) -> int:
             f"\nPart 3: wall clock, {args.dim}-D GMM, DDPM-{args.wall_steps}, "
             f"tol={args.tol}, device={args.device}"
         )
-        print("method       wrk    p  iters  evals   wall_s speedup   max_err  med_err  call_ms")
+        print(
+            "method             wrk    p  iters  evals   wall_s speedup   max_err  med_err"
+            "  call_ms"
+        )
         measured = wall(args)
         # keep what an earlier run measured for the settings not run this time
         kept = [r for r in stored.get("wall") or [] if r.get("setting") not in args.settings]
         out["wall"] = kept + measured
+    if args.diffusers:
+        print(f"\nPart 4: UNet2DModel {args.unet_size}x{args.unet_size}, DDPM-{args.unet_steps}, "
+              f"tol={args.tol}, {args.unet_samples} samples")  # fmt: skip
+        print("method               p   iters  evals   wall_s speedup       err")
+        out["diffusers"] = diffusers_part(args)
+    else:
+        out["diffusers"] = stored.get("diffusers")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS.relative_to(REPO)}")
