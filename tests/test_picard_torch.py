@@ -255,3 +255,34 @@ def test_plain_picard_counts_equal_diffusers_paradigms_loop(kind, prediction, p,
         assert abs(ours.iterations - their_its) <= 1, (ours.iterations, their_its)
         assert ours.iterations < T // 2
         np.testing.assert_allclose(ours.x, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kw, T, atol",
+    [
+        ({"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 10, 1e-5),
+        ({"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 20, 1e-5),
+        # the defaults (linear betas, epsilon): diffusers computes every DPM update in
+        # float32 whatever the input (scheduling_dpmsolver_multistep.py, step:
+        # sample.to(torch.float32)), and x0_hat = (x - sigma eps) / alpha at alpha = 6e-3
+        # amplifies its rounding: its float32 loop ends 1.4e-4 from the float64 solution
+        ({}, 20, 3e-4),
+    ],
+)
+def test_dpm_solver_matches_diffusers_multistep_scheduler(kw, T, atol):
+    sched = diffusers.DPMSolverMultistepScheduler(**kw)
+    sched.set_timesteps(T)
+    sc = sched.config
+    abar = make_schedule(sc.beta_schedule, sc.num_train_timesteps, sc.beta_start, sc.beta_end)
+    st = make_steps("dpmpp2m", abar, T, spacing=sc.timestep_spacing)
+    np.testing.assert_array_equal(sched.timesteps.numpy(), st.t)
+    net = tiny_unet()
+    x_T = draw_noise(np.random.SeedSequence(1), 3, SHAPE, T)[0].astype(np.float32)
+    x = torch.from_numpy(x_T.copy())
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            x = sched.step(net(x, t).sample, t, x).prev_sample
+    model = TorchDenoiser(net, abar, SHAPE, prediction_type=sc.prediction_type)
+    ours = sequential(model.eps, st, x_T, np.zeros((T, 3, *SHAPE), np.float32))
+    assert np.abs(x.numpy()).max() > 0.1
+    np.testing.assert_allclose(ours, x.numpy(), atol=atol, rtol=0)

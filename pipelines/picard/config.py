@@ -115,7 +115,11 @@ class PicardConfig(PipelineConfig):
     clip_sample: float | None = Field(
         default=None, gt=0, description="clip the clean-sample prediction to [-v, v]"
     )
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = Field(
+        default="ddpm",
+        description="ddpm, ddim or dpmpp2m (DPM-Solver++(2M), diffusers' default sampler; "
+        "plain Picard over pairs of steps, no accelerate/anderson)",
+    )
     steps: int = Field(default=1000, ge=1, description="sampling steps T")
     eta: float = Field(default=0.0, ge=0, le=1, description="DDIM noise (0: deterministic)")
     window: int = Field(default=96, ge=1, description="Picard window p")
@@ -190,6 +194,15 @@ class PicardConfig(PipelineConfig):
             raise ValueError("model=custom needs custom='package.module:factory' (and only it)")
         if self.eta and self.sampler != "ddim":
             raise ValueError("eta applies to sampler=ddim only (set eta=0 for ddpm)")
+        if self.sampler == "dpmpp2m":
+            if self.accelerate or self.anderson_memory:
+                raise ValueError(
+                    "sampler=dpmpp2m runs plain Picard: set accelerate=false and anderson_memory=0"
+                )
+            if self.clip_sample is not None and self.model != "diffusers":
+                raise ValueError("clip_sample does not apply to sampler=dpmpp2m")
+            if self.steps >= self.train_steps:
+                raise ValueError(f"steps must be < train_steps={self.train_steps} for dpmpp2m")
         return self
 
     def _from_directory(self) -> None:
@@ -256,7 +269,9 @@ class PicardConfig(PipelineConfig):
         kw = {"spacing": self.timestep_spacing, "offset": self.steps_offset}
         if self.model == "diffusers" and self.sampler == "ddim":
             kw["final_one"] = bool(self.scheduler_config().get("set_alpha_to_one", True))
-        steps = make_steps(self.sampler, abar, self.steps, self.eta, clip=self.clip_sample, **kw)
+        # diffusers' DPM-Solver has no clip_sample (a DDPM directory's clipping is dropped)
+        clip = None if self.sampler == "dpmpp2m" else self.clip_sample
+        steps = make_steps(self.sampler, abar, self.steps, self.eta, clip=clip, **kw)
         return abar, steps
 
     @property

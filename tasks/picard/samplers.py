@@ -62,8 +62,8 @@ def _col(xp, values: np.ndarray, ndim: int, dtype=None):
     return xp.reshape(v, (v.shape[0],) + (1,) * (ndim - 1))
 
 
-def drift(x, eps, z, a, b, sigma):
-    """``(a - 1) x + b eps + sigma z`` for a stack of steps.
+def drift(x, eps, z, a, b, sigma, extra=None):
+    """``(a - 1) x + b eps + sigma z`` (``+ extra``) for a stack of steps.
 
     Parameters
     ----------
@@ -71,6 +71,8 @@ def drift(x, eps, z, a, b, sigma):
         Inputs of ``L`` steps, the model output at them and the steps' standard noise.
     a, b, sigma : numpy.ndarray, shape (L,)
         The steps' coefficients.
+    extra : array, optional
+        Added as is (a multistep sampler's term in the previous step's prediction).
 
     Returns
     -------
@@ -78,7 +80,25 @@ def drift(x, eps, z, a, b, sigma):
     """
     xp = array_namespace(x)
     nd, dt = x.ndim, x.dtype
-    return _col(xp, a - 1.0, nd, dt) * x + _col(xp, b, nd, dt) * eps + _col(xp, sigma, nd, dt) * z
+    d = _col(xp, a - 1.0, nd, dt) * x + _col(xp, b, nd, dt) * eps + _col(xp, sigma, nd, dt) * z
+    return d if extra is None else d + extra
+
+
+def _x0(x, eps, steps: SamplerSteps, lo: int, hi: int):
+    """The clean-sample predictions ``(x - sqrt(1 - abar) eps) / sqrt(abar)`` of steps
+    ``lo .. hi-1`` (``x``, ``eps``: (L, n, ...))."""
+    xp = array_namespace(x)
+    nd, dt = x.ndim, x.dtype
+    ab = steps.abar[lo:hi]
+    return (x - _col(xp, np.sqrt(1.0 - ab), nd, dt) * eps) / _col(xp, np.sqrt(ab), nd, dt)
+
+
+def _multistep(xp, steps: SamplerSteps, lo: int, hi: int, x0, x0_before):
+    """The multistep term ``c_j x0_hat_{j-1}`` of steps ``lo .. hi-1``, from their own
+    predictions ``x0`` (L, n, ...) and ``x0_before``, the prediction of step ``lo - 1``
+    (n, ...; ignored when ``lo = 0``, whose ``c`` is 0)."""
+    prev = xp.concat([x0_before[None, ...], x0[:-1, ...]], axis=0)
+    return _col(xp, steps.c[lo:hi], x0.ndim, x0.dtype) * prev
 
 
 def window_update(x_in, old_out, d, inv_var):
@@ -305,10 +325,19 @@ def clipped_eps(x, eps, steps: SamplerSteps, lo: int, hi: int):
 
 def _step(eps_fn: Callable, steps: SamplerSteps, z, j: int, x):
     """One sequential step ``j``: ``x_{j+1}`` from ``x_j`` (n, *sample_shape), one model
-    call of ``n`` rows."""
+    call of ``n`` rows (one-step samplers only)."""
     xs = x[None, ...]
     e = _model_call(eps_fn, xs, steps, j, j + 1)
     return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
+
+
+def _step_multi(eps_fn: Callable, steps: SamplerSteps, z, j: int, x, x0_before):
+    """:func:`_step` of a multistep sampler: ``(x_{j+1}, x0_hat_j)``."""
+    xs = x[None, ...]
+    e = _model_call(eps_fn, xs, steps, j, j + 1)
+    x0 = _x0(xs, e, steps, j, j + 1)
+    extra = _multistep(array_namespace(x), steps, j, j + 1, x0, x0_before)
+    return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j), extra=extra)[0, ...], x0[0]
 
 
 def model_steps(eps_fn: Callable, steps: SamplerSteps, z) -> Callable:
@@ -366,8 +395,12 @@ def sequential(eps_fn: Callable, steps: SamplerSteps, x_T, z, callback: Callable
         The end of the trajectory (after step ``T - 1``): the samples.
     """
     x = x_T
+    x0 = x_T  # the previous step's prediction (a multistep sampler's first step has c = 0)
     for j in range(len(steps)):
-        x = _step(eps_fn, steps, z, j, x)
+        if steps.c is None:
+            x = _step(eps_fn, steps, z, j, x)
+        else:
+            x, x0 = _step_multi(eps_fn, steps, z, j, x, x0)
         if callback is not None:
             callback(j)
     return x
@@ -591,6 +624,12 @@ def picard(
     """
     if window < 1 or tol <= 0:
         raise ValueError("window must be >= 1 and tol > 0")
+    multi = steps.c is not None
+    if multi and (anderson or extrapolate or secant):
+        raise ValueError(
+            f"{steps.kind} (a multistep sampler) runs plain Picard: no secant, extrapolate "
+            "or anderson (the guard is fine)"
+        )
     if z.dtype != x_T.dtype:
         raise ValueError(f"z and x_T must have the same dtype (got {z.dtype} and {x_T.dtype})")
     xp = array_namespace(x_T)
@@ -611,6 +650,9 @@ def picard(
     # secant slopes)
     s2 = xp.zeros(x_T.shape[:1], dtype=x_T.dtype)
     loglam = np.full((T, x_T.shape[0]), np.nan) if guard else None
+    # a multistep sampler's fixed point is over pairs (x_j, x0_hat_{j-1}): the newest
+    # prediction of every step, the previous step's for a window's first step
+    x0_last = xp.zeros((T, *x_T.shape), dtype=x_T.dtype) if multi else None
     if secant or guard:
         seen_x = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
         seen_eps = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
@@ -627,6 +669,8 @@ def picard(
                 s2 = _c_array(xp, x_T.shape[:1], x_T.dtype, xp.asarray(state["s2"]))
         if guard:
             loglam = np.array(state["loglam"], dtype=np.float64).reshape(T, -1)
+        if multi:
+            x0_last = _c_array(xp, (T, *x_T.shape), x_T.dtype, xp.asarray(state["x0_last"]))
     elif callable(extrapolate):  # a fresh start: the first window's slots too
         buf[1 : e + 1, ...] = _guess(extrapolate, xp, buf[0, ...], 0, e)
     save = checkpoint is not None and checkpoint_every > 0 and acc is None
@@ -638,7 +682,12 @@ def picard(
         if extrapolate and not callable(extrapolate):
             # x_in is a view of buf: keep the last input before the update
             x_last = xp.asarray(x_in[-1, ...], copy=True)
-        d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e])
+        extra = None
+        if multi:
+            x0 = _x0(x_in, eps, steps, b, e)
+            extra = _multistep(xp, steps, b, e, x0, x0_last[max(b - 1, 0), ...])
+            x0_last[b:e, ...] = x0
+        d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e], extra)
         if guard:  # before the secant update overwrites the previous evaluations
             idx = np.flatnonzero(seen[b:e])
             if idx.size:
@@ -698,6 +747,8 @@ def picard(
                 snap.update(seen_x=seen_x, seen_eps=seen_eps, seen=seen, s2=s2)
             if guard:
                 snap["loglam"] = loglam
+            if multi:
+                snap["x0_last"] = x0_last
             checkpoint(snap)
         if callback is not None:
             callback(it, b, e)

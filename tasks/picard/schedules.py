@@ -99,6 +99,10 @@ class SamplerSteps:
     clip : float or None
         ``x0_hat`` is clipped to ``[-clip, clip]`` (diffusers' ``clip_sample_range``;
         None: not clipped).
+    c : numpy.ndarray or None
+        Multistep samplers (``"dpmpp2m"``): the coefficient of the previous step's
+        clean-sample prediction in step ``j``, ``x_{j+1} = a_j x_j + b_j eps_j + c_j
+        x0_hat_{j-1}`` (0 for first-order steps); None for one-step samplers.
     """
 
     t: np.ndarray
@@ -110,6 +114,7 @@ class SamplerSteps:
     kind: str
     x0_coef: np.ndarray | None = None
     clip: float | None = None
+    c: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -222,12 +227,76 @@ def ddim_steps(
     return SamplerSteps(t, a, b, np.sqrt(s2), var, ab_t, "ddim", np.sqrt(ab_prev), clip)
 
 
+def dpm_timesteps(train_steps: int, n_steps: int, spacing: str = "linspace", offset: int = 0):
+    """The timesteps of diffusers' ``DPMSolverMultistepScheduler`` (``n_steps + 1``
+    points of which the last, 0, is dropped: the final step goes to noise level 0)."""
+    if not 1 <= n_steps < train_steps:
+        raise ValueError(f"n_steps must be in 1..{train_steps - 1}, got {n_steps}")
+    T = train_steps
+    if spacing == "linspace":
+        t = np.linspace(0, T - 1, n_steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ratio = T // (n_steps + 1)
+        t = (np.arange(0, n_steps + 1) * ratio).round()[::-1][:-1] + int(offset)
+    elif spacing == "trailing":
+        t = np.arange(T, 0, -T / n_steps).round() - 1
+    else:
+        raise ValueError(
+            f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}"
+        )
+    return t.astype(np.int64).copy()
+
+
+def dpmpp_2m_steps(
+    abar: np.ndarray,
+    n_steps: int,
+    spacing: str = "linspace",
+    offset: int = 0,
+) -> SamplerSteps:
+    """DPM-Solver++(2M) (Lu et al. 2022), as diffusers' ``DPMSolverMultistepScheduler``
+    with its defaults (``dpmsolver++``, order 2, ``midpoint``, final noise level 0).
+
+    With ``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``, ``lambda = log(alpha /
+    sigma)``, ``h = lambda_next - lambda_j``, ``r = (lambda_j - lambda_prev) / h`` and
+    the clean-sample predictions ``m_j``, ``m_prev`` of this and the previous step:
+    ``x_next = (sigma_next / sigma_j) x - alpha_next (e^-h - 1) ((1 + 1/(2r)) m_j -
+    m_prev / (2r))``. The first step and the last (to noise level 0) are first order
+    (``m_prev`` drops out). Deterministic (``sigma`` = 0).
+    """
+    abar = np.asarray(abar, dtype=np.float64)
+    t = dpm_timesteps(abar.shape[0], n_steps, spacing, offset)
+    n = t.shape[0]
+    al, sg = np.sqrt(abar[t]), np.sqrt(1.0 - abar[t])
+    al_n, sg_n = np.append(al[1:], 1.0), np.append(sg[1:], 0.0)
+    lam = np.log(al / sg)
+    with np.errstate(divide="ignore"):
+        lam_n = np.append(lam[1:], np.inf)
+    em = np.expm1(-(lam_n - lam))  # e^-h - 1 (-1 at the last step)
+    first = np.zeros(n, dtype=bool)
+    first[0] = first[-1] = True  # diffusers' lower_order_final: the step to level 0
+    r = np.ones(n)
+    r[1:] = (lam[1:] - lam[:-1]) / (lam_n[1:] - lam[1:])
+    r = np.where(first, 1.0, r)  # (the last step's h is infinite)
+    k = np.where(first, 1.0, 1.0 + 0.5 / r)
+    a = sg_n / sg - al_n * em * k / al
+    b = al_n * em * k * sg / al
+    c = np.where(first, 0.0, 0.5 * al_n * em / r)
+    prev = np.concatenate([t[1:], [-1]])
+    _, _, _, var = _pairs(abar, t, prev)
+    return SamplerSteps(t, a, b, np.zeros(n), var, abar[t], "dpmpp2m", c=c)
+
+
 def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0, **kw) -> SamplerSteps:
-    """``ddpm_steps`` or ``ddim_steps`` by name (``kw``: ``spacing``, ``offset``,
-    ``clip``; ``final_one`` for DDIM)."""
+    """``ddpm_steps``, ``ddim_steps`` or ``dpmpp_2m_steps`` by name (``kw``:
+    ``spacing``, ``offset``, ``clip``; ``final_one`` for DDIM)."""
     if kind == "ddpm":
         kw.pop("final_one", None)
         return ddpm_steps(abar, n_steps, **kw)
     if kind == "ddim":
         return ddim_steps(abar, n_steps, eta, **kw)
-    raise ValueError(f"unknown sampler {kind!r}; choose 'ddpm' or 'ddim'")
+    if kind == "dpmpp2m":
+        kw.pop("final_one", None)
+        if kw.pop("clip", None) is not None:
+            raise ValueError("clip_sample does not apply to dpmpp2m (diffusers' has none)")
+        return dpmpp_2m_steps(abar, n_steps, **kw)
+    raise ValueError(f"unknown sampler {kind!r}; choose 'ddpm', 'ddim' or 'dpmpp2m'")
