@@ -286,3 +286,41 @@ def test_dpm_solver_matches_diffusers_multistep_scheduler(kw, T, atol):
     ours = sequential(model.eps, st, x_T, np.zeros((T, 3, *SHAPE), np.float32))
     assert np.abs(x.numpy()).max() > 0.1
     np.testing.assert_allclose(ours, x.numpy(), atol=atol, rtol=0)
+
+
+def test_digits_unet_trains_once_and_is_reused(tmp_path):
+    """The digits-unet preset (a few Adam steps here): the UNet is trained by the run,
+    stored in it, sampled by the replicas, reused by a resumed run and by another run
+    (weights_from); the samples are images and the sequential sampler is the in-process
+    one on the stored weights."""
+    short = ["--set", "digits_unet.iterations=30", "--set", "n_samples=4", "--set",
+             "batch_size=2", "--set", "steps=20", "--set", "window=8"]  # fmt: skip
+    run = tilegraph("run", "picard", "--preset", "digits-unet", *short, "--cluster", "local:2",
+                    "--store", str(tmp_path / "a"), "--json", timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = last_json(run.stdout)
+    m = out["metrics"]
+    assert np.isfinite(m["train_loss"]) and m["train_loss"] < 1.5
+    res = xr.open_zarr(out["path"] + "/result", consolidated=False).load()
+    assert res.samples.dims == ("sample", "channel", "row", "col")
+    assert res.samples.shape == (4, 1, 8, 8)
+    import zarr
+    from tilegraph.tasks.picard.unet_training import build_unet
+
+    group = zarr.open_group(out["path"] + "/model", mode="r")
+    attrs = dict(group.attrs)
+    weights = {n: np.asarray(group[f"p{i}"][...]).reshape(attrs["shapes"][i])
+               for i, n in enumerate(attrs["names"])}  # fmt: skip
+    net = build_unet(attrs["config"], weights)
+    abar = make_schedule("linear", 1000)
+    st = make_steps("ddim", abar, 20)
+    model = TorchDenoiser(net, abar, SHAPE)
+    x_T, z = draw_noise(np.random.SeedSequence(0, spawn_key=(1,)), 2, SHAPE, 20)
+    ref = sequential(model.eps, st, x_T.astype(np.float32), z.astype(np.float32))
+    np.testing.assert_allclose(res.sequential.values[2:], ref, atol=1e-5, rtol=1e-6)
+    # another run reuses the weights: no training, the same train_loss
+    again = tilegraph("run", "picard", "--preset", "digits-unet", *short, "--set",
+                      f"digits_unet.weights_from={out['path']}", "--store", str(tmp_path / "b"),
+                      "--json", timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert last_json(again.stdout)["metrics"]["train_loss"] == m["train_loss"]

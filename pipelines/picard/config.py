@@ -60,6 +60,30 @@ class DigitsConfig(BaseModel):
         return self
 
 
+class DigitsUNetConfig(BaseModel):
+    """A small diffusers UNet2DModel trained by the run on scikit-learn's 8x8 digits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: list[int] = Field(default=[16, 32], description="UNet channels per level")
+    iterations: int = Field(default=2000, ge=1, description="Adam steps")
+    batch: int = Field(default=64, ge=1, description="images per Adam step")
+    lr: float = Field(default=2e-3, gt=0, description="initial learning rate")
+    seed: int = Field(default=0, ge=0, description="seed of the weights and the noise")
+    weights_from: ExternalURL | None = Field(
+        default=None,
+        description="run store (path/URL) whose trained UNet to load instead of training",
+    )
+
+    @model_validator(mode="after")
+    def _channels(self):
+        if not 1 <= len(self.channels) <= 3 or any(c < 1 or c > 512 for c in self.channels):
+            raise ValueError(
+                f"channels must list 1 to 3 levels of 1 to 512 channels (got {self.channels})"
+            )
+        return self
+
+
 class DiffusersConfig(BaseModel):
     """A diffusers pipeline directory (``DDPMPipeline(unet, scheduler).save_pretrained``)."""
 
@@ -95,7 +119,7 @@ class PicardConfig(PipelineConfig):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Literal["gmm", "digits", "custom", "diffusers"] = "gmm"
+    model: Literal["gmm", "digits", "digits-unet", "custom", "diffusers"] = "gmm"
     custom: ImportPath | None = Field(
         default=None,
         description="model=custom: 'package.module:factory', factory(abar) -> an object "
@@ -103,6 +127,7 @@ class PicardConfig(PipelineConfig):
     )
     gmm: GMMConfig = Field(default_factory=GMMConfig)
     digits: DigitsConfig = Field(default_factory=DigitsConfig)
+    digits_unet: DigitsUNetConfig = Field(default_factory=DigitsUNetConfig)
     diffusers: DiffusersConfig = Field(default_factory=DiffusersConfig)
     schedule: Literal["linear", "scaled_linear", "cosine", "squaredcos_cap_v2"] = "linear"
     train_steps: int = Field(default=1000, ge=2, le=100_000, description="T of training")
@@ -294,6 +319,17 @@ PRESETS: dict[str, dict] = {
     # tol = 0.1 lets one of 64 samples end in another mixture component (max diff 4.3)
     # for the same 18 iterations that tol = 0.01 takes (max diff 5e-3)
     "ddim": {"model": "gmm", "sampler": "ddim", "steps": 200, "window": 96, "tol": 0.01},
+    # a UNet2DModel trained on the digits (torch extra), sampled with DDIM-100
+    "digits-unet": {
+        "model": "digits-unet",
+        "sampler": "ddim",
+        "steps": 100,
+        "window": 32,
+        "tol": 0.1,
+        "n_samples": 32,
+        "batch_size": 16,
+        "dtype": "float32",
+    },
     "digits": {
         "model": "digits",
         "sampler": "ddpm",

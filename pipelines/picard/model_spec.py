@@ -63,6 +63,74 @@ def _mlp_spec(attrs: dict, store_like, abar) -> dict:
     }
 
 
+def _train_unet(data, abar, channels, iterations, batch, lr, seed):
+    from tilegraph.tasks.picard.unet_training import train_unet
+
+    return train_unet(data, abar, tuple(channels), iterations, batch, lr, seed)
+
+
+def _unet_refs(attrs: dict, store_like, abar, dtype: str) -> dict:
+    """The replicas' spec of the UNet whose weights ``store_like`` holds under
+    ``model/`` (``attrs``: that group's attributes)."""
+    names = list(attrs["names"])
+    return {
+        "kind": "digits-unet",
+        "config": dict(attrs["config"]),
+        "names": names,
+        "shapes": [tuple(sh) for sh in attrs["shapes"]],
+        "refs": [store_like.array(f"model/p{i}") for i in range(len(names))],
+        "abar": abar,
+        "dtype": dtype,
+    }
+
+
+def _unet_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
+    """``digits-unet``: trains (one task on the executor) unless the run store, or
+    ``digits_unet.weights_from``, already holds the trained UNet; the weights go to
+    ``model/p{i}`` (float32 Zarr arrays, names in the group's attributes)."""
+    u, dtype = cfg.digits_unet, "float32"
+    info = {"sample_shape": [1, 8, 8]}
+    if u.weights_from:
+        src = storage.RunStore(u.weights_from)
+        attrs = src.node_attrs("model")
+        if not attrs.get("complete") or attrs.get("kind") != "unet":
+            raise ValueError(f"digits_unet.weights_from: no trained UNet in {src.url}")
+        if int(attrs["train_steps"]) != cfg.train_steps:
+            raise ValueError("digits_unet.weights_from: trained with another train_steps")
+        return _unet_refs(attrs, src, abar, dtype), {**info, "train_loss": attrs["final_loss"]}
+    store = ctx.store
+    attrs = store.node_attrs("model")
+    if attrs.get("complete") and attrs.get("kind") == "unet":
+        return _unet_refs(attrs, store, abar, dtype), {**info, "train_loss": attrs["final_loss"]}
+    fut = ctx.executor.submit(
+        _train_unet, digits_data(), abar, u.channels, u.iterations, u.batch, u.lr, u.seed
+    )
+    config, weights, losses = ctx.executor.gather(fut)
+    names = list(weights)
+    for i, name in enumerate(names):
+        w = np.asarray(weights[name], dtype=np.float32)
+        shape = w.shape if w.ndim else (1,)
+        store.create_array(
+            f"model/p{i}", shape, shape, dtype="float32", overwrite=True,
+            dimension_names=tuple(f"d{k}" for k in range(len(shape))),
+        ).write((slice(None),) * len(shape), w.reshape(shape))  # fmt: skip
+    store.set_node_attrs(
+        "model",
+        {
+            "kind": "unet",
+            "config": config,
+            "names": names,
+            "shapes": [list(np.shape(weights[n])) for n in names],
+            "train_steps": cfg.train_steps,
+            "losses": losses,
+            "final_loss": losses[-1],
+            "complete": True,  # the very last write: the weights are usable
+        },
+    )
+    attrs = store.node_attrs("model")
+    return _unet_refs(attrs, store, abar, dtype), {**info, "train_loss": losses[-1]}
+
+
 def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
     """``(spec, info)``: the replicas' model spec and facts for the metrics.
 
@@ -107,6 +175,8 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
         if not isinstance(model, DiffusionModel) or not hasattr(model, "sample_shape"):
             raise TypeError(f"{cfg.custom} did not return a model with eps() and sample_shape")
         return spec, {"sample_shape": [int(n) for n in model.sample_shape]}
+    if cfg.model == "digits-unet":
+        return _unet_spec(cfg, abar, ctx)
     store = ctx.store
     if cfg.digits.weights_from:
         src = storage.RunStore(cfg.digits.weights_from)

@@ -69,7 +69,7 @@ def summary_figure(store, cfg, spec, abar):
         _digits_panel(axes[0], samples)
     elif cfg.model == "gmm":
         _gmm_panel(axes[0], samples, spec)
-    elif cfg.model == "diffusers":
+    elif cfg.model in ("diffusers", "digits-unet"):
         seq = store.array("result/sequential").read() if cfg.compare_sequential else None
         _image_panel(axes[0], samples, seq)
     else:

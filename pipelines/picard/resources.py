@@ -72,7 +72,7 @@ def _sample_size(cfg) -> int:
         size = unet.get("sample_size", 32)
         hw = size * size if isinstance(size, int) else size[0] * size[1]
         return int(unet.get("in_channels", 3)) * hw
-    return DIGITS_D if cfg.model == "digits" else cfg.gmm.dim
+    return DIGITS_D if cfg.model in ("digits", "digits-unet") else cfg.gmm.dim
 
 
 def _batch_bytes(cfg, D: int, e: int) -> int:

@@ -64,7 +64,7 @@ class WindowEvaluator:
 def _layout(cfg: PicardConfig, info: dict):
     if cfg.model == "digits":
         return DIGITS_SHAPE, ("row", "col")
-    if cfg.model == "diffusers":
+    if cfg.model in ("diffusers", "digits-unet"):
         return tuple(info.pop("sample_shape")), ("channel", "row", "col")
     if cfg.model == "custom":
         shape = tuple(info.pop("sample_shape"))

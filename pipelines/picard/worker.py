@@ -38,6 +38,16 @@ def build_model(spec: dict, device: str = "cpu"):
     A custom factory may return a ``torch.nn.Module`` or another callable on torch tensors:
     it is wrapped in :class:`~tilegraph.tasks.picard.torch_models.TorchDenoiser`.
     """
+    if spec["kind"] == "digits-unet":
+        from tilegraph.tasks.picard.torch_models import TorchDenoiser
+        from tilegraph.tasks.picard.unet_training import build_unet
+
+        weights = {}
+        for name, shape, ref in zip(spec["names"], spec["shapes"], spec["refs"], strict=True):
+            weights[name] = ref.read().reshape(shape)
+        net = build_unet(spec["config"], weights)
+        abar = _local(spec["abar"])
+        return TorchDenoiser(net, abar, (1, 8, 8), "epsilon", spec["dtype"], device)
     if spec["kind"] == "diffusers":
         from tilegraph.tasks.picard.torch_models import TorchDenoiser, load_unet
 
