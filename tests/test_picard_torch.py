@@ -324,3 +324,21 @@ def test_digits_unet_trains_once_and_is_reused(tmp_path):
                       "--json", timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert last_json(again.stdout)["metrics"]["train_loss"] == m["train_loss"]
+
+
+def test_a_pipeline_directory_behind_an_fsspec_url(tmp_path, ddim_dir):
+    """diffusers.path may be an fsspec URL (here memory://, in this process on sync):
+    the directory is copied to the machine once and gives the local directory's bits."""
+    import fsspec
+    import tilegraph as tg
+
+    fsspec.filesystem("memory").put(str(ddim_dir) + "/", "/tg-test-pipe/", recursive=True)
+    sets = ["sampler=ddim", "steps=10", "window=4", "n_samples=2", "batch_size=2",
+            "dtype=float32", "model=diffusers"]  # fmt: skip
+    a = tg.run("picard", sets=[*sets, "diffusers.path=memory://tg-test-pipe"], cluster="sync",
+               store=str(tmp_path / "a"))  # fmt: skip
+    b = tg.run("picard", sets=[*sets, f"diffusers.path={ddim_dir}"], cluster="sync",
+               store=str(tmp_path / "b"))  # fmt: skip
+    xa = xr.open_zarr(a.url + "/result", consolidated=False).samples.values
+    xb = xr.open_zarr(b.url + "/result", consolidated=False).samples.values
+    np.testing.assert_array_equal(xa, xb)

@@ -13,7 +13,11 @@ torch and diffusers are imported only when a model is built (the ``torch`` extra
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,37 +126,69 @@ def _torch_dtype(dtype):
     return getattr(torch, np.dtype(dtype).name)
 
 
-def read_pipeline_dir(path: str | Path) -> dict:
-    """What a diffusers pipeline directory (``save_pretrained``) holds: its network's
-    class and config, and its scheduler's config.
+def _fs(path: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(path))
+
+
+def read_pipeline_dir(path: str) -> dict:
+    """What a diffusers pipeline directory (``save_pretrained``; a local path or an
+    fsspec URL) holds: its network's class and config, and its scheduler's config.
 
     Raises
     ------
     ValueError
         Naming the missing or unreadable file.
     """
-    root = Path(path)
+    fs, root = _fs(path)
     files = {
-        "index": root / "model_index.json",
-        "unet": root / "unet" / "config.json",
-        "scheduler": root / "scheduler" / "scheduler_config.json",
+        "index": "model_index.json",
+        "unet": "unet/config.json",
+        "scheduler": "scheduler/scheduler_config.json",
     }
     out = {}
-    for key, f in files.items():
-        if not f.is_file():
-            raise ValueError(f"{f} not found (a diffusers pipeline directory, save_pretrained)")
+    for key, rel in files.items():
+        f = f"{root.rstrip('/')}/{rel}"
+        if not fs.isfile(f):
+            raise ValueError(f"{path}/{rel} not found (a diffusers pipeline directory)")
         try:
-            out[key] = json.loads(f.read_text())
+            out[key] = json.loads(fs.cat_file(f))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{f} is not JSON: {err}") from None
+            raise ValueError(f"{path}/{rel} is not JSON: {err}") from None
     return out
 
 
-def load_unet(path: str | Path, class_name: str):
-    """The network of a diffusers pipeline directory (``unet/``), on the CPU."""
+def local_copy(path: str) -> str:
+    """``path`` itself if it is local, else a copy of the directory in this machine's
+    temporary folder (made once per machine and URL; a finished copy has a marker)."""
+    fs, root = _fs(path)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return root
+    key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    dest = Path(tempfile.gettempdir()) / "tilegraph-diffusers" / key
+    if not (dest / ".complete").exists():
+        part = dest.with_name(f"{key}.{os.getpid()}.part")
+        shutil.rmtree(part, ignore_errors=True)
+        fs.get(root.rstrip("/") + "/", str(part), recursive=True)
+        try:
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(part, dest)
+        except OSError:  # another process finished its copy first: keep that one
+            shutil.rmtree(part, ignore_errors=True)
+            if not (dest / ".complete").exists():
+                raise
+        else:
+            (dest / ".complete").touch()
+    return str(dest)
+
+
+def load_unet(path: str, class_name: str):
+    """The network of a diffusers pipeline directory (``unet/``; local or an fsspec
+    URL, copied here first), on the CPU."""
     import diffusers
 
     cls = getattr(diffusers, class_name, None)
     if cls is None:
         raise ValueError(f"unet/config.json names {class_name!r}, which diffusers does not have")
-    return cls.from_pretrained(str(path), subfolder="unet")
+    return cls.from_pretrained(local_copy(path), subfolder="unet")
