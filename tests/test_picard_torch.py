@@ -342,3 +342,53 @@ def test_a_pipeline_directory_behind_an_fsspec_url(tmp_path, ddim_dir):
     xa = xr.open_zarr(a.url + "/result", consolidated=False).samples.values
     xb = xr.open_zarr(b.url + "/result", consolidated=False).samples.values
     np.testing.assert_array_equal(xa, xb)
+
+
+def test_classifier_free_guidance_matches_the_diffusers_recipe(tmp_path, ddim_dir):
+    """A class-conditional UNet2DModel (3 classes + the null class 3): the run's
+    sequential samples are diffusers' DDIM loop with the guided prediction computed the
+    usual way (conditional and unconditional halves in one call), Picard ends near them,
+    and the classes are kept with the samples."""
+    torch.manual_seed(1)
+    net = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=4,
+    )  # fmt: skip
+    sched = diffusers.DDIMScheduler(timestep_spacing="trailing", prediction_type="v_prediction")
+    path = tmp_path / "cond"
+    diffusers.DDIMPipeline(unet=net, scheduler=sched).save_pretrained(str(path))
+    T, n, scale = 20, 4, 3.0
+    run = tilegraph(
+        "run", "picard", "--set", "model=diffusers", "--set", f"diffusers.path={path}",
+        "--set", "sampler=ddim", "--set", f"steps={T}", "--set", "window=8",
+        "--set", f"n_samples={n}", "--set", f"batch_size={n}", "--set", "dtype=float32",
+        "--set", "tol=0.01", "--set", "class_labels=[0, 1, 2]",
+        "--set", f"guidance_scale={scale}", "--cluster", "local:2",
+        "--store", str(tmp_path / "runs"), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = last_json(run.stdout)
+    res = xr.open_zarr(out["path"] + "/result", consolidated=False).load()
+    np.testing.assert_array_equal(res.label.values, [0, 1, 2, 0])
+    sched.set_timesteps(T)
+    x = torch.from_numpy(
+        draw_noise(np.random.SeedSequence(0, spawn_key=(0,)), n, SHAPE, T)[0].astype(np.float32)
+    )
+    labels = torch.tensor([0, 1, 2, 0])
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            both = net(
+                torch.cat([x, x]), t, class_labels=torch.cat([labels, torch.full_like(labels, 3)])
+            ).sample
+            cond, uncond = both[:n], both[n:]
+            x = sched.step(uncond + scale * (cond - uncond), t, x, eta=0.0).prev_sample
+    np.testing.assert_allclose(res.sequential.values, x.numpy(), atol=2e-5, rtol=0)
+    assert out["metrics"]["max_abs_diff_vs_sequential"] < 0.05
+    bad = tilegraph("run", "picard", "--set", "model=diffusers", "--set",
+                    f"diffusers.path={ddim_dir}", "--set", "class_labels=[0]",
+                    "--set", "sampler=ddim", "--set", "steps=20", "--set", "window=8",
+                    "--store", str(tmp_path / "bad"))  # fmt: skip
+    assert bad.returncode == 2 and "class_labels" in bad.stderr.strip().splitlines()[-1]
+    bad = tilegraph("run", "picard", "--set", "guidance_scale=3", "--store", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "guidance_scale" in bad.stderr.strip().splitlines()[-1]

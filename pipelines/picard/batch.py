@@ -89,6 +89,8 @@ def sample_batch(
     wall = time.perf_counter() - t0 - ckpt_s[0]  # sampling time, without checkpoints
     region = (slice(lo, hi),) + (slice(None),) * len(sample_shape)
     arrays["result/samples"].write(region, res.x)
+    if "result/label" in arrays:
+        arrays["result/label"].write((slice(lo, hi),), cfg.batch_labels(i))
     seq_wall = diff = np.nan
     if cfg.compare_sequential:
         xs, seq_wall = run_sequential(steps, x_T, z)

@@ -175,6 +175,20 @@ class PicardConfig(PipelineConfig):
         le=1024,
         description="pieces each window's model call is split into (spread over the workers)",
     )
+    class_labels: list[int] | None = Field(
+        default=None,
+        description="class of each sample for a class-conditional network (cycled over "
+        "the samples; model=diffusers or a custom torch module)",
+    )
+    guidance_scale: float = Field(
+        default=1.0,
+        ge=0,
+        description="classifier-free guidance with class_labels (1: none; the network's "
+        "null_class is the unconditional one)",
+    )
+    null_class: int | None = Field(
+        default=None, ge=0, description="the 'no class' label (default: the last class)"
+    )
     compare_sequential: bool = Field(
         default=True, description="also run the sequential sampler on the same noise"
     )
@@ -219,6 +233,10 @@ class PicardConfig(PipelineConfig):
             raise ValueError("model=custom needs custom='package.module:factory' (and only it)")
         if self.eta and self.sampler != "ddim":
             raise ValueError("eta applies to sampler=ddim only (set eta=0 for ddpm)")
+        if self.class_labels is not None and self.model not in ("diffusers", "custom"):
+            raise ValueError("class_labels applies to model=diffusers or custom")
+        if self.guidance_scale != 1.0 and self.class_labels is None:
+            raise ValueError("guidance_scale needs class_labels")
         if self.sampler == "dpmpp2m":
             if self.accelerate or self.anderson_memory:
                 raise ValueError(
@@ -238,9 +256,20 @@ class PicardConfig(PipelineConfig):
         if self.diffusers.path is None:
             raise ValueError("model=diffusers needs diffusers.path=DIR (a pipeline directory)")
         try:
-            sc = read_pipeline_dir(self.diffusers.path)["scheduler"]
+            found_dir = read_pipeline_dir(self.diffusers.path)
         except ValueError as err:
             raise ValueError(f"diffusers.path: {err}") from None
+        sc, unet = found_dir["scheduler"], found_dir["unet"]
+        classes = unet.get("num_class_embeds")
+        if self.class_labels is not None:
+            if not classes:
+                raise ValueError(
+                    "class_labels: the network in diffusers.path is not class-conditional "
+                    "(unet/config.json has no num_class_embeds)"
+                )
+            bad = [c for c in [*self.class_labels, self.null_class or 0] if not 0 <= c < classes]
+            if bad:
+                raise ValueError(f"class_labels: classes must be in 0..{classes - 1} (got {bad})")
         checks = {
             "beta_schedule": SCHEDULES,
             "timestep_spacing": SPACINGS,
@@ -298,6 +327,15 @@ class PicardConfig(PipelineConfig):
         clip = None if self.sampler == "dpmpp2m" else self.clip_sample
         steps = make_steps(self.sampler, abar, self.steps, self.eta, clip=clip, **kw)
         return abar, steps
+
+    def batch_labels(self, i: int):
+        """The classes of batch ``i``'s samples, shape (n,) int64, or None."""
+        if self.class_labels is None:
+            return None
+        import numpy as np
+
+        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n_samples)
+        return np.resize(np.asarray(self.class_labels, dtype=np.int64), self.n_samples)[lo:hi]
 
     @property
     def n_batches(self) -> int:

@@ -159,8 +159,13 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
                 f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
                 "unconditional UNet2DModel pipelines so far"
             )
+        classes = unet.get("num_class_embeds")  # the labels were checked with the config
         spec = {
             "kind": "diffusers",
+            "guidance_scale": cfg.guidance_scale,
+            "null_class": (classes - 1 if cfg.null_class is None else cfg.null_class)
+            if classes
+            else None,
             "path": str(cfg.diffusers.path),
             "class_name": unet["_class_name"],
             "abar": abar,
@@ -170,7 +175,13 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
         }
         return spec, {"sample_shape": list(spec["sample_shape"])}
     if cfg.model == "custom":
-        spec = {"kind": "custom", "target": cfg.custom, "abar": abar}
+        spec = {
+            "kind": "custom",
+            "target": cfg.custom,
+            "abar": abar,
+            "guidance_scale": cfg.guidance_scale,
+            "null_class": cfg.null_class,
+        }
         model = build_model(spec)
         if not isinstance(model, DiffusionModel) or not hasattr(model, "sample_shape"):
             raise TypeError(f"{cfg.custom} did not return a model with eps() and sample_shape")

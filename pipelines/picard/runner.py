@@ -50,12 +50,14 @@ class WindowEvaluator:
     evaluates.
     """
 
-    def __init__(self, executor, actors, n: int, parts: int):
+    def __init__(self, executor, actors, n: int, parts: int, labels=None):
         self.executor, self.actors, self.n, self.parts = executor, actors, n, parts
+        self.labels = labels  # (n,) classes of the samples, or None
 
     def __call__(self, x, t):
+        rows = None if self.labels is None else np.tile(self.labels, x.shape[0] // self.n)
         futs = [
-            self.actors[k % len(self.actors)].eps(x[sl], t[sl])
+            self.actors[k % len(self.actors)].eps(x[sl], t[sl], None if rows is None else rows[sl])
             for k, sl in enumerate(split_steps(x.shape[0], self.n, self.parts))
         ]
         return np.concatenate(self.executor.gather(futs), axis=0)
@@ -80,6 +82,8 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims) -> dict:
     specs = {
         "result/samples": (shape, chunks, "float64", ("sample", *dims), np.nan, "Picard samples"),
     }
+    if cfg.class_labels is not None:
+        specs["result/label"] = ((cfg.n_samples,), (bs,), "int64", ("sample",), -1, "class")
     if cfg.compare_sequential:
         specs["result/sequential"] = (
             shape,
@@ -164,15 +168,17 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
                 def show(it, b, e, i=i):
                     bar.set_postfix_str(f"batch {i}: iteration {it}, step {b}/{T}")
 
-                def run_sequential(steps, x_T, z):
-                    return ex.gather(actors[0].sequential(steps, x_T, z))
+                labels = cfg.batch_labels(i)
+
+                def run_sequential(steps, x_T, z, labels=labels):
+                    return ex.gather(actors[0].sequential(steps, x_T, z, labels))
 
                 sample_batch(
                     i,
                     cfg,
                     steps,
                     sample_shape,
-                    WindowEvaluator(ex, actors, n, cfg.eval_parts),
+                    WindowEvaluator(ex, actors, n, cfg.eval_parts, labels),
                     run_sequential,
                     arr,
                     show,

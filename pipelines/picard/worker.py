@@ -58,6 +58,8 @@ def build_model(spec: dict, device: str = "cpu"):
             spec["prediction_type"],
             spec["dtype"],
             device,
+            spec.get("guidance_scale", 1.0),
+            spec.get("null_class"),
         )
     if spec["kind"] == "gmm":
         return GaussianMixture(spec["means"], spec["weights"], spec["spread"], spec["abar"])
@@ -65,7 +67,7 @@ def build_model(spec: dict, device: str = "cpu"):
         from ..imports import resolve
 
         model = resolve(spec["target"], field="custom")(_local(spec["abar"]))
-        return _wrap_torch(model, spec["abar"], device)
+        return _wrap_torch(model, spec, device)
     if spec["kind"] == "mlp":
         n = spec["layers"]
         ws = [spec["refs"][f"w{i}"].read() for i in range(n)]
@@ -74,7 +76,7 @@ def build_model(spec: dict, device: str = "cpu"):
     raise ValueError(f"unknown model kind {spec['kind']!r}")
 
 
-def _wrap_torch(model, abar, device: str):
+def _wrap_torch(model, spec: dict, device: str):
     """``model`` itself, or a torch network (a ``torch.nn.Module`` with ``sample_shape``)
     wrapped as a diffusion model predicting the noise."""
     if hasattr(model, "eps"):
@@ -87,13 +89,16 @@ def _wrap_torch(model, abar, device: str):
         )
     from tilegraph.tasks.picard.torch_models import TorchDenoiser
 
+    null = spec.get("null_class")
     return TorchDenoiser(
         model,
-        _local(abar),
+        _local(spec["abar"]),
         model.sample_shape,
         getattr(model, "prediction_type", "epsilon"),
         str(next(model.parameters()).dtype).removeprefix("torch."),
         device,
+        spec.get("guidance_scale", 1.0),
+        getattr(model, "null_class", None) if null is None else null,
     )
 
 
@@ -113,10 +118,12 @@ class ModelReplica:
         self.device = device
         self._xp = array_module(device)
 
-    def _eps(self, x, t):
-        return self.model.eps(x, t)
+    def _eps(self, x, t, labels=None):
+        if labels is None:
+            return self.model.eps(x, t)
+        return self.model.eps(x, t, labels=labels)
 
-    def eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def eps(self, x: np.ndarray, t: np.ndarray, labels=None) -> np.ndarray:
         """Predicted noise of rows ``x`` (N, *sample_shape) at timesteps ``t`` (N,).
 
         Single-threaded BLAS on the CPU and aligned operands (the model keeps its own
@@ -125,7 +132,7 @@ class ModelReplica:
         """
         xp = self._xp
         with deterministic_blas():
-            out = self._eps(xp.asarray(_local(x)), xp.asarray(_local(t)))
+            out = self._eps(xp.asarray(_local(x)), xp.asarray(_local(t)), labels)
         return to_host(out)
 
     def run_batch(self, i, cfg, steps, sample_shape, arrays) -> int:
@@ -135,18 +142,32 @@ class ModelReplica:
 
         n = min(cfg.batch_size, cfg.n_samples - i * cfg.batch_size)
 
+        labels = cfg.batch_labels(i)
+
         def eps_fn(x, t):
+            rows = None if labels is None else np.tile(labels, x.shape[0] // n)
             pieces = split_steps(x.shape[0], n, cfg.eval_parts)
-            return np.concatenate([self.eps(x[sl], t[sl]) for sl in pieces], axis=0)
+            return np.concatenate(
+                [self.eps(x[sl], t[sl], None if rows is None else rows[sl]) for sl in pieces],
+                axis=0,
+            )
 
-        return sample_batch(i, cfg, steps, sample_shape, eps_fn, self.sequential, arrays)
+        def run_sequential(steps, x_T, z):
+            return self.sequential(steps, x_T, z, labels)
 
-    def sequential(self, steps, x_T: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, float]:
-        """The sequential sampler on this worker: ``(samples, wall seconds)``."""
+        return sample_batch(i, cfg, steps, sample_shape, eps_fn, run_sequential, arrays)
+
+    def sequential(self, steps, x_T: np.ndarray, z: np.ndarray, labels=None) -> tuple:
+        """The sequential sampler on this worker: ``(samples, wall seconds)``; ``labels``
+        (n,): the samples' classes (a class-conditional model)."""
         xp = self._xp
+
+        def eps(x, t):
+            return self._eps(x, t, labels)
+
         with deterministic_blas():
             x_T, z = xp.asarray(_local(x_T)), xp.asarray(_local(z))
             t0 = time.perf_counter()
-            x = sequential(self._eps, steps, x_T, z)
+            x = sequential(eps, steps, x_T, z)
             x = to_host(x)
             return x, time.perf_counter() - t0

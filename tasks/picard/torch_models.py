@@ -60,6 +60,13 @@ class TorchDenoiser:
         Precision the network evaluates in (its parameters are cast to it).
     device : str
         torch device of the network (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
+    guidance_scale : float
+        Classifier-free guidance of a class-conditional network (``net(x, t,
+        class_labels=...)``): with ``labels`` and a scale other than 1, the
+        conditional and the unconditional (``null_class``) rows go into the same batched
+        call and ``eps = eps_u + scale (eps_c - eps_u)``; 1: the conditional prediction.
+    null_class : int or None
+        The class the network was trained with as "no class" (for guidance).
     """
 
     def __init__(
@@ -70,6 +77,8 @@ class TorchDenoiser:
         prediction_type: str = "epsilon",
         dtype: str = "float32",
         device: str = "cpu",
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
     ):
         import torch
 
@@ -88,20 +97,38 @@ class TorchDenoiser:
         self.abar = np.array(abar, dtype=np.float64)
         self.sample_shape = tuple(int(n) for n in sample_shape)
         self.prediction_type = prediction_type
+        self.guidance_scale = float(guidance_scale)
+        self.null_class = null_class
+        if self.guidance_scale != 1.0 and null_class is None:
+            raise ValueError("guidance_scale other than 1 needs null_class")
 
-    def eps(self, x, t):
+    def eps(self, x, t, labels=None):
         """Predicted noise of ``x`` (N, *sample_shape) at timesteps ``t`` (N,), in the
-        namespace and dtype of ``x``."""
+        namespace and dtype of ``x``; ``labels`` (N,) int: the rows' classes for a
+        class-conditional network (guided by ``guidance_scale``)."""
         import torch
 
         xp = array_namespace(x)
         xt = _to_torch(x, self.device).to(self.dtype)
         tt = _to_torch(t, self.device).to(torch.int64)
         with torch.inference_mode():
-            out = self.net(xt, tt)
-            out = getattr(out, "sample", out)
-            if isinstance(out, tuple):
-                out = out[0]
+            if labels is None:
+                out = _sample(self.net(xt, tt))
+            else:
+                lt = torch.as_tensor(np.asarray(_host(labels), dtype=np.int64), device=self.device)
+                if self.guidance_scale == 1.0:
+                    out = _sample(self.net(xt, tt, class_labels=lt))
+                else:  # conditional and unconditional halves in one call
+                    null = torch.full_like(lt, int(self.null_class))
+                    both = _sample(
+                        self.net(
+                            torch.cat([xt, xt]),
+                            torch.cat([tt, tt]),
+                            class_labels=torch.cat([lt, null]),
+                        )
+                    )
+                    cond, uncond = both[: xt.shape[0]], both[xt.shape[0] :]
+                    out = uncond + self.guidance_scale * (cond - uncond)
             out = out.to(_torch_dtype(x.dtype)).contiguous()
         pred = xp.from_dlpack(out)
         if self.prediction_type == "epsilon":
@@ -113,6 +140,12 @@ class TorchDenoiser:
         if self.prediction_type == "v_prediction":
             return sa * pred + sb * x
         return (x - sa * pred) / sb  # "sample": the network predicts x0
+
+
+def _sample(out):
+    """The tensor of a network's output (diffusers' ``.sample``, a tuple's first)."""
+    out = getattr(out, "sample", out)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _host(t):
