@@ -8,7 +8,7 @@ import numpy as np
 
 from .urls import normalize_url
 
-__all__ = ["read_members", "subgroups"]
+__all__ = ["array_shapes", "read_arrays", "read_members", "subgroups"]
 
 
 def _open(url: str):
@@ -40,3 +40,14 @@ def read_members(url: str, group: str, names) -> tuple[np.ndarray, ...]:
     float64."""
     g = _open(url)[group]
     return tuple(np.ascontiguousarray(g[n][...], dtype=np.float64) for n in names)
+
+
+def array_shapes(url: str) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of the arrays at the top level of the group at ``url``."""
+    return {k: tuple(a.shape) for k, a in _open(url).members() if not hasattr(a, "members")}
+
+
+def read_arrays(url: str, names, dtype=np.float32) -> tuple[np.ndarray, ...]:
+    """The whole top-level arrays ``names`` of the group at ``url`` (opened once)."""
+    g = _open(url)
+    return tuple(np.ascontiguousarray(g[n][...], dtype=dtype) for n in names)

@@ -189,6 +189,12 @@ class PicardConfig(PipelineConfig):
     null_class: int | None = Field(
         default=None, ge=0, description="the 'no class' label (default: the last class)"
     )
+    conditioning: ExternalURL | None = Field(
+        default=None,
+        description="a UNet2DConditionModel's conditioning: a Zarr group with cond "
+        "(K, seq, dim) and, for guidance, uncond (seq, dim); sample i uses row "
+        "class_labels[i] of cond (default i mod K)",
+    )
     compare_sequential: bool = Field(
         default=True, description="also run the sequential sampler on the same noise"
     )
@@ -236,7 +242,7 @@ class PicardConfig(PipelineConfig):
         if self.class_labels is not None and self.model not in ("diffusers", "custom"):
             raise ValueError("class_labels applies to model=diffusers or custom")
         if self.guidance_scale != 1.0 and self.class_labels is None:
-            raise ValueError("guidance_scale needs class_labels")
+            raise ValueError("guidance_scale needs class_labels (or conditioning)")
         if self.sampler == "dpmpp2m":
             if self.accelerate or self.anderson_memory:
                 raise ValueError(
@@ -251,7 +257,9 @@ class PicardConfig(PipelineConfig):
     def _from_directory(self) -> None:
         """model=diffusers: the schedule fields from the directory's scheduler config."""
         from tilegraph.tasks.picard.schedules import SCHEDULES, SPACINGS
-        from tilegraph.tasks.picard.torch_models import PREDICTIONS, read_pipeline_dir
+        from tilegraph.tasks.picard.torch_models import PREDICTIONS
+
+        from .diffusers_dir import read_pipeline_dir
 
         if self.diffusers.path is None:
             raise ValueError("model=diffusers needs diffusers.path=DIR (a pipeline directory)")
@@ -261,6 +269,8 @@ class PicardConfig(PipelineConfig):
             raise ValueError(f"diffusers.path: {err}") from None
         sc, unet = found_dir["scheduler"], found_dir["unet"]
         classes = unet.get("num_class_embeds")
+        if unet.get("_class_name") == "UNet2DConditionModel" or self.conditioning is not None:
+            classes = self._check_conditioning(unet)
         if self.class_labels is not None:
             if not classes:
                 raise ValueError(
@@ -306,11 +316,37 @@ class PicardConfig(PipelineConfig):
             )
         self.__dict__.update(found)
 
+    def _check_conditioning(self, unet: dict) -> int:
+        """A conditional network's ``conditioning`` group: its rows ``K`` (and the labels
+        default to ``0, 1, .., K-1`` cycled)."""
+        from tilegraph.storage.groups import array_shapes
+
+        if unet.get("_class_name") != "UNet2DConditionModel" or self.conditioning is None:
+            raise ValueError(
+                "conditioning: needed by a UNet2DConditionModel in diffusers.path, and only by one"
+            )
+        try:
+            shapes = array_shapes(self.conditioning)
+        except Exception as err:  # noqa: BLE001 - any reason the group cannot be read
+            raise ValueError(f"conditioning: cannot read a Zarr group there ({err})") from None
+        dim = int(unet.get("cross_attention_dim", 0))
+        cond = shapes.get("cond", ())
+        if len(cond) != 3 or cond[2] != dim:
+            raise ValueError(f"conditioning: cond must be (K, seq, {dim}) (got {cond or 'none'})")
+        if self.guidance_scale != 1.0 and shapes.get("uncond") != cond[1:]:
+            raise ValueError(
+                f"conditioning: guidance_scale needs uncond of shape {cond[1:]} "
+                f"(got {shapes.get('uncond', 'none')})"
+            )
+        if self.class_labels is None:
+            self.__dict__["class_labels"] = list(range(cond[0]))
+        return int(cond[0])
+
     def scheduler_config(self) -> dict:
         """model=diffusers: the directory's ``scheduler_config.json`` (else empty)."""
         if self.model != "diffusers":
             return {}
-        from tilegraph.tasks.picard.torch_models import read_pipeline_dir
+        from .diffusers_dir import read_pipeline_dir
 
         return read_pipeline_dir(self.diffusers.path)["scheduler"]
 

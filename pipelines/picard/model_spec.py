@@ -149,19 +149,22 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
         }
         return spec, {}
     if cfg.model == "diffusers":
-        from tilegraph.tasks.picard.torch_models import read_pipeline_dir
+        from .diffusers_dir import read_pipeline_dir
 
         unet = read_pipeline_dir(cfg.diffusers.path)["unet"]
         size = unet.get("sample_size", 32)
         size = (size, size) if isinstance(size, int) else tuple(size)
-        if unet.get("_class_name") != "UNet2DModel":
+        if unet.get("_class_name") not in ("UNet2DModel", "UNet2DConditionModel"):
             raise ValueError(
                 f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
-                "unconditional UNet2DModel pipelines so far"
+                "UNet2DModel and UNet2DConditionModel pipelines"
             )
         classes = unet.get("num_class_embeds")  # the labels were checked with the config
+        if cfg.conditioning is not None:
+            classes = None  # rows of cond, not class embeddings
         spec = {
             "kind": "diffusers",
+            "conditioning": cfg.conditioning,
             "guidance_scale": cfg.guidance_scale,
             "null_class": (classes - 1 if cfg.null_class is None else cfg.null_class)
             if classes

@@ -66,7 +66,7 @@ def _model_bytes(cfg, D: int, rows: int, e: int) -> tuple[int, int, int]:
 
 def _sample_size(cfg) -> int:
     if cfg.model == "diffusers":
-        from tilegraph.tasks.picard.torch_models import read_pipeline_dir
+        from .diffusers_dir import read_pipeline_dir
 
         unet = read_pipeline_dir(cfg.diffusers.path)["unet"]
         size = unet.get("sample_size", 32)

@@ -51,8 +51,17 @@ def build_model(spec: dict, device: str = "cpu"):
     if spec["kind"] == "diffusers":
         from tilegraph.tasks.picard.torch_models import TorchDenoiser, load_unet
 
+        cond = uncond = None
+        if spec.get("conditioning"):
+            from tilegraph.storage.groups import read_arrays
+
+            names = ("cond", "uncond") if spec["guidance_scale"] != 1.0 else ("cond",)
+            cond, *rest = read_arrays(spec["conditioning"], names)
+            uncond = rest[0] if rest else None
+        from tilegraph.storage.files import local_copy
+
         return TorchDenoiser(
-            load_unet(spec["path"], spec["class_name"]),
+            load_unet(local_copy(spec["path"]), spec["class_name"]),
             _local(spec["abar"]),
             spec["sample_shape"],
             spec["prediction_type"],
@@ -60,6 +69,8 @@ def build_model(spec: dict, device: str = "cpu"):
             device,
             spec.get("guidance_scale", 1.0),
             spec.get("null_class"),
+            cond,
+            uncond,
         )
     if spec["kind"] == "gmm":
         return GaussianMixture(spec["means"], spec["weights"], spec["spread"], spec["abar"])

@@ -13,13 +13,7 @@ torch and diffusers are imported only when a model is built (the ``torch`` extra
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -67,6 +61,11 @@ class TorchDenoiser:
         call and ``eps = eps_u + scale (eps_c - eps_u)``; 1: the conditional prediction.
     null_class : int or None
         The class the network was trained with as "no class" (for guidance).
+    cond, uncond : numpy.ndarray, optional
+        A cross-attention network's conditioning (``net(x, t,
+        encoder_hidden_states=...)``, a ``UNet2DConditionModel``): ``cond`` (K, seq,
+        dim), of which row ``labels[r]`` conditions row ``r``; ``uncond`` (seq, dim) the
+        unconditional embedding that guidance needs.
     """
 
     def __init__(
@@ -79,6 +78,8 @@ class TorchDenoiser:
         device: str = "cpu",
         guidance_scale: float = 1.0,
         null_class: int | None = None,
+        cond=None,
+        uncond=None,
     ):
         import torch
 
@@ -99,8 +100,18 @@ class TorchDenoiser:
         self.prediction_type = prediction_type
         self.guidance_scale = float(guidance_scale)
         self.null_class = null_class
-        if self.guidance_scale != 1.0 and null_class is None:
-            raise ValueError("guidance_scale other than 1 needs null_class")
+        self.cond = (
+            None
+            if cond is None
+            else torch.as_tensor(np.asarray(cond)).to(device=self.device, dtype=self.dtype)
+        )
+        self.uncond = (
+            None
+            if uncond is None
+            else torch.as_tensor(np.asarray(uncond)).to(device=self.device, dtype=self.dtype)
+        )
+        if self.guidance_scale != 1.0 and null_class is None and self.uncond is None:
+            raise ValueError("guidance_scale other than 1 needs null_class (or uncond)")
 
     def eps(self, x, t, labels=None):
         """Predicted noise of ``x`` (N, *sample_shape) at timesteps ``t`` (N,), in the
@@ -111,11 +122,27 @@ class TorchDenoiser:
         xp = array_namespace(x)
         xt = _to_torch(x, self.device).to(self.dtype)
         tt = _to_torch(t, self.device).to(torch.int64)
+        if labels is not None:  # classes, or rows of cond
+            lt = torch.as_tensor(np.asarray(_host(labels), dtype=np.int64), device=self.device)
         with torch.inference_mode():
             if labels is None:
                 out = _sample(self.net(xt, tt))
+            elif self.cond is not None:
+                ehs = self.cond[lt]
+                if self.guidance_scale == 1.0:
+                    out = _sample(self.net(xt, tt, encoder_hidden_states=ehs))
+                else:
+                    un = self.uncond[None].expand_as(ehs)
+                    both = _sample(
+                        self.net(
+                            torch.cat([xt, xt]),
+                            torch.cat([tt, tt]),
+                            encoder_hidden_states=torch.cat([ehs, un]),
+                        )
+                    )
+                    cond, uncond = both[: xt.shape[0]], both[xt.shape[0] :]
+                    out = uncond + self.guidance_scale * (cond - uncond)
             else:
-                lt = torch.as_tensor(np.asarray(_host(labels), dtype=np.int64), device=self.device)
                 if self.guidance_scale == 1.0:
                     out = _sample(self.net(xt, tt, class_labels=lt))
                 else:  # conditional and unconditional halves in one call
@@ -159,69 +186,11 @@ def _torch_dtype(dtype):
     return getattr(torch, np.dtype(dtype).name)
 
 
-def _fs(path: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(str(path))
-
-
-def read_pipeline_dir(path: str) -> dict:
-    """What a diffusers pipeline directory (``save_pretrained``; a local path or an
-    fsspec URL) holds: its network's class and config, and its scheduler's config.
-
-    Raises
-    ------
-    ValueError
-        Naming the missing or unreadable file.
-    """
-    fs, root = _fs(path)
-    files = {
-        "index": "model_index.json",
-        "unet": "unet/config.json",
-        "scheduler": "scheduler/scheduler_config.json",
-    }
-    out = {}
-    for key, rel in files.items():
-        f = f"{root.rstrip('/')}/{rel}"
-        if not fs.isfile(f):
-            raise ValueError(f"{path}/{rel} not found (a diffusers pipeline directory)")
-        try:
-            out[key] = json.loads(fs.cat_file(f))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}/{rel} is not JSON: {err}") from None
-    return out
-
-
-def local_copy(path: str) -> str:
-    """``path`` itself if it is local, else a copy of the directory in this machine's
-    temporary folder (made once per machine and URL; a finished copy has a marker)."""
-    fs, root = _fs(path)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return root
-    key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    dest = Path(tempfile.gettempdir()) / "tilegraph-diffusers" / key
-    if not (dest / ".complete").exists():
-        part = dest.with_name(f"{key}.{os.getpid()}.part")
-        shutil.rmtree(part, ignore_errors=True)
-        fs.get(root.rstrip("/") + "/", str(part), recursive=True)
-        try:
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(part, dest)
-        except OSError:  # another process finished its copy first: keep that one
-            shutil.rmtree(part, ignore_errors=True)
-            if not (dest / ".complete").exists():
-                raise
-        else:
-            (dest / ".complete").touch()
-    return str(dest)
-
-
 def load_unet(path: str, class_name: str):
-    """The network of a diffusers pipeline directory (``unet/``; local or an fsspec
-    URL, copied here first), on the CPU."""
+    """The network of a local diffusers pipeline directory (``unet/``), on the CPU."""
     import diffusers
 
     cls = getattr(diffusers, class_name, None)
     if cls is None:
         raise ValueError(f"unet/config.json names {class_name!r}, which diffusers does not have")
-    return cls.from_pretrained(local_copy(path), subfolder="unet")
+    return cls.from_pretrained(str(path), subfolder="unet")
