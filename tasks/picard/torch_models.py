@@ -113,6 +113,19 @@ class TorchDenoiser:
         if self.guidance_scale != 1.0 and null_class is None and self.uncond is None:
             raise ValueError("guidance_scale other than 1 needs null_class (or uncond)")
 
+    def _guided(self, xt, tt, key: str, cond, uncond):
+        """The network on ``key=cond``; with guidance, the conditional and the
+        unconditional halves in one call, ``u + scale (c - u)``."""
+        import torch
+
+        if self.guidance_scale == 1.0:
+            return _sample(self.net(xt, tt, **{key: cond}))
+        n = xt.shape[0]
+        both = _sample(
+            self.net(torch.cat([xt, xt]), torch.cat([tt, tt]), **{key: torch.cat([cond, uncond])})
+        )
+        return both[n:] + self.guidance_scale * (both[:n] - both[n:])
+
     def eps(self, x, t, labels=None):
         """Predicted noise of ``x`` (N, *sample_shape) at timesteps ``t`` (N,), in the
         namespace and dtype of ``x``; ``labels`` (N,) int: the rows' classes for a
@@ -127,35 +140,13 @@ class TorchDenoiser:
         with torch.inference_mode():
             if labels is None:
                 out = _sample(self.net(xt, tt))
-            elif self.cond is not None:
+            elif self.cond is not None:  # cross-attention: rows of cond, against uncond
                 ehs = self.cond[lt]
-                if self.guidance_scale == 1.0:
-                    out = _sample(self.net(xt, tt, encoder_hidden_states=ehs))
-                else:
-                    un = self.uncond[None].expand_as(ehs)
-                    both = _sample(
-                        self.net(
-                            torch.cat([xt, xt]),
-                            torch.cat([tt, tt]),
-                            encoder_hidden_states=torch.cat([ehs, un]),
-                        )
-                    )
-                    cond, uncond = both[: xt.shape[0]], both[xt.shape[0] :]
-                    out = uncond + self.guidance_scale * (cond - uncond)
-            else:
-                if self.guidance_scale == 1.0:
-                    out = _sample(self.net(xt, tt, class_labels=lt))
-                else:  # conditional and unconditional halves in one call
-                    null = torch.full_like(lt, int(self.null_class))
-                    both = _sample(
-                        self.net(
-                            torch.cat([xt, xt]),
-                            torch.cat([tt, tt]),
-                            class_labels=torch.cat([lt, null]),
-                        )
-                    )
-                    cond, uncond = both[: xt.shape[0]], both[xt.shape[0] :]
-                    out = uncond + self.guidance_scale * (cond - uncond)
+                un = None if self.uncond is None else self.uncond[None].expand_as(ehs)
+                out = self._guided(xt, tt, "encoder_hidden_states", ehs, un)
+            else:  # class embeddings, against the null class
+                null = None if self.null_class is None else torch.full_like(lt, self.null_class)
+                out = self._guided(xt, tt, "class_labels", lt, null)
             out = out.to(_torch_dtype(x.dtype)).contiguous()
         pred = xp.from_dlpack(out)
         if self.prediction_type == "epsilon":
