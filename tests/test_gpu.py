@@ -107,3 +107,64 @@ def test_ttn_quick_on_the_gpu_matches_the_cpu(tmp_path, schedule):
     np.testing.assert_array_equal(a.ranks.values, b.ranks.values)
     for var in ("norm", "energy", "magnetization", "error"):
         np.testing.assert_allclose(a[var].values, b[var].values, rtol=0, atol=1e-10)
+
+
+def test_torch_models_take_cupy_samples_without_a_copy():
+    """A torch network on the GPU evaluates CuPy samples through DLPack (the tensor it
+    gets shares the CuPy buffer), returns CuPy, and agrees with its CPU evaluation; a
+    diffusers pipeline directory runs with device=cuda and matches device=cpu."""
+    torch = pytest.importorskip("torch")
+    cupy = pytest.importorskip("cupy")
+    from tilegraph.tasks.picard.schedules import make_schedule
+    from tilegraph.tasks.picard.torch_models import TorchDenoiser
+
+    seen = {}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x, t):
+            seen["ptr"] = x.data_ptr()
+            return self.w * x + t[:, None, None, None].to(x.dtype) / 1000
+
+    abar = make_schedule("linear", 1000)
+    x = cupy.random.default_rng(0).standard_normal((6, 1, 4, 4), dtype=cupy.float32)
+    t = cupy.arange(6, dtype=cupy.int64) * 100
+    gpu = TorchDenoiser(Net(), abar, (1, 4, 4), device="cuda")
+    out = gpu.eps(x, t)
+    assert isinstance(out, cupy.ndarray) and seen["ptr"] == x.data.ptr
+    cpu = TorchDenoiser(Net(), abar, (1, 4, 4)).eps(cupy.asnumpy(x), cupy.asnumpy(t))
+    np.testing.assert_allclose(cupy.asnumpy(out), cpu, rtol=1e-6)
+
+
+def test_a_diffusers_directory_on_the_gpu_matches_the_cpu(tmp_path):
+    pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from helpers import last_json, tilegraph
+
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(
+        str(tmp_path / "pipe")
+    )
+    got = {}
+    for device, spec in (("cpu", "local:1"), ("cuda", "local-cuda")):
+        run = tilegraph(
+            "run", "picard", "--set", "model=diffusers", "--set",
+            f"diffusers.path={tmp_path / 'pipe'}", "--set", "steps=50", "--set", "window=8",
+            "--set", "n_samples=4", "--set", "batch_size=4", "--set", "dtype=float32",
+            "--set", f"device={device}", "--cluster", spec,
+            "--store", str(tmp_path / device), "--json", timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        got[device] = last_json(run.stdout)["metrics"]
+    assert got["cuda"]["iterations"] == got["cpu"]["iterations"]
+    assert (
+        abs(got["cuda"]["max_abs_diff_vs_sequential"] - got["cpu"]["max_abs_diff_vs_sequential"])
+        < 1e-3
+    )

@@ -148,6 +148,8 @@ class TorchDenoiser:
                 null = None if self.null_class is None else torch.full_like(lt, self.null_class)
                 out = self._guided(xt, tt, "class_labels", lt, null)
             out = out.to(_torch_dtype(x.dtype)).contiguous()
+            if type(x).__module__.split(".")[0] == "numpy":  # host samples, a GPU network
+                out = out.cpu()
         pred = xp.from_dlpack(out)
         if self.prediction_type == "epsilon":
             return pred
