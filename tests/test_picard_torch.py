@@ -443,3 +443,17 @@ def test_a_cross_attention_unet_with_conditioning_from_zarr(tmp_path):
                     f"diffusers.path={path}", "--set", "sampler=ddim", "--set", "steps=20",
                     "--set", "window=8", "--store", str(tmp_path / "bad"))  # fmt: skip
     assert bad.returncode == 2 and "conditioning" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_an_unsupported_network_exits_2_before_anything_is_written(tmp_path, ddim_dir):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(ddim_dir, other)
+    conf = other / "unet" / "config.json"
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "_class_name": "VQModel"}))
+    run = tilegraph("run", "picard", "--set", "model=diffusers", "--set",
+                    f"diffusers.path={other}", "--store", str(tmp_path / "runs"))  # fmt: skip
+    assert run.returncode == 2 and "VQModel" in run.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists()

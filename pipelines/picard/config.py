@@ -259,7 +259,7 @@ class PicardConfig(PipelineConfig):
         from tilegraph.tasks.picard.schedules import SCHEDULES, SPACINGS
         from tilegraph.tasks.picard.torch_models import PREDICTIONS
 
-        from .diffusers_dir import read_pipeline_dir
+        from .diffusers_dir import NETWORKS, read_pipeline_dir
 
         if self.diffusers.path is None:
             raise ValueError("model=diffusers needs diffusers.path=DIR (a pipeline directory)")
@@ -268,6 +268,11 @@ class PicardConfig(PipelineConfig):
         except ValueError as err:
             raise ValueError(f"diffusers.path: {err}") from None
         sc, unet = found_dir["scheduler"], found_dir["unet"]
+        if unet.get("_class_name") not in NETWORKS:
+            raise ValueError(
+                f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
+                f"{' and '.join(NETWORKS)} pipelines"
+            )
         classes = unet.get("num_class_embeds")
         if unet.get("_class_name") == "UNet2DConditionModel" or self.conditioning is not None:
             classes = self._check_conditioning(unet)

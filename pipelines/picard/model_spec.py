@@ -12,6 +12,7 @@ import numpy as np
 from tilegraph import storage
 from tilegraph.tasks.picard.models import DiffusionModel, GaussianMixture
 from tilegraph.tasks.picard.training import train_denoiser
+from tilegraph.tasks.picard.unet_training import train_unet
 
 from .config import PicardConfig
 from .worker import build_model
@@ -63,12 +64,6 @@ def _mlp_spec(attrs: dict, store_like, abar) -> dict:
     }
 
 
-def _train_unet(data, abar, channels, iterations, batch, lr, seed):
-    from tilegraph.tasks.picard.unet_training import train_unet
-
-    return train_unet(data, abar, tuple(channels), iterations, batch, lr, seed)
-
-
 def _unet_refs(attrs: dict, store_like, abar, dtype: str) -> dict:
     """The replicas' spec of the UNet whose weights ``store_like`` holds under
     ``model/`` (``attrs``: that group's attributes)."""
@@ -103,7 +98,7 @@ def _unet_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
     if attrs.get("complete") and attrs.get("kind") == "unet":
         return _unet_refs(attrs, store, abar, dtype), {**info, "train_loss": attrs["final_loss"]}
     fut = ctx.executor.submit(
-        _train_unet, digits_data(), abar, u.channels, u.iterations, u.batch, u.lr, u.seed
+        train_unet, digits_data(), abar, tuple(u.channels), u.iterations, u.batch, u.lr, u.seed
     )
     config, weights, losses = ctx.executor.gather(fut)
     names = list(weights)
@@ -149,17 +144,10 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
         }
         return spec, {}
     if cfg.model == "diffusers":
-        from .diffusers_dir import read_pipeline_dir
+        from .diffusers_dir import read_pipeline_dir, sample_shape
 
-        unet = read_pipeline_dir(cfg.diffusers.path)["unet"]
-        size = unet.get("sample_size", 32)
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        if unet.get("_class_name") not in ("UNet2DModel", "UNet2DConditionModel"):
-            raise ValueError(
-                f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
-                "UNet2DModel and UNet2DConditionModel pipelines"
-            )
-        classes = unet.get("num_class_embeds")  # the labels were checked with the config
+        unet = read_pipeline_dir(cfg.diffusers.path)["unet"]  # checked with the config
+        classes = unet.get("num_class_embeds")
         if cfg.conditioning is not None:
             classes = None  # rows of cond, not class embeddings
         spec = {
@@ -172,7 +160,7 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
             "path": str(cfg.diffusers.path),
             "class_name": unet["_class_name"],
             "abar": abar,
-            "sample_shape": (int(unet.get("in_channels", 3)), *map(int, size)),
+            "sample_shape": sample_shape(unet),
             "prediction_type": cfg.scheduler_config().get("prediction_type", "epsilon"),
             "dtype": cfg.diffusers.dtype,
         }

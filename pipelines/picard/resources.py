@@ -66,12 +66,10 @@ def _model_bytes(cfg, D: int, rows: int, e: int) -> tuple[int, int, int]:
 
 def _sample_size(cfg) -> int:
     if cfg.model == "diffusers":
-        from .diffusers_dir import read_pipeline_dir
+        from .diffusers_dir import read_pipeline_dir, sample_shape
 
-        unet = read_pipeline_dir(cfg.diffusers.path)["unet"]
-        size = unet.get("sample_size", 32)
-        hw = size * size if isinstance(size, int) else size[0] * size[1]
-        return int(unet.get("in_channels", 3)) * hw
+        c, h, w = sample_shape(read_pipeline_dir(cfg.diffusers.path)["unet"])
+        return c * h * w
     return DIGITS_D if cfg.model in ("digits", "digits-unet") else cfg.gmm.dim
 
 
