@@ -7,7 +7,7 @@ Kernels, each on inputs of the sizes the pipelines give them:
   dimensions, ``--components`` components), for p in ``--windows``;
 * ``domain-split box solves``: fast diagonalisation of every box of a block at once —
   constant coefficients (one :class:`SeparableSolver`, 2-D boxes of 31² and 3-D boxes of
-  15³) and frozen variable coefficients (:class:`StackedSeparable`, one basis per box);
+  15³) and frozen variable coefficients (:class:`FrozenStack`, one sine basis, per-box scalings);
 * ``domain-split stencil``: the variable-coefficient operator on one block
   (:func:`apply_stencil`, coefficients evaluated on the block).
 
@@ -67,7 +67,7 @@ def kernels(args) -> list[tuple[str, object, tuple]]:
     """``(name, fn, host args)`` of every kernel."""
     from tilegraph.tasks.domain_split.operator import apply_stencil
     from tilegraph.tasks.domain_split.problems import Problem
-    from tilegraph.tasks.domain_split.separable import SeparableSolver, StackedSeparable
+    from tilegraph.tasks.domain_split.separable import FrozenStack, SeparableSolver
     from tilegraph.tasks.picard.models import GaussianMixture
     from tilegraph.tasks.picard.schedules import make_schedule
 
@@ -88,14 +88,10 @@ def kernels(args) -> list[tuple[str, object, tuple]]:
         f = rng.standard_normal((nb, *([m] * d)))
         out.append((f"box solves, {d}-D constant, {nb} boxes of {m}^{d}", fd.solve, (f,)))
     for d, m, nb in ((2, 31, 1024), (3, 15, 512)):
-        solvers = []
-        for _ in range(nb):
-            alpha = tuple(rng.uniform(0.5, 2, d))
-            beta = tuple(rng.uniform(-1, 1, d))
-            solvers.append(SeparableSolver.build(Problem("constant", d, alpha, beta),
-                                                 [m] * d, [1.0 / 1024] * d))  # fmt: skip
+        alpha = rng.uniform(0.5, 2, (d, nb))
+        beta = rng.uniform(-1, 1, (d, nb))
+        stack, _ = FrozenStack.build(alpha, beta, [m] * d, 1.0 / 1024)
         f = rng.standard_normal((nb, *([m] * d)))
-        stack = StackedSeparable(solvers)
         out.append((f"box solves, {d}-D frozen, {nb} boxes of {m}^{d}", stack.solve, (f,)))
     var2 = Problem("variable", 2)
     for d, n, prob in ((2, 1024, var2), (3, 128, Problem("variable", 3))):

@@ -18,8 +18,9 @@ from tilegraph.tasks.domain_split.combine import (
 from tilegraph.tasks.domain_split.grid import GridLayout, merge_weights
 from tilegraph.tasks.domain_split.holes import (
     BoxSolver,
-    box_ranges,
+    box_lattice,
     fill_block,
+    lattices,
     shift_offsets,
     shifted_cuts,
     smooth_block,
@@ -164,7 +165,7 @@ def test_box_solves_are_exact_dirichlet_solves():
     rng = np.random.default_rng(5)
     z = rng.standard_normal(lay.shape)
     v = rng.standard_normal(lay.shape)
-    filled = boxes.solve_boxes(z.copy(), v, (0, 0), [((5, 10), (10, 15))])
+    filled = boxes.solve_boxes(z.copy(), v, (0, 0), [box_lattice((5, 10), (10, 15))])
     # the box interior satisfies L z = v with the untouched boundary as data
     Lz = apply_stencil(VAR, np.pad(filled, 1), (0, 0), 20)
     np.testing.assert_allclose(Lz[6:10, 11:15], v[6:10, 11:15], atol=1e-9)
@@ -185,11 +186,12 @@ def test_batched_variable_box_solves_are_exact_dirichlet_solves(d):
     v = rng.standard_normal(lay.shape)
     s = lay.stride
     cuts = [list(range(0, n + 1, s))] * d
-    ranges = list(box_ranges(cuts))
+    lats = lattices(cuts)
+    ranges = [box for lat in lats for box in lat.boxes()]
     big = np.zeros(tuple(2 * m for m in lay.shape))[(slice(None, None, 2),) * d]
     big[...] = z  # a strided view: reshape(-1) copies
     for target in (z.copy(), big):
-        filled = boxes.solve_boxes(target, v, (0,) * d, ranges)
+        filled = boxes.solve_boxes(target, v, (0,) * d, lats)
         Lz = apply_stencil(problem, np.pad(filled, 1), (0,) * d, n)
         inner = np.zeros(lay.shape, dtype=bool)
         for lo, hi in ranges:
@@ -291,11 +293,11 @@ def test_separable_box_solves_match_sparse_lu(problem):
     boxes = [((0, 6), (6, 12)), ((6, 6), (12, 12)), ((12, 0), (18, 6))]
     fd = BoxSolver(problem, lay)
     assert fd.separable((6, 6)) is not None
-    got = fd.solve_boxes(z.copy(), v, (0, 0), boxes)
+    got = fd.solve_boxes(z.copy(), v, (0, 0), [box_lattice(*b) for b in boxes])
     # the same boxes by sparse LU: variable-coefficient path forced through system()
     lu = BoxSolver(problem, lay)
     lu.separable = lambda sizes: None
-    want = lu.solve_boxes(z.copy(), v, (0, 0), boxes)
+    want = lu.solve_boxes(z.copy(), v, (0, 0), [box_lattice(*b) for b in boxes])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
@@ -399,21 +401,101 @@ def test_vectorised_assembly_has_the_bits_of_the_kronecker_form(problem, scheme)
             np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr))
 
 
-def test_stacked_solvers_equal_one_solver_per_box():
-    """Boxes of one shape with different frozen coefficients, solved together, give what
-    each box's own fast-diagonalisation solver gives."""
-    from tilegraph.tasks.domain_split.separable import SeparableSolver, StackedSeparable
+@pytest.mark.parametrize("scheme", ["central", "upwind"])
+def test_frozen_stack_equals_one_solver_per_box(scheme):
+    """Boxes of one shape with different frozen coefficients, solved together through the
+    shared sine basis, give what each box's own eigendecomposition (``eigh``) gives; a
+    box whose advection is too strong for fast diagonalisation is left out."""
+    from tilegraph.tasks.domain_split.separable import FrozenStack, SeparableSolver
 
     rng = np.random.default_rng(3)
-    solvers = [
-        SeparableSolver.build(
-            Problem("constant", 3, tuple(rng.uniform(0.5, 2, 3)), tuple(rng.uniform(-1, 1, 3))),
-            [5, 4, 3],
-            [0.1, 0.1, 0.1],
-        )
-        for _ in range(4)
+    sizes, h = [5, 4, 3], 0.1
+    alpha = rng.uniform(0.5, 2, (3, 5))
+    beta = rng.uniform(-1, 1, (3, 5))
+    beta[0, 2] = 40.0  # cell Peclet number 2 along x: off-diagonals of opposite sign
+    stack, ok = FrozenStack.build(alpha, beta, sizes, h, scheme)
+    assert ok.tolist() == ([True, True, scheme == "upwind", True, True])
+    f = rng.standard_normal((5, *sizes))
+    got = stack.solve(f[ok])
+    for row, b in enumerate(np.flatnonzero(ok)):
+        prob = Problem("constant", 3, tuple(alpha[:, b]), tuple(beta[:, b]))
+        fd = SeparableSolver.build(prob, sizes, [h] * 3, scheme)
+        np.testing.assert_allclose(got[row], fd.solve(f[b][None])[0], rtol=1e-11, atol=1e-13)
+
+
+def test_lattices_group_equal_consecutive_boxes():
+    lats = lattices([[0, 3, 11, 19, 24], [0, 4, 8]])
+    assert [(lat.origin, lat.size, lat.count) for lat in lats] == [
+        ((0, 0), (3, 4), (1, 2)),
+        ((3, 0), (8, 4), (2, 2)),
+        ((19, 0), (5, 4), (1, 2)),
     ]
-    f = rng.standard_normal((4, 5, 4, 3))
-    got = StackedSeparable(solvers).solve(f)
-    for b, fd in enumerate(solvers):
-        np.testing.assert_allclose(got[b], fd.solve(f[b][None])[0], rtol=1e-12, atol=1e-14)
+    assert list(lats[1].boxes()) == [
+        ((3, 0), (11, 4)),
+        ((3, 4), (11, 8)),
+        ((11, 0), (19, 4)),
+        ((11, 4), (19, 8)),
+    ]
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_frozen_lattice_solves_are_each_box_frozen_at_its_centre(d):
+    """Every box of shifted lattices (boxes of three sizes) solved through the shared
+    sine basis equals a sparse direct solve of that box's operator with the
+    coefficients frozen at its centre (assembled independently, box by box), with the
+    true (variable) couplings to the box boundary on the right; box boundaries stay as
+    they were."""
+    from scipy.sparse.linalg import spsolve
+
+    n = 24 if d == 2 else 12
+    lay = GridLayout(d, n, 4 if d == 2 else 2, boxes_per_block=4)
+    problem = Problem("variable", d)
+    boxes = BoxSolver(problem, lay, frozen=True)
+    rng = np.random.default_rng(2)
+    z, v = rng.standard_normal(lay.shape), rng.standard_normal(lay.shape)
+    cuts = [[0, 2, 2 + lay.stride, n - 1, n]] * d  # sizes 2, s, ..., 1 (no interior)
+    lats = lattices(cuts)
+    filled = boxes.solve_boxes(z.copy(), v, (0,) * d, lats)
+    inner = np.zeros(lay.shape, dtype=bool)
+    for lat in lats:
+        for lo, hi in lat.boxes():
+            sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+            if min(b - a for a, b in zip(lo, hi, strict=True)) < 2:
+                continue
+            mid = tuple(np.full(1, 0.5 * (a + b) / n) for a, b in zip(lo, hi, strict=True))
+            frozen = Problem(
+                "constant",
+                d,
+                tuple(float(problem.alpha_k(k, mid)[0]) for k in range(d)),
+                tuple(float(problem.beta_k(k, mid)[0]) for k in range(d)),
+            )
+            axes = [np.arange(a, b + 1) / n for a, b in zip(lo, hi, strict=True)]
+            A_ii, _, interior = assemble(frozen, axes)
+            _, A_ib, _ = assemble(problem, axes)
+            want = spsolve(A_ii.tocsc(), v[sl][interior] - A_ib @ z[sl][~interior])
+            np.testing.assert_allclose(filled[sl][interior], want, rtol=1e-9, atol=1e-11)
+            inner[tuple(slice(a + 1, b) for a, b in zip(lo, hi, strict=True))] = True
+    assert inner.any()
+    np.testing.assert_array_equal(filled[~inner], z[~inner])
+
+
+@pytest.mark.parametrize("n_coarse", [12, 10])  # blocks of 4 boxes; the last one full or not
+def test_padded_layout_holds_each_block_in_one_chunk(n_coarse):
+    """A vector stored block-padded (each block at the start of its own chunk) reads back
+    any node range, across blocks, as the plain vector."""
+    lay = GridLayout(2, 2 * n_coarse, n_coarse, boxes_per_block=4)
+    rng = np.random.default_rng(0)
+    plain = rng.standard_normal(lay.shape)
+    stored = np.full(lay.padded_shape, np.nan)
+    for b in lay.blocks:
+        chunk = lay.padded_block(b)
+        assert all(s.stop - s.start == c for s, c in zip(chunk, lay.padded_chunks, strict=True))
+        stored[chunk][tuple(slice(0, m) for m in b.shape)] = plain[b.region]
+    n = lay.n_fine + 1
+    for lo, hi in [(0, n), (3, 9), (7, 8), (8, 9), (5, 20), (n - 2, n), (16, n)]:
+        sl, take = lay.padded_range(lo, hi)
+        for col in (0, n - 1):  # along axis 0, in the first and the last block of axis 1
+            cs, ct = lay.padded_range(col, col + 1)
+            got = stored[sl, cs][:, 0] if ct is None else stored[sl, cs][:, ct[0]]
+            got = got if take is None else got[take]
+            np.testing.assert_array_equal(got, plain[lo:hi, col])

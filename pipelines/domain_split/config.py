@@ -103,14 +103,19 @@ class DomainSplitConfig(PipelineConfig):
         description="sub-mesh solver: fast diagonalisation (constant coefficients), SuperLU, "
         "pyamg, or auto (fd where it applies, else pyamg for large 3-D planes)",
     )
-    box_solver: Literal["lu", "frozen"] = Field(
-        default="lu",
+    box_solver: Literal["auto", "lu", "frozen"] = Field(
+        default="auto",
         description="variable coefficients: each box exactly by a sparse LU, or by fast "
         "diagonalisation of its operator frozen at the box centre (inexact: more FGMRES "
-        "iterations, less time and memory; solver=krylov only)",
+        "iterations, less time and memory; solver=krylov only); auto: frozen with "
+        "solver=krylov, lu with solver=stationary",
     )
     submesh_tol: float = Field(
-        default=1e-10, gt=0, lt=1, description="relative residual of the pyamg sub-mesh solves"
+        default=1e-4,
+        gt=0,
+        lt=1,
+        description="relative residual of the pyamg sub-mesh solves (FGMRES absorbs the "
+        "inexact preconditioner)",
     )
     shifts: int = Field(
         default=3,
@@ -162,6 +167,14 @@ class DomainSplitConfig(PipelineConfig):
         if d and v.domain is not None and len(v.domain) != d:
             raise ValueError(f"domain needs {d} intervals for d={d} (got {v.domain})")
         return v
+
+    @property
+    def boxes(self) -> str:
+        """How variable-coefficient boxes are solved, ``lu`` or ``frozen`` (``box_solver``
+        with ``auto`` resolved)."""
+        if self.box_solver != "auto":
+            return self.box_solver
+        return "frozen" if self.solver == "krylov" else "lu"
 
     @model_validator(mode="after")
     def _peclet(self):

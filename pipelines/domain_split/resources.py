@@ -134,10 +134,12 @@ def _box_solver_bytes(cfg, layout, problem, offsets) -> tuple[int, int]:
         bases = d * k ** (d - 1) * sum(2 * F8 * n * n for n in per_axis)
         inv_lam = F8 * sum(per_axis) ** d
         return _cap(bases + inv_lam), _fd_build_bytes([big])
-    if not problem.constant_coefficients and cfg.box_solver == "frozen":
-        # every box its own fast-diagonalisation solver, stacked per shape
+    if not problem.constant_coefficients and cfg.boxes == "frozen":
+        # per box its scalings and eigenvalue sums on its grid (the sine bases are
+        # shared); while a stack is built, about four more such arrays
         boxes = (1 + len(offsets)) * (nc + 1) ** d
-        return _cap(boxes * _fd_bytes([big] * d)), _fd_build_bytes([big])
+        per_box = 2 * F8 * big**d
+        return _cap(boxes * per_box), _cap(4 * per_box * (nc + 1) ** d)
     unknowns = big**d
     nnz = lu_nonzeros(unknowns, d)
     one = LU_BYTES * nnz + _matrix_bytes(unknowns, d)
@@ -273,10 +275,12 @@ def estimate(cfg, workers: int) -> Estimate:
     driver = _cap(driver)
 
     # -- the store -----------------------------------------------------------------
-    # Zarr writes whole chunks: the upper boundary's one-node chunks are full ones
+    # work vectors are stored block-padded (one whole chunk per block); Zarr writes
+    # the results' upper-boundary one-node chunks as whole ones
     c = layout.chunks[0]
+    padded = F8 * math.prod(layout.padded_shape)
     stored = F8 * (-(-N // c) * c) ** d
-    store = _cap(stored * (written + 3) + F8 * d * N)
+    store = _cap(padded * written + stored * 3 + F8 * d * N)
 
     alternative = "more workers"
     if cfg.direct_reference:

@@ -73,7 +73,9 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         as many basis vectors as it needs); the solution buffers survive a resume."""
         if name not in refs:
             reuse = name in SOLUTION_BUFFERS
-            refs[name] = ctx.scratch(name, layout.shape, layout.chunks, dims, reuse=reuse)
+            refs[name] = ctx.scratch(
+                name, layout.padded_shape, layout.padded_chunks, dims, reuse=reuse
+            )
         return refs[name]
 
     plan = BlockDriver(
@@ -86,7 +88,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         submesh=(cfg.submesh, cfg.submesh_tol),
         device=cfg.device,
         cache=not cfg.out_of_core,
-        boxes=cfg.box_solver,
+        boxes=cfg.boxes,
         local=[f"work/{n}" for n in ("w", "z", "r")],
     )
     norm_b = math.sqrt(math.fsum(plan.call("rhs", vec("B"))))

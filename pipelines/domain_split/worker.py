@@ -89,7 +89,7 @@ class BlockWorker:
         n = self.layout.n_fine + 1
         lo = [max(a - halo, 0) for a in start]
         hi = [min(b + halo, n) for b in stop]
-        data = np.asarray(self._arr(ref)[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
+        data = self._get(ref, lo, hi)
         if halo:
             pad = [
                 (a0 - (a - halo), (b + halo) - b0)
@@ -98,14 +98,38 @@ class BlockWorker:
             data = np.pad(data, pad)
         return self._dev(data)
 
+    def _padded(self, ref) -> bool:
+        """Whether ``ref`` is stored block-padded (the work vectors; see
+        ``GridLayout.padded_shape``) rather than plain (the results)."""
+        return tuple(ref.shape) != self.layout.shape
+
+    def _get(self, ref, lo, hi) -> np.ndarray:
+        """Fine nodes ``[lo, hi)`` of ``ref``, on the host."""
+        arr = self._arr(ref)
+        if not self._padded(ref):
+            return np.asarray(arr[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
+        stored, take = zip(
+            *(self.layout.padded_range(a, b) for a, b in zip(lo, hi, strict=True)), strict=True
+        )
+        data = np.asarray(arr[stored])
+        for k, t in enumerate(take):
+            if t is not None:
+                data = np.take(data, t, axis=k)
+        return data
+
     def _dev(self, data):
         """Host data as an array of this worker's device (no copy on the CPU)."""
         return to_device(self.xp, data)
 
     def _write(self, ref, block, data) -> None:
-        region = ref.check(block.region)
         if ref.path not in self.local:
-            self._arr(ref)[region] = to_host(data)
+            if self._padded(ref):  # the block's chunk, written whole
+                region = ref.check(self.layout.padded_block(block))
+                host = np.zeros(self.layout.padded_chunks)
+                host[tuple(slice(0, m) for m in block.shape)] = to_host(data)
+            else:
+                region, host = ref.check(block.region), to_host(data)
+            self._arr(ref)[region] = host
         if self.cache:
             if self.xp is np:
                 data = np.array(data, dtype=np.float64)
@@ -122,15 +146,15 @@ class BlockWorker:
         if not self.cache:
             return self._read(ref, b.start, b.stop, halo=1)
         ext = pad1(self._own(ref, b))
-        arr, n = self._arr(ref), self.layout.n_fine + 1
+        n = self.layout.n_fine + 1
         for k in range(self.layout.d):
             for idx, pos in ((b.start[k] - 1, 0), (b.stop[k], -1)):
                 if 0 <= idx < n:
-                    src = list(b.region)
-                    src[k] = slice(idx, idx + 1)
+                    lo, hi = list(b.start), list(b.stop)
+                    lo[k], hi[k] = idx, idx + 1
                     dst = [slice(1, -1)] * self.layout.d
                     dst[k] = slice(0, 1) if pos == 0 else slice(-1, None)
-                    ext[tuple(dst)] = self._dev(np.asarray(arr[tuple(src)]))
+                    ext[tuple(dst)] = self._dev(self._get(ref, lo, hi))
         return ext
 
     def _block(self, i):

@@ -109,6 +109,44 @@ class GridLayout:
         return (self.stride * self.boxes_per_block,) * self.d
 
     @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """Shape of a fine-grid vector stored block-padded: block ``j`` along an axis at
+        ``j (c + 1)`` (``c`` the chunk size), one chunk of ``c + 1`` per block, so the
+        last block, which owns the upper boundary node too, is one chunk like the
+        others (in the plain layout it also owns a nearly empty boundary chunk, which
+        Zarr stores and rewrites whole). Work vectors are stored so."""
+        return (self.blocks_per_axis * (self.chunks[0] + 1),) * self.d
+
+    @property
+    def padded_chunks(self) -> tuple[int, ...]:
+        """Chunk shape of the block-padded layout: one block per chunk."""
+        return (self.chunks[0] + 1,) * self.d
+
+    def padded_range(self, lo: int, hi: int):
+        """Where fine nodes ``lo .. hi - 1`` of one axis lie in the block-padded layout.
+
+        Returns
+        -------
+        stored : slice
+            The stored range from the first node to the last.
+        take : numpy.ndarray or None
+            Positions of the nodes in that range (None when it holds nothing else; it
+            holds the unused last slot of each block it crosses).
+        """
+        c, last = self.chunks[0], self.blocks_per_axis - 1
+        k_lo, k_hi = min(lo // c, last), min((hi - 1) // c, last)
+        stored = slice(lo + k_lo, hi + k_hi)
+        if k_lo == k_hi:
+            return stored, None
+        i = np.arange(lo, hi)
+        return stored, i + np.minimum(i // c, last) - (lo + k_lo)
+
+    def padded_block(self, block: Block) -> tuple[slice, ...]:
+        """The chunk of the block-padded layout that holds ``block``."""
+        c = self.chunks[0] + 1
+        return tuple(slice(j * c, (j + 1) * c) for j in block.index)
+
+    @property
     def unknowns(self) -> int:
         """Interior unknowns of the fine problem, ``(n_fine - 1)^d``."""
         return (self.n_fine - 1) ** self.d

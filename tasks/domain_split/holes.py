@@ -8,6 +8,8 @@ are independent; a block of boxes is one task.
 from __future__ import annotations
 
 import itertools
+import math
+from typing import NamedTuple
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -18,7 +20,7 @@ from .combine import skeleton
 from .grid import Block, GridLayout
 from .operator import PERMC, apply_stencil, assemble
 from .problems import Problem
-from .separable import SeparableSolver, StackedSeparable
+from .separable import FrozenStack, SeparableSolver
 
 
 class BoxSolver:
@@ -59,38 +61,33 @@ class BoxSolver:
             self._factors[key] = (splu(A_ii, permc_spec=PERMC), A_ib, interior)
         return self._factors[key]
 
-    def stacked(self, sizes, boxes):
-        """The :class:`StackedSeparable` of these boxes' frozen operators, and which
-        boxes it holds (fast diagonalisation may not apply to some). Cached: a block's
-        boxes, and its shifted boxes, are the same every preconditioner application.
+    def stacked(self, lattice: Lattice):
+        """The :class:`FrozenStack` of a lattice's boxes, each with the coefficients
+        frozen at its centre (an approximate solve of variable-coefficient boxes), and
+        which boxes it holds (fast diagonalisation may not apply to some: advection too
+        strong). Cached: a block's boxes, and its shifted boxes, are the same every
+        preconditioner application.
 
         Returns
         -------
-        stack : StackedSeparable or None
-        ok : tuple of bool
-            Per box of ``boxes``, whether it is in ``stack``.
+        stack : FrozenStack or None
+        ok : numpy.ndarray of bool, shape ``(n_boxes,)``
+            Per box of the lattice (C order), whether it is in ``stack``.
         """
-        key = ("stacked", tuple(sizes), boxes)
+        key = ("stacked", lattice)
         if key not in self._factors:
-            solvers = [self.frozen_solver(lo, hi) for lo, hi in boxes]
-            ok = tuple(fd is not None for fd in solvers)
-            kept = [fd for fd in solvers if fd is not None]
-            self._factors[key] = (StackedSeparable(kept) if kept else None, ok)
+            n, d = self.layout.n_fine, len(lattice.size)
+            axes = [
+                (c + (np.arange(m) + 0.5) * L) / n
+                for c, L, m in zip(lattice.origin, lattice.size, lattice.count, strict=True)
+            ]
+            mid = tuple(np.ravel(g) for g in np.meshgrid(*axes, indexing="ij"))
+            nb = mid[0].size
+            alpha = [np.broadcast_to(self.problem.alpha_k(k, mid), (nb,)) for k in range(d)]
+            beta = [np.broadcast_to(self.problem.beta_k(k, mid), (nb,)) for k in range(d)]
+            sizes = [L - 1 for L in lattice.size]
+            self._factors[key] = FrozenStack.build(alpha, beta, sizes, 1.0 / n, self.scheme)
         return self._factors[key]
-
-    def frozen_solver(self, lo, hi):
-        """Fast diagonalisation of the box's operator with the coefficients frozen at its
-        centre (an approximate solve of a variable-coefficient box), or None where it
-        does not apply (advection too strong for it). Not cached: :meth:`stacked` keeps
-        the boxes' solvers stacked."""
-        n, d = self.layout.n_fine, len(lo)
-        mid = tuple(np.full((1,) * d, 0.5 * (a + b) / n) for a, b in zip(lo, hi, strict=True))
-        alpha = tuple(float(np.ravel(self.problem.alpha_k(k, mid))[0]) for k in range(d))
-        beta = tuple(float(np.ravel(self.problem.beta_k(k, mid))[0]) for k in range(d))
-        sizes = [b - a - 1 for a, b in zip(lo, hi, strict=True)]
-        return SeparableSolver.build(
-            Problem("constant", d, alpha, beta), sizes, [1.0 / n] * d, self.scheme
-        )
 
     def separable(self, sizes):
         """The fast-diagonalisation solver of boxes of ``sizes`` intervals per axis, or
@@ -103,87 +100,72 @@ class BoxSolver:
             )
         return self._factors[key]
 
-    def solve_boxes(self, z: np.ndarray, v: np.ndarray, start, boxes) -> np.ndarray:
+    def solve_boxes(self, z, v, start, lattices) -> np.ndarray:
         """Solve Dirichlet problems on boxes of a region, in place.
 
         Parameters
         ----------
-        z : numpy.ndarray
+        z : array
             Region values; box boundaries hold the Dirichlet data, box interiors are
-            overwritten with the solution.
-        v : numpy.ndarray, same shape as ``z``
+            overwritten with the solution (NumPy, CuPy or any array-API namespace).
+        v : array, same shape as ``z``
             Right-hand side; only box interiors are read.
         start : tuple of int
             Fine index of ``z[0, ..., 0]``.
-        boxes : iterable of (lo, hi)
-            Boxes as inclusive fine-node ranges, each inside the region.
+        lattices : iterable of Lattice
+            The boxes, as lattices of equal boxes (see :func:`lattices`), each inside
+            the region.
 
         Returns
         -------
-        numpy.ndarray
+        array
             ``z``, filled.
 
         Notes
         -----
-        With constant coefficients, boxes are solved by fast diagonalisation in stacks
-        of equal size; the couplings to the box boundaries come from one stencil
-        application to ``z`` with the box interiors zeroed. Otherwise each box size (or
-        box) has a sparse LU.
+        Fast diagonalisation (constant coefficients, or variable ones frozen per box)
+        solves a lattice's boxes as one stack, gathered and scattered by reshaping the
+        region (no loop over boxes); the couplings to the box boundaries come from one
+        stencil application to ``z`` with the box interiors zeroed. Boxes it does not
+        apply to have a sparse LU each (per size with constant coefficients), on the
+        host.
         """
-        groups: dict = {}
-        fd_groups: dict = {}
-        frozen: dict = {}  # sizes -> [(box, slices)]: solved stacked
-        for lo, hi in boxes:
-            sl = tuple(slice(a - o, b - o + 1) for a, b, o in zip(lo, hi, start, strict=True))
-            sizes = tuple(b - a for a, b in zip(lo, hi, strict=True))
-            if min(sizes) < 2:
-                continue  # no interior nodes
-            if self.problem.constant_coefficients:
-                fd, group = self.separable(sizes), sizes
-            elif self.frozen:
-                frozen.setdefault(sizes, []).append(((tuple(lo), tuple(hi)), sl))
-                continue
-            else:
-                fd = None
-            if fd is not None:
-                inner = tuple(slice(s.start + 1, s.stop - 1) for s in sl)
-                fd_groups.setdefault(group, (fd, []))[1].append(inner)
-                continue
-            lu_key = self.system(lo, hi)
-            groups.setdefault(id(lu_key), (lu_key, []))[1].append(sl)
-        stacks = []
-        for sizes, members in frozen.items():
-            stack, ok = self.stacked(sizes, tuple(box for box, _ in members))
-            inner = [
-                tuple(slice(s.start + 1, s.stop - 1) for s in sl)
-                for (_, sl), use in zip(members, ok, strict=True)
-                if use
-            ]
-            if inner:
-                stacks.append((stack, inner))
-            for (box, sl), use in zip(members, ok, strict=True):
-                if not use:  # fast diagonalisation does not apply: a sparse LU
-                    lu_key = self.system(*box)
-                    groups.setdefault(id(lu_key), (lu_key, []))[1].append(sl)
         xp = array_namespace(z)
-        if fd_groups or stacks:
+        lattices = [lat for lat in lattices if min(lat.size) >= 2]  # else no interior
+        stacks, lu_boxes = [], []
+        for lat in lattices:
+            if self.problem.constant_coefficients:
+                fd = self.separable(lat.size)
+                ok = np.ones(lat.n_boxes, dtype=bool) if fd is not None else None
+            elif self.frozen:
+                fd, ok = self.stacked(lat)
+            else:
+                fd, ok = None, None
+            if fd is not None:
+                stacks.append((lat, fd, ok))
+            if ok is None or not ok.all():
+                use = np.zeros(lat.n_boxes, dtype=bool) if ok is None else ok
+                lu_boxes += [box for box, u in zip(lat.boxes(), use, strict=True) if not u]
+        if stacks:
             zb = xp.asarray(z, copy=True)
-            for _, members in fd_groups.values():
-                for inner in members:
-                    zb[inner] = 0.0
-            for _, members in stacks:
-                for inner in members:
-                    zb[inner] = 0.0
+            for lat, _, _ in stacks:
+                _scatter(zb, lat, start, None)
             Lz = apply_stencil(self.problem, pad1(zb), start, self.layout.n_fine, self.scheme)
-            for fd, members in fd_groups.values():
-                sol = fd.solve(xp.stack([v[inner] - Lz[inner] for inner in members]))
-                for i, inner in enumerate(members):
-                    z[inner] = sol[i, ...]
-            for stack, members in stacks:
-                sol = stack.solve(xp.stack([v[inner] - Lz[inner] for inner in members]))
-                for i, inner in enumerate(members):
-                    z[inner] = sol[i, ...]
-        if groups:  # sparse LU: on the host
+            for lat, fd, ok in stacks:
+                f = _gather(v, lat, start) - _gather(Lz, lat, start)
+                if ok.all():
+                    sol = fd.solve(f)
+                else:  # the other boxes get zeros here and their LU solve below
+                    sol = xp.zeros(tuple(f.shape), dtype=f.dtype)
+                    mask = xp.asarray(ok)
+                    sol[mask] = fd.solve(f[mask])
+                _scatter(z, lat, start, sol)
+        if lu_boxes:  # sparse LU: on the host
+            groups: dict = {}
+            for lo, hi in lu_boxes:
+                sl = tuple(slice(a - o, b - o + 1) for a, b, o in zip(lo, hi, start, strict=True))
+                key = self.system(lo, hi)
+                groups.setdefault(id(key), (key, []))[1].append(sl)
             on_host = isinstance(z, np.ndarray)
             zh, vh = (z, v) if on_host else (to_host(z), to_host(v))
             for (lu, A_ib, interior), members in groups.values():
@@ -198,11 +180,95 @@ class BoxSolver:
         return z
 
 
-def box_ranges(cuts_per_axis):
-    """Boxes ``(lo, hi)`` of the tensor product of 1-D cut lists (consecutive cuts)."""
-    segs = [list(zip(c[:-1], c[1:], strict=True)) for c in cuts_per_axis]
-    for combo in itertools.product(*segs):
-        yield tuple(a for a, _ in combo), tuple(b for _, b in combo)
+class Lattice(NamedTuple):
+    """Equal boxes side by side: ``count[k]`` boxes of ``size[k]`` intervals along axis
+    ``k``, the first with its lower corner at fine index ``origin``."""
+
+    origin: tuple
+    size: tuple
+    count: tuple
+
+    @property
+    def n_boxes(self) -> int:
+        return math.prod(self.count)
+
+    def boxes(self):
+        """Each box as inclusive fine-node ranges ``(lo, hi)``, in C order."""
+        for j in itertools.product(*(range(m) for m in self.count)):
+            lo = tuple(c + jk * L for c, jk, L in zip(self.origin, j, self.size, strict=True))
+            yield lo, tuple(a + L for a, L in zip(lo, self.size, strict=True))
+
+
+def lattices(cuts_per_axis) -> list[Lattice]:
+    """The boxes of the tensor product of 1-D cut lists (consecutive cuts), as lattices:
+    along each axis, runs of consecutive segments of equal length."""
+    runs = []
+    for cuts in cuts_per_axis:
+        axis: list = []  # (first cut, length, count)
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            if axis and axis[-1][1] == b - a:
+                c, L, m = axis[-1]
+                axis[-1] = (c, L, m + 1)
+            else:
+                axis.append((a, b - a, 1))
+        runs.append(axis)
+    return [
+        Lattice(*(tuple(r[i] for r in combo) for i in range(3)))
+        for combo in itertools.product(*runs)
+    ]
+
+
+def box_lattice(lo, hi) -> Lattice:
+    """One box ``lo .. hi`` (inclusive fine-node ranges) as a lattice."""
+    return Lattice(tuple(lo), tuple(b - a for a, b in zip(lo, hi, strict=True)), (1,) * len(lo))
+
+
+def _lattice_region(lat: Lattice, start):
+    """Slices of the nodes ``origin .. origin + count * size - 1`` of each axis in a
+    region starting at ``start``, and the shape that splits axis ``k`` into
+    ``(count[k], size[k])``."""
+    sl = tuple(
+        slice(c - o, c - o + m * L)
+        for c, L, m, o in zip(lat.origin, lat.size, lat.count, start, strict=True)
+    )
+    split = tuple(x for m, L in zip(lat.count, lat.size, strict=True) for x in (m, L))
+    return sl, split
+
+
+def _gather(x, lat: Lattice, start):
+    """The box interiors of a lattice, shape ``(n_boxes, size_0 - 1, ...)``, C order."""
+    xp = array_namespace(x)
+    d = len(lat.size)
+    sl, split = _lattice_region(lat, start)
+    y = xp.reshape(x[sl], split)  # (m_0, L_0, m_1, L_1, ...)
+    y = xp.permute_dims(y, tuple(range(0, 2 * d, 2)) + tuple(range(1, 2 * d, 2)))
+    y = y[(slice(None),) * d + (slice(1, None),) * d]
+    return xp.reshape(y, (lat.n_boxes, *(L - 1 for L in lat.size)))
+
+
+def _scatter(x, lat: Lattice, start, values) -> None:
+    """Write ``values`` (as :func:`_gather` returns them; None: zeros) into the box
+    interiors of a lattice in ``x``, in place."""
+    xp = array_namespace(x)
+    d = len(lat.size)
+    sl, split = _lattice_region(lat, start)
+    full = xp.reshape(x[sl], split)
+    if values is None:
+        inner = xp.zeros(tuple(n for m, L in zip(lat.count, lat.size, strict=True)
+                               for n in (m, L - 1)), dtype=x.dtype)  # fmt: skip
+    else:
+        inner = xp.reshape(values, (*lat.count, *(L - 1 for L in lat.size)))
+        order = [None] * (2 * d)
+        for k in range(d):
+            order[2 * k], order[2 * k + 1] = k, d + k
+        inner = xp.permute_dims(inner, tuple(order))  # (m_0, L_0 - 1, m_1, ...)
+    idx = tuple(s for _ in range(d) for s in (slice(None), slice(1, None)))
+    if isinstance(x, np.ndarray) and np.may_share_memory(full, x):
+        full[idx] = inner  # NumPy splits the axes of a view without a copy
+        return
+    full = xp.asarray(full, copy=True)
+    full[idx] = inner
+    x[sl] = xp.reshape(full, tuple(s.stop - s.start for s in sl))
 
 
 def fill_block(
@@ -234,7 +300,7 @@ def fill_block(
     vw[tuple(slice(0, n) for n in block.shape)] = v
     s = layout.stride
     cuts = [[j * s for j in range(r.start, r.stop + 1)] for r in block.boxes]
-    boxes.solve_boxes(z, vw, start, box_ranges(cuts))
+    boxes.solve_boxes(z, vw, start, lattices(cuts))
     return z[tuple(slice(0, n) for n in block.shape)]
 
 
@@ -303,7 +369,7 @@ def smooth_block(
     start, stop, cuts = smooth_region(layout, block, shift)
     xp = array_namespace(v_region)
     z = xp.zeros(tuple(v_region.shape), dtype=xp.float64)
-    boxes.solve_boxes(z, v_region, start, box_ranges(cuts))
+    boxes.solve_boxes(z, v_region, start, lattices(cuts))
     zp = pad1(z)
     sl = tuple(
         slice(a - 1 - s0 + 1, b + 1 - s0 + 1)

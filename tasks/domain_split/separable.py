@@ -34,14 +34,23 @@ def tridiagonal(problem: Problem, k: int, h: float, scheme: str) -> tuple[float,
     origin = (np.zeros(1),) * problem.d
     a = float(np.asarray(problem.alpha_k(k, origin)).ravel()[0])
     b = float(np.asarray(problem.beta_k(k, origin)).ravel()[0])
+    lower, diag, upper = stencil_1d(a, b, h, scheme)
+    return float(lower), float(diag), float(upper)
+
+
+def stencil_1d(a, b, h: float, scheme: str):
+    """``(lower, diag, upper)`` of ``-a u'' + b u'`` on a uniform 1-D grid of spacing
+    ``h``: scalars or NumPy arrays of coefficients alike (elementwise)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     lower, diag, upper = -a / h**2, 2.0 * a / h**2, -a / h**2
     if scheme == "central":
-        lower, upper = lower - b / (2.0 * h), upper + b / (2.0 * h)
-    elif b > 0:
-        lower, diag = lower - b / h, diag + b / h
-    else:
-        diag, upper = diag - b / h, upper + b / h
-    return lower, diag, upper
+        return lower - b / (2.0 * h), diag, upper + b / (2.0 * h)
+    back = b > 0  # upwind: a backward difference where b > 0, forward elsewhere
+    return (
+        np.where(back, lower - b / h, lower),
+        np.where(back, diag + b / h, diag - b / h),
+        np.where(back, upper, upper + b / h),
+    )
 
 
 class SeparableSolver:
@@ -168,58 +177,117 @@ class SeparableSolver:
         return out
 
 
-class StackedSeparable:
-    """Fast-diagonalisation solvers of boxes of one shape but different (frozen)
-    coefficients, applied together: per axis a stack of ``V`` and ``V^-1``, one per box,
-    and batched matrix products, instead of a Python call per box.
+def sine_basis(n: int) -> np.ndarray:
+    """The orthonormal DST-I matrix ``Q_ij = sqrt(2 / (n + 1)) sin(pi i j / (n + 1))``,
+    ``i, j = 1 .. n``: symmetric, orthogonal, and the eigenvector basis of every
+    symmetric tridiagonal Toeplitz matrix of order ``n``."""
+    j = np.arange(1, n + 1)
+    return np.sqrt(2.0 / (n + 1)) * np.sin(np.pi * np.outer(j, j) / (n + 1))
+
+
+class FrozenStack:
+    """Fast-diagonalisation solvers of boxes of one shape, each with its own constant
+    (frozen) coefficients, applied together.
+
+    A constant-coefficient 1-D operator is tridiagonal Toeplitz; its symmetrised form
+    ``D T D^-1`` (``D = diag(rho^i)``, see :class:`SeparableSolver`) is symmetric
+    Toeplitz, whose eigenvectors are the sine basis whatever the coefficients, with
+    eigenvalues ``diag - 2 sqrt(lower upper) cos(pi j / (n + 1))``. So every box of a
+    shape shares one matrix ``Q`` per axis, and a box is its scalings ``D`` and its
+    eigenvalues: no eigendecomposition per box, and the products are shared-matrix
+    products over the whole stack.
+
+    Use :meth:`build`.
 
     Parameters
     ----------
-    solvers : sequence of SeparableSolver
-        One per box, all of the same ``shape``.
+    Q : list of array, shape ``(n_k, n_k)``
+        The sine basis of each axis.
+    scale : array, shape ``(n_boxes, *shape)``
+        ``D_1 x .. x D_d`` of each box, as a grid.
+    inv_lam : array, shape ``(n_boxes, *shape)``
+        ``1 / (lambda_1 + .. + lambda_d)`` of each box.
     """
 
-    def __init__(self, solvers):
-        self.shape = solvers[0].shape
-        d = len(self.shape)
-        self.V = [np.stack([s.bases[k][0] for s in solvers]) for k in range(d)]
-        self.Vi = [np.stack([s.bases[k][1] for s in solvers]) for k in range(d)]
-        self.inv_lam = np.stack([s.inv_lam for s in solvers])
+    def __init__(self, Q, scale, inv_lam):
+        self.Q, self.scale, self.inv_lam = Q, scale, inv_lam
+        self.shape = tuple(q.shape[0] for q in Q)
         self._on: dict = {}
+
+    @classmethod
+    def build(cls, alpha, beta, sizes, h: float, scheme: str = "central"):
+        """The stack for boxes with coefficients ``alpha[k, b]``, ``beta[k, b]`` (axis
+        ``k``, box ``b``) and ``sizes`` interior nodes per axis, spacing ``h``.
+
+        Returns
+        -------
+        stack : FrozenStack or None
+            The solvers of the boxes where fast diagonalisation applies (None if none).
+        ok : numpy.ndarray of bool, shape ``(n_boxes,)``
+            Which boxes are in ``stack``: not those whose off-diagonals differ in sign
+            (central differences above cell Peclet number 1) or whose scaling ``D``
+            would be ill-conditioned (``n |log rho| > MAX_LOG_SCALE``).
+        """
+        alpha, beta = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
+        d, nb = alpha.shape
+        ok = np.ones(nb, dtype=bool)
+        per_axis = []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for k, n in enumerate(sizes):
+                lower, diag, upper = stencil_1d(alpha[k], beta[k], h, scheme)
+                if n > 1:
+                    ok &= lower * upper > 0
+                    log_rho = np.where(ok, 0.5 * np.log(np.abs(upper / lower)), 0.0)
+                    ok &= n * np.abs(log_rho) <= MAX_LOG_SCALE
+                    off = -np.sqrt(np.abs(lower * upper))
+                else:
+                    log_rho, off = np.zeros(nb), np.zeros(nb)
+                per_axis.append((diag, off, log_rho))
+        if not ok.any():
+            return None, ok
+        scale = np.ones((int(ok.sum()), *sizes))
+        lam = np.zeros_like(scale)
+        for k, (n, (diag, off, log_rho)) in enumerate(zip(sizes, per_axis, strict=True)):
+            view = [1] * d
+            view[k] = n
+            j = np.arange(1, n + 1)
+            lam_k = diag[ok, None] + 2.0 * off[ok, None] * np.cos(np.pi * j / (n + 1))
+            scale_k = np.exp(log_rho[ok, None] * np.arange(n))
+            lam = lam + lam_k.reshape(-1, *view)
+            scale = scale * scale_k.reshape(-1, *view)
+        return cls([sine_basis(n) for n in sizes], scale, 1.0 / lam), ok
 
     def _arrays(self, xp):
         key = xp.__name__
         if key not in self._on:
             conv = (lambda a: a) if is_numpy_namespace(xp) else xp.asarray
-            self._on[key] = (
-                [conv(a) for a in self.V],
-                [conv(a) for a in self.Vi],
-                conv(self.inv_lam),
-            )
+            self._on[key] = ([conv(q) for q in self.Q], conv(self.scale), conv(self.inv_lam))
         return self._on[key]
 
-    def _apply(self, f, mats, xp):
+    def _sines(self, f, Q, xp):
+        """``Q`` along every box axis of ``f`` (``Q`` is symmetric: its own transpose)."""
         nb = f.shape[0]
         for k, n in enumerate(self.shape):
-            pre = math.prod(self.shape[:k])
+            pre = nb * math.prod(self.shape[:k])
             post = math.prod(self.shape[k + 1 :])
-            # (nb, 1, n, n) @ (nb, pre, n, post): box b's own matrix on its own axis k
-            f = xp.matmul(mats[k][:, None, ...], xp.reshape(f, (nb, pre, n, post)))
+            if post == 1:  # the last axis: one product for the whole stack
+                f = xp.matmul(xp.reshape(f, (pre, n)), Q[k])
+            else:
+                f = xp.matmul(Q[k], xp.reshape(f, (pre, n, post)))
         return xp.reshape(f, (nb, *self.shape))
 
     def solve(self, f):
-        """Solve box ``b``'s system for ``f[b]``, every box at once.
+        """Solve box ``b``'s frozen system for ``f[b]``, every box at once.
 
         Parameters
         ----------
         f : array, shape ``(n_boxes, *self.shape)``
+            float64, any array-API namespace (NumPy, CuPy, ...).
 
         Returns
         -------
         array, same shape and namespace
         """
         xp = array_namespace(f)
-        V, Vi, inv_lam = self._arrays(xp)
-        if isinstance(f, np.ndarray):
-            f = np.ascontiguousarray(f, dtype=np.float64)
-        return self._apply(self._apply(f, Vi, xp) * inv_lam, V, xp)
+        Q, scale, inv_lam = self._arrays(xp)
+        return self._sines(self._sines(f * scale, Q, xp) * inv_lam, Q, xp) / scale
