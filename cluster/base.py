@@ -321,6 +321,37 @@ class Executor(abc.ABC):
         self._check_usable(gpus)
         return self._actor(cls, args, kwargs, gpus=gpus, spread=spread)
 
+    def actors(self, cls: type, calls, /, *, gpus: int = 0) -> list[ActorHandle]:
+        """Create one actor per constructor call, constructed concurrently where the
+        backend can (on Dask and Ray each worker imports and builds its own at once).
+
+        Parameters
+        ----------
+        cls : type
+        calls : sequence of (tuple, dict)
+            ``(args, kwargs)`` of each actor's constructor; actor ``i`` is placed as
+            `actor` places ``spread=i``.
+        gpus : int
+            GPUs each actor holds.
+
+        Returns
+        -------
+        list of ActorHandle
+            In the order of ``calls``. A constructor error is raised here.
+        """
+        self._check_usable(gpus)
+        pending = [
+            self._start_actor(cls, tuple(a), dict(k), gpus, spread=i)
+            for i, (a, k) in enumerate(calls)
+        ]
+        return [finish() for finish in pending]
+
+    def _start_actor(self, cls, args, kwargs, gpus, spread) -> Callable[[], ActorHandle]:
+        """Start constructing an actor; return what waits for its handle (by default the
+        actor is built before this returns)."""
+        handle = self._actor(cls, args, kwargs, gpus=gpus, spread=spread)
+        return lambda: handle
+
     # -- performance report -------------------------------------------------------------
 
     @contextlib.contextmanager

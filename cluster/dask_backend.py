@@ -8,6 +8,7 @@ module to run it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -449,6 +450,9 @@ class DaskExecutor(Executor):
         return fut
 
     def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:
+        return self._start_actor(cls, args, kwargs, gpus, spread)()
+
+    def _start_actor(self, cls, args, kwargs, gpus, spread=None):
         args, kwargs = self._unref_args(args, kwargs)
         workers = None
         if spread is not None:
@@ -465,6 +469,10 @@ class DaskExecutor(Executor):
             resources={"GPU": gpus} if gpus else None,
             workers=workers,
         )
+        return functools.partial(self._bind_actor, cls, fut)
+
+    def _bind_actor(self, cls, fut) -> ActorHandle:
+        """Wait for an actor submitted by `_start_actor` and return its handle."""
         proxy = fut.result()
         # The proxy binds itself to the *default* client, which ours is not (or may be
         # another one): bind it to this executor's client.

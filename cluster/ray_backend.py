@@ -325,6 +325,9 @@ class RayExecutor(Executor):
         return self._ray.put(obj)
 
     def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:
+        return self._start_actor(cls, args, kwargs, gpus, spread)()
+
+    def _start_actor(self, cls, args, kwargs, gpus, spread=None):
         actor_class = self._actor_classes.get((cls, gpus))
         if actor_class is None:
             actor_class = self._ray.remote(num_cpus=0, num_gpus=gpus)(cls)
@@ -332,15 +335,19 @@ class RayExecutor(Executor):
         args, kwargs = self._unref_args(args, kwargs)
         handle = actor_class.remote(*args, **kwargs)
         ready = getattr(handle, "__ray_ready__", None)
-        if ready is not None:  # raise constructor errors here, as the other backends do
-            _RayFuture(self._ray, ready.remote()).result()
+        started = None if ready is None else _RayFuture(self._ray, ready.remote())
 
         def call(name: str, margs: tuple, mkwargs: dict) -> Future:
             self._check_usable(0)
             margs, mkwargs = self._unref_args(margs, mkwargs)
             return _RayFuture(self._ray, getattr(handle, name).remote(*margs, **mkwargs))
 
-        return ActorHandle(cls, call)
+        def finish() -> ActorHandle:
+            if started is not None:  # raise constructor errors here, as other backends do
+                started.result()
+            return ActorHandle(cls, call)
+
+        return finish
 
     # -- lifetime ---------------------------------------------------------------------
 

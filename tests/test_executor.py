@@ -315,6 +315,16 @@ class TestExecutor:
         with pytest.raises(TypeError):
             ex.actor(Counter, 1, 2, 3, 4)
 
+    def test_actors_are_built_together_spread_and_in_order(self, ex):
+        calls = [((10 * i,), {"step": i + 1}) for i in range(ex.n_workers)]
+        actors = ex.actors(Counter, calls)
+        assert ex.gather([a.incr() for a in actors]) == [11 * i + 1 for i in range(ex.n_workers)]
+        pids = ex.gather([a.pid() for a in actors])
+        if ex.backend in ("dask", "ray"):
+            assert len(set(pids)) == ex.n_workers
+        with pytest.raises(TypeError):
+            ex.actors(Counter, [((1,), {}), ((1, 2, 3, 4), {})])
+
     def test_pure_task_is_retried(self, ex, tmp_path):
         assert ex.submit(fail_once, str(tmp_path / "pure"), pure=True).result(timeout=60) == "ok"
         assert (tmp_path / "pure").exists()

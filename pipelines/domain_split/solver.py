@@ -66,22 +66,10 @@ class BlockDriver:
         self.offsets = shift_offsets(layout, shifts)
         n_blocks = len(layout.blocks)
         n_actors = slots(executor, device, n_blocks)
-        self.actors = [
-            executor.actor(
-                BlockWorker,
-                problem,
-                layout,
-                scheme,
-                cache,
-                tuple(local),
-                submesh,
-                device,
-                boxes,
-                gpus=1 if device == "cuda" else 0,
-                spread=a,
-            )
-            for a in range(n_actors)
-        ]
+        args = (problem, layout, scheme, cache, tuple(local), submesh, device, boxes)
+        self.actors = executor.actors(
+            BlockWorker, [(args, {})] * n_actors, gpus=1 if device == "cuda" else 0
+        )
         # sub-meshes to actors, largest first, each to the least loaded: the plane
         # sub-meshes of 3-D runs are solved in parallel, where their factors stay
         sizes = {S: math.prod(layout.mesh_shape(S)) for S in layout.subsets}

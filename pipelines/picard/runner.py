@@ -135,7 +135,7 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
 
     gpus = 1 if cfg.device == "cuda" else 0
     n_act = slots(ex, cfg.device)
-    actors = [ex.actor(ModelReplica, spec, cfg.device, gpus=gpus, spread=k) for k in range(n_act)]
+    actors = ex.actors(ModelReplica, [((spec, cfg.device), {})] * n_act, gpus=gpus)
 
     T = len(steps)
     todo = [int(i) for i in np.flatnonzero(arr["result/iterations"].read() == 0)]

@@ -143,20 +143,21 @@ class BUGDriver:
         n_groups = subtree_slots(self.ex, device, len(kids))
         # child i goes to group i % n_groups: one subtree per stateful worker, except with
         # fewer GPUs than subtrees
-        groups = [
-            self.ex.actor(
-                SubtreeGroup,
-                self.layout,
-                {c: parts[i] for i, c in enumerate(kids) if i % n_groups == g},
-                self.trunc,
-                self.cfg.method,
-                self.cfg.tol,
-                device,
-                gpus=gpus,
-                spread=g,
+        calls = [
+            (
+                (
+                    self.layout,
+                    {c: parts[i] for i, c in enumerate(kids) if i % n_groups == g},
+                    self.trunc,
+                    self.cfg.method,
+                    self.cfg.tol,
+                    device,
+                ),
+                {},
             )
             for g in range(n_groups)
         ]
+        groups = self.ex.actors(SubtreeGroup, calls, gpus=gpus)
         return [_Member(groups[i % n_groups], c) for i, c in enumerate(kids)]
 
     def full_state(self) -> list:

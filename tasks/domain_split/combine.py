@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.interpolate import make_interp_spline
 from scipy.sparse.linalg import SuperLU, splu
 
 from ..devices import to_host
@@ -178,6 +177,8 @@ def spline_matrix(n_coarse: int, n_fine: int) -> np.ndarray:
     xc = np.linspace(0.0, 1.0, n_coarse + 1)
     xf = np.linspace(0.0, 1.0, n_fine + 1)
     k = min(3, n_coarse)
+    from scipy.interpolate import make_interp_spline  # the driver's only: workers skip it
+
     spline = make_interp_spline(xc, np.eye(n_coarse + 1), k=k)
     P = spline(xf)
     s = n_fine // n_coarse
