@@ -11,6 +11,8 @@ between passes; its results do not depend on which blocks it holds.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from array_api_compat import array_namespace
 from tilegraph.tasks.devices import array_module, deterministic_blas, to_device, to_host
@@ -23,7 +25,7 @@ from tilegraph.tasks.domain_split.holes import (
     smooth_block,
     smooth_region,
 )
-from tilegraph.tasks.domain_split.operator import apply_stencil, exact_block, rhs_block
+from tilegraph.tasks.domain_split.operator import StencilCache, exact_block, rhs_block
 from tilegraph.tasks.domain_split.problems import Problem
 
 
@@ -71,7 +73,10 @@ class BlockWorker:
     ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.xp = array_module(device)
-        self.boxes = BoxSolver(problem, layout, scheme, frozen=boxes == "frozen")
+        self.stencil = StencilCache(problem, layout.n_fine, scheme)
+        self.boxes = BoxSolver(
+            problem, layout, scheme, frozen=boxes == "frozen", stencil=self.stencil
+        )
         self.sub = SubmeshSolver(problem, layout, scheme, *submesh)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
         self.cache = cache
@@ -85,18 +90,49 @@ class BlockWorker:
             self._arrays[ref] = ref.open()
         return self._arrays[ref]
 
-    def _read(self, ref, start, stop, halo: int = 0) -> np.ndarray:
+    def _read(self, ref, start, stop, halo: int = 0):
+        """``ref`` on the fine nodes ``[start, stop)`` with ``halo`` more on every side
+        (zeros outside the domain), on this worker's device."""
         n = self.layout.n_fine + 1
         lo = [max(a - halo, 0) for a in start]
         hi = [min(b + halo, n) for b in stop]
-        data = self._get(ref, lo, hi)
-        if halo:
-            pad = [
-                (a0 - (a - halo), (b + halo) - b0)
-                for a, b, a0, b0 in zip(start, stop, lo, hi, strict=True)
-            ]
-            data = np.pad(data, pad)
-        return self._dev(data)
+        data = self._region(ref, lo, hi)
+        if not halo:
+            return data
+        shape = tuple(b - a + 2 * halo for a, b in zip(start, stop, strict=True))
+        out = self.xp.zeros(shape, dtype=self.xp.float64)
+        at = tuple(
+            slice(a0 - (a - halo), b0 - (a - halo))
+            for a, a0, b0 in zip(start, lo, hi, strict=True)
+        )
+        out[at] = data
+        return out
+
+    def _region(self, ref, lo, hi):
+        """Fine nodes ``[lo, hi)`` of ``ref`` on this worker's device: the parts in
+        blocks this worker wrote from memory (with ``cache``), the rest from Zarr."""
+        if not self.cache:
+            return self._dev(self._get(ref, lo, hi))
+        c, last = self.layout.chunks[0], self.layout.blocks_per_axis - 1
+        per_axis = []  # per axis: (block, first node, stop node) of each piece
+        for a, b in zip(lo, hi, strict=True):
+            pieces = []
+            for j in range(min(a // c, last), min((b - 1) // c, last) + 1):
+                pieces.append((j, max(a, j * c), b if j == last else min(b, (j + 1) * c)))
+            per_axis.append(pieces)
+        combos = list(itertools.product(*per_axis))
+        hits = [self._blocks.get((ref.path, tuple(p[0] for p in combo))) for combo in combos]
+        if all(h is None for h in hits):  # one read of the whole region
+            return self._dev(self._get(ref, lo, hi))
+        shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
+        out = self.xp.zeros(shape, dtype=self.xp.float64)
+        for combo, hit in zip(combos, hits, strict=True):
+            dst = tuple(slice(a - a0, b - a0) for (_, a, b), a0 in zip(combo, lo, strict=True))
+            if hit is None:
+                out[dst] = self._dev(self._get(ref, [p[1] for p in combo], [p[2] for p in combo]))
+            else:
+                out[dst] = hit[tuple(slice(a - j * c, b - j * c) for j, a, b in combo)]
+        return out
 
     def _padded(self, ref) -> bool:
         """Whether ``ref`` is stored block-padded (the work vectors; see
@@ -154,14 +190,23 @@ class BlockWorker:
                     lo[k], hi[k] = idx, idx + 1
                     dst = [slice(1, -1)] * self.layout.d
                     dst[k] = slice(0, 1) if pos == 0 else slice(-1, None)
-                    ext[tuple(dst)] = self._dev(self._get(ref, lo, hi))
+                    ext[tuple(dst)] = self._region(ref, lo, hi)
         return ext
 
     def _block(self, i):
-        return self.layout.blocks[i]
+        """Block ``i``; with ``cache``, the stencil coefficients of every region its
+        passes apply the stencil to (the block reaching one box and a node beyond,
+        where its shifted boxes reach) are kept from the first pass on."""
+        b = self.layout.blocks[i]
+        if self.cache:
+            reach, n = self.layout.stride + 2, self.layout.n_fine + 1
+            start = tuple(max(a - reach, 0) for a in b.start)
+            stop = tuple(min(e + reach, n) for e in b.stop)
+            self.stencil.keep(i, start, stop, self.xp)
+        return b
 
     def _stencil(self, u_ext, block):
-        return apply_stencil(self.problem, u_ext, block.start, self.layout.n_fine, self.scheme)
+        return self.stencil(u_ext, block.start)
 
     @staticmethod
     def _dots(y, others) -> list[float]:
@@ -218,9 +263,7 @@ class BlockWorker:
                 z_ext = smooth_block(self.layout, self.boxes, r_region, b, shift)
             else:
                 z_reg = self._read(z_in, start, stop, halo=1)
-                r_region = v_region - apply_stencil(
-                    self.problem, z_reg, start, self.layout.n_fine, self.scheme
-                )
+                r_region = v_region - self.stencil(z_reg, start)
                 halo = tuple(slice(o.start, o.stop + 2) for o in own)  # owned + 1, in z_reg
                 z_ext = z_reg[halo] + smooth_block(self.layout, self.boxes, r_region, b, shift)
             self._write(z_out, b, z_ext[(slice(1, -1),) * d])

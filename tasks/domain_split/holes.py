@@ -18,7 +18,7 @@ from scipy.sparse.linalg import splu
 from ..devices import to_host
 from .combine import skeleton
 from .grid import Block, GridLayout
-from .operator import PERMC, apply_stencil, assemble
+from .operator import PERMC, StencilCache, assemble
 from .problems import Problem
 from .separable import FrozenStack, SeparableSolver
 
@@ -35,13 +35,22 @@ class BoxSolver:
         Variable coefficients: solve each box approximately, by fast diagonalisation of
         its operator frozen at the box centre, instead of exactly by a sparse LU (an
         inexact preconditioner, for FGMRES: less memory and time, more iterations).
+    stencil : StencilCache, optional
+        Where the couplings to the box boundaries are computed (one that keeps the
+        coefficients of the regions its caller works on; default: none kept).
     """
 
     def __init__(
-        self, problem: Problem, layout: GridLayout, scheme: str = "central", frozen: bool = False
+        self,
+        problem: Problem,
+        layout: GridLayout,
+        scheme: str = "central",
+        frozen: bool = False,
+        stencil=None,
     ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.frozen = frozen and not problem.constant_coefficients
+        self.stencil = stencil or StencilCache(problem, layout.n_fine, scheme)
         self._factors: dict = {}
 
     def system(self, lo, hi):
@@ -150,7 +159,7 @@ class BoxSolver:
             zb = xp.asarray(z, copy=True)
             for lat, _, _ in stacks:
                 _scatter(zb, lat, start, None)
-            Lz = apply_stencil(self.problem, pad1(zb), start, self.layout.n_fine, self.scheme)
+            Lz = self.stencil(pad1(zb), start)
             for lat, fd, ok in stacks:
                 f = _gather(v, lat, start) - _gather(Lz, lat, start)
                 if ok.all():
