@@ -499,3 +499,21 @@ def test_padded_layout_holds_each_block_in_one_chunk(n_coarse):
             got = stored[sl, cs][:, 0] if ct is None else stored[sl, cs][:, ct[0]]
             got = got if take is None else got[take]
             np.testing.assert_array_equal(got, plain[lo:hi, col])
+
+
+def test_defect_correction_brings_frozen_boxes_to_the_exact_solve():
+    """Each correction step shrinks the error of the frozen box solves against the exact
+    (sparse LU) Dirichlet solves of the variable-coefficient boxes, by at least 5x."""
+    lay = GridLayout(2, 32, 4, boxes_per_block=4)
+    problem = Problem("variable", 2)
+    rng = np.random.default_rng(4)
+    z, v = rng.standard_normal(lay.shape), rng.standard_normal(lay.shape)
+    lats = lattices([[0, 8, 16, 24, 32]] * 2)
+    exact = BoxSolver(problem, lay).solve_boxes(z.copy(), v, (0, 0), lats)
+    errors = []
+    for k in range(3):
+        boxes = BoxSolver(problem, lay, frozen=True, corrections=k)
+        got = boxes.solve_boxes(z.copy(), v, (0, 0), lats)
+        errors.append(np.abs(got - exact).max() / np.abs(exact).max())
+    assert errors[0] > 1e-3  # frozen coefficients are an approximation here
+    assert errors[1] < errors[0] / 5 and errors[2] < errors[1] / 5, errors

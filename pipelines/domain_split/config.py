@@ -110,6 +110,13 @@ class DomainSplitConfig(PipelineConfig):
         "iterations, less time and memory; solver=krylov only); auto: frozen with "
         "solver=krylov, lu with solver=stationary",
     )
+    box_corrections: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="box_solver=frozen: defect-correction steps per box solve (each a "
+        "stencil application and a second frozen solve; 1 saves 1-2 FGMRES iterations)",
+    )
     submesh_tol: float = Field(
         default=1e-4,
         gt=0,

@@ -89,6 +89,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         device=cfg.device,
         cache=not cfg.out_of_core,
         boxes=cfg.boxes,
+        corrections=cfg.box_corrections,
         local=[f"work/{n}" for n in ("w", "z", "r")],
     )
     norm_b = math.sqrt(math.fsum(plan.call("rhs", vec("B"))))

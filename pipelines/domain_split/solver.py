@@ -45,6 +45,8 @@ class BlockDriver:
         Scratch vectors that may stay in worker memory (see ``BlockWorker``).
     boxes : {"lu", "frozen"}
         How variable-coefficient boxes are solved (see ``BlockWorker``).
+    corrections : int
+        Defect-correction steps of frozen box solves (see ``BlockWorker``).
     """
 
     def __init__(
@@ -60,13 +62,14 @@ class BlockDriver:
         cache: bool = True,
         local=(),
         boxes: str = "lu",
+        corrections: int = 0,
     ):
         self.ex, self.problem, self.layout = executor, problem, layout
         self.smoother = smoother
         self.offsets = shift_offsets(layout, shifts)
         n_blocks = len(layout.blocks)
         n_actors = slots(executor, device, n_blocks)
-        args = (problem, layout, scheme, cache, tuple(local), submesh, device, boxes)
+        args = (problem, layout, scheme, cache, tuple(local), submesh, device, boxes, corrections)
         self.actors = executor.actors(
             BlockWorker, [(args, {})] * n_actors, gpus=1 if device == "cuda" else 0
         )

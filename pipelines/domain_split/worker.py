@@ -58,6 +58,8 @@ class BlockWorker:
         a CPU). Zarr I/O and the sub-mesh solves stay on the host.
     boxes : {"lu", "frozen"}
         How variable-coefficient boxes are solved (see ``BoxSolver``'s ``frozen``).
+    corrections : int
+        Defect-correction steps of frozen box solves (see ``BoxSolver``).
     """
 
     def __init__(
@@ -70,12 +72,18 @@ class BlockWorker:
         submesh=("auto", 1e-10),
         device: str = "cpu",
         boxes: str = "lu",
+        corrections: int = 0,
     ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.xp = array_module(device)
         self.stencil = StencilCache(problem, layout.n_fine, scheme)
         self.boxes = BoxSolver(
-            problem, layout, scheme, frozen=boxes == "frozen", stencil=self.stencil
+            problem,
+            layout,
+            scheme,
+            frozen=boxes == "frozen",
+            stencil=self.stencil,
+            corrections=corrections,
         )
         self.sub = SubmeshSolver(problem, layout, scheme, *submesh)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)
