@@ -401,8 +401,9 @@ def test_vectorised_assembly_has_the_bits_of_the_kronecker_form(problem, scheme)
             np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr))
 
 
+@pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize("scheme", ["central", "upwind"])
-def test_frozen_stack_equals_one_solver_per_box(scheme):
+def test_frozen_stack_equals_one_solver_per_box(scheme, compact):
     """Boxes of one shape with different frozen coefficients, solved together through the
     shared sine basis, give what each box's own eigendecomposition (``eigh``) gives; a
     box whose advection is too strong for fast diagonalisation is left out."""
@@ -413,7 +414,7 @@ def test_frozen_stack_equals_one_solver_per_box(scheme):
     alpha = rng.uniform(0.5, 2, (3, 5))
     beta = rng.uniform(-1, 1, (3, 5))
     beta[0, 2] = 40.0  # cell Peclet number 2 along x: off-diagonals of opposite sign
-    stack, ok = FrozenStack.build(alpha, beta, sizes, h, scheme)
+    stack, ok = FrozenStack.build(alpha, beta, sizes, h, scheme, compact=compact)
     assert ok.tolist() == ([True, True, scheme == "upwind", True, True])
     f = rng.standard_normal((5, *sizes))
     got = stack.solve(f[ok])
@@ -517,3 +518,17 @@ def test_defect_correction_brings_frozen_boxes_to_the_exact_solve():
         errors.append(np.abs(got - exact).max() / np.abs(exact).max())
     assert errors[0] > 1e-3  # frozen coefficients are an approximation here
     assert errors[1] < errors[0] / 5 and errors[2] < errors[1] / 5, errors
+
+
+@pytest.mark.parametrize("start", [(0, 0, 0), (4, 0, 9), (3, 5, 2)])
+def test_rhs_block_is_f_inside_and_g_on_the_boundary(start):
+    problem = Problem("variable", 3)
+    n, shape = 12, (9, 6, 4)
+    got = rhs_block(problem, start, shape, n)
+    idx = [np.arange(a, a + m) for a, m in zip(start, shape, strict=True)]
+    X = np.meshgrid(*[i / n for i in idx], indexing="ij")
+    edge = np.zeros(shape, dtype=bool)
+    for k, i in enumerate(idx):
+        edge |= np.reshape((i == 0) | (i == n), [-1 if j == k else 1 for j in range(3)])
+    want = np.where(edge, problem.boundary(tuple(X)), problem.rhs(tuple(X)))
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)

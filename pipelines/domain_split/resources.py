@@ -136,9 +136,13 @@ def _box_solver_bytes(cfg, layout, problem, offsets) -> tuple[int, int]:
         return _cap(bases + inv_lam), _fd_build_bytes([big])
     if not problem.constant_coefficients and cfg.boxes == "frozen":
         # per box its scalings and eigenvalue sums on its grid (the sine bases are
-        # shared); while a stack is built, about four more such arrays
+        # shared); while a stack is built, about four more such arrays. Out of core
+        # only their per-axis factors, the grids formed for one block's boxes at a time
         boxes = (1 + len(offsets)) * (nc + 1) ** d
         per_box = 2 * F8 * big**d
+        if cfg.out_of_core:
+            in_block = (layout.boxes_per_block + 2) ** d
+            return _cap(boxes * 2 * F8 * d * big), _cap(4 * per_box * in_block)
         return _cap(boxes * per_box), _cap(4 * per_box * (nc + 1) ** d)
     unknowns = big**d
     nnz = lu_nonzeros(unknowns, d)

@@ -84,6 +84,7 @@ class BlockWorker:
             frozen=boxes == "frozen",
             stencil=self.stencil,
             corrections=corrections,
+            compact=not cache,
         )
         self.sub = SubmeshSolver(problem, layout, scheme, *submesh)
         self.R = restriction_matrix(layout.n_coarse, layout.n_fine)

@@ -42,6 +42,9 @@ class BoxSolver:
         Frozen boxes: defect-correction steps after the first solve (each solves again
         for the residual of the true operator: a box's error shrinks by about the
         relative variation of its coefficients per step).
+    compact : bool
+        Frozen boxes: keep ``2 d n`` numbers per box instead of ``2 n^d`` (for runs out
+        of core; see :class:`FrozenStack`).
     """
 
     def __init__(
@@ -52,10 +55,11 @@ class BoxSolver:
         frozen: bool = False,
         stencil=None,
         corrections: int = 0,
+        compact: bool = False,
     ):
         self.problem, self.layout, self.scheme = problem, layout, scheme
         self.frozen = frozen and not problem.constant_coefficients
-        self.corrections = corrections
+        self.corrections, self.compact = corrections, compact
         self.stencil = stencil or StencilCache(problem, layout.n_fine, scheme)
         self._factors: dict = {}
 
@@ -101,7 +105,9 @@ class BoxSolver:
             alpha = [np.broadcast_to(self.problem.alpha_k(k, mid), (nb,)) for k in range(d)]
             beta = [np.broadcast_to(self.problem.beta_k(k, mid), (nb,)) for k in range(d)]
             sizes = [L - 1 for L in lattice.size]
-            self._factors[key] = FrozenStack.build(alpha, beta, sizes, 1.0 / n, self.scheme)
+            self._factors[key] = FrozenStack.build(
+                alpha, beta, sizes, 1.0 / n, self.scheme, compact=self.compact
+            )
         return self._factors[key]
 
     def separable(self, sizes):

@@ -252,15 +252,25 @@ def rhs_block(problem: Problem, start, shape, n_fine: int, xp=np):
         Where to build the array (NumPy by default).
     """
     d = len(shape)
-    coords, on_boundary = [], xp.zeros(tuple(shape), dtype=xp.bool)
+    coords = []
     for k in range(d):
         idx = xp.arange(start[k], start[k] + shape[k], dtype=xp.float64)
         view = [1] * d
         view[k] = shape[k]
         coords.append(xp.reshape(idx / n_fine, tuple(view)))
-        on_boundary = on_boundary | xp.reshape((idx == 0) | (idx == n_fine), tuple(view))
-    coords = tuple(coords)
-    return xp.where(on_boundary, problem.boundary(coords), problem.rhs(coords))
+    out = xp.zeros(tuple(shape), dtype=xp.float64) + problem.rhs(tuple(coords))
+    # g only where it is used: on the faces of the domain the block touches
+    for k in range(d):
+        for node in (0, n_fine):
+            if start[k] <= node < start[k] + shape[k]:
+                face = list(coords)
+                face[k] = xp.reshape(xp.asarray([node / n_fine], dtype=xp.float64), (1,) * d)
+                at = [slice(None)] * d
+                at[k] = slice(node - start[k], node - start[k] + 1)
+                face_shape = tuple(1 if j == k else shape[j] for j in range(d))
+                g = xp.zeros(face_shape, dtype=xp.float64) + problem.boundary(tuple(face))
+                out[tuple(at)] = g
+    return out
 
 
 def exact_block(problem: Problem, start, shape, n_fine: int, xp=np):

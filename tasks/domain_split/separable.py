@@ -194,8 +194,8 @@ class FrozenStack:
     Toeplitz, whose eigenvectors are the sine basis whatever the coefficients, with
     eigenvalues ``diag - 2 sqrt(lower upper) cos(pi j / (n + 1))``. So every box of a
     shape shares one matrix ``Q`` per axis, and a box is its scalings ``D`` and its
-    eigenvalues: no eigendecomposition per box, and the products are shared-matrix
-    products over the whole stack.
+    eigenvalues, ``2 d n`` numbers: no eigendecomposition per box, and the products are
+    shared-matrix products over the whole stack.
 
     Use :meth:`build`.
 
@@ -203,21 +203,25 @@ class FrozenStack:
     ----------
     Q : list of array, shape ``(n_k, n_k)``
         The sine basis of each axis.
-    scale : array, shape ``(n_boxes, *shape)``
-        ``D_1 x .. x D_d`` of each box, as a grid.
-    inv_lam : array, shape ``(n_boxes, *shape)``
-        ``1 / (lambda_1 + .. + lambda_d)`` of each box.
+    scales, lams : list of array, shape ``(n_boxes, n_k)``
+        Per axis, the diagonal of ``D_k`` and the eigenvalues of each box.
+    compact : bool
+        Form the per-box grids ``D_1 x .. x D_d`` and ``1 / sum_k lambda_k`` at every
+        solve instead of keeping them (``2 n^d`` numbers per box; a solve then takes
+        about twice as long).
     """
 
-    def __init__(self, Q, scale, inv_lam):
-        self.Q, self.scale, self.inv_lam = Q, scale, inv_lam
+    def __init__(self, Q, scales, lams, compact: bool = False):
+        self.Q, self.scales, self.lams = Q, scales, lams
+        self.compact = compact
         self.shape = tuple(q.shape[0] for q in Q)
         self._on: dict = {}
 
     @classmethod
-    def build(cls, alpha, beta, sizes, h: float, scheme: str = "central"):
+    def build(cls, alpha, beta, sizes, h: float, scheme: str = "central", compact=False):
         """The stack for boxes with coefficients ``alpha[k, b]``, ``beta[k, b]`` (axis
-        ``k``, box ``b``) and ``sizes`` interior nodes per axis, spacing ``h``.
+        ``k``, box ``b``) and ``sizes`` interior nodes per axis, spacing ``h``
+        (``compact``: see the class).
 
         Returns
         -------
@@ -229,7 +233,7 @@ class FrozenStack:
             would be ill-conditioned (``n |log rho| > MAX_LOG_SCALE``).
         """
         alpha, beta = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
-        d, nb = alpha.shape
+        nb = alpha.shape[1]
         ok = np.ones(nb, dtype=bool)
         per_axis = []
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -245,24 +249,32 @@ class FrozenStack:
                 per_axis.append((diag, off, log_rho))
         if not ok.any():
             return None, ok
-        scale = np.ones((int(ok.sum()), *sizes))
-        lam = np.zeros_like(scale)
-        for k, (n, (diag, off, log_rho)) in enumerate(zip(sizes, per_axis, strict=True)):
-            view = [1] * d
-            view[k] = n
+        scales, lams = [], []
+        for n, (diag, off, log_rho) in zip(sizes, per_axis, strict=True):
             j = np.arange(1, n + 1)
-            lam_k = diag[ok, None] + 2.0 * off[ok, None] * np.cos(np.pi * j / (n + 1))
-            scale_k = np.exp(log_rho[ok, None] * np.arange(n))
-            lam = lam + lam_k.reshape(-1, *view)
-            scale = scale * scale_k.reshape(-1, *view)
-        return cls([sine_basis(n) for n in sizes], scale, 1.0 / lam), ok
+            lams.append(diag[ok, None] + 2.0 * off[ok, None] * np.cos(np.pi * j / (n + 1)))
+            scales.append(np.exp(log_rho[ok, None] * np.arange(n)))
+        return cls([sine_basis(n) for n in sizes], scales, lams, compact), ok
 
     def _arrays(self, xp):
         key = xp.__name__
         if key not in self._on:
             conv = (lambda a: a) if is_numpy_namespace(xp) else xp.asarray
-            self._on[key] = ([conv(q) for q in self.Q], conv(self.scale), conv(self.inv_lam))
+            self._on[key] = tuple(
+                [conv(a) for a in arrays] for arrays in (self.Q, self.scales, self.lams)
+            )
         return self._on[key]
+
+    def _grid(self, per_axis, combine, xp):
+        """Per-box grids ``combine``-d from per-axis vectors: shape ``(n_boxes, *shape)``."""
+        d = len(self.shape)
+        out = None
+        for k, a in enumerate(per_axis):
+            view = [1] * d
+            view[k] = self.shape[k]
+            a = xp.reshape(a, (a.shape[0], *view))
+            out = a if out is None else combine(out, a)
+        return out
 
     def _sines(self, f, Q, xp):
         """``Q`` along every box axis of ``f`` (``Q`` is symmetric: its own transpose)."""
@@ -289,5 +301,18 @@ class FrozenStack:
         array, same shape and namespace
         """
         xp = array_namespace(f)
-        Q, scale, inv_lam = self._arrays(xp)
+        Q, scale, inv_lam = self._grids(xp)
         return self._sines(self._sines(f * scale, Q, xp) * inv_lam, Q, xp) / scale
+
+    def _grids(self, xp):
+        """``(Q, scale, inv_lam)``: the bases and the per-box grids, kept unless
+        ``compact``."""
+        key = ("grids", xp.__name__)
+        if key in self._on:
+            return self._on[key]
+        Q, scales, lams = self._arrays(xp)
+        scale = self._grid(scales, lambda a, b: a * b, xp)
+        inv_lam = 1.0 / self._grid(lams, lambda a, b: a + b, xp)
+        if not self.compact:
+            self._on[key] = (Q, scale, inv_lam)
+        return Q, scale, inv_lam
