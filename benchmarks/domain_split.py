@@ -16,10 +16,12 @@ writes JSON to ``benchmarks/results/``.
     python benchmarks/domain_split.py                          # every problem below
     python benchmarks/domain_split.py --problems 2d-var,3d-var --workers 2
     python benchmarks/domain_split.py --problems ooc --ooc-n 240
+    python benchmarks/domain_split.py --problems ooc-data --ooc-n 240 --ooc-nc 15
 
 Problems: ``2d``/``3d`` constant coefficients (1023^2, 127^3), ``2d-var``/``3d-var`` the
 paper's variable coefficients, ``2d-data`` coefficients interpolated from a dataset
-(written by the script: 129^2 smooth random fields), ``ooc`` the 3-D out-of-core case.
+(written by the script: 129^2 smooth random fields), ``ooc`` the 3-D out-of-core case,
+``ooc-data`` the same with coefficients from a 3-D dataset (129^3 fields).
 
 Goals (issue 17): on variable coefficients, 2-D 1023^2 and 3-D 127^3, tilegraph on
 ``local:2`` at least as fast as pyamg's best with lower peak memory; a 3-D problem of
@@ -252,7 +254,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--problems", default="2d,2d-var,2d-data,3d,3d-var",
-                    help="comma list of " + ", ".join([*PROBLEMS, "ooc"]))  # fmt: skip
+                    help="comma list of " + ", ".join([*PROBLEMS, "ooc", "ooc-data"]))  # fmt: skip
     ap.add_argument("--tol", type=float, default=1e-8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
@@ -279,10 +281,12 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(dir=os.environ.get("TILEGRAPH_BENCH_DIR"))
     rows = []
     for name in args.problems.split(","):
-        if name == "ooc":
-            sets = {"d": 3, "n_fine": args.ooc_n, "n_coarse": args.ooc_nc,
-                    "problem.alpha": [1.0, 1.0, 1.0], "problem.beta": [1.0, 0.5, 0.25],
-                    "restart": 10}  # fmt: skip
+        if name in ("ooc", "ooc-data"):
+            sets = {"d": 3, "n_fine": args.ooc_n, "n_coarse": args.ooc_nc, "restart": 10}
+            if name == "ooc":
+                sets |= {"problem.alpha": [1.0, 1.0, 1.0], "problem.beta": [1.0, 0.5, 0.25]}
+            else:  # variable coefficients interpolated from a 3-D dataset
+                sets["problem.kind"] = "dataset"
             cases = [("tilegraph", {"out_of_core": True})]
         else:
             sets = dict(PROBLEMS[name])
