@@ -457,3 +457,28 @@ def test_an_unsupported_network_exits_2_before_anything_is_written(tmp_path, ddi
                     f"diffusers.path={other}", "--store", str(tmp_path / "runs"))  # fmt: skip
     assert run.returncode == 2 and "VQModel" in run.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "runs").exists()
+
+
+class _Affine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 6)
+
+    def forward(self, x, t):
+        return self.lin(x.reshape(-1, 6)).reshape(x.shape)
+
+
+def test_the_callers_module_is_not_cast_in_place():
+    """The adapter evaluates a float32, eval-mode copy; the module passed in keeps its
+    precision and training mode, and both give the same prediction."""
+    abar = make_schedule("linear", 50)
+    net = _Affine()
+    net = net.to(torch.float64).train()
+    model = TorchDenoiser(net, abar, (2, 3), dtype="float32")
+    assert net.training and next(net.parameters()).dtype == torch.float64
+    assert not model.net.training and next(model.net.parameters()).dtype == torch.float32
+    x = np.random.default_rng(0).standard_normal((4, 2, 3))
+    t = np.array([3, 10, 20, 40])
+    with torch.no_grad():
+        want = net(torch.as_tensor(x), None).numpy()
+    np.testing.assert_allclose(model.eps(x, t), want, rtol=1e-5, atol=1e-5)

@@ -262,6 +262,9 @@ def estimate(cfg, workers: int) -> Estimate:
         passes = (m + 2) * block + PASS_TEMPS * region
     else:
         kept = vec * (vectors + 3) * mine // n_blocks  # + solution, exact, error
+        # the stencil's 2 d + 1 coefficient arrays on each block reaching one box beyond
+        reach = min(layout.chunks[0] + 2 * layout.stride + 5, N)
+        kept += mine * (2 * d + 1) * F8 * reach**d
         passes = PASS_TEMPS * region
     boxes, box_build = _box_solver_bytes(cfg, layout, problem, offsets)
     subs, sub_total = _submesh_bytes(cfg, layout, problem, actors)

@@ -13,6 +13,7 @@ torch and diffusers are imported only when a model is built (the ``torch`` extra
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -51,7 +52,8 @@ class TorchDenoiser:
     sample_shape : tuple of int
     prediction_type : {"epsilon", "v_prediction", "sample"}
     dtype : str
-        Precision the network evaluates in (its parameters are cast to it).
+        Precision the network evaluates in (a copy of the module is cast to it, and set
+        to evaluation mode, when it is not already so).
     device : str
         torch device of the network (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
     guidance_scale : float
@@ -93,6 +95,13 @@ class TorchDenoiser:
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device)
         if isinstance(net, torch.nn.Module):
+            tensors = [*net.parameters(), *net.buffers()]
+            fits = all(
+                p.device == self.device and (p.dtype == self.dtype or not p.is_floating_point())
+                for p in tensors
+            )
+            if net.training or not fits:  # cast a copy: the caller's module stays as it is
+                net = copy.deepcopy(net)
             net = net.to(device=self.device, dtype=self.dtype).eval()
         self.net = net
         self.abar = np.array(abar, dtype=np.float64)
