@@ -172,6 +172,58 @@ def _user_blocks_run(address: str, tmp_path) -> None:
     np.testing.assert_array_equal(xs[0], xs[1])
 
 
+USER_TORCH = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    """The user's own torch network of (x, t)."""
+
+    sample_shape = (2, 3)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def forward(self, x, t):
+        tt = (t.to(x.dtype) / 1000.0)[:, None, None].expand_as(x)
+        return self.f(torch.stack([x, tt], dim=-1))[..., 0]
+
+
+def factory(abar):
+    return Net().double()
+'''
+
+
+def _user_torch_run(address: str, tmp_path) -> None:
+    """picard with a torch.nn.Module from the user's factory, from their project folder:
+    the workers (started elsewhere) build the module from the shipped file and sample
+    what an in-process run samples."""
+    if importlib.util.find_spec("torch") is None:  # the torch extra is not installed
+        return
+    project = tmp_path / "torch-project"
+    project.mkdir(exist_ok=True)
+    (project / "my_torch_net.py").write_text(USER_TORCH)
+    sets = ["--set=model=custom", "--set=custom=my_torch_net:factory", "--set=steps=40",
+            "--set=window=10", "--set=n_samples=4", "--set=batch_size=2",
+            "--set=tol=1e-3"]  # fmt: skip
+    results = []
+    for spec in ("sync", address):
+        out = tilegraph(
+            "run", "picard", *sets, "--cluster", spec, "--store", str(tmp_path / "torch"),
+            "--json", cwd=project, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, f"{spec}: {out.stderr}"
+        res = last_json(out.stdout)
+        results.append(xr.open_zarr(res["path"] + "/result", consolidated=False).load())
+    ref, got = results
+    np.testing.assert_allclose(got.samples.values, ref.samples.values, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        got.sequential.values, ref.sequential.values, rtol=1e-10, atol=1e-12
+    )
+
+
 def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -219,6 +271,7 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
         _user_code_run(address, tmp_path)
         _user_pde_run(address, tmp_path)
         _user_blocks_run(address, tmp_path)
+        _user_torch_run(address, tmp_path)
 
         # tilegraph left the cluster running
         with Client(address, timeout=30) as client:
