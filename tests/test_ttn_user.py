@@ -331,3 +331,15 @@ def test_start_states_from_a_factory(tmp_path):
     hist = xr.open_zarr(last_json(run.stdout)["path"] + "/history", consolidated=False)
     want = [1.0 if i % 3 else 0.6**2 - 0.8**2 for i in range(6)]  # <Z> of each start
     np.testing.assert_allclose(hist.magnetization.values[0], want, atol=1e-14)
+
+
+def test_an_operator_from_terms_is_built_once_per_process():
+    """Validating, estimating and running a config each ask for its operator: terms are
+    parsed and checked once, and a different model gets its own."""
+    terms = [[1.0, "Sz 0 Sz 1"], [0.5, "X 2"], [0.25, "Sz 1 Sz 3"]]
+    a = TTNConfig(d=4, model={"kind": "terms", "terms": terms})
+    b = TTNConfig(d=4, model={"kind": "terms", "terms": terms})
+    assert a.make_operator() is b.make_operator()
+    other = TTNConfig(d=4, model={"kind": "terms", "terms": [*terms, [0.5, "X 3"]]})
+    assert other.make_operator() is not a.make_operator()
+    assert len(other.make_operator().keys) == len(a.make_operator().keys) + 1
