@@ -267,6 +267,12 @@ def main() -> None:
     ap.add_argument("--ooc-n", type=int, default=240, help="n_fine of the out-of-core 3-D case")
     ap.add_argument("--ooc-nc", type=int, default=40, help="n_coarse of the out-of-core case")
     ap.add_argument(
+        "--ooc-restart",
+        type=int,
+        default=10,
+        help="FGMRES restart of the out-of-core case (each one more pair of stored vectors)",
+    )
+    ap.add_argument(
         "--skip",
         default="3d:spsolve,3d-var:spsolve",
         help="comma list of CASE or PROBLEM:CASE to skip (default: SuperLU on 127^3 needs "
@@ -282,7 +288,8 @@ def main() -> None:
     rows = []
     for name in args.problems.split(","):
         if name in ("ooc", "ooc-data"):
-            sets = {"d": 3, "n_fine": args.ooc_n, "n_coarse": args.ooc_nc, "restart": 10}
+            sets = {"d": 3, "n_fine": args.ooc_n, "n_coarse": args.ooc_nc}
+            sets["restart"] = args.ooc_restart
             if name == "ooc":
                 sets |= {"problem.alpha": [1.0, 1.0, 1.0], "problem.beta": [1.0, 0.5, 0.25]}
             else:  # variable coefficients interpolated from a 3-D dataset

@@ -161,34 +161,43 @@ def _submesh_bytes(cfg, layout, problem, actors: int) -> tuple[int, int]:
     loaded, as :class:`~tilegraph.pipelines.domain_split.solver.BlockDriver` does), and of
     all sub-mesh arrays together."""
     total = 0
-    load, held = [0] * actors, [0] * actors
+    load, held, peak = [0] * actors, [0] * actors, [0] * actors
     for S in sorted(layout.subsets, key=lambda S: -math.prod(layout.mesh_shape(S))):
         shape = layout.mesh_shape(S)
         nodes = math.prod(shape)
         total += F8 * nodes
         a = load.index(min(load))
         load[a] += nodes
-        held[a] += _submesh_solver(cfg, layout, problem, S) + 4 * F8 * nodes
-    return max(held), total
+        kept, transient = _submesh_solver(cfg, layout, problem, S)
+        held[a] += kept + 4 * F8 * nodes
+        peak[a] = max(peak[a], transient)  # one set-up at a time per worker
+    return max(h + p for h, p in zip(held, peak, strict=True)), total
 
 
-def _submesh_solver(cfg, layout, problem, S) -> int:
-    """Bytes of the solver of sub-mesh ``S`` (kept between solves), with its set-up."""
+def _submesh_solver(cfg, layout, problem, S) -> tuple[int, int]:
+    """``(kept, transient)`` bytes of the solver of sub-mesh ``S``: what is kept between
+    solves, and what its set-up needs on top while it runs."""
     d, nc = cfg.d, cfg.n_coarse
     sizes = [n - 2 for n in layout.mesh_shape(S)]
     h = [1.0 / _float(nc if k in S else cfg.n_fine) for k in range(d)]
     if cfg.submesh in ("auto", "fd") and _fd_applies(problem, cfg.scheme, sizes, h):
-        return _fd_bytes(sizes) + _fd_build_bytes(sizes)
+        return _fd_bytes(sizes), _fd_build_bytes(sizes)
     unknowns = math.prod(max(n, 0) for n in sizes)
     if cfg.submesh == "amg" or (cfg.submesh == "auto" and d == 3 and unknowns > 20_000):
-        return 3 * _matrix_bytes(unknowns, d) + 4 * F8 * unknowns  # the AMG hierarchy
+        # the matrix and pyamg's Ruge-Stueben hierarchy (operator complexity 3.6 on the
+        # 3-D plane meshes, with P and R: 3.2 matrices) and BiCGStab's vectors; its
+        # set-up takes 1.7 matrices more (measured on a 38 x 297 x 297 mesh: 0.81 GiB
+        # kept, 1.24 GiB peak beyond the assembled matrix)
+        mat = _matrix_bytes(unknowns, d)
+        return _cap(42 * mat // 10 + 4 * F8 * unknowns), _cap(17 * mat // 10)
     # SuperLU: a sub-mesh is thin along its coarse axes; the fill of the grid of its
     # fine axes, times the nodes across the coarse ones squared (at most a full grid's)
     fine = [n for k, n in enumerate(sizes) if k not in S]
     across = max(1, math.prod(max(n, 1) for k, n in enumerate(sizes) if k in S))
     per_slab = lu_nonzeros(math.prod(fine), len(fine)) if fine else 1
     nnz = min(per_slab * across * across, lu_nonzeros(unknowns, d))
-    return _cap(LU_PEAK_BYTES[d] * nnz + 3 * _matrix_bytes(unknowns, d))
+    kept = LU_BYTES * nnz + 2 * _matrix_bytes(unknowns, d)
+    return _cap(kept), _cap((LU_PEAK_BYTES[d] - LU_BYTES) * nnz + _matrix_bytes(unknowns, d))
 
 
 def _direct_bytes(cfg) -> int:

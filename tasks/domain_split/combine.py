@@ -102,11 +102,15 @@ class SubmeshSolver:
             if self.method_for(S) == "fd":
                 self._factors[S] = self._separable(S)
                 return self._factors[S]
-            A_ii, A_ib, interior = assemble(self.problem, self.layout.mesh_axes(S), self.scheme)
-            if self.method_for(S) == "amg":
+            amg = self.method_for(S) == "amg"
+            axes = self.layout.mesh_axes(S)
+            A_ii, A_ib, interior = assemble(
+                self.problem, axes, self.scheme, fmt="csr" if amg else "csc"
+            )
+            if amg:
                 import pyamg
 
-                solver = pyamg.ruge_stuben_solver(A_ii.tocsr())
+                solver = pyamg.ruge_stuben_solver(A_ii)
             else:
                 solver = splu(A_ii, permc_spec=PERMC)
             self._factors[S] = (solver, A_ib, interior)
