@@ -25,9 +25,10 @@ paper's variable coefficients, ``2d-data`` coefficients interpolated from a data
 
 Goals (issue 17): on variable coefficients, 2-D 1023^2 and 3-D 127^3, tilegraph on
 ``local:2`` at least as fast as pyamg's best with lower peak memory; a 3-D problem of
->= 2e8 unknowns with peak worker memory <= 8 GiB (``--problems ooc --ooc-n 592 --ooc-nc
-37 --skip pyamg``: about 25 minutes, 4 GiB for the whole process tree and 40 GB of disk
-on 2 cores; set TILEGRAPH_BENCH_DIR to a disk with room).
+>= 2e8 unknowns with variable coefficients from a dataset and peak worker memory
+<= 8 GiB (``--problems ooc-data --ooc-n 600 --ooc-nc 25 --ooc-restart 6 --workers 3``:
+62 GB of disk; not met yet, see docs/domain_split.md; set TILEGRAPH_BENCH_DIR to a disk
+with room).
 """
 
 from __future__ import annotations
