@@ -113,22 +113,33 @@ def _user_code_run(address: str, tmp_path) -> None:
     np.testing.assert_array_equal(a, b)
 
 
-def _user_pde_run(address: str, tmp_path) -> None:
-    """domain-split on the user's own PDE module, run from their project folder: the
-    workers (started elsewhere) get the module shipped and give the in-process bits."""
-    project = tmp_path / "pde-project"
+def _in_project(address, tmp_path, module: str, source: str, pipeline: str, sets) -> list:
+    """Run ``pipeline`` from a project folder holding the user's ``module`` (not on the
+    workers' path), on ``sync`` and on the external cluster: the two runs' JSON."""
+    project = tmp_path / f"{module}-project"
     project.mkdir(exist_ok=True)
-    (project / "my_pde.py").write_text(USER_PDE)
-    sets = ["--set=problem.kind=custom", "--set=problem.factory=my_pde:make"]
-    sets += [f"--set=problem.domain={USER_PDE_DOMAIN[2]}", "--set=n_fine=40", "--set=tol=1e-12"]
+    (project / f"{module}.py").write_text(source)
     results = []
     for spec in ("sync", address):
         out = tilegraph(
-            "run", "domain-split", *sets, "--cluster", spec, "--store", str(tmp_path / "pde"),
+            "run", pipeline, *sets, "--cluster", spec, "--store", str(tmp_path / module),
             "--json", cwd=project, timeout=300,
         )  # fmt: skip
         assert out.returncode == 0, f"{spec}: {out.stderr}"
         results.append(last_json(out.stdout))
+    return results
+
+
+def _result(res: dict) -> xr.Dataset:
+    return xr.open_zarr(res["path"] + "/result", consolidated=False).load()
+
+
+def _user_pde_run(address: str, tmp_path) -> None:
+    """domain-split on the user's own PDE module, run from their project folder: the
+    workers (started elsewhere) get the module shipped and give the in-process bits."""
+    sets = ["--set=problem.kind=custom", "--set=problem.factory=my_pde:make"]
+    sets += [f"--set=problem.domain={USER_PDE_DOMAIN[2]}", "--set=n_fine=40", "--set=tol=1e-12"]
+    results = _in_project(address, tmp_path, "my_pde", USER_PDE, "domain-split", sets)
     _same_answer(results[1], results[0])
     assert results[1]["metrics"]["rel_error_exact"] < 1e-2
 
@@ -155,21 +166,10 @@ def make(m=12):
 def _user_blocks_run(address: str, tmp_path) -> None:
     """bilevel on a BlockProblem of the user's, from their project folder: the workers
     (started elsewhere) get the module shipped and give the in-process bits."""
-    project = tmp_path / "blocks-project"
-    project.mkdir(exist_ok=True)
-    (project / "my_blocks.py").write_text(USER_BLOCKS)
     sets = ["--set=problem.kind=custom", "--set=problem.factory=my_blocks:make",
             "--set=blocks_per_iter=4", "--set=max_iter=30", "--set=tol=null"]  # fmt: skip
-    xs = []
-    for spec in ("sync", address):
-        out = tilegraph(
-            "run", "bilevel", *sets, "--cluster", spec, "--store", str(tmp_path / "blk"),
-            "--json", cwd=project, timeout=300,
-        )  # fmt: skip
-        assert out.returncode == 0, f"{spec}: {out.stderr}"
-        res = last_json(out.stdout)
-        xs.append(xr.open_zarr(res["path"] + "/result", consolidated=False).x.values)
-    np.testing.assert_array_equal(xs[0], xs[1])
+    ref, got = _in_project(address, tmp_path, "my_blocks", USER_BLOCKS, "bilevel", sets)
+    np.testing.assert_array_equal(_result(ref).x.values, _result(got).x.values)
 
 
 USER_TORCH = '''
@@ -202,22 +202,11 @@ def _user_torch_run(address: str, tmp_path) -> None:
     what an in-process run samples."""
     if importlib.util.find_spec("torch") is None:  # the torch extra is not installed
         return
-    project = tmp_path / "torch-project"
-    project.mkdir(exist_ok=True)
-    (project / "my_torch_net.py").write_text(USER_TORCH)
     sets = ["--set=model=custom", "--set=custom=my_torch_net:factory", "--set=steps=40",
             "--set=window=10", "--set=n_samples=4", "--set=batch_size=2",
             "--set=tol=1e-3"]  # fmt: skip
-    results = []
-    for spec in ("sync", address):
-        out = tilegraph(
-            "run", "picard", *sets, "--cluster", spec, "--store", str(tmp_path / "torch"),
-            "--json", cwd=project, timeout=300,
-        )  # fmt: skip
-        assert out.returncode == 0, f"{spec}: {out.stderr}"
-        res = last_json(out.stdout)
-        results.append(xr.open_zarr(res["path"] + "/result", consolidated=False).load())
-    ref, got = results
+    runs = _in_project(address, tmp_path, "my_torch_net", USER_TORCH, "picard", sets)
+    ref, got = (_result(r) for r in runs)
     np.testing.assert_allclose(got.samples.values, ref.samples.values, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(
         got.sequential.values, ref.sequential.values, rtol=1e-10, atol=1e-12

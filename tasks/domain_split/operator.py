@@ -85,7 +85,7 @@ def assemble(
         part = (slice(lo, hi),) + (slice(None),) * (d - 1)
         slab = tuple(c[part] if c.shape[0] > 1 else c for c in coords)
         shape = (hi - lo,) + sizes[1:]
-        ii, ib = _slab_rows(problem, axes, scheme, flat, where, slab, shape, lo * plane)
+        ii, ib = _slab_rows(problem, axes, scheme, flat, where, n_int, slab, shape, lo * plane)
         inner.append(ii)
         outer.append(ib)
     A_ii = sp.vstack(inner, format="csr") if inner else sp.csr_matrix((0, 0))
@@ -100,12 +100,12 @@ def assemble(
     return A_ii, A_ib, interior
 
 
-def _slab_rows(problem, axes, scheme, flat, where, coords, shape, offset):
+def _slab_rows(problem, axes, scheme, flat, where, n_int, coords, shape, offset):
     """The interior rows of one slab of :func:`assemble` (nodes ``offset ..`` of the
-    flat grid, ``shape`` of them): ``(A_ii rows, A_ib rows)`` as CSR blocks."""
+    flat grid, ``shape`` of them; ``n_int`` interior nodes in all): ``(A_ii rows, A_ib
+    rows)`` as CSR blocks."""
     d = len(axes)
     sizes = tuple(len(a) for a in axes)
-    n_int = int(np.count_nonzero(flat))
     n_bnd = flat.size - n_int
     local = flat[offset : offset + int(np.prod(shape))]
     rows = np.flatnonzero(local)
