@@ -174,7 +174,7 @@ def test_batched_term_sum_and_projections_match_kronecker_products(xp_name):
     empty = conv(np.zeros((3, 0, 2), dtype=np.complex128))  # a leg without directions
     assert TermSum(terms_x[:1])(empty).shape == (3, 0, 2)
     kids_x = [{k: conv(v) for k, v in kp.items()} for kp in kids]
-    proj = project_node(conv(T), kids_x, list(splits), lambda k: splits[k])
+    proj = project_node(conv(T), kids_x, list(splits), lambda k: [(1.0, splits[k])])
     assert list(proj) == list(splits)
     for key in splits:
         np.testing.assert_allclose(np.asarray(proj[key]), want[key], atol=1e-12)

@@ -343,3 +343,64 @@ def test_an_operator_from_terms_is_built_once_per_process():
     other = TTNConfig(d=4, model={"kind": "terms", "terms": [*terms, [0.5, "X 3"]]})
     assert other.make_operator() is not a.make_operator()
     assert len(other.make_operator().keys) == len(a.make_operator().keys) + 1
+
+
+def test_terms_inside_a_subtree_are_summed_into_one_key_per_node():
+    """The tree operator's compression: a node keeps one summed key for the terms inside
+    its subtree (checked against the dense sum of those terms on its basis) and one key per
+    restriction of a term reaching out; the integrators give the same states as with one
+    key per restricted term (``compress=False``), on all-to-all couplings and on a random
+    system with triples, a constant term and a non-binary tree."""
+    d = 12
+    tree = make_tree("binary", d)
+    op = operators.long_range_ising(d)
+    lay = integrator.OperatorLayout(tree, op)
+    plain = integrator.OperatorLayout(tree, op, compress=False)
+    c = tree.children[0][0]
+    m = len(tree.leaves[c])  # 6 sites: terms X_i, n_i, n_i n_j (15 pairs inside)
+    assert len(plain.keys[c]) == 2 * m + m * (m - 1) // 2
+    assert len(lay.keys[c]) == m + 1  # n_i for the couplings out, and the inside sum
+    s = st.product_state(tree, tilted_neel_vectors(d), rank=2)
+    trunc = integrator.Truncation(1e-10, False, 2, 16)
+    for _ in range(2):
+        s, _ = integrator.step(lay, s, 0.05, trunc)
+    proj = integrator.projections(lay, s)
+    for node in (c, tree.children[c][1]):
+        sites = sorted(tree.leaves[node])
+        assert sites == list(tree.leaves[node])  # the subtree's dense basis in site order
+        pos = {site: i for i, site in enumerate(sites)}
+        inside = [
+            (coef, {pos[site]: op.ops[name] for site, name in key})
+            for key, coef in zip(op.keys, op.coefs, strict=True)
+            if key and all(site in pos for site, _ in key)
+        ]
+        X = st.subtree_dense(tree, s, node)
+        want = X.conj().T @ dense([2] * len(sites), inside) @ X
+        np.testing.assert_allclose(proj[node][integrator.Inside(node)], want, atol=1e-12)
+
+    types, dims, terms, H, vecs = random_system(5)
+    terms = [*terms, [0.7, "Id 0"]]  # a constant: the identity on every site
+    sys_op = from_terms(types, terms)
+    assert () in sys_op.keys
+    H = H + 0.7 * np.eye(H.shape[0])
+    for tree in (make_tree("binary", len(dims)), make_tree("spec", 5, [[0, 3], 1, [2, 4]])):
+        states = {}
+        for compress in (True, False):
+            lay = integrator.OperatorLayout(tree, sys_op, compress=compress)
+            for method in ("parallel", "sequential"):
+                s = st.product_state(tree, vecs, rank=2)
+                for _ in range(3):
+                    s, info = integrator.step(lay, s, 0.05, trunc, method=method, eta=True)
+                states[compress, method] = (st.to_dense(tree, s), info.eta)
+                y = states[compress, method][0]
+                proj = integrator.projections(lay, s)
+                assert abs(integrator.energy(lay, s, proj) - np.vdot(y, H @ y).real) < 1e-10
+        for method in ("parallel", "sequential"):
+            a, b = states[True, method], states[False, method]
+            np.testing.assert_allclose(a[0], b[0], atol=1e-10)
+            assert abs(a[1] - b[1]) <= 1e-10 * max(1.0, b[1])
+
+
+def tilted_neel_vectors(d, th=0.3):
+    c, s = np.cos(th / 2), np.sin(th / 2)
+    return [np.array([c, s] if i % 2 == 0 else [s, -c], dtype=complex) for i in range(d)]

@@ -10,8 +10,9 @@ with the config, per inner node:
   truncated tensors (``prod(2 r_j) 2 r`` entries), and the projections ``X^H A X`` of
   every operator term restricted to the subtree (``K`` of them, ``r x r`` each);
 * while it is worked on: the Lanczos basis of the Galerkin step (up to 41 tensors) and
-  the stacked term applications (``K`` tensors at once, ``K`` = the distinct restricted
-  terms: ``3 L`` for ``tfi``/``xxz``, ``3 L + L (L - 1) / 2`` for ``lr-ising``).
+  the stacked term applications (``K`` tensors at once, ``K`` = the layout's keys:
+  ``L + 3`` for ``tfi``, ``L + 7`` for ``xxz``, ``2 L + 1`` for ``lr-ising``: the terms
+  inside a subtree are summed into one key).
 
 Where it lives: with ``schedule=subtrees`` (parallel method) each worker keeps the
 subtrees under the root's children it was given and the driver the root; otherwise the
@@ -50,14 +51,17 @@ def _cap(n: float) -> int:
 
 
 def term_count(kind: str, leaves: int) -> int:
-    """Distinct operator terms restricted to a subtree of ``leaves`` sites (the keys of
-    :class:`tilegraph.tasks.ttn.integrator.OperatorLayout`, magnetisations included)."""
+    """Keys of a subtree of ``leaves`` sites in
+    :class:`tilegraph.tasks.ttn.integrator.OperatorLayout` (magnetisations included): the
+    sum of the terms inside, one key per site's magnetisation, and the restrictions of
+    the terms reaching out (every site's ``n`` for ``lr-ising``, at most two boundary
+    sites of a chain otherwise)."""
     L = leaves
     if kind == "lr-ising":
-        return 3 * L + L * (L - 1) // 2
+        return 2 * L + 1
     if kind == "xxz":
-        return 4 * L + 3
-    return 3 * L  # tfi
+        return L + 7
+    return L + 3  # tfi
 
 
 def _shape(cfg, r_max: int):
@@ -86,16 +90,15 @@ def group_counts(kind: str, child_leaves) -> tuple[int, int, int]:
     """Most terms applied at once at a node with children of ``child_leaves`` sites:
     ``(projections, Galerkin sub-flow, rejection test)``.
 
-    The projections stack the terms inside one child (or joining two); the sub-flow's
-    ``TermSum`` merges terms that share all but one factor (measured: about 0.6 of those
-    of ``tfi``/``xxz``, none of the pairs of ``lr-ising``); the rejection test applies
-    the terms joining two children.
+    The projections stack the keys inside one child; the sums (the node's inside terms,
+    the sub-flow's and the rejection test's terms) are merged first: the all-to-all
+    couplings of ``lr-ising`` between two children to one term per site of one of them
+    (measured), the chains' to a few.
     """
     inside = max(term_count(kind, L) for L in child_leaves)
-    pairs = [(a, b) for i, a in enumerate(child_leaves) for b in child_leaves[i + 1 :]]
     if kind == "lr-ising":
-        joining = max((a * b for a, b in pairs), default=0)
-        return max(inside, joining), max(inside, joining), joining
+        most = max(child_leaves)
+        return max(inside, most), most, most
     joining = 3 if kind == "xxz" else 1
     return max(inside, joining), max(1, (3 * inside) // 5), joining
 
@@ -144,8 +147,13 @@ def _layout_counts(cfg) -> dict[int, tuple[int, int, int, int]]:
         for k in tree.inner:
             kids = tree.children[k]
             inside = max(len(lay.keys[c]) for c in kids)
-            split = lay.splitter(k)
-            joining = sum(1 for key_ in lay.keys[k] if sum(1 for p in split(key_) if p) > 1)
+            expand = lay.expander(k)
+            joining = sum(
+                1
+                for key_ in lay.keys[k]
+                for _, parts in expand(key_)
+                if sum(1 for p in parts if p) > 1
+            )
             g = max(inside, joining)
             out[k] = (len(lay.keys[k]) + len(kids), g, g, joining)
         _COUNTS.update(key=key, counts=out)

@@ -224,7 +224,7 @@ def augment(old, new, rtol: float = 1e-13):
     return Q, xp.conj(Q.T) @ new
 
 
-def project_node(T, kid_projs, keys, splits, bra=None):
+def project_node(T, kid_projs, keys, expand, bra=None):
     """``X^H A_key X`` for every key, from the children's projections.
 
     Parameters
@@ -233,28 +233,39 @@ def project_node(T, kid_projs, keys, splits, bra=None):
         The node's (orthonormal) connecting tensor; for a leaf, its basis ``(n, r)``.
     kid_projs : list of dict
         Per child, ``key|child -> (r_j, r_j)`` matrices (for a leaf: the local operators).
-    keys : iterable of Key
-    splits : callable
-        ``splits(key) -> tuple`` of the key's restriction to each child (``()`` = identity).
+    keys : iterable of hashable
+    expand : callable
+        ``expand(key) -> [(coef, parts), ...]``: the key as a sum of products over the
+        children, ``parts`` a key of each child (``()`` = identity). Most keys are one
+        product; a node's summed inside terms are many.
     bra : array, shape ``(r_1 * ... * r_m, p)``, optional
         Basis coefficients ``W`` for the mixed projections ``W^H A_key X``; default ``X``.
 
     Returns
     -------
-    dict of Key to array, shape ``(r, r)`` (``(p, r)`` with ``bra``)
+    dict of key to array, shape ``(r, r)`` (``(p, r)`` with ``bra``)
     """
     xp = array_namespace(T)
     Bh = xp.conj((bond_matrix(xp, T) if bra is None else bra).T)
     keys = list(keys)
+    rows = math.prod(T.shape[:-1])
     groups: dict = {}  # keys whose factors sit on the same children, applied together
-    for key in keys:
-        factors = [kp[k] if k else None for kp, k in zip(kid_projs, splits(key), strict=True)]
-        legs = tuple(f is not None for f in factors)
-        groups.setdefault(legs, []).append((key, factors + [None]))
     out = {}
+    for key in keys:
+        prods = [
+            (c, [kp[k] if k else None for kp, k in zip(kid_projs, parts, strict=True)] + [None])
+            for c, parts in expand(key)
+        ]
+        if len(prods) == 1 and prods[0][0] == 1:
+            legs = tuple(f is not None for f in prods[0][1])
+            groups.setdefault(legs, []).append((key, prods[0][1]))
+            continue
+        # a sum (a node's inside terms): merged, then applied once
+        G = TermSum(merge_terms(prods, T.shape))(T)
+        out[key] = Bh @ xp.reshape(G, (rows, G.shape[-1]))
     for members in groups.values():
         G = apply_each(T, [fs for _, fs in members])
-        G = Bh @ xp.reshape(G, (G.shape[0], math.prod(G.shape[1:-1]), G.shape[-1]))
+        G = Bh @ xp.reshape(G, (G.shape[0], rows, G.shape[-1]))
         for k, (key, _) in enumerate(members):
             out[key] = G[k, ...]
     return {key: out[key] for key in keys}

@@ -59,28 +59,92 @@ class StepInfo:
 # -- the operator's structure on a tree ------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Inside:
+    """The key of the operator's terms that lie entirely inside the subtree under
+    ``node``, summed: one ``r x r`` projection per node instead of one per term (the
+    "block Hamiltonian" of DMRG; what a tree tensor network operator compresses)."""
+
+    node: int
+
+
 class OperatorLayout:
     """Which operator keys live on which subtree, and how they split over children.
 
-    Built once per (tree, operator); picklable.
+    A key is a tuple of ``(site, op name)`` factors (``()``: the identity) or an
+    :class:`Inside`. Every node needs the projections of its keys: the restrictions of the
+    operator's terms that reach out of its subtree, one :class:`Inside` for the terms
+    that do not, and the restrictions of ``extra_keys`` (observables). Built once per
+    (tree, operator); picklable.
+
+    Parameters
+    ----------
+    tree : Tree
+    op : SumOfProducts
+    extra_keys : iterable of Key
+        Keys whose projections are kept too (observables), restriction by restriction.
+    compress : bool
+        Sum the terms inside a subtree into its :class:`Inside` key. Without (``False``),
+        every distinct restriction of every term is a key of its own: the number of keys
+        of a node of ``m`` sites under all-to-all couplings grows as ``m^2`` instead of
+        ``m`` (the integrators' results agree to rounding; kept as a check).
     """
 
-    def __init__(self, tree: Tree, op: SumOfProducts, extra_keys=()):
+    def __init__(self, tree: Tree, op: SumOfProducts, extra_keys=(), compress: bool = True):
         self.tree = tree
         self.op = op
-        all_keys = list(op.keys) + [k for k in extra_keys if k not in op.keys]
-        self.keys: list[list] = []  # per node: distinct nonempty restrictions
-        self.leafsets = [frozenset(lv) for lv in tree.leaves]
-        for node in range(tree.n_nodes):
-            seen = dict.fromkeys(self.restrict(k, node) for k in all_keys)
-            self.keys.append([k for k in seen if k])
+        self.compress = compress
         self.extra = tuple(extra_keys)
+        self.leafsets = [frozenset(lv) for lv in tree.leaves]
+        terms = list(zip(op.keys, op.coefs, strict=True))
+        self.keys: list[list] = []  # per node: the keys of its projections
+        # per node: the summed inside terms as products over its children (coef, parts)
+        self.inside: list[list] = [[] for _ in range(tree.n_nodes)]
+        if compress:
+            for key, c in terms:
+                node = self._lowest(key)
+                if tree.is_leaf(node):
+                    self.inside[node].append((c, key))
+                else:
+                    self.inside[node].append((c, self.splitter(node)(key)))
+            # a subtree whose inside is not empty is summed into its parent's inside
+            for node in reversed(range(1, tree.n_nodes)):
+                if self.inside[node]:
+                    par = tree.parent[node]
+                    parts = tuple(Inside(c) if c == node else () for c in tree.children[par])
+                    self.inside[par].insert(0, (1.0, parts))
+        for node in range(tree.n_nodes):
+            seen = {}
+            if self.inside[node]:
+                seen[Inside(node)] = None
+            for k in op.keys:
+                r = self.restrict(k, node)
+                if r and (not compress or len(r) < len(k)):
+                    seen[r] = None
+            for k in self.extra:
+                r = self.restrict(k, node)
+                if r:
+                    seen[r] = None
+            self.keys.append(list(seen))
+        self._local = {node: self._leaf_ops(node) for node in tree.leaf_nodes}
+
+    def _lowest(self, key) -> int:
+        """The smallest subtree holding every site of ``key`` (the root for ``()``)."""
+        sites = {f[0] for f in key}
+        node = 0
+        while sites and not self.tree.is_leaf(node):
+            inner = [c for c in self.tree.children[node] if sites <= self.leafsets[c]]
+            if not inner:
+                break
+            node = inner[0]
+        return node
 
     def restrict(self, key, node: int):
         s = self.leafsets[node]
         return tuple(f for f in key if f[0] in s)
 
     def splitter(self, node: int) -> Callable:
+        """``split(key)``: the factors of a tuple key on each child of ``node``."""
         kids = self.tree.children[node]
         sets = [self.leafsets[c] for c in kids]
 
@@ -89,9 +153,33 @@ class OperatorLayout:
 
         return split
 
+    def expander(self, node: int) -> Callable:
+        """``expand(key) -> [(coef, parts), ...]``: a key of ``node`` as a sum of
+        products of keys of its children (one product except for :class:`Inside`)."""
+        split = self.splitter(node)
+        inside = self.inside[node]
+
+        def expand(key):
+            if isinstance(key, Inside):
+                return inside
+            return [(1.0, split(key))]
+
+        return expand
+
+    def _leaf_ops(self, node: int) -> dict:
+        out = {}
+        for k in self.keys[node]:
+            if isinstance(k, Inside):
+                out[k] = sum(
+                    c * np.asarray(self.op.ops[key[0][1]]) for c, key in self.inside[node]
+                )
+            else:
+                out[k] = self.op.ops[k[0][1]]
+        return out
+
     def local_ops(self, node: int) -> dict:
-        """For a leaf: its keys (single factors) -> local matrices."""
-        return {k: self.op.ops[k[0][1]] for k in self.keys[node]}
+        """For a leaf: its keys -> local matrices (its single-site terms summed)."""
+        return self._local[node]
 
 
 def projections(layout: OperatorLayout, state, top: int = 0) -> list[dict]:
@@ -109,20 +197,19 @@ def projections(layout: OperatorLayout, state, top: int = 0) -> list[dict]:
             proj[node] = {k: Uh @ (xp.asarray(m) @ U) for k, m in layout.local_ops(node).items()}
         else:
             kids = [proj[c] for c in tree.children[node]]
-            proj[node] = project_node(state[node], kids, layout.keys[node], layout.splitter(node))
+            proj[node] = project_node(state[node], kids, layout.keys[node], layout.expander(node))
     return proj
 
 
 def root_terms(layout: OperatorLayout, proj, keys_coefs):
     """Terms of ``sum coef * key`` at the root as per-child factors (bond 1 folded in)."""
-    split = layout.splitter(0)
+    expand = layout.expander(0)
     kids = layout.tree.children[0]
     terms = []
     for key, c in keys_coefs:
-        parts = split(key)
-        terms.append(
-            (c, [proj[ch][p] if p else None for ch, p in zip(kids, parts, strict=True)] + [None])
-        )
+        for a, parts in expand(key):
+            fs = [proj[ch][p] if p else None for ch, p in zip(kids, parts, strict=True)]
+            terms.append((c * a, fs + [None]))
     return terms
 
 
@@ -135,7 +222,7 @@ def expectation(layout: OperatorLayout, state, proj, keys_coefs) -> complex:
 
 
 def expectations(layout: OperatorLayout, state, proj, keys) -> list[complex]:
-    """``<Y| key |Y>`` for each key (e.g. every site's magnetisation), the keys with
+    """``<Y| key |Y>`` for each tuple key (e.g. every site's magnetisation), the keys with
     factors on the same children of the root applied in one batch."""
     xp = array_namespace(state[0])
     C = state[0]
@@ -153,7 +240,7 @@ def expectations(layout: OperatorLayout, state, proj, keys) -> list[complex]:
 
 
 def energy(layout: OperatorLayout, state, proj) -> float:
-    return expectation(layout, state, proj, zip(layout.op.keys, layout.op.coefs, strict=True)).real
+    return expectation(layout, state, proj, root_bond_terms(layout).items()).real
 
 
 # -- pure task kernels -----------------------------------------------------------------
@@ -200,15 +287,15 @@ def _scalar(B) -> bool:
 
 def node_terms(layout: OperatorLayout, node: int, bond_terms, kid_proj):
     """The restricted operator at ``node`` as per-leg factors (children then bond)."""
-    split = layout.splitter(node)
+    expand = layout.expander(node)
     terms = []
     for key, B in bond_terms.items():
-        parts = split(key)
-        factors = [kp[p] if p else None for kp, p in zip(kid_proj, parts, strict=True)]
-        if _scalar(B):
-            terms.append((complex(B), factors + [None]))
-        else:
-            terms.append((1.0, factors + [B]))
+        for a, parts in expand(key):
+            factors = [kp[p] if p else None for kp, p in zip(kid_proj, parts, strict=True)]
+            if _scalar(B):
+                terms.append((a * complex(B), factors + [None]))
+            else:
+                terms.append((a, factors + [B]))
     return terms
 
 
@@ -234,23 +321,22 @@ def child_environment(layout: OperatorLayout, node: int, i: int, C_in, bond_term
     rest_shape = tuple(s for a, s in enumerate(C_in.shape) if a != i)
     Qtens = xp.reshape(Qt, rest_shape + (k_i,))
     Qh = xp.conj(Qt.T)
-    split = layout.splitter(node)
+    expand = layout.expander(node)
     groups: dict = {}
     for key, B in bond_terms.items():
-        parts = split(key)
-        ck = parts[i]
-        others = [
-            kp[p] if p else None
-            for j, (kp, p) in enumerate(zip(kid_proj, parts, strict=True))
-            if j != i
-        ]
-        groups.setdefault(ck, []).append((others, B))
+        for a, parts in expand(key):
+            others = [
+                kp[p] if p else None
+                for j, (kp, p) in enumerate(zip(kid_proj, parts, strict=True))
+                if j != i
+            ]
+            groups.setdefault(parts[i], []).append((others, B, a))
     out = {}
     for ck, members in groups.items():
         ident = 0.0
         terms = []
-        for others, B in members:
-            coef, bf = (complex(B), None) if _scalar(B) else (1.0, B)
+        for others, B, a in members:
+            coef, bf = (a * complex(B), None) if _scalar(B) else (a, B)
             factors = others + [bf, None]
             if all(f is None for f in factors):
                 ident += coef
@@ -406,7 +492,10 @@ def _serial_map(fn, *iterables):
 
 
 def root_bond_terms(layout: OperatorLayout) -> dict:
-    """The operator at the root: every key with its coefficient (the bond is 1)."""
+    """The operator at the root (the bond is 1): its :class:`Inside`, or every key with
+    its coefficient without compression."""
+    if layout.compress:
+        return {Inside(0): 1.0}
     return dict(zip(layout.op.keys, layout.op.coefs, strict=True))
 
 
@@ -639,10 +728,10 @@ def subtree_update(
         new_part[node] = (Q, coeff)
         if track:
             kid_phat = [phat[c] for c in kids]
-            split = layout.splitter(node)
-            phat[node] = project_node(aug[node], kid_phat, need_p[node], split)
+            expand = layout.expander(node)
+            phat[node] = project_node(aug[node], kid_phat, need_p[node], expand)
             if eta:
-                mixed[node] = project_node(old_t, kid_phat, need_m[node], split, bra=Q)
+                mixed[node] = project_node(old_t, kid_phat, need_m[node], expand, bra=Q)
     if eta:
         return aug, (*new_part[top], mixed[top]), eta2
     return aug, new_part[top], eta2
@@ -664,17 +753,17 @@ def _eta_keys(layout: OperatorLayout, top: int, bterms, nodes):
         if tree.is_leaf(node):
             continue
         kids = tree.children[node]
-        split = layout.splitter(node)
+        expand = layout.expander(node)
         wanted = need_m[node] | need_p[node]
         for i, c in enumerate(kids):
             need_m.setdefault(c, set())
-            need_p[c] = {split(k)[i] for k in wanted} - {()}
+            need_p[c] = {parts[i] for k in wanted for _, parts in expand(k)} - {()}
         for key in bterms[node]:
-            parts = split(key)
-            if sum(1 for p in parts if p) >= 2:
-                for c, p in zip(kids, parts, strict=True):
-                    if p:
-                        need_m[c].add(p)
+            for _, parts in expand(key):
+                if sum(1 for p in parts if p) >= 2:
+                    for c, p in zip(kids, parts, strict=True):
+                        if p:
+                            need_m[c].add(p)
     return need_m, need_p
 
 
@@ -690,29 +779,33 @@ def _two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h):
     step-rejection test (the matrix case's ``||Ut^H F(Y0) Vt||``).
     """
     xp = array_namespace(c_in)
-    split = layout.splitter(node)
+    expand = layout.expander(node)
     m = len(kid_proj)
     total = 0.0
     for i in range(m):
         for j in range(i + 1, m):
             terms = []
+            empty = False
             for key, B in bond_terms.items():
-                parts = split(key)
-                if not parts[i] or not parts[j]:
-                    continue  # the identity maps the old basis to nothing new
-                fs = [
-                    kid_mixed[a][p] if a in (i, j) else (kid_proj[a][p] if p else None)
-                    for a, p in enumerate(parts)
-                ]
-                if fs[i].shape[0] == 0 or fs[j].shape[0] == 0:
-                    terms = []  # a child without new directions: no such block
+                for a, parts in expand(key):
+                    if not parts[i] or not parts[j]:
+                        continue  # the identity maps the old basis to nothing new
+                    fs = [
+                        kid_mixed[b][p] if b in (i, j) else (kid_proj[b][p] if p else None)
+                        for b, p in enumerate(parts)
+                    ]
+                    if fs[i].shape[0] == 0 or fs[j].shape[0] == 0:
+                        empty = True  # a child without new directions: no such block
+                        break
+                    if _scalar(B):
+                        terms.append((a * complex(B), fs + [None]))
+                    else:
+                        terms.append((a, fs + [B]))
+                if empty:
+                    terms = []
                     break
-                if _scalar(B):
-                    terms.append((complex(B), fs + [None]))
-                else:
-                    terms.append((1.0, fs + [B]))
             if terms:
-                acc = TermSum(terms)(c_in)
+                acc = TermSum(merge_terms(terms, c_in.shape))(c_in)
                 total += float(xp.sum(xp.abs(acc) ** 2)) * h * h
     return total
 
