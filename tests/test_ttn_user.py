@@ -307,7 +307,16 @@ def test_a_start_pinned_in_a_symmetry_sector_is_warned_about(tmp_path):
     res = last_json(run.stdout)
     assert res["metrics"]["final_error_vs_exact"] > 0.1
     assert "warning: the error against the exact solution ended at" in run.stderr
-    assert res["metrics"]["warnings"]
+    assert "warning: the start state is an eigenstate of its mean field" in run.stderr
+    assert len(res["metrics"]["warnings"]) == 2
+    # without an exact reference (any d) the start itself is recognised
+    big = ["d=40", "exact_reference=false", "T=0.1", *sets[1:5]]
+    run = tilegraph(
+        "run", "ttn", *[a for s in big for a in ("--set", s)],
+        "--cluster", "sync", "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "warning: the start state is an eigenstate of its mean field" in run.stderr
     # a free start of the same chain is not warned about
     sets[3] = "start=['+', 'up', 'down', '+', '-', 'up']"
     run = tilegraph(
@@ -404,3 +413,34 @@ def test_terms_inside_a_subtree_are_summed_into_one_key_per_node():
 def tilted_neel_vectors(d, th=0.3):
     c, s = np.cos(th / 2), np.sin(th / 2)
     return [np.array([c, s] if i % 2 == 0 else [s, -c], dtype=complex) for i in range(d)]
+
+
+def test_a_product_starts_variance_splits_into_one_site_and_joint_parts():
+    """``variance_split`` against the dense Hamiltonian: the variance, and its one-site
+    part as the norm of ``(H - E) phi`` projected onto the product states' tangent space
+    (built here from per-site projectors); mean-field eigenstates are flagged."""
+    from tilegraph.tasks.ttn.diagnostics import stationary_start, variance_split
+
+    types, dims, terms, H, vecs = random_system(6)
+    op = from_terms(types, terms)
+    phi = [v / np.linalg.norm(v) for v in vecs]
+    y = kron_all([v[:, None] for v in phi])[:, 0]
+    E = np.vdot(y, H @ y)
+    r = H @ y - E * y
+    var, one, joint = variance_split(op, vecs)
+    assert abs(var - np.vdot(r, r).real) < 1e-10 * max(1, var)
+    P = sum(
+        kron_all([np.eye(n) - np.outer(p, p.conj()) if t == s else np.outer(p, p.conj())
+                  for t, (n, p) in enumerate(zip(dims, phi, strict=True))])
+        for s in range(len(dims))
+    )  # fmt: skip
+    assert abs(one - np.vdot(P @ r, P @ r).real) < 1e-10 * max(1, var)
+    assert one > 1e-3 * var and joint > 1e-3 * var and stationary_start(op, vecs) is None
+    # a Fock state under hopping: every site an eigenstate of its mean field
+    bose = [parse_site("Boson:2")] * 4
+    hop = [[-1.0, f"Bdag {i} B {i + 1}"] for i in range(3)]
+    hop += [[-1.0, f"B {i} Bdag {i + 1}"] for i in range(3)] + [[0.5, "N 0 N 1"]]
+    fock = [np.eye(3)[n] for n in (1, 0, 1, 0)]
+    var, one, joint = variance_split(from_terms(bose, hop), fock)
+    assert var > 1 and one == 0 and joint == var
+    assert "eigenstate of its mean field" in stationary_start(from_terms(bose, hop), fock)

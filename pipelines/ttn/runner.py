@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from tilegraph.tasks.ttn import state as st
+from tilegraph.tasks.ttn.diagnostics import stationary_start
 
 from ..base import RunContext
 from .config import TTNConfig
@@ -81,6 +82,11 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     store = ctx.store
     integ = BUGDriver(cfg, ctx.executor)
     psi_state = integ.initial()
+    warnings = []
+    stuck = stationary_start(integ.op, cfg.start_vectors())
+    if stuck:  # said before the run: it will not converge however long it runs
+        ctx.warn(stuck)
+        warnings.append(stuck)
     exact = None
     if cfg.exact_reference:
         exact = ExactSolution(integ.op, st.to_dense(integ.tree, psi_state), integ.obs_keys)
@@ -119,7 +125,9 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     trapped = trapped_start(hist, cfg)
     if trapped:
         ctx.warn(trapped)
-        metrics["warnings"] = [trapped]
+        warnings.append(trapped)
+    if warnings:
+        metrics["warnings"] = warnings
     metrics["workers"] = int(ctx.executor.n_workers)
     metrics.update(integ.busy())
     convergence = None

@@ -1,0 +1,91 @@
+"""Where a product start's energy variance lies: the test for a start the rank-adaptive
+BUG cannot leave.
+
+For a normalised product state ``phi = (x)_s phi_s`` write every local factor of a term
+as ``A phi_s = a phi_s + delta`` with ``delta`` orthogonal to ``phi_s``. Expanding
+``(H - E) phi`` over which sites carry their ``delta`` sorts it into orthogonal parts: one
+site changed (the tangent space of the product states at ``phi``; what a K-step of the
+BUG sees at a rank-1 start) and two or more sites changed together (entanglement, which
+only the augmentation that the one-site parts provide lets the BUG build). When every
+one-site part vanishes (every ``phi_s`` is an eigenvector of its mean field: a Fock state
+under hopping, the tilted Néel state of the isotropic Heisenberg chain) while the
+variance does not, no basis ever grows and the integrators follow a wrong, product-state
+trajectory at any step size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from .operators import SumOfProducts
+
+#: The largest joint part a term may add (sites changed together), in entries; terms on
+#: more sites than that fit are left out of the outside part (it is then a lower bound).
+MAX_JOINT = 1 << 16
+
+
+def variance_split(op: SumOfProducts, vectors) -> tuple[float, float, float]:
+    """The energy variance of the product state ``vectors`` and its one-site part.
+
+    Parameters
+    ----------
+    op : SumOfProducts
+    vectors : list of array
+        One local state per site, shape ``(op.dims[s],)`` (normalised here).
+
+    Returns
+    -------
+    variance : float
+        ``<H^2> - <H>^2`` (energy squared).
+    one_site : float
+        The squared norm of the one-site (tangent) part of ``(H - E) phi``.
+    joint : float
+        The squared norm of the parts changing two or more sites together.
+    """
+    phi = [np.asarray(v, dtype=np.complex128) for v in vectors]
+    phi = [v / np.linalg.norm(v) for v in phi]
+    tangent = [np.zeros(n, dtype=np.complex128) for n in op.dims]
+    joint: dict[tuple[int, ...], np.ndarray] = {}
+    for key, coef in zip(op.keys, op.coefs, strict=True):
+        sites = [s for s, _ in key]
+        mean, delta = [], []
+        for s, name in key:
+            v = np.asarray(op.ops[name], dtype=np.complex128) @ phi[s]
+            a = np.vdot(phi[s], v)
+            mean.append(a)
+            delta.append(v - a * phi[s])
+        for size in range(1, len(sites) + 1):
+            for pick in itertools.combinations(range(len(sites)), size):
+                rest = coef * math.prod(mean[i] for i in range(len(sites)) if i not in pick)
+                if size == 1:
+                    tangent[sites[pick[0]]] += rest * delta[pick[0]]
+                    continue
+                shape = tuple(op.dims[sites[i]] for i in pick)
+                if math.prod(shape) > MAX_JOINT:
+                    continue
+                part = delta[pick[0]]
+                for i in pick[1:]:
+                    part = np.multiply.outer(part, delta[i])
+                where = tuple(sites[i] for i in pick)
+                joint[where] = joint.get(where, 0) + rest * part
+    one = float(sum(np.vdot(t, t).real for t in tangent))
+    two = float(sum(np.vdot(p, p).real for p in joint.values()))
+    return one + two, one, two
+
+
+def stationary_start(op: SumOfProducts, vectors, rtol: float = 1e-10) -> str | None:
+    """A warning when the product start's variance has no one-site part (see the
+    module's docstring), else ``None``."""
+    var, one, _ = variance_split(op, vectors)
+    if var <= 1e-20 or one > rtol * var:
+        return None
+    return (
+        f"the start state is an eigenstate of its mean field at every site (energy "
+        f"variance {var:.3g}, of which {one:.1g} changes one site): the rank-adaptive "
+        "BUG cannot leave the product states from it and ends at an O(1) error for any h. "
+        "Start from a product state that is not an eigenstate of H's symmetry (docs/ttn.md, "
+        "'Your own system')"
+    )
