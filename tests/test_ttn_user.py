@@ -444,3 +444,38 @@ def test_a_product_starts_variance_splits_into_one_site_and_joint_parts():
     var, one, joint = variance_split(from_terms(bose, hop), fock)
     assert var > 1 and one == 0 and joint == var
     assert "eigenstate of its mean field" in stationary_start(from_terms(bose, hop), fock)
+
+
+def test_a_mean_field_stationary_start_is_trapped_at_rank_one_only():
+    """All-to-all ``XX`` couplings with a ``Z`` field from all-up: every site is an
+    eigenstate of its mean field. At ``r_min = 1`` the sequential BUG stays a product
+    state (O(1) error against expm), at ``r_min = 2`` it leaves through the zero-weight
+    directions (the warning says "may"); a long string term is checked in bounded time."""
+    from tilegraph.tasks.ttn.diagnostics import MAX_ORDER, stationary_start, variance_split
+
+    d = 4
+    types = [parse_site("S=1/2")] * d
+    terms = [[1.0, f"X {i} X {j}"] for i in range(d) for j in range(i + 1, d)]
+    terms += [[0.5, f"Z {i}"] for i in range(d)]
+    op = from_terms(types, terms)
+    up = [np.array([1.0, 0.0], dtype=complex)] * d
+    assert "at r_min=1 the rank-adaptive BUG cannot leave" in stationary_start(op, up, 1)
+    assert "may not" in stationary_start(op, up, 2)
+    tree = make_tree("binary", d)
+    lay = integrator.OperatorLayout(tree, op)
+    H = operators.to_dense(op).toarray()
+    errs = {}
+    for r_min in (1, 2):
+        trunc = integrator.Truncation(1e-10, False, r_min, 16)
+        s = st.product_state(tree, up, rank=r_min)
+        y0 = st.to_dense(tree, s)
+        for _ in range(20):
+            s, _ = integrator.step(lay, s, 0.05, trunc, method="sequential")
+        errs[r_min] = np.linalg.norm(st.to_dense(tree, s) - sla.expm_multiply(-1j * H, y0))
+    assert errs[1] > 0.5 and errs[2] < 1e-2, errs
+    # a Jordan-Wigner-like string on 30 sites: parts up to MAX_ORDER sites, a lower bound
+    n = 30
+    string = [[1.0, "X 0 " + " ".join(f"Z {i}" for i in range(1, n - 1)) + f" X {n - 1}"]]
+    tilt = [np.array([0.8, 0.6], dtype=complex)] * n
+    var, one, joint = variance_split(from_terms([parse_site("S=1/2")] * n, string), tilt)
+    assert MAX_ORDER < n and 0 < one + joint == var <= 1.0 + 1e-12

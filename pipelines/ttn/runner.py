@@ -83,7 +83,7 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     integ = BUGDriver(cfg, ctx.executor)
     psi_state = integ.initial()
     warnings = []
-    stuck = stationary_start(integ.op, cfg.start_vectors())
+    stuck = stationary_start(integ.op, cfg.start_vectors(), cfg.r_min)
     if stuck:  # said before the run: it will not converge however long it runs
         ctx.warn(stuck)
         warnings.append(stuck)

@@ -22,13 +22,17 @@ import numpy as np
 
 from .operators import SumOfProducts
 
-#: The largest joint part a term may add (sites changed together), in entries; terms on
-#: more sites than that fit are left out of the outside part (it is then a lower bound).
+#: Parts changing more sites together than this are left out (the joint part is then a
+#: lower bound): a term on k sites has 2^k parts, and a Jordan-Wigner string of 30 sites
+#: would take hours; up to 4 it is C(k, <= 4) small arrays.
+MAX_ORDER = 4
+#: Parts with more entries than this are left out too.
 MAX_JOINT = 1 << 16
 
 
 def variance_split(op: SumOfProducts, vectors) -> tuple[float, float, float]:
-    """The energy variance of the product state ``vectors`` and its one-site part.
+    """The energy variance of the product state ``vectors``, split into the part that
+    changes one site and the parts that change several together.
 
     Parameters
     ----------
@@ -39,11 +43,14 @@ def variance_split(op: SumOfProducts, vectors) -> tuple[float, float, float]:
     Returns
     -------
     variance : float
-        ``<H^2> - <H>^2`` (energy squared).
+        ``||(H - E) phi||^2`` with ``E = <phi|H|phi>`` (energy squared; ``<H^2> - <H>^2``
+        for a Hermitian ``H``): ``one_site + joint``.
     one_site : float
         The squared norm of the one-site (tangent) part of ``(H - E) phi``.
     joint : float
-        The squared norm of the parts changing two or more sites together.
+        The squared norm of the parts changing two to ``MAX_ORDER`` sites together (of
+        at most ``MAX_JOINT`` entries each): exact for terms on at most ``MAX_ORDER``
+        sites, a lower bound otherwise.
     """
     phi = [np.asarray(v, dtype=np.complex128) for v in vectors]
     phi = [v / np.linalg.norm(v) for v in phi]
@@ -57,7 +64,7 @@ def variance_split(op: SumOfProducts, vectors) -> tuple[float, float, float]:
             a = np.vdot(phi[s], v)
             mean.append(a)
             delta.append(v - a * phi[s])
-        for size in range(1, len(sites) + 1):
+        for size in range(1, min(len(sites), MAX_ORDER) + 1):
             for pick in itertools.combinations(range(len(sites)), size):
                 rest = coef * math.prod(mean[i] for i in range(len(sites)) if i not in pick)
                 if size == 1:
@@ -76,16 +83,37 @@ def variance_split(op: SumOfProducts, vectors) -> tuple[float, float, float]:
     return one + two, one, two
 
 
-def stationary_start(op: SumOfProducts, vectors, rtol: float = 1e-10) -> str | None:
+def stationary_start(
+    op: SumOfProducts, vectors, r_min: int = 1, rtol: float = 1e-10
+) -> str | None:
     """A warning when the product start's variance has no one-site part (see the
-    module's docstring), else ``None``."""
+    module's docstring), else ``None``.
+
+    At rank 1 (``r_min = 1``) the BUG then cannot leave the product states. With
+    ``r_min > 1`` the start carries zero-weight directions through which the Galerkin
+    steps may fill the joint parts (a random all-to-all ``XX`` coupling from all-up does)
+    or not (the tilted Neel start of the isotropic chain does not): the warning says
+    so.
+    """
     var, one, _ = variance_split(op, vectors)
     if var <= 1e-20 or one > rtol * var:
         return None
-    return (
+    head = (
         f"the start state is an eigenstate of its mean field at every site (energy "
-        f"variance {var:.3g}, of which {one:.1g} changes one site): the rank-adaptive "
-        "BUG cannot leave the product states from it and ends at an O(1) error for any h. "
-        "Start from a product state that is not an eigenstate of H's symmetry (docs/ttn.md, "
-        "'Your own system')"
+        f"variance {var:.3g}, of which {one:.1g} changes one site): "
+    )
+    fix = (
+        "start from a product state that is not an eigenstate of H's symmetry "
+        "(docs/ttn.md, 'Your own system')"
+    )
+    if r_min <= 1:
+        return head + (
+            "at r_min=1 the rank-adaptive BUG cannot leave the product states from it and "
+            "ends at an O(1) error for any h; " + fix
+        )
+    return head + (
+        f"the BUG can leave the product states only through the r_min={r_min} start's "
+        "zero-weight directions, and may not (the tilted Neel start of the isotropic "
+        "Heisenberg chain stays at an O(1) error for any h); if a smaller h does not "
+        "change the result, " + fix
     )
