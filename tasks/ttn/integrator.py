@@ -781,11 +781,14 @@ def _two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h):
     xp = array_namespace(c_in)
     expand = layout.expander(node)
     m = len(kid_proj)
+    # new directions per child (every mixed projection of a child has its p rows)
+    new = [next(iter(km.values())).shape[0] if km else 0 for km in kid_mixed]
     total = 0.0
     for i in range(m):
         for j in range(i + 1, m):
+            if not new[i] or not new[j]:
+                continue  # a child without new directions: no such block
             terms = []
-            empty = False
             for key, B in bond_terms.items():
                 for a, parts in expand(key):
                     if not parts[i] or not parts[j]:
@@ -794,16 +797,10 @@ def _two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h):
                         kid_mixed[b][p] if b in (i, j) else (kid_proj[b][p] if p else None)
                         for b, p in enumerate(parts)
                     ]
-                    if fs[i].shape[0] == 0 or fs[j].shape[0] == 0:
-                        empty = True  # a child without new directions: no such block
-                        break
                     if _scalar(B):
                         terms.append((a * complex(B), fs + [None]))
                     else:
                         terms.append((a, fs + [B]))
-                if empty:
-                    terms = []
-                    break
             if terms:
                 acc = TermSum(merge_terms(terms, c_in.shape))(c_in)
                 total += float(xp.sum(xp.abs(acc) ** 2)) * h * h
