@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 from scipy.sparse.linalg import spsolve
+from tilegraph.tasks.domain_split.amg import classical_hierarchy
 from tilegraph.tasks.domain_split.combine import (
     SubmeshSolver,
     correct,
@@ -261,7 +262,7 @@ def test_smoother_blocks_agree_with_whole_grid_for_every_shift():
             np.testing.assert_allclose(part[1:-1, 1:-1], whole[1:-1, 1:-1][b.region], atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["amg", "fd"])
+@pytest.mark.parametrize("method", ["amg", "amg-lean", "fd"])
 def test_submesh_solve_matches_superlu(method):
     problem = Problem("constant", 3, (1.0, 2.0, 3.0), (1.0, 0.5, 0.25))
     lay = GridLayout(3, 40, 4)
@@ -281,6 +282,8 @@ def test_submesh_auto_method():
     assert SubmeshSolver(const, GridLayout(3, 40, 4)).method_for((0,)) == "fd"
     assert SubmeshSolver(var, GridLayout(3, 40, 4)).method_for((0,)) == "direct"  # 4563 unknowns
     assert SubmeshSolver(var, GridLayout(3, 160, 4)).method_for((0,)) == "amg"
+    assert SubmeshSolver(var, GridLayout(3, 160, 4), lean=True).method_for((0,)) == "amg-lean"
+    assert SubmeshSolver(const, GridLayout(3, 160, 4), lean=True).method_for((0,)) == "fd"
     with pytest.raises(ValueError, match="constant coefficients"):
         SubmeshSolver(var, GridLayout(3, 40, 4), method="fd").method_for((0,))
 
@@ -538,3 +541,45 @@ def test_rhs_block_is_f_inside_and_g_on_the_boundary(start):
         edge |= np.reshape((i == 0) | (i == n), [-1 if j == k else 1 for j in range(3)])
     want = np.where(edge, problem.boundary(tuple(X)), problem.rhs(tuple(X)))
     np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+def _plane_matrix(n_fine=96, n_coarse=4):
+    lay = GridLayout(3, n_fine, n_coarse)
+    A, _, _ = assemble(Problem("variable", 3), lay.mesh_axes((0,)), "central", fmt="csr")
+    return A
+
+
+def _bytes(M):
+    return sum(a.nbytes for a in (M.data, M.indices, M.indptr))
+
+
+def test_classical_hierarchy_is_pyamgs_with_restrictions_as_views():
+    import pyamg
+
+    A = _plane_matrix()
+    ours, theirs = classical_hierarchy(A), pyamg.ruge_stuben_solver(A)
+    assert len(ours.levels) == len(theirs.levels)
+    for a, b in zip(ours.levels, theirs.levels, strict=True):
+        assert a.A.shape == b.A.shape and abs(a.A - b.A).max() <= 1e-12 * abs(b.A).max()
+    for lv in ours.levels[:-1]:
+        assert np.shares_memory(lv.R.data, lv.P.data)  # no second copy of P
+        assert abs(lv.R - lv.P.T).max() == 0
+    b = np.random.default_rng(3).standard_normal(A.shape[0])
+    x = ours.solve(b, tol=1e-10, accel="bicgstab", maxiter=100)
+    np.testing.assert_allclose(x, spsolve(A.tocsc(), b), rtol=0, atol=1e-8 * np.abs(x).max())
+
+
+def test_lean_hierarchy_keeps_less_and_still_solves():
+    A = _plane_matrix()
+    kept = {}
+    for kind in ("classical", "lean"):
+        ml = classical_hierarchy(A, kind)
+        kept[kind] = sum(_bytes(lv.A) for lv in ml.levels) + sum(
+            _bytes(lv.P) for lv in ml.levels[:-1]
+        )
+        b = np.random.default_rng(4).standard_normal(A.shape[0])
+        x = ml.solve(b, tol=1e-10, accel="bicgstab", maxiter=200)
+        np.testing.assert_allclose(x, spsolve(A.tocsc(), b), rtol=0, atol=1e-8 * np.abs(x).max())
+    assert kept["lean"] < 0.8 * kept["classical"]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        classical_hierarchy(A, "smoothed")

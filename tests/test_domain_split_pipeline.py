@@ -105,6 +105,15 @@ def test_amg_submeshes_on_workers_give_the_same_bits(tmp_path, executors):
     assert direct["rel_error_exact"] == pytest.approx(ref["rel_error_exact"], rel=1e-5)
 
 
+def test_lean_amg_submeshes_out_of_core_reach_the_discrete_solution(tmp_path, executors):
+    base = ["n_fine=16", "n_coarse=4", "direct_reference=false", *SKEW3D]
+    ex = executors("sync")
+    lean = run_pipeline(tmp_path, ex, "paper3d", [*base, "submesh=amg-lean", "out_of_core=true"])
+    direct = run_pipeline(tmp_path, ex, "paper3d", [*base, "submesh=direct"], "d")[1]
+    assert lean[1]["converged"] and lean[1]["rel_residual"] <= 1e-8
+    assert lean[1]["rel_error_exact"] == pytest.approx(direct["rel_error_exact"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "preset, sets",
     [

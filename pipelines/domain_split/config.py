@@ -98,10 +98,12 @@ class DomainSplitConfig(PipelineConfig):
     smoother: bool = Field(
         default=True, description="overlapping shifted-box solves before the coarse step"
     )
-    submesh: Literal["auto", "fd", "direct", "amg"] = Field(
+    submesh: Literal["auto", "fd", "direct", "amg", "amg-lean"] = Field(
         default="auto",
         description="sub-mesh solver: fast diagonalisation (constant coefficients), SuperLU, "
-        "pyamg, or auto (fd where it applies, else pyamg for large 3-D planes)",
+        "classical AMG, AMG with PMIS on the finest level (40 % less memory, twice the "
+        "solve time), or auto (fd where it applies, else AMG for large 3-D planes: "
+        "amg-lean with out_of_core=true)",
     )
     box_solver: Literal["auto", "lu", "frozen"] = Field(
         default="auto",
@@ -189,8 +191,8 @@ class DomainSplitConfig(PipelineConfig):
             self.check_problem(self.to_problem())
         if self.submesh == "fd" and self.problem.kind in ("variable", "dataset"):
             raise ValueError(
-                "submesh=fd needs constant coefficients: use submesh=auto, direct or amg "
-                f"with problem.kind={self.problem.kind}"
+                "submesh=fd needs constant coefficients: use submesh=auto, direct, amg or "
+                f"amg-lean with problem.kind={self.problem.kind}"
             )
         if self.box_solver == "frozen" and self.solver != "krylov":
             raise ValueError(
@@ -216,7 +218,7 @@ class DomainSplitConfig(PipelineConfig):
                 )
         if self.submesh == "fd" and not problem.constant_coefficients:
             raise ValueError(
-                "submesh=fd needs constant coefficients: use submesh=auto, direct or amg"
+                "submesh=fd needs constant coefficients: use submesh=auto, direct, amg or amg-lean"
             )
 
     def to_problem(self):

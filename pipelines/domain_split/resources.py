@@ -183,13 +183,16 @@ def _submesh_solver(cfg, layout, problem, S) -> tuple[int, int]:
     if cfg.submesh in ("auto", "fd") and _fd_applies(problem, cfg.scheme, sizes, h):
         return _fd_bytes(sizes), _fd_build_bytes(sizes)
     unknowns = math.prod(max(n, 0) for n in sizes)
-    if cfg.submesh == "amg" or (cfg.submesh == "auto" and d == 3 and unknowns > 20_000):
-        # the matrix and pyamg's Ruge-Stueben hierarchy (operator complexity 3.6 on the
-        # 3-D plane meshes, with P and R: 3.2 matrices) and BiCGStab's vectors; its
-        # set-up takes 1.7 matrices more (measured on a 38 x 297 x 297 mesh: 0.81 GiB
-        # kept, 1.24 GiB peak beyond the assembled matrix)
+    auto_amg = cfg.submesh == "auto" and d == 3 and unknowns > 20_000
+    if cfg.submesh in ("amg", "amg-lean") or auto_amg:
+        # the matrix, the AMG hierarchy (tasks/domain_split/amg.py: coarse operators, P,
+        # R a view) and BiCGStab's vectors, plus the set-up's transients, in matrices,
+        # measured with tracemalloc on the 26 x 601 x 601 plane of 600^3 (dataset
+        # coefficients): classical 3.08 kept, 3.52 during set-up; lean 1.94 and 1.66
+        lean = cfg.submesh == "amg-lean" or (auto_amg and cfg.out_of_core)
+        kept, setup = (30, 17) if lean else (41, 36)
         mat = _matrix_bytes(unknowns, d)
-        return _cap(42 * mat // 10 + 4 * F8 * unknowns), _cap(17 * mat // 10)
+        return _cap(kept * mat // 10 + 4 * F8 * unknowns), _cap(setup * mat // 10)
     # SuperLU: a sub-mesh is thin along its coarse axes; the fill of the grid of its
     # fine axes, times the nodes across the coarse ones squared (at most a full grid's)
     fine = [n for k, n in enumerate(sizes) if k not in S]

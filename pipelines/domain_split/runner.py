@@ -85,7 +85,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         cfg.scheme,
         smoother=cfg.smoother,
         shifts=cfg.shifts,
-        submesh=(cfg.submesh, cfg.submesh_tol),
+        submesh=(cfg.submesh, cfg.submesh_tol, cfg.out_of_core),
         device=cfg.device,
         cache=not cfg.out_of_core,
         boxes=cfg.boxes,

@@ -35,7 +35,7 @@ class BlockDriver:
         Shifted box sets the smoother sweeps over, one after the other (see
         :func:`tilegraph.tasks.domain_split.holes.shift_offsets`).
     submesh : tuple
-        ``(method, tol)`` of the sub-mesh solves (see
+        ``(method, tol, lean)`` of the sub-mesh solves (see
         :class:`tilegraph.tasks.domain_split.combine.SubmeshSolver`).
     device : {"cpu", "cuda", "array-api-strict"}
         Where the workers' block kernels run; ``cuda`` gives each worker one GPU.

@@ -50,7 +50,7 @@ class BlockWorker:
         them (never through a halo, never on resume): with ``cache`` they stay in
         memory and skip Zarr.
     submesh : tuple
-        ``(method, tol)`` of the sub-mesh solves this worker is given (see
+        ``(method, tol, lean)`` of the sub-mesh solves this worker is given (see
         :class:`tilegraph.tasks.domain_split.combine.SubmeshSolver`).
     device : {"cpu", "cuda", "array-api-strict"}
         Where the block kernels (stencils, box solves, vector updates) run: NumPy, CuPy
