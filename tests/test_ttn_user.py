@@ -410,6 +410,46 @@ def test_terms_inside_a_subtree_are_summed_into_one_key_per_node():
             assert abs(a[1] - b[1]) <= 1e-10 * max(1.0, b[1])
 
 
+def test_the_rejection_tests_stack_is_estimated_after_merging(monkeypatch):
+    """The memory estimate's largest stack of the step-rejection test (per node: the
+    terms acting on two children, after ``merge_terms``) against the stacks a parallel
+    step with the test builds: never below, and equal at the root, where the all-to-all
+    couplings give L_1 L_2 terms before merging and L_2 after."""
+    from tilegraph.pipelines.ttn.resources import _layout_counts
+
+    d = 12
+    terms = [[1.0, f"X {i}"] for i in range(d)] + [
+        [1.0 / abs(i - j), f"Pup {i} Pup {j}"] for i in range(d) for j in range(i + 1, d)
+    ]
+    cfg = TTNConfig(d=d, model={"kind": "terms", "terms": terms}, reject=True)
+    estimate = {k: c[3] for k, c in _layout_counts(cfg).items()}
+    seen: dict = {}
+    two, merge = integrator._two_new_blocks, integrator.merge_terms
+
+    def counting_two(layout, node, *args):
+        def counting_merge(terms, shape):
+            out = merge(terms, shape)
+            seen[node] = max(seen.get(node, 0), len(out))
+            return out
+
+        monkeypatch.setattr(integrator, "merge_terms", counting_merge)
+        try:
+            return two(layout, node, *args)
+        finally:
+            monkeypatch.setattr(integrator, "merge_terms", merge)
+
+    monkeypatch.setattr(integrator, "_two_new_blocks", counting_two)
+    tree = cfg.make_tree()
+    lay = integrator.OperatorLayout(tree, cfg.make_operator())
+    s = st.product_state(tree, tilted_neel_vectors(d), rank=1)
+    trunc = integrator.Truncation(1e-8, False, 1, 8)
+    for _ in range(2):
+        s, _ = integrator.step(lay, s, 0.05, trunc, method="parallel", eta=True)
+    assert seen and all(n <= estimate[k] for k, n in seen.items())
+    left, right = (len(tree.leaves[c]) for c in tree.children[0])
+    assert seen[0] == estimate[0] == right < left * right
+
+
 def tilted_neel_vectors(d, th=0.3):
     c, s = np.cos(th / 2), np.sin(th / 2)
     return [np.array([c, s] if i % 2 == 0 else [s, -c], dtype=complex) for i in range(d)]

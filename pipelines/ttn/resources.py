@@ -32,6 +32,7 @@ top.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 from ..base import Estimate
@@ -155,12 +156,57 @@ def _layout_counts(cfg) -> dict[int, tuple[int, int, int, int]]:
                 if sum(1 for p in parts if p) > 1
             )
             g = max(inside, joining)
-            out[k] = (len(lay.keys[k]) + len(kids), g, g, joining)
+            out[k] = (len(lay.keys[k]) + len(kids), g, g, _merged_pairs(lay, tree, k))
         _COUNTS.update(key=key, counts=out)
     return _COUNTS["counts"]
 
 
 _COUNTS: dict = {}
+
+
+def _merged_pairs(lay, tree, k: int) -> int:
+    """Largest stack of the step-rejection test at node ``k``: per pair of children
+    ``(i, j)``, the number of terms :func:`~tilegraph.tasks.ttn.contract.merge_terms`
+    leaves of those acting on both, counted on tokens that stand for the factors."""
+    from tilegraph.tasks.ttn.integrator import root_bond_terms
+
+    expand = lay.expander(k)
+    at_root = tree.parent[k] < 0
+    keys = list(root_bond_terms(lay)) if at_root else lay.keys[k]
+    most = 0
+    for i, j in itertools.combinations(range(len(tree.children[k])), 2):
+        bond = [None] if at_root else []  # the root's bond is the scalar 1
+        terms = [
+            (coef, [(b, p) if p else None for b, p in enumerate(parts)] + (bond or [key]))
+            for key in keys
+            for coef, parts in expand(key)
+            if parts[i] and parts[j]
+        ]
+        most = max(most, _merged_count(terms))
+    return most
+
+
+def _merged_count(terms) -> int:
+    """How many terms ``merge_terms`` returns for ``(coef, factors)`` whose factors are
+    hashable tokens (equal tokens: the same array) or None (the identity). As there, a
+    coefficient other than 1 is folded into a new last factor, then leg by leg the terms
+    equal on every other leg become one with a new factor on that leg."""
+    out, fresh = [], itertools.count()
+    for coef, factors in terms:
+        nz = [j for j, f in enumerate(factors) if f is not None]
+        if nz and coef != 1:
+            factors = list(factors)
+            factors[nz[-1]] = ("folded", next(fresh))
+        out.append(tuple(factors))
+    for leg in range(len(out[0]) if out else 0):
+        groups: dict = {}
+        for f in out:
+            groups.setdefault(f[:leg] + f[leg + 1 :], []).append(f)
+        out = [
+            g[0] if len(g) == 1 else g[0][:leg] + (("sum", next(fresh)),) + g[0][leg + 1 :]
+            for g in groups.values()
+        ]
+    return len(out)
 
 
 def _exact_bytes(cfg, tree, rank) -> int:
