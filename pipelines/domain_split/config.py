@@ -101,8 +101,8 @@ class DomainSplitConfig(PipelineConfig):
     submesh: Literal["auto", "fd", "direct", "amg", "amg-lean"] = Field(
         default="auto",
         description="sub-mesh solver: fast diagonalisation (constant coefficients), SuperLU, "
-        "classical AMG, AMG with PMIS on the finest level (40 % less memory, twice the "
-        "solve time), or auto (fd where it applies, else AMG for large 3-D planes: "
+        "classical AMG, AMG with PMIS on the finest level (about 40 % less memory, 2-3x "
+        "the solve time), or auto (fd where it applies, else AMG for large 3-D planes: "
         "amg-lean with out_of_core=true)",
     )
     box_solver: Literal["auto", "lu", "frozen"] = Field(

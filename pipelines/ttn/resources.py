@@ -175,10 +175,11 @@ def _merged_pairs(lay, tree, k: int) -> int:
     keys = list(root_bond_terms(lay)) if at_root else lay.keys[k]
     most = 0
     for i, j in itertools.combinations(range(len(tree.children[k])), 2):
-        bond = [None] if at_root else []  # the root's bond is the scalar 1
         terms = [
-            (coef, [(b, p) if p else None for b, p in enumerate(parts)] + (bond or [key]))
+            # the last leg is the bond tensor of the key; the root's is the scalar 1
+            (coef, [(b, p) if p else None for b, p in enumerate(parts)] + [bond])
             for key in keys
+            for bond in [None if at_root else key]
             for coef, parts in expand(key)
             if parts[i] and parts[j]
         ]

@@ -18,7 +18,9 @@ pyamg ``ruge_stuben_solver``  3.58   3.30             3           0.24 s
 
 The Ruge-Stueben splitting of the finest level is what makes the classical hierarchy
 large; PMIS there (and RS below, where the operator is small) keeps 47 % less and needs
-46 % less during set-up, for twice the solve time.
+46 % less during set-up, for twice the solve time. On the 26 x 601 x 601 plane of 600^3:
+3.68 / 3.30 (pyamg), 3.08 / 3.52 (classical), 1.94 / 1.66 (lean), and 3, 3 and 7
+iterations, 8.95, 8.14 and 24.05 s: three times the solve time there.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from pyamg.relaxation.smoothing import change_smoothers
 from pyamg.strength import classical_strength_of_connection
 from scipy.sparse import csr_array
 
-#: the finest level's splitting and the one of every coarser level, per kind
-SPLITTINGS = {"classical": ("RS",), "lean": ("PMIS", "RS")}
+#: the finest level's C/F splitting per kind; every coarser level takes Ruge-Stueben's
+FINEST = {"classical": "RS", "lean": "PMIS"}
 
 
 def classical_hierarchy(
@@ -61,15 +63,14 @@ def classical_hierarchy(
     pyamg.multilevel.MultilevelSolver
         Symmetric Gauss-Seidel pre- and post-smoothing, as ``ruge_stuben_solver``.
     """
-    if kind not in SPLITTINGS:
-        raise ValueError(f"kind must be one of {tuple(SPLITTINGS)}, got {kind!r}")
-    first, rest = SPLITTINGS[kind][0], SPLITTINGS[kind][-1]
+    if kind not in FINEST:
+        raise ValueError(f"kind must be one of {tuple(FINEST)}, got {kind!r}")
     levels = [MultilevelSolver.Level()]
     levels[0].A = csr_array(A)
     while len(levels) < max_levels and levels[-1].A.shape[0] > max_coarse:
         Al = levels[-1].A
         C = classical_strength_of_connection(Al, theta=theta)
-        name = first if len(levels) == 1 else rest
+        name = FINEST[kind] if len(levels) == 1 else "RS"
         splitting = split.RS(C, second_pass=False) if name == "RS" else split.PMIS(C)
         n_fine = int(np.sum(splitting))
         if n_fine in (0, splitting.size):  # all C or all F points: this is the bottom
