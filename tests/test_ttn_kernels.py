@@ -123,6 +123,54 @@ def test_lanczos_exponential_matches_expm(xp_name):
 
 
 @pytest.mark.parametrize("xp_name", ["numpy", "array_api_strict"])
+def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
+    """``merge_terms`` against the dense sum of Kronecker products of the terms it was
+    given: shared factors, a repeated term, identities on the summed leg, coefficients and
+    a scalar. ``a(x)c + b(x)c + a(x)d + b(x)d`` merges to one term, ``(a+b)(x)(c+d)``;
+    ``merge_plan`` on tokens gives the same count."""
+    from tilegraph.tasks.ttn.contract import merge_plan, merge_terms
+
+    rng = np.random.default_rng(3)
+    shape = (3, 4, 2)
+
+    def rand(n):
+        return rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+
+    a, b, c, d, e, g = rand(3), rand(3), rand(4), rand(4), rand(2), rand(2)
+    square = [(1.0, [a, c, None]), (1.0, [b, c, None]), (1.0, [a, d, None]), (1.0, [b, d, None])]
+    mixed = [
+        *square,
+        (0.5 - 1j, [a, None, e]),
+        (0.5 - 1j, [a, None, e]),  # the same term twice
+        (2.0, [None, c, g]),
+        (1.0, [None, c, None]),  # the identity on the first leg, summed with a and b there
+        (0.25, [None, None, None]),
+    ]
+    eye = [np.eye(n) for n in shape]
+
+    def dense(terms):
+        out = 0
+        for coef, fs in terms:
+            f = [np.asarray(x) if x is not None else eye[j] for j, x in enumerate(fs)]
+            out = out + coef * np.kron(np.kron(f[0], f[1]), f[2])
+        return out
+
+    if xp_name == "numpy":
+        conv = np.asarray
+    else:
+        conv = pytest.importorskip("array_api_strict").asarray
+    for terms, n_merged in ((square, 1), (mixed, 5)):
+        arrays = {id(x): conv(x) for _, fs in terms for x in fs if x is not None}
+        given = [(k, [arrays[id(x)] if x is not None else None for x in fs]) for k, fs in terms]
+        merged = merge_terms(given, shape)
+        assert len(merged) == n_merged
+        np.testing.assert_allclose(dense(merged), dense(terms), atol=1e-12)
+        tokens = [(k, [id(x) if x is not None else None for x in fs]) for k, fs in terms]
+        _, plan = merge_plan(tokens, len(shape))
+        assert len(plan) == n_merged - (1 if terms is mixed else 0)
+
+
+@pytest.mark.parametrize("xp_name", ["numpy", "array_api_strict"])
 def test_batched_term_sum_and_projections_match_kronecker_products(xp_name):
     """TermSum (stacked per pattern of legs) and project_node against the operator built
     with np.kron, on a 3-leg tensor with mixed patterns, identities and a scalar term."""

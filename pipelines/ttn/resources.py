@@ -167,7 +167,9 @@ _COUNTS: dict = {}
 def _merged_pairs(lay, tree, k: int) -> int:
     """Largest stack of the step-rejection test at node ``k``: per pair of children
     ``(i, j)``, the number of terms :func:`~tilegraph.tasks.ttn.contract.merge_terms`
-    leaves of those acting on both, counted on tokens that stand for the factors."""
+    leaves of those acting on both: its :func:`~tilegraph.tasks.ttn.contract.merge_plan`
+    on tokens that stand for the factors."""
+    from tilegraph.tasks.ttn.contract import merge_plan
     from tilegraph.tasks.ttn.integrator import root_bond_terms
 
     expand = lay.expander(k)
@@ -183,31 +185,8 @@ def _merged_pairs(lay, tree, k: int) -> int:
             for coef, parts in expand(key)
             if parts[i] and parts[j]
         ]
-        most = max(most, _merged_count(terms))
+        most = max(most, len(merge_plan(terms, len(tree.children[k]) + 1)[1]))
     return most
-
-
-def _merged_count(terms) -> int:
-    """How many terms ``merge_terms`` returns for ``(coef, factors)`` whose factors are
-    hashable tokens (equal tokens: the same array) or None (the identity). As there, a
-    coefficient other than 1 is folded into a new last factor, then leg by leg the terms
-    equal on every other leg become one with a new factor on that leg."""
-    out, fresh = [], itertools.count()
-    for coef, factors in terms:
-        nz = [j for j, f in enumerate(factors) if f is not None]
-        if nz and coef != 1:
-            factors = list(factors)
-            factors[nz[-1]] = ("folded", next(fresh))
-        out.append(tuple(factors))
-    for leg in range(len(out[0]) if out else 0):
-        groups: dict = {}
-        for f in out:
-            groups.setdefault(f[:leg] + f[leg + 1 :], []).append(f)
-        out = [
-            g[0] if len(g) == 1 else g[0][:leg] + (("sum", next(fresh)),) + g[0][leg + 1 :]
-            for g in groups.values()
-        ]
-    return len(out)
 
 
 def _exact_bytes(cfg, tree, rank) -> int:

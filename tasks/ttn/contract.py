@@ -15,6 +15,7 @@ __all__ = [
     "apply_each",
     "apply_terms",
     "augment",
+    "merge_plan",
     "merge_terms",
     "mode",
     "project_node",
@@ -143,45 +144,97 @@ def apply_terms(C, terms):
     return TermSum(terms)(C)
 
 
-def merge_terms(terms, shape):
-    """The same operator with fewer terms (exact algebra, deterministic order).
+def merge_plan(terms, n_legs: int):
+    """How :func:`merge_terms` combines terms, worked out on the identities of their
+    factors alone (the memory estimate counts the terms a step will stack with it).
 
     Coefficients are folded into the last non-identity factor; then, leg by leg, terms
-    that share every other factor (the same object) are summed on that leg.
+    equal on every other leg become one whose factor on that leg is the sum of theirs.
+    Factors are compared structurally, so sums of the same factors merge again on a later
+    leg: ``a⊗c + b⊗c + a⊗d + b⊗d`` becomes ``(a + b)⊗(c + d)``.
+
+    Parameters
+    ----------
+    terms : list of (complex, sequence of (hashable or None))
+        Per leg a token standing for a factor (equal tokens: the same matrix) or None
+        (the identity).
+    n_legs : int
+
+    Returns
+    -------
+    ident : complex
+        The summed coefficient of the terms without a factor.
+    plan : list of tuple
+        One per merged term, one entry per leg: None (the identity), ``("f", token)``,
+        ``("f", token, coef)`` (the factor times ``coef``) or ``("sum", entries)``
+        (the sum of those entries, None in them standing for the identity).
     """
     ident = 0.0
     out = []
     for coef, factors in terms:
-        factors = list(factors)
-        nz = [j for j, f in enumerate(factors) if f is not None]
+        toks = [None if f is None else ("f", f) for f in factors]
+        nz = [j for j, t in enumerate(toks) if t is not None]
         if not nz:
             ident += coef
             continue
         if coef != 1:
-            factors[nz[-1]] = factors[nz[-1]] * coef
-        out.append(factors)
-    for leg in range(len(shape)):
+            toks[nz[-1]] = ("f", factors[nz[-1]], coef)
+        out.append(tuple(toks))
+    for leg in range(n_legs):
         groups: dict = {}
-        for factors in out:
-            sig = tuple(
-                (id(f) if f is not None else None) for j, f in enumerate(factors) if j != leg
-            )
-            groups.setdefault(sig, []).append(factors)
-        merged = []
-        for members in groups.values():
-            if len(members) == 1:
-                merged.append(members[0])
-                continue
-            xp = array_namespace(*[m[leg] for m in members if m[leg] is not None])
-            acc = None
-            for m in members:
-                f = m[leg] if m[leg] is not None else xp.eye(shape[leg], dtype=xp.complex128)
-                acc = f if acc is None else acc + f
-            new = list(members[0])
-            new[leg] = acc
-            merged.append(new)
-        out = merged
-    result = [(1.0, f) for f in out]
+        for toks in out:
+            groups.setdefault(toks[:leg] + toks[leg + 1 :], []).append(toks)
+        out = [g[0] if len(g) == 1 else _summed(g, leg) for g in groups.values()]
+    return ident, out
+
+
+def _summed(group, leg: int):
+    """One plan entry for terms equal but on ``leg``: theirs, summed on ``leg``."""
+    first = group[0]
+    return (*first[:leg], ("sum", tuple(t[leg] for t in group)), *first[leg + 1 :])
+
+
+def merge_terms(terms, shape):
+    """The same operator with fewer terms (exact algebra, deterministic order), as
+    :func:`merge_plan` combines them; factors are the same when they are the same
+    object.
+
+    Parameters
+    ----------
+    terms : list of (complex, list of (array or None))
+        One factor per axis (``None``: identity), shapes ``(shape[j], shape[j])``.
+    shape : tuple of int
+    """
+    arrays = {id(f): f for _, factors in terms for f in factors if f is not None}
+    ident, plan = merge_plan(
+        [(c, [None if f is None else id(f) for f in factors]) for c, factors in terms],
+        len(shape),
+    )
+    built: dict = {}
+
+    def build(tok, leg):
+        if tok in built:
+            return built[tok]
+        if tok[0] == "f":
+            val = arrays[tok[1]] if len(tok) == 2 else arrays[tok[1]] * tok[2]
+        else:
+            parts = [build(t, leg) for t in tok[1] if t is not None]
+            n_eye = len(tok[1]) - len(parts)
+            ref = parts[0] if parts else next(iter(arrays.values()))
+            xp = array_namespace(ref)
+            eye = xp.eye(shape[leg], dtype=ref.dtype) * n_eye if n_eye else None
+            val = eye if not parts else parts[0]
+            for f in parts[1:] if parts else []:
+                val = val + f
+            if parts and eye is not None:
+                val = val + eye
+        built[tok] = val
+        return val
+
+    result = [
+        (1.0, [None if t is None else build(t, leg) for leg, t in enumerate(toks)])
+        for toks in plan
+    ]
     if ident != 0:
         result.append((ident, [None] * len(shape)))
     return result
