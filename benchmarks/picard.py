@@ -49,7 +49,13 @@ plain <= diffusers' count; accelerated <= 0.5x of it at the same error.
     python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 8192]
                                 [--wall-steps 200] [--settings throughput latency]
                                 [--device cpu] [--skip-counts] [--skip-learned]
-                                [--skip-wall]
+                                [--skip-wall] [--diffusers] [--trained-unet]
+
+Part 5 (``--trained-unet``; the torch extra): the ``digits-unet`` preset's UNet, trained
+here as the preset trains it (1-2 minutes), DDPM-100 and DDIM-100 without clipping, 16
+samples, p in (8, 32), tol in (0.1, 0.01): iterations and max |parallel - sequential| of
+diffusers' ParaDiGMS loop and of tilegraph's plain and accelerated Picard, guard off and
+on.
 
 Results go to ``benchmarks/results/picard.json``.
 """
@@ -387,6 +393,58 @@ def diffusers_part(args) -> list[dict]:
     return rows
 
 
+def trained_unet_part(args) -> list[dict]:
+    """Part 5 rows: diffusers' ParaDiGMS loop against tilegraph's plain and accelerated
+    Picard, guard off and on, on the ``digits-unet`` preset's UNet (trained here as the
+    preset trains it), DDPM-100 and DDIM-100 without clipping, 16 samples: iterations and
+    max |parallel - sequential| per sampler, window and tolerance."""
+    import diffusers
+    import torch
+    from tilegraph.pipelines.picard.config import DigitsUNetConfig
+    from tilegraph.tasks.picard.paradigms_peer import paradigms_loop
+    from tilegraph.tasks.picard.torch_models import TorchDenoiser
+    from tilegraph.tasks.picard.unet_training import build_unet, train_unet
+
+    u = DigitsUNetConfig()
+    train_abar = diffusers.DDPMScheduler().alphas_cumprod.numpy().astype(np.float64)
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=None):
+        config, weights, losses = train_unet(
+            digits_data(), train_abar, tuple(u.channels), u.iterations, u.batch, u.lr, u.seed
+        )
+    print(f"trained in {time.perf_counter() - t0:.0f} s, final loss {losses[-1]:.3f}")
+    net = build_unet(config, weights)
+    T, n, shape = 100, 16, (1, 8, 8)
+    rows = []
+    for kind in ("ddpm", "ddim"):
+        cls = getattr(diffusers, f"{kind.upper()}ParallelScheduler")
+        sched = cls(clip_sample=False)
+        sched.set_timesteps(T)
+        abar = sched.alphas_cumprod.numpy().astype(np.float64)
+        st = make_steps(kind, abar, T)
+        model = TorchDenoiser(net, abar, shape)
+        x_T, z = draw_noise(np.random.SeedSequence(3), n, shape, T)
+        x_T, z = x_T.astype(np.float32), z.astype(np.float32)
+        with torch.inference_mode():
+            xs = sequential(model.eps, st, x_T, z)
+        for p in (8, 32):
+            for tol in (0.1, 0.01):
+                x, its = paradigms_loop(net, sched, x_T, z, p, tol)
+                row = {"sampler": f"{kind.upper()}-{T}", "window": p, "tol": tol,
+                       "diffusers": [its, float(np.abs(x - xs).max())]}  # fmt: skip
+                for acc, guard in ((False, False), (True, False), (False, True), (True, True)):
+                    kw = {"guard": guard, **(ACCEL if acc else {})}
+                    r = picard(model.eps, st, x_T, z, p, tol, **kw)
+                    name = ("accelerated" if acc else "plain") + (" + guard" if guard else "")
+                    row[name] = [r.iterations, float(np.abs(r.x - xs).max())]
+                rows.append(row)
+                cells = " ".join(
+                    f"{v[0]:4d} ({v[1]:.2g})" for k, v in row.items() if isinstance(v, list)
+                )
+                print(f"{row['sampler']:9} {p:3d} {tol:5.2f}  {cells}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer windows and tolerances")
@@ -424,6 +482,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-learned", action="store_true", help="no part 2 (keeps the stored one)")
     ap.add_argument("--learned-samples", type=int, default=8, help="samples (part 2)")
     ap.add_argument("--diffusers", action="store_true", help="part 4 (the torch extra)")
+    ap.add_argument(
+        "--trained-unet", action="store_true", help="part 5 (the torch extra; trains 1-2 min)"
+    )
     ap.add_argument("--unet-size", type=int, default=16, help="UNet image side (part 4)")
     ap.add_argument("--unet-steps", type=int, default=100, help="DDPM steps (part 4)")
     ap.add_argument("--unet-samples", type=int, default=4, help="samples (part 4)")
@@ -472,6 +533,13 @@ def main(argv=None) -> int:
         out["diffusers"] = diffusers_part(args)
     else:
         out["diffusers"] = stored.get("diffusers")
+    if args.trained_unet:
+        print("\nPart 5: the digits-unet preset's UNet, iterations (max |parallel - seq.|)")
+        print("sampler     p   tol  diffusers      plain          accelerated    "
+              "plain + guard  accelerated + guard")  # fmt: skip
+        out["trained_unet"] = trained_unet_part(args)
+    else:
+        out["trained_unet"] = stored.get("trained_unet")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS.relative_to(REPO)}")

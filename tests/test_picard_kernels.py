@@ -560,6 +560,31 @@ def test_the_guard_keeps_every_sample_in_its_component(gmm, kind, seed, batch, l
         assert tight <= 3 * loose, errs
 
 
+@pytest.mark.parametrize("seed, batch", [(0, 1), (4, 0)])
+def test_the_guard_counts_growth_past_a_small_window(gmm, monkeypatch, seed, batch):
+    """With a window of 8 (DDIM-200), growth counted over the window alone lets a sample
+    end in another component at tol = 0.1; counted over ``guard.HORIZON`` steps, the
+    guard keeps every sample in its component over the ladder, its error shrinking with
+    tol (up to a factor 3)."""
+    from tilegraph.tasks.picard import guard
+
+    st = make_steps("ddim", ABAR, 200)
+    x_T, z = draw_noise(np.random.SeedSequence(seed, spawn_key=(batch,)), 16, (64,), 200)
+    xs = sequential(gmm.eps, st, x_T, z)
+    want = _components(gmm, xs)
+    with monkeypatch.context() as m:
+        m.setattr(guard, "HORIZON", 0)
+        short = picard(gmm.eps, st, x_T, z, 8, 0.1, guard=True).x
+    assert np.any(_components(gmm, short) != want)
+    errs = []
+    for tol in (0.1, 0.05, 0.02, 0.01):
+        x = picard(gmm.eps, st, x_T, z, 8, tol, guard=True).x
+        np.testing.assert_array_equal(_components(gmm, x), want)
+        errs.append(np.abs(x - xs).max())
+    for loose, tight in zip(errs, errs[1:], strict=False):
+        assert tight <= 3 * loose, errs
+
+
 def test_anderson_mixing_changes_the_iterates_but_not_the_answer(gmm):
     st = ddpm_steps(ABAR, 1000)
     x_T, z = draw_noise(np.random.SeedSequence(7), 4, (64,), 1000)

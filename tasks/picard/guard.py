@@ -6,8 +6,8 @@ where the sampler's own dynamics expand (a trajectory choosing between modes of 
 data), the small error left in it grows step after step, and a tolerance that is met at
 every slot can still return another sample (docs/picard.md, "Error control"). The guard
 scales each slot's change by how much the steps ahead in the window may amplify it,
-``G_j = max_m prod_{i=j+1..m} lambda_i`` (at most :data:`CAP`), before comparing it
-with ``tol``.
+``G_j = max_m prod_{i=j+1..m} lambda_i`` (at most :data:`CAP`; ``m`` up to the window's
+end or :data:`HORIZON` steps after its start), before comparing it with ``tol``.
 
 ``lambda_i`` is the largest expansion of step ``i``'s Jacobian ``a_i I + b_i d eps/dx``
 that the iteration has seen, for free: every re-evaluation of a step gives the Jacobian
@@ -31,6 +31,12 @@ BLOCK = 16
 #: expanding steps made p = 96 nearly sequential (91 of 100 iterations); 30 keeps every
 #: flip the mixture ladder removes (10 loses one) and costs 4 iterations there.
 CAP = 30.0
+
+#: Steps after a window's start that a slot's growth is counted over, the window's own
+#: steps or this many, whichever is more. A slot accepted is never revised, so its error
+#: grows through the steps after the window too; counted over the window alone, windows
+#: of 8 returned samples of another component at tol = 0.1 (docs/picard.md).
+HORIZON = 96
 
 #: Directions whose Gram eigenvalue is below this fraction of the largest are dropped.
 RCOND = 1e-4
@@ -93,29 +99,34 @@ def step_expansion(dx, de, a: np.ndarray, b: np.ndarray, block: int = BLOCK) -> 
     return np.repeat(log, block, axis=1)[:, :Q].T
 
 
-def lookahead(loglam: np.ndarray, lo: int, L: int) -> np.ndarray:
+def lookahead(loglam: np.ndarray, lo: int, L: int, horizon: int | None = None) -> np.ndarray:
     """``G_j`` for the output slots ``lo+1 .. lo+L`` of a window: the largest growth
-    ``prod lambda`` over the steps after slot ``j`` up to the window's end (>= 1).
+    ``prod lambda`` over the steps after slot ``j`` up to ``lo + max(L, horizon)`` (>= 1).
 
     Parameters
     ----------
     loglam : numpy.ndarray, shape (T, n)
         ``log lambda`` per step, NaN where unknown: a step not yet evaluated twice (the
-        accelerated variant often accepts a step at its first evaluation) takes the
-        newest estimate before it, since expanding stretches last many steps.
+        accelerated variant often accepts a step at its first evaluation, and the steps
+        after the window have not been evaluated) takes the newest estimate before it,
+        since expanding stretches last many steps.
     lo, L : int
         The window's first step and length.
+    horizon : int, optional
+        Default :data:`HORIZON`.
 
     Returns
     -------
     numpy.ndarray, shape (L, n)
     """
-    n = loglam.shape[1]
-    filled = _ffill(loglam[: lo + L])[lo + 1 :]
-    # output slot lo+1+j feeds steps lo+1+j .. lo+L-1
+    T, n = loglam.shape
+    horizon = HORIZON if horizon is None else horizon
+    end = min(T, lo + max(L, horizon))
+    filled = _ffill(loglam[:end])[lo + 1 :]
+    # output slot lo+1+j feeds steps lo+1+j .. end-1
     C = np.concatenate([np.zeros((1, n)), np.cumsum(filled, axis=0)])
     ahead = np.maximum.accumulate(C[::-1], axis=0)[::-1]
-    return np.exp(np.clip(ahead - C, 0.0, np.log(CAP)))
+    return np.exp(np.clip(ahead - C, 0.0, np.log(CAP)))[:L]
 
 
 def _ffill(a: np.ndarray) -> np.ndarray:
