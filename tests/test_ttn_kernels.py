@@ -125,7 +125,7 @@ def test_lanczos_exponential_matches_expm(xp_name):
 @pytest.mark.parametrize("xp_name", ["numpy", "array_api_strict"])
 def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
     """``merge_terms`` against the dense sum of Kronecker products of the terms it was
-    given: shared factors, a repeated term, identities on the summed leg, coefficients and
+    given: shared factors, repeated terms, identities on the summed leg, coefficients and
     a scalar. ``a(x)c + b(x)c + a(x)d + b(x)d`` merges to one term, ``(a+b)(x)(c+d)``;
     ``merge_plan`` on tokens gives the same count."""
     from tilegraph.tasks.ttn.contract import merge_plan, merge_terms
@@ -143,6 +143,8 @@ def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
         (0.5 - 1j, [a, None, e]),
         (0.5 - 1j, [a, None, e]),  # the same term twice
         (2.0, [None, c, g]),
+        (1.0, [None, d, e]),
+        (1.0, [None, d, e]),  # twice, with the identity on the summed leg: 2 I there
         (1.0, [None, c, None]),  # the identity on the first leg, summed with a and b there
         (0.25, [None, None, None]),
     ]
@@ -159,7 +161,7 @@ def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
         conv = np.asarray
     else:
         conv = pytest.importorskip("array_api_strict").asarray
-    for terms, n_merged in ((square, 1), (mixed, 5)):
+    for terms, n_merged in ((square, 1), (mixed, 6)):
         arrays = {id(x): conv(x) for _, fs in terms for x in fs if x is not None}
         given = [(k, [arrays[id(x)] if x is not None else None for x in fs]) for k, fs in terms]
         merged = merge_terms(given, shape)

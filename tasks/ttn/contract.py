@@ -213,22 +213,20 @@ def merge_terms(terms, shape):
     built: dict = {}
 
     def build(tok, leg):
-        if tok in built:
-            return built[tok]
+        if (leg, tok) in built:
+            return built[leg, tok]
         if tok[0] == "f":
             val = arrays[tok[1]] if len(tok) == 2 else arrays[tok[1]] * tok[2]
         else:
             parts = [build(t, leg) for t in tok[1] if t is not None]
             n_eye = len(tok[1]) - len(parts)
-            ref = parts[0] if parts else next(iter(arrays.values()))
-            xp = array_namespace(ref)
-            eye = xp.eye(shape[leg], dtype=ref.dtype) * n_eye if n_eye else None
-            val = eye if not parts else parts[0]
-            for f in parts[1:] if parts else []:
+            if n_eye:  # identities in the sum: one scaled eye
+                ref = parts[0] if parts else next(iter(arrays.values()))
+                parts.append(array_namespace(ref).eye(shape[leg], dtype=ref.dtype) * n_eye)
+            val = parts[0]
+            for f in parts[1:]:
                 val = val + f
-            if parts and eye is not None:
-                val = val + eye
-        built[tok] = val
+        built[leg, tok] = val
         return val
 
     result = [
