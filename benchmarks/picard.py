@@ -393,7 +393,7 @@ def diffusers_part(args) -> list[dict]:
     return rows
 
 
-def trained_unet_part(args) -> list[dict]:
+def trained_unet_part() -> list[dict]:
     """Part 5 rows: diffusers' ParaDiGMS loop against tilegraph's plain and accelerated
     Picard, guard off and on, on the ``digits-unet`` preset's UNet (trained here as the
     preset trains it), DDPM-100 and DDIM-100 without clipping, 16 samples: iterations and
@@ -406,7 +406,7 @@ def trained_unet_part(args) -> list[dict]:
     from tilegraph.tasks.picard.unet_training import build_unet, train_unet
 
     u = DigitsUNetConfig()
-    train_abar = diffusers.DDPMScheduler().alphas_cumprod.numpy().astype(np.float64)
+    train_abar = make_schedule("linear", 1000)  # the preset's (float64, as it trains)
     t0 = time.perf_counter()
     with threadpool_limits(limits=None):
         config, weights, losses = train_unet(
@@ -537,7 +537,7 @@ def main(argv=None) -> int:
         print("\nPart 5: the digits-unet preset's UNet, iterations (max |parallel - seq.|)")
         print("sampler     p   tol  diffusers      plain          accelerated    "
               "plain + guard  accelerated + guard")  # fmt: skip
-        out["trained_unet"] = trained_unet_part(args)
+        out["trained_unet"] = trained_unet_part()
     else:
         out["trained_unet"] = stored.get("trained_unet")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,8 @@ def test_lanczos_exponential_matches_expm(xp_name):
 def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
     """``merge_terms`` against the dense sum of Kronecker products of the terms it was
     given: shared factors, repeated terms, identities on the summed leg, coefficients and
-    a scalar. ``a(x)c + b(x)c + a(x)d + b(x)d`` merges to one term, ``(a+b)(x)(c+d)``;
+    a scalar. ``a(x)c + b(x)c + a(x)d + b(x)d`` merges to one term, ``(a+b)(x)(c+d)``, in
+    either order of the last two;
     ``merge_plan`` on tokens gives the same count."""
     from tilegraph.tasks.ttn.contract import merge_plan, merge_terms
 
@@ -138,6 +139,7 @@ def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
 
     a, b, c, d, e, g = rand(3), rand(3), rand(4), rand(4), rand(2), rand(2)
     square = [(1.0, [a, c, None]), (1.0, [b, c, None]), (1.0, [a, d, None]), (1.0, [b, d, None])]
+    swapped = [square[0], square[1], square[3], square[2]]  # sums met in another order
     mixed = [
         *square,
         (0.5 - 1j, [a, None, e]),
@@ -161,7 +163,7 @@ def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
         conv = np.asarray
     else:
         conv = pytest.importorskip("array_api_strict").asarray
-    for terms, n_merged in ((square, 1), (mixed, 6)):
+    for terms, n_merged in ((square, 1), (swapped, 1), (mixed, 6)):
         arrays = {id(x): conv(x) for _, fs in terms for x in fs if x is not None}
         given = [(k, [arrays[id(x)] if x is not None else None for x in fs]) for k, fs in terms]
         merged = merge_terms(given, shape)

@@ -7,7 +7,8 @@ data), the small error left in it grows step after step, and a tolerance that is
 every slot can still return another sample (docs/picard.md, "Error control"). The guard
 scales each slot's change by how much the steps ahead in the window may amplify it,
 ``G_j = max_m prod_{i=j+1..m} lambda_i`` (at most :data:`CAP`; ``m`` up to the window's
-end or :data:`HORIZON` steps after its start), before comparing it with ``tol``.
+end or :data:`HORIZON` steps after its start, whichever is later, and at most the last
+step), before comparing it with ``tol``.
 
 ``lambda_i`` is the largest expansion of step ``i``'s Jacobian ``a_i I + b_i d eps/dx``
 that the iteration has seen, for free: every re-evaluation of a step gives the Jacobian
@@ -101,7 +102,8 @@ def step_expansion(dx, de, a: np.ndarray, b: np.ndarray, block: int = BLOCK) -> 
 
 def lookahead(loglam: np.ndarray, lo: int, L: int, horizon: int | None = None) -> np.ndarray:
     """``G_j`` for the output slots ``lo+1 .. lo+L`` of a window: the largest growth
-    ``prod lambda`` over the steps after slot ``j`` up to ``lo + max(L, horizon)`` (>= 1).
+    ``prod lambda`` over the steps after slot ``j`` up to ``min(T, lo + max(L, horizon))``
+    (>= 1).
 
     Parameters
     ----------

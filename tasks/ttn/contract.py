@@ -150,8 +150,9 @@ def merge_plan(terms, n_legs: int):
 
     Coefficients are folded into the last non-identity factor; then, leg by leg, terms
     equal on every other leg become one whose factor on that leg is the sum of theirs.
-    Factors are compared structurally, so sums of the same factors merge again on a later
-    leg: ``a⊗c + b⊗c + a⊗d + b⊗d`` becomes ``(a + b)⊗(c + d)``.
+    Factors are compared structurally, a sum's entries as a multiset (in the order of
+    their first appearance), so sums of the same factors merge again on a later leg:
+    ``a⊗c + b⊗c + b⊗d + a⊗d`` becomes ``(a + b)⊗(c + d)``.
 
     Parameters
     ----------
@@ -159,10 +160,11 @@ def merge_plan(terms, n_legs: int):
         Per leg a token standing for a factor (equal tokens: the same matrix) or None
         (the identity).
     n_legs : int
+        Legs per term (the length of every factor sequence).
 
     Returns
     -------
-    ident : complex
+    ident : complex or float
         The summed coefficient of the terms without a factor.
     plan : list of tuple
         One per merged term, one entry per leg: None (the identity), ``("f", token)``,
@@ -171,6 +173,7 @@ def merge_plan(terms, n_legs: int):
     """
     ident = 0.0
     out = []
+    rank: dict = {None: -1}  # entries by first appearance: a sum's canonical order
     for coef, factors in terms:
         toks = [None if f is None else ("f", f) for f in factors]
         nz = [j for j, t in enumerate(toks) if t is not None]
@@ -179,19 +182,23 @@ def merge_plan(terms, n_legs: int):
             continue
         if coef != 1:
             toks[nz[-1]] = ("f", factors[nz[-1]], coef)
+        for t in toks:
+            rank.setdefault(t, len(rank))
         out.append(tuple(toks))
     for leg in range(n_legs):
         groups: dict = {}
         for toks in out:
             groups.setdefault(toks[:leg] + toks[leg + 1 :], []).append(toks)
-        out = [g[0] if len(g) == 1 else _summed(g, leg) for g in groups.values()]
+        out = [g[0] if len(g) == 1 else _summed(g, leg, rank) for g in groups.values()]
     return ident, out
 
 
-def _summed(group, leg: int):
-    """One plan entry for terms equal but on ``leg``: theirs, summed on ``leg``."""
+def _summed(group, leg: int, rank: dict):
+    """One plan entry for terms equal but on ``leg``: theirs, summed on ``leg`` (the
+    entries sorted by ``rank``, so equal multisets give equal sums)."""
     first = group[0]
-    return (*first[:leg], ("sum", tuple(t[leg] for t in group)), *first[leg + 1 :])
+    entries = sorted((t[leg] for t in group), key=lambda t: rank.setdefault(t, len(rank)))
+    return (*first[:leg], ("sum", tuple(entries)), *first[leg + 1 :])
 
 
 def merge_terms(terms, shape):
@@ -204,6 +211,12 @@ def merge_terms(terms, shape):
     terms : list of (complex, list of (array or None))
         One factor per axis (``None``: identity), shapes ``(shape[j], shape[j])``.
     shape : tuple of int
+
+    Returns
+    -------
+    list of (complex, list of (array or None))
+        The merged terms; the summed coefficient of terms without a factor, if not 0,
+        last with no factors.
     """
     arrays = {id(f): f for _, factors in terms for f in factors if f is not None}
     ident, plan = merge_plan(
@@ -220,7 +233,8 @@ def merge_terms(terms, shape):
         else:
             parts = [build(t, leg) for t in tok[1] if t is not None]
             n_eye = len(tok[1]) - len(parts)
-            if n_eye:  # identities in the sum: one scaled eye
+            if n_eye:  # identities in the sum: one scaled eye (any factor's namespace
+                # and dtype when the sum holds nothing else)
                 ref = parts[0] if parts else next(iter(arrays.values()))
                 parts.append(array_namespace(ref).eye(shape[leg], dtype=ref.dtype) * n_eye)
             val = parts[0]
