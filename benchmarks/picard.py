@@ -399,7 +399,6 @@ def trained_unet_part() -> list[dict]:
     preset trains it), DDPM-100 and DDIM-100 without clipping, 16 samples: iterations and
     max |parallel - sequential| per sampler, window and tolerance."""
     import diffusers
-    import torch
     from tilegraph.pipelines.picard.config import DigitsUNetConfig
     from tilegraph.tasks.picard.paradigms_peer import paradigms_loop
     from tilegraph.tasks.picard.torch_models import TorchDenoiser
@@ -425,8 +424,7 @@ def trained_unet_part() -> list[dict]:
         model = TorchDenoiser(net, abar, shape)
         x_T, z = draw_noise(np.random.SeedSequence(3), n, shape, T)
         x_T, z = x_T.astype(np.float32), z.astype(np.float32)
-        with torch.inference_mode():
-            xs = sequential(model.eps, st, x_T, z)
+        xs = sequential(model.eps, st, x_T, z)  # TorchDenoiser runs in inference mode
         for p in (8, 32):
             for tol in (0.1, 0.01):
                 x, its = paradigms_loop(net, sched, x_T, z, p, tol)

@@ -100,9 +100,9 @@ def step_expansion(dx, de, a: np.ndarray, b: np.ndarray, block: int = BLOCK) -> 
     return np.repeat(log, block, axis=1)[:, :Q].T
 
 
-def lookahead(loglam: np.ndarray, lo: int, L: int, horizon: int | None = None) -> np.ndarray:
+def lookahead(loglam: np.ndarray, lo: int, L: int) -> np.ndarray:
     """``G_j`` for the output slots ``lo+1 .. lo+L`` of a window: the largest growth
-    ``prod lambda`` over the steps after slot ``j`` up to ``min(T, lo + max(L, horizon))``
+    ``prod lambda`` over the steps after slot ``j`` up to ``min(T, lo + max(L, HORIZON))``
     (>= 1).
 
     Parameters
@@ -114,16 +114,13 @@ def lookahead(loglam: np.ndarray, lo: int, L: int, horizon: int | None = None) -
         since expanding stretches last many steps.
     lo, L : int
         The window's first step and length.
-    horizon : int, optional
-        Default :data:`HORIZON`.
 
     Returns
     -------
     numpy.ndarray, shape (L, n)
     """
     T, n = loglam.shape
-    horizon = HORIZON if horizon is None else horizon
-    end = min(T, lo + max(L, horizon))
+    end = min(T, lo + max(L, HORIZON))
     filled = _ffill(loglam[:end])[lo + 1 :]
     # output slot lo+1+j feeds steps lo+1+j .. end-1
     C = np.concatenate([np.zeros((1, n)), np.cumsum(filled, axis=0)])

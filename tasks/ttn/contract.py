@@ -195,9 +195,10 @@ def merge_plan(terms, n_legs: int):
 
 def _summed(group, leg: int, rank: dict):
     """One plan entry for terms equal but on ``leg``: theirs, summed on ``leg`` (the
-    entries sorted by ``rank``, so equal multisets give equal sums)."""
+    entries sorted by ``rank``, so equal multisets give equal sums; they are never sums
+    themselves, as every leg is merged once)."""
     first = group[0]
-    entries = sorted((t[leg] for t in group), key=lambda t: rank.setdefault(t, len(rank)))
+    entries = sorted((t[leg] for t in group), key=rank.__getitem__)
     return (*first[:leg], ("sum", tuple(entries)), *first[leg + 1 :])
 
 
