@@ -148,7 +148,12 @@ class PicardConfig(PipelineConfig):
     steps: int = Field(default=1000, ge=1, description="sampling steps T")
     eta: float = Field(default=0.0, ge=0, le=1, description="DDIM noise (0: deterministic)")
     window: int = Field(default=96, ge=1, description="Picard window p")
-    tol: float = Field(default=0.1, gt=0, description="tolerance relative to the noise scale")
+    tol: float = Field(
+        default=0.1,
+        gt=0,
+        description="tolerance relative to the noise scale (DDIM with window <= 32: <= 0.02, "
+        "accelerated <= 0.01; docs/picard.md)",
+    )
     accelerate: bool = Field(
         default=False,
         description="secant-linearised window sweep + extrapolated window starts (not ParaDiGMS)",
