@@ -14,6 +14,11 @@ Cases (``--cases``; the sizes are chosen so that one run on 1 worker takes secon
   and output phases do not dilute the ratio.
 * ``ttn-d64``: the same Hamiltonian on d = 64 sites (binary tree of 127 nodes), r_max 16,
   up to ``--ttn-d64-T``.
+* Both ttn cases split the tree for the workers (``--ttn-depth auto``, the default):
+  ``subtree_depth = ceil(log2 W)`` (at least 1), so that W workers get W subtrees and
+  the inner nodes above them run as tasks; the depth changes where the work runs, not
+  its bits. ``--ttn-depth 1`` gives the one-subtree-per-child-of-the-root schedule of
+  2026-12-04's table.
 * ``bilevel-I<k>``: seconds per iteration (``s_per_iter``) of BSVRB v1 on heavy blocks
   (dim_y = 200, batch 256, m = 20) at I = k blocks per iteration, for each k of ``--Is``.
 * ``domain-split-var``: the variable-coefficient problem (2-D, ``--ds-n``), ``krylov``,
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -102,6 +108,15 @@ def run_once(ex, case: str, spec, root: str) -> dict:
     return m
 
 
+def with_depth(spec, case: str, workers: int, depth: str):
+    """A ttn case's spec with its ``subtree_depth`` for ``workers`` (see the module doc)."""
+    if not case.startswith("ttn"):
+        return spec
+    d = max(1, math.ceil(math.log2(workers))) if depth == "auto" else int(depth)
+    preset, sets, what = spec
+    return preset, [*sets, f"subtree_depth={d}"], what
+
+
 def table(rows: list[list], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
@@ -119,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated (default: all)")
     ap.add_argument("--ttn-T", type=float, default=0.2, help="final time of ttn-paper")
     ap.add_argument("--ttn-d64-T", type=float, default=0.05, help="final time of ttn-d64")
+    ap.add_argument("--ttn-depth", default="auto", help="subtree_depth of ttn: auto or N")
     ap.add_argument("--Is", type=int, nargs="+", default=[1, 8], help="bilevel I values")
     ap.add_argument("--bilevel-iters", type=int, default=20)
     ap.add_argument("--ds-n", type=int, default=512, help="domain-split n_fine, 2-D")
@@ -153,7 +169,7 @@ def main(argv=None) -> int:
                                 run_once(ex, c, (None, [*allc[c][1], "max_iter=2"], "s"), root)
                                 break
                     for c in names:
-                        m = run_once(ex, c, allc[c], root)
+                        m = run_once(ex, c, with_depth(allc[c], c, w, args.ttn_depth), root)
                         m["cluster_start_s"] = start
                         got[c][w].append(m)
                         print(

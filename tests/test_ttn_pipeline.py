@@ -56,7 +56,8 @@ def test_quick_run_writes_history_checkpoints_and_summary(sync_result):
 
 
 def _namespaces(monkeypatch, name: str, arg: int) -> set:
-    """Record the array namespace of argument ``arg`` of every call of ``integrator.name``."""
+    """Record the array namespace of argument ``arg`` of every call of ``integrator.name``
+    (of ``subtree_update``: the workers' calls, not the driver's from the root)."""
     from array_api_compat import array_namespace
     from tilegraph.tasks.ttn import integrator
 
@@ -64,7 +65,8 @@ def _namespaces(monkeypatch, name: str, arg: int) -> set:
     fn = getattr(integrator, name)
 
     def spy(*args, **kwargs):
-        seen.add(array_namespace(args[arg]).__name__)
+        if name != "subtree_update" or args[2] != 0:
+            seen.add(array_namespace(args[arg]).__name__)
         return fn(*args, **kwargs)
 
     monkeypatch.setattr(integrator, name, spy)
@@ -77,6 +79,45 @@ def _assert_same_history(got, ref, atol=1e-10):
         np.testing.assert_array_equal(got[var].values, ref[var].values)
     for var in ("norm", "energy", "magnetization", "error"):
         np.testing.assert_allclose(got[var].values, ref[var].values, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize(("spec", "depth", "tops"), [("local:2", 2, 4), ("sync", 3, 8)])
+def test_deeper_subtrees_give_the_same_bits(executors, sync_result, tmp_path, spec, depth, tops):
+    """``subtree_depth`` only moves nodes between the stateful workers and the driver
+    (whose nodes below the root become tasks): the arithmetic is the same, so the run is
+    the depth-1 run bit for bit, steps redone by the rejection test included."""
+    ref_run, ref_m = sync_result
+    assert ref_m["rejected_steps"] > 0  # the rejection test's eta path ran
+    run, m = run_on(executors(spec), tmp_path, sets=[*SETS, f"subtree_depth={depth}"])
+    assert len(m["subtree_busy_s"]) == tops
+    assert m["rejected_steps"] == ref_m["rejected_steps"]
+    got = xr.open_zarr(run.url + "/history", consolidated=False)
+    ref = xr.open_zarr(ref_run.url + "/history", consolidated=False)
+    _assert_same_history(got, ref, atol=0)
+    for i in range(trees.balanced_binary(8).n_nodes):
+        np.testing.assert_array_equal(
+            run.array(f"state/node_{i:03d}").read(), ref_run.array(f"state/node_{i:03d}").read()
+        )
+
+
+def test_cuts_cover_every_path_once():
+    """``Tree.cut``: the subtree tops for each depth, on a balanced, a Tucker and an
+    unbalanced tree (a leaf above the depth is its own top)."""
+    b = trees.balanced_binary(8)
+    assert b.cut(1) == tuple(b.children[0])
+    assert len(b.cut(2)) == 4 and len(b.cut(3)) == 8
+    assert b.cut(3) == b.cut(9) == tuple(sorted(b.leaf_nodes, key=b.subtree(0).index))
+    assert trees.tucker(5).cut(2) == trees.tucker(5).cut(1) == tuple(range(1, 6))
+    odd = trees.from_spec([0, [1, [2, 3]]])
+    for depth in (1, 2, 3):
+        tops = odd.cut(depth)
+        for leaf in odd.leaf_nodes:  # exactly one top on every root-to-leaf path
+            path, n = [], leaf
+            while n != 0:
+                path.append(n)
+                n = odd.parent[n]
+            assert sum(t in path for t in tops) == 1, (depth, tops, leaf)
+    assert [len(odd.cut(k)) for k in (1, 2, 3)] == [2, 3, 4]
 
 
 @pytest.mark.parametrize("case", ["subtrees", "grouped", "nodes"])

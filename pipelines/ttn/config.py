@@ -115,8 +115,15 @@ class TTNConfig(PipelineConfig):
     method: Literal["parallel", "sequential"] = "parallel"
     schedule: Literal["subtrees", "nodes"] = Field(
         default="subtrees",
-        description="subtrees: one stateful worker per child of the root keeps its subtree; "
+        description="subtrees: one stateful worker per subtree (see subtree_depth) keeps it; "
         "nodes: every leaf K-step and node Galerkin step is a task (parallel method)",
+    )
+    subtree_depth: int = Field(
+        default=1,
+        ge=1,
+        description="subtrees schedule: the workers' subtrees hang this many edges below the "
+        "root (1: one per child of the root; 2^depth on a binary tree); the driver holds "
+        "the nodes above them",
     )
     T: float = Field(default=1.0, gt=0, description="final time")
     h: float = Field(default=0.05, gt=0, description="step size")

@@ -104,6 +104,7 @@ class BUGDriver:
         self.layout = integrator.OperatorLayout(self.tree, self.op, extra_keys=keys)
         self.trunc = integrator.Truncation(cfg.theta, cfg.relative, cfg.r_min, cfg.r_max)
         self.subtrees = cfg.schedule == "subtrees" and cfg.method == "parallel"
+        self.tops = list(self.tree.cut(cfg.subtree_depth)) if self.subtrees else []
         # the step-rejection test h*eta > c*theta (parallel method only)
         self.eta = cfg.reject and cfg.method == "parallel"
         self.last_eta = 0.0
@@ -116,7 +117,6 @@ class BUGDriver:
     # -- state ------------------------------------------------------------------------
     def load(self, state) -> None:
         """Start from the orthonormal TTN ``state`` (a list of arrays)."""
-        kids = self.tree.children[0]
         self._ranks = st.edge_ranks(self.tree, state)
         if not self.subtrees:
             self.state = list(state)
@@ -127,27 +127,32 @@ class BUGDriver:
         else:
             resets = [
                 a.reset({n: state[n] for n in self.tree.subtree(c)})
-                for a, c in zip(self.actors, kids, strict=True)
+                for a, c in zip(self.actors, self.tops, strict=True)
             ]
             self.ex.gather(resets)
-        self.root = state[0]
-        self.kid_proj = self.ex.gather([a.top_projections() for a in self.actors])
+        away = integrator.below(self.tree, self.tops) | set(self.tops)
+        self.state = [None if n in away else state[n] for n in range(self.tree.n_nodes)]
+        tops = self.ex.gather([a.top_projections() for a in self.actors])
+        self._held_proj(dict(zip(self.tops, tops, strict=True)))
+
+    def _held_proj(self, top_proj: dict) -> None:
+        """Projections of the nodes the driver holds, from those of the subtrees' tops."""
+        self.proj = integrator.projections(self.layout, self.state, 0, known=top_proj)
 
     def _start_actors(self, state) -> list:
-        """One handle per child of the root: a member of a :class:`.worker.SubtreeGroup`
-        actor (one group per subtree, or per GPU with ``cuda``)."""
-        kids = self.tree.children[0]
+        """One handle per subtree top: a member of a :class:`.worker.SubtreeGroup` actor
+        (one group per subtree, or per GPU with ``cuda``)."""
         device = self.cfg.device
         gpus = 1 if device == "cuda" else 0
-        parts = [{n: state[n] for n in self.tree.subtree(c)} for c in kids]
-        n_groups = subtree_slots(self.ex, device, len(kids))
-        # child i goes to group i % n_groups: one subtree per stateful worker, except with
-        # fewer GPUs than subtrees
+        parts = [{n: state[n] for n in self.tree.subtree(c)} for c in self.tops]
+        n_groups = subtree_slots(self.ex, device, len(self.tops))
+        # subtree i goes to group i % n_groups: one subtree per stateful worker, except
+        # with fewer GPUs than subtrees
         calls = [
             (
                 (
                     self.layout,
-                    {c: parts[i] for i, c in enumerate(kids) if i % n_groups == g},
+                    {c: parts[i] for i, c in enumerate(self.tops) if i % n_groups == g},
                     self.trunc,
                     self.cfg.method,
                     self.cfg.tol,
@@ -158,25 +163,16 @@ class BUGDriver:
             for g in range(n_groups)
         ]
         groups = self.ex.actors(SubtreeGroup, calls, gpus=gpus)
-        return [_Member(groups[i % n_groups], c) for i, c in enumerate(kids)]
+        return [_Member(groups[i % n_groups], c) for i, c in enumerate(self.tops)]
 
     def full_state(self) -> list:
         if not self.subtrees:
             return self.state
-        out = [None] * self.tree.n_nodes
-        out[0] = self.root
+        out = list(self.state)
         for part in self.ex.gather([a.tensors() for a in self.actors]):
             for n, arr in part.items():
                 out[n] = arr
         return out
-
-    def _proj(self) -> list:
-        if not self.subtrees:
-            return self.proj
-        proj = [{} for _ in range(self.tree.n_nodes)]
-        for c, p in zip(self.tree.children[0], self.kid_proj, strict=True):
-            proj[c] = p
-        return proj
 
     # -- stepping ---------------------------------------------------------------------
     def advance(self, h: float) -> int:
@@ -234,55 +230,80 @@ class BUGDriver:
 
     def _step_subtrees(self, h):
         lay, tree = self.layout, self.tree
-        kids = tree.children[0]
-        bterms = integrator.root_bond_terms(lay)
-        root = self.root
-        t0 = time.perf_counter()
-        envs, futures = [], []
-        for i, a in enumerate(self.actors):
-            S, Qt, cb = integrator.child_environment(lay, 0, i, root, bterms, self.kid_proj)
-            envs.append(Qt)
-            futures.append(a.kstep(S, cb, h, self.eta))
-        # the root's Galerkin step runs on the driver while the subtrees work
-        terms = integrator.merge_terms(
-            integrator.node_terms(lay, 0, bterms, self.kid_proj), root.shape
+        actor = dict(zip(self.tops, self.actors, strict=True))
+        self._waited = 0.0
+        remote = integrator.Remote(
+            tops=tuple(self.tops),
+            kstep=lambda c, S, cb, need_p: actor[c].kstep(S, cb, h, self.eta, need_p),
+            truncate=lambda c, P, sig: actor[c].truncate(P, sig),
+            gather=self._gather,
         )
-        C_bar = integrator.galerkin_step(root, terms, h, self.cfg.tol)
-        self.driver_s += time.perf_counter() - t0
-        coeffs = self.ex.gather(futures)
         t0 = time.perf_counter()
-        self.last_eta = 0.0
-        if self.eta:
-            eta2 = sum(c[1] for c in coeffs)
-            eta2 += integrator.two_new_blocks(
-                lay, 0, root, bterms, self.kid_proj, [c[2] for c in coeffs], h
-            )
-            self.last_eta = float(np.sqrt(eta2))
-            coeffs = [c[0] for c in coeffs]
-        C_hat = integrator.assemble(C_bar, coeffs, envs)
-        T = C_hat
-        cuts = []
-        for i in range(len(kids)):
-            P, sig = integrator.truncate_edge(C_hat, i, self.trunc)
-            T = integrator.mode(np, T, P.conj().T, i)
-            cuts.append(self.actors[i].truncate(P, sig))
-        self.driver_s += time.perf_counter() - t0
-        results = self.ex.gather(cuts)
-        t0 = time.perf_counter()
+        # The nodes above the subtrees do their Galerkin steps while the subtrees work:
+        # the root alone here, several as executor tasks (here they would queue behind
+        # each other: above depth 3 of a binary tree are 7 of its 15 inner nodes).
+        aug, _, eta2 = integrator.subtree_update(
+            lay,
+            self.state,
+            0,
+            self.state[0],
+            integrator.root_bond_terms(lay),
+            self.proj,
+            h,
+            "parallel",
+            self.cfg.tol,
+            map_fn=self._top_map() if len(self.tops) > len(tree.children[0]) else None,
+            eta=self.eta,
+            remote=remote,
+        )
+        self.last_eta = float(np.sqrt(eta2)) if self.eta else 0.0
+        T, sent = integrator.truncate_subtree(tree, aug, 0, self.trunc, remote=remote)
+        got = dict(zip(sent, self._gather(list(sent.values())), strict=True))
+        integrator.orthonormalize_subtree(tree, T, 0, R_of={c: g[0] for c, g in got.items()})
         edges = []
-        for i, (R, top_proj, sub_edges) in enumerate(results):
-            T = integrator.mode(np, T, R, i)
-            self.kid_proj[i] = top_proj
-            edges.append((kids[i], int(C_hat.shape[i]), int(root.shape[i]), int(R.shape[0])))
-            edges.extend(sub_edges)
+        for n in range(1, tree.n_nodes):
+            if n in got:
+                par = tree.parent[n]
+                i = tree.children[par].index(n)
+                old = int(self.state[par].shape[i])
+                edges.append((n, int(aug[par].shape[i]), old, int(got[n][0].shape[0])))
+                edges.extend(got[n][2])
+            elif aug[n] is not None:
+                new = int(T[n].shape[-1])
+                edges.append((n, int(aug[n].shape[-1]), int(self.state[n].shape[-1]), new))
         for n, _, _, new in edges:
             self._ranks[n] = new
-        self._root_start = (root, C_hat.shape)
-        self.root = T
-        self.driver_s += time.perf_counter() - t0
+        start = list(aug)
+        start[0] = integrator.pad(np, self.state[0], aug[0].shape)
+        self._start = start
+        self.state = T
+        self._held_proj({c: g[1] for c, g in got.items()})
+        self.driver_s += time.perf_counter() - t0 - self._waited
         grown = [(a, n) for _, a, o, n in edges if a > o]
         untruncated = bool(grown) and all(a == n for a, n in grown)
         return untruncated, max(o for _, _, o, _ in edges)
+
+    def _top_map(self):
+        """:func:`executor_map` for the jobs of the nodes above the subtrees, its waiting
+        kept out of ``driver_s``."""
+        inner = executor_map(self.ex, self.cfg.device)
+
+        def map_fn(fn, *iterables):
+            t0 = time.perf_counter()
+            try:
+                return inner(fn, *iterables)
+            finally:
+                self._waited += time.perf_counter() - t0
+
+        return map_fn
+
+    def _gather(self, futures) -> list:
+        """The executor's gather, its waiting kept out of ``driver_s``."""
+        t0 = time.perf_counter()
+        try:
+            return self.ex.gather(futures)
+        finally:
+            self._waited += time.perf_counter() - t0
 
     def _restart_augmented(self):
         if not self.subtrees:
@@ -291,9 +312,9 @@ class BUGDriver:
             self._ranks = st.edge_ranks(self.tree, start)
             self.proj = integrator.projections(self.layout, start)
             return
-        root, shape = self._root_start
-        self.root = integrator.pad(np, root, shape)
-        self.kid_proj = self.ex.gather([a.restart_augmented() for a in self.actors])
+        self.state = self._start
+        tops = self.ex.gather([a.restart_augmented() for a in self.actors])
+        self._held_proj(dict(zip(self.tops, tops, strict=True)))
         self._ranks = [1] + [None] * (self.tree.n_nodes - 1)  # unknown until the redo
 
     # -- observables ------------------------------------------------------------------
@@ -301,9 +322,9 @@ class BUGDriver:
         """Norm, energy, magnetisation per site (``<Sz>/S``; NaN at sites that are not
         spins) and, with ``observables``, the configured observables of the current
         state."""
-        lay, proj = self.layout, self._proj()
+        lay, proj = self.layout, self.proj
         state = [None] * self.tree.n_nodes
-        state[0] = self.root if self.subtrees else self.state[0]
+        state[0] = self.state[0]
         spins = [k for k in self.mag_keys if k is not None]
         vals = iter(integrator.expectations(lay, state, proj, spins) if spins else [])
         mz = [float("nan") if k is None else next(vals).real for k in self.mag_keys]

@@ -15,7 +15,8 @@ with the config, per inner node:
   inside a subtree are summed into one key).
 
 Where it lives: with ``schedule=subtrees`` (parallel method) each worker keeps the
-subtrees under the root's children it was given and the driver the root; otherwise the
+subtrees it was given (under the nodes ``subtree_depth`` below the root) and the driver
+the nodes above them; otherwise the
 driver keeps the whole network and a worker holds one node's step at a time.
 
 ``exact_reference=true`` adds on the driver the sparse ``2^d x 2^d`` Hamiltonian
@@ -217,21 +218,27 @@ def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
         math.prod(rank[c] for c in tree.children[k]) * rank[k] if k in nodes else 2 * rank[k]
         for k in range(tree.n_nodes)
     )
-    root_kept, root_work = nodes[0]
+    root_work = nodes[0][1]
     if cfg.method == "parallel" and cfg.schedule == "subtrees":
-        # one stateful worker per child of the root; a worker may hold several
-        kids = tree.children[0]
+        # one stateful worker per subtree top; a worker may hold several
+        tops = tree.cut(cfg.subtree_depth)
         per = []
-        for c in kids:
+        for c in tops:
             sub = [k for k in tree.subtree(c) if k in nodes]
             kept = sum(nodes[k][0] for k in sub) + leaf_bytes * len(tree.subtree(c))
             work = max((nodes[k][1] for k in sub), default=leaf_bytes)
             per.append((kept, work))
         per.sort(reverse=True)
-        groups = max(1, min(int(workers), len(kids)))
-        share = -(-len(kids) // groups)
+        groups = max(1, min(int(workers), len(tops)))
+        share = -(-len(tops) // groups)
         worker = sum(k for k, _ in per[:share]) + max(w for _, w in per)
-        driver = root_kept + root_work + 2 * state  # the gathered network: observables
+        # the nodes above the tops stay on the driver; below the root their Galerkin
+        # steps run as tasks, on any worker
+        inside = {k for c in tops for k in tree.subtree(c)}
+        above = [k for k in nodes if k not in inside]
+        driver = sum(nodes[k][0] for k in above) + root_work + 2 * state  # + observables
+        if len(above) > 1:
+            worker += max(nodes[k][1] for k in above)
     else:
         kept = sum(k for k, _ in nodes.values()) + leaf_bytes * tree.n_nodes
         driver = kept + max(w for _, w in nodes.values()) + 2 * state

@@ -1,9 +1,10 @@
-"""Stateful workers of the ``subtrees`` schedule: each holds one subtree of the root.
+"""Stateful workers of the ``subtrees`` schedule: each holds one subtree of the tree.
 
 The subtree's tensors stay on its worker between steps. Per step the driver sends the
-child's environment (``S`` and the bond terms, small ``k x k`` matrices) and gets back
-the coefficients of the new basis directions; after the root's truncation it sends the
-kept singular vectors and gets back the subtree's ``R`` factor and its projections.
+top's environment (``S`` and the bond terms, small ``k x k`` matrices) and gets back
+the coefficients of the new basis directions; after the truncation of the nodes above
+it sends the kept singular vectors and gets back the subtree's ``R`` factor and its
+projections.
 
 Devices: the driver always works in NumPy. A worker with ``device="cuda"`` (CuPy on its
 GPU) or ``"array-api-strict"`` (the same generic code path, checked on a CPU) moves what
@@ -31,7 +32,7 @@ def device_task(device: str, fn, *args):
 
 
 class SubtreeWorker:
-    """The subtree under ``top`` (a child of the root) and its part of every step.
+    """The subtree under ``top`` and its part of every step.
 
     Parameters
     ----------
@@ -79,11 +80,13 @@ class SubtreeWorker:
         # a copy: nothing the driver holds aliases this worker's device memory
         return obj if self.xp is np else to_host(obj, copy=True)
 
-    def kstep(self, S, bond_terms, h: float, eta: bool = False):
+    def kstep(self, S, bond_terms, h: float, eta: bool = False, need_p=None):
         """The recursive K-step of the subtree.
 
-        Returns ``coeff`` (``p x k``), and with ``eta`` also ``(eta2, mixed)``: the
-        subtree's part of the step-rejection test and its top's mixed projections.
+        Returns ``coeff`` (``p x k``), and with ``eta`` ``(coeff, eta2, mixed, phat)``:
+        the subtree's part of the step-rejection test, its top's mixed projections and
+        its top's augmented projections for the keys ``need_p`` (what a parent held by
+        the driver below the root needs).
         """
         t0 = time.perf_counter()
         tree = self.layout.tree
@@ -105,13 +108,14 @@ class SubtreeWorker:
             self.method,
             self.tol,
             eta=eta,
+            need_p_top=need_p,
         )
-        out = self._host((top_new[1], eta2, top_new[2]) if eta else top_new[1])
+        out = self._host((top_new[1], eta2, top_new[2], top_new[3]) if eta else top_new[1])
         self.busy += time.perf_counter() - t0
         return out
 
     def truncate(self, P, sig):
-        """Truncate with what the root kept on the top edge; returns ``(R, projections
+        """Truncate with what the parent kept on the top edge; returns ``(R, projections
         of the top, [(node, augmented, old, new rank)] per edge below the top)``."""
         t0 = time.perf_counter()
         tree = self.layout.tree
@@ -152,9 +156,9 @@ class SubtreeWorker:
 class SubtreeGroup:
     """One or several :class:`SubtreeWorker` in one stateful worker, called in turn.
 
-    Every subtree of the root has a group of its own, except with ``device="cuda"``: there
-    every stateful worker holds one GPU, so when the root has more children than there
-    are GPUs the subtrees are shared out over one group per GPU.
+    Every subtree has a group of its own, except with ``device="cuda"``: there every
+    stateful worker holds one GPU, so when there are more subtrees than GPUs they are
+    shared out over one group per GPU.
 
     Parameters
     ----------

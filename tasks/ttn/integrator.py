@@ -182,15 +182,62 @@ class OperatorLayout:
         return self._local[node]
 
 
-def projections(layout: OperatorLayout, state, top: int = 0) -> list[dict]:
+def below(tree: Tree, tops) -> set:
+    """The nodes strictly below the nodes ``tops``."""
+    out: set = set()
+    for t in tops:
+        out.update(n for n in tree.subtree(t) if n != t)
+    return out
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Subtrees whose K-steps and truncations run elsewhere (the ``subtrees`` schedule).
+
+    Attributes
+    ----------
+    tops : tuple of int
+        The tops of the subtrees held elsewhere; every path from the root to a leaf
+        passes through at most one.
+    kstep : callable
+        ``kstep(node, S, bond_terms, need_p) -> token``: start the K-step of the subtree
+        under ``node`` from its environment (``S``, ``bond_terms`` as
+        :func:`child_environment` returns them); ``need_p`` are the keys of the top's
+        augmented projections the step-rejection test needs (None without it).
+    truncate : callable
+        ``truncate(node, P, sig) -> token``: truncate that subtree with what its parent
+        kept on the edge above it.
+    gather : callable
+        ``gather(tokens) -> results``. A K-step gives ``coeff`` (``p x k``), or with the
+        rejection test ``(coeff, eta2, mixed, phat)``; a truncation gives ``(R, top
+        projections, edges below the top)``.
+    """
+
+    tops: tuple
+    kstep: Callable
+    truncate: Callable
+    gather: Callable
+
+
+def projections(layout: OperatorLayout, state, top: int = 0, known=None) -> list[dict]:
     """``X^H A_key X`` for every node (of the subtree under ``top``) and key of the layout,
-    bottom-up, in the state's array namespace. The root entry is empty (its bond is 1)."""
+    bottom-up, in the state's array namespace. The root entry is empty (its bond is 1).
+
+    ``known`` (node -> projections) gives the tops of subtrees held elsewhere: their
+    entries are taken as given and their tensors below are not needed."""
     tree = layout.tree
     proj: list[dict] = [{} for _ in range(tree.n_nodes)]
     xp = array_namespace(state[top])
+    known = known or {}
+    hidden = below(tree, known)
     for node in reversed(tree.subtree(top)):
         if node == 0:
             break
+        if node in hidden:
+            continue
+        if node in known:
+            proj[node] = known[node]
+            continue
         if tree.is_leaf(node):
             U = state[node]
             Uh = xp.conj(U.T)
@@ -384,14 +431,20 @@ def truncate_edge(W, axis: int, trunc: Truncation):
     return U[:, :r], xp.asarray(sig, dtype=xp.complex128)
 
 
-def truncate_subtree(tree: Tree, aug, top: int, trunc: Truncation, P=None, sig=None):
+def truncate_subtree(
+    tree: Tree, aug, top: int, trunc: Truncation, P=None, sig=None, remote: Remote | None = None
+):
     """Truncate the augmented subtree under ``top`` towards its leaves.
 
     ``P`` and ``sig`` are what the parent kept on the edge above ``top`` (``None`` at the
     root). Returns the truncated, not yet orthonormal, tensors (a list, ``None`` outside
-    the subtree).
+    the subtree). With ``remote``, the subtrees under ``remote.tops`` are truncated by
+    ``remote.truncate``, and the return is ``(tensors, {node: token})``.
     """
     xp = array_namespace(aug[top])
+    cut = set(remote.tops) if remote is not None else set()
+    hidden = below(tree, cut)
+    sent: dict = {}
     T: list = [None] * tree.n_nodes
     W: list = [None] * tree.n_nodes
     for n in tree.subtree(top):
@@ -405,34 +458,45 @@ def truncate_subtree(tree: Tree, aug, top: int, trunc: Truncation, P=None, sig=N
         W[top] = xp.tensordot(T[top], P * sig[None, :], axes=([last], [0]))
         T[top] = xp.tensordot(T[top], P, axes=([last], [0]))
     for node in tree.subtree(top):
-        if tree.is_leaf(node):
+        if tree.is_leaf(node) or node in cut or node in hidden:
             continue
         for i, c in enumerate(tree.children[node]):
             Pc, sc = truncate_edge(W[node], i, trunc)
             T[node] = mode(xp, T[node], xp.conj(Pc.T), i)
-            if tree.is_leaf(c):
+            if c in cut:
+                sent[c] = remote.truncate(c, Pc, sc)
+            elif tree.is_leaf(c):
                 T[c] = T[c] @ Pc
             else:
                 last = T[c].ndim - 1
                 W[c] = xp.tensordot(T[c], Pc * sc[None, :], axes=([last], [0]))
                 T[c] = xp.tensordot(T[c], Pc, axes=([last], [0]))
-    return T
+    return (T, sent) if remote is not None else T
 
 
-def orthonormalize_subtree(tree: Tree, T, top: int):
+def orthonormalize_subtree(tree: Tree, T, top: int, R_of=None):
     """QR from the leaves of the subtree up to ``top`` (in place on the list ``T``).
 
     Returns the ``R`` factor of ``top`` (``T[top]`` becomes orthonormal), or ``None`` at
-    the root (which keeps the norm).
+    the root (which keeps the norm). ``R_of`` (node -> ``R``) gives the factors of
+    subtrees orthonormalized elsewhere; they are applied to their parents in the same
+    order as a local one's.
     """
     xp = array_namespace(T[top])
+    R_of = R_of or {}
+    hidden = below(tree, R_of)
     for node in reversed(tree.subtree(top)):
-        if node == 0:
-            return None
-        Q, R = xp.linalg.qr(bond_matrix(xp, T[node]) if T[node].ndim > 2 else T[node])
-        T[node] = xp.reshape(Q, T[node].shape[:-1] + (Q.shape[1],))
-        if node == top:
-            return R
+        if node in hidden:
+            continue
+        if node in R_of:
+            R = R_of[node]
+        else:
+            if node == 0:
+                return None
+            Q, R = xp.linalg.qr(bond_matrix(xp, T[node]) if T[node].ndim > 2 else T[node])
+            T[node] = xp.reshape(Q, T[node].shape[:-1] + (Q.shape[1],))
+            if node == top:
+                return R
         par = tree.parent[node]
         T[par] = mode(xp, T[par], R, tree.children[par].index(node))
     return None
@@ -584,6 +648,8 @@ def subtree_update(
     tol: float = 1e-12,
     map_fn: Callable | None = None,
     eta: bool = False,
+    remote: Remote | None = None,
+    need_p_top=None,
 ):
     """The augmented bases of the subtree under ``top`` for one step (its K-step).
 
@@ -595,6 +661,13 @@ def subtree_update(
     ----------
     state, proj : list
         Old tensors and projections; only entries of the subtree are used.
+    remote : Remote, optional
+        Subtrees (parallel method) whose K-steps run elsewhere: their tensors are not
+        needed, only their tops' projections in ``proj``. Their K-steps are started as
+        soon as every environment is known and gathered after this process's own jobs.
+    need_p_top : set, optional
+        With ``eta``: the keys of ``top``'s augmented projections the caller needs (its
+        parent's part of the rejection test, when that parent is elsewhere).
 
     Returns
     -------
@@ -604,7 +677,8 @@ def subtree_update(
     top_new : tuple (Q, coeff) or None
         For ``top != 0``: the new directions of ``top``'s basis and the coefficients of
         the evolved sub-problem in them, shape ``(p, k)``; with ``eta`` also the mixed
-        projections ``Q^H A_key X_old`` of ``top`` (a dict by key).
+        projections ``Q^H A_key X_old`` of ``top`` and its augmented projections for the
+        keys ``need_p_top`` (dicts by key).
     eta2 : float
         With ``eta`` (parallel method): the squared norm of ``h F(Y0)`` on the blocks
         with two new indices at the inner nodes of the subtree.
@@ -612,7 +686,9 @@ def subtree_update(
     tree = layout.tree
     xp = array_namespace(c_in_top)
     map_fn = map_fn or _serial_map
-    nodes = tree.subtree(top)
+    cut = tuple(remote.tops) if remote is not None else ()
+    hidden = below(tree, cut)
+    nodes = [n for n in tree.subtree(top) if n not in hidden and n not in cut]
     c_in: list = [None] * tree.n_nodes
     bterms: list = [None] * tree.n_nodes
     env: list = [None] * tree.n_nodes
@@ -620,6 +696,7 @@ def subtree_update(
     bterms[top] = bterms_top
     inner = [n for n in nodes if not tree.is_leaf(n)]
     leaves = [n for n in nodes if tree.is_leaf(n)]
+    S_cut: dict = {}
     for node in inner:
         kids = tree.children[node]
         kid_proj = [proj[c] for c in kids]
@@ -628,11 +705,16 @@ def subtree_update(
             S, Qt, cb = child_environment(layout, node, i, c_in[node], bterms[node], kid_proj)
             env[node].append(Qt)
             bterms[c] = cb
-            if tree.is_leaf(c):
+            if c in cut:
+                S_cut[c] = S
+            elif tree.is_leaf(c):
                 c_in[c] = state[c] @ S
             else:
                 c_in[c] = xp.tensordot(state[c], S, axes=([state[c].ndim - 1], [0]))
 
+    if eta and method == "parallel":
+        need_m, need_p = _eta_keys(layout, top, bterms, nodes, need_p_top)
+    started = [remote.kstep(c, S_cut[c], bterms[c], need_p[c] if eta else None) for c in S_cut]
     leaf_terms = []
     for leaf in leaves:
         ops = layout.local_ops(leaf)
@@ -684,8 +766,15 @@ def subtree_update(
     eta2 = 0.0
     if method == "sequential":
         need_p = {n: layout.keys[n] for n in nodes}
-    elif eta:
-        need_m, need_p = _eta_keys(layout, top, bterms, nodes)
+    # the subtrees elsewhere: their ranks after augmentation and what their parents need
+    rank_aug: dict = {}
+    for c, got in zip(S_cut, remote.gather(started) if started else [], strict=True):
+        coeff = got[0] if eta else got
+        if eta:
+            eta2 += got[1]
+            mixed[c], phat[c] = got[2], got[3]
+        new_part[c] = (None, coeff)
+        rank_aug[c] = int(S_cut[c].shape[0] + coeff.shape[0])
     for node in reversed(nodes):
         if tree.is_leaf(node):
             K1, Q, coeff = res[node]
@@ -700,7 +789,8 @@ def subtree_update(
                 mixed[node] = {k: Qh @ (xp.asarray(m) @ state[node]) for k, m in ops.items()}
             continue
         kids = tree.children[node]
-        shape = tuple(aug[c].shape[-1] for c in kids) + (c_in[node].shape[-1],)
+        ranks = (rank_aug[c] if c in rank_aug else aug[c].shape[-1] for c in kids)
+        shape = tuple(ranks) + (c_in[node].shape[-1],)
         if method == "parallel":
             C_hat = assemble(res[node], [new_part[c][1] for c in kids], env[node])
             if eta:
@@ -733,17 +823,17 @@ def subtree_update(
             if eta:
                 mixed[node] = project_node(old_t, kid_phat, need_m[node], expand, bra=Q)
     if eta:
-        return aug, (*new_part[top], mixed[top]), eta2
+        return aug, (*new_part[top], mixed[top], phat[top]), eta2
     return aug, new_part[top], eta2
 
 
-def _eta_keys(layout: OperatorLayout, top: int, bterms, nodes):
+def _eta_keys(layout: OperatorLayout, top: int, bterms, nodes, need_p_top=None):
     """Keys whose mixed (``need_m``) and augmented (``need_p``) projections the
     rejection test needs at each inner node of the subtree: only terms that reach into
     two children of a node can feed a block with two new indices."""
     tree = layout.tree
     need_m: dict = {}
-    need_p: dict = {top: set()}
+    need_p: dict = {top: set(need_p_top or ())}
     inside = layout.leafsets[top]
     # the top's parent is not here: any key reaching both into and out of the subtree
     need_m[top] = {

@@ -59,6 +59,20 @@ class Tree:
             out.extend(self.subtree(c))
         return tuple(out)
 
+    def cut(self, depth: int) -> tuple[int, ...]:
+        """The nodes ``depth`` edges below the root and the leaves above that depth, in
+        depth-first order: the tops of disjoint subtrees that, with the nodes above
+        them, cover the tree (every root-to-leaf path passes through exactly one)."""
+        tops: list[int] = []
+        stack = [(0, 0)]
+        while stack:
+            node, level = stack.pop()
+            if node != 0 and (level == depth or self.is_leaf(node)):
+                tops.append(node)
+                continue
+            stack.extend((c, level + 1) for c in reversed(self.children[node]))
+        return tuple(tops)
+
     def postorder(self) -> tuple[int, ...]:
         """Node ids with every child before its parent."""
         return tuple(reversed(range(self.n_nodes)))
