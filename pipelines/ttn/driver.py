@@ -2,9 +2,10 @@
 
 ``nodes``: every leaf K-step and every node Galerkin step of a step is one executor task
 (one ``map`` per step); the driver holds the network and ships each task its node's
-tensors. ``subtrees``: one stateful worker per child of the root keeps its subtree
-between steps and runs that subtree's K-step (its leaf K-steps and node Galerkin steps
-in turn); the driver holds only the root tensor and does the root's Galerkin step.
+tensors. ``subtrees``: one stateful worker per subtree (under the nodes ``subtree_depth``
+edges below the root) keeps it between steps and runs its K-step (its leaf K-steps and
+node Galerkin steps in turn); the driver holds the nodes above, does the root's Galerkin
+step itself and runs those of the other nodes above as executor tasks.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def executor_map(ex, device: str = "cpu"):
 
 
 def subtree_slots(executor, device: str, n_subtrees: int) -> int:
-    """How many stateful workers hold the root's subtrees: one per subtree, but with
+    """How many stateful workers hold the subtrees: one per subtree, but with
     ``cuda`` at most one per GPU (each holds its GPU); see
     :func:`tilegraph.tasks.devices.slots`."""
     return slots(executor, device, n_subtrees, cpu_per_item=True)
@@ -285,8 +286,9 @@ class BUGDriver:
 
     def _top_map(self):
         """:func:`executor_map` for the jobs of the nodes above the subtrees, its waiting
-        kept out of ``driver_s``."""
-        inner = executor_map(self.ex, self.cfg.device)
+        kept out of ``driver_s``. They run in NumPy, as the root's step on the driver
+        does: with ``cuda`` the actors hold every GPU for their lifetime."""
+        inner = executor_map(self.ex, "cpu")
 
         def map_fn(fn, *iterables):
             t0 = time.perf_counter()

@@ -218,7 +218,6 @@ def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
         math.prod(rank[c] for c in tree.children[k]) * rank[k] if k in nodes else 2 * rank[k]
         for k in range(tree.n_nodes)
     )
-    root_work = nodes[0][1]
     if cfg.method == "parallel" and cfg.schedule == "subtrees":
         # one stateful worker per subtree top; a worker may hold several
         tops = tree.cut(cfg.subtree_depth)
@@ -236,7 +235,10 @@ def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
         # steps run as tasks, on any worker
         inside = {k for c in tops for k in tree.subtree(c)}
         above = [k for k in nodes if k not in inside]
-        driver = sum(nodes[k][0] for k in above) + root_work + 2 * state  # + observables
+        # the driver's glue for every node above (environments, assembly, rejection
+        # test, truncation): as large as that node's step
+        work = max(nodes[k][1] for k in above)
+        driver = sum(nodes[k][0] for k in above) + work + 2 * state  # + observables
         if len(above) > 1:
             worker += max(nodes[k][1] for k in above)
     else:
@@ -255,7 +257,7 @@ def estimate(cfg, workers: int) -> Estimate:
     ----------
     cfg : TTNConfig
     workers : int
-        Workers the root's subtrees are shared out over (at least 1).
+        Workers the subtrees are shared out over (at least 1).
 
     Returns
     -------

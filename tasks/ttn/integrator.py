@@ -686,6 +686,8 @@ def subtree_update(
     tree = layout.tree
     xp = array_namespace(c_in_top)
     map_fn = map_fn or _serial_map
+    if remote is not None and method != "parallel":
+        raise ValueError("subtrees held elsewhere need method='parallel'")
     cut = tuple(remote.tops) if remote is not None else ()
     hidden = below(tree, cut)
     nodes = [n for n in tree.subtree(top) if n not in hidden and n not in cut]
@@ -855,11 +857,6 @@ def _eta_keys(layout: OperatorLayout, top: int, bterms, nodes, need_p_top=None):
                         if p:
                             need_m[c].add(p)
     return need_m, need_p
-
-
-def two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h):
-    """Public alias of :func:`_two_new_blocks` (for schedulers that hold the root)."""
-    return _two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h)
 
 
 def _two_new_blocks(layout, node, c_in, bond_terms, kid_proj, kid_mixed, h):
