@@ -5,6 +5,8 @@
 #   benchmarks/device_wheels.sh            # here, once: the wheels into .whl/
 #   bash benchmarks/device_run.sh gpu      # there: pytest -m gpu, gpu_check, kernels, picard
 #   bash benchmarks/device_run.sh scaling  # there: 1, 2, 4, 8 CPU workers
+#   bash benchmarks/device_run.sh next     # there: only what the open issues still lack
+#                                          # (~7 min: kernels, guarded picard, ttn scaling)
 #
 # Every step runs under its own time limit; its log and the JSON it writes are packed
 # into $OUT/device-<part>.tar.gz after each step, so a run cut short still returns what
@@ -57,8 +59,16 @@ scaling)
     TAIL=20 step scaling "${SCALING_LIMIT:-330}" python3 benchmarks/scaling.py \
         --workers 1 2 4 8 --rounds "${ROUNDS:-3}"
     ;;
+next)  # 2026-12-05: the rows issues 17, 19 and 21 still lack, most wanted first
+    step env 60 bash -c 'nvidia-smi -L; nproc; python3 -c "import cupy, tilegraph; print(cupy.__version__)"'
+    step gpu-kernels 90 python3 benchmarks/gpu_kernels.py  # 17: the current frozen box solves
+    step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
+        --device cuda --wall-workers 1 --windows 8 32  # 19: the guarded rows on the GPU
+    TAIL=20 step scaling-ttn 200 python3 benchmarks/scaling.py --workers 1 2 4 8 \
+        --rounds 2 --cases ttn-paper,ttn-d64  # 21: subtree_depth = ceil(log2 W)
+    ;;
 *)
-    echo "usage: device_run.sh gpu|scaling" >&2
+    echo "usage: device_run.sh gpu|scaling|next" >&2
     exit 2
     ;;
 esac
