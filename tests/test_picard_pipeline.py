@@ -284,3 +284,27 @@ def test_custom_model_from_an_import_path(tmp_path, executors, monkeypatch):
 def test_bad_config_names_the_field(sets, needle):
     with pytest.raises(ConfigError, match=needle):
         build_config(PIPELINE, "quick", sets=sets)
+
+
+def test_a_replica_runs_the_whole_picard_loop_with_the_same_bits(executors):
+    """``ModelReplica.picard`` (the whole loop on one worker, no round trip per
+    iteration; benchmarks/picard.py's "here" rows) gives the bits of the loop driven from
+    this process, the guarded accelerated variant included."""
+    from tilegraph.pipelines.picard.runner import WindowEvaluator
+    from tilegraph.pipelines.picard.worker import ModelReplica
+    from tilegraph.tasks.picard.models import GaussianMixture
+    from tilegraph.tasks.picard.samplers import draw_noise, picard
+    from tilegraph.tasks.picard.schedules import make_schedule, make_steps
+
+    abar = make_schedule("linear", 1000)
+    g = GaussianMixture.random(16, 8, 0.15, abar, mean_scale=1.0, seed=0)
+    spec = {"kind": "gmm", "means": g.means, "weights": g.weights, "spread": 0.15, "abar": abar}
+    st = make_steps("ddpm", abar, 100)
+    x_T, z = draw_noise(np.random.SeedSequence(3), 4, (16,), 100)
+    ex = executors("local:2")
+    replica = ex.actor(ModelReplica, spec, "cpu")
+    opts = {"guard": True, "secant": True, "extrapolate": True}
+    x, its, evals, wall = ex.gather(replica.picard(st, x_T, z, 8, 0.1, opts))
+    ref = picard(WindowEvaluator(ex, [replica], 4, parts=1), st, x_T, z, 8, 0.1, **opts)
+    np.testing.assert_array_equal(x, ref.x)
+    assert (its, evals) == (ref.iterations, ref.model_evals) and its < 100 and wall > 0

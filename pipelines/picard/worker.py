@@ -3,7 +3,8 @@
 A :class:`ModelReplica` is created once per worker as an executor actor; the driver
 sends it slices of a Picard window ``(rows, *sample_shape)`` with their timesteps and
 gets the predicted noise back. It also runs the sequential baseline next to the model,
-so that baseline pays no per-step communication.
+so that baseline pays no per-step communication, and (:meth:`ModelReplica.picard`) the
+whole Picard loop the same way, for one replica.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import numpy as np
 from tilegraph.tasks.devices import array_module, deterministic_blas, to_host
 from tilegraph.tasks.picard.models import GaussianMixture, MLPDenoiser
-from tilegraph.tasks.picard.samplers import sequential
+from tilegraph.tasks.picard.samplers import picard, sequential
 
 
 def _local(a):
@@ -182,3 +183,27 @@ class ModelReplica:
             x = sequential(eps, steps, x_T, z)
             x = to_host(x)
             return x, time.perf_counter() - t0
+
+    def picard(self, steps, x_T: np.ndarray, z: np.ndarray, window: int, tol: float,
+               options: dict | None = None, labels=None) -> tuple:  # fmt: skip
+        """Sliding-window Picard iteration run wholly on this worker, its arrays on the
+        replica's device (one call, no round trip per iteration; the counterpart of
+        :meth:`sequential`). ``options``: keyword arguments of
+        :func:`tilegraph.tasks.picard.samplers.picard` (``guard``, ``secant``, ...).
+
+        Returns
+        -------
+        tuple
+            ``(samples (n, *sample_shape), iterations, model evaluations, wall seconds)``.
+        """
+        xp = self._xp
+
+        def eps(x, t):
+            return self._eps(x, t, labels)
+
+        with deterministic_blas():
+            x_T, z = xp.asarray(_local(x_T)), xp.asarray(_local(z))
+            t0 = time.perf_counter()
+            r = picard(eps, steps, x_T, z, window, tol, **(options or {}))
+            x = to_host(r.x)
+            return x, r.iterations, r.model_evals, time.perf_counter() - t0
