@@ -172,17 +172,10 @@ class ModelReplica:
     def sequential(self, steps, x_T: np.ndarray, z: np.ndarray, labels=None) -> tuple:
         """The sequential sampler on this worker: ``(samples, wall seconds)``; ``labels``
         (n,): the samples' classes (a class-conditional model)."""
-        xp = self._xp
-
-        def eps(x, t):
-            return self._eps(x, t, labels)
-
-        with deterministic_blas():
-            x_T, z = xp.asarray(_local(x_T)), xp.asarray(_local(z))
-            t0 = time.perf_counter()
-            x = sequential(eps, steps, x_T, z)
-            x = to_host(x)
-            return x, time.perf_counter() - t0
+        x, _, wall = self._here(
+            lambda eps, a, b: (sequential(eps, steps, a, b), None), x_T, z, labels
+        )
+        return x, wall
 
     def picard(self, steps, x_T: np.ndarray, z: np.ndarray, window: int, tol: float,
                options: dict | None = None, labels=None) -> tuple:  # fmt: skip
@@ -196,6 +189,18 @@ class ModelReplica:
         tuple
             ``(samples (n, *sample_shape), iterations, model evaluations, wall seconds)``.
         """
+
+        def run(eps, a, b):
+            r = picard(eps, steps, a, b, window, tol, **(options or {}))
+            return r.x, r
+
+        x, r, wall = self._here(run, x_T, z, labels)
+        return x, r.iterations, r.model_evals, wall
+
+    def _here(self, run, x_T, z, labels) -> tuple:
+        """``run(eps, x_T, z) -> (samples, info)`` on this replica's device with
+        deterministic BLAS: ``(samples on the host, info, wall seconds)``, the copy to
+        the host timed (it waits for the device)."""
         xp = self._xp
 
         def eps(x, t):
@@ -204,6 +209,6 @@ class ModelReplica:
         with deterministic_blas():
             x_T, z = xp.asarray(_local(x_T)), xp.asarray(_local(z))
             t0 = time.perf_counter()
-            r = picard(eps, steps, x_T, z, window, tol, **(options or {}))
-            x = to_host(r.x)
-            return x, r.iterations, r.model_evals, time.perf_counter() - t0
+            x, info = run(eps, x_T, z)
+            x = to_host(x)
+            return x, info, time.perf_counter() - t0

@@ -285,19 +285,10 @@ class BUGDriver:
         return untruncated, max(o for _, _, o, _ in edges)
 
     def _top_map(self):
-        """:func:`executor_map` for the jobs of the nodes above the subtrees, its waiting
-        kept out of ``driver_s``. They run in NumPy, as the root's step on the driver
-        does: with ``cuda`` the actors hold every GPU for their lifetime."""
-        inner = executor_map(self.ex, "cpu")
-
-        def map_fn(fn, *iterables):
-            t0 = time.perf_counter()
-            try:
-                return inner(fn, *iterables)
-            finally:
-                self._waited += time.perf_counter() - t0
-
-        return map_fn
+        """A ``map_fn`` for the jobs of the nodes above the subtrees: executor tasks in
+        NumPy, as the root's step on the driver (with ``cuda`` the actors hold every GPU
+        for their lifetime), gathered by :meth:`_gather`."""
+        return lambda fn, *iterables: self._gather(self.ex.map(fn, *iterables))
 
     def _gather(self, futures) -> list:
         """The executor's gather, its waiting kept out of ``driver_s``."""

@@ -237,10 +237,10 @@ def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
         above = [k for k in nodes if k not in inside]
         # the driver's glue for every node above (environments, assembly, rejection
         # test, truncation): as large as that node's step
-        work = max(nodes[k][1] for k in above)
-        driver = sum(nodes[k][0] for k in above) + work + 2 * state  # + observables
+        glue = max(nodes[k][1] for k in above)
+        driver = sum(nodes[k][0] for k in above) + glue + 2 * state  # + observables
         if len(above) > 1:
-            worker += max(nodes[k][1] for k in above)
+            worker += glue
     else:
         kept = sum(k for k, _ in nodes.values()) + leaf_bytes * tree.n_nodes
         driver = kept + max(w for _, w in nodes.values()) + 2 * state
