@@ -3,6 +3,7 @@ products of per-leg factors, term merging, orthonormal augmentation and projecti
 
 from __future__ import annotations
 
+import functools
 import math
 
 from array_api_compat import array_namespace
@@ -202,6 +203,17 @@ def _summed(group, leg: int, rank: dict):
     return (*first[:leg], ("sum", tuple(entries)), *first[leg + 1 :])
 
 
+#: Sums of more entries than this are built as one weighted sum of the stacked factors.
+_STACKED = 4
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_plan(key: tuple, n_legs: int):
+    """:func:`merge_plan` of ``[(coef, tokens)]`` given as ``((type, coef, tokens), ...)``
+    (the type keeps ``2.0`` and ``2+0j`` apart: they hash alike but scale differently)."""
+    return merge_plan([(c, toks) for _, c, toks in key], n_legs)
+
+
 def merge_terms(terms, shape):
     """The same operator with fewer terms (exact algebra, deterministic order), as
     :func:`merge_plan` combines them; factors are the same when they are the same
@@ -219,11 +231,23 @@ def merge_terms(terms, shape):
         The merged terms; the summed coefficient of terms without a factor, if not 0,
         last with no factors.
     """
-    arrays = {id(f): f for _, factors in terms for f in factors if f is not None}
-    ident, plan = merge_plan(
-        [(c, [None if f is None else id(f) for f in factors]) for c, factors in terms],
-        len(shape),
-    )
+    # the plan is worked out on tokens numbered by first appearance, so a step that
+    # merges the same structure as an earlier one (every step, at a fixed rank) reuses it
+    arrays: list = []
+    index: dict = {}
+    key = []
+    for c, factors in terms:
+        toks = []
+        for f in factors:
+            if f is not None and id(f) not in index:
+                index[id(f)] = len(arrays)
+                arrays.append(f)
+            toks.append(None if f is None else index[id(f)])
+        key.append((type(c), c, tuple(toks)))
+    try:
+        ident, plan = _cached_plan(tuple(key), len(shape))
+    except TypeError:  # a coefficient that cannot be hashed
+        ident, plan = merge_plan([(c, toks) for _, c, toks in key], len(shape))
     built: dict = {}
 
     def build(tok, leg):
@@ -232,11 +256,20 @@ def merge_terms(terms, shape):
         if tok[0] == "f":
             val = arrays[tok[1]] if len(tok) == 2 else arrays[tok[1]] * tok[2]
         else:
-            parts = [build(t, leg) for t in tok[1] if t is not None]
-            n_eye = len(tok[1]) - len(parts)
+            entries = [t for t in tok[1] if t is not None]
+            if len(entries) > _STACKED:  # one weighted sum, not many small adds
+                mats = [arrays[t[1]] for t in entries]
+                coefs = [t[2] if len(t) == 3 else 1.0 for t in entries]
+                xp = array_namespace(mats[0])
+                dtype = xp.complex128 if any(isinstance(c, complex) for c in coefs) else None
+                w = xp.asarray(coefs, dtype=dtype or xp.float64)
+                parts = [xp.tensordot(w, xp.stack(mats), axes=1)]
+            else:
+                parts = [build(t, leg) for t in entries]
+            n_eye = len(tok[1]) - len(entries)
             if n_eye:  # identities in the sum: one scaled eye (any factor's namespace
                 # and dtype when the sum holds nothing else)
-                ref = parts[0] if parts else next(iter(arrays.values()))
+                ref = parts[0] if parts else arrays[0]
                 parts.append(array_namespace(ref).eye(shape[leg], dtype=ref.dtype) * n_eye)
             val = parts[0]
             for f in parts[1:]:

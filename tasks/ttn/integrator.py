@@ -139,6 +139,17 @@ class OperatorLayout:
             node = inner[0]
         return node
 
+    def crossing(self, node: int) -> frozenset:
+        """The restrictions to ``node``'s subtree of the operator's terms that reach both
+        into and out of it (computed once per node)."""
+        cache = self.__dict__.setdefault("_crossing", {})
+        if node not in cache:
+            inside = self.leafsets[node]
+            cache[node] = frozenset(
+                self.restrict(k, node) for k in self.op.keys if any(f[0] not in inside for f in k)
+            ) - {()}
+        return cache[node]
+
     def restrict(self, key, node: int):
         s = self.leafsets[node]
         return tuple(f for f in key if f[0] in s)
@@ -378,7 +389,11 @@ def child_environment(layout: OperatorLayout, node: int, i: int, C_in, bond_term
                 if j != i
             ]
             groups.setdefault(parts[i], []).append((others, B, a))
-    out = {}
+    # Per child key the terms are merged (a long-range coupling's many terms on one leg
+    # become one sum); then the merged terms of every key with factors on the same legs
+    # are applied in one batch, not one small TermSum per key.
+    idents: dict = {}
+    batches: dict = {}  # legs -> [(child key, factors)]
     for ck, members in groups.items():
         ident = 0.0
         terms = []
@@ -389,11 +404,25 @@ def child_environment(layout: OperatorLayout, node: int, i: int, C_in, bond_term
                 ident += coef
             else:
                 terms.append((coef, factors))
-        if not terms:
+        idents[ck] = ident
+        for _, fs in merge_terms(terms, Qtens.shape) if terms else ():
+            legs = tuple(f is not None for f in fs)
+            batches.setdefault(legs, []).append((ck, fs))
+    parts: dict = {}
+    for members in batches.values():
+        Y = apply_each(Qtens, [fs for _, fs in members])
+        Y = Qh @ xp.reshape(Y, (Y.shape[0], Qt.shape[0], k_i))
+        for k, (ck, _) in enumerate(members):
+            parts.setdefault(ck, []).append(Y[k, ...])
+    out = {}
+    for ck, ident in idents.items():
+        if ck not in parts:
             if ident != 0:
                 out[ck] = ident  # a multiple of the identity stays a scalar
             continue
-        mat = Qh @ xp.reshape(TermSum(terms)(Qtens), (Qt.shape[0], k_i))
+        mat = parts[ck][0]
+        for more in parts[ck][1:]:
+            mat = mat + more
         if ident != 0:
             mat = mat + xp.eye(k_i, dtype=xp.complex128) * ident
         out[ck] = mat
@@ -836,11 +865,8 @@ def _eta_keys(layout: OperatorLayout, top: int, bterms, nodes, need_p_top=None):
     tree = layout.tree
     need_m: dict = {}
     need_p: dict = {top: set(need_p_top or ())}
-    inside = layout.leafsets[top]
     # the top's parent is not here: any key reaching both into and out of the subtree
-    need_m[top] = {
-        layout.restrict(k, top) for k in layout.op.keys if any(f[0] not in inside for f in k)
-    } - {()}
+    need_m[top] = set(layout.crossing(top))
     for node in nodes:
         if tree.is_leaf(node):
             continue
