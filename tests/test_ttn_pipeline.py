@@ -5,6 +5,7 @@ uninterrupted answer."""
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +84,16 @@ def _assert_same_history(got, ref, atol=1e-10):
 
 @pytest.mark.parametrize(("spec", "depth", "tops"), [("local:2", 2, 4), ("sync", 3, 8)])
 def test_deeper_subtrees_give_the_same_bits(executors, sync_result, tmp_path, spec, depth, tops):
-    """``subtree_depth`` only moves nodes between the stateful workers and the driver
-    (whose nodes below the root become tasks): the arithmetic is the same, so the run is
-    the depth-1 run bit for bit, steps redone by the rejection test included."""
+    """``subtree_depth`` only moves nodes between the stateful workers: the subtrees, one
+    branch worker per child of the root (which holds the nodes above them, the driver
+    relaying between the two) and the driver (the root). The arithmetic is the same, so
+    the run is the depth-1 run bit for bit, steps redone by the rejection test (a
+    branch's two-call K-step and its restart) included."""
     ref_run, ref_m = sync_result
     assert ref_m["rejected_steps"] > 0  # the rejection test's eta path ran
     run, m = run_on(executors(spec), tmp_path, sets=[*SETS, f"subtree_depth={depth}"])
     assert len(m["subtree_busy_s"]) == tops
+    assert len(m["branch_busy_s"]) == 2 and min(m["branch_busy_s"]) > 0
     assert m["rejected_steps"] == ref_m["rejected_steps"]
     got = xr.open_zarr(run.url + "/history", consolidated=False)
     ref = xr.open_zarr(ref_run.url + "/history", consolidated=False)
@@ -203,3 +207,41 @@ def test_bad_config_exits_2_with_one_line_and_no_store(tmp_path, sets, needle):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_step_abandoned_half_way_leaves_no_branch_waiting(executors, monkeypatch):
+    """A driver that fails between a branch's two calls (here: while gathering the
+    subtrees' K-steps) leaves the branch's background step waiting for results; loading
+    the state again ends it, and the next step is the step of a fresh driver."""
+    from tilegraph import get_pipeline
+    from tilegraph.pipelines.config import build_config
+    from tilegraph.pipelines.ttn import driver
+
+    cfg = build_config(get_pipeline("ttn"), "quick", sets=["subtree_depth=2"])
+    ex = executors("sync")
+
+    def waiting():
+        return [t for t in threading.enumerate() if t.name.startswith("ttn-branch")]
+
+    fresh = driver.BUGDriver(cfg, ex)
+    start = fresh.initial()
+    fresh.load(start)
+    fresh.advance(cfg.h)
+
+    drv = driver.BUGDriver(cfg, ex)
+    drv.load(start)
+    gather = driver._Relay.gather
+
+    def fail(self, tokens):
+        raise RuntimeError("the driver failed")
+
+    monkeypatch.setattr(driver._Relay, "gather", fail)
+    with pytest.raises(RuntimeError, match="the driver failed"):
+        drv.advance(cfg.h)
+    assert len(waiting()) == len(drv.branches) == 2
+    monkeypatch.setattr(driver._Relay, "gather", gather)
+    drv.load(start)
+    assert waiting() == []
+    drv.advance(cfg.h)
+    for a, b in zip(drv.full_state(), fresh.full_state(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -122,8 +122,8 @@ class TTNConfig(PipelineConfig):
         default=1,
         ge=1,
         description="subtrees schedule: the workers' subtrees hang this many edges below the "
-        "root (1: one per child of the root; 2^depth on a binary tree); the driver holds "
-        "the nodes above them",
+        "root (1: one per child of the root; 2^depth on a binary tree); above them, one "
+        "branch worker per child of the root holds the nodes between, the driver the root",
     )
     T: float = Field(default=1.0, gt=0, description="final time")
     h: float = Field(default=0.05, gt=0, description="step size")

@@ -4,8 +4,10 @@
 (one ``map`` per step); the driver holds the network and ships each task its node's
 tensors. ``subtrees``: one stateful worker per subtree (under the nodes ``subtree_depth``
 edges below the root) keeps it between steps and runs its K-step (its leaf K-steps and
-node Galerkin steps in turn); the driver holds the nodes above, does the root's Galerkin
-step itself and runs those of the other nodes above as executor tasks.
+node Galerkin steps in turn); the driver holds the root and does its Galerkin step
+itself. With ``subtree_depth`` > 1 each child of the root above the subtrees is a
+stateful :class:`.worker.BranchWorker` of its own, which holds the nodes between it and
+the subtrees; the driver relays between it and them (:class:`_Relay`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tilegraph.tasks.devices import slots
 from tilegraph.tasks.ttn import integrator
 from tilegraph.tasks.ttn import state as st
 
-from .worker import SubtreeGroup, device_task
+from .worker import BranchWorker, SubtreeGroup, device_task
 
 #: Most times one step is redone from the augmented bases when nothing was truncated.
 MAX_REDO = 2
@@ -106,6 +108,14 @@ class BUGDriver:
         self.trunc = integrator.Truncation(cfg.theta, cfg.relative, cfg.r_min, cfg.r_max)
         self.subtrees = cfg.schedule == "subtrees" and cfg.method == "parallel"
         self.tops = list(self.tree.cut(cfg.subtree_depth)) if self.subtrees else []
+        # the root's children: subtree tops, or branches above deeper tops
+        self.front = tuple(self.tree.children[0]) if self.subtrees else ()
+        self.deep = {
+            b: tuple(t for t in self.tops if t in self.tree.subtree(b) and t != b)
+            for b in self.front
+            if b not in self.tops
+        }
+        self.branches: dict = {}
         # the step-rejection test h*eta > c*theta (parallel method only)
         self.eta = cfg.reject and cfg.method == "parallel"
         self.last_eta = 0.0
@@ -131,14 +141,42 @@ class BUGDriver:
                 for a, c in zip(self.actors, self.tops, strict=True)
             ]
             self.ex.gather(resets)
-        away = integrator.below(self.tree, self.tops) | set(self.tops)
-        self.state = [None if n in away else state[n] for n in range(self.tree.n_nodes)]
         tops = self.ex.gather([a.top_projections() for a in self.actors])
-        self._held_proj(dict(zip(self.tops, tops, strict=True)))
+        tops = dict(zip(self.tops, tops, strict=True))
+        if self.deep:
+            parts = {b: self._branch_part(state, b) for b in self.deep}
+            if not self.branches:
+                calls = [
+                    (
+                        (self.layout, b, cut, parts[b], {c: tops[c] for c in cut}, self.trunc),
+                        {"method": self.cfg.method, "tol": self.cfg.tol},
+                    )
+                    for b, cut in self.deep.items()
+                ]
+                handles = self.ex.actors(BranchWorker, calls)
+                self.branches = dict(zip(self.deep, handles, strict=True))
+                got = [self.branches[b].top_projections() for b in self.deep]
+            else:
+                got = [
+                    self.branches[b].reset(parts[b], {c: tops[c] for c in cut})
+                    for b, cut in self.deep.items()
+                ]
+            tops.update(zip(self.deep, self.ex.gather(got), strict=True))
+        away = integrator.below(self.tree, self.front) | set(self.front)
+        self.state = [None if n in away else state[n] for n in range(self.tree.n_nodes)]
+        self._held_proj(tops)
+
+    def _branch_part(self, state, b: int) -> dict:
+        """The tensors a branch under the root's child ``b`` holds."""
+        hidden = integrator.below(self.tree, self.deep[b]) | set(self.deep[b])
+        return {n: state[n] for n in self.tree.subtree(b) if n not in hidden}
 
     def _held_proj(self, top_proj: dict) -> None:
-        """Projections of the nodes the driver holds, from those of the subtrees' tops."""
-        self.proj = integrator.projections(self.layout, self.state, 0, known=top_proj)
+        """Projections of the root's children (the root's own entry stays empty), from
+        ``top_proj`` (node -> projections; entries other than the root's children are
+        ignored)."""
+        known = {c: top_proj[c] for c in self.front}
+        self.proj = integrator.projections(self.layout, self.state, 0, known=known)
 
     def _start_actors(self, state) -> list:
         """One handle per subtree top: a member of a :class:`.worker.SubtreeGroup` actor
@@ -170,7 +208,8 @@ class BUGDriver:
         if not self.subtrees:
             return self.state
         out = list(self.state)
-        for part in self.ex.gather([a.tensors() for a in self.actors]):
+        holders = self.actors + list(self.branches.values())
+        for part in self.ex.gather([a.tensors() for a in holders]):
             for n, arr in part.items():
                 out[n] = arr
         return out
@@ -231,18 +270,16 @@ class BUGDriver:
 
     def _step_subtrees(self, h):
         lay, tree = self.layout, self.tree
-        actor = dict(zip(self.tops, self.actors, strict=True))
         self._waited = 0.0
+        ksteps = _Relay(
+            self, "kstep", "start", "finish", lambda S, cb, need: (S, cb, h, self.eta, need)
+        )
+        truncs = _Relay(self, "truncate", "truncate_start", "truncate_finish", lambda P, s: (P, s))
         remote = integrator.Remote(
-            tops=tuple(self.tops),
-            kstep=lambda c, S, cb, need_p: actor[c].kstep(S, cb, h, self.eta, need_p),
-            truncate=lambda c, P, sig: actor[c].truncate(P, sig),
-            gather=self._gather,
+            tops=self.front, kstep=ksteps.call, truncate=truncs.call, gather=ksteps.gather
         )
         t0 = time.perf_counter()
-        # The nodes above the subtrees do their Galerkin steps while the subtrees work:
-        # the root alone here, several as executor tasks (here they would queue behind
-        # each other: above depth 3 of a binary tree are 7 of its 15 inner nodes).
+        # the root's Galerkin step runs here while the subtrees work
         aug, _, eta2 = integrator.subtree_update(
             lay,
             self.state,
@@ -253,25 +290,14 @@ class BUGDriver:
             h,
             "parallel",
             self.cfg.tol,
-            map_fn=self._top_map() if len(self.tops) > len(tree.children[0]) else None,
             eta=self.eta,
             remote=remote,
         )
         self.last_eta = float(np.sqrt(eta2)) if self.eta else 0.0
         T, sent = integrator.truncate_subtree(tree, aug, 0, self.trunc, remote=remote)
-        got = dict(zip(sent, self._gather(list(sent.values())), strict=True))
+        got = dict(zip(sent, truncs.gather(list(sent.values())), strict=True))
         integrator.orthonormalize_subtree(tree, T, 0, R_of={c: g[0] for c, g in got.items()})
-        edges = []
-        for n in range(1, tree.n_nodes):
-            if n in got:
-                par = tree.parent[n]
-                i = tree.children[par].index(n)
-                old = int(self.state[par].shape[i])
-                edges.append((n, int(aug[par].shape[i]), old, int(got[n][0].shape[0])))
-                edges.extend(got[n][2])
-            elif aug[n] is not None:
-                new = int(T[n].shape[-1])
-                edges.append((n, int(aug[n].shape[-1]), int(self.state[n].shape[-1]), new))
+        edges = integrator.edge_changes(tree, 0, aug, self.state, T, got)
         for n, _, _, new in edges:
             self._ranks[n] = new
         start = list(aug)
@@ -283,12 +309,6 @@ class BUGDriver:
         grown = [(a, n) for _, a, o, n in edges if a > o]
         untruncated = bool(grown) and all(a == n for a, n in grown)
         return untruncated, max(o for _, _, o, _ in edges)
-
-    def _top_map(self):
-        """A ``map_fn`` for the jobs of the nodes above the subtrees: executor tasks in
-        NumPy, as the root's step on the driver (with ``cuda`` the actors hold every GPU
-        for their lifetime), gathered by :meth:`_gather`."""
-        return lambda fn, *iterables: self._gather(self.ex.map(fn, *iterables))
 
     def _gather(self, futures) -> list:
         """The executor's gather, its waiting kept out of ``driver_s``."""
@@ -307,7 +327,13 @@ class BUGDriver:
             return
         self.state = self._start
         tops = self.ex.gather([a.restart_augmented() for a in self.actors])
-        self._held_proj(dict(zip(self.tops, tops, strict=True)))
+        tops = dict(zip(self.tops, tops, strict=True))
+        got = [
+            self.branches[b].restart_augmented({c: tops[c] for c in cut})
+            for b, cut in self.deep.items()
+        ]
+        tops.update(zip(self.deep, self.ex.gather(got), strict=True))
+        self._held_proj(tops)
         self._ranks = [1] + [None] * (self.tree.n_nodes - 1)  # unknown until the redo
 
     # -- observables ------------------------------------------------------------------
@@ -335,16 +361,79 @@ class BUGDriver:
         """Compute seconds of the driver and of every subtree worker (``subtrees`` only)."""
         if not self.subtrees:
             return {}
-        return {
+        out = {
             "driver_busy_s": self.driver_s,
             "subtree_busy_s": [
                 float(b) for b in self.ex.gather([a.busy_s() for a in self.actors])
             ],
         }
+        if self.branches:
+            got = self.ex.gather([a.busy_s() for a in self.branches.values()])
+            out["branch_busy_s"] = [float(b) for b in got]
+        return out
 
     def ranks(self) -> list[int]:
         """Bond ranks of the edges above nodes 1, 2, ... (without shipping the state)."""
         return list(self._ranks[1:])
+
+
+class _Relay:
+    """One phase of a ``subtrees`` step (the K-steps or the truncations) on the subtrees
+    under the root's children, called as :class:`~tilegraph.tasks.ttn.integrator.Remote`'s
+    ``kstep``/``truncate`` and ``gather``.
+
+    A subtree top is called once (``leaf``). A branch is called twice: ``first`` returns
+    what its deeper subtrees are to do, which goes on to them as soon as every child of
+    the root has been called (so they work while the driver does the root's step), and
+    their results go to the branch's ``second``.
+
+    Parameters
+    ----------
+    drv : BUGDriver
+    leaf, first, second : str
+        Method names: a subtree's, a branch's first and second call.
+    args : callable
+        ``args(*what) -> arguments`` of ``leaf`` and ``first`` from what ``Remote``
+        passes after the node (and what a branch asks for after the deeper top).
+    """
+
+    def __init__(self, drv, leaf: str, first: str, second: str, args):
+        self.drv, self.leaf, self.first, self.second, self.args = drv, leaf, first, second, args
+        self.handles = dict(zip(drv.tops, drv.actors, strict=True))
+        self.fired: dict = {}
+        self.deep: dict | None = None  # branch -> {deeper top: future}
+
+    def call(self, c, *what):
+        if c in self.drv.branches:
+            self.fired[c] = getattr(self.drv.branches[c], self.first)(*self.args(*what))
+        else:
+            self.fired[c] = getattr(self.handles[c], self.leaf)(*self.args(*what))
+        if len(self.fired) == len(self.drv.front):
+            self._relay()
+        return c
+
+    def _relay(self) -> None:
+        """The branches' first answers, passed on to their deeper subtrees."""
+        branches = [c for c in self.fired if c in self.drv.branches]
+        asked = self.drv._gather([self.fired[b] for b in branches])
+        self.deep = {
+            b: {a[0]: getattr(self.handles[a[0]], self.leaf)(*self.args(*a[1:])) for a in asks}
+            for b, asks in zip(branches, asked, strict=True)
+        }
+
+    def gather(self, tokens) -> list:
+        if self.deep is None:
+            self._relay()
+        direct = [c for c in tokens if c not in self.deep]
+        deeper = [(b, d, f) for b in tokens if b in self.deep for d, f in self.deep[b].items()]
+        got = self.drv._gather([self.fired[c] for c in direct] + [f for _, _, f in deeper])
+        out = dict(zip(direct, got[: len(direct)], strict=True))
+        results: dict = {b: {} for b in tokens if b in self.deep}
+        for (b, d, _), r in zip(deeper, got[len(direct) :], strict=True):
+            results[b][d] = r
+        second = [getattr(self.drv.branches[b], self.second)(r) for b, r in results.items()]
+        out.update(zip(results, self.drv._gather(second), strict=True))
+        return [out[c] for c in tokens]
 
 
 __all__ = ["BUGDriver", "executor_map", "MAX_REDO"]

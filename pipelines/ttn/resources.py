@@ -231,16 +231,19 @@ def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
         groups = max(1, min(int(workers), len(tops)))
         share = -(-len(tops) // groups)
         worker = sum(k for k, _ in per[:share]) + max(w for _, w in per)
-        # the nodes above the tops stay on the driver; below the root their Galerkin
-        # steps run as tasks, on any worker
+        # the driver holds the root (its step: environments, assembly, rejection test,
+        # truncation); a branch worker per child of the root the nodes between it and
+        # the tops, and it may share a worker with subtrees
         inside = {k for c in tops for k in tree.subtree(c)}
-        above = [k for k in nodes if k not in inside]
-        # the driver's glue for every node above (environments, assembly, rejection
-        # test, truncation): as large as that node's step
-        glue = max(nodes[k][1] for k in above)
-        driver = sum(nodes[k][0] for k in above) + glue + 2 * state  # + observables
-        if len(above) > 1:
-            worker += glue
+        driver = nodes[0][0] + nodes[0][1] + 2 * state  # + observables
+        branches = [
+            [k for k in tree.subtree(b) if k in nodes and k not in inside]
+            for b in tree.children[0]
+        ]
+        held = [
+            sum(nodes[k][0] for k in ks) + max(nodes[k][1] for k in ks) for ks in branches if ks
+        ]
+        worker += max(held, default=0)
     else:
         kept = sum(k for k, _ in nodes.values()) + leaf_bytes * tree.n_nodes
         driver = kept + max(w for _, w in nodes.values()) + 2 * state

@@ -15,6 +15,8 @@ it is sent to its device, keeps its subtree there, and returns NumPy arrays. The
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 
 import numpy as np
@@ -80,24 +82,17 @@ class SubtreeWorker:
         # a copy: nothing the driver holds aliases this worker's device memory
         return obj if self.xp is np else to_host(obj, copy=True)
 
-    def kstep(self, S, bond_terms, h: float, eta: bool = False, need_p=None):
-        """The recursive K-step of the subtree.
-
-        Returns ``coeff`` (``p x k``), and with ``eta`` ``(coeff, eta2, mixed, phat)``:
-        the subtree's part of the step-rejection test, its top's mixed projections and
-        its top's augmented projections for the keys ``need_p`` (what a parent held by
-        the driver below the root needs).
-        """
-        t0 = time.perf_counter()
-        tree = self.layout.tree
-        S, bond_terms = self._dev((S, bond_terms))
+    def _c_in(self, S):
+        """The top's old tensor times its environment ``S`` (``r x k``)."""
         old = self.state[self.top]
-        if tree.is_leaf(self.top):
-            c_in = old @ S
-        else:
-            xp = array_namespace(old)
-            c_in = xp.reshape(bond_matrix(xp, old) @ S, old.shape[:-1] + (S.shape[1],))
-        self.aug, top_new, eta2 = integrator.subtree_update(
+        if self.layout.tree.is_leaf(self.top):
+            return old @ S
+        xp = array_namespace(old)
+        return xp.reshape(bond_matrix(xp, old) @ S, old.shape[:-1] + (S.shape[1],))
+
+    def _update(self, c_in, bond_terms, h, eta, need_p, remote=None):
+        """:func:`~tilegraph.tasks.ttn.integrator.subtree_update` of this subtree."""
+        return integrator.subtree_update(
             self.layout,
             self.state,
             self.top,
@@ -108,8 +103,21 @@ class SubtreeWorker:
             self.method,
             self.tol,
             eta=eta,
+            remote=remote,
             need_p_top=need_p,
         )
+
+    def kstep(self, S, bond_terms, h: float, eta: bool = False, need_p=None):
+        """The recursive K-step of the subtree.
+
+        Returns ``coeff`` (``p x k``), and with ``eta`` ``(coeff, eta2, mixed, phat)``:
+        the subtree's part of the step-rejection test, its top's mixed projections and
+        its top's augmented projections for the keys ``need_p`` (what a parent held by
+        the driver below the root needs).
+        """
+        t0 = time.perf_counter()
+        S, bond_terms = self._dev((S, bond_terms))
+        self.aug, top_new, eta2 = self._update(self._c_in(S), bond_terms, h, eta, need_p)
         out = self._host((top_new[1], eta2, top_new[2], top_new[3]) if eta else top_new[1])
         self.busy += time.perf_counter() - t0
         return out
@@ -122,11 +130,7 @@ class SubtreeWorker:
         P, sig = self._dev((P, sig))
         T = integrator.truncate_subtree(tree, self.aug, self.top, self.trunc, P, sig)
         R = integrator.orthonormalize_subtree(tree, T, self.top)
-        edges = [
-            (n, int(self.aug[n].shape[-1]), int(self.state[n].shape[-1]), int(T[n].shape[-1]))
-            for n in tree.subtree(self.top)
-            if n != self.top
-        ]
+        edges = integrator.edge_changes(tree, self.top, self.aug, self.state, T, {})
         self.state = T
         self.proj = integrator.projections(self.layout, self.state, self.top)
         out = self._host((R, self.proj[self.top], edges))
@@ -180,3 +184,156 @@ class SubtreeGroup:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class BranchWorker(SubtreeWorker):
+    """The nodes under ``top`` down to the tops ``cut`` of deeper subtrees, which other
+    stateful workers hold (``subtree_depth`` > 1: one per child of the root).
+
+    Its K-step and truncation take two calls each, as the driver relays between it and
+    the deeper subtrees: :meth:`start` works out the environments of the nodes held here
+    and returns the deeper subtrees' (``[(top, S, bond_terms, need_p)]``), then does the
+    held nodes' Galerkin steps in a background thread while those run; :meth:`finish`
+    takes their results and returns what :meth:`SubtreeWorker.kstep` would.
+    :meth:`truncate_start` and :meth:`truncate_finish` do the same for the truncation.
+    The arithmetic is the same as where one process holds every node. Always NumPy, as
+    the driver's own nodes.
+
+    Parameters
+    ----------
+    layout, top, trunc, method, tol
+        As for :class:`SubtreeWorker`.
+    cut : sequence of int
+        Tops of the deeper subtrees under ``top``.
+    tensors : dict of int to array
+        The tensors of the nodes held here (under ``top``, above ``cut``).
+    known : dict of int to dict
+        The projections of the tops ``cut``.
+    """
+
+    def __init__(self, layout, top, cut, tensors, known, trunc, method="parallel", tol=1e-12):
+        self.cut, self.known = tuple(int(c) for c in cut), dict(known)
+        self._run = None
+        super().__init__(layout, top, tensors, trunc, method, tol, "cpu")
+
+    def _abandon(self) -> None:
+        """End a K-step left half-done (its driver failed between the two calls)."""
+        run, self._run = self._run, None
+        if run is not None:
+            run["inbox"].put(None)
+            run["thread"].join()
+
+    def reset(self, tensors, known=None) -> dict:
+        self._abandon()
+        if known is not None:
+            self.known = dict(known)
+        self.state = [None] * self.layout.tree.n_nodes
+        for n, a in tensors.items():
+            self.state[int(n)] = a
+        self._project()
+        self.aug = None
+        return self.proj[self.top]
+
+    def _project(self) -> None:
+        self.proj = integrator.projections(self.layout, self.state, self.top, known=self.known)
+
+    def start(self, S, bond_terms, h: float, eta: bool = False, need_p=None) -> list:
+        """First half of the K-step (arguments as :meth:`SubtreeWorker.kstep`): returns
+        ``[(top, S, bond_terms, need_p)]`` of the deeper subtrees."""
+        self._abandon()
+        c_in = self._c_in(S)
+        asked: list = []
+        asked_all = threading.Event()
+        inbox: queue.Queue = queue.Queue(maxsize=1)
+        run = {"eta": eta, "inbox": inbox, "error": None, "out": None}
+
+        def ask(c, S_c, bterms_c, need_c):
+            asked.append((c, S_c, bterms_c, need_c))
+            if len(asked) == len(self.cut):
+                asked_all.set()
+            return c
+
+        def wait(tokens):
+            got = inbox.get()
+            if got is None:
+                raise RuntimeError("the step was abandoned")
+            return [got[c] for c in tokens]
+
+        remote = integrator.Remote(tops=self.cut, kstep=ask, truncate=None, gather=wait)
+
+        def work():
+            # this thread's CPU seconds: it overlaps the actor's other calls (and, in
+            # one process, the driver's), so wall time would count theirs too
+            t0 = time.thread_time()
+            try:
+                run["out"] = self._update(c_in, bond_terms, h, eta, need_p, remote)
+            except BaseException as error:  # raised again by start or finish
+                run["error"] = error
+            finally:
+                self.busy += time.thread_time() - t0
+                asked_all.set()
+
+        run["thread"] = threading.Thread(target=work, name=f"ttn-branch-{self.top}", daemon=True)
+        self._run = run
+        run["thread"].start()
+        asked_all.wait()
+        if run["error"] is not None:
+            run["thread"].join()
+            raise run["error"]
+        return asked
+
+    def finish(self, results: dict):
+        """Second half of the K-step: ``results`` (deeper top -> its K-step's result)."""
+        run, self._run = self._run, None
+        run["inbox"].put(results)
+        run["thread"].join()
+        if run["error"] is not None:
+            raise run["error"]
+        self.aug, top_new, eta2 = run["out"]
+        return (top_new[1], eta2, top_new[2], top_new[3]) if run["eta"] else top_new[1]
+
+    def truncate_start(self, P, sig) -> list:
+        """First half of the truncation: returns ``[(top, P, sig)]`` of the deeper
+        subtrees."""
+        t0 = time.perf_counter()
+        asked: list = []
+
+        def ask(c, P_c, sig_c):
+            asked.append((c, P_c, sig_c))
+            return c
+
+        remote = integrator.Remote(tops=self.cut, kstep=None, truncate=ask, gather=None)
+        tree = self.layout.tree
+        self._T, _ = integrator.truncate_subtree(
+            tree, self.aug, self.top, self.trunc, P, sig, remote=remote
+        )
+        self.busy += time.perf_counter() - t0
+        return asked
+
+    def truncate_finish(self, got: dict):
+        """Second half: ``got`` (deeper top -> its truncation's result); returns what
+        :meth:`SubtreeWorker.truncate` would."""
+        t0 = time.perf_counter()
+        tree, T = self.layout.tree, self._T
+        R = integrator.orthonormalize_subtree(
+            tree, T, self.top, R_of={c: g[0] for c, g in got.items()}
+        )
+        edges = integrator.edge_changes(tree, self.top, self.aug, self.state, T, got)
+        self.state, self._T = T, None
+        self.known = {c: g[1] for c, g in got.items()}
+        self._project()
+        self.busy += time.perf_counter() - t0
+        return R, self.proj[self.top], edges
+
+    def restart_augmented(self, known=None) -> dict:
+        """As :meth:`SubtreeWorker.restart_augmented`, with the deeper tops' new
+        projections ``known``."""
+        self.state = list(self.aug)
+        if known is not None:
+            self.known = dict(known)
+        self._project()
+        return self.proj[self.top]
+
+    def tensors(self) -> dict:
+        hidden = integrator.below(self.layout.tree, self.cut) | set(self.cut)
+        return {n: self.state[n] for n in self.layout.tree.subtree(self.top) if n not in hidden}

@@ -503,6 +503,29 @@ def truncate_subtree(
     return (T, sent) if remote is not None else T
 
 
+def edge_changes(tree: Tree, top: int, aug, old, T, got) -> list[tuple[int, int, int, int]]:
+    """``(node, augmented, old, new rank)`` of every edge below ``top`` after a step.
+
+    ``aug``, ``old`` and ``T`` (truncated, orthonormalized) hold the nodes kept here (None
+    elsewhere); ``got`` (node -> ``(R, projections, edges below it)``) holds the subtrees
+    truncated elsewhere, whose top edge is read off its parent here and whose own edges
+    they report.
+    """
+    edges = []
+    for n in tree.subtree(top):
+        if n == top:
+            continue
+        if n in got:
+            par = tree.parent[n]
+            i = tree.children[par].index(n)
+            rank_old = int(old[par].shape[i])
+            edges.append((n, int(aug[par].shape[i]), rank_old, int(got[n][0].shape[0])))
+            edges.extend(got[n][2])
+        elif aug[n] is not None:
+            edges.append((n, int(aug[n].shape[-1]), int(old[n].shape[-1]), int(T[n].shape[-1])))
+    return edges
+
+
 def orthonormalize_subtree(tree: Tree, T, top: int, R_of=None):
     """QR from the leaves of the subtree up to ``top`` (in place on the list ``T``).
 
