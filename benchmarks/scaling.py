@@ -16,9 +16,10 @@ Cases (``--cases``; the sizes are chosen so that one run on 1 worker takes secon
   up to ``--ttn-d64-T``.
 * Both ttn cases split the tree for the workers (``--ttn-depth auto``, the default):
   ``subtree_depth = ceil(log2 W)`` (at least 1), so that W workers get W subtrees and
-  the inner nodes above them run as tasks; the depth changes where the work runs, not
-  its bits. ``--ttn-depth 1`` gives the one-subtree-per-child-of-the-root schedule of
-  2026-12-04's table.
+  the inner nodes above them are held by one branch worker per child of the root; the
+  depth changes where the work runs, not its bits. Each ttn line shows the driver's
+  busy seconds and the largest branch's and subtree's. ``--ttn-depth 1`` gives the
+  one-subtree-per-child-of-the-root schedule of 2026-12-04's table.
 * ``bilevel-I<k>``: seconds per iteration (``s_per_iter``) of BSVRB v1 on heavy blocks
   (dim_y = 200, batch 256, m = 20) at I = k blocks per iteration, for each k of ``--Is``.
 * ``domain-split-var``: the variable-coefficient problem (2-D, ``--ds-n``), ``krylov``,
@@ -98,6 +99,9 @@ def run_once(ex, case: str, spec, root: str) -> dict:
     run = tilegraph.run(name, preset=preset, sets=sets, cluster=ex, store=root)
     wall = time.perf_counter() - t0
     m = {k: v for k, v in run.metrics.items() if isinstance(v, int | float | str | bool)}
+    for k, v in run.metrics.items():  # per-worker seconds (ttn's busy lists): the largest
+        if isinstance(v, list) and v and all(isinstance(x, int | float) for x in v):
+            m[f"{k}_max"] = max(v)
     m["process_wall_s"] = wall
     if what == "steps":
         m["time_s"] = float(run.open_dataset("history").step_s.sum())
@@ -172,9 +176,15 @@ def main(argv=None) -> int:
                         m = run_once(ex, c, with_depth(allc[c], c, w, args.ttn_depth), root)
                         m["cluster_start_s"] = start
                         got[c][w].append(m)
+                        # ttn: where a step's time goes (compute seconds; branch: CPU)
+                        busy = "".join(
+                            f"  {k.removesuffix('_busy_s_max').removesuffix('_busy_s')} {m[k]:.2f}"
+                            for k in ("driver_busy_s", "branch_busy_s_max", "subtree_busy_s_max")
+                            if k in m
+                        )
                         print(
                             f"round {rnd + 1}  {w:2d} workers  {c:18s} {m['time_s']:8.3f} s "
-                            f"(run {m['process_wall_s']:.1f} s)",
+                            f"(run {m['process_wall_s']:.1f} s){busy}",
                             flush=True,
                         )
                 save()
