@@ -321,7 +321,7 @@ class Executor(abc.ABC):
         self._check_usable(gpus)
         return self._actor(cls, args, kwargs, gpus=gpus, spread=spread)
 
-    def actors(self, cls: type, calls, /, *, gpus: int = 0) -> list[ActorHandle]:
+    def actors(self, cls: type, calls, /, *, gpus: int = 0, first: int = 0) -> list[ActorHandle]:
         """Create one actor per constructor call, constructed concurrently where the
         backend can (on Dask and Ray each worker imports and builds its own at once).
 
@@ -330,9 +330,12 @@ class Executor(abc.ABC):
         cls : type
         calls : sequence of (tuple, dict)
             ``(args, kwargs)`` of each actor's constructor; actor ``i`` is placed as
-            `actor` places ``spread=i``.
+            `actor` places ``spread=first + i``.
         gpus : int
             GPUs each actor holds.
+        first : int
+            Placement offset: a second group of actors that should not land on the
+            workers of a first group of ``n`` starts at ``first=n``.
 
         Returns
         -------
@@ -341,7 +344,7 @@ class Executor(abc.ABC):
         """
         self._check_usable(gpus)
         pending = [
-            self._start_actor(cls, tuple(a), dict(k), gpus, spread=i)
+            self._start_actor(cls, tuple(a), dict(k), gpus, spread=first + i)
             for i, (a, k) in enumerate(calls)
         ]
         return [finish() for finish in pending]

@@ -151,11 +151,13 @@ def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
         (0.25, [None, None, None]),
     ]
     # a long-range coupling: many terms on one leg (summed as one weighted sum of the
-    # stacked factors), one of them the identity, real and complex coefficients
+    # stacked factors), one of them the identity, real, complex and NumPy complex64
+    # coefficients
     many = [rand(3) for _ in range(7)]
     long = [(0.3 * (j + 1), [m, None, None]) for j, m in enumerate(many)]
-    long += [(1j, [many[0], None, None])]
+    long += [(1j, [many[0], None, None]), (np.complex64(0.5j), [many[1], None, None])]
     long += [(1.0, [m, c, None]) for m in many] + [(1.0, [None, c, None])]
+    long += [(np.complex64(0.25j * (j + 1)), [None, rand(4), None]) for j in range(5)]
     eye = [np.eye(n) for n in shape]
 
     def dense(terms):
@@ -173,7 +175,7 @@ def test_merged_terms_are_the_same_operator_in_fewer_terms(xp_name):
     # must apply it to the matrices it is given now
     fresh = {id(x): rand(x.shape[0]) for _, fs in long for x in fs if x is not None}
     other = [(k, [None if x is None else fresh[id(x)] for x in fs]) for k, fs in long]
-    for terms, n_merged in ((square, 1), (swapped, 1), (mixed, 6), (long, 2), (other, 2)):
+    for terms, n_merged in ((square, 1), (swapped, 1), (mixed, 6), (long, 3), (other, 3)):
         arrays = {id(x): conv(x) for _, fs in terms for x in fs if x is not None}
         given = [(k, [arrays[id(x)] if x is not None else None for x in fs]) for k, fs in terms]
         merged = merge_terms(given, shape)

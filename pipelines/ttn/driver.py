@@ -153,7 +153,8 @@ class BUGDriver:
                     )
                     for b, cut in self.deep.items()
                 ]
-                handles = self.ex.actors(BranchWorker, calls)
+                # on other workers than the subtrees' first groups, where there are
+                handles = self.ex.actors(BranchWorker, calls, first=self._groups)
                 self.branches = dict(zip(self.deep, handles, strict=True))
                 got = [self.branches[b].top_projections() for b in self.deep]
             else:
@@ -184,7 +185,7 @@ class BUGDriver:
         device = self.cfg.device
         gpus = 1 if device == "cuda" else 0
         parts = [{n: state[n] for n in self.tree.subtree(c)} for c in self.tops]
-        n_groups = subtree_slots(self.ex, device, len(self.tops))
+        n_groups = self._groups = subtree_slots(self.ex, device, len(self.tops))
         # subtree i goes to group i % n_groups: one subtree per stateful worker, except
         # with fewer GPUs than subtrees
         calls = [
@@ -269,6 +270,23 @@ class BUGDriver:
         return info.untruncated, old_max
 
     def _step_subtrees(self, h):
+        try:
+            return self._relayed_step(h)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """End the branches' half-done K-steps after a failed step (best effort: a lost
+        worker's branch has nothing left to end)."""
+        if not self.branches:
+            return
+        try:
+            self.ex.gather([b.abandon() for b in self.branches.values()])
+        except Exception:  # the step's own error is the one to raise
+            pass
+
+    def _relayed_step(self, h):
         lay, tree = self.layout, self.tree
         self._waited = 0.0
         ksteps = _Relay(
@@ -413,13 +431,14 @@ class _Relay:
         return c
 
     def _relay(self) -> None:
-        """The branches' first answers, passed on to their deeper subtrees."""
-        branches = [c for c in self.fired if c in self.drv.branches]
-        asked = self.drv._gather([self.fired[b] for b in branches])
-        self.deep = {
-            b: {a[0]: getattr(self.handles[a[0]], self.leaf)(*self.args(*a[1:])) for a in asks}
-            for b, asks in zip(branches, asked, strict=True)
-        }
+        """The branches' first answers, each passed on to its deeper subtrees as soon as
+        it is in."""
+        self.deep = {}
+        for b in [c for c in self.fired if c in self.drv.branches]:
+            (asks,) = self.drv._gather([self.fired[b]])
+            self.deep[b] = {
+                a[0]: getattr(self.handles[a[0]], self.leaf)(*self.args(*a[1:])) for a in asks
+            }
 
     def gather(self, tokens) -> list:
         if self.deep is None:

@@ -240,10 +240,12 @@ def _sizes(cfg, r_max: int, workers: int) -> tuple[int, int, int]:
             [k for k in tree.subtree(b) if k in nodes and k not in inside]
             for b in tree.children[0]
         ]
-        held = [
-            sum(nodes[k][0] for k in ks) + max(nodes[k][1] for k in ks) for ks in branches if ks
-        ]
-        worker += max(held, default=0)
+        held = sorted(
+            (sum(nodes[k][0] for k in ks) + max(nodes[k][1] for k in ks) for ks in branches if ks),
+            reverse=True,
+        )
+        # as many branches per worker as the subtrees' share (their steps overlap)
+        worker += sum(held[: -(-len(held) // max(1, int(workers)))])
     else:
         kept = sum(k for k, _ in nodes.values()) + leaf_bytes * tree.n_nodes
         driver = kept + max(w for _, w in nodes.values()) + 2 * state

@@ -216,15 +216,16 @@ class BranchWorker(SubtreeWorker):
         self._run = None
         super().__init__(layout, top, tensors, trunc, method, tol, "cpu")
 
-    def _abandon(self) -> None:
-        """End a K-step left half-done (its driver failed between the two calls)."""
+    def abandon(self) -> None:
+        """End a K-step left half-done (its driver failed between the two calls); its
+        background thread, which holds this worker, would wait for results otherwise."""
         run, self._run = self._run, None
         if run is not None:
             run["inbox"].put(None)
             run["thread"].join()
 
     def reset(self, tensors, known=None) -> dict:
-        self._abandon()
+        self.abandon()
         if known is not None:
             self.known = dict(known)
         self.state = [None] * self.layout.tree.n_nodes
@@ -240,7 +241,7 @@ class BranchWorker(SubtreeWorker):
     def start(self, S, bond_terms, h: float, eta: bool = False, need_p=None) -> list:
         """First half of the K-step (arguments as :meth:`SubtreeWorker.kstep`): returns
         ``[(top, S, bond_terms, need_p)]`` of the deeper subtrees."""
-        self._abandon()
+        self.abandon()
         c_in = self._c_in(S)
         asked: list = []
         asked_all = threading.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 from array_api_compat import array_namespace
 
@@ -244,10 +245,7 @@ def merge_terms(terms, shape):
                 arrays.append(f)
             toks.append(None if f is None else index[id(f)])
         key.append((type(c), c, tuple(toks)))
-    try:
-        ident, plan = _cached_plan(tuple(key), len(shape))
-    except TypeError:  # a coefficient that cannot be hashed
-        ident, plan = merge_plan([(c, toks) for _, c, toks in key], len(shape))
+    ident, plan = _cached_plan(tuple(key), len(shape))
     built: dict = {}
 
     def build(tok, leg):
@@ -261,8 +259,11 @@ def merge_terms(terms, shape):
                 mats = [arrays[t[1]] for t in entries]
                 coefs = [t[2] if len(t) == 3 else 1.0 for t in entries]
                 xp = array_namespace(mats[0])
-                dtype = xp.complex128 if any(isinstance(c, complex) for c in coefs) else None
-                w = xp.asarray(coefs, dtype=dtype or xp.float64)
+                real = all(isinstance(c, numbers.Real) for c in coefs)
+                w = xp.asarray(
+                    coefs if real else [complex(c) for c in coefs],
+                    dtype=xp.float64 if real else xp.complex128,
+                )
                 parts = [xp.tensordot(w, xp.stack(mats), axes=1)]
             else:
                 parts = [build(t, leg) for t in entries]
