@@ -15,8 +15,8 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
-    # the small run splits the tree below the root's children (4 subtrees, the nodes
-    # above as tasks), so that the same-bits suite covers that path on Dask and Ray; the
+    # the small run splits the tree below the root's children (4 subtrees under 2
+    # branch workers), so that the same-bits suite covers that path on Dask and Ray; the
     # fault runs keep one subtree per child of the root
     checks=Checks(
         small={"subtree_depth": 2},

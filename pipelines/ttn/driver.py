@@ -163,14 +163,13 @@ class BUGDriver:
                     for b, cut in self.deep.items()
                 ]
             tops.update(zip(self.deep, self.ex.gather(got), strict=True))
-        away = integrator.below(self.tree, self.front) | set(self.front)
-        self.state = [None if n in away else state[n] for n in range(self.tree.n_nodes)]
+        mine = set(integrator.held(self.tree, 0, self.front))
+        self.state = [state[n] if n in mine else None for n in range(self.tree.n_nodes)]
         self._held_proj(tops)
 
     def _branch_part(self, state, b: int) -> dict:
         """The tensors a branch under the root's child ``b`` holds."""
-        hidden = integrator.below(self.tree, self.deep[b]) | set(self.deep[b])
-        return {n: state[n] for n in self.tree.subtree(b) if n not in hidden}
+        return {n: state[n] for n in integrator.held(self.tree, b, self.deep[b])}
 
     def _held_proj(self, top_proj: dict) -> None:
         """Projections of the root's children (the root's own entry stays empty), from
@@ -376,7 +375,8 @@ class BUGDriver:
         return out
 
     def busy(self) -> dict:
-        """Compute seconds of the driver and of every subtree worker (``subtrees`` only)."""
+        """Compute seconds of the driver, of every subtree worker and of every branch
+        (``subtrees`` only)."""
         if not self.subtrees:
             return {}
         out = {

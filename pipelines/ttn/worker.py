@@ -53,6 +53,11 @@ class SubtreeWorker:
         results leave as NumPy arrays.
     """
 
+    #: Tops of deeper subtrees held elsewhere (a :class:`BranchWorker`'s) and their
+    #: projections; none here.
+    cut: tuple = ()
+    known: dict = {}
+
     def __init__(self, layout, top, tensors, trunc, method="parallel", tol=1e-12, device="cpu"):
         self.layout, self.top, self.trunc = layout, top, trunc
         self.method, self.tol = method, tol
@@ -66,9 +71,13 @@ class SubtreeWorker:
         self.state = [None] * self.layout.tree.n_nodes
         for n, a in tensors.items():
             self.state[int(n)] = self._dev(a)
-        self.proj = integrator.projections(self.layout, self.state, self.top)
+        self._project()
         self.aug = None
         return self._host(self.proj[self.top])
+
+    def _project(self) -> None:
+        """The projections of the nodes held here (those of ``cut`` are ``known``)."""
+        self.proj = integrator.projections(self.layout, self.state, self.top, known=self.known)
 
     def top_projections(self) -> dict:
         """``X_top^H A_key X_top`` for the keys of the top node."""
@@ -132,7 +141,7 @@ class SubtreeWorker:
         R = integrator.orthonormalize_subtree(tree, T, self.top)
         edges = integrator.edge_changes(tree, self.top, self.aug, self.state, T, {})
         self.state = T
-        self.proj = integrator.projections(self.layout, self.state, self.top)
+        self._project()
         out = self._host((R, self.proj[self.top], edges))
         self.busy += time.perf_counter() - t0
         return out
@@ -141,7 +150,7 @@ class SubtreeWorker:
         """Make the last step's augmented bases the current ones (a rejected step is redone
         from them); returns the new top projections."""
         self.state = list(self.aug)
-        self.proj = integrator.projections(self.layout, self.state, self.top)
+        self._project()
         return self._host(self.proj[self.top])
 
     def pid(self) -> int:
@@ -154,7 +163,8 @@ class SubtreeWorker:
 
     def tensors(self) -> dict:
         """The subtree's current tensors (for checkpoints and dense references)."""
-        return self._host({n: self.state[n] for n in self.layout.tree.subtree(self.top)})
+        nodes = integrator.held(self.layout.tree, self.top, self.cut)
+        return self._host({n: self.state[n] for n in nodes})
 
 
 class SubtreeGroup:
@@ -228,15 +238,7 @@ class BranchWorker(SubtreeWorker):
         self.abandon()
         if known is not None:
             self.known = dict(known)
-        self.state = [None] * self.layout.tree.n_nodes
-        for n, a in tensors.items():
-            self.state[int(n)] = a
-        self._project()
-        self.aug = None
-        return self.proj[self.top]
-
-    def _project(self) -> None:
-        self.proj = integrator.projections(self.layout, self.state, self.top, known=self.known)
+        return super().reset(tensors)
 
     def start(self, S, bond_terms, h: float, eta: bool = False, need_p=None) -> list:
         """First half of the K-step (arguments as :meth:`SubtreeWorker.kstep`): returns
@@ -329,12 +331,6 @@ class BranchWorker(SubtreeWorker):
     def restart_augmented(self, known=None) -> dict:
         """As :meth:`SubtreeWorker.restart_augmented`, with the deeper tops' new
         projections ``known``."""
-        self.state = list(self.aug)
         if known is not None:
             self.known = dict(known)
-        self._project()
-        return self.proj[self.top]
-
-    def tensors(self) -> dict:
-        hidden = integrator.below(self.layout.tree, self.cut) | set(self.cut)
-        return {n: self.state[n] for n in self.layout.tree.subtree(self.top) if n not in hidden}
+        return super().restart_augmented()

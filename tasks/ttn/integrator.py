@@ -127,6 +127,7 @@ class OperatorLayout:
                     seen[r] = None
             self.keys.append(list(seen))
         self._local = {node: self._leaf_ops(node) for node in tree.leaf_nodes}
+        self._crossing: dict = {}  # node -> crossing(node), filled on first use
 
     def _lowest(self, key) -> int:
         """The smallest subtree holding every site of ``key`` (the root for ``()``)."""
@@ -142,13 +143,12 @@ class OperatorLayout:
     def crossing(self, node: int) -> frozenset:
         """The restrictions to ``node``'s subtree of the operator's terms that reach both
         into and out of it (computed once per node)."""
-        cache = self.__dict__.setdefault("_crossing", {})
-        if node not in cache:
+        if node not in self._crossing:
             inside = self.leafsets[node]
-            cache[node] = frozenset(
+            self._crossing[node] = frozenset(
                 self.restrict(k, node) for k in self.op.keys if any(f[0] not in inside for f in k)
             ) - {()}
-        return cache[node]
+        return self._crossing[node]
 
     def restrict(self, key, node: int):
         s = self.leafsets[node]
@@ -199,6 +199,13 @@ def below(tree: Tree, tops) -> set:
     for t in tops:
         out.update(n for n in tree.subtree(t) if n != t)
     return out
+
+
+def held(tree: Tree, top: int, cut=()) -> list[int]:
+    """The nodes of the subtree under ``top`` outside the subtrees under ``cut`` (those
+    a process holds when the subtrees under ``cut`` are held elsewhere), top-down."""
+    away = below(tree, cut) | set(cut)
+    return [n for n in tree.subtree(top) if n not in away]
 
 
 @dataclass(frozen=True)
@@ -741,8 +748,7 @@ def subtree_update(
     if remote is not None and method != "parallel":
         raise ValueError("subtrees held elsewhere need method='parallel'")
     cut = tuple(remote.tops) if remote is not None else ()
-    hidden = below(tree, cut)
-    nodes = [n for n in tree.subtree(top) if n not in hidden and n not in cut]
+    nodes = held(tree, top, cut)
     c_in: list = [None] * tree.n_nodes
     bterms: list = [None] * tree.n_nodes
     env: list = [None] * tree.n_nodes
