@@ -6,7 +6,9 @@
 #   bash benchmarks/device_run.sh gpu      # there: pytest -m gpu, gpu_check, kernels, picard
 #   bash benchmarks/device_run.sh scaling  # there: 1, 2, 4, 8 CPU workers
 #   bash benchmarks/device_run.sh next     # there: only what the open issues still lack
-#                                          # (~7 min: kernels, guarded picard, ttn scaling)
+#                                          # (<= 9.5 min: torch on the GPU, a diffusers UNet
+#                                          # sampled on the GPU, ttn scaling, kernels)
+#   bash benchmarks/device_run.sh next2    # there: picard's guarded GMM rows (~2 min)
 #
 # Every step runs under its own time limit; its log and the JSON it writes are packed
 # into $OUT/device-<part>.tar.gz after each step, so a run cut short still returns what
@@ -59,16 +61,26 @@ scaling)
     TAIL=20 step scaling "${SCALING_LIMIT:-330}" python3 benchmarks/scaling.py \
         --workers 1 2 4 8 --rounds "${ROUNDS:-3}"
     ;;
-next)  # 2026-12-05: the rows issues 17, 19 and 21 still lack, most wanted first
-    step env 60 bash -c 'nvidia-smi -L; nproc; python3 -c "import cupy, tilegraph; print(cupy.__version__)"'
-    step gpu-kernels 90 python3 benchmarks/gpu_kernels.py  # 17: the current frozen box solves
-    step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
-        --device cuda --wall-workers 1 --windows 8 32  # 19: the guarded rows on the GPU
-    TAIL=20 step scaling-ttn 200 python3 benchmarks/scaling.py --workers 1 2 4 8 \
+next)  # 2026-12-06: the rows issues 17, 19 and 21 still lack, most wanted first (<= 570 s)
+    step env 30 bash -c 'nvidia-smi -L; nproc; python3 -c "import cupy, torch, diffusers, tilegraph; print(cupy.__version__, torch.__version__, diffusers.__version__)"'
+    # 19: torch networks on the GPU (DLPack, a diffusers directory with device=cuda)
+    TAIL=30 step pytest-torch-gpu 120 python3 -m pytest -m gpu tests/test_gpu.py \
+        -k "torch or diffusers" -p no:cacheprovider -o addopts= -q -rA --timeout 110
+    # 19: a diffusers UNet on the GPU: sequential, diffusers' ParaDiGMS loop, tilegraph's
+    # samplers in one process, then the pipeline on local-cuda (window and batch)
+    TAIL=30 step picard-diffusers-gpu 150 python3 benchmarks/picard.py --skip-counts \
+        --skip-learned --skip-wall --diffusers --device cuda --unet-size 32 \
+        --unet-steps 1000 --unet-samples 4 --windows 32 96
+    TAIL=20 step scaling-ttn 180 python3 benchmarks/scaling.py --workers 1 2 4 8 \
         --rounds 2 --cases ttn-paper,ttn-d64  # 21: subtree_depth = ceil(log2 W)
+    step gpu-kernels 90 python3 benchmarks/gpu_kernels.py  # 17: the current frozen box solves
+    ;;
+next2)  # what `next` leaves out (~2 min): picard's guarded GMM rows on the GPU (19)
+    step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
+        --device cuda --wall-workers 1 --windows 8 32
     ;;
 *)
-    echo "usage: device_run.sh gpu|scaling|next" >&2
+    echo "usage: device_run.sh gpu|scaling|next|next2" >&2
     exit 2
     ;;
 esac

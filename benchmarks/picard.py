@@ -43,8 +43,13 @@ initialised, seeded; ``--unet-size`` pixels) in a DDPM pipeline directory: itera
 model evaluations, error and wall time of diffusers' own ParaDiGMS loop
 (``tasks/picard/paradigms_peer.py``), tilegraph's plain and accelerated Picard (guard off
 and on) in this process, against the sequential sampler; then the ``picard`` pipeline
-with ``model=diffusers`` on ``local:1`` and ``local:2`` (its ``speedup_wall``). Goals:
-plain <= diffusers' count; accelerated <= 0.5x of it at the same error.
+with ``model=diffusers`` on ``local:1`` and ``local:2`` (its ``speedup_wall``). With
+``--device cuda`` everything runs on the GPU: the network, diffusers' loop (as its
+pipeline runs it, on the network's device) and tilegraph's samplers on CuPy samples fed
+to the network through DLPack; the pipeline then runs on ``local-cuda`` with the loop on
+the driver (``parallel=window``) and inside the replica (``parallel=batch``); the rows go
+to ``diffusers_cuda`` in the JSON. Goals: plain <= diffusers' count; accelerated <= 0.5x
+of it at the same error; wall time >= 1.5x faster than sequential on the GPU.
 
     python benchmarks/picard.py [--quick] [--samples 4] [--dim 128] [--components 8192]
                                 [--wall-steps 200] [--settings throughput latency]
@@ -331,13 +336,26 @@ def print_wall(w: dict) -> None:
 
 
 def diffusers_part(args) -> list[dict]:
-    """Part 4 rows: diffusers' ParaDiGMS loop and tilegraph's samplers on one UNet."""
+    """Part 4 rows: diffusers' ParaDiGMS loop and tilegraph's samplers on one UNet, in
+    this process on ``args.device`` (with ``cuda`` the network, diffusers' buffers and
+    tilegraph's CuPy samples are all on the GPU), then the ``picard`` pipeline."""
     import tempfile
 
     import diffusers
     import torch
+    from tilegraph.tasks.devices import array_module, to_device, to_host
     from tilegraph.tasks.picard.paradigms_peer import paradigms_loop
     from tilegraph.tasks.picard.torch_models import TorchDenoiser
+
+    dev = args.device
+    xp = array_module(dev)
+
+    def synced(fn, *a, **kw):  # fn(*a, **kw) and its wall time, the device's work done
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
 
     torch.manual_seed(0)
     size = args.unet_size
@@ -345,59 +363,69 @@ def diffusers_part(args) -> list[dict]:
         sample_size=size, in_channels=1, out_channels=1, layers_per_block=1,
         block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
-    ).eval()  # fmt: skip
+    ).eval().to(dev)  # fmt: skip
     T, n, shape = args.unet_steps, args.unet_samples, (1, size, size)
     sched = diffusers.DDPMParallelScheduler()
     sched.set_timesteps(T)
     abar = sched.alphas_cumprod.numpy().astype(np.float64)
     st = make_steps("ddpm", abar, T, clip=sched.config.clip_sample_range)
-    model = TorchDenoiser(net, abar, shape)
+    model = TorchDenoiser(net, abar, shape, device=dev)
     x_T, z = draw_noise(np.random.SeedSequence(2), n, shape, T)
     x_T, z = x_T.astype(np.float32), z.astype(np.float32)
-    t0 = time.perf_counter()
-    xs = sequential(model.eps, st, x_T, z)
-    base = time.perf_counter() - t0
+    x_Td, zd = to_device(xp, x_T), to_device(xp, z)
+    for rows_per_call in sorted({n, *(min(p, T) * n for p in args.windows)}):  # warm up
+        x = xp.zeros((rows_per_call, *shape), dtype=xp.float32)
+        synced(model.eps, x, xp.zeros(rows_per_call, dtype=xp.int64))
+    xs, base = synced(sequential, model.eps, st, x_Td, zd)
+    xs = np.asarray(to_host(xs))
     rows = [{"method": "sequential", "window": 1, "iters": T, "evals": T, "wall_s": base,
-             "speedup": 1.0, "err": 0.0}]  # fmt: skip
+             "speedup": 1.0, "err": 0.0, "device": dev}]  # fmt: skip
 
     def row(method, p, its, evals, wall, x):
-        err = float(np.abs(x - xs).max())
+        err = float(np.abs(np.asarray(to_host(x)) - xs).max())
         ok = err <= WRONG * args.tol
         speed = base / wall if ok else None
         rows.append({"method": method, "window": p, "iters": its, "evals": evals,
-                     "wall_s": wall, "speedup": speed, "err": err})  # fmt: skip
+                     "wall_s": wall, "speedup": speed, "err": err, "device": dev})  # fmt: skip
 
     for p in args.windows:
-        t0 = time.perf_counter()
-        x, its = paradigms_loop(net, sched, x_T, z, p, args.tol)
-        row("diffusers-paradigms", p, its, None, time.perf_counter() - t0, x)
+        (x, its), wall = synced(paradigms_loop, net, sched, x_T, z, p, args.tol)
+        row("diffusers-paradigms", p, its, None, wall, x)
         for acc, guard in ((False, False), (True, False), (False, True), (True, True)):
-            t0 = time.perf_counter()
-            r = picard(model.eps, st, x_T, z, p, args.tol, guard=guard, **(ACCEL if acc else {}))
+            kw = {"guard": guard, **(ACCEL if acc else {})}
+            r, wall = synced(picard, model.eps, st, x_Td, zd, p, args.tol, **kw)
             name = ("accelerated" if acc else "picard") + ("+guard" if guard else "")
-            row(name, p, r.iterations, r.model_evals, time.perf_counter() - t0, r.x)
+            row(name, p, r.iterations, r.model_evals, wall, r.x)
     for r in rows:
         speed = "WRONG" if r["speedup"] is None else f"{r['speedup']:.2f}"
         print(f"{r['method']:20} {r['window']:4} {r['iters']:6} {str(r['evals']):>6} "
               f"{r['wall_s']:8.2f} {speed:>7} {r['err']:9.1e}", flush=True)  # fmt: skip
-    # the pipeline, the model on 1 and 2 worker replicas
+    # the pipeline: on the CPU the model on 1 and 2 worker replicas (the window's call
+    # split over them); on a GPU one replica, the loop driven from here (window) and
+    # inside the replica (batch)
     import tilegraph
 
+    if dev == "cuda":
+        runs = [("local-cuda", "window"), ("local-cuda", "batch")]
+    else:
+        runs = [("local:1", "window"), ("local:2", "window")]
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/ddpm"
-        diffusers.DDPMPipeline(unet=net, scheduler=diffusers.DDPMScheduler()).save_pretrained(path)
-        for workers in (1, 2):
+        pipe = diffusers.DDPMPipeline(unet=net.to("cpu"), scheduler=diffusers.DDPMScheduler())
+        pipe.save_pretrained(path)
+        for spec, parallel in runs:
             sets = ["model=diffusers", f"diffusers.path={path}", f"steps={T}",
                     f"window={max(args.windows)}", f"tol={args.tol}", f"n_samples={n}",
-                    f"batch_size={n}", "dtype=float32", "guard=false"]  # fmt: skip
-            run = tilegraph.run("picard", sets=sets, cluster=f"local:{workers}", store=f"{tmp}/r")
+                    f"batch_size={n}", "dtype=float32", "guard=false", f"device={dev}",
+                    f"parallel={parallel}"]  # fmt: skip
+            run = tilegraph.run("picard", sets=sets, cluster=spec, store=f"{tmp}/r")
             m = run.metrics
-            rows.append({"method": f"pipeline local:{workers}", "window": max(args.windows),
+            rows.append({"method": f"pipeline {spec} {parallel}", "window": max(args.windows),
                          "iters": m["iterations"], "evals": m["model_evals"],
                          "wall_s": m["sampling_s"], "speedup": m["speedup_wall"],
-                         "err": m["max_abs_diff_vs_sequential"]})  # fmt: skip
+                         "err": m["max_abs_diff_vs_sequential"], "device": dev})  # fmt: skip
             err = m["max_abs_diff_vs_sequential"]
-            print(f"pipeline local:{workers}: sampling {m['sampling_s']:.2f} s, sequential "
+            print(f"pipeline {spec} {parallel}: sampling {m['sampling_s']:.2f} s, sequential "
                   f"{m['sequential_wall_s']:.2f} s, speed-up {m['speedup_wall']:.2f}, "
                   f"{m['iterations']} iterations, err {err:.1e}")  # fmt: skip
     return rows
@@ -534,13 +562,15 @@ def main(argv=None) -> int:
         # keep what an earlier run measured for the settings not run this time
         kept = [r for r in stored.get("wall") or [] if r.get("setting") not in args.settings]
         out["wall"] = kept + measured
+    part4 = "diffusers" if args.device == "cpu" else "diffusers_cuda"
     if args.diffusers:
         print(f"\nPart 4: UNet2DModel {args.unet_size}x{args.unet_size}, DDPM-{args.unet_steps}, "
-              f"tol={args.tol}, {args.unet_samples} samples")  # fmt: skip
+              f"tol={args.tol}, {args.unet_samples} samples, device={args.device}")  # fmt: skip
         print("method               p   iters  evals   wall_s speedup       err")
-        out["diffusers"] = diffusers_part(args)
-    else:
-        out["diffusers"] = stored.get("diffusers")
+        out[part4] = diffusers_part(args)
+    # the other device's rows stay as an earlier run measured them
+    for key in {"diffusers", "diffusers_cuda"} - ({part4} if args.diffusers else set()):
+        out[key] = stored.get(key)
     if args.trained_unet:
         print("\nPart 5: the digits-unet preset's UNet, iterations (max |parallel - seq.|)")
         print("sampler     p   tol  diffusers      plain          accelerated    "

@@ -62,7 +62,7 @@ def build_model(spec: dict, device: str = "cpu"):
         from tilegraph.storage.files import local_copy
 
         return TorchDenoiser(
-            load_unet(local_copy(spec["path"]), spec["class_name"]),
+            load_unet(local_copy(spec["path"]), spec["class_name"], spec["dtype"]),
             _local(spec["abar"]),
             spec["sample_shape"],
             spec["prediction_type"],

@@ -5,8 +5,9 @@ text encoder and a VAE) over ``DDPMParallelScheduler`` / ``DDIMParallelScheduler
 sliding-window loop (``__call__``, "7. Denoising loop", diffusers 0.42.1) is transcribed
 here line for line for an unconditional network ``net(x, t)``, without guidance and
 without the VAE, so that the same small ``UNet2DModel`` can be driven by both
-implementations from the same start and noise. Nothing here is used by tilegraph's
-sampler.
+implementations from the same start and noise. It runs where the network's parameters
+are (the pipeline moves its latents, noise and timesteps to ``self.device``). Nothing
+here is used by tilegraph's sampler.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def paradigms_loop(net, scheduler, x_T: np.ndarray, base_noise: np.ndarray, para
     Parameters
     ----------
     net : torch.nn.Module
-        ``net(x, t).sample`` (or ``[0]``) the model output (a diffusers ``UNet2DModel``).
+        ``net(x, t).sample`` (or ``[0]``) the model output (a diffusers ``UNet2DModel``),
+        on the device the loop runs on.
     scheduler : DDPMParallelScheduler or DDIMParallelScheduler
         With ``set_timesteps`` already called.
     x_T : numpy.ndarray, shape (n, *sample_shape)
@@ -40,19 +42,22 @@ def paradigms_loop(net, scheduler, x_T: np.ndarray, base_noise: np.ndarray, para
     """
     import torch
 
-    latents = torch.from_numpy(np.ascontiguousarray(x_T))
-    timesteps = scheduler.timesteps
+    device = next(net.parameters()).device
+    latents = torch.from_numpy(np.ascontiguousarray(x_T)).to(device)
+    timesteps = scheduler.timesteps  # the variances index the scheduler's host tensors
     T = len(timesteps)
     parallel = min(parallel, T)
     begin_idx, end_idx = 0, parallel
     buf = torch.stack([latents] * (T + 1))
     noise_array = torch.zeros_like(buf)
+    # on the host, in the pipeline's arithmetic (the scheduler's tensors may have moved to
+    # the device in an earlier run: batch_step_no_noise moves alphas_cumprod there)
+    variance = [scheduler._get_variance(timesteps[j]).cpu() for j in range(T)]
     for j in range(T):
-        noise = (scheduler._get_variance(timesteps[j]) ** 0.5) * torch.from_numpy(base_noise[j])
-        noise_array[j] = noise.to(buf.dtype)
-    inverse_variance_norm = 1.0 / torch.tensor(
-        [scheduler._get_variance(timesteps[j]) for j in range(T)] + [0]
-    )
+        noise = (variance[j] ** 0.5) * torch.from_numpy(base_noise[j])
+        noise_array[j] = noise.to(device=device, dtype=buf.dtype)
+    inverse_variance_norm = (1.0 / torch.tensor(variance + [0])).to(device)
+    timesteps = timesteps.to(device)
     latent_dim = noise_array[0, 0].numel()
     inverse_variance_norm = inverse_variance_norm[:, None] / latent_dim
     scaled_tolerance = tolerance**2
@@ -94,4 +99,4 @@ def paradigms_loop(net, scheduler, x_T: np.ndarray, base_noise: np.ndarray, para
             buf[end_idx : new_end_idx + 1] = buf[end_idx][None,]
             steps += 1
             begin_idx, end_idx = new_begin_idx, new_end_idx
-    return buf[-1].numpy(), steps
+    return buf[-1].cpu().numpy(), steps

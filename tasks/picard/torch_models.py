@@ -95,14 +95,21 @@ class TorchDenoiser:
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device)
         if isinstance(net, torch.nn.Module):
-            tensors = [*net.parameters(), *net.buffers()]
-            fits = all(
-                p.device == self.device and (p.dtype == self.dtype or not p.is_floating_point())
-                for p in tensors
+            # modules diffusers keeps in float32 (loaded with torch_dtype) stay so
+            keep = tuple(getattr(net, "_keep_in_fp32_modules", None) or ())
+            named = [*net.named_parameters(), *net.named_buffers()]
+            recast = any(
+                p.is_floating_point()
+                and p.dtype != self.dtype
+                and not any(k in name.split(".") for k in keep)
+                for name, p in named
             )
-            if net.training or not fits:  # cast a copy: the caller's module stays as it is
-                net = copy.deepcopy(net)
-            net = net.to(device=self.device, dtype=self.dtype).eval()
+            moved = any(p.device != self.device for _, p in named)
+            if net.training or recast or moved:  # a copy: the caller's module stays as it is
+                net = copy.deepcopy(net).to(device=self.device)
+                if recast:  # only where needed: diffusers warns on every cast to a dtype
+                    net = net.to(dtype=self.dtype)
+            net = net.eval()
         self.net = net
         self.abar = np.array(abar, dtype=np.float64)
         self.sample_shape = tuple(int(n) for n in sample_shape)
@@ -188,11 +195,18 @@ def _torch_dtype(dtype):
     return getattr(torch, np.dtype(dtype).name)
 
 
-def load_unet(path: str, class_name: str):
-    """The network of a local diffusers pipeline directory (``unet/``), on the CPU."""
+def load_unet(path: str, class_name: str, dtype: str | None = None):
+    """The network of a local diffusers pipeline directory (``unet/``), on the CPU, in
+    ``dtype`` (a ``torch`` dtype name; default: as stored), cast while loading as
+    diffusers recommends (modules it keeps in float32 stay so)."""
+    import importlib.util
+
     import diffusers
 
     cls = getattr(diffusers, class_name, None)
     if cls is None:
         raise ValueError(f"unet/config.json names {class_name!r}, which diffusers does not have")
-    return cls.from_pretrained(str(path), subfolder="unet")
+    kw = {} if dtype is None else {"torch_dtype": getattr(__import__("torch"), dtype)}
+    # without accelerate, diffusers' default (True) only warns and falls back to False
+    lean = importlib.util.find_spec("accelerate") is not None
+    return cls.from_pretrained(str(path), subfolder="unet", low_cpu_mem_usage=lean, **kw)
