@@ -140,6 +140,8 @@ def test_a_diffusers_directory_runs_and_matches_diffusers(tmp_path, ddim_dir):
         "--set", "tol=0.01", "--cluster", "local:2", "--store", str(tmp_path), "--json",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
+    # loaded in its dtype, not cast after: none of diffusers' warnings on every run
+    assert "Casting directly" not in run.stderr and "accelerate" not in run.stderr, run.stderr
     out = last_json(run.stdout)
     res = xr.open_zarr(out["path"] + "/result", consolidated=False).load()
     assert res.samples.dims == ("sample", "channel", "row", "col")
@@ -482,3 +484,17 @@ def test_the_callers_module_is_not_cast_in_place():
     with torch.no_grad():
         want = net(torch.as_tensor(x), None).numpy()
     np.testing.assert_allclose(model.eps(x, t), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_directory_loads_in_the_requested_dtype_and_is_used_as_it_is(ddim_dir):
+    """load_unet casts while loading (diffusers' way); the adapter then neither copies
+    nor casts a module that is already in its dtype, on its device, in eval mode."""
+    from tilegraph.tasks.picard.torch_models import load_unet
+
+    net = load_unet(ddim_dir, "UNet2DModel", "bfloat16")
+    assert {p.dtype for p in net.parameters()} == {torch.bfloat16}
+    model = TorchDenoiser(net, make_schedule("linear", 1000), SHAPE, dtype="bfloat16")
+    assert model.net is net
+    x = np.random.default_rng(0).standard_normal((2, *SHAPE)).astype(np.float32)
+    out = model.eps(x, np.array([10, 500]))
+    assert out.dtype == np.float32 and out.shape == x.shape and np.all(np.isfinite(out))
