@@ -388,15 +388,27 @@ def diffusers_part(args) -> list[dict]:
         rows.append({"method": method, "window": p, "iters": its, "evals": evals,
                      "wall_s": wall, "speedup": speed, "err": err, "device": dev})  # fmt: skip
 
+    def failed(method, p, error):  # a row that could not run (a device's one chance)
+        print(f"{method} p={p}: failed: {type(error).__name__}: {error}", flush=True)
+        rows.append({"method": method, "window": p, "status": f"failed: {error}"})
+
     for p in args.windows:
-        (x, its), wall = synced(paradigms_loop, net, sched, x_T, z, p, args.tol)
-        row("diffusers-paradigms", p, its, None, wall, x)
+        try:
+            (x, its), wall = synced(paradigms_loop, net, sched, x_T, z, p, args.tol)
+            row("diffusers-paradigms", p, its, None, wall, x)
+        except Exception as error:
+            failed("diffusers-paradigms", p, error)
         for acc, guard in ((False, False), (True, False), (False, True), (True, True)):
             kw = {"guard": guard, **(ACCEL if acc else {})}
-            r, wall = synced(picard, model.eps, st, x_Td, zd, p, args.tol, **kw)
             name = ("accelerated" if acc else "picard") + ("+guard" if guard else "")
-            row(name, p, r.iterations, r.model_evals, wall, r.x)
+            try:
+                r, wall = synced(picard, model.eps, st, x_Td, zd, p, args.tol, **kw)
+                row(name, p, r.iterations, r.model_evals, wall, r.x)
+            except Exception as error:
+                failed(name, p, error)
     for r in rows:
+        if "status" in r:
+            continue
         speed = "WRONG" if r["speedup"] is None else f"{r['speedup']:.2f}"
         print(f"{r['method']:20} {r['window']:4} {r['iters']:6} {str(r['evals']):>6} "
               f"{r['wall_s']:8.2f} {speed:>7} {r['err']:9.1e}", flush=True)  # fmt: skip
@@ -418,8 +430,11 @@ def diffusers_part(args) -> list[dict]:
                     f"window={max(args.windows)}", f"tol={args.tol}", f"n_samples={n}",
                     f"batch_size={n}", "dtype=float32", "guard=false", f"device={dev}",
                     f"parallel={parallel}"]  # fmt: skip
-            run = tilegraph.run("picard", sets=sets, cluster=spec, store=f"{tmp}/r")
-            m = run.metrics
+            try:
+                m = tilegraph.run("picard", sets=sets, cluster=spec, store=f"{tmp}/r").metrics
+            except Exception as error:
+                failed(f"pipeline {spec} {parallel}", max(args.windows), error)
+                continue
             rows.append({"method": f"pipeline {spec} {parallel}", "window": max(args.windows),
                          "iters": m["iterations"], "evals": m["model_evals"],
                          "wall_s": m["sampling_s"], "speedup": m["speedup_wall"],
