@@ -142,6 +142,61 @@ def check_whole_chunks(
     return norm
 
 
+def read_regions(arr: zarr.Array, regions: Sequence[Region]) -> list[np.ndarray]:
+    """Several regions of an open array, read concurrently.
+
+    One pass of Zarr's event loop for all of them instead of one per region: for many
+    small chunks (a task's sampled blocks) the per-call overhead, not the bytes, is
+    what reading costs (about 40 % less time for ten 3 KiB chunks on a local store).
+
+    Parameters
+    ----------
+    arr : zarr.Array
+        As :meth:`ArrayRef.open` returns it.
+    regions : sequence of tuple of slice
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One per region, in order.
+    """
+    if len(regions) < 2 or _sync is None:
+        return [np.asarray(arr[r]) for r in regions]
+    aa = arr.async_array
+    got = _sync(_gather([aa.getitem(r) for r in regions]))
+    return [np.asarray(to_numpy(g)) for g in got]
+
+
+def write_regions(arr: zarr.Array, regions: Sequence[Region], values: Sequence[Any]) -> None:
+    """Write ``values[k]`` into ``regions[k]`` of an open array, concurrently (see
+    :func:`read_regions`). The caller checks that the regions are whole chunks it owns
+    (:meth:`ArrayRef.check`); a failing write raises after the others have ended."""
+    if len(regions) != len(values):
+        raise ValueError(f"{len(regions)} regions but {len(values)} values")
+    if len(regions) < 2 or _sync is None:
+        for r, v in zip(regions, values, strict=True):
+            arr[r] = v
+        return
+    aa = arr.async_array
+    _sync(_gather([aa.setitem(r, np.asarray(v)) for r, v in zip(regions, values, strict=True)]))
+
+
+async def _gather(coroutines):
+    import asyncio
+
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+try:  # Zarr's own loop (where its stores' async clients live); not public API
+    from zarr.core.sync import sync as _sync
+except ImportError:  # pragma: no cover - another Zarr layout: one region at a time
+    _sync = None
+
+
 @dataclass(frozen=True)
 class ArrayRef:
     """A picklable handle on one array of a run, for worker processes.

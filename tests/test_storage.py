@@ -306,6 +306,32 @@ class RunStoreTests:
         assert attrs["status"] == "running" and attrs["run_id"] == run.run_id
         assert attrs["pipeline"] == "domain-split" and attrs["config"] == CONFIG
 
+    def test_many_chunks_read_and_written_together(self, root):
+        """read_regions / write_regions (one pass of Zarr's event loop for several
+        chunks, as bilevel's tasks use them) give what one region at a time gives; a
+        bad value raises."""
+        from tilegraph.storage.chunks import read_regions, write_regions
+
+        run = root.create("bilevel", config=CONFIG)
+        ref = run.create_array("state", shape=(5, 3, 4), chunks=(1, 1, 4), compressors=None)
+        arr = ref.open()
+        at = ((0, 0), (3, 2), (4, 1))
+        regions = [ref.check((slice(i, i + 1), slice(s, s + 1))) for i, s in at]
+        values = [np.full((1, 1, 4), k + 0.5) for k in range(3)]
+        write_regions(arr, regions, values)
+        full = ref.read()
+        for (i, s), v in zip(at, values, strict=True):
+            np.testing.assert_array_equal(full[i, s], v[0, 0])
+        assert np.count_nonzero(full) == 12  # nothing but the three chunks
+        got = read_regions(ref.open("r"), regions)
+        assert [g.shape for g in got] == [(1, 1, 4)] * 3
+        for g, v in zip(got, values, strict=True):
+            np.testing.assert_array_equal(g, v)
+        with pytest.raises(ValueError, match="2 regions but 1 values"):
+            write_regions(arr, regions[:2], values[:1])
+        with pytest.raises(ValueError):
+            write_regions(arr, regions[:2], [values[0], np.zeros((1, 1, 3))])
+
     def test_run_ids_are_unique_and_sortable(self, root):
         ids = [root.create("p").run_id for _ in range(3)]
         assert len(set(ids)) == 3

@@ -24,6 +24,7 @@ and in the driver.
 from __future__ import annotations
 
 import numpy as np
+from tilegraph.storage.chunks import read_regions, write_regions
 from tilegraph.tasks.bilevel.methods import block_step, init_state, unpack
 from tilegraph.tasks.devices import array_module, deterministic_blas, to_device, to_host
 
@@ -70,51 +71,65 @@ def init_blocks(blocks, idx, *, problem, method, steps, ref, x0, device="cpu"):
     """
     xp = array_module(device)
     x0 = to_device(xp, x0)
-    for k, i in enumerate(blocks):
-        flat = to_host(init_state(problem, method, int(i), x0, steps, idx[k]))
-        _array(ref)[_region(ref, int(i), 0)] = np.asarray(flat)[None, None, :]
+    flats = [
+        np.asarray(to_host(init_state(problem, method, int(i), x0, steps, idx[k])))[None, None, :]
+        for k, i in enumerate(blocks)
+    ]
+    write_regions(_array(ref), [_region(ref, int(i), 0) for i in blocks], flats)
 
 
 @deterministic_blas()
-def block_task(
-    i,
-    src,
-    dst,
-    idx_g,
-    idx_f,
-    wait,
-    *,
-    problem,
-    method,
-    steps,
-    ref,
-    x,
-    x_prev,
-    first,
-    iteration,
-    device="cpu",
-):
-    """Update sampled block ``i``: read slot ``src``, write slot ``dst``.
+def block_tasks(blocks, *, ref, **kwargs) -> list:
+    """Update the sampled blocks ``blocks`` (one task): for each ``(i, src, dst, idx_g,
+    idx_f, wait)`` read block ``i``'s slot ``src`` and write its slot ``dst``.
 
     ``idx_g``, ``idx_f`` are the block's batches, ``wait`` the iterations since its last
     update; the keywords are the same for every block of an iteration (see
-    :func:`tilegraph.tasks.bilevel.methods.block_step`). ``iteration`` makes every task's
-    arguments unique, so Dask never hands back an earlier result instead of writing.
-    ``device`` is where the update runs (see the module docstring); what it returns and
-    writes is NumPy on every device.
+    :func:`tilegraph.tasks.bilevel.methods.block_step`, and ``iteration``, which makes
+    every task's arguments unique, so Dask never hands back an earlier result instead of
+    writing). ``device`` is where the updates run (see the module docstring); what they
+    return and write is NumPy on every device.
+
+    The blocks' chunks are read together and written together (one pass of Zarr's
+    event loop each, :func:`~tilegraph.storage.chunks.read_regions`): with many sampled
+    blocks per task that is most of a light block's time. Every block reads its own
+    source slot and writes its own free slot, so a re-run task (a lost worker) finds its
+    inputs intact; a task that fails writes nothing.
 
     Returns
     -------
-    G_new, G_old : numpy.ndarray, shape (dim_x,)
-        The block's hypergradient terms at ``x_t`` and ``x_{t-1}``.
+    list of (G_new, G_old)
+        Per block, in order, its hypergradient terms at ``x_t`` and ``x_{t-1}``
+        (numpy.ndarray, shape (dim_x,)).
     """
-    xp = array_module(device)
     arr = _array(ref)
-    flat = to_device(xp, np.asarray(arr[_region(ref, i, src)])[0, 0])
+    flats = read_regions(arr, [_region(ref, int(b[0]), int(b[1])) for b in blocks])
+    news, out = [], []
+    for (i, _, _, idx_g, idx_f, wait), flat in zip(blocks, flats, strict=True):
+        new, g_new, g_old = _update(int(i), flat[0, 0], idx_g, idx_f, int(wait), **kwargs)
+        news.append(new[None, None, :])
+        out.append((g_new, g_old))
+    write_regions(arr, [_region(ref, int(b[0]), int(b[2])) for b in blocks], news)
+    return out
+
+
+def block_task(i, src, dst, idx_g, idx_f, wait, **kwargs):
+    """One block's update (:func:`block_tasks` of one): ``(G_new, G_old)``."""
+    return block_tasks([(i, src, dst, idx_g, idx_f, wait)], **kwargs)[0]
+
+
+def _update(
+    i, flat, idx_g, idx_f, wait, *, problem, method, steps, x, x_prev, first, iteration,
+    device="cpu",
+):  # fmt: skip
+    """Block ``i``'s new state from ``flat`` (its current one, NumPy): ``(new, G_new,
+    G_old)``, all NumPy."""
+    xp = array_module(device)
+    flat = to_device(xp, np.asarray(flat))
     x, x_prev = to_device(xp, x), to_device(xp, x_prev)
     # idx_g, idx_f stay NumPy: the problems index their host data with them
     new, g_new, g_old = block_step(
-        problem, method, int(i), flat, x, x_prev, idx_g, idx_f, int(wait), steps, first=first
+        problem, method, i, flat, x, x_prev, idx_g, idx_f, wait, steps, first=first
     )
     new = np.asarray(to_host(new))
     # past 1e100 the squares in the norms overflow (and v's projection then returns 0):
@@ -128,19 +143,7 @@ def block_task(
             f"(|x| max {float(np.max(np.abs(np.asarray(to_host(x))))):.3g}); lower tau / "
             "tau_v, or eta and x_max if x is large"
         )
-    arr[_region(ref, i, dst)] = new[None, None, :]
-    return np.asarray(to_host(g_new)), np.asarray(to_host(g_old))
-
-
-def block_tasks(blocks, **kwargs) -> list:
-    """Several sampled blocks in one task, in order: :func:`block_task` for each
-    ``(i, src, dst, idx_g, idx_f, wait)`` in ``blocks``; the list of their results.
-
-    With more sampled blocks than workers this saves a scheduler round trip per block;
-    every block reads its own source slot and writes its own free slot, so a re-run
-    group (a lost worker) finds its inputs intact, as a single block does.
-    """
-    return [block_task(*args, **kwargs) for args in blocks]
+    return new, np.asarray(to_host(g_new)), np.asarray(to_host(g_old))
 
 
 def free_slot(current: int, committed: int) -> int:
