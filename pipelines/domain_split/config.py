@@ -275,7 +275,8 @@ PRESETS: dict[str, dict] = {
     },
     # Out of core, at the goal: 2.06e8 unknowns, workers keep nothing between
     # passes and the driver never holds the fine grid. About 25 minutes, 4 GiB of memory
-    # and 40 GB of disk on 2 cores (benchmarks/domain_split.py --problems ooc).
+    # and 40 GB of disk used on 2 cores (benchmarks/domain_split.py --problems ooc); the
+    # dry run's bound on the store, every work vector of a restart cycle, is 77 GiB.
     "large3d": {
         "d": 3,
         "n_fine": 592,
