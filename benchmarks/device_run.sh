@@ -62,16 +62,16 @@ scaling)
         --workers 1 2 4 8 --rounds "${ROUNDS:-3}"
     ;;
 next)  # 2026-12-06: the rows issues 17, 19 and 21 still lack, most wanted first (step limits 520 s, with the wheels' install under 600 s)
-    step env 30 bash -c 'nvidia-smi -L; nproc; python3 -c "import cupy, torch, diffusers, tilegraph; print(cupy.__version__, torch.__version__, diffusers.__version__)"'
+    step env 30 bash -c 'nvidia-smi -L; nproc; python3 -c "import cupy, torch, huggingface_hub, diffusers, tilegraph; print(cupy.__version__, torch.__version__, diffusers.__version__)"'
     # 19: torch networks on the GPU (DLPack, a diffusers directory with device=cuda)
-    TAIL=30 step pytest-torch-gpu 100 python3 -m pytest -m gpu tests/test_gpu.py \
-        -k "torch or diffusers" -p no:cacheprovider -o addopts= -q -rA --timeout 90
+    TAIL=30 step pytest-torch-gpu 110 python3 -m pytest -m gpu tests/test_gpu.py \
+        -k "torch or diffusers" -p no:cacheprovider -o addopts= -q -rA --timeout 100
     # 19: a diffusers UNet on the GPU: sequential, diffusers' ParaDiGMS loop, tilegraph's
     # samplers in one process, then the pipeline on local-cuda (window and batch)
     TAIL=30 step picard-diffusers-gpu 140 python3 benchmarks/picard.py --skip-counts \
         --skip-learned --skip-wall --diffusers --device cuda --unet-size 32 \
         --unet-steps 1000 --unet-samples 4 --windows 32 96
-    TAIL=20 step scaling-ttn 170 python3 benchmarks/scaling.py --workers 1 2 4 8 \
+    TAIL=20 step scaling-ttn 160 python3 benchmarks/scaling.py --workers 1 2 4 8 \
         --rounds 2 --cases ttn-paper,ttn-d64  # 21: subtree_depth = ceil(log2 W)
     step gpu-kernels 80 python3 benchmarks/gpu_kernels.py  # 17: the current frozen box solves
     ;;

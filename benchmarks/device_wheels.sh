@@ -11,7 +11,7 @@ rm -f .whl/tilegraph-*.whl
 names="dask distributed donfig google-crc32c locket numcodecs partd pyamg pydantic
 pydantic_core tblib tornado xarray zarr zict array-api-compat annotated-types
 typing-inspection typing_extensions dask-cuda diffusers huggingface-hub safetensors
-hf-xet httpx2 httpcore2"
+hf-xet httpx2 httpcore2 truststore anyio idna h11"
 pins=$(for n in $names; do pip show "$n" 2>/dev/null | awk -v n="$n" '/^Version:/{print n"=="$2}' || true; done)
 pins="$pins $(echo "$names" | tr ' ' '\n' | grep -x dask-cuda || true)"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

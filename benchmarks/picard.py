@@ -390,7 +390,7 @@ def diffusers_part(args) -> list[dict]:
 
     def failed(method, p, error):  # a row that could not run (a device's one chance)
         print(f"{method} p={p}: failed: {type(error).__name__}: {error}", flush=True)
-        rows.append({"method": method, "window": p, "status": f"failed: {error}"})
+        rows.append({"method": method, "window": p, "status": f"failed: {error}", "device": dev})
 
     for p in args.windows:
         try:

@@ -162,29 +162,48 @@ def read_regions(arr: zarr.Array, regions: Sequence[Region]) -> list[np.ndarray]
     """
     if len(regions) < 2 or _sync is None:
         return [np.asarray(arr[r]) for r in regions]
-    aa = arr.async_array
+    aa = _async(arr)
     got = _sync(_gather([aa.getitem(r) for r in regions]))
     return [np.asarray(to_numpy(g)) for g in got]
 
 
 def write_regions(arr: zarr.Array, regions: Sequence[Region], values: Sequence[Any]) -> None:
     """Write ``values[k]`` into ``regions[k]`` of an open array, concurrently (see
-    :func:`read_regions`). The caller checks that the regions are whole chunks it owns
-    (:meth:`ArrayRef.check`); a failing write raises after the others have ended."""
+    :func:`read_regions`). The regions must not overlap; the caller checks that they are
+    whole chunks it owns (:meth:`ArrayRef.check`). A failing write raises after the
+    others have ended."""
     if len(regions) != len(values):
         raise ValueError(f"{len(regions)} regions but {len(values)} values")
+    keys = {tuple((s.start, s.stop, s.step) for s in r) for r in regions}
+    if len(keys) < len(regions):
+        raise ValueError("write_regions: a region given twice")
+    values = [np.asarray(v) for v in values]
     if len(regions) < 2 or _sync is None:
         for r, v in zip(regions, values, strict=True):
             arr[r] = v
         return
-    aa = arr.async_array
-    _sync(_gather([aa.setitem(r, np.asarray(v)) for r, v in zip(regions, values, strict=True)]))
+    aa = _async(arr)
+    _sync(_gather([aa.setitem(r, v) for r, v in zip(regions, values, strict=True)]))
+
+
+def _async(arr: zarr.Array):
+    """The array's ``AsyncArray`` (public as ``async_array`` from Zarr 3.1.4 on)."""
+    aa = getattr(arr, "async_array", None)
+    return aa if aa is not None else arr._async_array
 
 
 async def _gather(coroutines):
+    """Await ``coroutines``, at most Zarr's ``async.concurrency`` at a time (an object
+    store's connections), all of them even when one fails; then raise the first error."""
     import asyncio
 
-    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency") or 10)))
+
+    async def one(c):
+        async with limit:
+            return await c
+
+    results = await asyncio.gather(*(one(c) for c in coroutines), return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException):
             raise r

@@ -329,6 +329,8 @@ class RunStoreTests:
             np.testing.assert_array_equal(g, v)
         with pytest.raises(ValueError, match="2 regions but 1 values"):
             write_regions(arr, regions[:2], values[:1])
+        with pytest.raises(ValueError, match="a region given twice"):
+            write_regions(arr, [regions[0], regions[0]], values[:2])
         with pytest.raises(ValueError):
             write_regions(arr, regions[:2], [values[0], np.zeros((1, 1, 3))])
 

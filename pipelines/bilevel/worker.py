@@ -33,6 +33,9 @@ BLOWN = 1e100
 
 SLOTS = 3
 
+#: Blocks whose initial states are computed, then written together, at a time.
+INIT_BATCH = 16
+
 # Opened state arrays of this process: opening one reads its metadata, which costs more
 # than the block's own chunk. Keyed by everything that identifies the array's layout.
 _OPEN: dict = {}
@@ -71,11 +74,15 @@ def init_blocks(blocks, idx, *, problem, method, steps, ref, x0, device="cpu"):
     """
     xp = array_module(device)
     x0 = to_device(xp, x0)
-    flats = [
-        np.asarray(to_host(init_state(problem, method, int(i), x0, steps, idx[k])))[None, None, :]
-        for k, i in enumerate(blocks)
-    ]
-    write_regions(_array(ref), [_region(ref, int(i), 0) for i in blocks], flats)
+    blocks = [int(i) for i in blocks]
+    for lo in range(0, len(blocks), INIT_BATCH):  # a batch's states at a time in memory
+        part = range(lo, min(lo + INIT_BATCH, len(blocks)))
+        flats = [
+            np.asarray(to_host(init_state(problem, method, blocks[k], x0, steps, idx[k])))
+            for k in part
+        ]
+        regions = [_region(ref, blocks[k], 0) for k in part]
+        write_regions(_array(ref), regions, [f[None, None, :] for f in flats])
 
 
 @deterministic_blas()

@@ -50,12 +50,14 @@ def paradigms_loop(net, scheduler, x_T: np.ndarray, base_noise: np.ndarray, para
     begin_idx, end_idx = 0, parallel
     buf = torch.stack([latents] * (T + 1))
     noise_array = torch.zeros_like(buf)
-    # on the host, in the pipeline's arithmetic (the scheduler's tensors may have moved to
-    # the device in an earlier run: batch_step_no_noise moves alphas_cumprod there)
+    # the pipeline's arithmetic; the variances come to the host as 0-d tensors (after a
+    # first run they are computed where batch_step_no_noise moved alphas_cumprod), the
+    # noise goes to the device in one copy, as the pipeline draws it there
     variance = [scheduler._get_variance(timesteps[j]).cpu() for j in range(T)]
+    base = torch.from_numpy(np.ascontiguousarray(base_noise)).to(device)
     for j in range(T):
-        noise = (variance[j] ** 0.5) * torch.from_numpy(base_noise[j])
-        noise_array[j] = noise.to(device=device, dtype=buf.dtype)
+        noise = (variance[j] ** 0.5) * base[j]
+        noise_array[j] = noise.to(buf.dtype)
     inverse_variance_norm = (1.0 / torch.tensor(variance + [0])).to(device)
     timesteps = timesteps.to(device)
     latent_dim = noise_array[0, 0].numel()

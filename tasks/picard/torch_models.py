@@ -94,8 +94,11 @@ class TorchDenoiser:
             raise ValueError(f"dtype must be one of {', '.join(TORCH_DTYPES)} (got {dtype!r})")
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda": the current one
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if isinstance(net, torch.nn.Module):
-            # modules diffusers keeps in float32 (loaded with torch_dtype) stay so
+            # float32 parameters of modules diffusers keeps in float32 (loaded with
+            # torch_dtype) do not by themselves make a cast
             keep = tuple(getattr(net, "_keep_in_fp32_modules", None) or ())
             named = [*net.named_parameters(), *net.named_buffers()]
             recast = any(
