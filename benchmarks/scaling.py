@@ -22,8 +22,12 @@ Cases (``--cases``; the sizes are chosen so that one run on 1 worker takes secon
   one-subtree-per-child-of-the-root schedule of 2026-12-04's table.
 * ``bilevel-I<k>``: seconds per iteration (``s_per_iter``) of BSVRB v1 on heavy blocks
   (dim_y = 200, batch 256, m = 20) at I = k blocks per iteration, for each k of ``--Is``.
-* ``domain-split-var``: the variable-coefficient problem (2-D, ``--ds-n``), ``krylov``,
-  block LU; time = the solve phase (setup and output excluded).
+* ``domain-split-var``: the variable-coefficient problem (2-D, ``--ds-n``, 1024²),
+  ``krylov``, its default box solver, ``--ds-boxes`` boxes per block (8: 16 blocks of
+  256², so that 8 workers have blocks to take; 2026-12-04's table ran 511² with block
+  LU in 4 blocks, which 8 workers could not use). On 2 cores (2026-12-06) the 16 blocks
+  cost 6 % more than the default 4 on one worker (2.78 s against 2.63 s); time = the
+  solve phase (setup and output excluded).
 
     python benchmarks/scaling.py                            # 1 2 4 8 workers, 3 rounds
     python benchmarks/scaling.py --workers 1 2 --rounds 1 --small   # a smoke run
@@ -65,6 +69,7 @@ def cases(args) -> dict[str, tuple[str | None, list[str], str]]:
                 "problem.kind=variable",
                 f"n_fine={args.ds_n}",
                 f"n_coarse={args.ds_nc}",
+                f"boxes_per_block={args.ds_boxes}",
                 "solver=krylov",
                 "tol=1e-8",
                 "checkpoint_s=null",
@@ -81,7 +86,7 @@ def cases(args) -> dict[str, tuple[str | None, list[str], str]]:
     if args.small:  # a smoke run of the script itself
         out["ttn-paper"][1][:] = ["T=0.02", "d=8", "checkpoint_s=null"]
         out["ttn-d64"][1][:] = ["T=0.01", "d=16", "r_max=8", "checkpoint_s=null"]
-        out["domain-split-var"][1][2:4] = ["n_fine=64", "n_coarse=8"]
+        out["domain-split-var"][1][2:5] = ["n_fine=64", "n_coarse=8", "boxes_per_block=4"]
     return out
 
 
@@ -141,8 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ttn-depth", default="auto", help="subtree_depth of ttn: auto or N")
     ap.add_argument("--Is", type=int, nargs="+", default=[1, 8], help="bilevel I values")
     ap.add_argument("--bilevel-iters", type=int, default=20)
-    ap.add_argument("--ds-n", type=int, default=512, help="domain-split n_fine, 2-D")
+    ap.add_argument("--ds-n", type=int, default=1024, help="domain-split n_fine, 2-D")
     ap.add_argument("--ds-nc", type=int, default=32, help="domain-split n_coarse")
+    ap.add_argument("--ds-boxes", type=int, default=8, help="domain-split boxes_per_block")
     ap.add_argument("--small", action="store_true", help="tiny sizes: a smoke run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.json"))
     args = ap.parse_args(argv)
