@@ -320,10 +320,11 @@ def test_digits_unet_trains_once_and_is_reused(tmp_path):
     x_T, z = draw_noise(np.random.SeedSequence(0, spawn_key=(1,)), 2, SHAPE, 20)
     ref = sequential(model.eps, st, x_T.astype(np.float32), z.astype(np.float32))
     np.testing.assert_allclose(res.sequential.values[2:], ref, atol=1e-5, rtol=1e-6)
-    # another run reuses the weights: no training, the same train_loss
+    # another run (in one process: only the reuse is checked here) takes the weights:
+    # no training, the same train_loss
     again = tilegraph("run", "picard", "--preset", "digits-unet", *short, "--set",
-                      f"digits_unet.weights_from={out['path']}", "--store", str(tmp_path / "b"),
-                      "--json", timeout=600)  # fmt: skip
+                      f"digits_unet.weights_from={out['path']}", "--cluster", "sync",
+                      "--store", str(tmp_path / "b"), "--json", timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert last_json(again.stdout)["metrics"]["train_loss"] == m["train_loss"]
 
