@@ -164,7 +164,7 @@ def read_regions(arr: zarr.Array, regions: Sequence[Region]) -> list[np.ndarray]
         return [np.asarray(arr[r]) for r in regions]
     aa = _async(arr)
     got = _sync(_gather([aa.getitem(r) for r in regions]))
-    return [np.asarray(to_numpy(g)) for g in got]
+    return [to_numpy(g) for g in got]
 
 
 def write_regions(arr: zarr.Array, regions: Sequence[Region], values: Sequence[Any]) -> None:

@@ -92,10 +92,11 @@ def block_tasks(blocks, *, ref, **kwargs) -> list:
 
     ``idx_g``, ``idx_f`` are the block's batches, ``wait`` the iterations since its last
     update; the keywords are the same for every block of an iteration (see
-    :func:`tilegraph.tasks.bilevel.methods.block_step`, and ``iteration``, which makes
-    every task's arguments unique, so Dask never hands back an earlier result instead of
-    writing). ``device`` is where the updates run (see the module docstring); what they
-    return and write is NumPy on every device.
+    :func:`tilegraph.tasks.bilevel.methods.block_step`; ``iteration`` names the
+    iteration in a divergence error; the driver submits these tasks with
+    ``pure=False``, so none is ever taken for an earlier one). ``device`` is where the
+    updates run (see the module docstring); what they return and write is NumPy on every
+    device.
 
     The blocks' chunks are read together and written together (one pass of Zarr's
     event loop each, :func:`~tilegraph.storage.chunks.read_regions`): with many sampled
@@ -109,6 +110,8 @@ def block_tasks(blocks, *, ref, **kwargs) -> list:
         Per block, in order, its hypergradient terms at ``x_t`` and ``x_{t-1}``
         (numpy.ndarray, shape (dim_x,)).
     """
+    xp = array_module(kwargs.get("device", "cpu"))
+    kwargs["x"], kwargs["x_prev"] = to_device(xp, kwargs["x"]), to_device(xp, kwargs["x_prev"])
     arr = _array(ref)
     flats = read_regions(arr, [_region(ref, int(b[0]), int(b[1])) for b in blocks])
     news, out = [], []
@@ -120,20 +123,13 @@ def block_tasks(blocks, *, ref, **kwargs) -> list:
     return out
 
 
-def block_task(i, src, dst, idx_g, idx_f, wait, **kwargs):
-    """One block's update (:func:`block_tasks` of one): ``(G_new, G_old)``."""
-    return block_tasks([(i, src, dst, idx_g, idx_f, wait)], **kwargs)[0]
-
-
 def _update(
     i, flat, idx_g, idx_f, wait, *, problem, method, steps, x, x_prev, first, iteration,
     device="cpu",
 ):  # fmt: skip
-    """Block ``i``'s new state from ``flat`` (its current one, NumPy): ``(new, G_new,
-    G_old)``, all NumPy."""
-    xp = array_module(device)
-    flat = to_device(xp, np.asarray(flat))
-    x, x_prev = to_device(xp, x), to_device(xp, x_prev)
+    """Block ``i``'s new state from ``flat`` (its current one, NumPy; ``x``, ``x_prev``
+    already on ``device``): ``(new, G_new, G_old)``, all NumPy."""
+    flat = to_device(array_module(device), flat)
     # idx_g, idx_f stay NumPy: the problems index their host data with them
     new, g_new, g_old = block_step(
         problem, method, i, flat, x, x_prev, idx_g, idx_f, wait, steps, first=first

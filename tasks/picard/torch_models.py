@@ -205,11 +205,12 @@ def load_unet(path: str, class_name: str, dtype: str | None = None):
     import importlib.util
 
     import diffusers
+    import torch
 
     cls = getattr(diffusers, class_name, None)
     if cls is None:
         raise ValueError(f"unet/config.json names {class_name!r}, which diffusers does not have")
-    kw = {} if dtype is None else {"torch_dtype": getattr(__import__("torch"), dtype)}
+    kw = {} if dtype is None else {"torch_dtype": getattr(torch, dtype)}
     # without accelerate, diffusers' default (True) only warns and falls back to False
     lean = importlib.util.find_spec("accelerate") is not None
     return cls.from_pretrained(str(path), subfolder="unet", low_cpu_mem_usage=lean, **kw)
