@@ -483,6 +483,17 @@ class RunStore:
         ds.attrs = jsonable(dict(ds.attrs), "dataset attrs")
         for var in ds.variables.values():
             var.attrs = jsonable(dict(var.attrs), "variable attrs")
+        # NumPy's fixed-width strings have no Zarr v3 data type (zarr warns on every
+        # write); Python strings are stored as variable-length UTF-8, which has one
+        text = {
+            k: (v.dims, v.values.astype(object), v.attrs)
+            for k, v in ds.variables.items()
+            if v.dtype.kind == "U"
+        }
+        ds = ds.assign_coords({k: v for k, v in text.items() if k in ds.coords})
+        for k, v in text.items():
+            if k not in ds.coords:
+                ds[k] = v
         kwargs = {"mode": "w", **to_zarr_kwargs, "zarr_format": 3, "consolidated": False}
         ds.to_zarr(self._store, group=name, **kwargs)
         return join(self._url, name)

@@ -308,3 +308,32 @@ def test_block_step_on_cupy_matches_numpy(method):
     )
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(cp.asnumpy(a), b, rtol=1e-10, atol=1e-12)
+
+
+def test_curvature_of_a_multiple_of_the_identity_is_exact_and_finite():
+    """Lower Hessians exactly lam I (no data term): the power iteration on (top I - H)
+    meets a zero vector; the estimate is (lam, lam), not NaN (which left h_floor unset
+    and bsvrb-v1 failing)."""
+    import warnings
+
+    from tilegraph.pipelines.bilevel.steps import block_curvature
+
+    problem = QuadraticBlocks(m=3, dim_x=3, dim_y=4, lam=2.5)
+    problem.A = np.zeros_like(problem.A)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = block_curvature([0, 2], problem=problem, x=np.zeros(3))
+    for top, low, vstar in stats:
+        assert top == pytest.approx(2.5, rel=1e-12) and low == pytest.approx(2.5, rel=1e-12)
+        assert np.isfinite(vstar)
+
+
+def test_curvature_of_a_singular_lower_hessian_is_refused():
+    from tilegraph.pipelines.bilevel.steps import block_curvature
+
+    problem = QuadraticBlocks(m=2, dim_x=3, dim_y=4, lam=0.0)
+    problem.A = np.zeros_like(problem.A)
+    problem.hvp_yy_g = lambda i, x, y, v, idx=None: 0.0 * v
+    problem.hess_yy_g = lambda i, x, y, idx=None: np.eye(4)  # solve_lower needs some H
+    with pytest.raises(ValueError, match="block 0: the lower Hessian's eigenvalues"):
+        block_curvature([0], problem=problem, x=np.zeros(3))

@@ -178,6 +178,15 @@ class Net(torch.nn.Module):
 
 def factory(abar):
     return Net().double()
+
+
+class Shapeless(torch.nn.Module):
+    def forward(self, x, t):
+        return x
+
+
+def shapeless(abar):
+    return Shapeless()
 '''
 
 
@@ -207,6 +216,18 @@ def test_a_torch_module_from_a_factory(tmp_path):
     np.testing.assert_allclose(res.sequential.values[3:], sequential(model.eps, steps, x_T, z),
                                rtol=1e-12, atol=1e-12)  # fmt: skip
     assert out["metrics"]["max_abs_diff_vs_sequential"] < 0.05
+
+
+def test_a_torch_module_without_sample_shape_exits_2_before_any_store(tmp_path):
+    (tmp_path / "mynet.py").write_text(MODULE)
+    store = tmp_path / "runs"
+    run = tilegraph("run", "picard", "--set", "model=custom", "--set", "custom=mynet:shapeless",
+                    "--store", str(store), cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config field 'custom'"), lines
+    assert "Shapeless needs a sample_shape attribute" in lines[0]
+    assert not store.exists()
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,27 @@ def test_write_dataset_readable_by_xarray_open_zarr(local_root):
     np.testing.assert_array_equal(run.array("state").read(), np.arange(4.0))
 
 
+def test_text_coordinates_and_variables_are_written_without_zarr_warnings(local_root):
+    """NumPy fixed-width strings (observable names, block names) have no Zarr v3 data
+    type; they are stored as variable-length UTF-8 and read back as the same text."""
+    import warnings
+
+    run = local_root.create("p", config=CONFIG)
+    ds = xr.Dataset(
+        {"v": ("name", [1.0, 2.0]), "label": ("name", np.array(["x", "yz"]), {"units": "1"})},
+        coords={"name": ("name", np.array(["N 0", "Bdag 0 B 1"]), {"long_name": "term"})},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.write_dataset("result", ds)
+    back = xr.open_zarr(run.url + "/result", consolidated=False).load()
+    assert (
+        list(back.name.values) == ["N 0", "Bdag 0 B 1"] and back.name.attrs["long_name"] == "term"
+    )
+    assert list(back.label.values) == ["x", "yz"] and back.label.attrs == {"units": "1"}
+    np.testing.assert_array_equal(back.v.values, [1.0, 2.0])
+
+
 # -- status, listing, lookup ------------------------------------------------------------------
 
 

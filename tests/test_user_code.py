@@ -31,6 +31,19 @@ FACTORY = textwrap.dedent(
         return GaussianMixture([[2.0, 0.0, 0.0], [-2.0, 1.0, 0.0]], [0.3, 0.7], 0.2, abar)
 
     NOT_CALLABLE = 3
+
+
+    class Shapeless:
+        def eps(self, x, t):
+            return x
+
+
+    def shapeless(abar):
+        return Shapeless()
+
+
+    def number(abar):
+        return 3
     """
 )
 PICARD = ["--set=model=custom", "--set=n_samples=8", "--set=batch_size=4"]
@@ -175,6 +188,8 @@ def test_module_in_the_working_directory_reaches_local_workers(tmp_path):
         ("tg_user_absent:factory", "no module named 'tg_user_absent'"),
         ("tg_usermodel:nope", "has no attribute 'nope'"),
         ("tg_usermodel:NOT_CALLABLE", "not callable"),
+        ("tg_usermodel:shapeless", "returned a Shapeless without eps(x, t) and sample_shape"),
+        ("tg_usermodel:number", "an object with eps(x, t) or a torch.nn.Module"),
     ],
 )
 def test_bad_import_path_exits_2_before_any_store(tmp_path, custom, needle):

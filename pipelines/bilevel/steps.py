@@ -60,12 +60,23 @@ def block_curvature(blocks, *, problem, x, iters: int = 30):
         for _ in range(iters):
             w = np.asarray(problem.hvp_yy_g(i, x, y, v / np.linalg.norm(v)))
             lam, v = float(np.linalg.norm(w)), w
+            if lam == 0.0:  # H v = 0: not strongly convex, refused below
+                break
         top = lam
         v = rng.standard_normal(problem.dim_y)
         for _ in range(iters):  # the top of (top I - H): top - smallest eigenvalue
-            u = v / np.linalg.norm(v)
+            norm = np.linalg.norm(v)
+            if norm == 0.0:  # H = top I (exactly, on what was seen): smallest = top
+                break
+            u = v / norm
             v = top * u - np.asarray(problem.hvp_yy_g(i, x, y, u))
         low = top - float(np.linalg.norm(v))
+        if not (np.isfinite(top) and np.isfinite(low) and top > 0.0):
+            raise ValueError(
+                f"block {i}: the lower Hessian's eigenvalues came out {top!r} (largest) and "
+                f"{low!r} (smallest) at x0; hess_yy_g must be finite and positive definite "
+                "(or set tau, tau_v, h_floor, v_bound and eta yourself)"
+            )
         H = np.asarray(problem.hess_yy_g(i, x, y))
         vstar = np.linalg.solve(H, np.asarray(problem.grad_y_f(i, x, y)))
         out.append((top, max(low, 0.0), float(np.linalg.norm(vstar))))

@@ -4,6 +4,7 @@ variant (triangular Anderson mixing)."""
 
 from ..base import Checks, Pipeline
 from .config import PRESETS, PicardConfig
+from .preflight import preflight
 from .resources import estimate
 from .runner import METRICS, run
 
@@ -15,6 +16,7 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    preflight=preflight,
     checks=Checks(
         small={"n_samples": 8, "batch_size": 4, "steps": 200, "train_steps": 200},
         long={

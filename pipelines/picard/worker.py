@@ -99,6 +99,11 @@ def _wrap_torch(model, spec: dict, device: str):
         raise TypeError(
             "model=custom: the factory must return an object with eps(x, t) or a torch.nn.Module"
         )
+    if not hasattr(model, "sample_shape"):
+        raise TypeError(
+            f"the torch module {type(model).__name__} needs a sample_shape attribute (the "
+            "shape of one sample, e.g. (1, 28, 28))"
+        )
     from tilegraph.tasks.picard.torch_models import TorchDenoiser
 
     null = spec.get("null_class")
