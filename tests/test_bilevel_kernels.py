@@ -337,3 +337,24 @@ def test_curvature_of_a_singular_lower_hessian_is_refused():
     problem.hess_yy_g = lambda i, x, y, idx=None: np.eye(4)  # solve_lower needs some H
     with pytest.raises(ValueError, match="block 0: the lower Hessian's eigenvalues"):
         block_curvature([0], problem=problem, x=np.zeros(3))
+
+
+def test_plateau_halvings_from_window_means():
+    """A steady descent is never halved, however slow; a flat, noisy objective is halved
+    once per two windows; the count up to any point is the count of that prefix (what a
+    resumed run recomputes from its checkpointed history)."""
+    from tilegraph.pipelines.bilevel.steps import plateau_halvings
+
+    its = np.arange(0, 1001, 10)
+    slow = 1.0 + np.exp(-its / 5000.0)
+    assert plateau_halvings(its, slow, 100.0) == 0
+    noise = 1.0 + 0.01 * np.random.default_rng(0).standard_normal(its.size)
+    flat = plateau_halvings(its, noise, 100.0)
+    assert 1 <= flat <= 5  # at most one per 2 windows (200 iterations) of 1000
+    # halved at 200 exactly when the second window's mean is not lower
+    step = np.where(its < 100, 2.0, 1.0)
+    assert plateau_halvings(its[:21], step[:21], 100.0) == 0  # 2.0 then 1.0: progress
+    assert plateau_halvings(its[:21], np.ones(21), 100.0) == 1
+    for k in range(1, its.size + 1, 7):
+        head = plateau_halvings(its[:k], noise[:k], 100.0)
+        assert head <= flat and head == plateau_halvings(list(its[:k]), list(noise[:k]), 100.0)

@@ -128,6 +128,13 @@ class BilevelConfig(PipelineConfig):
     decay_epochs: float | None = Field(
         default=60.0, gt=0, description="halve the upper step every this many epochs (m/I its)"
     )
+    plateau_epochs: float | None = Field(
+        default=None,
+        gt=0,
+        description="halve the upper step whenever the mean exact objective F over the "
+        "last this many epochs (m/I iterations, at the history points) is no lower than "
+        "over as many before (None: never)",
+    )
     tau: float = Field(default=0.4, gt=0, description="lower step")
     tau_v: float = Field(default=0.4, gt=0, description="step of v (bsvrb-v2, sgd)")
     alpha: float = Field(default=0.9, gt=0, le=1, description="MSVR alpha")
@@ -216,9 +223,11 @@ class BilevelConfig(PipelineConfig):
             )
         return self.x_min, self.x_max
 
-    def upper_step(self, t: int) -> float:
-        """The upper step at iteration ``t``."""
+    def upper_step(self, t: int, halvings: int = 0) -> float:
+        """The upper step at iteration ``t``, after ``halvings`` plateaus of F
+        (:func:`~tilegraph.pipelines.bilevel.steps.plateau_halvings`)."""
         eta = self.eta * (self.blocks_per_iter / self.m if self.eta_scaling == "blocks" else 1)
+        eta = eta * 0.5**halvings
         if self.decay_epochs is None:
             return eta
         every = max(1, round(self.decay_epochs * self.m / self.blocks_per_iter))

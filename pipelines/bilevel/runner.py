@@ -14,6 +14,7 @@ from ..base import RunContext
 from .config import USER_KINDS, BilevelConfig
 from .plot import summary_figure
 from .results import write_history, write_result
+from .steps import plateau_halvings
 from .steps import resolve as resolve_steps
 from .worker import SLOTS, block_tasks, evaluate_blocks, free_slot, init_blocks
 
@@ -135,9 +136,19 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
         "workers": ex.n_workers,
         "s_per_iter": main["s_per_iter"],
         **({"auto_steps": auto} if auto else {}),
+        **({"step_halvings": _halvings(cfg, problem.m, main)} if cfg.plateau_epochs else {}),
         **{f"{mm}_iterations": int(histories[mm]["iteration"][-1]) for mm in methods[1:]},
     }
     return metrics
+
+
+def _halvings(cfg: BilevelConfig, m: int, hist: dict) -> int:
+    """The plateau halvings the run made: those its history points inside the loop (every
+    ``eval_every`` iterations) call for."""
+    its, F = hist["iteration"], hist["upper_objective"]
+    if its[-1] % cfg.eval_every:  # the closing point, after the last step
+        its, F = its[:-1], F[:-1]
+    return plateau_halvings(its, F, cfg.plateau_epochs * m / cfg.blocks_per_iter)
 
 
 def _iterate(
@@ -211,6 +222,16 @@ def _iterate(
     def reached() -> bool:
         return x_star is not None and cfg.tol is not None and rel_dist(x, x_star) <= cfg.tol
 
+    patience = None
+    if cfg.plateau_epochs is not None:
+        patience = cfg.plateau_epochs * m / I
+
+    def halvings() -> int:
+        if patience is None:
+            return 0
+        return plateau_halvings(hist["iteration"], hist["upper_objective"], patience)
+
+    halved = halvings()
     n_slots = slots(ex, cfg.device)
     with ctx.progress(cfg.max_iter, f"bilevel {method}", done=t) as bar:
         while t < cfg.max_iter and not reached():
@@ -253,7 +274,7 @@ def _iterate(
                 z,
                 G_new / I,
                 G_old / I,
-                cfg.upper_step(t),
+                cfg.upper_step(t, halved),
                 beta=cfg.beta,
                 first=(t == 0),
                 box=cfg.upper_box(),
@@ -272,6 +293,7 @@ def _iterate(
             if t % cfg.eval_every == 0:
                 for k, v in zip(HISTORY, (t, *ev(x)), strict=True):
                     hist[k].append(float(v))
+                halved = halvings()
                 bar.set_postfix_str(f"F={hist['upper_objective'][-1]:.4g}")
             if ctx.checkpoint(offset + t, state, {"t": t, "method": method}):
                 committed = slot.copy()  # the slots it refers to stay untouched till the next

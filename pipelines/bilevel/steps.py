@@ -135,3 +135,36 @@ def resolve(cfg, ex, prob, problem, ev) -> tuple[object, dict]:
     chosen = {k: v if v is None else float(f"{v:.6g}") for k, v in chosen.items() if k in todo}
     info = {**chosen, "lower_curvature": [mu, L], "v_star_max": vmax}
     return cfg.model_copy(update=chosen), info
+
+
+def plateau_halvings(iterations, objectives, patience: float) -> int:
+    """How often the upper step has been halved by ``plateau_epochs``: once whenever the
+    mean exact objective ``F`` over the last ``patience`` iterations is no lower than over
+    the ``patience`` iterations before (and both windows lie after the last halving).
+
+    A constant step leaves a stochastic method at a noise floor proportional to the step;
+    on the user's own problems the floor can lie above the tolerance (blocks that differ
+    much, a small ``I / m``). Means of windows, not a best-so-far, so that one lucky low
+    of the noisy iterates does not halve the step again and again. A pure function of the
+    history, which the checkpoints keep, so a resumed run halves where an uninterrupted
+    one does.
+
+    Parameters
+    ----------
+    iterations, objectives : sequences of float
+        The history points: iteration and ``F`` there.
+    patience : float
+        The window length in iterations.
+    """
+    it = np.asarray(iterations, dtype=np.float64)
+    F = np.asarray(objectives, dtype=np.float64)
+    halvings, start = 0, it[0] if it.size else 0.0
+    for k in range(it.size):
+        now = it[k]
+        if now - start < 2 * patience:
+            continue
+        last = (it > now - patience) & (it <= now)
+        before = (it > now - 2 * patience) & (it <= now - patience)
+        if last.any() and before.any() and F[last].mean() >= F[before].mean():
+            halvings, start = halvings + 1, now
+    return halvings
