@@ -328,12 +328,15 @@ def test_curvature_of_a_multiple_of_the_identity_is_exact_and_finite():
         assert np.isfinite(vstar)
 
 
-def test_curvature_of_a_singular_lower_hessian_is_refused():
+@pytest.mark.parametrize(
+    "diag", [[0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 1.0, 0.0], [2.0, 1.0, 1.0, -1.0], [-1.0] * 4]
+)
+def test_curvature_of_a_lower_hessian_not_positive_definite_is_refused(diag):
     from tilegraph.pipelines.bilevel.steps import block_curvature
 
     problem = QuadraticBlocks(m=2, dim_x=3, dim_y=4, lam=0.0)
     problem.A = np.zeros_like(problem.A)
-    problem.hvp_yy_g = lambda i, x, y, v, idx=None: 0.0 * v
+    problem.hvp_yy_g = lambda i, x, y, v, idx=None: np.asarray(diag) * v
     problem.hess_yy_g = lambda i, x, y, idx=None: np.eye(4)  # solve_lower needs some H
     with pytest.raises(ValueError, match="block 0: the lower Hessian's eigenvalues"):
         block_curvature([0], problem=problem, x=np.zeros(3))

@@ -226,7 +226,9 @@ def test_a_torch_module_without_sample_shape_exits_2_before_any_store(tmp_path):
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: config field 'custom'"), lines
-    assert "Shapeless needs a sample_shape attribute" in lines[0]
+    assert (
+        "the torch module Shapeless that mynet:shapeless returned needs a sample_shape" in lines[0]
+    )
     assert not store.exists()
 
 

@@ -44,6 +44,10 @@ FACTORY = textwrap.dedent(
 
     def number(abar):
         return 3
+
+
+    def missing_weights(abar):
+        raise FileNotFoundError("no weights.pt here")
     """
 )
 PICARD = ["--set=model=custom", "--set=n_samples=8", "--set=batch_size=4"]
@@ -188,8 +192,9 @@ def test_module_in_the_working_directory_reaches_local_workers(tmp_path):
         ("tg_user_absent:factory", "no module named 'tg_user_absent'"),
         ("tg_usermodel:nope", "has no attribute 'nope'"),
         ("tg_usermodel:NOT_CALLABLE", "not callable"),
-        ("tg_usermodel:shapeless", "returned a Shapeless without eps(x, t) and sample_shape"),
-        ("tg_usermodel:number", "an object with eps(x, t) or a torch.nn.Module"),
+        ("tg_usermodel:shapeless", "returned a Shapeless with eps(x, t) but without sample_sh"),
+        ("tg_usermodel:number", "returned a int, neither an object with eps(x, t) and"),
+        ("tg_usermodel:missing_weights", "(abar) raised FileNotFoundError: no weights.pt here"),
     ],
 )
 def test_bad_import_path_exits_2_before_any_store(tmp_path, custom, needle):

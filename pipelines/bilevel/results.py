@@ -35,6 +35,7 @@ def write_history(store, name: str, cfg, method: str, hist: dict, known: bool) -
         "blocks_per_iter": cfg.blocks_per_iter,
         "batch": cfg.batch,
         "s_per_iter": hist.get("s_per_iter"),
+        "step_halvings": hist.get("halvings"),  # plateau_epochs: of the last upper step
     }
     store.write_dataset(name, xr.Dataset(data, coords={"iteration": it}, attrs=attrs))
 

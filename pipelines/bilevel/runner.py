@@ -14,7 +14,7 @@ from ..base import RunContext
 from .config import USER_KINDS, BilevelConfig
 from .plot import summary_figure
 from .results import write_history, write_result
-from .steps import plateau_halvings
+from .steps import Plateau, plateau_halvings
 from .steps import resolve as resolve_steps
 from .worker import SLOTS, block_tasks, evaluate_blocks, free_slot, init_blocks
 
@@ -100,12 +100,14 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
                 "iteration": [int(v) for v in ds.iteration.values],
                 "s_per_iter": ds.attrs.get("s_per_iter"),
             }
+            if ds.attrs.get("step_halvings") is not None:
+                histories[method]["halvings"] = ds.attrs["step_halvings"]
             if "rel_dist" not in ds:
                 histories[method]["rel_dist"] = [float("nan")] * ds.iteration.size
             continue
         offset = methods.index(method) * (cfg.max_iter + 1)  # checkpoint steps grow
         out = _iterate(cfg, method, offset, ctx, problem, prob, x_star, ev)
-        hist = {**out["hist"], "s_per_iter": out["s_per_iter"]}
+        hist = {**out["hist"], "s_per_iter": out["s_per_iter"], "halvings": out["halvings"]}
         write_history(store, name, cfg, method, hist, x_star is not None)
         if method == cfg.method:
             val = None
@@ -143,10 +145,12 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
 
 
 def _halvings(cfg: BilevelConfig, m: int, hist: dict) -> int:
-    """The plateau halvings the run made: those its history points inside the loop (every
-    ``eval_every`` iterations) call for."""
+    """The plateau halvings of the run's last upper step (from its history when the
+    method was finished by an earlier attempt: the points up to its last step)."""
+    if "halvings" in hist:
+        return int(hist["halvings"])
     its, F = hist["iteration"], hist["upper_objective"]
-    if its[-1] % cfg.eval_every:  # the closing point, after the last step
+    if len(its) > 1:  # the last point comes after the last step
         its, F = its[:-1], F[:-1]
     return plateau_halvings(its, F, cfg.plateau_epochs * m / cfg.blocks_per_iter)
 
@@ -222,16 +226,13 @@ def _iterate(
     def reached() -> bool:
         return x_star is not None and cfg.tol is not None and rel_dist(x, x_star) <= cfg.tol
 
-    patience = None
-    if cfg.plateau_epochs is not None:
-        patience = cfg.plateau_epochs * m / I
+    plateau = None if cfg.plateau_epochs is None else Plateau(cfg.plateau_epochs * m / I)
 
     def halvings() -> int:
-        if patience is None:
-            return 0
-        return plateau_halvings(hist["iteration"], hist["upper_objective"], patience)
+        return 0 if plateau is None else plateau.update(hist["iteration"], hist["upper_objective"])
 
     halved = halvings()
+    used = 0  # the halvings of the last upper step taken
     n_slots = slots(ex, cfg.device)
     with ctx.progress(cfg.max_iter, f"bilevel {method}", done=t) as bar:
         while t < cfg.max_iter and not reached():
@@ -280,6 +281,7 @@ def _iterate(
                 box=cfg.upper_box(),
             )
             x_prev, x = x, x_next
+            used = halved
             last[d.blocks] = t
             slot[d.blocks] = dst
             t += 1
@@ -304,6 +306,7 @@ def _iterate(
     return {
         "x": x,
         "hist": hist,
+        "halvings": used,
         "ref": ref,
         "slot": slot,
         # without the first iteration, which ships the problem to the workers

@@ -71,7 +71,9 @@ def block_curvature(blocks, *, problem, x, iters: int = 30):
             u = v / norm
             v = top * u - np.asarray(problem.hvp_yy_g(i, x, y, u))
         low = top - float(np.linalg.norm(v))
-        if not (np.isfinite(top) and np.isfinite(low) and top > 0.0):
+        # low over-estimates the smallest eigenvalue (|B u| <= |B| for B = top I - H), so
+        # low <= 0 means H is not positive definite
+        if not (np.isfinite(top) and np.isfinite(low) and top > 0.0 and low > 1e-12 * top):
             raise ValueError(
                 f"block {i}: the lower Hessian's eigenvalues came out {top!r} (largest) and "
                 f"{low!r} (smallest) at x0; hess_yy_g must be finite and positive definite "
@@ -79,7 +81,7 @@ def block_curvature(blocks, *, problem, x, iters: int = 30):
             )
         H = np.asarray(problem.hess_yy_g(i, x, y))
         vstar = np.linalg.solve(H, np.asarray(problem.grad_y_f(i, x, y)))
-        out.append((top, max(low, 0.0), float(np.linalg.norm(vstar))))
+        out.append((top, low, float(np.linalg.norm(vstar))))
     return out
 
 
@@ -137,34 +139,49 @@ def resolve(cfg, ex, prob, problem, ev) -> tuple[object, dict]:
     return cfg.model_copy(update=chosen), info
 
 
-def plateau_halvings(iterations, objectives, patience: float) -> int:
-    """How often the upper step has been halved by ``plateau_epochs``: once whenever the
-    mean exact objective ``F`` over the last ``patience`` iterations is no lower than over
-    the ``patience`` iterations before (and both windows lie after the last halving).
+class Plateau:
+    """How often ``plateau_epochs`` has halved the upper step: once whenever the mean
+    exact objective ``F`` over the last ``patience`` iterations is no lower than over the
+    ``patience`` iterations before (both windows after the last halving).
 
     A constant step leaves a stochastic method at a noise floor proportional to the step;
     on the user's own problems the floor can lie above the tolerance (blocks that differ
     much, a small ``I / m``). Means of windows, not a best-so-far, so that one lucky low
-    of the noisy iterates does not halve the step again and again. A pure function of the
-    history, which the checkpoints keep, so a resumed run halves where an uninterrupted
-    one does.
+    of the noisy iterates does not halve the step again and again. The count is a
+    function of the history alone, which the checkpoints keep, so a resumed run halves
+    where an uninterrupted one does; :meth:`update` looks only at the points it has not
+    seen.
 
     Parameters
     ----------
-    iterations, objectives : sequences of float
-        The history points: iteration and ``F`` there.
     patience : float
         The window length in iterations.
     """
-    it = np.asarray(iterations, dtype=np.float64)
-    F = np.asarray(objectives, dtype=np.float64)
-    halvings, start = 0, it[0] if it.size else 0.0
-    for k in range(it.size):
-        now = it[k]
-        if now - start < 2 * patience:
-            continue
-        last = (it > now - patience) & (it <= now)
-        before = (it > now - 2 * patience) & (it <= now - patience)
-        if last.any() and before.any() and F[last].mean() >= F[before].mean():
-            halvings, start = halvings + 1, now
-    return halvings
+
+    def __init__(self, patience: float):
+        self.patience = float(patience)
+        self.halvings, self.start, self.seen = 0, None, 0
+
+    def update(self, iterations, objectives) -> int:
+        """The halvings after the history points ``(iterations, objectives)`` (the same
+        sequences as before, possibly longer)."""
+        it = np.asarray(iterations, dtype=np.float64)
+        F = np.asarray(objectives, dtype=np.float64)
+        p = self.patience
+        for k in range(self.seen, it.size):
+            now = it[k]
+            if self.start is None:
+                self.start = now
+            if now - self.start < 2 * p:
+                continue
+            a = int(np.searchsorted(it, now - 2 * p, side="right"))
+            b = int(np.searchsorted(it, now - p, side="right"))
+            if a < b <= k and F[b : k + 1].mean() >= F[a:b].mean():
+                self.halvings, self.start = self.halvings + 1, now
+        self.seen = it.size
+        return self.halvings
+
+
+def plateau_halvings(iterations, objectives, patience: float) -> int:
+    """:class:`Plateau`'s count for a whole history."""
+    return Plateau(patience).update(iterations, objectives)

@@ -3,29 +3,57 @@ framework before anything is written, each failure one line naming the field."""
 
 from __future__ import annotations
 
+import sys
+
 from ..config import ConfigError
 from .config import PicardConfig
+
+#: Factories already checked in this process (a sweep checks each point's config).
+_CHECKED: set[tuple] = set()
 
 
 def preflight(cfg: PicardConfig) -> None:
     """Raise :class:`ConfigError` when the ``custom`` factory's model cannot be sampled:
     it must return an object with ``eps(x, t)`` and ``sample_shape``, or a
-    ``torch.nn.Module`` with a ``sample_shape`` attribute."""
+    ``torch.nn.Module`` with a ``sample_shape`` attribute.
+
+    The factory runs here, on the driver, once per factory and schedule (the run
+    itself calls it again on the driver and on every worker); nothing is wrapped, moved
+    or copied.
+    """
     if cfg.model != "custom":
         return
-    from .worker import build_model
+    from ..imports import resolve
 
     abar, _ = cfg.sampler_steps()
-    spec = {"kind": "custom", "target": cfg.custom, "abar": abar,
-            "guidance_scale": cfg.guidance_scale, "null_class": cfg.null_class}  # fmt: skip
+    key = (cfg.custom, cfg.schedule, cfg.train_steps, cfg.beta_start, cfg.beta_end)
+    if key in _CHECKED:
+        return
+    factory = resolve(cfg.custom, field="custom")
     try:
-        model = build_model(spec)
-    except ConfigError:
-        raise
-    except (TypeError, AttributeError) as exc:  # not a model, or a module without sample_shape
-        raise ConfigError(f"config field 'custom': {cfg.custom}: {exc}") from None
-    if not callable(getattr(model, "eps", None)) or not hasattr(model, "sample_shape"):
+        model = factory(abar)
+    except Exception as exc:  # the user's code: its message, in one line
+        msg = " ".join(str(exc).split())
         raise ConfigError(
-            f"config field 'custom': {cfg.custom} returned a {type(model).__name__} without "
-            "eps(x, t) and sample_shape (see tilegraph.tasks.picard.models.DiffusionModel)"
-        )
+            f"config field 'custom': {cfg.custom}(abar) raised {type(exc).__name__}: {msg}"
+        ) from None
+    name = type(model).__name__
+    if callable(getattr(model, "eps", None)):
+        if not hasattr(model, "sample_shape"):
+            raise ConfigError(
+                f"config field 'custom': {cfg.custom} returned a {name} with eps(x, t) but "
+                "without sample_shape (see tilegraph.tasks.picard.models.DiffusionModel)"
+            )
+    else:
+        torch = sys.modules.get("torch")  # a torch module means torch was imported
+        if torch is None or not isinstance(model, torch.nn.Module):
+            raise ConfigError(
+                f"config field 'custom': {cfg.custom} returned a {name}, neither an object "
+                "with eps(x, t) and sample_shape nor a torch.nn.Module"
+            )
+        if not hasattr(model, "sample_shape"):
+            raise ConfigError(
+                f"config field 'custom': the torch module {name} that {cfg.custom} returned "
+                "needs a sample_shape attribute (the shape of one sample, e.g. (1, 28, 28))"
+            )
+    _CHECKED.add(key)
