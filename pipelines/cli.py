@@ -302,9 +302,16 @@ def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:
             script = job_script(spec, args.cluster_profile)
         except (ValueError, ImportError, OSError, RuntimeError) as exc:
             raise UsageError(f"--cluster {spec}: cannot make the job script ({exc})") from None
-        from tilegraph.cluster.jobqueue import DEFAULT_PATHS, PROFILE_ENV, find_profile
+        from tilegraph.cluster.jobqueue import (
+            DEFAULT_PATHS,
+            PROFILE_ENV,
+            find_profile,
+            load_profile,
+        )
 
-        jobs = f"{spec.n} job(s)" if spec.n else "the profile's number of jobs"
+        prof = load_profile(spec.kind, args.cluster_profile)
+        n_jobs = spec.n or prof.jobs
+        jobs = f"{n_jobs} job(s) of {prof.processes or 1} worker(s)"
         if find_profile(args.cluster_profile) is None:
             from tilegraph.cluster.jobqueue import describe_defaults
 
@@ -339,6 +346,9 @@ def _cmd_sweep(args) -> int:
     if pipeline.preflight is not None:
         for point in plan.points:
             pipeline.preflight(point.config)
+    estimates = [resources.estimate(pipeline, p.config, 1) for p in plan.points]
+    for point, est in zip(plan.points, estimates, strict=True):
+        resources.check_size(est, point.config)
     root = check_store(args.store)
     args.spec = check_cluster(args.cluster, root.url, args.cluster_profile)
     if args.dry_run:
@@ -346,6 +356,8 @@ def _cmd_sweep(args) -> int:
     try:
         with _connect(args, code) as executor:
             check_device([p.config for p in plan.points], executor, str(args.spec))
+            for est in estimates:  # each point runs whole on one worker
+                resources.check_point(est, executor)
             try:
                 result = run_sweep(
                     plan, root, executor, progress=progress_factory(), backend=str(args.spec)
@@ -458,7 +470,8 @@ def _cmd_show(args) -> int:
     keys = ("started", "ended", "backend", "host", "git_commit", "tilegraph")
     print("provenance")
     print(_indent(_table([[k, one_line(prov.get(k))] for k in keys if k in prov])))
-    print("open the results with: xarray.open_zarr(path + '/result', consolidated=False)")
+    if run.has("result"):
+        print("open the results with: xarray.open_zarr(path + '/result', consolidated=False)")
     return 0
 
 

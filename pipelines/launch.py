@@ -205,12 +205,21 @@ def check_cluster(cluster: str, store_url: str, profile: str | None = None):
     return spec
 
 
-def workers_guess(spec) -> int:
-    """Workers a parsed spec will have, before connecting (1 where it cannot be known)."""
+def workers_guess(spec, profile: str | None = None) -> int:
+    """Workers a parsed spec will have, before connecting (1 where it cannot be known);
+    a batch scheduler's: jobs (``slurm:JOBS`` or the profile's) x the profile's
+    ``processes`` per job."""
     import os
+
+    from tilegraph.cluster.specs import HPC_KINDS
 
     if spec is None:
         return 1
+    if spec.kind in HPC_KINDS:
+        from tilegraph.cluster.jobqueue import load_profile
+
+        p = load_profile(spec.kind, profile)
+        return (spec.n or p.jobs) * (p.processes or 1)
     if spec.n is not None:
         return spec.n
     if spec.kind == "local":
@@ -286,7 +295,7 @@ def prepare(
         if pipeline.preflight is not None:
             pipeline.preflight(cfg)
         spec = None if cluster is None else check_cluster(cluster, root.url, cluster_profile)
-        workers = workers_guess(spec)
+        workers = workers_guess(spec, cluster_profile)
         est = resources.estimate(pipeline, cfg, workers)
         resources.check_size(est, cfg)
     except BaseException:

@@ -109,6 +109,26 @@ def check_size(est: Estimate | None, config: Any) -> None:
             )
 
 
+def check_point(est: Estimate | None, executor: Any) -> None:
+    """A sweep point, whose whole run (its driver and one worker's share) runs in one
+    worker process: the two peaks together against one worker's memory limit (against
+    this machine for in-process backends). ``est`` is the estimate for one worker."""
+    if est is None:
+        return
+    together = est.driver_bytes + est.worker_bytes
+    if executor.backend in ("sync", "threads"):
+        check_fits(
+            Estimate(together, 0, est.store_bytes, est.field, est.alternative),
+            driver_limit=available_memory(),
+        )
+        return
+    check_fits(
+        Estimate(0, together, est.store_bytes, est.field, est.alternative),
+        worker_limit=executor.memory_limit,
+        where=executor.spec,
+    )
+
+
 def check_executor(est: Estimate | None, executor: Any) -> None:
     """After connecting: one worker's peak against the memory limit of the executor's
     workers; for in-process backends, driver and workers together against this machine."""

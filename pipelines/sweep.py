@@ -229,6 +229,8 @@ def run_point(
     except storage.LeaseHeld as exc:
         return {"status": "failed", "error": str(exc)}
     try:
+        if run.status == storage.COMPLETE:  # finished meanwhile (a user's --resume of it)
+            return {"status": "complete", "metrics": run.metrics}
         resume = resume or bool(run.checkpoint_steps())
         with cluster.connect("sync") as ex:
             metrics = execute(pipeline, cfg, run, ex, resume=resume, retries=0)
@@ -489,18 +491,26 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
             key=f"sweep-{plan.sweep_id}-{'-'.join(map(str, p.index))}-{uuid.uuid4().hex[:8]}",
         )
         futures[id(fut)] = (fut, p, run)
-    with progress(total=len(plan.points), desc=f"sweep {name}") as bar:
-        bar.update(skipped)
-        for fut in executor.as_completed([f for f, _, _ in futures.values()]):
-            _, p, run = futures[id(fut)]
-            try:
-                out = fut.result()
-            except Exception as exc:  # the task itself was lost (e.g. its worker died)
-                out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                if run.status != storage.COMPLETE:
-                    run.mark_failed(out["error"])
-            bar.set_postfix_str(f"{p.key}: {out['status']}")
-            bar.update(1)
+    try:
+        with progress(total=len(plan.points), desc=f"sweep {name}") as bar:
+            bar.update(skipped)
+            for fut in executor.as_completed([f for f, _, _ in futures.values()]):
+                _, p, run = futures[id(fut)]
+                try:
+                    out = fut.result()
+                except Exception as exc:  # the task itself was lost (e.g. its worker died)
+                    out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    if run.status != storage.COMPLETE:
+                        run.mark_failed(out["error"])
+                bar.set_postfix_str(f"{p.key}: {out['status']}")
+                bar.update(1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no point is left marked running
+        for _, _, run in futures.values():
+            if run.status == storage.RUNNING:
+                run.mark_failed(
+                    "interrupted with its sweep; run the same sweep command again to continue"
+                )
+        raise
 
     ds = gather_dataset(plan, runs)
     sweep.write_dataset("result", ds)

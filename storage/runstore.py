@@ -722,6 +722,11 @@ class Root:
                 p[len(base) :].strip("/").split("/")[0]
                 for p in fs.glob(join(base, "*", run_id, "zarr.json"))
             )
+            if elsewhere == ["sweeps"]:
+                raise RunNotFound(
+                    f"{run_id!r} is a sweep, not a run: run the same `tilegraph sweep` "
+                    "command again to continue it (complete points are kept)"
+                )
             if elsewhere:
                 raise RunNotFound(
                     f"run {run_id!r} belongs to pipeline {elsewhere[0]!r}, not {pipeline!r} "

@@ -54,7 +54,8 @@ def test_dry_run_prints_the_job_script_and_writes_nothing(kind, profile, tmp_pat
     args = ["run", "domain-split", "--cluster", f"{kind}:3", "--cluster-profile", str(profile)]
     assert cli.main([*args, "--store", str(store), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"{kind} would be asked for 3 job(s)" in out
+    assert f"{kind} would be asked for 3 job(s) of 2 worker(s)" in out
+    assert "6 worker" in out  # the estimate is per worker of 3 jobs x 2 processes
     for line in EXPECTED[kind]:
         assert line in out, f"{line!r} missing from the {kind} script"
     prologue = out.index("module load python/3.11")

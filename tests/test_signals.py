@@ -78,3 +78,30 @@ def test_sigkill_of_the_driver_leaves_no_ray_process(tmp_path):
     proc.kill()
     proc.communicate(timeout=60)
     _none_left(children, within=5)
+
+
+def test_ctrl_c_of_a_sweep_leaves_no_point_running(tmp_path):
+    """A sweep interrupted while its points run: exit 130, one line saying how to go on,
+    and every unfinished point marked failed ("interrupted"), none left `running`."""
+    store = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilegraph.pipelines.cli", "sweep", "domain-split",
+         "--set=n_fine=1000", "--set=tol=1e-13", "--grid", "n_coarse=10,20",
+         "--cluster", "local:2", "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    root = storage.Root(store)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(root.runs()) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(3.0)  # the points' solves under way
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: sweep "), err
+    runs = root.runs()
+    assert len(runs) == 2 and all(r["status"] == storage.FAILED for r in runs), runs
+    assert all("interrupted" in root.open(r["run_id"]).error for r in runs)

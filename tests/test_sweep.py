@@ -148,6 +148,11 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
     assert last_json(out.stdout)["complete"] == 2
     assert "2 already done" in out.stdout
 
+    # a sweep id where a run id belongs: what to do instead
+    out = tilegraph("run", "domain-split", "--store", str(store), "--resume", res["sweep_id"])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"'{res['sweep_id']}' is a sweep, not a run: run the same" in out.stderr
+
     bad = tmp_path / "bad"
     out = tilegraph("sweep", "domain-split", "--store", str(bad), "--grid", "n_fine=20,21")
     assert out.returncode == 2
@@ -241,3 +246,34 @@ def test_killed_worker_during_a_sweep(tmp_path, spec):
     a = run.open_dataset("result").solution.values
     b = xr.open_zarr(f"{ref['path']}/result", consolidated=False).solution.values
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_point_finished_meanwhile_is_not_run_again(tmp_path):
+    """A point's run completed by someone else (a user's ``--resume`` of it) after the
+    sweep created it: the point's task returns the stored result and leaves it alone."""
+    from tilegraph.pipelines.sweep import run_point
+
+    root = storage.Root(str(tmp_path / "runs"))
+    cfg = get_pipeline("domain-split").config.model_validate({"n_fine": 40, "n_coarse": 4})
+    config = cfg.model_dump(mode="json")
+    run = root.create("domain-split", config=config, backend="sync")
+    run.mark_complete({"iterations": 7})
+    before = root.open(run.run_id).provenance
+    out = run_point("domain-split", config, run.url, None, False)
+    assert out == {"status": "complete", "metrics": {"iterations": 7}}
+    again = root.open(run.run_id)
+    assert again.metrics == {"iterations": 7} and again.provenance == before
+    assert not again.has("result")
+
+
+def test_a_point_too_large_for_a_worker_is_refused_before_anything_runs(tmp_path):
+    """Each point runs whole on one worker: its driver and worker peaks together are
+    checked against one worker's memory limit, as a run's are (exit 2, nothing written)."""
+    store = tmp_path / "runs"
+    out = tilegraph("sweep", "domain-split", "--grid", "n_fine=100,60000", "--set",
+                    "n_coarse=10", "--cluster", "local:2", "--store", str(store))  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config field 'n_fine'"), lines
+    assert "in each worker of local:2" in lines[0]
+    assert not store.exists() or not any(store.iterdir())
