@@ -405,12 +405,16 @@ def _cmd_sweep(args) -> int:
 def _read_root(args):
     """The run-store root of ``--store`` for reading: a bad protocol is one error line."""
     from tilegraph import storage
-    from tilegraph.storage.urls import filesystem, is_local
+    from tilegraph.storage.urls import filesystem, is_local, normalize_url
 
     try:
         root = storage.Root(args.store)
         if not is_local(root.url):
             filesystem(root.url)
+        elif os.path.exists(normalize_url(root.url)) and not os.path.isdir(
+            normalize_url(root.url)
+        ):
+            raise ValueError("a file, not a folder; a store is a folder")
     except (ValueError, ImportError, TypeError) as exc:
         raise UsageError(f"--store {one_line(args.store, 200)}: {one_line(exc, 200)}") from None
     return root
@@ -418,8 +422,8 @@ def _read_root(args):
 
 def _cmd_runs(args) -> int:
     runs = _read_root(args).runs()
-    if args.json:
-        print(json.dumps({"runs": runs}))
+    if args.json:  # "path" as in `run --json` and `show --json` ("url" kept)
+        print(json.dumps({"runs": [{**r, "path": r["url"]} for r in runs]}))
         return 0
     if not runs:
         print(f"no runs under {args.store}")

@@ -180,8 +180,10 @@ def plan_sweep(
         try:
             config = build_config(pipeline, preset, config_file, [*sets, *extra])
         except ConfigError as exc:
-            where = ",".join(extra)
-            raise ConfigError(f"--grid point {where}: {exc}") from None
+            where, msg = ",".join(extra), str(exc)
+            for k in values:  # the value came from --grid, not from a --set
+                msg = msg.replace(f"--set {k}: ", "")
+            raise ConfigError(f"--grid point {where}: {msg}") from None
         points.append(Point(index=index, values=values, config=config))
     configs = [p.config.model_dump(mode="json") for p in points]
     definition = {

@@ -271,3 +271,15 @@ def test_bad_store_url_exits_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith("error: --store")
+
+
+def test_listing_a_store_that_is_a_file_is_one_error_line(tmp_path):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a store")
+    for cmd in (["runs"], ["show", "20260101-000000-abcdef"]):
+        out = tilegraph(*cmd, "--store", str(afile))
+        assert out.returncode == 2, out
+        assert out.stderr.strip().splitlines() == [
+            f"error: --store {afile}: a file, not a folder; a store is a folder"
+        ]
+    assert afile.read_text() == "not a store"

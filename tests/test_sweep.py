@@ -46,6 +46,9 @@ def test_plan_validates_every_point_and_names_it():
         plan_sweep(pipe, ["n_fine=20,21"], sets=BASE)
     with pytest.raises(ConfigError, match="also given with --set"):
         plan_sweep(pipe, ["n_coarse=2,4"], sets=BASE)
+    with pytest.raises(ConfigError) as bad_yaml:  # a grid value is not blamed on --set
+        plan_sweep(pipe, ["n_fine=[1,0"], sets=BASE)
+    assert str(bad_yaml.value).startswith("--grid point n_fine=[1,0: not valid YAML")
     a = plan_sweep(pipe, ["n_fine=20,40"], sets=BASE)
     b = plan_sweep(pipe, ["n_fine=20,40"], sets=BASE)
     c = plan_sweep(pipe, ["n_fine=20,40"], sets=[*BASE[:-1], "direct_reference=false"])
