@@ -210,13 +210,15 @@ def iso(**kw):
 
 
 def test_plateau_halving_takes_a_noise_floor_to_the_optimum(tmp_path):
-    """Lower Hessians I and I/m = 1/5: the constant auto step leaves BSVRB v1 hovering far
+    """Lower Hessians I and I/m = 4/20: the constant auto step leaves BSVRB v1 hovering far
     from x* (block sampling noise); halving it when F stalls (plateau_epochs) reaches 1e-2
-    of x*, and the constant step is still far off after as many iterations."""
+    of x* (769 iterations), and the constant step is still far off after as many (0.135;
+    0.108 after 1500)."""
     (tmp_path / "isomod.py").write_text(ISO)
     args = ["run", "bilevel", "--set", "problem.kind=custom", "--set",
-            "problem.factory=isomod:iso", "--set", "method=bsvrb-v1", "--set",
-            "blocks_per_iter=10", "--cluster", "sync", "--store", "runs", "--json"]  # fmt: skip
+            "problem.factory=isomod:iso", "--set", "problem.params={m: 20}", "--set",
+            "method=bsvrb-v1", "--set", "blocks_per_iter=4", "--cluster", "sync",
+            "--store", "runs", "--json"]  # fmt: skip
     run = tilegraph(*args, "--set", "plateau_epochs=20", "--set", "max_iter=1500", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     m = last_json(run.stdout)["metrics"]
@@ -224,7 +226,7 @@ def test_plateau_halving_takes_a_noise_floor_to_the_optimum(tmp_path):
     fixed = tilegraph(*args, "--set", f"max_iter={m['iterations']}", cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stderr
     f = last_json(fixed.stdout)["metrics"]
-    assert "step_halvings" not in f and f["rel_dist_to_optimum"] > 0.1, f
+    assert "step_halvings" not in f and f["rel_dist_to_optimum"] > 0.05, f
 
 
 @pytest.mark.parametrize(
