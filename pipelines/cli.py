@@ -290,7 +290,7 @@ def _connect(args, code=()):
     return connect(args.spec, args.cluster_profile, code)
 
 
-def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:
+def _dry_run(args, info: dict, est=None, workers: int = 1, title: str = "") -> int:
     """``--dry-run``: the validated config and, for batch schedulers, the job script."""
     from tilegraph.cluster.jobqueue import job_script
     from tilegraph.cluster.specs import HPC_KINDS
@@ -325,6 +325,8 @@ def _dry_run(args, info: dict, est=None, workers: int = 1) -> int:
         print(json.dumps(info, indent=2))
     print(f"# store {one_line(args.store, 200)}: checked, nothing written")
     if est is not None:
+        if title:
+            print(f"# {title}")
         for line in resources.describe(est, workers):
             print(f"# {line}")
     if args.json:
@@ -352,7 +354,12 @@ def _cmd_sweep(args) -> int:
     root = check_store(args.store)
     args.spec = check_cluster(args.cluster, root.url, args.cluster_profile)
     if args.dry_run:
-        return _dry_run(args, {"sweep_id": plan.sweep_id, "points": len(plan.points)})
+        info = {"sweep_id": plan.sweep_id, "points": len(plan.points)}
+        sized = [e for e in estimates if e is not None]
+        big = max(sized, key=lambda e: e.driver_bytes + e.worker_bytes, default=None)
+        if big is not None:  # a point runs whole on one worker: its largest point
+            info["estimate"] = {**dataclasses.asdict(big), "workers": 1}
+        return _dry_run(args, info, big, 1, "the largest point, run whole by one worker:")
     try:
         with _connect(args, code) as executor:
             check_device([p.config for p in plan.points], executor, str(args.spec))

@@ -280,3 +280,21 @@ def test_a_point_too_large_for_a_worker_is_refused_before_anything_runs(tmp_path
     assert len(lines) == 1 and lines[0].startswith("error: config field 'n_fine'"), lines
     assert "in each worker of local:2" in lines[0]
     assert not store.exists() or not any(store.iterdir())
+
+
+def test_sweep_dry_run_prints_the_largest_points_estimate(tmp_path):
+    from tilegraph.pipelines import resources
+    from tilegraph.pipelines.config import build_config
+
+    store = tmp_path / "runs"
+    out = tilegraph("sweep", "domain-split", "--grid", "n_fine=100,400", "--set",
+                    "n_coarse=10", "--cluster", "local:2", "--store", str(store), "--dry-run",
+                    "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    got = last_json(out.stdout)["estimate"]
+    pipe = get_pipeline("domain-split")
+    want = resources.estimate(pipe, build_config(pipe, sets=["n_fine=400", "n_coarse=10"]), 1)
+    assert got["workers"] == 1 and got["driver_bytes"] == want.driver_bytes
+    assert got["worker_bytes"] == want.worker_bytes
+    assert "# the largest point, run whole by one worker:" in out.stdout
+    assert not store.exists()
