@@ -334,10 +334,16 @@ def _dry_run(args, info: dict, est=None, workers: int = 1, title: str = "") -> i
     return 0
 
 
+def _largest(estimates):
+    """The estimate with the largest driver + worker peak (None if there is none)."""
+    sized = [e for e in estimates if e is not None]
+    return max(sized, key=lambda e: e.driver_bytes + e.worker_bytes, default=None)
+
+
 def _cmd_sweep(args) -> int:
     from tilegraph.storage.lease import LeaseHeld
 
-    from .sweep import plan_sweep, run_sweep
+    from .sweep import interrupted_points, plan_sweep, run_sweep
 
     try:
         pipeline = get_pipeline(args.name)
@@ -355,16 +361,16 @@ def _cmd_sweep(args) -> int:
     args.spec = check_cluster(args.cluster, root.url, args.cluster_profile)
     if args.dry_run:
         info = {"sweep_id": plan.sweep_id, "points": len(plan.points)}
-        sized = [e for e in estimates if e is not None]
-        big = max(sized, key=lambda e: e.driver_bytes + e.worker_bytes, default=None)
+        big = _largest(estimates)
         if big is not None:  # a point runs whole on one worker: its largest point
             info["estimate"] = {**dataclasses.asdict(big), "workers": 1}
         return _dry_run(args, info, big, 1, "the largest point, run whole by one worker:")
     try:
         with _connect(args, code) as executor:
             check_device([p.config for p in plan.points], executor, str(args.spec))
-            for est in estimates:  # each point runs whole on one worker
-                resources.check_point(est, executor)
+            # each point runs whole on one worker: the largest point decides
+            busy = min(max(executor.n_workers, 1), len(plan.points))
+            resources.check_point(_largest(estimates), executor, concurrent=busy)
             try:
                 result = run_sweep(
                     plan, root, executor, progress=progress_factory(), backend=str(args.spec)
@@ -373,6 +379,7 @@ def _cmd_sweep(args) -> int:
                 raise UsageError(f"{exc}; wait for it, or stop it first") from None
     except KeyboardInterrupt as exc:
         _quiet_shutdown()
+        interrupted_points(getattr(exc, "sweep_runs", []))  # the cluster is closed by now
         sys.stderr.write(
             f"error: sweep {plan.sweep_id} interrupted; run the same command again to "
             "continue it (complete points are kept)\n"

@@ -109,16 +109,18 @@ def check_size(est: Estimate | None, config: Any) -> None:
             )
 
 
-def check_point(est: Estimate | None, executor: Any) -> None:
+def check_point(est: Estimate | None, executor: Any, concurrent: int = 1) -> None:
     """A sweep point, whose whole run (its driver and one worker's share) runs in one
-    worker process: the two peaks together against one worker's memory limit (against
-    this machine for in-process backends). ``est`` is the estimate for one worker."""
+    worker process: the two peaks together against one worker's memory limit; for
+    in-process backends, ``concurrent`` such points together against this machine.
+    ``est`` is the estimate for one worker (the sweep's largest point)."""
     if est is None:
         return
     together = est.driver_bytes + est.worker_bytes
     if executor.backend in ("sync", "threads"):
+        n = 1 if executor.backend == "sync" else max(1, concurrent)
         check_fits(
-            Estimate(together, 0, est.store_bytes, est.field, est.alternative),
+            Estimate(n * together, 0, est.store_bytes, est.field, est.alternative),
             driver_limit=available_memory(),
         )
         return

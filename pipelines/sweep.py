@@ -449,51 +449,51 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
     recorded = sweep.points
     finished = _complete_runs_by_config(root, name)
     runs: dict[str, Any] = {}
-    todo = []
-    for p in plan.points:
-        run = None
-        if p.key in recorded:
-            try:
-                run = root.open(recorded[p.key], pipeline=name)
-            except (KeyError, ValueError):
-                run = None
-        if run is None or run.status != storage.COMPLETE:
-            # a complete run of exactly this config (another sweep's, or a plain run)
-            same = finished.get(_config_key(p.config.model_dump(mode="json")))
-            if same is not None:
-                run = root.open(same, pipeline=name)
-                sweep.set_point(p.key, run.run_id)
-        if run is not None and run.status == storage.COMPLETE:
-            runs[p.key] = run
-            continue
-        if run is not None:
-            run.mark_running()
-            resume = True
-        else:
-            run = root.create(name, config=p.config.model_dump(mode="json"), backend=backend)
-            sweep.set_point(p.key, run.run_id)
-            resume = False
-        runs[p.key] = run
-        todo.append((p, run, resume))
-    skipped = len(plan.points) - len(todo)
-
-    futures = {}
-    for p, run, resume in todo:
-        fut = executor.submit(
-            run_point,
-            name,
-            p.config.model_dump(mode="json"),
-            run.url,
-            run.storage_options or None,
-            resume,
-            # pure: the scheduler runs the task again when its worker is lost (Dask
-            # reschedules, Ray retries), and run_point then resumes from the checkpoints;
-            # run_point itself never raises, so no failure of the work is retried.
-            pure=True,
-            key=f"sweep-{plan.sweep_id}-{'-'.join(map(str, p.index))}-{uuid.uuid4().hex[:8]}",
-        )
-        futures[id(fut)] = (fut, p, run)
+    todo: list = []
     try:
+        for p in plan.points:
+            run = None
+            if p.key in recorded:
+                try:
+                    run = root.open(recorded[p.key], pipeline=name)
+                except (KeyError, ValueError):
+                    run = None
+            if run is None or run.status != storage.COMPLETE:
+                # a complete run of exactly this config (another sweep's, or a plain run)
+                same = finished.get(_config_key(p.config.model_dump(mode="json")))
+                if same is not None:
+                    run = root.open(same, pipeline=name)
+                    sweep.set_point(p.key, run.run_id)
+            if run is not None and run.status == storage.COMPLETE:
+                runs[p.key] = run
+                continue
+            if run is not None:
+                run.mark_running()
+                resume = True
+            else:
+                run = root.create(name, config=p.config.model_dump(mode="json"), backend=backend)
+                sweep.set_point(p.key, run.run_id)
+                resume = False
+            runs[p.key] = run
+            todo.append((p, run, resume))
+        skipped = len(plan.points) - len(todo)
+
+        futures = {}
+        for p, run, resume in todo:
+            fut = executor.submit(
+                run_point,
+                name,
+                p.config.model_dump(mode="json"),
+                run.url,
+                run.storage_options or None,
+                resume,
+                # pure: the scheduler runs the task again when its worker is lost (Dask
+                # reschedules, Ray retries), and run_point then resumes from the checkpoints;
+                # run_point itself never raises, so no failure of the work is retried.
+                pure=True,
+                key=f"sweep-{plan.sweep_id}-{'-'.join(map(str, p.index))}-{uuid.uuid4().hex[:8]}",
+            )
+            futures[id(fut)] = (fut, p, run)
         with progress(total=len(plan.points), desc=f"sweep {name}") as bar:
             bar.update(skipped)
             for fut in executor.as_completed([f for f, _, _ in futures.values()]):
@@ -506,12 +506,9 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
                         run.mark_failed(out["error"])
                 bar.set_postfix_str(f"{p.key}: {out['status']}")
                 bar.update(1)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no point is left marked running
-        for _, _, run in futures.values():
-            if run.status == storage.RUNNING:
-                run.mark_failed(
-                    "interrupted with its sweep; run the same sweep command again to continue"
-                )
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (with sync, inside submit)
+        # the caller marks these once its cluster is closed (interrupted_points)
+        exc.sweep_runs = [run for _, run, _ in todo]
         raise
 
     ds = gather_dataset(plan, runs)
@@ -551,3 +548,28 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
         dataset=ds,
         rows=rows,
     )
+
+
+def interrupted_points(runs) -> None:
+    """Mark the unfinished points of an interrupted sweep failed ("interrupted"), so that
+    none is left ``running``; call it once the sweep's cluster is closed. A point owned
+    by a live process (a user's ``--resume`` of it) is left to its owner. A dead
+    worker's lease is taken over at once on this host; on another host its time-to-live
+    is not waited for, and that point keeps its status."""
+    from tilegraph import storage
+
+    for run in runs:
+        try:
+            lease = run.lease()
+            lease.acquire(wait=0.0)
+        except Exception:  # held by a live process, or the store is unreachable
+            continue
+        try:
+            if run.status == storage.RUNNING:
+                run.mark_failed(
+                    "interrupted with its sweep; run the same sweep command again to continue"
+                )
+        except Exception:
+            pass
+        finally:
+            lease.release()

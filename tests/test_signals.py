@@ -80,14 +80,15 @@ def test_sigkill_of_the_driver_leaves_no_ray_process(tmp_path):
     _none_left(children, within=5)
 
 
-def test_ctrl_c_of_a_sweep_leaves_no_point_running(tmp_path):
+@pytest.mark.parametrize("spec", ["local:2", "sync"])
+def test_ctrl_c_of_a_sweep_leaves_no_point_running(tmp_path, spec):
     """A sweep interrupted while its points run: exit 130, one line saying how to go on,
     and every unfinished point marked failed ("interrupted"), none left `running`."""
     store = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tilegraph.pipelines.cli", "sweep", "domain-split",
          "--set=n_fine=1000", "--set=tol=1e-13", "--grid", "n_coarse=10,20",
-         "--cluster", "local:2", "--store", str(store)],
+         "--cluster", spec, "--store", str(store)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
