@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Any
 
 from . import resources
@@ -499,6 +500,12 @@ def _indent(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tilegraph`` console script."""
+    # an interrupted cluster's client can drop pending coroutines (distributed's actor
+    # futures, tornado) whose RuntimeWarning would print between the user and the one
+    # line that says how to go on; nothing a user can act on
+    warnings.filterwarnings(
+        "ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning
+    )
     args = _parser().parse_args(argv)
     handlers = {
         "list": _cmd_list,
