@@ -370,8 +370,7 @@ def _cmd_sweep(args) -> int:
         with _connect(args, code) as executor:
             check_device([p.config for p in plan.points], executor, str(args.spec))
             # each point runs whole on one worker: the largest point decides
-            busy = min(max(executor.n_workers, 1), len(plan.points))
-            resources.check_point(_largest(estimates), executor, concurrent=busy)
+            resources.check_point(_largest(estimates), executor)
             try:
                 result = run_sweep(
                     plan, root, executor, progress=progress_factory(), backend=str(args.spec)
@@ -380,7 +379,7 @@ def _cmd_sweep(args) -> int:
                 raise UsageError(f"{exc}; wait for it, or stop it first") from None
     except KeyboardInterrupt as exc:
         _quiet_shutdown()
-        interrupted_points(getattr(exc, "sweep_runs", []))  # the cluster is closed by now
+        interrupted_points(root, plan.sweep_id, pipeline.name)  # its cluster is closed now
         sys.stderr.write(
             f"error: sweep {plan.sweep_id} interrupted; run the same command again to "
             "continue it (complete points are kept)\n"

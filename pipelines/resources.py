@@ -109,26 +109,14 @@ def check_size(est: Estimate | None, config: Any) -> None:
             )
 
 
-def check_point(est: Estimate | None, executor: Any, concurrent: int = 1) -> None:
-    """A sweep point, whose whole run (its driver and one worker's share) runs in one
-    worker process: the two peaks together against one worker's memory limit; for
-    in-process backends, ``concurrent`` such points together against this machine.
-    ``est`` is the estimate for one worker (the sweep's largest point)."""
-    if est is None:
-        return
-    together = est.driver_bytes + est.worker_bytes
-    if executor.backend in ("sync", "threads"):
-        n = 1 if executor.backend == "sync" else max(1, concurrent)
-        check_fits(
-            Estimate(n * together, 0, est.store_bytes, est.field, est.alternative),
-            driver_limit=available_memory(),
-        )
-        return
-    check_fits(
-        Estimate(0, together, est.store_bytes, est.field, est.alternative),
-        worker_limit=executor.memory_limit,
-        where=executor.spec,
-    )
+def check_point(est: Estimate | None, executor: Any) -> None:
+    """A sweep point, whose whole run runs in one worker process: :func:`check_executor`
+    with its driver's and its worker's peaks as one worker's. ``est`` is the estimate
+    for one worker (the sweep's largest point)."""
+    if est is not None:
+        together = est.driver_bytes + est.worker_bytes
+        one = Estimate(0, together, est.store_bytes, est.field, est.alternative)
+        check_executor(one, executor)
 
 
 def check_executor(est: Estimate | None, executor: Any) -> None:

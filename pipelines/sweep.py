@@ -449,67 +449,62 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
     recorded = sweep.points
     finished = _complete_runs_by_config(root, name)
     runs: dict[str, Any] = {}
-    todo: list = []
-    try:
-        for p in plan.points:
-            run = None
-            if p.key in recorded:
-                try:
-                    run = root.open(recorded[p.key], pipeline=name)
-                except (KeyError, ValueError):
-                    run = None
-            if run is None or run.status != storage.COMPLETE:
-                # a complete run of exactly this config (another sweep's, or a plain run)
-                same = finished.get(_config_key(p.config.model_dump(mode="json")))
-                if same is not None:
-                    run = root.open(same, pipeline=name)
-                    sweep.set_point(p.key, run.run_id)
-            if run is not None and run.status == storage.COMPLETE:
-                runs[p.key] = run
-                continue
-            if run is not None:
-                run.mark_running()
-                resume = True
-            else:
-                run = root.create(name, config=p.config.model_dump(mode="json"), backend=backend)
+    todo = []
+    for p in plan.points:
+        run = None
+        if p.key in recorded:
+            try:
+                run = root.open(recorded[p.key], pipeline=name)
+            except (KeyError, ValueError):
+                run = None
+        if run is None or run.status != storage.COMPLETE:
+            # a complete run of exactly this config (another sweep's, or a plain run)
+            same = finished.get(_config_key(p.config.model_dump(mode="json")))
+            if same is not None:
+                run = root.open(same, pipeline=name)
                 sweep.set_point(p.key, run.run_id)
-                resume = False
+        if run is not None and run.status == storage.COMPLETE:
             runs[p.key] = run
-            todo.append((p, run, resume))
-        skipped = len(plan.points) - len(todo)
+            continue
+        if run is not None:
+            run.mark_running()
+            resume = True
+        else:
+            run = root.create(name, config=p.config.model_dump(mode="json"), backend=backend)
+            sweep.set_point(p.key, run.run_id)
+            resume = False
+        runs[p.key] = run
+        todo.append((p, run, resume))
+    skipped = len(plan.points) - len(todo)
 
-        futures = {}
-        for p, run, resume in todo:
-            fut = executor.submit(
-                run_point,
-                name,
-                p.config.model_dump(mode="json"),
-                run.url,
-                run.storage_options or None,
-                resume,
-                # pure: the scheduler runs the task again when its worker is lost (Dask
-                # reschedules, Ray retries), and run_point then resumes from the checkpoints;
-                # run_point itself never raises, so no failure of the work is retried.
-                pure=True,
-                key=f"sweep-{plan.sweep_id}-{'-'.join(map(str, p.index))}-{uuid.uuid4().hex[:8]}",
-            )
-            futures[id(fut)] = (fut, p, run)
-        with progress(total=len(plan.points), desc=f"sweep {name}") as bar:
-            bar.update(skipped)
-            for fut in executor.as_completed([f for f, _, _ in futures.values()]):
-                _, p, run = futures[id(fut)]
-                try:
-                    out = fut.result()
-                except Exception as exc:  # the task itself was lost (e.g. its worker died)
-                    out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                    if run.status != storage.COMPLETE:
-                        run.mark_failed(out["error"])
-                bar.set_postfix_str(f"{p.key}: {out['status']}")
-                bar.update(1)
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (with sync, inside submit)
-        # the caller marks these once its cluster is closed (interrupted_points)
-        exc.sweep_runs = [run for _, run, _ in todo]
-        raise
+    futures = {}
+    for p, run, resume in todo:
+        fut = executor.submit(
+            run_point,
+            name,
+            p.config.model_dump(mode="json"),
+            run.url,
+            run.storage_options or None,
+            resume,
+            # pure: the scheduler runs the task again when its worker is lost (Dask
+            # reschedules, Ray retries), and run_point then resumes from the checkpoints;
+            # run_point itself never raises, so no failure of the work is retried.
+            pure=True,
+            key=f"sweep-{plan.sweep_id}-{'-'.join(map(str, p.index))}-{uuid.uuid4().hex[:8]}",
+        )
+        futures[id(fut)] = (fut, p, run)
+    with progress(total=len(plan.points), desc=f"sweep {name}") as bar:
+        bar.update(skipped)
+        for fut in executor.as_completed([f for f, _, _ in futures.values()]):
+            _, p, run = futures[id(fut)]
+            try:
+                out = fut.result()
+            except Exception as exc:  # the task itself was lost (e.g. its worker died)
+                out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                if run.status != storage.COMPLETE:
+                    run.mark_failed(out["error"])
+            bar.set_postfix_str(f"{p.key}: {out['status']}")
+            bar.update(1)
 
     ds = gather_dataset(plan, runs)
     sweep.write_dataset("result", ds)
@@ -550,19 +545,27 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
     )
 
 
-def interrupted_points(runs) -> None:
-    """Mark the unfinished points of an interrupted sweep failed ("interrupted"), so that
-    none is left ``running``; call it once the sweep's cluster is closed. A point owned
-    by a live process (a user's ``--resume`` of it) is left to its owner. A dead
-    worker's lease is taken over at once on this host; on another host its time-to-live
-    is not waited for, and that point keeps its status."""
+def interrupted_points(root, sweep_id: str, pipeline: str) -> None:
+    """Mark the points of an interrupted sweep that are still ``running`` failed
+    ("interrupted"), so that none is left so; call it once the sweep's cluster is closed.
+    The points are the run ids its record holds. A point owned by a live process (a
+    user's ``--resume`` of it) is left to its owner. A dead worker's lease is taken over
+    at once on this host; on another host its time-to-live is not waited for, and that
+    point keeps its status. Nothing here hides the interrupt: a point that cannot be
+    read or marked is skipped."""
     from tilegraph import storage
 
-    for run in runs:
+    try:
+        points = storage.SweepStore(
+            storage.sweep_url(root.url, sweep_id), storage_options=root.options or None
+        ).points
+    except Exception:  # interrupted before its record existed
+        return
+    for run_id in points.values():
         try:
-            lease = run.lease()
-            lease.acquire(wait=0.0)
-        except Exception:  # held by a live process, or the store is unreachable
+            run = root.open(run_id, pipeline=pipeline)
+            lease = run.lease().acquire(wait=0.0)
+        except Exception:  # held by a live process, or the run cannot be read
             continue
         try:
             if run.status == storage.RUNNING:

@@ -14,7 +14,7 @@ from ..base import RunContext
 from .config import USER_KINDS, BilevelConfig
 from .plot import summary_figure
 from .results import write_history, write_result
-from .steps import Plateau, plateau_halvings
+from .steps import Plateau
 from .steps import resolve as resolve_steps
 from .worker import SLOTS, block_tasks, evaluate_blocks, free_slot, init_blocks
 
@@ -100,8 +100,7 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
                 "iteration": [int(v) for v in ds.iteration.values],
                 "s_per_iter": ds.attrs.get("s_per_iter"),
             }
-            if ds.attrs.get("step_halvings") is not None:
-                histories[method]["halvings"] = ds.attrs["step_halvings"]
+            histories[method]["halvings"] = ds.attrs.get("step_halvings", 0)
             if "rel_dist" not in ds:
                 histories[method]["rel_dist"] = [float("nan")] * ds.iteration.size
             continue
@@ -138,21 +137,10 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
         "workers": ex.n_workers,
         "s_per_iter": main["s_per_iter"],
         **({"auto_steps": auto} if auto else {}),
-        **({"step_halvings": _halvings(cfg, problem.m, main)} if cfg.plateau_epochs else {}),
+        **({"step_halvings": int(main["halvings"])} if cfg.plateau_epochs else {}),
         **{f"{mm}_iterations": int(histories[mm]["iteration"][-1]) for mm in methods[1:]},
     }
     return metrics
-
-
-def _halvings(cfg: BilevelConfig, m: int, hist: dict) -> int:
-    """The plateau halvings of the run's last upper step (from its history when the
-    method was finished by an earlier attempt: the points up to its last step)."""
-    if "halvings" in hist:
-        return int(hist["halvings"])
-    its, F = hist["iteration"], hist["upper_objective"]
-    if len(its) > 1:  # the last point comes after the last step
-        its, F = its[:-1], F[:-1]
-    return plateau_halvings(its, F, cfg.plateau_epochs * m / cfg.blocks_per_iter)
 
 
 def _iterate(

@@ -3,8 +3,6 @@ framework before anything is written, each failure one line naming the field."""
 
 from __future__ import annotations
 
-import sys
-
 from ..config import ConfigError
 from .config import PicardConfig
 
@@ -24,11 +22,12 @@ def preflight(cfg: PicardConfig) -> None:
     if cfg.model != "custom":
         return
     from ..imports import resolve
+    from .worker import custom_model_problem
 
-    abar, _ = cfg.sampler_steps()
     key = (cfg.custom, cfg.schedule, cfg.train_steps, cfg.beta_start, cfg.beta_end)
     if key in _CHECKED:
         return
+    abar, _ = cfg.sampler_steps()
     factory = resolve(cfg.custom, field="custom")
     try:
         model = factory(abar)
@@ -37,23 +36,7 @@ def preflight(cfg: PicardConfig) -> None:
         raise ConfigError(
             f"config field 'custom': {cfg.custom}(abar) raised {type(exc).__name__}: {msg}"
         ) from None
-    name = type(model).__name__
-    if callable(getattr(model, "eps", None)):
-        if not hasattr(model, "sample_shape"):
-            raise ConfigError(
-                f"config field 'custom': {cfg.custom} returned a {name} with eps(x, t) but "
-                "without sample_shape (see tilegraph.tasks.picard.models.DiffusionModel)"
-            )
-    else:
-        torch = sys.modules.get("torch")  # a torch module means torch was imported
-        if torch is None or not isinstance(model, torch.nn.Module):
-            raise ConfigError(
-                f"config field 'custom': {cfg.custom} returned a {name}, neither an object "
-                "with eps(x, t) and sample_shape nor a torch.nn.Module"
-            )
-        if not hasattr(model, "sample_shape"):
-            raise ConfigError(
-                f"config field 'custom': the torch module {name} that {cfg.custom} returned "
-                "needs a sample_shape attribute (the shape of one sample, e.g. (1, 28, 28))"
-            )
+    problem = custom_model_problem(model, cfg.custom)
+    if problem is not None:
+        raise ConfigError(f"config field 'custom': {problem}")
     _CHECKED.add(key)

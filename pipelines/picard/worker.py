@@ -9,6 +9,7 @@ whole Picard loop the same way, for one replica.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -88,22 +89,41 @@ def build_model(spec: dict, device: str = "cpu"):
     raise ValueError(f"unknown model kind {spec['kind']!r}")
 
 
+def custom_model_problem(model, target: str) -> str | None:
+    """What makes the object that factory ``target`` returned unusable as a model (one
+    line), or None: it needs ``eps(x, t)`` and ``sample_shape``, or must be a
+    ``torch.nn.Module`` with ``sample_shape``. Imports nothing (a torch module means
+    torch was imported)."""
+    name = type(model).__name__
+    if callable(getattr(model, "eps", None)):
+        if hasattr(model, "sample_shape"):
+            return None
+        return (
+            f"{target} returned a {name} with eps(x, t) but without sample_shape (see "
+            "tilegraph.tasks.picard.models.DiffusionModel)"
+        )
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(model, torch.nn.Module):
+        return (
+            f"{target} returned a {name}, neither an object with eps(x, t) and "
+            "sample_shape nor a torch.nn.Module"
+        )
+    if not hasattr(model, "sample_shape"):
+        return (
+            f"the torch module {name} that {target} returned needs a sample_shape "
+            "attribute (the shape of one sample, e.g. (1, 28, 28))"
+        )
+    return None
+
+
 def _wrap_torch(model, spec: dict, device: str):
     """``model`` itself, or a torch network (a ``torch.nn.Module`` with ``sample_shape``)
     wrapped as a diffusion model predicting the noise."""
+    problem = custom_model_problem(model, spec["target"])
+    if problem is not None:
+        raise TypeError(f"model=custom: {problem}")
     if hasattr(model, "eps"):
         return model
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(
-            "model=custom: the factory must return an object with eps(x, t) or a torch.nn.Module"
-        )
-    if not hasattr(model, "sample_shape"):
-        raise TypeError(
-            f"the torch module {type(model).__name__} needs a sample_shape attribute (the "
-            "shape of one sample, e.g. (1, 28, 28))"
-        )
     from tilegraph.tasks.picard.torch_models import TorchDenoiser
 
     null = spec.get("null_class")
