@@ -233,6 +233,7 @@ def run_point(
     try:
         if run.status == storage.COMPLETE:  # finished meanwhile (a user's --resume of it)
             return {"status": "complete", "metrics": run.metrics}
+        run.mark_running()  # pending until now; running already when rescheduled
         resume = resume or bool(run.checkpoint_steps())
         with cluster.connect("sync") as ex:
             metrics = execute(pipeline, cfg, run, ex, resume=resume, retries=0)
@@ -467,10 +468,11 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
             runs[p.key] = run
             continue
         if run is not None:
-            run.mark_running()
+            run.mark_pending()
             resume = True
         else:
-            run = root.create(name, config=p.config.model_dump(mode="json"), backend=backend)
+            config = p.config.model_dump(mode="json")
+            run = root.create(name, config=config, backend=backend, pending=True)
             sweep.set_point(p.key, run.run_id)
             resume = False
         runs[p.key] = run
@@ -546,8 +548,8 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
 
 
 def interrupted_points(root, sweep_id: str, pipeline: str) -> None:
-    """Mark the points of an interrupted sweep that are still ``running`` failed
-    ("interrupted"), so that none is left so; call it once the sweep's cluster is closed.
+    """Mark the points of an interrupted sweep that are still ``running`` or ``pending``
+    failed ("interrupted"), so that none is left so; call it once the sweep's cluster is closed.
     The points are the run ids its record holds. A point owned by a live process (a
     user's ``--resume`` of it) is left to its owner. A dead worker's lease is taken over
     at once on this host; on another host its time-to-live is not waited for, and that
@@ -568,9 +570,11 @@ def interrupted_points(root, sweep_id: str, pipeline: str) -> None:
         except Exception:  # held by a live process, or the run cannot be read
             continue
         try:
-            if run.status == storage.RUNNING:
+            if run.status in (storage.RUNNING, storage.PENDING):
+                when = "" if run.status == storage.RUNNING else " before it started"
                 run.mark_failed(
-                    "interrupted with its sweep; run the same sweep command again to continue"
+                    f"interrupted with its sweep{when}; "
+                    "run the same sweep command again to continue"
                 )
         except Exception:
             pass

@@ -20,13 +20,23 @@ from .chunks import ArrayRef, check_whole_chunks, chunk_regions
 from .errors import ChunkOwnershipError, RunNotFound
 from .lease import Lease, LeaseHeld
 from .provenance import collect_provenance, jsonable
-from .runstore import COMPLETE, FAILED, RUNNING, TRACEBACK_FILE, Root, RunStore, new_run_id
+from .runstore import (
+    COMPLETE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    TRACEBACK_FILE,
+    Root,
+    RunStore,
+    new_run_id,
+)
 from .sweeps import SweepStore, sweep_url
 from .urls import normalize_url
 
 __all__ = [
     "COMPLETE",
     "FAILED",
+    "PENDING",
     "RUNNING",
     "TRACEBACK_FILE",
     "ArrayRef",

@@ -31,8 +31,18 @@ from .urls import filesystem, is_local, join, normalize_url, open_store
 if TYPE_CHECKING:
     import xarray
 
-__all__ = ["COMPLETE", "FAILED", "RUNNING", "TRACEBACK_FILE", "Root", "RunStore", "new_run_id"]
+__all__ = [
+    "COMPLETE",
+    "FAILED",
+    "PENDING",
+    "RUNNING",
+    "TRACEBACK_FILE",
+    "Root",
+    "RunStore",
+    "new_run_id",
+]
 
+PENDING = "pending"  # created, its work not started yet (a sweep point waiting for a worker)
 RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
@@ -215,7 +225,7 @@ class RunStore:
 
     @property
     def status(self) -> str:
-        """``"running"``, ``"complete"`` or ``"failed"``."""
+        """``"pending"``, ``"running"``, ``"complete"`` or ``"failed"``."""
         return self._attrs()["status"]
 
     @property
@@ -280,6 +290,13 @@ class RunStore:
             self._url, f"{self._KIND} {self._run_id}", self._options, ttl=ttl, interval=interval
         )
 
+    def mark_pending(self) -> None:
+        """Set status ``pending`` (queued to run again; its work not started yet).
+
+        Clears the error; the start time and the checkpoints are kept.
+        """
+        self._update({"status": PENDING, "error": None})
+
     def mark_failed(self, error: str | BaseException) -> None:
         """Set status ``failed``, the error message and the end time.
 
@@ -306,13 +323,17 @@ class RunStore:
         return target if fs.exists(path) else None
 
     def mark_running(self) -> None:
-        """Set status back to ``running`` (for a resumed run).
+        """Set status to ``running``: a ``pending`` run starts, or a run resumes.
 
-        Keeps the original start time, clears ``ended``, the error and the traceback file,
-        and appends the current time to ``provenance["resumed"]``.
+        A run never started gets its start time. Otherwise the original start time is
+        kept and the current time appended to ``provenance["resumed"]``. Clears
+        ``ended``, the error and the traceback file.
         """
         prov = self.provenance
-        prov["resumed"] = [*(prov.get("resumed") or []), utc_now()]
+        if prov.get("started") is None:
+            prov["started"] = utc_now()
+        else:
+            prov["resumed"] = [*(prov.get("resumed") or []), utc_now()]
         prov["ended"] = None
         self._update({"status": RUNNING, "error": None, "provenance": prov})
         stale = self.traceback_path
@@ -643,6 +664,7 @@ class Root:
         *,
         backend: str | None = None,
         run_id: str | None = None,
+        pending: bool = False,
     ) -> RunStore:
         """Create a new run with status ``running`` and its provenance recorded.
 
@@ -656,6 +678,9 @@ class Root:
             The cluster spec, recorded in the provenance.
         run_id : str, optional
             Explicit id; default a fresh ``YYYYMMDD-HHMMSS-<6 hex>``.
+        pending : bool
+            Create it ``pending`` instead, without a start time, for work queued to start
+            later (:meth:`RunStore.mark_running` starts it).
 
         Returns
         -------
@@ -684,12 +709,14 @@ class Root:
         attrs = {
             "run_id": rid,
             "pipeline": pipeline,
-            "status": RUNNING,
+            "status": PENDING if pending else RUNNING,
             "error": None,
             "metrics": {},
             "config": config_json,
             "provenance": collect_provenance(backend, now.isoformat()),
         }
+        if pending:
+            attrs["provenance"]["started"] = None
         zarr.open_group(
             open_store(url, self._options), mode="w-", zarr_format=3, attributes=jsonable(attrs)
         )

@@ -471,6 +471,19 @@ class RunStoreTests:
         again.mark_running()
         assert len(again.provenance["resumed"]) == 2
 
+    def test_a_pending_run_starts_once_and_can_queue_again(self, root):
+        run = root.create("p", backend="sync", pending=True)
+        assert run.status == "pending" and run.provenance["started"] is None
+        run.mark_running()  # its first start: a start time, no resume
+        prov = run.provenance
+        assert run.status == "running" and prov["started"] and prov["resumed"] == []
+        run.mark_failed(RuntimeError("lost"))
+        run.mark_pending()  # queued again: the start time stays, the error goes
+        assert run.status == "pending" and run.error is None
+        assert run.provenance["started"] == prov["started"]
+        run.mark_running()
+        assert len(run.provenance["resumed"]) == 1
+
     def test_runs_listing_and_open_across_pipelines(self, root):
         a = root.create("domain-split", config={"k": 1})
         b = root.create("picard")
