@@ -227,6 +227,46 @@ def _tls_security(spec: Spec, profile_path: str | None) -> Any:
     return security
 
 
+def _probe_scheduler(address: str, security, timeout: float | None = None) -> None:
+    """Ask the process at ``address`` who it is, within Dask's connect timeout.
+
+    ``distributed.Client`` waits without end for the handshake of a port that accepts
+    connections but never answers (a service that is not a Dask scheduler).
+
+    Raises
+    ------
+    TimeoutError
+        No answer within ``timeout`` seconds (default: ``distributed.comm.timeouts.connect``).
+    SpecError
+        Something answered that is not a Dask scheduler.
+    """
+    import asyncio
+
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.core import rpc
+
+    if timeout is None:
+        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+    args = security.get_connection_args("client") if security is not None else {}
+
+    async def identity():
+        r = rpc(address, timeout=timeout, connection_args=args)
+        try:
+            return await r.identity()
+        finally:
+            await r.close_rpc()
+
+    try:
+        who = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except TimeoutError:
+        raise TimeoutError(
+            f"{address} did not answer as a Dask scheduler within {timeout:g} s"
+        ) from None
+    if not isinstance(who, dict) or who.get("type") != "Scheduler":
+        raise SpecError(f"{address} is not a Dask scheduler (it says it is {who!r:.80})")
+
+
 class DaskExecutor(Executor):
     """Tasks on a `distributed` cluster: a new `LocalCluster` (``local[:N]``), a
     ``dask_cuda.LocalCUDACluster`` (``local-cuda[:N]``), batch jobs through dask-jobqueue
@@ -288,6 +328,8 @@ class DaskExecutor(Executor):
         elif spec.kind not in ("tcp", "tls"):
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
         security = _tls_security(spec, profile_path) if spec.kind == "tls" else None
+        if self._cluster is None:
+            _probe_scheduler(spec.address, security)
         try:
             self._client = distributed.Client(
                 self._cluster if self._cluster is not None else spec.address,

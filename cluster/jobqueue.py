@@ -119,6 +119,8 @@ class BatchProfile(BaseModel):
             return f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}"
         if not isinstance(v, str) or not _WALLTIME.match(v):
             raise ValueError(f"expected [D-]HH:MM[:SS] (quote it in YAML), got {v!r}")
+        if any(int(p) > 59 for p in v.split("-")[-1].split(":")[1:]):
+            raise ValueError(f"minutes and seconds must be below 60, got {v!r}")
         if _seconds(v) <= 0:
             raise ValueError(f"must be longer than zero, got {v!r}")
         return v
@@ -203,12 +205,13 @@ def _seconds(text: str) -> int:
 
 def _walltime_for(kind: str, text: str) -> str:
     """``[D-]HH:MM[:SS]`` in the form each scheduler takes (LSF: ``HH:MM``; PBS and SGE
-    take no days)."""
+    take no days; Slurm reads a bare ``MM:SS``, so it gets the seconds spelled out)."""
     seconds = _seconds(text)
-    if kind == "slurm":
-        return text
     h, rem = divmod(seconds, 3600)
     m, sec = divmod(rem, 60)
+    if kind == "slurm":
+        d, h = divmod(h, 24)
+        return f"{d}-{h:02d}:{m:02d}:{sec:02d}" if d else f"{h:02d}:{m:02d}:{sec:02d}"
     return f"{h:02d}:{m:02d}" if kind == "lsf" else f"{h:02d}:{m:02d}:{sec:02d}"
 
 

@@ -67,11 +67,18 @@ def _nonnegative(text: str) -> int:
     return int(text)
 
 
+def _given(text: str) -> str:
+    """An option's value that must not be empty (an empty one is not "not given")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return text
+
+
 def _config_args(sp: argparse.ArgumentParser, preset_help: str) -> None:
     """NAME, --preset, --config and --set: what to run."""
     sp.add_argument("name", help="pipeline name (see `tilegraph list`)")
-    sp.add_argument("--preset", help=preset_help)
-    sp.add_argument("--config", help="YAML file of config fields")
+    sp.add_argument("--preset", type=_given, help=preset_help)
+    sp.add_argument("--config", type=_given, help="YAML file of config fields")
     sp.add_argument(
         "--set",
         dest="sets",
@@ -86,9 +93,12 @@ def _where_args(sp: argparse.ArgumentParser) -> None:
     """--cluster, --cluster-profile, --dry-run, --store and --json: where and how."""
     from tilegraph import cluster
 
-    sp.add_argument("--cluster", default="local", help=f"where to run: {cluster.SPECS_HELP}")
+    sp.add_argument(
+        "--cluster", type=_given, default="local", help=f"where to run: {cluster.SPECS_HELP}"
+    )
     sp.add_argument(
         "--cluster-profile",
+        type=_given,
         metavar="FILE",
         help="batch-scheduler profile (YAML) for slurm/pbs/sge/lsf; see README",
     )
@@ -97,7 +107,9 @@ def _where_args(sp: argparse.ArgumentParser) -> None:
         action="store_true",
         help="validate everything and print the batch job script; submit and write nothing",
     )
-    sp.add_argument("--store", default="./runs", help="run-store root: a path or fsspec URL")
+    sp.add_argument(
+        "--store", type=_given, default="./runs", help="run-store root: a path or fsspec URL"
+    )
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
 
 
@@ -115,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="run a pipeline")
     _config_args(sp, "named preset (default: the pipeline's quick preset)")
     _where_args(sp)
-    sp.add_argument("--resume", metavar="RUN-ID", help="continue an interrupted run")
+    sp.add_argument("--resume", type=_given, metavar="RUN-ID", help="continue an interrupted run")
     sp.add_argument(
         "--trust-store",
         action="store_true",
@@ -124,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--debug", action="store_true", help="print the traceback of a failed run")
     sp.add_argument(
         "--report",
+        type=_given,
         metavar="FILE",
         help="write the backend's performance report: Dask's HTML report (task stream, "
         "worker profiles; needs bokeh) or Ray's timeline (Chrome trace JSON)",
@@ -155,12 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     _where_args(sp)
 
     sp = sub.add_parser("runs", help="table of runs and their status")
-    sp.add_argument("--store", default="./runs")
+    sp.add_argument("--store", type=_given, default="./runs")
     sp.add_argument("--json", action="store_true")
 
     sp = sub.add_parser("show", help="config, metrics and location of one run")
-    sp.add_argument("run_id", metavar="RUN-ID")
-    sp.add_argument("--store", default="./runs")
+    sp.add_argument("run_id", type=_given, metavar="RUN-ID")
+    sp.add_argument("--store", type=_given, default="./runs")
     sp.add_argument("--json", action="store_true")
     return p
 
@@ -213,6 +226,8 @@ def _check_report(args, executor) -> str | None:
 
 
 def _cmd_run(args) -> int:
+    if args.trust_store and not args.resume:
+        raise UsageError("--trust-store: only with --resume RUN-ID (it trusts a stored config)")
     launch = prepare(
         args.name,
         preset=args.preset,
@@ -424,7 +439,12 @@ def _read_root(args):
     try:
         root = storage.Root(args.store)
         if not is_local(root.url):
-            filesystem(root.url)
+            fs, path = filesystem(root.url)
+            try:
+                fs.exists(path)
+            except Exception as exc:  # unreachable, no credentials
+                msg = " ".join(str(exc).split())
+                raise ValueError(f"cannot reach the store ({type(exc).__name__}: {msg})") from None
         elif os.path.exists(normalize_url(root.url)) and not os.path.isdir(
             normalize_url(root.url)
         ):
@@ -434,8 +454,18 @@ def _read_root(args):
     return root
 
 
+def _unreadable(args, exc: Exception) -> UsageError:
+    msg = " ".join(str(exc).split())
+    what = f"{type(exc).__name__}: {one_line(msg, 200)}"
+    return UsageError(f"--store {one_line(args.store, 200)}: cannot read it ({what})")
+
+
 def _cmd_runs(args) -> int:
-    runs = _read_root(args).runs()
+    root = _read_root(args)
+    try:
+        runs = root.runs()
+    except Exception as exc:  # an unreachable server, a folder without permission
+        raise _unreadable(args, exc) from None
     if args.json:  # "path" as in `run --json` and `show --json` ("url" kept)
         print(json.dumps({"runs": [{**r, "path": r["url"]} for r in runs]}))
         return 0
@@ -459,6 +489,8 @@ def _cmd_show(args) -> int:
         run = root.open(args.run_id)
     except (KeyError, ValueError) as exc:
         raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
+    except Exception as exc:
+        raise _unreadable(args, exc) from None
     info = {
         "run_id": run.run_id,
         "pipeline": run.pipeline,

@@ -181,7 +181,7 @@ def resolve(
         raise ImportPathError(
             f"config field '{field}': {target!r}: no module named {missing!r}{where}"
         ) from None
-    except Exception as exc:  # the user's module raised while importing
+    except (Exception, SystemExit) as exc:  # the user's module raised (or exited) importing
         raise ImportPathError(
             f"config field '{field}': {target!r}: importing {module_name!r} raised "
             f"{type(exc).__name__}: {str(exc)[:200]}"

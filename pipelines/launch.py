@@ -202,6 +202,11 @@ def check_cluster(cluster: str, store_url: str, profile: str | None = None):
             load_profile(spec.kind, profile)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    elif profile is not None and spec.kind != "tls":
+        raise UsageError(
+            f"--cluster-profile: used only by batch schedulers ({', '.join(HPC_KINDS)}) "
+            f"and tls:// schedulers, not by --cluster {spec}"
+        )
     return spec
 
 

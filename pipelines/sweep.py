@@ -173,6 +173,12 @@ def plan_sweep(
     for key in grid:
         if key in set_keys:
             raise ConfigError(f"--grid {key}: also given with --set; keep one of them")
+        for other in [*grid, *set_keys]:
+            if other.startswith(key + "."):  # the inner key would override part of it
+                where = "--grid" if other in grid else "--set"
+                raise ConfigError(
+                    f"--grid {key}: {where} {other} sets a field inside it; keep one of them"
+                )
     points = []
     for index in itertools.product(*(range(len(v)) for v in grid.values())):
         values = {k: grid[k][i] for k, i in zip(grid, index, strict=True)}
@@ -186,6 +192,13 @@ def plan_sweep(
             raise ConfigError(f"--grid point {where}: {msg}") from None
         points.append(Point(index=index, values=values, config=config))
     configs = [p.config.model_dump(mode="json") for p in points]
+    first: dict[str, Point] = {}
+    for p, c in zip(points, configs, strict=True):
+        same = first.setdefault(_config_key(c), p)
+        if same is not p:  # 0.1 and 0.10, 2 and 2.0, true and yes
+            raise ConfigError(
+                f"--grid points {same.key} and {p.key} give the same config; give each value once"
+            )
     definition = {
         "pipeline": pipeline.name,
         "grid": grid,

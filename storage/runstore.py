@@ -46,6 +46,8 @@ PENDING = "pending"  # created, its work not started yet (a sweep point waiting 
 RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
+#: What ``Root.runs`` lists for a run whose record cannot be read (not a stored status).
+UNREADABLE = "unreadable"
 #: Side file of a failed run holding the traceback of the exception that ended it.
 TRACEBACK_FILE = "traceback.txt"
 
@@ -91,6 +93,21 @@ def _check_path(kind: str, path: str) -> str:
     if parts[0] in _RESERVED:
         raise ValueError(f"invalid {kind} {path!r}: {parts[0]!r} is reserved")
     return path
+
+
+#: The attributes of a run or sweep record and the types they must have.
+_ATTR_TYPES = {"pipeline": str, "status": str, "config": dict, "metrics": dict,
+               "provenance": dict, "error": (str, type(None))}  # fmt: skip
+
+
+def _malformed(attrs: Any, id_key: str = "run_id") -> str | None:
+    """What is wrong with a record's attributes (a store may come from anyone), or None."""
+    if not isinstance(attrs, dict):
+        return f"attributes are a {type(attrs).__name__}, not a mapping"
+    for key, kind in {id_key: str, **_ATTR_TYPES}.items():
+        if key in attrs and not isinstance(attrs[key], kind):
+            return f"attribute {key!r} is a {type(attrs[key]).__name__}"
+    return None
 
 
 def _summary(attrs: Mapping[str, Any], url: str) -> dict[str, Any]:
@@ -141,9 +158,18 @@ class RunStore:
         if not fs.exists(join(path, "zarr.json")):
             raise RunNotFound(f"no {self._KIND} group at {self._url}")
         self._store = open_store(self._url, self._options)
-        attrs = self.group.attrs.asdict()
+        try:
+            attrs = self.group.attrs.asdict()
+        except Exception as exc:  # a zarr.json that is not a Zarr group's
+            raise ValueError(
+                f"the {self._KIND} at {self._url} is unreadable "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            ) from None
         if self._ID not in attrs or "pipeline" not in attrs:
             raise RunNotFound(f"the Zarr group at {self._url} is not a tilegraph {self._KIND}")
+        bad = _malformed(attrs, self._ID)
+        if bad:
+            raise ValueError(f"the {self._KIND} at {self._url} is unreadable ({bad})")
         self._run_id: str = attrs[self._ID]
         self._pipeline: str = attrs["pipeline"]
 
@@ -796,10 +822,18 @@ class Root:
             try:
                 meta = json.loads(blob)
             except ValueError:
+                meta = None
+            if len(parts) != 3 or parts[0] == "sweeps":
                 continue
-            attrs = meta.get("attributes") or {}
-            if meta.get("node_type") != "group" or "run_id" not in attrs or len(parts) != 3:
+            url = join(self._url, parts[0], parts[1])
+            attrs = meta.get("attributes") if isinstance(meta, dict) else None
+            if isinstance(meta, dict) and meta.get("node_type") != "group":
                 continue
-            out.append(_summary(attrs, join(self._url, parts[0], parts[1])))
+            if isinstance(attrs, dict) and "run_id" not in attrs:
+                continue  # some other group
+            if attrs is None or _malformed(attrs):
+                # listed, not hidden: the user should see what cannot be read
+                attrs = {"run_id": parts[1], "pipeline": parts[0], "status": UNREADABLE}
+            out.append(_summary(attrs, url))
         out.sort(key=lambda r: (str(r["run_id"]), str(r["pipeline"])))
         return out

@@ -8,6 +8,7 @@ every other URL (``memory://``, ``s3://``, ``gs://`` …) goes through
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import fsspec
@@ -100,13 +101,25 @@ def check_root(url: str, storage_options: dict[str, Any] | None = None) -> None:
         whose package is missing, a path through a file, a folder that is not writable
         or on a read-only file system.
     """
+    if url.lower().startswith(("http://", "https://")):
+        raise ValueError(
+            f"{url}: an http(s) location is read-only; a store needs a path or an object "
+            "store (s3://, gs://, ...)"
+        )
     if not is_local(url):
         try:
-            filesystem(url, storage_options)
+            fs, path = filesystem(url, storage_options)
         except ImportError as exc:
             raise ValueError(f"{url}: the package for this protocol is missing ({exc})") from None
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{url}: {str(exc)[:200]}") from None
+        try:  # reachable, with credentials that work (reads only)
+            fs.exists(path)
+        except Exception as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise ValueError(
+                f"{url}: cannot reach the store ({type(exc).__name__}: {msg})"
+            ) from None
         return
     path = normalize_url(url)
     probe = path
@@ -119,6 +132,13 @@ def check_root(url: str, storage_options: dict[str, Any] | None = None) -> None:
         what = "a file" if os.path.isfile(probe) else "not a folder"
         where = "" if probe == path else f" ({probe} is on its path)"
         raise ValueError(f"{path}: {what}{where}; a store is a folder")
+    if probe != path and os.access(probe, os.W_OK | os.X_OK):
+        try:  # /proc, /sys and the like pass the access test but refuse new folders
+            os.rmdir(tempfile.mkdtemp(prefix=".tilegraph-probe-", dir=probe))
+        except OSError as exc:
+            raise ValueError(
+                f"{path}: cannot create folders in {probe} ({exc.strerror})"
+            ) from None
     if not os.access(probe, os.W_OK | os.X_OK):
         stat = os.statvfs(probe) if hasattr(os, "statvfs") else None
         if stat is not None and stat.f_flag & getattr(os, "ST_RDONLY", 1):

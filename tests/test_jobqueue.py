@@ -64,6 +64,23 @@ def test_dry_run_prints_the_job_script_and_writes_nothing(kind, profile, tmp_pat
     assert not store.exists()
 
 
+@pytest.mark.parametrize(
+    "kind, given, line",
+    [
+        ("slurm", "02:00", "#SBATCH -t 02:00:00"),  # Slurm reads a bare 02:00 as 2 minutes
+        ("slurm", "1-06:30", "#SBATCH -t 1-06:30:00"),
+        ("slurm", "30:00:00", "#SBATCH -t 1-06:00:00"),
+        ("pbs", "02:00", "#PBS -l walltime=02:00:00"),
+        ("lsf", "1-00:30:00", "#BSUB -W 24:30"),
+    ],
+)
+def test_walltime_is_hours_and_minutes_for_every_scheduler(tmp_path, kind, given, line):
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({kind: {"walltime": given}}))
+    script = job_script(kind, path)
+    assert line in script.splitlines(), script
+
+
 def test_sweep_dry_run_and_default_profile_from_the_environment(tmp_path, monkeypatch, capsys):
     path = tmp_path / "site.yaml"
     path.write_text("pbs:\n  queue: short\n  walltime: '1-00:30'\n")
@@ -87,6 +104,7 @@ def test_sweep_dry_run_and_default_profile_from_the_environment(tmp_path, monkey
         ("slurmm:\n  cores: 2\n", "unknown section 'slurmm'"),
         ("slurm: [1, 2\n", "not valid YAML"),
         ("slurm:\n  walltime: '0:00'\n", "longer than zero"),
+        ("slurm:\n  walltime: '99:99'\n", "minutes and seconds must be below 60"),
         ("slurm:\n  cores: 2\n  processes: 8\n", "must not exceed cores"),
         ("slurm: 3\n", "section 'slurm' must be a mapping"),
         ("1: {}\n", "unknown section '1'"),

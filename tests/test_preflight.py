@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -116,6 +117,86 @@ def test_bad_stores_exit_2_and_write_nothing(tmp_path):
         assert "foo" in err
     rc, _, err = _main("run", "bilevel", "--cluster", "local:2", "--store", "memory://tg-x")
     _one_line(rc, err, "memory://")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_stores_that_cannot_hold_runs_are_refused_before_anything_runs(tmp_path):
+    """/proc passes the access test but refuses new folders; http(s) is read-only."""
+    for store, needle in (
+        ("/proc/tg-runs", "cannot create folders in /proc"),
+        ("http://127.0.0.1:1/runs", "read-only"),
+    ):
+        for argv in (["run", "bilevel"], ["sweep", "bilevel", "--grid", "seed=1,2"]):
+            rc, _, err = _main(*argv, "--cluster", "sync", "--store", store)
+            _one_line(rc, err, needle)
+    rc, _, err = _main("runs", "--store", "http://127.0.0.1:1/runs")
+    _one_line(rc, err, "cannot read it")
+    assert not os.path.exists("/proc/tg-runs")
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["run", "bilevel", "--preset", ""], "argument --preset: expected a value"),
+        (["run", "bilevel", "--config", " "], "argument --config: expected a value"),
+        (["run", "bilevel", "--resume", ""], "argument --resume: expected a value"),
+        (["run", "bilevel", "--store", ""], "argument --store: expected a value"),
+        (["run", "bilevel", "--report", ""], "argument --report: expected a value"),
+        (["run", "bilevel", "--cluster", ""], "argument --cluster: expected a value"),
+        (["sweep", "bilevel", "--grid", "seed=1,2", "--preset", ""], "--preset"),
+        (["run", "bilevel", "--trust-store"], "--trust-store: only with --resume"),
+        (["run", "bilevel", "--cluster-profile", "site.yaml"], "--cluster-profile: used only"),
+    ],
+)
+def test_empty_or_idle_options_are_refused(tmp_path, monkeypatch, argv, needle):
+    """An empty value is not "not given": `--resume ''` must not start a fresh run."""
+    monkeypatch.chdir(tmp_path)
+    cluster = [] if "--cluster" in argv else ["--cluster", "sync"]
+    rc, _, err = _main(*argv, *cluster)
+    _one_line(rc, err, needle)
+    assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_runs_are_listed_and_refused_in_one_line(tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(OLD_STORE, store)
+    good = storage.Root(store).runs()
+    broken = store / "domain-split" / "20261204-000000-aaaaaa"
+    broken.mkdir()
+    (broken / "zarr.json").write_text("[]")
+    odd = store / "domain-split" / "20261204-000000-bbbbbb"
+    odd.mkdir()
+    meta = json.loads((store / "domain-split" / OLD_RUN / "zarr.json").read_text())
+    meta["attributes"].update(run_id=odd.name, status=123, config="notadict")
+    (odd / "zarr.json").write_text(json.dumps(meta))
+    rows = {r["run_id"]: r["status"] for r in storage.Root(store).runs()}
+    assert rows[broken.name] == rows[odd.name] == "unreadable"
+    assert all(rows[r["run_id"]] == r["status"] for r in good)  # the others as before
+    rc, out, _ = _main("runs", "--store", str(store))
+    assert rc == 0 and "unreadable" in out
+    for run_id in (broken.name, odd.name):
+        rc, _, err = _main("show", run_id, "--store", str(store))
+        _one_line(rc, err, "is unreadable")
+        rc, _, err = _main("run", "domain-split", "--resume", run_id, "--store", str(store))
+        _one_line(rc, err, "is unreadable")
+    rc, _, err = _main("show", "20261204-000000-cccccc", "--store", str(store))
+    _one_line(rc, err, "no run")
+
+
+def test_a_port_that_is_not_a_scheduler_fails_within_the_connect_timeout(tmp_path):
+    """Dask's Client waits without end for a handshake that never comes."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # accepts (the kernel does), never answers
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        t0 = time.perf_counter()
+        proc = tilegraph(
+            "run", "bilevel", "--cluster", address, "--store", str(tmp_path / "r"),
+            env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}, timeout=120,
+        )  # fmt: skip
+    _one_line(proc.returncode, proc.stderr, "did not answer as a Dask scheduler within 3 s")
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")

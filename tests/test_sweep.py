@@ -164,6 +164,22 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
     assert not bad.exists()
 
 
+@pytest.mark.parametrize(
+    "grid, sets, needle",
+    [
+        (["tol=0.1,0.10"], [], "points tol=0.1 and tol=0.10 give the same config"),
+        (["n_coarse=4,4.0"], [], "give the same config"),
+        (["problem=[1],[2]", "problem.eps=0.1,0.2"], [], "--grid problem: --grid problem.eps"),
+        (["problem={kind: uniform}"], ["problem.eps=0.1"], "--set problem.eps sets a field"),
+    ],
+)
+def test_grids_whose_points_collide_are_refused(grid, sets, needle):
+    pipe = get_pipeline("domain-split")
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(pipe, grid, sets=["n_fine=20", *sets])
+    assert needle in str(err.value)
+
+
 def test_failed_points_carry_their_error_and_numbers_stay_numbers(tmp_path, monkeypatch):
     import tilegraph.pipelines.domain_split.runner as runner
     from tilegraph import cluster

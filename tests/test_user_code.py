@@ -85,11 +85,13 @@ def clean_imports():
         ("tg_usermodel:nope", "has no attribute 'nope'"),
         ("tg_usermodel:NOT_CALLABLE", "is a int, not callable"),
         ("tg_userbroken:f", "importing 'tg_userbroken' raised ZeroDivisionError"),
+        ("tg_userexits:f", "importing 'tg_userexits' raised SystemExit: 3"),
     ],
 )
 def test_resolver_says_what_is_wrong(tmp_path, clean_imports, target, needle):
     work = _project(tmp_path)
     (work / "tg_userbroken.py").write_text("1 / 0\n")
+    (work / "tg_userexits.py").write_text("import sys\nsys.exit(3)\n")
     with pytest.raises(ImportPathError) as err:
         resolve(target, field="custom", dirs=[str(work)])
     msg = str(err.value)
