@@ -50,6 +50,26 @@ def _check_expansion(value: Any, budget: list[int]) -> None:
             _check_expansion(v, budget)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML says keys
+    are unique; PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {shorten(key, 80)} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(text: str, where: str) -> Any:
     """Parse bounded YAML: at most :data:`MAX_YAML_BYTES` and :data:`MAX_YAML_VALUES`.
 
@@ -61,10 +81,14 @@ def load_yaml(text: str, where: str) -> Any:
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: larger than {MAX_YAML_BYTES // 1024} KiB")
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML ({first[:200]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        if getattr(exc, "problem", None):  # the problem and where it is, not the context
+            first = exc.problem
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML ({first[:200]}{at})") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
     try:
@@ -108,6 +132,10 @@ def _set_path(data: dict, path: list[str], value: Any) -> dict:
 def read_config_file(path: str) -> dict:
     """Read a YAML (or JSON) mapping from ``path``."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {shorten(path)}: a folder, not a YAML file")
+    if p.exists() and not p.is_file():
+        raise ConfigError(f"--config {shorten(path)}: not a regular file (YAML expected)")
     if not p.is_file():
         raise ConfigError(f"--config: no such file {shorten(path)}")
     try:
@@ -156,6 +184,15 @@ def _field_names(model: type[BaseModel], loc) -> list[str]:
     return sorted(model.model_fields)
 
 
+def check_preset(pipeline: Any, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is one of the pipeline's presets."""
+    if name not in pipeline.presets:
+        raise ConfigError(
+            f"--preset: unknown preset {shorten(name, 80)} for {pipeline.name}; "
+            f"choose one of: {', '.join(pipeline.presets)}"
+        )
+
+
 def build_config(
     pipeline: Pipeline,
     preset: str | None = None,
@@ -185,11 +222,7 @@ def build_config(
         data = dict(base)
     else:
         name = preset or pipeline.default_preset
-        if name not in pipeline.presets:
-            raise ConfigError(
-                f"--preset: unknown preset {name!r} for {pipeline.name}; "
-                f"choose one of: {', '.join(pipeline.presets)}"
-            )
+        check_preset(pipeline, name)
         data = dict(pipeline.presets[name])
     if config_file:
         fields = config_file if isinstance(config_file, Mapping) else read_config_file(config_file)

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from .base import Pipeline
-from .config import ConfigError, build_config
+from .config import ConfigError, build_config, check_preset
 from .execute import execute
 from .progress import silent
 from .registry import get_pipeline
@@ -162,6 +162,8 @@ def plan_sweep(
     ConfigError
         One line naming the point and the field, for the first invalid point.
     """
+    if preset is not None:  # a typo there is not any grid point's fault
+        check_preset(pipeline, preset)
     grid = parse_grid(grid_items)
     dims = [k.replace(".", "_") for k in grid]
     for key, dim in zip(grid, dims, strict=True):

@@ -176,6 +176,13 @@ class BilevelConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _blocks(self):
+        lo, hi = self.upper_box()
+        if lo is not None and hi is not None and lo > hi:
+            unset = [k for k in ("x_min", "x_max") if getattr(self, k) is None]
+            note = (
+                f" ({' and '.join(unset)}: the default of problem.kind=dataset)" if unset else ""
+            )
+            raise ValueError(f"x_min={lo:g} must be <= x_max={hi:g}, the box of x{note}")
         if self.problem.kind in USER_KINDS:  # m is the data's: checked by the preflight
             return self
         m = 10 if self.problem.kind == "digits-ridge" else self.problem.m

@@ -4,6 +4,7 @@ of a time step an executor task; the rank-adaptive sequential BUG as the baselin
 
 from ..base import Checks, Pipeline
 from .config import PRESETS, TTNConfig
+from .preflight import preflight
 from .resources import estimate
 from .runner import METRICS, run
 
@@ -15,6 +16,7 @@ PIPELINE = Pipeline(
     run=run,
     metric_names=METRICS,
     estimate=estimate,
+    preflight=preflight,
     # the small run splits the tree below the root's children (4 subtrees under 2
     # branch workers), so that the same-bits suite covers that path on Dask and Ray; the
     # fault runs keep one subtree per child of the root

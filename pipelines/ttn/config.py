@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 import json
 import math
 from typing import Any, Literal
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
+from ..config import shorten
 from ..imports import ImportPath
 
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
@@ -235,32 +237,17 @@ class TTNConfig(PipelineConfig):
         ------
         tilegraph.tasks.ttn.terms.TermError
             Naming the offending term (unknown operator, site out of range, an operator
-            not defined for that site type, not Hermitian).
+            not defined for that site type, a coefficient that is not finite, not
+            Hermitian) or, for ``kind=custom``, what is wrong with what the factory
+            returned.
+        ValueError
+            ``kind=custom``: the factory raised (its exception, in one line).
         """
-        from tilegraph.tasks.ttn.operators import SumOfProducts
-        from tilegraph.tasks.ttn.terms import TermError, check_hermitian, from_terms
+        from tilegraph.tasks.ttn.terms import check_hermitian, from_terms
 
         types = self.site_types()
-        extra = None
         if self.model.kind == "custom":
-            from ..imports import resolve
-
-            got = resolve(self.model.factory, field="model.factory")(**self.model.params)
-            if isinstance(got, SumOfProducts):
-                if got.dims != tuple(t.dim for t in types):
-                    raise TermError(
-                        f"model.factory returned an operator on dimensions {got.dims}, but "
-                        f"sites give {tuple(t.dim for t in types)}"
-                    )
-                op, texts = got, None
-            else:
-                if not isinstance(got, dict) or "terms" not in got:
-                    raise TermError(
-                        "model.factory must return {'terms': [...], 'ops': {...}} or a "
-                        f"SumOfProducts, got {type(got).__name__}"
-                    )
-                terms, extra = list(got["terms"]), got.get("ops")
-                op, texts = from_terms(types, terms, extra, with_texts=True)
+            op, texts = self._factory_operator(types)
         else:
             key = json.dumps(
                 [self.model.model_dump(mode="json"), [t.name for t in types]], sort_keys=True
@@ -268,6 +255,7 @@ class TTNConfig(PipelineConfig):
             if key in _OPERATORS:  # built and checked before in this process
                 return _OPERATORS[key]
             op, texts = from_terms(types, self.model.term_list(self.d), with_texts=True)
+        _check_coefs(op, texts)
         if self.model.hermitian:
             check_hermitian(op, texts)
         if self.model.kind != "custom":
@@ -276,18 +264,52 @@ class TTNConfig(PipelineConfig):
                 _OPERATORS.pop(next(iter(_OPERATORS)))
         return op
 
+    def _factory_operator(self, types):
+        """``(operator, texts)`` from ``model.factory``: what it returned, checked."""
+        from tilegraph.tasks.ttn.operators import SumOfProducts
+        from tilegraph.tasks.ttn.terms import TermError, from_terms
+
+        target = self.model.factory
+        got = _call_user(target, "model.factory", f"{target}(**model.params)", **self.model.params)
+        if isinstance(got, SumOfProducts):
+            _check_sum(got, types)
+            return got, None
+        if not isinstance(got, dict) or "terms" not in got:
+            raise TermError(
+                f"{target} returned {_kind(got)}; it must return {{'terms': [...], "
+                "'ops': {...}} or a SumOfProducts"
+            )
+        unknown = sorted(str(k) for k in got if k not in ("terms", "ops"))
+        if unknown:
+            raise TermError(f"{target} returned unknown keys {unknown} (allowed: 'terms', 'ops')")
+        terms = got["terms"]
+        if not isinstance(terms, list | tuple):
+            raise TermError(
+                f"{target} returned 'terms' as {_kind(terms)}; it must be a list of "
+                "[coefficient, 'OP site ...']"
+            )
+        extra = _user_ops(got.get("ops"), target)
+        return from_terms(types, terms, extra, with_texts=True)
+
     def start_vectors(self) -> list:
         """Local start states, one vector of its site's dimension per site."""
         import numpy as np
 
         types = self.site_types()
         if self.start_factory is not None:
-            from ..imports import resolve
-
-            got = list(resolve(self.start_factory, field="start_factory")(self.d))
+            target = self.start_factory
+            got = _call_user(target, "start_factory", f"{target}(d)", self.d)
+            try:
+                if isinstance(got, str | bytes | dict):
+                    raise TypeError
+                got = list(got)
+            except TypeError:
+                raise ValueError(
+                    f"{target} returned {_kind(got)}; it must return d={self.d} vectors"
+                ) from None
             if len(got) != self.d:
-                raise ValueError(f"start_factory returned {len(got)} vectors for d={self.d}")
-            return [t.state(v) for t, v in zip(types, got, strict=True)]
+                raise ValueError(f"{target} returned {len(got)} vectors for d={self.d}")
+            return [_start_vector(t, got[k], k, target) for k, t in enumerate(types)]
         if self.start == "tilted-neel":
             if any(t.name != "S=1/2" for t in types):
                 raise ValueError("'tilted-neel' needs spin-1/2 sites")
@@ -299,6 +321,147 @@ class TTNConfig(PipelineConfig):
         if isinstance(per, list) and not _is_vector(per, types[0].dim):
             raise ValueError(f"a list of start states needs d={self.d} entries (got {len(per)})")
         return [t.state(per) for t in types]
+
+
+def _call_user(target: str, field: str, shown: str, *args, **kwargs):
+    """Call the user's function ``target`` (``package.module:name``).
+
+    Parameters
+    ----------
+    target : str
+        The import path.
+    field : str
+        The config field that holds it (for a path that does not resolve).
+    shown : str
+        The call as messages show it, e.g. ``"mod:f(d)"``.
+    *args, **kwargs
+        Its arguments.
+
+    Raises
+    ------
+    ImportPathError
+        ``target`` does not resolve (its message names ``field``).
+    ValueError
+        The function raised: ``"<shown> raised <type>: <first line>"``.
+    """
+    from ..imports import resolve
+
+    fn = resolve(target, field=field)
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        msg = lines[0][:200] if lines else ""
+        raise ValueError(f"{shown} raised {type(exc).__name__}: {msg}") from exc
+
+
+def _kind(value) -> str:
+    """``None`` or the type's name, for messages about what user code returned."""
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _matrix(value):
+    """``value`` as a complex array, or None when it is not numbers."""
+    import numpy as np
+
+    if isinstance(value, str | bytes):
+        return None
+    try:
+        return np.asarray(value, dtype=np.complex128)
+    except (TypeError, ValueError):
+        return None
+
+
+def _user_ops(ops, target: str):
+    """A factory's named matrices, checked: square, finite numbers."""
+    import numpy as np
+    from tilegraph.tasks.ttn.terms import TermError
+
+    if ops is None:
+        return None
+    if not isinstance(ops, dict):
+        raise TermError(f"{target} returned 'ops' as {_kind(ops)}; it must be a dict of matrices")
+    out = {}
+    for name, value in ops.items():
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise TermError(f"{target}: ops name {name!r} must be a word (a string, no spaces)")
+        m = _matrix(value)
+        if m is None or m.ndim != 2 or m.shape[0] != m.shape[1]:
+            got = "not numbers" if m is None else f"shape {m.shape}"
+            raise TermError(
+                f"{target}: ops[{name!r}] must be a square matrix of numbers ({got}: "
+                f"{shorten(value, 60)})"
+            )
+        if not np.all(np.isfinite(m)):
+            raise TermError(f"{target}: ops[{name!r}] holds NaN or infinity")
+        out[name] = m
+    return out
+
+
+def _check_sum(op, types) -> None:
+    """A factory's :class:`SumOfProducts`: on the sites' dimensions, its terms' operators
+    there and of the right shape, every number finite."""
+    import numpy as np
+    from tilegraph.tasks.ttn.terms import TermError
+
+    dims = tuple(t.dim for t in types)
+    if tuple(op.dims) != dims:
+        raise TermError(
+            f"the factory returned an operator on dimensions {tuple(op.dims)}, but sites "
+            f"give {dims}"
+        )
+    if len(op.keys) != len(op.coefs):
+        raise TermError(
+            f"the factory's SumOfProducts has {len(op.keys)} keys but {len(op.coefs)} coefs"
+        )
+    for t, key in enumerate(op.keys):
+        for s, name in key:
+            where = f"the factory's SumOfProducts: term {t}"
+            if not 0 <= s < len(dims):
+                raise TermError(f"{where}: site {s} out of range 0..{len(dims) - 1}")
+            if name not in op.ops:
+                raise TermError(f"{where}: operator {name!r} is not in its ops")
+            if np.shape(op.ops[name]) != (dims[s],) * 2:
+                raise TermError(
+                    f"{where}: operator {name!r} has shape {np.shape(op.ops[name])}, but "
+                    f"site {s} has dimension {dims[s]}"
+                )
+    for name, m in op.ops.items():
+        if not np.all(np.isfinite(m)):
+            raise TermError(f"the factory's SumOfProducts: ops[{name!r}] holds NaN or infinity")
+
+
+def _check_coefs(op, texts) -> None:
+    """Refuse a coefficient that is NaN or infinite, naming its term (before the
+    Hermiticity check, which would compute with it)."""
+    from tilegraph.tasks.ttn.terms import TermError, show_term
+
+    for t, c in enumerate(op.coefs):
+        if not cmath.isfinite(c):
+            body = " ".join(f"{name.split('@')[0]} {s}" for s, name in op.keys[t])
+            shown = texts[t] if texts is not None and texts[t] else show_term(c, body)
+            raise TermError(f"term {shown}: the coefficient must be finite")
+
+
+def _start_vector(t, value, k: int, target: str):
+    """Site ``k``'s start vector from ``start_factory``, checked and normalised."""
+    import numpy as np
+
+    where = f"{target} returned for site {k} ({t.name})"
+    if isinstance(value, str | int | np.integer) and not isinstance(value, bool):
+        try:  # a name or a basis index, as start takes them
+            return t.state(value)
+        except ValueError as exc:
+            raise ValueError(f"{where} {value!r}: {exc}") from None
+    v = _matrix(value)
+    if v is None or v.shape != (t.dim,):
+        got = "not numbers" if v is None else f"shape {v.shape}"
+        raise ValueError(f"{where} {shorten(value, 60)} ({got}): need a vector of length {t.dim}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{where} a vector holding NaN or infinity")
+    if not np.any(v):
+        raise ValueError(f"{where} the zero vector (it is normalised: give a nonzero one)")
+    return t.state(v)
 
 
 #: Operators built from terms in this process, by model and site types (validating a
