@@ -119,6 +119,34 @@ def test_bad_stores_exit_2_and_write_nothing(tmp_path):
     _one_line(rc, err, "memory://")
 
 
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("n_fine: 21\nn_fine: 42\n", "key 'n_fine' given twice at line 2, column 1"),
+        ("problem: {eps: 0.1, eps: 0.2}\n", "key 'eps' given twice at line 1"),
+        ("n_fine: [1, 2\n", "at line 2, column 1"),
+        (None, "a folder, not a YAML file"),
+    ],
+)
+def test_config_files_are_read_strictly(tmp_path, text, needle):
+    cfg = tmp_path / "cfg.yaml"
+    if text is None:
+        cfg.mkdir()
+    else:
+        cfg.write_text(text)
+    store = tmp_path / "runs"
+    rc, _, err = _main("run", "domain-split", "--config", str(cfg), "--store", str(store))
+    _one_line(rc, err, needle)
+    assert not store.exists()
+
+
+def test_a_misspelt_sweep_preset_is_named_as_such(tmp_path):
+    argv = ["sweep", "domain-split", "--preset", "Quick", "--grid", "n_fine=20,40"]
+    rc, _, err = _main(*argv, "--store", str(tmp_path / "runs"))
+    _one_line(rc, err, "--preset: unknown preset 'Quick' for domain-split")
+    assert "--grid" not in err
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_stores_that_cannot_hold_runs_are_refused_before_anything_runs(tmp_path):
     """/proc passes the access test but refuses new folders; http(s) is read-only."""
