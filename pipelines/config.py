@@ -184,6 +184,18 @@ def _field_names(model: type[BaseModel], loc) -> list[str]:
     return sorted(model.model_fields)
 
 
+def paired(kind_name: str, kind: str, wanted: str, name: str, value: Any, form: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is given exactly when ``kind == wanted``
+    (``factory`` with ``kind=custom``, say); ``form`` shows the value's form."""
+    if kind == wanted and value is None:
+        raise ValueError(f"{kind_name}={wanted} needs {name}={form}")
+    if kind != wanted and value is not None:
+        raise ValueError(
+            f"{name} is used only with {kind_name}={wanted} (here {kind_name}={kind}): "
+            f"set {kind_name}={wanted} too, or drop {name}"
+        )
+
+
 def check_preset(pipeline: Any, name: str) -> None:
     """Raise :class:`ConfigError` unless ``name`` is one of the pipeline's presets."""
     if name not in pipeline.presets:

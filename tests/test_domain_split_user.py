@@ -226,6 +226,8 @@ def test_bad_factory_exits_2_with_one_line(tmp_path, module, needle):
     [
         ({"kind": "custom"}, "kind=custom needs factory"),
         ({"kind": "dataset"}, "kind=dataset needs dataset"),
+        ({"factory": "m:f"}, "factory is used only with kind=custom .here kind=constant.: set"),
+        ({"kind": "custom", "factory": "m:f", "dataset": "d.zarr"}, "dataset is used only"),
         ({"kind": "constant", "params": {"a": 1}}, "params"),
         ({"kind": "constant", "domain": [[0, 1]]}, "domain needs 2 intervals"),
         ({"kind": "constant", "domain": [[1, 0], [0, 1]]}, "a_k < b_k"),

@@ -11,6 +11,7 @@ from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, Ridge
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
+from ..config import paired
 from ..imports import ExternalURL, ImportPath
 
 #: Problems that are the user's: their sizes come from their data or code.
@@ -60,10 +61,8 @@ class ProblemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sizes(self):
-        if (self.kind == "dataset") != (self.dataset is not None):
-            raise ValueError("kind=dataset needs dataset=URL (and only it)")
-        if (self.kind == "custom") != (self.factory is not None):
-            raise ValueError("kind=custom needs factory='package.module:name' (and only it)")
+        paired("kind", self.kind, "dataset", "dataset", self.dataset, "URL")
+        paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
         if self.params and self.kind != "custom":
             raise ValueError("params are the factory's arguments: only with kind=custom")
         if self.kind == "digits-ridge":

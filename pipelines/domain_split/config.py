@@ -11,6 +11,7 @@ from tilegraph.tasks.devices import Device
 from tilegraph.tasks.domain_split.problems import OnBox, Problem
 
 from ..base import PipelineConfig
+from ..config import paired
 from ..imports import ExternalURL, ImportPath
 
 #: Kinds whose coefficients the user gives (code or data), checked by ``preflight``.
@@ -69,10 +70,8 @@ class ProblemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sources(self):
-        if (self.kind == "custom") != (self.factory is not None):
-            raise ValueError("kind=custom needs factory='package.module:name' (and only it)")
-        if (self.kind == "dataset") != (self.dataset is not None):
-            raise ValueError("kind=dataset needs dataset=URL (and only it)")
+        paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
+        paired("kind", self.kind, "dataset", "dataset", self.dataset, "URL")
         if self.params and self.kind != "custom":
             raise ValueError("params are the factory's arguments: only with kind=custom")
         return self

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
-from ..config import shorten
+from ..config import paired, shorten
 from ..imports import ImportPath
 
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
@@ -53,12 +53,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sources(self):
-        if (self.kind == "terms") != (self.terms is not None):
-            raise ValueError(
-                "kind=terms needs terms=[[coefficient, 'OP site ...'], ...] (only it)"
-            )
-        if (self.kind == "custom") != (self.factory is not None):
-            raise ValueError("kind=custom needs factory='package.module:name' (and only it)")
+        paired("kind", self.kind, "terms", "terms", self.terms, "[[coefficient, 'OP site ...']]")
+        paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
         if self.params and self.kind != "custom":
             raise ValueError("params are the factory's arguments: only with kind=custom")
         return self
