@@ -9,13 +9,17 @@ evaluation of that block), never gathered on the driver.
 from __future__ import annotations
 
 import numpy as np
-from tilegraph.storage.groups import read_members, subgroups
+from tilegraph.storage.groups import read_arrays, read_members, subgroups
 from tilegraph.tasks.bilevel.problems import LinearBlocks
 
 __all__ = ["ARRAYS", "ZarrBlocks", "check_dataset"]
 
 #: What every block's subgroup holds: name -> rank.
 ARRAYS = {"X_train": 2, "y_train": 1, "X_val": 2, "y_val": 1}
+
+#: NumPy dtype kinds the arrays may have (booleans, integers, floats): real numbers;
+#: complex values, strings and objects are refused.
+REAL_KINDS = "biuf"
 
 
 def check_dataset(url: str, model: str) -> list[str]:
@@ -26,7 +30,8 @@ def check_dataset(url: str, model: str) -> list[str]:
     ValueError
         One line naming the block and array: none found, an array missing or of the
         wrong rank, rows of ``X`` and ``y`` that differ, features that differ between
-        arrays or blocks, a NaN or infinity, labels other than 0/1 for ``logistic``.
+        arrays or blocks, values that are not real numbers (complex, strings), a NaN or
+        infinity, labels other than 0/1 for ``logistic``.
         Each block is read once, one at a time.
     """
     try:
@@ -58,7 +63,13 @@ def check_dataset(url: str, model: str) -> list[str]:
                     f"block {name!r}: X_{which} has {p} features but block "
                     f"{features[1]} has {features[0]}"
                 )
-        for arr, values in zip(ARRAYS, read_members(url, name, ARRAYS), strict=True):
+        # as stored: a cast to float64 would drop imaginary parts or fail on strings
+        stored = read_arrays(f"{url.rstrip('/')}/{name}", ARRAYS, dtype=None)
+        for arr, values in zip(ARRAYS, stored, strict=True):
+            if values.dtype.kind not in REAL_KINDS:
+                raise ValueError(
+                    f"block {name!r}: {arr} has dtype {values.dtype} (needs real numbers)"
+                )
             if not np.all(np.isfinite(values)):
                 raise ValueError(f"block {name!r}: {arr} holds NaN or infinite values")
             if (

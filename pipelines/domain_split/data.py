@@ -24,6 +24,10 @@ import numpy as np
 
 AXES = ("x", "y", "z")
 
+#: NumPy dtype kinds of real numbers (booleans, integers, floats): what a coefficient
+#: may be given in; complex values, strings and objects are refused.
+REAL_KINDS = "biuf"
+
 #: Bytes of interpolated values a process keeps (the same block is asked for again at
 #: every operator application).
 CACHE_BYTES = 256 << 20
@@ -178,8 +182,10 @@ def check_dataset(url: str, d: int, options: dict | None = None) -> tuple:
     ------
     ValueError
         One line naming the variable or coordinate and what is wrong: it cannot be
-        opened, a variable is missing or has other dimensions, a coordinate is not 1-D
-        and increasing, a value is NaN or infinite, an ``alpha`` is not positive.
+        opened, a variable is missing or has other dimensions, a variable or coordinate
+        holds other than real numbers (complex, strings; :data:`REAL_KINDS`), a
+        coordinate is not 1-D and increasing, a value is NaN or infinite, an ``alpha`` is
+        not positive.
     """
     import xarray as xr
 
@@ -193,6 +199,8 @@ def check_dataset(url: str, d: int, options: dict | None = None) -> tuple:
     for a in dims:
         if a not in ds.coords:
             raise ValueError(f"coordinate '{a}' is missing (needs {', '.join(dims)})")
+        if ds[a].dtype.kind not in REAL_KINDS:
+            raise ValueError(f"coordinate '{a}' has dtype {ds[a].dtype} (needs real numbers)")
         c = np.asarray(ds[a].values, dtype=np.float64)
         if c.ndim != 1 or c.size < 2 or not np.all(np.diff(c) > 0):
             raise ValueError(f"coordinate '{a}' must be 1-D, increasing, at least 2 values")
@@ -203,6 +211,8 @@ def check_dataset(url: str, d: int, options: dict | None = None) -> tuple:
         var = ds[name]
         if set(var.dims) != set(dims) or var.ndim != d:
             raise ValueError(f"variable '{name}' has dims {var.dims}, needs {dims}")
+        if var.dtype.kind not in REAL_KINDS:
+            raise ValueError(f"variable '{name}' has dtype {var.dtype} (needs real numbers)")
         # a reduction per chunk (dask): the whole variable is never in memory
         if bool((~np.isfinite(var)).any()):
             raise ValueError(f"variable '{name}' has NaN or infinite values")
@@ -260,19 +270,65 @@ class FactoryProblem:
         return callable(getattr(self.obj, "exact", None))
 
     def alpha_k(self, k: int, coords):
-        return self.obj.alpha_k(k, coords)
+        return self._checked(f"alpha_k({k}, coords)", self.obj.alpha_k(k, coords), coords)
 
     def beta_k(self, k: int, coords):
-        return self.obj.beta_k(k, coords)
+        return self._checked(f"beta_k({k}, coords)", self.obj.beta_k(k, coords), coords)
 
     def rhs(self, coords):
-        return self.obj.rhs(coords)
+        return self._checked("rhs(coords)", self.obj.rhs(coords), coords)
 
     def boundary(self, coords):
-        return self.obj.boundary(coords)
+        return self._checked("boundary(coords)", self.obj.boundary(coords), coords)
 
     def exact(self, coords):
-        return self.obj.exact(coords)
+        return self._checked("exact(coords)", self.obj.exact(coords), coords)
+
+    def _checked(self, name: str, value, coords):
+        """``value``, what method ``name`` gave at ``coords``, once it is real, finite
+        and, for an ``alpha_k``, positive: the preflight samples a few points of the box
+        only, and a value it missed (NaN in one corner) would otherwise reach a box
+        solver as a singular factorisation.
+
+        Raises
+        ------
+        ValueError
+            ``problem.factory TARGET: METHOD gave ... at x in [a, b], ...``: the method
+            and the region (physical coordinates) of the points at fault.
+        """
+        from array_api_compat import array_namespace, is_array_api_obj
+        from tilegraph.tasks.devices import to_host
+
+        v = value if is_array_api_obj(value) else np.asarray(value)
+        xp = array_namespace(v)
+        where = f"problem.factory {self.target}: {name}"
+        if not xp.isdtype(v.dtype, ("bool", "integral", "real floating")):
+            raise ValueError(f"{where} returned {v.dtype} values (needs real numbers)")
+        finite = xp.isfinite(v)
+        if not bool(xp.all(finite)):
+            bad = ~np.asarray(to_host(finite), dtype=bool)
+            raise ValueError(f"{where} gave NaN or infinite values at {_region(bad, coords)}")
+        if name.startswith("alpha") and not bool(xp.all(v > 0)):
+            bad = np.asarray(to_host(v <= 0), dtype=bool)
+            raise ValueError(
+                f"{where} gave values <= 0 (diffusion must be > 0) at {_region(bad, coords)}"
+            )
+        return value
 
 
-__all__ = ["DatasetProblem", "FactoryProblem", "check_dataset", "variables"]
+def _region(bad: np.ndarray, coords) -> str:
+    """``"x in [a, b], y in [c, d]"``: the box around the points where ``bad`` is True
+    (``bad`` broadcasts against ``coords``, physical coordinates)."""
+    from tilegraph.tasks.devices import to_host
+
+    host = [np.asarray(to_host(c), dtype=np.float64) for c in coords]
+    shape = np.broadcast_shapes(bad.shape, *(c.shape for c in host))
+    mask = np.broadcast_to(bad, shape)
+    parts = []
+    for axis, c in zip(AXES, host, strict=False):
+        at = np.broadcast_to(c, shape)[mask]
+        parts.append(f"{axis} in [{at.min():.4g}, {at.max():.4g}]")
+    return ", ".join(parts)
+
+
+__all__ = ["REAL_KINDS", "DatasetProblem", "FactoryProblem", "check_dataset", "variables"]

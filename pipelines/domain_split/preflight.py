@@ -10,6 +10,7 @@ import numpy as np
 
 from ..config import ConfigError
 from .config import USER_KINDS, DomainSplitConfig
+from .data import REAL_KINDS
 
 #: Methods a custom problem must have; ``exact`` is optional.
 METHODS = ("alpha_k", "beta_k", "rhs", "boundary")
@@ -76,30 +77,55 @@ def _build(source, target: str):
     return user
 
 
-def _sample(problem, field: str, exact: bool, n: int = 5) -> None:
-    """Evaluate every method on ``n^d`` points of the box: finite, broadcastable to
-    the grid's shape, ``alpha_k > 0``."""
+#: Points per axis of the sample grid: a different number on each axis, so that a value
+#: shaped for one axis (or for a cube) does not pass for the grid's.
+PROBE = (5, 6, 7)
+
+
+def _sample(problem, field: str, exact: bool) -> None:
+    """Evaluate every method on a sample grid of the box (:data:`PROBE` points per
+    axis): real numbers, finite, a scalar or an array of the grid's dimensions that
+    broadcasts to it, ``alpha_k > 0``.
+
+    The user's values are judged as returned (before the solver broadcasts them to its
+    grid): an array that only broadcasts by accident (``np.ones(5)`` against a 5 x 5
+    grid) would fail on the workers' blocks.
+    """
     d = problem.d
-    t = np.linspace(0.0, 1.0, n)
-    coords = tuple(np.meshgrid(*([t] * d), indexing="ij", sparse=True))
-    calls = [(f"alpha_k({k}, coords)", lambda k=k: problem.alpha_k(k, coords)) for k in range(d)]
-    calls += [(f"beta_k({k}, coords)", lambda k=k: problem.beta_k(k, coords)) for k in range(d)]
-    calls += [("rhs(coords)", lambda: problem.rhs(coords))]
-    calls += [("boundary(coords)", lambda: problem.boundary(coords))]
+    shape = PROBE[:d]
+    coords = tuple(
+        np.meshgrid(*(np.linspace(0.0, 1.0, n) for n in shape), indexing="ij", sparse=True)
+    )
+    # the user's object itself (its values unbroadcast) on physical coordinates
+    inner = problem.inner
+    user = getattr(inner, "obj", inner)
+    at = problem.physical(coords)
+    calls = [(f"alpha_k({k}, coords)", lambda k=k: user.alpha_k(k, at)) for k in range(d)]
+    calls += [(f"beta_k({k}, coords)", lambda k=k: user.beta_k(k, at)) for k in range(d)]
+    calls += [("rhs(coords)", lambda: user.rhs(at))]
+    calls += [("boundary(coords)", lambda: user.boundary(at))]
     if exact and problem.has_exact:
-        calls += [("exact(coords)", lambda: problem.exact(coords))]
+        calls += [("exact(coords)", lambda: user.exact(at))]
     for name, call in calls:
         try:
-            value = np.asarray(call(), dtype=np.float64)
+            value = np.asarray(call())
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ConfigError(
                 f"config field '{field}': {name} raised {type(exc).__name__}: {first}"
             ) from None
-        if value.shape != (n,) * d:
+        if value.dtype.kind not in REAL_KINDS:
             raise ConfigError(
-                f"config field '{field}': {name} gave shape {value.shape} on a {(n,) * d} "
-                "grid (coords is a tuple of broadcastable arrays; return their broadcast)"
+                f"config field '{field}': {name} returned values of dtype {value.dtype} "
+                "(needs real numbers)"
+            )
+        if value.ndim not in (0, d) or any(
+            m not in (1, n) for m, n in zip(value.shape, shape, strict=False)
+        ):
+            raise ConfigError(
+                f"config field '{field}': {name} gave shape {value.shape} on a {shape} grid "
+                "(coords is a tuple of broadcastable arrays; return a scalar or their "
+                "broadcast)"
             )
         if not np.all(np.isfinite(value)):
             raise ConfigError(f"config field '{field}': {name} is not finite on the box")
@@ -107,7 +133,12 @@ def _sample(problem, field: str, exact: bool, n: int = 5) -> None:
             raise ConfigError(
                 f"config field '{field}': {name} must be > 0 on the box (min {value.min():.3g})"
             )
-    if not math.isfinite(problem.max_cell_peclet(1.0)):
+    try:  # on its own sample grid: the factory's values are checked there too
+        peclet = problem.max_cell_peclet(1.0)
+    except ValueError as exc:
+        msg = str(exc).removeprefix(f"problem.factory {getattr(inner, 'target', '')}: ")
+        raise ConfigError(f"config field '{field}': {msg}") from None
+    if not math.isfinite(peclet):
         raise ConfigError(f"config field '{field}': the coefficients overflow")
 
 

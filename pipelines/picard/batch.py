@@ -12,7 +12,21 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS, draw_noise, picard
+from tilegraph.tasks.picard.samplers import (
+    HISTORY_COLUMNS,
+    ModelOutputError,
+    draw_noise,
+    picard,
+)
+
+
+def model_label(cfg) -> str:
+    """The model of a run as error messages name it (``the model mymodel:factory``)."""
+    if cfg.model == "custom":
+        return f"the model {cfg.custom}"
+    if cfg.model == "diffusers":
+        return f"the network in {cfg.diffusers.path}"
+    return f"the {cfg.model} model"
 
 
 def split_steps(n_rows: int, n: int, parts: int) -> list[slice]:
@@ -70,22 +84,25 @@ def sample_batch(
         ckpt_s[0] += time.perf_counter() - c0
 
     t0 = time.perf_counter()
-    res = picard(
-        eps_fn,
-        steps,
-        x_T,
-        z,
-        cfg.window,
-        cfg.tol,
-        anderson=cfg.anderson_memory,
-        extrapolate=cfg.accelerate,
-        secant=cfg.accelerate,
-        guard=cfg.guard,
-        callback=progress,
-        checkpoint=timed_checkpoint if checkpoint is not None else None,
-        checkpoint_every=1,
-        state=state,
-    )
+    try:
+        res = picard(
+            eps_fn,
+            steps,
+            x_T,
+            z,
+            cfg.window,
+            cfg.tol,
+            anderson=cfg.anderson_memory,
+            extrapolate=cfg.accelerate,
+            secant=cfg.accelerate,
+            guard=cfg.guard,
+            callback=progress,
+            checkpoint=timed_checkpoint if checkpoint is not None else None,
+            checkpoint_every=1,
+            state=state,
+        )
+    except ModelOutputError as exc:
+        raise exc.naming(model_label(cfg)) from None
     wall = time.perf_counter() - t0 - ckpt_s[0]  # sampling time, without checkpoints
     region = (slice(lo, hi),) + (slice(None),) * len(sample_shape)
     arrays["result/samples"].write(region, res.x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tilegraph.tasks.devices import Device
@@ -233,7 +233,14 @@ class PicardConfig(PipelineConfig):
                 f"beta_end must be > beta_start (got {self.beta_start}, {self.beta_end})"
             )
         if self.steps > self.train_steps:
-            raise ValueError(f"steps must be <= train_steps={self.train_steps} (got {self.steps})")
+            where = (
+                f" (num_train_timesteps of {self.diffusers.path}/scheduler/scheduler_config.json)"
+                if self.model == "diffusers"
+                else ""
+            )
+            raise ValueError(
+                f"steps must be <= train_steps={self.train_steps}{where} (got {self.steps})"
+            )
         if self.window > self.steps:
             raise ValueError(f"window must be <= steps={self.steps} (got {self.window})")
         if self.batch_size > self.n_samples:
@@ -307,13 +314,20 @@ class PicardConfig(PipelineConfig):
             )
         found = dict(
             schedule=sc.get("beta_schedule", "linear"),
-            train_steps=int(sc.get("num_train_timesteps", 1000)),
-            beta_start=float(sc.get("beta_start", 1e-4)),
-            beta_end=float(sc.get("beta_end", 0.02)),
+            train_steps=self._scheduler_value(sc, "num_train_timesteps", 1000, "train_steps"),
+            beta_start=self._scheduler_value(sc, "beta_start", 1e-4, "beta_start"),
+            beta_end=self._scheduler_value(sc, "beta_end", 0.02, "beta_end"),
             timestep_spacing=sc.get("timestep_spacing", "leading"),
-            steps_offset=int(sc.get("steps_offset", 0)),
-            clip_sample=float(sc.get("clip_sample_range", 1.0)) if sc.get("clip_sample") else None,
+            steps_offset=self._scheduler_value(sc, "steps_offset", 0, "steps_offset"),
+            clip_sample=self._scheduler_value(sc, "clip_sample_range", 1.0, "clip_sample")
+            if sc.get("clip_sample")
+            else None,
         )
+        if found["beta_end"] <= found["beta_start"]:
+            raise ValueError(
+                f"diffusers.path: {self.diffusers.path}/scheduler/scheduler_config.json has "
+                f"beta_end={found['beta_end']} <= beta_start={found['beta_start']}"
+            )
         # a field set to another value than the directory's (a resumed run's saved
         # config repeats the directory's values)
         given = self.model_fields_set
@@ -325,6 +339,23 @@ class PicardConfig(PipelineConfig):
                 f"({', '.join(f'{k}={found[k]!r}' for k in clash)}); do not set it"
             )
         self.__dict__.update(found)
+
+    def _scheduler_value(self, sc: dict, key: str, default, field: str):
+        """``sc[key]`` (or ``default``) validated as config field ``field`` takes it;
+        otherwise an error naming the directory's scheduler config and ``key``."""
+        from pydantic import TypeAdapter, ValidationError
+
+        info = type(self).model_fields[field]
+        kind = int if field in ("train_steps", "steps_offset") else float
+        value = sc.get(key, default)
+        try:
+            return TypeAdapter(Annotated[kind, *info.metadata]).validate_python(value)
+        except ValidationError as err:
+            msg = err.errors()[0]["msg"]
+            raise ValueError(
+                f"diffusers.path: {self.diffusers.path}/scheduler/scheduler_config.json has "
+                f"{key}={value!r:.60}: {msg[0].lower()}{msg[1:]}"
+            ) from None
 
     def _check_conditioning(self, unet: dict) -> int:
         """A conditional network's ``conditioning`` group: its rows ``K`` (and the labels

@@ -19,14 +19,18 @@ only evaluate pieces of a window (``window / eval_parts`` steps of ``n`` rows ea
 with ``parallel=batch`` each worker runs whole batches and the driver holds only the
 results. The store holds the samples (and the sequential ones), per-batch numbers,
 ``5 x batches x T`` history values and, with ``checkpoint_s`` set, up to two mid-batch
-checkpoints (the buffer; deleted at the end of the run). ``model=custom``: the sample
-shape is the model's own, unknown before it is built; ``gmm.dim`` stands in for it.
+checkpoints (the buffer; deleted at the end of the run). ``model=custom``: ``D`` is the
+size of the model's own ``sample_shape`` (the preflight builds the model once on the
+driver, :func:`~tilegraph.pipelines.picard.preflight.custom_sample_shape`); its
+parameters and activations are the user's and not counted.
 
 Only array memory is estimated (what grows with the config): the Python process with
 its imported modules comes on top.
 """
 
 from __future__ import annotations
+
+import math
 
 from ..base import Estimate
 
@@ -70,6 +74,10 @@ def _sample_size(cfg) -> int:
 
         c, h, w = sample_shape(read_pipeline_dir(cfg.diffusers.path)["unet"])
         return c * h * w
+    if cfg.model == "custom":
+        from .preflight import custom_sample_shape
+
+        return math.prod(custom_sample_shape(cfg))
     return DIGITS_D if cfg.model in ("digits", "digits-unet") else cfg.gmm.dim
 
 
@@ -156,6 +164,8 @@ def estimate(cfg, workers: int) -> Estimate:
     if 2 * train > max(driver, worker) and train > batch:
         field = "digits.hidden"
         alternative = "set digits.weights_from to a run with trained weights"
+    elif cfg.model == "custom":
+        alternative += f" (each sample of {cfg.custom} has {D} values: its sample_shape)"
     return Estimate(_cap(driver), _cap(worker), _cap(store), field, alternative)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from tilegraph.tasks.devices import slots
-from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS
+from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS, checked_eps
 
 from ..base import RunContext
 from .batch import sample_batch, split_steps
@@ -56,11 +56,18 @@ class WindowEvaluator:
 
     def __call__(self, x, t):
         rows = None if self.labels is None else np.tile(self.labels, x.shape[0] // self.n)
+        pieces = split_steps(x.shape[0], self.n, self.parts)
         futs = [
             self.actors[k % len(self.actors)].eps(x[sl], t[sl], None if rows is None else rows[sl])
-            for k, sl in enumerate(split_steps(x.shape[0], self.n, self.parts))
+            for k, sl in enumerate(pieces)
         ]
-        return np.concatenate(self.executor.gather(futs), axis=0)
+        # a piece of another shape cannot be put together: say which (the sampler checks
+        # the values of the whole call)
+        outs = [
+            checked_eps(out, x[sl].shape, np.asarray(t[sl])[:: self.n], finite=False)
+            for sl, out in zip(pieces, self.executor.gather(futs), strict=True)
+        ]
+        return np.concatenate(outs, axis=0)
 
 
 def _layout(cfg: PicardConfig, info: dict):

@@ -9,13 +9,14 @@ whole Picard loop the same way, for one replica.
 
 from __future__ import annotations
 
+import numbers
 import sys
 import time
 
 import numpy as np
 from tilegraph.tasks.devices import array_module, deterministic_blas, to_host
 from tilegraph.tasks.picard.models import GaussianMixture, MLPDenoiser
-from tilegraph.tasks.picard.samplers import picard, sequential
+from tilegraph.tasks.picard.samplers import ModelOutputError, checked_eps, picard, sequential
 
 
 def _local(a):
@@ -92,28 +93,55 @@ def build_model(spec: dict, device: str = "cpu"):
 def custom_model_problem(model, target: str) -> str | None:
     """What makes the object that factory ``target`` returned unusable as a model (one
     line), or None: it needs ``eps(x, t)`` and ``sample_shape``, or must be a
-    ``torch.nn.Module`` with ``sample_shape``. Imports nothing (a torch module means
+    ``torch.nn.Module`` with ``sample_shape``; ``sample_shape`` must be a tuple of
+    positive integers (:func:`shape_problem`). Imports nothing (a torch module means
     torch was imported)."""
     name = type(model).__name__
     if callable(getattr(model, "eps", None)):
-        if hasattr(model, "sample_shape"):
-            return None
-        return (
-            f"{target} returned a {name} with eps(x, t) but without sample_shape (see "
-            "tilegraph.tasks.picard.models.DiffusionModel)"
-        )
-    torch = sys.modules.get("torch")
-    if torch is None or not isinstance(model, torch.nn.Module):
-        return (
-            f"{target} returned a {name}, neither an object with eps(x, t) and "
-            "sample_shape nor a torch.nn.Module"
-        )
-    if not hasattr(model, "sample_shape"):
-        return (
-            f"the torch module {name} that {target} returned needs a sample_shape "
-            "attribute (the shape of one sample, e.g. (1, 28, 28))"
-        )
+        if not hasattr(model, "sample_shape"):
+            return (
+                f"{target} returned a {name} with eps(x, t) but without sample_shape (see "
+                "tilegraph.tasks.picard.models.DiffusionModel)"
+            )
+    else:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(model, torch.nn.Module):
+            return (
+                f"{target} returned a {name}, neither an object with eps(x, t) and "
+                "sample_shape nor a torch.nn.Module"
+            )
+        if not hasattr(model, "sample_shape"):
+            return (
+                f"the torch module {name} that {target} returned needs a sample_shape "
+                "attribute (the shape of one sample, e.g. (1, 28, 28))"
+            )
+    problem = shape_problem(model.sample_shape)
+    if problem is not None:
+        return f"the sample_shape of the {name} that {target} returned {problem}"
     return None
+
+
+def shape_problem(shape) -> str | None:
+    """What is wrong with a model's ``sample_shape`` (completing "the sample_shape ...")
+    or None: it must be a tuple (or list) of at least one positive integer."""
+    if not isinstance(shape, (tuple, list)):
+        kind = type(shape).__name__
+        return f"must be a tuple of positive integers, not a {kind} ({shape!r:.60})"
+    if not shape or not all(
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in shape
+    ):
+        return f"must be a tuple of at least one positive integer (got {tuple(shape)!r:.80})"
+    return None
+
+
+def spec_label(spec: dict) -> str:
+    """The model a spec describes, as error messages name it (as
+    :func:`~tilegraph.pipelines.picard.batch.model_label` does from the config)."""
+    if spec["kind"] == "custom":
+        return f"the model {spec['target']}"
+    if spec["kind"] == "diffusers":
+        return f"the network in {spec['path']}"
+    return f"the {'digits' if spec['kind'] == 'mlp' else spec['kind']} model"
 
 
 def _wrap_torch(model, spec: dict, device: str):
@@ -154,6 +182,7 @@ class ModelReplica:
         self.model = build_model(spec, device)
         self.device = device
         self._xp = array_module(device)
+        self.label = spec_label(spec)
 
     def _eps(self, x, t, labels=None):
         if labels is None:
@@ -184,8 +213,13 @@ class ModelReplica:
         def eps_fn(x, t):
             rows = None if labels is None else np.tile(labels, x.shape[0] // n)
             pieces = split_steps(x.shape[0], n, cfg.eval_parts)
+            outs = [self.eps(x[sl], t[sl], None if rows is None else rows[sl]) for sl in pieces]
+            # a piece of another shape cannot be put together: say which
             return np.concatenate(
-                [self.eps(x[sl], t[sl], None if rows is None else rows[sl]) for sl in pieces],
+                [
+                    checked_eps(out, x[sl].shape, np.asarray(t[sl])[::n], finite=False)
+                    for sl, out in zip(pieces, outs, strict=True)
+                ],
                 axis=0,
             )
 
@@ -234,6 +268,9 @@ class ModelReplica:
         with deterministic_blas():
             x_T, z = xp.asarray(_local(x_T)), xp.asarray(_local(z))
             t0 = time.perf_counter()
-            x, info = run(eps, x_T, z)
+            try:
+                x, info = run(eps, x_T, z)
+            except ModelOutputError as exc:
+                raise exc.naming(self.label) from None
             x = to_host(x)
             return x, info, time.perf_counter() - t0

@@ -286,16 +286,127 @@ def window_update_linearised(x_in, old, d, gain, inv_var):
     return new, err
 
 
+class ModelOutputError(ValueError):
+    """A model call returned something a sampler cannot use: not an array, another
+    shape than its input, complex or other non-real values, or NaN or infinity.
+
+    Parameters
+    ----------
+    what : str
+        What it returned and at which training timesteps (``"returned non-finite eps
+        at training timesteps 4..0"``).
+    model : str
+        The model, as the message names it (:meth:`naming` gives another name).
+    """
+
+    def __init__(self, what: str, model: str = "the model"):
+        super().__init__(f"{model} {what}")
+        self.what, self.model = what, model
+
+    def __reduce__(self):
+        return type(self), (self.what, self.model)
+
+    def naming(self, model: str) -> ModelOutputError:
+        """The same error with the model called ``model``."""
+        return ModelOutputError(self.what, model)
+
+
+def _timesteps(t: np.ndarray) -> str:
+    """``"training timestep 4"`` or ``"training timesteps 4..0"``."""
+    t = np.asarray(t).ravel()
+    if t.size == 1:
+        return f"training timestep {int(t[0])}"
+    return f"training timesteps {int(t[0])}..{int(t[-1])}"
+
+
+def checked_eps(out, shape: tuple, t, xp=None, dtype=None, finite: bool = True):
+    """A model's output ``out`` for rows of ``shape`` (``L n`` rows of ``L`` steps,
+    step-major, at training timesteps ``t``), checked.
+
+    Parameters
+    ----------
+    out : array, or a list of numbers
+        What ``eps(x, t)`` returned.
+    shape : tuple of int
+        ``(L n, *sample_shape)``.
+    t : array_like of int, shape (L,)
+        The steps' training timesteps (for the message).
+    xp : namespace, optional
+        Where ``out`` lives (default: its own namespace); a list becomes an array of it.
+    dtype : dtype, optional
+        Return ``out`` in this dtype (a model may compute in float64, its parameters'
+        precision: the samples keep theirs).
+    finite : bool
+        Also check that every value is finite (one reduction over ``out``).
+
+    Returns
+    -------
+    array
+        ``out``, as an array of ``xp`` in ``dtype``.
+
+    Raises
+    ------
+    ModelOutputError
+        When ``out`` is not an array of ``shape``, not real, or not finite (the message
+        names the timesteps: of the whole call, or of the steps with a non-finite value).
+    """
+    t = np.asarray(t)
+    if not hasattr(out, "shape"):
+        if not isinstance(out, (list, tuple)):
+            raise ModelOutputError(
+                f"returned a {type(out).__name__}, not an array, at {_timesteps(t)}"
+            )
+        try:
+            out = (xp or np).asarray(out)
+        except (TypeError, ValueError):
+            raise ModelOutputError(
+                f"returned a {type(out).__name__} that is not an array, at {_timesteps(t)}"
+            ) from None
+    if tuple(out.shape) != tuple(shape):
+        raise ModelOutputError(
+            f"returned shape {tuple(out.shape)}, expected {tuple(shape)} (rows, "
+            f"*sample_shape), at {_timesteps(t)}"
+        )
+    xp = xp or array_namespace(out)
+    try:
+        real = xp.isdtype(out.dtype, ("real floating", "integral"))
+    except (TypeError, ValueError):  # a dtype outside the standard (strings, objects)
+        real = False
+    if not real:
+        raise ModelOutputError(
+            f"returned {out.dtype} values, expected real floating point, at {_timesteps(t)}"
+        )
+    if dtype is not None and out.dtype != dtype:
+        out = xp.astype(out, dtype)
+    if not finite:
+        return out
+    ok = xp.isfinite(out)
+    if not bool(xp.all(ok)):
+        per_step = to_host(xp.all(xp.reshape(ok, (t.size, -1)), axis=1))
+        bad = np.flatnonzero(~np.asarray(per_step, dtype=bool))
+        raise ModelOutputError(
+            f"returned non-finite eps (NaN or infinite) at "
+            f"{_timesteps(t[[bad[0], bad[-1]]] if bad.size > 1 else t[bad])}"
+        )
+    return out
+
+
 def _model_call(eps_fn, x, steps: SamplerSteps, lo: int, hi: int):
     """Evaluate ``eps_fn`` on a stack of steps ``lo .. hi-1``: ``x`` (L, n, ...); with
-    ``steps.clip`` the output is :func:`clipped_eps`'s."""
+    ``steps.clip`` the output is :func:`clipped_eps`'s.
+
+    Raises
+    ------
+    ModelOutputError
+        When the model returns something else than a finite real array of ``x``'s
+        rows and sample shape.
+    """
     xp = array_namespace(x)
     L, n = x.shape[0], x.shape[1]
-    t = xp.asarray(np.repeat(np.asarray(steps.t[lo:hi], dtype=np.int64), n))
+    ts = np.asarray(steps.t[lo:hi], dtype=np.int64)
+    t = xp.asarray(np.repeat(ts, n))
     flat = xp.reshape(x, (L * n, *x.shape[2:]))
-    eps = xp.reshape(eps_fn(flat, t), x.shape)
-    # a model may compute in float64 (its parameters): keep the samples' precision
-    eps = eps if eps.dtype == x.dtype else xp.astype(eps, x.dtype)
+    eps = xp.reshape(checked_eps(eps_fn(flat, t), flat.shape, ts, xp, x.dtype), x.shape)
     return eps if steps.clip is None else clipped_eps(x, eps, steps, lo, hi)
 
 
@@ -393,6 +504,12 @@ def sequential(eps_fn: Callable, steps: SamplerSteps, x_T, z, callback: Callable
     -------
     array, shape (n, *sample_shape)
         The end of the trajectory (after step ``T - 1``): the samples.
+
+    Raises
+    ------
+    ModelOutputError
+        When a model call returns something else than finite real values of its input's
+        shape (:func:`checked_eps`).
     """
     x = x_T
     x0 = x_T  # the previous step's prediction (a multistep sampler's first step has c = 0)
@@ -621,6 +738,12 @@ def picard(
     Returns
     -------
     PicardResult
+
+    Raises
+    ------
+    ModelOutputError
+        When a model call returns something else than finite real values of its input's
+        shape (:func:`checked_eps`).
     """
     if window < 1 or tol <= 0:
         raise ValueError("window must be >= 1 and tol > 0")
