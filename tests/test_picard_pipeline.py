@@ -279,6 +279,10 @@ def test_custom_model_from_an_import_path(tmp_path, executors, monkeypatch):
         (["digits.hidden=[]"], "hidden"),
         (["model=custom"], "model=custom needs custom"),
         (["model=custom", "custom=nocolon"], "package.module:attribute"),
+        (["custom=m:f"], "custom is used only with model=custom .here model=gmm."),
+        (["diffusers.path=some/dir"], "diffusers.path is used only with model=diffusers"),
+        (["conditioning=c.zarr"], "conditioning applies to model=diffusers"),
+        (["null_class=3"], "null_class applies with class_labels"),
     ],
 )
 def test_bad_config_names_the_field(sets, needle):

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
+from ..config import paired
 from ..imports import ExternalURL, ImportPath
 
 
@@ -247,8 +248,13 @@ class PicardConfig(PipelineConfig):
             raise ValueError(
                 f"batch_size must be <= n_samples={self.n_samples} (got {self.batch_size})"
             )
-        if (self.model == "custom") != bool(self.custom):
-            raise ValueError("model=custom needs custom='package.module:factory' (and only it)")
+        paired("model", self.model, "custom", "custom", self.custom or None, "'module:factory'")
+        if self.diffusers.path is not None and self.model != "diffusers":
+            paired("model", self.model, "diffusers", "diffusers.path", self.diffusers.path, "")
+        if self.conditioning is not None and self.model != "diffusers":
+            raise ValueError("conditioning applies to model=diffusers (a UNet2DConditionModel)")
+        if self.null_class is not None and self.class_labels is None:
+            raise ValueError("null_class applies with class_labels (the unconditional class)")
         if self.eta and self.sampler != "ddim":
             raise ValueError("eta applies to sampler=ddim only (set eta=0 for ddpm)")
         if self.class_labels is not None and self.model not in ("diffusers", "custom"):
