@@ -129,6 +129,8 @@ def test_paper_preset_without_known_optimum(tmp_path, executors):
         (["--set", "method=adam"], "method"),
         (["--set", "problem.kind=digits-ridge", "--set", "problem.m=5"], "m must be 10"),
         (["--set", "eta=-1"], "eta"),
+        (["--set", "problem.model=logistic"], "model applies to kind=dataset, not kind=quadratic"),
+        (["--set", "problem.kind=digits-ridge", "--set", "problem.dim_x=3"], "dim_x applies"),
         (["--set", "bogus=1"], "bogus"),
         (["--set", "device=gpu"], "device"),
     ],

@@ -18,6 +18,23 @@ from ..imports import ExternalURL, ImportPath
 USER_KINDS = ("dataset", "custom")
 
 
+#: The problem kinds each field applies to (fields not named apply to all, or are paired
+#: with their kind); a field set off its default for another kind would be ignored, so
+#: it is refused.
+_APPLIES = {
+    "model": ("dataset",),
+    "m": ("quadratic", "digits-ridge", "logistic-hpo"),
+    "dim_x": ("quadratic",),
+    "dim_y": ("quadratic",),
+    "n_lower": ("quadratic",),
+    "spread": ("quadratic",),
+    "lam": ("quadratic", "logistic-hpo"),
+    "rho": ("quadratic", "digits-ridge", "dataset"),
+    "n_train": ("digits-ridge", "logistic-hpo"),
+    "seed": ("quadratic", "digits-ridge", "logistic-hpo"),
+}
+
+
 class ProblemConfig(BaseModel):
     """Which multi-block problem (see :mod:`tilegraph.tasks.bilevel.problems`)."""
 
@@ -61,6 +78,15 @@ class ProblemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sizes(self):
+        for name in sorted(self.model_fields_set):
+            kinds = _APPLIES.get(name)
+            # a stored config (a resume) holds every field, the defaults too
+            default = type(self).model_fields[name].default
+            if kinds is not None and self.kind not in kinds and getattr(self, name) != default:
+                raise ValueError(
+                    f"{name} applies to kind={' or '.join(kinds)}, not kind={self.kind} "
+                    "(drop it, or set the kind)"
+                )
         paired("kind", self.kind, "dataset", "dataset", self.dataset, "URL")
         paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
         if self.params and self.kind != "custom":
