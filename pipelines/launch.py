@@ -12,6 +12,7 @@ lease and runs :func:`~tilegraph.pipelines.execute.execute`.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,6 +181,11 @@ def check_store(store: Any):
     return root
 
 
+#: Local workers allowed per core: a few per core can help I/O-bound work; beyond that
+#: a typo (``local:200``) would start hundreds of processes.
+LOCAL_OVERSUBSCRIPTION = 8
+
+
 def check_cluster(cluster: str, store_url: str, profile: str | None = None):
     """The parsed cluster spec, checked (and a batch scheduler's profile) before anything
     starts."""
@@ -196,6 +202,15 @@ def check_cluster(cluster: str, store_url: str, profile: str | None = None):
             f"--store {store_url[:200]}: a memory:// store lives inside this process, "
             f"where the worker processes of --cluster {spec} cannot reach it; use a path "
             "or an object store, or --cluster sync/threads"
+        )
+    local = spec.kind in ("local", "local-cuda", "threads") or (
+        spec.kind == "ray" and spec.address is None
+    )
+    cores = os.cpu_count() or 1
+    if local and spec.n is not None and spec.n > LOCAL_OVERSUBSCRIPTION * cores:
+        raise UsageError(
+            f"--cluster {spec}: {spec.n} workers on this machine's {cores} cores; at most "
+            f"{LOCAL_OVERSUBSCRIPTION * cores} here (more workers need a cluster: see README)"
         )
     if spec.kind in HPC_KINDS:
         try:

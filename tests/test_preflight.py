@@ -174,6 +174,8 @@ def test_stores_that_cannot_hold_runs_are_refused_before_anything_runs(tmp_path)
         (["sweep", "bilevel", "--grid", "seed=1,2", "--preset", ""], "--preset"),
         (["run", "bilevel", "--trust-store"], "--trust-store: only with --resume"),
         (["run", "bilevel", "--cluster-profile", "site.yaml"], "--cluster-profile: used only"),
+        (["run", "bilevel", "--cluster", "local:100000"], "100000 workers on this machine"),
+        (["sweep", "bilevel", "--grid", "seed=1,2", "--cluster", "ray:5000"], "5000 workers"),
     ],
 )
 def test_empty_or_idle_options_are_refused(tmp_path, monkeypatch, argv, needle):
