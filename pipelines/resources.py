@@ -105,7 +105,7 @@ def check_size(est: Estimate | None, config: Any) -> None:
         if need > 2**50:
             raise ConfigError(
                 f"config field '{est.field}': the run would need about {fmt_bytes(need)} "
-                "in one process"
+                f"in one process, more than any machine has; lower {est.field}"
             )
 
 
