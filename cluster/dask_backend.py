@@ -7,6 +7,7 @@ module to run it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import inspect
@@ -257,13 +258,15 @@ def _probe_scheduler(address: str, security, timeout: float | None = None) -> No
         finally:
             await r.close_rpc()
 
+    # on a thread of its own: the caller may be inside a running event loop (Jupyter)
     try:
-        who = asyncio.run(asyncio.wait_for(identity(), timeout))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            who = pool.submit(asyncio.run, asyncio.wait_for(identity(), timeout)).result()
     except TimeoutError:
         raise TimeoutError(
             f"{address} did not answer as a Dask scheduler within {timeout:g} s"
         ) from None
-    if not isinstance(who, dict) or who.get("type") != "Scheduler":
+    if not isinstance(who, dict) or "Scheduler" not in str(who.get("type")):
         raise SpecError(f"{address} is not a Dask scheduler (it says it is {who!r:.80})")
 
 

@@ -203,9 +203,8 @@ def check_cluster(cluster: str, store_url: str, profile: str | None = None):
             f"where the worker processes of --cluster {spec} cannot reach it; use a path "
             "or an object store, or --cluster sync/threads"
         )
-    local = spec.kind in ("local", "local-cuda", "threads") or (
-        spec.kind == "ray" and spec.address is None
-    )
+    # processes on this machine (threads are cheap; an address is another machine's)
+    local = spec.kind in ("local", "local-cuda") or (spec.kind == "ray" and spec.address is None)
     cores = os.cpu_count() or 1
     if local and spec.n is not None and spec.n > LOCAL_OVERSUBSCRIPTION * cores:
         raise UsageError(

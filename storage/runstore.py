@@ -817,11 +817,11 @@ class Root:
         paths = fs.glob(join(pattern, "zarr.json"))
         blobs = fs.cat(paths, on_error="omit") if paths else {}
         out = []
-        for path, blob in blobs.items():
+        for path in paths:
             parts = path[len(base) :].strip("/").split("/")
-            try:
-                meta = json.loads(blob)
-            except ValueError:
+            try:  # a file that could not be read (permissions, I/O) is not in blobs
+                meta = json.loads(blobs[path])
+            except (KeyError, ValueError):
                 meta = None
             if len(parts) != 3 or parts[0] == "sweeps":
                 continue

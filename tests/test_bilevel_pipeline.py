@@ -178,3 +178,17 @@ def test_compared_method_and_resume_after_it_failed(tmp_path, executors, monkeyp
         a, b = _open(store, name), _open(ref, name)
         for var in b.data_vars:
             np.testing.assert_array_equal(a[var].values, b[var].values)
+
+
+def test_an_unset_rho_stays_unset_in_a_stored_config():
+    """A resume rebuilds the config from the stored one, which holds every field: the
+    dataset kind's rho = 0 must not turn into the synthetic problems' 0.1 there."""
+    from tilegraph.pipelines.bilevel.config import RHO
+    from tilegraph.pipelines.config import build_config
+
+    sets = ["problem.kind=dataset", "problem.dataset=blocks.zarr"]
+    cfg = build_config(PIPELINE, sets=sets)
+    again = build_config(PIPELINE, base=cfg.model_dump(mode="json"))
+    assert cfg.problem.rho is None and again.problem.rho is None
+    quad = build_config(PIPELINE, base=build_config(PIPELINE).model_dump(mode="json"))
+    assert quad.problem.build().rho == RHO

@@ -140,6 +140,14 @@ def test_config_files_are_read_strictly(tmp_path, text, needle):
     assert not store.exists()
 
 
+def test_yaml_merge_keys_are_not_keys_given_twice(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("base: &b {eps: 0.1}\nproblem: {<<: *b, eps: 0.2, kind: constant}\n")
+    from tilegraph.pipelines.config import read_config_file
+
+    assert read_config_file(str(cfg))["problem"] == {"eps": 0.2, "kind": "constant"}
+
+
 def test_a_misspelt_sweep_preset_is_named_as_such(tmp_path):
     argv = ["sweep", "domain-split", "--preset", "Quick", "--grid", "n_fine=20,40"]
     rc, _, err = _main(*argv, "--store", str(tmp_path / "runs"))
@@ -227,6 +235,25 @@ def test_a_port_that_is_not_a_scheduler_fails_within_the_connect_timeout(tmp_pat
     _one_line(proc.returncode, proc.stderr, "did not answer as a Dask scheduler within 3 s")
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "r").exists()
+
+
+def test_the_scheduler_probe_works_inside_a_running_event_loop():
+    """Jupyter and async programs call in from a running loop; the probe must not need
+    one of its own in that thread."""
+    import asyncio
+
+    import distributed
+    from tilegraph.cluster.dask_backend import _probe_scheduler
+
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as lc:
+
+        async def main():
+            _probe_scheduler(lc.scheduler_address, None, timeout=10)
+            return True
+
+        assert asyncio.run(main())
+        with pytest.raises(OSError):  # nothing listens there
+            _probe_scheduler(f"tcp://127.0.0.1:{free_port()}", None, timeout=1)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")

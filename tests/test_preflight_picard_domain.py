@@ -519,3 +519,27 @@ def test_bilevel_blocks_of_other_than_real_numbers_are_refused(tmp_path, y_train
     sets = ["problem.kind=dataset", f"problem.dataset={tmp_path / 'b.zarr'}", "blocks_per_iter=2"]
     rc, err = _run("bilevel", sets, store)
     _refused(rc, err, store, "'problem.dataset'", needle)
+
+
+def test_sample_shapes_and_outputs_of_other_libraries():
+    """An ndarray sample_shape is a shape; a property that raises is one line; a torch
+    tensor returned for NumPy samples is named as such."""
+    from tilegraph.pipelines.picard.worker import custom_model_problem, shape_problem
+
+    assert shape_problem(np.array([1, 8, 8])) is None
+
+    class Raising:
+        def eps(self, x, t):
+            return x
+
+        @property
+        def sample_shape(self):
+            raise RuntimeError("not loaded yet")
+
+    msg = custom_model_problem(Raising(), "m:f")
+    assert "sample_shape" in msg and "raised RuntimeError: not loaded yet" in msg
+    torch = pytest.importorskip("torch")
+    abar, steps = _steps()
+    x_T, z = np.zeros((2, 3)), np.zeros((20, 2, 3))
+    with pytest.raises(ModelOutputError, match=r"returned a torch.Tensor, not an array of"):
+        sequential(lambda x, t: torch.zeros(2, 3, dtype=torch.float64), steps, x_T, z)

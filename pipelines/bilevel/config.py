@@ -18,6 +18,9 @@ from ..imports import ExternalURL, ImportPath
 USER_KINDS = ("dataset", "custom")
 
 
+#: The upper regulariser of the synthetic problems when ``rho`` is not set.
+RHO = 0.1
+
 #: The problem kinds each field applies to (fields not named apply to all, or are paired
 #: with their kind); a field set off its default for another kind would be ignored, so
 #: it is refused.
@@ -61,8 +64,11 @@ class ProblemConfig(BaseModel):
     n_lower: int = Field(default=32, ge=1, description="lower samples per block (quadratic)")
     spread: float = Field(default=0.3, ge=0, description="how much blocks differ (quadratic)")
     lam: float = Field(default=1.0, gt=0, description="lower ridge (quadratic, logistic-hpo)")
-    rho: float = Field(
-        default=0.1, ge=0, description="upper regulariser (quadratic, ridge; dataset: 0 if unset)"
+    rho: float | None = Field(
+        default=None,
+        ge=0,
+        description="upper regulariser (quadratic, digits-ridge: 0.1 unless set; dataset: 0 "
+        "unless set)",
     )
     n_train: int = Field(
         default=1000, ge=10, description="training rows (digits-ridge <= 1700, hpo <= 500)"
@@ -112,16 +118,17 @@ class ProblemConfig(BaseModel):
                 self.n_lower,
                 self.spread,
                 self.lam,
-                self.rho,
+                RHO if self.rho is None else self.rho,
                 self.seed,
             )
         if self.kind == "digits-ridge":
-            return RidgeBlocks(self.n_train, self.rho, self.seed)
+            return RidgeBlocks(self.n_train, RHO if self.rho is None else self.rho, self.seed)
         if self.kind == "dataset":
             from .data import ZarrBlocks
 
-            # the upper regulariser is the user's choice: 0 unless set
-            rho = self.rho if "rho" in self.model_fields_set else 0.0
+            # the upper regulariser is the user's choice: 0 unless set (a stored config,
+            # as a resume reads it, holds the None of an unset field)
+            rho = 0.0 if self.rho is None else self.rho
             return ZarrBlocks(self.dataset, self.model, rho)
         if self.kind == "custom":
             from ..imports import resolve
@@ -202,6 +209,8 @@ class BilevelConfig(PipelineConfig):
     @model_validator(mode="after")
     def _blocks(self):
         lo, hi = self.upper_box()
+        if self.auto_steps is not False and self.problem.kind == "dataset" and self.x_max is None:
+            hi = None  # chosen from the data (log(4 L_A)): checked when it is
         if lo is not None and hi is not None and lo > hi:
             unset = [k for k in ("x_min", "x_max") if getattr(self, k) is None]
             note = (

@@ -92,6 +92,17 @@ def _has(obj, name: str) -> bool:
     return True
 
 
+def _get(problem, name: str, target: str):
+    """``problem.name``; a property of the user's that raises is one line."""
+    try:
+        return getattr(problem, name)
+    except Exception as exc:
+        raise _fail(
+            f"{target} returned a {type(problem).__name__} whose {name} raised "
+            f"{type(exc).__name__}: {_first(exc)}"
+        ) from None
+
+
 def _check_custom(problem, target: str) -> None:
     """Sizes, methods, ``x0``, ``x_star``, then one evaluation of every method."""
     missing = [a for a in (*SIZES, *METHODS, "x0", "x_star") if not _has(problem, a)]
@@ -101,12 +112,12 @@ def _check_custom(problem, target: str) -> None:
             "(see BlockProblem; a subclass has x0 = zeros and x_star = None)"
         )
     for name in ("m", "dim_x", "dim_y"):
-        value = getattr(problem, name)
+        value = _get(problem, name, target)
         if not _is_count(value):
             raise _fail(f"{target} returned {name}={shorten(value, 60)}; it must be an int >= 1")
     m = int(problem.m)
     for name in ("n_lower", "n_upper"):
-        value = getattr(problem, name)
+        value = _get(problem, name, target)
         if _is_count(value):
             continue
         counts = np.asarray(value) if isinstance(value, list | tuple | np.ndarray) else None
@@ -120,7 +131,7 @@ def _check_custom(problem, target: str) -> None:
                 f"{target} returned {name}={shorten(value, 60)}; it must be an int >= 1 "
                 f"or m={m} of them (one per block)"
             )
-    not_callable = [a for a in METHODS if not callable(getattr(problem, a))]
+    not_callable = [a for a in METHODS if not callable(_get(problem, a, target))]
     if not_callable:
         raise _fail(
             f"{target} returned a {type(problem).__name__} whose {', '.join(not_callable)} "
@@ -129,7 +140,7 @@ def _check_custom(problem, target: str) -> None:
     dx, dy = int(problem.dim_x), int(problem.dim_y)
     sizes = {"": (), "dim_x": (dx,), "dim_y": (dy,), "dim_y, dim_y": (dy, dy)}
     x0 = _array(lambda: problem.x0, "x0", "dim_x", sizes, attribute=True)
-    x_star = problem.x_star
+    x_star = _get(problem, "x_star", target)
     if x_star is not None:
         _array(lambda: x_star, "x_star", "dim_x", sizes, attribute=True)
     y, v = np.zeros(dy), np.ones(dy)

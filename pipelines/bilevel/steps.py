@@ -105,6 +105,12 @@ def resolve(cfg, ex, prob, problem, ev) -> tuple[object, dict]:
     if cfg.problem.kind == "dataset":  # lower Hessians A_i + diag(exp(x))
         L_A = L - float(np.min(np.exp(x0)))
         x_max = cfg.x_max if cfg.x_max is not None else float(np.log(4.0 * L_A))
+        x_min = cfg.upper_box()[0]
+        if x_min > x_max:
+            raise ValueError(
+                f"x_min={x_min:g} is above the box edge auto_steps chose from the data, "
+                f"x_max = log(4 L_A) = {x_max:.3g}: set x_max too, or lower x_min"
+            )
         tau = 0.5 / (L_A + float(np.exp(x_max)))
     chosen: dict = {
         "tau": tau,

@@ -97,8 +97,15 @@ def custom_model_problem(model, target: str) -> str | None:
     positive integers (:func:`shape_problem`). Imports nothing (a torch module means
     torch was imported)."""
     name = type(model).__name__
+    try:
+        shape = model.sample_shape
+    except AttributeError:
+        shape = None
+    except Exception as exc:  # a property of the user's that raises
+        msg = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return f"the sample_shape of the {name} that {target} returned raised {msg}"
     if callable(getattr(model, "eps", None)):
-        if not hasattr(model, "sample_shape"):
+        if shape is None:
             return (
                 f"{target} returned a {name} with eps(x, t) but without sample_shape (see "
                 "tilegraph.tasks.picard.models.DiffusionModel)"
@@ -110,12 +117,12 @@ def custom_model_problem(model, target: str) -> str | None:
                 f"{target} returned a {name}, neither an object with eps(x, t) and "
                 "sample_shape nor a torch.nn.Module"
             )
-        if not hasattr(model, "sample_shape"):
+        if shape is None:
             return (
                 f"the torch module {name} that {target} returned needs a sample_shape "
                 "attribute (the shape of one sample, e.g. (1, 28, 28))"
             )
-    problem = shape_problem(model.sample_shape)
+    problem = shape_problem(shape)
     if problem is not None:
         return f"the sample_shape of the {name} that {target} returned {problem}"
     return None
@@ -124,6 +131,8 @@ def custom_model_problem(model, target: str) -> str | None:
 def shape_problem(shape) -> str | None:
     """What is wrong with a model's ``sample_shape`` (completing "the sample_shape ...")
     or None: it must be a tuple (or list) of at least one positive integer."""
+    if isinstance(shape, np.ndarray) and shape.ndim == 1:
+        shape = shape.tolist()
     if not isinstance(shape, (tuple, list)):
         kind = type(shape).__name__
         return f"must be a tuple of positive integers, not a {kind} ({shape!r:.60})"

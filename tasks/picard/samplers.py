@@ -362,6 +362,18 @@ def checked_eps(out, shape: tuple, t, xp=None, dtype=None, finite: bool = True):
             raise ModelOutputError(
                 f"returned a {type(out).__name__} that is not an array, at {_timesteps(t)}"
             ) from None
+    if xp is not None and not isinstance(out, (list, tuple)):
+        try:
+            theirs = array_namespace(out)
+        except TypeError:
+            theirs = None
+        if theirs is not xp:  # a torch tensor for NumPy samples, say
+            kind = f"{type(out).__module__.split('.')[0]}.{type(out).__name__}"
+            raise ModelOutputError(
+                f"returned a {kind}, not an array of the samples' library "
+                f"({xp.__name__.split('.')[-1]}): convert it before returning it (torch: "
+                f".detach().cpu().numpy()), at {_timesteps(t)}"
+            )
     if tuple(out.shape) != tuple(shape):
         raise ModelOutputError(
             f"returned shape {tuple(out.shape)}, expected {tuple(shape)} (rows, "
@@ -391,14 +403,16 @@ def checked_eps(out, shape: tuple, t, xp=None, dtype=None, finite: bool = True):
     return out
 
 
-def _model_call(eps_fn, x, steps: SamplerSteps, lo: int, hi: int):
+def _model_call(eps_fn, x, steps: SamplerSteps, lo: int, hi: int, finite: bool = True):
     """Evaluate ``eps_fn`` on a stack of steps ``lo .. hi-1``: ``x`` (L, n, ...); with
-    ``steps.clip`` the output is :func:`clipped_eps`'s.
+    ``steps.clip`` the output is :func:`clipped_eps`'s. ``finite=False`` leaves the
+    finiteness check to the caller (one that reads its values on the host anyway, or
+    that checks once at the end: a check per call waits for a GPU every call).
 
     Raises
     ------
     ModelOutputError
-        When the model returns something else than a finite real array of ``x``'s
+        When the model returns something else than a (finite) real array of ``x``'s
         rows and sample shape.
     """
     xp = array_namespace(x)
@@ -406,7 +420,8 @@ def _model_call(eps_fn, x, steps: SamplerSteps, lo: int, hi: int):
     ts = np.asarray(steps.t[lo:hi], dtype=np.int64)
     t = xp.asarray(np.repeat(ts, n))
     flat = xp.reshape(x, (L * n, *x.shape[2:]))
-    eps = xp.reshape(checked_eps(eps_fn(flat, t), flat.shape, ts, xp, x.dtype), x.shape)
+    out = checked_eps(eps_fn(flat, t), flat.shape, ts, xp, x.dtype, finite=finite)
+    eps = xp.reshape(out, x.shape)
     return eps if steps.clip is None else clipped_eps(x, eps, steps, lo, hi)
 
 
@@ -434,18 +449,24 @@ def clipped_eps(x, eps, steps: SamplerSteps, lo: int, hi: int):
     return eps + _col(xp, ratio, nd, dt) * (xp.clip(x0, min=-steps.clip, max=steps.clip) - x0)
 
 
-def _step(eps_fn: Callable, steps: SamplerSteps, z, j: int, x):
+def _step(eps_fn: Callable, steps: SamplerSteps, z, j: int, x, flags: list | None = None):
     """One sequential step ``j``: ``x_{j+1}`` from ``x_j`` (n, *sample_shape), one model
-    call of ``n`` rows (one-step samplers only)."""
+    call of ``n`` rows (one-step samplers only). With ``flags``, whether the model's
+    output was finite is appended there (an array of ``x``'s namespace, not read)
+    instead of checked."""
     xs = x[None, ...]
-    e = _model_call(eps_fn, xs, steps, j, j + 1)
+    e = _model_call(eps_fn, xs, steps, j, j + 1, finite=flags is None)
+    if flags is not None:
+        flags.append(array_namespace(e).all(array_namespace(e).isfinite(e)))
     return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
 
 
-def _step_multi(eps_fn: Callable, steps: SamplerSteps, z, j: int, x, x0_before):
+def _step_multi(eps_fn: Callable, steps: SamplerSteps, z, j: int, x, x0_before, flags=None):
     """:func:`_step` of a multistep sampler: ``(x_{j+1}, x0_hat_j)``."""
     xs = x[None, ...]
-    e = _model_call(eps_fn, xs, steps, j, j + 1)
+    e = _model_call(eps_fn, xs, steps, j, j + 1, finite=flags is None)
+    if flags is not None:
+        flags.append(array_namespace(e).all(array_namespace(e).isfinite(e)))
     x0 = _x0(xs, e, steps, j, j + 1)
     extra = _multistep(array_namespace(x), steps, j, j + 1, x0, x0_before)
     return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j), extra=extra)[0, ...], x0[0]
@@ -513,13 +534,21 @@ def sequential(eps_fn: Callable, steps: SamplerSteps, x_T, z, callback: Callable
     """
     x = x_T
     x0 = x_T  # the previous step's prediction (a multistep sampler's first step has c = 0)
+    flags: list = []  # per step, on the device: read once at the end
     for j in range(len(steps)):
         if steps.c is None:
-            x = _step(eps_fn, steps, z, j, x)
+            x = _step(eps_fn, steps, z, j, x, flags)
         else:
-            x, x0 = _step_multi(eps_fn, steps, z, j, x, x0)
+            x, x0 = _step_multi(eps_fn, steps, z, j, x, x0, flags)
         if callback is not None:
             callback(j)
+    if flags:
+        xp = array_namespace(x)
+        ok = np.asarray(to_host(xp.stack(flags)), dtype=bool)
+        if not ok.all():
+            first = int(np.flatnonzero(~ok)[0])  # the later ones follow from its NaN
+            t = np.asarray(steps.t[first : first + 1], dtype=np.int64)
+            raise ModelOutputError(f"returned non-finite eps (NaN or infinite) at {_timesteps(t)}")
     return x
 
 
@@ -801,7 +830,7 @@ def picard(
         L = e - b
         x_in = buf[b:e, ...]
         old = xp.asarray(buf[b + 1 : e + 1, ...], copy=True)
-        eps = _model_call(eps_fn, x_in, steps, b, e)
+        eps = _model_call(eps_fn, x_in, steps, b, e, finite=False)  # err tells, below
         if extrapolate and not callable(extrapolate):
             # x_in is a view of buf: keep the last input before the update
             x_last = xp.asarray(x_in[-1, ...], copy=True)
@@ -837,6 +866,11 @@ def picard(
             ms = np.asarray(to_host(xp.mean(diff * diff, axis=2)), dtype=np.float64)
             G = lookahead(loglam, b, L)
             err = np.max(ms * G * G, axis=1) * inv_var[b + 1 : e + 1]
+        if not np.all(np.isfinite(err)):  # a NaN would pass the test below
+            checked_eps(eps, eps.shape, steps.t[b:e], xp)  # names the model's steps
+            raise ModelOutputError(
+                f"gave finite eps, but the samples became non-finite at steps {b}..{e - 1}"
+            )
         bad = np.flatnonzero(err > tol**2)
         k = int(bad[0]) if bad.size else L
         advance = min(k + 1, window)
