@@ -148,6 +148,29 @@ def _token_auth_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def _probe_grpc(hostport: str, timeout: float = 15.0) -> None:
+    """Wait until ``hostport`` answers as a gRPC server (a Ray head's GCS and the Ray
+    Client server both are); Ray itself retries a port that accepts but never answers
+    (not a Ray head) for minutes.
+
+    Raises
+    ------
+    TimeoutError
+        No gRPC answer within ``timeout`` seconds.
+    """
+    import grpc
+
+    channel = grpc.insecure_channel(hostport)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise TimeoutError(
+            f"{hostport} did not answer as a Ray head (gRPC) within {timeout:g} s"
+        ) from None
+    finally:
+        channel.close()
+
+
 class RayExecutor(Executor):
     """Tasks on Ray: a local instance with ``spec.n`` CPUs, or an existing cluster.
 
@@ -217,6 +240,8 @@ class RayExecutor(Executor):
                     node_ip,
                 )
         else:
+            if spec.address != "auto":
+                _probe_grpc(spec.address.split("://", 1)[-1])
             context = ray.init(address=spec.address, **init_options)
         self._connected = True
         url = getattr(context, "dashboard_url", None)

@@ -237,6 +237,18 @@ def test_a_port_that_is_not_a_scheduler_fails_within_the_connect_timeout(tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_a_port_that_is_not_a_ray_head_fails_within_the_probe_timeout():
+    from tilegraph.cluster.ray_backend import _probe_grpc
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # accepts, never speaks gRPC
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError, match="did not answer as a Ray head"):
+            _probe_grpc(f"127.0.0.1:{listener.getsockname()[1]}", timeout=2)
+        assert time.perf_counter() - t0 < 10
+
+
 def test_the_scheduler_probe_works_inside_a_running_event_loop():
     """Jupyter and async programs call in from a running loop; the probe must not need
     one of its own in that thread."""
