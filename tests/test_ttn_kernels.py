@@ -522,3 +522,20 @@ def test_parallel_step_is_array_api_generic():
         np.testing.assert_allclose(
             np.asarray(st.to_dense(tree, b)), st.to_dense(tree, a), atol=1e-13
         )
+
+
+@pytest.mark.parametrize("n, r", [(8, 3), (300, 4), (3000, 6), (300, 1)])
+def test_a_leafs_basis_is_orthonormal_and_starts_with_its_vector(n, r):
+    """Small sites take a QR of [v, I]; large ones (a 3000-level qudit) a Householder
+    reflection, O(n r) instead of O(n^3)."""
+    from array_api_compat import array_namespace
+    from tilegraph.tasks.ttn.state import QR_MAX_DIM, _basis_from
+
+    rng = np.random.default_rng(n)
+    for v in (rng.standard_normal(n) + 1j * rng.standard_normal(n), np.eye(n)[1] * 1j):
+        v = v / np.linalg.norm(v)
+        U = _basis_from(array_namespace(v), v, r)
+        assert U.shape == (n, r)
+        np.testing.assert_allclose(U.conj().T @ U, np.eye(r), atol=1e-13)
+        np.testing.assert_allclose(U[:, 0], v, atol=1e-14)
+    assert (n > QR_MAX_DIM) == (n in (300, 3000))

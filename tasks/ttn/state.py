@@ -39,6 +39,33 @@ def bond_matrix(xp, C):
     return xp.reshape(C, (math.prod(C.shape[:-1]), C.shape[-1]))
 
 
+#: Local dimensions up to which a leaf's basis comes from a QR of ``[v, I]`` (O(n^3));
+#: above, from a Householder reflection (O(n r)), whose extra columns differ.
+QR_MAX_DIM = 256
+
+
+def _basis_from(xp, v, r: int):
+    """``r`` orthonormal columns (n, r), complex128, the first exactly the unit vector
+    ``v`` (n,)."""
+    n = v.shape[0]
+    if n <= QR_MAX_DIM:
+        A = xp.concat([xp.reshape(v, (n, 1)), xp.eye(n, dtype=xp.complex128)], axis=1)
+        Q, R = xp.linalg.qr(A)
+        # undo the phase QR puts on the first column, so the state is exactly v
+        ph = complex(R[0, 0]) / abs(complex(R[0, 0]))
+        return Q[:, :r] * ph
+    # H = I - 2 w w^H / |w|^2 with w = a e_0 - v (|a| = 1, a conj(v_0) real) maps a e_0
+    # to v; its columns 1..r-1 are orthonormal and orthogonal to v
+    v0 = complex(v[0])
+    a = v0 / abs(v0) if abs(v0) > 0 else 1.0
+    w = -v + a * xp.eye(n, 1, dtype=xp.complex128)[:, 0]
+    ww = float(xp.sum(xp.abs(w) ** 2))
+    E = xp.eye(n, r - 1, k=-1, dtype=xp.complex128)
+    if ww > 1e-24:
+        E = E - (2.0 / ww) * xp.reshape(w, (n, 1)) * xp.reshape(xp.conj(w[1:r]), (1, r - 1))
+    return xp.concat([xp.reshape(v, (n, 1)), E], axis=1)
+
+
 def product_state(tree: Tree, vectors, rank: int = 1) -> list:
     """The product state ``(x)_s vectors[s]`` as an orthonormal TTN of bond rank ``rank``.
 
@@ -69,16 +96,10 @@ def product_state(tree: Tree, vectors, rank: int = 1) -> list:
         under = math.prod(dims[s] for s in tree.leaves[node])
         cap = min(under, total // under)
         if tree.is_leaf(node):
-            n = dims[tree.site[node]]
             v = xp.astype(vecs[tree.site[node]], xp.complex128)
             v = v / math.sqrt(float(xp.sum(xp.abs(v) ** 2)))
             r = max(1, min(rank, cap))
-            A = xp.concat([xp.reshape(v, (n, 1)), xp.eye(n, dtype=xp.complex128)], axis=1)
-            Q, R = xp.linalg.qr(A)
-            # undo the phase QR puts on the first column, so the state is exactly v
-            ph = complex(R[0, 0]) / abs(complex(R[0, 0]))
-            U = Q[:, :r] * ph
-            state[node], ranks[node] = U, r
+            state[node], ranks[node] = _basis_from(xp, v, r), r
             continue
         kids = tree.children[node]
         rows = math.prod(ranks[c] for c in kids)
