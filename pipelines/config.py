@@ -124,6 +124,21 @@ def _merge(base: dict, update: Mapping) -> dict:
     return out
 
 
+def _overlay(base: Mapping, user: Mapping) -> dict:
+    """``user``'s fields over a preset's (or a stored config's). A section whose
+    ``kind`` the user changes starts from the user's fields alone: the preset's fields
+    of its own kind (``omega`` of an ``lr-ising`` model, say) do not carry over."""
+    out = dict(base)
+    for k, v in user.items():
+        old = out.get(k)
+        if isinstance(v, Mapping) and isinstance(old, Mapping):
+            switched = "kind" in v and "kind" in old and v["kind"] != old["kind"]
+            out[k] = dict(v) if switched else _overlay(old, v)
+        else:
+            out[k] = v
+    return out
+
+
 def _set_path(data: dict, path: list[str], value: Any) -> dict:
     nested: Any = value
     for part in reversed(path):
@@ -198,6 +213,21 @@ def paired(kind_name: str, kind: str, wanted: str, name: str, value: Any, form: 
         )
 
 
+def check_applies(model: BaseModel, applies: Mapping[str, tuple[str, ...]]) -> None:
+    """Raise ``ValueError`` for a field of ``model`` set off its default although its
+    ``kind`` ignores it; ``applies`` maps field names to the kinds that use them. A
+    stored config (a resume) holds every field, the defaults too: those pass."""
+    kind = model.kind
+    for name in sorted(model.model_fields_set):
+        kinds = applies.get(name)
+        default = type(model).model_fields[name].default
+        if kinds is not None and kind not in kinds and getattr(model, name) != default:
+            raise ValueError(
+                f"{name} applies to kind={' or '.join(kinds)}, not kind={kind} "
+                "(drop it, or set the kind)"
+            )
+
+
 def check_preset(pipeline: Any, name: str) -> None:
     """Raise :class:`ConfigError` unless ``name`` is one of the pipeline's presets."""
     if name not in pipeline.presets:
@@ -238,12 +268,14 @@ def build_config(
         name = preset or pipeline.default_preset
         check_preset(pipeline, name)
         data = dict(pipeline.presets[name])
+    user: dict = {}
     if config_file:
         fields = config_file if isinstance(config_file, Mapping) else read_config_file(config_file)
-        data = _merge(data, fields)
+        user = _merge(user, fields)
     for item in sets:
         path, value = parse_set(item)
-        data = _set_path(data, path, value)
+        user = _set_path(user, path, value)
+    data = _overlay(data, user)
     _check_finite(data)
     try:
         config = pipeline.config.model_validate(data)

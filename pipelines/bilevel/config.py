@@ -11,7 +11,7 @@ from tilegraph.tasks.bilevel.problems import LogisticHPO, QuadraticBlocks, Ridge
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
-from ..config import paired
+from ..config import check_applies, paired
 from ..imports import ExternalURL, ImportPath
 
 #: Problems that are the user's: their sizes come from their data or code.
@@ -84,15 +84,7 @@ class ProblemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sizes(self):
-        for name in sorted(self.model_fields_set):
-            kinds = _APPLIES.get(name)
-            # a stored config (a resume) holds every field, the defaults too
-            default = type(self).model_fields[name].default
-            if kinds is not None and self.kind not in kinds and getattr(self, name) != default:
-                raise ValueError(
-                    f"{name} applies to kind={' or '.join(kinds)}, not kind={self.kind} "
-                    "(drop it, or set the kind)"
-                )
+        check_applies(self, _APPLIES)
         paired("kind", self.kind, "dataset", "dataset", self.dataset, "URL")
         paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
         if self.params and self.kind != "custom":

@@ -11,11 +11,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
-from ..config import paired, shorten
+from ..config import check_applies, paired, shorten
 from ..imports import ImportPath
 
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
 MAX_EXACT_D = 14
+
+
+#: The built-in models each parameter applies to (see ``ModelConfig``).
+_APPLIES = {
+    "J": ("tfi", "xxz"),
+    "g": ("tfi",),
+    "omega": ("lr-ising",),
+    "delta": ("lr-ising",),
+    "nu": ("lr-ising",),
+    "alpha": ("lr-ising",),
+    "anisotropy": ("xxz",),
+}
 
 
 class ModelConfig(BaseModel):
@@ -53,6 +65,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sources(self):
+        check_applies(self, _APPLIES)
         paired("kind", self.kind, "terms", "terms", self.terms, "[[coefficient, 'OP site ...']]")
         paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
         if self.params and self.kind != "custom":
