@@ -503,6 +503,26 @@ class RunStore:
             storage_options=dict(self._options) or None,
         )
 
+    def dataset_variable(self, name: str, var: str) -> np.ndarray:
+        """The whole array of variable (or coordinate) ``var`` of dataset ``name``, read
+        without xarray (which refuses a dataset whose arrays disagree in length)."""
+        return np.asarray(self.group[f"{name}/{var}"][...])
+
+    def truncate_dataset(self, name: str, dim: str, length: int) -> None:
+        """Cut every array of dataset ``name`` that has dimension ``dim`` to at most
+        ``length`` entries along it.
+
+        Rows appended after a checkpoint can differ in length between the dataset's
+        arrays (a process killed while it appended them); a resume cuts them back to
+        the checkpoint's rows before it opens the dataset.
+        """
+        for _, arr in self.group[name].arrays():
+            dims = tuple(arr.metadata.dimension_names or ())
+            if dim in dims and arr.shape[dims.index(dim)] > length:
+                shape = list(arr.shape)
+                shape[dims.index(dim)] = length
+                arr.resize(tuple(shape))
+
     # -- xarray results -------------------------------------------------------------------
     def write_dataset(self, name: str, ds: xarray.Dataset, **to_zarr_kwargs: Any) -> str:
         """Write ``ds`` to the subgroup ``name`` with ``Dataset.to_zarr``.

@@ -163,3 +163,18 @@ def test_out_of_core_mode_gives_the_same_answer(tmp_path, executors):
     np.testing.assert_array_equal(
         store.array("result/solution").read(), ref_store.array("result/solution").read()
     )
+
+
+def test_a_resumed_run_counts_the_passes_of_an_uninterrupted_one(tmp_path, executors):
+    """``passes`` continues from the checkpoint (it counted the last session only)."""
+    ex = executors("sync")
+    sets = ["checkpoint_s=0", "keep_work=true", "solver=stationary", "max_iter=6", "tol=1e-14"]
+    run = tg.run(PIPELINE.name, preset="quick", sets=sets, cluster=ex, store=tmp_path / "r")
+    store = run.url.rsplit("/", 2)[0]
+    ckpts = run.checkpoint_steps()
+    run.mark_failed("killed")
+    for step in ckpts[-1:]:  # resume from the one before the last: the solve continues
+        run.delete(f"checkpoints/{step:08d}")
+    again = tg.run(PIPELINE.name, resume=run.run_id, cluster=ex, store=store)
+    assert again.metrics["iterations"] == run.metrics["iterations"] == 6
+    assert again.metrics["passes"] == run.metrics["passes"]

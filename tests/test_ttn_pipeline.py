@@ -56,6 +56,26 @@ def test_quick_run_writes_history_checkpoints_and_summary(sync_result):
     assert os.path.getsize(run.plot_path) > 10_000
 
 
+def test_a_history_cut_short_mid_append_resumes(executors, tmp_path):
+    """A kill while history rows were appended leaves its arrays unequal in length
+    (seen: magnetization 12 rows, energy 11); a resume cuts them back to the checkpoint's
+    rows instead of failing on xarray's "conflicting sizes" for ever."""
+    import zarr
+
+    run, _ = run_on(executors("sync"), tmp_path, sets=[*SETS, "T=0.3", "keep_work=true"])
+    hist = zarr.open_group(run.url, mode="r+")["history"]
+    for var in ("magnetization", "max_rank"):  # one more (garbage) row than the others
+        arr = hist[var]
+        arr.resize((arr.shape[0] + 1, *arr.shape[1:]))
+    run.mark_failed("killed mid-append")
+    resumed = tg.run(
+        "ttn", resume=run.run_id, cluster=executors("sync"), store=run.url.rsplit("/", 2)[0]
+    )
+    ds = xr.open_zarr(resumed.url + "/history", consolidated=False)
+    assert resumed.status == "complete" and ds.sizes["time"] == 7
+    np.testing.assert_allclose(ds.time.values, np.arange(7) * 0.05)
+
+
 def _namespaces(monkeypatch, name: str, arg: int) -> set:
     """Record the array namespace of argument ``arg`` of every call of ``integrator.name``
     (of ``subtree_update``: the workers' calls, not the driver's from the root)."""

@@ -98,13 +98,16 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         return ctx.checkpoint(
             state["iterations"],
             lambda: {"history": np.asarray(state["history"], dtype=np.float64)},
-            {k: state[k] for k in ("x", "iterations", "rel_residual")},
+            {**{k: state[k] for k in ("x", "iterations", "rel_residual")}, "passes": plan.passes},
         )
 
     ctx.enter("solve")
     saved = ctx.restore(valid=lambda c: ctx.has_scratch(f"x{c.scalars['x']}"))
     if saved is not None:
         state = {**saved.scalars, "history": [float(h) for h in saved.arrays["history"]]}
+        # the uninterrupted run's count: its passes up to the checkpoint (this session's
+        # setup passes redo work, they are not counted)
+        plan.passes = int(state.pop("passes", plan.passes))
     else:
         plan.precondition(vec("B"), vec("x0"), (vec("z"), vec("r")), rule=cfg.merge, smooth=False)
         state = {"x": 0, "iterations": 0, "rel_residual": None, "history": []}

@@ -153,9 +153,13 @@ def history_chunks(var) -> tuple[int, ...]:
 
 
 def resume_rows(store, name: str, upto: int) -> list[dict]:
-    """History rows of ``name`` up to step ``upto`` (later ones came after the checkpoint)."""
+    """History rows of ``name`` up to step ``upto`` (later ones came after the checkpoint,
+    and may be cut short in some arrays by a kill while they were appended: the arrays
+    are cut back to the checkpoint's rows first)."""
+    steps = store.dataset_variable(name, "step")
+    keep = int(np.count_nonzero(steps <= upto))  # rows up to the checkpoint are whole
+    store.truncate_dataset(name, "time", keep)
     ds = store.open_dataset(name).load()
-    ds = ds.where(ds.step <= upto, drop=True)
     rows = []
     for i in range(ds.sizes["time"]):
         r = {k: ds[k].values[i].tolist() for k in ds.data_vars}
