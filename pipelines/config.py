@@ -124,21 +124,6 @@ def _merge(base: dict, update: Mapping) -> dict:
     return out
 
 
-def _overlay(base: Mapping, user: Mapping) -> dict:
-    """``user``'s fields over a preset's (or a stored config's). A section whose
-    ``kind`` the user changes starts from the user's fields alone: the preset's fields
-    of its own kind (``omega`` of an ``lr-ising`` model, say) do not carry over."""
-    out = dict(base)
-    for k, v in user.items():
-        old = out.get(k)
-        if isinstance(v, Mapping) and isinstance(old, Mapping):
-            switched = "kind" in v and "kind" in old and v["kind"] != old["kind"]
-            out[k] = dict(v) if switched else _overlay(old, v)
-        else:
-            out[k] = v
-    return out
-
-
 def _set_path(data: dict, path: list[str], value: Any) -> dict:
     nested: Any = value
     for part in reversed(path):
@@ -268,14 +253,12 @@ def build_config(
         name = preset or pipeline.default_preset
         check_preset(pipeline, name)
         data = dict(pipeline.presets[name])
-    user: dict = {}
     if config_file:
         fields = config_file if isinstance(config_file, Mapping) else read_config_file(config_file)
-        user = _merge(user, fields)
+        data = _merge(data, fields)
     for item in sets:
         path, value = parse_set(item)
-        user = _set_path(user, path, value)
-    data = _overlay(data, user)
+        data = _set_path(data, path, value)
     _check_finite(data)
     try:
         config = pipeline.config.model_validate(data)

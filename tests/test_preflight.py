@@ -394,22 +394,17 @@ def test_the_cluster_spec_is_recorded_normalised(tmp_path):
     assert run.provenance["backend"] == "sync"
 
 
-def test_switching_a_sections_kind_drops_the_presets_fields_of_the_old_kind():
-    """`--preset digits --set problem.kind=quadratic` is the quadratic problem, not one
-    carrying the preset's digits-ridge fields (n_train, rho); within a kind the preset's
-    fields stay, whatever the order of the --set items."""
+def test_a_presets_field_the_new_kind_ignores_is_named():
+    """Kinds of one pipeline can share fields (domain-split's alpha and beta), so a
+    preset's fields carry over when the kind changes; one the new kind would ignore is
+    refused by name instead of dropped silently."""
     from tilegraph.pipelines.config import ConfigError, build_config
     from tilegraph.pipelines.registry import get_pipeline
 
-    bilevel, ds, ttn = (get_pipeline(n) for n in ("bilevel", "domain-split", "ttn"))
-    digits = build_config(bilevel, "digits")
-    quad = build_config(bilevel, "digits", sets=["problem.kind=quadratic"])
-    assert digits.problem.rho == 0.01 and digits.problem.n_train == 1000
-    assert (quad.problem.kind, quad.problem.rho, quad.problem.m) == ("quadratic", None, 50)
-    assert quad.blocks_per_iter == digits.blocks_per_iter  # the rest of the preset stays
-    same = build_config(bilevel, "digits", sets=["problem.seed=3"])
-    assert (same.problem.kind, same.problem.rho) == ("digits-ridge", 0.01)
-    order = build_config(ds, "paper2d", sets=["problem.factory=m:f", "problem.kind=custom"])
-    assert (order.problem.kind, order.problem.factory) == ("custom", "m:f")
+    bilevel, ttn = get_pipeline("bilevel"), get_pipeline("ttn")
+    sets = ["problem.kind=dataset", "problem.dataset=blocks.zarr"]
+    with pytest.raises(ConfigError, match="rho applies|m applies to kind=quadratic or digits"):
+        build_config(bilevel, "digits", sets=sets)  # the preset's m=10: the data has its own
     with pytest.raises(ConfigError, match="omega applies to kind=lr-ising, not kind=tfi"):
         build_config(ttn, "quick", sets=["model.omega=2"])
+    assert build_config(ttn, "paper", sets=["model.kind=tfi"]).model.kind == "tfi"
