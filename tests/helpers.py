@@ -25,6 +25,22 @@ def tilegraph(*args, cwd=None, timeout=240, env=None):
     )
 
 
+def run_cli(*argv) -> tuple[int, str, str]:
+    """``tilegraph ARGV`` in this process: ``(exit status, stdout, stderr)``."""
+    import contextlib
+    import io
+
+    from tilegraph.pipelines import cli
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = cli.main(list(argv))
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
 def last_json(stdout: str) -> dict:
     """The JSON object on the last line of ``stdout`` (the ``--json`` contract)."""
     return json.loads(stdout.strip().splitlines()[-1])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tilegraph.pipelines import cli
@@ -142,14 +143,9 @@ def _run_cli(argv: list[str]) -> tuple[int, str, Path]:
     """``tilegraph *argv --store <fresh folder>`` in process: exit status, stderr, store."""
     base = Path(tempfile.mkdtemp(prefix="tg-bad-"))
     store = base / "runs"
-    err, out = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            try:
-                rc = cli.main([*argv, "--store", str(store)])
-            except SystemExit as exc:  # argparse errors
-                rc = exc.code
-        return rc, err.getvalue(), store
+        rc, _, err = run_cli(*argv, "--store", str(store))
+        return rc, err, store
     finally:
         existed = store.exists()
         shutil.rmtree(base, ignore_errors=True)

@@ -1,8 +1,6 @@
 """Stores, values, addresses and signals checked before (or while) work runs: one
 ``error:`` line, exit 2 (143 for SIGTERM), nothing half-written."""
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -16,23 +14,13 @@ import time
 import pytest
 import yaml
 from helpers import ROOT, free_port, last_json, tilegraph
+from helpers import run_cli as _main
 from tilegraph import storage
-from tilegraph.pipelines import cli
 from tilegraph.pipelines.base import Pipeline
 from tilegraph.pipelines.execute import execute
 
 OLD_STORE = ROOT / "tests" / "data" / "store-v0.1.0"
 OLD_RUN = "20261204-051754-bea5fb"
-
-
-def _main(*argv) -> tuple[int, str, str]:
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            rc = cli.main(list(argv))
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _one_line(rc, err, needle, limit=500):

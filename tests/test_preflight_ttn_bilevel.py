@@ -2,13 +2,11 @@
 (``problem.factory``), and bilevel's box of x, checked before anything is written: one
 ``error:`` line naming the field, exit 2, no run in the store."""
 
-import contextlib
-import io
 import sys
 import warnings
 
 import pytest
-from tilegraph.pipelines import cli
+from helpers import run_cli as _main
 
 HAM = """
 import numpy as np
@@ -152,16 +150,6 @@ def user(tmp_path, monkeypatch):
     yield tmp_path
     for name in ("tg_pf_ham", "tg_pf_blocks"):
         sys.modules.pop(name, None)
-
-
-def _main(*argv) -> tuple[int, str, str]:
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            rc = cli.main(list(argv))
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _refused(folder, name, sets, field, needle):
