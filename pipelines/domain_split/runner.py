@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -22,6 +23,8 @@ METRICS = (
 )
 
 DIMS = ("x", "y", "z")
+
+log = logging.getLogger(__name__)
 
 #: Scratch vectors holding iterates (``state["x"]`` names one): kept over a resume.
 SOLUTION_BUFFERS = ("x0", "x1", "x2")
@@ -95,14 +98,36 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     norm_b = math.sqrt(math.fsum(plan.call("rhs", vec("B"))))
 
     def checkpoint(state) -> bool:
+        keys = ("x", "x_sumsq", "iterations", "rel_residual")
         return ctx.checkpoint(
             state["iterations"],
             lambda: {"history": np.asarray(state["history"], dtype=np.float64)},
-            {**{k: state[k] for k in ("x", "iterations", "rel_residual")}, "passes": plan.passes},
+            {**{k: state[k] for k in keys}, "passes": plan.passes},
         )
 
+    def intact(saved) -> bool:
+        """Whether the iterate a checkpoint refers to is in the store as it was written
+        (the checkpoint's checksums cover its own arrays, not the scratch vectors)."""
+        name = f"x{saved.scalars['x']}"
+        if not ctx.has_scratch(name):
+            return False
+        want = saved.scalars.get("x_sumsq")
+        if want is None:  # a checkpoint of an earlier version
+            return True
+        try:
+            got = plan.call("sumsq", vec(name))
+        except Exception as exc:  # an unreadable chunk
+            log.warning("the iterate of checkpoint %s is unreadable (%s)", saved.step, exc)
+            return False
+        if len(got) == len(want) and all(
+            math.isclose(g, w, rel_tol=1e-12) for g, w in zip(got, want, strict=True)
+        ):
+            return True
+        log.warning("the iterate of checkpoint %s has changed since it was saved", saved.step)
+        return False
+
     ctx.enter("solve")
-    saved = ctx.restore(valid=lambda c: ctx.has_scratch(f"x{c.scalars['x']}"))
+    saved = ctx.restore(valid=intact)
     if saved is not None:
         state = {**saved.scalars, "history": [float(h) for h in saved.arrays["history"]]}
         # the uninterrupted run's count: its passes up to the checkpoint (this session's

@@ -193,8 +193,10 @@ def fgmres(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> di
     vec : callable
         ``vec(name) -> ArrayRef`` of a fine-grid scratch vector.
     state : dict
-        ``x`` (index of the current solution buffer), ``committed`` (the buffer the
-        newest checkpoint refers to), ``iterations``, ``history``, ``norm_b``; updated
+        ``x`` (index of the current solution buffer), ``x_sumsq`` (per block
+        ``sum(x^2)`` of it as written, which a resume checks the stored buffer against),
+        ``committed`` (the buffer the newest checkpoint refers to), ``iterations``,
+        ``history``, ``norm_b``; updated
         in place and offered to ``checkpoint`` after every restart cycle.
     cfg : DomainSplitConfig
     checkpoint : callable
@@ -249,8 +251,8 @@ def fgmres(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> di
                 break
         nxt = free_buffer(state)
         terms = [(1.0, x)] + [(float(y[i]), Z[i]) for i in range(len(y))]
-        plan.call("lincomb", vec(f"x{nxt}"), terms)
-        state["x"] = nxt
+        parts = plan.call("lincomb", vec(f"x{nxt}"), terms)
+        state.update(x=nxt, x_sumsq=[p[0] for p in parts])
         if checkpoint(state):
             state["committed"] = nxt
 
@@ -275,8 +277,8 @@ def stationary(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -
         aa, (ar,) = plan.total(plan.call("matvec", e, dots=[r]))
         c = ar / aa if aa > 0 else 0.0
         nxt = free_buffer(state)
-        plan.call("lincomb", vec(f"x{nxt}"), [(1.0, x), (c, e)])
-        state["x"] = nxt
+        parts = plan.call("lincomb", vec(f"x{nxt}"), [(1.0, x), (c, e)])
+        state.update(x=nxt, x_sumsq=[p[0] for p in parts])
         state["iterations"] += 1
         progress.update(1)
         if checkpoint(state):

@@ -334,6 +334,11 @@ class BlockWorker:
         return res
 
     @deterministic_blas()
+    def sumsq(self, ids, u):
+        """Return per block ``sum(u^2)`` of the block's owned part (read, not written)."""
+        return [_dot(y, y) for y in (self._own(u, self._block(i)) for i in ids)]
+
+    @deterministic_blas()
     def finalize(self, ids, x, solution, exact=None, error=None):
         """Write the solution and, when ``exact`` is given, the exact solution and the
         error; return per block ``(sum(err^2), sum(exact^2), max|err|)`` (zeros without

@@ -152,13 +152,27 @@ def history_chunks(var) -> tuple[int, ...]:
     return tuple(256 if dim == "time" else n for dim, n in zip(var.dims, var.shape, strict=True))
 
 
+def history_intact(store, name: str, upto: int) -> bool:
+    """Whether dataset ``name`` holds the rows of steps ``0 .. upto`` (one per step), as
+    a checkpoint at step ``upto`` needs.
+
+    A kill while rows were appended can leave the arrays resized with their new rows
+    unwritten, which read as the fill value (step 0): a resume must not take those for
+    the checkpoint's rows (it restarted its step counter at 0 from the checkpoint's
+    state and integrated past ``T``).
+    """
+    try:
+        steps = store.dataset_variable(name, "step")
+    except Exception:  # missing or unreadable
+        return False
+    return steps.size > upto and np.array_equal(steps[: upto + 1], np.arange(upto + 1))
+
+
 def resume_rows(store, name: str, upto: int) -> list[dict]:
     """History rows of ``name`` up to step ``upto`` (later ones came after the checkpoint,
     and may be cut short in some arrays by a kill while they were appended: the arrays
-    are cut back to the checkpoint's rows first)."""
-    steps = store.dataset_variable(name, "step")
-    keep = int(np.count_nonzero(steps <= upto))  # rows up to the checkpoint are whole
-    store.truncate_dataset(name, "time", keep)
+    are cut back to the checkpoint's rows first). See :func:`history_intact`."""
+    store.truncate_dataset(name, "time", upto + 1)
     ds = store.open_dataset(name).load()
     rows = []
     for i in range(ds.sizes["time"]):

@@ -10,6 +10,7 @@ from ..base import RunContext
 from .config import TTNConfig
 from .driver import BUGDriver
 from .history import (
+    history_intact,
     history_row,
     resume_rows,
     state_arrays,
@@ -95,7 +96,12 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     # checkpoint steps are global: study k owns steps [offset_k, offset_k + steps_k]
     offsets = np.cumsum([0] + [cfg.steps(h) + 1 for h in hs]).tolist()
 
-    saved = ctx.restore()
+    saved = ctx.restore(
+        valid=lambda c: (
+            c.scalars.get("dataset") in names
+            and history_intact(store, c.scalars["dataset"], int(c.scalars["step"]))
+        )
+    )
     first, state, rows = 0, psi_state, None
     if saved is not None:
         first = names.index(saved.scalars["dataset"])
