@@ -26,6 +26,7 @@ __all__ = [
     "CHECKPOINTS",
     "Checkpoint",
     "checkpoint_steps",
+    "completed_after",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -68,6 +69,28 @@ def checkpoint_steps(run: zarr.Group) -> list[int]:
     if ck is None:
         return []
     return sorted(int(k) for k in ck.group_keys() if k.isdigit())
+
+
+def completed_after(run: zarr.Group, step: int) -> bool:
+    """Whether a checkpoint newer than ``step`` was ever completed (its manifest was
+    written), whether or not it is readable now.
+
+    A run whose state lives partly outside its checkpoints (blocks of a state array that
+    it rotates through) cannot fall back past such a checkpoint: it has overwritten the
+    parts the older one refers to since. An unreadable manifest counts as completed.
+    """
+    ck = _checkpoints(run, create=False)
+    if ck is None:
+        return False
+    for s in checkpoint_steps(run):
+        if s <= step:
+            continue
+        try:
+            if ck[_step_name(s)].attrs.get("complete") is not False:
+                return True
+        except Exception:
+            return True
+    return False
 
 
 def _is_complete(ck: zarr.Group, step: int) -> bool:

@@ -608,6 +608,11 @@ class RunStore:
         """Steps with a checkpoint directory (complete or not), ascending."""
         return _ckpt.checkpoint_steps(self.group)
 
+    def checkpoint_superseded(self, step: int) -> bool:
+        """Whether a checkpoint newer than ``step`` was completed (and may be damaged
+        now: the newest *loadable* one is then older than the state outside it)."""
+        return _ckpt.completed_after(self.group, step)
+
     # -- side files (summary plot) --------------------------------------------------------
     @property
     def plot_path(self) -> str | None:

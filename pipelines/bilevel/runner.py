@@ -163,7 +163,16 @@ def _iterate(
     # device=cuda: every task runs its kernels with CuPy on one GPU of its worker
     gpus = 1 if cfg.device == "cuda" else 0
 
-    saved = ctx.restore(valid=lambda c: c.scalars.get("method") == method and store.has(path))
+    def valid(c) -> bool:
+        # the blocks' slots a checkpoint refers to are overwritten once a newer one is
+        # complete: falling back past a damaged newer checkpoint would mix states
+        return (
+            c.scalars.get("method") == method
+            and store.has(path)
+            and not store.checkpoint_superseded(c.step)
+        )
+
+    saved = ctx.restore(valid=valid)
     if saved is not None:
         ref = store.array(path)
         a = saved.arrays
