@@ -484,6 +484,8 @@ def _cmd_runs(args) -> int:
 
 
 def _cmd_show(args) -> int:
+    from tilegraph import storage
+
     root = _read_root(args)
     try:
         run = root.open(args.run_id)
@@ -491,11 +493,12 @@ def _cmd_show(args) -> int:
         raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
     except Exception as exc:
         raise _unreadable(args, exc) from None
+    interrupted = run.interrupted
     info = {
         "run_id": run.run_id,
         "pipeline": run.pipeline,
         "path": run.url,
-        "status": run.status,
+        "status": storage.INTERRUPTED if interrupted else run.status,
         "error": run.error,
         "metrics": run.metrics,
         "config": run.config,
@@ -506,7 +509,13 @@ def _cmd_show(args) -> int:
         print(json.dumps(info))
         return 0
     # a store may come from anyone: everything it says is printed escaped
-    print(f"run       {one_line(run.run_id)} ({one_line(run.pipeline)}), {one_line(run.status)}")
+    status = one_line(run.status)
+    if interrupted:
+        status = (
+            f"{storage.INTERRUPTED} (its process is gone; continue it with "
+            f"--resume {one_line(run.run_id)})"
+        )
+    print(f"run       {one_line(run.run_id)} ({one_line(run.pipeline)}), {status}")
     print(f"path      {one_line(run.url)}")
     if run.error:
         print(f"error     {one_line(run.error, 2000)}")

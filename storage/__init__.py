@@ -23,6 +23,7 @@ from .provenance import collect_provenance, jsonable
 from .runstore import (
     COMPLETE,
     FAILED,
+    INTERRUPTED,
     PENDING,
     RUNNING,
     TRACEBACK_FILE,
@@ -36,6 +37,7 @@ from .urls import normalize_url
 __all__ = [
     "COMPLETE",
     "FAILED",
+    "INTERRUPTED",
     "PENDING",
     "RUNNING",
     "TRACEBACK_FILE",

@@ -161,6 +161,13 @@ class Lease:
             and not _pid_alive(pid)
         )
 
+    def abandoned(self) -> bool:
+        """Whether a lease is there whose owner is gone (a killed process: its heartbeat
+        older than ``ttl``, or its pid dead on this host). No lease: False (nobody may
+        have taken one)."""
+        owner = self.read()
+        return owner is not None and self._stale(owner)
+
     def _remove_stale(self, owner: dict[str, Any]) -> None:
         """Move a stale lease away; of several contenders only one succeeds."""
         if is_local(self._url):

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPLETE",
     "FAILED",
+    "INTERRUPTED",
     "PENDING",
     "RUNNING",
     "TRACEBACK_FILE",
@@ -48,6 +49,9 @@ COMPLETE = "complete"
 FAILED = "failed"
 #: What ``Root.runs`` lists for a run whose record cannot be read (not a stored status).
 UNREADABLE = "unreadable"
+#: What ``Root.runs`` lists for a ``running`` run whose process is gone (killed without
+#: recording it; see ``RunStore.interrupted``): not a stored status.
+INTERRUPTED = "interrupted"
 #: Side file of a failed run holding the traceback of the exception that ended it.
 TRACEBACK_FILE = "traceback.txt"
 
@@ -315,6 +319,13 @@ class RunStore:
         return Lease(
             self._url, f"{self._KIND} {self._run_id}", self._options, ttl=ttl, interval=interval
         )
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the run says ``running`` but the process that ran it is gone: killed
+        without a chance to record it (SIGKILL, a lost node). Its lease is left with a
+        dead owner; ``--resume`` continues it."""
+        return self.status == RUNNING and self.lease().abandoned()
 
     def mark_pending(self) -> None:
         """Set status ``pending`` (queued to run again; its work not started yet).
@@ -859,6 +870,9 @@ class Root:
             if attrs is None or _malformed(attrs):
                 # listed, not hidden: the user should see what cannot be read
                 attrs = {"run_id": parts[1], "pipeline": parts[0], "status": UNREADABLE}
-            out.append(_summary(attrs, url))
+            summary = _summary(attrs, url)
+            if summary["status"] == RUNNING and Lease(url, "run", self._options).abandoned():
+                summary["status"] = INTERRUPTED
+            out.append(summary)
         out.sort(key=lambda r: (str(r["run_id"]), str(r["pipeline"])))
         return out

@@ -63,6 +63,37 @@ def test_a_stale_lease_is_taken_over(tmp_path):
     assert not os.listdir(folder)
 
 
+def test_a_running_run_whose_owner_is_gone_is_listed_interrupted(tmp_path):
+    """A SIGKILLed driver cannot record its end: the run stays ``running``, with its
+    lease left behind. Listings say ``interrupted`` then (a live owner's run, and a
+    run without a lease, stay ``running``); the stored status is not changed."""
+    from helpers import run_cli
+
+    root = storage.Root(str(tmp_path / "store"))
+    run = root.create("picard", config={})
+    with run.lease():
+        assert not run.interrupted
+        assert [r["status"] for r in root.runs()] == ["running"]
+    assert not run.interrupted  # no lease: nobody may have taken one
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    record = {"token": "x", "pid": int(dead.stdout), "host": socket.gethostname(),
+              "heartbeat": time.time()}  # fmt: skip
+    with open(os.path.join(run.url, LEASE_FILE), "w") as fh:
+        json.dump(record, fh)
+    assert run.interrupted and run.status == "running"
+    assert [r["status"] for r in root.runs()] == ["interrupted"]
+    rc, out, _ = run_cli("show", run.run_id, "--store", root.url)
+    assert (
+        rc == 0
+        and f"interrupted (its process is gone; continue it with --resume {run.run_id})" in out
+    )
+    rc, out, _ = run_cli("runs", "--store", root.url, "--json")
+    assert rc == 0 and json.loads(out)["runs"][0]["status"] == "interrupted"
+    run.mark_failed("stopped")
+    assert not run.interrupted and [r["status"] for r in root.runs()] == ["failed"]
+
+
 def _cli(*args):
     return [sys.executable, "-m", "tilegraph.pipelines.cli", *args]
 
