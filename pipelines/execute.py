@@ -67,8 +67,8 @@ def execute(
           continuations from a checkpoint and the worker processes that left the
           cluster during the run, where the backend can tell (Dask can).
 
-        A resumed run records in its provenance what it restored
-        (``resumes``: the checkpoint step and the steps skipped).
+        A resumed run records in its provenance what it restored (``restored``: the
+        checkpoint step and the steps skipped), whether it completes or fails again.
 
         Once the run is complete, its checkpoints, scratch arrays (``work/``) and done
         markers (``done/``) are removed, unless the config has ``keep_work=true``.
@@ -105,6 +105,8 @@ def execute(
             break
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI
             how = getattr(exc, "reason", None) or "KeyboardInterrupt"
+            if resume:  # what this session restored, before it stopped too
+                run.record_resume(resumes.checkpoint, resumes.skipped)
             run.mark_failed(f"interrupted ({how}); continue it with --resume {run.run_id}")
             raise
         except BaseException as exc:  # SystemExit from user code too: never left running
@@ -116,6 +118,8 @@ def execute(
                     f"continuing from the last checkpoint (retry {restarts} of {retries})"
                 )
                 continue
+            if resume:
+                run.record_resume(resumes.checkpoint, resumes.skipped)
             run.mark_failed(exc)
             raise
     if resume:

@@ -94,6 +94,7 @@ def test_a_failed_run_keeps_what_resume_needs(tmp_path, ex):
 class Counter(PipelineConfig):
     steps: int = 6
     fail_at: int | None = None
+    fail_resumed_at: int | None = None
 
 
 def _count(cfg: Counter, ctx) -> dict:
@@ -104,7 +105,7 @@ def _count(cfg: Counter, ctx) -> dict:
         while k < cfg.steps:
             k, total = k + 1, total + k + 1
             bar.update(1)
-            if k == cfg.fail_at and not ctx.resume:
+            if k == (cfg.fail_resumed_at if ctx.resume else cfg.fail_at):
                 raise RuntimeError("boom")
             ctx.checkpoint(k, {"none": np.zeros(1)}, {"k": k, "total": total, "steps": cfg.steps})
     return {"total": total, "per_step_s": bar.seconds_per_step()}
@@ -133,6 +134,21 @@ def test_resume_restores_the_newest_checkpoint_and_records_it(tmp_path, ex):
     assert run.restored == [{"checkpoint": 4, "skipped": 4}]
     assert run.checkpoint_steps() == []  # removed once complete
     assert m["per_step_s"] >= 0
+
+
+def test_a_resume_that_fails_records_what_it_restored(tmp_path, ex):
+    cfg = Counter(checkpoint_s=0, fail_at=3, fail_resumed_at=5)
+    run = storage.Root(tmp_path / "runs").create("count", config=cfg.model_dump())
+    with pytest.raises(RuntimeError):
+        execute(COUNT, cfg, run, ex)
+    run.mark_running()
+    with pytest.raises(RuntimeError):
+        execute(COUNT, cfg, run, ex, resume=True)
+    assert run.status == "failed" and run.restored == [{"checkpoint": 2, "skipped": 2}]
+    run.mark_running()
+    m = execute(COUNT, Counter(checkpoint_s=0), run, ex, resume=True)
+    assert m["total"] == 21
+    assert run.restored == [{"checkpoint": 2, "skipped": 2}, {"checkpoint": 4, "skipped": 4}]
 
 
 def test_an_invalid_checkpoint_starts_over(tmp_path, ex):
