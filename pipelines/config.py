@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import cmath
 import math
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -260,6 +262,7 @@ def build_config(
         path, value = parse_set(item)
         data = _set_path(data, path, value)
     _check_finite(data)
+    _check_no_bools(pipeline.config, data)
     try:
         config = pipeline.config.model_validate(data)
     except ValidationError as exc:
@@ -268,6 +271,56 @@ def build_config(
         raise ConfigError(f"config: values out of range ({type(exc).__name__}: {exc})") from None
     _check_finite(config.model_dump(mode="python"))
     return config
+
+
+def _numeric_only(annotation: Any) -> tuple[bool, list]:
+    """``(numbers, inner)`` of a field's type: whether it takes numbers but not booleans
+    (pydantic reads ``true`` as 1 there), and the types inside containers, unions and
+    nested models to look into."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numeric_only(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if bool in args:
+            return False, []
+        numbers = any(a in (int, float) for a in args)
+        return numbers, [a for a in args if a not in (int, float, type(None))]
+    if annotation in (int, float):
+        return True, []
+    return False, [annotation]
+
+
+def _check_no_bools(model: Any, value: Any, where: str = "") -> None:
+    """Refuse ``true``/``false`` for a field that takes numbers (``--set window=true``
+    would otherwise run with a window of 1)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        if not isinstance(value, Mapping):
+            return
+        for key, sub in value.items():
+            field = model.model_fields.get(key) if isinstance(key, str) else None
+            if field is not None:
+                _check_no_bools(field.annotation, sub, f"{where}.{key}" if where else key)
+        return
+    numbers, inner = _numeric_only(model)
+    if numbers and isinstance(value, bool):
+        raise ConfigError(
+            f"config field '{where}': must be a number, not a boolean (got {str(value).lower()})"
+        )
+    for tp in inner:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (list, tuple, set, frozenset) and isinstance(value, (list, tuple)):
+            items = [a for a in args if a is not Ellipsis]
+            for i, v in enumerate(value):
+                item = items[min(i, len(items) - 1)] if items else Any
+                if origin is tuple and len(items) > 1 and i >= len(items):
+                    break
+                _check_no_bools(item, v, f"{where}[{i}]")
+        elif origin is dict and isinstance(value, Mapping) and len(args) == 2:
+            for k, v in value.items():
+                _check_no_bools(args[1], v, f"{where}.{k}")
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            _check_no_bools(tp, value, where)
 
 
 def _check_finite(value: Any, where: str = "") -> None:

@@ -172,6 +172,25 @@ def test_bad_config_value_exits_2_naming_the_field(case, sweep):
     _one_error_line(rc, err, needle)
 
 
+def _numeric_fields():
+    for name, pipe in PIPELINES.items():
+        for field, schema, _ in _fields(pipe.config):
+            types = {b.get("type") for b in schema.get("anyOf", [schema])}
+            if types & {"integer", "number"} and "boolean" not in types:
+                yield name, field
+
+
+def test_a_boolean_for_a_number_exits_2_naming_the_field():
+    """pydantic reads ``true`` as 1 in a number field: ``--set window=true`` ran the
+    sequential sampler, ``--set h=true`` a step of 1."""
+    cases = list(_numeric_fields())
+    assert len(cases) > 40 and len({n for n, _ in cases}) == len(PIPELINES)
+    for name, field in cases:
+        for value in ("true", "false"):
+            rc, err, _ = _run_cli(["run", name, "--set", f"{field}={value}", "--cluster", "sync"])
+            _one_error_line(rc, err, f"'{field}': must be a number, not a boolean (got {value})")
+
+
 def test_cross_field_rules_exit_2():
     for name, cases in KNOWN_BAD.items():
         if name not in PIPELINES:
