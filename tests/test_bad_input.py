@@ -37,6 +37,10 @@ KNOWN_BAD = {
         (["n_fine=101", "n_coarse=5"], "n_fine"),
         (["problem.kind=boundary-layer", "problem.eps=0.001", "n_coarse=4"], "Peclet number"),
         (["problem.alpha=[1.0]"], "alpha"),
+        (
+            ["problem.beta=[1e300,0]"],
+            "Peclet number 1e+299 > 1 with scheme=central oscillates: use --set scheme=upwind",
+        ),
     ],
     "picard": [
         (["window=2000"], "window"),
@@ -45,6 +49,7 @@ KNOWN_BAD = {
     ],
     "ttn": [
         (["h=0.03"], "whole number of steps"),
+        (["T=1e300"], "T/h = 2e+301 steps (T=1e+300, h=0.05): at most 1e+07"),
         (["r_min=8", "r_max=4"], "r_max"),
         (["d=20", "exact_reference=true"], "exact_reference"),
     ],

@@ -21,8 +21,10 @@ class GMMConfig(BaseModel):
 
     dim: int = Field(default=64, ge=1, le=4096, description="sample dimension D")
     components: int = Field(default=4, ge=1, le=1024, description="mixture components K")
-    spread: float = Field(default=0.15, gt=0, description="component standard deviation")
-    mean_scale: float = Field(default=1.0, ge=0, description="scale of the random means")
+    # the diffusion's noise has unit scale: data 10^4 times larger is a typo (and its
+    # squares overflow beyond ~1e150)
+    spread: float = Field(default=0.15, gt=0, le=1e4, description="component standard deviation")
+    mean_scale: float = Field(default=1.0, ge=0, le=1e4, description="scale of the random means")
     seed: int = Field(default=0, ge=0, description="seed of the means")
     weights: list[float] | None = Field(
         default=None,

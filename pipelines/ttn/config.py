@@ -16,6 +16,8 @@ from ..imports import ImportPath
 
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
 MAX_EXACT_D = 14
+#: Most steps T/h of one integration (10^7: days of steps; more is a typo in T or h).
+MAX_STEPS = 10**7
 
 
 #: The built-in models each parameter applies to (see ``ModelConfig``).
@@ -205,6 +207,11 @@ class TTNConfig(PipelineConfig):
             raise ValueError(f"r_max={self.r_max} must be >= r_min={self.r_min}")
         for h in self.h_list or [self.h]:
             n = self.T / h
+            if not n <= MAX_STEPS:
+                raise ValueError(
+                    f"T/h = {n:.3g} steps (T={self.T:g}, h={h:g}): at most {MAX_STEPS:.0e}; "
+                    "lower T or raise h"
+                )
             if abs(n - round(n)) > 1e-9 * max(1.0, n) or round(n) < 1:
                 raise ValueError(f"T={self.T} must be a whole number of steps h={h}")
         if self.exact_reference and self.d > MAX_EXACT_D:
