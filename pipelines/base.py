@@ -46,10 +46,14 @@ class Resumes:
         Step of the newest checkpoint a resume restored.
     skipped : int
         Progress steps a resumed run did not do again (from checkpoints and done marks).
+    looked : bool
+        Whether the run asked for a checkpoint (a run that failed before it did
+        restored nothing yet).
     """
 
     checkpoint: int | None = None
     skipped: int = 0
+    looked: bool = False
 
 
 @dataclass
@@ -146,8 +150,13 @@ class RunContext:
         """
         if not self.resume:
             return None
+        self.resumes.looked = True
         saved = self.store.load_checkpoint()
         if saved is None or (valid is not None and not valid(saved)):
+            # starting over: checkpoints of the earlier life (their steps above the new
+            # ones) would otherwise stay the newest and be refused again at every resume
+            if self.store.checkpoint_steps():
+                self.store.clear_checkpoints()
             return None
         self.resumes.checkpoint = int(saved.step)
         return saved

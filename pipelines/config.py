@@ -281,7 +281,10 @@ def _numeric_only(annotation: Any) -> tuple[bool, list]:
     if origin is typing.Annotated:
         return _numeric_only(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
+        args = [
+            typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+            for a in typing.get_args(annotation)
+        ]
         if bool in args:
             return False, []
         numbers = any(a in (int, float) for a in args)

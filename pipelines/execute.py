@@ -105,8 +105,7 @@ def execute(
             break
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI
             how = getattr(exc, "reason", None) or "KeyboardInterrupt"
-            if resume:  # what this session restored, before it stopped too
-                run.record_resume(resumes.checkpoint, resumes.skipped)
+            _record_restored(run, resume, resumes)
             run.mark_failed(f"interrupted ({how}); continue it with --resume {run.run_id}")
             raise
         except BaseException as exc:  # SystemExit from user code too: never left running
@@ -118,8 +117,7 @@ def execute(
                     f"continuing from the last checkpoint (retry {restarts} of {retries})"
                 )
                 continue
-            if resume:
-                run.record_resume(resumes.checkpoint, resumes.skipped)
+            _record_restored(run, resume, resumes)
             run.mark_failed(exc)
             raise
     if resume:
@@ -139,6 +137,17 @@ def execute(
         metrics["worker_restarts"] = max(restarts, lost)
     run.mark_complete(metrics)
     return metrics
+
+
+def _record_restored(run, resume: bool, resumes) -> None:
+    """Record what a resume that failed restored, when it got as far as asking (never
+    in the way of marking the run failed)."""
+    if not (resume and resumes.looked):
+        return
+    try:
+        run.record_resume(resumes.checkpoint, resumes.skipped)
+    except Exception:  # the store failing too: the failure is what matters
+        pass
 
 
 __all__ = ["DEFAULT_RETRIES", "execute"]

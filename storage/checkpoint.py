@@ -72,8 +72,8 @@ def checkpoint_steps(run: zarr.Group) -> list[int]:
 
 
 def completed_after(run: zarr.Group, step: int) -> bool:
-    """Whether a checkpoint newer than ``step`` was ever completed (its manifest was
-    written), whether or not it is readable now.
+    """Whether a checkpoint newer than ``step`` was ever completed (its whole manifest
+    was written), whether or not its arrays are intact now.
 
     A run whose state lives partly outside its checkpoints (blocks of a state array that
     it rotates through) cannot fall back past such a checkpoint: it has overwritten the
@@ -86,9 +86,12 @@ def completed_after(run: zarr.Group, step: int) -> bool:
         if s <= step:
             continue
         try:
-            if ck[_step_name(s)].attrs.get("complete") is not False:
+            attrs = ck[_step_name(s)].attrs
+            # "complete" with its manifest: older versions wrote the keys one at a time,
+            # and a kill between them left "complete" without "arrays"
+            if attrs.get("complete") is True and "arrays" in attrs:
                 return True
-        except Exception:
+        except Exception:  # unreadable: it may have been complete
             return True
     return False
 
@@ -173,8 +176,13 @@ def save_checkpoint(
 
 def _prune(ck: zarr.Group, newest: int, keep: int | None) -> None:
     present = sorted((int(k) for k in ck.group_keys() if k.isdigit()), reverse=True)
+    # steps above the one just saved belong to an earlier life of the run that this one
+    # did not continue from (steps only grow within one life)
+    doomed = {s for s in present if s > newest}
+    present = [s for s in present if s <= newest]
     complete = [s for s in present if _is_complete(ck, s)]
-    doomed = set(complete[keep:]) if keep is not None else set()
+    if keep is not None:
+        doomed |= set(complete[keep:])
     doomed |= {s for s in present if s < newest and s not in complete}
     for s in sorted(doomed):
         _delete(ck, s)

@@ -196,6 +196,12 @@ def test_a_boolean_for_a_number_exits_2_naming_the_field():
             _one_error_line(rc, err, f"'{field}': must be a number, not a boolean (got {value})")
 
 
+def test_an_impossible_grid_is_not_suggested():
+    rc, err, _ = _run_cli(["run", "domain-split", "--set=problem.beta=[1e300,0]"])
+    _one_error_line(rc, err, "oscillates: use --set scheme=upwind")
+    assert err.strip().endswith("scheme=upwind"), err  # no 300-digit n_coarse
+
+
 def test_cross_field_rules_exit_2():
     for name, cases in KNOWN_BAD.items():
         if name not in PIPELINES:

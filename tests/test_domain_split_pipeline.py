@@ -210,4 +210,6 @@ def test_a_resume_from_a_damaged_iterate_starts_over(tmp_path, executors, damage
     again = tg.run(PIPELINE.name, resume=run.run_id, cluster=ex, store=store)
     assert again.metrics["iterations"] == 6
     assert again.restored == [{"checkpoint": None, "skipped": 0}]
+    assert again.metrics["passes"] == run.metrics["passes"]  # the check is not a pass
+    assert "checkpoints" not in again.group or again.checkpoint_steps()[0] <= 6
     np.testing.assert_array_equal(again.array("result/solution").read(), ref)

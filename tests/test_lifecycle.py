@@ -151,6 +151,25 @@ def test_a_resume_that_fails_records_what_it_restored(tmp_path, ex):
     assert run.restored == [{"checkpoint": 2, "skipped": 2}, {"checkpoint": 4, "skipped": 4}]
 
 
+def test_a_run_started_over_leaves_no_checkpoints_of_its_earlier_life(tmp_path, ex):
+    """Starting over (the newest checkpoint refused) removes the earlier life's
+    checkpoints: their steps are above the new ones, so they stayed the newest and were
+    refused again at every later resume, which started over each time."""
+    run = storage.Root(tmp_path / "runs").create("count", config={})
+    with pytest.raises(RuntimeError):
+        execute(COUNT, Counter(checkpoint_s=0, fail_at=5), run, ex)
+    assert run.checkpoint_steps() == [2, 3, 4]
+    run.mark_running()
+    again = Counter(steps=7, checkpoint_s=0, fail_resumed_at=3)  # refuses steps=6 ones
+    with pytest.raises(RuntimeError):
+        execute(COUNT, again, run, ex, resume=True)
+    assert run.restored == [{"checkpoint": None, "skipped": 0}]
+    assert run.checkpoint_steps() == [1, 2]
+    run.mark_running()
+    m = execute(COUNT, Counter(steps=7, checkpoint_s=0), run, ex, resume=True)
+    assert m["total"] == 28 and run.restored[-1] == {"checkpoint": 2, "skipped": 2}
+
+
 def test_an_invalid_checkpoint_starts_over(tmp_path, ex):
     cfg = Counter(checkpoint_s=0, fail_at=5)
     run = storage.Root(tmp_path / "runs").create("count", config=cfg.model_dump())

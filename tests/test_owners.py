@@ -90,6 +90,9 @@ def test_a_running_run_whose_owner_is_gone_is_listed_interrupted(tmp_path):
     )
     rc, out, _ = run_cli("runs", "--store", root.url, "--json")
     assert rc == 0 and json.loads(out)["runs"][0]["status"] == "interrupted"
+    os.remove(os.path.join(run.url, LEASE_FILE))
+    os.mkdir(os.path.join(run.url, LEASE_FILE))  # unreadable: listed as it says
+    assert not run.interrupted and [r["status"] for r in root.runs()] == ["running"]
     run.mark_failed("stopped")
     assert not run.interrupted and [r["status"] for r in root.runs()] == ["failed"]
 

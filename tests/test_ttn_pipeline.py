@@ -103,14 +103,16 @@ def test_rows_resized_but_unwritten_do_not_restart_the_step_counter(executors, t
     )
 
 
-def test_a_history_missing_the_checkpoints_rows_starts_over(executors, tmp_path):
+@pytest.mark.parametrize("column", ["step", "time"])
+def test_a_history_missing_the_checkpoints_rows_starts_over(executors, tmp_path, column):
     """A checkpoint whose history rows are not all there (rows of other steps in their
-    place) is not continued from: the run starts over and gives the same answer."""
+    place, or not written: the fill value) is not continued from: the run starts over
+    and gives the same answer."""
     import zarr
 
     run, ref = run_on(executors("sync"), tmp_path, sets=[*SETS, "T=0.3", "keep_work=true"])
-    step = zarr.open_group(run.url, mode="r+")["history/step"]
-    step[3] = 0
+    arr = zarr.open_group(run.url, mode="r+")[f"history/{column}"]
+    arr[3] = 0
     run.mark_failed("damaged")
     resumed = tg.run(
         "ttn", resume=run.run_id, cluster=executors("sync"), store=run.url.rsplit("/", 2)[0]

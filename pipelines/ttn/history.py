@@ -152,9 +152,9 @@ def history_chunks(var) -> tuple[int, ...]:
     return tuple(256 if dim == "time" else n for dim, n in zip(var.dims, var.shape, strict=True))
 
 
-def history_intact(store, name: str, upto: int) -> bool:
-    """Whether dataset ``name`` holds the rows of steps ``0 .. upto`` (one per step), as
-    a checkpoint at step ``upto`` needs.
+def history_intact(store, name: str, upto: int, h: float) -> bool:
+    """Whether dataset ``name`` holds the rows of steps ``0 .. upto`` (one per step, at
+    times ``step * h``), as a checkpoint at step ``upto`` needs.
 
     A kill while rows were appended can leave the arrays resized with their new rows
     unwritten, which read as the fill value (step 0): a resume must not take those for
@@ -163,9 +163,16 @@ def history_intact(store, name: str, upto: int) -> bool:
     """
     try:
         steps = store.dataset_variable(name, "step")
+        times = store.dataset_variable(name, "time")
     except Exception:  # missing or unreadable
         return False
-    return steps.size > upto and np.array_equal(steps[: upto + 1], np.arange(upto + 1))
+    n = upto + 1
+    return (
+        steps.size >= n
+        and times.size >= n
+        and np.array_equal(steps[:n], np.arange(n))
+        and np.allclose(times[:n], np.arange(n) * h, rtol=1e-12, atol=0.0)
+    )
 
 
 def resume_rows(store, name: str, upto: int) -> list[dict]:

@@ -42,8 +42,9 @@ def _integrate(cfg, ctx, integ, h, exact, name, ckpt_offset, bar, state=None, ro
 
     if not rows:
         rows = [history_row(integ, 0, h, 0, 0.0, exact)]
-    # on resume: drops rows written after the checkpoint
-    write_history(store, name, rows, observables=cfg.observables)
+        write_history(store, name, rows, observables=cfg.observables)
+    # (on resume, resume_rows cut the dataset back to the checkpoint's rows: not
+    # rewritten, so that a kill now cannot damage the rows the checkpoint needs)
     flushed = len(rows)
     for n in range(step0 + 1, n_steps + 1):
         redone = integ.advance(h)
@@ -99,7 +100,7 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     saved = ctx.restore(
         valid=lambda c: (
             c.scalars.get("dataset") in names
-            and history_intact(store, c.scalars["dataset"], int(c.scalars["step"]))
+            and history_intact(store, c.scalars["dataset"], int(c.scalars["step"]), c.scalars["h"])
         )
     )
     first, state, rows = 0, psi_state, None
