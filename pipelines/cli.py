@@ -337,6 +337,12 @@ def _dry_run(args, info: dict, est=None, workers: int = 1, title: str = "") -> i
         print(f"# dry run: {spec.kind} would be asked for {jobs} running this script")
         print(script)
     else:
+        from tilegraph.cluster.specs import SpecError, check_reachable
+
+        try:  # an existing cluster's address: something must listen there
+            check_reachable(spec)
+        except SpecError as exc:
+            raise UsageError(f"--cluster {spec}: cannot start or reach it ({exc})") from None
         print(f"# dry run: --cluster {spec} submits no batch jobs; the config is valid")
         print(json.dumps(info, indent=2))
     print(f"# store {one_line(args.store, 200)}: checked, nothing written")
@@ -565,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (ConfigError, UsageError) as exc:
-        sys.stderr.write(f"error: {one_line(exc)}\n")
+        # long enough for the list of a pipeline's fields (picard's is ~450 characters);
+        # values echoed from the input are shortened where the message is made
+        sys.stderr.write(f"error: {one_line(exc, 1000)}\n")
         return 2
     except KeyboardInterrupt as exc:  # before a run existed (connecting, validating)
         _quiet_shutdown()

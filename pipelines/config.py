@@ -215,6 +215,53 @@ def check_applies(model: BaseModel, applies: Mapping[str, tuple[str, ...]]) -> N
             )
 
 
+def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(value, Mapping) and value:
+        return [p for k, v in value.items() for p in _leaf_paths(v, (*prefix, str(k)))]
+    return [prefix] if prefix else []
+
+
+def check_user_fields_apply(
+    config: BaseModel, paths: Iterable[Iterable[str]], varied: Iterable[str] = ()
+) -> None:
+    """Refuse a field the user set (``--set``, ``--config``) off its default although
+    the kind chosen for its section ignores it (``--set problem.eps=0.5`` with
+    ``problem.kind=constant`` would change nothing).
+
+    A model declares which of its fields apply to which kinds in a class attribute
+    ``APPLIES = {field: (selector, (kinds, ...))}``, ``selector`` a field of the same
+    model. Presets are not checked (a preset's fields may belong to its own kind), nor
+    fields whose selector a sweep grid varies (``varied``: dotted paths).
+
+    Raises
+    ------
+    ConfigError
+    """
+    varied = set(varied)
+    for path in paths:
+        path = list(path)
+        model: Any = config
+        for i, name in enumerate(path):
+            if not isinstance(model, BaseModel) or name not in type(model).model_fields:
+                break
+            rule = getattr(type(model), "APPLIES", {}).get(name)
+            if rule is not None:
+                selector, kinds = rule
+                chosen = getattr(model, selector)
+                field = type(model).model_fields[name]
+                default = field.get_default(call_default_factory=True)
+                where = ".".join(path[:i])
+                sel_path = f"{where}.{selector}" if where else selector
+                if chosen not in kinds and getattr(model, name) != default:
+                    if sel_path not in varied:
+                        raise ConfigError(
+                            f"config field '{'.'.join(path)}': applies to "
+                            f"{sel_path}={' or '.join(kinds)}, not {sel_path}={chosen} "
+                            f"(drop it, or set {sel_path})"
+                        )
+            model = getattr(model, name)
+
+
 def check_preset(pipeline: Any, name: str) -> None:
     """Raise :class:`ConfigError` unless ``name`` is one of the pipeline's presets."""
     if name not in pipeline.presets:
@@ -230,6 +277,7 @@ def build_config(
     config_file: str | Mapping | None = None,
     sets: Iterable[str] = (),
     base: Mapping | None = None,
+    varied: Iterable[str] = (),
 ) -> BaseModel:
     """Validate preset + file + overrides into the pipeline's config model.
 
@@ -244,6 +292,8 @@ def build_config(
         ``key=value`` overrides, dotted keys for nested fields.
     base : mapping, optional
         Start from this config instead of a preset (used by ``--resume`` and sweeps).
+    varied : iterable of str
+        Dotted keys a sweep grid varies (see :func:`check_user_fields_apply`).
 
     Raises
     ------
@@ -255,12 +305,15 @@ def build_config(
         name = preset or pipeline.default_preset
         check_preset(pipeline, name)
         data = dict(pipeline.presets[name])
+    given: list = []  # the user's own fields (not the preset's)
     if config_file:
         fields = config_file if isinstance(config_file, Mapping) else read_config_file(config_file)
         data = _merge(data, fields)
+        given += _leaf_paths(fields)
     for item in sets:
         path, value = parse_set(item)
         data = _set_path(data, path, value)
+        given.append(path)
     _check_finite(data)
     _check_no_bools(pipeline.config, data)
     try:
@@ -270,6 +323,7 @@ def build_config(
     except ArithmeticError as exc:  # a rule across fields overflowed on extreme values
         raise ConfigError(f"config: values out of range ({type(exc).__name__}: {exc})") from None
     _check_finite(config.model_dump(mode="python"))
+    check_user_fields_apply(config, given, varied)
     return config
 
 

@@ -186,7 +186,7 @@ def plan_sweep(
         values = {k: grid[k][i] for k, i in zip(grid, index, strict=True)}
         extra = [f"{k}={v}" for k, v in values.items()]
         try:
-            config = build_config(pipeline, preset, config_file, [*sets, *extra])
+            config = build_config(pipeline, preset, config_file, [*sets, *extra], varied=grid)
         except ConfigError as exc:
             where, msg = ",".join(extra), str(exc)
             for k in values:  # the value came from --grid, not from a --set

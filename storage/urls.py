@@ -92,7 +92,8 @@ def filesystem(
 
 
 def check_root(url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Check, without writing anything, that runs can be created under ``url``.
+    """Check, leaving nothing behind, that runs can be created under ``url`` (a local
+    folder is probed by creating and removing an empty folder in it).
 
     Raises
     ------
@@ -132,7 +133,7 @@ def check_root(url: str, storage_options: dict[str, Any] | None = None) -> None:
         what = "a file" if os.path.isfile(probe) else "not a folder"
         where = "" if probe == path else f" ({probe} is on its path)"
         raise ValueError(f"{path}: {what}{where}; a store is a folder")
-    if probe != path and os.access(probe, os.W_OK | os.X_OK):
+    if os.access(probe, os.W_OK | os.X_OK):
         try:  # /proc, /sys and the like pass the access test but refuse new folders
             os.rmdir(tempfile.mkdtemp(prefix=".tilegraph-probe-", dir=probe))
         except OSError as exc:

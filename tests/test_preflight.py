@@ -148,6 +148,7 @@ def test_stores_that_cannot_hold_runs_are_refused_before_anything_runs(tmp_path)
     """/proc passes the access test but refuses new folders; http(s) is read-only."""
     for store, needle in (
         ("/proc/tg-runs", "cannot create folders in /proc"),
+        ("/proc", "cannot create folders in /proc"),  # exists: root passes the access test
         ("http://127.0.0.1:1/runs", "read-only"),
     ):
         for argv in (["run", "bilevel"], ["sweep", "bilevel", "--grid", "seed=1,2"]):
@@ -271,10 +272,12 @@ def test_a_store_that_is_not_writable(tmp_path):
 @pytest.mark.parametrize(
     "scheme", ["tcp://127.0.0.1:{}", "ray:127.0.0.1:{}", "ray://127.0.0.1:{}"]
 )
-def test_nothing_listening_fails_fast_naming_the_address(tmp_path, scheme):
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_nothing_listening_fails_fast_naming_the_address(tmp_path, scheme, dry):
     address = scheme.format(free_port())
     t0 = time.perf_counter()
-    rc, _, err = _main("run", "bilevel", "--cluster", address, "--store", str(tmp_path / "r"))
+    argv = ["run", "bilevel", "--cluster", address, "--store", str(tmp_path / "r"), *dry]
+    rc, _, err = _main(*argv)
     _one_line(rc, err, address.split("//")[-1].split(":", 1)[-1] if "//" in address else address)
     assert time.perf_counter() - t0 < 10
     assert not (tmp_path / "r").exists()
@@ -396,3 +399,42 @@ def test_a_presets_field_the_new_kind_ignores_is_named():
     with pytest.raises(ConfigError, match="omega applies to kind=lr-ising, not kind=tfi"):
         build_config(ttn, "quick", sets=["model.omega=2"])
     assert build_config(ttn, "paper", sets=["model.kind=tfi"]).model.kind == "tfi"
+
+
+def test_a_field_the_user_sets_for_another_kind_is_refused():
+    """domain-split and picard: a field the user sets (``--set``, ``--config``) that the
+    chosen kind or model ignores is refused by name; a preset's own fields carry over
+    silently (``quick``'s beta with ``problem.kind=variable``), defaults pass (a dumped
+    config), and a sweep grid over the kind may set such a field for some points."""
+    from tilegraph.pipelines.config import ConfigError, build_config
+    from tilegraph.pipelines.registry import get_pipeline
+    from tilegraph.pipelines.sweep import plan_sweep
+
+    ds, picard = get_pipeline("domain-split"), get_pipeline("picard")
+    kind = "applies to problem.kind"
+    cases = [
+        (ds, "quick", ["problem.eps=0.5"],
+         f"'problem.eps': {kind}=boundary-layer, not problem.kind=constant"),
+        (ds, "quick", ["problem.kind=variable", "problem.alpha=[2,2]"],
+         f"'problem.alpha': {kind}=constant, not problem.kind=variable"),
+        (ds, "quick", ["problem.kind=variable", "problem.beta=[1,1]"],
+         f"'problem.beta': {kind}=constant or boundary-layer"),
+        (picard, "digits", ["gmm.dim=8"], "'gmm.dim': applies to model=gmm, not model=digits"),
+        (picard, "quick", ["digits.epochs=3"],
+         "'digits.epochs': applies to model=digits, not model=gmm"),
+    ]  # fmt: skip
+    for pipe, preset, sets, needle in cases:
+        with pytest.raises(ConfigError) as info:
+            build_config(pipe, preset, sets=sets)
+        assert needle in str(info.value), str(info.value)
+    assert build_config(ds, "quick", sets=["problem.kind=variable"]).problem.beta == [2.0, 1.0]
+    assert build_config(ds, "quick", sets=["problem.kind=boundary-layer", "problem.eps=0.5"])
+    assert build_config(picard, "digits", sets=["digits.epochs=3"]).digits.epochs == 3
+    dumped = build_config(picard, "digits").model_dump(mode="json")
+    assert build_config(picard, "digits", config_file=dumped).model == "digits"
+    with pytest.raises(ConfigError, match="'gmm.dim': applies to model=gmm"):
+        build_config(picard, "digits", config_file={"gmm": {"dim": 8}})
+    plan = plan_sweep(
+        ds, ["problem.kind=constant,boundary-layer"], "quick", sets=["problem.eps=0.5"]
+    )
+    assert [p.config.problem.eps for p in plan.points] == [0.5, 0.5]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from tilegraph.tasks.devices import Device
@@ -24,6 +24,12 @@ class ProblemConfig(BaseModel):
     (``custom``) or from a dataset (``dataset``)."""
 
     model_config = ConfigDict(extra="forbid")
+    #: The kinds each coefficient field applies to (see ``check_user_fields_apply``).
+    APPLIES: ClassVar[dict] = {
+        "alpha": ("kind", ("constant",)),
+        "beta": ("kind", ("constant", "boundary-layer")),
+        "eps": ("kind", ("boundary-layer",)),
+    }
 
     kind: Literal["constant", "variable", "boundary-layer", "custom", "dataset"] = "constant"
     alpha: list[float] = Field(default=[1.0, 1.0], description="constant diffusion, one per axis")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tilegraph.tasks.devices import Device
@@ -121,6 +121,13 @@ class PicardConfig(PipelineConfig):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    #: The model each model's section applies to (see ``check_user_fields_apply``).
+    APPLIES: ClassVar[dict] = {
+        "gmm": ("model", ("gmm",)),
+        "digits": ("model", ("digits",)),
+        "digits_unet": ("model", ("digits-unet",)),
+    }
 
     model: Literal["gmm", "digits", "digits-unet", "custom", "diffusers"] = "gmm"
     custom: ImportPath | None = Field(
