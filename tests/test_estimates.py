@@ -147,7 +147,7 @@ EXTREME = {
         ["n_fine=100000000"],
         ["d=3", "n_fine=1000000000000", "n_coarse=4", *CUBE],
         ["n_fine=5" + "0" * 400, "direct_reference=false", "out_of_core=true"],
-        ["d=3", "n_coarse=100000000", "n_fine=200000000", *CUBE, "problem.kind=variable"],
+        ["d=3", "n_coarse=100000000", "n_fine=200000000", "problem.kind=variable"],
         ["d=3", "n_coarse=4", "n_fine=400", "problem.alpha=[1,1,1]", "problem.beta=[0,0,0]"],
     ],
     "ttn": [
