@@ -206,6 +206,12 @@ class RunContext:
         self._last_save = time.perf_counter()
         return True
 
+    def skipped(self, steps: int) -> None:
+        """Record ``steps`` a resumed run did not do again outside a progress bar (a
+        part finished before, see :meth:`is_done`)."""
+        if self.resume:
+            self.resumes.skipped += int(steps)
+
     def progress(self, total: int | None, desc: str, done: int = 0):
         """A progress bar over ``total`` steps, ``done`` of them already done.
 
@@ -220,8 +226,7 @@ class RunContext:
         """
         from .progress import Progress
 
-        if self.resume and done:
-            self.resumes.skipped += int(done)
+        self.skipped(done)
         bar = self.bars(total=total, desc=desc)
         if done:
             bar.update(done)

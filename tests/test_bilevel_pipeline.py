@@ -174,6 +174,8 @@ def test_compared_method_and_resume_after_it_failed(tmp_path, executors, monkeyp
     assert store.status == "failed"
     assert store.has("done/bsvrb-v1")  # the main method is finished and kept
     tg.run(PIPELINE.name, resume=store.run_id, cluster=ex, store=tmp_path / "broken")
+    # the finished main method's 12 iterations count as skipped, with sgd's 12
+    assert store.restored == [{"checkpoint": 25, "skipped": 24}]
     for name in ("history", "result", "compare_sgd"):
         a, b = _open(store, name), _open(ref, name)
         for var in b.data_vars:

@@ -103,6 +103,7 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
             histories[method]["halvings"] = ds.attrs.get("step_halvings", 0)
             if "rel_dist" not in ds:
                 histories[method]["rel_dist"] = [float("nan")] * ds.iteration.size
+            ctx.skipped(histories[method]["iteration"][-1])
             continue
         offset = methods.index(method) * (cfg.max_iter + 1)  # checkpoint steps grow
         out = _iterate(cfg, method, offset, ctx, problem, prob, x_star, ev)
