@@ -200,18 +200,34 @@ def paired(kind_name: str, kind: str, wanted: str, name: str, value: Any, form: 
         )
 
 
-def check_applies(model: BaseModel, applies: Mapping[str, tuple[str, ...]]) -> None:
-    """Raise ``ValueError`` for a field of ``model`` set off its default although its
-    ``kind`` ignores it; ``applies`` maps field names to the kinds that use them. A
-    stored config (a resume) holds every field, the defaults too: those pass."""
-    kind = model.kind
+def _ignored(model: BaseModel, name: str) -> tuple[str, tuple, Any] | None:
+    """``(selector, kinds, chosen)`` when field ``name`` of ``model`` is off its default
+    although the kind chosen by ``selector`` ignores it (the model's class attribute
+    ``APPLIES = {field: (selector, (kinds, ...))}`` says which kinds use which fields);
+    else None."""
+    rule = getattr(type(model), "APPLIES", {}).get(name)
+    if rule is None:
+        return None
+    selector, kinds = rule
+    chosen = getattr(model, selector)
+    default = type(model).model_fields[name].get_default(call_default_factory=True)
+    if chosen in kinds or getattr(model, name) == default:
+        return None
+    return selector, kinds, chosen
+
+
+def check_applies(model: BaseModel) -> None:
+    """Raise ``ValueError`` for a field of ``model`` that was given (by a preset too) off
+    its default although the chosen kind ignores it (see :func:`_ignored`). For models
+    whose presets never set another kind's fields (ttn's, bilevel's); a stored config (a
+    resume) holds every field, the defaults too: those pass."""
     for name in sorted(model.model_fields_set):
-        kinds = applies.get(name)
-        default = type(model).model_fields[name].default
-        if kinds is not None and kind not in kinds and getattr(model, name) != default:
+        hit = _ignored(model, name)
+        if hit is not None:
+            selector, kinds, chosen = hit
             raise ValueError(
-                f"{name} applies to kind={' or '.join(kinds)}, not kind={kind} "
-                "(drop it, or set the kind)"
+                f"{name} applies to {selector}={' or '.join(kinds)}, not {selector}={chosen} "
+                f"(drop it, or set the {selector})"
             )
 
 
@@ -228,10 +244,9 @@ def check_user_fields_apply(
     the kind chosen for its section ignores it (``--set problem.eps=0.5`` with
     ``problem.kind=constant`` would change nothing).
 
-    A model declares which of its fields apply to which kinds in a class attribute
-    ``APPLIES = {field: (selector, (kinds, ...))}``, ``selector`` a field of the same
-    model. Presets are not checked (a preset's fields may belong to its own kind), nor
-    fields whose selector a sweep grid varies (``varied``: dotted paths).
+    Which fields apply to which kinds comes from the models' ``APPLIES`` tables (see
+    :func:`_ignored`). Presets are not checked (a preset's fields may belong to its own
+    kind), nor fields whose selector a sweep grid varies (``varied``: dotted paths).
 
     Raises
     ------
@@ -244,21 +259,16 @@ def check_user_fields_apply(
         for i, name in enumerate(path):
             if not isinstance(model, BaseModel) or name not in type(model).model_fields:
                 break
-            rule = getattr(type(model), "APPLIES", {}).get(name)
-            if rule is not None:
-                selector, kinds = rule
-                chosen = getattr(model, selector)
-                field = type(model).model_fields[name]
-                default = field.get_default(call_default_factory=True)
-                where = ".".join(path[:i])
-                sel_path = f"{where}.{selector}" if where else selector
-                if chosen not in kinds and getattr(model, name) != default:
-                    if sel_path not in varied:
-                        raise ConfigError(
-                            f"config field '{'.'.join(path)}': applies to "
-                            f"{sel_path}={' or '.join(kinds)}, not {sel_path}={chosen} "
-                            f"(drop it, or set {sel_path})"
-                        )
+            hit = _ignored(model, name)
+            if hit is not None:
+                selector, kinds, chosen = hit
+                sel_path = ".".join([*path[:i], selector])
+                if sel_path not in varied:
+                    raise ConfigError(
+                        f"config field '{'.'.join(path)}': applies to "
+                        f"{sel_path}={' or '.join(kinds)}, not {sel_path}={chosen} "
+                        f"(drop it, or set {sel_path})"
+                    )
             model = getattr(model, name)
 
 

@@ -82,26 +82,18 @@ def completed_after(run: zarr.Group, step: int) -> bool:
     ck = _checkpoints(run, create=False)
     if ck is None:
         return False
-    for s in checkpoint_steps(run):
-        if s <= step:
-            continue
-        try:
-            attrs = ck[_step_name(s)].attrs
-            # "complete" with its manifest: older versions wrote the keys one at a time,
-            # and a kill between them left "complete" without "arrays"
-            if attrs.get("complete") is True and "arrays" in attrs:
-                return True
-        except Exception:  # unreadable: it may have been complete
-            return True
-    return False
+    return any(_is_complete(ck, s, unreadable=True) for s in checkpoint_steps(run) if s > step)
 
 
-def _is_complete(ck: zarr.Group, step: int) -> bool:
+def _is_complete(ck: zarr.Group, step: int, unreadable: bool = False) -> bool:
+    """Whether checkpoint ``step`` has its whole manifest (older versions wrote its keys
+    one at a time, and a kill between them left "complete" without "arrays");
+    ``unreadable`` is the answer when its metadata cannot be read."""
     try:
         attrs = ck[_step_name(step)].attrs
-        return attrs.get("complete") is True and attrs.get("step") == step
-    except Exception:  # unreadable metadata counts as incomplete
-        return False
+        return attrs.get("complete") is True and attrs.get("step") == step and "arrays" in attrs
+    except Exception:
+        return unreadable
 
 
 def _delete(ck: zarr.Group, step: int) -> None:

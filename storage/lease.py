@@ -163,9 +163,12 @@ class Lease:
 
     def abandoned(self) -> bool:
         """Whether a lease is there whose owner is gone (a killed process: its heartbeat
-        older than ``ttl``, or its pid dead on this host). No lease: False (nobody may
-        have taken one)."""
-        owner = self.read()
+        older than ``ttl``, or its pid dead on this host). No lease, or one that cannot
+        be read: False (nobody may have taken one; nothing can be said)."""
+        try:
+            owner = self.read()
+        except Exception:  # a folder in its place, no permission, a flaky object store
+            return False
         return owner is not None and self._stale(owner)
 
     def _remove_stale(self, owner: dict[str, Any]) -> None:

@@ -114,14 +114,6 @@ def _malformed(attrs: Any, id_key: str = "run_id") -> str | None:
     return None
 
 
-def _abandoned(lease: Lease) -> bool:
-    """``lease.abandoned()``, False when the lease cannot be read (listed as running)."""
-    try:
-        return lease.abandoned()
-    except Exception:
-        return False
-
-
 def _summary(attrs: Mapping[str, Any], url: str) -> dict[str, Any]:
     prov = attrs.get("provenance") or {}
     return {
@@ -333,7 +325,7 @@ class RunStore:
         """Whether the run says ``running`` but the process that ran it is gone: killed
         without a chance to record it (SIGKILL, a lost node). Its lease is left with a
         dead owner; ``--resume`` continues it."""
-        return self.status == RUNNING and _abandoned(self.lease())
+        return self.status == RUNNING and self.lease().abandoned()
 
     def mark_pending(self) -> None:
         """Set status ``pending`` (queued to run again; its work not started yet).
@@ -879,7 +871,7 @@ class Root:
                 # listed, not hidden: the user should see what cannot be read
                 attrs = {"run_id": parts[1], "pipeline": parts[0], "status": UNREADABLE}
             summary = _summary(attrs, url)
-            if summary["status"] == RUNNING and _abandoned(Lease(url, "run", self._options)):
+            if summary["status"] == RUNNING and Lease(url, "run", self._options).abandoned():
                 summary["status"] = INTERRUPTED
             out.append(summary)
         out.sort(key=lambda r: (str(r["run_id"]), str(r["pipeline"])))

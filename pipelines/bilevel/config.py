@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from tilegraph.tasks.bilevel.methods import StepSizes
@@ -21,27 +21,26 @@ USER_KINDS = ("dataset", "custom")
 #: The upper regulariser of the synthetic problems when ``rho`` is not set.
 RHO = 0.1
 
-#: The problem kinds each field applies to (fields not named apply to all, or are paired
-#: with their kind); a field set off its default for another kind would be ignored, so
-#: it is refused.
-_APPLIES = {
-    "model": ("dataset",),
-    "m": ("quadratic", "digits-ridge", "logistic-hpo"),
-    "dim_x": ("quadratic",),
-    "dim_y": ("quadratic",),
-    "n_lower": ("quadratic",),
-    "spread": ("quadratic",),
-    "lam": ("quadratic", "logistic-hpo"),
-    "rho": ("quadratic", "digits-ridge", "dataset"),
-    "n_train": ("digits-ridge", "logistic-hpo"),
-    "seed": ("quadratic", "digits-ridge", "logistic-hpo"),
-}
-
 
 class ProblemConfig(BaseModel):
     """Which multi-block problem (see :mod:`tilegraph.tasks.bilevel.problems`)."""
 
     model_config = ConfigDict(extra="forbid")
+    #: The problem kinds each field applies to (fields not named apply to all, or are
+    #: paired with their kind); a field set off its default for another kind would be
+    #: ignored, so it is refused (see ``pipelines.config.check_applies``).
+    APPLIES: ClassVar[dict] = {
+        "model": ("kind", ("dataset",)),
+        "m": ("kind", ("quadratic", "digits-ridge", "logistic-hpo")),
+        "dim_x": ("kind", ("quadratic",)),
+        "dim_y": ("kind", ("quadratic",)),
+        "n_lower": ("kind", ("quadratic",)),
+        "spread": ("kind", ("quadratic",)),
+        "lam": ("kind", ("quadratic", "logistic-hpo")),
+        "rho": ("kind", ("quadratic", "digits-ridge", "dataset")),
+        "n_train": ("kind", ("digits-ridge", "logistic-hpo")),
+        "seed": ("kind", ("quadratic", "digits-ridge", "logistic-hpo")),
+    }
 
     kind: Literal["quadratic", "digits-ridge", "logistic-hpo", "dataset", "custom"] = "quadratic"
     dataset: ExternalURL | None = Field(
@@ -84,7 +83,7 @@ class ProblemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sizes(self):
-        check_applies(self, _APPLIES)
+        check_applies(self)
         paired("kind", self.kind, "dataset", "dataset", self.dataset, "URL")
         paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
         if self.params and self.kind != "custom":

@@ -15,18 +15,21 @@ import numpy as np
 from tilegraph.tasks.picard.samplers import (
     HISTORY_COLUMNS,
     ModelOutputError,
+    checked_eps,
     draw_noise,
     picard,
 )
 
 
-def model_label(cfg) -> str:
-    """The model of a run as error messages name it (``the model mymodel:factory``)."""
-    if cfg.model == "custom":
-        return f"the model {cfg.custom}"
-    if cfg.model == "diffusers":
-        return f"the network in {cfg.diffusers.path}"
-    return f"the {cfg.model} model"
+def model_label(model: str, custom: str | None = None, path: str | None = None) -> str:
+    """A model as error messages name it (``the model mymodel:factory``): ``model`` as in
+    the config (``gmm``, ``digits``, ``custom``, ``diffusers`` ...), with the factory's
+    import path or the pipeline directory."""
+    if model == "custom":
+        return f"the model {custom}"
+    if model == "diffusers":
+        return f"the network in {path}"
+    return f"the {model} model"
 
 
 def split_steps(n_rows: int, n: int, parts: int) -> list[slice]:
@@ -35,6 +38,27 @@ def split_steps(n_rows: int, n: int, parts: int) -> list[slice]:
     L = n_rows // n
     groups = np.array_split(np.arange(L), min(parts, L))
     return [slice(int(g[0]) * n, (int(g[-1]) + 1) * n) for g in groups]
+
+
+def call_in_pieces(x, t, n: int, parts: int, labels, evaluate: Callable):
+    """One window call of ``x`` (``L n`` rows, step-major) at timesteps ``t``, cut into
+    :func:`split_steps` pieces.
+
+    ``evaluate(args)`` gets one ``(x_piece, t_piece, labels_piece or None)`` per piece and
+    returns their noise predictions in order (one replica after another, or spread over
+    several). A piece of another shape than its input cannot be put together: the error
+    says which (the sampler checks the values of the whole call).
+    """
+    rows = None if labels is None else np.tile(labels, x.shape[0] // n)
+    pieces = split_steps(x.shape[0], n, parts)
+    outs = evaluate([(x[sl], t[sl], None if rows is None else rows[sl]) for sl in pieces])
+    return np.concatenate(
+        [
+            checked_eps(out, x[sl].shape, np.asarray(t[sl])[::n], finite=False)
+            for sl, out in zip(pieces, outs, strict=True)
+        ],
+        axis=0,
+    )
 
 
 def sample_batch(
@@ -102,7 +126,7 @@ def sample_batch(
             state=state,
         )
     except ModelOutputError as exc:
-        raise exc.naming(model_label(cfg)) from None
+        raise exc.naming(model_label(cfg.model, cfg.custom, cfg.diffusers.path)) from None
     wall = time.perf_counter() - t0 - ckpt_s[0]  # sampling time, without checkpoints
     region = (slice(lo, hi),) + (slice(None),) * len(sample_shape)
     arrays["result/samples"].write(region, res.x)

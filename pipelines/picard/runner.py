@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 from tilegraph.tasks.devices import slots
-from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS, checked_eps
+from tilegraph.tasks.picard.samplers import HISTORY_COLUMNS
 
 from ..base import RunContext
-from .batch import sample_batch, split_steps
+from .batch import call_in_pieces, sample_batch
 from .config import PicardConfig
 from .model_spec import DIGITS_SHAPE, model_spec
 from .plot import summary_figure
@@ -55,19 +55,13 @@ class WindowEvaluator:
         self.labels = labels  # (n,) classes of the samples, or None
 
     def __call__(self, x, t):
-        rows = None if self.labels is None else np.tile(self.labels, x.shape[0] // self.n)
-        pieces = split_steps(x.shape[0], self.n, self.parts)
-        futs = [
-            self.actors[k % len(self.actors)].eps(x[sl], t[sl], None if rows is None else rows[sl])
-            for k, sl in enumerate(pieces)
-        ]
-        # a piece of another shape cannot be put together: say which (the sampler checks
-        # the values of the whole call)
-        outs = [
-            checked_eps(out, x[sl].shape, np.asarray(t[sl])[:: self.n], finite=False)
-            for sl, out in zip(pieces, self.executor.gather(futs), strict=True)
-        ]
-        return np.concatenate(outs, axis=0)
+        def spread(args):
+            actors = self.actors
+            return self.executor.gather(
+                [actors[k % len(actors)].eps(*a) for k, a in enumerate(args)]
+            )
+
+        return call_in_pieces(x, t, self.n, self.parts, self.labels, spread)
 
 
 def _layout(cfg: PicardConfig, info: dict):

@@ -16,7 +16,9 @@ import time
 import numpy as np
 from tilegraph.tasks.devices import array_module, deterministic_blas, to_host
 from tilegraph.tasks.picard.models import GaussianMixture, MLPDenoiser
-from tilegraph.tasks.picard.samplers import ModelOutputError, checked_eps, picard, sequential
+from tilegraph.tasks.picard.samplers import ModelOutputError, picard, sequential
+
+from .batch import model_label
 
 
 def _local(a):
@@ -143,16 +145,6 @@ def shape_problem(shape) -> str | None:
     return None
 
 
-def spec_label(spec: dict) -> str:
-    """The model a spec describes, as error messages name it (as
-    :func:`~tilegraph.pipelines.picard.batch.model_label` does from the config)."""
-    if spec["kind"] == "custom":
-        return f"the model {spec['target']}"
-    if spec["kind"] == "diffusers":
-        return f"the network in {spec['path']}"
-    return f"the {'digits' if spec['kind'] == 'mlp' else spec['kind']} model"
-
-
 def _wrap_torch(model, spec: dict, device: str):
     """``model`` itself, or a torch network (a ``torch.nn.Module`` with ``sample_shape``)
     wrapped as a diffusion model predicting the noise."""
@@ -191,7 +183,8 @@ class ModelReplica:
         self.model = build_model(spec, device)
         self.device = device
         self._xp = array_module(device)
-        self.label = spec_label(spec)
+        kind = {"mlp": "digits"}.get(spec["kind"], spec["kind"])
+        self.label = model_label(kind, spec.get("target"), spec.get("path"))
 
     def _eps(self, x, t, labels=None):
         if labels is None:
@@ -213,23 +206,15 @@ class ModelReplica:
     def run_batch(self, i, cfg, steps, sample_shape, arrays) -> int:
         """Sample batch ``i`` here (``parallel="batch"``) and write its chunks; the window
         calls are cut into the same pieces as in window mode, evaluated one by one."""
-        from .batch import sample_batch, split_steps
+        from .batch import call_in_pieces, sample_batch
 
         n = min(cfg.batch_size, cfg.n_samples - i * cfg.batch_size)
 
         labels = cfg.batch_labels(i)
 
         def eps_fn(x, t):
-            rows = None if labels is None else np.tile(labels, x.shape[0] // n)
-            pieces = split_steps(x.shape[0], n, cfg.eval_parts)
-            outs = [self.eps(x[sl], t[sl], None if rows is None else rows[sl]) for sl in pieces]
-            # a piece of another shape cannot be put together: say which
-            return np.concatenate(
-                [
-                    checked_eps(out, x[sl].shape, np.asarray(t[sl])[::n], finite=False)
-                    for sl, out in zip(pieces, outs, strict=True)
-                ],
-                axis=0,
+            return call_in_pieces(
+                x, t, n, cfg.eval_parts, labels, lambda args: [self.eps(*a) for a in args]
             )
 
         def run_sequential(steps, x_T, z):

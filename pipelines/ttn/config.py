@@ -5,7 +5,7 @@ from __future__ import annotations
 import cmath
 import json
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tilegraph.tasks.devices import Device
@@ -20,18 +20,6 @@ MAX_EXACT_D = 14
 MAX_STEPS = 10**7
 
 
-#: The built-in models each parameter applies to (see ``ModelConfig``).
-_APPLIES = {
-    "J": ("tfi", "xxz"),
-    "g": ("tfi",),
-    "omega": ("lr-ising",),
-    "delta": ("lr-ising",),
-    "nu": ("lr-ising",),
-    "alpha": ("lr-ising",),
-    "anisotropy": ("xxz",),
-}
-
-
 class ModelConfig(BaseModel):
     """The Hamiltonian (energy units; time in 1/energy).
 
@@ -43,6 +31,16 @@ class ModelConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: The kinds each field applies to (see ``pipelines.config.check_applies``).
+    APPLIES: ClassVar[dict] = {
+        "J": ("kind", ("tfi", "xxz")),
+        "g": ("kind", ("tfi",)),
+        "omega": ("kind", ("lr-ising",)),
+        "delta": ("kind", ("lr-ising",)),
+        "nu": ("kind", ("lr-ising",)),
+        "alpha": ("kind", ("lr-ising",)),
+        "anisotropy": ("kind", ("xxz",)),
+    }
 
     kind: Literal["tfi", "lr-ising", "xxz", "terms", "custom"] = "tfi"
     J: float = Field(default=1.0, description="tfi/xxz coupling")
@@ -67,7 +65,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sources(self):
-        check_applies(self, _APPLIES)
+        check_applies(self)
         paired("kind", self.kind, "terms", "terms", self.terms, "[[coefficient, 'OP site ...']]")
         paired("kind", self.kind, "custom", "factory", self.factory, "'package.module:name'")
         if self.params and self.kind != "custom":
