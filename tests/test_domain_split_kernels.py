@@ -529,6 +529,31 @@ def test_defect_correction_brings_frozen_boxes_to_the_exact_solve():
     assert errors[1] < errors[0] / 5 and errors[2] < errors[1] / 5, errors
 
 
+def test_zero_data_skips_the_couplings_and_the_smoother_takes_no_correction():
+    """With ``z = 0`` the couplings to the box boundaries vanish: ``zero=True`` (which
+    does not compute them) gives the same bits; the smoother's sweeps are the frozen
+    solve without defect correction, whatever the solver's ``corrections``."""
+    lay = GridLayout(2, 32, 4, boxes_per_block=4)
+    problem = Problem("variable", 2)
+    v = np.random.default_rng(5).standard_normal(lay.shape)
+    lats = lattices([[0, 8, 16, 24, 32]] * 2)
+    full = {}
+    for k in (0, 2):
+        boxes = BoxSolver(problem, lay, frozen=True, corrections=k)
+        full[k] = boxes.solve_boxes(np.zeros(lay.shape), v, (0, 0), lats)
+        skip = boxes.solve_boxes(np.zeros(lay.shape), v, (0, 0), lats, zero=True)
+        np.testing.assert_array_equal(skip, full[k])
+    plain = BoxSolver(problem, lay, frozen=True, corrections=0)
+    corrected = BoxSolver(problem, lay, frozen=True, corrections=2)
+    b = lay.blocks[0]
+    start, stop, _ = smooth_region(lay, b)
+    v_reg = v[tuple(map(slice, start, stop))]
+    np.testing.assert_array_equal(
+        smooth_block(lay, corrected, v_reg, b), smooth_block(lay, plain, v_reg, b)
+    )
+    assert np.abs(full[2] - full[0]).max() > 1e-6  # corrections do change a hole solve
+
+
 @pytest.mark.parametrize("start", [(0, 0, 0), (4, 0, 9), (3, 5, 2)])
 def test_rhs_block_is_f_inside_and_g_on_the_boundary(start):
     problem = Problem("variable", 3)

@@ -121,8 +121,9 @@ class DomainSplitConfig(PipelineConfig):
         default=1,
         ge=0,
         le=5,
-        description="box_solver=frozen: defect-correction steps per box solve (each a "
-        "stencil application and a second frozen solve; 1 saves 1-2 FGMRES iterations)",
+        description="box_solver=frozen: defect-correction steps per hole solve (each a "
+        "stencil application and a second frozen solve; 1 saves 1-2 FGMRES iterations; "
+        "the smoother's box solves take none)",
     )
     submesh_tol: float = Field(
         default=1e-4,

@@ -61,7 +61,11 @@ def classical_hierarchy(
     Returns
     -------
     pyamg.multilevel.MultilevelSolver
-        Symmetric Gauss-Seidel pre- and post-smoothing, as ``ruge_stuben_solver``.
+        One forward Gauss-Seidel sweep before and one backward sweep after the coarse
+        correction (the V-cycle stays a symmetric operator for a symmetric ``A``).
+        ``ruge_stuben_solver`` does a symmetric sweep (forward and backward) on both
+        sides: on the 3-D plane sub-meshes the solves to 1e-4 took as many BiCGStab
+        iterations either way, so the half-price V-cycle is a fifth faster there.
     """
     if kind not in FINEST:
         raise ValueError(f"kind must be one of {tuple(FINEST)}, got {kind!r}")
@@ -85,6 +89,7 @@ def classical_hierarchy(
         levels.append(MultilevelSolver.Level())
         levels[-1].A = Ac
     ml = MultilevelSolver(levels)
-    sgs = ("gauss_seidel", {"sweep": "symmetric"})
-    change_smoothers(ml, sgs, sgs)
+    change_smoothers(
+        ml, ("gauss_seidel", {"sweep": "forward"}), ("gauss_seidel", {"sweep": "backward"})
+    )
     return ml
