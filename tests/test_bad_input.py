@@ -35,6 +35,8 @@ KNOWN_BAD = {
         (["d=4"], "d"),
         (["d=1"], "d"),
         (["n_fine=101", "n_coarse=5"], "n_fine"),
+        (["n_fine=101", "n_coarse=auto"], "n_coarse=auto needs an n_fine with a divisor"),
+        (["n_coarse=autox"], "'n_coarse': must be an integer >= 2 or auto (got 'autox')"),
         (["problem.kind=boundary-layer", "problem.eps=0.001", "n_coarse=4"], "Peclet number"),
         (["problem.alpha=[1.0]"], "alpha"),
         (

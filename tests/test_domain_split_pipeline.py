@@ -6,6 +6,7 @@ import pytest
 import tilegraph as tg
 import xarray as xr
 from tilegraph.pipelines.domain_split import PIPELINE
+from tilegraph.pipelines.domain_split.config import DomainSplitConfig
 
 
 def run_pipeline(tmp_path, executor, preset="quick", sets=(), name="run"):
@@ -32,6 +33,34 @@ def test_quick_krylov_reaches_the_direct_solution(tmp_path, executors):
         tmp_path / "run" / "domain-split" / store.run_id / "summary.png"
     ).stat().st_size > 10_000
     assert "work" not in store.group  # scratch vectors removed
+
+
+@pytest.mark.parametrize(
+    "d, n_fine, want",
+    [(2, 1024, 32), (3, 128, 8), (3, 592, 37), (3, 600, 40), (2, 100, 4), (2, 6, 2)],
+)
+def test_n_coarse_auto_takes_the_divisor_nearest_the_measured_stride(d, n_fine, want):
+    """Stride 32 in 2-D, 16 in 3-D (nearest on a log scale among the divisors)."""
+    cfg = DomainSplitConfig(d=d, n_fine=n_fine, problem={"kind": "variable"})
+    assert cfg.n_coarse == want and n_fine % want == 0
+
+
+def test_n_coarse_auto_keeps_the_coarse_peclet_number_below_one():
+    """Strong advection: the stride nearest 32 would oscillate; auto takes the nearest
+    divisor that does not (the next coarser grid would), instead of failing."""
+    problem = {"kind": "constant", "alpha": [1.0, 1.0], "beta": [200.0, 0.0]}
+    cfg = DomainSplitConfig(d=2, n_fine=1024, problem=problem)
+    pe = cfg.to_problem().max_cell_peclet
+    assert pe(1.0 / cfg.n_coarse) <= 1.0 < pe(1.0 / (cfg.n_coarse // 2))
+    assert cfg.n_coarse == 128
+    with pytest.raises(ValueError, match="Peclet number"):
+        DomainSplitConfig(d=2, n_fine=1024, n_coarse=32, problem=problem)
+
+
+def test_a_run_with_n_coarse_auto_records_the_grid_it_took(tmp_path, executors):
+    run, m = run_pipeline(tmp_path, executors("sync"), sets=["n_fine=64", "n_coarse=auto"])
+    assert run.config["n_coarse"] == 2  # stride 32
+    assert m["rel_error_direct"] <= 1e-10
 
 
 def test_quick_stationary_reaches_the_direct_solution(tmp_path, executors):
