@@ -37,6 +37,9 @@ KNOWN_BAD = {
         (["n_fine=101", "n_coarse=5"], "n_fine"),
         (["n_fine=101", "n_coarse=auto"], "n_coarse=auto needs an n_fine with a divisor"),
         (["n_coarse=autox"], "'n_coarse': must be an integer >= 2 or auto (got 'autox')"),
+        (["n_coarse=1.0e+300"], "'n_coarse': must be an integer >= 2 or auto (got 1e+300)"),
+        (["n_coarse=auto", "n_fine=1000000000000"], "more than any machine has"),  # at once
+        (["problem.beta=[20,0]", "n_fine=64", "n_coarse=2"], "upwind or n_coarse=16"),  # divides
         (["problem.kind=boundary-layer", "problem.eps=0.001", "n_coarse=4"], "Peclet number"),
         (["problem.alpha=[1.0]"], "alpha"),
         (

@@ -587,6 +587,9 @@ def test_classical_hierarchy_is_pyamgs_with_restrictions_as_views():
     for a, b in zip(ours.levels, theirs.levels, strict=True):
         assert a.A.shape == b.A.shape and abs(a.A - b.A).max() <= 1e-12 * abs(b.A).max()
     for lv in ours.levels[:-1]:
+        # one forward sweep before the coarse correction, one backward sweep after
+        assert "sweep='forward'" in repr(lv.presmoother)
+        assert "sweep='backward'" in repr(lv.postsmoother)
         assert np.shares_memory(lv.R.data, lv.P.data)  # no second copy of P
         assert abs(lv.R - lv.P.T).max() == 0
     b = np.random.default_rng(3).standard_normal(A.shape[0])

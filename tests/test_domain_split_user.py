@@ -221,6 +221,46 @@ def test_bad_factory_exits_2_with_one_line(tmp_path, module, needle):
     assert "problem" in lines[0] and not store.exists()
 
 
+STRONG_ADVECTION = """
+import numpy as np
+
+
+class Strong:
+    def _const(self, value, coords):
+        return np.full(np.broadcast_shapes(*(np.shape(c) for c in coords)), value)
+
+    def alpha_k(self, k, coords):
+        return self._const(1.0, coords)
+
+    def beta_k(self, k, coords):
+        return self._const(200.0 if k == 0 else 0.0, coords)
+
+    def rhs(self, coords):
+        return self._const(1.0, coords)
+
+    def boundary(self, coords):
+        return self._const(0.0, coords)
+
+
+def make():
+    return Strong()
+"""
+
+
+def test_auto_grid_too_coarse_for_a_users_advection_names_one_that_fits(tmp_path):
+    """The user's coefficients are known only in preflight: the line says what
+    ``n_coarse=auto`` took and the divisor of ``n_fine`` that keeps Peclet <= 1."""
+    (tmp_path / "strong.py").write_text(STRONG_ADVECTION)
+    store = tmp_path / "runs"
+    args = ["run", "domain-split", "--cluster", "sync", "--store", str(store)]
+    args += ["--set", "problem.kind=custom", "--set", "problem.factory=strong:make"]
+    out = cli(*args, "--set", "n_fine=1024", "--set", "n_coarse=auto", cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "n_coarse=auto took 32: coarse cell Peclet number 3.12 > 1" in lines[0], lines[0]
+    assert lines[0].endswith("use --set scheme=upwind or n_coarse=128") and not store.exists()
+
+
 @pytest.mark.parametrize(
     ("problem", "needle"),
     [
