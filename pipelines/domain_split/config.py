@@ -261,15 +261,16 @@ class DomainSplitConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _peclet(self):
+        # the user's coefficients (code, data) are checked by preflight
+        problem = self.to_problem() if self.problem.kind not in USER_KINDS else None
         if self.n_coarse == "auto":
-            problem = self.to_problem() if self.problem.kind not in USER_KINDS else None
             ok = None
             if problem is not None and self.scheme == "central":
                 ok = lambda m: problem.max_cell_peclet(1.0 / m) <= 1.0  # noqa: E731
             self.n_coarse = auto_n_coarse(self.d, self.n_fine, ok)
             self._auto_coarse = True  # for the message of a Peclet check in preflight
-        if self.problem.kind not in USER_KINDS:  # the user's: checked by preflight
-            self.check_problem(self.to_problem())
+        if problem is not None:
+            self.check_problem(problem)
         if self.submesh == "fd" and self.problem.kind in ("variable", "dataset"):
             raise ValueError(
                 "submesh=fd needs constant coefficients: use submesh=auto, direct, amg or "

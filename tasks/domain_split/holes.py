@@ -177,6 +177,7 @@ class BoxSolver:
                 use = np.zeros(lat.n_boxes, dtype=bool) if ok is None else ok
                 lu_boxes += [box for box, u in zip(lat.boxes(), use, strict=True) if not u]
         if stacks:
+            Lz = None  # the couplings to the box boundaries (none with zero data)
             if not zero:
                 zb = xp.asarray(z, copy=True)
                 for lat, _, _ in stacks:
@@ -184,8 +185,7 @@ class BoxSolver:
                 Lz = self.stencil(pad1(zb), start)
             for lat, fd, ok in stacks:
                 f = _gather(v, lat, start)
-                if not zero:
-                    f = f - _gather(Lz, lat, start)
+                f = f if Lz is None else f - _gather(Lz, lat, start)
                 _scatter(z, lat, start, _stack_solve(fd, ok, f))
             # frozen boxes: defect correction with the true operator's residual
             steps = self.corrections if corrections is None else corrections
