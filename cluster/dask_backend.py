@@ -14,6 +14,7 @@ import inspect
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -270,6 +271,34 @@ def _probe_scheduler(address: str, security, timeout: float | None = None) -> No
         raise SpecError(f"{address} is not a Dask scheduler (it says it is {who!r:.80})")
 
 
+def _unguarded_script() -> str | None:
+    """The main script's path when it has no ``if __name__ == "__main__":`` guard."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return None if "__main__" in f.read() else path
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _unguarded_hint(spec: Spec):
+    """Name the usual cause when local worker processes fail to start: they are spawned
+    and import the main script, which then starts a cluster of its own."""
+    try:
+        yield
+    except RuntimeError as e:
+        path = _unguarded_script()
+        if path is None or "failed to start" not in str(e):
+            raise
+        raise RuntimeError(
+            f"{spec} could not start its worker processes: they import {path}, which "
+            'starts tilegraph at import time; put that code under `if __name__ == "__main__":`'
+        ) from e
+
+
 class DaskExecutor(Executor):
     """Tasks on a `distributed` cluster: a new `LocalCluster` (``local[:N]``), a
     ``dask_cuda.LocalCUDACluster`` (``local-cuda[:N]``), batch jobs through dask-jobqueue
@@ -293,7 +322,7 @@ class DaskExecutor(Executor):
         # host, which listens on all interfaces when the profile names none.
         self._dashboard_host: str | None = None
         if spec.kind == "local":
-            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}):
+            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}), _unguarded_hint(spec):
                 self._cluster = distributed.LocalCluster(
                     n_workers=spec.n,
                     threads_per_worker=1,

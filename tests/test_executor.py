@@ -440,6 +440,30 @@ def test_import_is_cheap_and_lazy():
 # -- Dask specifics -----------------------------------------------------------------------
 
 
+def test_unguarded_script_gets_told_to_guard_its_cluster(tmp_path):
+    """A script that starts ``local:N`` at import time: the spawned workers import it
+    again; each says so in one line instead of starting a cluster of its own, and the
+    script's own error names the file and the guard."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("import tilegraph\n\ntilegraph.connect('local:1').close()\n")
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "local:1 could not start its worker processes" in last
+    assert str(script) in last and 'if __name__ == "__main__":' in last
+    assert "a worker process imported the main script" in out.stderr
+    # the same script, guarded, runs
+    guarded = "import tilegraph\n\nif __name__ == '__main__':\n    tilegraph.connect('local:1')"
+    script.write_text(guarded + ".close()\n")
+    ok = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, timeout=120
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_tcp_connects_to_existing_scheduler_and_leaves_it_running():
     import logging
 
