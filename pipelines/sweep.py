@@ -350,8 +350,46 @@ def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
     )
 
 
+#: Markers and line styles cycled over the lines of one panel, so that lines that lie on
+#: top of each other (equal iteration counts) stay visible.
+_STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-")]
+
+
+def _wide(values: np.ndarray) -> bool:
+    """Whether positive values span enough to be read on a log axis."""
+    finite = values[np.isfinite(values)]
+    return bool(finite.size and np.all(finite > 0) and finite.max() / finite.min() >= 4)
+
+
+def log_slope(x: np.ndarray, y: np.ndarray, min_r2: float = 0.95) -> float | None:
+    """Least-squares slope of ``log y`` against ``log x`` over the points where both are
+    finite and positive (the observed order of a convergence study).
+
+    Returns None with fewer than two such points, one ``x``, or a fit that explains
+    less than ``min_r2`` of the variance of ``log y`` (round-off level metrics, whose
+    "slope" means nothing).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if ok.sum() < 2 or np.ptp(x[ok]) == 0:
+        return None
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    slope, intercept = np.polyfit(lx, ly, 1)
+    spread = float(np.sum((ly - ly.mean()) ** 2))
+    misfit = float(np.sum((ly - (slope * lx + intercept)) ** 2))
+    if spread == 0 or 1 - misfit / spread < min_r2:
+        return None
+    return float(slope)
+
+
 def summary_figure(ds, metric_names: Sequence[str]):
-    """Metrics against the first swept key, one line per value of the other keys."""
+    """Metrics against the first swept key, one line per value of the other keys.
+
+    A numeric key spanning a factor of 4 or more is drawn on a log axis, and so is a
+    positive metric spanning more than 100 (or 4 against such a key); where both are,
+    each line's legend gives its least-squares slope where a straight line fits (the
+    observed order when the key is a resolution).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -368,24 +406,34 @@ def summary_figure(ds, metric_names: Sequence[str]):
     others = dims[1:]
     xs = ds[x].values
     numeric_x = np.issubdtype(xs.dtype, np.number)
+    log_x = numeric_x and _wide(xs.astype(float))
     for ax, n in zip(axes, names, strict=False):
         da = ds[n]
+        values = np.asarray(da.values, dtype=float)
+        log_y = _wide(values) and (log_x or np.nanmax(values) / np.nanmin(values) > 100)
         combos = itertools.product(*(range(ds.sizes[o]) for o in others)) if others else [()]
-        for combo in combos:
+        for k, combo in enumerate(combos):
             sel = dict(zip(others, combo, strict=True))
             y = da.isel(sel).values if sel else da.values
-            label = ", ".join(f"{o}={ds[o].values[i]}" for o, i in sel.items()) or None
+            label = ", ".join(f"{o}={ds[o].values[i]}" for o, i in sel.items())
+            slope = log_slope(xs, y) if log_x and log_y else None
+            if slope is not None:
+                label = f"{label}, slope {slope:.2f}" if label else f"slope {slope:.2f}"
             pos = xs if numeric_x else np.arange(len(xs))
-            ax.plot(pos, y, "o-", label=label)
+            marker, line = _STYLES[k % len(_STYLES)]
+            ax.plot(pos, y, marker=marker, linestyle=line, label=label or None)
         if not numeric_x:
             ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs])
-        finite = da.values[np.isfinite(da.values)]
-        if finite.size and np.all(finite > 0) and finite.max() / finite.min() > 100:
+        if log_x:
+            ax.set_xscale("log")
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])  # the swept values, not decades
+            ax.minorticks_off()
+        if log_y:
             ax.set_yscale("log")
         ax.set_xlabel(x)
         ax.set_title(n)
         ax.grid(True, alpha=0.3)
-        if others and len(ax.lines) > 1:
+        if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines):
             ax.legend(fontsize="small")
     fig.suptitle(f"sweep {ds.attrs.get('sweep_id', '')}")
     fig.tight_layout()

@@ -314,3 +314,34 @@ def test_sweep_dry_run_prints_the_largest_points_estimate(tmp_path):
     assert got["worker_bytes"] == want.worker_bytes
     assert "# the largest point, run whole by one worker:" in out.stdout
     assert not store.exists()
+
+
+def test_summary_figure_reads_a_convergence_study_on_log_axes():
+    """Errors against a resolution: both axes log and each line's observed order in its
+    legend (closed form: C n^-2 and C n^-1); a panel of equal counts keeps linear y and
+    draws its lines with different markers, so neither hides the other."""
+    import xarray as xr
+    from tilegraph.pipelines.sweep import log_slope, summary_figure
+
+    n = np.array([50, 100, 200])
+    err = np.stack([3.0 * n**-2.0, 0.2 / n], axis=1)
+    ds = xr.Dataset(
+        {
+            "rel_error_exact": (("n_fine", "scheme"), err),
+            "iterations": (("n_fine", "scheme"), np.full((3, 2), 5)),
+        },
+        coords={"n_fine": n, "scheme": ["central", "upwind"]},
+        attrs={"swept_keys": ["n_fine", "scheme"], "sweep_id": "s"},
+    )
+    fig = summary_figure(ds, ["rel_error_exact", "iterations"])
+    errors, counts = fig.axes[:2]
+    assert errors.get_xscale() == "log" and errors.get_yscale() == "log"
+    labels = [t.get_text() for t in errors.get_legend().get_texts()]
+    assert labels == ["scheme=central, slope -2.00", "scheme=upwind, slope -1.00"]
+    assert counts.get_yscale() == "linear"
+    assert "slope" not in " ".join(t.get_text() for t in counts.get_legend().get_texts())
+    assert len({line.get_marker() for line in counts.lines}) == 2
+    assert log_slope([1.0, 2.0], [np.nan, 1.0]) is None  # one usable point
+    noise = [1.1e-13, 4.8e-14, 9.9e-14, 6.0e-14]  # round-off: no straight line
+    assert log_slope([50, 100, 200, 400], noise) is None
+    assert log_slope([50, 100, 200, 400], [2.0e-4, 5.1e-5, 1.2e-5, 3.1e-6]) < -1.9
