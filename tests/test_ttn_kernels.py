@@ -539,3 +539,22 @@ def test_a_leafs_basis_is_orthonormal_and_starts_with_its_vector(n, r):
         np.testing.assert_allclose(U.conj().T @ U, np.eye(r), atol=1e-13)
         np.testing.assert_allclose(U[:, 0], v, atol=1e-14)
     assert (n > QR_MAX_DIM) == (n in (300, 3000))
+
+
+def test_random_padding_keeps_the_state_and_is_the_same_every_time():
+    """``padding="random"``: the same product state (its zero-weight directions change,
+    not the state), orthonormal subtree bases, the same arrays on every call; a bad
+    value is refused."""
+    tree = trees.make_tree("binary", 6)
+    vecs = np.tile([0.6, 0.8j], (6, 1))
+    unit = st.product_state(tree, vecs, rank=3)
+    rand = st.product_state(tree, vecs, rank=3, padding="random")
+    np.testing.assert_allclose(st.to_dense(tree, rand), st.to_dense(tree, unit), atol=1e-14)
+    for node in range(1, tree.n_nodes):
+        X = st.subtree_dense(tree, rand, node)
+        np.testing.assert_allclose(X.conj().T @ X, np.eye(X.shape[1]), atol=1e-13)
+    assert any(not np.allclose(a, b) for a, b in zip(rand, unit, strict=True))
+    again = st.product_state(tree, vecs, rank=3, padding="random")
+    assert all(np.array_equal(a, b) for a, b in zip(rand, again, strict=True))
+    with pytest.raises(ValueError, match="padding must be 'unit' or 'random'"):
+        st.product_state(tree, vecs, rank=3, padding="noise")

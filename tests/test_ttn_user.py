@@ -317,6 +317,18 @@ def test_a_start_pinned_in_a_symmetry_sector_is_warned_about(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "warning: the start state is an eigenstate of its mean field" in run.stderr
+    assert "set padding=random" in run.stderr
+    # with random zero-weight directions the same start converges, at first order in h
+    errs = []
+    for h in ("0.1", "0.05"):
+        padded = [*sets[:6], f"h={h}", "padding=random"]
+        run = tilegraph(
+            "run", "ttn", *[a for s in padded for a in ("--set", s)],
+            "--cluster", "sync", "--store", str(tmp_path), "--json",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        errs.append(last_json(run.stdout)["metrics"]["final_error_vs_exact"])
+    assert errs[0] < 0.25 and 0.4 < errs[1] / errs[0] < 0.6, errs
     # a free start of the same chain is not warned about
     sets[3] = "start=['+', 'up', 'down', '+', '-', 'up']"
     run = tilegraph(

@@ -144,6 +144,11 @@ class TTNConfig(PipelineConfig):
     theta: float = Field(default=1e-8, gt=0, description="truncation tolerance")
     relative: bool = Field(default=False, description="theta relative to the norm")
     r_min: int = Field(default=2, ge=1, description="smallest rank kept")
+    padding: Literal["unit", "random"] = Field(
+        default="unit",
+        description="the start's zero-weight directions up to r_min: the next unit vectors, "
+        "or seeded random ones (they let a start in a symmetry sector out; docs/ttn.md)",
+    )
     r_max: int = Field(default=40, ge=1, description="largest rank kept")
     reject: bool = Field(
         default=True,

@@ -123,7 +123,8 @@ class BUGDriver:
         self.driver_s = 0.0  # seconds the driver computed in steps (not waiting)
 
     def initial(self):
-        return st.product_state(self.tree, self.cfg.start_vectors(), rank=self.cfg.r_min)
+        vectors = self.cfg.start_vectors()
+        return st.product_state(self.tree, vectors, rank=self.cfg.r_min, padding=self.cfg.padding)
 
     # -- state ------------------------------------------------------------------------
     def load(self, state) -> None:

@@ -115,5 +115,5 @@ def stationary_start(
         f"the BUG can leave the product states only through the r_min={r_min} start's "
         "zero-weight directions, and may not (the tilted Neel start of the isotropic "
         "Heisenberg chain stays at an O(1) error for any h); if a smaller h does not "
-        "change the result, " + fix
+        "change the result, set padding=random (random zero-weight directions) or " + fix
     )

@@ -66,11 +66,35 @@ def _basis_from(xp, v, r: int):
     return xp.concat([xp.reshape(v, (n, 1)), E], axis=1)
 
 
-def product_state(tree: Tree, vectors, rank: int = 1) -> list:
+#: Seed of ``padding="random"`` (with the node id): a start is the same array on every
+#: backend and in every run.
+PAD_SEED = 20240601
+
+
+def _random_basis_from(xp, v, r: int, node: int):
+    """Like :func:`_basis_from`, the columns after ``v`` seeded random directions
+    orthogonal to it (a reduced QR of ``[v, G]``, O(n r^2))."""
+    n = v.shape[0]
+    if r <= 1:
+        return xp.reshape(v, (n, 1))
+    rng = np.random.default_rng([PAD_SEED, node])
+    G = xp.asarray(rng.standard_normal((n, r - 1)) + 1j * rng.standard_normal((n, r - 1)))
+    Q, R = xp.linalg.qr(xp.concat([xp.reshape(v, (n, 1)), G], axis=1))
+    ph = complex(R[0, 0]) / abs(complex(R[0, 0]))  # so that the first column is v
+    return Q[:, :r] * ph
+
+
+def product_state(tree: Tree, vectors, rank: int = 1, padding: str = "unit") -> list:
     """The product state ``(x)_s vectors[s]`` as an orthonormal TTN of bond rank ``rank``.
 
     The extra basis directions (for ``rank > 1``) carry zero weight; they give the
-    integrators room to grow the rank from the start.
+    integrators room to grow the rank from the start. Which directions matters (see
+    docs/ttn.md, "Your own system"): ``"unit"`` takes the next unit vectors (at an
+    inner node, one child's extra direction at a time), ``"random"`` seeded random
+    ones. From the Neel start of the isotropic Heisenberg chain the rank-adaptive BUG
+    stays 1.25 from ``expm`` at every h with unit directions and converges at first
+    order with random ones; from a generic product start unit directions were 8-16x
+    more accurate (d = 6).
 
     Parameters
     ----------
@@ -79,11 +103,15 @@ def product_state(tree: Tree, vectors, rank: int = 1) -> list:
         Local states (normalised here); a sequence when sites differ in dimension.
     rank : int
         Bond rank wanted on every edge (clamped to what the dimensions allow).
+    padding : {"unit", "random"}
+        The zero-weight directions.
 
     Returns
     -------
     list of arrays (complex128)
     """
+    if padding not in ("unit", "random"):
+        raise ValueError(f"padding must be 'unit' or 'random', not {padding!r}")
     vecs = [
         vectors[s] if isinstance(vectors, list | tuple) else vectors[s, ...] for s in range(tree.d)
     ]
@@ -99,12 +127,17 @@ def product_state(tree: Tree, vectors, rank: int = 1) -> list:
             v = xp.astype(vecs[tree.site[node]], xp.complex128)
             v = v / math.sqrt(float(xp.sum(xp.abs(v) ** 2)))
             r = max(1, min(rank, cap))
-            state[node], ranks[node] = _basis_from(xp, v, r), r
+            if padding == "random":
+                state[node], ranks[node] = _random_basis_from(xp, v, r, node), r
+            else:
+                state[node], ranks[node] = _basis_from(xp, v, r), r
             continue
         kids = tree.children[node]
         rows = math.prod(ranks[c] for c in kids)
         r = 1 if node == 0 else max(1, min(rank, cap, rows))
         M = xp.eye(rows, r, dtype=xp.complex128)
+        if padding == "random":  # the first column keeps every child's weighted direction
+            M = _random_basis_from(xp, M[:, 0], r, node)
         state[node] = xp.reshape(M, tuple(ranks[c] for c in kids) + (r,))
         ranks[node] = r
     return state
