@@ -45,14 +45,16 @@ def connect(
     TimeoutError
         No batch job's worker joined within the profile's ``wait_timeout``.
     """
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
+    parsed = parse_spec(spec)
+    if parsed.kind in ("local", "local-cuda") and getattr(
+        multiprocessing.current_process(), "_inheriting", False
+    ):
         # a spawned worker process is importing the user's script as __mp_main__: without
         # this, it would start a cluster of its own and fail deep inside multiprocessing
         raise RuntimeError(
             "a worker process imported the main script, which starts tilegraph at import "
             'time: put that code under `if __name__ == "__main__":`'
         )
-    parsed = parse_spec(spec)
     code = check_code_paths(code)
     check_reachable(parsed)
     if parsed.backend == "ray":

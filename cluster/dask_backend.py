@@ -7,6 +7,7 @@ module to run it.
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import contextlib
 import functools
@@ -271,16 +272,39 @@ def _probe_scheduler(address: str, security, timeout: float | None = None) -> No
         raise SpecError(f"{address} is not a Dask scheduler (it says it is {who!r:.80})")
 
 
+#: Calls that start a cluster when a script makes them at import time.
+_STARTERS = {"connect", "run", "sweep", "LocalCluster", "LocalCUDACluster", "Client"}
+
+
+def _is_main_guard(node) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and "__main__" in ast.unparse(test)
+
+
 def _unguarded_script() -> str | None:
-    """The main script's path when it has no ``if __name__ == "__main__":`` guard."""
+    """The main script's path when one of its module-level statements outside an
+    ``if __name__ == "__main__":`` block calls something that starts a cluster
+    (``connect``, ``run``, ``sweep``, ``LocalCluster``, ``Client``)."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
     if not path or not path.endswith(".py"):
         return None
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return None if "__main__" in f.read() else path
-    except OSError:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
         return None
+    for stmt in tree.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        if _is_main_guard(stmt):
+            continue
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                if name in _STARTERS:
+                    return path
+    return None
 
 
 @contextlib.contextmanager
@@ -340,7 +364,7 @@ class DaskExecutor(Executor):
                     "cluster spec 'local-cuda' needs dask-cuda (pip install 'tilegraph[gpu]')"
                 ) from None
             kwargs: dict[str, Any] = {} if spec.n is None else {"n_workers": spec.n}
-            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}):
+            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}), _unguarded_hint(spec):
                 self._cluster = dask_cuda.LocalCUDACluster(
                     threads_per_worker=1,
                     host=LOOPBACK,

@@ -365,13 +365,13 @@ def log_slope(x: np.ndarray, y: np.ndarray, min_r2: float = 0.95) -> float | Non
     """Least-squares slope of ``log y`` against ``log x`` over the points where both are
     finite and positive (the observed order of a convergence study).
 
-    Returns None with fewer than two such points, one ``x``, or a fit that explains
-    less than ``min_r2`` of the variance of ``log y`` (round-off level metrics, whose
-    "slope" means nothing).
+    Returns None with fewer than three such points (two always fit a line), one ``x``,
+    or a fit that explains less than ``min_r2`` of the variance of ``log y`` (round-off
+    level metrics, whose "slope" means nothing).
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 2 or np.ptp(x[ok]) == 0:
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0:
         return None
     lx, ly = np.log(x[ok]), np.log(y[ok])
     slope, intercept = np.polyfit(lx, ly, 1)

@@ -455,6 +455,16 @@ def test_unguarded_script_gets_told_to_guard_its_cluster(tmp_path):
     assert "local:1 could not start its worker processes" in last
     assert str(script) in last and 'if __name__ == "__main__":' in last
     assert "a worker process imported the main script" in out.stderr
+    # a guard further down does not help a connect above it
+    script.write_text(
+        "import tilegraph\n\nex = tilegraph.connect('local:1')\n\n"
+        "if __name__ == '__main__':\n    ex.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert "could not start its worker processes" in out.stderr.strip().splitlines()[-1]
     # the same script, guarded, runs
     guarded = "import tilegraph\n\nif __name__ == '__main__':\n    tilegraph.connect('local:1')"
     script.write_text(guarded + ".close()\n")
@@ -462,6 +472,20 @@ def test_unguarded_script_gets_told_to_guard_its_cluster(tmp_path):
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, timeout=120
     )
     assert ok.returncode == 0, ok.stderr
+    # an in-process executor at import time stays fine in the script's own spawned pool
+    script.write_text(
+        "import concurrent.futures, multiprocessing\nimport tilegraph\n\n"
+        "ex = tilegraph.connect('sync')\n\ndef square(x):\n    return x * x\n\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:\n"
+        "        print(list(pool.map(square, range(3))))\n"
+    )
+    ok = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0 and ok.stdout.strip() == "[0, 1, 4]", ok.stderr
 
 
 def test_tcp_connects_to_existing_scheduler_and_leaves_it_running():

@@ -341,7 +341,8 @@ def test_summary_figure_reads_a_convergence_study_on_log_axes():
     assert counts.get_yscale() == "linear"
     assert "slope" not in " ".join(t.get_text() for t in counts.get_legend().get_texts())
     assert len({line.get_marker() for line in counts.lines}) == 2
-    assert log_slope([1.0, 2.0], [np.nan, 1.0]) is None  # one usable point
+    assert log_slope([1.0, 2.0, 4.0], [np.nan, 1.0, 0.5]) is None  # two usable points
+    assert log_slope([50, 200], [1.1e-13, 2.0e-14]) is None  # two points always fit
     noise = [1.1e-13, 4.8e-14, 9.9e-14, 6.0e-14]  # round-off: no straight line
     assert log_slope([50, 100, 200, 400], noise) is None
     assert log_slope([50, 100, 200, 400], [2.0e-4, 5.1e-5, 1.2e-5, 3.1e-6]) < -1.9

@@ -513,6 +513,8 @@ def test_a_mean_field_stationary_start_is_trapped_at_rank_one_only():
     up = [np.array([1.0, 0.0], dtype=complex)] * d
     assert "at r_min=1 the rank-adaptive BUG cannot leave" in stationary_start(op, up, 1)
     assert "may not" in stationary_start(op, up, 2)
+    assert "set padding=random" in stationary_start(op, up, 2)
+    assert "padding=random" not in stationary_start(op, up, 2, padding="random")  # already
     tree = make_tree("binary", d)
     lay = integrator.OperatorLayout(tree, op)
     H = operators.to_dense(op).toarray()

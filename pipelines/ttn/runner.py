@@ -85,7 +85,7 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     integ = BUGDriver(cfg, ctx.executor)
     psi_state = integ.initial()
     warnings = []
-    stuck = stationary_start(integ.op, cfg.start_vectors(), cfg.r_min)
+    stuck = stationary_start(integ.op, cfg.start_vectors(), cfg.r_min, padding=cfg.padding)
     if stuck:  # said before the run: it will not converge however long it runs
         ctx.warn(stuck)
         warnings.append(stuck)
@@ -168,8 +168,8 @@ def trapped_start(hist, cfg) -> str | None:
     return (
         f"the error against the exact solution ended at {err:.2g}{pinned}; if a smaller h "
         "does not reduce it, the start state may sit in a symmetry sector the rank-adaptive "
-        "BUG cannot leave: start from a product state that is not an eigenstate of the "
-        "symmetry (docs/ttn.md, 'Your own system')"
+        "BUG cannot leave: set padding=random or a larger r_min, or start from a product "
+        "state that is not an eigenstate of the symmetry (docs/ttn.md, 'Your own system')"
     )
 
 

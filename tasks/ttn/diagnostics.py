@@ -84,7 +84,7 @@ def variance_split(op: SumOfProducts, vectors) -> tuple[float, float, float]:
 
 
 def stationary_start(
-    op: SumOfProducts, vectors, r_min: int = 1, rtol: float = 1e-10
+    op: SumOfProducts, vectors, r_min: int = 1, rtol: float = 1e-10, padding: str = "unit"
 ) -> str | None:
     """A warning when the product start's variance has no one-site part (see the
     module's docstring), else ``None``.
@@ -111,9 +111,10 @@ def stationary_start(
             "at r_min=1 the rank-adaptive BUG cannot leave the product states from it and "
             "ends at an O(1) error for any h; " + fix
         )
+    other = "" if padding == "random" else "set padding=random (random zero-weight directions) or "
     return head + (
         f"the BUG can leave the product states only through the r_min={r_min} start's "
         "zero-weight directions, and may not (the tilted Neel start of the isotropic "
-        "Heisenberg chain stays at an O(1) error for any h); if a smaller h does not "
-        "change the result, set padding=random (random zero-weight directions) or " + fix
+        "Heisenberg chain stays at an O(1) error for any h with padding=unit); if a smaller "
+        "h does not change the result, " + other + fix
     )
