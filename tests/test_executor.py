@@ -445,35 +445,31 @@ def test_unguarded_script_gets_told_to_guard_its_cluster(tmp_path):
     again; each says so in one line instead of starting a cluster of its own, and the
     script's own error names the file and the guard."""
     script = tmp_path / "unguarded.py"
-    script.write_text("import tilegraph\n\ntilegraph.connect('local:1').close()\n")
-    out = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+
+    def run(text: str) -> subprocess.CompletedProcess:
+        script.write_text(text)
+        return subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    out = run("import tilegraph\n\ntilegraph.connect('local:1').close()\n")
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert "local:1 could not start its worker processes" in last
     assert str(script) in last and 'if __name__ == "__main__":' in last
     assert "a worker process imported the main script" in out.stderr
     # a guard further down does not help a connect above it
-    script.write_text(
+    out = run(
         "import tilegraph\n\nex = tilegraph.connect('local:1')\n\n"
         "if __name__ == '__main__':\n    ex.close()\n"
     )
-    out = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
     assert "could not start its worker processes" in out.stderr.strip().splitlines()[-1]
     # the same script, guarded, runs
-    guarded = "import tilegraph\n\nif __name__ == '__main__':\n    tilegraph.connect('local:1')"
-    script.write_text(guarded + ".close()\n")
-    ok = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, timeout=120
-    )
+    ok = run("import tilegraph\n\nif __name__ == '__main__':\n    tilegraph.connect('local:1')\n")
     assert ok.returncode == 0, ok.stderr
     # an in-process executor at import time stays fine in the script's own spawned pool
-    script.write_text(
+    ok = run(
         "import concurrent.futures, multiprocessing\nimport tilegraph\n\n"
         "ex = tilegraph.connect('sync')\n\ndef square(x):\n    return x * x\n\n"
         "if __name__ == '__main__':\n"
@@ -481,10 +477,6 @@ def test_unguarded_script_gets_told_to_guard_its_cluster(tmp_path):
         "    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:\n"
         "        print(list(pool.map(square, range(3))))\n"
     )
-    ok = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
     assert ok.returncode == 0 and ok.stdout.strip() == "[0, 1, 4]", ok.stderr
 
 
