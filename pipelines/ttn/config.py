@@ -144,10 +144,11 @@ class TTNConfig(PipelineConfig):
     theta: float = Field(default=1e-8, gt=0, description="truncation tolerance")
     relative: bool = Field(default=False, description="theta relative to the norm")
     r_min: int = Field(default=2, ge=1, description="smallest rank kept")
-    padding: Literal["unit", "random"] = Field(
-        default="unit",
+    padding: Literal["auto", "unit", "random"] = Field(
+        default="auto",
         description="the start's zero-weight directions up to r_min: the next unit vectors, "
-        "or seeded random ones (they let a start in a symmetry sector out; docs/ttn.md)",
+        "seeded random ones (they let a start in a symmetry sector out; docs/ttn.md), or "
+        "auto: random for a start that is an eigenstate of its mean field, else unit",
     )
     r_max: int = Field(default=40, ge=1, description="largest rank kept")
     reject: bool = Field(

@@ -122,9 +122,11 @@ class BUGDriver:
         self.actors: list = []
         self.driver_s = 0.0  # seconds the driver computed in steps (not waiting)
 
-    def initial(self):
+    def initial(self, padding: str = "unit"):
+        """The product start, with ``padding`` zero-weight directions (``"unit"`` or
+        ``"random"``: the runner resolves the config's ``"auto"``)."""
         vectors = self.cfg.start_vectors()
-        return st.product_state(self.tree, vectors, rank=self.cfg.r_min, padding=self.cfg.padding)
+        return st.product_state(self.tree, vectors, rank=self.cfg.r_min, padding=padding)
 
     # -- state ------------------------------------------------------------------------
     def load(self, state) -> None:

@@ -83,12 +83,17 @@ def run(cfg: TTNConfig, ctx: RunContext) -> dict:
 def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     store = ctx.store
     integ = BUGDriver(cfg, ctx.executor)
-    psi_state = integ.initial()
     warnings = []
     stuck = stationary_start(integ.op, cfg.start_vectors(), cfg.r_min, padding=cfg.padding)
-    if stuck:  # said before the run: it will not converge however long it runs
+    padding = cfg.padding
+    if padding == "auto":  # random directions where unit ones may pin the start
+        padding = "random" if stuck else "unit"
+    if stuck:  # said before the run: it may not converge however long it runs
+        if cfg.padding == "auto" and cfg.r_min > 1:
+            stuck += "; padding=auto took random zero-weight directions for this start"
         ctx.warn(stuck)
         warnings.append(stuck)
+    psi_state = integ.initial(padding)
     exact = None
     if cfg.exact_reference:
         exact = ExactSolution(integ.op, st.to_dense(integ.tree, psi_state), integ.obs_keys)

@@ -111,10 +111,10 @@ def stationary_start(
             "at r_min=1 the rank-adaptive BUG cannot leave the product states from it and "
             "ends at an O(1) error for any h; " + fix
         )
-    other = "" if padding == "random" else "set padding=random (random zero-weight directions) or "
+    other = "set padding=random (random zero-weight directions) or " if padding == "unit" else ""
     return head + (
         f"the BUG can leave the product states only through the r_min={r_min} start's "
         "zero-weight directions, and may not (the tilted Neel start of the isotropic "
-        "Heisenberg chain stays at an O(1) error for any h with padding=unit); if a smaller "
+        "Heisenberg chain stays at an O(1) error for any h with unit directions); if a smaller "
         "h does not change the result, " + other + fix
     )
