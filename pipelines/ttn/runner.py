@@ -85,14 +85,12 @@ def _run(cfg: TTNConfig, ctx: RunContext) -> dict:
     integ = BUGDriver(cfg, ctx.executor)
     warnings = []
     stuck = stationary_start(integ.op, cfg.start_vectors(), cfg.r_min, padding=cfg.padding)
+    if stuck:  # said before the run: it may not converge however long it runs
+        ctx.warn(stuck)
+        warnings.append(stuck)
     padding = cfg.padding
     if padding == "auto":  # random directions where unit ones may pin the start
         padding = "random" if stuck else "unit"
-    if stuck:  # said before the run: it may not converge however long it runs
-        if cfg.padding == "auto" and cfg.r_min > 1:
-            stuck += "; padding=auto took random zero-weight directions for this start"
-        ctx.warn(stuck)
-        warnings.append(stuck)
     psi_state = integ.initial(padding)
     exact = None
     if cfg.exact_reference:

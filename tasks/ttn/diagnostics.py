@@ -92,8 +92,10 @@ def stationary_start(
     At rank 1 (``r_min = 1``) the BUG then cannot leave the product states. With
     ``r_min > 1`` the start carries zero-weight directions through which the Galerkin
     steps may fill the joint parts (a random all-to-all ``XX`` coupling from all-up does)
-    or not (the tilted Neel start of the isotropic chain does not): the warning says
-    so.
+    or not (the tilted Neel start of the isotropic chain with unit directions does
+    not): the warning says so, and what ``padding`` (``"auto"``, ``"unit"``,
+    ``"random"``: see :func:`~tilegraph.tasks.ttn.state.product_state`) does about it
+    (``"auto"`` takes random directions for such a start).
     """
     var, one, _ = variance_split(op, vectors)
     if var <= 1e-20 or one > rtol * var:
@@ -112,9 +114,10 @@ def stationary_start(
             "ends at an O(1) error for any h; " + fix
         )
     other = "set padding=random (random zero-weight directions) or " if padding == "unit" else ""
+    took = "; padding=auto took random zero-weight directions for this start"
     return head + (
         f"the BUG can leave the product states only through the r_min={r_min} start's "
         "zero-weight directions, and may not (the tilted Neel start of the isotropic "
         "Heisenberg chain stays at an O(1) error for any h with unit directions); if a smaller "
-        "h does not change the result, " + other + fix
+        "h does not change the result, " + other + fix + (took if padding == "auto" else "")
     )

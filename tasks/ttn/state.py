@@ -49,11 +49,7 @@ def _basis_from(xp, v, r: int):
     ``v`` (n,)."""
     n = v.shape[0]
     if n <= QR_MAX_DIM:
-        A = xp.concat([xp.reshape(v, (n, 1)), xp.eye(n, dtype=xp.complex128)], axis=1)
-        Q, R = xp.linalg.qr(A)
-        # undo the phase QR puts on the first column, so the state is exactly v
-        ph = complex(R[0, 0]) / abs(complex(R[0, 0]))
-        return Q[:, :r] * ph
+        return _qr_after(xp, v, xp.eye(n, dtype=xp.complex128), r)
     # H = I - 2 w w^H / |w|^2 with w = a e_0 - v (|a| = 1, a conj(v_0) real) maps a e_0
     # to v; its columns 1..r-1 are orthonormal and orthogonal to v
     v0 = complex(v[0])
@@ -71,6 +67,14 @@ def _basis_from(xp, v, r: int):
 PAD_SEED = 20240601
 
 
+def _qr_after(xp, v, A, r: int):
+    """The first ``r`` columns of the QR of ``[v, A]``, the first exactly the unit vector
+    ``v`` (QR's phase on it undone)."""
+    Q, R = xp.linalg.qr(xp.concat([xp.reshape(v, (v.shape[0], 1)), A], axis=1))
+    ph = complex(R[0, 0]) / abs(complex(R[0, 0]))
+    return Q[:, :r] * ph
+
+
 def _random_basis_from(xp, v, r: int, node: int):
     """Like :func:`_basis_from`, the columns after ``v`` seeded random directions
     orthogonal to it (a reduced QR of ``[v, G]``, O(n r^2))."""
@@ -78,10 +82,8 @@ def _random_basis_from(xp, v, r: int, node: int):
     if r <= 1:
         return xp.reshape(v, (n, 1))
     rng = np.random.default_rng([PAD_SEED, node])
-    G = xp.asarray(rng.standard_normal((n, r - 1)) + 1j * rng.standard_normal((n, r - 1)))
-    Q, R = xp.linalg.qr(xp.concat([xp.reshape(v, (n, 1)), G], axis=1))
-    ph = complex(R[0, 0]) / abs(complex(R[0, 0]))  # so that the first column is v
-    return Q[:, :r] * ph
+    G = rng.standard_normal((n, r - 1)) + 1j * rng.standard_normal((n, r - 1))
+    return _qr_after(xp, v, xp.asarray(G), r)
 
 
 def product_state(tree: Tree, vectors, rank: int = 1, padding: str = "unit") -> list:
