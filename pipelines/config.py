@@ -188,6 +188,29 @@ def _field_names(model: type[BaseModel], loc) -> list[str]:
     return sorted(model.model_fields)
 
 
+def int_or_auto(value: Any, lo: int, hi: int | None = None) -> int | str:
+    """``"auto"``, or ``value`` as an integer in ``[lo, hi]`` (a whole float or a numeric
+    string is taken); else ``ValueError`` saying what is allowed.
+
+    For a field typed ``int | Literal["auto"]``, as a ``mode="before"`` validator: the
+    union's own errors name a union member (``'n_coarse.int'``), not the field.
+    """
+    if value == "auto":
+        return value
+    v = value
+    if isinstance(v, str):
+        try:
+            v = int(v)
+        except ValueError:
+            pass
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**31:
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+        raise ValueError(f"must be {allowed} or auto (got {value!r})")
+    return v
+
+
 def paired(kind_name: str, kind: str, wanted: str, name: str, value: Any, form: str) -> None:
     """Raise ``ValueError`` unless ``name`` is given exactly when ``kind == wanted``
     (``factory`` with ``kind=custom``, say); ``form`` shows the value's form."""

@@ -57,6 +57,9 @@ KNOWN_BAD = {
         (["T=1e300"], "T/h = 2e+301 steps (T=1e+300, h=0.05): at most 1e+07"),
         (["r_min=8", "r_max=4"], "r_max"),
         (["d=20", "exact_reference=true"], "exact_reference"),
+        (["ramp=31"], "'ramp': must be an integer from 0 to 30 or auto (got 31)"),
+        (["ramp=-1"], "'ramp': must be an integer from 0 to 30 or auto (got -1)"),
+        (["ramp=fast"], "'ramp': must be an integer from 0 to 30 or auto (got 'fast')"),
     ],
     "bilevel": [
         (["blocks_per_iter=60"], "blocks_per_iter"),

@@ -558,3 +558,17 @@ def test_random_padding_keeps_the_state_and_is_the_same_every_time():
     assert all(np.array_equal(a, b) for a, b in zip(rand, again, strict=True))
     with pytest.raises(ValueError, match="padding must be 'unit' or 'random'"):
         st.product_state(tree, vecs, rank=3, padding="noise")
+
+
+@pytest.mark.parametrize("h", [0.1, 0.05, 1 / 3, 2.0**-20])
+def test_a_ramp_adds_up_to_the_step_it_replaces(h):
+    """``ramp_steps(h, k)``: ``h/2^k, h/2^k, h/2^(k-1), ..., h/2``, summing to ``h``
+    bit for bit (dyadic multiples of ``h``), so a ramped run keeps its time grid."""
+    assert integrator.ramp_steps(h, 0) == [h]
+    for k in (1, 4, 8, 30):
+        sizes = integrator.ramp_steps(h, k)
+        assert len(sizes) == k + 1 and sizes[0] == sizes[1] == h / 2**k
+        assert all(b == 2 * a for a, b in zip(sizes[1:-1], sizes[2:], strict=True))
+        assert sum(sizes) == h
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        integrator.ramp_steps(h, -1)

@@ -19,7 +19,7 @@ from tilegraph.tasks.devices import Device
 from tilegraph.tasks.domain_split.problems import OnBox, Problem
 
 from ..base import PipelineConfig
-from ..config import paired
+from ..config import int_or_auto, paired
 from ..imports import ExternalURL, ImportPath
 
 #: Kinds whose coefficients the user gives (code or data), checked by ``preflight``.
@@ -213,19 +213,7 @@ class DomainSplitConfig(PipelineConfig):
     @field_validator("n_coarse", mode="before")
     @classmethod
     def _int_or_auto(cls, v):
-        # here, not in the union's own checks: their errors name a union member
-        if v == "auto":
-            return v
-        if isinstance(v, str):
-            try:
-                v = int(v)
-            except ValueError:
-                pass
-        if isinstance(v, float) and v.is_integer() and abs(v) < 2**31:
-            v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-            raise ValueError(f"must be an integer >= 2 or auto (got {v!r})")
-        return v
+        return int_or_auto(v, 2)
 
     @field_validator("n_fine")
     @classmethod

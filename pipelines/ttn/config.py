@@ -11,13 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tilegraph.tasks.devices import Device
 
 from ..base import PipelineConfig
-from ..config import check_applies, paired, shorten
+from ..config import check_applies, int_or_auto, paired, shorten
 from ..imports import ImportPath
 
 #: Largest d for which the exact reference (a dense 2^d vector and sparse H) is offered.
 MAX_EXACT_D = 14
 #: Most steps T/h of one integration (10^7: days of steps; more is a typo in T or h).
 MAX_STEPS = 10**7
+#: ``ramp=auto`` per method: halvings of the first step (docs/ttn.md, "The first step":
+#: the parallel BUG's ranks grew with more, the sequential one's error kept falling).
+RAMP_AUTO = {"sequential": 8, "parallel": 4}
+#: Most halvings ``ramp`` takes (h / 2^30 is below any useful step).
+MAX_RAMP = 30
 
 
 class ModelConfig(BaseModel):
@@ -150,6 +155,12 @@ class TTNConfig(PipelineConfig):
         "seeded random ones (they let a start in a symmetry sector out; docs/ttn.md), or "
         "auto: random for a start that is an eigenstate of its mean field, else unit",
     )
+    ramp: int | Literal["auto"] = Field(
+        default="auto",
+        description="the first step taken as k+1 steps h/2^k, h/2^k, h/2^(k-1), ..., h/2 "
+        "(a product start's first step makes most of the error; docs/ttn.md); "
+        f"auto: {RAMP_AUTO['sequential']} sequential, {RAMP_AUTO['parallel']} parallel; 0: off",
+    )
     r_max: int = Field(default=40, ge=1, description="largest rank kept")
     reject: bool = Field(
         default=True,
@@ -168,6 +179,11 @@ class TTNConfig(PipelineConfig):
     exact_reference: bool = Field(
         default=True, description=f"compare with expm of the dense H (d <= {MAX_EXACT_D})"
     )
+
+    @field_validator("ramp", mode="before")
+    @classmethod
+    def _ramp(cls, v):
+        return int_or_auto(v, 0, MAX_RAMP)
 
     @field_validator("h_list")
     @classmethod
@@ -238,6 +254,10 @@ class TTNConfig(PipelineConfig):
 
     def steps(self, h: float | None = None) -> int:
         return int(round(self.T / (h or self.h)))
+
+    def ramp_halvings(self) -> int:
+        """The ``k`` of ``ramp`` (``auto`` resolved per method)."""
+        return RAMP_AUTO[self.method] if self.ramp == "auto" else self.ramp
 
     def make_tree(self):
         from tilegraph.tasks.ttn.trees import make_tree

@@ -218,12 +218,13 @@ class BUGDriver:
         return out
 
     # -- stepping ---------------------------------------------------------------------
-    def advance(self, h: float) -> int:
-        """One accepted step of size ``h``; returns how many times it was redone. Its wall
-        seconds, redone attempts included, are then ``last_step_s``."""
+    def advance(self, h: float, ramp: int = 0) -> int:
+        """One accepted step of size ``h`` (with ``ramp > 0``: taken as the ``ramp + 1``
+        steps of `integrator.ramp_steps`); returns how many times a step was redone. Its
+        wall seconds, redone attempts included, are then ``last_step_s``."""
         t0 = time.perf_counter()
         try:
-            return self._advance(h)
+            return sum(self._advance(s) for s in integrator.ramp_steps(h, ramp))
         finally:
             self.last_step_s = time.perf_counter() - t0
 

@@ -47,7 +47,7 @@ def _integrate(cfg, ctx, integ, h, exact, name, ckpt_offset, bar, state=None, ro
     # rewritten, so that a kill now cannot damage the rows the checkpoint needs)
     flushed = len(rows)
     for n in range(step0 + 1, n_steps + 1):
-        redone = integ.advance(h)
+        redone = integ.advance(h, ramp=cfg.ramp_halvings() if n == 1 else 0)
         rows.append(history_row(integ, n, h, redone, integ.last_step_s, exact))
         bar.update(1)
         bar.set_postfix_str(f"t={n * h:.3g} max rank {rows[-1]['max_rank']}")

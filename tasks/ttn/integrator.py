@@ -622,6 +622,31 @@ def root_bond_terms(layout: OperatorLayout) -> dict:
     return dict(zip(layout.op.keys, layout.op.coefs, strict=True))
 
 
+def ramp_steps(h: float, k: int) -> list[float]:
+    """The sizes that take one step ``h`` as a geometric ramp: ``h/2^k, h/2^k,
+    h/2^(k-1), ..., h/2`` (``k + 1`` steps; ``[h]`` for ``k = 0``).
+
+    From a product start the first step makes most of a run's error (measured against
+    expm: proportional to that step's size, or its square; docs/ttn.md), because the
+    bases have not yet grown; the later steps start from grown bases. The sizes are
+    dyadic multiples of ``h``, so they add up to ``h`` exactly.
+
+    Parameters
+    ----------
+    h : float
+        Step size (time units of ``H``).
+    k : int
+        Halvings, ``>= 0``.
+
+    Returns
+    -------
+    list of float, length ``k + 1``
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0 (got {k})")
+    return [h / 2**k] + [h / 2**j for j in range(k, 0, -1)] if k else [h]
+
+
 def step(
     layout: OperatorLayout,
     state,
