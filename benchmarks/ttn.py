@@ -213,7 +213,8 @@ def user_systems(args, root: str, out: dict) -> None:
             ("sequential", "sync", ["method=sequential"]),
         ]
         for label, spec, extra in runs:
-            m = run_once(preset, sets + extra, spec, root)
+            # ramp=0: every step one step, so that seconds per step compare
+            m = run_once(preset, sets + extra + ["ramp=0"], spec, root)
             per_step = m["step_s_total"] / m["steps"]
             res["runs"][label] = {**m, "s_per_step": per_step}
             rows.append([name, label, f"{per_step:.3f}", f"{build_s:.2f}",

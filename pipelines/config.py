@@ -207,7 +207,7 @@ def int_or_auto(value: Any, lo: int, hi: int | None = None) -> int | str:
         v = int(v)
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
         allowed = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
-        raise ValueError(f"must be {allowed} or auto (got {value!r})")
+        raise ValueError(f"must be {allowed} or auto (got {v!r})")
     return v
 
 

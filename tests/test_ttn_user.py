@@ -310,21 +310,34 @@ def test_the_first_step_makes_the_error_and_the_ramp_takes_it_off(tmp_path):
         run = tg.run("ttn", sets=items, cluster="sync", store=tmp_path / where, progress=None)
         return run, run.metrics["final_error_vs_exact"]
 
+    autos, zeros = {}, {}
     for name, (start, method, order) in cases.items():
         sets = [*chain, start, f"method={method}"]
-        e = [err([*sets, f"ramp={k}"], name)[1] for k in (0, 1, 2)]
+        runs = [err([*sets, f"ramp={k}"], name) for k in (0, 1, 2)]
+        e = [r[1] for r in runs]
         assert e[0] > 0.01, e
+        first = xr.open_zarr(runs[0][0].url + "/history", consolidated=False).error.values[1]
+        assert first > 0.9 * e[0], (first, e)  # without a ramp: made in step 1
         for k in (1, 2):
             assert e[k] / e[0] == pytest.approx(2.0 ** (-order * k), rel=0.1), e
-        run, e_auto = err(sets, name)  # ramp=auto: 8 halvings
-        assert e_auto < e[0] / 200, (e_auto, e)
+        run, autos[name] = err(sets, name)  # ramp=auto: 8 halvings
+        zeros[name] = e[0]
+        assert autos[name] < e[0] / 200, (autos[name], e)
+        # one history row per step of h: the ramp is inside the first
         hist = xr.open_zarr(run.url + "/history", consolidated=False)
-        np.testing.assert_allclose(hist.time.values, 0.1 * np.arange(11), rtol=0, atol=1e-15)
-        assert int(hist.step.values[-1]) == run.metrics["steps"] == 10
-    # the parallel BUG on the quick preset (TFI, d = 8, all up): 4 halvings by default
+        assert hist.sizes["time"] == 11 and run.metrics["steps"] == 10
+        assert hist.error.values[1] < e[0] / 200  # made in step 1, and kept small
+    # the parallel BUG on the quick preset (TFI, d = 8, all up): 4 halvings by default;
+    # ramp=0 is the run before the ramp (the reference's calibration: about 1.4e-2)
     q = ["d=8", "model.kind=tfi", "T=0.5", "h=0.05", "r_max=16"]
     e0, e_auto = err([*q, "ramp=0"], "tfi")[1], err(q, "tfi")[1]
-    assert e0 > 0.01 and e_auto < e0 / 10, (e0, e_auto)
+    assert e0 == pytest.approx(1.33e-2, rel=0.05) and e_auto < e0 / 30, (e0, e_auto)
+    # every study of a convergence study starts with its own ramp
+    study = [*chain, cases["tilted-neel"][0], "method=sequential", "h_list=[0.1, 0.05]"]
+    ramped = err(study, "study")[0]
+    conv = xr.open_zarr(ramped.url + "/convergence", consolidated=False).error.values
+    np.testing.assert_allclose(conv[0], autos["tilted-neel"], rtol=1e-10)
+    assert conv[1] < conv[0] < zeros["tilted-neel"] / 200
 
 
 def test_a_start_pinned_in_a_symmetry_sector_is_warned_about(tmp_path):
@@ -332,7 +345,8 @@ def test_a_start_pinned_in_a_symmetry_sector_is_warned_about(tmp_path):
     mean field: with unit zero-weight directions the error stays O(1) under step
     refinement and the run says so; the default (padding=auto) takes random directions
     for this start and converges at first order in h (0.17 from expm at h = 0.1 with
-    ramp=0; the default ramp takes 250x off that: see the next test)."""
+    ramp=0; the default ramp takes 250x off that: see
+    test_the_first_step_makes_the_error_and_the_ramp_takes_it_off)."""
     sets = ["d=6", "model.kind=xxz", "model.anisotropy=1", "start=tilted-neel",
             "method=sequential", "T=1", "h=0.1"]  # fmt: skip
 

@@ -555,7 +555,9 @@ PRESETS: dict[str, dict] = {
         "T": 1.0,
         "h_list": [2.0 ** -(k + 2) for k in range(1, 9)],
         # with step rejection the rank reaches its full value 4 at once and every later
-        # step is exact up to the truncation floor: no time-discretisation error to see
+        # step is exact up to the truncation floor: no time-discretisation error to see.
+        # Without it the rank is full after the first step too, and the study measures
+        # that step (its h^2 with ramp=0; docs/ttn.md, "Presets")
         "reject": False,
         "theta": 1e-8,
         "r_min": 2,

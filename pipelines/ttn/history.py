@@ -120,9 +120,13 @@ def history_dataset(rows: list[dict], observables=()):
         "rejected": (
             "time",
             col("rejected").astype(np.int64),
-            {"units": "1", "long_name": "times the step was redone"},
+            {"units": "1", "long_name": "times the step was redone (step 1: over its ramp)"},
         ),
-        "step_s": ("time", col("step_s"), {"units": "s", "long_name": "wall time of the step"}),
+        "step_s": (
+            "time",
+            col("step_s"),
+            {"units": "s", "long_name": "wall time of the step (step 1: its whole ramp)"},
+        ),
     }
     for name, what in (("observables", "<O>"), ("observables_exact", "<O> of expm(-i t H) y0")):
         if name in rows[0]:
