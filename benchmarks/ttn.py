@@ -20,7 +20,8 @@ and the seconds to build the operator (parse, Hermiticity check, layout) as a sh
 the run. Goals (issue 18): building < 5 % of the run; the parallel BUG on 2 workers at
 least as fast per step as the sequential BUG at d = 64. A last run holds the parallel
 BUG to the sequential BUG's largest rank: at the paper's theta its ranks grow far
-beyond (32-40 against 12 at d = 64) without a smaller energy drift.
+beyond (40 against 11 at d = 64); with the first-step ramp that rank buys a smaller
+energy drift (1.8e-2 against 0.24; without the ramp both were 3.4, docs/ttn.md).
 
     python benchmarks/ttn.py                 # T = 1 (several minutes on 2 cores)
     python benchmarks/ttn.py --T 0.25        # a short run

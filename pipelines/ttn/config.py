@@ -19,7 +19,8 @@ MAX_EXACT_D = 14
 #: Most steps T/h of one integration (10^7: days of steps; more is a typo in T or h).
 MAX_STEPS = 10**7
 #: ``ramp=auto`` per method: halvings of the first step (docs/ttn.md, "The first step":
-#: the parallel BUG's ranks grew with more, the sequential one's error kept falling).
+#: the parallel BUG's ranks grew with more; the sequential one's error fell up to 8-12
+#: and rose again at 16, whose first step adds directions with weights near theta).
 RAMP_AUTO = {"sequential": 8, "parallel": 4}
 #: Most halvings ``ramp`` takes (h / 2^30 is below any useful step).
 MAX_RAMP = 30
