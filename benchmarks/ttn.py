@@ -23,6 +23,11 @@ BUG to the sequential BUG's largest rank: at the paper's theta its ranks grow fa
 beyond (40 against 11 at d = 64); with the first-step ramp that rank buys a smaller
 energy drift (1.8e-2 against 0.24; without the ramp both were 3.4, docs/ttn.md).
 
+Part 4, the first step (``ramp``): error against ``expm`` at T with one first step of h
+(``ramp=0``) and with the default ramp, in process, on the cases of docs/ttn.md's table
+("The first step"): the quick preset, the isotropic chain from the tilted Neel and a
+free start, the Bose-Hubbard Fock start, the long-range chain at d = 8 and 12.
+
     python benchmarks/ttn.py                 # T = 1 (several minutes on 2 cores)
     python benchmarks/ttn.py --T 0.25        # a short run
     python benchmarks/ttn.py --skip-nodes --skip-accuracy --repeats 5
@@ -238,6 +243,51 @@ def user_systems(args, root: str, out: dict) -> None:
     print(table(rows, header))
 
 
+#: Part 4, the first-step ramp (docs/ttn.md, "The first step"): ``{label: (--set items on
+#: the quick preset, step sizes)}``; each runs with ``ramp=0`` and the default ramp.
+_FOCK = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
+_CHAIN = ["d=6", "model.kind=xxz", "model.anisotropy=1", "r_max=40"]
+_FREE = "start=" + json.dumps(["+", "up", "down", "+", "-", "up"])
+RAMP_CASES = {
+    "quick (TFI d=8), parallel": ([], [0.1, 0.05, 0.025]),
+    "quick (TFI d=8), sequential": (["method=sequential"], [0.1, 0.05, 0.025]),
+    "xxz tilted-neel d=6, sequential": ([*_CHAIN, "start=tilted-neel", "method=sequential"],
+                                        [0.1, 0.05]),
+    "xxz tilted-neel d=6, parallel": ([*_CHAIN, "start=tilted-neel"], [0.05, 0.025]),
+    "xxz free start d=6, sequential": ([*_CHAIN, _FREE, "method=sequential"], [0.1, 0.05]),
+    "xxz free start d=6, parallel": ([*_CHAIN, _FREE], [0.05, 0.025]),
+    "Bose-Hubbard Fock d=4, sequential": (["bh", "method=sequential"], [0.05, 0.025]),
+    "Bose-Hubbard Fock d=4, parallel": (["bh"], [0.05, 0.025]),
+    "xxz (0.5) tilted-neel d=8, sequential": (["model.kind=xxz", "start=tilted-neel",
+                                               "method=sequential"], [0.05]),
+    "lr-ising d=8, parallel": (["model.kind=lr-ising", "r_max=40"], [0.05, 0.025]),
+    "lr-ising d=12 T=0.3, parallel": (["d=12", "model.kind=lr-ising", "r_max=40", "T=0.3"],
+                                      [0.025, 0.0125, 0.00625]),
+}  # fmt: skip
+
+
+def first_step(root: str, out: dict) -> None:
+    """Part 4: error against expm with one first step of h (``ramp=0``) and with the
+    default ramp, in process (``sync``)."""
+    bh = USER_CASES["Bose-Hubbard d=16, n_max=3"][2](4)
+    bh_sets = ["d=4", "sites=Boson:3", "model.kind=terms", "model.terms=" + json.dumps(bh),
+               "start=" + json.dumps(_FOCK), "T=0.5", "r_max=40"]  # fmt: skip
+    rows, out["first_step"] = [], []
+    for label, (sets, hs) in RAMP_CASES.items():
+        sets = [x for s in sets for x in (bh_sets if s == "bh" else [s])] + ["checkpoint_s=null"]
+        got = {}
+        for ramp in ("0", "auto"):
+            ms = [run_once("quick", [*sets, f"h={h}", f"ramp={ramp}"], "sync", root) for h in hs]
+            got[ramp] = [m["final_error_vs_exact"] for m in ms]
+            out["first_step"].append({"case": label, "ramp": ramp, "h": hs, "runs": ms})
+        rows.append([label, " / ".join(f"{h:g}" for h in hs),
+                     " / ".join(f"{e:.2g}" for e in got["0"]),
+                     " / ".join(f"{e:.2g}" for e in got["auto"])])  # fmt: skip
+        print(rows[-1], flush=True)
+    print("\nerror vs expm at T, one first step of h (ramp=0) against the default ramp")
+    print(table(rows, ["case", "h", "ramp=0", "default ramp"]))
+
+
 def _as_dict(preset: str, sets: list[str]) -> dict:
     from tilegraph.pipelines.config import build_config
     from tilegraph.pipelines.registry import get_pipeline
@@ -257,6 +307,7 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-user", action="store_true", help="no part 3 (terms Hamiltonians)")
     ap.add_argument("--user-T", type=float, default=0.05, help="final time of part 3")
+    ap.add_argument("--skip-ramp", action="store_true", help="no part 4 (the first step)")
     ap.add_argument(
         "--repeats", type=int, default=3, help="rounds of part 1 (medians are reported)"
     )
@@ -291,6 +342,8 @@ def main() -> None:
         print(table(rows, ["method", "cluster", "h", "wall s", "error", "norm drift", "max rank"]))
     if not args.skip_user:
         user_systems(args, root, out)
+    if not args.skip_ramp:
+        first_step(root, out)
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / "ttn.json").write_text(json.dumps(out, indent=1, default=str))

@@ -644,7 +644,7 @@ def ramp_steps(h: float, k: int) -> list[float]:
     """
     if k < 0:
         raise ValueError(f"k must be >= 0 (got {k})")
-    return [h / 2**k] + [h / 2**j for j in range(k, 0, -1)] if k else [h]
+    return [h / 2**k] + [h / 2**j for j in range(k, 0, -1)]
 
 
 def step(
