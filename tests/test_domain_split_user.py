@@ -41,7 +41,30 @@ def _custom(d: int, n_fine: int, **extra) -> dict:
     }
 
 
-def test_custom_pde_on_a_box_converges_at_second_order(project, executors):
+def _panel_titles(monkeypatch) -> list:
+    """The panels of every ``summary.png`` the runs draw from now on: for each figure,
+    its rows of panel titles, left to right (blank panels left out)."""
+    from tilegraph.pipelines.domain_split import runner
+
+    titles, draw = [], runner.summary_figure
+
+    def spy(*args, **kwargs):
+        fig = draw(*args, **kwargs)
+        rows: dict = {}
+        for ax in fig.axes:
+            if ax.axison and ax.get_title():  # colour bars have no title
+                spec = ax.get_subplotspec()
+                rows.setdefault(spec.rowspan.start, {})[spec.colspan.start] = ax.get_title()
+        grid = [rows[r] for r in sorted(rows)]
+        titles.append([[row.get(c, "") for c in range(max(row) + 1)] for row in grid])
+        return fig
+
+    monkeypatch.setattr(runner, "summary_figure", spy)
+    return titles
+
+
+def test_custom_pde_on_a_box_converges_at_second_order(project, executors, monkeypatch):
+    panels = _panel_titles(monkeypatch)
     errors = []
     for n in (20, 40, 80):
         run = tilegraph.run(
@@ -59,6 +82,10 @@ def test_custom_pde_on_a_box_converges_at_second_order(project, executors):
     exact = np.exp(0.5 * x) * np.sin(y)
     np.testing.assert_allclose(ds.exact.values, exact, rtol=0, atol=1e-14)
     assert np.abs(ds.solution.values - exact).max() < 1e-3
+    # the coefficient fields beside the solution, its error and the convergence
+    assert panels[-1] == [
+        ["solution u", "error u - u_exact", "convergence"], ["alpha_x", "alpha_y", "|beta|"]
+    ]  # fmt: skip
 
 
 def test_custom_pde_same_bits_on_every_backend(project):
@@ -142,7 +169,7 @@ class _Interpolated:
 
 
 @pytest.mark.parametrize("d", [2, 3])
-def test_dataset_pde_matches_scipy_direct_solve(tmp_path, executors, d):
+def test_dataset_pde_matches_scipy_direct_solve(tmp_path, executors, d, monkeypatch):
     from scipy.sparse.linalg import spsolve
     from tilegraph.tasks.domain_split.operator import assemble, fine_axes
 
@@ -156,8 +183,12 @@ def test_dataset_pde_matches_scipy_direct_solve(tmp_path, executors, d):
         "direct_reference": False,
         "problem": {"kind": "dataset", "dataset": str(tmp_path / "coeffs.zarr")},
     }
+    panels = _panel_titles(monkeypatch)
     run = tilegraph.run("domain-split", config=cfg, cluster=executors("local:2"), store=tmp_path)
     assert "rel_error_exact" not in run.metrics  # nothing to compare with
+    where = "" if d == 2 else " (middle z plane)"  # no error panel, and no gap for it
+    fields = ["alpha_x", "alpha_y", "alpha_z"][:d] + ["|beta|"]
+    assert panels == [[["solution u" + where, "convergence"], [f + where for f in fields]]]
     got = run.open_dataset("result")
     # the reference: SciPy's interpolation of the same data, assembled and solved
     ref_problem = _Interpolated(ds.load(), d)

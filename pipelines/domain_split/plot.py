@@ -83,19 +83,19 @@ def summary_figure(store, problem, domain, history, title: str):
         fig.colorbar(im, ax=ax)
 
     show(grid[0, 0], _plane(store.array("result/solution"), d), "solution u", cmap="viridis")
-    if store.has("result/error"):
+    top = 1
+    if store.has("result/error"):  # no exact solution (a dataset): no panel, no gap
         err = _plane(store.array("result/error"), d)
         lim = float(np.abs(err).max()) or 1.0
         show(grid[0, 1], err, "error u - u_exact", cmap="RdBu_r", vmin=-lim, vmax=lim)
-    else:
-        grid[0, 1].axis("off")
-    ax = grid[0, 2]
+        top = 2
+    ax = grid[0, top]
     ax.semilogy(np.arange(len(history)), history, "o-", ms=3)
     ax.set_xlabel("iteration")
     ax.set_ylabel("relative residual")
     ax.set_title("convergence")
     ax.grid(True, which="both", alpha=0.3)
-    for k in range(3, cols):
+    for k in range(top + 1, cols):
         grid[0, k].axis("off")
     for k, (name, field) in enumerate(planes.items()):
         show(grid[1, k], field, name, cmap="magma")
