@@ -85,9 +85,10 @@ def marked_blocks(page: str) -> list[Block]:
 
 
 def commands(text: str) -> list[list[str]]:
-    """The ``tilegraph`` commands of a shell block (continuations joined, comments cut)."""
+    """The ``tilegraph`` commands of a shell block (continuations joined, comments cut,
+    ``a && b`` split; ``pip install`` and other commands left out: this is installed)."""
     out = []
-    for line in text.replace("\\\n", " ").splitlines():
+    for line in re.split(r"\n|&&|;", text.replace("\\\n", " ")):
         words = shlex.split(line, comments=True)
         while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
             words = words[1:]  # VAR=value before the command: its environment
@@ -276,6 +277,7 @@ def test_the_harness_checks_prints_and_commands():
     assert commands("tilegraph run x \\\n  --set 'a=[1, 2]'  # note\nls\n") == [
         ["run", "x", "--set", "a=[1, 2]"]
     ]
+    assert commands("pip install -e . && tilegraph run y\n") == [["run", "y"]]
     assert same_number("6.6e-05", "6.6213e-05") and not same_number("6.6e-05", "7.1e-05")
     assert same_number("35", "35") and not same_number("35", "36")
     assert not same_number("15", "fifteen")
