@@ -322,3 +322,30 @@ def test_the_pipeline_page_example_is_a_working_pipeline(tmp_path):
     x = xr.open_zarr(run_dir / "result", consolidated=False).x.values
     assert x.shape == (100,) and x[0] == 0.0 and x[-1] == 1.0
     assert done["metrics"]["residual"] == 1e-9 and done["metrics"]["s_per_step"] >= 0
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation but ``-`` and ``_`` dropped,
+    spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_pages_resolve():
+    """Every relative link of the pages names a file that exists and, with ``#anchor``,
+    a heading of it."""
+    pages = ["README.md", *(str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("docs/*.md")))]
+    checked = 0
+    for page in pages:
+        text = (ROOT / page).read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://|mailto:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (ROOT / page).parent / path if path else ROOT / page
+            assert file.exists(), f"{page}: link to {target}: no such file"
+            if anchor:
+                heads = re.findall(r"(?m)^#+ (.+)$", file.read_text())
+                assert anchor in {slug(h) for h in heads}, f"{page}: no heading #{anchor}"
+            checked += 1
+    assert checked >= 10
+    assert slug("Choosing `n_coarse`") == "choosing-n_coarse"
