@@ -55,6 +55,11 @@ def one_line(text: str, limit: int = 400) -> str:
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
+#: What ``tilegraph runs --status`` filters on (``storage``'s run statuses; not imported
+#: here, so that ``--help`` stays fast).
+STATUSES = ("pending", "running", "complete", "failed", "interrupted", "unreadable")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
         sys.stderr.write(f"error: {message}\n")
@@ -168,11 +173,19 @@ def _parser() -> argparse.ArgumentParser:
     _where_args(sp)
 
     sp = sub.add_parser("runs", help="table of runs and their status")
+    sp.add_argument("pipeline", nargs="?", type=_given, help="only this pipeline's runs")
+    sp.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    sp.add_argument("--last", type=_nonnegative, metavar="N", help="only the newest N")
     sp.add_argument("--store", type=_given, default="./runs")
     sp.add_argument("--json", action="store_true")
 
     sp = sub.add_parser("show", help="config, metrics and location of one run")
-    sp.add_argument("run_id", type=_given, metavar="RUN-ID")
+    sp.add_argument(
+        "run_id",
+        type=_given,
+        metavar="RUN-ID",
+        help="a run id, its beginning or its end when only one run has it, or 'last'",
+    )
     sp.add_argument("--store", type=_given, default="./runs")
     sp.add_argument("--json", action="store_true")
     return p
@@ -469,14 +482,23 @@ def _unreadable(args, exc: Exception) -> UsageError:
 def _cmd_runs(args) -> int:
     root = _read_root(args)
     try:
-        runs = root.runs()
+        runs = root.runs(args.pipeline)
+    except ValueError as exc:  # a pipeline name that cannot be a folder
+        raise UsageError(f"PIPELINE: {exc}") from None
     except Exception as exc:  # an unreachable server, a folder without permission
         raise _unreadable(args, exc) from None
+    if args.status:
+        runs = [r for r in runs if r["status"] == args.status]
+    if args.last is not None:  # sorted by id: by the time they were made
+        runs = runs[len(runs) - args.last :] if args.last else []
     if args.json:  # "path" as in `run --json` and `show --json` ("url" kept)
         print(json.dumps({"runs": [{**r, "path": r["url"]} for r in runs]}))
         return 0
     if not runs:
-        print(f"no runs under {args.store}")
+        which = " ".join(
+            w for w in (args.status, f"{args.pipeline!r}" if args.pipeline else None) if w
+        )
+        print(f"no {which + ' ' if which else ''}runs under {args.store}")
         return 0
     rows = [
         [
@@ -494,7 +516,7 @@ def _cmd_show(args) -> int:
 
     root = _read_root(args)
     try:
-        run = root.open(args.run_id)
+        run = root.open(_run_id(root, args.run_id))
     except (KeyError, ValueError) as exc:
         raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
     except Exception as exc:
@@ -538,6 +560,32 @@ def _cmd_show(args) -> int:
     if run.has("result"):
         print("open the results with: xarray.open_zarr(path + '/result', consolidated=False)")
     return 0
+
+
+def _run_id(root, given: str) -> str:
+    """The id of the run ``given`` names: an id, ``last`` (the newest run), or the
+    beginning or end of exactly one run's id (``20261206-2024``, ``004feb``).
+
+    Raises
+    ------
+    UsageError
+        When the beginning or end is that of several runs (naming a few).
+    """
+    from tilegraph import storage
+
+    try:
+        return root.open(given).run_id
+    except storage.RunNotFound:
+        ids = [str(r["run_id"]) for r in root.runs()]
+        found = ids[-1:] if given == "last" else [
+            i for i in ids if i.startswith(given) or i.endswith(given)
+        ]  # fmt: skip
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise
+    shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
+    raise UsageError(f"{one_line(given, 80)!r} is in {len(found)} runs' ids ({shown})")
 
 
 def _indent(text: str) -> str:

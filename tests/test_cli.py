@@ -284,3 +284,54 @@ def test_listing_a_store_that_is_a_file_is_one_error_line(tmp_path):
             f"error: --store {afile}: a file, not a folder; a store is a folder"
         ]
     assert afile.read_text() == "not a store"
+
+
+def test_runs_filter_and_show_takes_a_unique_part_of_an_id(tmp_path):
+    from helpers import run_cli
+
+    root = storage.Root(str(tmp_path))
+    ids = {
+        ("ttn", "20261201-100000-aaaaaa"): "complete",
+        ("ttn", "20261202-100000-bbbbbb"): "failed",
+        ("picard", "20261203-100000-cccccc"): "complete",
+        ("ttn", "20261203-110000-dddddd"): "complete",
+    }
+    for (pipeline, run_id), status in ids.items():
+        run = root.create(pipeline, {"x": 1}, run_id=run_id)
+        run.mark_complete({"m": 1.0}) if status == "complete" else run.mark_failed("boom")
+
+    def listed(*args):
+        rc, out, err = run_cli("runs", *args, "--store", str(tmp_path), "--json")
+        assert rc == 0, err
+        return [r["run_id"][-6:] for r in last_json(out)["runs"]]
+
+    assert listed() == ["aaaaaa", "bbbbbb", "cccccc", "dddddd"]
+    assert listed("ttn") == ["aaaaaa", "bbbbbb", "dddddd"]
+    assert listed("ttn", "--status", "complete") == ["aaaaaa", "dddddd"]
+    assert listed("--status", "failed") == ["bbbbbb"]
+    assert listed("--last", "2") == ["cccccc", "dddddd"]
+    assert listed("ttn", "--last", "1") == ["dddddd"] and listed("--last", "0") == []
+    rc, out, _ = run_cli("runs", "bilevel", "--store", str(tmp_path))
+    assert rc == 0 and out.strip() == f"no 'bilevel' runs under {tmp_path}"
+    rc, _, err = run_cli("runs", "--status", "done", "--store", str(tmp_path))
+    assert rc == 2 and err.startswith("error:") and "complete" in err
+
+    def shown(given):
+        rc, out, err = run_cli("show", given, "--store", str(tmp_path), "--json")
+        return (last_json(out)["run_id"][-6:], last_json(out)["pipeline"]) if rc == 0 else err
+
+    assert shown("20261202-100000-bbbbbb") == ("bbbbbb", "ttn")
+    assert shown("cccccc") == ("cccccc", "picard")  # the end of one id
+    assert shown("20261202") == ("bbbbbb", "ttn")  # the beginning of one
+    assert shown("last") == ("dddddd", "ttn")
+    err = shown("20261203")  # two runs began that day: one line naming both
+    assert err.startswith("error: RUN-ID: '20261203' is in 2 runs' ids (20261203-100000-cccccc")
+    assert len(err.strip().splitlines()) == 1
+    assert shown("eeeeee").startswith("error: RUN-ID: no run 'eeeeee'")
+    from tilegraph.pipelines.cli import STATUSES  # what --status takes: every status
+    from tilegraph.storage.runstore import UNREADABLE
+
+    assert set(STATUSES) == {
+        storage.PENDING, storage.RUNNING, storage.COMPLETE, storage.FAILED,
+        storage.INTERRUPTED, UNREADABLE,
+    }  # fmt: skip
