@@ -495,10 +495,8 @@ def _cmd_runs(args) -> int:
         print(json.dumps({"runs": [{**r, "path": r["url"]} for r in runs]}))
         return 0
     if not runs:
-        which = " ".join(
-            w for w in (args.status, f"{args.pipeline!r}" if args.pipeline else None) if w
-        )
-        print(f"no {which + ' ' if which else ''}runs under {args.store}")
+        pipeline = repr(args.pipeline) if args.pipeline else None
+        print(" ".join(filter(None, ("no", args.status, pipeline, "runs under", args.store))))
         return 0
     rows = [
         [
@@ -516,7 +514,7 @@ def _cmd_show(args) -> int:
 
     root = _read_root(args)
     try:
-        run = root.open(_run_id(root, args.run_id))
+        run = _open_run(root, args.run_id)
     except (KeyError, ValueError) as exc:
         raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
     except Exception as exc:
@@ -562,9 +560,9 @@ def _cmd_show(args) -> int:
     return 0
 
 
-def _run_id(root, given: str) -> str:
-    """The id of the run ``given`` names: an id, ``last`` (the newest run), or the
-    beginning or end of exactly one run's id (``20261206-2024``, ``004feb``).
+def _open_run(root, given: str):
+    """The run ``given`` names: an id, ``last`` (the newest run), or the beginning or
+    end of exactly one run's id (``20261206-2024``, ``004feb``).
 
     Raises
     ------
@@ -574,14 +572,14 @@ def _run_id(root, given: str) -> str:
     from tilegraph import storage
 
     try:
-        return root.open(given).run_id
+        return root.open(given)
     except storage.RunNotFound:
         ids = [str(r["run_id"]) for r in root.runs()]
         found = ids[-1:] if given == "last" else [
             i for i in ids if i.startswith(given) or i.endswith(given)
         ]  # fmt: skip
         if len(found) == 1:
-            return found[0]
+            return root.open(found[0])
         if not found:
             raise
     shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")

@@ -156,34 +156,25 @@ def _split(words: list[str], seps: tuple) -> list[list[str]]:
     return parts
 
 
-def newest(folder: Path, pattern: str) -> str:
-    """The name of the newest match of ``pattern`` in ``folder``: run ids begin with
-    their creation time to the second (sweep ids are hashes), and within one second,
-    or for sweeps, the last modified is taken."""
-
-    def age(p):
-        return (p.name[:15] if re.match(r"\d{8}-\d{6}-", p.name) else "", p.stat().st_mtime)
-
-    found = sorted(folder.glob(pattern), key=age)
-    assert found, f"no {pattern} in {folder}: the page runs nothing before it reads it"
-    return found[-1].name
-
-
 def fill(text: str, folder: Path) -> str:
-    """Replace ``<run-id>`` and ``<sweep-id>`` by what the folder holds now."""
-    runs = folder / "runs"
-    text = re.sub(
-        r"runs/([\w-]+)/<run-id>",
-        lambda m: f"runs/{m.group(1)}/{newest(runs / m.group(1), '*')}",
-        text,
-    )
-    if "<sweep-id>" in text:
-        text = text.replace("<sweep-id>", newest(runs / "sweeps", "*"))
+    """Replace ``<run-id>`` (of the pipeline a ``runs/NAME/`` before it names, else of
+    any) and ``<sweep-id>`` by the newest the folder holds now."""
+    from tilegraph import storage
+
+    root = storage.Root(str(folder / "runs"))
+
+    def last_run(pipeline=None) -> str:
+        runs = root.runs(pipeline)  # sorted by id: by the time they were made
+        assert runs, f"no {pipeline or ''} run in {folder}: the page made none before"
+        return runs[-1]["run_id"]
+
+    text = re.sub(r"runs/([\w-]+)/<run-id>", lambda m: f"runs/{m[1]}/{last_run(m[1])}", text)
     if "<run-id>" in text:
-        pipelines = [p for p in runs.iterdir() if p.name != "sweeps"]
-        ids = [(newest(p, "*"), p) for p in pipelines]
-        run_id, _ = max(ids, key=lambda t: (t[0][:15], (t[1] / t[0]).stat().st_mtime))
-        text = text.replace("<run-id>", run_id)
+        text = text.replace("<run-id>", last_run())
+    if "<sweep-id>" in text:  # sweep ids are hashes: the last written
+        sweeps = sorted((folder / "runs" / "sweeps").glob("*"), key=lambda p: p.stat().st_mtime)
+        assert sweeps, f"no sweep in {folder}: the page made none before"
+        text = text.replace("<sweep-id>", sweeps[-1].name)
     left = [m.group(0) for m in PLACEHOLDER.finditer(text)]
     assert not left, f"placeholders the suite cannot fill: {left}"
     return text
