@@ -16,7 +16,7 @@ from tilegraph.tasks.domain_split.combine import (
     skeleton,
     spline_matrix,
 )
-from tilegraph.tasks.domain_split.grid import GridLayout, merge_weights
+from tilegraph.tasks.domain_split.grid import GridLayout, halo_plan, merge_weights
 from tilegraph.tasks.domain_split.holes import (
     BoxSolver,
     box_lattice,
@@ -611,3 +611,45 @@ def test_lean_hierarchy_keeps_less_and_still_solves():
     assert kept["lean"] < 0.8 * kept["classical"]
     with pytest.raises(ValueError, match="kind must be one of"):
         classical_hierarchy(A, "smoothed")
+
+
+@pytest.mark.parametrize(
+    "d, n_fine, n_coarse, per_block, workers",
+    [(2, 24, 6, 1, 2), (2, 24, 6, 2, 3), (3, 12, 4, 1, 2), (2, 20, 5, 2, 2)],
+)
+def test_halo_plan_sends_every_node_read_from_another_worker(
+    d, n_fine, n_coarse, per_block, workers
+):
+    """Brute force on the node grid: every node a block's smoother pass or stencil reads
+    in another worker's block lies in the box that block sends, the boxes are the
+    bounding boxes of what is read, and nothing goes to the worker that holds it."""
+    lay = GridLayout(d, n_fine, n_coarse, per_block)
+    n = n_fine + 1
+    groups = [list(range(a, len(lay.blocks), workers)) for a in range(workers)]
+    group_of = {j: g for g, ids in enumerate(groups) for j in ids}
+    owner = np.zeros((n,) * d, dtype=int)
+    for j, b in enumerate(lay.blocks):
+        owner[b.region] = j
+    for shift in [None, *shift_offsets(lay, 3)]:
+        reads = []
+        for b in lay.blocks:
+            start, stop = (b.start, b.stop) if shift is None else smooth_region(lay, b, shift)[:2]
+            reads.append((tuple(max(a - 1, 0) for a in start), tuple(min(e + 1, n) for e in stop)))
+        plan = halo_plan(lay, groups, reads)
+        want: dict = {}
+        for i, (lo, hi) in enumerate(reads):
+            seen = owner[tuple(slice(a, e) for a, e in zip(lo, hi, strict=True))]
+            for j in np.unique(seen):
+                if group_of[int(j)] == group_of[i]:
+                    continue
+                at = np.argwhere(seen == j) + np.array(lo)
+                box = (at.min(axis=0), at.max(axis=0) + 1)
+                key = (int(j), group_of[i])
+                if key in want:
+                    box = (np.minimum(box[0], want[key][0]), np.maximum(box[1], want[key][1]))
+                want[key] = box
+        got = {(j, g): (lo, hi) for j, boxes in plan.items() for g, lo, hi in boxes}
+        assert set(got) == set(want)
+        for key, (lo, hi) in got.items():
+            assert lo == tuple(want[key][0]) and hi == tuple(want[key][1])
+        assert any(len(boxes) for boxes in plan.values())

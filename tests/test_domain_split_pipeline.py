@@ -242,3 +242,34 @@ def test_a_resume_from_a_damaged_iterate_starts_over(tmp_path, executors, damage
     assert again.metrics["passes"] == run.metrics["passes"]  # the check is not a pass
     assert "checkpoints" not in again.group or again.checkpoint_steps()[0] <= 6
     np.testing.assert_array_equal(again.array("result/solution").read(), ref)
+
+
+@pytest.mark.parametrize(
+    "solver, device", [("krylov", "cpu"), ("stationary", "cpu"), ("krylov", "array-api-strict")]
+)
+def test_halos_sent_between_workers_give_the_out_of_core_bits(tmp_path, executors, solver, device):
+    """In memory, work vectors stay in the workers and the parts of them that other
+    workers' blocks read are sent through the driver. Blocks of one box (the smoother
+    reads past the neighbouring block), alternating between two workers: the same bits
+    as out of core, where every vector goes through Zarr, and only the solution buffers
+    reached Zarr; also where the block kernels run on another array library (the GPU
+    code path, halos sent from and to its arrays)."""
+    sets = [
+        "problem.kind=variable", "n_fine=30", "n_coarse=6", "boxes_per_block=1",
+        "direct_reference=false", f"solver={solver}", "max_iter=8", "tol=1e-9",
+        "keep_work=true", f"device={device}",
+    ]  # fmt: skip
+    ref, m_ref = run_pipeline(tmp_path, executors("sync"), sets=[*sets, "out_of_core=true"])
+    got, m = run_pipeline(tmp_path, executors("local:2"), sets=sets, name="mem")
+    assert m["workers"] == 2 and m["blocks"] == 36
+    assert m["iterations"] == m_ref["iterations"] and m["passes"] == m_ref["passes"]
+    np.testing.assert_array_equal(
+        got.array("result/solution").read(), ref.array("result/solution").read()
+    )
+
+    def written(run):
+        work = run.group["work"]
+        return {name for name, a in work.arrays() if a.nchunks_initialized}
+
+    assert {"x0", "x1"} <= written(got) <= {"x0", "x1", "x2"}
+    assert written(ref) > {"x0", "x1", "B", "s0", "z"}

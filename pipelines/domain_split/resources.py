@@ -21,9 +21,9 @@ What grows with the config, and where it lives (``N = n_fine + 1`` nodes per axi
   ``n (5.6 log2 n - 34)`` entries in 2-D, ``1.57 n^1.55`` in 3-D for ``n`` unknowns), and
   holds a handful of fine vectors besides. That is the largest item of most in-memory
   runs.
-* **store**: every work vector that is not kept in worker memory (uncompressed) and the
-  three result fields; the work vectors are deleted at the end unless ``keep_work``, so
-  this is the peak on disk.
+* **store**: the solution buffers ``x0 .. x2`` (every work vector with
+  ``out_of_core=true``), uncompressed, and the three result fields; the work vectors
+  are deleted at the end unless ``keep_work``, so this is the peak on disk.
 
 Only array memory is estimated (what grows with the config): the Python process with its
 imported modules comes on top (a few hundred MiB).
@@ -230,7 +230,8 @@ def work_vectors(cfg, offsets) -> tuple[int, int]:
     else:
         local = 2  # z, r
         vectors = 4 + 2 + local + between  # B, x0-x2, res, e, z r, s0 s1
-    written = vectors - (0 if cfg.out_of_core else local)
+    # in memory, only the solution buffers x0-x2 (what a resume reads) go to Zarr
+    written = vectors if cfg.out_of_core else 3
     return vectors, written
 
 

@@ -54,6 +54,15 @@ def direct_solution(problem, layout, scheme: str) -> np.ndarray:
     return U
 
 
+def scratch_names(cfg: DomainSplitConfig) -> list[str]:
+    """Every scratch vector the solver may use (``work/<name>``). Only the solution
+    buffers are needed on resume: in-memory runs write only those to Zarr, the others
+    stay in the workers (with their halos sent through the driver)."""
+    m = cfg.restart
+    basis = [f"V{j}" for j in range(m + 1)] + [f"Z{j}" for j in range(m)]
+    return ["B", *SOLUTION_BUFFERS, *basis, "w", "z", "r", "s0", "s1", "res", "e"]
+
+
 def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     """Solve the configured problem; write ``result`` (solution and, where the problem
     knows it, the exact solution and the error, on the coordinates of its box),
@@ -94,7 +103,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         cache=not cfg.out_of_core,
         boxes=cfg.boxes,
         corrections=cfg.box_corrections,
-        local=[f"work/{n}" for n in ("w", "z", "r")],
+        local=[f"work/{n}" for n in scratch_names(cfg) if n not in SOLUTION_BUFFERS],
     )
     norm_b = math.sqrt(math.fsum(plan.call("rhs", vec("B"))))
 

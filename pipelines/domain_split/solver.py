@@ -8,16 +8,17 @@ Hessenberg matrix) and scalars; fine-grid vectors stay in Zarr.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 
 import numpy as np
 from tilegraph.tasks.devices import slots
 from tilegraph.tasks.domain_split.combine import correct, merge, spline_matrix
-from tilegraph.tasks.domain_split.grid import merge_weights
-from tilegraph.tasks.domain_split.holes import shift_offsets, work_region
+from tilegraph.tasks.domain_split.grid import halo_plan, merge_weights
+from tilegraph.tasks.domain_split.holes import shift_offsets, smooth_region, work_region
 
-from .worker import BlockWorker
+from .worker import HALO_READS, BlockWorker
 
 
 class BlockDriver:
@@ -42,7 +43,9 @@ class BlockDriver:
     cache : bool
         Let workers keep their blocks in memory (see ``BlockWorker``).
     local : iterable of str
-        Scratch vectors that may stay in worker memory (see ``BlockWorker``).
+        Scratch vectors that may stay in worker memory (see ``BlockWorker``); the
+        parts of them a pass reads from other workers' blocks are sent through the
+        driver before it.
     boxes : {"lu", "frozen"}
         How variable-coefficient boxes are solved (see ``BlockWorker``).
     corrections : int
@@ -84,6 +87,8 @@ class BlockDriver:
             load[a] += sizes[S]
         self.owner = [list(range(a, n_blocks, n_actors)) for a in range(n_actors)]
         self.P = spline_matrix(layout.n_coarse, layout.n_fine)
+        self.local = frozenset(local) if cache else frozenset()
+        self._plans: dict = {}
         self.passes = 0
         self.seconds: dict[str, float] = {}  # wall time per kind of pass (diagnostics)
 
@@ -91,10 +96,12 @@ class BlockDriver:
     def call(self, method: str, *args, per_block=None, **kwargs) -> list:
         """Run ``method`` on every block; results in block order."""
         t0 = time.perf_counter()
+        halos = self.exchange(method, args, kwargs)
         futures = []
-        for actor, ids in zip(self.actors, self.owner, strict=True):
+        for a, (actor, ids) in enumerate(zip(self.actors, self.owner, strict=True)):
             extra = () if per_block is None else ([per_block[i] for i in ids],)
-            futures.append(getattr(actor, method)(ids, *extra, *args, **kwargs))
+            more = {} if halos is None else {"halos": halos[a]}
+            futures.append(getattr(actor, method)(ids, *extra, *args, **kwargs, **more))
         out: list = [None] * len(self.layout.blocks)
         for ids, res in zip(self.owner, self.ex.gather(futures), strict=True):
             for i, r in zip(ids, res, strict=True):
@@ -102,6 +109,61 @@ class BlockDriver:
         self.passes += 1
         self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - t0
         return out
+
+    def exchange(self, method: str, args, kwargs) -> list[dict] | None:
+        """The halos each worker's blocks read in a pass of ``method`` from other
+        workers' blocks of in-memory vectors, collected from their workers.
+
+        Returns
+        -------
+        list of dict or None
+            Per worker, ``{path: {block id: (first node, array)}}``; None when the pass
+            reads no such halo.
+        """
+        if method not in HALO_READS or not self.local or len(self.actors) < 2:
+            return None
+        bound = inspect.signature(getattr(BlockWorker, method)).bind(None, None, *args, **kwargs)
+        refs = [bound.arguments.get(name) for name in HALO_READS[method]]
+        refs = [r for r in refs if r is not None and r.path in self.local]
+        if not refs:
+            return None
+        plan = self.halo_plan(method, bound.arguments.get("shift"))
+        t0 = time.perf_counter()
+        senders, futures = [], []
+        for actor, ids in zip(self.actors, self.owner, strict=True):
+            mine = [j for j in ids if j in plan]
+            if mine:
+                wanted = [[(lo, hi) for _, lo, hi in plan[j]] for j in mine]
+                futures.append(actor.export(mine, refs, wanted))
+                senders.append(mine)
+        halos: list[dict] = [{} for _ in self.actors]
+        for mine, per_ref in zip(senders, self.ex.gather(futures), strict=True):
+            for ref, per_block in zip(refs, per_ref, strict=True):
+                for j, pieces in zip(mine, per_block, strict=True):
+                    for (g, lo, _), piece in zip(plan[j], pieces, strict=True):
+                        halos[g].setdefault(ref.path, {})[j] = (lo, piece)
+        self.seconds["exchange"] = self.seconds.get("exchange", 0.0) + time.perf_counter() - t0
+        return halos
+
+    def halo_plan(self, method: str, shift=None) -> dict:
+        """:func:`~tilegraph.tasks.domain_split.grid.halo_plan` of a pass: ``matvec``
+        reads one node beyond its blocks, ``smooth_step`` the shifted boxes that meet
+        them (:func:`~tilegraph.tasks.domain_split.holes.smooth_region`) and one node
+        beyond those."""
+        key = (method, shift if method == "smooth_step" else None)
+        if key not in self._plans:
+            lay, n = self.layout, self.layout.n_fine + 1
+            reads = []
+            for b in lay.blocks:
+                if method == "smooth_step":
+                    start, stop, _ = smooth_region(lay, b, shift)
+                else:
+                    start, stop = b.start, b.stop
+                reads.append(
+                    (tuple(max(a - 1, 0) for a in start), tuple(min(e + 1, n) for e in stop))
+                )
+            self._plans[key] = halo_plan(lay, self.owner, reads)
+        return self._plans[key]
 
     @staticmethod
     def total(parts) -> tuple[float, np.ndarray]:

@@ -11,6 +11,7 @@ between passes; its results do not depend on which blocks it holds.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -28,6 +29,10 @@ from tilegraph.tasks.domain_split.holes import (
 from tilegraph.tasks.domain_split.operator import StencilCache, exact_block, rhs_block
 from tilegraph.tasks.domain_split.problems import Problem
 
+#: Arguments of the passes that read beyond their blocks: the stencil's halo, the
+#: smoother's shifted boxes (at most ``stride + 2`` nodes beyond).
+HALO_READS = {"matvec": ("u",), "smooth_step": ("v", "z_in")}
+
 
 class BlockWorker:
     """Block passes for one worker.
@@ -43,12 +48,13 @@ class BlockWorker:
     layout : GridLayout
     scheme : {"central", "upwind"}
     cache : bool
-        Keep the blocks this worker wrote in memory (write-through: halos are always
-        read from Zarr). Off in out-of-core runs.
+        Keep the blocks this worker wrote in memory. Off in out-of-core runs.
     local : iterable of str
-        Paths of scratch vectors that are only ever read back by the block that wrote
-        them (never through a halo, never on resume): with ``cache`` they stay in
-        memory and skip Zarr.
+        Paths of scratch vectors that no resume reads: with ``cache`` they stay in
+        memory and skip Zarr, and the parts of them that other workers' blocks read
+        (halos) are sent through the driver (:meth:`export`, then the ``halos`` of the
+        pass that reads them). Other vectors are written through to Zarr, and halos
+        of them are read from there.
     submesh : tuple
         ``(method, tol, lean)`` of the sub-mesh solves this worker is given (see
         :class:`tilegraph.tasks.domain_split.combine.SubmeshSolver`).
@@ -92,6 +98,7 @@ class BlockWorker:
         self.local = frozenset(local) if cache else frozenset()
         self._arrays: dict = {}
         self._blocks: dict = {}
+        self._halo: dict = {}  # (path, block index) -> (first node, array): sent halos
 
     # -- I/O ----------------------------------------------------------------------------
     def _arr(self, ref):
@@ -130,7 +137,7 @@ class BlockWorker:
                 pieces.append((j, max(a, j * c), b if j == last else min(b, (j + 1) * c)))
             per_axis.append(pieces)
         combos = list(itertools.product(*per_axis))
-        hits = [self._blocks.get((ref.path, tuple(p[0] for p in combo))) for combo in combos]
+        hits = [self._piece(ref, tuple(p[0] for p in combo)) for combo in combos]
         if all(h is None for h in hits):  # one read of the whole region
             return self._dev(self._get(ref, lo, hi))
         shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
@@ -139,9 +146,42 @@ class BlockWorker:
             dst = tuple(slice(a - a0, b - a0) for (_, a, b), a0 in zip(combo, lo, strict=True))
             if hit is None:
                 out[dst] = self._dev(self._get(ref, [p[1] for p in combo], [p[2] for p in combo]))
-            else:
-                out[dst] = hit[tuple(slice(a - j * c, b - j * c) for j, a, b in combo)]
+                continue
+            first, data = hit
+            at = tuple(slice(a - f, b - f) for (_, a, b), f in zip(combo, first, strict=True))
+            if any(s.start < 0 or s.stop > m for s, m in zip(at, data.shape, strict=True)):
+                raise RuntimeError(f"{ref.path}: the halo sent of block {combo} is too small")
+            out[dst] = self._dev(data[at])
         return out
+
+    def _piece(self, ref, index):
+        """``(first node, array)`` of block ``index`` of ``ref`` held here: the block
+        itself when this worker wrote it, else the part of it sent as a halo; None when
+        it is to be read from Zarr."""
+        hit = self._blocks.get((ref.path, index))
+        if hit is not None:
+            return self.layout.blocks[self._ids[index]].start, hit
+        sent = self._halo.get((ref.path, index))
+        if sent is None and ref.path in self.local:
+            raise RuntimeError(
+                f"{ref.path} is kept in worker memory, and block {index} is neither this "
+                "worker's nor sent to it"
+            )
+        return sent
+
+    def _receive(self, halos) -> None:
+        """Take the halos a pass was sent (see :meth:`export`): ``{path: {block id:
+        (first node, array)}}``."""
+        self._halo = {
+            (path, self.layout.blocks[j].index): piece
+            for path, parts in (halos or {}).items()
+            for j, piece in parts.items()
+        }
+
+    @functools.cached_property
+    def _ids(self) -> dict:
+        """Block id (position in ``layout.blocks``) of every block index."""
+        return {b.index: j for j, b in enumerate(self.layout.blocks)}
 
     def _padded(self, ref) -> bool:
         """Whether ``ref`` is stored block-padded (the work vectors; see
@@ -249,7 +289,7 @@ class BlockWorker:
         return res
 
     @deterministic_blas()
-    def smooth_step(self, ids, v, z_in, z_out, shift, r_out=None):
+    def smooth_step(self, ids, v, z_in, z_out, shift, r_out=None, halos=None):
         """One sweep of shifted-box solves: ``z = z_in + Sh (v - L z_in)`` (``z_in`` None
         means zero); write ``z``. With ``r_out``, also write ``r = v - L z`` and return
         its restriction (the last sweep before the coarse step).
@@ -257,7 +297,16 @@ class BlockWorker:
         A block solves every shifted box that meets its nodes or their one-node halo, so
         it gets ``z`` on the halo without waiting for its neighbours; boxes shared with a
         neighbour are solved from the same data there, so both get the same bits.
+        ``halos``: the parts of other workers' blocks of ``v`` and ``z_in`` it reads,
+        where those vectors are kept in memory (see :meth:`export`).
         """
+        self._receive(halos)
+        try:
+            return self._smooth_step(ids, v, z_in, z_out, shift, r_out)
+        finally:
+            self._halo = {}
+
+    def _smooth_step(self, ids, v, z_in, z_out, shift, r_out):
         res = []
         d = self.layout.d
         for i in ids:
@@ -298,11 +347,19 @@ class BlockWorker:
         return [None] * len(ids)
 
     @deterministic_blas()
-    def matvec(self, ids, u, rhs=None, out=None, dots=()):
-        """``y = L u`` (or ``rhs - L u``); write ``y`` to ``out`` if given.
+    def matvec(self, ids, u, rhs=None, out=None, dots=(), halos=None):
+        """``y = L u`` (or ``rhs - L u``); write ``y`` to ``out`` if given. ``halos``:
+        the faces of other workers' blocks of ``u`` it reads (see :meth:`export`).
 
         Returns, per block, ``(sum(y^2), [<y, d> for d in dots])``.
         """
+        self._receive(halos)
+        try:
+            return self._matvec(ids, u, rhs, out, dots)
+        finally:
+            self._halo = {}
+
+    def _matvec(self, ids, u, rhs, out, dots):
         res = []
         for i in ids:
             b = self._block(i)
@@ -332,6 +389,37 @@ class BlockWorker:
             self._write(out, b, y)
             res.append((_dot(y, y), self._dots(y, others)))
         return res
+
+    def export(self, ids, refs, wanted):
+        """The parts of this worker's blocks that other workers' blocks read.
+
+        Parameters
+        ----------
+        ids : list of int
+            Blocks of this worker.
+        refs : list of ArrayRef
+            Vectors kept in memory (see ``local``) that the next pass reads with halos.
+        wanted : list of list of tuple
+            Per block, the boxes ``(lo, hi)`` (fine-node ranges) to send.
+
+        Returns
+        -------
+        list
+            Per vector, per block, per box: a host copy of the vector there.
+        """
+        out = []
+        for ref in refs:
+            per_block = []
+            for i, boxes in zip(ids, wanted, strict=True):
+                b = self.layout.blocks[i]
+                own = self._blocks.get((ref.path, b.index))
+                if own is None:
+                    raise RuntimeError(f"{ref.path}: block {b.index} is not in this worker")
+                at = [tuple(slice(a - s, e - s) for a, e, s in zip(lo, hi, b.start, strict=True))
+                      for lo, hi in boxes]  # fmt: skip
+                per_block.append([np.array(to_host(own[s]), copy=True) for s in at])
+            out.append(per_block)
+        return out
 
     @deterministic_blas()
     def sumsq(self, ids, u):

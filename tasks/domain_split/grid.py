@@ -228,6 +228,53 @@ class GridLayout:
         return tuple(slice(None) if k in S else slice(None, None, s) for k in range(self.d))
 
 
+def halo_plan(layout: GridLayout, groups, reads) -> dict[int, list]:
+    """What each worker reads of other workers' blocks in one pass: the halo exchange
+    of in-memory vectors.
+
+    Parameters
+    ----------
+    layout : GridLayout
+    groups : sequence of sequence of int
+        Block ids (positions in ``layout.blocks``) held by each worker.
+    reads : sequence of tuple
+        Per block id, the fine-node box ``(lo, hi)`` its pass reads (its owned nodes
+        and the halo beyond them).
+
+    Returns
+    -------
+    dict
+        ``{j: [(g, lo, hi), ...]}``: for every block ``j`` that blocks of another worker
+        ``g`` read, the bounding box ``[lo, hi)`` (within ``j``'s owned nodes) of what
+        they read of it, in order of ``g``.
+    """
+    m, c, d = layout.blocks_per_axis, layout.chunks[0], layout.d
+    group_of = {j: g for g, ids in enumerate(groups) for j in ids}
+    boxes: dict[tuple[int, int], tuple[list, list]] = {}
+    for i, (lo, hi) in enumerate(reads):
+        g = group_of[i]
+        near = [
+            range(min(a // c, m - 1), min((e - 1) // c, m - 1) + 1)
+            for a, e in zip(lo, hi, strict=True)
+        ]
+        for idx in itertools.product(*near):
+            j = int(np.ravel_multi_index(idx, (m,) * d))
+            if group_of[j] == g:
+                continue
+            bj = layout.blocks[j]
+            a = [max(x, y) for x, y in zip(lo, bj.start, strict=True)]
+            e = [min(x, y) for x, y in zip(hi, bj.stop, strict=True)]
+            if (j, g) in boxes:
+                a0, e0 = boxes[j, g]
+                a = [min(x, y) for x, y in zip(a, a0, strict=True)]
+                e = [max(x, y) for x, y in zip(e, e0, strict=True)]
+            boxes[j, g] = (a, e)
+    out: dict[int, list] = {}
+    for (j, g), (a, e) in sorted(boxes.items()):
+        out.setdefault(j, []).append((g, tuple(a), tuple(e)))
+    return out
+
+
 def merge_weights(layout: GridLayout, rule: str = "richardson") -> dict[tuple[int, ...], float]:
     """Weights ``c_S`` of the merge ``M = sum_S c_S w_S`` at the coarse nodes.
 
