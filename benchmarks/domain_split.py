@@ -7,11 +7,12 @@ V-cycle alone, ``"bicgstab"``, ``"gmres"``, ``"fgmres"``), setup included, and t
 (``krylov``, on a local Dask cluster, after a small run of the same kind on it so that
 its workers have imported tilegraph, as the baselines' processes have imported pyamg and
 SciPy before their clocks start; the small run's time is reported as
-``warm_up_run_s``). Every solver works on the same assembled fine
-system (the problem as tilegraph's config describes it) and stops at the same relative
-residual. It prints one table with wall time, peak memory (resident set of the whole
-process tree, sampled every 50 ms) and the ratio of pyamg's best to tilegraph, and
-writes JSON to ``benchmarks/results/``.
+``warm_up_run_s``; and again with ``--cluster threads:N``, its workers threads of one
+process, whose memory is then one process's like the baselines'). Every solver works on
+the same assembled fine system (the problem as tilegraph's config describes it) and
+stops at the same relative residual. It prints one table with wall time, peak memory
+(resident set of the whole process tree, sampled every 50 ms) and the ratio of pyamg's
+best to tilegraph, and writes JSON to ``benchmarks/results/``.
 
     python benchmarks/domain_split.py                          # every problem below
     python benchmarks/domain_split.py --problems 2d-var,3d-var --workers 2
@@ -138,7 +139,7 @@ def case_pyamg(sets, tol, workers, accel=None):
     }
 
 
-def case_tilegraph(sets, tol, workers, out_of_core=False, box_solver="auto"):
+def case_tilegraph(sets, tol, workers, out_of_core=False, box_solver="auto", cluster_kind="local"):
     import tilegraph
     from tilegraph import cluster
 
@@ -153,7 +154,7 @@ def case_tilegraph(sets, tol, workers, out_of_core=False, box_solver="auto"):
     small = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in small.items()]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TILEGRAPH_BENCH_DIR")) as tmp:
         t0 = time.perf_counter()
-        with cluster.connect(f"local:{workers}") as ex:
+        with cluster.connect(f"{cluster_kind}:{workers}") as ex:
             start = time.perf_counter() - t0
             t0 = time.perf_counter()
             if not out_of_core:
@@ -243,7 +244,8 @@ def run_case(case: str, sets: dict, tol: float, workers: int, timeout: float, ex
 def child(spec: str) -> None:
     args = json.loads(spec)
     fn = CASES[args["case"]]
-    kwargs = {k: args[k] for k in ("out_of_core", "accel", "box_solver") if k in args}
+    keys = ("out_of_core", "accel", "box_solver", "cluster_kind")
+    kwargs = {k: args[k] for k in keys if k in args}
     res = fn(args["sets"], args["tol"], args["workers"], **kwargs)
     print(json.dumps(res))
 
@@ -251,6 +253,8 @@ def child(spec: str) -> None:
 def _label(case: str, extra: dict) -> str:
     if case == "pyamg":
         return f"pyamg accel={extra.get('accel')}"
+    if extra.get("cluster_kind", "local") != "local":
+        return f"{case} {extra['cluster_kind']}"
     return case
 
 
@@ -261,6 +265,12 @@ def main() -> None:
                     help="comma list of " + ", ".join([*PROBLEMS, "ooc", "ooc-data"]))  # fmt: skip
     ap.add_argument("--tol", type=float, default=1e-8)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--clusters",
+        default="local,threads",
+        help="comma list of tilegraph's clusters (each with --workers): local (worker "
+        "processes; the ratios are against it), threads (worker threads in one process)",
+    )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     ap.add_argument(
         "--box-solver",
@@ -302,7 +312,11 @@ def main() -> None:
         else:
             sets = dict(PROBLEMS[name])
             cases = [("spsolve", {})] + [("pyamg", {"accel": a}) for a in ACCELS]
-            cases += [("tilegraph", {"box_solver": args.box_solver})]
+            for kind in args.clusters.split(","):
+                extra = {"box_solver": args.box_solver}
+                if kind != "local":
+                    extra["cluster_kind"] = kind
+                cases.append(("tilegraph", extra))
         if sets.get("problem.kind") == "dataset":
             sets["problem.dataset"] = write_dataset(f"{data_dir}/{name}.zarr", sets["d"])
         cases = [(c, e) for c, e in cases if c not in skip and f"{name}:{c}" not in skip]
@@ -325,11 +339,13 @@ def main() -> None:
             res["problem"] = name
             res["unknowns"] = (sets["n_fine"] - 1) ** sets["d"]
             res["best_pyamg"] = res is best
-            if res.get("status") == "ok" and base.get("status") == "ok" and label != "tilegraph":
+            ours = label.startswith("tilegraph")
+            if res.get("status") == "ok" and base.get("status") == "ok" and not ours:
                 res["speedup_of_tilegraph"] = res["wall_s"] / base["wall_s"]
+            if ours and best is not None and res.get("status") == "ok":
+                res["vs_best_pyamg"] = best["wall_s"] / res["wall_s"]
+                res["memory_vs_best_pyamg"] = res["peak_tree_gib"] / best["peak_tree_gib"]
             rows.append(res)
-        if best is not None and base.get("status") == "ok":
-            base["vs_best_pyamg"] = best["wall_s"] / base["wall_s"]
 
     header = [
         "problem",
@@ -368,7 +384,11 @@ def main() -> None:
             ratio = r["vs_best_pyamg"]
             verdict = "faster" if ratio >= 1 else "slower"
             shown = ratio if ratio >= 1 else 1 / ratio
-            print(f"{r['problem']}: tilegraph {shown:.2f}x {verdict} than pyamg's best")
+            mem = r["memory_vs_best_pyamg"]
+            print(
+                f"{r['problem']}: {r['case']} {shown:.2f}x {verdict} than pyamg's best, "
+                f"peak memory (process tree) {mem:.2f}x of its"
+            )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "domain_split.json").write_text(json.dumps(rows, indent=2))

@@ -206,7 +206,7 @@ class BlockWorker:
         """Host data as an array of this worker's device (no copy on the CPU)."""
         return to_device(self.xp, data)
 
-    def _write(self, ref, block, data) -> None:
+    def _write(self, ref, block, data, keep: bool = True) -> None:
         if ref.path not in self.local:
             if self._padded(ref):  # the block's chunk, written whole
                 region = ref.check(self.layout.padded_block(block))
@@ -215,7 +215,7 @@ class BlockWorker:
             else:
                 region, host = ref.check(block.region), to_host(data)
             self._arr(ref)[region] = host
-        if self.cache:
+        if self.cache and keep:
             if self.xp is np:
                 data = np.array(data, dtype=np.float64)
             self._blocks[ref.path, block.index] = data
@@ -430,20 +430,24 @@ class BlockWorker:
     def finalize(self, ids, x, solution, exact=None, error=None):
         """Write the solution and, when ``exact`` is given, the exact solution and the
         error; return per block ``(sum(err^2), sum(exact^2), max|err|)`` (zeros without
-        ``exact``)."""
+        ``exact``). The last pass: the other vectors and the solvers are let go first,
+        so that the output does not add to the solve's peak memory."""
+        self._blocks = {k: v for k, v in self._blocks.items() if k[0] == x.path}
+        self.stencil.kept.clear()
+        self.boxes = self.sub = None
         res = []
         for i in ids:
-            b = self._block(i)
+            b = self.layout.blocks[i]
             u = self._own(x, b)
             if exact is None:
-                self._write(solution, b, u)
+                self._write(solution, b, u, keep=False)
                 res.append((0.0, 0.0, 0.0))
                 continue
             ue = self._dev(exact_block(self.problem, b.start, b.shape, self.layout.n_fine))
             err = u - ue
-            self._write(solution, b, u)
-            self._write(exact, b, ue)
-            self._write(error, b, err)
+            self._write(solution, b, u, keep=False)
+            self._write(exact, b, ue, keep=False)
+            self._write(error, b, err, keep=False)
             res.append((_dot(err, err), _dot(ue, ue), float(self.xp.max(self.xp.abs(err)))))
         return res
 
