@@ -15,9 +15,10 @@ What grows with the config, and where it lives (``N = n_fine + 1`` nodes per axi
   sparse LU per box size or, with variable coefficients, per box) and the sub-mesh
   solvers (fast diagonalisation: two ``N x N`` matrices per fine axis; SuperLU or pyamg
   otherwise).
-* **driver**: sub-mesh sized arrays only (right-hand sides, solutions, merge, spline
-  correction), except with ``direct_reference=true``: SciPy assembles the whole fine
-  matrix and factorises it with SuperLU (fill measured on these grids: about
+* **driver**: sub-mesh sized arrays (right-hand sides, solutions, merge, spline
+  correction) and, in memory on several workers, the halos of one pass (the faces of
+  every block, a box deep), except with ``direct_reference=true``: SciPy assembles the
+  whole fine matrix and factorises it with SuperLU (fill measured on these grids: about
   ``n (5.6 log2 n - 34)`` entries in 2-D, ``1.57 n^1.55`` in 3-D for ``n`` unknowns), and
   holds a handful of fine vectors besides. That is the largest item of most in-memory
   runs.
@@ -290,6 +291,11 @@ def estimate(cfg, workers: int) -> Estimate:
     # every block's restriction parts (about twice the sub-meshes), the right-hand
     # sides, solutions and corrected solutions, the spline matrix
     driver = 6 * sub_total + F8 * N * (cfg.n_coarse + 1)
+    if not cfg.out_of_core and actors > 1:
+        # the halos of one pass (two vectors), at most a box and two nodes deep on
+        # every face of every block
+        c = min(layout.chunks[0] + 1, N)
+        driver += 2 * n_blocks * 2 * d * F8 * c ** (d - 1) * min(layout.stride + 2, c)
     if cfg.direct_reference:
         driver += _direct_bytes(cfg)
     driver = _cap(driver)
