@@ -169,6 +169,35 @@ class _Interpolated:
 
 
 @pytest.mark.parametrize("d", [2, 3])
+def test_dataset_values_are_scipys_linear_interpolation(tmp_path, d):
+    """The workers' interpolation against SciPy's, on a non-uniform grid stored in
+    chunks of 5: on tensor grids of points (the blocks' coordinates, interpolated one
+    axis at a time) and scattered points, asked in an order that makes later boxes come
+    from chunks kept by earlier ones."""
+    from scipy.interpolate import RegularGridInterpolator
+    from tilegraph.pipelines.domain_split.data import DatasetProblem
+
+    ds = _write_dataset(tmp_path / "coeffs.zarr", d).load()
+    dims = ("x", "y", "z")[:d]
+    problem = DatasetProblem(str(tmp_path / "coeffs.zarr"), d)
+    rng = np.random.default_rng(3)
+    (lo, hi) = zip(*USER_PDE_DOMAIN[d], strict=True)
+    for trial in range(6):
+        if trial % 2:  # scattered points
+            pts = [rng.uniform(a, b, 50) for a, b in zip(lo, hi, strict=True)]
+        else:  # a tensor grid over part of the box
+            pts = []
+            for k, (a, b) in enumerate(zip(lo, hi, strict=True)):
+                t = np.sort(rng.uniform(a, b, 2 + trial))
+                pts.append(t.reshape([-1 if j == k else 1 for j in range(d)]))
+        shape = np.broadcast_shapes(*(p.shape for p in pts))
+        flat = np.stack([np.broadcast_to(p, shape) for p in pts], axis=-1)
+        for name in ("alpha_x", "beta_y", "f"):
+            want = RegularGridInterpolator(tuple(ds[a].values for a in dims), ds[name].values)
+            np.testing.assert_allclose(problem.at(name, tuple(pts)), want(flat), rtol=1e-13)
+
+
+@pytest.mark.parametrize("d", [2, 3])
 def test_dataset_pde_matches_scipy_direct_solve(tmp_path, executors, d, monkeypatch):
     from scipy.sparse.linalg import spsolve
     from tilegraph.tasks.domain_split.operator import assemble, fine_axes

@@ -128,23 +128,40 @@ class DatasetProblem:
 
     def _region(self, name, var, dims, lo, hi):
         """Values of variable ``var`` (dims ``dims`` in any stored order) on the index
-        box ``lo .. hi`` (exclusive, in ``dims`` order), read by whole Zarr chunks and
-        kept (the boxes of one worker block share their chunks): the array, in ``dims``
-        order, and the index of its first element."""
+        box ``lo .. hi`` (exclusive, in ``dims`` order), widened to whole Zarr chunks:
+        the array, in ``dims`` order, and the index of its first element.
+
+        Chunks are kept one by one (the boxes of one worker's blocks share chunks,
+        and each lattice of boxes asks for another box): a box whose chunks are all
+        kept is assembled from them, any other is read in one call and its chunks
+        kept."""
         stored = dict(zip(var.dims, var.encoding.get("chunks") or var.shape, strict=True))
         sizes = dict(zip(var.dims, var.shape, strict=True))
         chunks = [stored[dim] for dim in dims]
         a = [(x // c) * c for x, c in zip(lo, chunks, strict=True)]
         b = [min(-(-y // c) * c, sizes[dim]) for y, c, dim in zip(hi, chunks, dims, strict=True)]
-        key = ("region", name, tuple(a), tuple(b))
-        hit = self._cache.get(key)
-        if hit is None:
-            sel = {dim: slice(x, y) for dim, x, y in zip(dims, a, b, strict=True)}
-            hit = np.asarray(var.isel(sel).transpose(*dims).values, dtype=np.float64)
-            self._keep(key, hit)
-        else:
-            self._cache.move_to_end(key)
-        return hit, a
+        grid = [range(x // c, -(-y // c)) for x, y, c in zip(a, b, chunks, strict=True)]
+        keys = {idx: ("chunk", name, idx) for idx in itertools.product(*grid)}
+        box = np.empty([y - x for x, y in zip(a, b, strict=True)])
+        if all(key in self._cache for key in keys.values()):
+            for idx, key in keys.items():
+                self._cache.move_to_end(key)
+                part = self._cache[key]
+                at = tuple(
+                    slice(j * c - x, j * c - x + n)
+                    for j, c, x, n in zip(idx, chunks, a, part.shape, strict=True)
+                )
+                box[at] = part
+            return box, a
+        sel = {dim: slice(x, y) for dim, x, y in zip(dims, a, b, strict=True)}
+        box[...] = np.asarray(var.isel(sel).transpose(*dims).values, dtype=np.float64)
+        for idx, key in keys.items():
+            at = tuple(
+                slice(j * c - x, min((j + 1) * c, y) - x)
+                for j, c, x, y in zip(idx, chunks, a, b, strict=True)
+            )
+            self._keep(key, box[at].copy())
+        return box, a
 
     def _keep(self, key, value) -> None:
         self._cache[key] = value
@@ -157,7 +174,10 @@ class DatasetProblem:
         dims = AXES[: self.d]
         idx, wts, lo, hi = [], [], [], []
         for k, c in enumerate(host):
-            grid = np.asarray(ds[dims[k]].values, dtype=np.float64)
+            grid = self._cache.get(("grid", k))
+            if grid is None:
+                grid = np.asarray(ds[dims[k]].values, dtype=np.float64)
+                self._keep(("grid", k), grid)
             i = np.clip(np.searchsorted(grid, c, side="right") - 1, 0, grid.size - 2)
             w = np.clip((c - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
             idx.append(i)
@@ -165,6 +185,16 @@ class DatasetProblem:
             lo.append(int(i.min()))
             hi.append(int(i.max()) + 2)
         box, at0 = self._region(name, ds[name], dims, lo, hi)
+        if all(_along(c, k) for k, c in enumerate(host)):
+            # a tensor grid of points (what the solver asks for): one axis at a time,
+            # 2 d gathers of slabs instead of 2^d gathers of the whole output
+            out = box
+            for k in range(self.d):
+                i, w = idx[k].reshape(-1) - at0[k], wts[k].reshape(-1)
+                w = w.reshape([-1 if j == k else 1 for j in range(self.d)])
+                a, b = np.take(out, i, axis=k), np.take(out, i + 1, axis=k)
+                out = a * (1.0 - w) + b * w
+            return np.ascontiguousarray(out)
         out = 0.0
         for corner in itertools.product((0, 1), repeat=self.d):
             at = tuple(i - a + c for i, a, c in zip(idx, at0, corner, strict=True))
@@ -173,6 +203,12 @@ class DatasetProblem:
                 weight = weight * (w if c else 1.0 - w)
             out = out + weight * box[at]
         return np.ascontiguousarray(out)
+
+
+def _along(c: np.ndarray, k: int) -> bool:
+    """Whether coordinate array ``c`` varies along axis ``k`` only (shape
+    ``(1, .., n, .., 1)``), as the coordinates of a grid block do."""
+    return all(n == 1 for j, n in enumerate(c.shape) if j != k) and c.ndim > k
 
 
 def check_dataset(url: str, d: int, options: dict | None = None) -> tuple:
