@@ -614,18 +614,30 @@ def test_lean_hierarchy_keeps_less_and_still_solves():
 
 
 @pytest.mark.parametrize(
-    "d, n_fine, n_coarse, per_block, workers",
-    [(2, 24, 6, 1, 2), (2, 24, 6, 2, 3), (3, 12, 4, 1, 2), (2, 20, 5, 2, 2)],
+    "d, n_fine, n_coarse, per_block, workers, contiguous",
+    [
+        (2, 24, 6, 1, 2, False),
+        (2, 24, 6, 2, 3, False),
+        (3, 12, 4, 1, 2, False),
+        (2, 20, 5, 2, 2, True),
+        (2, 48, 12, 3, 2, False),
+        (3, 24, 6, 2, 3, True),
+    ],
 )
-def test_halo_plan_sends_every_node_read_from_another_worker(
-    d, n_fine, n_coarse, per_block, workers
+def test_halo_plan_sends_what_each_block_reads_of_other_workers(
+    d, n_fine, n_coarse, per_block, workers, contiguous
 ):
-    """Brute force on the node grid: every node a block's smoother pass or stencil reads
-    in another worker's block lies in the box that block sends, the boxes are the
-    bounding boxes of what is read, and nothing goes to the worker that holds it."""
+    """Against the node grid: every box a block's smoother pass or stencil reads of a
+    block of another worker lies inside one box that block sends (the worker then
+    takes it from one piece), what is sent lies in the sending block, nothing goes to
+    the worker holding it, and a block read from both sides sends two faces, not
+    itself whole (in volume: at most what the reading blocks read of it)."""
     lay = GridLayout(d, n_fine, n_coarse, per_block)
-    n = n_fine + 1
-    groups = [list(range(a, len(lay.blocks), workers)) for a in range(workers)]
+    n, nb = n_fine + 1, len(lay.blocks)
+    if contiguous:
+        groups = [list(map(int, ids)) for ids in np.array_split(range(nb), workers)]
+    else:
+        groups = [list(range(a, nb, workers)) for a in range(workers)]
     group_of = {j: g for g, ids in enumerate(groups) for j in ids}
     owner = np.zeros((n,) * d, dtype=int)
     for j, b in enumerate(lay.blocks):
@@ -636,20 +648,30 @@ def test_halo_plan_sends_every_node_read_from_another_worker(
             start, stop = (b.start, b.stop) if shift is None else smooth_region(lay, b, shift)[:2]
             reads.append((tuple(max(a - 1, 0) for a in start), tuple(min(e + 1, n) for e in stop)))
         plan = halo_plan(lay, groups, reads)
-        want: dict = {}
+        sent = {(j, g): [] for j, boxes in plan.items() for g, _, _ in boxes}
+        for j, boxes in plan.items():
+            b = lay.blocks[j]
+            for g, lo, hi in boxes:
+                assert g != group_of[j]
+                inside = zip(lo, hi, b.start, b.stop, strict=True)
+                assert all(b0 <= x < y <= e0 for x, y, b0, e0 in inside)
+                sent[j, g].append((lo, hi))
+        needed, volume = set(), 0
         for i, (lo, hi) in enumerate(reads):
             seen = owner[tuple(slice(a, e) for a, e in zip(lo, hi, strict=True))]
-            for j in np.unique(seen):
-                if group_of[int(j)] == group_of[i]:
+            for j in map(int, np.unique(seen)):
+                if group_of[j] == group_of[i]:
                     continue
                 at = np.argwhere(seen == j) + np.array(lo)
-                box = (at.min(axis=0), at.max(axis=0) + 1)
-                key = (int(j), group_of[i])
-                if key in want:
-                    box = (np.minimum(box[0], want[key][0]), np.maximum(box[1], want[key][1]))
-                want[key] = box
-        got = {(j, g): (lo, hi) for j, boxes in plan.items() for g, lo, hi in boxes}
-        assert set(got) == set(want)
-        for key, (lo, hi) in got.items():
-            assert lo == tuple(want[key][0]) and hi == tuple(want[key][1])
-        assert any(len(boxes) for boxes in plan.values())
+                a, e = at.min(axis=0), at.max(axis=0) + 1
+                assert len(at) == np.prod(e - a)  # a box
+                boxes = sent[j, group_of[i]]
+                assert any(
+                    all(x0 <= x and y <= y0 for x, y, x0, y0 in zip(a, e, b0, f0, strict=True))
+                    for b0, f0 in boxes
+                ), (i, j, a, e, boxes)
+                needed.add((j, group_of[i]))
+                volume += len(at)
+        assert set(sent) == needed
+        assert sum(np.prod(np.subtract(hi, lo)) for v in sent.values() for lo, hi in v) <= volume
+        assert needed

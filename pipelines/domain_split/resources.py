@@ -7,8 +7,9 @@ What grows with the config, and where it lives (``N = n_fine + 1`` nodes per axi
   ``out_of_core=false`` every block a worker owns keeps every vector it wrote in memory
   (``B``, the iterates ``x0 .. x2``, the FGMRES bases ``V_0 .. V_m`` and
   ``Z_0 .. Z_{m-1}`` with ``m = min(restart, max_iter)``, the scratch
-  ``w, z, r, s0, s1`` and the three result fields): about ``2 m + 13`` vectors shared
-  out over the workers. With
+  ``w, z, r, s0, s1``): about ``2 m + 10`` vectors shared out over the workers (the
+  last pass lets them go before it writes the results), and receives the halos of one
+  pass from the workers next to it. With
   ``out_of_core=true`` a worker keeps no vectors, only the arrays of the block pass
   running (``m + 1`` blocks of the Gram-Schmidt dots and the smoother's region
   temporaries). On top: the box solvers (fast-diagonalisation bases per box size, or a
@@ -16,8 +17,9 @@ What grows with the config, and where it lives (``N = n_fine + 1`` nodes per axi
   solvers (fast diagonalisation: two ``N x N`` matrices per fine axis; SuperLU or pyamg
   otherwise).
 * **driver**: sub-mesh sized arrays (right-hand sides, solutions, merge, spline
-  correction) and, in memory on several workers, the halos of one pass (the faces of
-  every block, a box deep), except with ``direct_reference=true``: SciPy assembles the
+  correction) and, in memory on several workers, the halos of one pass (workers hold
+  contiguous runs of blocks: about two faces of the grid per pair of neighbouring
+  workers, a box deep), except with ``direct_reference=true``: SciPy assembles the
   whole fine matrix and factorises it with SuperLU (fill measured on these grids: about
   ``n (5.6 log2 n - 34)`` entries in 2-D, ``1.57 n^1.55`` in 3-D for ``n`` unknowns), and
   holds a handful of fine vectors besides. That is the largest item of most in-memory
@@ -226,11 +228,9 @@ def work_vectors(cfg, offsets) -> tuple[int, int]:
         between = min(2, max(len(offsets) - 1, 0))  # s0, s1
     if cfg.solver == "krylov":
         m = min(cfg.restart, cfg.max_iter)
-        local = 3  # w, z, r: kept in worker memory only, unless out of core
-        vectors = 4 + (m + 1) + m + local + between  # B, x0-x2, V, Z, w z r, s0 s1
+        vectors = 4 + (m + 1) + m + 3 + between  # B, x0-x2, V, Z, w z r, s0 s1
     else:
-        local = 2  # z, r
-        vectors = 4 + 2 + local + between  # B, x0-x2, res, e, z r, s0 s1
+        vectors = 4 + 2 + 2 + between  # B, x0-x2, res, e, z r, s0 s1
     # in memory, only the solution buffers x0-x2 (what a resume reads) go to Zarr
     written = vectors if cfg.out_of_core else 3
     return vectors, written
@@ -275,11 +275,16 @@ def estimate(cfg, workers: int) -> Estimate:
         m = min(cfg.restart, cfg.max_iter) if cfg.solver == "krylov" else 1
         passes = (m + 2) * block + PASS_TEMPS * region
     else:
-        kept = vec * (vectors + 3) * mine // n_blocks  # + solution, exact, error
+        kept = vec * vectors * mine // n_blocks
         # the stencil's 2 d + 1 coefficient arrays on each block reaching one box beyond
         reach = min(layout.chunks[0] + 2 * layout.stride + 5, N)
         kept += mine * (2 * d + 1) * F8 * reach**d
         passes = PASS_TEMPS * region
+    # the halos of one pass (of two vectors): one side of an interface between two
+    # workers' runs of blocks is a face of the grid a box (and two nodes) deep
+    side = F8 * min(layout.stride + 2, N) * N ** (d - 1)
+    halos = 0 if cfg.out_of_core or actors < 2 else 2 * 2 * side  # (two sides)
+    passes += halos
     boxes, box_build = _box_solver_bytes(cfg, layout, problem, offsets)
     subs, sub_total = _submesh_bytes(cfg, layout, problem, actors)
     # its blocks' restriction parts (they overlap: about twice their share of the
@@ -291,11 +296,7 @@ def estimate(cfg, workers: int) -> Estimate:
     # every block's restriction parts (about twice the sub-meshes), the right-hand
     # sides, solutions and corrected solutions, the spline matrix
     driver = 6 * sub_total + F8 * N * (cfg.n_coarse + 1)
-    if not cfg.out_of_core and actors > 1:
-        # the halos of one pass (two vectors), at most a box and two nodes deep on
-        # every face of every block
-        c = min(layout.chunks[0] + 1, N)
-        driver += 2 * n_blocks * 2 * d * F8 * c ** (d - 1) * min(layout.stride + 2, c)
+    driver += halos * (actors - 1)  # every interface's, both sides
     if cfg.direct_reference:
         driver += _direct_bytes(cfg)
     driver = _cap(driver)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from tilegraph import cluster
@@ -54,6 +55,14 @@ def direct_solution(problem, layout, scheme: str) -> np.ndarray:
     return U
 
 
+@dataclass(frozen=True)
+class InMemory:
+    """A work vector that the workers keep in memory and never write: its name (what
+    the workers key their blocks and the halos they send by)."""
+
+    path: str
+
+
 def scratch_names(cfg: DomainSplitConfig) -> list[str]:
     """Every scratch vector the solver may use (``work/<name>``). Only the solution
     buffers are needed on resume: in-memory runs write only those to Zarr, the others
@@ -80,15 +89,20 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     dims = DIMS[: cfg.d]
 
     refs: dict = {}
+    in_memory = set() if cfg.out_of_core else set(scratch_names(cfg)) - set(SOLUTION_BUFFERS)
 
     def vec(name: str):
         """The scratch vector ``work/<name>``, created on first use (FGMRES touches only
-        as many basis vectors as it needs); the solution buffers survive a resume."""
+        as many basis vectors as it needs); the solution buffers survive a resume. In
+        memory runs the others never reach the store: they are only a name."""
         if name not in refs:
-            reuse = name in SOLUTION_BUFFERS
-            refs[name] = ctx.scratch(
-                name, layout.padded_shape, layout.padded_chunks, dims, reuse=reuse
-            )
+            if name in in_memory:
+                refs[name] = InMemory(f"work/{name}")
+            else:
+                reuse = name in SOLUTION_BUFFERS
+                refs[name] = ctx.scratch(
+                    name, layout.padded_shape, layout.padded_chunks, dims, reuse=reuse
+                )
         return refs[name]
 
     plan = BlockDriver(
@@ -103,7 +117,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         cache=not cfg.out_of_core,
         boxes=cfg.boxes,
         corrections=cfg.box_corrections,
-        local=[f"work/{n}" for n in scratch_names(cfg) if n not in SOLUTION_BUFFERS],
+        local=[f"work/{n}" for n in sorted(in_memory)],
     )
     norm_b = math.sqrt(math.fsum(plan.call("rhs", vec("B"))))
 

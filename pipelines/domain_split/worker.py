@@ -98,7 +98,7 @@ class BlockWorker:
         self.local = frozenset(local) if cache else frozenset()
         self._arrays: dict = {}
         self._blocks: dict = {}
-        self._halo: dict = {}  # (path, block index) -> (first node, array): sent halos
+        self._halo: dict = {}  # (path, block index) -> [(first node, array)]: sent halos
 
     # -- I/O ----------------------------------------------------------------------------
     def _arr(self, ref):
@@ -137,7 +137,9 @@ class BlockWorker:
                 pieces.append((j, max(a, j * c), b if j == last else min(b, (j + 1) * c)))
             per_axis.append(pieces)
         combos = list(itertools.product(*per_axis))
-        hits = [self._piece(ref, tuple(p[0] for p in combo)) for combo in combos]
+        hits = [
+            self._piece(ref, *(tuple(p[k] for p in combo) for k in range(3))) for combo in combos
+        ]
         if all(h is None for h in hits):  # one read of the whole region
             return self._dev(self._get(ref, lo, hi))
         shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
@@ -149,33 +151,35 @@ class BlockWorker:
                 continue
             first, data = hit
             at = tuple(slice(a - f, b - f) for (_, a, b), f in zip(combo, first, strict=True))
-            if any(s.start < 0 or s.stop > m for s, m in zip(at, data.shape, strict=True)):
-                raise RuntimeError(f"{ref.path}: the halo sent of block {combo} is too small")
             out[dst] = self._dev(data[at])
         return out
 
-    def _piece(self, ref, index):
-        """``(first node, array)`` of block ``index`` of ``ref`` held here: the block
-        itself when this worker wrote it, else the part of it sent as a halo; None when
-        it is to be read from Zarr."""
+    def _piece(self, ref, index, lo, hi):
+        """``(first node, array)`` holding nodes ``[lo, hi)`` of block ``index`` of
+        ``ref`` here: the block itself when this worker wrote it, else a part of it sent
+        as a halo; None when they are to be read from Zarr."""
         hit = self._blocks.get((ref.path, index))
         if hit is not None:
             return self.layout.blocks[self._ids[index]].start, hit
-        sent = self._halo.get((ref.path, index))
-        if sent is None and ref.path in self.local:
+        for first, data in self._halo.get((ref.path, index), ()):
+            if all(
+                f <= a and b <= f + n for a, b, f, n in zip(lo, hi, first, data.shape, strict=True)
+            ):
+                return first, data
+        if ref.path in self.local:
             raise RuntimeError(
-                f"{ref.path} is kept in worker memory, and block {index} is neither this "
-                "worker's nor sent to it"
+                f"{ref.path} is kept in worker memory, and nodes {lo}..{hi} of block "
+                f"{index} are neither this worker's nor sent to it"
             )
-        return sent
+        return None
 
     def _receive(self, halos) -> None:
         """Take the halos a pass was sent (see :meth:`export`): ``{path: {block id:
-        (first node, array)}}``."""
+        [(first node, array), ...]}}``."""
         self._halo = {
-            (path, self.layout.blocks[j].index): piece
+            (path, self.layout.blocks[j].index): pieces
             for path, parts in (halos or {}).items()
-            for j, piece in parts.items()
+            for j, pieces in parts.items()
         }
 
     @functools.cached_property

@@ -245,12 +245,13 @@ def halo_plan(layout: GridLayout, groups, reads) -> dict[int, list]:
     -------
     dict
         ``{j: [(g, lo, hi), ...]}``: for every block ``j`` that blocks of another worker
-        ``g`` read, the bounding box ``[lo, hi)`` (within ``j``'s owned nodes) of what
-        they read of it, in order of ``g``.
+        ``g`` read, the boxes ``[lo, hi)`` (within ``j``'s owned nodes) they read of it,
+        one per reading block, less those inside another of the same worker (so a block
+        read from both sides sends two faces, not itself whole), in order of ``g``.
     """
     m, c, d = layout.blocks_per_axis, layout.chunks[0], layout.d
     group_of = {j: g for g, ids in enumerate(groups) for j in ids}
-    boxes: dict[tuple[int, int], tuple[list, list]] = {}
+    boxes: dict[tuple[int, int], list] = {}
     for i, (lo, hi) in enumerate(reads):
         g = group_of[i]
         near = [
@@ -259,19 +260,22 @@ def halo_plan(layout: GridLayout, groups, reads) -> dict[int, list]:
         ]
         for idx in itertools.product(*near):
             j = int(np.ravel_multi_index(idx, (m,) * d))
-            if group_of[j] == g:
-                continue
-            bj = layout.blocks[j]
-            a = [max(x, y) for x, y in zip(lo, bj.start, strict=True)]
-            e = [min(x, y) for x, y in zip(hi, bj.stop, strict=True)]
-            if (j, g) in boxes:
-                a0, e0 = boxes[j, g]
-                a = [min(x, y) for x, y in zip(a, a0, strict=True)]
-                e = [max(x, y) for x, y in zip(e, e0, strict=True)]
-            boxes[j, g] = (a, e)
+            if group_of[j] != g:
+                bj = layout.blocks[j]
+                a = tuple(max(x, y) for x, y in zip(lo, bj.start, strict=True))
+                e = tuple(min(x, y) for x, y in zip(hi, bj.stop, strict=True))
+                boxes.setdefault((j, g), []).append((a, e))
     out: dict[int, list] = {}
-    for (j, g), (a, e) in sorted(boxes.items()):
-        out.setdefault(j, []).append((g, tuple(a), tuple(e)))
+    for (j, g), found in sorted(boxes.items()):
+        for k, (a, e) in enumerate(found):
+            inside = any(
+                all(a0 <= x and y <= e0 for x, y, a0, e0 in zip(a, e, b0, f0, strict=True))
+                and (k2 < k or (b0, f0) != (a, e))
+                for k2, (b0, f0) in enumerate(found)
+                if k2 != k
+            )
+            if not inside:
+                out.setdefault(j, []).append((g, a, e))
     return out
 
 
