@@ -75,9 +75,13 @@ next)  # 2026-12-06: the rows issues 17, 19 and 21 still lack, most wanted first
         --rounds 2 --cases ttn-paper,ttn-d64  # 21: subtree_depth = ceil(log2 W)
     step gpu-kernels 80 python3 benchmarks/gpu_kernels.py  # 17: the current frozen box solves
     ;;
-next2)  # what `next` leaves out (~2 min): picard's guarded GMM rows on the GPU (19)
+next2)  # what `next` leaves out (~5 min): picard's guarded GMM rows on the GPU (19);
+    # domain-split 1023^2 on CPU and CuPy now that work vectors stay on the device (17)
     step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
         --device cuda --wall-workers 1 --windows 8 32
+    step domain-split-gpu 200 python3 benchmarks/gpu_check.py --pipelines domain-split \
+        --set n_fine=1024 --set n_coarse=auto --set problem.kind=variable --set tol=1e-8 \
+        --set direct_reference=false
     ;;
 *)
     echo "usage: device_run.sh gpu|scaling|next|next2" >&2

@@ -1,6 +1,9 @@
 """Each pipeline's quick preset on the CPU and, where a GPU is visible, with CuPy.
 
     python benchmarks/gpu_check.py [--cluster sync] [--pipelines picard,ttn] [--preset quick]
+    python benchmarks/gpu_check.py --pipelines domain-split --set n_fine=1024 \
+        --set n_coarse=auto --set problem.kind=variable --set tol=1e-8 \
+        --set direct_reference=false       # a larger run: the solve phase on each device
 
 Runs ``tilegraph run NAME --preset quick --set device=cpu|cuda`` as subprocesses (one
 pipeline at a time, the CPU run first, in the same invocation so the two times are
@@ -36,8 +39,10 @@ def cuda_available() -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def run(name: str, preset: str, device: str, cluster: str, store: str) -> dict:
+def run(name: str, preset: str, device: str, cluster: str, store: str, sets=()) -> dict:
     args = [sys.executable, "-m", "tilegraph.pipelines.cli", "run", name, "--preset", preset]
+    for item in sets:
+        args += ["--set", item]
     args += ["--set", f"device={device}", "--cluster", cluster, "--store", store, "--json"]
     env = dict(os.environ)
     t0 = time.perf_counter()
@@ -48,6 +53,10 @@ def run(name: str, preset: str, device: str, cluster: str, store: str) -> dict:
         return {"ok": False, "error": tail, "process_s": wall}
     res = json.loads(out.stdout.strip().splitlines()[-1])
     return {"ok": True, "process_s": wall, "metrics": res["metrics"]}
+
+
+def _fmt(x) -> str:
+    return f"{x:.2f}" if isinstance(x, int | float) else "-"
 
 
 def agree(a: dict, b: dict, names) -> str:
@@ -67,6 +76,9 @@ def main() -> int:
     p.add_argument("--cluster", default="sync")
     p.add_argument("--preset", default="quick")
     p.add_argument("--pipelines", default=None, help="comma-separated names (default: all)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config field"
+    )
     args = p.parse_args()
 
     pipes = load_pipelines()
@@ -79,20 +91,28 @@ def main() -> int:
             if "device" not in pipe.config.model_fields:
                 rows.append([name, "-", "-", "-", "-", "no GPU path (no 'device' field)"])
                 continue
-            cpu = run(name, args.preset, "cpu", args.cluster, store)
-            gpu = None if why_not else run(name, args.preset, "cuda", args.cluster, store)
+            cpu = run(name, args.preset, "cpu", args.cluster, store, args.set)
+            gpu = None
+            if not why_not:
+                gpu = run(name, args.preset, "cuda", args.cluster, store, args.set)
             results[name] = {"cpu": cpu, "gpu": gpu}
             cpu_s = cpu["metrics"].get("wall_s") if cpu["ok"] else None
+            cpu_solve = _fmt(cpu["metrics"].get("solve_s")) if cpu["ok"] else "-"
             if gpu is None:
-                rows.append([name, f"{cpu_s:.2f}" if cpu_s else "fail", "-", "-", "-", why_not])
+                rows.append(
+                    [name, f"{cpu_s:.2f}" if cpu_s else "fail", "-", cpu_solve, "-", "-", "-",
+                     why_not if cpu["ok"] else cpu["error"]]
+                )  # fmt: skip
                 continue
             gpu_s = gpu["metrics"].get("wall_s") if gpu["ok"] else None
+            gpu_solve = _fmt(gpu["metrics"].get("solve_s")) if gpu["ok"] else "-"
             speed = f"{cpu_s / gpu_s:.2f}" if cpu_s and gpu_s else "-"
             diff = agree(cpu["metrics"], gpu["metrics"], pipe.metric_names) if gpu["ok"] else "-"
             note = "" if gpu["ok"] else gpu["error"]
-            rows.append([name, f"{cpu_s:.2f}", f"{gpu_s:.2f}" if gpu_s else "fail", speed, diff,
-                         note])  # fmt: skip
-    header = ["pipeline", "cpu wall_s", "gpu wall_s", "speed-up", "max rel metric diff", "note"]
+            rows.append([name, f"{cpu_s:.2f}", f"{gpu_s:.2f}" if gpu_s else "fail", cpu_solve,
+                         gpu_solve, speed, diff, note])  # fmt: skip
+    header = ["pipeline", "cpu wall_s", "gpu wall_s", "cpu solve_s", "gpu solve_s", "speed-up",
+              "max rel metric diff", "note"]  # fmt: skip
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
