@@ -138,11 +138,12 @@ def _box_solver_bytes(cfg, layout, problem, offsets) -> tuple[int, int]:
         inv_lam = F8 * sum(per_axis) ** d
         return _cap(bases + inv_lam), _fd_build_bytes([big])
     if not problem.constant_coefficients and cfg.boxes == "frozen":
-        # per box its scalings and eigenvalue sums on its grid (the sine bases are
-        # shared); while a stack is built, about four more such arrays. Out of core
-        # only their per-axis factors, the grids formed for one block's boxes at a time
+        # per box its eigenvalue sums and (in 3-D) scalings on its grid (the sine bases
+        # are shared; 2-D applies the scalings axis by axis); while a stack is built,
+        # about four more such arrays. Out of core only their per-axis factors, the
+        # grids formed for one block's boxes at a time
         boxes = (1 + len(offsets)) * (nc + 1) ** d
-        per_box = 2 * F8 * big**d
+        per_box = (1 if d < 3 else 2) * F8 * big**d
         if cfg.out_of_core:
             in_block = (layout.boxes_per_block + 2) ** d
             return _cap(boxes * 2 * F8 * d * big), _cap(4 * per_box * in_block)

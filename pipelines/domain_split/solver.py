@@ -239,7 +239,8 @@ class BlockDriver:
                 z_out = z if last else between[k % 2]
                 parts = self.call("smooth_step", v, z_in, z_out, shift, r if last else None)
                 z_in = z_out
-            self.call("fill", r, z, out, per_block=self.coarse(parts, rule))
+            # the intermediate sweeps are not needed any more
+            self.call("fill", r, z, out, between, per_block=self.coarse(parts, rule))
         else:
             parts = self.call("restrict", v)
             self.call("fill", v, None, out, per_block=self.coarse(parts, rule))
@@ -307,7 +308,7 @@ def fgmres(plan: BlockDriver, vec, state: dict, cfg, checkpoint, progress) -> di
             H[j + 1, j] = nrm
             if nrm > 0:
                 terms = [(1.0 / nrm, w)] + [(-h2[i] / nrm, V[i]) for i in range(j + 1)]
-                plan.call("lincomb", V[j + 1], terms)
+                plan.call("lincomb", V[j + 1], terms, drop=[w])
             y, *_ = np.linalg.lstsq(H[: j + 2, : j + 1], e1[: j + 2], rcond=None)
             est = float(np.linalg.norm(e1[: j + 2] - H[: j + 2, : j + 1] @ y)) / nb
             state["iterations"] += 1

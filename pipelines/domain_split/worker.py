@@ -338,10 +338,11 @@ class BlockWorker:
         return res
 
     @deterministic_blas()
-    def fill(self, ids, corrected, v, base, out):
+    def fill(self, ids, corrected, v, base, out, drop=()):
         """``out = base + (skeleton + box solves of v)`` on each block (``base`` may be
         None). ``corrected`` holds, per block, the corrected sub-mesh solutions on the
-        block's work region."""
+        block's work region. ``drop``: vectors no longer needed, let go first."""
+        self._drop(ids, drop)
         for i, corr in zip(ids, corrected, strict=True):
             b = self._block(i)
             z = fill_block(self.layout, self.boxes, corr, self._own(v, b), b)
@@ -377,11 +378,24 @@ class BlockWorker:
         return res
 
     @deterministic_blas()
-    def lincomb(self, ids, out, terms, dots=()):
-        """``y = sum_k c_k v_k`` for ``terms = [(c_k, v_k), ...]``; write ``y`` to ``out``.
+    def lincomb(self, ids, out, terms, dots=(), drop=()):
+        """``y = sum_k c_k v_k`` for ``terms = [(c_k, v_k), ...]``; write ``y`` to ``out``;
+        then let go of the vectors ``drop`` (no longer needed).
 
         Returns, per block, ``(sum(y^2), [<y, d> for d in dots])``.
         """
+        try:
+            return self._lincomb(ids, out, terms, dots)
+        finally:
+            self._drop(ids, drop)
+
+    def _drop(self, ids, refs) -> None:
+        """Forget this worker's blocks ``ids`` of the in-memory vectors ``refs``."""
+        for ref in refs:
+            for i in ids:
+                self._blocks.pop((ref.path, self.layout.blocks[i].index), None)
+
+    def _lincomb(self, ids, out, terms, dots):
         res = []
         for i in ids:
             b = self._block(i)
