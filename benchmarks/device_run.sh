@@ -8,7 +8,8 @@
 #   bash benchmarks/device_run.sh next     # there: only what the open issues still lack
 #                                          # (<= 9.5 min: torch on the GPU, a diffusers UNet
 #                                          # sampled on the GPU, ttn scaling, kernels)
-#   bash benchmarks/device_run.sh next2    # there: picard's guarded GMM rows (~2 min)
+#   bash benchmarks/device_run.sh next2    # there: picard's guarded GMM rows and
+#                                          # domain-split 1023^2 on CPU and CuPy (~5 min)
 #
 # Every step runs under its own time limit; its log and the JSON it writes are packed
 # into $OUT/device-<part>.tar.gz after each step, so a run cut short still returns what

@@ -89,7 +89,7 @@ def main() -> int:
         for name in names:
             pipe = pipes[name]
             if "device" not in pipe.config.model_fields:
-                rows.append([name, "-", "-", "-", "-", "no GPU path (no 'device' field)"])
+                rows.append([name, *["-"] * 6, "no GPU path (no 'device' field)"])
                 continue
             cpu = run(name, args.preset, "cpu", args.cluster, store, args.set)
             gpu = None
@@ -107,10 +107,12 @@ def main() -> int:
             gpu_s = gpu["metrics"].get("wall_s") if gpu["ok"] else None
             gpu_solve = _fmt(gpu["metrics"].get("solve_s")) if gpu["ok"] else "-"
             speed = f"{cpu_s / gpu_s:.2f}" if cpu_s and gpu_s else "-"
-            diff = agree(cpu["metrics"], gpu["metrics"], pipe.metric_names) if gpu["ok"] else "-"
-            note = "" if gpu["ok"] else gpu["error"]
-            rows.append([name, f"{cpu_s:.2f}", f"{gpu_s:.2f}" if gpu_s else "fail", cpu_solve,
-                         gpu_solve, speed, diff, note])  # fmt: skip
+            both = cpu["ok"] and gpu["ok"]
+            diff = agree(cpu["metrics"], gpu["metrics"], pipe.metric_names) if both else "-"
+            note = "; ".join(r["error"] for r in (cpu, gpu) if not r["ok"])
+            rows.append([name, f"{cpu_s:.2f}" if cpu_s else "fail",
+                         f"{gpu_s:.2f}" if gpu_s else "fail", cpu_solve, gpu_solve, speed,
+                         diff, note])  # fmt: skip
     header = ["pipeline", "cpu wall_s", "gpu wall_s", "cpu solve_s", "gpu solve_s", "speed-up",
               "max rel metric diff", "note"]  # fmt: skip
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

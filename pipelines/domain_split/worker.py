@@ -384,10 +384,9 @@ class BlockWorker:
 
         Returns, per block, ``(sum(y^2), [<y, d> for d in dots])``.
         """
-        try:
-            return self._lincomb(ids, out, terms, dots)
-        finally:
-            self._drop(ids, drop)
+        res = self._lincomb(ids, out, terms, dots)
+        self._drop(ids, drop)
+        return res
 
     def _drop(self, ids, refs) -> None:
         """Forget this worker's blocks ``ids`` of the in-memory vectors ``refs``."""
