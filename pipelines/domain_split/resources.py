@@ -18,9 +18,10 @@ What grows with the config, and where it lives (``N = n_fine + 1`` nodes per axi
   otherwise).
 * **driver**: sub-mesh sized arrays (right-hand sides, solutions, merge, spline
   correction) and, in memory on several workers, the halos of one pass (workers hold
-  contiguous runs of blocks: about two faces of the grid per pair of neighbouring
-  workers, a box deep), except with ``direct_reference=true``: SciPy assembles the
-  whole fine matrix and factorises it with SuperLU (fill measured on these grids: about
+  contiguous runs of blocks: two vectors, both sides of every interface, about four
+  faces of the grid a box deep per pair of neighbouring workers), except with
+  ``direct_reference=true``: SciPy assembles the whole fine matrix and factorises it
+  with SuperLU (fill measured on these grids: about
   ``n (5.6 log2 n - 34)`` entries in 2-D, ``1.57 n^1.55`` in 3-D for ``n`` unknowns), and
   holds a handful of fine vectors besides. That is the largest item of most in-memory
   runs.

@@ -3,7 +3,8 @@ refinement, as passes of :class:`~tilegraph.pipelines.domain_split.worker.BlockW
 Zarr vectors.
 
 The driver holds only sub-mesh-sized data (restrictions, sub-mesh solutions, the
-Hessenberg matrix) and scalars; fine-grid vectors stay in Zarr.
+Hessenberg matrix), scalars and the halos of one pass; fine-grid vectors stay in the
+workers (in memory) or in Zarr (out of core).
 """
 
 from __future__ import annotations

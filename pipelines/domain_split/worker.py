@@ -1,17 +1,19 @@
-"""The stateful worker of ``domain-split``: block passes over Zarr vectors.
+"""The stateful worker of ``domain-split``: block passes over the fine-grid vectors.
 
-Every fine-grid vector lives in a Zarr array chunked by blocks. A :class:`BlockWorker`
-runs on a worker (a Dask or Ray actor, see ``cluster.Executor.actor``) and handles a
-fixed list of blocks: it reads what a pass needs (with halos where a stencil needs
-neighbours), calls the kernels of :mod:`tilegraph.tasks.domain_split`, writes only the chunks
-its blocks own, and returns small per-block results (partial sums, restrictions) that
-the driver reduces in block order. The actor exists to keep the box factorisations
-between passes; its results do not depend on which blocks it holds.
+Every fine-grid vector is cut into blocks (the chunks of its Zarr array). A
+:class:`BlockWorker` runs on a worker (a Dask or Ray actor, see
+``cluster.Executor.actor``) and handles a fixed list of blocks: it keeps its blocks of
+the vectors in memory (in-memory runs; only the iterate is also written to Zarr) or
+reads and writes them in Zarr (out of core), takes the halos a pass reads of other
+workers' blocks from the driver (:meth:`BlockWorker.export`) or from Zarr, calls the
+kernels of :mod:`tilegraph.tasks.domain_split`, and returns small per-block results
+(partial sums, restrictions) that the driver reduces in block order. Its results do not
+depend on which blocks it holds.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import itertools
 
 import numpy as np
@@ -160,7 +162,7 @@ class BlockWorker:
         as a halo; None when they are to be read from Zarr."""
         hit = self._blocks.get((ref.path, index))
         if hit is not None:
-            return self.layout.blocks[self._ids[index]].start, hit
+            return tuple(j * self.layout.chunks[0] for j in index), hit
         for first, data in self._halo.get((ref.path, index), ()):
             if all(
                 f <= a and b <= f + n for a, b, f, n in zip(lo, hi, first, data.shape, strict=True)
@@ -173,19 +175,19 @@ class BlockWorker:
             )
         return None
 
-    def _receive(self, halos) -> None:
-        """Take the halos a pass was sent (see :meth:`export`): ``{path: {block id:
-        [(first node, array), ...]}}``."""
+    @contextlib.contextmanager
+    def _received(self, halos):
+        """Hold the halos a pass was sent (see :meth:`export`), ``{path: {block id:
+        [(first node, array), ...]}}``, while it runs."""
         self._halo = {
             (path, self.layout.blocks[j].index): pieces
             for path, parts in (halos or {}).items()
             for j, pieces in parts.items()
         }
-
-    @functools.cached_property
-    def _ids(self) -> dict:
-        """Block id (position in ``layout.blocks``) of every block index."""
-        return {b.index: j for j, b in enumerate(self.layout.blocks)}
+        try:
+            yield
+        finally:
+            self._halo = {}
 
     def _padded(self, ref) -> bool:
         """Whether ``ref`` is stored block-padded (the work vectors; see
@@ -304,11 +306,8 @@ class BlockWorker:
         ``halos``: the parts of other workers' blocks of ``v`` and ``z_in`` it reads,
         where those vectors are kept in memory (see :meth:`export`).
         """
-        self._receive(halos)
-        try:
+        with self._received(halos):
             return self._smooth_step(ids, v, z_in, z_out, shift, r_out)
-        finally:
-            self._halo = {}
 
     def _smooth_step(self, ids, v, z_in, z_out, shift, r_out):
         res = []
@@ -358,11 +357,8 @@ class BlockWorker:
 
         Returns, per block, ``(sum(y^2), [<y, d> for d in dots])``.
         """
-        self._receive(halos)
-        try:
+        with self._received(halos):
             return self._matvec(ids, u, rhs, out, dots)
-        finally:
-            self._halo = {}
 
     def _matvec(self, ids, u, rhs, out, dots):
         res = []
@@ -384,17 +380,6 @@ class BlockWorker:
 
         Returns, per block, ``(sum(y^2), [<y, d> for d in dots])``.
         """
-        res = self._lincomb(ids, out, terms, dots)
-        self._drop(ids, drop)
-        return res
-
-    def _drop(self, ids, refs) -> None:
-        """Forget this worker's blocks ``ids`` of the in-memory vectors ``refs``."""
-        for ref in refs:
-            for i in ids:
-                self._blocks.pop((ref.path, self.layout.blocks[i].index), None)
-
-    def _lincomb(self, ids, out, terms, dots):
         res = []
         for i in ids:
             b = self._block(i)
@@ -405,7 +390,14 @@ class BlockWorker:
             others = [self._own(d, b) for d in dots]
             self._write(out, b, y)
             res.append((_dot(y, y), self._dots(y, others)))
+        self._drop(ids, drop)
         return res
+
+    def _drop(self, ids, refs) -> None:
+        """Forget this worker's blocks ``ids`` of the in-memory vectors ``refs``."""
+        for ref in refs:
+            for i in ids:
+                self._blocks.pop((ref.path, self.layout.blocks[i].index), None)
 
     def export(self, ids, refs, wanted):
         """The parts of this worker's blocks that other workers' blocks read.
@@ -414,8 +406,9 @@ class BlockWorker:
         ----------
         ids : list of int
             Blocks of this worker.
-        refs : list of ArrayRef
-            Vectors kept in memory (see ``local``) that the next pass reads with halos.
+        refs : list
+            Vectors kept in memory (see ``local``; they have a ``path``) that the next
+            pass reads with halos.
         wanted : list of list of tuple
             Per block, the boxes ``(lo, hi)`` (fine-node ranges) to send.
 

@@ -267,10 +267,10 @@ class FrozenStack:
             )
         return self._on[key]
 
-    def _grid(self, per_axis, combine, xp):
-        """Per-box grids ``combine``-d from per-axis vectors: shape ``(n_boxes, *shape)``."""
+    def _grid(self, per_axis, combine, xp, out=None):
+        """Per-box grids ``combine``-d from per-axis vectors (onto ``out`` if given):
+        shape ``(n_boxes, *shape)``."""
         d = len(self.shape)
-        out = None
         for k, a in enumerate(per_axis):
             view = [1] * d
             view[k] = self.shape[k]
@@ -311,14 +311,7 @@ class FrozenStack:
     def _scaled(self, f, scale, xp, op):
         """``op(f, D_1 x .. x D_d)``: with the grid, or axis by axis from the per-axis
         scalings (a list)."""
-        if not isinstance(scale, list):
-            return op(f, scale)
-        d = len(self.shape)
-        for k, s in enumerate(scale):
-            view = [1] * d
-            view[k] = self.shape[k]
-            f = op(f, xp.reshape(s, (s.shape[0], *view)))
-        return f
+        return self._grid(scale, op, xp, out=f) if isinstance(scale, list) else op(f, scale)
 
     def _grids(self, xp):
         """``(inv_lam, scale)``: the per-box grid ``1 / sum_k lambda_k`` and the
