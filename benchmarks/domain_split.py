@@ -16,6 +16,7 @@ best to tilegraph, and writes JSON to ``benchmarks/results/``.
 
     python benchmarks/domain_split.py                          # every problem below
     python benchmarks/domain_split.py --problems 2d-var,3d-var --workers 2
+    python benchmarks/domain_split.py --problems 2d-var --scale 2     # 2047^2
     python benchmarks/domain_split.py --problems ooc --ooc-n 240
     python benchmarks/domain_split.py --problems ooc-data --ooc-n 240 --ooc-nc 15
 
@@ -278,6 +279,13 @@ def main() -> None:
         choices=("auto", "lu", "frozen"),
         help="tilegraph's box_solver on variable coefficients (auto: its default)",
     )
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help="multiply n_fine of the 2d*/3d* problems by this (2: 2047^2 and 255^3, where "
+        "the process tree's imports weigh less against the arrays)",
+    )
     ap.add_argument("--ooc-n", type=int, default=240, help="n_fine of the out-of-core 3-D case")
     ap.add_argument("--ooc-nc", type=int, default=40, help="n_coarse of the out-of-core case")
     ap.add_argument(
@@ -311,6 +319,7 @@ def main() -> None:
             cases = [("tilegraph", {"out_of_core": True})]
         else:
             sets = dict(PROBLEMS[name])
+            sets["n_fine"] *= args.scale
             cases = [("spsolve", {})] + [("pyamg", {"accel": a}) for a in ACCELS]
             for kind in args.clusters.split(","):
                 extra = {"box_solver": args.box_solver}
@@ -391,8 +400,9 @@ def main() -> None:
             )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "domain_split.json").write_text(json.dumps(rows, indent=2))
-    print(f"\nwrote {out / 'domain_split.json'}")
+    name = "domain_split.json" if args.scale == 1 else f"domain_split_x{args.scale}.json"
+    (out / name).write_text(json.dumps(rows, indent=2))
+    print(f"\nwrote {out / name}")
 
 
 if __name__ == "__main__":

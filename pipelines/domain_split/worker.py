@@ -459,7 +459,26 @@ class BlockWorker:
             self._write(exact, b, ue, keep=False)
             self._write(error, b, err, keep=False)
             res.append((_dot(err, err), _dot(ue, ue), float(self.xp.max(self.xp.abs(err)))))
+        _trim_heap()
         return res
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc only; elsewhere nothing).
+
+    glibc raises its mmap threshold to the largest array freed, so a pass's block-sized
+    temporaries come from the heap and what they leave stays in the process after the
+    last pass: about 110 MiB per worker at 1023^2 on two workers, held while the driver
+    writes the results and draws the summary (the run's peak memory on a local cluster).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _dot(a, b) -> float:
