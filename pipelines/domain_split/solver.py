@@ -238,10 +238,15 @@ class BlockDriver:
             for k, shift in enumerate(self.offsets):
                 last = k == len(self.offsets) - 1
                 z_out = z if last else between[k % 2]
-                parts = self.call("smooth_step", v, z_in, z_out, shift, r if last else None)
+                # the last sweep reads only the newer intermediate sweep
+                dead = [between[k % 2]] if last and k >= 2 else []
+                parts = self.call(
+                    "smooth_step", v, z_in, z_out, shift, r if last else None, drop=dead
+                )
                 z_in = z_out
-            # the intermediate sweeps are not needed any more
-            self.call("fill", r, z, out, between, per_block=self.coarse(parts, rule))
+            # the intermediate sweeps are not needed any more, z and r after the fill
+            corrected = self.coarse(parts, rule)
+            self.call("fill", r, z, out, between, spent=(r, z), per_block=corrected)
         else:
             parts = self.call("restrict", v)
             self.call("fill", v, None, out, per_block=self.coarse(parts, rule))

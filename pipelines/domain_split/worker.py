@@ -295,10 +295,11 @@ class BlockWorker:
         return res
 
     @deterministic_blas()
-    def smooth_step(self, ids, v, z_in, z_out, shift, r_out=None, halos=None):
+    def smooth_step(self, ids, v, z_in, z_out, shift, r_out=None, drop=(), halos=None):
         """One sweep of shifted-box solves: ``z = z_in + Sh (v - L z_in)`` (``z_in`` None
         means zero); write ``z``. With ``r_out``, also write ``r = v - L z`` and return
-        its restriction (the last sweep before the coarse step).
+        its restriction (the last sweep before the coarse step). ``drop``: vectors no
+        longer needed (not read here), let go first.
 
         A block solves every shifted box that meets its nodes or their one-node halo, so
         it gets ``z`` on the halo without waiting for its neighbours; boxes shared with a
@@ -306,6 +307,7 @@ class BlockWorker:
         ``halos``: the parts of other workers' blocks of ``v`` and ``z_in`` it reads,
         where those vectors are kept in memory (see :meth:`export`).
         """
+        self._drop(ids, drop)
         with self._received(halos):
             return self._smooth_step(ids, v, z_in, z_out, shift, r_out)
 
@@ -337,10 +339,12 @@ class BlockWorker:
         return res
 
     @deterministic_blas()
-    def fill(self, ids, corrected, v, base, out, drop=()):
+    def fill(self, ids, corrected, v, base, out, drop=(), spent=()):
         """``out = base + (skeleton + box solves of v)`` on each block (``base`` may be
         None). ``corrected`` holds, per block, the corrected sub-mesh solutions on the
-        block's work region. ``drop``: vectors no longer needed, let go first."""
+        block's work region. ``drop``: vectors no longer needed, let go first;
+        ``spent``: vectors read here for the last time, let go after a pass that
+        succeeded."""
         self._drop(ids, drop)
         for i, corr in zip(ids, corrected, strict=True):
             b = self._block(i)
@@ -348,6 +352,7 @@ class BlockWorker:
             if base is not None:
                 z = z + self._own(base, b)
             self._write(out, b, z)
+        self._drop(ids, spent)
         return [None] * len(ids)
 
     @deterministic_blas()
