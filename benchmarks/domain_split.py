@@ -16,7 +16,7 @@ best to tilegraph, and writes JSON to ``benchmarks/results/``.
 
     python benchmarks/domain_split.py                          # every problem below
     python benchmarks/domain_split.py --problems 2d-var,3d-var --workers 2
-    python benchmarks/domain_split.py --problems 2d-var --scale 2     # 2047^2
+    python benchmarks/domain_split.py --problems 2d-var --scale 2 --skip spsolve  # 2047^2
     python benchmarks/domain_split.py --problems ooc --ooc-n 240
     python benchmarks/domain_split.py --problems ooc-data --ooc-n 240 --ooc-nc 15
 
@@ -301,6 +301,8 @@ def main() -> None:
         "far more than 24 GiB)",
     )
     args = ap.parse_args()
+    if args.scale < 1:
+        ap.error(f"--scale must be an integer >= 1 (got {args.scale})")
     if args.child:
         child(args.child)
         return

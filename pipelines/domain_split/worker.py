@@ -14,7 +14,9 @@ depend on which blocks it holds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import sys
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -450,22 +452,38 @@ class BlockWorker:
         self._blocks = {k: v for k, v in self._blocks.items() if k[0] == x.path}
         self.stencil.kept.clear()
         self.boxes = self.sub = None
-        res = []
-        for i in ids:
-            b = self.layout.blocks[i]
-            u = self._own(x, b)
-            if exact is None:
-                self._write(solution, b, u, keep=False)
-                res.append((0.0, 0.0, 0.0))
-                continue
-            ue = self._dev(exact_block(self.problem, b.start, b.shape, self.layout.n_fine))
-            err = u - ue
-            self._write(solution, b, u, keep=False)
-            self._write(exact, b, ue, keep=False)
-            self._write(error, b, err, keep=False)
-            res.append((_dot(err, err), _dot(ue, ue), float(self.xp.max(self.xp.abs(err)))))
+        res = [self._output(self.layout.blocks[i], x, solution, exact, error) for i in ids]
+        self._blocks.clear()  # x is in the store
         _trim_heap()
         return res
+
+    def _output(self, b, x, solution, exact, error) -> tuple[float, float, float]:
+        """Block ``b``'s part of :meth:`finalize` (its arrays go when it returns)."""
+        u = self._own(x, b)
+        self._write(solution, b, u, keep=False)
+        if exact is None:
+            return 0.0, 0.0, 0.0
+        ue = self._dev(exact_block(self.problem, b.start, b.shape, self.layout.n_fine))
+        err = u - ue
+        self._write(exact, b, ue, keep=False)
+        self._write(error, b, err, keep=False)
+        return _dot(err, err), _dot(ue, ue), float(self.xp.max(self.xp.abs(err)))
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` through the symbols already loaded (no library search:
+    ``ctypes.util.find_library`` runs ``ldconfig`` or a compiler); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).malloc_trim  # musl has none: AttributeError
+        fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        return fn
+    except Exception:
+        return None
 
 
 def _trim_heap() -> None:
@@ -473,17 +491,12 @@ def _trim_heap() -> None:
 
     glibc raises its mmap threshold to the largest array freed, so a pass's block-sized
     temporaries come from the heap and what they leave stays in the process after the
-    last pass: about 110 MiB per worker at 1023^2 on two workers, held while the driver
-    writes the results and draws the summary (the run's peak memory on a local cluster).
+    last pass: at 1023^2 on two workers each stayed at 250 MiB, 110 MiB of it freed
+    heap, while the driver wrote the results and drew the summary.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
+    fn = _malloc_trim()
+    if fn is not None:
+        fn(0)
 
 
 def _dot(a, b) -> float:
