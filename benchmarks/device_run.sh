@@ -7,9 +7,13 @@
 #   bash benchmarks/device_run.sh scaling  # there: 1, 2, 4, 8 CPU workers
 #   bash benchmarks/device_run.sh next     # there: only what the open issues still lack
 #                                          # (<= 9.5 min: torch on the GPU, a diffusers UNet
-#                                          # sampled on the GPU, ttn scaling, kernels)
-#   bash benchmarks/device_run.sh next2    # there: picard's guarded GMM rows and
-#                                          # domain-split 1023^2 on CPU and CuPy (~5 min)
+#                                          # sampled on the GPU, ttn scaling, domain-split
+#                                          # 1023^2 on CPU and CuPy)
+#   bash benchmarks/device_run.sh next2    # there: picard's guarded GMM rows and the
+#                                          # kernels (~3.5 min)
+#
+# A session's device time is 15 minutes, the machine's start included: `next` is the
+# one call that fits; `next2` only if a later session gets a machine again.
 #
 # Every step runs under its own time limit; its log and the JSON it writes are packed
 # into $OUT/device-<part>.tar.gz after each step, so a run cut short still returns what
@@ -65,7 +69,7 @@ scaling)
 next)  # 2026-12-06: the rows issues 17, 19 and 21 still lack, most wanted first (step limits 520 s, with the wheels' install under 600 s)
     step env 30 bash -c 'nvidia-smi -L; nproc; python3 -c "import cupy, torch, huggingface_hub, diffusers, tilegraph; print(cupy.__version__, torch.__version__, diffusers.__version__)"'
     # 19: torch networks on the GPU (DLPack, a diffusers directory with device=cuda)
-    TAIL=30 step pytest-torch-gpu 110 python3 -m pytest -m gpu tests/test_gpu.py \
+    TAIL=30 step pytest-torch-gpu 100 python3 -m pytest -m gpu tests/test_gpu.py \
         -k "torch or diffusers" -p no:cacheprovider -o addopts= -q -rA --timeout 100
     # 19: a diffusers UNet on the GPU: sequential, diffusers' ParaDiGMS loop, tilegraph's
     # samplers in one process, then the pipeline on local-cuda (window and batch)
@@ -74,15 +78,16 @@ next)  # 2026-12-06: the rows issues 17, 19 and 21 still lack, most wanted first
         --unet-steps 1000 --unet-samples 4 --windows 32 96
     TAIL=20 step scaling-ttn 160 python3 benchmarks/scaling.py --workers 1 2 4 8 \
         --rounds 2 --cases ttn-paper,ttn-d64  # 21: subtree_depth = ceil(log2 W)
-    step gpu-kernels 80 python3 benchmarks/gpu_kernels.py  # 17: the current frozen box solves
-    ;;
-next2)  # what `next` leaves out (~5 min): picard's guarded GMM rows on the GPU (19);
-    # domain-split 1023^2 on CPU and CuPy now that work vectors stay on the device (17)
-    step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
-        --device cuda --wall-workers 1 --windows 8 32
-    step domain-split-gpu 200 python3 benchmarks/gpu_check.py --pipelines domain-split \
+    # 17: domain-split 1023^2 on CPU and CuPy now that work vectors stay on the device
+    step domain-split-gpu 90 python3 benchmarks/gpu_check.py --pipelines domain-split \
         --set n_fine=1024 --set n_coarse=auto --set problem.kind=variable --set tol=1e-8 \
         --set direct_reference=false
+    ;;
+next2)  # what `next` leaves out (~3.5 min): picard's guarded GMM rows on the GPU (19);
+    # the kernels (17: the current frozen box solves)
+    step picard-gpu 120 python3 benchmarks/picard.py --skip-counts --skip-learned \
+        --device cuda --wall-workers 1 --windows 8 32
+    step gpu-kernels 80 python3 benchmarks/gpu_kernels.py
     ;;
 *)
     echo "usage: device_run.sh gpu|scaling|next|next2" >&2
