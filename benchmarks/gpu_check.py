@@ -85,6 +85,14 @@ def main() -> int:
     names = args.pipelines.split(",") if args.pipelines else sorted(pipes)
     why_not = cuda_available()
     rows, results = [], {}
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every run: a check cut short keeps what it measured
+        (out / "gpu_check.json").write_text(
+            json.dumps({"cuda": why_not, "runs": results}, indent=2)
+        )
+
     with tempfile.TemporaryDirectory() as store:
         for name in names:
             pipe = pipes[name]
@@ -92,10 +100,13 @@ def main() -> int:
                 rows.append([name, *["-"] * 6, "no GPU path (no 'device' field)"])
                 continue
             cpu = run(name, args.preset, "cpu", args.cluster, store, args.set)
+            results[name] = {"cpu": cpu, "gpu": None}
+            save()
             gpu = None
             if not why_not:
                 gpu = run(name, args.preset, "cuda", args.cluster, store, args.set)
             results[name] = {"cpu": cpu, "gpu": gpu}
+            save()
             cpu_s = cpu["metrics"].get("wall_s") if cpu["ok"] else None
             cpu_solve = _fmt(cpu["metrics"].get("solve_s")) if cpu["ok"] else "-"
             if gpu is None:
@@ -118,9 +129,7 @@ def main() -> int:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps({"cuda": why_not, "runs": results}, indent=2))
+    save()
     return 0
 
 
