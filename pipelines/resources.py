@@ -92,8 +92,8 @@ def check_fits(
         if limit is not None and need > HEADROOM * limit:
             raise ConfigError(
                 f"config field '{est.field}': the run needs about {fmt_bytes(need)} in "
-                f"{who}, which can use {fmt_bytes(limit)}; lower {est.field}, or "
-                f"{est.alternative}"
+                f"{who}, which can use {fmt_bytes(limit)} (plans keep {1 - HEADROOM:.0%} "
+                f"of it free); lower {est.field}, or {est.alternative}"
             )
 
 

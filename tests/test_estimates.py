@@ -231,6 +231,21 @@ def test_cli_refuses_runs_that_cannot_fit(name, sets, field, alternative, tmp_pa
     assert not store.exists()
 
 
+def test_a_refused_krylov_basis_names_restart_and_what_a_step_costs():
+    """The in-memory estimate holds all ``restart`` FGMRES steps (two vectors each),
+    though runs converge in a few: the refusal says what a step costs per worker, and a
+    smaller restart lowers the estimate by that much a step."""
+    base = ["d=3", "n_fine=64", "n_coarse=auto", "problem.kind=variable"]
+    base += ["direct_reference=false"]
+    full = _estimate("domain-split", base, workers=2)
+    short = _estimate("domain-split", [*base, "restart=8"], workers=2)
+    assert "smaller restart" in full.alternative and "30 FGMRES steps" in full.alternative
+    assert "restart" not in short.alternative
+    step = 2 * 8 * 65**3 / 2  # two float64 vectors a step, half the blocks each
+    assert full.worker_bytes - short.worker_bytes == pytest.approx(22 * step, rel=0.05)
+    assert resources.fmt_bytes(step) in full.alternative
+
+
 def test_tucker_reference_that_fits_is_not_refused():
     """The Tucker tree's dense reference at d=14 (2^14 x 2^14 complex, 4 GiB) is what the
     estimate charges; the same tree without it is small."""
