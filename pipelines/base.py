@@ -289,6 +289,9 @@ class Estimate:
         The config field that drives the size (what to lower).
     alternative : str
         What else makes it fit (``"out_of_core=true"``, ``"more workers"`` …).
+    worker_floor_bytes : int or None
+        One worker's peak with the least the run adapts down to where the workers'
+        memory is short (domain-split's FGMRES basis); None: it does not adapt.
     """
 
     driver_bytes: int
@@ -296,6 +299,7 @@ class Estimate:
     store_bytes: int
     field: str
     alternative: str = "more workers"
+    worker_floor_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ the memory each process can use, checked before anything is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -54,7 +55,12 @@ def describe(est: Estimate, workers: int) -> list[str]:
     """Lines for ``--dry-run``."""
     return [
         f"driver memory (peak)  {fmt_bytes(est.driver_bytes)}",
-        f"worker memory (peak)  {fmt_bytes(est.worker_bytes)} each, {workers} worker(s)",
+        f"worker memory (peak)  {fmt_bytes(est.worker_bytes)} each, {workers} worker(s)"
+        + (
+            f" (at least {fmt_bytes(est.worker_floor_bytes)}: less where memory is short)"
+            if est.worker_floor_bytes is not None and est.worker_floor_bytes < est.worker_bytes
+            else ""
+        ),
         f"store size            {fmt_bytes(est.store_bytes)}",
     ]
 
@@ -121,9 +127,12 @@ def check_point(est: Estimate | None, executor: Any) -> None:
 
 def check_executor(est: Estimate | None, executor: Any) -> None:
     """After connecting: one worker's peak against the memory limit of the executor's
-    workers; for in-process backends, driver and workers together against this machine."""
+    workers; for in-process backends, driver and workers together against this machine.
+    A run that adapts to short memory (``worker_floor_bytes``) is checked at its floor."""
     if est is None:
         return
+    if est.worker_floor_bytes is not None:
+        est = dataclasses.replace(est, worker_bytes=est.worker_floor_bytes)
     if executor.backend in ("sync", "threads"):
         together = est.driver_bytes + est.worker_bytes * max(executor.n_workers, 1)
         check_fits(

@@ -231,19 +231,49 @@ def test_cli_refuses_runs_that_cannot_fit(name, sets, field, alternative, tmp_pa
     assert not store.exists()
 
 
-def test_a_refused_krylov_basis_names_restart_and_what_a_step_costs():
-    """The in-memory estimate holds all ``restart`` FGMRES steps (two vectors each),
-    though runs converge in a few: the refusal says what a step costs per worker, and a
-    smaller restart lowers the estimate by that much a step."""
-    base = ["d=3", "n_fine=64", "n_coarse=auto", "problem.kind=variable"]
-    base += ["direct_reference=false"]
-    full = _estimate("domain-split", base, workers=2)
-    short = _estimate("domain-split", [*base, "restart=8"], workers=2)
-    assert "smaller restart" in full.alternative and "30 FGMRES steps" in full.alternative
-    assert "restart" not in short.alternative
-    step = 2 * 8 * 65**3 / 2  # two float64 vectors a step, half the blocks each
-    assert full.worker_bytes - short.worker_bytes == pytest.approx(22 * step, rel=0.05)
-    assert resources.fmt_bytes(step) in full.alternative
+def test_an_in_memory_krylov_basis_shrinks_to_what_the_workers_hold():
+    """The in-memory estimate holds all ``restart`` FGMRES steps (two vectors each); the
+    check before the run asks only for BASIS_FLOOR of them, and the runner takes the
+    largest restart whose estimate fits the workers' memory limit (a real Dask worker
+    with a limit of 190 MiB here: 126 MiB at the floor, 166 MiB with all 30 steps)."""
+    import distributed
+    from tilegraph import cluster
+    from tilegraph.pipelines.domain_split.resources import BASIS_FLOOR
+    from tilegraph.pipelines.domain_split.runner import basis_that_fits
+
+    pipeline = get_pipeline("domain-split")
+    sets = ["d=3", "n_fine=48", "n_coarse=auto", "problem.kind=variable"]
+    cfg = build_config(pipeline, "quick", None, [*sets, "direct_reference=false"])
+    full = pipeline.estimate(cfg, 1)
+    step = 2 * 8 * 49**3  # two float64 vectors a step, one worker
+    assert full.worker_bytes - full.worker_floor_bytes == pytest.approx(
+        (30 - BASIS_FLOOR) * step, rel=0.01
+    )
+    ooc = pipeline.estimate(cfg.model_copy(update={"out_of_core": True}), 1)
+    assert ooc.worker_floor_bytes is None
+    limit = 190 * 2**20
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            memory_limit=limit,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as lc,
+        cluster.connect(lc.scheduler_address) as ex,
+    ):
+        assert ex.memory_limit == limit
+        resources.check_executor(full, ex)  # passes at the floor
+        k = basis_that_fits(cfg, ex, 1)
+
+        def need(r):
+            return pipeline.estimate(cfg.model_copy(update={"restart": r}), 1).worker_bytes
+
+        assert BASIS_FLOOR < k < 30
+        assert need(k) <= resources.HEADROOM * limit < need(k + 1)
+    # with room to spare (this machine, threads) the configured restart stays
+    with cluster.connect("threads:1") as ex:
+        assert basis_that_fits(cfg, ex, 1) == 30
 
 
 def test_tucker_reference_that_fits_is_not_refused():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -10,8 +11,11 @@ import numpy as np
 from tilegraph import cluster
 
 from ..base import RunContext
+from ..config import ConfigError
+from ..resources import check_executor
 from .config import DomainSplitConfig
 from .plot import summary_figure
+from .resources import BASIS_FLOOR, estimate
 from .solver import BlockDriver, fgmres, stationary
 from .worker import layout_for
 
@@ -72,6 +76,24 @@ def scratch_names(cfg: DomainSplitConfig) -> list[str]:
     return ["B", *SOLUTION_BUFFERS, *basis, "w", "z", "r", "s0", "s1", "res", "e"]
 
 
+def basis_that_fits(cfg: DomainSplitConfig, executor, workers: int) -> int:
+    """The FGMRES restart an in-memory run takes: ``cfg.restart``, or fewer steps where
+    the workers' memory cannot hold that basis (two vectors a step), down to
+    ``BASIS_FLOOR`` (what the memory check before the run asked for). Out-of-core and
+    stationary runs keep ``cfg.restart``."""
+    m = min(cfg.restart, cfg.max_iter)
+    if cfg.out_of_core or cfg.solver != "krylov" or m <= BASIS_FLOOR:
+        return cfg.restart
+    for k in range(m, BASIS_FLOOR, -1):
+        est = estimate(cfg.model_copy(update={"restart": k}), workers)
+        try:
+            check_executor(dataclasses.replace(est, worker_floor_bytes=None), executor)
+        except ConfigError:
+            continue
+        return k
+    return BASIS_FLOOR
+
+
 def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     """Solve the configured problem; write ``result`` (solution and, where the problem
     knows it, the exact solution and the error, on the coordinates of its box),
@@ -81,6 +103,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     -------
     dict
         Headline metrics (see ``METRICS``) plus ``converged``, ``blocks``, ``workers``,
+        ``restart`` (the FGMRES restart taken, see `basis_that_fits`),
         ``passes``.
     """
     store = ctx.store
@@ -168,6 +191,17 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         state = {"x": 0, "iterations": 0, "rel_residual": None, "history": []}
     state.update(norm_b=norm_b, committed=state["x"])
 
+    restart = basis_that_fits(cfg, ctx.executor, len(plan.actors))
+    if restart < min(cfg.restart, cfg.max_iter):
+        log.warning(
+            "restart=%d: the workers' memory holds an FGMRES basis of %d steps, not %d "
+            "(FGMRES restarts after %d iterations)",
+            restart,
+            restart,
+            cfg.restart,
+            restart,
+        )
+    cfg = cfg.model_copy(update={"restart": restart})
     solve = fgmres if cfg.solver == "krylov" else stationary
     desc = f"domain-split {cfg.solver}"
     with ctx.progress(cfg.max_iter, desc, done=state["iterations"]) as bar:
@@ -211,6 +245,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
         "blocks": len(layout.blocks),
         "workers": len(plan.actors),
         "passes": plan.passes,
+        "restart": cfg.restart,
     }
     if exact:
         err_sq = math.fsum(p[0] for p in parts)
