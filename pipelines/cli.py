@@ -397,7 +397,8 @@ def _cmd_sweep(args) -> int:
     if args.dry_run:
         info = {"sweep_id": plan.sweep_id, "points": len(plan.points)}
         big = _largest(estimates)
-        if big is not None:  # a point runs whole on one worker: its largest point
+        if big is not None:  # a point runs whole on one worker (no floor: see check_point)
+            big = dataclasses.replace(big, worker_floor_bytes=None)
             info["estimate"] = {**dataclasses.asdict(big), "workers": 1}
         return _dry_run(args, info, big, 1, "the largest point, run whole by one worker:")
     try:

@@ -328,6 +328,8 @@ def estimate(cfg, workers: int) -> Estimate:
         alternative = "set direct_reference=false (the SciPy reference solve) and out_of_core=true"
     elif not cfg.out_of_core:
         alternative = "set out_of_core=true, or use more workers"
+        if floor is not None:
+            alternative = f"set restart below {BASIS_FLOOR}, or {alternative[4:]}"
     return Estimate(driver, worker, store, "n_fine", alternative, worker_floor_bytes=floor)
 
 
