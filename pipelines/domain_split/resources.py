@@ -329,7 +329,9 @@ def estimate(cfg, workers: int) -> Estimate:
     elif not cfg.out_of_core:
         alternative = "set out_of_core=true, or use more workers"
         if floor is not None:
-            alternative = f"set restart below {BASIS_FLOOR}, or {alternative[4:]}"
+            alternative = (
+                f"set restart below {BASIS_FLOOR}, or out_of_core=true, or use more workers"
+            )
     return Estimate(driver, worker, store, "n_fine", alternative, worker_floor_bytes=floor)
 
 

@@ -86,14 +86,23 @@ def basis_that_fits(cfg: DomainSplitConfig, executor, workers: int) -> int:
     m = min(cfg.restart, cfg.max_iter)
     if cfg.out_of_core or cfg.solver != "krylov" or m <= BASIS_FLOOR:
         return cfg.restart
-    for k in range(m, BASIS_FLOOR, -1):
+
+    def fits(k: int) -> bool:
         est = estimate(cfg.model_copy(update={"restart": k}), workers)
         try:
             check_executor(dataclasses.replace(est, worker_floor_bytes=None), executor)
         except ConfigError:
-            continue
-        return cfg.restart if k == m else k
-    return BASIS_FLOOR
+            return False
+        return True
+
+    if fits(m):
+        return cfg.restart
+    # the estimate grows with k: bisect (each check may ask the scheduler for limits)
+    lo, hi = BASIS_FLOOR, m  # the answer is in [lo, hi): lo is taken without a check
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
