@@ -178,7 +178,9 @@ class TTNConfig(PipelineConfig):
         "checked on a CPU); the driver's share stays in NumPy",
     )
     exact_reference: bool = Field(
-        default=True, description=f"compare with expm of the dense H (d <= {MAX_EXACT_D})"
+        default=True,
+        description="compare with expm_multiply of the sparse H on the driver "
+        f"(d <= {MAX_EXACT_D} sites)",
     )
 
     @field_validator("ramp", mode="before")
