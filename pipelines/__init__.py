@@ -5,7 +5,7 @@ A pipeline is a :class:`tilegraph.pipelines.base.Pipeline`; pipelines register t
 point group ``tilegraph.pipelines`` (see :mod:`tilegraph.pipelines.registry`).
 """
 
-from .base import Pipeline, RunContext
+from .base import Deferred, Pipeline, RunContext
 from .registry import get_pipeline, load_pipelines
 
-__all__ = ["Pipeline", "RunContext", "get_pipeline", "load_pipelines"]
+__all__ = ["Deferred", "Pipeline", "RunContext", "get_pipeline", "load_pipelines"]

@@ -24,6 +24,31 @@ def test_list():
     assert "domain-split" in text and "paper2d" in text
 
 
+def test_listing_and_validating_import_no_runner():
+    """Every pipeline registered and a config validated for each, in a fresh process:
+    no runner's libraries (Zarr, SciPy, Matplotlib, Dask) are imported until a run
+    starts; calling the deferred ``run`` imports its runner, and it pickles by name."""
+    code = """
+import pickle, sys
+import tilegraph
+from tilegraph.pipelines.config import build_config
+heavy = ("zarr", "scipy", "matplotlib", "xarray", "dask", "distributed", "ray", "torch")
+for name in tilegraph.available():
+    build_config(tilegraph.get_pipeline(name))
+print(sorted(m for m in heavy if m in sys.modules))
+run = tilegraph.get_pipeline("domain-split").run
+assert pickle.loads(pickle.dumps(run)).target == run.target
+try:
+    run(None, None)
+except Exception:
+    pass
+print("tilegraph.pipelines.domain_split.runner" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
+
+
 def test_run_json_contract_runs_and_show(tmp_path):
     store = tmp_path / "runs"
     out = tilegraph(

@@ -2,18 +2,19 @@
 estimators (BSVRB v1/v2, Hu et al. ICML 2023) and baselines, the sampled blocks of an
 iteration running as tasks on per-block Zarr chunks."""
 
-from ..base import Checks, Pipeline
+from ..base import Checks, Deferred, Pipeline
 from .config import PRESETS, BilevelConfig
 from .preflight import preflight
 from .resources import estimate
-from .runner import METRICS, run
+
+METRICS = ("iterations", "rel_dist_to_optimum", "grad_norm", "upper_objective", "wall_s")
 
 PIPELINE = Pipeline(
     name="bilevel",
     description="multi-block bilevel optimisation (BSVRB) with blocks as parallel tasks",
     config=BilevelConfig,
     presets=PRESETS,
-    run=run,
+    run=Deferred("tilegraph.pipelines.bilevel.runner:run"),
     metric_names=METRICS,
     estimate=estimate,
     preflight=preflight,
@@ -24,4 +25,4 @@ PIPELINE = Pipeline(
     ),
 )
 
-__all__ = ["PIPELINE", "BilevelConfig", "run"]
+__all__ = ["PIPELINE", "BilevelConfig"]

@@ -18,8 +18,6 @@ from .steps import Plateau
 from .steps import resolve as resolve_steps
 from .worker import SLOTS, block_tasks, evaluate_blocks, free_slot, init_blocks
 
-METRICS = ("iterations", "rel_dist_to_optimum", "grad_norm", "upper_objective", "wall_s")
-
 HISTORY = ("iteration", "rel_dist", "upper_objective", "grad_norm")
 
 
@@ -70,7 +68,7 @@ def run(cfg: BilevelConfig, ctx: RunContext) -> dict:
     Returns
     -------
     dict
-        Headline metrics of the main method (see ``METRICS``) plus ``converged``,
+        Headline metrics of the main method (``PIPELINE.metric_names``) plus ``converged``,
         ``method``, ``blocks``, ``blocks_per_iter``, ``batch``, ``workers``,
         ``s_per_iter`` and ``<method>_iterations`` for the compared methods.
     """

@@ -20,15 +20,6 @@ from .resources import BASIS_FLOOR, estimate
 from .solver import BlockDriver, fgmres, stationary
 from .worker import layout_for
 
-METRICS = (
-    "rel_error_exact",
-    "rel_error_direct",
-    "rel_residual",
-    "iterations",
-    "unknowns",
-    "wall_s",
-)
-
 DIMS = ("x", "y", "z")
 
 log = logging.getLogger(__name__)
@@ -113,7 +104,7 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     Returns
     -------
     dict
-        Headline metrics (see ``METRICS``) plus ``converged``, ``blocks``, ``workers``,
+        Headline metrics (``PIPELINE.metric_names``) plus ``converged``, ``blocks``, ``workers``,
         ``fgmres_restart`` (krylov: the restart taken, see `basis_that_fits`),
         ``passes``.
     """

@@ -2,18 +2,27 @@
 (ParaDiGMS, Shih et al. 2023) with model replicas on the workers, plus an accelerated
 variant (triangular Anderson mixing)."""
 
-from ..base import Checks, Pipeline
+from ..base import Checks, Deferred, Pipeline
 from .config import PRESETS, PicardConfig
 from .preflight import preflight
 from .resources import estimate
-from .runner import METRICS, run
+
+METRICS = (
+    "iterations",
+    "model_evals",
+    "sequential_steps",
+    "max_abs_diff_vs_sequential",
+    "sampling_s",
+    "sequential_wall_s",
+    "wall_s",
+)
 
 PIPELINE = Pipeline(
     name="picard",
     description="parallel diffusion sampling by sliding-window Picard iteration (ParaDiGMS)",
     config=PicardConfig,
     presets=PRESETS,
-    run=run,
+    run=Deferred("tilegraph.pipelines.picard.runner:run"),
     metric_names=METRICS,
     estimate=estimate,
     preflight=preflight,
@@ -30,4 +39,4 @@ PIPELINE = Pipeline(
     ),
 )
 
-__all__ = ["PIPELINE", "PicardConfig", "run"]
+__all__ = ["PIPELINE", "PicardConfig"]

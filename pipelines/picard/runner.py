@@ -25,16 +25,6 @@ from .model_spec import DIGITS_SHAPE, model_spec
 from .plot import summary_figure
 from .worker import ModelReplica
 
-METRICS = (
-    "iterations",
-    "model_evals",
-    "sequential_steps",
-    "max_abs_diff_vs_sequential",
-    "sampling_s",
-    "sequential_wall_s",
-    "wall_s",
-)
-
 BATCH_INT = ("iterations", "model_evals")
 BATCH_FLOAT = ("wall_s", "sequential_wall_s", "max_abs_diff")
 
@@ -123,7 +113,7 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     Returns
     -------
     dict
-        Headline metrics (``METRICS``; ``sampling_s``: the Picard sampling of all
+        Headline metrics (``PIPELINE.metric_names``; ``sampling_s``: the Picard sampling of all
         batches, ``sequential_wall_s``: the sequential sampler's) plus
         ``mean_iterations``, ``speedup_wall``, ``batches``, ``workers`` and, for
         digits, ``train_loss``. ``wall_s`` and the phases are the framework's.

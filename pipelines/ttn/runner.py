@@ -22,16 +22,6 @@ from .history import (
 from .plot import summary_figure
 from .reference import ExactSolution
 
-METRICS = (
-    "final_error_vs_exact",
-    "max_rank",
-    "norm_drift",
-    "energy_drift",
-    "steps",
-    "rejected_steps",
-    "wall_s",
-)
-
 
 def _integrate(cfg, ctx, integ, h, exact, name, ckpt_offset, bar, state=None, rows=None):
     """Integrate from the newest state to T with step h, writing dataset ``name``."""
@@ -70,7 +60,7 @@ def run(cfg: TTNConfig, ctx: RunContext) -> dict:
     Returns
     -------
     dict
-        Headline metrics (see ``METRICS``) plus ``workers``.
+        Headline metrics (``PIPELINE.metric_names``) plus ``workers``.
     """
     from tilegraph.tasks.devices import deterministic_blas
 
