@@ -340,13 +340,17 @@ class Deferred:
         self.target = target
         self._fn: Callable | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def load(self) -> Callable:
+        """Import the target (once) and return it."""
         if self._fn is None:
             from importlib import import_module
 
             module, _, name = self.target.partition(":")
             self._fn = getattr(import_module(module), name)
-        return self._fn(*args, **kwargs)
+        return self._fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
 
     def __reduce__(self):
         return (Deferred, (self.target,))

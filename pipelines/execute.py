@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .base import DONE, SCRATCH, Pipeline, Resumes, RunContext
+from .base import DONE, SCRATCH, Deferred, Pipeline, Resumes, RunContext
 from .progress import silent
 
 #: How many times a run is continued after a lost worker before it is marked failed.
@@ -81,6 +81,12 @@ def execute(
     from tilegraph import cluster
 
     log = log or (lambda line: sys.stderr.write(line + "\n"))
+    if isinstance(pipeline.run, Deferred):  # its imports are no part of the run's time
+        try:
+            pipeline.run.load()
+        except BaseException as exc:
+            run.mark_failed(exc)
+            raise
     t0 = time.perf_counter()
     restarts = 0
     workers_before = executor.worker_ids()

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import resources
-from .base import Estimate, Pipeline
+from .base import Deferred, Estimate, Pipeline
 from .config import ConfigError, build_config
 from .execute import DEFAULT_RETRIES, execute
 from .imports import check_trusted, prepare_user_code
@@ -110,6 +110,8 @@ class Launch:
         check_device([config], executor, str(self.spec or executor.spec))
         est = resources.estimate(self.pipeline, config, executor.n_workers)
         resources.check_executor(est, executor)
+        if isinstance(self.pipeline.run, Deferred):  # a broken runner: nothing written
+            self.pipeline.run.load()
         if self.run is None:
             backend = backend or str(self.spec or getattr(executor, "spec", "executor"))
             dump = config.model_dump(mode="json")
