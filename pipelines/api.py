@@ -71,8 +71,8 @@ def run(
     ------
     pipelines.config.ConfigError
         Bad config, store, cluster spec or run id, a run another live process owns, a
-        run that does not fit the memory there is (nothing written); the same checks
-        and one-line messages as ``tilegraph run``.
+        run that does not fit the memory there is, a runner that cannot be imported
+        (nothing written); the same checks and one-line messages as ``tilegraph run``.
     Exception
         Whatever the pipeline raised; the run is then marked ``failed``.
     """

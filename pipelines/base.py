@@ -324,11 +324,16 @@ class Checks:
 
 
 class Deferred:
-    """A callable that imports its target on its first call: ``Deferred("pkg.mod:name")``.
+    """A callable that imports its target on :meth:`load` or its first call.
 
     A pipeline's runner imports what only a run needs (Zarr, SciPy, Matplotlib: about a
     second for the four built-in pipelines); ``tilegraph list``, ``--help`` and a config
-    error need the config models alone.
+    error need the config models alone. It pickles as its target's name.
+
+    Parameters
+    ----------
+    target : str
+        ``"package.module:name"``.
     """
 
     __slots__ = ("target", "_fn")
@@ -341,7 +346,13 @@ class Deferred:
         self._fn: Callable | None = None
 
     def load(self) -> Callable:
-        """Import the target (once) and return it."""
+        """Import the target (once) and return it.
+
+        Raises
+        ------
+        ImportError, AttributeError
+            The module cannot be imported or has no such name.
+        """
         if self._fn is None:
             from importlib import import_module
 
@@ -352,7 +363,7 @@ class Deferred:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.load()(*args, **kwargs)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         return (Deferred, (self.target,))
 
     def __repr__(self) -> str:

@@ -23,7 +23,15 @@ from . import resources
 from .config import ConfigError
 from .execute import DEFAULT_RETRIES
 from .imports import prepare_user_code
-from .launch import UsageError, check_cluster, check_device, check_store, connect, prepare
+from .launch import (
+    UsageError,
+    check_cluster,
+    check_device,
+    check_store,
+    connect,
+    load_runner,
+    prepare,
+)
 from .progress import progress_factory
 from .registry import get_pipeline, load_pipelines
 
@@ -389,6 +397,7 @@ def _cmd_sweep(args) -> int:
     if pipeline.preflight is not None:
         for point in plan.points:
             pipeline.preflight(point.config)
+    load_runner(pipeline)  # the points run it; a broken one writes no sweep
     estimates = [resources.estimate(pipeline, p.config, 1) for p in plan.points]
     for point, est in zip(plan.points, estimates, strict=True):
         resources.check_size(est, point.config)

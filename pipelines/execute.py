@@ -81,13 +81,7 @@ def execute(
     from tilegraph import cluster
 
     log = log or (lambda line: sys.stderr.write(line + "\n"))
-    if isinstance(pipeline.run, Deferred):  # its imports are no part of the run's time
-        try:
-            pipeline.run.load()
-        except BaseException as exc:
-            run.mark_failed(exc)
-            raise
-    t0 = time.perf_counter()
+    t0 = None
     restarts = 0
     workers_before = executor.worker_ids()
     timings: dict[str, float] = {}  # phases summed over continuations
@@ -103,6 +97,10 @@ def execute(
             resumes=resumes,
         )
         try:
+            if isinstance(pipeline.run, Deferred):  # its imports are no part of wall_s
+                pipeline.run.load()
+            if t0 is None:
+                t0 = time.perf_counter()
             ctx.enter("setup")
             try:
                 metrics = dict(pipeline.run(config, ctx) or {})

@@ -110,8 +110,6 @@ class Launch:
         check_device([config], executor, str(self.spec or executor.spec))
         est = resources.estimate(self.pipeline, config, executor.n_workers)
         resources.check_executor(est, executor)
-        if isinstance(self.pipeline.run, Deferred):  # a broken runner: nothing written
-            self.pipeline.run.load()
         if self.run is None:
             backend = backend or str(self.spec or getattr(executor, "spec", "executor"))
             dump = config.model_dump(mode="json")
@@ -134,6 +132,21 @@ class Launch:
         if report:
             self.run.add_report(report)
         return self.run
+
+
+def load_runner(pipeline: Pipeline) -> None:
+    """Import a :class:`Deferred` runner before any cluster starts or store is written:
+    a runner that cannot be imported (a plugin's bug, a missing dependency) is one
+    ``UsageError`` line."""
+    if not isinstance(pipeline.run, Deferred):
+        return
+    try:
+        pipeline.run.load()
+    except Exception as exc:
+        raise UsageError(
+            f"pipeline {pipeline.name}: cannot import its runner {pipeline.run.target} "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def check_device(configs, executor, spec: str) -> None:
@@ -315,6 +328,7 @@ def prepare(
         code = tuple(prepare_user_code([cfg], config if isinstance(config, str) else None))
         if pipeline.preflight is not None:
             pipeline.preflight(cfg)
+        load_runner(pipeline)
         spec = None if cluster is None else check_cluster(cluster, root.url, cluster_profile)
         workers = workers_guess(spec, cluster_profile)
         est = resources.estimate(pipeline, cfg, workers)
@@ -330,6 +344,7 @@ __all__ = [
     "UsageError",
     "check_cluster",
     "check_device",
+    "load_runner",
     "check_store",
     "connect",
     "own",

@@ -2,6 +2,7 @@
 metrics with one meaning, scratch arrays and done markers removed once a run is
 complete (kept with ``keep_work``), figures saved and closed."""
 
+import pickle
 import time
 
 import matplotlib
@@ -10,9 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tilegraph  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from tilegraph import cluster, storage  # noqa: E402
-from tilegraph.pipelines.base import Pipeline, PipelineConfig  # noqa: E402
+from tilegraph.pipelines import launch  # noqa: E402
+from tilegraph.pipelines.base import Deferred, Pipeline, PipelineConfig  # noqa: E402
 from tilegraph.pipelines.execute import execute  # noqa: E402
 
 
@@ -178,3 +181,44 @@ def test_an_invalid_checkpoint_starts_over(tmp_path, ex):
     run.mark_running()
     m = execute(COUNT, Counter(steps=7, checkpoint_s=0), run, ex, resume=True)
     assert m["total"] == 28 and run.restored == [{"checkpoint": None, "skipped": 0}]
+
+
+# --- runners imported when a run starts ------------------------------------------------
+SLOW_RUNNER = """
+import time
+
+time.sleep(0.3)  # a runner whose imports take a while
+
+
+def run(cfg, ctx):
+    return {"answer": 1.0}
+"""
+
+
+def test_a_deferred_runner_is_imported_before_the_clock_starts(tmp_path, ex, monkeypatch):
+    (tmp_path / "slow_runner_mod.py").write_text(SLOW_RUNNER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pipe = Pipeline(
+        name="lifecycle-demo", description="test", config=Config,
+        run=Deferred("slow_runner_mod:run"),
+    )  # fmt: skip
+    run = _new(tmp_path, Config())
+    m = execute(pipe, Config(), run, ex)
+    assert m["answer"] == 1.0 and run.status == "complete"
+    assert m["wall_s"] < 0.3  # the import's 0.3 s is not the run's
+    loaded = pickle.loads(pickle.dumps(pipe.run))  # by name, not with the function
+    assert loaded.target == "slow_runner_mod:run" and loaded._fn is None
+
+
+def test_a_runner_that_cannot_be_imported_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    broken = Pipeline(
+        name="broken-runner", description="test", config=Config, presets={"quick": {}},
+        run=Deferred("no_such_module_of_tilegraph:run"),
+    )  # fmt: skip
+    monkeypatch.setattr(launch, "get_pipeline", lambda name: broken)
+    store = tmp_path / "runs"
+    with pytest.raises(launch.UsageError, match="cannot import its runner no_such_module"):
+        tilegraph.run("broken-runner", cluster="sync", store=store)
+    assert not store.exists() or not any(store.rglob("*.json"))
+    with pytest.raises(ValueError, match="module:name"):
+        Deferred("no_colon")
