@@ -502,6 +502,22 @@ def run_sweep(
         lease.release()
 
 
+def _unless_owned(run, write) -> None:
+    """``write()`` to a point's run under its lease; skipped while another live process
+    owns it (a user's ``--resume`` of that point, or a task of an earlier sweep): its
+    owner's status is the one to keep, and ``run_point`` waits for it."""
+    from tilegraph import storage
+
+    try:
+        lease = run.lease().acquire(wait=0.0)
+    except storage.LeaseHeld:
+        return
+    try:
+        write()
+    finally:
+        lease.release()
+
+
 def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
     from tilegraph import storage
 
@@ -531,12 +547,24 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
             runs[p.key] = run
             continue
         if run is not None:
-            run.mark_pending()
+            _unless_owned(run, run.mark_pending)
             resume = True
         else:
+            # recorded before it exists: a kill in between leaves no run the sweep
+            # cannot see (the next sweep creates it under the recorded id)
             config = p.config.model_dump(mode="json")
-            run = root.create(name, config=config, backend=backend, pending=True)
-            sweep.set_point(p.key, run.run_id)
+            run_id = recorded.get(p.key) or storage.new_run_id()
+            for _ in range(2):
+                sweep.set_point(p.key, run_id)
+                try:
+                    run = root.create(
+                        name, config=config, backend=backend, run_id=run_id, pending=True
+                    )
+                    break
+                except FileExistsError:  # an unreadable run under that id: a fresh one
+                    run_id = storage.new_run_id()
+            else:  # pragma: no cover - a fresh random id taken as well
+                raise FileExistsError(f"no free run id for sweep point {p.key}")
             resume = False
         runs[p.key] = run
         todo.append((p, run, resume))
@@ -567,7 +595,7 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
             except Exception as exc:  # the task itself was lost (e.g. its worker died)
                 out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
                 if run.status != storage.COMPLETE:
-                    run.mark_failed(out["error"])
+                    _unless_owned(run, lambda run=run, out=out: run.mark_failed(out["error"]))
             bar.set_postfix_str(f"{p.key}: {out['status']}")
             bar.update(1)
 
@@ -583,8 +611,7 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
     plt.close(fig)
     counts = {"points": len(statuses), "complete": complete, "failed": failed}
     if failed:
-        sweep.mark_failed(f"{failed} of {len(statuses)} points did not complete")
-        sweep.set_metrics(counts)
+        sweep.mark_failed(f"{failed} of {len(statuses)} points did not complete", counts)
     else:
         sweep.mark_complete(counts)
     rows = []

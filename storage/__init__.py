@@ -18,7 +18,7 @@ Examples
 from .checkpoint import Checkpoint
 from .chunks import ArrayRef, check_whole_chunks, chunk_regions
 from .errors import ChunkOwnershipError, RunNotFound
-from .lease import Lease, LeaseHeld
+from .lease import Lease, LeaseHeld, LeaseLost
 from .provenance import collect_provenance, jsonable
 from .runstore import (
     COMPLETE,
@@ -54,6 +54,7 @@ __all__ = [
     "jsonable",
     "Lease",
     "LeaseHeld",
+    "LeaseLost",
     "new_run_id",
     "normalize_url",
     "sweep_url",

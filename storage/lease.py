@@ -7,15 +7,21 @@ both write the same arrays and records. The owner creates ``.lease.json`` in the
 seconds from a background thread, and removes it when done. Another process finds the
 lease held and stops with :class:`LeaseHeld` naming the owner, unless the lease is stale:
 its heartbeat older than ``ttl`` seconds, or its owner's process gone from this host (a
-killed driver). A stale lease is taken over by renaming it away first, which only one
-contender can do.
+killed driver). A stale lease is taken over by renaming it away first; a contender whose
+rename moved a fresh lease (another contender's, created meanwhile) puts it back.
 
-On local file systems create and rename are atomic. Object stores without conditional
-writes get a best-effort lease (write, then read back the token).
+On local file systems the lease is written to a file of its own and then hard-linked into
+place, so it never exists half-written (a lease file that cannot be read, as an older
+version could leave, is judged by its age). Object stores without conditional writes get
+a best-effort lease (write, then read back the token). An owner whose lease was taken
+over (it looked dead: stopped, or its clock far off) learns it at its next heartbeat
+(``Lease.lost``); the run store then refuses its status and checkpoint writes
+(:class:`LeaseLost`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -27,7 +33,7 @@ from typing import Any
 
 from .urls import filesystem, is_local, join, normalize_url
 
-__all__ = ["LEASE_FILE", "Lease", "LeaseHeld"]
+__all__ = ["LEASE_FILE", "Lease", "LeaseHeld", "LeaseLost"]
 
 #: The lease's file name inside a run or sweep folder.
 LEASE_FILE = ".lease.json"
@@ -44,11 +50,22 @@ class LeaseHeld(RuntimeError):
 
     def __init__(self, what: str, owner: dict[str, Any]) -> None:
         self.owner = owner
-        age = time.time() - float(owner.get("heartbeat", 0.0))
+        age = max(time.time() - float(owner.get("heartbeat", 0.0)), 0.0)
+        if owner.get("unreadable"):
+            super().__init__(
+                f"{what} has a lease file that cannot be read, written {age:.0f} s ago "
+                "(taken over once it is older than the lease's ttl)"
+            )
+            return
         super().__init__(
             f"{what} is already running (pid {owner.get('pid')}, host {owner.get('host')}, "
-            f"heartbeat {max(age, 0.0):.0f} s ago)"
+            f"heartbeat {age:.0f} s ago)"
         )
+
+
+class LeaseLost(RuntimeError):
+    """This process's lease was taken over by another (it looked dead to it): it must
+    not write the run's status or checkpoints any more."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -117,30 +134,62 @@ class Lease:
             }
         ).encode()
 
-    def read(self) -> dict[str, Any] | None:
-        """The current lease, or None when there is none (or it is unreadable)."""
+    def read(self, path: str | None = None) -> dict[str, Any] | None:
+        """The current lease (or the lease file at ``path``), or None when there is none
+        (or it is unreadable)."""
+        path = path or self.path
         try:
             if is_local(self._url):
-                with open(self.path, "rb") as fh:
+                with open(path, "rb") as fh:
                     data = fh.read()
             else:
-                fs, path = filesystem(self.path, self._options)
-                data = fs.cat_file(path)
+                fs, fpath = filesystem(path, self._options)
+                data = fs.cat_file(fpath)
             record = json.loads(data)
         except (FileNotFoundError, ValueError):
             return None
         return record if isinstance(record, dict) else None
 
+    def _unreadable(self) -> dict[str, Any] | None:
+        """A lease file that is there but cannot be read, as a record whose heartbeat is
+        the file's modification time (None when there is no file)."""
+        try:
+            if is_local(self._url):
+                written = os.stat(self.path).st_mtime
+            else:
+                fs, path = filesystem(self.path, self._options)
+                if not fs.exists(path):
+                    return None
+                try:
+                    written = fs.modified(path).timestamp()
+                except Exception:  # no modification times here: count it as fresh
+                    written = time.time()
+        except FileNotFoundError:
+            return None
+        return {"heartbeat": written, "unreadable": True}
+
     def _create(self) -> bool:
         """Create the lease exclusively; False when one exists."""
         if is_local(self._url):
             os.makedirs(self._url, exist_ok=True)
+            tmp = f"{self.path}.{self.token}.new"
+            with open(tmp, "wb") as fh:
+                fh.write(self._record())
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                # an exclusive create of a file that already has its content
+                os.link(tmp, self.path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self._record())
+            except OSError:  # no hard links on this mount: create exclusively, then write
+                try:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(self._record())
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
             return True
         fs, path = filesystem(self.path, self._options)
         if fs.exists(path):
@@ -164,9 +213,9 @@ class Lease:
     def abandoned(self) -> bool:
         """Whether a lease is there whose owner is gone (a killed process: its heartbeat
         older than ``ttl``, or its pid dead on this host). No lease, or one that cannot
-        be read: False (nobody may have taken one; nothing can be said)."""
+        be read and is younger than ``ttl``: False."""
         try:
-            owner = self.read()
+            owner = self.read() or self._unreadable()
         except Exception:  # a folder in its place, no permission, a flaky object store
             return False
         return owner is not None and self._stale(owner)
@@ -179,12 +228,22 @@ class Lease:
                 os.rename(self.path, aside)
             except FileNotFoundError:
                 return
+            moved = self.read(aside)
+            if moved is not None and moved.get("token") != owner.get("token"):
+                # another contender took the stale lease over first: this is its fresh
+                # one; put it back (if a third has meanwhile created one, that one stays
+                # and the second learns at its heartbeat that it lost it)
+                with contextlib.suppress(OSError):
+                    os.link(aside, self.path)
             os.unlink(aside)
             return
         fs, path = filesystem(self.path, self._options)
         current = self.read()
-        if current is not None and current.get("token") == owner.get("token"):
-            fs.rm_file(path)
+        if (current is None and owner.get("unreadable")) or (
+            current is not None and current.get("token") == owner.get("token")
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(path)
 
     # -- owning it --------------------------------------------------------------------
 
@@ -205,7 +264,7 @@ class Lease:
         while True:
             if self._create():
                 break
-            owner = self.read()
+            owner = self.read() or self._unreadable()
             if owner is None:
                 continue  # released meanwhile
             if self._stale(owner):

@@ -24,7 +24,7 @@ import zarr
 from . import checkpoint as _ckpt
 from .chunks import ArrayRef
 from .errors import RunNotFound
-from .lease import Lease
+from .lease import Lease, LeaseLost
 from .provenance import collect_provenance, jsonable, utc_now
 from .urls import filesystem, is_local, join, normalize_url, open_store
 
@@ -176,6 +176,7 @@ class RunStore:
             raise ValueError(f"the {self._KIND} at {self._url} is unreadable ({bad})")
         self._run_id: str = attrs[self._ID]
         self._pipeline: str = attrs["pipeline"]
+        self._leases: list[Lease] = []  # those handed out by lease(): see _check_owner
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -243,7 +244,18 @@ class RunStore:
     def _attrs(self) -> dict[str, Any]:
         return self.group.attrs.asdict()
 
+    def _check_owner(self) -> None:
+        """Raise :class:`~tilegraph.storage.lease.LeaseLost` when a lease this object
+        acquired was taken over by another process: its writes would mix with the new
+        owner's."""
+        if any(lease.lost for lease in self._leases):
+            raise LeaseLost(
+                f"{self._KIND} {self._run_id}: another process took over its lease (this "
+                "one looked dead: stopped, or its clock far off); stopping without writing"
+            )
+
     def _update(self, changes: Mapping[str, Any]) -> None:
+        self._check_owner()
         # one atomic zarr.json write (``attrs.update`` writes once per key: a kill between
         # them could leave a run "complete" without its metrics)
         self.group.update_attributes(jsonable(dict(changes)))
@@ -315,17 +327,24 @@ class RunStore:
 
         Use as ``with run.lease():`` or ``run.lease().acquire(wait=…)``; see
         :class:`tilegraph.storage.lease.Lease` (raises ``LeaseHeld`` naming the owner).
+        Once a lease handed out here is lost to another process, this object's status,
+        metrics and checkpoint writes raise ``LeaseLost``.
         """
-        return Lease(
+        lease = Lease(
             self._url, f"{self._KIND} {self._run_id}", self._options, ttl=ttl, interval=interval
         )
+        self._leases.append(lease)
+        return lease
 
     @property
     def interrupted(self) -> bool:
         """Whether the run says ``running`` but the process that ran it is gone: killed
         without a chance to record it (SIGKILL, a lost node). Its lease is left with a
         dead owner; ``--resume`` continues it."""
-        return self.status == RUNNING and self.lease().abandoned()
+        return (
+            self.status == RUNNING
+            and Lease(self._url, f"{self._KIND} {self._run_id}", self._options).abandoned()
+        )
 
     def mark_pending(self) -> None:
         """Set status ``pending`` (queued to run again; its work not started yet).
@@ -334,7 +353,9 @@ class RunStore:
         """
         self._update({"status": PENDING, "error": None})
 
-    def mark_failed(self, error: str | BaseException) -> None:
+    def mark_failed(
+        self, error: str | BaseException, metrics: Mapping[str, Any] | None = None
+    ) -> None:
         """Set status ``failed``, the error message and the end time.
 
         Parameters
@@ -342,7 +363,10 @@ class RunStore:
         error : str or BaseException
             The message; an exception is recorded as ``"TypeName: message"`` and its
             traceback is kept in the side file ``traceback.txt`` of the run.
+        metrics : mapping, optional
+            Merged into the metrics in the same write.
         """
+        self._check_owner()
         if isinstance(error, BaseException):
             tb = "".join(traceback.format_exception(error))
             try:
@@ -350,7 +374,7 @@ class RunStore:
             except Exception:  # the status below matters more than the traceback
                 pass
             error = f"{type(error).__name__}: {error}"
-        self._finish(FAILED, str(error), None)
+        self._finish(FAILED, str(error), metrics)
 
     @property
     def traceback_path(self) -> str | None:
@@ -606,6 +630,7 @@ class RunStore:
         keep : int or None
             Newest complete checkpoints to keep, default 3; ``None`` keeps all.
         """
+        self._check_owner()
         _ckpt.save_checkpoint(self.group, step, arrays, scalars, keep=keep)
 
     def load_checkpoint(self) -> _ckpt.Checkpoint | None:

@@ -145,9 +145,11 @@ class SweepStore:
         """Set the sweep ``running`` (again)."""
         self._record.mark_running()
 
-    def mark_failed(self, error: str | BaseException) -> None:
-        """Set the sweep ``failed`` with ``error``."""
-        self._record.mark_failed(error)
+    def mark_failed(
+        self, error: str | BaseException, metrics: Mapping[str, Any] | None = None
+    ) -> None:
+        """Set the sweep ``failed`` with ``error`` (and its counts, in the same write)."""
+        self._record.mark_failed(error, metrics)
 
     def mark_complete(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Set the sweep ``complete`` (with its counts)."""

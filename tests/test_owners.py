@@ -63,6 +63,73 @@ def test_a_stale_lease_is_taken_over(tmp_path):
     assert not os.listdir(folder)
 
 
+def test_an_unreadable_lease_file_is_judged_by_its_age(tmp_path):
+    """A lease file that cannot be read (an older version killed between creating it and
+    writing it left it empty) is held while young and taken over once older than the
+    ttl: neither a hang nor two owners."""
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    path = os.path.join(folder, LEASE_FILE)
+    open(path, "wb").close()
+    t0 = time.monotonic()
+    with pytest.raises(LeaseHeld, match=r"a lease file that cannot be read, written \d+ s ago"):
+        Lease(folder, "run C", ttl=30).acquire(wait=0.3)
+    assert time.monotonic() - t0 < 5
+    assert not Lease(folder, "run C", ttl=30).abandoned()
+    os.utime(path, (time.time() - 100, time.time() - 100))
+    assert Lease(folder, "run C", ttl=30).abandoned()  # `tilegraph runs`: interrupted
+    with Lease(folder, "run C", ttl=30) as lease:
+        assert lease.read()["token"] == lease.token
+    assert not os.listdir(folder)  # no temporary files left either
+
+
+def test_two_takeovers_of_one_stale_lease_leave_one_owner(tmp_path):
+    """A and B both find the same stale lease. A moves it away and creates its own;
+    B's rename then moves A's fresh lease: B puts it back, and stays out."""
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    stale = {"token": "s", "pid": 1, "host": "another-host", "heartbeat": time.time() - 100}
+    with open(os.path.join(folder, LEASE_FILE), "w") as fh:
+        json.dump(stale, fh)
+    a, b = Lease(folder, "run D"), Lease(folder, "run D")
+    seen = a.read()
+    assert a._stale(seen) and b._stale(seen)
+    a._remove_stale(seen)
+    assert a._create()
+    b._remove_stale(seen)  # B still acts on what it read before A took over
+    assert a.read()["token"] == a.token
+    assert not b._create()
+    assert sorted(os.listdir(folder)) == [LEASE_FILE]
+
+
+def test_an_owner_whose_lease_was_taken_over_writes_nothing(tmp_path):
+    """An owner that looked dead (stopped past the ttl) finds at its next heartbeat that
+    another process holds the run: the run store then refuses its status, metrics and
+    checkpoint writes, so they never mix with the new owner's."""
+    root = storage.Root(tmp_path / "runs")
+    run = root.create("demo", config={"a": 1})
+    lease = run.lease(interval=0.05).acquire()
+    try:
+        taker = Lease(run.url, "run", ttl=30)
+        taker._write()  # the new owner's record replaces this one's
+        deadline = time.time() + 10
+        while not lease.lost and time.time() < deadline:
+            time.sleep(0.02)
+        assert lease.lost
+        with pytest.raises(storage.LeaseLost, match="another process took over its lease"):
+            run.mark_complete({"answer": 1.0})
+        with pytest.raises(storage.LeaseLost):
+            run.mark_failed(RuntimeError("boom"))
+        with pytest.raises(storage.LeaseLost):
+            run.save_checkpoint(1, arrays={"x": np.zeros(2)})
+        again = root.open(run.run_id)
+        assert again.status == "running" and again.checkpoint_steps() == []
+        assert again.traceback_path is None
+        assert taker.read()["token"] == taker.token  # the old owner's beat left it alone
+    finally:
+        lease.release()
+
+
 def test_a_running_run_whose_owner_is_gone_is_listed_interrupted(tmp_path):
     """A SIGKILLed driver cannot record its end: the run stays ``running``, with its
     lease left behind. Listings say ``interrupted`` then (a live owner's run, and a

@@ -133,6 +133,28 @@ def test_rerun_skips_complete_points_and_redoes_failed_and_missing(tmp_path, exe
     assert rows["60"]["run_id"] != ids["60"]  # a fresh run
     np.testing.assert_allclose(rows["60"]["rel_error_exact"], first.rows[2]["rel_error_exact"])
 
+    # a sweep killed between recording a point's new run id and creating the run: the
+    # next sweep creates it under the recorded id (no run the record cannot see)
+    shutil.rmtree(root.open(rows["60"]["run_id"]).url)
+    fourth = run_sweep(plan, root, ex)
+    assert (fourth.skipped, fourth.complete) == (2, 3)
+    assert {r["n_fine"]: r["run_id"] for r in fourth.rows}["60"] == rows["60"]["run_id"]
+    assert len(list((tmp_path / "runs" / "domain-split").iterdir())) == 3
+
+
+def test_the_driver_leaves_a_point_run_that_another_process_owns(tmp_path):
+    """The sweep driver writes a point run's status only under its lease: while another
+    live process (a user's --resume of that point) owns it, the write is skipped."""
+    from tilegraph.pipelines.sweep import _unless_owned
+
+    run = storage.Root(tmp_path / "runs").create("demo", config={})
+    calls = []
+    with storage.Root(tmp_path / "runs").open(run.run_id).lease():
+        _unless_owned(run, lambda: calls.append("held"))
+    _unless_owned(run, lambda: calls.append("free"))
+    assert calls == ["free"]
+    assert run.lease().read() is None  # released after the write
+
 
 def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
     store = tmp_path / "runs"
