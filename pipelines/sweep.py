@@ -497,19 +497,19 @@ def run_sweep(
     url = storage.sweep_url(root.url, plan.sweep_id)
     lease = storage.Lease(url, f"sweep {plan.sweep_id}", options).acquire()  # or LeaseHeld
     try:
-        return _run_sweep(plan, root, executor, progress, backend, options)
+        return _run_sweep(plan, root, executor, progress, backend, options, lease)
     finally:
         lease.release()
 
 
-def _unless_owned(run, write) -> None:
+def _unless_owned(run, write, wait: float = 0.0) -> None:
     """``write()`` to a point's run under its lease; skipped while another live process
-    owns it (a user's ``--resume`` of that point, or a task of an earlier sweep): its
-    owner's status is the one to keep, and ``run_point`` waits for it."""
+    owns it (a user's ``--resume`` of that point, or a task of an earlier sweep) for
+    ``wait`` seconds: its owner's status is the one to keep."""
     from tilegraph import storage
 
     try:
-        lease = run.lease().acquire(wait=0.0)
+        lease = run.lease().acquire(wait=wait)
     except storage.LeaseHeld:
         return
     try:
@@ -518,13 +518,14 @@ def _unless_owned(run, write) -> None:
         lease.release()
 
 
-def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
+def _run_sweep(plan, root, executor, progress, backend, options, lease) -> SweepResult:
     from tilegraph import storage
 
     name = plan.pipeline.name
     sweep = storage.SweepStore.open_or_create(
         root.url, plan.sweep_id, plan.definition, storage_options=options
     )
+    sweep.watch(lease)
     sweep.mark_running()
     recorded = sweep.points
     finished = _complete_runs_by_config(root, name)
@@ -561,7 +562,7 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
                         name, config=config, backend=backend, run_id=run_id, pending=True
                     )
                     break
-                except FileExistsError:  # an unreadable run under that id: a fresh one
+                except (FileExistsError, ValueError):  # unreadable there, or a bad id
                     run_id = storage.new_run_id()
             else:  # pragma: no cover - a fresh random id taken as well
                 raise FileExistsError(f"no free run id for sweep point {p.key}")
@@ -595,7 +596,13 @@ def _run_sweep(plan, root, executor, progress, backend, options) -> SweepResult:
             except Exception as exc:  # the task itself was lost (e.g. its worker died)
                 out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
                 if run.status != storage.COMPLETE:
-                    _unless_owned(run, lambda run=run, out=out: run.mark_failed(out["error"]))
+                    # the lost worker's lease, on another host, looks live until its ttl
+                    lease = run.lease()
+                    _unless_owned(
+                        run,
+                        lambda run=run, out=out: run.mark_failed(out["error"]),
+                        wait=lease.ttl + 2 * lease.interval,
+                    )
             bar.set_postfix_str(f"{p.key}: {out['status']}")
             bar.update(1)
 

@@ -22,6 +22,8 @@ over (it looked dead: stopped, or its clock far off) learns it at its next heart
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import json
 import os
 import socket
@@ -37,6 +39,9 @@ __all__ = ["LEASE_FILE", "Lease", "LeaseHeld", "LeaseLost"]
 
 #: The lease's file name inside a run or sweep folder.
 LEASE_FILE = ".lease.json"
+
+#: What ``os.link`` raises where a file system has no hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 
 
 class LeaseHeld(RuntimeError):
@@ -116,6 +121,7 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._held = False
         self.lost = False
+        self._unreadable_since: dict[str, float] = {}
 
     # -- the file ---------------------------------------------------------------------
 
@@ -161,32 +167,39 @@ class Lease:
                 if not fs.exists(path):
                     return None
                 try:
-                    written = fs.modified(path).timestamp()
-                except Exception:  # no modification times here: count it as fresh
-                    written = time.time()
+                    when = fs.modified(path)
+                    if when.tzinfo is None:  # fsspec's convention is UTC
+                        when = when.replace(tzinfo=datetime.UTC)
+                    written = when.timestamp()
+                except Exception:  # no modification times here: age from first sight
+                    written = self._unreadable_since.setdefault(path, time.time())
         except FileNotFoundError:
             return None
-        return {"heartbeat": written, "unreadable": True}
+        # a lease linked into place meanwhile is readable now
+        return self.read() or {"heartbeat": written, "unreadable": True}
 
     def _create(self) -> bool:
         """Create the lease exclusively; False when one exists."""
         if is_local(self._url):
             os.makedirs(self._url, exist_ok=True)
             tmp = f"{self.path}.{self.token}.new"
-            with open(tmp, "wb") as fh:
-                fh.write(self._record())
             try:
-                # an exclusive create of a file that already has its content
-                os.link(tmp, self.path)
-            except FileExistsError:
-                return False
-            except OSError:  # no hard links on this mount: create exclusively, then write
+                with open(tmp, "wb") as fh:
+                    fh.write(self._record())
                 try:
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    # an exclusive create of a file that already has its content
+                    os.link(tmp, self.path)
                 except FileExistsError:
                     return False
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(self._record())
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    try:  # this mount has no hard links: create exclusively, then write
+                        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    except FileExistsError:
+                        return False
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(self._record())
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

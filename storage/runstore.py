@@ -220,6 +220,7 @@ class RunStore:
     def delete(self, path: str) -> None:
         """Remove the array or group at ``path`` with everything below it; no error
         when it does not exist."""
+        self._check_owner()  # a taken-over owner must not delete what the new one resumed
         group = self.group
         if path in group:
             del group[path]
@@ -253,6 +254,11 @@ class RunStore:
                 f"{self._KIND} {self._run_id}: another process took over its lease (this "
                 "one looked dead: stopped, or its clock far off); stopping without writing"
             )
+
+    def watch(self, lease: Lease) -> None:
+        """Refuse this object's writes once ``lease`` (acquired elsewhere, e.g. before the
+        group existed) is lost, as for leases from :meth:`lease`."""
+        self._leases.append(lease)
 
     def _update(self, changes: Mapping[str, Any]) -> None:
         self._check_owner()

@@ -145,6 +145,11 @@ class SweepStore:
         """Set the sweep ``running`` (again)."""
         self._record.mark_running()
 
+    def watch(self, lease: Any) -> None:
+        """Refuse the record's writes once the sweep's ``lease`` is lost
+        (:meth:`RunStore.watch`)."""
+        self._record.watch(lease)
+
     def mark_failed(
         self, error: str | BaseException, metrics: Mapping[str, Any] | None = None
     ) -> None:
