@@ -105,11 +105,12 @@ def test_two_takeovers_of_one_stale_lease_leave_one_owner(tmp_path):
 def test_an_owner_whose_lease_was_taken_over_writes_nothing(tmp_path):
     """An owner that looked dead (stopped past the ttl) finds at its next heartbeat that
     another process holds the run: the run store then refuses its status, metrics and
-    checkpoint writes, so they never mix with the new owner's."""
+    checkpoint writes and its deletes, so they never mix with the new owner's."""
     root = storage.Root(tmp_path / "runs")
     run = root.create("demo", config={"a": 1})
     lease = run.lease(interval=0.05).acquire()
     try:
+        run.save_checkpoint(0, arrays={"x": np.ones(2)})  # what the new owner resumes from
         taker = Lease(run.url, "run", ttl=30)
         taker._write()  # the new owner's record replaces this one's
         deadline = time.time() + 10
@@ -122,8 +123,10 @@ def test_an_owner_whose_lease_was_taken_over_writes_nothing(tmp_path):
             run.mark_failed(RuntimeError("boom"))
         with pytest.raises(storage.LeaseLost):
             run.save_checkpoint(1, arrays={"x": np.zeros(2)})
+        with pytest.raises(storage.LeaseLost):
+            run.clear_checkpoints()  # the end of a run: would delete the new owner's
         again = root.open(run.run_id)
-        assert again.status == "running" and again.checkpoint_steps() == []
+        assert again.status == "running" and again.checkpoint_steps() == [0]
         assert again.traceback_path is None
         assert taker.read()["token"] == taker.token  # the old owner's beat left it alone
     finally:
