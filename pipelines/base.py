@@ -411,3 +411,7 @@ class Pipeline:
     estimate: Callable[[BaseModel, int], Estimate] | None = None
     checks: Checks = field(default_factory=Checks)
     preflight: Callable[[BaseModel], None] | None = None
+
+    def load_run(self) -> Callable[[BaseModel, RunContext], dict]:
+        """``run``, its module imported first when it is :class:`Deferred`."""
+        return self.run.load() if isinstance(self.run, Deferred) else self.run

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .base import DONE, SCRATCH, Deferred, Pipeline, Resumes, RunContext
+from .base import DONE, SCRATCH, Pipeline, Resumes, RunContext
 from .progress import silent
 
 #: How many times a run is continued after a lost worker before it is marked failed.
@@ -97,13 +97,12 @@ def execute(
             resumes=resumes,
         )
         try:
-            if isinstance(pipeline.run, Deferred):  # its imports are no part of wall_s
-                pipeline.run.load()
+            run_fn = pipeline.load_run()  # a deferred runner's imports: not in wall_s
             if t0 is None:
                 t0 = time.perf_counter()
             ctx.enter("setup")
             try:
-                metrics = dict(pipeline.run(config, ctx) or {})
+                metrics = dict(run_fn(config, ctx) or {})
             finally:
                 ctx.close_phase()
             break

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import resources
-from .base import Deferred, Estimate, Pipeline
+from .base import Estimate, Pipeline
 from .config import ConfigError, build_config
 from .execute import DEFAULT_RETRIES, execute
 from .imports import check_trusted, prepare_user_code
@@ -135,17 +135,15 @@ class Launch:
 
 
 def load_runner(pipeline: Pipeline) -> None:
-    """Import a :class:`Deferred` runner before any cluster starts or store is written:
-    a runner that cannot be imported (a plugin's bug, a missing dependency) is one
-    ``UsageError`` line."""
-    if not isinstance(pipeline.run, Deferred):
-        return
+    """Import a deferred runner (:class:`~tilegraph.pipelines.base.Deferred`) before any
+    cluster starts or store is written: a runner that cannot be imported (a plugin's
+    bug, a missing dependency) is one ``UsageError`` line."""
     try:
-        pipeline.run.load()
+        pipeline.load_run()
     except Exception as exc:
         raise UsageError(
-            f"pipeline {pipeline.name}: cannot import its runner {pipeline.run.target} "
-            f"({type(exc).__name__}: {exc})"
+            f"pipeline {pipeline.name}: cannot import its runner "
+            f"{getattr(pipeline.run, 'target', pipeline.run)} ({type(exc).__name__}: {exc})"
         ) from exc
 
 
@@ -344,9 +342,9 @@ __all__ = [
     "UsageError",
     "check_cluster",
     "check_device",
-    "load_runner",
     "check_store",
     "connect",
+    "load_runner",
     "own",
     "prepare",
 ]

@@ -502,14 +502,16 @@ def run_sweep(
         lease.release()
 
 
-def _unless_owned(run, write, wait: float = 0.0) -> None:
+def _unless_owned(run, write, wait_out_stale: bool = False) -> None:
     """``write()`` to a point's run under its lease; skipped while another live process
-    owns it (a user's ``--resume`` of that point, or a task of an earlier sweep) for
-    ``wait`` seconds: its owner's status is the one to keep."""
+    owns it (a user's ``--resume`` of that point, or a task of an earlier sweep): its
+    owner's status is the one to keep. ``wait_out_stale``: first wait as long as a dead
+    owner's lease can look live (its ttl, and two heartbeats)."""
     from tilegraph import storage
 
+    lease = run.lease()
     try:
-        lease = run.lease().acquire(wait=wait)
+        lease.acquire(wait=lease.ttl + 2 * lease.interval if wait_out_stale else 0.0)
     except storage.LeaseHeld:
         return
     try:
@@ -597,11 +599,10 @@ def _run_sweep(plan, root, executor, progress, backend, options, lease) -> Sweep
                 out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
                 if run.status != storage.COMPLETE:
                     # the lost worker's lease, on another host, looks live until its ttl
-                    lease = run.lease()
                     _unless_owned(
                         run,
                         lambda run=run, out=out: run.mark_failed(out["error"]),
-                        wait=lease.ttl + 2 * lease.interval,
+                        wait_out_stale=True,
                     )
             bar.set_postfix_str(f"{p.key}: {out['status']}")
             bar.update(1)

@@ -121,7 +121,7 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._held = False
         self.lost = False
-        self._unreadable_since: dict[str, float] = {}
+        self._unreadable_since: float | None = None  # where a store has no mtimes
 
     # -- the file ---------------------------------------------------------------------
 
@@ -172,7 +172,9 @@ class Lease:
                         when = when.replace(tzinfo=datetime.UTC)
                     written = when.timestamp()
                 except Exception:  # no modification times here: age from first sight
-                    written = self._unreadable_since.setdefault(path, time.time())
+                    if self._unreadable_since is None:
+                        self._unreadable_since = time.time()
+                    written = self._unreadable_since
         except FileNotFoundError:
             return None
         # a lease linked into place meanwhile is readable now

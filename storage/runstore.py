@@ -336,21 +336,20 @@ class RunStore:
         Once a lease handed out here is lost to another process, this object's status,
         metrics and checkpoint writes raise ``LeaseLost``.
         """
-        lease = Lease(
-            self._url, f"{self._KIND} {self._run_id}", self._options, ttl=ttl, interval=interval
-        )
+        lease = self._lease_of(ttl=ttl, interval=interval)
         self._leases.append(lease)
         return lease
+
+    def _lease_of(self, **kwargs: float) -> Lease:
+        return Lease(self._url, f"{self._KIND} {self._run_id}", self._options, **kwargs)
 
     @property
     def interrupted(self) -> bool:
         """Whether the run says ``running`` but the process that ran it is gone: killed
         without a chance to record it (SIGKILL, a lost node). Its lease is left with a
         dead owner; ``--resume`` continues it."""
-        return (
-            self.status == RUNNING
-            and Lease(self._url, f"{self._KIND} {self._run_id}", self._options).abandoned()
-        )
+        # a lease object of its own: one that is never acquired need not be watched
+        return self.status == RUNNING and self._lease_of().abandoned()
 
     def mark_pending(self) -> None:
         """Set status ``pending`` (queued to run again; its work not started yet).
