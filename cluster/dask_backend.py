@@ -308,6 +308,25 @@ def _unguarded_script() -> str | None:
 
 
 @contextlib.contextmanager
+def _half_built_closed():
+    """Close a local cluster whose start was interrupted (Ctrl-C, SIGTERM) and take it
+    off distributed's list of clusters to close at exit: that exit hook would otherwise
+    print a traceback about workers still starting."""
+    from distributed.deploy.spec import SpecCluster
+
+    before = set(SpecCluster._instances)
+    try:
+        yield
+    except BaseException:
+        for cluster in set(SpecCluster._instances) - before:
+            with contextlib.suppress(BaseException):
+                cluster.close(timeout=5)
+            cluster.shutdown_on_close = False
+            SpecCluster._instances.discard(cluster)
+        raise
+
+
+@contextlib.contextmanager
 def _unguarded_hint(spec: Spec):
     """Name the usual cause when local worker processes fail to start: they are spawned
     and import the main script, which then starts a cluster of its own."""
@@ -346,7 +365,8 @@ class DaskExecutor(Executor):
         # host, which listens on all interfaces when the profile names none.
         self._dashboard_host: str | None = None
         if spec.kind == "local":
-            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}), _unguarded_hint(spec):
+            config = dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG})
+            with config, _unguarded_hint(spec), _half_built_closed():
                 self._cluster = distributed.LocalCluster(
                     n_workers=spec.n,
                     threads_per_worker=1,
@@ -364,7 +384,8 @@ class DaskExecutor(Executor):
                     "cluster spec 'local-cuda' needs dask-cuda (pip install 'tilegraph[gpu]')"
                 ) from None
             kwargs: dict[str, Any] = {} if spec.n is None else {"n_workers": spec.n}
-            with dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG}), _unguarded_hint(spec):
+            config = dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG})
+            with config, _unguarded_hint(spec), _half_built_closed():
                 self._cluster = dask_cuda.LocalCUDACluster(
                     threads_per_worker=1,
                     host=LOOPBACK,

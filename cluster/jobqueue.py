@@ -220,13 +220,15 @@ def find_profile(path: str | os.PathLike[str] | None = None) -> Path | None:
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise ProfileError(f"--cluster-profile: no such file {str(path)!r}")
+            what = "a folder, not a YAML file" if p.is_dir() else "no such file"
+            raise ProfileError(f"--cluster-profile: {what} {str(path)!r}")
         return p
     env = os.environ.get(PROFILE_ENV)
     if env:
         p = Path(env).expanduser()
         if not p.is_file():
-            raise ProfileError(f"${PROFILE_ENV}: no such file {env!r}")
+            what = "a folder, not a YAML file" if p.is_dir() else "no such file"
+            raise ProfileError(f"${PROFILE_ENV}: {what} {env!r}")
         return p
     for candidate in DEFAULT_PATHS:
         p = Path(candidate).expanduser()

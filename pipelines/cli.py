@@ -33,7 +33,7 @@ from .launch import (
     prepare,
 )
 from .progress import progress_factory
-from .registry import get_pipeline, load_pipelines
+from .registry import available, get_pipeline, load_pipelines
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,16 +42,42 @@ class Terminated(KeyboardInterrupt):
     reason = "SIGTERM"
 
 
+def _quiet_logs() -> None:
+    """No shutdown noise from the cluster's loggers (workers going while it closes)."""
+    for name in ("distributed", "ray", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def _on_sigterm(signum, frame):
+    _quiet_logs()
     raise Terminated()
+
+
+def _on_sigint(signum, frame):
+    _quiet_logs()
+    raise KeyboardInterrupt
+
+
+def _interrupts_again(hook):
+    """A ``sys.unraisablehook`` that delivers an interrupt again where the first landed
+    in a finalizer or callback (which Python reports and drops: the run would go on)."""
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            signum = signal.SIGTERM if isinstance(info.exc_value, Terminated) else signal.SIGINT
+            # a moment later, out of this finalizer (one that drops it again comes here)
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        hook(info)
+
+    return unraisable
 
 
 def _quiet_shutdown() -> None:
     """After an interrupt: no second one mid-cleanup, no shutdown noise from the cluster."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    for name in ("distributed", "ray", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    _quiet_logs()
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -231,14 +257,22 @@ def _cmd_list(args) -> int:
     return 0
 
 
-def _check_report(args, executor) -> str | None:
-    """The absolute ``--report`` path, checked (backend, folder) before any store."""
+def _report_path(args) -> str | None:
+    """The absolute ``--report`` path, its folder checked."""
     if not args.report:
         return None
     path = os.path.abspath(os.path.expanduser(args.report))
     folder = os.path.dirname(path)
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--report {one_line(args.report, 200)}: not a writable file path")
+    return path
+
+
+def _check_report(args, executor) -> str | None:
+    """The absolute ``--report`` path, checked (backend, folder) before any store."""
+    path = _report_path(args)
+    if path is None:
+        return None
     try:
         executor.check_report()
     except ValueError as exc:
@@ -264,6 +298,7 @@ def _cmd_run(args) -> int:
     with launch:
         args.spec = launch.spec  # parsed once; the normalised form is what runs record
         if args.dry_run:  # the sizes are printed even when they do not fit (then exit 2)
+            _report_path(args)
             est, workers = launch.estimate, launch.workers
             info = {"config": launch.config.model_dump(mode="json"), "user_code": launch.code}
             if est is not None:
@@ -490,6 +525,8 @@ def _unreadable(args, exc: Exception) -> UsageError:
 
 
 def _cmd_runs(args) -> int:
+    from tilegraph.storage.urls import is_local, normalize_url
+
     root = _read_root(args)
     try:
         runs = root.runs(args.pipeline)
@@ -501,6 +538,11 @@ def _cmd_runs(args) -> int:
         runs = [r for r in runs if r["status"] == args.status]
     if args.last is not None:  # sorted by id: by the time they were made
         runs = runs[len(runs) - args.last :] if args.last else []
+    if not runs and args.pipeline and args.pipeline not in available():
+        known = ", ".join(available())
+        raise UsageError(f"PIPELINE: no pipeline {args.pipeline!r} (known: {known})")
+    if not runs and is_local(root.url) and not os.path.isdir(normalize_url(root.url)):
+        raise UsageError(f"--store {one_line(args.store, 200)}: no such folder")
     if args.json:  # "path" as in `run --json` and `show --json` ("url" kept)
         print(json.dumps({"runs": [{**r, "path": r["url"]} for r in runs]}))
         return 0
@@ -624,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
             saved[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         else:
             saved[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
+            if saved[signal.SIGINT] is signal.default_int_handler:
+                signal.signal(signal.SIGINT, _on_sigint)
+    hook = sys.unraisablehook
+    sys.unraisablehook = _interrupts_again(hook)
     try:
         return handlers[args.command](args)
     except (ConfigError, UsageError) as exc:
@@ -636,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: interrupted ({getattr(exc, 'reason', 'Ctrl-C')})\n")
         return 143 if isinstance(exc, Terminated) else 130
     finally:
+        sys.unraisablehook = hook
         for sig, handler in saved.items():
             signal.signal(sig, handler)
 

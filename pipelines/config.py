@@ -168,6 +168,11 @@ def describe_error(model: type[BaseModel], exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         allowed = _field_names(model, err["loc"][:-1])
         msg = f"unknown field; allowed fields: {', '.join(allowed)}"
+        key = str(err["loc"][-1])
+        if "." in key and key.split(".")[0] in allowed:  # a dotted key in a --config file
+            head, rest = key.split(".", 1)
+            nested = f"{head}: {{{rest}: …}}"
+            msg = f"dotted keys work in --set only; in a YAML file nest them ({nested})"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     elif "input" in err and err["type"] not in ("missing",):
@@ -383,20 +388,36 @@ def _numeric_only(annotation: Any) -> tuple[bool, list]:
 
 def _check_no_bools(model: Any, value: Any, where: str = "") -> None:
     """Refuse ``true``/``false`` for a field that takes numbers (``--set window=true``
-    would otherwise run with a window of 1)."""
+    would otherwise run with a window of 1), and strings that read as non-finite numbers
+    (``inf``: pydantic would take them, and rules across fields see them first)."""
     if isinstance(model, type) and issubclass(model, BaseModel):
         if not isinstance(value, Mapping):
             return
         for key, sub in value.items():
             field = model.model_fields.get(key) if isinstance(key, str) else None
-            if field is not None:
-                _check_no_bools(field.annotation, sub, f"{where}.{key}" if where else key)
+            if field is None:
+                continue
+            path = f"{where}.{key}" if where else key
+            if isinstance(sub, bool) and _numeric_only(field.annotation)[0]:
+                what = f" ({field.description})" if field.description else ""
+                raise ConfigError(
+                    f"config field '{path}': must be a number, not a boolean "
+                    f"(got {str(sub).lower()}){what}"
+                )
+            _check_no_bools(field.annotation, sub, path)
         return
     numbers, inner = _numeric_only(model)
     if numbers and isinstance(value, bool):
         raise ConfigError(
             f"config field '{where}': must be a number, not a boolean (got {str(value).lower()})"
         )
+    if numbers and isinstance(value, str):  # YAML reads inf, nan, 1e400 as strings
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if not math.isfinite(number):
+            raise ConfigError(f"config field '{where}': must be a finite number (got {value})")
     for tp in inner:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if origin in (list, tuple, set, frozenset) and isinstance(value, (list, tuple)):

@@ -65,6 +65,9 @@ class Launch:
     estimate: Estimate | None
     workers: int
     owned: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+    #: a resumed run whose lease this launch holds (taken over from its killed process)
+    holds_resume: bool = False
+    started: bool = field(default=False, init=False)
 
     def __enter__(self) -> Launch:
         return self
@@ -73,8 +76,14 @@ class Launch:
         self.close()
 
     def close(self) -> None:
-        """Release the run's lease."""
-        self.owned.close()
+        """Release the run's lease.
+
+        A resumed run that never started (a refused cluster, an interrupt while it
+        connected) and still says ``running`` from its killed process is marked failed
+        first, as interrupted: without its old lease nothing else would tell that
+        nothing runs it.
+        """
+        _let_go(self.run if self.holds_resume and not self.started else None, self.owned)
 
     def check_memory(self) -> None:
         """Refuse a run whose estimate does not fit this machine (before connecting)."""
@@ -117,6 +126,7 @@ class Launch:
             self.owned.enter_context(own(self.run))
             resume = False
         else:
+            self.started = True
             self.run.mark_running()
             resume = True
         with executor.report(report) if report else contextlib.nullcontext():
@@ -132,6 +142,24 @@ class Launch:
         if report:
             self.run.add_report(report)
         return self.run
+
+
+def _let_go(resumed: Any, owned: contextlib.ExitStack) -> None:
+    """Release what ``owned`` holds; a ``resumed`` run (its lease held, never started)
+    that still says ``running`` from its killed process is first marked failed, as
+    interrupted: without its old lease nothing else would tell that nothing runs it."""
+    try:
+        if resumed is not None:
+            from tilegraph import storage
+
+            with contextlib.suppress(Exception):
+                if resumed.status == storage.RUNNING:
+                    resumed.mark_failed(
+                        "interrupted (its process was killed); continue it with --resume "
+                        f"{resumed.run_id}"
+                    )
+    finally:
+        owned.close()
 
 
 def load_runner(pipeline: Pipeline) -> None:
@@ -164,6 +192,11 @@ def connect(spec, profile: str | None = None, code=()):
     try:
         return cluster.connect(spec, profile=profile, code=code)
     except (ValueError, ImportError, OSError, TimeoutError, RuntimeError) as exc:
+        cause = exc.__context__
+        while cause is not None:  # an interrupt that broke a lock or a loop on its way
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause from None
+            cause = cause.__context__
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         gist = lines[0] if len(lines) == 1 else type(exc).__name__
         if len(lines) > 1:
@@ -312,17 +345,19 @@ def prepare(
             raise UsageError(f"--resume: {exc.args[0] if exc.args else exc}") from None
         if own_run:
             owned.enter_context(own(run))
+    held = run if own_run else None  # a resumed run this launch owns
+    if resume:
         try:
             if run.status == "complete":
                 raise UsageError(f"--resume: run {resume} is already complete")
             cfg = build_config(pipeline, base=run.config)
             check_trusted(cfg, run.run_id, trust_store)
         except BaseException:
-            owned.close()
+            _let_go(held, owned)
             raise
-    else:
-        cfg = build_config(pipeline, preset, config, sets)
     try:
+        if run is None:
+            cfg = build_config(pipeline, preset, config, sets)
         code = tuple(prepare_user_code([cfg], config if isinstance(config, str) else None))
         if pipeline.preflight is not None:
             pipeline.preflight(cfg)
@@ -331,10 +366,15 @@ def prepare(
         workers = workers_guess(spec, cluster_profile)
         est = resources.estimate(pipeline, cfg, workers)
         resources.check_size(est, cfg)
+    except SystemExit as exc:  # the user's code (a factory, a problem's method) exited
+        _let_go(held, owned)
+        raise UsageError(
+            f"the user's code exited (SystemExit: {exc.code}) while the run was checked"
+        ) from None
     except BaseException:
-        owned.close()
+        _let_go(held, owned)
         raise
-    return Launch(pipeline, cfg, root, run, code, spec, est, workers, owned)
+    return Launch(pipeline, cfg, root, run, code, spec, est, workers, owned, held is not None)
 
 
 __all__ = [

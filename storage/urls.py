@@ -91,6 +91,17 @@ def filesystem(
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
+def _is_archive(protocol: str | None) -> bool:
+    """Whether fsspec's ``protocol`` reads archives (zip, tar, ...): read-only views."""
+    from fsspec.archive import AbstractArchiveFileSystem
+
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError):
+        return False
+    return issubclass(cls, AbstractArchiveFileSystem)
+
+
 def check_root(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Check, leaving nothing behind, that runs can be created under ``url`` (a local
     folder is probed by creating and removing an empty folder in it).
@@ -108,12 +119,17 @@ def check_root(url: str, storage_options: dict[str, Any] | None = None) -> None:
             "store (s3://, gs://, ...)"
         )
     if not is_local(url):
+        if _is_archive(_protocol(url)):
+            raise ValueError(
+                f"{url}: an archive ({_protocol(url)}://) is read-only; a store needs a path "
+                "or an object store (s3://, gs://, ...)"
+            )
         try:
             fs, path = filesystem(url, storage_options)
         except ImportError as exc:
             raise ValueError(f"{url}: the package for this protocol is missing ({exc})") from None
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{url}: {str(exc)[:200]}") from None
+        except (ValueError, TypeError, OSError) as exc:
+            raise ValueError(f"{url}: {type(exc).__name__}: {str(exc)[:200]}") from None
         try:  # reachable, with credentials that work (reads only)
             fs.exists(path)
         except Exception as exc:

@@ -128,6 +128,38 @@ def test_a_diverging_block_names_what_blew_up(tmp_path, data):
     assert run.returncode == 1
     line = [ln for ln in run.stderr.splitlines() if "diverged at iteration" in ln][-1]
     assert "block" in line and "y non-finite or above" in line, line
+    assert "lower tau / tau_v" in line, line
+
+
+NAN_BLOCK = """
+import numpy as np
+from tilegraph.tasks.bilevel.problems import QuadraticBlocks
+
+
+class NaNBlock(QuadraticBlocks):
+    def grad_y_g(self, i, x, y, idx=None):
+        g = super().grad_y_g(i, x, y, idx)
+        return g * np.nan if i == 3 else g
+
+
+def make():
+    return NaNBlock(m=6, seed=1)
+"""
+
+
+def test_a_problem_returning_nan_is_named_not_the_steps(tmp_path):
+    """A block whose gradient is NaN (its first state already): the message says the
+    problem returned it, not to lower the steps."""
+    (tmp_path / "nanmod.py").write_text(NAN_BLOCK)
+    run = tilegraph(
+        "run", "bilevel", "--set", "problem.kind=custom", "--set", "problem.factory=nanmod:make",
+        "--set", "blocks_per_iter=6", "--set", "max_iter=5", "--set", "tol=null",
+        "--cluster", "sync", "--store", "runs", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    line = [ln for ln in run.stderr.splitlines() if "diverged at iteration" in ln][-1]
+    assert "block 3 diverged" in line and "a method of the problem" in line, line
+    assert "lower tau" not in line, line
 
 
 def test_dataset_runs_give_the_same_bits_on_every_backend(tmp_path, data):

@@ -334,6 +334,12 @@ def test_runs_filter_and_show_takes_a_unique_part_of_an_id(tmp_path):
     assert listed("ttn", "--last", "1") == ["dddddd"] and listed("--last", "0") == []
     rc, out, _ = run_cli("runs", "bilevel", "--store", str(tmp_path))
     assert rc == 0 and out.strip() == f"no 'bilevel' runs under {tmp_path}"
+    # a misspelt pipeline or store is not "no runs"
+    rc, _, err = run_cli("runs", "ttnn", "--store", str(tmp_path))
+    assert rc == 2 and err.startswith("error: PIPELINE: no pipeline 'ttnn' (known: ")
+    assert "ttn" in err and err.count("\n") == 1
+    rc, _, err = run_cli("runs", "--store", str(tmp_path / "nope"))
+    assert rc == 2 and err == f"error: --store {tmp_path / 'nope'}: no such folder\n"
     rc, _, err = run_cli("runs", "--status", "done", "--store", str(tmp_path))
     assert rc == 2 and err.startswith("error:") and "complete" in err
 

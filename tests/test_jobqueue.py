@@ -129,6 +129,9 @@ def test_missing_profile_and_non_batch_dry_run(tmp_path, capsys):
     args = ["run", "domain-split", "--cluster", "lsf", "--cluster-profile", missing]
     assert cli.main([*args, "--store", str(tmp_path / "r")]) == 2
     assert "no such file" in capsys.readouterr().err
+    args = ["run", "domain-split", "--cluster", "slurm", "--cluster-profile", str(tmp_path)]
+    assert cli.main([*args, "--store", str(tmp_path / "r")]) == 2
+    assert "--cluster-profile: a folder, not a YAML file" in capsys.readouterr().err
     with pytest.raises(ProfileError, match="not a batch scheduler"):
         job_script("local:2")
 

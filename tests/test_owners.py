@@ -145,12 +145,7 @@ def test_a_running_run_whose_owner_is_gone_is_listed_interrupted(tmp_path):
         assert not run.interrupted
         assert [r["status"] for r in root.runs()] == ["running"]
     assert not run.interrupted  # no lease: nobody may have taken one
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    record = {"token": "x", "pid": int(dead.stdout), "host": socket.gethostname(),
-              "heartbeat": time.time()}  # fmt: skip
-    with open(os.path.join(run.url, LEASE_FILE), "w") as fh:
-        json.dump(record, fh)
+    _leave_dead_lease(run)
     assert run.interrupted and run.status == "running"
     assert [r["status"] for r in root.runs()] == ["interrupted"]
     rc, out, _ = run_cli("show", run.run_id, "--store", root.url)
@@ -165,6 +160,50 @@ def test_a_running_run_whose_owner_is_gone_is_listed_interrupted(tmp_path):
     assert not run.interrupted and [r["status"] for r in root.runs()] == ["running"]
     run.mark_failed("stopped")
     assert not run.interrupted and [r["status"] for r in root.runs()] == ["failed"]
+
+
+def _leave_dead_lease(run) -> None:
+    """The lease a SIGKILLed driver leaves: its owner's pid dead on this host."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    record = {"token": "x", "pid": int(dead.stdout), "host": socket.gethostname(),
+              "heartbeat": time.time()}  # fmt: skip
+    with open(os.path.join(run.url, LEASE_FILE), "w") as fh:
+        json.dump(record, fh)
+
+
+def _killed_run(root):
+    """A ttn run as a SIGKILLed driver leaves it: ``running``, its lease's owner dead."""
+    cfg = build_config(get_pipeline("ttn"), "quick")
+    run = root.create("ttn", config=cfg.model_dump(mode="json"))
+    _leave_dead_lease(run)
+    assert run.interrupted
+    return run
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [(["--cluster", "local:1000"], "--cluster local:1000"),
+     (["--cluster", "sync", "--report", "/nonexistent/r.html"], "--report")],
+)  # fmt: skip
+def test_a_refused_resume_leaves_the_run_shown_interrupted(tmp_path, extra, needle):
+    """A --resume refused after it took the killed run's lease (a bad cluster, a bad
+    --report) released that lease and left the run saying ``running``, so listings
+    showed a run that nothing runs as running. It is marked failed as interrupted, and
+    the next --resume continues it."""
+    from helpers import run_cli
+
+    root = storage.Root(str(tmp_path / "store"))
+    run = _killed_run(root)
+    rc, _, err = run_cli("run", "ttn", "--resume", run.run_id, "--store", root.url, *extra)
+    assert rc == 2 and err.startswith("error: ") and needle in err, err
+    assert run.status == "failed" and not run.interrupted
+    said = f"interrupted (its process was killed); continue it with --resume {run.run_id}"
+    assert run.error == said
+    assert [r["status"] for r in root.runs()] == ["failed"]
+    rc, _, err = run_cli("run", "ttn", "--resume", run.run_id, "--store", root.url, "--dry-run")
+    assert rc == 0, err
+    assert run.status == "failed"  # a dry run owns nothing and writes nothing
 
 
 def _cli(*args):

@@ -109,3 +109,66 @@ def test_ctrl_c_of_a_sweep_leaves_no_point_running(tmp_path, spec):
     assert all("interrupted" in e for e in errors), errors
     if spec == "sync":  # one point at a time: the second never started
         assert sum("before it started" in e for e in errors) == 1, errors
+
+
+def test_an_interrupt_dropped_by_a_finalizer_is_delivered_again():
+    """Python reports an exception raised in a finalizer and drops it: a SIGTERM that
+    landed in one while a cluster started left the run going on. The CLI's hook sends
+    it again, and it lands."""
+    import logging
+
+    from tilegraph.pipelines import cli
+
+    levels = {n: logging.getLogger(n).level for n in ("distributed", "ray", "tornado", "asyncio")}
+    hook, old = sys.unraisablehook, signal.signal(signal.SIGTERM, cli._on_sigterm)
+    sys.unraisablehook = cli._interrupts_again(hook)
+
+    class Dropper:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler raises in here, and Python drops it
+
+    try:
+        with pytest.raises(cli.Terminated):
+            Dropper()
+            for _ in range(300):
+                time.sleep(0.01)
+    finally:
+        sys.unraisablehook = hook
+        signal.signal(signal.SIGTERM, old)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_an_interrupted_cluster_start_is_closed_and_forgotten():
+    """Ctrl-C or SIGTERM while a LocalCluster started printed distributed's traceback
+    from its exit hook (closing a cluster whose workers were still starting)."""
+    import distributed
+    from distributed.core import Status
+    from distributed.deploy.spec import SpecCluster
+    from tilegraph.cluster.dask_backend import _half_built_closed
+
+    made = []
+    with pytest.raises(KeyboardInterrupt):
+        with _half_built_closed():
+            made.append(distributed.LocalCluster(n_workers=1, processes=False,
+                                                 dashboard_address=None))  # fmt: skip
+            raise KeyboardInterrupt
+    assert made[0] not in SpecCluster._instances and made[0].status == Status.closed
+
+
+def test_an_interrupt_that_broke_a_lock_while_connecting_stays_an_interrupt(monkeypatch):
+    """An interrupt inside the cluster's start can surface as the RuntimeError of a lock
+    it broke ("release unlocked lock"): that is an interrupt, not "cannot reach it"."""
+    import tilegraph.cluster
+    from tilegraph.pipelines.launch import connect
+
+    def broken(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock") from None
+
+    monkeypatch.setattr(tilegraph.cluster, "connect", broken)
+    with pytest.raises(KeyboardInterrupt):
+        connect("local:2")

@@ -70,7 +70,7 @@ def _build(target: str, params: dict):
     factory = resolve(target, field=FIELD)  # a bad path: its own one-line error
     try:
         return factory(**params)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise _fail(
             f"{target}(**problem.params) raised {type(exc).__name__}: {_first(exc)}"
         ) from None
@@ -96,7 +96,7 @@ def _get(problem, name: str, target: str):
     """``problem.name``; a property of the user's that raises is one line."""
     try:
         return getattr(problem, name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise _fail(
             f"{target} returned a {type(problem).__name__} whose {name} raised "
             f"{type(exc).__name__}: {_first(exc)}"
@@ -164,7 +164,7 @@ def _array(get, what: str, dims: str, sizes: dict, attribute: bool = False) -> n
     naming ``what``."""
     try:
         value = get()
-    except Exception as exc:  # the user's code: its message, in one line
+    except (Exception, SystemExit) as exc:  # the user's code: its message, in one line
         raise _fail(f"{what} raised {type(exc).__name__}: {_first(exc)}") from None
     shape = sizes[dims]
     named = f"({dims},)" if "," not in dims else f"({dims})"

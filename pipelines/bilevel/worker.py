@@ -129,6 +129,8 @@ def _update(
 ):  # fmt: skip
     """Block ``i``'s new state from ``flat`` (its current one, NumPy; ``x``, ``x_prev``
     already on ``device``): ``(new, G_new, G_old)``, all NumPy."""
+    old = np.abs(np.asarray(flat))
+    small = bool(np.all(old[np.isfinite(old)] < 1e10))  # before the step's updates
     flat = to_device(array_module(device), flat)
     # idx_g, idx_f stay NumPy: the problems index their host data with them
     new, g_new, g_old = block_step(
@@ -140,11 +142,19 @@ def _update(
     if not np.all(np.abs(new) < BLOWN):
         parts = unpack(method, problem.dim_y, new)
         bad = ", ".join(k for k, a in parts.items() if not np.all(np.abs(a) < BLOWN))
+        x_max = float(np.max(np.abs(np.asarray(to_host(x)))))
+        if np.isnan(new).any() and small and x_max < 1e10:
+            # no step turns a state of moderate size into NaN by itself: the problem did
+            # (here or in the block's first state)
+            hint = (
+                "NaN without growth: a method of the problem (its gradients or Hessian "
+                "products) returned NaN"
+            )
+        else:
+            hint = "lower tau / tau_v, or eta and x_max if x is large"
         raise FloatingPointError(
             f"{method}: block {i} diverged at iteration {iteration}: {bad} non-finite or "
-            f"above {BLOWN:.0e} "
-            f"(|x| max {float(np.max(np.abs(np.asarray(to_host(x))))):.3g}); lower tau / "
-            "tau_v, or eta and x_max if x is large"
+            f"above {BLOWN:.0e} (|x| max {x_max:.3g}); {hint}"
         )
     return new, np.asarray(to_host(g_new)), np.asarray(to_host(g_old))
 

@@ -62,6 +62,10 @@ def auto_n_coarse(d: int, n_fine: int, ok=None) -> int:
     return min(good or cands, key=lambda m: (abs(math.log(n_fine / m / target)), -m))
 
 
+#: largest |coordinate| of problem.domain
+MAX_COORD = 1e15
+
+
 class ProblemConfig(BaseModel):
     """Which problem: a manufactured one (see
     :class:`tilegraph.tasks.domain_split.problems.Problem`), the user's from code
@@ -114,8 +118,18 @@ class ProblemConfig(BaseModel):
     @field_validator("domain")
     @classmethod
     def _box(cls, v):
-        if v is not None and any(len(ab) != 2 or not ab[0] < ab[1] for ab in v):
+        if v is None:
+            return v
+        if any(len(ab) != 2 or not ab[0] < ab[1] for ab in v):
             raise ValueError(f"expected [[a_1, b_1], ...] with a_k < b_k (got {v})")
+        # beyond these the grid's spacing or the coefficients' scalings (1/width^2)
+        # leave double precision
+        for a, b in v:
+            if max(abs(a), abs(b)) > MAX_COORD or b - a < 1e-9 * max(abs(a), abs(b)):
+                raise ValueError(
+                    f"interval [{a:g}, {b:g}]: bounds within ±{MAX_COORD:g} and a width of at "
+                    "least 1e-9 of their size (shift or rescale the coordinates)"
+                )
         return v
 
     @model_validator(mode="after")
@@ -285,8 +299,11 @@ class DomainSplitConfig(PipelineConfig):
                 fix = ""
                 if need < 1e6:  # the Peclet number is linear in the coarse spacing
                     fits = [m for m in coarse_grids(self.n_fine) if m >= need]
+                    m = math.ceil(need)
                     fix = (
-                        f" or n_coarse={fits[0]}" if fits else f" or n_coarse >= {math.ceil(need)}"
+                        f" or n_coarse={fits[0]}"
+                        if fits
+                        else f" or n_coarse >= {m} with n_fine a multiple of it, >= {2 * m}"
                     )
                 took = f"n_coarse=auto took {self.n_coarse}: " if self._auto_coarse else ""
                 raise ValueError(

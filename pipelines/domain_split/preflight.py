@@ -63,7 +63,7 @@ def _build(source, target: str):
     resolve(target, field="problem.factory")  # a bad path: its own one-line error
     try:
         user = source.obj
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ConfigError(
             f"config field 'problem.factory': {target}(**problem.params) raised "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -109,7 +109,7 @@ def _sample(problem, field: str, exact: bool) -> None:
     for name, call in calls:
         try:
             value = np.asarray(call())
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ConfigError(
                 f"config field '{field}': {name} raised {type(exc).__name__}: {first}"

@@ -127,6 +127,7 @@ class PicardConfig(PipelineConfig):
         "gmm": ("model", ("gmm",)),
         "digits": ("model", ("digits",)),
         "digits_unet": ("model", ("digits-unet",)),
+        "diffusers": ("model", ("diffusers",)),
     }
 
     model: Literal["gmm", "digits", "digits-unet", "custom", "diffusers"] = "gmm"

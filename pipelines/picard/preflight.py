@@ -4,6 +4,8 @@ naming the field."""
 
 from __future__ import annotations
 
+import math
+
 from ..config import ConfigError
 from .config import PicardConfig
 
@@ -29,7 +31,8 @@ def preflight(cfg: PicardConfig) -> None:
       (:func:`~tilegraph.pipelines.picard.diffusers_dir.check_network`).
     """
     if cfg.model == "custom":
-        custom_sample_shape(cfg)
+        shape = custom_sample_shape(cfg)
+        _check_sample_size(cfg, shape)
     elif cfg.model in ("digits", "digits-unet"):
         check_weights_from(cfg)
     elif cfg.model == "diffusers" and cfg.diffusers.path not in _CHECKED_DIRS:
@@ -40,6 +43,22 @@ def preflight(cfg: PicardConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"config field 'diffusers.path': {exc}") from None
         _CHECKED_DIRS.add(cfg.diffusers.path)
+
+
+def _check_sample_size(cfg: PicardConfig, shape: tuple[int, ...]) -> None:
+    """Refuse a model whose samples are too large for any machine at ``batch_size=1``
+    (the size check would otherwise say to lower ``batch_size``)."""
+    from ..resources import fmt_bytes
+    from .resources import estimate
+
+    one = estimate(cfg.model_copy(update={"batch_size": 1}), 1)
+    need = max(one.driver_bytes, one.worker_bytes)
+    if need > 2**50:
+        raise ConfigError(
+            f"config field 'custom': {cfg.custom}(abar) returned a model with sample_shape "
+            f"{shape} ({math.prod(shape):.3g} values a sample): one sample at a time would need "
+            f"about {fmt_bytes(need)} in one process, more than any machine has"
+        )
 
 
 def custom_sample_shape(cfg: PicardConfig) -> tuple[int, ...]:
@@ -65,7 +84,7 @@ def custom_sample_shape(cfg: PicardConfig) -> tuple[int, ...]:
     factory = resolve(cfg.custom, field="custom")
     try:
         model = factory(abar)
-    except Exception as exc:  # the user's code: its message, in one line
+    except (Exception, SystemExit) as exc:  # the user's code: its message, in one line
         msg = " ".join(str(exc).split())
         raise ConfigError(
             f"config field 'custom': {cfg.custom}(abar) raised {type(exc).__name__}: {msg}"

@@ -46,6 +46,7 @@ class ModelConfig(BaseModel):
         "nu": ("kind", ("lr-ising",)),
         "alpha": ("kind", ("lr-ising",)),
         "anisotropy": ("kind", ("xxz",)),
+        "hermitian": ("kind", ("terms", "custom")),
     }
 
     kind: Literal["tfi", "lr-ising", "xxz", "terms", "custom"] = "tfi"
@@ -392,7 +393,7 @@ def _call_user(target: str, field: str, shown: str, *args, **kwargs):
     fn = resolve(target, field=field)
     try:
         return fn(*args, **kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: a user exit() is an error here
         lines = str(exc).strip().splitlines()
         msg = lines[0][:200] if lines else ""
         raise ValueError(f"{shown} raised {type(exc).__name__}: {msg}") from exc

@@ -33,7 +33,7 @@ def _check(field: str, build: Callable[[], object]) -> None:
         raise
     except ValueError as exc:  # the checks' messages, TermError's among them
         raise ConfigError(f"config field '{field}': {_first(exc)}") from None
-    except Exception as exc:  # what the user's code returned broke a later step
+    except (Exception, SystemExit) as exc:  # what the user's code returned broke a later step
         raise ConfigError(
             f"config field '{field}': what it returned cannot be used "
             f"({type(exc).__name__}: {_first(exc)})"

@@ -34,6 +34,9 @@ _TRANS = re.compile(r"E(\d+)_(\d+)")
 
 #: The forms a site type may take, for error messages.
 FORMS = "'S=1/2', 'S=1', 'S=3/2', … (spin), 'Boson:<n_max>', 'Qudit:<q>'"
+#: largest local dimension: every named operator of a site is a dense n x n matrix (at
+#: 256, 1 MiB each), and a leaf's basis n x r
+MAX_SITE_DIM = 256
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ class SiteType:
             k = int(spec)
             if not 0 <= k < n:
                 raise ValueError(f"basis state {k} out of range 0..{n - 1} for {self.name}")
-            return _projector(n, k)[:, k].copy()
+            out = np.zeros(n, dtype=np.complex128)
+            out[k] = 1.0
+            return out
         if isinstance(spec, str):
             if spec == "up":
                 return self.state(0)
@@ -182,16 +187,25 @@ def parse_site(text: str) -> SiteType:
         S = Fraction(int(m[1]), int(m[2] or 1))
         if S <= 0 or S.denominator not in (1, 2):
             raise ValueError(f"spin must be a positive multiple of 1/2 (got {t!r})")
-        return SiteType(f"S={S}", "spin", int(2 * S + 1))
+        return _sized(SiteType(f"S={S}", "spin", int(2 * S + 1)), t)
     if m := _BOSON.fullmatch(t):
         if int(m[1]) < 1:
             raise ValueError(f"Boson:n_max needs n_max >= 1 (got {t!r})")
-        return SiteType(f"Boson:{int(m[1])}", "boson", int(m[1]) + 1)
+        return _sized(SiteType(f"Boson:{int(m[1])}", "boson", int(m[1]) + 1), t)
     if m := _QUDIT.fullmatch(t):
         if int(m[1]) < 2:
             raise ValueError(f"Qudit:q needs q >= 2 (got {t!r})")
-        return SiteType(f"Qudit:{int(m[1])}", "qudit", int(m[1]))
+        return _sized(SiteType(f"Qudit:{int(m[1])}", "qudit", int(m[1])), t)
     raise ValueError(f"unknown site type {t!r}; allowed: {FORMS}")
+
+
+def _sized(site: SiteType, text: str) -> SiteType:
+    if site.dim > MAX_SITE_DIM:
+        raise ValueError(
+            f"{text!r} has local dimension {site.dim}: at most {MAX_SITE_DIM} "
+            "(every operator of a site is a dense matrix)"
+        )
+    return site
 
 
 def site_types(spec, d: int) -> tuple[SiteType, ...]:
