@@ -228,20 +228,27 @@ def paired(kind_name: str, kind: str, wanted: str, name: str, value: Any, form: 
         )
 
 
-def _ignored(model: BaseModel, name: str) -> tuple[str, tuple, Any] | None:
-    """``(selector, kinds, chosen)`` when field ``name`` of ``model`` is off its default
-    although the kind chosen by ``selector`` ignores it (the model's class attribute
-    ``APPLIES = {field: (selector, (kinds, ...))}`` says which kinds use which fields);
-    else None."""
+def _ignored(model: BaseModel, name: str) -> tuple[str, tuple, Any, str | None] | None:
+    """``(selector, kinds, chosen, also)`` when field ``name`` of ``model`` is off its
+    default although the kind chosen by ``selector`` ignores it; else None.
+
+    The model's class attribute ``APPLIES = {field: (selector, (kinds, ...))}`` says
+    which kinds use which fields; a third entry ``also`` names a list field whose
+    entries are chosen as well (bilevel's ``compare`` runs more methods)."""
     rule = getattr(type(model), "APPLIES", {}).get(name)
     if rule is None:
         return None
-    selector, kinds = rule
+    selector, kinds, also = (*rule, None) if len(rule) == 2 else rule
     chosen = getattr(model, selector)
     default = type(model).model_fields[name].get_default(call_default_factory=True)
-    if chosen in kinds or getattr(model, name) == default:
+    more = list(getattr(model, also)) if also else []
+    if chosen in kinds or any(k in kinds for k in more) or getattr(model, name) == default:
         return None
-    return selector, kinds, chosen
+    return selector, kinds, chosen, also
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def check_applies(model: BaseModel) -> None:
@@ -252,10 +259,10 @@ def check_applies(model: BaseModel) -> None:
     for name in sorted(model.model_fields_set):
         hit = _ignored(model, name)
         if hit is not None:
-            selector, kinds, chosen = hit
+            selector, kinds, chosen, _ = hit
             raise ValueError(
-                f"{name} applies to {selector}={' or '.join(kinds)}, not {selector}={chosen} "
-                f"(drop it, or set the {selector})"
+                f"{name} applies to {selector}={' or '.join(map(_shown, kinds))}, not "
+                f"{selector}={_shown(chosen)} (drop it, or set the {selector})"
             )
 
 
@@ -289,13 +296,15 @@ def check_user_fields_apply(
                 break
             hit = _ignored(model, name)
             if hit is not None:
-                selector, kinds, chosen = hit
+                selector, kinds, chosen, also = hit
                 sel_path = ".".join([*path[:i], selector])
-                if sel_path not in varied:
+                also_path = ".".join([*path[:i], also]) if also else None
+                if sel_path not in varied and also_path not in varied:
+                    listed = f" (or in {also_path})" if also else ""
                     raise ConfigError(
                         f"config field '{'.'.join(path)}': applies to "
-                        f"{sel_path}={' or '.join(kinds)}, not {sel_path}={chosen} "
-                        f"(drop it, or set {sel_path})"
+                        f"{sel_path}={' or '.join(map(_shown, kinds))}{listed}, not "
+                        f"{sel_path}={_shown(chosen)} (drop it, or set {sel_path})"
                     )
             model = getattr(model, name)
 

@@ -50,6 +50,8 @@ KNOWN_BAD = {
         (["problem.domain=[[0,1e300],[0,1]]"], "bounds within ±1e+15"),
         (["problem.domain=[[1e9,1.0000000000001e9],[0,1]]"], "a width of at least 1e-9"),
         (["problem.beta=[1000,0]"], "or n_coarse >= 500 with n_fine a multiple of it, >= 1000"),
+        (["solver=stationary", "restart=5"], "'restart': applies to solver=krylov, not solver"),
+        (["box_solver=lu", "box_corrections=2"], "'box_corrections': applies to box_solver=fro"),
         (
             ["problem.beta=[1e300,0]"],
             "Peclet number 1e+299 > 1 with scheme=central oscillates: use --set scheme=upwind",
@@ -74,6 +76,8 @@ KNOWN_BAD = {
         (["h=nan"], "'h': must be a finite number (got nan)"),
         (["h_list=[0.1, 1e400]"], "'h_list[1]': must be a finite number (got 1e400)"),
         (["model.hermitian=false"], "hermitian applies to kind=terms or custom, not kind=tfi"),
+        (["tilt=0.7"], "'tilt': applies to start=tilted-neel, not start=up"),
+        (["schedule=nodes", "subtree_depth=2"], "'subtree_depth': applies to schedule=subtrees"),
         # every operator of a site is dense: a typo's 10^5 x 10^5 matrices ran out of memory
         (
             [
@@ -96,6 +100,9 @@ KNOWN_BAD = {
     ],
     "bilevel": [
         (["blocks_per_iter=60"], "blocks_per_iter"),
+        # a step of a method that neither `method` nor `compare` runs
+        (["penalty=5"], "'penalty': applies to method=f2sa (or in compare), not method=bsvrb-v2"),
+        (["method=sgd", "compare=[f2sa]", "h_floor=0.2"], "'h_floor': applies to method=bsvrb"),
         (["problem.kind=digits-ridge", "problem.m=10", "problem.n_train=5000"], "n_train"),
     ],
 }
@@ -415,3 +422,12 @@ def test_a_dotted_key_in_a_config_file_says_to_nest_it(tmp_path):
     path.write_text("model.kind: xxz\n")
     rc, err, _ = _run_cli(["run", "ttn", "--cluster", "sync", "--config", str(path)])
     _one_error_line(rc, err, "dotted keys work in --set only; in a YAML file nest them (model:")
+
+
+def test_a_step_of_a_compared_method_is_taken():
+    """``penalty`` is F2SA's: refused when no method of the run is F2SA, taken when
+    ``compare`` runs it."""
+    from tilegraph.pipelines.config import build_config
+
+    cfg = build_config(PIPELINES["bilevel"], sets=["penalty=5", "compare=[f2sa]"])
+    assert cfg.penalty == 5.0 and cfg.method == "bsvrb-v2"

@@ -138,6 +138,19 @@ class BilevelConfig(PipelineConfig):
 
     problem: ProblemConfig = Field(default_factory=ProblemConfig)
     _m: int | None = PrivateAttr(default=None)
+    #: The methods each step field applies to, ``method`` or one in ``compare`` (see
+    #: ``pipelines.config.check_user_fields_apply``).
+    APPLIES: ClassVar[dict] = {
+        "alpha": ("method", ("bsvrb-v1", "bsvrb-v2"), "compare"),
+        "gamma": ("method", ("bsvrb-v1", "bsvrb-v2"), "compare"),
+        "beta": ("method", ("bsvrb-v1", "bsvrb-v2"), "compare"),
+        "eager": ("method", ("bsvrb-v1", "bsvrb-v2"), "compare"),
+        "h_floor": ("method", ("bsvrb-v1",), "compare"),
+        "tau_v": ("method", ("bsvrb-v2", "sgd"), "compare"),
+        "v_bound": ("method", ("bsvrb-v2", "sgd"), "compare"),
+        "penalty": ("method", ("f2sa",), "compare"),
+    }
+
     method: Literal["bsvrb-v1", "bsvrb-v2", "sgd", "f2sa"] = "bsvrb-v2"
     compare: list[Literal["bsvrb-v1", "bsvrb-v2", "sgd", "f2sa"]] = Field(
         default=[], description="methods also run, one after the other, for the summary plot"

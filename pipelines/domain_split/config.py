@@ -148,6 +148,13 @@ class DomainSplitConfig(PipelineConfig):
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: Fields that only one choice of another uses (see
+    #: ``pipelines.config.check_user_fields_apply``; box_solver=auto is frozen with
+    #: solver=krylov).
+    APPLIES: ClassVar[dict] = {
+        "restart": ("solver", ("krylov",)),
+        "box_corrections": ("box_solver", ("frozen", "auto")),
+    }
     _auto_coarse: bool = PrivateAttr(False)
 
     d: int = Field(default=2, description="space dimension, 2 or 3")

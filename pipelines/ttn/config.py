@@ -103,6 +103,12 @@ class TTNConfig(PipelineConfig):
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: Fields that only one choice of another uses (see
+    #: ``pipelines.config.check_user_fields_apply``).
+    APPLIES: ClassVar[dict] = {
+        "tilt": ("start", ("tilted-neel",)),
+        "subtree_depth": ("schedule", ("subtrees",)),
+    }
 
     d: int = Field(default=8, ge=2, le=128, description="number of sites")
     sites: str | list[str] = Field(
