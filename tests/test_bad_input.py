@@ -103,6 +103,8 @@ KNOWN_BAD = {
         # a step of a method that neither `method` nor `compare` runs
         (["penalty=5"], "'penalty': applies to method=f2sa (or in compare), not method=bsvrb-v2"),
         (["method=sgd", "compare=[f2sa]", "h_floor=0.2"], "'h_floor': applies to method=bsvrb"),
+        (["compare=[bsvrb-v2]"], "compare: bsvrb-v2 runs already (method=bsvrb-v2"),
+        (["compare=[sgd, f2sa, sgd]"], "compare: sgd runs already"),
         (["problem.kind=digits-ridge", "problem.m=10", "problem.n_train=5000"], "n_train"),
     ],
 }

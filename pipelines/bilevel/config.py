@@ -212,6 +212,12 @@ class BilevelConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _blocks(self):
+        again = [c for i, c in enumerate(self.compare) if c == self.method or c in self.compare[:i]]
+        if again:
+            raise ValueError(
+                f"compare: {again[0]} runs already (method={self.method}, "
+                f"compare={self.compare}); list each other method once"
+            )
         lo, hi = self.upper_box()
         if self.auto_steps is not False and self.problem.kind == "dataset" and self.x_max is None:
             hi = None  # chosen from the data (log(4 L_A)): checked when it is
