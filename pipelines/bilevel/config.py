@@ -212,7 +212,8 @@ class BilevelConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _blocks(self):
-        again = [c for i, c in enumerate(self.compare) if c == self.method or c in self.compare[:i]]
+        runs = [self.method, *self.compare]
+        again = [c for i, c in enumerate(runs) if c in runs[:i]]
         if again:
             raise ValueError(
                 f"compare: {again[0]} runs already (method={self.method}, "
