@@ -1,6 +1,6 @@
 """WHERE tasks run: one `Executor` interface over in-process, Dask and Ray backends.
 
->>> import cluster
+>>> from tilegraph import cluster
 >>> with cluster.connect("sync") as ex:
 ...     ex.gather(ex.map(pow, [1, 2, 3], [2, 2, 2]))
 [1, 4, 9]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,13 +42,14 @@ def run(
         Named preset; default the pipeline's default preset.
     config : str or mapping, optional
         A YAML file of config fields, or the fields themselves (merged over the preset).
-    sets : iterable of str or mapping
+    sets : iterable of str, str or mapping
         ``"key=value"`` overrides as on the command line (values are YAML, dotted keys
-        reach nested fields), or a mapping of dotted keys to values.
-    cluster : str or cluster.Executor
-        A cluster spec (``"local:2"``, ``"sync"``, ``"ray:2"`` …), or an open executor that
-        the caller keeps and closes.
-    store : str or storage.Root
+        reach nested fields; one string is one override), or a mapping of dotted keys to
+        Python values (a string stays a string; NumPy scalars and arrays are taken).
+    cluster : str, cluster.Spec, cluster.Executor or None
+        A cluster spec (``"local:2"``, ``"sync"``, ``"ray:2"`` …; None: ``"local"``), or an
+        open executor that the caller keeps and closes.
+    store : str, os.PathLike or storage.Root
         Run-store root: a path or fsspec URL.
     resume : str, optional
         Continue this run id from its newest checkpoint (its stored config is used;
@@ -69,6 +71,8 @@ def run(
 
     Raises
     ------
+    TypeError
+        An argument of a type ``run`` does not take (named in the message).
     pipelines.config.ConfigError
         Bad config, store, cluster spec or run id, a run another live process owns, a
         run that does not fit the memory there is, a runner that cannot be imported
@@ -76,14 +80,15 @@ def run(
     Exception
         Whatever the pipeline raised; the run is then marked ``failed``.
     """
-    if isinstance(sets, Mapping):
-        sets = [f"{k}={_yaml(v)}" for k, v in sets.items()]
+    sets, cluster = _checked(name, preset, config, sets, cluster, store, resume, retries)
     owned = isinstance(cluster, str)
+    if not owned:
+        _check_reachable(store, cluster)
     launch = prepare(
         name,
         preset=preset,
         config=config,
-        sets=list(sets),
+        sets=sets,
         store=store,
         resume=resume,
         cluster=cluster if owned else None,
@@ -108,10 +113,88 @@ def run(
                 executor.close()
 
 
-def _yaml(value: Any) -> str:
+def _checked(name, preset, config, sets, cluster, store, resume, retries):
+    """The arguments of :func:`run` checked: ``(sets as key=value strings, cluster)``.
+
+    Raises
+    ------
+    TypeError
+        An argument of a type ``run`` does not take (named).
+    UsageError
+        A value it cannot use (named).
+    """
+    from tilegraph.cluster import Executor, Spec
+    from tilegraph.storage import Root
+
+    from .launch import UsageError
+
+    def kind(value) -> str:
+        return type(value).__name__
+
+    if not isinstance(name, str):
+        raise TypeError(f"name: a pipeline's name (str), not {kind(name)}")
+    if preset is not None and not (isinstance(preset, str) and preset):
+        raise TypeError(f"preset: a preset's name (str) or None, not {preset!r}")
+    if config is not None and not isinstance(config, str | os.PathLike | Mapping):
+        raise TypeError(f"config: a YAML file's path or a mapping of fields, not {kind(config)}")
+    if sets is None:
+        sets = ()
+    elif isinstance(sets, str):  # one override, not its characters
+        sets = (sets,)
+    if isinstance(sets, Mapping):
+        sets = [f"{k}={_json(k, v)}" for k, v in sets.items()]
+    elif isinstance(sets, Iterable):
+        sets = list(sets)
+        bad = [s for s in sets if not isinstance(s, str)]
+        if bad:
+            raise TypeError(f"sets: 'key=value' strings, not {bad[0]!r} ({kind(bad[0])})")
+    else:
+        raise TypeError(f"sets: a list of 'key=value' strings or a mapping, not {kind(sets)}")
+    if cluster is None:
+        cluster = "local"
+    elif isinstance(cluster, Spec):
+        cluster = str(cluster)
+    elif not isinstance(cluster, str | Executor):
+        raise TypeError(
+            f"cluster: a cluster spec ('sync', 'local:2', ...) or an open executor "
+            f"(tilegraph.connect), not {kind(cluster)}"
+        )
+    if not (isinstance(store, str | os.PathLike | Root) and str(store)):
+        raise TypeError(f"store: a run store's path or URL (or a storage.Root), not {store!r}")
+    if resume is not None and not (isinstance(resume, str) and resume):
+        raise TypeError(f"resume: a run id (str) or None, not {resume!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries: a whole number >= 0, not {retries!r}")
+    if retries < 0:
+        raise UsageError(f"retries: a whole number >= 0, not {retries}")
+    return sets, cluster
+
+
+def _check_reachable(store, executor) -> None:
+    """A ``memory://`` store lives in this process: worker processes cannot reach it
+    (what ``check_cluster`` says of a spec, for an open executor)."""
+    from .launch import UsageError
+
+    url = str(getattr(store, "url", store))
+    if url.lower().startswith("memory://") and executor.backend not in ("sync", "threads"):
+        raise UsageError(
+            f"store {url[:200]}: a memory:// store lives inside this process, where the "
+            f"worker processes of {executor.spec} cannot reach it; use a path or an object "
+            "store, or a sync/threads executor"
+        )
+
+
+def _json(key, value: Any) -> str:
+    """A ``sets`` mapping's value as the YAML of an override: the Python value itself
+    (a string stays a string; NumPy scalars and arrays as numbers and lists)."""
     import json
 
-    return value if isinstance(value, str) else json.dumps(value)
+    if hasattr(value, "tolist"):  # NumPy (CuPy, ...) scalars and arrays
+        value = value.tolist()
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"sets[{key!r}]: a JSON-able value, not {type(value).__name__}") from None
 
 
 __all__ = ["run"]

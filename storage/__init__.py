@@ -5,7 +5,7 @@ URL).  ``storage`` never imports ``tasks``, ``cluster`` or ``pipelines``.
 
 Examples
 --------
->>> import storage
+>>> from tilegraph import storage
 >>> root = storage.Root("memory://doc-runs")
 >>> run = root.create("demo", config={"n": 4}, backend="sync")
 >>> ref = run.create_array("u", shape=(4,), chunks=(2,), dimension_names=("x",))

@@ -606,9 +606,24 @@ class RunStore:
         return join(self._url, name)
 
     def open_dataset(self, name: str, **open_zarr_kwargs: Any) -> xarray.Dataset:
-        """Open the dataset ``name`` written by :meth:`write_dataset` (lazily, via dask)."""
+        """Open the dataset ``name`` written by :meth:`write_dataset` (lazily, via dask).
+
+        Raises
+        ------
+        KeyError
+            If the run has no group of that name (the message lists the ones it has).
+        """
         import xarray
 
+        try:
+            node = self.group[name] if name else None
+        except KeyError:
+            node = None
+        if not isinstance(node, zarr.Group):
+            have = sorted(k for k in self.group.group_keys() if k != _ckpt.CHECKPOINTS)
+            raise KeyError(
+                f"run {self._run_id} has no dataset {name!r} (it has: {', '.join(have) or 'none'})"
+            )
         kwargs = {"consolidated": False, "zarr_format": 3, **open_zarr_kwargs}
         return xarray.open_zarr(self._store, group=name, **kwargs)
 
@@ -865,8 +880,18 @@ class Root:
         return RunStore(self.run_url(hits[0], run_id), storage_options=self._options)
 
     def resume(self, run_id: str, pipeline: str | None = None) -> RunStore:
-        """Open a run and set it back to ``running`` (see :meth:`RunStore.mark_running`)."""
+        """Open a run and set it back to ``running`` (see :meth:`RunStore.mark_running`).
+
+        Take its lease (:meth:`RunStore.lease`) to own it against other processes.
+
+        Raises
+        ------
+        ValueError
+            If the run is complete (its checkpoints are gone: nothing to continue).
+        """
         run = self.open(run_id, pipeline)
+        if run.status == COMPLETE:
+            raise ValueError(f"run {run_id} is complete: nothing to resume")
         run.mark_running()
         return run
 

@@ -1,0 +1,99 @@
+"""``tilegraph.run`` from Python: an argument it cannot take is one exception naming it,
+before anything is written; ``sets`` mappings are Python values; the storage API's own
+guards. Also the package docstrings' examples, run as doctests."""
+
+import doctest
+import os
+
+import numpy as np
+import pytest
+import tilegraph
+from tilegraph import cluster, storage
+from tilegraph.pipelines.launch import UsageError
+
+QUICK = {"preset": "quick", "cluster": "sync"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, needle",
+    [
+        ({"retries": None}, TypeError, "retries: a whole number >= 0, not None"),
+        ({"retries": "2"}, TypeError, "retries: a whole number >= 0, not '2'"),
+        ({"retries": True}, TypeError, "retries"),
+        ({"retries": -1}, UsageError, "retries: a whole number >= 0, not -1"),
+        ({"store": None}, TypeError, "store: a run store's path or URL"),
+        ({"store": 5}, TypeError, "store: a run store's path or URL"),
+        ({"store": ""}, TypeError, "store: a run store's path or URL"),
+        ({"sets": [5]}, TypeError, "sets: 'key=value' strings, not 5 (int)"),
+        ({"sets": 5}, TypeError, "sets: a list of 'key=value' strings or a mapping, not int"),
+        ({"sets": {"n_fine": object()}}, TypeError, "sets['n_fine']: a JSON-able value"),
+        ({"config": 5}, TypeError, "config: a YAML file's path or a mapping of fields"),
+        ({"cluster": 2}, TypeError, "cluster: a cluster spec ('sync', 'local:2', ...) or"),
+        ({"preset": ["quick"]}, TypeError, "preset: a preset's name (str) or None"),
+        ({"preset": ""}, TypeError, "preset: a preset's name (str) or None, not ''"),
+        ({"resume": ""}, TypeError, "resume: a run id (str) or None, not ''"),
+    ],
+)
+def test_an_argument_run_cannot_take_is_named(tmp_path, monkeypatch, kwargs, error, needle):
+    """Before: a bad ``retries`` hid the pipeline's error and left the run ``running``;
+    ``store=None`` made a folder ``None``; ``sets="n_fine=50"`` was split into letters."""
+    monkeypatch.chdir(tmp_path)
+    args = {**QUICK, "store": str(tmp_path / "runs"), **kwargs}
+    with pytest.raises(error, match=None) as info:
+        tilegraph.run("domain-split", **args)
+    assert needle in str(info.value), str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_name_that_is_not_a_string_is_named(tmp_path):
+    with pytest.raises(TypeError, match="name: a pipeline's name"):
+        tilegraph.run(["domain-split"], cluster="sync", store=str(tmp_path))
+
+
+def test_sets_as_one_string_a_spec_and_python_values(tmp_path):
+    """One string is one override; a Spec is a cluster; a mapping's values are Python
+    values: NumPy numbers and arrays, and strings kept whole (YAML would cut a path at
+    its '#')."""
+    store = str(tmp_path / "runs")
+    run = tilegraph.run("domain-split", **QUICK, store=store, sets="n_fine=50")
+    assert run.status == "complete" and run.config["n_fine"] == 50
+    sets = {"n_fine": np.int64(60), "problem.beta": np.array([1.0, 0.5]), "n_coarse": "auto"}
+    run = tilegraph.run("domain-split", preset="quick", cluster=cluster.parse_spec("sync"),
+                        store=store, sets=sets)  # fmt: skip
+    assert run.config["n_fine"] == 60 and run.config["problem"]["beta"] == [1.0, 0.5]
+    with pytest.raises(ValueError, match=r"data #2\.zarr"):  # the whole path, not "data "
+        tilegraph.run("domain-split", **QUICK, store=store,
+                      sets={"problem.kind": "dataset",
+                            "problem.dataset": str(tmp_path / "data #2.zarr")})  # fmt: skip
+
+
+def test_an_open_process_executor_cannot_reach_a_memory_store():
+    """As for a spec: said before anything is written (the run failed mid-way)."""
+
+    with cluster.connect("sync") as sync:
+
+        class Processes(type(sync)):  # says it is Dask's: no cluster started for the test
+            backend = "dask"
+
+        url = "memory://tg-api-unreachable"
+        with Processes(sync._spec) as ex:
+            with pytest.raises(UsageError, match="a memory:// store lives inside this process"):
+                tilegraph.run("domain-split", **{**QUICK, "cluster": ex}, store=url)
+    assert storage.Root(url).runs() == []
+
+
+def test_a_complete_run_is_not_resumed_and_a_missing_dataset_is_named(tmp_path):
+    root = storage.Root(str(tmp_path))
+    run = tilegraph.run("domain-split", **QUICK, store=root)
+    with pytest.raises(ValueError, match=f"run {run.run_id} is complete: nothing to resume"):
+        root.resume(run.run_id)
+    assert run.status == "complete"
+    with pytest.raises(KeyError, match=r"has no dataset 'nope' \(it has: .*result"):
+        run.open_dataset("nope")
+    assert float(run.open_dataset("result").solution.max()) > 0
+
+
+@pytest.mark.parametrize("module", [tilegraph.storage, tilegraph.cluster])
+def test_the_package_docstring_examples_run(module):
+    result = doctest.testmod(module, verbose=False)
+    assert result.attempted >= 2 and result.failed == 0, result
