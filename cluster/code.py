@@ -39,6 +39,8 @@ def check_code_paths(paths) -> tuple[str, ...]:
         A path that does not exist, is neither a ``.py`` file nor a folder with an
         ``__init__.py``, or is larger than :data:`MAX_CODE_BYTES`.
     """
+    if isinstance(paths, str | os.PathLike):  # one path, not its characters
+        paths = (paths,)
     out: list[str] = []
     for raw in paths:
         path = Path(raw).resolve()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .execute import DEFAULT_RETRIES
-from .launch import connect, prepare
+from .launch import UsageError, connect, prepare
 from .progress import progress_factory
 
 
@@ -81,6 +81,12 @@ def run(
         Whatever the pipeline raised; the run is then marked ``failed``.
     """
     sets, cluster = _checked(name, preset, config, sets, cluster, store, resume, retries)
+    if not isinstance(trust_store, bool):
+        raise TypeError(f"trust_store: True or False, not {trust_store!r}")
+    if trust_store and resume is None:
+        raise UsageError("trust_store: only with resume (it trusts a stored config)")
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise TypeError(f"progress: True, False, None or a callable, not {progress!r}")
     owned = isinstance(cluster, str)
     if not owned:
         _check_reachable(store, cluster)
@@ -125,8 +131,6 @@ def _checked(name, preset, config, sets, cluster, store, resume, retries):
     """
     from tilegraph.cluster import Executor, Spec
     from tilegraph.storage import Root
-
-    from .launch import UsageError
 
     def kind(value) -> str:
         return type(value).__name__
@@ -173,8 +177,6 @@ def _checked(name, preset, config, sets, cluster, store, resume, retries):
 def _check_reachable(store, executor) -> None:
     """A ``memory://`` store lives in this process: worker processes cannot reach it
     (what ``check_cluster`` says of a spec, for an open executor)."""
-    from .launch import UsageError
-
     url = str(getattr(store, "url", store))
     if url.lower().startswith("memory://") and executor.backend not in ("sync", "threads"):
         raise UsageError(

@@ -32,6 +32,9 @@ QUICK = {"preset": "quick", "cluster": "sync"}
         ({"preset": ["quick"]}, TypeError, "preset: a preset's name (str) or None"),
         ({"preset": ""}, TypeError, "preset: a preset's name (str) or None, not ''"),
         ({"resume": ""}, TypeError, "resume: a run id (str) or None, not ''"),
+        ({"trust_store": "no"}, TypeError, "trust_store: True or False, not 'no'"),
+        ({"trust_store": True}, UsageError, "trust_store: only with resume"),
+        ({"progress": "yes"}, TypeError, "progress: True, False, None or a callable"),
     ],
 )
 def test_an_argument_run_cannot_take_is_named(tmp_path, monkeypatch, kwargs, error, needle):
@@ -97,3 +100,9 @@ def test_a_complete_run_is_not_resumed_and_a_missing_dataset_is_named(tmp_path):
 def test_the_package_docstring_examples_run(module):
     result = doctest.testmod(module, verbose=False)
     assert result.attempted >= 2 and result.failed == 0, result
+
+
+def test_one_code_path_is_one_path(tmp_path):
+    (tmp_path / "tg_one_mod.py").write_text("X = 1\n")
+    with cluster.connect("sync", code=str(tmp_path / "tg_one_mod.py")) as ex:
+        assert ex.gather([ex.submit(pow, 2, 3)]) == [8]
