@@ -8,6 +8,7 @@ last line on stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,19 +43,15 @@ class Terminated(KeyboardInterrupt):
     reason = "SIGTERM"
 
 
-def _quiet_logs() -> None:
-    """No shutdown noise from the cluster's loggers (workers going while it closes)."""
-    for name in ("distributed", "ray", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-
-
 def _on_sigterm(signum, frame):
-    _quiet_logs()
+    # the first interrupt only: a second one raised in the cleanup (``timeout`` passes
+    # its own SIGTERM on) can leave a lock held where it lands (logging's: the exit hung)
+    _quiet_shutdown()
     raise Terminated()
 
 
 def _on_sigint(signum, frame):
-    _quiet_logs()
+    _quiet_shutdown()
     raise KeyboardInterrupt
 
 
@@ -64,7 +61,10 @@ def _interrupts_again(hook):
 
     def unraisable(info) -> None:
         if isinstance(info.exc_value, KeyboardInterrupt):
-            signum = signal.SIGTERM if isinstance(info.exc_value, Terminated) else signal.SIGINT
+            term = isinstance(info.exc_value, Terminated)
+            signum = signal.SIGTERM if term else signal.SIGINT
+            with contextlib.suppress(ValueError):  # the handler set it ignored
+                signal.signal(signum, _on_sigterm if term else _on_sigint)
             # a moment later, out of this finalizer (one that drops it again comes here)
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
@@ -77,7 +77,8 @@ def _quiet_shutdown() -> None:
     """After an interrupt: no second one mid-cleanup, no shutdown noise from the cluster."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    _quiet_logs()
+    for name in ("distributed", "ray", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def one_line(text: str, limit: int = 400) -> str:

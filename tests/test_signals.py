@@ -120,6 +120,7 @@ def test_an_interrupt_dropped_by_a_finalizer_is_delivered_again():
     from tilegraph.pipelines import cli
 
     levels = {n: logging.getLogger(n).level for n in ("distributed", "ray", "tornado", "asyncio")}
+    old_int = signal.getsignal(signal.SIGINT)
     hook, old = sys.unraisablehook, signal.signal(signal.SIGTERM, cli._on_sigterm)
     sys.unraisablehook = cli._interrupts_again(hook)
 
@@ -136,6 +137,7 @@ def test_an_interrupt_dropped_by_a_finalizer_is_delivered_again():
     finally:
         sys.unraisablehook = hook
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
@@ -172,3 +174,25 @@ def test_an_interrupt_that_broke_a_lock_while_connecting_stays_an_interrupt(monk
     monkeypatch.setattr(tilegraph.cluster, "connect", broken)
     with pytest.raises(KeyboardInterrupt):
         connect("local:2")
+
+
+def test_the_first_interrupt_ignores_the_next_ones():
+    """A second SIGTERM (``timeout`` passes its own on to the command it runs) raised in
+    the first one's cleanup left logging's lock held where it landed: the command hung
+    at exit. The handler ignores further interrupts before it raises."""
+    import logging
+
+    from tilegraph.pipelines import cli
+
+    levels = {n: logging.getLogger(n).level for n in ("distributed", "ray", "tornado", "asyncio")}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(cli.Terminated):
+            cli._on_sigterm(signal.SIGTERM, None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
