@@ -7,7 +7,25 @@ import threading
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["IgnoreInterrupts"]
+__all__ = ["IgnoreInterrupts", "TasksComputeInline"]
+
+
+class TasksComputeInline(WorkerPlugin):
+    """A Dask collection that a task computes (xarray reading a Zarr store lazily, say)
+    is computed in the task's own thread.
+
+    Otherwise Dask sends it to the cluster from inside the task, and the task secedes
+    from the worker's thread pool while it waits: the worker starts its next task
+    meanwhile, and a one-thread worker runs several (sweep points, pipeline tasks) at
+    once, past the memory planned for one.
+    """
+
+    name = "tilegraph-tasks-compute-inline"
+
+    def setup(self, worker) -> None:
+        import dask
+
+        dask.config.set(scheduler="synchronous")  # this worker process's default
 
 
 class IgnoreInterrupts(WorkerPlugin):

@@ -84,6 +84,18 @@ def pid_then_wait(path, seconds):
     return "ok"
 
 
+def computes_a_collection(i):
+    """A task that computes a Dask collection (as xarray does reading a store lazily):
+    ``(pid, start, end)``."""
+    import dask.array as da
+
+    t0 = time.time()
+    for _ in range(3):
+        float(da.ones(2_000_000, chunks=100_000).sum().compute())
+    time.sleep(0.3)
+    return os.getpid(), t0, time.time()
+
+
 def _text(path: pathlib.Path) -> str:
     return path.read_text() if path.exists() else ""
 
@@ -666,3 +678,16 @@ def test_is_worker_lost_follows_explicit_causes_only():
             raise ValueError("unrelated bug while handling it")  # noqa: B904
     except ValueError as exc:
         assert not cluster.is_worker_lost(exc)
+
+
+@pytest.mark.slow
+def test_a_task_computing_a_collection_keeps_its_worker():
+    """Dask sent a collection computed inside a task to the cluster and let the task
+    secede from the worker's one thread: the worker started its next task meanwhile,
+    and a sweep ran three points at once on two one-thread workers. Now the tasks of
+    one worker run one after the other."""
+    with cluster.connect("local:1") as ex:
+        spans = sorted(ex.gather(ex.map(computes_a_collection, range(3))), key=lambda s: s[1])
+    assert len({pid for pid, _, _ in spans}) == 1
+    for (_, _, end), (_, start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 0.05, spans
