@@ -445,7 +445,16 @@ def _cmd_sweep(args) -> int:
         if big is not None:  # a point runs whole on one worker (no floor: see check_point)
             big = dataclasses.replace(big, worker_floor_bytes=None)
             info["estimate"] = {**dataclasses.asdict(big), "workers": 1}
-        return _dry_run(args, info, big, 1, "the largest point, run whole by one worker:")
+        rc = _dry_run(args, info, big, 1, "the largest point, run whole by one worker:")
+        here = args.spec.kind in ("sync", "threads", "local", "local-cuda") or (
+            args.spec.kind == "ray" and args.spec.address is None
+        )
+        if big is not None and here:  # as the sweep checks it: one point in one process
+            whole = dataclasses.replace(
+                big, driver_bytes=big.driver_bytes + big.worker_bytes, worker_bytes=0
+            )
+            resources.check_fits(whole, driver_limit=resources.available_memory())
+        return rc
     try:
         with _connect(args, code) as executor:
             check_device([p.config for p in plan.points], executor, str(args.spec))

@@ -27,13 +27,17 @@ import numpy as np
 from pydantic import BaseModel
 
 from .base import Pipeline
-from .config import ConfigError, build_config, check_preset
+from .config import ConfigError, build_config, check_preset, check_user_fields_apply
 from .execute import execute
 from .progress import silent
 from .registry import get_pipeline
 
 #: Dataset variables that are text, not metrics.
 _TEXT_VARS = ("status", "run_id", "error")
+
+#: Points of one sweep at most: each is a run folder, and every point's config is
+#: validated before anything starts (a million took minutes and GBs to refuse later).
+MAX_POINTS = 10_000
 
 __all__ = ["Point", "SweepPlan", "SweepResult", "parse_grid", "plan_sweep", "run_sweep"]
 
@@ -171,10 +175,20 @@ def plan_sweep(
             raise ConfigError(
                 f"--grid {key}: its dimension name {dim!r} clashes with another variable"
             )
+    n_points = math.prod(len(v) for v in grid.values())
+    if n_points > MAX_POINTS:
+        raise ConfigError(
+            f"--grid: {n_points} points; at most {MAX_POINTS} in one sweep (split it)"
+        )
     set_keys = {s.partition("=")[0].strip() for s in sets}
     for key in grid:
         if key in set_keys:
             raise ConfigError(f"--grid {key}: also given with --set; keep one of them")
+        for outer in set_keys:
+            if key.startswith(outer + "."):  # the grid would override part of it
+                raise ConfigError(
+                    f"--grid {key}: --set {outer} sets the field it is inside; keep one of them"
+                )
         for other in [*grid, *set_keys]:
             if other.startswith(key + "."):  # the inner key would override part of it
                 where = "--grid" if other in grid else "--set"
@@ -193,6 +207,15 @@ def plan_sweep(
                 msg = msg.replace(f"--set {k}: ", "")
             raise ConfigError(f"--grid point {where}: {msg}") from None
         points.append(Point(index=index, values=values, config=config))
+    for key in sorted(set_keys - set(grid)):  # a field no point's swept choice uses
+        refused = []
+        for p in points:
+            try:
+                check_user_fields_apply(p.config, [key.split(".")])
+            except ConfigError as exc:
+                refused.append(exc)
+        if refused and len(refused) == len(points):
+            raise ConfigError(f"{refused[0]}, at every point of the grid")
     configs = [p.config.model_dump(mode="json") for p in points]
     first: dict[str, Point] = {}
     for p, c in zip(points, configs, strict=True):

@@ -8,11 +8,13 @@ arrays, its xarray results, its checkpoints and its summary plot.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import io
 import json
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import traceback
 from collections.abc import Mapping, Sequence
@@ -602,7 +604,23 @@ class RunStore:
             if k not in ds.coords:
                 ds[k] = v
         kwargs = {"mode": "w", **to_zarr_kwargs, "zarr_format": 3, "consolidated": False}
-        ds.to_zarr(self._store, group=name, **kwargs)
+        if not (self.is_local and kwargs["mode"] == "w"):
+            ds.to_zarr(self._store, group=name, **kwargs)
+            return join(self._url, name)
+        # written beside it and moved into place: a kill mid-write leaves the earlier
+        # dataset (or none), never one that opens with variables missing
+        final = os.path.join(self._url, *name.split("/"))
+        for stale in glob.glob(glob.escape(final) + ".partial-*") + glob.glob(
+            glob.escape(final) + ".old-*"
+        ):
+            shutil.rmtree(stale, ignore_errors=True)  # an earlier write's, killed
+        token = secrets.token_hex(4)
+        ds.to_zarr(self._store, group=f"{name}.partial-{token}", **kwargs)
+        old = f"{final}.old-{token}"
+        if os.path.exists(final):
+            os.rename(final, old)
+        os.rename(f"{final}.partial-{token}", final)
+        shutil.rmtree(old, ignore_errors=True)
         return join(self._url, name)
 
     def open_dataset(self, name: str, **open_zarr_kwargs: Any) -> xarray.Dataset:

@@ -138,6 +138,31 @@ def test_write_dataset_readable_by_xarray_open_zarr(local_root):
     np.testing.assert_array_equal(run.array("state").read(), np.arange(4.0))
 
 
+def test_a_dataset_write_killed_half_way_leaves_the_earlier_one(local_root, monkeypatch):
+    """A sweep's driver killed while it wrote its gathered result left a `result` that
+    opened without error with 6 of its 19 variables. A local write goes beside it and is
+    moved into place; the next write clears what a killed one left."""
+    import os
+
+    run = local_root.create("p", config=CONFIG)
+    ds = _dataset()
+    run.write_dataset("result", ds)
+    real = xr.Dataset.to_zarr
+
+    def killed(self, store, **kwargs):
+        real(self[["u"]], store, **kwargs)  # part of it written, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.write_dataset("result", ds * 2)
+    monkeypatch.setattr(xr.Dataset, "to_zarr", real)
+    xr.testing.assert_identical(run.open_dataset("result").load(), ds)
+    run.write_dataset("result", ds + 1)
+    xr.testing.assert_identical(run.open_dataset("result").load(), ds + 1)
+    assert sorted(os.listdir(run.url)) == ["result", "zarr.json"]
+
+
 def test_text_coordinates_and_variables_are_written_without_zarr_warnings(local_root):
     """NumPy fixed-width strings (observable names, block names) have no Zarr v3 data
     type; they are stored as variable-length UTF-8 and read back as the same text."""

@@ -193,13 +193,39 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
         (["n_coarse=4,4.0"], [], "give the same config"),
         (["problem=[1],[2]", "problem.eps=0.1,0.2"], [], "--grid problem: --grid problem.eps"),
         (["problem={kind: uniform}"], ["problem.eps=0.1"], "--set problem.eps sets a field"),
+        # the grid silently overrode part of a --set
+        (["problem.kind=constant,variable"], ["problem={kind: constant}"],
+         "--grid problem.kind: --set problem sets the field it is inside"),
+        # a field that no swept kind uses was taken because the kind was swept
+        (["problem.kind=constant,variable"], ["problem.eps=0.5"],
+         "'problem.eps': applies to problem.kind=boundary-layer, not problem.kind=constant"),
+        # a million points: validated one by one for minutes before
+        ([f"tol={','.join(f'1e-{i}' for i in range(1, 101))}",
+          f"max_iter={','.join(map(str, range(10, 110)))}",
+          f"restart={','.join(map(str, range(10, 110)))}"], [],
+         "--grid: 1000000 points; at most 10000 in one sweep"),
     ],
-)
+)  # fmt: skip
 def test_grids_whose_points_collide_are_refused(grid, sets, needle):
     pipe = get_pipeline("domain-split")
     with pytest.raises(ConfigError) as err:
         plan_sweep(pipe, grid, sets=["n_fine=20", *sets])
     assert needle in str(err.value)
+
+
+def test_a_field_one_swept_choice_uses_is_taken():
+    plan = plan_sweep(get_pipeline("domain-split"), ["solver=stationary,krylov"],
+                      sets=["n_fine=20", "restart=10"])  # fmt: skip
+    assert [p.config.restart for p in plan.points] == [10, 10]
+
+
+def test_a_dry_run_refuses_a_point_too_big_for_this_machine(tmp_path):
+    """As the sweep itself does (and `run --dry-run`): the dry run said yes."""
+    out = tilegraph("sweep", "domain-split", "--grid", "n_fine=4000,5000", "--cluster", "sync",
+                    "--store", str(tmp_path / "runs"), "--dry-run")  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "config field 'n_fine': the run needs about" in out.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_failed_points_carry_their_error_and_numbers_stay_numbers(tmp_path, monkeypatch):
