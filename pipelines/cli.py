@@ -687,6 +687,10 @@ def main(argv: list[str] | None = None) -> int:
         # values echoed from the input are shortened where the message is made
         sys.stderr.write(f"error: {one_line(exc, 1000)}\n")
         return 2
+    except BrokenPipeError:  # `tilegraph sweep … | head -1`: the reader left, the work is done
+        with contextlib.suppress(OSError, ValueError):  # no second error at exit's flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a command killed by SIGPIPE
     except KeyboardInterrupt as exc:  # before a run existed (connecting, validating)
         _quiet_shutdown()
         sys.stderr.write(f"error: interrupted ({getattr(exc, 'reason', 'Ctrl-C')})\n")

@@ -73,6 +73,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_base_60(self, node):
+        """YAML 1.1 reads ``20:40`` as the base-60 number 1240 (``--grid n_fine=20:40``
+        ran 1240): kept as the text it is, as YAML 1.2 does."""
+        if ":" in str(node.value):
+            return self.construct_scalar(node)
+        if node.tag.endswith(":int"):
+            return self.construct_yaml_int(node)
+        return self.construct_yaml_float(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_base_60)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_base_60)
+
 
 def load_yaml(text: str, where: str) -> Any:
     """Parse bounded YAML: at most :data:`MAX_YAML_BYTES` and :data:`MAX_YAML_VALUES`.

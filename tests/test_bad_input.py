@@ -51,6 +51,7 @@ KNOWN_BAD = {
         (["problem.domain=[[1e9,1.0000000000001e9],[0,1]]"], "a width of at least 1e-9"),
         (["problem.beta=[1000,0]"], "or n_coarse >= 500 with n_fine a multiple of it, >= 1000"),
         (["solver=stationary", "restart=5"], "'restart': applies to solver=krylov, not solver"),
+        (["n_fine=20:40"], "'n_fine': Input should be a valid integer"),  # not 1240 (base 60)
         (["box_solver=lu", "box_corrections=2"], "'box_corrections': applies to box_solver=fro"),
         (
             ["problem.beta=[1e300,0]"],

@@ -362,3 +362,21 @@ def test_runs_filter_and_show_takes_a_unique_part_of_an_id(tmp_path):
         storage.PENDING, storage.RUNNING, storage.COMPLETE, storage.FAILED,
         storage.INTERRUPTED, UNREADABLE,
     }  # fmt: skip
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`tilegraph sweep … | head -1`: the table printed at the end met a closed pipe and
+    Python printed a BrokenPipeError traceback; the command ends as coreutils do."""
+    import contextlib
+    import io
+
+    from tilegraph.pipelines import cli
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(Gone()), contextlib.redirect_stderr(err):
+        rc = cli.main(["list"])
+    assert rc == 141 and err.getvalue() == ""
