@@ -27,7 +27,14 @@ import numpy as np
 from pydantic import BaseModel
 
 from .base import Pipeline
-from .config import ConfigError, build_config, check_preset, check_user_fields_apply
+from .config import (
+    ConfigError,
+    build_config,
+    check_preset,
+    check_user_fields_apply,
+    parse_set,
+    read_config_file,
+)
 from .execute import execute
 from .progress import silent
 from .registry import get_pipeline
@@ -175,6 +182,10 @@ def plan_sweep(
             raise ConfigError(
                 f"--grid {key}: its dimension name {dim!r} clashes with another variable"
             )
+    if isinstance(config_file, str):  # its errors are no grid point's
+        read_config_file(config_file)
+    for item in sets:
+        parse_set(item)
     n_points = math.prod(len(v) for v in grid.values())
     if n_points > MAX_POINTS:
         raise ConfigError(

@@ -213,6 +213,14 @@ def test_grids_whose_points_collide_are_refused(grid, sets, needle):
     assert needle in str(err.value)
 
 
+def test_a_bad_config_file_or_set_is_not_blamed_on_a_grid_point(tmp_path):
+    pipe = get_pipeline("domain-split")
+    with pytest.raises(ConfigError, match=r"^--config: no such file"):
+        plan_sweep(pipe, ["n_fine=20,40"], config_file=str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match=r"^--set 'bogus': expected key=value"):
+        plan_sweep(pipe, ["n_fine=20,40"], sets=["bogus"])
+
+
 def test_a_field_one_swept_choice_uses_is_taken():
     plan = plan_sweep(get_pipeline("domain-split"), ["solver=stationary,krylov"],
                       sets=["n_fine=20", "restart=10"])  # fmt: skip
