@@ -105,6 +105,12 @@ def _driver_pythonpath() -> str:
 #: `_loopback_node`).
 _LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
+#: The workers of a local instance compute a Dask collection that a task makes (xarray
+#: reading lazily) in the task's thread, as tilegraph's Dask workers do
+#: (``dask_plugins.TasksComputeInline``): not on a thread pool as wide as the machine
+#: under each one-CPU task.
+_TASKS_COMPUTE_INLINE = {"DASK_SCHEDULER": "synchronous"}
+
 
 @contextlib.contextmanager
 def _loopback_node() -> Iterator[None]:
@@ -220,7 +226,8 @@ class RayExecutor(Executor):
             from .reaper import start_reaper
 
             before = {p.pid for p in psutil.Process().children(recursive=True)}
-            with _environ(PYTHONPATH=_driver_pythonpath(), **_LOCAL_ONLY_ENV), _loopback_node():
+            env = {**_LOCAL_ONLY_ENV, **_TASKS_COMPUTE_INLINE}
+            with _environ(PYTHONPATH=_driver_pythonpath(), **env), _loopback_node():
                 context = ray.init(
                     address="local",  # a new instance, even if Ray runs on this host
                     num_cpus=spec.n,

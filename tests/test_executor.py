@@ -96,6 +96,12 @@ def computes_a_collection(i):
     return os.getpid(), t0, time.time()
 
 
+def dask_scheduler_here(_):
+    import dask
+
+    return dask.config.get("scheduler", None)
+
+
 def _text(path: pathlib.Path) -> str:
     return path.read_text() if path.exists() else ""
 
@@ -691,3 +697,10 @@ def test_a_task_computing_a_collection_keeps_its_worker():
     assert len({pid for pid, _, _ in spans}) == 1
     for (_, _, end), (_, start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 0.05, spans
+
+
+@pytest.mark.slow
+def test_local_ray_tasks_compute_collections_in_their_thread():
+    """As on Dask: not a machine-wide thread pool under each one-CPU Ray task."""
+    with cluster.connect("ray:1") as ex:
+        assert ex.gather(ex.map(dask_scheduler_here, range(2))) == ["synchronous"] * 2
