@@ -428,9 +428,10 @@ class DaskExecutor(Executor):
                     "the jobs may still be queued or may have failed (see the scheduler's "
                     "queue and the job logs; raise wait_timeout in the cluster profile)"
                 ) from None
-        from .dask_plugins import TasksComputeInline
+        if self._cluster is not None:  # one tilegraph started (not a shared one's workers)
+            from .dask_plugins import TasksComputeInline
 
-        self._client.register_plugin(TasksComputeInline())
+            self._client.register_plugin(TasksComputeInline())
         if spec.kind in ("local", "local-cuda"):
             from .dask_plugins import IgnoreInterrupts
 

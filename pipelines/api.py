@@ -194,7 +194,7 @@ def _json(key, value: Any) -> str:
     if hasattr(value, "tolist"):  # NumPy (CuPy, ...) scalars and arrays
         value = value.tolist()
     try:
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)  # "\ud83d…" would read as surrogates
     except (TypeError, ValueError):
         raise TypeError(f"sets[{key!r}]: a JSON-able value, not {type(value).__name__}") from None
 

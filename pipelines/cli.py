@@ -43,15 +43,26 @@ class Terminated(KeyboardInterrupt):
     reason = "SIGTERM"
 
 
+def _absorb(signum, frame) -> None:
+    """After the first interrupt: a second one raised in the cleanup (``timeout`` passes
+    its own SIGTERM on) can leave a lock held where it lands (logging's: the exit hung).
+    A Python handler, not SIG_IGN: processes started meanwhile must not inherit that."""
+
+
+def _first_interrupt() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _absorb)
+    for name in ("distributed", "ray", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def _on_sigterm(signum, frame):
-    # the first interrupt only: a second one raised in the cleanup (``timeout`` passes
-    # its own SIGTERM on) can leave a lock held where it lands (logging's: the exit hung)
-    _quiet_shutdown()
+    _first_interrupt()
     raise Terminated()
 
 
 def _on_sigint(signum, frame):
-    _quiet_shutdown()
+    _first_interrupt()
     raise KeyboardInterrupt
 
 
@@ -63,7 +74,7 @@ def _interrupts_again(hook):
         if isinstance(info.exc_value, KeyboardInterrupt):
             term = isinstance(info.exc_value, Terminated)
             signum = signal.SIGTERM if term else signal.SIGINT
-            with contextlib.suppress(ValueError):  # the handler set it ignored
+            with contextlib.suppress(ValueError):  # re-armed: the handler absorbs the next ones
                 signal.signal(signum, _on_sigterm if term else _on_sigint)
             # a moment later, out of this finalizer (one that drops it again comes here)
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
@@ -688,9 +699,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {one_line(exc, 1000)}\n")
         return 2
     except BrokenPipeError:  # `tilegraph sweep … | head -1`: the reader left, the work is done
-        with contextlib.suppress(OSError, ValueError):  # no second error at exit's flush
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # as a command killed by SIGPIPE
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # it is stdout's: no second error at exit's flush
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # as a command killed by SIGPIPE
+        raise  # another pipe's (a remote store, a worker's): not the reader's
     except KeyboardInterrupt as exc:  # before a run existed (connecting, validating)
         _quiet_shutdown()
         sys.stderr.write(f"error: interrupted ({getattr(exc, 'reason', 'Ctrl-C')})\n")

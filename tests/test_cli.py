@@ -376,6 +376,9 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
         def write(self, text):
             raise BrokenPipeError(32, "Broken pipe")
 
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
     err = io.StringIO()
     with contextlib.redirect_stdout(Gone()), contextlib.redirect_stderr(err):
         rc = cli.main(["list"])
