@@ -77,7 +77,9 @@ def _interrupts_again(hook):
             with contextlib.suppress(ValueError):  # re-armed: the handler absorbs the next ones
                 signal.signal(signum, _on_sigterm if term else _on_sigint)
             # a moment later, out of this finalizer (one that drops it again comes here)
-            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            timer.daemon = True  # a command that has ended meanwhile is not interrupted
+            timer.start()
             return
         hook(info)
 
