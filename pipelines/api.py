@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .execute import DEFAULT_RETRIES
-from .launch import UsageError, connect, prepare
+from .launch import UsageError, check_memory_store, connect, prepare
 from .progress import progress_factory
 
 
@@ -88,8 +88,8 @@ def run(
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise TypeError(f"progress: True, False, None or a callable, not {progress!r}")
     owned = isinstance(cluster, str)
-    if not owned:
-        _check_reachable(store, cluster)
+    if not owned:  # what check_cluster says of a spec, for an open executor
+        check_memory_store(str(getattr(store, "url", store)), cluster.backend, cluster.spec)
     launch = prepare(
         name,
         preset=preset,
@@ -172,18 +172,6 @@ def _checked(name, preset, config, sets, cluster, store, resume, retries):
     if retries < 0:
         raise UsageError(f"retries: a whole number >= 0, not {retries}")
     return sets, cluster
-
-
-def _check_reachable(store, executor) -> None:
-    """A ``memory://`` store lives in this process: worker processes cannot reach it
-    (what ``check_cluster`` says of a spec, for an open executor)."""
-    url = str(getattr(store, "url", store))
-    if url.lower().startswith("memory://") and executor.backend not in ("sync", "threads"):
-        raise UsageError(
-            f"store {url[:200]}: a memory:// store lives inside this process, where the "
-            f"worker processes of {executor.spec} cannot reach it; use a path or an object "
-            "store, or a sync/threads executor"
-        )
 
 
 def _json(key, value: Any) -> str:

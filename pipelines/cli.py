@@ -31,6 +31,7 @@ from .launch import (
     check_store,
     connect,
     load_runner,
+    on_this_machine,
     prepare,
 )
 from .progress import progress_factory
@@ -49,11 +50,16 @@ def _absorb(signum, frame) -> None:
     A Python handler, not SIG_IGN: processes started meanwhile must not inherit that."""
 
 
+def _quiet_logs() -> None:
+    """No shutdown noise from the cluster's loggers (workers going while it closes)."""
+    for name in ("distributed", "ray", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def _first_interrupt() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _absorb)
-    for name in ("distributed", "ray", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    _quiet_logs()
 
 
 def _on_sigterm(signum, frame):
@@ -90,8 +96,7 @@ def _quiet_shutdown() -> None:
     """After an interrupt: no second one mid-cleanup, no shutdown noise from the cluster."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    for name in ("distributed", "ray", "tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    _quiet_logs()
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -459,10 +464,7 @@ def _cmd_sweep(args) -> int:
             big = dataclasses.replace(big, worker_floor_bytes=None)
             info["estimate"] = {**dataclasses.asdict(big), "workers": 1}
         rc = _dry_run(args, info, big, 1, "the largest point, run whole by one worker:")
-        here = args.spec.kind in ("sync", "threads", "local", "local-cuda") or (
-            args.spec.kind == "ray" and args.spec.address is None
-        )
-        if big is not None and here:  # as the sweep checks it: one point in one process
+        if big is not None and on_this_machine(args.spec):  # one point in one process
             whole = dataclasses.replace(
                 big, driver_bytes=big.driver_bytes + big.worker_bytes, worker_bytes=0
             )

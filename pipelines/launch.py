@@ -243,14 +243,9 @@ def check_cluster(cluster: str, store_url: str, profile: str | None = None):
         spec = _cluster.parse_spec(cluster)
     except ValueError as exc:
         raise UsageError(f"--cluster: {exc}") from None
-    if store_url.lower().startswith("memory://") and spec.backend not in ("sync", "threads"):
-        raise UsageError(
-            f"--store {store_url[:200]}: a memory:// store lives inside this process, "
-            f"where the worker processes of --cluster {spec} cannot reach it; use a path "
-            "or an object store, or --cluster sync/threads"
-        )
+    check_memory_store(store_url, spec.backend, str(spec))
     # processes on this machine (threads are cheap; an address is another machine's)
-    local = spec.kind in ("local", "local-cuda") or (spec.kind == "ray" and spec.address is None)
+    local = on_this_machine(spec) and spec.backend not in ("sync", "threads")
     cores = os.cpu_count() or 1
     if local and spec.n is not None and spec.n > LOCAL_OVERSUBSCRIPTION * cores:
         raise UsageError(
@@ -268,6 +263,25 @@ def check_cluster(cluster: str, store_url: str, profile: str | None = None):
             f"and tls:// schedulers, not by --cluster {spec}"
         )
     return spec
+
+
+def check_memory_store(store_url: str, backend: str, spec: str) -> None:
+    """A ``memory://`` store lives inside this process: only the in-process backends
+    (``sync``, ``threads``) reach it."""
+    if store_url.lower().startswith("memory://") and backend not in ("sync", "threads"):
+        raise UsageError(
+            f"--store {store_url[:200]}: a memory:// store lives inside this process, "
+            f"where the worker processes of --cluster {spec} cannot reach it; use a path "
+            "or an object store, or --cluster sync/threads"
+        )
+
+
+def on_this_machine(spec) -> bool:
+    """Whether a parsed spec's workers run on this machine (in-process, local worker
+    processes, a local Ray instance), not at an address or in batch jobs."""
+    return spec.kind in ("sync", "threads", "local", "local-cuda") or (
+        spec.kind == "ray" and spec.address is None
+    )
 
 
 def workers_guess(spec, profile: str | None = None) -> int:
@@ -382,9 +396,11 @@ __all__ = [
     "UsageError",
     "check_cluster",
     "check_device",
+    "check_memory_store",
     "check_store",
     "connect",
     "load_runner",
+    "on_this_machine",
     "own",
     "prepare",
 ]
