@@ -10,7 +10,7 @@ when an executor of theirs is created.
 """
 
 from .base import ActorHandle, Executor, Future, Ref, ResourceError
-from .connect import connect
+from .connect import connect, expected_memory_limit
 from .faults import is_worker_lost
 from .specs import SPECS_HELP, Spec, SpecError, parse_spec
 
@@ -24,6 +24,7 @@ __all__ = [
     "Spec",
     "SpecError",
     "connect",
+    "expected_memory_limit",
     "is_worker_lost",
     "parse_spec",
 ]

@@ -80,3 +80,19 @@ def connect(
             executor.close()
             raise
     return executor
+
+
+def expected_memory_limit(spec: Spec | str) -> int | None:
+    """The memory limit, in bytes, each worker of ``spec`` will get, known before it
+    starts: for ``local[:N]`` Dask's ``"auto"`` (this machine's memory, or its cgroup
+    limit, times ``min(1, threads / cores)``, one thread per worker); None where it
+    cannot be known here (an address, a batch scheduler, Ray, in-process backends).
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind != "local":
+        return None
+    import logging
+
+    from distributed.worker_memory import parse_memory_limit
+
+    return parse_memory_limit("auto", 1, logger=logging.getLogger(__name__))

@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .config import ConfigError
 from .execute import DEFAULT_RETRIES
 from .launch import UsageError, check_memory_store, connect, prepare
 from .progress import progress_factory
@@ -76,7 +79,8 @@ def run(
     pipelines.config.ConfigError
         Bad config, store, cluster spec or run id, a run another live process owns, a
         run that does not fit the memory there is, a runner that cannot be imported
-        (nothing written); the same checks and one-line messages as ``tilegraph run``.
+        (nothing written); the same checks and one-line messages as ``tilegraph run``,
+        naming this function's arguments (``sets``, ``cluster``) where it names flags.
     Exception
         Whatever the pipeline raised; the run is then marked ``failed``.
     """
@@ -87,6 +91,13 @@ def run(
         raise UsageError("trust_store: only with resume (it trusts a stored config)")
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise TypeError(f"progress: True, False, None or a callable, not {progress!r}")
+    with _python_terms():
+        return _run(name, preset, config, sets, cluster, store, resume, retries,
+                    cluster_profile, progress, trust_store)  # fmt: skip
+
+
+def _run(name, preset, config, sets, cluster, store, resume, retries, cluster_profile,
+         progress, trust_store):  # fmt: skip
     owned = isinstance(cluster, str)
     if not owned:  # what check_cluster says of a spec, for an open executor
         check_memory_store(str(getattr(store, "url", store)), cluster.backend, cluster.spec)
@@ -172,6 +183,28 @@ def _checked(name, preset, config, sets, cluster, store, resume, retries):
     if retries < 0:
         raise UsageError(f"retries: a whole number >= 0, not {retries}")
     return sets, cluster
+
+
+#: The command line's flags and the arguments of :func:`run` that stand for them.
+_FLAGS = {"--cluster-profile": "cluster_profile", "--trust-store": "trust_store",
+          "--set": "sets", "--config": "config", "--preset": "preset",
+          "--cluster": "cluster", "--store": "store", "--resume": "resume",
+          "--retries": "retries"}  # fmt: skip
+_FLAG = re.compile("|".join(re.escape(f) + r"\b(?!-)" for f in _FLAGS))
+
+
+@contextlib.contextmanager
+def _python_terms():
+    """Bad input is told in the names of :func:`run`'s arguments, not the command
+    line's flags (``--set n=x`` is ``sets``); commands quoted in backticks stay."""
+    try:
+        yield
+    except ConfigError as exc:
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            parts = exc.args[0].split("`")
+            parts[::2] = [_FLAG.sub(lambda m: _FLAGS[m[0]], p) for p in parts[::2]]
+            exc.args = ("`".join(parts),)
+        raise
 
 
 def _json(key, value: Any) -> str:

@@ -241,6 +241,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--store", type=_given, default="./runs")
     sp.add_argument("--json", action="store_true")
+
+    sp = sub.add_parser(
+        "rm",
+        help="delete runs",
+        description="Delete runs with their results, checkpoints and figures. Every RUN-ID "
+        "is checked first: one that names no run, or a run a live process runs, deletes "
+        "nothing. A deleted sweep point is run again by the same sweep command.",
+    )
+    sp.add_argument(
+        "run_ids",
+        nargs="+",
+        type=_given,
+        metavar="RUN-ID",
+        help="a run id, its beginning or its end when only one run has it, or 'last'",
+    )
+    sp.add_argument("--store", type=_given, default="./runs")
+    sp.add_argument("--json", action="store_true", help="print one JSON object last")
     return p
 
 
@@ -324,6 +341,7 @@ def _cmd_run(args) -> int:
                 info["estimate"] = {**dataclasses.asdict(est), "workers": workers}
             rc = _dry_run(args, info, est, workers)
             launch.check_memory()
+            resources.check_expected(est, args.spec)
             return rc
         launch.check_memory()
         with _connect(args, launch.code) as executor:
@@ -469,6 +487,7 @@ def _cmd_sweep(args) -> int:
                 big, driver_bytes=big.driver_bytes + big.worker_bytes, worker_bytes=0
             )
             resources.check_fits(whole, driver_limit=resources.available_memory())
+        resources.check_expected(big, args.spec, whole=True)
         return rc
     try:
         with _connect(args, code) as executor:
@@ -597,11 +616,12 @@ def _cmd_show(args) -> int:
     except Exception as exc:
         raise _unreadable(args, exc) from None
     interrupted = run.interrupted
+    stranded = run.status == storage.PENDING and run.run_id in root.stranded_points()
     info = {
         "run_id": run.run_id,
         "pipeline": run.pipeline,
         "path": run.url,
-        "status": storage.INTERRUPTED if interrupted else run.status,
+        "status": storage.INTERRUPTED if interrupted or stranded else run.status,
         "error": run.error,
         "metrics": run.metrics,
         "config": run.config,
@@ -617,6 +637,11 @@ def _cmd_show(args) -> int:
         status = (
             f"{storage.INTERRUPTED} (its process is gone; continue it with "
             f"--resume {one_line(run.run_id)})"
+        )
+    elif stranded:
+        status = (
+            f"{storage.INTERRUPTED} (never started: its sweep's process is gone; run the "
+            "same sweep command again to continue it)"
         )
     print(f"run       {one_line(run.run_id)} ({one_line(run.pipeline)}), {status}")
     print(f"path      {one_line(run.url)}")
@@ -634,6 +659,38 @@ def _cmd_show(args) -> int:
     print(_indent(_table([[k, one_line(prov.get(k))] for k in keys if k in prov])))
     if run.has("result"):
         print("open the results with: xarray.open_zarr(path + '/result', consolidated=False)")
+    return 0
+
+
+def _cmd_rm(args) -> int:
+    from tilegraph import storage
+
+    root = _read_root(args)
+    runs = {}
+    for given in args.run_ids:
+        try:
+            run = _open_run(root, given)
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
+        except Exception as exc:
+            raise _unreadable(args, exc) from None
+        runs[run.run_id] = run
+    for run in runs.values():  # every one checked before any is deleted
+        try:
+            root.check_deletable(run)
+        except storage.LeaseHeld as exc:
+            raise UsageError(f"RUN-ID {run.run_id}: {exc}; stop it first") from None
+    deleted = []
+    for run_id, run in runs.items():
+        try:
+            where = root.delete(run_id, pipeline=run.pipeline)
+        except storage.LeaseHeld as exc:  # started meanwhile, or a live sweep's point
+            raise UsageError(f"RUN-ID {run_id}: {exc}; stop it first") from None
+        deleted.append({"run_id": run_id, "pipeline": run.pipeline, "path": where})
+        if not args.json:
+            print(f"deleted {one_line(run_id)} ({one_line(where, 200)})")
+    if args.json:
+        print(json.dumps({"deleted": deleted}))
     return 0
 
 
@@ -682,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": _cmd_sweep,
         "runs": _cmd_runs,
         "show": _cmd_show,
+        "rm": _cmd_rm,
     }
     saved = {}
     if threading.current_thread() is threading.main_thread():

@@ -103,6 +103,24 @@ def check_fits(
             )
 
 
+def check_expected(est: Estimate | None, spec: Any, *, whole: bool = False) -> None:
+    """Before connecting (``--dry-run``): one worker's peak against the memory limit
+    the workers of ``spec`` will get, where it is known beforehand (``local:N``); the
+    check :func:`check_executor` makes once connected. ``whole``: a sweep point, whose
+    driver and worker peaks are one worker's (:func:`check_point`)."""
+    from tilegraph import cluster
+
+    limit = cluster.expected_memory_limit(spec)
+    if est is None or limit is None:
+        return
+    if whole:
+        est = Estimate(0, est.driver_bytes + est.worker_bytes, est.store_bytes, est.field,
+                       est.alternative)  # fmt: skip
+    elif est.worker_floor_bytes is not None:
+        est = dataclasses.replace(est, worker_bytes=est.worker_floor_bytes)
+    check_fits(est, worker_limit=limit, where=str(spec))
+
+
 def check_size(est: Estimate | None, config: Any) -> None:
     """Refuse sizes no machine has (above 1 PiB per process): a typo, not a run."""
     if est is None:

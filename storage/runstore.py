@@ -26,7 +26,7 @@ import zarr
 from . import checkpoint as _ckpt
 from .chunks import ArrayRef
 from .errors import RunNotFound
-from .lease import Lease, LeaseLost
+from .lease import Lease, LeaseHeld, LeaseLost
 from .provenance import collect_provenance, jsonable, utc_now
 from .urls import filesystem, is_local, join, normalize_url, open_store
 
@@ -52,13 +52,17 @@ FAILED = "failed"
 #: What ``Root.runs`` lists for a run whose record cannot be read (not a stored status).
 UNREADABLE = "unreadable"
 #: What ``Root.runs`` lists for a ``running`` run whose process is gone (killed without
-#: recording it; see ``RunStore.interrupted``): not a stored status.
+#: recording it; see ``RunStore.interrupted``), or a ``pending`` sweep point whose
+#: sweep's process is gone (``Root.stranded_points``): not a stored status.
 INTERRUPTED = "interrupted"
 #: Side file of a failed run holding the traceback of the exception that ended it.
 TRACEBACK_FILE = "traceback.txt"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RESERVED = {_ckpt.CHECKPOINTS}
+#: Where :meth:`Run.write_dataset` writes before moving into place (and the earlier
+#: dataset while it does); names like these are not a user's to take.
+_SCRATCH = re.compile(r".+\.(partial|old)-[0-9a-f]{8}")
 
 
 def new_run_id(now: _dt.datetime | None = None) -> str:
@@ -588,6 +592,11 @@ class RunStore:
             The dataset's location.
         """
         _check_path("dataset name", name)
+        if _SCRATCH.fullmatch(name.split("/")[-1]):
+            raise ValueError(
+                f"invalid dataset name {name!r}: names ending in '.partial-' or '.old-' and 8 "
+                "hex digits are where a write in progress goes"
+            )
         ds = ds.copy(deep=False)
         ds.attrs = jsonable(dict(ds.attrs), "dataset attrs")
         for var in ds.variables.values():
@@ -610,10 +619,9 @@ class RunStore:
         # written beside it and moved into place: a kill mid-write leaves the earlier
         # dataset (or none), never one that opens with variables missing
         final = os.path.join(self._url, *name.split("/"))
-        for stale in glob.glob(glob.escape(final) + ".partial-*") + glob.glob(
-            glob.escape(final) + ".old-*"
-        ):
-            shutil.rmtree(stale, ignore_errors=True)  # an earlier write's, killed
+        for stale in glob.glob(glob.escape(final) + ".*-*"):
+            if _SCRATCH.fullmatch(os.path.basename(stale)) and stale.rsplit(".", 1)[0] == final:
+                shutil.rmtree(stale, ignore_errors=True)  # an earlier write's, killed
         token = secrets.token_hex(4)
         ds.to_zarr(self._store, group=f"{name}.partial-{token}", **kwargs)
         old = f"{final}.old-{token}"
@@ -638,7 +646,11 @@ class RunStore:
         except KeyError:
             node = None
         if not isinstance(node, zarr.Group):
-            have = sorted(k for k in self.group.group_keys() if k != _ckpt.CHECKPOINTS)
+            have = sorted(
+                k
+                for k in self.group.group_keys()
+                if k != _ckpt.CHECKPOINTS and not _SCRATCH.fullmatch(k)
+            )
             raise KeyError(
                 f"run {self._run_id} has no dataset {name!r} (it has: {', '.join(have) or 'none'})"
             )
@@ -947,5 +959,104 @@ class Root:
             if summary["status"] == RUNNING and Lease(url, "run", self._options).abandoned():
                 summary["status"] = INTERRUPTED
             out.append(summary)
+        if any(r["status"] == PENDING for r in out):
+            stranded = self.stranded_points()
+            for r in out:
+                if r["status"] == PENDING and r["run_id"] in stranded:
+                    r["status"] = INTERRUPTED
         out.sort(key=lambda r: (str(r["run_id"]), str(r["pipeline"])))
         return out
+
+    def stranded_points(self) -> set[str]:
+        """Run ids of the points of sweeps whose driving process is gone.
+
+        A sweep killed without a chance to record it (SIGKILL, a lost node) leaves the
+        points it had not started ``pending``, and they would say so forever; running
+        the same sweep command again continues them.
+
+        Returns
+        -------
+        set of str
+            The points of every sweep that says ``running`` and whose lease has a dead
+            owner. Sweeps that cannot be read are skipped.
+        """
+        return {k for k, (_, dead) in self._points_of_running_sweeps().items() if dead}
+
+    def _points_of_running_sweeps(self) -> dict[str, tuple[str, bool]]:
+        """``{run id: (sweep url, whether its driver is gone)}`` over the points of the
+        sweeps that say ``running``."""
+        fs, base = self._fs()
+        paths = fs.glob(join(base, "sweeps", "*", "zarr.json"))
+        blobs = fs.cat(paths, on_error="omit") if paths else {}
+        out: dict[str, tuple[str, bool]] = {}
+        for path, blob in blobs.items():
+            try:
+                attrs = json.loads(blob).get("attributes") or {}
+                points = attrs.get("points") or {}
+                if attrs.get("status") != RUNNING or not isinstance(points, dict):
+                    continue
+            except (ValueError, AttributeError):
+                continue
+            url = join(self._url, "sweeps", path[len(base) :].strip("/").split("/")[1])
+            dead = Lease(url, "sweep", self._options).abandoned()
+            out.update({str(v): (url, dead) for v in points.values()})
+        return out
+
+    def check_deletable(self, run: RunStore, lease: Lease | None = None) -> None:
+        """Refuse to delete ``run`` while a live process runs it (``lease``: the run's
+        lease, already held by the caller) or a live sweep will start it.
+
+        Raises
+        ------
+        LeaseHeld
+            Naming the process.
+        """
+        if lease is None:
+            with run.lease().acquire(wait=0.0) as held:
+                return self.check_deletable(run, held)
+        sweep, dead = self._points_of_running_sweeps().get(run.run_id, ("", True))
+        owner = None
+        if not dead and run.status == PENDING:
+            owner = Lease(sweep, "sweep", self._options).read()
+        if owner is not None:  # its sweep's live driver will start it
+            what = f"sweep {sweep.rstrip('/').rsplit('/', 1)[-1]} (which will start it)"
+            raise LeaseHeld(what, owner)
+
+    def delete(self, run_id: str, pipeline: str | None = None) -> str:
+        """Delete a run: its record, results, checkpoints and figures.
+
+        The run's record goes first, so that a delete stopped half-way leaves no run
+        that lists or opens, only files. A point of a sweep is run again by the next
+        run of the same sweep command.
+
+        Parameters
+        ----------
+        run_id : str
+        pipeline : str, optional
+            Look only under this pipeline.
+
+        Returns
+        -------
+        str
+            Where the run was.
+
+        Raises
+        ------
+        RunNotFound
+            If there is no such run.
+        LeaseHeld
+            If a live process runs it, or its sweep's live process will start it.
+        """
+        run = self.open(run_id, pipeline)
+        lease = run.lease().acquire(wait=0.0)  # a dead owner's lease is taken over
+        try:
+            self.check_deletable(run, lease)
+            fs, path = filesystem(run.url, self._options)
+            fs.rm_file(join(path, "zarr.json"))
+            if is_local(run.url):
+                shutil.rmtree(path)
+            else:
+                fs.rm(path, recursive=True)
+        finally:
+            lease.release()
+        return run.url

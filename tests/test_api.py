@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tilegraph
 from tilegraph import cluster, storage
+from tilegraph.pipelines.config import ConfigError
 from tilegraph.pipelines.launch import UsageError
 
 QUICK = {"preset": "quick", "cluster": "sync"}
@@ -68,6 +69,28 @@ def test_sets_as_one_string_a_spec_and_python_values(tmp_path):
         tilegraph.run("domain-split", **QUICK, store=store,
                       sets={"problem.kind": "dataset",
                             "problem.dataset": str(tmp_path / "data #2.zarr")})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"cluster": "bogus:2"}, "cluster: invalid cluster spec 'bogus:2'"),
+        ({"preset": "nope"}, "preset: unknown preset 'nope'"),
+        ({"config": "/nonexistent.yaml"}, "config: no such file"),
+        ({"cluster_profile": "p.yaml"}, "cluster_profile: used only by batch schedulers"),
+        ({"resume": "r-none", "preset": None}, "resume: no run 'r-none'"),
+        ({"resume": "r-none"}, "stored config; drop preset/config/sets"),
+        ({"store": "memory://tg-api-x", "cluster": "local:2"}, "processes of cluster local:2"),
+    ],
+)
+def test_bad_input_is_told_in_the_names_of_the_arguments(tmp_path, kwargs, needle):
+    """The checks are the command line's: their messages named its flags (`--set`,
+    `--cluster-profile`), which a Python caller never typed. Commands in backticks stay."""
+    with pytest.raises(ConfigError) as info:
+        tilegraph.run("domain-split", **{**QUICK, "store": str(tmp_path / "runs"), **kwargs})
+    message = str(info.value)
+    assert needle in message, message
+    assert "--" not in message.replace("`tilegraph runs --store", ""), message
 
 
 def test_an_open_process_executor_cannot_reach_a_memory_store():

@@ -364,6 +364,57 @@ def test_runs_filter_and_show_takes_a_unique_part_of_an_id(tmp_path):
     }  # fmt: skip
 
 
+def test_rm_deletes_runs_only_when_every_one_can_go(tmp_path):
+    """`tilegraph rm`: every id is checked before any run is deleted; a run a live
+    process holds, or a point a live sweep will start, is refused (exit 2, one line);
+    an interrupted run (its owner dead) can go."""
+    import subprocess
+    import sys
+
+    from helpers import run_cli
+
+    root = storage.Root(str(tmp_path))
+    done = root.create("ttn", {"x": 1}, run_id="20261201-100000-aaaaaa")
+    done.write_dataset("result", xr.Dataset({"u": ("x", np.arange(3.0))}))
+    done.mark_complete({"m": 1.0})
+    failed = root.create("ttn", {"x": 1}, run_id="20261202-100000-bbbbbb")
+    failed.mark_failed("boom")
+    held = root.create("picard", {"x": 1}, run_id="20261203-100000-cccccc")
+    point = root.create("ttn", {"x": 1}, run_id="20261204-100000-dddddd", pending=True)
+    sweep = storage.SweepStore.open_or_create(root.url, "s1", {"pipeline": "ttn"})
+    sweep.set_point("x=1", point.run_id)
+    store = ("--store", str(tmp_path))
+
+    def left():
+        return [r["run_id"][-6:] for r in root.runs()]
+
+    lease = held.lease().acquire()
+    rc, _, err = run_cli("rm", "aaaaaa", "cccccc", *store)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "RUN-ID 20261203-100000-cccccc: run 20261203-100000-cccccc is already running" in err
+    lease.release()
+    rc, _, err = run_cli("rm", "aaaaaa", "eeeeee", *store)
+    assert rc == 2 and err.startswith("error: RUN-ID: no run 'eeeeee'"), err
+    with storage.Lease(sweep.url, "sweep s1"):
+        rc, _, err = run_cli("rm", "bbbbbb", "dddddd", *store)
+    assert rc == 2 and "sweep s1 (which will start it) is already running" in err, err
+    assert left() == ["aaaaaa", "bbbbbb", "cccccc", "dddddd"]  # nothing deleted
+
+    killed = (  # a driver that dies holding the run's lease: the run is interrupted
+        "import os, sys; from tilegraph import storage; "
+        "storage.Root(sys.argv[1]).open(sys.argv[2]).lease().acquire(); os._exit(9)"
+    )
+    subprocess.run([sys.executable, "-c", killed, str(tmp_path), held.run_id], timeout=120)
+    assert {r["run_id"][-6:]: r["status"] for r in root.runs()}["cccccc"] == "interrupted"
+    rc, out, err = run_cli("rm", "aaaaaa", "cccccc", "dddddd", *store, "--json")
+    assert rc == 0, err
+    assert [d["run_id"][-6:] for d in last_json(out)["deleted"]] == ["aaaaaa", "cccccc", "dddddd"]
+    assert left() == ["bbbbbb"] and sorted(os.listdir(tmp_path / "ttn")) == [failed.run_id]
+    assert not (tmp_path / "picard" / held.run_id).exists()
+    rc, out, _ = run_cli("rm", "last", *store)
+    assert rc == 0 and out == f"deleted {failed.run_id} ({failed.url})\n" and left() == []
+
+
 def test_a_reader_that_leaves_early_gets_no_traceback():
     """`tilegraph sweep … | head -1`: the table printed at the end met a closed pipe and
     Python printed a BrokenPipeError traceback; the command ends as coreutils do."""

@@ -163,6 +163,21 @@ def test_a_dataset_write_killed_half_way_leaves_the_earlier_one(local_root, monk
     assert sorted(os.listdir(run.url)) == ["result", "zarr.json"]
 
 
+def test_datasets_named_like_a_write_in_progress_are_kept_apart(local_root):
+    """Writing `result` clears what a killed write of `result` left; a user's dataset
+    that merely starts with `result.` is left alone, and the scratch names are refused."""
+    run = local_root.create("p", config=CONFIG)
+    ds = _dataset()
+    run.write_dataset("result.partial-run2", ds + 3)
+    run.write_dataset("result", ds)
+    run.write_dataset("result", ds + 1)
+    xr.testing.assert_identical(run.open_dataset("result.partial-run2").load(), ds + 3)
+    with pytest.raises(ValueError, match="write in progress"):
+        run.write_dataset("result.old-0123abcd", ds)
+    with pytest.raises(KeyError, match=r"it has: result, result\.partial-run2\)"):
+        run.open_dataset("nope")
+
+
 def test_text_coordinates_and_variables_are_written_without_zarr_warnings(local_root):
     """NumPy fixed-width strings (observable names, block names) have no Zarr v3 data
     type; they are stored as variable-length UTF-8 and read back as the same text."""

@@ -1,6 +1,7 @@
 """Parameter sweeps: grid parsing, one run per point on a real cluster, the gathered
 Dataset read back with xarray, and re-running a sweep (skip complete, redo the rest)."""
 
+import os
 import shutil
 
 import numpy as np
@@ -402,3 +403,57 @@ def test_summary_figure_reads_a_convergence_study_on_log_axes():
     noise = [1.1e-13, 4.8e-14, 9.9e-14, 6.0e-14]  # round-off: no straight line
     assert log_slope([50, 100, 200, 400], noise) is None
     assert log_slope([50, 100, 200, 400], [2.0e-4, 5.1e-5, 1.2e-5, 3.1e-6]) < -1.9
+
+
+def test_points_a_killed_sweep_never_started_show_interrupted(tmp_path):
+    """A sweep driver killed by SIGKILL cannot mark the points it had not started: they
+    said `pending` for ever. Once the sweep's process is gone, `runs` and `show` call them
+    interrupted; while it lives they are pending."""
+    import subprocess
+    import sys
+
+    root = storage.Root(str(tmp_path / "runs"))
+    cfg = get_pipeline("domain-split").config.model_validate({"n_fine": 40, "n_coarse": 4})
+    run = root.create("domain-split", config=cfg.model_dump(mode="json"), pending=True)
+    sweep = storage.SweepStore.open_or_create(root.url, "s1", {"pipeline": "domain-split"})
+    sweep.set_point("n_fine=40", run.run_id)
+    plain = root.create("domain-split", config=cfg.model_dump(mode="json"), pending=True)
+
+    lease = storage.Lease(sweep.url, "sweep s1").acquire()  # the driver lives
+    statuses = {r["run_id"]: r["status"] for r in root.runs()}
+    assert statuses == {run.run_id: "pending", plain.run_id: "pending"}
+    lease.release()
+    killed = (  # a driver that dies holding the sweep's lease
+        "import os, sys; from tilegraph import storage; "
+        "storage.Lease(sys.argv[1], 'sweep s1').acquire(); os._exit(9)"
+    )
+    subprocess.run([sys.executable, "-c", killed, sweep.url], check=False, timeout=120)
+    statuses = {r["run_id"]: r["status"] for r in root.runs()}
+    assert statuses == {run.run_id: "interrupted", plain.run_id: "pending"}
+    shown = tilegraph("show", run.run_id, "--store", root.url)
+    assert shown.returncode == 0 and "interrupted (never started" in shown.stdout
+    shown = tilegraph("show", run.run_id, "--store", root.url, "--json")
+    assert last_json(shown.stdout)["status"] == "interrupted"
+
+
+def test_a_dry_run_knows_the_memory_each_local_worker_gets(tmp_path, executors, monkeypatch):
+    """`--dry-run` checked a point against the whole machine; on `local:N` each worker
+    gets Dask's share of it, and the real run refused what the dry run passed."""
+    from helpers import run_cli
+    from tilegraph import cluster
+
+    assert cluster.expected_memory_limit("local:2") == executors("local:2").memory_limit
+    assert cluster.expected_memory_limit("ray:2") is None
+    assert cluster.expected_memory_limit("sync") is None
+    tiny = {"local:2": 2**10}  # a worker of 1 KiB
+    monkeypatch.setattr(cluster, "expected_memory_limit", lambda spec: tiny.get(str(spec)))
+    store = str(tmp_path / "runs")
+    for argv in (
+        ["sweep", "domain-split", "--grid", "n_fine=40,50"],
+        ["run", "domain-split", "--set", "n_fine=40"],
+    ):
+        rc, _, err = run_cli(*argv, "--cluster", "local:2", "--store", store, "--dry-run")
+        assert rc == 2 and "in each worker of local:2, which can use 1 KiB" in err, err
+    rc, _, err = run_cli("run", "domain-split", "--cluster", "sync", "--store", store, "--dry-run")
+    assert rc == 0, err
+    assert not os.path.exists(store)
