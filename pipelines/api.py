@@ -190,7 +190,8 @@ _FLAGS = {"--cluster-profile": "cluster_profile", "--trust-store": "trust_store"
           "--set": "sets", "--config": "config", "--preset": "preset",
           "--cluster": "cluster", "--store": "store", "--resume": "resume",
           "--retries": "retries"}  # fmt: skip
-_FLAG = re.compile("|".join(re.escape(f) + r"\b(?!-)" for f in _FLAGS))
+#: A flag standing alone (not inside a path, URL or value: ``a--config.yaml``, ``=--set``).
+_FLAG = re.compile(r"(?<![\w./='\"-])(" + "|".join(map(re.escape, _FLAGS)) + r")(?![\w-])")
 
 
 @contextlib.contextmanager

@@ -262,8 +262,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fmt(value: Any) -> str:
+    """A metric as tables show it: numbers to 4 digits, in lists too."""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
 
 
@@ -627,6 +630,7 @@ def _cmd_show(args) -> int:
         "config": run.config,
         "provenance": run.provenance,
         "reports": run.reports,
+        "datasets": run.datasets,
     }
     if args.json:
         print(json.dumps(info))
@@ -657,9 +661,14 @@ def _cmd_show(args) -> int:
     keys = ("started", "ended", "backend", "host", "git_commit", "tilegraph")
     print("provenance")
     print(_indent(_table([[k, one_line(prov.get(k))] for k in keys if k in prov])))
-    if run.has("result"):
-        print("open the results with: xarray.open_zarr(path + '/result', consolidated=False)")
+    if info["datasets"]:
+        print(f"datasets  {', '.join(one_line(d) for d in info['datasets'])}")
+        print("open one with: xarray.open_zarr(path + '/NAME', consolidated=False)")
     return 0
+
+
+#: The fewest characters of a run id that ``rm`` takes for the whole id.
+RM_MIN_PART = 6
 
 
 def _cmd_rm(args) -> int:
@@ -668,6 +677,11 @@ def _cmd_rm(args) -> int:
     root = _read_root(args)
     runs = {}
     for given in args.run_ids:
+        if given != "last" and len(given) < RM_MIN_PART:
+            raise UsageError(
+                f"RUN-ID {one_line(given, 80)!r}: to delete, give a whole run id, at least "
+                f"{RM_MIN_PART} of its first or last characters, or 'last'"
+            )
         try:
             run = _open_run(root, given)
         except (KeyError, ValueError) as exc:
@@ -681,14 +695,21 @@ def _cmd_rm(args) -> int:
         except storage.LeaseHeld as exc:
             raise UsageError(f"RUN-ID {run.run_id}: {exc}; stop it first") from None
     deleted = []
-    for run_id, run in runs.items():
-        try:
-            where = root.delete(run_id, pipeline=run.pipeline)
-        except storage.LeaseHeld as exc:  # started meanwhile, or a live sweep's point
-            raise UsageError(f"RUN-ID {run_id}: {exc}; stop it first") from None
-        deleted.append({"run_id": run_id, "pipeline": run.pipeline, "path": where})
-        if not args.json:
-            print(f"deleted {one_line(run_id)} ({one_line(where, 200)})")
+    try:
+        for run_id, run in runs.items():
+            folder = run.url.rstrip("/").rsplit("/", 2)[-2]  # its pipeline's, as stored
+            where = root.delete(run_id, pipeline=folder)
+            deleted.append({"run_id": run_id, "pipeline": folder, "path": where})
+            if not args.json:
+                print(f"deleted {one_line(run_id)} ({one_line(where, 200)})")
+    except Exception as exc:  # started, or deleted by another process, meanwhile
+        if args.json:
+            print(json.dumps({"deleted": deleted}))
+        done = ", ".join(d["run_id"] for d in deleted) or "none"
+        why = f"{exc}; stop it first" if isinstance(exc, storage.LeaseHeld) else str(exc)
+        raise UsageError(
+            f"RUN-ID {run_id}: {one_line(why, 300)} (deleted before it: {done})"
+        ) from None
     if args.json:
         print(json.dumps({"deleted": deleted}))
     return 0

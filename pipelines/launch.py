@@ -351,7 +351,8 @@ def prepare(
     if resume:
         if preset or config or list(sets):
             raise UsageError(
-                "--resume continues a run with its stored config; drop --preset/--config/--set"
+                "--resume continues a run with its stored config; "
+                "drop --preset, --config and --set"
             )
         try:
             run = root.open(resume, pipeline=pipeline.name)

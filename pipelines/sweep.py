@@ -318,8 +318,29 @@ def _metric_names(pipeline: Pipeline, metrics: list[dict]) -> list[str]:
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
     bools = {k for m in metrics for k, v in m.items() if isinstance(v, bool)}
+    text = {k for m in metrics for k, v in m.items() if isinstance(v, str)}
     headline = set(pipeline.metric_names)  # always there (NaN if no point has it)
-    return [n for n in names if n in numeric or n in bools or n in headline]
+    return [n for n in names if n in numeric or n in bools or n in text or n in headline]
+
+
+def _typed(values: list, shape) -> np.ndarray:
+    """A metric's values over the points (None where a point has none) as an array of
+    the values' own type where every point has one (int, bool, text); float with NaN
+    otherwise (text: '' where missing)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, str) for v in present):
+        return np.asarray(["" if v is None else v for v in values], dtype=object).reshape(shape)
+    numbers = [v if isinstance(v, int | float) else None for v in values]
+    if all(isinstance(v, bool) for v in numbers):
+        return np.asarray(numbers, dtype=bool).reshape(shape)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
+        return np.asarray(numbers, dtype=np.int64).reshape(shape)
+    return np.asarray([np.nan if v is None else float(v) for v in numbers]).reshape(shape)
+
+
+def _metric_units(name: str) -> dict[str, str]:
+    """Units a metric's name says: ``*_s`` are wall seconds."""
+    return {"units": "s"} if name.endswith("_s") else {}
 
 
 def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
@@ -344,7 +365,8 @@ def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
     summaries = {key: run.summary() for key, run in runs.items()}
     metrics = [s["metrics"] for s in summaries.values() if s["status"] == "complete"]
     names = _metric_names(plan.pipeline, metrics)
-    data = {n: np.full(shape, np.nan) for n in names}
+    values = {n: [None] * len(plan.points) for n in names}  # in the order of the points
+    order = {p.index: i for i, p in enumerate(sorted(plan.points, key=lambda p: p.index))}
     # object arrays: Zarr v3 writes them as variable-length UTF-8 strings
     status = np.full(shape, "missing", dtype=object)
     run_ids = np.full(shape, "", dtype=object)
@@ -360,8 +382,9 @@ def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
             continue
         for n in names:
             v = s["metrics"].get(n)
-            if isinstance(v, int | float) and v is not None:
-                data[n][p.index] = float(v)
+            if isinstance(v, int | float | str):
+                values[n][order[p.index]] = v
+    data = {n: _typed(v, shape) for n, v in values.items()}
     coords = {}
     for axis, (key, raws) in enumerate(plan.grid.items()):
         first = {}
@@ -369,7 +392,10 @@ def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
             first.setdefault(p.index[axis], p)
         typed = [_lookup(first[i].config.model_dump(mode="json"), key) for i in range(len(raws))]
         coords[dims[axis]] = _coordinate(raws, typed)
-    variables = {n: (dims, a, {"long_name": f"metric {n}"}) for n, a in data.items()}
+    variables = {
+        n: (dims, a, {"long_name": f"metric {n} of the point's run", **_metric_units(n)})
+        for n, a in data.items()
+    }
     variables["status"] = (dims, status, {"long_name": "run status of the point"})
     variables["run_id"] = (dims, run_ids, {"long_name": "run id of the point"})
     variables["error"] = (dims, errors, {"long_name": "why the point failed ('' if it did not)"})
@@ -431,9 +457,8 @@ def summary_figure(ds, metric_names: Sequence[str]):
 
     dims = list(ds.attrs.get("swept_keys") or ds["status"].dims)
     dims = [d.replace(".", "_") for d in dims]
-    names = [n for n in metric_names if n in ds.data_vars][:4] or [
-        n for n in ds.data_vars if n not in _TEXT_VARS
-    ][:4]
+    plottable = [n for n in ds.data_vars if n not in _TEXT_VARS and ds[n].dtype != object]
+    names = [n for n in metric_names if n in plottable][:4] or plottable[:4]
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 3.4))
     axes = np.atleast_1d(axes)
     x = dims[0]
@@ -664,8 +689,9 @@ def _run_sweep(plan, root, executor, progress, backend, options, lease) -> Sweep
         row["error"] = str(ds["error"].values[p.index])
         for n in ds.data_vars:
             if n not in _TEXT_VARS:
-                v = float(ds[n].values[p.index])
-                row[n] = None if math.isnan(v) else v
+                v = ds[n].values[p.index]
+                v = v.item() if hasattr(v, "item") else v  # int, bool, str or float
+                row[n] = None if isinstance(v, float) and math.isnan(v) else v
         rows.append(row)
     return SweepResult(
         sweep_id=plan.sweep_id,

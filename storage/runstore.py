@@ -7,6 +7,7 @@ arrays, its xarray results, its checkpoints and its summary plot.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import glob
 import io
@@ -17,6 +18,7 @@ import secrets
 import shutil
 import tempfile
 import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,7 @@ import zarr
 from . import checkpoint as _ckpt
 from .chunks import ArrayRef
 from .errors import RunNotFound
-from .lease import Lease, LeaseHeld, LeaseLost
+from .lease import Lease, LeaseLost
 from .provenance import collect_provenance, jsonable, utc_now
 from .urls import filesystem, is_local, join, normalize_url, open_store
 
@@ -592,7 +594,7 @@ class RunStore:
             The dataset's location.
         """
         _check_path("dataset name", name)
-        if _SCRATCH.fullmatch(name.split("/")[-1]):
+        if any(_SCRATCH.fullmatch(part) for part in name.split("/")):
             raise ValueError(
                 f"invalid dataset name {name!r}: names ending in '.partial-' or '.old-' and 8 "
                 "hex digits are where a write in progress goes"
@@ -631,6 +633,15 @@ class RunStore:
         shutil.rmtree(old, ignore_errors=True)
         return join(self._url, name)
 
+    @property
+    def datasets(self) -> list[str]:
+        """Names of the run's groups that :meth:`open_dataset` opens (``result``,
+        ``history`` …), sorted; checkpoints and writes in progress are not listed."""
+        with warnings.catch_warnings():  # summary.png and the lease are no Zarr nodes
+            warnings.simplefilter("ignore", UserWarning)
+            keys = list(self.group.group_keys())
+        return sorted(k for k in keys if k != _ckpt.CHECKPOINTS and not _SCRATCH.fullmatch(k))
+
     def open_dataset(self, name: str, **open_zarr_kwargs: Any) -> xarray.Dataset:
         """Open the dataset ``name`` written by :meth:`write_dataset` (lazily, via dask).
 
@@ -646,11 +657,7 @@ class RunStore:
         except KeyError:
             node = None
         if not isinstance(node, zarr.Group):
-            have = sorted(
-                k
-                for k in self.group.group_keys()
-                if k != _ckpt.CHECKPOINTS and not _SCRATCH.fullmatch(k)
-            )
+            have = self.datasets
             raise KeyError(
                 f"run {self._run_id} has no dataset {name!r} (it has: {', '.join(have) or 'none'})"
             )
@@ -894,7 +901,7 @@ class Root:
             if elsewhere:
                 raise RunNotFound(
                     f"run {run_id!r} belongs to pipeline {elsewhere[0]!r}, not {pipeline!r} "
-                    f"(tilegraph run {elsewhere[0]} --resume {run_id})"
+                    f"(`tilegraph run {elsewhere[0]} --resume {run_id}`)"
                 )
         if not hits:
             known = len(self.runs(pipeline))
@@ -980,60 +987,71 @@ class Root:
             The points of every sweep that says ``running`` and whose lease has a dead
             owner. Sweeps that cannot be read are skipped.
         """
-        return {k for k, (_, dead) in self._points_of_running_sweeps().items() if dead}
+        out: set[str] = set()
+        for url, attrs in self._sweep_records():
+            if attrs.get("status") == RUNNING and Lease(url, "sweep", self._options).abandoned():
+                out.update(str(v) for v in attrs["points"].values())
+        return out
 
-    def _points_of_running_sweeps(self) -> dict[str, tuple[str, bool]]:
-        """``{run id: (sweep url, whether its driver is gone)}`` over the points of the
-        sweeps that say ``running``."""
+    def _sweep_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(url, attributes)`` of every readable sweep record under the root."""
         fs, base = self._fs()
         paths = fs.glob(join(base, "sweeps", "*", "zarr.json"))
         blobs = fs.cat(paths, on_error="omit") if paths else {}
-        out: dict[str, tuple[str, bool]] = {}
+        out = []
         for path, blob in blobs.items():
             try:
-                attrs = json.loads(blob).get("attributes") or {}
-                points = attrs.get("points") or {}
-                if attrs.get("status") != RUNNING or not isinstance(points, dict):
-                    continue
+                attrs = json.loads(blob).get("attributes")
             except (ValueError, AttributeError):
                 continue
-            url = join(self._url, "sweeps", path[len(base) :].strip("/").split("/")[1])
-            dead = Lease(url, "sweep", self._options).abandoned()
-            out.update({str(v): (url, dead) for v in points.values()})
+            if isinstance(attrs, dict) and isinstance(attrs.get("points"), dict):
+                name = path[len(base) :].strip("/").split("/")[1]
+                out.append((join(self._url, "sweeps", name), attrs))
         return out
 
-    def check_deletable(self, run: RunStore, lease: Lease | None = None) -> None:
-        """Refuse to delete ``run`` while a live process runs it (``lease``: the run's
-        lease, already held by the caller) or a live sweep will start it.
+    @contextlib.contextmanager
+    def _deleting(self, run: RunStore):
+        """Hold the leases that keep ``run`` from being run while it is deleted: its own
+        and those of the sweeps that record it as a point (a sweep started meanwhile
+        waits, or is refused, instead of running a point that is going)."""
+        leases = []
+        try:
+            leases.append(run.lease().acquire(wait=0.0))  # a dead owner's is taken over
+            for url, attrs in self._sweep_records():
+                if run.run_id in {str(v) for v in attrs["points"].values()}:
+                    name = url.rstrip("/").rsplit("/", 1)[-1]
+                    what = f"sweep {name}, whose point it is,"
+                    leases.append(Lease(url, what, self._options).acquire(wait=0.0))
+            yield
+        finally:
+            for lease in reversed(leases):
+                lease.release()
+
+    def check_deletable(self, run: RunStore) -> None:
+        """Refuse to delete ``run`` while a live process runs it or a live sweep has it
+        as one of its points (it will start it, or read its results).
 
         Raises
         ------
         LeaseHeld
             Naming the process.
         """
-        if lease is None:
-            with run.lease().acquire(wait=0.0) as held:
-                return self.check_deletable(run, held)
-        sweep, dead = self._points_of_running_sweeps().get(run.run_id, ("", True))
-        owner = None
-        if not dead and run.status == PENDING:
-            owner = Lease(sweep, "sweep", self._options).read()
-        if owner is not None:  # its sweep's live driver will start it
-            what = f"sweep {sweep.rstrip('/').rsplit('/', 1)[-1]} (which will start it)"
-            raise LeaseHeld(what, owner)
+        with self._deleting(run):
+            pass
 
     def delete(self, run_id: str, pipeline: str | None = None) -> str:
         """Delete a run: its record, results, checkpoints and figures.
 
         The run's record goes first, so that a delete stopped half-way leaves no run
-        that lists or opens, only files. A point of a sweep is run again by the next
-        run of the same sweep command.
+        that lists or opens; on a local store the folder is then moved aside, and what
+        a stopped delete left is cleared by the next one. A point of a sweep is run
+        again by the next run of the same sweep command.
 
         Parameters
         ----------
         run_id : str
         pipeline : str, optional
-            Look only under this pipeline.
+            Look only under this pipeline's folder.
 
         Returns
         -------
@@ -1045,18 +1063,25 @@ class Root:
         RunNotFound
             If there is no such run.
         LeaseHeld
-            If a live process runs it, or its sweep's live process will start it.
+            If a live process runs it, or a live sweep has it as a point.
         """
+        fs, base = self._fs()
+        local = is_local(self._url)
+        if local:  # what deletes stopped half-way left
+            for left in glob.glob(os.path.join(glob.escape(base), "*", ".deleting-*")):
+                shutil.rmtree(left, ignore_errors=True)
         run = self.open(run_id, pipeline)
-        lease = run.lease().acquire(wait=0.0)  # a dead owner's lease is taken over
-        try:
-            self.check_deletable(run, lease)
-            fs, path = filesystem(run.url, self._options)
-            fs.rm_file(join(path, "zarr.json"))
-            if is_local(run.url):
-                shutil.rmtree(path)
-            else:
-                fs.rm(path, recursive=True)
-        finally:
-            lease.release()
+        fs, path = filesystem(run.url, self._options)
+        with self._deleting(run):
+            fs.rm_file(join(path, "zarr.json"))  # from here on no run lists or opens
+            if local:
+                aside = os.path.join(
+                    os.path.dirname(path), f".deleting-{run.run_id}-{secrets.token_hex(4)}"
+                )
+                os.rename(path, aside)
+        # the leases are released: their files go with the rest
+        if local:
+            shutil.rmtree(aside)
+        else:
+            fs.rm(path, recursive=True)
         return run.url

@@ -77,9 +77,10 @@ def test_sets_as_one_string_a_spec_and_python_values(tmp_path):
         ({"cluster": "bogus:2"}, "cluster: invalid cluster spec 'bogus:2'"),
         ({"preset": "nope"}, "preset: unknown preset 'nope'"),
         ({"config": "/nonexistent.yaml"}, "config: no such file"),
+        ({"config": "/no/a--config.yaml"}, "config: no such file '/no/a--config.yaml'"),
         ({"cluster_profile": "p.yaml"}, "cluster_profile: used only by batch schedulers"),
         ({"resume": "r-none", "preset": None}, "resume: no run 'r-none'"),
-        ({"resume": "r-none"}, "stored config; drop preset/config/sets"),
+        ({"resume": "r-none"}, "stored config; drop preset, config and sets"),
         ({"store": "memory://tg-api-x", "cluster": "local:2"}, "processes of cluster local:2"),
     ],
 )
@@ -90,7 +91,7 @@ def test_bad_input_is_told_in_the_names_of_the_arguments(tmp_path, kwargs, needl
         tilegraph.run("domain-split", **{**QUICK, "store": str(tmp_path / "runs"), **kwargs})
     message = str(info.value)
     assert needle in message, message
-    assert "--" not in message.replace("`tilegraph runs --store", ""), message
+    assert "--" not in message.replace("`tilegraph runs --store", "").replace("a--c", ""), message
 
 
 def test_an_open_process_executor_cannot_reach_a_memory_store():

@@ -83,7 +83,10 @@ def test_run_json_contract_runs_and_show(tmp_path):
     assert info["config"]["tol"] == 1e-8 and info["config"]["n_fine"] == 100
     assert info["provenance"]["backend"] == "sync"
     assert info["status"] == "complete" and info["metrics"] == res["metrics"]
+    assert info["datasets"] == ["history", "result"]  # not the figure, not the lease
     assert res["run_id"] in tilegraph("runs", "--store", str(store)).stdout
+    shown = tilegraph("show", res["run_id"], "--store", str(store))
+    assert "datasets  history, result\n" in shown.stdout and not shown.stderr, shown.stderr
 
 
 def test_config_file_and_nested_set(tmp_path):
@@ -395,9 +398,14 @@ def test_rm_deletes_runs_only_when_every_one_can_go(tmp_path):
     lease.release()
     rc, _, err = run_cli("rm", "aaaaaa", "eeeeee", *store)
     assert rc == 2 and err.startswith("error: RUN-ID: no run 'eeeeee'"), err
-    with storage.Lease(sweep.url, "sweep s1"):
+    with storage.Lease(sweep.url, "sweep s1"):  # a live sweep will start it
         rc, _, err = run_cli("rm", "bbbbbb", "dddddd", *store)
-    assert rc == 2 and "sweep s1 (which will start it) is already running" in err, err
+        assert rc == 2 and "sweep s1, whose point it is, is already running" in err, err
+        point.mark_complete({"m": 2.0})  # or will read its results
+        rc, _, err = run_cli("rm", "dddddd", *store)
+        assert rc == 2 and "sweep s1, whose point it is, is already running" in err, err
+    rc, _, err = run_cli("rm", "a", *store)  # a destructive command takes no short parts
+    assert rc == 2 and "give a whole run id, at least 6 of its first or last" in err, err
     assert left() == ["aaaaaa", "bbbbbb", "cccccc", "dddddd"]  # nothing deleted
 
     killed = (  # a driver that dies holding the run's lease: the run is interrupted
@@ -413,6 +421,31 @@ def test_rm_deletes_runs_only_when_every_one_can_go(tmp_path):
     assert not (tmp_path / "picard" / held.run_id).exists()
     rc, out, _ = run_cli("rm", "last", *store)
     assert rc == 0 and out == f"deleted {failed.run_id} ({failed.url})\n" and left() == []
+
+
+def test_rm_says_what_it_deleted_when_a_later_run_goes_meanwhile(tmp_path, monkeypatch):
+    """A run deleted (or started) by another process between the checks and its turn:
+    one line naming it and what was already deleted, and --json still says which."""
+    from helpers import run_cli
+
+    root = storage.Root(str(tmp_path))
+    a = root.create("ttn", {"x": 1}, run_id="20261201-100000-aaaaaa")
+    b = root.create("ttn", {"x": 1}, run_id="20261202-100000-bbbbbb")
+    os.makedirs(tmp_path / "ttn" / ".deleting-20261101-100000-zzzzzz-0123abcd" / "u")
+    real = storage.Root.delete
+
+    def other_process_first(self, run_id, pipeline=None):
+        if run_id == b.run_id:
+            real(self, run_id, pipeline)
+        return real(self, run_id, pipeline)
+
+    monkeypatch.setattr(storage.Root, "delete", other_process_first)
+    rc, out, err = run_cli("rm", a.run_id, b.run_id, "--store", str(tmp_path), "--json")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"RUN-ID {b.run_id}: no run '{b.run_id}'" in err
+    assert err.endswith(f"(deleted before it: {a.run_id})\n"), err
+    assert [d["run_id"] for d in last_json(out)["deleted"]] == [a.run_id]
+    assert os.listdir(tmp_path / "ttn") == []  # what a stopped delete left is cleared
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback():

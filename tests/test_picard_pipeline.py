@@ -53,8 +53,9 @@ def test_quick_gmm_run_writes_readable_results(tmp_path, executors):
     hist = xr.open_zarr(store.url + "/history", consolidated=False)
     n0 = int(ds.iterations.values[0])
     adv = hist.advance.values[0]
-    # the windows' advances add up to the whole trajectory (the last one may overshoot)
-    assert adv[:n0].sum() >= 1000 and np.isnan(adv[n0:]).all()
+    # the windows' advances add up to the whole trajectory, and each is where the next begins
+    assert adv[:n0].sum() == 1000 and np.isnan(adv[n0:]).all()
+    np.testing.assert_array_equal(hist.begin.values[0, 1:n0], np.cumsum(adv[: n0 - 1]))
     assert np.all(np.diff(hist.begin.values[0, :n0]) > 0)
     png = tmp_path / "run" / "picard" / store.run_id / "summary.png"
     assert png.stat().st_size > 10_000

@@ -172,8 +172,9 @@ def test_datasets_named_like_a_write_in_progress_are_kept_apart(local_root):
     run.write_dataset("result", ds)
     run.write_dataset("result", ds + 1)
     xr.testing.assert_identical(run.open_dataset("result.partial-run2").load(), ds + 3)
-    with pytest.raises(ValueError, match="write in progress"):
-        run.write_dataset("result.old-0123abcd", ds)
+    for name in ("result.old-0123abcd", "a.partial-0123abcd/x"):
+        with pytest.raises(ValueError, match="write in progress"):
+            run.write_dataset(name, ds)
     with pytest.raises(KeyError, match=r"it has: result, result\.partial-run2\)"):
         run.open_dataset("nope")
 

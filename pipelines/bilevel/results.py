@@ -37,7 +37,8 @@ def write_history(store, name: str, cfg, method: str, hist: dict, known: bool) -
         "s_per_iter": hist.get("s_per_iter"),
         "step_halvings": hist.get("halvings"),  # plateau_epochs: of the last upper step
     }
-    store.write_dataset(name, xr.Dataset(data, coords={"iteration": it}, attrs=attrs))
+    iteration = ("iteration", it, {"units": "1", "long_name": "upper iteration"})
+    store.write_dataset(name, xr.Dataset(data, coords={"iteration": iteration}, attrs=attrs))
 
 
 def write_result(store, cfg, problem, x, x_star, ref, slot, val_loss=None) -> None:
@@ -49,12 +50,18 @@ def write_result(store, cfg, problem, x, x_star, ref, slot, val_loss=None) -> No
     state = ref.read()
     flat = state[np.arange(problem.m), slot]
     y = np.stack([unpack(cfg.method, problem.dim_y, flat[i])["y"] for i in range(problem.m)])
+    # the built-in problems are dimensionless; a user's variables have the user's units
+    unit = {} if cfg.problem.kind in ("custom", "dataset") else {"units": "1"}
     res = {
-        "x": ("x_dim", x, {"long_name": "upper variable at the end"}),
-        "y": (("block", "y_dim"), y, {"long_name": "lower variable at each block's last update"}),
+        "x": ("x_dim", x, {"long_name": "upper variable at the end", **unit}),
+        "y": (
+            ("block", "y_dim"),
+            y,
+            {"long_name": "lower variable at each block's last update", **unit},
+        ),
     }
     if x_star is not None:
-        res["x_star"] = ("x_dim", np.asarray(x_star), {"long_name": "reference optimum"})
+        res["x_star"] = ("x_dim", np.asarray(x_star), {"long_name": "reference optimum", **unit})
     if val_loss is not None:
         res["val_loss"] = (
             "block",
@@ -64,4 +71,6 @@ def write_result(store, cfg, problem, x, x_star, ref, slot, val_loss=None) -> No
     attrs = {"method": cfg.method, "problem": cfg.problem.kind}
     names = getattr(problem, "block_names", None)
     block = np.asarray(names, dtype=str) if names is not None else np.arange(problem.m)
-    store.write_dataset("result", xr.Dataset(res, coords={"block": block}, attrs=attrs))
+    what = {"long_name": "block (lower problem)", **({} if names is not None else {"units": "1"})}
+    coords = {"block": ("block", block, what)}
+    store.write_dataset("result", xr.Dataset(res, coords=coords, attrs=attrs))

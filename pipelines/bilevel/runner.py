@@ -186,9 +186,12 @@ def _iterate(
             (1, 1, n_state),
             dimension_names=("block", "slot", "component"),
             attrs={
+                "long_name": "each block's lower-level state (two slots: the last update "
+                "and the one before); 'layout' gives each part's offset and shape",
+                "units": "1",
                 "layout": {
                     k: [o, list(s)] for k, (o, s) in state_layout(method, problem.dim_y).items()
-                }
+                },
             },
             compressors=None,
             overwrite=True,

@@ -100,6 +100,13 @@ class DatasetProblem:
     def boundary(self, coords):
         return self.at("g", coords)
 
+    def units(self) -> dict[str, str]:
+        """The ``units`` attributes of ``g`` (as ``"u"``: the solution's) and of the
+        coordinates, where the dataset has them."""
+        ds = _open(self.url, self.storage_options)
+        named = {"u": ds["g"], **{a: ds[a] for a in AXES[: self.d]}}
+        return {k: str(v.attrs["units"]) for k, v in named.items() if v.attrs.get("units")}
+
     def extent(self) -> tuple[tuple[float, float], ...]:
         """``(first, last)`` coordinate per axis: the box the data cover."""
         ds = _open(self.url, self.storage_options)
@@ -304,6 +311,11 @@ class FactoryProblem:
     @property
     def has_exact(self) -> bool:
         return callable(getattr(self.obj, "exact", None))
+
+    def units(self) -> dict[str, str]:
+        """What the user's object says with ``units()`` (optional): ``{"u": …, "x": …}``."""
+        say = getattr(self.obj, "units", None)
+        return dict(say()) if callable(say) else {}
 
     def alpha_k(self, k: int, coords):
         return self._checked(f"alpha_k({k}, coords)", self.obj.alpha_k(k, coords), coords)

@@ -34,6 +34,22 @@ def _norm(x: np.ndarray) -> float:
     return math.sqrt(math.fsum(np.square(np.ravel(x)).tolist()))
 
 
+def _units(problem) -> dict[str, str]:
+    """Units of the solution (``"u"``) and of the coordinates, where known: the built-in
+    problems are dimensionless; a dataset's come from its ``units`` attributes (of
+    ``g`` and of ``x, y, z``); a factory's object may say them with ``units()``."""
+    from tilegraph.tasks.domain_split.problems import KINDS
+
+    if getattr(problem, "kind", None) in KINDS:
+        return {"u": "1", "x": "1", "y": "1", "z": "1"}
+    say = getattr(getattr(problem, "inner", problem), "units", None)
+    try:
+        got = say() if callable(say) else {}
+    except Exception:  # a user's object: its units are a courtesy, not the run
+        return {}
+    return {str(k): str(v) for k, v in dict(got or {}).items() if v}
+
+
 def direct_solution(problem, layout, scheme: str) -> np.ndarray:
     """The fine discrete solution by SciPy's sparse direct solver, SuperLU (the reference).
 
@@ -212,16 +228,21 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
     # results: an xarray-readable group (arrays with dimension_names + 1-D coordinates)
     domain = cfg.domain()
     exact = getattr(problem, "has_exact", True)
-    fields = [("solution", "tilegraph two-level solution")]
+    fields = [("solution", "tilegraph two-level solution u")]
     if exact:
         fields += [("exact", "exact solution"), ("error", "solution - exact")]
+    units = _units(problem)
     out = {
         name: store.create_array(
             f"result/{name}",
             layout.shape,
             layout.chunks,
             dimension_names=dims,
-            attrs={"long_name": long, "grid": f"{cfg.n_fine} intervals per axis"},
+            attrs={
+                "long_name": long,
+                "grid": f"{cfg.n_fine} intervals per axis",
+                **({"units": units["u"]} if units.get("u") else {}),
+            },
             overwrite=True,
         )
         for name, long in fields
@@ -232,7 +253,12 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
             (layout.n_fine + 1,),
             (layout.n_fine + 1,),
             dimension_names=(dim,),
-            attrs={"long_name": f"coordinate {dim}", "domain": [a, b]},
+            attrs={
+                "long_name": f"coordinate {dim}",
+                "axis": dim.upper(),
+                "domain": [a, b],
+                **({"units": units[dim]} if units.get(dim) else {}),
+            },
             overwrite=True,
         )
         coord.write((slice(None),), np.linspace(a, b, layout.n_fine + 1))
@@ -275,7 +301,13 @@ def run(cfg: DomainSplitConfig, ctx: RunContext) -> dict:
                     {"units": "1", "long_name": "relative residual"},
                 )
             },
-            coords={"iteration": np.arange(hist.size)},
+            coords={
+                "iteration": (
+                    "iteration",
+                    np.arange(hist.size),
+                    {"units": "1", "long_name": "outer iteration (0: the initial residual)"},
+                )
+            },
             attrs={
                 "solver": cfg.solver,
                 # wall seconds per kind of block pass, for finding where time goes

@@ -27,6 +27,23 @@ from .worker import ModelReplica
 
 BATCH_INT = ("iterations", "model_evals")
 BATCH_FLOAT = ("wall_s", "sequential_wall_s", "max_abs_diff")
+BATCH_LONG = {
+    "iterations": "Picard iterations (batched model calls) of the batch",
+    "model_evals": "model evaluations per sample of the batch (the windows' lengths)",
+    "wall_s": "wall time of the batch's Picard sampling (the metric wall_s is the run's)",
+    "sequential_wall_s": "wall time of the batch's sequential sampling, same noise",
+    "max_abs_diff": "largest |Picard sample - sequential sample| in the batch",
+}
+HISTORY_LONG = {
+    "begin": "first step of the window",
+    "end": "end of the window (steps begin .. end-1)",
+    "first_unconverged": "offset in the window of the first slot whose change exceeds tol",
+    "advance": "steps finished by the iteration (how far the window slides)",
+    "max_error": "largest RMS change over the window in units of each slot's noise "
+    "standard deviation (a slot is converged below tol)",
+}
+UNITS = {"wall_s": "s", "sequential_wall_s": "s", "begin": "step", "end": "step",
+         "first_unconverged": "step", "advance": "step"}  # fmt: skip
 
 
 class WindowEvaluator:
@@ -85,9 +102,9 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims) -> dict:
             "sequential sampler, same noise",
         )
     for name in BATCH_INT:
-        specs[f"result/{name}"] = ((nb,), (1,), "int64", ("batch",), 0, f"{name} per batch")
+        specs[f"result/{name}"] = ((nb,), (1,), "int64", ("batch",), 0, BATCH_LONG[name])
     for name in BATCH_FLOAT:
-        specs[f"result/{name}"] = ((nb,), (1,), "float64", ("batch",), np.nan, name)
+        specs[f"result/{name}"] = ((nb,), (1,), "float64", ("batch",), np.nan, BATCH_LONG[name])
     for name in HISTORY_COLUMNS:
         specs[f"history/{name}"] = (
             (nb, T),
@@ -95,12 +112,13 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims) -> dict:
             "float64",
             ("batch", "iteration"),
             np.nan,
-            f"Picard {name} per iteration",
+            HISTORY_LONG[name],
         )
     out = {}
     for path, (shp, ch, dt, dn, fill, long) in specs.items():
+        attrs = {"long_name": long, "units": UNITS.get(path.rsplit("/", 1)[-1], "1")}
         out[path] = store.require_array(
-            path, shp, ch, dt, dimension_names=dn, fill_value=fill, attrs={"long_name": long}
+            path, shp, ch, dt, dimension_names=dn, fill_value=fill, attrs=attrs
         )
     return out
 

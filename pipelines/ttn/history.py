@@ -86,9 +86,13 @@ def write_state(store, state) -> None:
             a.shape,
             a.shape,
             dtype="complex128",
-            dimension_names=tuple(f"axis_{k}" for k in range(a.ndim)),
+            # names of its own: xarray opens the group as one Dataset of every node
+            dimension_names=tuple(f"{name}_axis_{k}" for k in range(a.ndim)),
             fill_value=0j,
-            attrs={"long_name": "final TTN node tensor (leaf basis or connecting tensor)"},
+            attrs={
+                "long_name": "final TTN node tensor (leaf basis or connecting tensor)",
+                "units": "1",
+            },
             overwrite=True,
         )
         ref.write((slice(None),) * a.ndim, a)
@@ -115,8 +119,12 @@ def history_dataset(rows: list[dict], observables=()):
             np.asarray([r["ranks"] for r in rows], dtype=np.int64),
             {"units": "1", "long_name": "bond rank of the edge above node edge+1"},
         ),
-        "max_rank": ("time", col("max_rank").astype(np.int64), {"units": "1"}),
-        "mean_rank": ("time", col("mean_rank"), {"units": "1"}),
+        "max_rank": (
+            "time",
+            col("max_rank").astype(np.int64),
+            {"units": "1", "long_name": "largest bond rank of the tree"},
+        ),
+        "mean_rank": ("time", col("mean_rank"), {"units": "1", "long_name": "mean bond rank"}),
         "rejected": (
             "time",
             col("rejected").astype(np.int64),
@@ -141,11 +149,23 @@ def history_dataset(rows: list[dict], observables=()):
             col("error"),
             {"units": "1", "long_name": "||y - expm(-i t H) y0||"},
         )
+    n_sites = np.shape(rows[0]["magnetization"])[0]
+    n_edges = np.shape(rows[0]["ranks"])[0]
     return xr.Dataset(
         data,
         coords={
-            "time": ("time", col("time"), {"units": "1/energy"}),
-            "step": ("time", col("step").astype(np.int64)),
+            "time": (
+                "time",
+                col("time"),
+                {"units": "1/energy", "long_name": "time t (hbar = 1: 1 / the energy unit of H)"},
+            ),
+            "step": ("time", col("step").astype(np.int64), {"units": "1", "long_name": "step"}),
+            "site": ("site", np.arange(n_sites), {"units": "1", "long_name": "site (leaf)"}),
+            "edge": (
+                "edge",
+                np.arange(n_edges),
+                {"units": "1", "long_name": "edge above node edge+1"},
+            ),
             **({"observable": ("observable", list(observables))} if "observables" in data else {}),
         },
     )

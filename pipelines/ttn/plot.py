@@ -17,17 +17,21 @@ def summary_figure(hist, title: str, convergence=None):
     has_obs = "observables" in hist
     fig, ax = plt.subplots(3 if has_obs else 2, 2, figsize=(11, 11 if has_obs else 7.5))
     t = np.asarray(hist["time"])
-    tiny = 1e-17
-    ax[0, 0].semilogy(t, np.abs(hist["norm"] - hist["norm"][0]) + tiny, label="|norm - norm0|")
-    ax[0, 0].semilogy(
-        t, np.abs(hist["energy"] - hist["energy"][0]) + tiny, label="|energy - energy0|"
-    )
-    ax[0, 0].set_xlabel("time")
+    tlabel = "time t (1/energy, ħ = 1)"
+    for name, label in (("norm", "|norm − norm(0)|"), ("energy", "|<H> − <H>(0)| (energy)")):
+        drift = _positive(np.abs(np.asarray(hist[name]) - np.asarray(hist[name])[0]))
+        if np.isfinite(drift).any():
+            ax[0, 0].semilogy(t, drift, label=label)
+        else:
+            ax[0, 0].plot([], [], label=f"{label}: 0 at every step")
+    ax[0, 0].set_xlabel(tlabel)
+    ax[0, 0].set_ylabel("drift since t = 0")
     ax[0, 0].set_title("conservation")
     ax[0, 0].legend()
     ax[0, 1].plot(t, hist["max_rank"], label="max rank")
     ax[0, 1].plot(t, hist["mean_rank"], label="mean rank")
-    ax[0, 1].set_xlabel("time")
+    ax[0, 1].set_xlabel(tlabel)
+    ax[0, 1].set_ylabel("bond rank")
     ax[0, 1].set_title("ranks")
     ax[0, 1].legend()
     mz = np.asarray(hist["magnetization"])
@@ -41,7 +45,7 @@ def summary_figure(hist, title: str, convergence=None):
         vmax=1,
     )
     fig.colorbar(im, ax=ax[1, 0])
-    ax[1, 0].set_xlabel("time")
+    ax[1, 0].set_xlabel(tlabel)
     ax[1, 0].set_ylabel("site")
     ax[1, 0].set_title("<Sz>/S per site (Z for spin-1/2)")
     if np.all(np.isnan(mz)):
@@ -57,9 +61,10 @@ def summary_figure(hist, title: str, convergence=None):
         a.legend()
         a.set_title("convergence")
     elif "error" in hist:
-        a.semilogy(t, np.asarray(hist["error"]) + tiny)
-        a.set_xlabel("time")
-        a.set_title("||y - expm(-itH) y0||")
+        a.semilogy(t, _positive(np.asarray(hist["error"])))  # t = 0 is exact: not drawn
+        a.set_xlabel(tlabel)
+        a.set_ylabel("||y(t) − expm(−itH) y0||")
+        a.set_title("error against the exact state")
     else:
         a.text(0.5, 0.5, "no exact reference (d too large)", ha="center", va="center")
         a.set_axis_off()
@@ -82,6 +87,13 @@ def _observables(axes, t, hist) -> None:
             (line,) = a.plot(t[ok], part(vals[ok, j]), "o-", ms=3, label=name)
             if ref is not None:
                 a.plot(t[ok], part(ref[ok, j]), "--", color=line.get_color(), lw=1)
-        a.set_xlabel("time")
+        a.set_xlabel("time t (1/energy, ħ = 1)")
         a.set_title(f"{label} <O>" + (" (dashed: exact)" if ref is not None else ""))
     axes[0].legend(fontsize=8)
+
+
+def _positive(y: np.ndarray) -> np.ndarray:
+    """``y`` with the values a log axis cannot show (0: exact at t = 0) as NaN, which
+    matplotlib leaves out, instead of a floor that stretches the axis over decades."""
+    y = np.asarray(y, dtype=float)
+    return np.where(y > 0, y, np.nan)

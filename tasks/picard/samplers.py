@@ -883,8 +883,8 @@ def picard(
                 buf[first : first + vals.shape[0], ...] = vals
         it += 1
         evals += L
-        hist.append((b, e, k, advance, float(np.sqrt(err.max()))))
         b2 = min(b + advance, T)
+        hist.append((b, e, k, b2 - b, float(np.sqrt(err.max()))))  # the last window: what is left
         e2 = min(b2 + window, T)
         if e2 > e and callable(extrapolate):
             buf[e + 1 : e2 + 1, ...] = _guess(extrapolate, xp, buf[e, ...], e, e2)
