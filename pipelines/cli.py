@@ -384,7 +384,8 @@ def _cmd_run(args) -> int:
     metrics = run.metrics
     pipeline = launch.pipeline
     names = list(pipeline.metric_names) + [k for k in metrics if k not in pipeline.metric_names]
-    rows = [[k, _fmt(metrics[k])] for k in names if k in metrics]
+    # the warnings were printed as they came (`warning: …`); a table cell would be wide
+    rows = [[k, _fmt(metrics[k])] for k in names if k in metrics and k != "warnings"]
     print(f"run {run.run_id} complete: {run.url}")
     if not (args.preset or args.resume):
         what = " under --config" if args.config else ""
@@ -654,7 +655,11 @@ def _cmd_show(args) -> int:
     print("config")
     print(_indent(json.dumps(run.config, indent=2)))  # JSON escapes control characters
     print("metrics")
-    print(_indent(_table([[one_line(k), one_line(_fmt(v))] for k, v in run.metrics.items()])))
+    shown = {k: v for k, v in run.metrics.items() if k != "warnings"}
+    print(_indent(_table([[one_line(k), one_line(_fmt(v))] for k, v in shown.items()])))
+    warnings_ = run.metrics.get("warnings")
+    for warning in warnings_ if isinstance(warnings_, list) else []:
+        print(f"warning   {one_line(warning, 2000)}")
     for report in run.reports:
         print(f"report    {one_line(report)}")
     prov = run.provenance

@@ -328,3 +328,53 @@ def test_logistic_blocks_report_the_exact_objective(tmp_path):
     x = xr.open_zarr(res["path"] + "/result", consolidated=False).x.values
     np.testing.assert_allclose(res["metrics"]["upper_objective"], F(x), rtol=1e-9)
     assert res["metrics"]["upper_objective"] < F(np.zeros(4))
+
+
+QUAD4 = """
+import numpy as np
+from tilegraph.tasks.bilevel.problems import BlockProblem
+
+
+class Quad(BlockProblem):
+    def __init__(self, m=4, dim=3, seed=0):
+        rng = np.random.default_rng(seed)
+        self.m, self.dim_x, self.dim_y, self.n_lower, self.n_upper = m, dim, dim, 1, 1
+        self.c, self.t = rng.normal(size=(m, dim)), rng.normal(size=(m, dim))
+        self.x_star = (self.t - self.c).mean(axis=0)
+
+    def g(self, i, x, y, idx=None): return np.asarray(0.5 * y @ y - y @ (x + self.c[i]))
+    def grad_y_g(self, i, x, y, idx=None): return y - x - self.c[i]
+    def grad_x_g(self, i, x, y, idx=None): return -y
+    def hess_yy_g(self, i, x, y, idx=None): return np.eye(self.dim_y)
+    def hvp_yy_g(self, i, x, y, v, idx=None): return v
+    def cross_xy_g(self, i, x, y, v, idx=None): return -v
+    def f(self, i, x, y, idx=None): return np.asarray(0.5 * (y - self.t[i]) @ (y - self.t[i]))
+    def grad_y_f(self, i, x, y, idx=None): return y - self.t[i]
+    def grad_x_f(self, i, x, y, idx=None): return np.zeros_like(x)
+
+
+def make(**params):
+    return Quad(**params)
+"""
+
+
+def test_a_run_left_at_a_noise_floor_says_so(tmp_path):
+    """A newcomer's four blocks with I = 2 hovered at a distance of 1.0 from x* for 3000
+    iterations without a word: the run now ends with a warning naming plateau_epochs;
+    with every block each iteration it converges, and says nothing."""
+    (tmp_path / "quad4.py").write_text(QUAD4)
+    args = ["run", "bilevel", "--set", "problem.kind=custom", "--set",
+            "problem.factory=quad4:make", "--set", "max_iter=300", "--set", "eval_every=10",
+            "--cluster", "sync", "--store", "runs", "--json"]  # fmt: skip
+    run = tilegraph(*args, "--set", "blocks_per_iter=2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    m = last_json(run.stdout)["metrics"]
+    assert not m["converged"] and m["rel_dist_to_optimum"] > 0.5, m
+    assert "warning: F stopped decreasing" in run.stderr and "plateau_epochs=20" in run.stderr
+    assert m["warnings"] and m["warnings"][0] in run.stderr
+    run = tilegraph(*args, "--set", "blocks_per_iter=4", cwd=tmp_path)
+    assert run.returncode == 0 and "warning" not in run.stderr, run.stderr
+    m = last_json(run.stdout)["metrics"]
+    assert m["converged"] and "warnings" not in m
+    run = tilegraph(*args, cwd=tmp_path)  # the default I = 10 > m = 4
+    assert run.returncode == 2 and "(got 10, the default); set blocks_per_iter=4" in run.stderr

@@ -132,6 +132,9 @@ def _write_dataset(path, d: int = 2, **changes):
         },
         coords=axes,
     )
+    if "g" in ds:  # carried over to the result (not needed: checked where given)
+        ds["g"].attrs["units"] = "K"
+    ds["x"].attrs["units"] = "m"
     ds = ds.chunk({dim: 5 for dim in dims})
     ds.to_zarr(path, mode="w", consolidated=False)
     return ds
@@ -232,6 +235,8 @@ def test_dataset_pde_matches_scipy_direct_solve(tmp_path, executors, d, monkeypa
     u = got.solution.values
     assert np.linalg.norm(u - U) / np.linalg.norm(U) <= 1e-8
     assert float(got.x[-1]) == 2.0 and float(got.y[0]) == -1.0  # the data's box
+    assert got.solution.attrs["units"] == "K" and got.x.attrs["units"] == "m"
+    assert "units" not in got.y.attrs  # the data say none
 
 
 # --- bad input ---------------------------------------------------------------------

@@ -50,7 +50,9 @@ def preflight(cfg: BilevelConfig) -> None:
     if cfg.blocks_per_iter > problem.m:
         raise ConfigError(
             f"config field 'blocks_per_iter': must be <= the number of blocks m={problem.m} "
-            f"(got {cfg.blocks_per_iter})"
+            f"(got {cfg.blocks_per_iter}"
+            f"{'' if 'blocks_per_iter' in cfg.model_fields_set else ', the default'}); set "
+            f"blocks_per_iter={problem.m} for every block each iteration, or fewer"
         )
 
 
