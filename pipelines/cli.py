@@ -232,12 +232,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--store", type=_given, default="./runs")
     sp.add_argument("--json", action="store_true")
 
-    sp = sub.add_parser("show", help="config, metrics and location of one run")
+    sp = sub.add_parser("sweeps", help="table of sweeps and their points' counts")
+    sp.add_argument("pipeline", nargs="?", type=_given, help="only this pipeline's sweeps")
+    sp.add_argument("--store", type=_given, default="./runs")
+    sp.add_argument("--json", action="store_true")
+
+    sp = sub.add_parser("show", help="config, metrics and location of one run (or sweep)")
     sp.add_argument(
         "run_id",
         type=_given,
         metavar="RUN-ID",
-        help="a run id, its beginning or its end when only one run has it, or 'last'",
+        help="a run id, its beginning or its end when only one run has it, or 'last'; "
+        "or a sweep id",
     )
     sp.add_argument("--store", type=_given, default="./runs")
     sp.add_argument("--json", action="store_true")
@@ -609,10 +615,120 @@ def _cmd_runs(args) -> int:
     return 0
 
 
+def _cmd_sweeps(args) -> int:
+    root = _read_root(args)
+    if args.pipeline and args.pipeline not in available():
+        known = ", ".join(available())
+        raise UsageError(f"PIPELINE: no pipeline {args.pipeline!r} (known: {known})")
+    try:
+        sweeps = root.sweeps(args.pipeline)
+    except Exception as exc:  # an unreachable server, a folder without permission
+        raise _unreadable(args, exc) from None
+    if args.json:
+        print(json.dumps({"sweeps": [{**r, "path": r["url"]} for r in sweeps]}))
+        return 0
+    if not sweeps:
+        pipeline = repr(args.pipeline) if args.pipeline else None
+        print(" ".join(filter(None, ("no", pipeline, "sweeps under", args.store))))
+        return 0
+    rows = [
+        [
+            one_line(c, 200)
+            for c in (
+                r["sweep_id"],
+                r["pipeline"],
+                r["status"],
+                r["points"],
+                "" if r["complete"] is None else r["complete"],
+                "" if r["failed"] is None else r["failed"],
+                r.get("created") or "",
+                r["url"],
+            )
+        ]  # fmt: skip
+        for r in sweeps
+    ]
+    header = ["sweep", "pipeline", "status", "points", "complete", "failed", "created", "path"]
+    print(_table(rows, header))
+    return 0
+
+
+def _show_sweep(args, root, sweep) -> int:
+    """``tilegraph show SWEEP-ID``: the sweep's grid, its points' runs and statuses."""
+    summary = next(s for s in root.sweeps() if s["sweep_id"] == sweep["sweep_id"])
+    runs = {r["run_id"]: r["status"] for r in root.runs(summary["pipeline"])}
+    points = [
+        {"key": key, "run_id": rid, "status": runs.get(rid, "missing")}
+        for key, rid in sweep["points"].items()
+    ]
+    info = {
+        "sweep_id": summary["sweep_id"],
+        "pipeline": summary["pipeline"],
+        "path": summary["url"],
+        "status": summary["status"],
+        "grid": summary["grid"],
+        "preset": sweep.get("preset"),
+        "metrics": sweep.get("metrics") or {},
+        "error": sweep.get("error"),
+        "points": points,
+        "datasets": sweep["datasets"],
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"sweep     {one_line(info['sweep_id'])} ({one_line(info['pipeline'])}), "
+          f"{one_line(info['status'])}")  # fmt: skip
+    print(f"path      {one_line(info['path'])}")
+    grid = info["grid"] if isinstance(info["grid"], dict) else {}
+    for key, values in grid.items():
+        shown = ",".join(map(str, values)) if isinstance(values, list) else values
+        print(f"grid      {one_line(key)}={one_line(shown, 500)}")
+    print(f"preset    {one_line(info['preset'])}")
+    if info["error"]:
+        print(f"error     {one_line(info['error'], 2000)}")
+    print(f"points    {summary['points']} ({len(points)} with a run)")
+    rows = [
+        [one_line(p["key"], 200), one_line(p["status"]), one_line(p["run_id"])] for p in points
+    ]
+    print(_indent(_table(rows, ["point", "status", "run"])))
+    if info["datasets"]:
+        print(f"datasets  {', '.join(one_line(d) for d in info['datasets'])}")
+        print("open one with: xarray.open_zarr(path + '/NAME', consolidated=False)")
+    return 0
+
+
+def _sweep_named(root, given: str) -> dict | None:
+    """The sweep record ``given`` names (its id, or the beginning of exactly one sweep's
+    id), as ``{sweep_id, points, preset, metrics, error, datasets}``; None if none."""
+    from tilegraph import storage
+
+    ids = [str(s["sweep_id"]) for s in root.sweeps()]
+    found = [i for i in ids if i == given] or [i for i in ids if i.startswith(given)]
+    if len(found) != 1:
+        return None
+    sweep = storage.SweepStore(
+        storage.sweep_url(root.url, found[0]), storage_options=root.options or None
+    )
+    record = sweep.definition
+    return {
+        "sweep_id": found[0],
+        "points": sweep.points,
+        "preset": record.get("preset"),
+        "metrics": record.get("metrics"),
+        "error": record.get("error"),
+        "datasets": sweep.datasets,
+    }
+
+
 def _cmd_show(args) -> int:
     from tilegraph import storage
 
     root = _read_root(args)
+    try:
+        sweep = _sweep_named(root, args.run_id) if args.run_id != "last" else None
+    except Exception as exc:
+        raise _unreadable(args, exc) from None
+    if sweep is not None:
+        return _show_sweep(args, root, sweep)
     try:
         run = _open_run(root, args.run_id)
     except (KeyError, ValueError) as exc:
@@ -765,12 +881,13 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": _cmd_sweep,
         "runs": _cmd_runs,
         "show": _cmd_show,
+        "sweeps": _cmd_sweeps,
         "rm": _cmd_rm,
     }
     saved = {}
     if threading.current_thread() is threading.main_thread():
         saved[signal.SIGINT] = signal.getsignal(signal.SIGINT)
-        if args.command in ("list", "runs", "show") and hasattr(signal, "SIGPIPE"):
+        if args.command in ("list", "runs", "sweeps", "show") and hasattr(signal, "SIGPIPE"):
             # read-only: `tilegraph show ID | head -3` ends quietly, as coreutils do
             saved[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         else:

@@ -239,6 +239,9 @@ def plan_sweep(
         "pipeline": pipeline.name,
         "grid": grid,
         "preset": preset or pipeline.default_preset,
+        # what the points share besides the preset, for people (the configs decide)
+        "sets": [str(s) for s in sets or ()],
+        "config_file": None if config_file is None else str(config_file),
         "point_configs": configs,
     }
     blob = json.dumps(
@@ -406,6 +409,8 @@ def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
             "sweep_id": plan.sweep_id,
             "pipeline": plan.pipeline.name,
             "swept_keys": list(plan.grid),
+            "preset": plan.definition.get("preset"),
+            "sets": list(plan.definition.get("sets") or []),
         },
     )
 
@@ -415,10 +420,10 @@ def gather_dataset(plan: SweepPlan, runs: dict[str, Any]):
 _STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-")]
 
 
-def _wide(values: np.ndarray) -> bool:
-    """Whether positive values span enough to be read on a log axis."""
+def _wide(values: np.ndarray, ratio: float = 4.0) -> bool:
+    """Whether positive values span enough (``ratio``) to be read on a log axis."""
     finite = values[np.isfinite(values)]
-    return bool(finite.size and np.all(finite > 0) and finite.max() / finite.min() >= 4)
+    return bool(finite.size and np.all(finite > 0) and finite.max() / finite.min() >= ratio)
 
 
 def log_slope(x: np.ndarray, y: np.ndarray, min_r2: float = 0.95) -> float | None:
@@ -469,7 +474,12 @@ def summary_figure(ds, metric_names: Sequence[str]):
     for ax, n in zip(axes, names, strict=False):
         da = ds[n]
         values = np.asarray(da.values, dtype=float)
-        log_y = _wide(values) and (log_x or np.nanmax(values) / np.nanmin(values) > 100)
+        finite = values[np.isfinite(values)]
+        tiny = bool(finite.size and np.all(finite > 0) and finite.max() < 1e-4)
+        log_y = tiny or (  # round-off level numbers: no offset exponent on a linear axis
+            _wide(values, 2.0 if log_x else 4.0)
+            and (log_x or np.nanmax(values) / np.nanmin(values) > 100)
+        )
         combos = itertools.product(*(range(ds.sizes[o]) for o in others)) if others else [()]
         for k, combo in enumerate(combos):
             sel = dict(zip(others, combo, strict=True))
@@ -489,12 +499,20 @@ def summary_figure(ds, metric_names: Sequence[str]):
             ax.minorticks_off()
         if log_y:
             ax.set_yscale("log")
+        elif da.dtype.kind in "iub":  # counts: whole-number ticks
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x)
+        ax.set_ylabel(f"{n} (s)" if n.endswith("_s") else n)
         ax.set_title(n)
         ax.grid(True, alpha=0.3)
         if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines):
             ax.legend(fontsize="small")
-    fig.suptitle(f"sweep {ds.attrs.get('sweep_id', '')}")
+    fixed = [f"preset {ds.attrs['preset']}"] if ds.attrs.get("preset") else []
+    fixed += [str(v) for v in ds.attrs.get("sets") or []]
+    title = f"sweep {ds.attrs.get('sweep_id', '')}" + (f": {', '.join(fixed)}" if fixed else "")
+    fig.suptitle(title if len(title) <= 150 else title[:147] + "...")
     fig.tight_layout()
     return fig
 

@@ -993,6 +993,41 @@ class Root:
                 out.update(str(v) for v in attrs["points"].values())
         return out
 
+    def sweeps(self, pipeline: str | None = None) -> list[dict[str, Any]]:
+        """Summaries of the sweeps under the root (of one pipeline if given), oldest first.
+
+        Returns
+        -------
+        list of dict
+            ``sweep_id, pipeline, status, points, complete, failed, grid, created, url``
+            per sweep; ``status`` is ``interrupted`` for a sweep that says ``running``
+            whose process is gone.
+        """
+        out = []
+        for url, attrs in self._sweep_records():
+            if pipeline is not None and attrs.get("pipeline") != pipeline:
+                continue
+            status = attrs.get("status")
+            if status == RUNNING and Lease(url, "sweep", self._options).abandoned():
+                status = INTERRUPTED
+            counts = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
+            configs = attrs.get("point_configs")
+            out.append(
+                {
+                    "sweep_id": attrs.get("sweep_id"),
+                    "pipeline": attrs.get("pipeline"),
+                    "status": status,
+                    "points": len(configs) if isinstance(configs, list) else len(attrs["points"]),
+                    "complete": counts.get("complete"),
+                    "failed": counts.get("failed"),
+                    "grid": attrs.get("grid"),
+                    "created": attrs.get("created"),
+                    "url": url,
+                }
+            )
+        out.sort(key=lambda r: (str(r["created"]), str(r["sweep_id"])))
+        return out
+
     def _sweep_records(self) -> list[tuple[str, dict[str, Any]]]:
         """``(url, attributes)`` of every readable sweep record under the root."""
         fs, base = self._fs()

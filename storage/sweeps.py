@@ -168,6 +168,11 @@ class SweepStore:
         """Write the sweep's ``name`` Dataset (see :meth:`RunStore.write_dataset`)."""
         return self._record.write_dataset(name, ds, **to_zarr_kwargs)
 
+    @property
+    def datasets(self) -> list[str]:
+        """Names of the sweep's datasets (``result``)."""
+        return self._record.datasets
+
     def open_dataset(self, name: str, **open_zarr_kwargs: Any) -> Any:
         """The sweep's ``name`` Dataset (``result``)."""
         return self._record.open_dataset(name, **open_zarr_kwargs)

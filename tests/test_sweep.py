@@ -174,6 +174,21 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
     assert last_json(out.stdout)["complete"] == 2
     assert "2 already done" in out.stdout
 
+    # found again later: `sweeps` lists it, `show` takes its id (or its beginning)
+    listed = last_json(tilegraph("sweeps", "--store", str(store), "--json").stdout)["sweeps"]
+    assert [(s["sweep_id"], s["status"], s["points"], s["complete"]) for s in listed] == [
+        (res["sweep_id"], "complete", 2, 2)
+    ]
+    shown = tilegraph("show", res["sweep_id"][:-4], "--store", str(store), "--json")
+    info = last_json(shown.stdout)
+    assert info["grid"] == {"n_fine": ["20", "40"]} and info["datasets"] == ["result"]
+    runs = {r["run_id"] for r in last_json(tilegraph("runs", "--store", str(store),
+                                                     "--json").stdout)["runs"]}  # fmt: skip
+    assert [p["status"] for p in info["points"]] == ["complete", "complete"]
+    assert {p["run_id"] for p in info["points"]} == runs
+    shown = tilegraph("show", res["sweep_id"], "--store", str(store))
+    assert "grid      n_fine=20,40\n" in shown.stdout and not shown.stderr, shown.stderr
+
     # a sweep id where a run id belongs: what to do instead
     out = tilegraph("run", "domain-split", "--store", str(store), "--resume", res["sweep_id"])
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
@@ -386,12 +401,17 @@ def test_summary_figure_reads_a_convergence_study_on_log_axes():
         {
             "rel_error_exact": (("n_fine", "scheme"), err),
             "iterations": (("n_fine", "scheme"), np.full((3, 2), 5)),
+            "rel_error_direct": (("n_fine", "scheme"), [[3e-12, 9e-12], [5e-13, 4e-12],
+                                                        [1e-11, 4e-12]]),
         },
         coords={"n_fine": n, "scheme": ["central", "upwind"]},
-        attrs={"swept_keys": ["n_fine", "scheme"], "sweep_id": "s"},
-    )
-    fig = summary_figure(ds, ["rel_error_exact", "iterations"])
-    errors, counts = fig.axes[:2]
+        attrs={"swept_keys": ["n_fine", "scheme"], "sweep_id": "s", "preset": "quick",
+               "sets": ["tol=1e-9"]},
+    )  # fmt: skip
+    fig = summary_figure(ds, ["rel_error_exact", "iterations", "rel_error_direct"])
+    errors, counts, roundoff = fig.axes[:3]
+    assert fig._suptitle.get_text() == "sweep s: preset quick, tol=1e-9"  # what is fixed
+    assert roundoff.get_yscale() == "log"  # not a linear axis with an offset exponent
     assert errors.get_xscale() == "log" and errors.get_yscale() == "log"
     labels = [t.get_text() for t in errors.get_legend().get_texts()]
     assert labels == ["scheme=central, slope -2.00", "scheme=upwind, slope -1.00"]
