@@ -779,7 +779,7 @@ def _cmd_show(args) -> int:
     for report in run.reports:
         print(f"report    {one_line(report)}")
     prov = run.provenance
-    keys = ("started", "ended", "backend", "host", "git_commit", "tilegraph")
+    keys = ("started", "ended", "backend", "host", "git_commit", "tilegraph", "tilegraph_commit")
     print("provenance")
     print(_indent(_table([[k, one_line(prov.get(k))] for k in keys if k in prov])))
     if info["datasets"]:

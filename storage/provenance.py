@@ -109,6 +109,28 @@ def git_commit(cwd: str | None = None, timeout: float = 2.0) -> str | None:
     return commit if proc.returncode == 0 and commit else None
 
 
+def tilegraph_commit(timeout: float = 2.0) -> str | None:
+    """The commit of tilegraph's own code when it runs from a git checkout of tilegraph
+    (an editable install), else ``None`` (a wheel: its version says it)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or len(lines) != 2:
+        return None
+    # a wheel inside someone's repository (a venv in a project) is not a checkout of it
+    return lines[1] if os.path.realpath(lines[0]) == os.path.realpath(here) else None
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -138,7 +160,9 @@ def collect_provenance(backend: str | None = None, started: str | None = None) -
     dict
         JSON-safe: ``tilegraph`` (version or ``"unknown"``), ``python``, one key per
         installed distribution of :data:`PACKAGES`, ``host``, ``user``, ``platform``,
-        ``backend``, ``git_commit`` (``None`` outside a git checkout), ``argv``, ``cwd``,
+        ``backend``, ``git_commit`` (of the working directory, the user's project;
+        ``None`` outside a git checkout), ``tilegraph_commit`` (of tilegraph's own code
+        when it runs from a checkout of it, else ``None``), ``argv``, ``cwd``,
         ``pid``, ``started``, ``ended`` (``None``) and ``resumed`` (an empty list).
     """
     prov: dict[str, Any] = {
@@ -155,6 +179,7 @@ def collect_provenance(backend: str | None = None, started: str | None = None) -
         platform=platform.platform(),
         backend=backend,
         git_commit=git_commit(),
+        tilegraph_commit=tilegraph_commit(),
         argv=list(sys.argv),
         cwd=os.getcwd(),
         pid=os.getpid(),

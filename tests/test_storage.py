@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import pickle
 import re
 import uuid
@@ -361,6 +362,12 @@ class RunStoreTests:
             assert isinstance(prov[key], str) and prov[key], key
         assert prov["backend"] == "local:2"
         assert "git_commit" in prov and "argv" in prov
+        import tilegraph
+        from tilegraph.storage.provenance import git_commit
+
+        code = os.path.dirname(tilegraph.__file__)  # a checkout of tilegraph, or a wheel's
+        mine = git_commit(code) if os.path.exists(os.path.join(code, ".git")) else None
+        assert prov["tilegraph_commit"] == mine
         assert prov["started"].startswith(run.run_id[:4]) and prov["ended"] is None
         # the same, read straight from the Zarr group as anyone else would
         store = storage.urls.open_store(run.url, root.options)
