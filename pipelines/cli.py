@@ -21,7 +21,7 @@ import warnings
 from typing import Any
 
 from . import resources
-from .config import ConfigError
+from .config import ConfigError, build_config
 from .execute import DEFAULT_RETRIES
 from .imports import prepare_user_code
 from .launch import (
@@ -179,7 +179,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sp = sub.add_parser("list", help="pipelines and their presets")
+    sp = sub.add_parser(
+        "list",
+        help="pipelines and their presets; with NAME, its config fields",
+        description="Without NAME: the pipelines and their presets. With NAME: every "
+        "config field of that pipeline (dotted for nested ones), its value in the preset "
+        "(default: the pipeline's default preset) and what it is.",
+    )
+    sp.add_argument("name", nargs="?", type=_given, metavar="NAME", help="a pipeline")
+    sp.add_argument("--preset", type=_given, help="the values of this preset")
     sp.add_argument("--json", action="store_true", help="print one JSON object last")
 
     sp = sub.add_parser("run", help="run a pipeline")
@@ -289,8 +297,57 @@ def _table(rows: list[list[str]], header: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _fields(model, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """``(dotted name, value, description)`` of every field of a config model."""
+    from pydantic import BaseModel
+
+    rows = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            rows += _fields(value, f"{prefix}{name}.")
+        else:
+            dumped = model.model_dump(mode="json", include={name})[name]
+            what = info.description or ""
+            choices = _choices(info.annotation)
+            if choices:
+                what = f"{what} (one of: {', '.join(choices)})".strip()
+            rows.append((f"{prefix}{name}", dumped, what))
+    return rows
+
+
+def _choices(annotation) -> list[str]:
+    """The values a ``Literal`` field (or one of a union's ``Literal`` members) takes."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    out = []
+    for arg in typing.get_args(annotation):
+        out += _choices(arg)
+    return out
+
+
 def _cmd_list(args) -> int:
     pipes = load_pipelines()
+    if args.name is None and args.preset is not None:
+        raise UsageError("--preset: give the pipeline's NAME too (tilegraph list NAME --preset P)")
+    if args.name is not None:
+        try:
+            pipeline = get_pipeline(args.name)
+        except KeyError as exc:
+            raise UsageError(exc.args[0]) from None
+        preset = args.preset or pipeline.default_preset
+        cfg = build_config(pipeline, preset, None, [])
+        rows = _fields(cfg)
+        if args.json:
+            fields = [{"field": n, "value": v, "description": d} for n, v, d in rows]
+            print(json.dumps({"pipeline": pipeline.name, "preset": preset, "fields": fields}))
+            return 0
+        print(f"{pipeline.name}, preset {preset} (set any with --set FIELD=VALUE):")
+        shown = [[n, one_line(json.dumps(v), 60), one_line(d, 200)] for n, v, d in rows]
+        print(_table(shown, ["field", "value", "description"]))
+        return 0
     if args.json:
         out = {
             n: {"description": p.description, "presets": list(p.presets)} for n, p in pipes.items()

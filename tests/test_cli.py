@@ -24,6 +24,34 @@ def test_list():
     assert "domain-split" in text and "paper2d" in text
 
 
+def test_list_name_shows_every_field_with_its_preset_value():
+    """`--help` listed no fields: `list NAME [--preset P]` gives each (dotted), its value
+    in the preset, and its description with the choices of a Literal."""
+    import tilegraph as tg
+    from helpers import run_cli
+    from tilegraph.pipelines.config import build_config
+
+    pipeline = tg.get_pipeline("domain-split")
+    rc, out, err = run_cli("list", "domain-split", "--preset", "paper2d", "--json")
+    assert rc == 0, err
+    fields = {f["field"]: f for f in last_json(out)["fields"]}
+    want = build_config(pipeline, "paper2d").model_dump(mode="json")
+    assert fields["n_fine"]["value"] == want["n_fine"] == 1000
+    assert fields["problem.kind"]["value"] == want["problem"]["kind"]
+    assert (
+        "one of: constant, variable, boundary-layer, custom, dataset"
+        in (fields["problem.kind"]["description"])
+    )
+    flat = {f"problem.{k}" for k in want["problem"]} | (set(want) - {"problem"})
+    assert set(fields) == flat
+    rc, out, _ = run_cli("list", "ttn")
+    assert rc == 0 and out.startswith("ttn, preset quick (set any with --set FIELD=VALUE):")
+    rc, _, err = run_cli("list", "nope")
+    assert rc == 2 and err.startswith("error: ") and "nope" in err
+    rc, _, err = run_cli("list", "--preset", "quick")
+    assert rc == 2 and "give the pipeline's NAME too" in err
+
+
 def test_listing_and_validating_import_no_runner():
     """Every pipeline registered and a config validated for each, in a fresh process:
     no runner's libraries (Zarr, SciPy, Matplotlib, Dask) are imported until a run
