@@ -326,6 +326,57 @@ def _half_built_closed():
         raise
 
 
+def _tracker_ignoring_hangups() -> None:
+    """Start multiprocessing's resource tracker (which the worker processes register
+    with) ignoring SIGHUP, as it ignores SIGINT and SIGTERM: a closed terminal sends
+    SIGHUP to the whole process group, and a tracker it killed made the driver relaunch
+    one that printed a KeyError traceback per worker while the run was being closed."""
+    import signal
+    import threading
+    from multiprocessing import resource_tracker
+
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread():
+        return
+    old = signal.signal(hup, signal.SIG_IGN)  # kept across exec: the tracker inherits it
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(hup, old)
+
+
+@contextlib.contextmanager
+def _submit_errors():
+    """Collect, and keep off the terminal, what a batch scheduler's submit command said
+    when it failed: dask-jobqueue raises it in a background task, which tornado and
+    asyncio only log (two long tracebacks). Yields the list of their first lines."""
+    import logging
+
+    refused: list[str] = []
+
+    class Catch(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            text = str(exc) if exc is not None else record.getMessage()
+            context = getattr(record, "msg", "")
+            if "Command exited with non-zero exit code" not in f"{text} {context}":
+                return True
+            _, _, err = text.partition("stderr:")
+            lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+            refused.append(lines[0] if lines else " ".join(text.split())[:300])
+            return False
+
+    catch = Catch()
+    loggers = [logging.getLogger(n) for n in ("tornado.application", "asyncio")]
+    for lg in loggers:
+        lg.addFilter(catch)
+    try:
+        yield refused
+    finally:
+        for lg in loggers:
+            lg.removeFilter(catch)
+
+
 @contextlib.contextmanager
 def _unguarded_hint(spec: Spec):
     """Name the usual cause when local worker processes fail to start: they are spawned
@@ -361,10 +412,12 @@ class DaskExecutor(Executor):
 
         self._distributed = distributed
         self._cluster = None
+        self._watching = contextlib.ExitStack()  # the submit-error filter of batch jobs
         # Where a batch scheduler's dashboard listens: Dask's link names the scheduler's
         # host, which listens on all interfaces when the profile names none.
         self._dashboard_host: str | None = None
         if spec.kind == "local":
+            _tracker_ignoring_hangups()
             config = dask.config.set({**WORKER_CONFIG, **SCHEDULER_CONFIG})
             with config, _unguarded_hint(spec), _half_built_closed():
                 self._cluster = distributed.LocalCluster(
@@ -401,6 +454,8 @@ class DaskExecutor(Executor):
             self._dashboard_host = dashboard_address(profile).rpartition(":")[0]
             with dask.config.set(SCHEDULER_CONFIG):
                 self._cluster = make_cluster(spec, profile)
+            # from the first submission on: a refused one is logged from the event loop
+            self._refused = self._watching.enter_context(_submit_errors())
             self._cluster.scale(jobs=spec.n or profile.jobs)
         elif spec.kind not in ("tcp", "tls"):
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
@@ -414,20 +469,13 @@ class DaskExecutor(Executor):
                 set_as_default=False,
             )
         except BaseException:
+            self._watching.close()
             if self._cluster is not None:
                 self._cluster.close()
             raise
         if spec.kind in HPC_KINDS:
-            try:
-                self._client.wait_for_workers(1, timeout=profile.wait_timeout)
-            except TimeoutError:
-                self._client.close()
-                self._cluster.close()
-                raise TimeoutError(
-                    f"no Dask worker joined from {spec.kind} within {profile.wait_timeout:g} s: "
-                    "the jobs may still be queued or may have failed (see the scheduler's "
-                    "queue and the job logs; raise wait_timeout in the cluster profile)"
-                ) from None
+            with self._watching:
+                self._wait_for_jobs(spec, profile)
         if self._cluster is not None:  # one tilegraph started (not a shared one's workers)
             from .dask_plugins import TasksComputeInline
 
@@ -440,6 +488,43 @@ class DaskExecutor(Executor):
             self._spec = Spec("local-cuda", n=self.n_workers)
         self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)
         self._map_params = frozenset(inspect.signature(self._client.map).parameters)
+
+    def _wait_for_jobs(self, spec: Spec, profile) -> None:
+        """Wait for the first worker of the submitted jobs; a submission the scheduler
+        refused (a bad account or partition) fails at once, with its message, instead of
+        after ``wait_timeout`` with a traceback."""
+        import time
+
+        n_jobs = spec.n or profile.jobs
+        sys.stderr.write(
+            f"submitted {n_jobs} {spec.kind} job(s); waiting up to {profile.wait_timeout:g} s "
+            "for the first worker (Ctrl-C cancels them)\n"
+        )
+        deadline = time.monotonic() + profile.wait_timeout
+        refused = self._refused
+        while True:
+            try:
+                left = deadline - time.monotonic()
+                self._client.wait_for_workers(1, timeout=max(min(2.0, left), 0.1))
+                return
+            except TimeoutError:
+                if not refused and time.monotonic() < deadline:
+                    continue
+            self._close_unstarted()
+            if refused:
+                raise SpecError(f"{spec.kind} refused the job: {refused[0]}") from None
+            raise TimeoutError(
+                f"no Dask worker joined from {spec.kind} within {profile.wait_timeout:g} s: "
+                "the jobs may still be queued or may have failed (see the scheduler's "
+                "queue and the job logs; raise wait_timeout in the cluster profile)"
+            ) from None
+
+    def _close_unstarted(self) -> None:
+        """Close the client and a jobqueue cluster whose jobs never started (closing one
+        trips an assertion in dask-jobqueue: not what the user should see)."""
+        for closing in (self._client, self._cluster):
+            with contextlib.suppress(Exception):
+                closing.close()
 
     def check_report(self) -> None:
         import importlib.util

@@ -29,7 +29,7 @@ class TasksComputeInline(WorkerPlugin):
 
 
 class IgnoreInterrupts(WorkerPlugin):
-    """Worker processes of a local cluster ignore SIGINT.
+    """Worker processes of a local cluster ignore SIGINT (and SIGHUP).
 
     Ctrl-C reaches every process of the terminal's process group: without this, each
     worker prints a ``KeyboardInterrupt`` traceback while the driver is still marking the
@@ -41,3 +41,5 @@ class IgnoreInterrupts(WorkerPlugin):
     def setup(self, worker) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if hasattr(signal, "SIGHUP"):  # a closed terminal reaches them all as well
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)

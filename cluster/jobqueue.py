@@ -9,7 +9,8 @@ kind, e.g.::
       walltime: "02:00:00"
       cores: 16                   # per job
       memory: 64GiB               # per job
-      processes: 4                # Dask workers per job (threads = cores / processes)
+      processes: 4                # Dask workers per job (threads = cores / processes;
+                                  # default: cores, one thread each, as local:N)
       jobs: 2                     # default number of jobs (``--cluster slurm:JOBS`` wins)
       job_extra_directives: ["--gres=gpu:1"]
       job_script_prologue:        # shell lines run before the workers start
@@ -18,6 +19,13 @@ kind, e.g.::
       log_directory: ~/tilegraph-logs
       wait_timeout: 900           # seconds to wait for the first worker
       interface: ib0              # scheduler and dashboard listen there (default below)
+      resource_spec: "h_vmem=16G" # PBS/SGE: the -l resources (SGE asks for memory here)
+      worker_extra_args: ["--resources", "GPU=1"]  # passed to each `dask worker`
+
+Fields the file leaves out come from the site's Dask config for dask-jobqueue
+(``jobqueue.<kind>`` in ``~/.config/dask/jobqueue.yaml``) where it sets them, else from
+the defaults below. Give ``walltime`` quoted: an unquoted ``12:00`` is a number in YAML
+1.1 (it is read as the text it is here), and a bare number is refused as ambiguous.
 
 The scheduler tilegraph starts for the jobs listens on the profile's ``interface``, or,
 without one, where dask-jobqueue puts it (all interfaces: the workers on the compute
@@ -100,7 +108,9 @@ class BatchProfile(BaseModel):
     walltime: str = Field(default="01:00:00", description="[D-]HH:MM[:SS] per job")
     cores: int = Field(default=1, ge=1, description="cores per job")
     memory: str = Field(default="4GiB", description="memory per job, e.g. 64GiB")
-    processes: int | None = Field(default=None, ge=1, description="Dask workers per job")
+    processes: int | None = Field(
+        default=None, ge=1, description="Dask workers per job (default: cores)"
+    )
     jobs: int = Field(default=1, ge=1, description="jobs to start")
     job_extra_directives: list[str] = Field(default_factory=list)
     job_script_prologue: list[str] = Field(default_factory=list)
@@ -108,15 +118,21 @@ class BatchProfile(BaseModel):
     local_directory: str | None = None
     log_directory: str | None = None
     python: str | None = Field(default=None, description="python on the compute nodes")
+    resource_spec: str | None = Field(default=None, description="PBS/SGE -l resources")
+    worker_extra_args: list[str] = Field(
+        default_factory=list, description="extra arguments of each `dask worker`"
+    )
     wait_timeout: float = Field(default=600.0, gt=0, description="seconds for a first worker")
 
     @field_validator("walltime", mode="before")
     @classmethod
     def _walltime(cls, v: Any) -> str:
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            # YAML reads an unquoted 12:00:00 as the sexagesimal integer 43200 (seconds)
-            h, rem = divmod(v, 3600)
-            return f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}"
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            # seconds to dask-jobqueue, minutes to Slurm: a number says neither
+            raise ValueError(
+                f"a bare number ({v!r}) is ambiguous (seconds? minutes?); give it as "
+                "'HH:MM:SS', quoted"
+            )
         if not isinstance(v, str) or not _WALLTIME.match(v):
             raise ValueError(f"expected [D-]HH:MM[:SS] (quote it in YAML), got {v!r}")
         if any(int(p) > 59 for p in v.split("-")[-1].split(":")[1:]):
@@ -139,17 +155,45 @@ class BatchProfile(BaseModel):
             )
         return self
 
-    @field_validator("memory")
+    @field_validator("memory", mode="before")
     @classmethod
-    def _memory(cls, v: str) -> str:
+    def _memory(cls, v: Any) -> str:
         from dask.utils import parse_bytes
 
+        if not isinstance(v, str) or isinstance(v, bool):
+            raise ValueError(f"expected a size such as 16GiB or 4000MB, got {v!r}")
         try:
             if parse_bytes(v) <= 0:
                 raise ValueError
         except (ValueError, TypeError):
             raise ValueError(f"expected a size such as 16GiB or 4000MB, got {v!r}") from None
         return v
+
+    @property
+    def workers_per_job(self) -> int:
+        """Dask worker processes each job starts (``processes``, default ``cores``)."""
+        return self.processes or self.cores
+
+    def notes(self, kind: str) -> list[str]:
+        """What a dry run should tell about this profile on ``kind`` (one line each)."""
+        out = []
+        if kind == "sge" and self.resource_spec is None:
+            out.append(
+                "SGE jobs ask for memory only through resource_spec (e.g. 'h_vmem=16G') and "
+                "for cores through a parallel environment (job_extra_directives: "
+                f"['-pe smp {self.cores}']); this profile sets neither"
+            )
+        if kind == "pbs" and self.resource_spec is not None:
+            out.append("resource_spec replaces the select line dask-jobqueue writes from cores "
+                       "and memory: ask for them there")  # fmt: skip
+        if self.resource_spec is not None and kind not in ("pbs", "sge"):
+            out.append(f"resource_spec is for pbs and sge; {kind} ignores it")
+        if self.cores % self.workers_per_job:
+            out.append(
+                f"cores={self.cores} do not split evenly over processes={self.workers_per_job}: "
+                f"each worker gets {self.cores // self.workers_per_job} thread(s)"
+            )
+        return out
 
     def cluster_kwargs(self, kind: str) -> dict[str, Any]:
         """Keyword arguments of the dask-jobqueue cluster class of ``kind``."""
@@ -158,14 +202,19 @@ class BatchProfile(BaseModel):
             "cores": self.cores,
             "memory": self.memory,
             "walltime": _walltime_for(kind, self.walltime),
+            # dask-jobqueue's own default is about sqrt(cores) workers; tilegraph's
+            # estimates, like local:N, count one single-threaded worker per core
+            "processes": self.workers_per_job,
             "job_extra_directives": list(self.job_extra_directives),
-            "job_script_prologue": list(self.job_script_prologue),
+            # the compute nodes' workers get the tuning local workers get (dask_backend)
+            "job_script_prologue": [*WORKER_ENV, *self.job_script_prologue],
+            "worker_extra_args": list(self.worker_extra_args),
             "job_name": "tilegraph",
         }
         optional = {
             "queue": self.queue,
             account_key: self.account,
-            "processes": self.processes,
+            "resource_spec": self.resource_spec if kind in ("pbs", "sge") else None,
             "interface": self.interface,
             "local_directory": self.local_directory,
             "log_directory": os.path.expanduser(self.log_directory)
@@ -195,6 +244,46 @@ class TlsProfile(BaseModel):
         if not os.path.isfile(path):
             raise ValueError(f"no such file {v!r}")
         return path
+
+
+#: Shell lines each job runs before its workers: the Dask config tilegraph's own local
+#: workers run with (``dask_backend.WORKER_CONFIG``; the profiler costs 2-2.5x).
+WORKER_ENV = (
+    "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False",
+    "unset MALLOC_TRIM_THRESHOLD_",
+)
+
+#: dask-jobqueue's config keys (``jobqueue.<kind>.<key>``) for the profile's fields.
+_SITE_KEYS = {
+    "queue": "queue", "walltime": "walltime", "cores": "cores", "memory": "memory",
+    "processes": "processes", "job_extra_directives": "job-extra-directives",
+    "job_script_prologue": "job-script-prologue", "interface": "interface",
+    "local_directory": "local-directory", "log_directory": "log-directory",
+    "python": "python", "resource_spec": "resource-spec",
+    "worker_extra_args": "worker-extra-args",
+}  # fmt: skip
+
+
+def _site_defaults(kind: str) -> dict[str, Any]:
+    """The fields the site's Dask config for dask-jobqueue sets for ``kind``."""
+    import dask
+    import dask_jobqueue
+    import yaml
+
+    site = dask.config.get(f"jobqueue.{kind}", default={}) or {}
+    shipped_file = os.path.join(os.path.dirname(dask_jobqueue.__file__), "jobqueue.yaml")
+    try:
+        with open(shipped_file, encoding="utf-8") as fh:
+            shipped = (yaml.safe_load(fh) or {}).get("jobqueue", {}).get(kind, {}) or {}
+    except OSError:
+        shipped = {}
+    keys = {**_SITE_KEYS, "account": _CLASSES[kind][1]}
+    # what the site changed: dask-jobqueue's shipped defaults (walltime 00:30:00) are not
+    return {
+        field: site[key]
+        for field, key in keys.items()
+        if site.get(key) not in (None, [], "") and site.get(key) != shipped.get(key)
+    }
 
 
 def _seconds(text: str) -> int:
@@ -237,15 +326,35 @@ def find_profile(path: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """YAML 1.1 reads ``12:00`` as the base-60 number 720: kept as its text here,
+        as YAML 1.2 does (a walltime of 12 hours, not 12 minutes)."""
+
+        def base_60(self, node):
+            if ":" in str(node.value):
+                return self.construct_scalar(node)
+            if node.tag.endswith(":int"):
+                return self.construct_yaml_int(node)
+            return self.construct_yaml_float(node)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.base_60)
+    Loader.add_constructor("tag:yaml.org,2002:float", Loader.base_60)
+    return Loader
+
+
 def _read_profile(path: str | os.PathLike[str] | None) -> tuple[Path | None, dict]:
     """The profile file in effect and its sections (``{}`` without a file)."""
     import yaml
 
+    _Loader = _loader()
     file = find_profile(path)
     if file is None:
         return None, {}
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise ProfileError(f"cluster profile {file}: not valid YAML ({first})") from None
@@ -295,14 +404,28 @@ def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> Batch
             f"cluster profile {file}: no {kind!r} section (it has: {', '.join(have) or 'none'});"
             f" add a '{kind}:' section with the queue, account, walltime, cores and memory"
         )
-    return _validate(BatchProfile, file, kind, data.get(kind) or {})
+    section = data.get(kind) or {}
+    if isinstance(section, dict):
+        try:
+            site = _site_defaults(kind)
+        except ImportError:  # no dask-jobqueue: make_cluster says what to install
+            site = {}
+        section = {**site, **section}
+    return _validate(BatchProfile, file, kind, section)
 
 
-def describe_defaults() -> str:
-    """The profile fields a run without a profile file uses, as ``key=value`` text."""
+def describe_defaults(kind: str | None = None) -> str:
+    """The profile fields a run without a profile file uses, as ``key=value`` text (with
+    ``kind``: the site's Dask config for it where it sets them)."""
     fields = BatchProfile()
+    if kind is not None:
+        try:
+            fields = BatchProfile.model_validate(_site_defaults(kind))
+        except (ImportError, ValidationError):
+            pass
     keys = ("queue", "account", "walltime", "cores", "memory", "processes", "jobs", "python")
     values = {k: getattr(fields, k) for k in keys}
+    values["processes"] = fields.workers_per_job
     values["python"] = values["python"] or f"{sys.executable} (this interpreter)"
     return ", ".join(f"{k}={v}" for k, v in values.items())
 

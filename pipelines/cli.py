@@ -42,6 +42,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a batch scheduler's time limit), handled like Ctrl-C."""
 
     reason = "SIGTERM"
+    code = 143  # the shell's status of a command killed by it
+
+
+class HungUp(Terminated):
+    """SIGHUP (the SSH session of a login node closed), handled like SIGTERM: the batch
+    jobs a run submitted are cancelled, not left to the queue. Not under ``nohup``."""
+
+    reason = "SIGHUP"
+    code = 129
 
 
 def _absorb(signum, frame) -> None:
@@ -57,14 +66,15 @@ def _quiet_logs() -> None:
 
 
 def _first_interrupt() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _absorb)
+    for sig in _INTERRUPTS:
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+            signal.signal(sig, _absorb)
     _quiet_logs()
 
 
 def _on_sigterm(signum, frame):
     _first_interrupt()
-    raise Terminated()
+    raise HungUp() if signum == getattr(signal, "SIGHUP", None) else Terminated()
 
 
 def _on_sigint(signum, frame):
@@ -80,6 +90,8 @@ def _interrupts_again(hook):
         if isinstance(info.exc_value, KeyboardInterrupt):
             term = isinstance(info.exc_value, Terminated)
             signum = signal.SIGTERM if term else signal.SIGINT
+            if isinstance(info.exc_value, HungUp):
+                signum = signal.SIGHUP
             with contextlib.suppress(ValueError):  # re-armed: the handler absorbs the next ones
                 signal.signal(signum, _on_sigterm if term else _on_sigint)
             # a moment later, out of this finalizer (one that drops it again comes here)
@@ -94,9 +106,15 @@ def _interrupts_again(hook):
 
 def _quiet_shutdown() -> None:
     """After an interrupt: no second one mid-cleanup, no shutdown noise from the cluster."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _INTERRUPTS:
         signal.signal(sig, signal.SIG_IGN)
     _quiet_logs()
+
+
+#: The signals a command handles as an interrupt (SIGHUP only where it is not ignored).
+_INTERRUPTS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -427,7 +445,7 @@ def _cmd_run(args) -> int:
                 sys.stderr.write(
                     f"error: run {rid} interrupted; continue it with --resume {rid}\n"
                 )
-                return 143 if isinstance(exc, Terminated) else 130
+                return getattr(exc, "code", 130)
             except ConfigError:
                 raise
             except Exception as exc:  # the run failed (execute marked it): report, exit 1
@@ -487,13 +505,15 @@ def _dry_run(args, info: dict, est=None, workers: int = 1, title: str = "") -> i
 
         prof = load_profile(spec.kind, args.cluster_profile)
         n_jobs = spec.n or prof.jobs
-        jobs = f"{n_jobs} job(s) of {prof.processes or 1} worker(s)"
+        jobs = f"{n_jobs} job(s) of {prof.workers_per_job} worker(s)"
         if find_profile(args.cluster_profile) is None:
             from tilegraph.cluster.jobqueue import describe_defaults
 
             looked = ", ".join([f"${PROFILE_ENV}", *map(str, DEFAULT_PATHS)])
             print(f"# no cluster profile found (looked at --cluster-profile, {looked});")
-            print(f"# defaults used: {describe_defaults()}")
+            print(f"# defaults used: {describe_defaults(spec.kind)}")
+        for note in prof.notes(spec.kind):
+            print(f"# note: {note}")
         print(f"# dry run: {spec.kind} would be asked for {jobs} running this script")
         print(script)
     else:
@@ -574,7 +594,7 @@ def _cmd_sweep(args) -> int:
             f"error: sweep {plan.sweep_id} interrupted; run the same command again to "
             "continue it (complete points are kept)\n"
         )
-        return 143 if isinstance(exc, Terminated) else 130
+        return getattr(exc, "code", 130)
     shown = [n for n in pipeline.metric_names if n in result.dataset.data_vars]
     header = [*plan.grid, "status", "run", *shown]
     rows = [
@@ -949,6 +969,9 @@ def main(argv: list[str] | None = None) -> int:
             saved[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         else:
             saved[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
+            hup = getattr(signal, "SIGHUP", None)
+            if hup is not None and signal.getsignal(hup) is signal.SIG_DFL:  # not under nohup
+                saved[hup] = signal.signal(hup, _on_sigterm)
             if saved[signal.SIGINT] is signal.default_int_handler:
                 signal.signal(signal.SIGINT, _on_sigint)
     hook = sys.unraisablehook
@@ -971,7 +994,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # before a run existed (connecting, validating)
         _quiet_shutdown()
         sys.stderr.write(f"error: interrupted ({getattr(exc, 'reason', 'Ctrl-C')})\n")
-        return 143 if isinstance(exc, Terminated) else 130
+        return getattr(exc, "code", 130)
     finally:
         sys.unraisablehook = hook
         for sig, handler in saved.items():

@@ -298,7 +298,7 @@ def workers_guess(spec, profile: str | None = None) -> int:
         from tilegraph.cluster.jobqueue import load_profile
 
         p = load_profile(spec.kind, profile)
-        return (spec.n or p.jobs) * (p.processes or 1)
+        return (spec.n or p.jobs) * p.workers_per_job
     if spec.n is not None:
         return spec.n
     if spec.kind == "local":

@@ -231,3 +231,103 @@ def test_dry_run_without_a_profile_says_which_defaults(tmp_path, monkeypatch, ca
     assert "# no cluster profile found" in out
     assert "defaults used: queue=None" in out and "walltime=01:00:00" in out
     assert "(this interpreter)" in out
+
+
+def test_unquoted_hours_and_minutes_and_bare_numbers(tmp_path):
+    """YAML 1.1 made `walltime: 12:00` the base-60 number 720, and the job asked for 12
+    minutes; it is the text it is now. A bare number is ambiguous (seconds to
+    dask-jobqueue, minutes to Slurm): refused."""
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  walltime: 12:00\n")
+    assert "#SBATCH -t 12:00:00" in job_script("slurm", path).splitlines()
+    path.write_text("slurm:\n  walltime: 90\n")
+    with pytest.raises(ProfileError, match=r"walltime': a bare number \(90\) is ambiguous"):
+        load_profile("slurm", path)
+    path.write_text("slurm:\n  memory: 64\n")
+    with pytest.raises(ProfileError, match="expected a size such as 16GiB or 4000MB, got 64"):
+        load_profile("slurm", path)
+
+
+def test_workers_per_job_default_to_cores_and_the_script_says_what_the_dry_run_does(
+    tmp_path, capsys
+):
+    """Without `processes` dask-jobqueue starts about sqrt(cores) workers while the dry
+    run counted one: now one single-threaded worker per core (as local:N), in both."""
+    path = tmp_path / "p.yaml"
+    extra = ["--resources", "GPU=1"]
+    path.write_text(yaml.safe_dump({"slurm": {"cores": 4, "memory": "16GiB",
+                                              "worker_extra_args": extra}}))  # fmt: skip
+    argv = ["run", "domain-split", "--cluster", "slurm:2", "--cluster-profile", str(path)]
+    assert cli.main([*argv, "--store", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "slurm would be asked for 2 job(s) of 4 worker(s)" in out and "8 worker(s)" in out
+    assert "--nthreads 1" in out and "--nworkers 4" in out and "--memory-limit 4.00GiB" in out
+    assert "--resources GPU=1" in out
+    # the tuning tilegraph's local workers get (the profiler off), before the workers
+    assert out.index("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False") < out.index("dask_worker")
+
+
+def test_sge_asks_for_memory_through_resource_spec_and_the_dry_run_says_so(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"sge": {"cores": 4, "memory": "16GiB"}}))
+    argv = ["run", "domain-split", "--cluster", "sge", "--cluster-profile", str(path)]
+    assert cli.main([*argv, "--store", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# note: SGE jobs ask for memory only through resource_spec" in out
+    spec = {"cores": 4, "memory": "16GiB", "resource_spec": "h_vmem=4G,mem_req=4G",
+            "job_extra_directives": ["-pe smp 4"]}  # fmt: skip
+    path.write_text(yaml.safe_dump({"sge": spec}))
+    assert cli.main([*argv, "--store", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "#$ -l h_vmem=4G,mem_req=4G" in out and "#$ -pe smp 4" in out and "note" not in out
+
+
+def test_the_sites_dask_config_fills_what_the_profile_leaves_out(tmp_path):
+    """A site's `jobqueue.slurm` Dask config was replaced by tilegraph's defaults (1 core,
+    4G, 1 h); it now fills the fields the profile leaves out (the file still wins)."""
+    import dask
+
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  memory: 8GiB\n")
+    site = {"jobqueue.slurm.cores": 6, "jobqueue.slurm.memory": "60GiB",
+            "jobqueue.slurm.walltime": "04:00:00",
+            "jobqueue.slurm.account": "site-acct"}  # fmt: skip
+    with dask.config.set(site):
+        profile = load_profile("slurm", path)
+    assert (profile.cores, profile.memory, profile.walltime, profile.account) == (
+        6,
+        "8GiB",
+        "04:00:00",
+        "site-acct",
+    )
+    assert load_profile("slurm", path).cores == 1  # without it: tilegraph's default
+
+
+def test_a_job_the_scheduler_refuses_fails_at_once_with_its_message(tmp_path, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    """A bad account: sbatch said so in a logged background traceback (two of them), and
+    the run waited the whole wait_timeout to end in an AssertionError traceback."""
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stand_in(bin_dir, "sbatch", """\
+        echo "sbatch: error: invalid account or account/partition combination" >&2
+        exit 1
+        """)  # fmt: skip
+    _stand_in(bin_dir, "scancel", "exit 0\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  account: nope\n  wait_timeout: 120\n")
+    store = tmp_path / "runs"
+    t0 = time.monotonic()
+    argv = ["run", "domain-split", "--cluster", "slurm:1", "--cluster-profile", str(path)]
+    assert cli.main([*argv, "--store", str(store)]) == 2
+    assert time.monotonic() - t0 < 60
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()  # what it waits for, then one error line
+    assert "Traceback" not in err and [ln[:7] for ln in lines] == ["submitt", "error: "], err
+    assert err.rstrip().endswith(
+        "(slurm refused the job: sbatch: error: invalid account or account/partition combination)"
+    ), err
+    assert not store.exists()

@@ -70,6 +70,24 @@ def test_ctrl_c_prints_one_line(tmp_path, spec):
     _none_left(children, within=10)
 
 
+def test_a_closed_terminal_interrupts_the_run_cleanly(tmp_path):
+    """SIGHUP to the whole process group (an SSH session closed on a login node) killed
+    the driver without a word (exit 129, batch jobs left queued, the run `running`),
+    and multiprocessing's resource tracker with it: a KeyError traceback per worker. It
+    is handled as SIGTERM now; `--resume` continues the run."""
+    proc, root = _start(tmp_path, "local:2")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 129
+    (info,) = root.runs()
+    assert err.strip().splitlines() == [
+        f"error: run {info['run_id']} interrupted; continue it with --resume {info['run_id']}"
+    ]
+    assert "interrupted (SIGHUP)" in root.open(info["run_id"]).error
+    _none_left(children, within=10)
+
+
 def test_sigkill_of_the_driver_leaves_no_ray_process(tmp_path):
     proc, _ = _start(tmp_path, "ray:2")
     children = psutil.Process(proc.pid).children(recursive=True)
