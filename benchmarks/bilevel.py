@@ -26,22 +26,28 @@ Two parts:
    not dwarfed by its Zarr and scheduling overhead.
 
 Goals (issue 6): >= 5x fewer iterations at I = 10 than at I = 1; seconds per iteration
-that do not grow with I up to the worker count. Writes ``benchmarks/results/bilevel.json``.
+that do not grow with I up to the worker count. Writes ``benchmarks/results/bilevel.json``
+(``--out``). A part not run keeps an earlier run's rows (read from ``--out`` if it exists,
+else from ``benchmarks/results/bilevel.json``); with ``--parts timing`` the estimated time
+to the target uses those stored iteration counts and is marked "(stored)".
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from argtypes import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = ("bsvrb-v1", "bsvrb-v2", "sgd", "f2sa")
+RESULTS = ROOT / "benchmarks" / "results" / "bilevel.json"
 
 
 def iterations(method: str, I: int, B: int, cap: int, seeds: int) -> dict:
@@ -125,8 +131,11 @@ def timed(workers: int, Is, repeats: int, n_iter: int, method: str, extra=()) ->
     return out
 
 
-def timing_rows(workers: int, per_I: dict, its: dict | None = None) -> list[dict]:
-    """Median seconds per iteration, spread and ratio against I = 1; printed."""
+def timing_rows(
+    workers: int, per_I: dict, its: dict | None = None, stored: bool = False
+) -> list[dict]:
+    """Median seconds per iteration, spread and ratio against I = 1; printed. ``stored``:
+    the iteration counts ``its`` come from an earlier run (marked "(stored)")."""
     rows = []
     base = float(np.median(per_I[min(per_I)]))
     for I, ss in per_I.items():
@@ -140,12 +149,14 @@ def timing_rows(workers: int, per_I: dict, its: dict | None = None) -> list[dict
                 "s_per_iter_all": ss,
                 "ratio_vs_I1": med / base,
                 "est_s_to_target": n * med if n else None,
+                **({"iterations_stored": True} if stored and its is not None else {}),
             }
         )
-        est = "" if its is None else f" {n * med:15.1f}" if n else f" {'-':>15}"
+        mark = " (stored)" if stored else ""
+        est = "" if its is None else f" {n * med:15.1f}{mark}" if n else f" {'-':>15}"
         print(
             f"{workers:>7} {I:>3} {med:8.4f} {min(ss):8.4f} {max(ss):8.4f} "
-            f"{med / base:6.2f}x{est}",
+            f"{med / base:12.2f}x{est}",
             flush=True,
         )
     return rows
@@ -153,28 +164,83 @@ def timing_rows(workers: int, per_I: dict, its: dict | None = None) -> list[dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--short", action="store_true", help="I in {1, 10}, B = 8, v2 and sgd")
-    ap.add_argument("--cap", type=int, default=20000, help="iterations at most per run")
-    ap.add_argument("--seeds", type=int, default=5, help="sampling seeds per (method, I, B)")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes B")
-    ap.add_argument("--timing-iters", type=int, default=40, help="iterations per timing run")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repeats", type=int, default=5, help="timing runs per (workers, I)")
+    ap.add_argument(
+        "--short", action="store_true", help="I in {1, 10}, B = 8, v2 and sgd (default: off)"
+    )
+    ap.add_argument(
+        "--cap", type=positive_int, default=20000, help="iterations at most per run (%(default)s)"
+    )
+    ap.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=5,
+        help="sampling seeds per (method, I, B) (%(default)s)",
+    )
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="methods of the iterations part (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--batches",
+        type=positive_int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="batch sizes B (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--timing-iters",
+        type=positive_int,
+        default=40,
+        help="iterations per timing run (%(default)s)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=positive_int,
+        nargs="+",
+        default=[1, 2],
+        help="local:W clusters of the timing parts (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=5,
+        help="timing runs per (workers, I) (%(default)s)",
+    )
     ap.add_argument(
         "--parts",
         nargs="+",
         default=["iterations", "timing", "heavy"],
         choices=["iterations", "timing", "heavy"],
+        help="parts to run; the others keep the stored rows (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--out",
+        default=str(RESULTS),
+        help="JSON written (and read for the parts not run, falling back to the default "
+        "file) (%(default)s)",
     )
     args = ap.parse_args()
     Is = (1, 10) if args.short else (1, 2, 5, 10)
     Bs = (8,) if args.short else tuple(args.batches)
     methods = ("bsvrb-v2", "sgd") if args.short else tuple(args.methods)
+    from tilegraph.pipelines.bilevel.config import BilevelConfig
 
-    out = ROOT / "benchmarks" / "results" / "bilevel.json"
-    result = json.loads(out.read_text()) if out.exists() else {}
+    for method, I, B in itertools.product(methods, Is, Bs):  # every config, before any run
+        try:
+            BilevelConfig.model_validate(
+                {"method": method, "blocks_per_iter": I, "batch": B, "max_iter": args.cap}
+            )
+        except ValueError as exc:  # pydantic's ValidationError is one
+            ap.error(f"method={method} I={I} B={B}: {str(exc).splitlines()[-1].strip()}")
+
+    out = Path(args.out)
+    src = out if out.exists() else RESULTS
+    result = json.loads(src.read_text()) if src.exists() else {}
     rows = result.get("iterations", []) if "iterations" not in args.parts else []
+    its_stored = "iterations" not in args.parts and bool(rows)
 
     def show(v):  # an iteration count, or more than the cap
         return f">{args.cap}" if v is None else f"{v:.0f}"
@@ -183,7 +249,7 @@ def main() -> None:
         print(f"iterations to 1e-2, median over sampling seeds 0..{args.seeds - 1}")
         print(
             f"{'method':9} {'I':>3} {'B':>3} {'median':>8} {'min':>6} {'max':>6} "
-            f"{'reached':>7} {'vs I=1':>7}"
+            f"{'reached':>7} {'iters I=1/I':>11}"
         )
     for method in methods if "iterations" in args.parts else ():
         for B in Bs:
@@ -199,19 +265,21 @@ def main() -> None:
 
                 print(
                     f"{method:9} {I:>3} {B:>3} {show(it):>8} {show(r['min']):>6} "
-                    f"{show(r['max']):>6} {r['reached']:>4}/{r['seeds']:<2} {ratio:>7}",
+                    f"{show(r['max']):>6} {r['reached']:>4}/{r['seeds']:<2} {ratio:>11}",
                     flush=True,
                 )
 
     timing = result.get("timing", []) if "timing" not in args.parts else []
     its = {r["I"]: r["iterations"] for r in rows if r["method"] == "bsvrb-v2" and r["B"] == 8}
-    header = f"{'workers':>7} {'I':>3} {'median':>8} {'min':>8} {'max':>8} {'vs I=1':>7}"
+    header = f"{'workers':>7} {'I':>3} {'median':>8} {'min':>8} {'max':>8} {'s/iter I/I=1':>13}"
     if "timing" in args.parts:
         print(f"\nseconds per iteration (v2, B = 8; {args.repeats} interleaved runs each)")
+        if its_stored:
+            print(f"(stored): est. s to 1e-2 uses the iteration counts stored in {src}")
         print(f"{header} {'est. s to 1e-2':>15}")
     for w in args.workers if "timing" in args.parts else ():
         per_I = timed(w, Is, args.repeats, args.timing_iters, "bsvrb-v2")
-        timing += timing_rows(w, per_I, its)
+        timing += timing_rows(w, per_I, its, stored=its_stored)
 
     heavy = result.get("heavy", []) if "heavy" not in args.parts else []
     if "heavy" in args.parts:
@@ -223,7 +291,9 @@ def main() -> None:
         heavy += timing_rows(w, per_I)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    stored = [k for k in ("iterations", "timing", "heavy") if k not in args.parts]
     result = {"iterations": rows, "timing": timing, "heavy": heavy, "args": vars(args)}
+    result["stored_parts"] = {k: str(src) for k in stored}  # kept from an earlier run
     out.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {out}")
 

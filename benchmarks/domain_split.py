@@ -7,18 +7,26 @@ V-cycle alone, ``"bicgstab"``, ``"gmres"``, ``"fgmres"``), setup included, and t
 (``krylov``, on a local Dask cluster, after a small run of the same kind on it so that
 its workers have imported tilegraph, as the baselines' processes have imported pyamg and
 SciPy before their clocks start; the small run's time is reported as
-``warm_up_run_s``; and again with ``--cluster threads:N``, its workers threads of one
+``warm_up_run_s``; and again on ``threads:N`` (``--clusters local,threads``), threads of one
 process, whose memory is then one process's like the baselines'). Every solver works on
 the same assembled fine system (the problem as tilegraph's config describes it) and
-stops at the same relative residual. It prints one table with wall time, peak memory
-(resident set of the whole process tree, sampled every 50 ms) and the ratio of pyamg's
-best to tilegraph, and writes JSON to ``benchmarks/results/``.
+stops at the same relative residual. SciPy's ``spsolve`` runs with both of SuperLU's
+column orderings ``COLAMD`` (its default) and ``MMD_AT_PLUS_A`` (about 1.8x faster on
+these stencil matrices), each in its own subprocess; the faster is reported, named in
+the solver column. It prints one table with wall time, peak memory (resident set of the
+whole process tree, sampled every 50 ms) and the ratio of each baseline's time to
+tilegraph's (``local``), given only where both reached the relative residual ``--tol``
+(else ``MISSED TOL``), and writes JSON to ``benchmarks/results/``: ``domain_split.json``
+(``domain_split_xS.json`` with ``--scale S``) for a run of every problem, cluster and
+accel of the defaults; a run of fewer writes ``domain_split[_xS].subset.json`` unless
+``--out`` names the file.
 
     python benchmarks/domain_split.py                          # every problem below
     python benchmarks/domain_split.py --problems 2d-var,3d-var --workers 2
-    python benchmarks/domain_split.py --problems 2d-var --scale 2 --skip spsolve  # 2047^2
+    python benchmarks/domain_split.py --problems 2d-var --scale 2 --skip spsolve \
+        --out benchmarks/results/domain_split_x2.json                        # 2047^2
     python benchmarks/domain_split.py --problems 3d-var --scale 2 --skip spsolve \
-        --accels none,bicgstab,gmres                                         # 255^3
+        --accels none,bicgstab,gmres --out benchmarks/results/domain_split_x2.json  # 255^3
     python benchmarks/domain_split.py --problems ooc --ooc-n 240
     python benchmarks/domain_split.py --problems ooc-data --ooc-n 240 --ooc-nc 15
 
@@ -48,6 +56,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from argtypes import comma_list, positive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +76,30 @@ PROBLEMS = {
 
 #: pyamg's Krylov options for ``ml.solve``; each is run and the fastest is its best
 ACCELS = (None, "bicgstab", "gmres", "fgmres")
+#: SuperLU's column orderings for ``spsolve``; each is run and the faster is reported
+ORDERINGS = ("COLAMD", "MMD_AT_PLUS_A")
+#: the out-of-core problems (tilegraph alone)
+OOC = ("ooc", "ooc-data")
+#: tilegraph's cluster kinds for ``--clusters`` (each as ``KIND:--workers``)
+CLUSTER_KINDS = ("local", "threads", "local-cuda", "ray")
+DEFAULT_PROBLEMS = "2d,2d-var,2d-data,3d,3d-var"
+DEFAULT_CLUSTERS = "local,threads"
+DEFAULT_ACCELS = "none,bicgstab,gmres,fgmres"
+DEFAULT_SKIP = "3d:spsolve,3d-var:spsolve"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def skip_list(text: str) -> str:
+    """argparse type: a comma list of CASE or PROBLEM:CASE."""
+    problems = (*PROBLEMS, *OOC)
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        prob, _, case = item.rpartition(":")
+        if case not in CASES or (prob and prob not in problems):
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: want CASE or PROBLEM:CASE with CASE in {', '.join(CASES)} and "
+                f"PROBLEM in {', '.join(problems)}"
+            )
+    return text
 
 
 def write_dataset(path: str, d: int = 2, n: int = 129, seed: int = 0) -> str:
@@ -114,14 +147,18 @@ def _fine_system(sets: dict):
     return A_ii.tocsr(), b
 
 
-def case_spsolve(sets, tol, workers):
+def case_spsolve(sets, tol, workers, permc_spec="COLAMD"):
     from scipy.sparse.linalg import spsolve
 
     A, b = _fine_system(sets)
     t0 = time.perf_counter()
-    x = spsolve(A, b)
+    x = spsolve(A, b, permc_spec=permc_spec)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "rel_residual": float(np.linalg.norm(b - A @ x) / np.linalg.norm(b))}
+    return {
+        "wall_s": wall,
+        "permc_spec": permc_spec,
+        "rel_residual": float(np.linalg.norm(b - A @ x) / np.linalg.norm(b)),
+    }
 
 
 def case_pyamg(sets, tol, workers, accel=None):
@@ -247,7 +284,7 @@ def run_case(case: str, sets: dict, tol: float, workers: int, timeout: float, ex
 def child(spec: str) -> None:
     args = json.loads(spec)
     fn = CASES[args["case"]]
-    keys = ("out_of_core", "accel", "box_solver", "cluster_kind")
+    keys = ("out_of_core", "accel", "box_solver", "cluster_kind", "permc_spec")
     kwargs = {k: args[k] for k in keys if k in args}
     res = fn(args["sets"], args["tol"], args["workers"], **kwargs)
     print(json.dumps(res))
@@ -256,72 +293,147 @@ def child(spec: str) -> None:
 def _label(case: str, extra: dict) -> str:
     if case == "pyamg":
         return f"pyamg accel={extra.get('accel')}"
+    if case == "spsolve":
+        return f"spsolve {extra.get('permc_spec', 'COLAMD')}"
     if extra.get("cluster_kind", "local") != "local":
         return f"{case} {extra['cluster_kind']}"
     return case
 
 
+def faster_spsolve(results: dict) -> None:
+    """Replace the ``spsolve ORDERING`` entries of ``results`` by one ``spsolve`` entry,
+    the faster ordering's (of those that ran), at the first one's place."""
+    keys = [k for k in results if k.startswith("spsolve ")]
+    if not keys:
+        return
+    ok = [results[k] for k in keys if results[k].get("status") == "ok"]
+    best = min(ok, key=lambda r: r["wall_s"]) if ok else dict(results[keys[0]])
+    best = {**best, "orderings": {k.split(" ", 1)[1]: results[k].get("wall_s",
+                                  results[k].get("status")) for k in keys}}  # fmt: skip
+    merged = {}
+    for k, v in results.items():
+        if k == keys[0]:
+            merged["spsolve"] = best
+        elif k not in keys:
+            merged[k] = v
+    results.clear()
+    results.update(merged)
+
+
+def reached(r: dict, tol: float) -> bool:
+    """A run that finished and whose true relative residual is at most ``tol``."""
+    res = r.get("rel_residual")
+    return r.get("status") == "ok" and res is not None and res <= tol
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--problems", default="2d,2d-var,2d-data,3d,3d-var",
-                    help="comma list of " + ", ".join([*PROBLEMS, "ooc", "ooc-data"]))  # fmt: skip
-    ap.add_argument("--tol", type=float, default=1e-8)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--problems",
+        type=comma_list((*PROBLEMS, *OOC), "problem"),
+        default=DEFAULT_PROBLEMS,
+        help="comma list of " + ", ".join([*PROBLEMS, *OOC]) + " (%(default)s)",
+    )
+    ap.add_argument(
+        "--tol", type=positive(float), default=1e-8, help="relative residual (%(default)s)"
+    )
+    ap.add_argument(
+        "--workers", type=positive(int), default=2, help="tilegraph's workers (%(default)s)"
+    )
     ap.add_argument(
         "--clusters",
-        default="local,threads",
+        type=comma_list(CLUSTER_KINDS, "cluster kind"),
+        default=DEFAULT_CLUSTERS,
         help="comma list of tilegraph's clusters (each with --workers): local (worker "
-        "processes; the ratios are against it), threads (worker threads in one process)",
+        "processes; the ratios are against it), threads (worker threads in one process), "
+        "local-cuda, ray (%(default)s)",
     )
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    ap.add_argument(
+        "--timeout", type=positive(float), default=900.0, help="seconds per case (%(default)s)"
+    )
     ap.add_argument(
         "--box-solver",
         default="auto",
         choices=("auto", "lu", "frozen"),
-        help="tilegraph's box_solver on variable coefficients (auto: its default)",
+        help="tilegraph's box_solver on variable coefficients (auto: its default) (%(default)s)",
     )
     ap.add_argument(
         "--scale",
-        type=int,
+        type=positive(int),
         default=1,
         help="multiply n_fine of the 2d*/3d* problems by this (2: 2047^2 and 255^3, where "
         "the process tree's imports weigh less against the arrays; skip spsolve, and in 3-D "
-        "pyamg's fgmres, which took 8.8 GiB at 127^3)",
+        "pyamg's fgmres, which took 8.8 GiB at 127^3) (%(default)s)",
     )
     ap.add_argument(
         "--accels",
-        default="none,bicgstab,gmres,fgmres",
+        default=DEFAULT_ACCELS,
         help="comma list of pyamg's accel options to run (none: the V-cycle alone; leave "
-        "out fgmres on large 3-D grids: 8.8 GiB at 127^3)",
+        "out fgmres on large 3-D grids: 8.8 GiB at 127^3) (%(default)s)",
     )
-    ap.add_argument("--ooc-n", type=int, default=240, help="n_fine of the out-of-core 3-D case")
-    ap.add_argument("--ooc-nc", type=int, default=40, help="n_coarse of the out-of-core case")
+    ap.add_argument(
+        "--ooc-n",
+        type=positive(int),
+        default=240,
+        help="n_fine of the out-of-core 3-D case (%(default)s)",
+    )
+    ap.add_argument(
+        "--ooc-nc",
+        type=positive(int),
+        default=40,
+        help="n_coarse of the out-of-core case (%(default)s)",
+    )
     ap.add_argument(
         "--ooc-restart",
-        type=int,
+        type=positive(int),
         default=10,
-        help="FGMRES restart of the out-of-core case (each one more pair of stored vectors)",
+        help="FGMRES restart of the out-of-core case (each one more pair of stored vectors) "
+        "(%(default)s)",
     )
     ap.add_argument(
         "--skip",
-        default="3d:spsolve,3d-var:spsolve",
-        help="comma list of CASE or PROBLEM:CASE to skip (default: SuperLU on 127^3 needs "
-        "far more than 24 GiB)",
+        type=skip_list,
+        default=DEFAULT_SKIP,
+        help="comma list of CASE or PROBLEM:CASE to skip (default: %(default)s: SuperLU on "
+        "127^3 needs far more than 24 GiB)",
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON written (default: benchmarks/results/domain_split[_xS].json for a run of "
+        "every default problem, cluster and accel, else domain_split[_xS].subset.json, so "
+        "that a partial run keeps the full run's file)",
     )
     args = ap.parse_args()
-    if args.scale < 1:
-        ap.error(f"--scale must be an integer >= 1 (got {args.scale})")
     names = {"none": None, **{a: a for a in ACCELS if a}}
     accels = [a.strip().lower() for a in args.accels.split(",") if a.strip()]
     if not accels or set(accels) - set(names):
-        ap.error(f"--accels: choose from {', '.join(names)} (got {args.accels!r})")
+        ap.error(f"argument --accels: choose from {', '.join(names)} (got {args.accels!r})")
     accels = [names[a] for a in accels]
     if args.child:
         child(args.child)
         return
 
     skip = set(filter(None, args.skip.split(",")))
+    from tilegraph.pipelines.config import ConfigError
+
+    for name in args.problems.split(","):  # every problem's config, before any run
+        ooc = name in OOC
+        sets = {"d": 3, "n_fine": args.ooc_n, "n_coarse": args.ooc_nc} if ooc else {
+            **PROBLEMS[name], "n_fine": PROBLEMS[name]["n_fine"] * args.scale}  # fmt: skip
+        if ooc:
+            sets["restart"] = args.ooc_restart
+        if sets.get("problem.kind") == "variable":
+            sets["box_solver"] = args.box_solver
+        if sets.get("problem.kind") == "dataset":
+            sets.pop("problem.kind")  # its dataset is written later: checked as constant
+        if sets["d"] == 3 and "problem.kind" not in sets:
+            sets |= {"problem.alpha": [1.0, 1.0, 1.0], "problem.beta": [1.0, 0.5, 0.25]}
+        try:
+            _config({**sets, "tol": args.tol, "out_of_core": ooc, "direct_reference": False})
+        except ConfigError as exc:
+            ap.error(f"--problems {name}: {exc}")
     data_dir = tempfile.mkdtemp(dir=os.environ.get("TILEGRAPH_BENCH_DIR"))
     rows = []
     for name in args.problems.split(","):
@@ -336,7 +448,8 @@ def main() -> None:
         else:
             sets = dict(PROBLEMS[name])
             sets["n_fine"] *= args.scale
-            cases = [("spsolve", {})] + [("pyamg", {"accel": a}) for a in accels]
+            cases = [("spsolve", {"permc_spec": o}) for o in ORDERINGS]
+            cases += [("pyamg", {"accel": a}) for a in accels]
             for kind in args.clusters.split(","):
                 extra = {"box_solver": args.box_solver}
                 if kind != "local":
@@ -350,6 +463,7 @@ def main() -> None:
             label = _label(case, extra)
             print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
             results[label] = run_case(case, sets, args.tol, args.workers, args.timeout, extra)
+        faster_spsolve(results)
         base = results.get("tilegraph", {})
         # pyamg's best: the fastest run that reached the tolerance (its stopping test is
         # on a preconditioned residual; the true one is checked here)
@@ -365,11 +479,17 @@ def main() -> None:
             res["unknowns"] = (sets["n_fine"] - 1) ** sets["d"]
             res["best_pyamg"] = res is best
             ours = label.startswith("tilegraph")
+            # a ratio only where both sides reached the tolerance (true residual)
+            res["reached_tol"] = reached(res, args.tol)
             if res.get("status") == "ok" and base.get("status") == "ok" and not ours:
-                res["speedup_of_tilegraph"] = res["wall_s"] / base["wall_s"]
+                both = res["reached_tol"] and reached(base, args.tol)
+                res["speedup_of_tilegraph"] = res["wall_s"] / base["wall_s"] if both else None
             if ours and best is not None and res.get("status") == "ok":
-                res["vs_best_pyamg"] = best["wall_s"] / res["wall_s"]
-                res["memory_vs_best_pyamg"] = res["peak_tree_gib"] / best["peak_tree_gib"]
+                if res["reached_tol"]:
+                    res["vs_best_pyamg"] = best["wall_s"] / res["wall_s"]
+                    res["memory_vs_best_pyamg"] = res["peak_tree_gib"] / best["peak_tree_gib"]
+                else:
+                    res["vs_best_pyamg"] = None
             rows.append(res)
 
     header = [
@@ -386,17 +506,26 @@ def main() -> None:
     table = [header]
     for r in rows:
         ok = r.get("status") == "ok"
+        if r.get("speedup_of_tilegraph") is not None:
+            ratio = f"{r['speedup_of_tilegraph']:.2f}x"
+        elif "speedup_of_tilegraph" in r or (ok and not r["reached_tol"]):
+            ratio = "MISSED TOL"
+        else:
+            ratio = "-"
+        solver = r["case"]
+        if r["case"] == "spsolve" and "permc_spec" in r:
+            solver = f"spsolve {r['permc_spec']} (faster of {'/'.join(ORDERINGS)})"
         table.append(
             [
                 r["problem"],
                 f"{r['unknowns']:,}",
-                r["case"] + (" (best)" if r.get("best_pyamg") else ""),
+                solver + (" (best)" if r.get("best_pyamg") else ""),
                 f"{r['wall_s']:.2f}" if ok else r["status"],
                 f"{r['peak_tree_gib']:.2f}" if ok else "-",
                 f"{r['peak_process_gib']:.2f}" if ok else "-",
                 f"{r['rel_residual']:.1e}" if ok else "-",
                 str(r.get("iterations", "-")),
-                f"{r['speedup_of_tilegraph']:.2f}x" if "speedup_of_tilegraph" in r else "-",
+                ratio,
             ]
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -404,8 +533,13 @@ def main() -> None:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    print(f"(baseline/tilegraph: that row's wall s over tilegraph local's; MISSED TOL: one "
+          f"of the two has a relative residual above --tol {args.tol:g})")  # fmt: skip
     for r in rows:
-        if "vs_best_pyamg" in r:
+        if r.get("vs_best_pyamg", 0) is None:
+            print(f"{r['problem']}: {r['case']} MISSED TOL (relative residual "
+                  f"{r['rel_residual']:.1e} > {args.tol:g}): not compared")  # fmt: skip
+        elif "vs_best_pyamg" in r:
             ratio = r["vs_best_pyamg"]
             verdict = "faster" if ratio >= 1 else "slower"
             shown = ratio if ratio >= 1 else 1 / ratio
@@ -414,11 +548,17 @@ def main() -> None:
                 f"{r['problem']}: {r['case']} {shown:.2f}x {verdict} than pyamg's best, "
                 f"peak memory (process tree) {mem:.2f}x of its"
             )
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    name = "domain_split.json" if args.scale == 1 else f"domain_split_x{args.scale}.json"
-    (out / name).write_text(json.dumps(rows, indent=2))
-    print(f"\nwrote {out / name}")
+    stem = "domain_split" if args.scale == 1 else f"domain_split_x{args.scale}"
+    full = (
+        set(args.problems.split(",")) >= set(DEFAULT_PROBLEMS.split(","))
+        and set(args.clusters.split(",")) >= set(DEFAULT_CLUSTERS.split(","))
+        and set(accels) >= set(ACCELS)
+        and skip <= set(DEFAULT_SKIP.split(","))
+    )
+    out = Path(args.out) if args.out else RESULTS / f"{stem}{'' if full else '.subset'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

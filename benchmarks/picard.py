@@ -6,12 +6,14 @@ iterations, model evaluations and the max |parallel - sequential| for plain Pica
 for the accelerated variant (secant-linearised window sweep + extrapolated window
 starts) at the same tolerance and at a matched error (the loosest tolerance of a ladder
 whose error is no larger than plain Picard's), for triangular Anderson mixing alone, and
-the published ParaDiGMS counts where there are some. "floor" is ceil(T / p) as a
-fraction of plain Picard's count: no variant with window p can do better, since a
-window moves at most p steps per iteration. "bound" is the accelerated sweep with the
-slots a sliding window moves onto started from the model's own steps (the sequential
-sampler's continuation, bought with model calls; the first window from copies of x_T,
-as everywhere else): what a perfect extrapolation would give. Goals: plain <=
+the published ParaDiGMS counts where there are some. The ratios are of iterations over
+plain Picard's ("iters"): "i_acc/iters" the accelerated variant's at the same tolerance,
+"i_acc@err/iters" its at a matched error, and "ceil(T/p)/iters" the floor: no variant
+with window p can do better, since a window moves at most p steps per iteration.
+"bound" is the accelerated sweep with the slots a sliding window moves onto started
+from the model's own steps (the sequential sampler's continuation, bought with model
+calls; the first window from copies of x_T, as everywhere else): what a perfect
+extrapolation would give. Goals: plain <=
 ParaDiGMS's count; accelerated <= 0.5x plain at the same error.
 
 Part 2 (counts, learned model): the same table for the 256-256 ReLU denoiser that the
@@ -35,8 +37,9 @@ worker). Two settings:
 
 Goal: >= 1.5x on 2 workers. With ``--device cuda`` the replicas evaluate with CuPy on
 the GPU. Every variant runs with ParaDiGMS's stopping test and with the guard
-(``+guard``); a run whose error exceeds ``WRONG`` (10) x tol returned another sample and
-gets no speed-up ("WRONG").
+(``+guard``); a run whose error exceeds the smaller of 10 x tol and 3 x plain Picard's
+error in the same rows (same setting, workers and window; that limit at least 0.1 x tol)
+returned another sample and gets no speed-up ("WRONG", see ``wrong_limit``).
 
 Part 4 (``--diffusers``; needs the ``torch`` extra): a small ``UNet2DModel`` (randomly
 initialised, seeded; ``--unet-size`` pixels) in a DDPM pipeline directory: iterations,
@@ -44,7 +47,10 @@ model evaluations, error and wall time of diffusers' own sequential DDPM loop (t
 speed-ups are against the faster of it and tilegraph's sequential sampler), its ParaDiGMS loop
 (``tasks/picard/paradigms_peer.py``), tilegraph's plain and accelerated Picard (guard off
 and on) in this process, against the sequential sampler; then the ``picard`` pipeline
-with ``model=diffusers`` on ``local:1`` and ``local:2`` (its ``speedup_wall``). With
+with ``model=diffusers`` on ``local:1`` and ``local:2``, its speed-up against the same
+sequential baseline as the rows above (the pipeline's own ``speedup_wall``, against its
+own sequential run, is printed beside it and stored as ``speedup_vs_own_sequential``).
+The same WRONG rule holds, against plain Picard at the pipeline's window. With
 ``--device cuda`` everything runs on the GPU: the network, diffusers' loop (as its
 pipeline runs it, on the network's device) and tilegraph's samplers on CuPy samples fed
 to the network through DLPack; the pipeline then runs on ``local-cuda`` with the loop on
@@ -63,7 +69,10 @@ samples, p in (8, 32), tol in (0.1, 0.01): iterations and max |parallel - sequen
 diffusers' ParaDiGMS loop and of tilegraph's plain and accelerated Picard, guard off and
 on.
 
-Results go to ``benchmarks/results/picard.json``.
+Results go to ``benchmarks/results/picard.json`` (``--out``). A part not run
+(``--skip-counts``, ``--skip-learned``, ``--skip-wall``, a wall setting, device or part 4/5
+not asked for) keeps an earlier run's rows, read from ``--out`` if it exists, else from
+the default file; they are printed and stored marked "(stored)".
 """
 
 from __future__ import annotations
@@ -83,6 +92,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from argtypes import positive  # noqa: E402
 from tilegraph import cluster  # noqa: E402
 from tilegraph.pipelines.picard.model_spec import digits_data  # noqa: E402
 from tilegraph.pipelines.picard.runner import WindowEvaluator  # noqa: E402
@@ -103,13 +113,34 @@ PUBLISHED = {
 
 LADDER = (0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 ACCEL = {"secant": True, "extrapolate": True}
-#: A run whose max |parallel - sequential| exceeds WRONG x tol (data of unit scale) has
-#: returned another sample: its wall-time ratio is not reported ("WRONG").
-WRONG = 10.0
-HEADER = (
-    "sampl steps    p     tol  pub.  iters  evals       err  i_acc  e_acc   err_acc  "
-    "ratio  i_acc@err ratio i_anderson floor bound draft"
+#: A run whose max |parallel - sequential| exceeds the smaller of WRONG x tol (data of
+#: unit scale) and WRONG_PLAIN x plain Picard's error in the same rows (same setting,
+#: workers and window; the limit at least WRONG_FLOOR x tol, so that a plain run that
+#: happens to be exact does not fail the others on rounding) has returned another sample:
+#: its wall-time ratio is not reported ("WRONG").
+WRONG, WRONG_PLAIN, WRONG_FLOOR = 10.0, 3.0, 0.1
+LEGEND = (
+    "speedup: sequential wall_s / this wall_s; WRONG: max_err > min(10 x tol, 3 x plain "
+    "picard's max_err at the same window, at least 0.1 x tol): no speed-up"
 )
+
+
+def wrong_limit(tol: float, plain_err: float | None) -> float:
+    """The largest error a row may have and still get a speed-up (see ``WRONG``)."""
+    if plain_err is None:
+        return WRONG * tol
+    return min(WRONG * tol, max(WRONG_PLAIN * plain_err, WRONG_FLOOR * tol))
+
+
+#: the columns of parts 1 and 2: (header, width); the ratios are over plain Picard's
+#: iterations ("iters")
+COLS = (
+    ("sampl", 5), ("steps", 5), ("p", 4), ("tol", 7), ("pub.", 5), ("iters", 6),
+    ("evals", 6), ("err", 9), ("i_acc", 6), ("e_acc", 6), ("err_acc", 9),
+    ("i_acc/iters", 11), ("i_acc@err", 9), ("i_acc@err/iters", 15), ("i_anderson", 10),
+    ("ceil(T/p)/iters", 15), ("bound", 5), ("draft", 5),
+)  # fmt: skip
+HEADER = " ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(COLS))
 
 
 def counts(samples: int, quick: bool, spread: float = 0.25) -> list[dict]:
@@ -208,20 +239,21 @@ def compare(eps, kind: str, st, x_T, z, p: int, tols, draft=None, published=Fals
     return rows
 
 
-def print_row(r):
+def print_row(r, mark: str = ""):
     pub = "" if r["published"] is None else str(r["published"])
     m = r["iters_acc_matched"]
     rm = r["ratio_matched"]
     dr = r.get("iters_draft")
-    print(
-        f"{r['sampler']:5} {r['steps']:5} {r['window']:4} {r['tol']:7.0e} {pub:>5} "
-        f"{r['iters']:6} {r['evals']:6} {r['err']:9.1e} "
-        f"{r['iters_acc']:6} {r['evals_acc']:6} {r['err_acc']:9.1e} {r['ratio']:6.2f} "
-        f"{'-' if m is None else m:>6} {'-' if rm is None else f'{rm:.2f}':>6} "
-        f"{r['iters_anderson']:6} {floor_ratio(r):5.2f} {r['iters_bound']:5} "
-        f"{'-' if dr is None else dr:>5}",
-        flush=True,
+    cells = [r["sampler"], r["steps"], r["window"], f"{r['tol']:.0e}", pub, r["iters"],
+             r["evals"], f"{r['err']:.1e}", r["iters_acc"], r["evals_acc"],
+             f"{r['err_acc']:.1e}", f"{r['ratio']:.2f}", "-" if m is None else m,
+             "-" if rm is None else f"{rm:.2f}", r["iters_anderson"],
+             f"{floor_ratio(r):.2f}", r["iters_bound"], "-" if dr is None else dr]  # fmt: skip
+    line = " ".join(
+        str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        for i, (c, (_, w)) in enumerate(zip(cells, COLS, strict=True))
     )
+    print(line + mark, flush=True)
 
 
 def floor_ratio(r) -> float:
@@ -294,6 +326,7 @@ def wall_on(args, workers: int, setting: str, spec: dict, st, x_T, z) -> list[di
         # with one replica the loop can also run inside it, as the sequential sampler
         # does ("here"), with no round trip per iteration
         where = ("driver", "here") if workers == 1 else ("driver",)
+        plain_err: dict[int, float] = {}  # window -> plain Picard's error (the WRONG rule)
         for p, (acc, guard), at in itertools.product(args.windows, variants, where):
             opts = {"guard": guard, **(ACCEL if acc else {})}
             if at == "here":
@@ -305,6 +338,9 @@ def wall_on(args, workers: int, setting: str, spec: dict, st, x_T, z) -> list[di
                 el = time.perf_counter() - t0
                 x, its, evals = r.x, r.iterations, r.model_evals
             err = float(np.abs(x - xs).max())
+            if not (acc or guard) and at == "driver":  # plain Picard: the first of window p
+                plain_err[p] = err
+            limit = wrong_limit(args.tol, plain_err.get(p))
             rows.append(
                 {
                     **common,
@@ -316,8 +352,9 @@ def wall_on(args, workers: int, setting: str, spec: dict, st, x_T, z) -> list[di
                     "evals": evals,
                     "wall_s": el,
                     # a speed-up at a wrong answer is none
-                    "speedup": base / el if err <= WRONG * args.tol else None,
+                    "speedup": base / el if err <= limit else None,
                     "err": err,
+                    "err_limit": limit,
                     "median_err": float(np.median(np.abs(x - xs).max(axis=1))),
                 }
             )
@@ -325,13 +362,13 @@ def wall_on(args, workers: int, setting: str, spec: dict, st, x_T, z) -> list[di
     return rows
 
 
-def print_wall(w: dict) -> None:
+def print_wall(w: dict, mark: str = "") -> None:
     err = "" if w["method"] == "sequential" else f"{w['err']:9.1e} {w['median_err']:9.1e}"
     speed = "  WRONG" if w["speedup"] is None else f"{w['speedup']:7.2f}"
     print(
         f"{w['method']:23} {w['workers']:3} {w['window']:4} {w['iters']:6} "
         f"{w['evals']:6} {w['wall_s']:8.2f} {speed} {err:>19} "
-        f"{w['call_ms']:8.1f}",
+        f"{w['call_ms']:8.1f}{mark}",
         flush=True,
     )
 
@@ -397,12 +434,11 @@ def diffusers_part(args) -> list[dict]:
             {"method": "diffusers-sequential", "window": 1, "iters": T, "evals": T,
              "wall_s": theirs, "speedup": base / theirs, "err": None, "device": dev}]  # fmt: skip
 
-    def row(method, p, its, evals, wall, x):
+    def row(method, p, its, evals, wall, x):  # the speed-up gated below (wrong_limit)
         err = float(np.abs(np.asarray(to_host(x)) - xs).max())
-        ok = err <= WRONG * args.tol
-        speed = base / wall if ok else None
         rows.append({"method": method, "window": p, "iters": its, "evals": evals,
-                     "wall_s": wall, "speedup": speed, "err": err, "device": dev})  # fmt: skip
+                     "wall_s": wall, "speedup": base / wall, "err": err,
+                     "device": dev})  # fmt: skip
 
     def failed(method, p, error):  # a row that could not run (a device's one chance)
         print(f"{method} p={p}: failed: {type(error).__name__}: {error}", flush=True)
@@ -422,6 +458,13 @@ def diffusers_part(args) -> list[dict]:
                 row(name, p, r.iterations, r.model_evals, wall, r.x)
             except Exception as error:
                 failed(name, p, error)
+    # the WRONG rule: against plain Picard's error at the same window, in this process
+    plain_err = {r["window"]: r["err"] for r in rows if r["method"] == "picard" and "err" in r}
+    for r in rows[2:]:  # not the two sequential baselines
+        if r.get("err") is not None:
+            r["err_limit"] = wrong_limit(args.tol, plain_err.get(r["window"]))
+            if r["err"] > r["err_limit"]:
+                r["speedup"] = None
     for r in rows:
         if "status" in r:
             continue
@@ -452,14 +495,22 @@ def diffusers_part(args) -> list[dict]:
             except Exception as error:
                 failed(f"pipeline {spec} {parallel}", max(args.windows), error)
                 continue
+            # against the same sequential baseline as the rows above (the faster of
+            # tilegraph's and diffusers' loops in this process), gated by the same rule
+            err = m["max_abs_diff_vs_sequential"]
+            limit = wrong_limit(args.tol, plain_err.get(max(args.windows)))
+            speed = base / m["sampling_s"] if err <= limit else None
             rows.append({"method": f"pipeline {spec} {parallel}", "window": max(args.windows),
                          "iters": m["iterations"], "evals": m["model_evals"],
-                         "wall_s": m["sampling_s"], "speedup": m["speedup_wall"],
-                         "err": m["max_abs_diff_vs_sequential"], "device": dev})  # fmt: skip
-            err = m["max_abs_diff_vs_sequential"]
-            print(f"pipeline {spec} {parallel}: sampling {m['sampling_s']:.2f} s, sequential "
-                  f"{m['sequential_wall_s']:.2f} s, speed-up {m['speedup_wall']:.2f}, "
-                  f"{m['iterations']} iterations, err {err:.1e}")  # fmt: skip
+                         "wall_s": m["sampling_s"], "speedup": speed, "err": err,
+                         "err_limit": limit, "speedup_vs_own_sequential": m["speedup_wall"],
+                         "device": dev})  # fmt: skip
+            shown = "WRONG" if speed is None else f"{speed:.2f}"
+            print(f"pipeline {spec} {parallel}: sampling {m['sampling_s']:.2f} s, speed-up "
+                  f"{shown} (baseline {base:.2f} s as above; against the pipeline's own "
+                  f"sequential run of {m['sequential_wall_s']:.2f} s: "
+                  f"{m['speedup_wall']:.2f}), {m['iterations']} iterations, "
+                  f"err {err:.1e}")  # fmt: skip
     return rows
 
 
@@ -515,52 +566,136 @@ def trained_unet_part() -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer windows and tolerances")
-    ap.add_argument("--samples", type=int, default=4, help="samples per batch (counts)")
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer windows and tolerances (default: off)"
+    )
+    ap.add_argument(
+        "--samples", type=positive(int), default=4, help="samples per batch (counts) (%(default)s)"
+    )
     ap.add_argument(
         "--spread",
-        type=float,
+        type=positive(float),
         default=0.25,
         help="mixture component std of the counts part (the reference does not give it; "
-        "0.25 reproduces the published counts and errors, see docs/picard.md)",
+        "0.25 reproduces the published counts and errors, see docs/picard.md) (%(default)s)",
     )
-    ap.add_argument("--dim", type=int, default=128, help="GMM dimension (wall clock)")
-    ap.add_argument("--components", type=int, default=8192, help="GMM components (throughput)")
-    ap.add_argument("--wall-steps", type=int, default=200, help="DDPM steps (wall clock)")
-    ap.add_argument("--wall-samples", type=int, default=64, help="samples (throughput)")
     ap.add_argument(
-        "--latency-components", type=int, default=131072, help="GMM components (latency)"
+        "--dim", type=positive(int), default=128, help="GMM dimension (wall clock) (%(default)s)"
     )
-    ap.add_argument("--latency-samples", type=int, default=1, help="samples (latency)")
+    ap.add_argument(
+        "--components",
+        type=positive(int),
+        default=8192,
+        help="GMM components (throughput) (%(default)s)",
+    )
+    ap.add_argument(
+        "--wall-steps",
+        type=positive(int),
+        default=200,
+        help="DDPM steps (wall clock) (%(default)s)",
+    )
+    ap.add_argument(
+        "--wall-samples", type=positive(int), default=64, help="samples (throughput) (%(default)s)"
+    )
+    ap.add_argument(
+        "--latency-components",
+        type=positive(int),
+        default=131072,
+        help="GMM components (latency) (%(default)s)",
+    )
+    ap.add_argument(
+        "--latency-samples", type=positive(int), default=1, help="samples (latency) (%(default)s)"
+    )
     ap.add_argument(
         "--settings",
         nargs="+",
         choices=["throughput", "latency"],
         default=["throughput", "latency"],
-        help="wall-clock settings to run",
+        help="wall-clock settings to run (default: %(default)s)",
     )
-    ap.add_argument("--windows", type=int, nargs="+", default=[8, 32])
-    ap.add_argument("--tol", type=float, default=0.1, help="tolerance (wall clock)")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument(
-        "--wall-workers", type=int, nargs="+", default=[1, 2], help="model replicas (part 3)"
+        "--windows",
+        type=positive(int),
+        nargs="+",
+        default=[8, 32],
+        help="windows p (parts 3 and 4) (default: %(default)s)",
     )
-    ap.add_argument("--skip-wall", action="store_true")
-    ap.add_argument("--skip-counts", action="store_true", help="no part 1 (keeps the stored one)")
-    ap.add_argument("--skip-learned", action="store_true", help="no part 2 (keeps the stored one)")
-    ap.add_argument("--learned-samples", type=int, default=8, help="samples (part 2)")
-    ap.add_argument("--diffusers", action="store_true", help="part 4 (the torch extra)")
     ap.add_argument(
-        "--trained-unet", action="store_true", help="part 5 (the torch extra; trains 1-2 min)"
+        "--tol", type=positive(float), default=0.1, help="tolerance (wall clock) (%(default)s)"
     )
-    ap.add_argument("--unet-size", type=int, default=16, help="UNet image side (part 4)")
-    ap.add_argument("--unet-steps", type=int, default=100, help="DDPM steps (part 4)")
-    ap.add_argument("--unet-samples", type=int, default=4, help="samples (part 4)")
+    ap.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="parts 3, 4 (%(default)s)"
+    )
+    ap.add_argument(
+        "--wall-workers",
+        type=positive(int),
+        nargs="+",
+        default=[1, 2],
+        help="model replicas (part 3) (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--skip-wall", action="store_true", help="no part 3 (keeps the stored one; default: off)"
+    )
+    ap.add_argument(
+        "--skip-counts", action="store_true", help="no part 1 (keeps the stored one; default: off)"
+    )
+    ap.add_argument(
+        "--skip-learned",
+        action="store_true",
+        help="no part 2 (keeps the stored one; default: off)",
+    )
+    ap.add_argument(
+        "--learned-samples", type=positive(int), default=8, help="samples (part 2) (%(default)s)"
+    )
+    ap.add_argument(
+        "--diffusers", action="store_true", help="part 4 (the torch extra; default: off)"
+    )
+    ap.add_argument(
+        "--trained-unet",
+        action="store_true",
+        help="part 5 (the torch extra; trains 1-2 min; default: off)",
+    )
+    ap.add_argument(
+        "--unet-size",
+        type=positive(int),
+        default=16,
+        help="UNet image side (part 4) (%(default)s)",
+    )
+    ap.add_argument(
+        "--unet-steps", type=positive(int), default=100, help="DDPM steps (part 4) (%(default)s)"
+    )
+    ap.add_argument(
+        "--unet-samples", type=positive(int), default=4, help="samples (part 4) (%(default)s)"
+    )
+    ap.add_argument("--out", default=str(RESULTS), help="JSON written (%(default)s)")
     args = ap.parse_args(argv)
 
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    target = pathlib.Path(args.out)
+    src = target if target.exists() else RESULTS
+    stored = json.loads(src.read_text()) if src.exists() else {}
+    kept: dict[str, str] = {}  # part -> where its rows came from (an earlier run)
+
+    def keep(part: str, title: str, rows, printer=None, header=None):
+        """An earlier run's rows of ``part``: marked and printed "(stored)"."""
+        if not rows:
+            print(f"\n{title}: not run here, none stored")
+            return rows
+        kept[part] = str(src)
+        for r in rows:
+            if isinstance(r, dict):
+                r["stored"] = True
+        print(f"\n{title}: (stored) {len(rows)} rows of an earlier run, from {src}")
+        if printer is not None:
+            try:
+                print(header)
+                for r in rows:
+                    printer(r, " (stored)")
+            except (KeyError, TypeError, ValueError):  # an older file's rows
+                print("(stored rows of another format: not printed)")
+        return rows
+
     if args.skip_counts:
-        rows = stored.get("counts")
+        rows = keep("counts", "Part 1", stored.get("counts"), print_row, HEADER)
     else:
         print("Part 1: 64-D GMM (exact eps), iterations / model evals / max|parallel - seq.|")
         print(HEADER)
@@ -573,46 +708,52 @@ def main(argv=None) -> int:
         "counts": rows,
     }
     if args.skip_learned:
-        out["learned"] = stored.get("learned")
+        out["learned"] = keep("learned", "Part 2", stored.get("learned"), print_row, HEADER)
     else:
         print("\nPart 2: denoiser learned on the digits (256-256 ReLU MLP), draft: its twin")
         print(HEADER)
         with threadpool_limits(limits=1, user_api="blas"):
             out["learned"] = learned(args.learned_samples, args.quick)
-    if args.skip_wall:
-        out["wall"] = stored.get("wall")  # what an earlier run measured, if any
+    wall_header = (
+        "method                  wrk    p  iters  evals   wall_s speedup   max_err  med_err"
+        "  call_ms"
+    )
+    if args.skip_wall:  # what an earlier run measured, if any
+        out["wall"] = keep("wall", "Part 3", stored.get("wall"), print_wall, wall_header)
     else:
         print(
             f"\nPart 3: wall clock, {args.dim}-D GMM, DDPM-{args.wall_steps}, "
             f"tol={args.tol}, device={args.device}"
         )
-        print(
-            "method                  wrk    p  iters  evals   wall_s speedup   max_err  med_err"
-            "  call_ms"
-        )
+        print(LEGEND)
+        print(wall_header)
         measured = wall(args)
         # keep what an earlier run measured for the settings not run this time
-        kept = [r for r in stored.get("wall") or [] if r.get("setting") not in args.settings]
-        out["wall"] = kept + measured
+        old = [r for r in stored.get("wall") or [] if r.get("setting") not in args.settings]
+        if old:
+            keep("wall", "Part 3, the other settings", old, print_wall, wall_header)
+        out["wall"] = old + measured
     part4 = "diffusers" if args.device == "cpu" else "diffusers_cuda"
     if args.diffusers:
         print(f"\nPart 4: UNet2DModel {args.unet_size}x{args.unet_size}, DDPM-{args.unet_steps}, "
               f"tol={args.tol}, {args.unet_samples} samples, device={args.device}")  # fmt: skip
+        print(LEGEND)
         print("method               p   iters  evals   wall_s speedup       err")
         out[part4] = diffusers_part(args)
     # the other device's rows stay as an earlier run measured them
-    for key in {"diffusers", "diffusers_cuda"} - ({part4} if args.diffusers else set()):
-        out[key] = stored.get(key)
+    for key in sorted({"diffusers", "diffusers_cuda"} - ({part4} if args.diffusers else set())):
+        out[key] = keep(key, f"Part 4 ({key})", stored.get(key))
     if args.trained_unet:
         print("\nPart 5: the digits-unet preset's UNet, iterations (max |parallel - seq.|)")
         print("sampler     p   tol  diffusers      plain          accelerated    "
               "plain + guard  accelerated + guard")  # fmt: skip
         out["trained_unet"] = trained_unet_part()
     else:
-        out["trained_unet"] = stored.get("trained_unet")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+        out["trained_unet"] = keep("trained_unet", "Part 5", stored.get("trained_unet"))
+    out["stored_parts"] = kept
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {target}")
     return 0
 
 

@@ -32,8 +32,14 @@ Cases (``--cases``; the sizes are chosen so that one run on 1 worker takes secon
     python benchmarks/scaling.py                            # 1 2 4 8 workers, 3 rounds
     python benchmarks/scaling.py --workers 1 2 --rounds 1 --small   # a smoke run
 
+In round 0 every cluster first runs a small untimed run of every case (``warm_spec``),
+so that its workers have imported and warmed each pipeline's kernels. The final metrics
+of every case (its pipeline's ``metric_names`` but timings and worker counts) must agree
+across the worker counts: the table's last column gives their largest relative
+difference, and a WARNING line names a case where it exceeds ``--agree`` (1e-6).
+
 Goals (issue 21): ttn >= 1.6x on 2 and >= 4x on 8 workers. Writes
-``benchmarks/results/scaling.json``.
+``benchmarks/results/scaling.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -47,10 +53,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from argtypes import positive
+
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def depth(text: str) -> str:
+    """argparse type of ``--ttn-depth``: ``auto`` or an integer >= 1."""
+    if text == "auto":
+        return text
+    try:
+        if int(text) >= 1:
+            return str(int(text))
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"want auto or an integer >= 1 (got {text!r})")
 
 
 def cases(args) -> dict[str, tuple[str | None, list[str], str]]:
@@ -117,6 +137,36 @@ def run_once(ex, case: str, spec, root: str) -> dict:
     return m
 
 
+def warm_spec(case: str, spec):
+    """A small untimed run of ``case`` (same pipeline and kind, tiny sizes): its workers
+    import and warm the pipeline's kernels before the timed runs."""
+    preset, sets, what = spec
+    if case.startswith("bilevel"):
+        small = ["max_iter=2"]
+    elif case.startswith("ttn"):
+        small = ["T=0.02", "d=8", "r_max=8"]
+    else:  # domain-split
+        small = ["n_fine=64", "n_coarse=8", "boxes_per_block=4"]
+    return preset, [*sets, *small], what
+
+
+def agreement(got: dict, case: str, metric_names) -> float:
+    """The largest relative difference, across worker counts (and rounds), of the case's
+    final metrics: the pipeline's ``metric_names`` but timings and worker counts."""
+    worst = 0.0
+    runs = [m for ms in got[case].values() for m in ms]
+    for k in metric_names:
+        if k.endswith("_s") or k in ("workers", "time_s"):
+            continue
+        vals = [m.get(k) for m in runs]
+        if not vals or not all(isinstance(v, int | float) for v in vals):
+            continue
+        lo, hi = min(vals), max(vals)
+        scale = max(abs(lo), abs(hi), 1e-300)
+        worst = max(worst, (hi - lo) / scale) if math.isfinite(hi - lo) else math.inf
+    return worst
+
+
 def with_depth(spec, case: str, workers: int, depth: str):
     """A ttn case's spec with its ``subtree_depth`` for ``workers`` (see the module doc)."""
     if not case.startswith("ttn"):
@@ -138,19 +188,68 @@ def main(argv=None) -> int:
     from tilegraph import cluster
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--workers",
+        type=positive(int),
+        nargs="+",
+        default=[1, 2, 4, 8],
+        help="worker counts, the first the baseline (default: %(default)s)",
+    )
+    ap.add_argument("--rounds", type=positive(int), default=3, help="rounds (%(default)s)")
     ap.add_argument("--cases", default=None, help="comma-separated (default: all)")
-    ap.add_argument("--ttn-T", type=float, default=0.2, help="final time of ttn-paper")
-    ap.add_argument("--ttn-d64-T", type=float, default=0.05, help="final time of ttn-d64")
-    ap.add_argument("--ttn-depth", default="auto", help="subtree_depth of ttn: auto or N")
-    ap.add_argument("--Is", type=int, nargs="+", default=[1, 8], help="bilevel I values")
-    ap.add_argument("--bilevel-iters", type=int, default=20)
-    ap.add_argument("--ds-n", type=int, default=1024, help="domain-split n_fine, 2-D")
-    ap.add_argument("--ds-nc", type=int, default=32, help="domain-split n_coarse")
-    ap.add_argument("--ds-boxes", type=int, default=8, help="domain-split boxes_per_block")
-    ap.add_argument("--small", action="store_true", help="tiny sizes: a smoke run")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.json"))
+    ap.add_argument(
+        "--ttn-T", type=positive(float), default=0.2, help="final time of ttn-paper (%(default)s)"
+    )
+    ap.add_argument(
+        "--ttn-d64-T",
+        type=positive(float),
+        default=0.05,
+        help="final time of ttn-d64 (%(default)s)",
+    )
+    ap.add_argument(
+        "--ttn-depth",
+        type=depth,
+        default="auto",
+        help="subtree_depth of ttn: auto or N (%(default)s)",
+    )
+    ap.add_argument(
+        "--Is",
+        type=positive(int),
+        nargs="+",
+        default=[1, 8],
+        help="bilevel I values (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--bilevel-iters",
+        type=positive(int),
+        default=20,
+        help="iterations per bilevel run (%(default)s)",
+    )
+    ap.add_argument(
+        "--ds-n", type=positive(int), default=1024, help="domain-split n_fine, 2-D (%(default)s)"
+    )
+    ap.add_argument(
+        "--ds-nc", type=positive(int), default=32, help="domain-split n_coarse (%(default)s)"
+    )
+    ap.add_argument(
+        "--ds-boxes",
+        type=positive(int),
+        default=8,
+        help="domain-split boxes_per_block (%(default)s)",
+    )
+    ap.add_argument(
+        "--agree",
+        type=positive(float),
+        default=1e-6,
+        help="largest relative difference of a case's final metrics across worker counts "
+        "before a WARNING (%(default)s)",
+    )
+    ap.add_argument("--small", action="store_true", help="tiny sizes: a smoke run (default: off)")
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "scaling.json"),
+        help="JSON written (%(default)s)",
+    )
     args = ap.parse_args(argv)
 
     allc = cases(args)
@@ -158,6 +257,16 @@ def main(argv=None) -> int:
     unknown = sorted(set(names) - set(allc))
     if unknown:
         ap.error(f"--cases: unknown {unknown}; allowed: {sorted(allc)}")
+    from tilegraph.pipelines.config import ConfigError, build_config
+    from tilegraph.pipelines.registry import get_pipeline
+
+    for c in names:  # every run's config, before any cluster starts
+        for w in args.workers:
+            preset, sets, _ = with_depth(allc[c], c, w, args.ttn_depth)
+            try:
+                build_config(get_pipeline(pipeline_of(c)), preset, None, sets)
+            except ConfigError as exc:
+                ap.error(f"case {c} on {w} workers: {exc}")
     got: dict[str, dict[int, list[dict]]] = {c: {w: [] for w in args.workers} for c in names}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,11 +282,10 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 with cluster.connect(f"local:{w}") as ex:
                     start = time.perf_counter() - t0
-                    if rnd == 0:  # warm the workers' imports and kernels, untimed
+                    if rnd == 0:  # warm the workers' imports and kernels of every case, untimed
                         for c in names:
-                            if c.startswith("bilevel"):
-                                run_once(ex, c, (None, [*allc[c][1], "max_iter=2"], "s"), root)
-                                break
+                            spec = with_depth(allc[c], c, w, args.ttn_depth)
+                            run_once(ex, c, warm_spec(c, spec), root)
                     for c in names:
                         m = run_once(ex, c, with_depth(allc[c], c, w, args.ttn_depth), root)
                         m["cluster_start_s"] = start
@@ -194,15 +302,27 @@ def main(argv=None) -> int:
                             flush=True,
                         )
                 save()
-    rows, summary = [], {}
+    from tilegraph.pipelines.registry import get_pipeline
+
+    rows, summary, differ = [], {}, []
     for c in names:
         med = {w: statistics.median(m["time_s"] for m in got[c][w]) for w in args.workers}
         base = med[args.workers[0]]
-        summary[c] = {"median_s": med, "speedup": {w: base / med[w] for w in med}}
-        rows.append([c, *(f"{med[w]:.3f} ({base / med[w]:.2f}x)" for w in args.workers)])
+        worst = agreement(got, c, get_pipeline(pipeline_of(c)).metric_names)
+        summary[c] = {"median_s": med, "speedup": {w: base / med[w] for w in med},
+                      "metrics_max_rel_diff": worst,
+                      "metrics_agree": worst <= args.agree}  # fmt: skip
+        if not worst <= args.agree:
+            differ.append(c)
+        rows.append([c, *(f"{med[w]:.3f} ({base / med[w]:.2f}x)" for w in args.workers),
+                     f"{worst:.1e}"])  # fmt: skip
     header = ["case", *(f"{w} worker{'s' * (w > 1)}" for w in args.workers)]
+    header.append("metrics max rel diff")
     print(f"\nmedian seconds (speed-up against {args.workers[0]} worker), {args.rounds} rounds")
     print(table(rows, header))
+    for c in differ:
+        print(f"WARNING: {c}: final metrics differ across worker counts (max rel diff "
+              f"{summary[c]['metrics_max_rel_diff']:.1e} > {args.agree:g})")  # fmt: skip
     save(summary)
     print(f"wrote {out}")
     return 0

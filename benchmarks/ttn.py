@@ -4,9 +4,13 @@ Part 1, the ``paper`` preset (d = 16 long-range Ising, binary tree, h = 0.01, th
 1e-8, r_min = 2, r_max = 40): the parallel BUG (``subtrees`` schedule) on a local Dask
 cluster of 1 and of 2 workers, the ``nodes`` schedule on 2 workers, and the sequential
 rank-adaptive BUG; wall time of the run and of its steps alone, norm and energy drift
-(error proxies: the exact flow conserves both), max rank, and speed-up ratios against
-the 1-worker run. ``--repeats`` rounds (default 3), the order reversed every other
-round; medians are reported, and the 2-against-1-worker ratio of every round.
+(error proxies: the exact flow conserves both), max rank, and speed-up ratios: the
+1-worker run's seconds over this row's ("wall 1w/this", "steps 1w/this"), the sequential
+BUG's wall seconds over this row's ("wall seq/this") next to this row's energy drift over
+the sequential BUG's ("E drift/seq"; marked "!" beyond ``DRIFT_GATE`` = 10x), so that a
+faster run at a much larger drift shows. ``--repeats`` rounds (default 3), the order
+reversed every other round; medians are reported (seconds with 3 decimals), and the
+2-against-1-worker ratio of every round.
 
 Part 2, d <= 10 (default d = 10, the same Hamiltonian): error against ``expm`` at T as a
 function of wall time for both integrators over a range of step sizes, to answer
@@ -32,7 +36,7 @@ free start, the Bose-Hubbard Fock start, the long-range chain at d = 8 and 12.
     python benchmarks/ttn.py --T 0.25        # a short run
     python benchmarks/ttn.py --skip-nodes --skip-accuracy --repeats 5
 
-Writes ``benchmarks/results/ttn.json``.
+Writes ``benchmarks/results/ttn.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -45,11 +49,29 @@ import tempfile
 import time
 from pathlib import Path
 
+from argtypes import positive
+
 # single-threaded BLAS everywhere: the kernels are many small products
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+#: part 1: a run's energy drift beyond this many times the sequential BUG's is marked "!"
+DRIFT_GATE = 10.0
+
+
+def step_sizes(text: str) -> str:
+    """argparse type of ``--hs``: a comma list of numbers > 0."""
+    parse = positive(float)
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("want a comma list of step sizes > 0")
+    for x in items:
+        try:
+            parse(x)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"step size {x!r}: {exc}") from None
+    return ",".join(items)
 
 
 def run_once(preset: str, sets: list[str], spec: str, root: str) -> dict:
@@ -98,24 +120,34 @@ def paper(args, T: list[str], root: str, out: dict) -> None:
             m = run_once("paper", T + ["ramp=4"] + sets, spec, root)
             got[name].append(m)
             wall, steps = m["wall_s"], m["step_s_total"]
-            print(f"round {rep + 1}: {name}: wall {wall:.1f} s, steps {steps:.1f} s", flush=True)
+            print(f"round {rep + 1}: {name}: wall {wall:.3f} s, steps {steps:.3f} s", flush=True)
 
     def med(name, key):
         return statistics.median(m[key] for m in got[name])
 
     base = runs[0][0]
+    seq = next(name for name, _, _ in runs if "sequential" in name)
+    seq_drift = got[seq][0]["energy_drift"]
     rows = []
     for name, _, _ in runs:
         m = got[name][0]
+        # the gate: this run's energy drift against the sequential BUG's
+        if seq_drift > 0:
+            ratio = m["energy_drift"] / seq_drift
+            gate = f"{ratio:.3g}" + (" !" if ratio > DRIFT_GATE else "")
+        else:
+            gate = "-" if m["energy_drift"] == 0 else "inf !"
         rows.append(
             [
                 name,
-                f"{med(name, 'wall_s'):.1f}",
+                f"{med(name, 'wall_s'):.3f}",
                 f"{med(base, 'wall_s') / med(name, 'wall_s'):.2f}",
-                f"{med(name, 'step_s_total'):.1f}",
+                f"{med(name, 'step_s_total'):.3f}",
                 f"{med(base, 'step_s_total') / med(name, 'step_s_total'):.2f}",
+                f"{med(seq, 'wall_s') / med(name, 'wall_s'):.2f}",
                 f"{m['norm_drift']:.2e}",
                 f"{m['energy_drift']:.2e}",
+                gate,
                 m["max_rank"],
                 m["rejected_steps"],
             ]
@@ -136,8 +168,8 @@ def paper(args, T: list[str], root: str, out: dict) -> None:
         drv = med(base, "driver_busy_s")
         out["work_split"] = {"driver_s": drv, "subtrees_s": sub}
         print(
-            f"work split of the 1-worker run: driver {drv:.1f} s, subtrees "
-            + ", ".join(f"{x:.1f} s" for x in sub)
+            f"work split of the 1-worker run: driver {drv:.3f} s, subtrees "
+            + ", ".join(f"{x:.3f} s" for x in sub)
             + f"; bound on the 2-worker speed-up {(drv + sum(sub)) / (drv + max(sub)):.2f}"
         )
     print(
@@ -147,9 +179,14 @@ def paper(args, T: list[str], root: str, out: dict) -> None:
         + ", ".join(f"{r:.2f}" for r in out["paper_ratios"]["steps_per_round"])
     )
     print(f"\npaper preset (d=16 long-range Ising, h=0.01, T={args.T}), medians of {args.repeats}")
-    header = ["run", "wall s", "vs 1 worker", "steps s", "vs 1 worker"]
-    header += ["norm drift", "energy drift", "max rank", "rejected"]
+    header = ["run", "wall s", "wall 1w/this", "steps s", "steps 1w/this", "wall seq/this"]
+    header += ["norm drift", "energy drift", "E drift/seq", "max rank", "rejected"]
     print(table(rows, header))
+    print(
+        "(1w/this, seq/this: the 1-worker / sequential BUG's median seconds over this row's; "
+        f"E drift/seq: this row's energy drift over the sequential BUG's, '!' beyond "
+        f"{DRIFT_GATE:g}x: a faster run there is not at the same accuracy)"
+    )
 
 
 USER_CASES = {
@@ -297,24 +334,61 @@ def _as_dict(preset: str, sets: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--T", type=float, default=1.0, help="final time of both parts")
-    ap.add_argument("--d-small", type=int, default=10, help="d of the expm comparison")
     ap.add_argument(
-        "--hs", default="0.1,0.05,0.025,0.0125", help="step sizes of the expm comparison"
+        "--T", type=positive(float), default=1.0, help="final time of parts 1, 2 (%(default)s)"
     )
-    ap.add_argument("--skip-paper", action="store_true")
-    ap.add_argument("--skip-nodes", action="store_true", help="part 1 without the nodes run")
-    ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--skip-user", action="store_true", help="no part 3 (terms Hamiltonians)")
-    ap.add_argument("--user-T", type=float, default=0.05, help="final time of part 3")
-    ap.add_argument("--skip-ramp", action="store_true", help="no part 4 (the first step)")
     ap.add_argument(
-        "--repeats", type=int, default=3, help="rounds of part 1 (medians are reported)"
+        "--d-small",
+        type=positive(int),
+        default=10,
+        help="d of the expm comparison (%(default)s)",
+    )
+    ap.add_argument(
+        "--hs",
+        type=step_sizes,
+        default="0.1,0.05,0.025,0.0125",
+        help="step sizes of the expm comparison (%(default)s)",
+    )
+    ap.add_argument("--skip-paper", action="store_true", help="no part 1 (default: off)")
+    ap.add_argument(
+        "--skip-nodes", action="store_true", help="part 1 without the nodes run (default: off)"
+    )
+    ap.add_argument("--skip-accuracy", action="store_true", help="no part 2 (default: off)")
+    ap.add_argument(
+        "--skip-user", action="store_true", help="no part 3 (terms Hamiltonians; default: off)"
+    )
+    ap.add_argument(
+        "--user-T", type=positive(float), default=0.05, help="final time of part 3 (%(default)s)"
+    )
+    ap.add_argument(
+        "--skip-ramp", action="store_true", help="no part 4 (the first step; default: off)"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=positive(int),
+        default=3,
+        help="rounds of part 1 (medians are reported) (%(default)s)",
+    )
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "ttn.json"),
+        help="JSON written (%(default)s)",
     )
     args = ap.parse_args()
+    from tilegraph.pipelines.config import ConfigError
+
+    T = [f"T={args.T}", "checkpoint_s=null"]
+    checks = [] if args.skip_paper else [("part 1", T)]
+    for h in [] if args.skip_accuracy else args.hs.split(","):
+        checks.append((f"part 2, h={h}", T + [f"d={args.d_small}", f"h={h}",
+                                               "exact_reference=true"]))  # fmt: skip
+    for part, sets in checks:  # the configs of parts 1 and 2, before any run
+        try:
+            _as_dict("paper", sets)
+        except ConfigError as exc:
+            ap.error(f"{part}: {exc}")
     out: dict = {"T": args.T, "paper": {}, "accuracy": []}
     root = tempfile.mkdtemp(prefix="ttn-bench-")
-    T = [f"T={args.T}", "checkpoint_s=null"]
 
     if not args.skip_paper:
         paper(args, T, root, out)
@@ -344,9 +418,10 @@ def main() -> None:
         user_systems(args, root, out)
     if not args.skip_ramp:
         first_step(root, out)
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / "ttn.json").write_text(json.dumps(out, indent=1, default=str))
+    res = Path(args.out)
+    res.parent.mkdir(parents=True, exist_ok=True)
+    res.write_text(json.dumps(out, indent=1, default=str))
+    print(f"wrote {res}")
 
 
 if __name__ == "__main__":
