@@ -82,13 +82,24 @@ def connect(
     return executor
 
 
-def expected_memory_limit(spec: Spec | str) -> int | None:
+def expected_memory_limit(spec: Spec | str, profile: str | None = None) -> int | None:
     """The memory limit, in bytes, each worker of ``spec`` will get, known before it
     starts: for ``local[:N]`` Dask's ``"auto"`` (this machine's memory, or its cgroup
-    limit, times ``min(1, threads / cores)``, one thread per worker); None where it
-    cannot be known here (an address, a batch scheduler, Ray, in-process backends).
+    limit, times ``min(1, threads / cores)``, one thread per worker); for a batch
+    scheduler the profile's (``profile``: its file, as ``connect`` takes it) memory per
+    job over its workers per job; None where it cannot be known here (an address, Ray,
+    in-process backends).
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
+    from .specs import HPC_KINDS
+
+    if spec.kind in HPC_KINDS:
+        from dask.utils import parse_bytes
+
+        from .jobqueue import load_profile
+
+        prof = load_profile(spec.kind, profile)
+        return int(parse_bytes(prof.memory) // prof.workers_per_job)
     if spec.kind != "local":
         return None
     import logging

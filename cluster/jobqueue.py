@@ -293,7 +293,7 @@ def _seconds(text: str) -> int:
 
 
 def _walltime_for(kind: str, text: str) -> str:
-    """``[D-]HH:MM[:SS]`` in the form each scheduler takes (LSF: ``HH:MM``; PBS and SGE
+    """``[D-]HH:MM[:SS]`` in the form each scheduler takes (LSF: ``HH:MM``, rounded up; PBS and SGE
     take no days; Slurm reads a bare ``MM:SS``, so it gets the seconds spelled out)."""
     seconds = _seconds(text)
     h, rem = divmod(seconds, 3600)
@@ -301,7 +301,10 @@ def _walltime_for(kind: str, text: str) -> str:
     if kind == "slurm":
         d, h = divmod(h, 24)
         return f"{d}-{h:02d}:{m:02d}:{sec:02d}" if d else f"{h:02d}:{m:02d}:{sec:02d}"
-    return f"{h:02d}:{m:02d}" if kind == "lsf" else f"{h:02d}:{m:02d}:{sec:02d}"
+    if kind == "lsf":  # whole minutes: rounded up, not cut (02:00:30 is not 02:00)
+        h, m = divmod((seconds + 59) // 60, 60)
+        return f"{h:02d}:{m:02d}"
+    return f"{h:02d}:{m:02d}:{sec:02d}"
 
 
 def find_profile(path: str | os.PathLike[str] | None = None) -> Path | None:

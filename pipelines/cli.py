@@ -425,7 +425,7 @@ def _cmd_run(args) -> int:
                 info["estimate"] = {**dataclasses.asdict(est), "workers": workers}
             rc = _dry_run(args, info, est, workers)
             launch.check_memory()
-            resources.check_expected(est, args.spec)
+            resources.check_expected(est, args.spec, profile=args.cluster_profile)
             return rc
         launch.check_memory()
         with _connect(args, launch.code) as executor:
@@ -574,7 +574,7 @@ def _cmd_sweep(args) -> int:
                 big, driver_bytes=big.driver_bytes + big.worker_bytes, worker_bytes=0
             )
             resources.check_fits(whole, driver_limit=resources.available_memory())
-        resources.check_expected(big, args.spec, whole=True)
+        resources.check_expected(big, args.spec, whole=True, profile=args.cluster_profile)
         return rc
     try:
         with _connect(args, code) as executor:

@@ -103,14 +103,17 @@ def check_fits(
             )
 
 
-def check_expected(est: Estimate | None, spec: Any, *, whole: bool = False) -> None:
+def check_expected(
+    est: Estimate | None, spec: Any, *, whole: bool = False, profile: str | None = None
+) -> None:
     """Before connecting (``--dry-run``): one worker's peak against the memory limit
-    the workers of ``spec`` will get, where it is known beforehand (``local:N``); the
-    check :func:`check_executor` makes once connected. ``whole``: a sweep point, whose
+    the workers of ``spec`` will get, where it is known beforehand (``local:N``; a batch
+    scheduler's from its ``profile``); the check :func:`check_executor` makes once
+    connected. ``whole``: a sweep point, whose
     driver and worker peaks are one worker's (:func:`check_point`)."""
     from tilegraph import cluster
 
-    limit = cluster.expected_memory_limit(spec)
+    limit = cluster.expected_memory_limit(spec, profile)
     if est is None or limit is None:
         return
     if whole:

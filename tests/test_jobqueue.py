@@ -72,6 +72,7 @@ def test_dry_run_prints_the_job_script_and_writes_nothing(kind, profile, tmp_pat
         ("slurm", "30:00:00", "#SBATCH -t 1-06:00:00"),
         ("pbs", "02:00", "#PBS -l walltime=02:00:00"),
         ("lsf", "1-00:30:00", "#BSUB -W 24:30"),
+        ("lsf", "02:00:30", "#BSUB -W 02:01"),  # whole minutes, rounded up (not cut)
     ],
 )
 def test_walltime_is_hours_and_minutes_for_every_scheduler(tmp_path, kind, given, line):
@@ -331,3 +332,20 @@ def test_a_job_the_scheduler_refuses_fails_at_once_with_its_message(tmp_path, mo
         "(slurm refused the job: sbatch: error: invalid account or account/partition combination)"
     ), err
     assert not store.exists()
+
+
+def test_a_dry_run_checks_each_batch_workers_memory(tmp_path, capsys):
+    """The dry run checked only this machine's memory: a run whose workers would each
+    need more than the profile's memory per job over its workers was passed, and then
+    refused once the jobs had started."""
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  cores: 4\n  memory: 256MiB\n")
+    argv = ["run", "domain-split", "--set", "n_fine=2000", "--set", "n_coarse=20",
+            "--set", "direct_reference=false", "--cluster", "slurm:2",
+            "--cluster-profile", str(path), "--store", str(tmp_path / "r"),
+            "--dry-run"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "in each worker of slurm:2, which can use 64 MiB" in err, err
+    path.write_text("slurm:\n  cores: 4\n  memory: 64GiB\n")
+    assert cli.main(argv) == 0
