@@ -466,7 +466,7 @@ def test_a_dry_run_knows_the_memory_each_local_worker_gets(tmp_path, executors, 
     assert cluster.expected_memory_limit("ray:2") is None
     assert cluster.expected_memory_limit("sync") is None
     tiny = {"local:2": 2**10}  # a worker of 1 KiB
-    monkeypatch.setattr(cluster, "expected_memory_limit", lambda spec: tiny.get(str(spec)))
+    monkeypatch.setattr(cluster, "expected_memory_limit", lambda spec, *_: tiny.get(str(spec)))
     store = str(tmp_path / "runs")
     for argv in (
         ["sweep", "domain-split", "--grid", "n_fine=40,50"],
