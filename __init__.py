@@ -29,6 +29,7 @@ _EXPORTS = {
     "Root": "tilegraph.storage",
     "RunStore": "tilegraph.storage",
     "run": "tilegraph.pipelines.api",
+    "sweep": "tilegraph.pipelines.api",
     "get_pipeline": "tilegraph.pipelines.registry",
     "load_pipelines": "tilegraph.pipelines.registry",
     "available": "tilegraph.pipelines.registry",

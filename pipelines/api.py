@@ -185,11 +185,105 @@ def _checked(name, preset, config, sets, cluster, store, resume, retries):
     return sets, cluster
 
 
+def sweep(
+    name: str,
+    grid: Mapping[str, Iterable[Any]] | Iterable[str],
+    *,
+    preset: str | None = None,
+    config: str | Mapping[str, Any] | None = None,
+    sets: Iterable[str] | Mapping[str, Any] = (),
+    cluster: str | Any = "local",
+    store: str | Any = "./runs",
+    cluster_profile: str | None = None,
+    progress: bool | None | Callable[..., Any] = False,
+):
+    """Run pipeline ``name`` over a grid of config values, the way ``tilegraph sweep``
+    does: one run per point, as tasks on the cluster; points already complete in the
+    store (this sweep's, or any run of the same config) are not run again.
+
+    Parameters
+    ----------
+    name : str
+        A registered pipeline.
+    grid : mapping or iterable of str
+        ``{"n_fine": [50, 100], "problem.beta": [[1, 0], [2, 0]]}`` (Python values), or
+        ``["n_fine=50,100", …]`` as on the command line.
+    preset, config, sets, cluster, store, cluster_profile, progress
+        As for :func:`run`.
+
+    Returns
+    -------
+    pipelines.sweep.SweepResult
+        ``sweep_id``, ``path``, ``points``, ``complete``, ``failed``, ``skipped``,
+        ``dataset`` (the gathered metrics, one dimension per swept key) and ``rows``.
+
+    Raises
+    ------
+    TypeError, pipelines.config.ConfigError
+        As :func:`run` (a bad point names the point and the field; nothing is written).
+    """
+    sets, cluster = _checked(name, preset, config, sets, cluster, store, None, 0)
+    if isinstance(grid, Mapping):
+        items = {}
+        for key, values in grid.items():
+            if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+                raise TypeError(f"grid[{key!r}]: a list of values, not {values!r}")
+            items[key] = [_json(f"grid[{key!r}]", v) for v in values]
+    elif isinstance(grid, Iterable) and not isinstance(grid, str | bytes):
+        items = list(grid)
+        if not all(isinstance(g, str) for g in items):
+            raise TypeError("grid: a mapping of field to values, or 'key=v1,v2' strings")
+    else:
+        raise TypeError(f"grid: a mapping of field to values, not {type(grid).__name__}")
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise TypeError(f"progress: True, False, None or a callable, not {progress!r}")
+    with _python_terms():
+        return _sweep(name, items, preset, config, sets, cluster, store, cluster_profile,
+                      progress)  # fmt: skip
+
+
+def _sweep(name, grid, preset, config, sets, cluster, store, cluster_profile, progress):
+    from tilegraph.storage.lease import LeaseHeld
+
+    from . import resources
+    from .launch import check_cluster, check_device
+    from .sweep import interrupted_points, prepare_sweep, run_sweep
+
+    prep = prepare_sweep(name, grid, preset, config, sets, store)
+    plan, root = prep.plan, prep.root
+    owned = isinstance(cluster, str)
+    if owned:
+        spec = check_cluster(cluster, root.url, cluster_profile)
+    else:
+        spec = cluster.spec
+        check_memory_store(root.url, cluster.backend, str(spec))
+    bars = progress if callable(progress) else progress_factory(progress)
+    executor = connect(spec, cluster_profile, prep.code) if owned else cluster
+    if not owned:
+        executor.add_code(prep.code)
+    try:
+        check_device([p.config for p in plan.points], executor, str(spec))
+        resources.check_point(prep.largest, executor)  # each point runs whole on a worker
+        try:
+            return run_sweep(plan, root, executor, progress=bars, backend=str(spec))
+        except LeaseHeld as exc:
+            raise UsageError(f"{exc}; wait for it, or stop it first") from None
+    except KeyboardInterrupt:
+        if owned:
+            executor.close()
+            owned = False
+        interrupted_points(root, plan.sweep_id, prep.pipeline.name)
+        raise
+    finally:
+        if owned:
+            executor.close()
+
+
 #: The command line's flags and the arguments of :func:`run` that stand for them.
 _FLAGS = {"--cluster-profile": "cluster_profile", "--trust-store": "trust_store",
           "--set": "sets", "--config": "config", "--preset": "preset",
           "--cluster": "cluster", "--store": "store", "--resume": "resume",
-          "--retries": "retries"}  # fmt: skip
+          "--retries": "retries", "--grid": "grid"}  # fmt: skip
 #: A flag standing alone (not inside a path, URL or value: ``a--config.yaml``, ``=--set``).
 _FLAG = re.compile(r"(?<![\w./='\"-])(" + "|".join(map(re.escape, _FLAGS)) + r")(?![\w-])")
 
@@ -221,4 +315,4 @@ def _json(key, value: Any) -> str:
         raise TypeError(f"sets[{key!r}]: a JSON-able value, not {type(value).__name__}") from None
 
 
-__all__ = ["run"]
+__all__ = ["run", "sweep"]

@@ -23,14 +23,11 @@ from typing import Any
 from . import resources
 from .config import ConfigError, build_config
 from .execute import DEFAULT_RETRIES
-from .imports import prepare_user_code
 from .launch import (
     UsageError,
     check_cluster,
     check_device,
-    check_store,
     connect,
-    load_runner,
     on_this_machine,
     prepare,
 )
@@ -536,35 +533,17 @@ def _dry_run(args, info: dict, est=None, workers: int = 1, title: str = "") -> i
     return 0
 
 
-def _largest(estimates):
-    """The estimate with the largest driver + worker peak (None if there is none)."""
-    sized = [e for e in estimates if e is not None]
-    return max(sized, key=lambda e: e.driver_bytes + e.worker_bytes, default=None)
-
-
 def _cmd_sweep(args) -> int:
     from tilegraph.storage.lease import LeaseHeld
 
-    from .sweep import interrupted_points, plan_sweep, run_sweep
+    from .sweep import interrupted_points, prepare_sweep, run_sweep
 
-    try:
-        pipeline = get_pipeline(args.name)
-    except KeyError as exc:
-        raise UsageError(exc.args[0]) from None
-    plan = plan_sweep(pipeline, args.grid, args.preset, args.config, args.sets)
-    code = prepare_user_code([p.config for p in plan.points], args.config)
-    if pipeline.preflight is not None:
-        for point in plan.points:
-            pipeline.preflight(point.config)
-    load_runner(pipeline)  # the points run it; a broken one writes no sweep
-    estimates = [resources.estimate(pipeline, p.config, 1) for p in plan.points]
-    for point, est in zip(plan.points, estimates, strict=True):
-        resources.check_size(est, point.config)
-    root = check_store(args.store)
+    prep = prepare_sweep(args.name, args.grid, args.preset, args.config, args.sets, args.store)
+    pipeline, plan, code, root = prep.pipeline, prep.plan, prep.code, prep.root
     args.spec = check_cluster(args.cluster, root.url, args.cluster_profile)
     if args.dry_run:
         info = {"sweep_id": plan.sweep_id, "points": len(plan.points)}
-        big = _largest(estimates)
+        big = prep.largest
         if big is not None:  # a point runs whole on one worker (no floor: see check_point)
             big = dataclasses.replace(big, worker_floor_bytes=None)
             info["estimate"] = {**dataclasses.asdict(big), "workers": 1}
@@ -580,7 +559,7 @@ def _cmd_sweep(args) -> int:
         with _connect(args, code) as executor:
             check_device([p.config for p in plan.points], executor, str(args.spec))
             # each point runs whole on one worker: the largest point decides
-            resources.check_point(_largest(estimates), executor)
+            resources.check_point(prep.largest, executor)
             try:
                 result = run_sweep(
                     plan, root, executor, progress=progress_factory(), backend=str(args.spec)

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,17 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     grid: dict[str, list[str]] = {}
     if not items:
         raise ConfigError("--grid: give at least one key=v1,v2,… (e.g. --grid n_fine=50,100)")
+    if isinstance(items, Mapping):  # already split: {"key": ["v1", "v2"]} (from Python)
+        for key, values in items.items():
+            values = list(values)
+            if not isinstance(key, str) or not key.strip():
+                raise ConfigError(f"grid: keys are field names, not {key!r}")
+            if not values:
+                raise ConfigError(f"grid {key}: give at least one value")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"grid {key}: repeated value in {values!r}")
+            grid[key.strip()] = values
+        return grid
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -153,7 +164,7 @@ class SweepPlan:
 
 def plan_sweep(
     pipeline: Pipeline,
-    grid_items: Sequence[str],
+    grid_items: Sequence[str] | Mapping[str, Sequence[str]],
     preset: str | None = None,
     config_file: str | None = None,
     sets: Sequence[str] = (),
@@ -163,8 +174,9 @@ def plan_sweep(
     Parameters
     ----------
     pipeline : Pipeline
-    grid_items : sequence of str
-        ``key=v1,v2,…`` per swept key (dotted keys for nested fields).
+    grid_items : sequence of str, or mapping of str to sequence of str
+        ``key=v1,v2,…`` per swept key (dotted keys for nested fields), or
+        ``{key: [v1, v2, …]}`` (each value YAML text).
     preset, config_file, sets
         The base config, as for ``tilegraph run``; grid values are applied last.
 
@@ -721,6 +733,53 @@ def _run_sweep(plan, root, executor, progress, backend, options, lease) -> Sweep
         dataset=ds,
         rows=rows,
     )
+
+
+@dataclass
+class PreparedSweep:
+    """A sweep checked and ready to run (:func:`prepare_sweep`)."""
+
+    pipeline: Pipeline
+    plan: SweepPlan
+    code: list[str]
+    estimates: list[Any]
+    root: Any
+
+    @property
+    def largest(self):
+        """The estimate with the largest driver + worker peak (None if there is none)."""
+        sized = [e for e in self.estimates if e is not None]
+        return max(sized, key=lambda e: e.driver_bytes + e.worker_bytes, default=None)
+
+
+def prepare_sweep(name: str, grid, preset, config, sets, store) -> PreparedSweep:
+    """Everything ``tilegraph sweep`` checks before it connects: the grid and every
+    point's config, the user code, the preflights, the runner, the sizes and the store.
+
+    Raises
+    ------
+    ConfigError
+        One line naming what is wrong (nothing is written).
+    """
+    from . import resources
+    from .imports import prepare_user_code
+    from .launch import UsageError, check_store, load_runner
+    from .registry import get_pipeline
+
+    try:
+        pipeline = get_pipeline(name)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    plan = plan_sweep(pipeline, grid, preset, config, sets)
+    code = prepare_user_code([p.config for p in plan.points], config)
+    if pipeline.preflight is not None:
+        for point in plan.points:
+            pipeline.preflight(point.config)
+    load_runner(pipeline)  # the points run it; a broken one writes no sweep
+    estimates = [resources.estimate(pipeline, p.config, 1) for p in plan.points]
+    for point, est in zip(plan.points, estimates, strict=True):
+        resources.check_size(est, point.config)
+    return PreparedSweep(pipeline, plan, code, estimates, check_store(store))
 
 
 def interrupted_points(root, sweep_id: str, pipeline: str) -> None:

@@ -130,3 +130,34 @@ def test_one_code_path_is_one_path(tmp_path):
     (tmp_path / "tg_one_mod.py").write_text("X = 1\n")
     with cluster.connect("sync", code=str(tmp_path / "tg_one_mod.py")) as ex:
         assert ex.gather([ex.submit(pow, 2, 3)]) == [8]
+
+
+def test_a_sweep_from_python_takes_python_values_and_skips_what_is_done(tmp_path, executors):
+    """`tilegraph.sweep`: the grid as Python values (lists stay lists), the same sweep as
+    the command line's (same id: its complete points are not run again), bad input named
+    in the function's own terms before anything is written."""
+    from helpers import last_json
+    from helpers import tilegraph as cli
+
+    store = str(tmp_path / "runs")
+    grid = {"n_fine": [20, 40], "problem.beta": [[1.0, 0.5], [2.0, 0.0]]}
+    res = tilegraph.sweep("domain-split", grid, sets={"n_coarse": 4},
+                          cluster=executors("local:2"), store=store)  # fmt: skip
+    assert (res.points, res.complete, res.failed, res.skipped) == (4, 4, 0, 0)
+    ds = res.dataset
+    assert ds.sizes == {"n_fine": 2, "problem_beta": 2} and ds.iterations.dtype == np.int64
+    ref = storage.Root(store).open(str(ds.run_id.values[1, 0]))
+    assert ref.config["n_fine"] == 40 and ref.config["problem"]["beta"] == [1.0, 0.5]
+    assert float(ds.rel_error_exact.values[1, 0]) == ref.metrics["rel_error_exact"]
+    out = cli("sweep", "domain-split", "--grid", "n_fine=20,40", "--grid",
+              "problem.beta=[1.0, 0.5],[2.0, 0.0]", "--set", "n_coarse=4", "--cluster", "sync",
+              "--store", store, "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert last_json(out.stdout)["sweep_id"] == res.sweep_id and "4 already done" in out.stdout
+    bad = str(tmp_path / "bad")
+    with pytest.raises(TypeError, match=r"grid\['n_fine'\]: a list of values, not 20"):
+        tilegraph.sweep("domain-split", {"n_fine": 20}, cluster="sync", store=bad)
+    with pytest.raises(ConfigError, match=r"^grid point n_fine=21: config field 'n_fine'"):
+        tilegraph.sweep("domain-split", {"n_fine": [20, 21]}, sets={"n_coarse": 4},
+                        cluster="sync", store=bad)  # fmt: skip
+    assert not os.path.exists(bad)
