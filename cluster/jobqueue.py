@@ -265,25 +265,55 @@ _SITE_KEYS = {
 
 
 def _site_defaults(kind: str) -> dict[str, Any]:
-    """The fields the site's Dask config for dask-jobqueue sets for ``kind``."""
+    """The fields the site's Dask config for dask-jobqueue sets for ``kind``: set in its
+    config files or environment, or (from Python, ``dask.config.set``) to a value other
+    than dask-jobqueue's shipped default (walltime 00:30:00, which is not a site's).
+    dask-jobqueue is not imported here (see :func:`_import_jobqueue`)."""
+    import importlib.util
+
     import dask
-    import dask_jobqueue
     import yaml
 
     site = dask.config.get(f"jobqueue.{kind}", default={}) or {}
-    shipped_file = os.path.join(os.path.dirname(dask_jobqueue.__file__), "jobqueue.yaml")
-    try:
-        with open(shipped_file, encoding="utf-8") as fh:
-            shipped = (yaml.safe_load(fh) or {}).get("jobqueue", {}).get(kind, {}) or {}
-    except OSError:
-        shipped = {}
+    written = dask.config.collect(env=os.environ).get("jobqueue", {}).get(kind, {}) or {}
+    spec = importlib.util.find_spec("dask_jobqueue")
+    shipped = {}
+    if spec is not None and spec.origin:
+        try:
+            path = os.path.join(os.path.dirname(spec.origin), "jobqueue.yaml")
+            with open(path, encoding="utf-8") as fh:
+                shipped = (yaml.safe_load(fh) or {}).get("jobqueue", {}).get(kind, {}) or {}
+        except OSError:
+            pass
     keys = {**_SITE_KEYS, "account": _CLASSES[kind][1]}
-    # what the site changed: dask-jobqueue's shipped defaults (walltime 00:30:00) are not
-    return {
-        field: site[key]
-        for field, key in keys.items()
-        if site.get(key) not in (None, [], "") and site.get(key) != shipped.get(key)
-    }
+    out = {}
+    for field, key in keys.items():
+        value = site.get(key)
+        if value in (None, [], "") or (key not in written and value == shipped.get(key)):
+            continue
+        if field == "walltime" and isinstance(value, int) and not isinstance(value, bool):
+            # YAML 1.1 made an unquoted 12:00:00 in the site's file the seconds 43200
+            h, rem = divmod(value, 3600)
+            value = f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}"
+        out[field] = value
+    return out
+
+
+def _import_jobqueue():
+    """``import dask_jobqueue``, keeping this process's SIGINT handler: dask-jobqueue 0.9
+    replaces it on import with one that calls ``sys.exit()`` (Ctrl-C then ended a run
+    with status 0 and no word)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    saved = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        import dask_jobqueue
+    finally:
+        if main and saved is not None:
+            signal.signal(signal.SIGINT, saved)
+    return dask_jobqueue
 
 
 def _seconds(text: str) -> int:
@@ -481,7 +511,7 @@ def make_cluster(spec: Spec, profile: BatchProfile, *, submit: bool = True):
         (checked here, instead of failing only after ``wait_timeout``).
     """
     try:
-        import dask_jobqueue
+        dask_jobqueue = _import_jobqueue()
     except ImportError:
         raise SpecError(
             f"cluster spec {spec.kind!r} needs dask-jobqueue (pip install 'tilegraph[hpc]')"

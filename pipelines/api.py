@@ -209,7 +209,9 @@ def sweep(
         ``{"n_fine": [50, 100], "problem.beta": [[1, 0], [2, 0]]}`` (Python values), or
         ``["n_fine=50,100", …]`` as on the command line.
     preset, config, sets, cluster, store, cluster_profile, progress
-        As for :func:`run`.
+        As for :func:`run`. Interrupted (Ctrl-C), a sweep on a cluster it started stops
+        and marks its unfinished points; on an open executor of the caller's, the points
+        already submitted go on running there.
 
     Returns
     -------
@@ -269,10 +271,12 @@ def _sweep(name, grid, preset, config, sets, cluster, store, cluster_profile, pr
         except LeaseHeld as exc:
             raise UsageError(f"{exc}; wait for it, or stop it first") from None
     except KeyboardInterrupt:
-        if owned:
+        if owned:  # its points stopped with it: marked, so that none says running
             executor.close()
             owned = False
-        interrupted_points(root, plan.sweep_id, prep.pipeline.name)
+            interrupted_points(root, plan.sweep_id, prep.pipeline.name)
+        # on the caller's executor the submitted points go on; the sweep run again
+        # takes what they finished
         raise
     finally:
         if owned:

@@ -723,6 +723,7 @@ def _show_sweep(args, root, sweep) -> int:
         "status": summary["status"],
         "grid": summary["grid"],
         "preset": sweep.get("preset"),
+        "sets": [str(x) for x in sweep.get("sets") or []],
         "metrics": sweep.get("metrics") or {},
         "error": sweep.get("error"),
         "points": points,
@@ -738,10 +739,14 @@ def _show_sweep(args, root, sweep) -> int:
     for key, values in grid.items():
         shown = ",".join(map(str, values)) if isinstance(values, list) else values
         print(f"grid      {one_line(key)}={one_line(shown, 500)}")
-    print(f"preset    {one_line(info['preset'])}")
+    if info["preset"]:
+        print(f"preset    {one_line(info['preset'])}")
+    for item in info["sets"]:
+        print(f"set       {one_line(item, 500)}")
     if info["error"]:
         print(f"error     {one_line(info['error'], 2000)}")
-    print(f"points    {summary['points']} ({len(points)} with a run)")
+    with_run = sum(p["status"] != "missing" for p in points)
+    print(f"points    {summary['points']} ({with_run} with a run)")
     rows = [
         [one_line(p["key"], 200), one_line(p["status"]), one_line(p["run_id"])] for p in points
     ]
@@ -759,7 +764,10 @@ def _sweep_named(root, given: str) -> dict | None:
 
     ids = [str(s["sweep_id"]) for s in root.sweeps()]
     found = [i for i in ids if i == given] or [i for i in ids if i.startswith(given)]
-    if len(found) != 1:
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
+        raise UsageError(f"{one_line(given, 80)!r} begins {len(found)} sweeps' ids ({shown})")
+    if not found:
         return None
     sweep = storage.SweepStore(
         storage.sweep_url(root.url, found[0]), storage_options=root.options or None
@@ -769,6 +777,7 @@ def _sweep_named(root, given: str) -> dict | None:
         "sweep_id": found[0],
         "points": sweep.points,
         "preset": record.get("preset"),
+        "sets": record.get("sets") if isinstance(record.get("sets"), list) else [],
         "metrics": record.get("metrics"),
         "error": record.get("error"),
         "datasets": sweep.datasets,
@@ -780,14 +789,16 @@ def _cmd_show(args) -> int:
 
     root = _read_root(args)
     try:
-        sweep = _sweep_named(root, args.run_id) if args.run_id != "last" else None
-    except Exception as exc:
-        raise _unreadable(args, exc) from None
-    if sweep is not None:
-        return _show_sweep(args, root, sweep)
-    try:
         run = _open_run(root, args.run_id)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError) as exc:  # not a run's (a sweep's?)
+        try:
+            sweep = _sweep_named(root, args.run_id) if args.run_id != "last" else None
+        except UsageError:
+            raise
+        except Exception as other:
+            raise _unreadable(args, other) from None
+        if sweep is not None:
+            return _show_sweep(args, root, sweep)
         raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
     except Exception as exc:
         raise _unreadable(args, exc) from None
@@ -862,6 +873,11 @@ def _cmd_rm(args) -> int:
         try:
             run = _open_run(root, given)
         except (KeyError, ValueError) as exc:
+            if any(s["sweep_id"] == given for s in root.sweeps()):
+                raise UsageError(
+                    f"RUN-ID {one_line(given, 80)!r} is a sweep; rm deletes runs (its points: "
+                    f"`tilegraph show {one_line(given, 80)}` lists them)"
+                ) from None
             raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
         except Exception as exc:
             raise _unreadable(args, exc) from None

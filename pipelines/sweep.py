@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ def plan_sweep(
         "preset": preset or pipeline.default_preset,
         # what the points share besides the preset, for people (the configs decide)
         "sets": [str(s) for s in sets or ()],
-        "config_file": None if config_file is None else str(config_file),
+        "config_file": str(config_file) if isinstance(config_file, str | os.PathLike) else None,
         "point_configs": configs,
     }
     blob = json.dumps(
@@ -771,7 +772,8 @@ def prepare_sweep(name: str, grid, preset, config, sets, store) -> PreparedSweep
     except KeyError as exc:
         raise UsageError(exc.args[0]) from None
     plan = plan_sweep(pipeline, grid, preset, config, sets)
-    code = prepare_user_code([p.config for p in plan.points], config)
+    path = config if isinstance(config, str | os.PathLike) else None  # or the fields
+    code = prepare_user_code([p.config for p in plan.points], path)
     if pipeline.preflight is not None:
         for point in plan.points:
             pipeline.preflight(point.config)
@@ -792,12 +794,18 @@ def interrupted_points(root, sweep_id: str, pipeline: str) -> None:
     read or marked is skipped."""
     from tilegraph import storage
 
+    url = storage.sweep_url(root.url, sweep_id)
     try:
-        points = storage.SweepStore(
-            storage.sweep_url(root.url, sweep_id), storage_options=root.options or None
-        ).points
+        record = storage.SweepStore(url, storage_options=root.options or None)
+        points = record.points
     except Exception:  # interrupted before its record existed
         return
+    try:  # the sweep itself: `tilegraph sweeps` showed it running for ever
+        with storage.Lease(url, f"sweep {sweep_id}", root.options or None).acquire(wait=0.0):
+            if record.status == storage.RUNNING:
+                record.mark_failed("interrupted; run the same sweep command again to continue it")
+    except Exception:  # another live process runs it now, or it cannot be written
+        pass
     for run_id in points.values():
         try:
             run = root.open(run_id, pipeline=pipeline)

@@ -1008,8 +1008,10 @@ class Root:
             if pipeline is not None and attrs.get("pipeline") != pipeline:
                 continue
             status = attrs.get("status")
-            if status == RUNNING and Lease(url, "sweep", self._options).abandoned():
-                status = INTERRUPTED
+            lease = Lease(url, "sweep", self._options)
+            held = lease.read() or lease._unreadable()  # a lease file being written: held
+            if status == RUNNING and (held is None or lease.abandoned()):
+                status = INTERRUPTED  # its process is gone, or let it go without a word
             counts = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
             configs = attrs.get("point_configs")
             out.append(

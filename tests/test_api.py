@@ -154,6 +154,10 @@ def test_a_sweep_from_python_takes_python_values_and_skips_what_is_done(tmp_path
               "--store", store, "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert last_json(out.stdout)["sweep_id"] == res.sweep_id and "4 already done" in out.stdout
+    fields = {"n_coarse": 4, "problem": {"beta": [1.0, 0.5]}}  # point (20, [1, .5])'s
+    again = tilegraph.sweep("domain-split", {"n_fine": [20]}, config=fields,
+                            cluster="sync", store=store)  # fmt: skip
+    assert again.complete == 1 and again.skipped == 1  # config as fields, as run takes it
     bad = str(tmp_path / "bad")
     with pytest.raises(TypeError, match=r"grid\['n_fine'\]: a list of values, not 20"):
         tilegraph.sweep("domain-split", {"n_fine": 20}, cluster="sync", store=bad)

@@ -349,3 +349,28 @@ def test_a_dry_run_checks_each_batch_workers_memory(tmp_path, capsys):
     assert "in each worker of slurm:2, which can use 64 MiB" in err, err
     path.write_text("slurm:\n  cores: 4\n  memory: 64GiB\n")
     assert cli.main(argv) == 0
+
+
+def test_reading_a_profile_or_writing_a_job_script_keeps_the_ctrl_c_handler(tmp_path):
+    """dask-jobqueue 0.9 replaces the SIGINT handler on import with one calling
+    sys.exit(): Ctrl-C while the jobs were awaited ended the run with status 0 and no
+    word. Reading profiles no longer imports it, and importing it keeps the handler."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  cores: 2\n")
+    code = (
+        "import signal, sys\n"
+        "def mine(*a): pass\n"
+        "signal.signal(signal.SIGINT, mine)\n"
+        "from tilegraph.cluster.jobqueue import job_script, load_profile\n"
+        "load_profile('slurm', sys.argv[1])\n"
+        "assert 'dask_jobqueue' not in sys.modules, 'imported to read a profile'\n"
+        "job_script('slurm', sys.argv[1])\n"
+        "assert 'dask_jobqueue' in sys.modules\n"
+        "assert signal.getsignal(signal.SIGINT) is mine, signal.getsignal(signal.SIGINT)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr

@@ -179,6 +179,15 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
     assert [(s["sweep_id"], s["status"], s["points"], s["complete"]) for s in listed] == [
         (res["sweep_id"], "complete", 2, 2)
     ]
+    text = tilegraph("show", res["sweep_id"], "--store", str(store)).stdout
+    assert "set       n_coarse=4\n" in text and "points    2 (2 with a run)" in text
+    # ids that are a prefix of several sweeps are named; rm of a sweep says what it does
+    two = tilegraph(*args, "--grid", "n_fine=20", "--json")
+    assert two.returncode == 0, two.stderr
+    shown = tilegraph("show", "domain-split-", "--store", str(store))
+    assert shown.returncode == 2 and "begins 2 sweeps' ids" in shown.stderr, shown.stderr
+    gone = tilegraph("rm", res["sweep_id"], "--store", str(store))
+    assert gone.returncode == 2 and "is a sweep; rm deletes runs" in gone.stderr
     shown = tilegraph("show", res["sweep_id"][:-4], "--store", str(store), "--json")
     info = last_json(shown.stdout)
     assert info["grid"] == {"n_fine": ["20", "40"]} and info["datasets"] == ["result"]
@@ -454,6 +463,15 @@ def test_points_a_killed_sweep_never_started_show_interrupted(tmp_path):
     assert shown.returncode == 0 and "interrupted (never started" in shown.stdout
     shown = tilegraph("show", run.run_id, "--store", root.url, "--json")
     assert last_json(shown.stdout)["status"] == "interrupted"
+    # the sweep too; and one interrupted in the usual way (its lease let go) is marked
+    assert [s["status"] for s in root.sweeps()] == ["interrupted"]
+    from tilegraph.pipelines.sweep import interrupted_points
+
+    os.remove(os.path.join(sweep.url, storage.lease.LEASE_FILE))  # as after a Ctrl-C
+    assert [s["status"] for s in root.sweeps()] == ["interrupted"]
+    interrupted_points(root, "s1", "domain-split")
+    assert [s["status"] for s in root.sweeps()] == ["failed"]
+    assert "interrupted" in storage.SweepStore(sweep.url).definition["error"]
 
 
 def test_a_dry_run_knows_the_memory_each_local_worker_gets(tmp_path, executors, monkeypatch):

@@ -167,14 +167,23 @@ def _noise_floor(cfg, hist: dict, m: int, dist) -> str | None:
     elif not grads or grads[-1] <= 1e-2 * grads[0]:
         return None
     patience = STALL_EPOCHS * m / cfg.blocks_per_iter
-    if plateau_halvings(hist["iteration"], hist["upper_objective"], patience) == 0:
+    its = np.asarray(hist["iteration"], dtype=float)
+    tail = its >= its[-1] - 3 * patience  # stalled at the end, not once on the way
+    if plateau_halvings(its[tail], np.asarray(hist["upper_objective"])[tail], patience) == 0:
         return None
-    where = f"{dist:.3g} from x*" if dist is not None else "with |grad F| not yet small"
+    where = (
+        f"at a relative distance {dist:.3g} from x*"
+        if dist is not None
+        else "with |grad F| not yet small"
+    )
+    if cfg.blocks_per_iter < m:
+        noise = f"block sampling (blocks_per_iter={cfg.blocks_per_iter} of {m} blocks)"
+    else:
+        noise = f"the sampled rows (batch={cfg.batch} per block)"
     return (
-        f"F stopped decreasing {where}: with blocks_per_iter={cfg.blocks_per_iter} of "
-        f"{m} blocks and a constant upper step the iterates hover at the noise of block "
-        f"sampling; set plateau_epochs={STALL_EPOCHS} to halve the step when F stalls, or "
-        "a smaller eta (docs/bilevel.md, 'A step that shrinks when F stalls')"
+        f"F stopped decreasing {where}: with a constant upper step the iterates hover at "
+        f"the noise of {noise}; set plateau_epochs={STALL_EPOCHS} to halve the step when F "
+        "stalls, or a smaller eta (docs/bilevel.md, 'A step that shrinks when F stalls')"
     )
 
 
