@@ -371,6 +371,7 @@ def _cmd_list(args) -> int:
         return 0
     rows = [[n, ", ".join(p.presets), p.description] for n, p in pipes.items()]
     print(_table(rows, ["pipeline", "presets", "description"]))
+    print("a pipeline's config fields and their values: tilegraph list NAME [--preset P]")
     return 0
 
 
