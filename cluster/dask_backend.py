@@ -413,6 +413,7 @@ class DaskExecutor(Executor):
         self._distributed = distributed
         self._cluster = None
         self._watching = contextlib.ExitStack()  # the submit-error filter of batch jobs
+        self._reaper: Any = None  # cancels the batch jobs if this process is killed
         # Where a batch scheduler's dashboard listens: Dask's link names the scheduler's
         # host, which listens on all interfaces when the profile names none.
         self._dashboard_host: str | None = None
@@ -448,12 +449,18 @@ class DaskExecutor(Executor):
                     **kwargs,
                 )
         elif spec.kind in HPC_KINDS:
-            from .jobqueue import dashboard_address, load_profile, make_cluster
+            import secrets
+
+            from .jobqueue import cancel_command, dashboard_address, load_profile, make_cluster
+            from .reaper import start_reaper
 
             profile = load_profile(spec.kind, profile_path)
             self._dashboard_host = dashboard_address(profile).rpartition(":")[0]
+            # a name of their own: a killed driver's watchdog cancels them by it
+            job_name = f"tilegraph-{secrets.token_hex(4)}"
             with dask.config.set(SCHEDULER_CONFIG):
-                self._cluster = make_cluster(spec, profile)
+                self._cluster = make_cluster(spec, profile, job_name=job_name)
+            self._reaper = start_reaper([], on_death=cancel_command(spec.kind, job_name))
             # from the first submission on: a refused one is logged from the event loop
             self._refused = self._watching.enter_context(_submit_errors())
             self._cluster.scale(jobs=spec.n or profile.jobs)
@@ -525,6 +532,7 @@ class DaskExecutor(Executor):
         for closing in (self._client, self._cluster):
             with contextlib.suppress(Exception):
                 closing.close()
+        self._stop_reaper()
 
     def check_report(self) -> None:
         import importlib.util
@@ -756,3 +764,12 @@ class DaskExecutor(Executor):
         finally:
             if self._cluster is not None:
                 self._cluster.close()
+            self._stop_reaper()
+
+    def _stop_reaper(self) -> None:
+        """A normal close cancelled the jobs itself: the watchdog has nothing to do."""
+        if self._reaper is not None:
+            self._reaper.terminate()
+            with contextlib.suppress(Exception):
+                self._reaper.wait(timeout=10)
+            self._reaper = None

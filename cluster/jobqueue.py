@@ -195,8 +195,9 @@ class BatchProfile(BaseModel):
             )
         return out
 
-    def cluster_kwargs(self, kind: str) -> dict[str, Any]:
-        """Keyword arguments of the dask-jobqueue cluster class of ``kind``."""
+    def cluster_kwargs(self, kind: str, job_name: str = "tilegraph") -> dict[str, Any]:
+        """Keyword arguments of the dask-jobqueue cluster class of ``kind`` (its jobs
+        named ``job_name``)."""
         _, account_key = _CLASSES[kind]
         kw: dict[str, Any] = {
             "cores": self.cores,
@@ -209,7 +210,7 @@ class BatchProfile(BaseModel):
             # the compute nodes' workers get the tuning local workers get (dask_backend)
             "job_script_prologue": [*WORKER_ENV, *self.job_script_prologue],
             "worker_extra_args": list(self.worker_extra_args),
-            "job_name": "tilegraph",
+            "job_name": job_name,
         }
         optional = {
             "queue": self.queue,
@@ -494,6 +495,17 @@ def _interface_ipv4(interface: str) -> str:
     )
 
 
+def cancel_command(kind: str, job_name: str) -> list[str]:
+    """The command that cancels the user's jobs named ``job_name`` on scheduler ``kind``
+    (run by :mod:`tilegraph.cluster.reaper` when a driver is killed)."""
+    return {
+        "slurm": ["scancel", "--name", job_name],
+        "pbs": ["sh", "-c", f"qselect -N {job_name} | xargs -r qdel"],
+        "sge": ["qdel", job_name],
+        "lsf": ["bkill", "-J", job_name, "0"],
+    }[kind]
+
+
 def dashboard_address(profile: BatchProfile) -> str:
     """Where the scheduler's dashboard listens: the IPv4 address of the profile's
     ``interface``, else loopback (any free port)."""
@@ -501,7 +513,9 @@ def dashboard_address(profile: BatchProfile) -> str:
     return f"{host}:0"
 
 
-def make_cluster(spec: Spec, profile: BatchProfile, *, submit: bool = True):
+def make_cluster(
+    spec: Spec, profile: BatchProfile, *, submit: bool = True, job_name: str = "tilegraph"
+):
     """A dask-jobqueue cluster for ``spec`` (no job submitted yet).
 
     Parameters
@@ -526,7 +540,7 @@ def make_cluster(spec: Spec, profile: BatchProfile, *, submit: bool = True):
             "the job script"
         )
     return cls(
-        **profile.cluster_kwargs(spec.kind),
+        **profile.cluster_kwargs(spec.kind, job_name),
         scheduler_options={"dashboard_address": dashboard_address(profile)},
     )
 

@@ -143,10 +143,9 @@ def _stand_in(folder, name, body):
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_submission_path_calls_sbatch_and_cancels_on_timeout(tmp_path, profile, monkeypatch):
-    """Everything up to the queue runs for real: dask-jobqueue writes each job script and
-    calls ``sbatch`` on it; no worker can join, so ``connect`` gives up after the
-    profile's ``wait_timeout`` with a clear error and cancels the jobs it submitted."""
+def _stand_in_slurm(tmp_path):
+    """``sbatch`` keeping each job script in ``calls/`` and ``scancel`` logging its
+    arguments to ``calls/scancel``: ``(bin folder, calls folder)``."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     log.mkdir()
@@ -155,6 +154,14 @@ def test_submission_path_calls_sbatch_and_cancels_on_timeout(tmp_path, profile, 
         echo "Submitted batch job $$"
         """)  # fmt: skip
     _stand_in(bin_dir, "scancel", f'echo "$@" >> {log}/scancel\n')
+    return bin_dir, log
+
+
+def test_submission_path_calls_sbatch_and_cancels_on_timeout(tmp_path, profile, monkeypatch):
+    """Everything up to the queue runs for real: dask-jobqueue writes each job script and
+    calls ``sbatch`` on it; no worker can join, so ``connect`` gives up after the
+    profile's ``wait_timeout`` with a clear error and cancels the jobs it submitted."""
+    bin_dir, log = _stand_in_slurm(tmp_path)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     data = yaml.safe_load(profile.read_text())
     data["slurm"]["wait_timeout"] = 4
@@ -374,3 +381,39 @@ def test_reading_a_profile_or_writing_a_job_script_keeps_the_ctrl_c_handler(tmp_
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
+
+
+def test_a_killed_driver_s_jobs_are_cancelled_by_name(tmp_path):
+    """SIGKILL gives the driver no chance to cancel its jobs: they waited in the queue,
+    then held their nodes for the workers' death timeout. A watchdog next to it cancels
+    them by their name, unique per run (a normal close stops the watchdog first)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bin_dir, log = _stand_in_slurm(tmp_path)
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  cores: 2\n  wait_timeout: 120\n")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilegraph.pipelines.cli", "run", "domain-split", "--cluster",
+         "slurm:1", "--cluster-profile", str(path), "--store", str(tmp_path / "runs")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert "submitted 1 slurm job(s)" in proc.stderr.readline()
+        deadline = time.time() + 60
+        while not list(log.glob("sbatch-*.sh")) and time.time() < deadline:
+            time.sleep(0.2)
+        (script,) = log.glob("sbatch-*.sh")
+        name = next(ln.split()[-1] for ln in script.read_text().splitlines() if " -J " in ln)
+        assert name.startswith("tilegraph-") and len(name) == len("tilegraph-") + 8
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        while not (log / "scancel").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (log / "scancel").read_text().split() == ["--name", name]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
