@@ -120,6 +120,19 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims) -> dict:
         out[path] = store.require_array(
             path, shp, ch, dt, dimension_names=dn, fill_value=fill, attrs=attrs
         )
+    # the index coordinates, so that xarray shows what each position is
+    coords = {
+        "result/sample": (cfg.n_samples, "sample (batch = sample // batch_size)"),
+        "result/batch": (nb, "batch of batch_size samples, one Zarr chunk"),
+        "history/batch": (nb, "batch of batch_size samples"),
+        "history/iteration": (T, "Picard iteration (the values past a batch's last are NaN)"),
+    }
+    for path, (n, long) in coords.items():
+        ref = store.require_array(
+            path, (n,), (n,), "int64", dimension_names=(path.rsplit("/", 1)[-1],),
+            fill_value=0, attrs={"long_name": long, "units": "1"},
+        )  # fmt: skip
+        ref.write((slice(None),), np.arange(n, dtype=np.int64))
     return out
 
 
