@@ -661,14 +661,23 @@ def _cmd_runs(args) -> int:
         pipeline = repr(args.pipeline) if args.pipeline else None
         print(" ".join(filter(None, ("no", args.status, pipeline, "runs under", args.store))))
         return 0
+    swept = any(r.get("sweep") for r in runs)  # a column only where there are sweeps
     rows = [
         [
             one_line(c, 200)
-            for c in (r["run_id"], r["pipeline"], r["status"], r.get("started") or "", r["url"])
-        ]
+            for c in (
+                r["run_id"],
+                r["pipeline"],
+                r["status"],
+                r.get("started") or "",
+                *([r.get("sweep") or ""] if swept else []),
+                r["url"],
+            )
+        ]  # fmt: skip
         for r in runs
     ]
-    print(_table(rows, ["run", "pipeline", "status", "started", "path"]))
+    header = ["run", "pipeline", "status", "started", *(["sweep"] if swept else []), "path"]
+    print(_table(rows, header))
     return 0
 
 

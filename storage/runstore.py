@@ -938,7 +938,8 @@ class Root:
         Returns
         -------
         list of dict
-            ``run_id, pipeline, status, started, ended, metrics, error, url`` per run.
+            ``run_id, pipeline, status, started, ended, metrics, error, url`` per run,
+            and ``sweep``: the id of the sweep it is a point of, or None.
         """
         fs, base = self._fs()
         pattern = join(base, check_name("pipeline", pipeline) if pipeline else "*", "*")
@@ -971,6 +972,12 @@ class Root:
             for r in out:
                 if r["status"] == PENDING and r["run_id"] in stranded:
                     r["status"] = INTERRUPTED
+        sweep_of: dict[str, Any] = {}
+        for _, attrs in self._sweep_records():
+            for run_id in attrs["points"].values():
+                sweep_of.setdefault(str(run_id), attrs.get("sweep_id"))
+        for r in out:
+            r["sweep"] = sweep_of.get(str(r["run_id"]))
         out.sort(key=lambda r: (str(r["run_id"]), str(r["pipeline"])))
         return out
 

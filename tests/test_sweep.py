@@ -195,6 +195,9 @@ def test_sweep_cli_json_contract_and_bad_grid(tmp_path):
                                                      "--json").stdout)["runs"]}  # fmt: skip
     assert [p["status"] for p in info["points"]] == ["complete", "complete"]
     assert {p["run_id"] for p in info["points"]} == runs
+    listed = last_json(tilegraph("runs", "--store", str(store), "--json").stdout)["runs"]
+    assert all(str(r["sweep"]).startswith("domain-split-") for r in listed)  # its sweep
+    assert "sweep" in tilegraph("runs", "--store", str(store)).stdout.splitlines()[0]
     shown = tilegraph("show", res["sweep_id"], "--store", str(store))
     assert "grid      n_fine=20,40\n" in shown.stdout and not shown.stderr, shown.stderr
 
