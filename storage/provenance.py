@@ -92,43 +92,33 @@ def jsonable(obj: Any, _where: str = "value") -> Any:
     raise TypeError(f"{_where}: {type(obj).__name__} value {obj!r} has no JSON form")
 
 
-def git_commit(cwd: str | None = None, timeout: float = 2.0) -> str | None:
-    """``git rev-parse HEAD`` in ``cwd`` (default: the working dir), or ``None`` if unknown."""
+def _git(args: list[str], cwd: str, timeout: float) -> list[str] | None:
+    """The output lines of ``git ARGS`` in ``cwd``, or None when it fails."""
     try:
         proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd or os.getcwd(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = proc.stdout.strip()
-    return commit if proc.returncode == 0 and commit else None
+    lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+    return lines if proc.returncode == 0 and lines else None
+
+
+def git_commit(cwd: str | None = None, timeout: float = 2.0) -> str | None:
+    """``git rev-parse HEAD`` in ``cwd`` (default: the working dir), or ``None`` if unknown."""
+    words = _git(["rev-parse", "HEAD"], cwd or os.getcwd(), timeout)
+    return words[0] if words else None
 
 
 def tilegraph_commit(timeout: float = 2.0) -> str | None:
     """The commit of tilegraph's own code when it runs from a git checkout of tilegraph
     (an editable install), else ``None`` (a wheel: its version says it)."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = proc.stdout.split()
-    if proc.returncode != 0 or len(lines) != 2:
+    words = _git(["rev-parse", "--show-toplevel", "HEAD"], here, timeout)
+    if words is None or len(words) != 2:
         return None
     # a wheel inside someone's repository (a venv in a project) is not a checkout of it
-    return lines[1] if os.path.realpath(lines[0]) == os.path.realpath(here) else None
+    return words[1] if os.path.realpath(words[0]) == os.path.realpath(here) else None
 
 
 def _version(dist: str) -> str | None:
