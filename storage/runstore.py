@@ -967,17 +967,16 @@ class Root:
             if summary["status"] == RUNNING and Lease(url, "run", self._options).abandoned():
                 summary["status"] = INTERRUPTED
             out.append(summary)
-        if any(r["status"] == PENDING for r in out):
-            stranded = self.stranded_points()
-            for r in out:
-                if r["status"] == PENDING and r["run_id"] in stranded:
-                    r["status"] = INTERRUPTED
+        records = self._sweep_records()  # read once: the sweep of each point, and
+        stranded = self._stranded(records) if any(r["status"] == PENDING for r in out) else ()
         sweep_of: dict[str, Any] = {}
-        for _, attrs in self._sweep_records():
+        for _, attrs in records:
             for run_id in attrs["points"].values():
                 sweep_of.setdefault(str(run_id), attrs.get("sweep_id"))
         for r in out:
             r["sweep"] = sweep_of.get(str(r["run_id"]))
+            if r["status"] == PENDING and r["run_id"] in stranded:
+                r["status"] = INTERRUPTED
         out.sort(key=lambda r: (str(r["run_id"]), str(r["pipeline"])))
         return out
 
@@ -991,14 +990,26 @@ class Root:
         Returns
         -------
         set of str
-            The points of every sweep that says ``running`` and whose lease has a dead
-            owner. Sweeps that cannot be read are skipped.
+            The points of every sweep that says ``running`` while no live process
+            holds its lease. Sweeps that cannot be read are skipped.
         """
+        return self._stranded(self._sweep_records())
+
+    def _stranded(self, records) -> set[str]:
         out: set[str] = set()
-        for url, attrs in self._sweep_records():
-            if attrs.get("status") == RUNNING and Lease(url, "sweep", self._options).abandoned():
+        for url, attrs in records:
+            if self._sweep_gone(url, attrs):
                 out.update(str(v) for v in attrs["points"].values())
         return out
+
+    def _sweep_gone(self, url: str, attrs: Mapping[str, Any]) -> bool:
+        """Whether a sweep record says ``running`` but no live process runs it: its lease
+        has a dead owner, or it was let go without the record being marked."""
+        if attrs.get("status") != RUNNING:
+            return False
+        lease = Lease(url, "sweep", self._options)
+        held = lease.read() or lease._unreadable()  # a lease file being written: held
+        return held is None or lease.abandoned()
 
     def sweeps(self, pipeline: str | None = None) -> list[dict[str, Any]]:
         """Summaries of the sweeps under the root (of one pipeline if given), oldest first.
@@ -1014,11 +1025,7 @@ class Root:
         for url, attrs in self._sweep_records():
             if pipeline is not None and attrs.get("pipeline") != pipeline:
                 continue
-            status = attrs.get("status")
-            lease = Lease(url, "sweep", self._options)
-            held = lease.read() or lease._unreadable()  # a lease file being written: held
-            if status == RUNNING and (held is None or lease.abandoned()):
-                status = INTERRUPTED  # its process is gone, or let it go without a word
+            status = INTERRUPTED if self._sweep_gone(url, attrs) else attrs.get("status")
             counts = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
             configs = attrs.get("point_configs")
             out.append(
