@@ -718,26 +718,28 @@ def _cmd_sweeps(args) -> int:
     return 0
 
 
-def _show_sweep(args, root, sweep) -> int:
-    """``tilegraph show SWEEP-ID``: the sweep's grid, its points' runs and statuses."""
-    summary = next(s for s in root.sweeps() if s["sweep_id"] == sweep["sweep_id"])
+def _show_sweep(args, root, summary: dict, sweep) -> int:
+    """``tilegraph show SWEEP-ID``: the sweep's grid, its points' runs and statuses
+    (``summary``: its entry of ``Root.sweeps``; ``sweep``: its ``SweepStore``)."""
+    record = sweep.definition
     runs = {r["run_id"]: r["status"] for r in root.runs(summary["pipeline"])}
     points = [
         {"key": key, "run_id": rid, "status": runs.get(rid, "missing")}
-        for key, rid in sweep["points"].items()
+        for key, rid in sweep.points.items()
     ]
+    sets = record.get("sets")
     info = {
         "sweep_id": summary["sweep_id"],
         "pipeline": summary["pipeline"],
         "path": summary["url"],
         "status": summary["status"],
         "grid": summary["grid"],
-        "preset": sweep.get("preset"),
-        "sets": [str(x) for x in sweep.get("sets") or []],
-        "metrics": sweep.get("metrics") or {},
-        "error": sweep.get("error"),
+        "preset": record.get("preset"),
+        "sets": [str(x) for x in sets] if isinstance(sets, list) else [],
+        "metrics": record.get("metrics") or {},
+        "error": record.get("error"),
         "points": points,
-        "datasets": sweep["datasets"],
+        "datasets": sweep.datasets,
     }
     if args.json:
         print(json.dumps(info))
@@ -767,31 +769,23 @@ def _show_sweep(args, root, sweep) -> int:
     return 0
 
 
-def _sweep_named(root, given: str) -> dict | None:
-    """The sweep record ``given`` names (its id, or the beginning of exactly one sweep's
-    id), as ``{sweep_id, points, preset, metrics, error, datasets}``; None if none."""
+def _sweep_named(root, given: str):
+    """The sweep ``given`` names (its id, or the beginning of exactly one sweep's id) as
+    ``(its entry of Root.sweeps, its SweepStore)``; None if none."""
     from tilegraph import storage
 
-    ids = [str(s["sweep_id"]) for s in root.sweeps()]
-    found = [i for i in ids if i == given] or [i for i in ids if i.startswith(given)]
+    sweeps = root.sweeps()
+    found = [s for s in sweeps if s["sweep_id"] == given] or [
+        s for s in sweeps if str(s["sweep_id"]).startswith(given)
+    ]
     if len(found) > 1:
-        shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
-        raise UsageError(f"{one_line(given, 80)!r} begins {len(found)} sweeps' ids ({shown})")
+        ids = [str(s["sweep_id"]) for s in found]
+        shown = ", ".join(ids[:5]) + (", …" if len(ids) > 5 else "")
+        raise UsageError(f"{one_line(given, 80)!r} begins {len(ids)} sweeps' ids ({shown})")
     if not found:
         return None
-    sweep = storage.SweepStore(
-        storage.sweep_url(root.url, found[0]), storage_options=root.options or None
-    )
-    record = sweep.definition
-    return {
-        "sweep_id": found[0],
-        "points": sweep.points,
-        "preset": record.get("preset"),
-        "sets": record.get("sets") if isinstance(record.get("sets"), list) else [],
-        "metrics": record.get("metrics"),
-        "error": record.get("error"),
-        "datasets": sweep.datasets,
-    }
+    url = storage.sweep_url(root.url, str(found[0]["sweep_id"]))
+    return found[0], storage.SweepStore(url, storage_options=root.options or None)
 
 
 def _cmd_show(args) -> int:
@@ -808,7 +802,7 @@ def _cmd_show(args) -> int:
         except Exception as other:
             raise _unreadable(args, other) from None
         if sweep is not None:
-            return _show_sweep(args, root, sweep)
+            return _show_sweep(args, root, *sweep)
         raise UsageError(f"RUN-ID: {exc.args[0] if exc.args else exc}") from None
     except Exception as exc:
         raise _unreadable(args, exc) from None
