@@ -245,36 +245,27 @@ def sweep(
 
 
 def _sweep(name, grid, preset, config, sets, cluster, store, cluster_profile, progress):
-    from tilegraph.storage.lease import LeaseHeld
-
-    from . import resources
-    from .launch import check_cluster, check_device
-    from .sweep import interrupted_points, prepare_sweep, run_sweep
+    from .launch import check_cluster
+    from .sweep import execute_sweep, interrupted_points, prepare_sweep
 
     prep = prepare_sweep(name, grid, preset, config, sets, store)
-    plan, root = prep.plan, prep.root
     owned = isinstance(cluster, str)
     if owned:
-        spec = check_cluster(cluster, root.url, cluster_profile)
+        spec = check_cluster(cluster, prep.root.url, cluster_profile)
     else:
         spec = cluster.spec
-        check_memory_store(root.url, cluster.backend, str(spec))
+        check_memory_store(prep.root.url, cluster.backend, str(spec))
     bars = progress if callable(progress) else progress_factory(progress)
     executor = connect(spec, cluster_profile, prep.code) if owned else cluster
     if not owned:
         executor.add_code(prep.code)
     try:
-        check_device([p.config for p in plan.points], executor, str(spec))
-        resources.check_point(prep.largest, executor)  # each point runs whole on a worker
-        try:
-            return run_sweep(plan, root, executor, progress=bars, backend=str(spec))
-        except LeaseHeld as exc:
-            raise UsageError(f"{exc}; wait for it, or stop it first") from None
+        return execute_sweep(prep, executor, spec, bars)
     except KeyboardInterrupt:
         if owned:  # its points stopped with it: marked, so that none says running
             executor.close()
             owned = False
-            interrupted_points(root, plan.sweep_id, prep.pipeline.name)
+            interrupted_points(prep.root, prep.plan.sweep_id, prep.pipeline.name)
         # on the caller's executor the submitted points go on; the sweep run again
         # takes what they finished
         raise

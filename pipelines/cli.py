@@ -26,7 +26,6 @@ from .execute import DEFAULT_RETRIES
 from .launch import (
     UsageError,
     check_cluster,
-    check_device,
     connect,
     on_this_machine,
     prepare,
@@ -535,9 +534,7 @@ def _dry_run(args, info: dict, est=None, workers: int = 1, title: str = "") -> i
 
 
 def _cmd_sweep(args) -> int:
-    from tilegraph.storage.lease import LeaseHeld
-
-    from .sweep import interrupted_points, prepare_sweep, run_sweep
+    from .sweep import execute_sweep, interrupted_points, prepare_sweep
 
     prep = prepare_sweep(args.name, args.grid, args.preset, args.config, args.sets, args.store)
     pipeline, plan, code, root = prep.pipeline, prep.plan, prep.code, prep.root
@@ -558,15 +555,7 @@ def _cmd_sweep(args) -> int:
         return rc
     try:
         with _connect(args, code) as executor:
-            check_device([p.config for p in plan.points], executor, str(args.spec))
-            # each point runs whole on one worker: the largest point decides
-            resources.check_point(prep.largest, executor)
-            try:
-                result = run_sweep(
-                    plan, root, executor, progress=progress_factory(), backend=str(args.spec)
-                )
-            except LeaseHeld as exc:
-                raise UsageError(f"{exc}; wait for it, or stop it first") from None
+            result = execute_sweep(prep, executor, args.spec, progress_factory())
     except KeyboardInterrupt as exc:
         _quiet_shutdown()
         interrupted_points(root, plan.sweep_id, pipeline.name)  # its cluster is closed now

@@ -784,6 +784,28 @@ def prepare_sweep(name: str, grid, preset, config, sets, store) -> PreparedSweep
     return PreparedSweep(pipeline, plan, code, estimates, check_store(store))
 
 
+def execute_sweep(prep: PreparedSweep, executor, spec, progress) -> SweepResult:
+    """Run a prepared sweep on an open executor: the device and the largest point's
+    memory checked against its workers first (each point runs whole on one worker).
+
+    Raises
+    ------
+    UsageError
+        A point needs what the workers lack, or another live process runs the sweep.
+    """
+    from tilegraph.storage.lease import LeaseHeld
+
+    from . import resources
+    from .launch import UsageError, check_device
+
+    check_device([p.config for p in prep.plan.points], executor, str(spec))
+    resources.check_point(prep.largest, executor)
+    try:
+        return run_sweep(prep.plan, prep.root, executor, progress=progress, backend=str(spec))
+    except LeaseHeld as exc:
+        raise UsageError(f"{exc}; wait for it, or stop it first") from None
+
+
 def interrupted_points(root, sweep_id: str, pipeline: str) -> None:
     """Mark the points of an interrupted sweep that are still ``running`` or ``pending``
     failed ("interrupted"), so that none is left so; call it once the sweep's cluster is closed.
