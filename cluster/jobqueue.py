@@ -54,6 +54,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -360,35 +361,32 @@ def find_profile(path: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
-def _loader():
-    import yaml
+class TextBase60Loader(yaml.SafeLoader):
+    """YAML's safe loader, but ``12:00`` stays the text it is (as YAML 1.2 reads it), not
+    YAML 1.1's base-60 number 720: a walltime of 12 hours, not 12 minutes; a sweep's
+    ``--grid n_fine=20:40`` (``pipelines.config`` builds on it)."""
 
-    class Loader(yaml.SafeLoader):
-        """YAML 1.1 reads ``12:00`` as the base-60 number 720: kept as its text here,
-        as YAML 1.2 does (a walltime of 12 hours, not 12 minutes)."""
+    def construct_base_60(self, node):
+        if ":" in str(node.value):
+            return self.construct_scalar(node)
+        if node.tag.endswith(":int"):
+            return self.construct_yaml_int(node)
+        return self.construct_yaml_float(node)
 
-        def base_60(self, node):
-            if ":" in str(node.value):
-                return self.construct_scalar(node)
-            if node.tag.endswith(":int"):
-                return self.construct_yaml_int(node)
-            return self.construct_yaml_float(node)
 
-    Loader.add_constructor("tag:yaml.org,2002:int", Loader.base_60)
-    Loader.add_constructor("tag:yaml.org,2002:float", Loader.base_60)
-    return Loader
+TextBase60Loader.add_constructor("tag:yaml.org,2002:int", TextBase60Loader.construct_base_60)
+TextBase60Loader.add_constructor("tag:yaml.org,2002:float", TextBase60Loader.construct_base_60)
 
 
 def _read_profile(path: str | os.PathLike[str] | None) -> tuple[Path | None, dict]:
     """The profile file in effect and its sections (``{}`` without a file)."""
     import yaml
 
-    _Loader = _loader()
     file = find_profile(path)
     if file is None:
         return None, {}
     try:
-        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=TextBase60Loader) or {}
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise ProfileError(f"cluster profile {file}: not valid YAML ({first})") from None

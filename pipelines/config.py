@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from tilegraph.cluster.jobqueue import TextBase60Loader
 
 from .base import Pipeline
 
@@ -52,9 +53,9 @@ def _check_expansion(value: Any, budget: list[int]) -> None:
             _check_expansion(v, budget)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML says keys
-    are unique; PyYAML would keep the last silently)."""
+class _UniqueKeyLoader(TextBase60Loader):
+    """The safe loader (``12:00`` kept as text) that refuses a key given twice in one
+    mapping (YAML says keys are unique; PyYAML would keep the last silently)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -72,19 +73,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
-
-    def construct_base_60(self, node):
-        """YAML 1.1 reads ``20:40`` as the base-60 number 1240 (``--grid n_fine=20:40``
-        ran 1240): kept as the text it is, as YAML 1.2 does."""
-        if ":" in str(node.value):
-            return self.construct_scalar(node)
-        if node.tag.endswith(":int"):
-            return self.construct_yaml_int(node)
-        return self.construct_yaml_float(node)
-
-
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_base_60)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_base_60)
 
 
 def load_yaml(text: str, where: str) -> Any:
