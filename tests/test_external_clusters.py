@@ -269,7 +269,6 @@ def test_dask_scheduler_and_workers_started_as_processes(tmp_path, reference):
         if workers is not None:
             stop(workers)
         stop(scheduler)
-    assert scheduler.returncode is not None
 
 
 @pytest.mark.timeout(900)  # a head, two runs and maybe a retry
@@ -323,4 +322,3 @@ def test_ray_head_started_with_ray_start(tmp_path, reference):
         _user_code_run(addresses[0], tmp_path)
     finally:
         stop(head)
-    assert head.returncode is not None

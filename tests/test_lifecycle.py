@@ -70,7 +70,7 @@ def test_phases_and_common_metrics(tmp_path, ex):
     assert "worker_restarts" not in m
     # what only a running run needs is gone: checkpoints, scratch, done markers
     assert not run.has("work") and not run.has("done") and run.checkpoint_steps() == []
-    assert run.plot_path is not None
+    assert run.read_bytes("summary.png")[:8] == b"\x89PNG\r\n\x1a\n"  # saved, as a PNG
 
 
 def test_keep_work_keeps_scratch_and_checkpoints(tmp_path, ex):
