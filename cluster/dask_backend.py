@@ -463,7 +463,11 @@ class DaskExecutor(Executor):
             self._reaper = start_reaper([], on_death=cancel_command(spec.kind, job_name))
             # from the first submission on: a refused one is logged from the event loop
             self._refused = self._watching.enter_context(_submit_errors())
-            self._cluster.scale(jobs=spec.n or profile.jobs)
+            n_jobs = spec.n or profile.jobs
+            if profile.renew:  # a job that ends (its workers retired) is replaced
+                self._cluster.adapt(minimum_jobs=n_jobs, maximum_jobs=n_jobs)
+            else:
+                self._cluster.scale(jobs=n_jobs)
         elif spec.kind not in ("tcp", "tls"):
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
         security = _tls_security(spec, profile_path) if spec.kind == "tls" else None

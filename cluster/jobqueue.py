@@ -21,6 +21,14 @@ kind, e.g.::
       interface: ib0              # scheduler and dashboard listen there (default below)
       resource_spec: "h_vmem=16G" # PBS/SGE: the -l resources (SGE asks for memory here)
       worker_extra_args: ["--resources", "GPU=1"]  # passed to each `dask worker`
+      renew: true                 # replace jobs before their walltime ends (below)
+      renew_margin: "00:05:00"    # how long before it their workers retire
+
+With ``renew: true`` a run may outlast the walltime: each worker retires gracefully
+(its results handed to the others) ``renew_margin`` before its job's walltime ends,
+give or take a quarter of the margin so the jobs do not all go at once, and a fresh job
+replaces each one that ends (Dask's adaptive scaling held at ``jobs``). Without it,
+the workers die with their jobs and the run stops there; ``--resume`` continues it.
 
 Fields the file leaves out come from the site's Dask config for dask-jobqueue
 (``jobqueue.<kind>`` in ``~/.config/dask/jobqueue.yaml``) where it sets them, else from
@@ -124,8 +132,14 @@ class BatchProfile(BaseModel):
         default_factory=list, description="extra arguments of each `dask worker`"
     )
     wait_timeout: float = Field(default=600.0, gt=0, description="seconds for a first worker")
+    renew: bool = Field(
+        default=False, description="replace jobs before their walltime ends (runs outlast it)"
+    )
+    renew_margin: str = Field(
+        default="00:05:00", description="[D-]HH:MM[:SS] before the walltime that workers retire"
+    )
 
-    @field_validator("walltime", mode="before")
+    @field_validator("walltime", "renew_margin", mode="before")
     @classmethod
     def _walltime(cls, v: Any) -> str:
         if isinstance(v, int | float) and not isinstance(v, bool):
@@ -154,7 +168,21 @@ class BatchProfile(BaseModel):
                 f"processes ({self.processes}) must not exceed cores ({self.cores}): each "
                 "Dask worker process needs at least one core"
             )
+        if self.renew and 2 * _seconds(self.renew_margin) > _seconds(self.walltime):
+            raise ValueError(
+                f"renew_margin ({self.renew_margin}) must be at most half the walltime "
+                f"({self.walltime}): each job should work longer than it takes to retire"
+            )
         return self
+
+    @property
+    def lifetime(self) -> tuple[int, int] | None:
+        """``(lifetime, stagger)`` of each worker in seconds with ``renew``, else None:
+        workers retire ``renew_margin`` ± a quarter of it before the walltime."""
+        if not self.renew:
+            return None
+        margin = _seconds(self.renew_margin)
+        return _seconds(self.walltime) - margin, max(margin // 4, 1)
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -189,6 +217,12 @@ class BatchProfile(BaseModel):
                        "and memory: ask for them there")  # fmt: skip
         if self.resource_spec is not None and kind not in ("pbs", "sge"):
             out.append(f"resource_spec is for pbs and sge; {kind} ignores it")
+        if self.lifetime is not None:
+            life, stagger = self.lifetime
+            out.append(
+                f"renew: each worker retires {_clock(life - stagger)}-{_clock(life + stagger)} "
+                f"into its job (walltime {self.walltime}) and a fresh job replaces it"
+            )
         if self.cores % self.workers_per_job:
             out.append(
                 f"cores={self.cores} do not split evenly over processes={self.workers_per_job}: "
@@ -210,7 +244,7 @@ class BatchProfile(BaseModel):
             "job_extra_directives": list(self.job_extra_directives),
             # the compute nodes' workers get the tuning local workers get (dask_backend)
             "job_script_prologue": [*WORKER_ENV, *self.job_script_prologue],
-            "worker_extra_args": list(self.worker_extra_args),
+            "worker_extra_args": [*self.worker_extra_args, *self._lifetime_args()],
             "job_name": job_name,
         }
         optional = {
@@ -226,6 +260,12 @@ class BatchProfile(BaseModel):
         }
         kw.update({k: v for k, v in optional.items() if v is not None})
         return kw
+
+    def _lifetime_args(self) -> list[str]:
+        if self.lifetime is None:
+            return []
+        life, stagger = self.lifetime
+        return ["--lifetime", f"{life}s", "--lifetime-stagger", f"{stagger}s"]
 
 
 class TlsProfile(BaseModel):
@@ -324,6 +364,12 @@ def _seconds(text: str) -> int:
     return int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
 
 
+def _clock(seconds: int) -> str:
+    """``seconds`` as ``HH:MM:SS``."""
+    h, rem = divmod(seconds, 3600)
+    return f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}"
+
+
 def _walltime_for(kind: str, text: str) -> str:
     """``[D-]HH:MM[:SS]`` in the form each scheduler takes (LSF: ``HH:MM``, rounded up; PBS and SGE
     take no days; Slurm reads a bare ``MM:SS``, so it gets the seconds spelled out)."""
@@ -412,11 +458,12 @@ def _validate(model: type[BaseModel], file: Path | None, section: str, data: Any
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or section
+        field = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field; allowed: {', '.join(model.model_fields)}"
-        raise ProfileError(f"{where}: field '{section}.{field}': {msg}") from None
+        what = f"field '{section}.{field}'" if field else f"section '{section}'"
+        raise ProfileError(f"{where}: {what}: {msg}") from None
 
 
 def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> BatchProfile:

@@ -6,7 +6,9 @@ machine)."""
 import os
 import stat
 import textwrap
+import time
 
+import dask
 import pytest
 import yaml
 from tilegraph import cluster
@@ -106,7 +108,12 @@ def test_sweep_dry_run_and_default_profile_from_the_environment(tmp_path, monkey
         ("slurm: [1, 2\n", "not valid YAML"),
         ("slurm:\n  walltime: '0:00'\n", "longer than zero"),
         ("slurm:\n  walltime: '99:99'\n", "minutes and seconds must be below 60"),
-        ("slurm:\n  cores: 2\n  processes: 8\n", "must not exceed cores"),
+        ("slurm:\n  cores: 2\n  processes: 8\n", "section 'slurm': processes (8) must not"),
+        (
+            "slurm:\n  walltime: '01:00'\n  renew: true\n  renew_margin: '00:40'\n",
+            "section 'slurm': renew_margin (00:40) must be at most half the walltime (01:00)",
+        ),
+        ("slurm:\n  renew_margin: 300\n", "field 'slurm.renew_margin': a bare number"),
         ("slurm: 3\n", "section 'slurm' must be a mapping"),
         ("1: {}\n", "unknown section '1'"),
     ],
@@ -275,6 +282,20 @@ def test_workers_per_job_default_to_cores_and_the_script_says_what_the_dry_run_d
     assert out.index("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False") < out.index("dask_worker")
 
 
+def test_a_renewing_profile_s_dry_run_says_when_its_workers_retire(tmp_path, capsys):
+    """renew: workers retire renew_margin (+- a quarter of it) before the walltime."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {"walltime": "02:00:00", "renew": True}}))
+    argv = ["run", "domain-split", "--cluster", "slurm:2", "--cluster-profile", str(path)]
+    assert cli.main([*argv, "--store", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "each worker retires 01:53:45-01:56:15 into its job (walltime 02:00:00)" in out
+    assert "--lifetime 6900s --lifetime-stagger 75s" in out
+    path.write_text(yaml.safe_dump({"slurm": {"walltime": "02:00:00"}}))
+    assert cli.main([*argv, "--store", str(tmp_path / "r"), "--dry-run"]) == 0
+    assert "--lifetime" not in capsys.readouterr().out
+
+
 def test_sge_asks_for_memory_through_resource_spec_and_the_dry_run_says_so(tmp_path, capsys):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"sge": {"cores": 4, "memory": "16GiB"}}))
@@ -417,3 +438,87 @@ def test_a_killed_driver_s_jobs_are_cancelled_by_name(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _local_slurm(tmp_path):
+    """A Slurm on this machine: ``sbatch`` runs the job script in the background in a
+    session of its own (its id the job's), ``scancel ID…`` and ``scancel --name NAME``
+    end those sessions. ``(bin folder, jobs folder)``; each job's output in ``ID.out``."""
+    bin_dir, jobs = tmp_path / "bin", tmp_path / "jobs"
+    bin_dir.mkdir()
+    jobs.mkdir()
+    _stand_in(bin_dir, "sbatch", f"""\
+        name=$(sed -n 's/^#SBATCH -J //p' "$1")
+        script=$(mktemp {jobs}/job-XXXXXX)  # the caller deletes "$1" when we return
+        cp "$1" "$script"
+        setsid bash "$script" > "$script.out" 2>&1 < /dev/null &
+        mv "$script.out" {jobs}/$!.out
+        echo "$! $name" >> {jobs}/submitted
+        echo "Submitted batch job $!"
+        """)  # fmt: skip
+    _stand_in(bin_dir, "scancel", f"""\
+        if [ "$1" = "--name" ]; then
+            set -- $(awk -v n="$2" '$2 == n {{print $1}}' {jobs}/submitted)
+        fi
+        for id in "$@"; do kill -TERM -- "-$id" 2>/dev/null; done
+        true
+        """)  # fmt: skip
+    return bin_dir, jobs
+
+
+#: A task for the workers of the jobs (a module of its own: importing this test module
+#: would cost each fresh worker seconds of its short life).
+JOB_TASK = """
+import os, time
+
+def pid_after(seconds, i):
+    time.sleep(seconds)
+    return i, os.getpid()
+"""
+
+
+@pytest.mark.slow
+def test_renewed_jobs_outlast_their_walltime(tmp_path, monkeypatch):
+    """``renew: true``: workers retire before their job's walltime and fresh jobs take
+    over, so work longer than one walltime completes, every task's answer intact.
+    Jobs really run here (``sbatch`` starts each script on this machine)."""
+    bin_dir, jobs = _local_slurm(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "jobtask.py").write_text(JOB_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the jobs' workers inherit it
+    from jobtask import pid_after
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {
+        "cores": 1, "memory": "2GiB", "walltime": "00:00:20", "renew": True,
+        "renew_margin": "00:00:10", "wait_timeout": 60,
+    }}))  # fmt: skip
+    # a job whose workers left is replaced after this timeout (15 s by default; short
+    # here, where no queue makes the new one wait anyway)
+    import distributed  # noqa: F401 (its config first: leaving `quick` restores the rest)
+
+    quick = dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"})
+    with quick, cluster.connect("slurm:1", profile=str(path)) as ex:
+        futures = [ex.submit(pid_after, 0.4, i) for i in range(40)]  # 16 s of work
+        # taken as they finish, as the pipelines do: a lone worker that retires has no
+        # peer to hand its finished results to, so they would be computed again
+        results = sorted(f.result() for f in ex.as_completed(futures))
+    assert [i for i, _ in results] == list(range(40))
+    pids = {pid for _, pid in results}
+    assert len(pids) >= 2, "no worker was replaced within 16 s of work"
+    ids = [int(ln.split()[0]) for ln in (jobs / "submitted").read_text().splitlines()]
+    assert len(ids) >= 2
+    assert "--lifetime 10s --lifetime-stagger 2s" in job_script("slurm:1", path)
+    deadline = time.time() + 30  # closing cancels the jobs still running
+    while any(_alive(i) for i in ids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(i) for i in ids), [(i, (jobs / f"{i}.out").read_text()) for i in ids]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
