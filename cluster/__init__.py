@@ -11,12 +11,13 @@ when an executor of theirs is created.
 
 from .base import ActorHandle, Executor, Future, Ref, ResourceError
 from .connect import connect, expected_memory_limit
-from .faults import is_worker_lost
+from .faults import DataLost, is_worker_lost
 from .specs import SPECS_HELP, Spec, SpecError, parse_spec
 
 __all__ = [
     "SPECS_HELP",
     "ActorHandle",
+    "DataLost",
     "Executor",
     "Future",
     "Ref",

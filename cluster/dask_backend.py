@@ -18,11 +18,13 @@ import os
 import sys
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import RETRIES, ActorHandle, Executor, Future
+from .faults import DataLost
 from .specs import HPC_KINDS, Spec, SpecError
 
 __all__ = ["DaskExecutor"]
@@ -33,16 +35,34 @@ _ACTOR_COPIES = 8
 
 
 class _DaskFuture(Future):
-    __slots__ = ("_fut",)
+    __slots__ = ("_fut", "_puts")
 
-    def __init__(self, fut: Any) -> None:
+    def __init__(self, fut: Any, puts: weakref.WeakSet | None = None) -> None:
         self._fut = fut  # distributed.Future; holding it keeps the result alive
+        self._puts = puts  # the executor's `put` data, to tell a lost input by
 
     def result(self, timeout: float | None = None) -> Any:
-        return self._fut.result(timeout=timeout)
+        try:
+            return self._fut.result(timeout=timeout)
+        except Exception as exc:
+            _raise_if_put_lost(exc, self._puts)
+            raise
 
     def done(self) -> bool:
         return self._fut.done()
+
+
+def _raise_if_put_lost(exc: BaseException, puts: weakref.WeakSet | None) -> None:
+    """Raise `~tilegraph.cluster.faults.DataLost` from ``exc`` when ``exc`` cancelled a
+    task and data put on the workers is gone: the last workers holding it left (batch
+    jobs renewed before their walltime, all at once), and it cannot be computed again,
+    so every task reading it is cancelled, with a reason Dask gives as ``unknown``."""
+    if type(exc).__name__ != "FutureCancelledError" or not puts:
+        return
+    if any(f.status in ("lost", "cancelled", "error") for f in list(puts)):
+        raise DataLost(
+            "data put on the workers was lost with the last workers holding it"
+        ) from exc
 
 
 #: Seconds between checks, while waiting for an actor call, that the actor's worker is
@@ -412,6 +432,7 @@ class DaskExecutor(Executor):
 
         self._distributed = distributed
         self._cluster = None
+        self._puts: weakref.WeakSet = weakref.WeakSet()  # futures of `put` data
         self._watching = contextlib.ExitStack()  # the submit-error filter of batch jobs
         self._reaper: Any = None  # cancels the batch jobs if this process is killed
         # Where a batch scheduler's dashboard listens: Dask's link names the scheduler's
@@ -629,7 +650,7 @@ class DaskExecutor(Executor):
             fut = self._client.submit(_apply, fn, args, kwargs, **options)
         else:
             fut = self._client.submit(fn, *args, **options, **kwargs)
-        return _DaskFuture(fut)
+        return _DaskFuture(fut, self._puts)
 
     def _map(self, fn, calls, kwargs, gpus, pure) -> list[Future]:
         kwargs = {k: self._unref(v) for k, v in kwargs.items()}
@@ -637,11 +658,15 @@ class DaskExecutor(Executor):
             return super()._map(fn, calls, kwargs, gpus, pure)
         columns = [[self._unref(a) for a in column] for column in zip(*calls, strict=True)]
         futs = self._client.map(fn, *columns, **self._options(gpus, pure), **kwargs)
-        return [_DaskFuture(f) for f in futs]
+        return [_DaskFuture(f, self._puts) for f in futs]
 
     def _gather(self, futures: list[Future]) -> list[Any]:
         if all(isinstance(f, _DaskFuture) for f in futures):
-            return self._client.gather([f._fut for f in futures])
+            try:
+                return self._client.gather([f._fut for f in futures])
+            except Exception as exc:
+                _raise_if_put_lost(exc, self._puts)
+                raise
         return super()._gather(futures)
 
     def _as_completed(self, futures: list[Future]) -> Iterator[Future]:
@@ -667,6 +692,7 @@ class DaskExecutor(Executor):
         # copies stay where tilegraph starts the scheduler (SCHEDULER_CONFIG); on an
         # external one (tcp://) its active memory manager may reduce them again.
         [fut] = self._client.scatter([obj], broadcast=True, hash=False)
+        self._puts.add(fut)
         return fut
 
     def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:

@@ -9,9 +9,16 @@ and retrying would only repeat it.
 
 from __future__ import annotations
 
+
+class DataLost(OSError):
+    """Data put on the workers (`Executor.put`) left with the last workers holding it;
+    the tasks reading it were cancelled."""
+
+
 #: Exception class names (anywhere in the MRO) that mean "a worker was lost".
 _LOST_TYPES = frozenset(
     {
+        "DataLost",
         # distributed
         "KilledWorker",
         "CommClosedError",
@@ -30,11 +37,15 @@ _LOST_TYPES = frozenset(
 
 #: Messages Dask uses for actor calls whose worker is gone (plain OSError / RuntimeError),
 #: and for tasks cancelled because a worker took their only copy of an input with it
-#: (``FutureCancelledError`` also means a deliberate cancel, so only this reason counts).
+#: (``FutureCancelledError`` also means a deliberate cancel, so only these reasons
+#: count): "lost dependencies", or "already forgotten" when the input was data put on
+#: the workers (it cannot be computed again) and the last worker holding it retired
+#: with no other to hand it to (a batch job's lifetime, ``renew``).
 _LOST_MESSAGES = (
     "Unable to contact Actor's worker",
     "Worker holding Actor was lost",
     "cancelled for reason: lost dependencies",
+    "cancelled for reason: already forgotten",
 )
 
 
@@ -67,4 +78,4 @@ def is_worker_lost(exc: BaseException) -> bool:
     return False
 
 
-__all__ = ["is_worker_lost"]
+__all__ = ["DataLost", "is_worker_lost"]

@@ -225,8 +225,9 @@ def _parser() -> argparse.ArgumentParser:
         "--retries",
         type=_nonnegative,
         default=DEFAULT_RETRIES,
-        help="continue from the last checkpoint this many times after a lost worker "
-        f"(default {DEFAULT_RETRIES})",
+        help="continue from the last checkpoint after a lost worker, this many times in a "
+        f"row (a checkpoint saved since the last loss starts the count again; default "
+        f"{DEFAULT_RETRIES})",
     )
 
     sp = sub.add_parser(

@@ -1,7 +1,8 @@
 """Running one pipeline on one run store: the loop shared by ``run``, sweeps and tests.
 
 A run whose worker is lost (killed, out of memory) is continued from its newest
-checkpoint on the workers that are left or restarted, up to ``retries`` times; any other
+checkpoint on the workers that are left or restarted, up to ``retries`` times in a row
+(a checkpoint saved since the previous loss starts the count again); any other
 exception marks the run ``failed`` and propagates.
 """
 
@@ -17,7 +18,8 @@ from pydantic import BaseModel
 from .base import DONE, SCRATCH, Pipeline, Resumes, RunContext
 from .progress import silent
 
-#: How many times a run is continued after a lost worker before it is marked failed.
+#: How many times in a row (no checkpoint saved in between) a run is continued after a
+#: lost worker before it is marked failed.
 DEFAULT_RETRIES = 2
 
 
@@ -48,7 +50,8 @@ def execute(
     progress : callable
         Progress-bar factory passed on in the :class:`RunContext`.
     retries : int
-        Continuations allowed after a lost worker (``cluster.is_worker_lost``).
+        Continuations allowed after a lost worker (``cluster.is_worker_lost``) in a
+        row: a checkpoint saved since the previous loss starts the count again.
     log : callable, optional
         Receives one line per continuation; default writes to stderr.
 
@@ -83,6 +86,7 @@ def execute(
     log = log or (lambda line: sys.stderr.write(line + "\n"))
     t0 = None
     restarts = 0
+    in_a_row, newest = 0, _newest_checkpoint(run)
     workers_before = executor.worker_ids()
     timings: dict[str, float] = {}  # phases summed over continuations
     resumes = Resumes()
@@ -112,12 +116,20 @@ def execute(
             run.mark_failed(f"interrupted ({how}); continue it with --resume {run.run_id}")
             raise
         except BaseException as exc:  # SystemExit from user code too: never left running
-            if isinstance(exc, Exception) and restarts < retries and cluster.is_worker_lost(exc):
+            lost = isinstance(exc, Exception) and cluster.is_worker_lost(exc)
+            if lost:
+                # a checkpoint saved since the last loss: the run progresses, and a long
+                # run (batch jobs renewed for hours) may lose workers any number of times
+                latest = _newest_checkpoint(run)
+                in_a_row = 1 if latest != newest else in_a_row + 1
+                newest = latest
+            if lost and in_a_row <= retries:
                 restarts += 1
                 resume = True
                 log(
                     f"warning: run {run.run_id}: a worker was lost ({type(exc).__name__}); "
-                    f"continuing from the last checkpoint (retry {restarts} of {retries})"
+                    f"continuing from the last checkpoint (retry {in_a_row} of {retries}"
+                    + (f"; {restarts} in all)" if restarts > in_a_row else ")")
                 )
                 continue
             _record_restored(run, resume, resumes)
@@ -140,6 +152,11 @@ def execute(
         metrics["worker_restarts"] = max(restarts, lost)
     run.mark_complete(metrics)
     return metrics
+
+
+def _newest_checkpoint(run) -> int | None:
+    steps = run.checkpoint_steps()
+    return max(steps) if steps else None
 
 
 def _record_restored(run, resume: bool, resumes) -> None:

@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (pytest puts this folder on ``sys.path``)."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,3 +123,34 @@ def make(d=2):
 
 #: ``problem.domain`` of :data:`USER_PDE` per dimension.
 USER_PDE_DOMAIN = {2: [[0.0, 2.0], [-1.0, 1.0]], 3: [[0.0, 2.0], [-1.0, 1.0], [0.0, 1.0]]}
+
+
+#: Metrics and variables that measure time, the machine or this process's effort, not
+#: the answer (matched as suffixes or substrings of the name).
+_UNSTABLE = ("_s", "worker_restarts", "workers", "passes", "speedup", "s_per_iter", "wall")
+
+
+def _unstable(name: str) -> bool:
+    return name.endswith(_UNSTABLE) or any(u in name for u in _UNSTABLE[4:])
+
+
+def assert_same_answer(run, ref, datasets) -> int:
+    """Same status, answer metrics and answer variables; returns variables compared."""
+    assert run.status == "complete"
+    a = {k: v for k, v in run.metrics.items() if not _unstable(k)}
+    b = {k: v for k, v in ref.metrics.items() if not _unstable(k)}
+    assert a.keys() == b.keys() and a
+    for key in a:
+        same = a[key] == b[key] or (
+            isinstance(a[key], float) and math.isnan(a[key]) and math.isnan(b[key])
+        )
+        assert same, f"{key} differs: {a[key]!r} vs {b[key]!r}"
+    compared = 0
+    for group in datasets:
+        ra, rb = run.open_dataset(group), ref.open_dataset(group)
+        assert set(ra.data_vars) == set(rb.data_vars)
+        for var in ra.data_vars:  # a missing chunk would read as fill value: not equal
+            if not _unstable(var):
+                np.testing.assert_array_equal(ra[var].values, rb[var].values, err_msg=var)
+                compared += 1
+    return compared

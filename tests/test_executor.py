@@ -642,6 +642,27 @@ def test_killed_worker_process_is_a_lost_worker_and_its_pure_task_runs_again(spe
 # -- telling a lost worker from a failure --------------------------------------------------
 
 
+@pytest.mark.slow
+def test_data_put_on_workers_that_all_left_is_a_lost_worker():
+    """Every worker leaves gracefully, as batch jobs renewed before their walltime can,
+    all at once: the data put on them goes too, and a task reading it fails with
+    `cluster.DataLost`, which `cluster.is_worker_lost` knows (the pipelines then go on
+    from a checkpoint), instead of Dask's "cancelled for reason: unknown"."""
+    with cluster.connect("local:2") as ex:
+        ref = ex.put(np.arange(5.0))
+        assert ex.submit(len, ref).result(timeout=60) == 5
+        client = ex.client
+        client.run(lambda dask_worker: dask_worker.loop.add_callback(dask_worker.close_gracefully))
+        deadline = time.monotonic() + 60
+        while client.scheduler_info()["workers"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(cluster.DataLost) as info:
+            ex.submit(len, ref).result(timeout=60)
+        assert cluster.is_worker_lost(info.value)
+        with pytest.raises(cluster.DataLost):
+            ex.gather(ex.map(len, [ref, ref]))
+
+
 def _named(name: str, message: str = "") -> Exception:
     return type(name, (Exception,), {})(message)
 
@@ -661,6 +682,7 @@ def _named(name: str, message: str = "") -> Exception:
         ),  # fmt: skip
         (OSError("Unable to contact Actor's worker"), True),
         (_named("FutureCancelledError", "t cancelled for reason: lost dependencies."), True),
+        (_named("FutureCancelledError", "t cancelled for reason: already forgotten."), True),
         (_named("FutureCancelledError", "t cancelled for reason: unknown"), False),
         (ValueError("bad input"), False),
     ],

@@ -11,6 +11,7 @@ import time
 import dask
 import pytest
 import yaml
+from helpers import assert_same_answer
 from tilegraph import cluster
 from tilegraph.cluster.jobqueue import ProfileError, job_script, load_profile
 from tilegraph.pipelines import cli
@@ -466,59 +467,61 @@ def _local_slurm(tmp_path):
     return bin_dir, jobs
 
 
-#: A task for the workers of the jobs (a module of its own: importing this test module
-#: would cost each fresh worker seconds of its short life).
-JOB_TASK = """
-import os, time
-
-def pid_after(seconds, i):
-    time.sleep(seconds)
-    return i, os.getpid()
-"""
-
-
-@pytest.mark.slow
-def test_renewed_jobs_outlast_their_walltime(tmp_path, monkeypatch):
-    """``renew: true``: workers retire before their job's walltime and fresh jobs take
-    over, so work longer than one walltime completes, every task's answer intact.
-    Jobs really run here (``sbatch`` starts each script on this machine)."""
-    bin_dir, jobs = _local_slurm(tmp_path)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    (tmp_path / "jobtask.py").write_text(JOB_TASK)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the jobs' workers inherit it
-    from jobtask import pid_after
-
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"slurm": {
-        "cores": 1, "memory": "2GiB", "walltime": "00:00:20", "renew": True,
-        "renew_margin": "00:00:10", "wait_timeout": 60,
-    }}))  # fmt: skip
-    # a job whose workers left is replaced after this timeout (15 s by default; short
-    # here, where no queue makes the new one wait anyway)
-    import distributed  # noqa: F401 (its config first: leaving `quick` restores the rest)
-
-    quick = dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"})
-    with quick, cluster.connect("slurm:1", profile=str(path)) as ex:
-        futures = [ex.submit(pid_after, 0.4, i) for i in range(40)]  # 16 s of work
-        # taken as they finish, as the pipelines do: a lone worker that retires has no
-        # peer to hand its finished results to, so they would be computed again
-        results = sorted(f.result() for f in ex.as_completed(futures))
-    assert [i for i, _ in results] == list(range(40))
-    pids = {pid for _, pid in results}
-    assert len(pids) >= 2, "no worker was replaced within 16 s of work"
-    ids = [int(ln.split()[0]) for ln in (jobs / "submitted").read_text().splitlines()]
-    assert len(ids) >= 2
-    assert "--lifetime 10s --lifetime-stagger 2s" in job_script("slurm:1", path)
-    deadline = time.time() + 30  # closing cancels the jobs still running
-    while any(_alive(i) for i in ids) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(i) for i in ids), [(i, (jobs / f"{i}.out").read_text()) for i in ids]
-
-
 def _alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.slow
+def test_a_run_on_batch_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
+    """The job scripts run (here, on this machine): their workers join, take the halos
+    of domain-split's blocks from each other, and the run gives the bits of ``sync``."""
+    import tilegraph
+
+    bin_dir, jobs = _local_slurm(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {"cores": 1, "memory": "2GiB", "wait_timeout": 60}}))
+    sets = tilegraph.get_pipeline("domain-split").checks.small
+    ref = tilegraph.run("domain-split", sets=sets, cluster="sync", store=tmp_path / "a")
+    run = tilegraph.run("domain-split", sets=sets, cluster="slurm:2",
+                        cluster_profile=str(path), store=tmp_path / "b")  # fmt: skip
+    assert assert_same_answer(run, ref, ["result"]) > 0
+    assert len((jobs / "submitted").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
+    """``renew: true``: workers retire before their job's walltime and fresh jobs take
+    over in the middle of a run three times as long, which gives the bits of ``sync``
+    (where both workers retired before a fresh one joined, the data only they held
+    was lost: the run continued from a checkpoint). Jobs really run here."""
+    import distributed  # noqa: F401 (its config first: leaving `set` restores the rest)
+    import tilegraph
+
+    bin_dir, jobs = _local_slurm(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {
+        "cores": 1, "memory": "2GiB", "walltime": "00:00:12", "renew": True,
+        "renew_margin": "00:00:06", "wait_timeout": 60,
+    }}))  # fmt: skip
+    name = "bilevel"
+    sets = {**tilegraph.get_pipeline(name).checks.long, "max_iter": 500}  # ~15 s
+    ref = tilegraph.run(name, sets=sets, cluster="sync", store=tmp_path / "a")
+    # a job whose workers left is replaced after this timeout (15 s by default; short
+    # here, where no queue makes the fresh one wait anyway)
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+        run = tilegraph.run(name, sets=sets, cluster="slurm:2",
+                            cluster_profile=str(path), store=tmp_path / "b")  # fmt: skip
+    assert assert_same_answer(run, ref, ["result", "history"]) > 0
+    ids = [int(ln.split()[0]) for ln in (jobs / "submitted").read_text().splitlines()]
+    assert len(ids) > 2, "no job was replaced"
+    assert "--lifetime 6s --lifetime-stagger 1s" in job_script("slurm:2", path)
+    deadline = time.time() + 30  # the run's end cancels the jobs still running
+    while any(_alive(i) for i in ids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(i) for i in ids), [(i, (jobs / f"{i}.out").read_text()) for i in ids]

@@ -222,3 +222,44 @@ def test_a_runner_that_cannot_be_imported_is_one_line_and_writes_nothing(tmp_pat
     assert not store.exists() or not any(store.rglob("*.json"))
     with pytest.raises(ValueError, match="module:name"):
         Deferred("no_colon")
+
+
+class KilledWorker(Exception):
+    """Named as Dask's: ``cluster.is_worker_lost`` knows it."""
+
+
+def _losing(losses: int, progress: bool):
+    """A run that loses a worker ``losses`` times, saving a newer checkpoint before each
+    loss when ``progress`` (a run that gets on between losses), then completes."""
+    calls = []
+
+    def run(cfg: Config, ctx) -> dict:
+        calls.append(ctx.resume)
+        if len(calls) <= losses:
+            step = len(calls) if progress else 1
+            ctx.store.save_checkpoint(step, arrays={"h": np.zeros(1)}, scalars={"t": step})
+            raise KilledWorker(f"loss {len(calls)}")
+        return {"answer": 1.0}
+
+    return Pipeline(name="losing-demo", description="test", config=Config, run=run), calls
+
+
+def test_retries_count_losses_in_a_row_without_a_new_checkpoint(tmp_path, ex):
+    """Five losses, each after a newer checkpoint: the run gets on, so it completes
+    (a batch run renewed for hours loses workers any number of times); three losses with
+    no checkpoint saved in between exhaust retries=2."""
+    pipe, calls = _losing(5, progress=True)
+    lines = []
+    run = storage.Root(tmp_path / "a").create(pipe.name, config=Config().model_dump())
+    m = execute(pipe, Config(), run, ex, retries=2, log=lines.append)
+    assert m["worker_restarts"] == 5 and run.status == "complete"
+    assert calls == [False, True, True, True, True, True]
+    assert "retry 1 of 2)" in lines[0] and "retry 1 of 2; 5 in all)" in lines[-1]
+
+    pipe, calls = _losing(5, progress=False)
+    lines = []
+    run = storage.Root(tmp_path / "b").create(pipe.name, config=Config().model_dump())
+    with pytest.raises(KilledWorker, match="loss 3"):
+        execute(pipe, Config(), run, ex, retries=2, log=lines.append)
+    assert run.status == "failed" and len(calls) == 3
+    assert ["retry 1 of 2)" in lines[0], "retry 2 of 2)" in lines[1]] == [True, True]

@@ -18,31 +18,22 @@ sorted pipelines); ``TILEGRAPH_ALL_FAULTS=1`` runs every pipeline on every backe
 """
 
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import psutil
 import pytest
 import tilegraph
+from helpers import assert_same_answer as _assert_same_answer
 from helpers import last_json
 from tilegraph import storage
 from tilegraph.pipelines.config import ConfigError, build_config
 
 NAMES = sorted(tilegraph.available())
 BACKENDS = ("local:2", "ray:2")
-
-#: Metrics and variables that measure time, the machine or this process's effort, not
-#: the answer (matched as suffixes or substrings of the name).
-_UNSTABLE = ("_s", "worker_restarts", "workers", "passes", "speedup", "s_per_iter", "wall")
-
-
-def _unstable(name: str) -> bool:
-    return name.endswith(_UNSTABLE) or any(u in name for u in _UNSTABLE[4:])
 
 
 def _checks(name: str):
@@ -51,28 +42,6 @@ def _checks(name: str):
 
 def _sets(values: dict) -> list[str]:
     return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
-
-
-def _assert_same_answer(run, ref, datasets) -> int:
-    """Same status, answer metrics and answer variables; returns variables compared."""
-    assert run.status == "complete"
-    a = {k: v for k, v in run.metrics.items() if not _unstable(k)}
-    b = {k: v for k, v in ref.metrics.items() if not _unstable(k)}
-    assert a.keys() == b.keys() and a
-    for key in a:
-        same = a[key] == b[key] or (
-            isinstance(a[key], float) and math.isnan(a[key]) and math.isnan(b[key])
-        )
-        assert same, f"{key} differs: {a[key]!r} vs {b[key]!r}"
-    compared = 0
-    for group in datasets:
-        ra, rb = run.open_dataset(group), ref.open_dataset(group)
-        assert set(ra.data_vars) == set(rb.data_vars)
-        for var in ra.data_vars:  # a missing chunk would read as fill value: not equal
-            if not _unstable(var):
-                np.testing.assert_array_equal(ra[var].values, rb[var].values, err_msg=var)
-                compared += 1
-    return compared
 
 
 @pytest.fixture(scope="module")
