@@ -20,7 +20,9 @@ kind, e.g.::
       wait_timeout: 900           # seconds to wait for the first worker
       interface: ib0              # scheduler and dashboard listen there (default below)
       resource_spec: "h_vmem=16G" # PBS/SGE: the -l resources (SGE asks for memory here)
-      worker_extra_args: ["--resources", "GPU=1"]  # passed to each `dask worker`
+      worker_extra_args: ["--no-dashboard"]  # passed to each `dask worker`
+      gpus: 4                     # GPUs per job: one worker per GPU, each pinned to its
+                                  # own (CUDA_VISIBLE_DEVICES) and given resource GPU=1
       renew: true                 # replace jobs before their walltime ends (below)
       renew_margin: "00:05:00"    # how long before it their workers retire
 
@@ -72,6 +74,7 @@ from pydantic import (
     model_validator,
 )
 
+from .gpu_pin import GPUS_ENV
 from .specs import HPC_KINDS, Spec, SpecError
 
 __all__ = [
@@ -121,6 +124,9 @@ class BatchProfile(BaseModel):
         default=None, ge=1, description="Dask workers per job (default: cores)"
     )
     jobs: int = Field(default=1, ge=1, description="jobs to start")
+    gpus: int | None = Field(
+        default=None, ge=1, description="GPUs per job: one worker per GPU, pinned to it"
+    )
     job_extra_directives: list[str] = Field(default_factory=list)
     job_script_prologue: list[str] = Field(default_factory=list)
     interface: str | None = Field(default=None, description="network interface, e.g. ib0")
@@ -168,6 +174,22 @@ class BatchProfile(BaseModel):
                 f"processes ({self.processes}) must not exceed cores ({self.cores}): each "
                 "Dask worker process needs at least one core"
             )
+        if self.gpus is not None:
+            if self.processes is not None and self.processes != self.gpus:
+                raise ValueError(
+                    f"processes ({self.processes}) must equal gpus ({self.gpus}): one "
+                    "worker per GPU (leave processes out)"
+                )
+            if self.gpus > self.cores:
+                raise ValueError(
+                    f"gpus ({self.gpus}) must not exceed cores ({self.cores}): each GPU's "
+                    "worker needs a core"
+                )
+            if "--resources" in self.worker_extra_args:
+                raise ValueError(
+                    "gpus gives each worker '--resources GPU=1' itself; leave --resources "
+                    "out of worker_extra_args"
+                )
         if self.renew and 2 * _seconds(self.renew_margin) > _seconds(self.walltime):
             raise ValueError(
                 f"renew_margin ({self.renew_margin}) must be at most half the walltime "
@@ -200,8 +222,9 @@ class BatchProfile(BaseModel):
 
     @property
     def workers_per_job(self) -> int:
-        """Dask worker processes each job starts (``processes``, default ``cores``)."""
-        return self.processes or self.cores
+        """Dask worker processes each job starts (``processes``, default one per GPU
+        with ``gpus``, else ``cores``)."""
+        return self.processes or self.gpus or self.cores
 
     def notes(self, kind: str) -> list[str]:
         """What a dry run should tell about this profile on ``kind`` (one line each)."""
@@ -217,6 +240,14 @@ class BatchProfile(BaseModel):
                        "and memory: ask for them there")  # fmt: skip
         if self.resource_spec is not None and kind not in ("pbs", "sge"):
             out.append(f"resource_spec is for pbs and sge; {kind} ignores it")
+        asked = " ".join([*self.job_extra_directives, self.resource_spec or ""]).lower()
+        if self.gpus is not None and "gpu" not in asked:
+            out.append(
+                f"gpus: {self.gpus} pins each worker to one of the job's GPUs, but no "
+                "directive asks the scheduler for them (slurm: job_extra_directives: "
+                f"['--gres=gpu:{self.gpus}']; pbs: resource_spec "
+                f"'select=1:ncpus={self.cores}:ngpus={self.gpus}')"
+            )
         if self.lifetime is not None:
             life, stagger = self.lifetime
             out.append(
@@ -243,8 +274,12 @@ class BatchProfile(BaseModel):
             "processes": self.workers_per_job,
             "job_extra_directives": list(self.job_extra_directives),
             # the compute nodes' workers get the tuning local workers get (dask_backend)
-            "job_script_prologue": [*WORKER_ENV, *self.job_script_prologue],
-            "worker_extra_args": [*self.worker_extra_args, *self._lifetime_args()],
+            "job_script_prologue": [*WORKER_ENV, *self._gpu_env(), *self.job_script_prologue],
+            "worker_extra_args": [
+                *self.worker_extra_args,
+                *self._gpu_args(),
+                *self._lifetime_args(),
+            ],
             "job_name": job_name,
         }
         optional = {
@@ -260,6 +295,14 @@ class BatchProfile(BaseModel):
         }
         kw.update({k: v for k, v in optional.items() if v is not None})
         return kw
+
+    def _gpu_env(self) -> list[str]:
+        return [] if self.gpus is None else [f"export {GPUS_ENV}={self.gpus}"]
+
+    def _gpu_args(self) -> list[str]:
+        if self.gpus is None:
+            return []
+        return ["--resources", "GPU=1", "--preload-nanny", "tilegraph.cluster.gpu_pin"]
 
     def _lifetime_args(self) -> list[str]:
         if self.lifetime is None:

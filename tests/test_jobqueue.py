@@ -525,3 +525,41 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     while any(_alive(i) for i in ids) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(i) for i in ids), [(i, (jobs / f"{i}.out").read_text()) for i in ids]
+
+
+@pytest.mark.parametrize(
+    "name, visible, gpus, device",
+    [("SLURMCluster-0-0", None, 2, "0"), ("SLURMCluster-3-1", None, 2, "1"),
+     ("SLURMCluster-0-1", "5,7", 2, "7"), ("SLURMCluster-2", "GPU-ab12", 1, "GPU-ab12"),
+     ("SLURMCluster-1-3", "4,5", 4, "5")],
+)  # fmt: skip
+def test_each_worker_of_a_job_gets_the_gpu_at_its_place(name, visible, gpus, device):
+    from tilegraph.cluster.gpu_pin import device_for
+
+    assert device_for(name, visible, gpus) == device
+
+
+@pytest.mark.slow
+def test_a_gpu_job_pins_one_worker_to_each_of_its_gpus(tmp_path, monkeypatch, capsys):
+    """``gpus: 2``: the job starts two workers, each told it has one GPU and seeing only
+    its own of the job's (the ones the queue gave it: CUDA_VISIBLE_DEVICES=5,7 here);
+    without gpus every worker would see both and use the first."""
+    bin_dir, jobs = _local_slurm(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {
+        "cores": 2, "memory": "2GiB", "gpus": 2, "wait_timeout": 60,
+        "job_extra_directives": ["--gres=gpu:2"],
+        "job_script_prologue": ["export CUDA_VISIBLE_DEVICES=5,7"],  # as Slurm sets it
+    }}))  # fmt: skip
+    with cluster.connect("slurm:1", profile=str(path)) as ex:
+        deadline = time.monotonic() + 60
+        while ex.n_workers < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seen = ex.client.run(os.getenv, "CUDA_VISIBLE_DEVICES")
+        assert sorted(seen.values()) == ["5", "7"] and ex.n_gpus == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("slurm:\n  cores: 4\n  gpus: 2\n  processes: 4\n")
+    argv = ["run", "picard", "--cluster", "slurm", "--cluster-profile", str(bad), "--dry-run"]
+    assert cli.main([*argv, "--store", str(tmp_path / "r")]) == 2
+    assert "section 'slurm': processes (4) must equal gpus (2)" in capsys.readouterr().err
