@@ -405,40 +405,73 @@ def test_reading_a_profile_or_writing_a_job_script_keeps_the_ctrl_c_handler(tmp_
     assert out.returncode == 0, out.stderr
 
 
-def test_a_killed_driver_s_jobs_are_cancelled_by_name(tmp_path):
+#: Per scheduler: its submit command's stand-in (keeps the script as ``submit-ID.sh`` in
+#: ``{log}`` and answers as the real one does), the cancel commands' stand-ins (each logs
+#: its arguments to ``{log}/cancel``), the directive naming the job, and what the
+#: watchdog must have run (``{name}``: the job's name).
+_QUEUES = {
+    "slurm": ({"sbatch": 'cp "$1" {log}/submit-$$.sh\necho "Submitted batch job $$"'},
+              ("scancel",), "#SBATCH -J", ["scancel --name {name}"]),
+    "pbs": ({"qsub": 'cp "$1" {log}/submit-$$.sh\necho "$$.pbs-server"',
+             "qselect": 'echo "qselect $@" >> {log}/cancel\necho 4242.pbs-server'},
+            ("qdel",), "#PBS -N", ["qselect -N {name}", "qdel 4242.pbs-server"]),
+    "sge": ({"qsub": 'cp "$1" {log}/submit-$$.sh\n'
+                     'echo "Your job $$ (\\"job\\") has been submitted"'},
+            ("qdel",), "#$ -N", ["qdel {name}"]),
+    "lsf": ({"bsub": 'cat > {log}/submit-$$.sh\n'
+                     'echo "Job <$$> is submitted to default queue <normal>."'},
+            ("bkill",), "#BSUB -J", ["bkill -J {name} 0"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(_QUEUES))
+def test_a_killed_driver_s_jobs_are_cancelled_by_name(tmp_path, kind):
     """SIGKILL gives the driver no chance to cancel its jobs: they waited in the queue,
     then held their nodes for the workers' death timeout. A watchdog next to it cancels
-    them by their name, unique per run (a normal close stops the watchdog first)."""
+    them by their name, unique per run (a normal close stops the watchdog first), with
+    each scheduler's own commands (stand-ins here that log how they were called)."""
     import signal
     import subprocess
     import sys
-    import time
 
-    bin_dir, log = _stand_in_slurm(tmp_path)
+    submit, cancels, directive, expected = _QUEUES[kind]
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    log.mkdir()
+    for command, body in submit.items():
+        _stand_in(bin_dir, command, body.format(log=log) + "\n")
+    for command in cancels:
+        _stand_in(bin_dir, command, f'echo "{command} $@" >> {log}/cancel\n')
     path = tmp_path / "p.yaml"
-    path.write_text("slurm:\n  cores: 2\n  wait_timeout: 120\n")
+    path.write_text(f"{kind}:\n  cores: 2\n  wait_timeout: 120\n")
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tilegraph.pipelines.cli", "run", "domain-split", "--cluster",
-         "slurm:1", "--cluster-profile", str(path), "--store", str(tmp_path / "runs")],
+         f"{kind}:1", "--cluster-profile", str(path), "--store", str(tmp_path / "runs")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert "submitted 1 slurm job(s)" in proc.stderr.readline()
+        assert f"submitted 1 {kind} job(s)" in proc.stderr.readline()
         deadline = time.time() + 60
-        while not list(log.glob("sbatch-*.sh")) and time.time() < deadline:
+        while not list(log.glob("submit-*.sh")) and time.time() < deadline:
             time.sleep(0.2)
-        (script,) = log.glob("sbatch-*.sh")
-        name = next(ln.split()[-1] for ln in script.read_text().splitlines() if " -J " in ln)
+        (script,) = log.glob("submit-*.sh")
+        lines = script.read_text().splitlines()
+        name = next(ln.split()[-1] for ln in lines if ln.startswith(directive + " "))
         assert name.startswith("tilegraph-") and len(name) == len("tilegraph-") + 8
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        while not (log / "scancel").exists() and time.time() < deadline:
+        want = [line.format(name=name) for line in expected]
+        while len(_lines(log / "cancel")) < len(want) and time.time() < deadline:
             time.sleep(0.2)
-        assert (log / "scancel").read_text().split() == ["--name", name]
+        assert _lines(log / "cancel") == want
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def _local_slurm(tmp_path):
