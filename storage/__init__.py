@@ -17,7 +17,7 @@ Examples
 
 from .checkpoint import Checkpoint
 from .chunks import ArrayRef, check_whole_chunks, chunk_regions
-from .errors import ChunkOwnershipError, RunNotFound
+from .errors import ChunkOwnershipError, DatasetIncomplete, RunNotFound
 from .lease import Lease, LeaseHeld, LeaseLost
 from .provenance import collect_provenance, jsonable
 from .runstore import (
@@ -44,6 +44,7 @@ __all__ = [
     "ArrayRef",
     "Checkpoint",
     "ChunkOwnershipError",
+    "DatasetIncomplete",
     "Root",
     "RunNotFound",
     "RunStore",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ChunkOwnershipError", "RunNotFound"]
+__all__ = ["ChunkOwnershipError", "DatasetIncomplete", "RunNotFound"]
 
 
 class RunNotFound(KeyError):
@@ -21,3 +21,8 @@ class ChunkOwnershipError(ValueError):
 
     Raised before anything is written, so a refused write leaves the array untouched.
     """
+
+
+class DatasetIncomplete(RuntimeError):
+    """A dataset on an object store whose write was stopped before its last chunk (it
+    is written in place there: nothing is renamed); writing it again mends it."""

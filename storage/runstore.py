@@ -27,7 +27,7 @@ import zarr
 
 from . import checkpoint as _ckpt
 from .chunks import ArrayRef
-from .errors import RunNotFound
+from .errors import DatasetIncomplete, RunNotFound
 from .lease import Lease, LeaseLost
 from .provenance import collect_provenance, jsonable, utc_now
 from .urls import filesystem, is_local, join, normalize_url, open_store
@@ -65,6 +65,8 @@ _RESERVED = {_ckpt.CHECKPOINTS}
 #: Where :meth:`Run.write_dataset` writes before moving into place (and the earlier
 #: dataset while it does); names like these are not a user's to take.
 _SCRATCH = re.compile(r".+\.(partial|old)-[0-9a-f]{8}")
+#: A dataset attribute on object stores: ``False`` while its write is under way.
+COMPLETE_ATTR = "tilegraph_complete"
 
 
 def new_run_id(now: _dt.datetime | None = None) -> str:
@@ -616,7 +618,13 @@ class RunStore:
                 ds[k] = v
         kwargs = {"mode": "w", **to_zarr_kwargs, "zarr_format": 3, "consolidated": False}
         if not (self.is_local and kwargs["mode"] == "w"):
+            # in place (object stores rename nothing): marked unfinished until its last
+            # chunk is written, so that a write stopped half-way is told from a whole one
+            if kwargs["mode"] == "w":
+                ds.attrs[COMPLETE_ATTR] = False
             ds.to_zarr(self._store, group=name, **kwargs)
+            if kwargs["mode"] == "w":
+                self.set_node_attrs(name, {COMPLETE_ATTR: True})
             return join(self._url, name)
         # written beside it and moved into place: a kill mid-write leaves the earlier
         # dataset (or none), never one that opens with variables missing
@@ -661,8 +669,15 @@ class RunStore:
             raise KeyError(
                 f"run {self._run_id} has no dataset {name!r} (it has: {', '.join(have) or 'none'})"
             )
+        if node.attrs.get(COMPLETE_ATTR) is False:
+            raise DatasetIncomplete(
+                f"run {self._run_id}: dataset {name!r} was not completely written (its write "
+                "was stopped); resume the run (--resume) to write it again"
+            )
         kwargs = {"consolidated": False, "zarr_format": 3, **open_zarr_kwargs}
-        return xarray.open_zarr(self._store, group=name, **kwargs)
+        ds = xarray.open_zarr(self._store, group=name, **kwargs)
+        ds.attrs.pop(COMPLETE_ATTR, None)
+        return ds
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(

@@ -704,6 +704,32 @@ class RunStoreTests:
         other = run.require_array("result/n", (6,), (2,), "int64", dimension_names=("batch",))
         assert other.shape == (6,) and not other.read().any()  # replaced: another shape
 
+    def test_a_dataset_write_stopped_half_way_is_never_read_as_whole(self, root, monkeypatch):
+        """A write stopped after part of the dataset: on disk the earlier dataset stays
+        (the write goes beside it and is moved into place); on object stores, which
+        rename nothing, the part written is refused when read until a write mends it."""
+        run = root.create("p", config=CONFIG)
+        ds = _dataset()
+        run.write_dataset("result", ds)
+        xr.testing.assert_identical(run.open_dataset("result").load(), ds)
+        real = xr.Dataset.to_zarr
+
+        def stopped(self, store, **kwargs):
+            real(self[["u"]], store, **kwargs)  # part of it written, then the kill
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(xr.Dataset, "to_zarr", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run.write_dataset("result", ds * 2)
+        monkeypatch.setattr(xr.Dataset, "to_zarr", real)
+        if run.is_local:
+            xr.testing.assert_identical(run.open_dataset("result").load(), ds)
+        else:
+            with pytest.raises(storage.DatasetIncomplete, match="'result' was not completely"):
+                run.open_dataset("result")
+        run.write_dataset("result", ds + 1)
+        xr.testing.assert_identical(run.open_dataset("result").load(), ds + 1)
+
     def test_resumes_are_recorded_in_order(self, root):
         run = root.create("demo", config={}, backend="sync")
         assert run.restored == []
