@@ -420,6 +420,12 @@ class Executor(abc.ABC):
 
     # -- lifetime ---------------------------------------------------------------------
 
+    def wait_for_workers(self, timeout: float | None = None) -> bool:
+        """Wait until the cluster has a worker again (after all of them left); False
+        when none joined within ``timeout`` seconds. Backends that start or restart
+        their own workers have one at once."""
+        return True
+
     def close(self) -> None:
         """Release workers and connections; idempotent.
 

@@ -59,10 +59,52 @@ def _raise_if_put_lost(exc: BaseException, puts: weakref.WeakSet | None) -> None
     so every task reading it is cancelled, with a reason Dask gives as ``unknown``."""
     if type(exc).__name__ != "FutureCancelledError" or not puts:
         return
-    if any(f.status in ("lost", "cancelled", "error") for f in list(puts)):
+    try:
+        held = list(puts)
+    except RuntimeError:  # another thread put data meanwhile: tell nothing
+        return
+    if any(f.status in ("lost", "cancelled", "error") for f in held):
         raise DataLost(
             "data put on the workers was lost with the last workers holding it"
         ) from exc
+
+
+def _forget_jobs_by_their_workers(cluster: Any) -> None:
+    """Let ``cluster`` (a dask-jobqueue cluster) replace a job of several workers once
+    they have all left.
+
+    A spec cluster forgets a job, so that adaptive scaling submits another, when a
+    worker *of the job's name* leaves; the workers of a job of several are named
+    ``NAME-0``, ``NAME-1`` … (distributed issue 9102), so such a job was never forgotten
+    and a renewed run lost its workers for good. This adds the same step for them.
+    """
+    import asyncio
+
+    import dask
+    from dask.utils import parse_timedelta
+
+    update = cluster._update_worker_status
+
+    def job_of(name: Any) -> Any:
+        head, _, tail = str(name).rpartition("-")
+        return head if name not in cluster.workers and tail.isdigit() else name
+
+    def forget(job: Any) -> None:
+        workers = cluster.scheduler_info["workers"].values()
+        if job in cluster.workers and not any(job_of(w["name"]) == job for w in workers):
+            cluster._futures.add(asyncio.ensure_future(cluster.workers[job].close()))
+            del cluster.workers[job]
+
+    def _update_worker_status(op: str, msg: Any) -> None:
+        info = cluster.scheduler_info["workers"].get(msg) if op == "remove" else None
+        if info is not None:
+            job = job_of(info["name"])
+            if job != info["name"]:
+                delay = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+                asyncio.get_running_loop().call_later(delay, forget, job)
+        update(op, msg)
+
+    cluster._update_worker_status = _update_worker_status
 
 
 #: Seconds between checks, while waiting for an actor call, that the actor's worker is
@@ -433,6 +475,7 @@ class DaskExecutor(Executor):
         self._distributed = distributed
         self._cluster = None
         self._puts: weakref.WeakSet = weakref.WeakSet()  # futures of `put` data
+        self._rejoin_timeout = 60.0  # seconds `wait_for_workers` waits (a profile's own)
         self._watching = contextlib.ExitStack()  # the submit-error filter of batch jobs
         self._reaper: Any = None  # cancels the batch jobs if this process is killed
         # Where a batch scheduler's dashboard listens: Dask's link names the scheduler's
@@ -485,7 +528,9 @@ class DaskExecutor(Executor):
             # from the first submission on: a refused one is logged from the event loop
             self._refused = self._watching.enter_context(_submit_errors())
             n_jobs = spec.n or profile.jobs
+            self._rejoin_timeout = profile.wait_timeout
             if profile.renew:  # a job that ends (its workers retired) is replaced
+                _forget_jobs_by_their_workers(self._cluster)
                 self._cluster.adapt(minimum_jobs=n_jobs, maximum_jobs=n_jobs)
             else:
                 self._cluster.scale(jobs=n_jobs)
@@ -520,6 +565,16 @@ class DaskExecutor(Executor):
             self._spec = Spec("local-cuda", n=self.n_workers)
         self._submit_params = frozenset(inspect.signature(self._client.submit).parameters)
         self._map_params = frozenset(inspect.signature(self._client.map).parameters)
+
+    def wait_for_workers(self, timeout: float | None = None) -> bool:
+        """Wait until at least one worker is in the cluster (after every worker left:
+        a batch job renewed, a node lost); False when none joined within ``timeout``
+        seconds (default: the batch profile's ``wait_timeout``, else 60)."""
+        try:
+            self._client.wait_for_workers(1, timeout=timeout or self._rejoin_timeout)
+        except Exception:  # TimeoutError, or a client that is closing
+            return False
+        return True
 
     def _wait_for_jobs(self, spec: Spec, profile) -> None:
         """Wait for the first worker of the submitted jobs; a submission the scheduler

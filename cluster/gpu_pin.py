@@ -34,6 +34,11 @@ def device_for(name: Any, visible: str | None, gpus: int) -> str:
         GPUs per job (one worker each).
     """
     devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
+    if devices and len(devices) < gpus:
+        raise RuntimeError(
+            f"this job has {len(devices)} GPU(s) (CUDA_VISIBLE_DEVICES={visible}) for "
+            f"gpus={gpus} workers; ask the queue for {gpus} (e.g. --gres=gpu:{gpus})"
+        )
     devices = devices or [str(i) for i in range(gpus)]
     index = 0
     if gpus > 1:
@@ -41,7 +46,7 @@ def device_for(name: Any, visible: str | None, gpus: int) -> str:
         if not tail.isdigit():
             raise ValueError(f"worker name {name!r} has no index in its job (X-0, X-1, ...)")
         index = int(tail)
-    return devices[index % len(devices)]
+    return devices[index]
 
 
 def dask_setup(nanny: Any) -> None:

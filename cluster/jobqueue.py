@@ -27,9 +27,10 @@ kind, e.g.::
       renew_margin: "00:05:00"    # how long before it their workers retire
 
 With ``renew: true`` a run may outlast the walltime: each worker retires gracefully
-(its results handed to the others) ``renew_margin`` before its job's walltime ends,
-give or take a quarter of the margin so the jobs do not all go at once, and a fresh job
-replaces each one that ends (Dask's adaptive scaling held at ``jobs``). Without it,
+(its results handed to the others) once the walltime less ``renew_margin`` has passed
+since it started, give or take a quarter of the margin so the jobs do not all go at
+once; when all of a job's workers have left, a fresh job is submitted in its place
+(Dask's adaptive scaling held at ``jobs``; nothing is submitted ahead). Without it,
 the workers die with their jobs and the run stops there; ``--resume`` continues it.
 
 Fields the file leaves out come from the site's Dask config for dask-jobqueue
@@ -185,11 +186,12 @@ class BatchProfile(BaseModel):
                     f"gpus ({self.gpus}) must not exceed cores ({self.cores}): each GPU's "
                     "worker needs a core"
                 )
-            if "--resources" in self.worker_extra_args:
-                raise ValueError(
-                    "gpus gives each worker '--resources GPU=1' itself; leave --resources "
-                    "out of worker_extra_args"
-                )
+            for flag in ("--resources", "--no-nanny"):
+                if any(a.split("=")[0] == flag for a in self.worker_extra_args):
+                    raise ValueError(
+                        f"gpus gives each worker '--resources GPU=1' and pins it to its GPU "
+                        f"through its nanny; leave {flag} out of worker_extra_args"
+                    )
         if self.renew and 2 * _seconds(self.renew_margin) > _seconds(self.walltime):
             raise ValueError(
                 f"renew_margin ({self.renew_margin}) must be at most half the walltime "
@@ -532,6 +534,8 @@ def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> Batch
             site = _site_defaults(kind)
         except ImportError:  # no dask-jobqueue: make_cluster says what to install
             site = {}
+        if "gpus" in section:  # one worker per GPU: a site's worker count does not apply
+            site.pop("processes", None)
         section = {**site, **section}
     return _validate(BatchProfile, file, kind, section)
 

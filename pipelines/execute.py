@@ -121,9 +121,13 @@ def execute(
                 # a checkpoint saved since the last loss: the run progresses, and a long
                 # run (batch jobs renewed for hours) may lose workers any number of times
                 latest = _newest_checkpoint(run)
-                in_a_row = 1 if latest != newest else in_a_row + 1
-                newest = latest
-            if lost and in_a_row <= retries:
+                ahead = latest is not None and (newest is None or latest > newest)
+                in_a_row = 1 if ahead else in_a_row + 1
+                newest = latest if ahead else newest
+            back = lost and in_a_row <= retries and executor.wait_for_workers()
+            if lost and in_a_row <= retries and not back:
+                log(f"warning: run {run.run_id}: a worker was lost and none joined again")
+            if back:
                 restarts += 1
                 resume = True
                 log(
@@ -155,7 +159,12 @@ def execute(
 
 
 def _newest_checkpoint(run) -> int | None:
-    steps = run.checkpoint_steps()
+    """The newest checkpoint's step, or None (none, or the store cannot tell now: no
+    progress is then assumed, and the error being handled is the one reported)."""
+    try:
+        steps = run.checkpoint_steps()
+    except Exception:
+        return None
     return max(steps) if steps else None
 
 

@@ -621,6 +621,13 @@ class RunStore:
             # in place (object stores rename nothing): marked unfinished until its last
             # chunk is written, so that a write stopped half-way is told from a whole one
             if kwargs["mode"] == "w":
+                if kwargs.get("compute") is False:
+                    raise ValueError(
+                        "write_dataset: compute=False cannot be used on an object store "
+                        "(the dataset is marked complete only once it is written)"
+                    )
+                if self.has(name):  # its deletion by mode "w" is not one step either
+                    self.set_node_attrs(name, {COMPLETE_ATTR: False})
                 ds.attrs[COMPLETE_ATTR] = False
             ds.to_zarr(self._store, group=name, **kwargs)
             if kwargs["mode"] == "w":

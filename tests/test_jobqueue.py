@@ -528,10 +528,12 @@ def test_a_run_on_batch_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
-    """``renew: true``: workers retire before their job's walltime and fresh jobs take
-    over in the middle of a run three times as long, which gives the bits of ``sync``
-    (where both workers retired before a fresh one joined, the data only they held
-    was lost: the run continued from a checkpoint). Jobs really run here."""
+    """``renew: true``: the two workers of a job retire before its walltime and a fresh
+    job takes over in the middle of a run three times as long, which gives the bits of
+    ``sync`` (the data only they held was lost with them: the run waited for the fresh
+    job's workers and continued from a checkpoint). A job of several workers was never
+    replaced before (its workers are named ``NAME-0``, ``NAME-1``; distributed issue
+    9102). Jobs really run here."""
     import distributed  # noqa: F401 (its config first: leaving `set` restores the rest)
     import tilegraph
 
@@ -539,7 +541,7 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"slurm": {
-        "cores": 1, "memory": "2GiB", "walltime": "00:00:12", "renew": True,
+        "cores": 2, "memory": "2GiB", "walltime": "00:00:12", "renew": True,
         "renew_margin": "00:00:06", "wait_timeout": 60,
     }}))  # fmt: skip
     name = "bilevel"
@@ -548,12 +550,13 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     # a job whose workers left is replaced after this timeout (15 s by default; short
     # here, where no queue makes the fresh one wait anyway)
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
-        run = tilegraph.run(name, sets=sets, cluster="slurm:2",
+        run = tilegraph.run(name, sets=sets, cluster="slurm:1",
                             cluster_profile=str(path), store=tmp_path / "b")  # fmt: skip
     assert assert_same_answer(run, ref, ["result", "history"]) > 0
     ids = [int(ln.split()[0]) for ln in (jobs / "submitted").read_text().splitlines()]
-    assert len(ids) > 2, "no job was replaced"
-    assert "--lifetime 6s --lifetime-stagger 1s" in job_script("slurm:2", path)
+    assert len(ids) > 1, "no job was replaced"
+    script = job_script("slurm:1", path)
+    assert "--nworkers 2" in script and "--lifetime 6s --lifetime-stagger 1s" in script
     deadline = time.time() + 30  # the run's end cancels the jobs still running
     while any(_alive(i) for i in ids) and time.time() < deadline:
         time.sleep(0.2)
@@ -564,12 +567,32 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     "name, visible, gpus, device",
     [("SLURMCluster-0-0", None, 2, "0"), ("SLURMCluster-3-1", None, 2, "1"),
      ("SLURMCluster-0-1", "5,7", 2, "7"), ("SLURMCluster-2", "GPU-ab12", 1, "GPU-ab12"),
-     ("SLURMCluster-1-3", "4,5", 4, "5")],
+     ("SLURMCluster-1-3", "4,5,6,7", 4, "7")],
 )  # fmt: skip
 def test_each_worker_of_a_job_gets_the_gpu_at_its_place(name, visible, gpus, device):
     from tilegraph.cluster.gpu_pin import device_for
 
     assert device_for(name, visible, gpus) == device
+
+
+def test_a_job_given_fewer_gpus_than_workers_is_refused_not_shared():
+    from tilegraph.cluster.gpu_pin import device_for
+
+    with pytest.raises(RuntimeError, match=r"1 GPU\(s\) \(CUDA_VISIBLE_DEVICES=3\) for gpus=4"):
+        device_for("SLURMCluster-0-2", "3", 4)
+
+
+def test_gpus_replace_the_sites_worker_count(tmp_path, monkeypatch):
+    """A site's Dask config with processes: 4 does not clash with a profile's gpus: 2."""
+    path = tmp_path / "p.yaml"
+    path.write_text("slurm:\n  cores: 8\n  gpus: 2\n")
+    with dask.config.set({"jobqueue.slurm.processes": 4, "jobqueue.slurm.cores": 8}):
+        assert load_profile("slurm", path).workers_per_job == 2
+        path.write_text("slurm:\n  cores: 8\n")
+        assert load_profile("slurm", path).workers_per_job == 4
+    path.write_text("slurm:\n  cores: 8\n  gpus: 2\n  worker_extra_args: ['--no-nanny']\n")
+    with pytest.raises(ProfileError, match="leave --no-nanny out of worker_extra_args"):
+        load_profile("slurm", path)
 
 
 @pytest.mark.slow

@@ -704,10 +704,12 @@ class RunStoreTests:
         other = run.require_array("result/n", (6,), (2,), "int64", dimension_names=("batch",))
         assert other.shape == (6,) and not other.read().any()  # replaced: another shape
 
-    def test_a_dataset_write_stopped_half_way_is_never_read_as_whole(self, root, monkeypatch):
-        """A write stopped after part of the dataset: on disk the earlier dataset stays
-        (the write goes beside it and is moved into place); on object stores, which
-        rename nothing, the part written is refused when read until a write mends it."""
+    @pytest.mark.parametrize("when", ["before", "half-way"])
+    def test_a_dataset_write_stopped_is_never_read_as_whole(self, root, monkeypatch, when):
+        """A write stopped at its start (while the earlier dataset is deleted) or after
+        part of the dataset: on disk the earlier dataset stays (the write goes beside it
+        and is moved into place); on object stores, which rename nothing, what is there
+        is refused when read until a write mends it."""
         run = root.create("p", config=CONFIG)
         ds = _dataset()
         run.write_dataset("result", ds)
@@ -715,7 +717,8 @@ class RunStoreTests:
         real = xr.Dataset.to_zarr
 
         def stopped(self, store, **kwargs):
-            real(self[["u"]], store, **kwargs)  # part of it written, then the kill
+            if when == "half-way":
+                real(self[["u"]], store, **kwargs)  # part of it written, then the kill
             raise KeyboardInterrupt
 
         monkeypatch.setattr(xr.Dataset, "to_zarr", stopped)
