@@ -652,6 +652,13 @@ def test_data_put_on_workers_that_all_left_is_a_lost_worker():
         ref = ex.put(np.arange(5.0))
         assert ex.submit(len, ref).result(timeout=60) == 5
         client = ex.client
+        # a task cancelled while its input is still there is no lost data
+        sleeper = ex.submit(time.sleep, 30, pure=False)
+        client.cancel([sleeper._fut])
+        with pytest.raises(Exception) as info:
+            sleeper.result(timeout=60)
+        assert type(info.value).__name__ == "FutureCancelledError"
+        assert not cluster.is_worker_lost(info.value)
         client.run(lambda dask_worker: dask_worker.loop.add_callback(dask_worker.close_gracefully))
         deadline = time.monotonic() + 60
         while client.scheduler_info()["workers"] and time.monotonic() < deadline:
