@@ -18,12 +18,11 @@ import os
 import sys
 import time
 import uuid
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import RETRIES, ActorHandle, Executor, Future
+from .base import RETRIES, ActorHandle, Executor, Future, Ref
 from .faults import DataLost
 from .specs import HPC_KINDS, Spec, SpecError
 
@@ -37,9 +36,9 @@ _ACTOR_COPIES = 8
 class _DaskFuture(Future):
     __slots__ = ("_fut", "_puts")
 
-    def __init__(self, fut: Any, puts: weakref.WeakSet | None = None) -> None:
+    def __init__(self, fut: Any, puts: tuple = ()) -> None:
         self._fut = fut  # distributed.Future; holding it keeps the result alive
-        self._puts = puts  # the executor's `put` data, to tell a lost input by
+        self._puts = puts  # futures of the `put` data the call reads: a lost input
 
     def result(self, timeout: float | None = None) -> Any:
         try:
@@ -52,18 +51,20 @@ class _DaskFuture(Future):
         return self._fut.done()
 
 
-def _raise_if_put_lost(exc: BaseException, puts: weakref.WeakSet | None) -> None:
+def _puts_of(values: Any) -> tuple:
+    """The futures of the `put` data among ``values`` (a call's top-level arguments)."""
+    return tuple(v._payload for v in values if isinstance(v, Ref))
+
+
+def _raise_if_put_lost(exc: BaseException, puts: tuple) -> None:
     """Raise `~tilegraph.cluster.faults.DataLost` from ``exc`` when ``exc`` cancelled a
-    task and data put on the workers is gone: the last workers holding it left (batch
-    jobs renewed before their walltime, all at once), and it cannot be computed again,
-    so every task reading it is cancelled, with a reason Dask gives as ``unknown``."""
+    task and data it reads, put on the workers, is gone: the last workers holding it
+    left (batch jobs renewed before their walltime, all at once), and it cannot be
+    computed again, so every task reading it is cancelled, with a reason Dask gives as
+    ``already forgotten`` or ``unknown``."""
     if type(exc).__name__ != "FutureCancelledError" or not puts:
         return
-    try:
-        held = list(puts)
-    except RuntimeError:  # another thread put data meanwhile: tell nothing
-        return
-    if any(f.status in ("lost", "cancelled", "error") for f in held):
+    if any(f.status in ("lost", "cancelled", "error") for f in puts):
         raise DataLost(
             "data put on the workers was lost with the last workers holding it"
         ) from exc
@@ -474,7 +475,6 @@ class DaskExecutor(Executor):
 
         self._distributed = distributed
         self._cluster = None
-        self._puts: weakref.WeakSet = weakref.WeakSet()  # futures of `put` data
         self._rejoin_timeout = 60.0  # seconds `wait_for_workers` waits (a profile's own)
         self._watching = contextlib.ExitStack()  # the submit-error filter of batch jobs
         self._reaper: Any = None  # cancels the batch jobs if this process is killed
@@ -692,6 +692,7 @@ class DaskExecutor(Executor):
         }
 
     def _submit(self, fn, args, kwargs, gpus, pure, key) -> Future:
+        puts = _puts_of((*args, *kwargs.values()))
         args, kwargs = self._unref_args(args, kwargs)
         options = self._options(gpus, pure)
         if key is not None:
@@ -705,22 +706,28 @@ class DaskExecutor(Executor):
             fut = self._client.submit(_apply, fn, args, kwargs, **options)
         else:
             fut = self._client.submit(fn, *args, **options, **kwargs)
-        return _DaskFuture(fut, self._puts)
+        return _DaskFuture(fut, puts)
 
     def _map(self, fn, calls, kwargs, gpus, pure) -> list[Future]:
+        shared = _puts_of(kwargs.values())
+        puts = [shared + _puts_of(call) for call in calls]
         kwargs = {k: self._unref(v) for k, v in kwargs.items()}
         if kwargs.keys() & self._map_params:
-            return super()._map(fn, calls, kwargs, gpus, pure)
-        columns = [[self._unref(a) for a in column] for column in zip(*calls, strict=True)]
-        futs = self._client.map(fn, *columns, **self._options(gpus, pure), **kwargs)
-        return [_DaskFuture(f, self._puts) for f in futs]
+            futs = super()._map(fn, calls, kwargs, gpus, pure)
+        else:
+            columns = [[self._unref(a) for a in col] for col in zip(*calls, strict=True)]
+            futs = self._client.map(fn, *columns, **self._options(gpus, pure), **kwargs)
+            futs = [_DaskFuture(f) for f in futs]
+        for f, used in zip(futs, puts, strict=True):
+            f._puts = used
+        return futs
 
     def _gather(self, futures: list[Future]) -> list[Any]:
         if all(isinstance(f, _DaskFuture) for f in futures):
             try:
                 return self._client.gather([f._fut for f in futures])
             except Exception as exc:
-                _raise_if_put_lost(exc, self._puts)
+                _raise_if_put_lost(exc, tuple(p for f in futures for p in f._puts))
                 raise
         return super()._gather(futures)
 
@@ -747,7 +754,6 @@ class DaskExecutor(Executor):
         # copies stay where tilegraph starts the scheduler (SCHEDULER_CONFIG); on an
         # external one (tcp://) its active memory manager may reduce them again.
         [fut] = self._client.scatter([obj], broadcast=True, hash=False)
-        self._puts.add(fut)
         return fut
 
     def _actor(self, cls, args, kwargs, gpus, spread=None) -> ActorHandle:
