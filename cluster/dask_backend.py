@@ -90,19 +90,25 @@ def _forget_jobs_by_their_workers(cluster: Any) -> None:
         head, _, tail = str(name).rpartition("-")
         return head if name not in cluster.workers and tail.isdigit() else name
 
-    def forget(job: Any) -> None:
+    def forget(job: Any, handle: Any) -> None:
+        # the same job object: another worker's timer may have forgotten it already,
+        # and its successor, under the same name, must not be cancelled
         workers = cluster.scheduler_info["workers"].values()
-        if job in cluster.workers and not any(job_of(w["name"]) == job for w in workers):
-            cluster._futures.add(asyncio.ensure_future(cluster.workers[job].close()))
+        if cluster.workers.get(job) is handle and not any(
+            job_of(w["name"]) == job for w in workers
+        ):
+            cluster._futures.add(asyncio.ensure_future(handle.close()))
             del cluster.workers[job]
 
     def _update_worker_status(op: str, msg: Any) -> None:
+        if op == "remove" and msg not in cluster.scheduler_info["workers"]:
+            return  # gone from a fresher snapshot already (distributed would raise)
         info = cluster.scheduler_info["workers"].get(msg) if op == "remove" else None
         if info is not None:
             job = job_of(info["name"])
-            if job != info["name"]:
+            if job != info["name"] and job in cluster.workers:
                 delay = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
-                asyncio.get_running_loop().call_later(delay, forget, job)
+                asyncio.get_running_loop().call_later(delay, forget, job, cluster.workers[job])
         update(op, msg)
 
     cluster._update_worker_status = _update_worker_status
@@ -571,7 +577,12 @@ class DaskExecutor(Executor):
         a batch job renewed, a node lost); False when none joined within ``timeout``
         seconds (default: the batch profile's ``wait_timeout``, else 60)."""
         try:
-            self._client.wait_for_workers(1, timeout=timeout or self._rejoin_timeout)
+            # asked of the scheduler: the cluster object's own wait replaces its
+            # snapshot of the workers, and a worker leaving meanwhile then stops its
+            # watch of them (a KeyError in distributed's spec cluster)
+            self._client.sync(
+                self._client._wait_for_workers, 1, timeout=timeout or self._rejoin_timeout
+            )
         except Exception:  # TimeoutError, or a client that is closing
             return False
         return True
@@ -727,7 +738,8 @@ class DaskExecutor(Executor):
             try:
                 return self._client.gather([f._fut for f in futures])
             except Exception as exc:
-                _raise_if_put_lost(exc, tuple(p for f in futures for p in f._puts))
+                cancelled = [f for f in futures if f._fut.status == "cancelled"]
+                _raise_if_put_lost(exc, tuple(p for f in cancelled for p in f._puts))
                 raise
         return super()._gather(futures)
 

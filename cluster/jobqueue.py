@@ -534,7 +534,7 @@ def load_profile(kind: str, path: str | os.PathLike[str] | None = None) -> Batch
             site = _site_defaults(kind)
         except ImportError:  # no dask-jobqueue: make_cluster says what to install
             site = {}
-        if "gpus" in section:  # one worker per GPU: a site's worker count does not apply
+        if section.get("gpus") is not None:  # one worker per GPU: not a site's count
             site.pop("processes", None)
         section = {**site, **section}
     return _validate(BatchProfile, file, kind, section)
