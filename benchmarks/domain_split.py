@@ -541,11 +541,13 @@ def main() -> None:
                   f"{r['rel_residual']:.1e} > {args.tol:g}): not compared")  # fmt: skip
         elif "vs_best_pyamg" in r:
             ratio = r["vs_best_pyamg"]
-            verdict = "faster" if ratio >= 1 else "slower"
             shown = ratio if ratio >= 1 else 1 / ratio
+            verdict = f"{shown:.2f}x {'faster' if ratio >= 1 else 'slower'} than"
+            if f"{shown:.2f}" == "1.00":  # not "1.00x slower": a tie at this precision
+                verdict = f"as fast as ({ratio:.3f}x)"
             mem = r["memory_vs_best_pyamg"]
             print(
-                f"{r['problem']}: {r['case']} {shown:.2f}x {verdict} than pyamg's best, "
+                f"{r['problem']}: {r['case']} {verdict} pyamg's best, "
                 f"peak memory (process tree) {mem:.2f}x of its"
             )
     stem = "domain_split" if args.scale == 1 else f"domain_split_x{args.scale}"
