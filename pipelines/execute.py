@@ -124,10 +124,11 @@ def execute(
                 ahead = latest is not None and (newest is None or latest > newest)
                 in_a_row = 1 if ahead else in_a_row + 1
                 newest = latest if ahead else newest
-            back = lost and in_a_row <= retries and executor.wait_for_workers()
-            if lost and in_a_row <= retries and not back:
+            retry = lost and in_a_row <= retries
+            if retry and not executor.wait_for_workers():
                 log(f"warning: run {run.run_id}: a worker was lost and none joined again")
-            if back:
+                retry = False
+            if retry:
                 restarts += 1
                 resume = True
                 log(

@@ -151,17 +151,35 @@ def _stand_in(folder, name, body):
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def _stand_in_slurm(tmp_path):
-    """``sbatch`` keeping each job script in ``calls/`` and ``scancel`` logging its
-    arguments to ``calls/scancel``: ``(bin folder, calls folder)``."""
+#: Per scheduler: its submit command's stand-in (keeps the script as ``submit-ID.sh`` in
+#: ``{log}`` and answers as the real one does), the cancel commands' stand-ins (each logs
+#: its arguments to ``{log}/cancel``), the directive naming the job, and what the
+#: watchdog must have run (``{name}``: the job's name).
+_QUEUES = {
+    "slurm": ({"sbatch": 'cp "$1" {log}/submit-$$.sh\necho "Submitted batch job $$"'},
+              ("scancel",), "#SBATCH -J", ["scancel --name {name}"]),
+    "pbs": ({"qsub": 'cp "$1" {log}/submit-$$.sh\necho "$$.pbs-server"',
+             "qselect": 'echo "qselect $@" >> {log}/cancel\necho 4242.pbs-server'},
+            ("qdel",), "#PBS -N", ["qselect -N {name}", "qdel 4242.pbs-server"]),
+    "sge": ({"qsub": 'cp "$1" {log}/submit-$$.sh\n'
+                     'echo "Your job $$ (\\"job\\") has been submitted"'},
+            ("qdel",), "#$ -N", ["qdel {name}"]),
+    "lsf": ({"bsub": 'cat > {log}/submit-$$.sh\n'
+                     'echo "Job <$$> is submitted to default queue <normal>."'},
+            ("bkill",), "#BSUB -J", ["bkill -J {name} 0"]),
+}  # fmt: skip
+
+
+def _stand_in_queue(tmp_path, kind):
+    """The stand-ins of ``kind``'s commands (`_QUEUES`): ``(bin folder, calls folder)``."""
+    submit, cancels, _, _ = _QUEUES[kind]
     bin_dir, log = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     log.mkdir()
-    _stand_in(bin_dir, "sbatch", f"""\
-        cp "$1" {log}/sbatch-$$.sh
-        echo "Submitted batch job $$"
-        """)  # fmt: skip
-    _stand_in(bin_dir, "scancel", f'echo "$@" >> {log}/scancel\n')
+    for command, body in submit.items():
+        _stand_in(bin_dir, command, body.format(log=log) + "\n")
+    for command in cancels:
+        _stand_in(bin_dir, command, f'echo "{command} $@" >> {log}/cancel\n')
     return bin_dir, log
 
 
@@ -169,7 +187,7 @@ def test_submission_path_calls_sbatch_and_cancels_on_timeout(tmp_path, profile, 
     """Everything up to the queue runs for real: dask-jobqueue writes each job script and
     calls ``sbatch`` on it; no worker can join, so ``connect`` gives up after the
     profile's ``wait_timeout`` with a clear error and cancels the jobs it submitted."""
-    bin_dir, log = _stand_in_slurm(tmp_path)
+    bin_dir, log = _stand_in_queue(tmp_path, "slurm")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     data = yaml.safe_load(profile.read_text())
     data["slurm"]["wait_timeout"] = 4
@@ -177,16 +195,16 @@ def test_submission_path_calls_sbatch_and_cancels_on_timeout(tmp_path, profile, 
 
     with pytest.raises(TimeoutError, match="no Dask worker joined from slurm within 4 s"):
         cluster.connect("slurm:2", profile=str(profile))
-    scripts = sorted(log.glob("sbatch-*.sh"))
+    scripts = sorted(log.glob("submit-*.sh"))
     assert len(scripts) == 2
     for script in scripts:
         text = script.read_text()
         for line in EXPECTED["slurm"]:
             assert line in text
         assert "distributed.cli.dask_worker tcp://" in text
-    job_ids = sorted(p.stem.removeprefix("sbatch-") for p in scripts)
-    cancelled = (log / "scancel").read_text().split()
-    assert sorted(cancelled) == job_ids
+    job_ids = sorted(p.stem.removeprefix("submit-") for p in scripts)
+    cancelled = sorted(_lines(log / "cancel"))
+    assert cancelled == [f"scancel {i}" for i in job_ids]
 
 
 def test_profile_reads_what_yaml_makes_of_unquoted_values(tmp_path):
@@ -405,25 +423,6 @@ def test_reading_a_profile_or_writing_a_job_script_keeps_the_ctrl_c_handler(tmp_
     assert out.returncode == 0, out.stderr
 
 
-#: Per scheduler: its submit command's stand-in (keeps the script as ``submit-ID.sh`` in
-#: ``{log}`` and answers as the real one does), the cancel commands' stand-ins (each logs
-#: its arguments to ``{log}/cancel``), the directive naming the job, and what the
-#: watchdog must have run (``{name}``: the job's name).
-_QUEUES = {
-    "slurm": ({"sbatch": 'cp "$1" {log}/submit-$$.sh\necho "Submitted batch job $$"'},
-              ("scancel",), "#SBATCH -J", ["scancel --name {name}"]),
-    "pbs": ({"qsub": 'cp "$1" {log}/submit-$$.sh\necho "$$.pbs-server"',
-             "qselect": 'echo "qselect $@" >> {log}/cancel\necho 4242.pbs-server'},
-            ("qdel",), "#PBS -N", ["qselect -N {name}", "qdel 4242.pbs-server"]),
-    "sge": ({"qsub": 'cp "$1" {log}/submit-$$.sh\n'
-                     'echo "Your job $$ (\\"job\\") has been submitted"'},
-            ("qdel",), "#$ -N", ["qdel {name}"]),
-    "lsf": ({"bsub": 'cat > {log}/submit-$$.sh\n'
-                     'echo "Job <$$> is submitted to default queue <normal>."'},
-            ("bkill",), "#BSUB -J", ["bkill -J {name} 0"]),
-}  # fmt: skip
-
-
 @pytest.mark.parametrize("kind", sorted(_QUEUES))
 def test_a_killed_driver_s_jobs_are_cancelled_by_name(tmp_path, kind):
     """SIGKILL gives the driver no chance to cancel its jobs: they waited in the queue,
@@ -434,14 +433,8 @@ def test_a_killed_driver_s_jobs_are_cancelled_by_name(tmp_path, kind):
     import subprocess
     import sys
 
-    submit, cancels, directive, expected = _QUEUES[kind]
-    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
-    bin_dir.mkdir()
-    log.mkdir()
-    for command, body in submit.items():
-        _stand_in(bin_dir, command, body.format(log=log) + "\n")
-    for command in cancels:
-        _stand_in(bin_dir, command, f'echo "{command} $@" >> {log}/cancel\n')
+    _, _, directive, expected = _QUEUES[kind]
+    bin_dir, log = _stand_in_queue(tmp_path, kind)
     path = tmp_path / "p.yaml"
     path.write_text(f"{kind}:\n  cores: 2\n  wait_timeout: 120\n")
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -529,7 +522,7 @@ def test_a_run_on_batch_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
     """``renew: true``: the two workers of a job retire before its walltime and a fresh
-    job takes over in the middle of a run three times as long, which gives the bits of
+    job takes over in the middle of a run longer than the walltime, which gives the bits of
     ``sync`` (the data only they held was lost with them: the run waited for the fresh
     job's workers and continued from a checkpoint). A job of several workers was never
     replaced before (its workers are named ``NAME-0``, ``NAME-1``; distributed issue
