@@ -114,20 +114,6 @@ def _forget_jobs_by_their_workers(cluster: Any) -> None:
     cluster._update_worker_status = _update_worker_status
 
 
-def _settle_adaptive(cluster: Any, timeout: float = 10.0) -> None:
-    """Stop ``cluster``'s adaptive scaling (``renew``) and let a scaling step under way
-    end before the cluster closes: a step waiting on the scheduler when ``close`` began
-    scaled back up after it, and its fresh job outlived the close (distributed asserts
-    that every job it started was closed)."""
-    adaptive = getattr(cluster, "_adaptive", None)
-    if adaptive is None:
-        return
-    adaptive.stop()
-    deadline = time.monotonic() + timeout
-    while getattr(adaptive, "_adapting", False) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 #: Seconds between checks, while waiting for an actor call, that the actor's worker is
 #: still in the cluster.
 _ACTOR_POLL_S = 1.0
@@ -880,7 +866,6 @@ class DaskExecutor(Executor):
             self._client.close()
         finally:
             if self._cluster is not None:
-                _settle_adaptive(self._cluster)
                 self._cluster.close()
             self._stop_reaper()
 
