@@ -80,6 +80,7 @@ def _forget_jobs_by_their_workers(cluster: Any) -> None:
     and a renewed run lost its workers for good. This adds the same step for them.
     """
     import asyncio
+    import weakref
 
     import dask
     from dask.utils import parse_timedelta
@@ -90,12 +91,15 @@ def _forget_jobs_by_their_workers(cluster: Any) -> None:
         head, _, tail = str(name).rpartition("-")
         return head if name not in cluster.workers and tail.isdigit() else name
 
-    def forget(job: Any, handle: Any) -> None:
+    def forget(job: Any, ref: weakref.ref) -> None:
         # the same job object: another worker's timer may have forgotten it already,
         # and its successor, under the same name, must not be cancelled
+        handle = ref()
         workers = cluster.scheduler_info["workers"].values()
-        if cluster.workers.get(job) is handle and not any(
-            job_of(w["name"]) == job for w in workers
+        if (
+            handle is not None
+            and cluster.workers.get(job) is handle
+            and not any(job_of(w["name"]) == job for w in workers)
         ):
             cluster._futures.add(asyncio.ensure_future(handle.close()))
             del cluster.workers[job]
@@ -108,7 +112,11 @@ def _forget_jobs_by_their_workers(cluster: Any) -> None:
             job = job_of(info["name"])
             if job != info["name"] and job in cluster.workers:
                 delay = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
-                asyncio.get_running_loop().call_later(delay, forget, job, cluster.workers[job])
+                # weakly: closing the cluster asserts that every job still alive (a weak
+                # set) is closed, and a dask-jobqueue job stays `running` after its close,
+                # so a timer that held one failed the close now and then
+                handle = weakref.ref(cluster.workers[job])
+                asyncio.get_running_loop().call_later(delay, forget, job, handle)
         update(op, msg)
 
     cluster._update_worker_status = _update_worker_status
