@@ -24,5 +24,6 @@ class ChunkOwnershipError(ValueError):
 
 
 class DatasetIncomplete(RuntimeError):
-    """A dataset on an object store whose write was stopped before its last chunk (it
-    is written in place there: nothing is renamed); writing it again mends it."""
+    """A dataset on an object store whose write was stopped before its end (it is
+    written in place there, nothing is renamed, and its group's ``zarr.json`` last, so
+    that it does not open); writing it again mends it."""

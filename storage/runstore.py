@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync as zsync
 
 from . import checkpoint as _ckpt
 from .chunks import ArrayRef
 from .errors import DatasetIncomplete, RunNotFound
 from .lease import Lease, LeaseLost
+from .metadata_last import MetadataLast
 from .provenance import collect_provenance, jsonable, utc_now
 from .urls import filesystem, is_local, join, normalize_url, open_store
 
@@ -65,8 +67,6 @@ _RESERVED = {_ckpt.CHECKPOINTS}
 #: Where :meth:`Run.write_dataset` writes before moving into place (and the earlier
 #: dataset while it does); names like these are not a user's to take.
 _SCRATCH = re.compile(r".+\.(partial|old)-[0-9a-f]{8}")
-#: A dataset attribute on object stores: ``False`` while its write is under way.
-COMPLETE_ATTR = "tilegraph_complete"
 
 
 def new_run_id(now: _dt.datetime | None = None) -> str:
@@ -618,20 +618,22 @@ class RunStore:
                 ds[k] = v
         kwargs = {"mode": "w", **to_zarr_kwargs, "zarr_format": 3, "consolidated": False}
         if not (self.is_local and kwargs["mode"] == "w"):
-            # in place (object stores rename nothing): marked unfinished until its last
-            # chunk is written, so that a write stopped half-way is told from a whole one
-            if kwargs["mode"] == "w":
-                if kwargs.get("compute") is False:
-                    raise ValueError(
-                        "write_dataset: compute=False cannot be used on an object store "
-                        "(the dataset is marked complete only once it is written)"
-                    )
-                if self.has(name):  # its deletion by mode "w" is not one step either
-                    self.set_node_attrs(name, {COMPLETE_ATTR: False})
-                ds.attrs[COMPLETE_ATTR] = False
-            ds.to_zarr(self._store, group=name, **kwargs)
-            if kwargs["mode"] == "w":
-                self.set_node_attrs(name, {COMPLETE_ATTR: True})
+            if kwargs["mode"] != "w":  # appending to a dataset already there
+                ds.to_zarr(self._store, group=name, **kwargs)
+                return join(self._url, name)
+            # in place (object stores rename nothing): the group's zarr.json, by which
+            # Zarr finds it, is deleted first and written last, so that a write stopped
+            # half-way leaves no dataset that opens (it is refused, not read as whole)
+            if kwargs.get("compute") is False:
+                raise ValueError(
+                    "write_dataset: compute=False cannot be used on an object store "
+                    "(the dataset appears only once it is written)"
+                )
+            key = f"{name}/zarr.json"
+            zsync(self._store.delete(key))
+            store = MetadataLast(self._store, key)
+            ds.to_zarr(store, group=name, **kwargs)
+            store.release()
             return join(self._url, name)
         # written beside it and moved into place: a kill mid-write leaves the earlier
         # dataset (or none), never one that opens with variables missing
@@ -664,6 +666,9 @@ class RunStore:
         ------
         KeyError
             If the run has no group of that name (the message lists the ones it has).
+        DatasetIncomplete
+            If its write was stopped before its end (object stores only; on disk the
+            earlier dataset stays).
         """
         import xarray
 
@@ -672,19 +677,17 @@ class RunStore:
         except KeyError:
             node = None
         if not isinstance(node, zarr.Group):
+            if node is None and name and not zsync(self._store.is_empty(name + "/")):
+                raise DatasetIncomplete(
+                    f"run {self._run_id}: dataset {name!r} was not completely written (its "
+                    "write was stopped); resume the run (--resume) to write it again"
+                )
             have = self.datasets
             raise KeyError(
                 f"run {self._run_id} has no dataset {name!r} (it has: {', '.join(have) or 'none'})"
             )
-        if node.attrs.get(COMPLETE_ATTR) is False:
-            raise DatasetIncomplete(
-                f"run {self._run_id}: dataset {name!r} was not completely written (its write "
-                "was stopped); resume the run (--resume) to write it again"
-            )
         kwargs = {"consolidated": False, "zarr_format": 3, **open_zarr_kwargs}
-        ds = xarray.open_zarr(self._store, group=name, **kwargs)
-        ds.attrs.pop(COMPLETE_ATTR, None)
-        return ds
+        return xarray.open_zarr(self._store, group=name, **kwargs)
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(

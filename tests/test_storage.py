@@ -686,7 +686,8 @@ class RunStoreTests:
         left one that opened with 6 of its 19 variables): on disk the earlier dataset
         stays (the write goes beside it and is moved into place, and the next write
         clears what the stopped one left); on object stores, which rename nothing, what
-        is there is refused when read until a write mends it."""
+        is there does not open (the group's ``zarr.json`` is deleted first and written
+        last) until a write mends it."""
         run = root.create("p", config=CONFIG)
         ds = _dataset()
         run.write_dataset("result", ds)
@@ -707,6 +708,10 @@ class RunStoreTests:
         else:
             with pytest.raises(storage.DatasetIncomplete, match="'result' was not completely"):
                 run.open_dataset("result")
+            # nor by xarray itself: the group's zarr.json is written last
+            with pytest.raises(FileNotFoundError):
+                xr.open_zarr(run._store, group="result", consolidated=False, zarr_format=3)
+            assert "result" not in run.datasets
         run.write_dataset("result", ds + 1)
         xr.testing.assert_identical(run.open_dataset("result").load(), ds + 1)
         if run.is_local:
