@@ -70,58 +70,6 @@ def _raise_if_put_lost(exc: BaseException, puts: tuple) -> None:
         ) from exc
 
 
-def _forget_jobs_by_their_workers(cluster: Any) -> None:
-    """Let ``cluster`` (a dask-jobqueue cluster) replace a job of several workers once
-    they have all left.
-
-    A spec cluster forgets a job, so that adaptive scaling submits another, when a
-    worker *of the job's name* leaves; the workers of a job of several are named
-    ``NAME-0``, ``NAME-1`` … (distributed issue 9102), so such a job was never forgotten
-    and a renewed run lost its workers for good. This adds the same step for them.
-    """
-    import asyncio
-    import weakref
-
-    import dask
-    from dask.utils import parse_timedelta
-
-    update = cluster._update_worker_status
-
-    def job_of(name: Any) -> Any:
-        head, _, tail = str(name).rpartition("-")
-        return head if name not in cluster.workers and tail.isdigit() else name
-
-    def forget(job: Any, ref: weakref.ref) -> None:
-        # the same job object: another worker's timer may have forgotten it already,
-        # and its successor, under the same name, must not be cancelled
-        handle = ref()
-        workers = cluster.scheduler_info["workers"].values()
-        if (
-            handle is not None
-            and cluster.workers.get(job) is handle
-            and not any(job_of(w["name"]) == job for w in workers)
-        ):
-            cluster._futures.add(asyncio.ensure_future(handle.close()))
-            del cluster.workers[job]
-
-    def _update_worker_status(op: str, msg: Any) -> None:
-        if op == "remove" and msg not in cluster.scheduler_info["workers"]:
-            return  # gone from a fresher snapshot already (distributed would raise)
-        info = cluster.scheduler_info["workers"].get(msg) if op == "remove" else None
-        if info is not None:
-            job = job_of(info["name"])
-            if job != info["name"] and job in cluster.workers:
-                delay = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
-                # weakly: closing the cluster asserts that every job still alive (a weak
-                # set) is closed, and a dask-jobqueue job stays `running` after its close,
-                # so a timer that held one failed the close now and then
-                handle = weakref.ref(cluster.workers[job])
-                asyncio.get_running_loop().call_later(delay, forget, job, handle)
-        update(op, msg)
-
-    cluster._update_worker_status = _update_worker_status
-
-
 #: Seconds between checks, while waiting for an actor call, that the actor's worker is
 #: still in the cluster.
 _ACTOR_POLL_S = 1.0
@@ -492,6 +440,7 @@ class DaskExecutor(Executor):
         self._rejoin_timeout = 60.0  # seconds `wait_for_workers` waits (a profile's own)
         self._watching = contextlib.ExitStack()  # the submit-error filter of batch jobs
         self._reaper: Any = None  # cancels the batch jobs if this process is killed
+        self._renewer: Any = None  # replaces batch jobs ahead of their walltime
         # Where a batch scheduler's dashboard listens: Dask's link names the scheduler's
         # host, which listens on all interfaces when the profile names none.
         self._dashboard_host: str | None = None
@@ -543,11 +492,13 @@ class DaskExecutor(Executor):
             self._refused = self._watching.enter_context(_submit_errors())
             n_jobs = spec.n or profile.jobs
             self._rejoin_timeout = profile.wait_timeout
-            if profile.renew:  # a job that ends (its workers retired) is replaced
-                _forget_jobs_by_their_workers(self._cluster)
-                self._cluster.adapt(minimum_jobs=n_jobs, maximum_jobs=n_jobs)
-            else:
-                self._cluster.scale(jobs=n_jobs)
+            self._cluster.scale(jobs=n_jobs)
+            if profile.renew:  # each job replaced ahead of its walltime
+                from .renew import Renewer
+
+                self._renewer = Renewer(
+                    self._cluster, profile.workers_per_job, profile.renew_after
+                )
         elif spec.kind not in ("tcp", "tls"):
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
         security = _tls_security(spec, profile_path) if spec.kind == "tls" else None
@@ -865,6 +816,8 @@ class DaskExecutor(Executor):
     # -- lifetime ---------------------------------------------------------------------
 
     def _close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.stop()
         try:
             if self._cluster is not None:
                 try:

@@ -24,14 +24,15 @@ kind, e.g.::
       gpus: 4                     # GPUs per job: one worker per GPU, each pinned to its
                                   # own (CUDA_VISIBLE_DEVICES) and given resource GPU=1
       renew: true                 # replace jobs before their walltime ends (below)
-      renew_margin: "00:05:00"    # how long before it their workers retire
+      renew_margin: "00:05:00"    # how long before it the fresh job is submitted
 
-With ``renew: true`` a run may outlast the walltime: each worker retires gracefully
-(its results handed to the others) once the walltime less ``renew_margin`` has passed
-since it started, give or take a quarter of the margin so the jobs do not all go at
-once; when all of a job's workers have left, a fresh job is submitted in its place
-(Dask's adaptive scaling held at ``jobs``; nothing is submitted ahead). Without it,
-the workers die with their jobs and the run stops there; ``--resume`` continues it.
+With ``renew: true`` a run may outlast the walltime: a fresh job is submitted
+``renew_margin`` before each job's walltime ends, and once its workers have joined, the
+old job's workers retire gracefully (their results handed to the others) and the old
+job is cancelled (:mod:`tilegraph.cluster.renew`). Where the queue has not started the
+fresh job a quarter of the margin before the walltime, the old workers retire then by
+themselves (``--lifetime``). Without ``renew``, the workers die with their jobs and the
+run stops there; ``--resume`` continues it.
 
 Fields the file leaves out come from the site's Dask config for dask-jobqueue
 (``jobqueue.<kind>`` in ``~/.config/dask/jobqueue.yaml``) where it sets them, else from
@@ -143,7 +144,8 @@ class BatchProfile(BaseModel):
         default=False, description="replace jobs before their walltime ends (runs outlast it)"
     )
     renew_margin: str = Field(
-        default="00:05:00", description="[D-]HH:MM[:SS] before the walltime that workers retire"
+        default="00:05:00",
+        description="[D-]HH:MM[:SS] before the walltime that a fresh job is submitted",
     )
 
     @field_validator("walltime", "renew_margin", mode="before")
@@ -200,13 +202,21 @@ class BatchProfile(BaseModel):
         return self
 
     @property
-    def lifetime(self) -> tuple[int, int] | None:
-        """``(lifetime, stagger)`` of each worker in seconds with ``renew``, else None:
-        workers retire ``renew_margin`` ± a quarter of it before the walltime."""
+    def renew_after(self) -> int | None:
+        """Seconds into a job that its successor is submitted with ``renew`` (the
+        walltime less ``renew_margin``), else None."""
         if not self.renew:
             return None
-        margin = _seconds(self.renew_margin)
-        return _seconds(self.walltime) - margin, max(margin // 4, 1)
+        return _seconds(self.walltime) - _seconds(self.renew_margin)
+
+    @property
+    def lifetime(self) -> int | None:
+        """Seconds after which each worker retires by itself with ``renew`` (a quarter
+        of the margin before the walltime: where the successor came too late, its
+        results still go to the other jobs' workers), else None."""
+        if not self.renew:
+            return None
+        return _seconds(self.walltime) - max(_seconds(self.renew_margin) // 4, 1)
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -250,11 +260,11 @@ class BatchProfile(BaseModel):
                 f"['--gres=gpu:{self.gpus}']; pbs: resource_spec "
                 f"'select=1:ncpus={self.cores}:ngpus={self.gpus}')"
             )
-        if self.lifetime is not None:
-            life, stagger = self.lifetime
+        if self.renew:
             out.append(
-                f"renew: each worker retires {_clock(life - stagger)}-{_clock(life + stagger)} "
-                f"into its job (walltime {self.walltime}) and a fresh job replaces it"
+                f"renew: a fresh job is submitted {_clock(self.renew_after)} into each job "
+                f"(walltime {self.walltime}); the old one's workers retire once the fresh "
+                f"one's have joined, at the latest {_clock(self.lifetime)} into it"
             )
         if self.cores % self.workers_per_job:
             out.append(
@@ -307,10 +317,7 @@ class BatchProfile(BaseModel):
         return ["--resources", "GPU=1", "--preload-nanny", "tilegraph.cluster.gpu_pin"]
 
     def _lifetime_args(self) -> list[str]:
-        if self.lifetime is None:
-            return []
-        life, stagger = self.lifetime
-        return ["--lifetime", f"{life}s", "--lifetime-stagger", f"{stagger}s"]
+        return [] if self.lifetime is None else ["--lifetime", f"{self.lifetime}s"]
 
 
 class TlsProfile(BaseModel):

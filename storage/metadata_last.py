@@ -3,7 +3,8 @@
 Object stores rename nothing, so a dataset is written there in place. Zarr finds a
 group by its ``zarr.json``; writing that one object only after every array and chunk
 below it (and deleting the earlier one first) makes the group appear whole or not at
-all, to tilegraph and to anyone's ``xarray.open_zarr`` alike.
+all, to tilegraph and to anyone's ``xarray.open_zarr`` alike (an array below it is still
+found by its own path meanwhile).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class MetadataLast(WrapperStore):
     async def delete(self, key: str) -> None:
         self._held.pop(key, None)
         await self._store.delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        for key in [k for k in self._held if k.startswith(prefix.rstrip("/") + "/")]:
+            del self._held[key]
+        await self._store.delete_dir(prefix)
 
     def release(self) -> None:
         """Write the held-back document: the group appears, whole."""

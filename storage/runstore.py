@@ -69,6 +69,15 @@ _RESERVED = {_ckpt.CHECKPOINTS}
 _SCRATCH = re.compile(r".+\.(partial|old)-[0-9a-f]{8}")
 
 
+async def _has_keys_under(store: Any, prefix: str) -> bool:
+    """Whether ``store`` holds a key below ``prefix`` (fsspec stores list a file
+    ``NAME`` itself for the prefix ``NAME/``)."""
+    async for key in store.list_prefix(prefix):
+        if key.startswith(prefix):
+            return True
+    return False
+
+
 def new_run_id(now: _dt.datetime | None = None) -> str:
     """A fresh run id ``YYYYMMDD-HHMMSS-<6 hex>`` (UTC time; sortable by start time)."""
     now = now or _dt.datetime.now(_dt.UTC)
@@ -677,7 +686,7 @@ class RunStore:
         except KeyError:
             node = None
         if not isinstance(node, zarr.Group):
-            if node is None and name and not zsync(self._store.is_empty(name + "/")):
+            if node is None and name and zsync(_has_keys_under(self._store, name + "/")):
                 raise DatasetIncomplete(
                     f"run {self._run_id}: dataset {name!r} was not completely written (its "
                     "write was stopped); resume the run (--resume) to write it again"

@@ -302,14 +302,16 @@ def test_workers_per_job_default_to_cores_and_the_script_says_what_the_dry_run_d
 
 
 def test_a_renewing_profile_s_dry_run_says_when_its_workers_retire(tmp_path, capsys):
-    """renew: workers retire renew_margin (+- a quarter of it) before the walltime."""
+    """renew: a fresh job renew_margin before the walltime; the workers retire by
+    themselves a quarter of the margin before it at the latest."""
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"slurm": {"walltime": "02:00:00", "renew": True}}))
     argv = ["run", "domain-split", "--cluster", "slurm:2", "--cluster-profile", str(path)]
     assert cli.main([*argv, "--store", str(tmp_path / "r"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "each worker retires 01:53:45-01:56:15 into its job (walltime 02:00:00)" in out
-    assert "--lifetime 6900s --lifetime-stagger 75s" in out
+    assert "a fresh job is submitted 01:55:00 into each job (walltime 02:00:00)" in out
+    assert "at the latest 01:58:45 into it" in out
+    assert "--lifetime 7125s" in out and "--lifetime-stagger" not in out
     path.write_text(yaml.safe_dump({"slurm": {"walltime": "02:00:00"}}))
     assert cli.main([*argv, "--store", str(tmp_path / "r"), "--dry-run"]) == 0
     assert "--lifetime" not in capsys.readouterr().out
@@ -521,13 +523,11 @@ def test_a_run_on_batch_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
-    """``renew: true``: the two workers of one job retire before its walltime and a
-    fresh job takes over in the middle of a run longer than the walltime, which gives
-    the bits of ``sync``. Both workers retire together, so the data only they held is
-    lost: the run waits for the fresh job's workers and continues from a checkpoint. A
-    job of several workers is replaced only through tilegraph's workaround for
-    distributed issue 9102 (its workers are named ``NAME-0``, ``NAME-1``). Jobs really
-    run here."""
+    """``renew: true``: a fresh job is submitted while the one job of two workers still
+    works, and the old one's workers hand their results to the fresh one's and retire,
+    in the middle of a run longer than the walltime, which gives the bits of ``sync``
+    (no data lost: no continuing from a checkpoint). Jobs really run here (the stand-in
+    queue enforces no walltime: the workers' ``--lifetime`` would end them)."""
     import distributed  # noqa: F401 (its config first: leaving `set` restores the rest)
     import tilegraph
 
@@ -535,21 +535,19 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"slurm": {
-        "cores": 2, "processes": 2, "memory": "2GiB", "walltime": "00:00:12", "renew": True,
-        "renew_margin": "00:00:06", "wait_timeout": 60,
+        "cores": 2, "processes": 2, "memory": "2GiB", "walltime": "00:00:24", "renew": True,
+        "renew_margin": "00:00:12", "wait_timeout": 60,
     }}))  # fmt: skip
     name = "bilevel"
     sets = {**tilegraph.get_pipeline(name).checks.long, "max_iter": 500}  # ~15 s
     ref = tilegraph.run(name, sets=sets, cluster="sync", store=tmp_path / "a")
-    # a job whose workers left is replaced after this timeout (15 s by default; short
-    # here, where no queue makes the fresh one wait anyway)
-    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
-        run = tilegraph.run(name, sets=sets, cluster="slurm:1",
-                            cluster_profile=str(path), store=tmp_path / "b")  # fmt: skip
+    run = tilegraph.run(name, sets=sets, cluster="slurm:1",
+                        cluster_profile=str(path), store=tmp_path / "b")  # fmt: skip
     assert assert_same_answer(run, ref, ["result", "history"]) > 0
     ids = [int(ln.split()[0]) for ln in (jobs / "submitted").read_text().splitlines()]
     assert len(ids) > 1, "no job was replaced"
-    assert "--lifetime 6s --lifetime-stagger 1s" in job_script("slurm:1", path)
+    assert run.restored == [], run.restored  # never continued from a checkpoint
+    assert "--lifetime 21s" in job_script("slurm:1", path)
     deadline = time.time() + 30  # the run's end cancels the jobs still running
     while any(_alive(i) for i in ids) and time.time() < deadline:
         time.sleep(0.2)

@@ -716,6 +716,9 @@ class RunStoreTests:
         xr.testing.assert_identical(run.open_dataset("result").load(), ds + 1)
         if run.is_local:
             assert sorted(os.listdir(run.url)) == ["result", "zarr.json"]
+        run.write_bytes("notes.txt", b"a side file")  # not a dataset stopped half-way
+        with pytest.raises(KeyError, match="no dataset 'notes.txt'"):
+            run.open_dataset("notes.txt")
 
     def test_resumes_are_recorded_in_order(self, root):
         run = root.create("demo", config={}, backend="sync")

@@ -1,0 +1,93 @@
+"""Batch jobs replaced ahead of their walltime (a profile's ``renew: true``).
+
+A job's successor is submitted ``renew_margin`` before the job's walltime ends, while
+the job still works; once the successor's workers have all joined, the old job's
+workers are retired (their results handed to the others, the successor's among them)
+and the job is cancelled. So a renewal costs the run neither workers nor data as long
+as the queue starts the successor within the margin. A job whose workers all left
+without one (its node lost, or a walltime that came first) gets one at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["Renewer"]
+
+
+class Renewer:
+    """Keep a dask-jobqueue cluster at its jobs, each replaced ahead of its walltime.
+
+    Parameters
+    ----------
+    cluster : dask_jobqueue.JobQueueCluster
+        The cluster, already scaled to its jobs.
+    workers_per_job : int
+        Workers each job starts (a successor counts as joined once all have).
+    renew_after : float
+        Seconds after a job's first worker joined that its successor is submitted
+        (the walltime less the margin).
+    interval : float
+        Seconds between checks.
+    """
+
+    def __init__(
+        self, cluster: Any, workers_per_job: int, renew_after: float, interval: float = 1.0
+    ) -> None:
+        from tornado.ioloop import PeriodicCallback
+
+        self._cluster = cluster
+        self._per_job = workers_per_job
+        self._after = renew_after
+        self._started: dict[str, float] = {}  # job name -> when its first worker joined
+        self._successor: dict[str, str] = {}  # job name -> its successor's
+        self._callback = PeriodicCallback(self._tick, interval * 1000)
+        cluster.loop.add_callback(self._callback.start)
+
+    def stop(self) -> None:
+        """Stop checking (before the cluster closes)."""
+        self._cluster.loop.add_callback(self._callback.stop)
+
+    def _job_of(self, worker: str) -> str | None:
+        """The job a worker belongs to: its own name (one worker per job) or its name
+        less ``-i`` (several: distributed names them ``JOB-0``, ``JOB-1`` …)."""
+        jobs = self._cluster.worker_spec
+        head, _, tail = worker.rpartition("-")
+        if worker in jobs:
+            return worker
+        return head if tail.isdigit() and head in jobs else None
+
+    async def _tick(self) -> None:
+        from distributed.core import Status
+
+        cluster = self._cluster
+        if cluster.status != Status.running:
+            return
+        now = time.monotonic()
+        by_job: dict[str, list[str]] = {}
+        for address, info in cluster.scheduler_info.get("workers", {}).items():
+            job = self._job_of(str(info["name"]))
+            if job is not None:
+                by_job.setdefault(job, []).append(address)
+        changed = False
+        for name in list(cluster.worker_spec):
+            if name in by_job:
+                self._started.setdefault(name, now)
+            if name not in self._started:
+                continue  # in the queue, or starting
+            gone = name not in by_job
+            successor = self._successor.get(name)
+            if successor is None and (gone or now - self._started[name] >= self._after):
+                spec = cluster.new_worker_spec()
+                cluster.worker_spec.update(spec)
+                self._successor[name] = successor = next(iter(spec))
+                changed = True
+            if gone or len(by_job.get(successor, ())) >= self._per_job:
+                if not gone:  # graceful: what only they hold moves to the others first
+                    await cluster.scheduler_comm.retire_workers(workers=by_job[name])
+                del cluster.worker_spec[name]
+                del self._successor[name], self._started[name]
+                changed = True
+        if changed:
+            await cluster._correct_state()  # submits the successors, cancels the old jobs
