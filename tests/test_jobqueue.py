@@ -554,6 +554,45 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     assert not any(_alive(i) for i in ids), [(i, (jobs / f"{i}.out").read_text()) for i in ids]
 
 
+@pytest.mark.slow
+def test_a_renewing_run_replaces_a_job_lost_early(tmp_path, monkeypatch):
+    """``renew: true``, a job killed long before its walltime (its node lost): a fresh
+    job is submitted at once and the run continues on it from a checkpoint, with the
+    bits of ``sync``."""
+    import signal
+    import threading
+
+    import tilegraph
+
+    bin_dir, jobs = _local_slurm(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {
+        "cores": 1, "memory": "2GiB", "walltime": "01:00:00", "renew": True,
+        "wait_timeout": 60,
+    }}))  # fmt: skip
+    name = "bilevel"
+    sets = {**tilegraph.get_pipeline(name).checks.long, "max_iter": 500}
+    ref = tilegraph.run(name, sets=sets, cluster="sync", store=tmp_path / "a")
+    store = tmp_path / "b"
+
+    def kill_the_first_job_after_a_checkpoint():
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(store.glob(f"{name}/*/checkpoints/*")):
+            time.sleep(0.2)
+        first = int((jobs / "submitted").read_text().split()[0])
+        os.killpg(first, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_first_job_after_a_checkpoint, daemon=True)
+    killer.start()
+    run = tilegraph.run(name, sets=sets, cluster="slurm:1", cluster_profile=str(path),
+                        store=store, retries=1)  # fmt: skip
+    killer.join()
+    assert assert_same_answer(run, ref, ["result", "history"]) > 0
+    assert len((jobs / "submitted").read_text().splitlines()) == 2
+    assert run.restored and run.restored[-1]["checkpoint"] > 0, run.restored
+
+
 @pytest.mark.parametrize(
     "name, visible, gpus, device",
     [("SLURMCluster-0-0", None, 2, "0"), ("SLURMCluster-3-1", None, 2, "1"),
