@@ -512,6 +512,7 @@ class DaskExecutor(Executor):
             )
         except BaseException:
             self._watching.close()
+            self._stop_renewer()
             if self._cluster is not None:
                 self._cluster.close()
             raise
@@ -562,7 +563,10 @@ class DaskExecutor(Executor):
         while True:
             try:
                 left = deadline - time.monotonic()
-                self._client.wait_for_workers(1, timeout=max(min(2.0, left), 0.1))
+                # asked of the scheduler (see `wait_for_workers`)
+                self._client.sync(
+                    self._client._wait_for_workers, 1, timeout=max(min(2.0, left), 0.1)
+                )
                 return
             except TimeoutError:
                 if not refused and time.monotonic() < deadline:
@@ -579,6 +583,7 @@ class DaskExecutor(Executor):
     def _close_unstarted(self) -> None:
         """Close the client and a jobqueue cluster whose jobs never started (closing one
         trips an assertion in dask-jobqueue: not what the user should see)."""
+        self._stop_renewer()
         for closing in (self._client, self._cluster):
             with contextlib.suppress(Exception):
                 closing.close()
@@ -816,8 +821,7 @@ class DaskExecutor(Executor):
     # -- lifetime ---------------------------------------------------------------------
 
     def _close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.stop()
+        self._stop_renewer()
         try:
             if self._cluster is not None:
                 try:
@@ -829,6 +833,11 @@ class DaskExecutor(Executor):
             if self._cluster is not None:
                 self._cluster.close()
             self._stop_reaper()
+
+    def _stop_renewer(self) -> None:
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
 
     def _stop_reaper(self) -> None:
         """A normal close cancelled the jobs itself: the watchdog has nothing to do."""

@@ -10,6 +10,7 @@ without one (its node lost, or a walltime that came first) gets one at once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -35,19 +36,35 @@ class Renewer:
     def __init__(
         self, cluster: Any, workers_per_job: int, renew_after: float, interval: float = 1.0
     ) -> None:
+        import dask
+        from dask.utils import parse_timedelta
         from tornado.ioloop import PeriodicCallback
 
         self._cluster = cluster
         self._per_job = workers_per_job
         self._after = renew_after
+        # a job's workers absent this long count as lost (a nanny restarting one is not)
+        self._grace = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
         self._started: dict[str, float] = {}  # job name -> when its first worker joined
+        self._absent: dict[str, float] = {}  # job name -> since when none of its workers is in
         self._successor: dict[str, str] = {}  # job name -> its successor's
+        self._busy: Any = None  # the check under way
         self._callback = PeriodicCallback(self._tick, interval * 1000)
         cluster.loop.add_callback(self._callback.start)
 
     def stop(self) -> None:
-        """Stop checking (before the cluster closes)."""
-        self._cluster.loop.add_callback(self._callback.stop)
+        """Stop checking, and a check under way, before the cluster closes."""
+        import asyncio
+
+        async def stop() -> None:
+            self._callback.stop()
+            if self._busy is not None and not self._busy.done():
+                self._busy.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._busy
+
+        with contextlib.suppress(Exception):  # a loop already stopped: nothing runs
+            self._cluster.sync(stop)
 
     def _job_of(self, worker: str) -> str | None:
         """The job a worker belongs to: its own name (one worker per job) or its name
@@ -59,6 +76,13 @@ class Renewer:
         return head if tail.isdigit() and head in jobs else None
 
     async def _tick(self) -> None:
+        import asyncio
+
+        self._busy = asyncio.ensure_future(self._check())
+        with contextlib.suppress(asyncio.CancelledError):  # stopped: the cluster closes
+            await self._busy
+
+    async def _check(self) -> None:
         from distributed.core import Status
 
         cluster = self._cluster
@@ -70,24 +94,45 @@ class Renewer:
             job = self._job_of(str(info["name"]))
             if job is not None:
                 by_job.setdefault(job, []).append(address)
-        changed = False
+        changed, ready = False, []
         for name in list(cluster.worker_spec):
             if name in by_job:
                 self._started.setdefault(name, now)
+                self._absent.pop(name, None)
             if name not in self._started:
                 continue  # in the queue, or starting
-            gone = name not in by_job
+            if name not in by_job:
+                self._absent.setdefault(name, now)
+            gone = now - self._absent.get(name, now) >= self._grace
             successor = self._successor.get(name)
+            if successor is not None and successor not in cluster.worker_spec:
+                del self._successor[name]  # itself lost and replaced: a fresh one
+                successor = None
             if successor is None and (gone or now - self._started[name] >= self._after):
                 spec = cluster.new_worker_spec()
                 cluster.worker_spec.update(spec)
                 self._successor[name] = successor = next(iter(spec))
                 changed = True
             if gone or len(by_job.get(successor, ())) >= self._per_job:
-                if not gone:  # graceful: what only they hold moves to the others first
-                    await cluster.scheduler_comm.retire_workers(workers=by_job[name])
-                del cluster.worker_spec[name]
-                del self._successor[name], self._started[name]
-                changed = True
-        if changed:
+                ready.append((name, [] if gone else by_job.get(name, [])))
+        addresses = [a for _, old in ready for a in old]
+        # graceful: what only they hold moves to the other workers first (in one call)
+        retired = (
+            await cluster.scheduler_comm.retire_workers(workers=addresses) if addresses else {}
+        )
+        if cluster.status != Status.running:
+            return
+        for name, old in ready:
+            if any(a not in retired for a in old):
+                continue  # data it could not place yet: next time
+            cluster.worker_spec.pop(name, None)
+            for book in (self._successor, self._started, self._absent):
+                book.pop(name, None)
+            changed = True
+        # a job Dask forgot meanwhile (its one worker left) would be submitted again
+        # under its name: the next check gives it a successor instead
+        forgotten = any(
+            n in self._started and n not in cluster.workers for n in cluster.worker_spec
+        )
+        if changed and not forgotten:
             await cluster._correct_state()  # submits the successors, cancels the old jobs

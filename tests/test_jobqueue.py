@@ -562,6 +562,7 @@ def test_a_renewing_run_replaces_a_job_lost_early(tmp_path, monkeypatch):
     import signal
     import threading
 
+    import distributed  # noqa: F401 (its config first: leaving `set` restores the rest)
     import tilegraph
 
     bin_dir, jobs = _local_slurm(tmp_path)
@@ -585,8 +586,10 @@ def test_a_renewing_run_replaces_a_job_lost_early(tmp_path, monkeypatch):
 
     killer = threading.Thread(target=kill_the_first_job_after_a_checkpoint, daemon=True)
     killer.start()
-    run = tilegraph.run(name, sets=sets, cluster="slurm:1", cluster_profile=str(path),
-                        store=store, retries=1)  # fmt: skip
+    # a job none of whose workers is in for this long is lost (15 s by default)
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+        run = tilegraph.run(name, sets=sets, cluster="slurm:1", cluster_profile=str(path),
+                            store=store, retries=1)  # fmt: skip
     killer.join()
     assert assert_same_answer(run, ref, ["result", "history"]) > 0
     assert len((jobs / "submitted").read_text().splitlines()) == 2
