@@ -5,7 +5,9 @@ the job still works; once the successor's workers have all joined, the old job's
 workers are retired (their results handed to the others, the successor's among them)
 and the job is cancelled. So a renewal costs the run neither workers nor data as long
 as the queue starts the successor within the margin. A job whose workers all left
-without one (its node lost, or a walltime that came first) gets one at once.
+without one (its node lost, or a walltime that came first) gets one once none of them
+has been back for Dask's ``lost-worker-timeout``. A successor the queue never starts
+is not replaced: the run is a job short until it starts.
 """
 
 from __future__ import annotations

@@ -521,14 +521,24 @@ def test_a_run_on_batch_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
     assert len((jobs / "submitted").read_text().splitlines()) == 2
 
 
+@pytest.fixture(scope="module")
+def long_bilevel(tmp_path_factory):
+    """``(sets, run on sync)`` of a bilevel run long enough to outlast a short walltime
+    (500 iterations, ~15 s): the reference of the renew tests."""
+    import tilegraph
+
+    sets = {**tilegraph.get_pipeline("bilevel").checks.long, "max_iter": 500}
+    store = tmp_path_factory.mktemp("sync")
+    return sets, tilegraph.run("bilevel", sets=sets, cluster="sync", store=store)
+
+
 @pytest.mark.slow
-def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
+def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch, long_bilevel):
     """``renew: true``: a fresh job is submitted while the one job of two workers still
     works, and the old one's workers hand their results to the fresh one's and retire,
     in the middle of a run longer than the walltime, which gives the bits of ``sync``
     (no data lost: no continuing from a checkpoint). Jobs really run here (the stand-in
     queue enforces no walltime: the workers' ``--lifetime`` would end them)."""
-    import distributed  # noqa: F401 (its config first: leaving `set` restores the rest)
     import tilegraph
 
     bin_dir, jobs = _local_slurm(tmp_path)
@@ -539,8 +549,7 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
         "renew_margin": "00:00:12", "wait_timeout": 60,
     }}))  # fmt: skip
     name = "bilevel"
-    sets = {**tilegraph.get_pipeline(name).checks.long, "max_iter": 500}  # ~15 s
-    ref = tilegraph.run(name, sets=sets, cluster="sync", store=tmp_path / "a")
+    sets, ref = long_bilevel
     run = tilegraph.run(name, sets=sets, cluster="slurm:1",
                         cluster_profile=str(path), store=tmp_path / "b")  # fmt: skip
     assert assert_same_answer(run, ref, ["result", "history"]) > 0
@@ -555,7 +564,7 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_renewing_run_replaces_a_job_lost_early(tmp_path, monkeypatch):
+def test_a_renewing_run_replaces_a_job_lost_early(tmp_path, monkeypatch, long_bilevel):
     """``renew: true``, a job killed long before its walltime (its node lost): a fresh
     job is submitted at once and the run continues on it from a checkpoint, with the
     bits of ``sync``."""
@@ -573,8 +582,7 @@ def test_a_renewing_run_replaces_a_job_lost_early(tmp_path, monkeypatch):
         "wait_timeout": 60,
     }}))  # fmt: skip
     name = "bilevel"
-    sets = {**tilegraph.get_pipeline(name).checks.long, "max_iter": 500}
-    ref = tilegraph.run(name, sets=sets, cluster="sync", store=tmp_path / "a")
+    sets, ref = long_bilevel
     store = tmp_path / "b"
 
     def kill_the_first_job_after_a_checkpoint():
