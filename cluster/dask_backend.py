@@ -537,15 +537,17 @@ class DaskExecutor(Executor):
         a batch job renewed, a node lost); False when none joined within ``timeout``
         seconds (default: the batch profile's ``wait_timeout``, else 60)."""
         try:
-            # asked of the scheduler: the cluster object's own wait replaces its
-            # snapshot of the workers, and a worker leaving meanwhile then stops its
-            # watch of them (a KeyError in distributed's spec cluster)
-            self._client.sync(
-                self._client._wait_for_workers, 1, timeout=timeout or self._rejoin_timeout
-            )
+            self._await_a_worker(timeout or self._rejoin_timeout)
         except Exception:  # TimeoutError, or a client that is closing
             return False
         return True
+
+    def _await_a_worker(self, timeout: float) -> None:
+        """Return once a worker is in the cluster; TimeoutError after ``timeout`` s.
+        Asked of the scheduler: the cluster object's own wait replaces its snapshot of
+        the workers, and a worker leaving meanwhile then stops its watch of them (a
+        KeyError in distributed's spec cluster)."""
+        self._client.sync(self._client._wait_for_workers, 1, timeout=timeout)
 
     def _wait_for_jobs(self, spec: Spec, profile) -> None:
         """Wait for the first worker of the submitted jobs; a submission the scheduler
@@ -563,10 +565,7 @@ class DaskExecutor(Executor):
         while True:
             try:
                 left = deadline - time.monotonic()
-                # asked of the scheduler (see `wait_for_workers`)
-                self._client.sync(
-                    self._client._wait_for_workers, 1, timeout=max(min(2.0, left), 0.1)
-                )
+                self._await_a_worker(max(min(2.0, left), 0.1))
                 return
             except TimeoutError:
                 if not refused and time.monotonic() < deadline:

@@ -12,6 +12,7 @@ is not replaced: the run is a job short until it starts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -56,7 +57,6 @@ class Renewer:
 
     def stop(self) -> None:
         """Stop checking, and a check under way, before the cluster closes."""
-        import asyncio
 
         async def stop() -> None:
             self._callback.stop()
@@ -78,8 +78,6 @@ class Renewer:
         return head if tail.isdigit() and head in jobs else None
 
     async def _tick(self) -> None:
-        import asyncio
-
         self._busy = asyncio.ensure_future(self._check())
         with contextlib.suppress(asyncio.CancelledError):  # stopped: the cluster closes
             await self._busy
