@@ -19,6 +19,9 @@ from typing import Any
 
 __all__ = ["Renewer"]
 
+#: Seconds between the renewer's checks.
+CHECK_S = 1.0
+
 
 class Renewer:
     """Keep a dask-jobqueue cluster at its jobs, each replaced ahead of its walltime.
@@ -32,12 +35,16 @@ class Renewer:
     renew_after : float
         Seconds after a job's first worker joined that its successor is submitted
         (the walltime less the margin).
-    interval : float
-        Seconds between checks.
+    interval : float, optional
+        Seconds between checks (default `CHECK_S`).
     """
 
     def __init__(
-        self, cluster: Any, workers_per_job: int, renew_after: float, interval: float = 1.0
+        self,
+        cluster: Any,
+        workers_per_job: int,
+        renew_after: float,
+        interval: float | None = None,
     ) -> None:
         import dask
         from dask.utils import parse_timedelta
@@ -51,14 +58,26 @@ class Renewer:
         self._started: dict[str, float] = {}  # job name -> when its first worker joined
         self._absent: dict[str, float] = {}  # job name -> since when none of its workers is in
         self._successor: dict[str, str] = {}  # job name -> its successor's
+        self._submitted: set[str] = set()  # jobs seen submitted (Dask holds a Job for them)
         self._busy: Any = None  # the check under way
-        self._callback = PeriodicCallback(self._tick, interval * 1000)
-        cluster.loop.add_callback(self._callback.start)
+        self._callback = PeriodicCallback(self._tick, (interval or CHECK_S) * 1000)
+        self._stopped = False
+        cluster.loop.add_callback(self._start)
+
+    async def _start(self) -> None:
+        """Know the jobs submitted (`scale` asked for them) before the first check: a
+        job whose workers came and went before it is then still known as lost."""
+        with contextlib.suppress(Exception):  # a refused submission: the executor says so
+            await self._cluster._correct_state()
+        self._submitted.update(self._cluster.workers)
+        if not self._stopped:
+            self._callback.start()
 
     def stop(self) -> None:
         """Stop checking, and a check under way, before the cluster closes."""
 
         async def stop() -> None:
+            self._stopped = True
             self._callback.stop()
             if self._busy is not None and not self._busy.done():
                 self._busy.cancel()
@@ -89,6 +108,7 @@ class Renewer:
         if cluster.status != Status.running:
             return
         now = time.monotonic()
+        self._submitted.update(n for n in cluster.workers if n in cluster.worker_spec)
         by_job: dict[str, list[str]] = {}
         for address, info in cluster.scheduler_info.get("workers", {}).items():
             job = self._job_of(str(info["name"]))
@@ -99,11 +119,16 @@ class Renewer:
             if name in by_job:
                 self._started.setdefault(name, now)
                 self._absent.pop(name, None)
+            # Dask closes a job none of whose workers came back within the timeout: its
+            # workers came and went between two checks (a node lost at once)
+            forgotten = self._forgotten(name)
+            if forgotten:
+                self._started.setdefault(name, now)
             if name not in self._started:
                 continue  # in the queue, or starting
             if name not in by_job:
                 self._absent.setdefault(name, now)
-            gone = now - self._absent.get(name, now) >= self._grace
+            gone = forgotten or now - self._absent.get(name, now) >= self._grace
             successor = self._successor.get(name)
             if successor is not None and successor not in cluster.worker_spec:
                 del self._successor[name]  # itself lost and replaced: a fresh one
@@ -131,8 +156,12 @@ class Renewer:
             changed = True
         # a job Dask forgot meanwhile (its one worker left) would be submitted again
         # under its name: the next check gives it a successor instead
-        forgotten = any(
-            n in self._started and n not in cluster.workers for n in cluster.worker_spec
-        )
+        forgotten = any(self._forgotten(n) for n in cluster.worker_spec)
         if changed and not forgotten:
             await cluster._correct_state()  # submits the successors, cancels the old jobs
+        self._submitted.update(cluster.workers)
+
+    def _forgotten(self, name: str) -> bool:
+        """True if Dask closed job ``name`` (submitted, and gone from its jobs) while it
+        is still one of the jobs to keep: a worker of it left and none came back."""
+        return name in self._submitted and name not in self._cluster.workers

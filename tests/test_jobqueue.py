@@ -564,6 +564,41 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
 
 
 @pytest.mark.slow
+def test_a_job_lost_between_two_checks_is_replaced(tmp_path, monkeypatch):
+    """``renew: true``: a job whose worker joined and was lost between two of the
+    renewer's checks, Dask having closed the job before the second, gets a fresh job at
+    that check (a job never seen with a worker counted as still queued: the run waited
+    ``wait_timeout`` for none and failed, CI 2026-12-07)."""
+    import signal
+
+    import distributed  # noqa: F401 (its config first: leaving `set` restores the rest)
+    from tilegraph.cluster import renew
+
+    bin_dir, jobs = _local_slurm(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(renew, "CHECK_S", 3600.0)  # no checks but the one made here
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {
+        "cores": 1, "memory": "2GiB", "walltime": "01:00:00", "renew": True,
+        "wait_timeout": 60,
+    }}))  # fmt: skip
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+        ex = cluster.connect("slurm:1", profile=str(path))
+        try:
+            jobqueue = ex._cluster
+            os.killpg(int((jobs / "submitted").read_text().split()[0]), signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while jobqueue.workers and time.monotonic() < deadline:
+                time.sleep(0.1)  # Dask closes a job lost-worker-timeout after its worker left
+            assert not jobqueue.workers
+            jobqueue.sync(ex._renewer._check)
+            assert len((jobs / "submitted").read_text().splitlines()) == 2
+            assert ex.wait_for_workers(60)
+        finally:
+            ex.close()
+
+
+@pytest.mark.slow
 def test_a_renewing_run_replaces_a_job_lost_early(tmp_path, monkeypatch, long_bilevel):
     """``renew: true``, a job killed long before its walltime (its node lost): a fresh
     job is submitted at once and the run continues on it from a checkpoint, with the
