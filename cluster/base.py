@@ -151,6 +151,12 @@ class Executor(abc.ABC):
         empty where the backend cannot tell."""
         return frozenset()
 
+    def retired_ids(self) -> frozenset[str]:
+        """Identities (as `worker_ids`) of the workers the backend retired on purpose
+        since it started: batch jobs renewed ahead of their walltime. They left, but
+        were not lost."""
+        return frozenset()
+
     @property
     def memory_limit(self) -> int | None:
         """Bytes one worker process may use (the smallest limit of any worker), or None

@@ -441,6 +441,7 @@ class DaskExecutor(Executor):
         self._watching = contextlib.ExitStack()  # the submit-error filter of batch jobs
         self._reaper: Any = None  # cancels the batch jobs if this process is killed
         self._renewer: Any = None  # replaces batch jobs ahead of their walltime
+        self._retired: set[str] = set()  # the renewer's retired workers (it adds them)
         # Where a batch scheduler's dashboard listens: Dask's link names the scheduler's
         # host, which listens on all interfaces when the profile names none.
         self._dashboard_host: str | None = None
@@ -499,6 +500,7 @@ class DaskExecutor(Executor):
                 self._renewer = Renewer(
                     self._cluster, profile.workers_per_job, profile.renew_after
                 )
+                self._retired = self._renewer.retired
         elif spec.kind not in ("tcp", "tls"):
             raise SpecError(f"{spec.kind!r} is not a Dask spec")
         security = _tls_security(spec, profile_path) if spec.kind == "tls" else None
@@ -627,6 +629,9 @@ class DaskExecutor(Executor):
 
     def worker_ids(self) -> frozenset[str]:
         return frozenset(self._workers())  # addresses: a restarted worker listens anew
+
+    def retired_ids(self) -> frozenset[str]:
+        return frozenset(self._retired)
 
     @property
     def memory_limit(self) -> int | None:

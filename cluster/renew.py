@@ -60,6 +60,8 @@ class Renewer:
         self._successor: dict[str, str] = {}  # job name -> its successor's
         self._submitted: set[str] = set()  # jobs seen submitted (Dask holds a Job for them)
         self._busy: Any = None  # the check under way
+        #: Addresses of the workers retired here (renewed, not lost).
+        self.retired: set[str] = set()
         self._callback = PeriodicCallback(self._tick, (interval or CHECK_S) * 1000)
         self._stopped = False
         cluster.loop.add_callback(self._start)
@@ -145,6 +147,7 @@ class Renewer:
         retired = (
             await cluster.scheduler_comm.retire_workers(workers=addresses) if addresses else {}
         )
+        self.retired.update(a for a in addresses if a in retired)
         if cluster.status != Status.running:
             return
         for name, old in ready:

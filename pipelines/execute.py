@@ -68,7 +68,10 @@ def execute(
           continuations;
         * ``worker_restarts`` (only when a worker was lost): the larger of the
           continuations from a checkpoint and the worker processes that left the
-          cluster during the run, where the backend can tell (Dask can).
+          cluster during the run, where the backend can tell (Dask can); workers of
+          batch jobs renewed on time are not counted;
+        * ``renewed_workers`` (only when there were some): workers of batch jobs
+          retired during the run, their work handed to fresh jobs (``renew``).
 
         A resumed run records in its provenance what it restored (``restored``: the
         checkpoint step and the steps skipped), whether it completes or fails again.
@@ -87,7 +90,7 @@ def execute(
     t0 = None
     restarts = 0
     in_a_row, newest = 0, _newest_checkpoint(run)
-    workers_before = executor.worker_ids()
+    workers_before, retired_before = executor.worker_ids(), executor.retired_ids()
     timings: dict[str, float] = {}  # phases summed over continuations
     resumes = Resumes()
     while True:
@@ -152,9 +155,12 @@ def execute(
         metrics.setdefault(key, seconds)
     metrics["wall_s"] = time.perf_counter() - t0
     # worker processes lost while the run ran: re-run pure tasks hide them otherwise
-    lost = len(workers_before - executor.worker_ids())
+    retired = executor.retired_ids() - retired_before
+    lost = len(workers_before - executor.worker_ids() - retired)
     if restarts or lost:
         metrics["worker_restarts"] = max(restarts, lost)
+    if retired:
+        metrics["renewed_workers"] = len(retired)
     run.mark_complete(metrics)
     return metrics
 

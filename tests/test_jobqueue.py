@@ -524,10 +524,10 @@ def test_a_run_on_batch_jobs_gives_the_answer_of_sync(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def long_bilevel(tmp_path_factory):
     """``(sets, run on sync)`` of a bilevel run long enough to outlast a short walltime
-    (500 iterations, ~15 s): the reference of the renew tests."""
+    (700 iterations, ~13 s here, ~25 s on a slurm worker): the reference of the renew tests."""
     import tilegraph
 
-    sets = {**tilegraph.get_pipeline("bilevel").checks.long, "max_iter": 500}
+    sets = {**tilegraph.get_pipeline("bilevel").checks.long, "max_iter": 700}
     store = tmp_path_factory.mktemp("sync")
     return sets, tilegraph.run("bilevel", sets=sets, cluster="sync", store=store)
 
@@ -556,6 +556,9 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     ids = [int(ln.split()[0]) for ln in (jobs / "submitted").read_text().splitlines()]
     assert len(ids) > 1, "no job was replaced"
     assert run.restored == [], run.restored  # never continued from a checkpoint
+    # the old job's two workers retired in the run, and were not counted as lost
+    assert run.metrics.get("renewed_workers") == 2, run.metrics
+    assert "worker_restarts" not in run.metrics, run.metrics
     assert "--lifetime 21s" in job_script("slurm:1", path)
     deadline = time.time() + 30  # the run's end cancels the jobs still running
     while any(_alive(i) for i in ids) and time.time() < deadline:
