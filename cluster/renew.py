@@ -6,8 +6,10 @@ workers are retired (their results handed to the others, the successor's among t
 and the job is cancelled. So a renewal costs the run neither workers nor data as long
 as the queue starts the successor within the margin. A job whose workers all left
 without one (its node lost, or a walltime that came first) gets one once none of them
-has been back for Dask's ``lost-worker-timeout``. A successor the queue never starts
-is not replaced: the run is a job short until it starts.
+has been back for Dask's ``lost-worker-timeout`` (the scheduler tells the renewer of
+each worker that joins or leaves, so workers that came and went between two checks
+count too). A successor the queue never starts is not replaced: the run is a job short
+until it starts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import contextlib
 import time
 from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 __all__ = ["Renewer"]
 
@@ -67,13 +71,25 @@ class Renewer:
         cluster.loop.add_callback(self._start)
 
     async def _start(self) -> None:
-        """Know the jobs submitted (`scale` asked for them) before the first check: a
-        job whose workers came and went before it is then still known as lost."""
+        """Hear of every worker that joins or leaves, and know the jobs submitted
+        (`scale` asked for them), before the first check: a job whose workers came and
+        went between two checks is then still known as started, and lost."""
+        scheduler = getattr(self._cluster, "scheduler", None)
+        if hasattr(scheduler, "add_plugin"):  # the scheduler runs in this process
+            scheduler.add_plugin(_Arrivals(self), name=_Arrivals.name)
         with contextlib.suppress(Exception):  # a refused submission: the executor says so
             await self._cluster._correct_state()
         self._submitted.update(self._cluster.workers)
         if not self._stopped:
             self._callback.start()
+
+    def _joined(self, job: str) -> None:
+        self._started.setdefault(job, time.monotonic())
+        self._absent.pop(job, None)
+
+    def _left(self, job: str) -> None:
+        """The last worker of ``job`` in the cluster left."""
+        self._absent.setdefault(job, time.monotonic())
 
     def stop(self) -> None:
         """Stop checking, and a check under way, before the cluster closes."""
@@ -81,6 +97,8 @@ class Renewer:
         async def stop() -> None:
             self._stopped = True
             self._callback.stop()
+            with contextlib.suppress(Exception):  # none added, or the scheduler is gone
+                self._cluster.scheduler.remove_plugin(name=_Arrivals.name)
             if self._busy is not None and not self._busy.done():
                 self._busy.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -143,11 +161,13 @@ class Renewer:
             if gone or len(by_job.get(successor, ())) >= self._per_job:
                 ready.append((name, [] if gone else by_job.get(name, [])))
         addresses = [a for _, old in ready for a in old]
+        # counted before the call: the scheduler removes them before it answers
+        self.retired.update(addresses)
         # graceful: what only they hold moves to the other workers first (in one call)
         retired = (
             await cluster.scheduler_comm.retire_workers(workers=addresses) if addresses else {}
         )
-        self.retired.update(a for a in addresses if a in retired)
+        self.retired.difference_update(a for a in addresses if a not in retired)
         if cluster.status != Status.running:
             return
         for name, old in ready:
@@ -168,3 +188,26 @@ class Renewer:
         """True if Dask closed job ``name`` (submitted, and gone from its jobs) while it
         is still one of the jobs to keep: a worker of it left and none came back."""
         return name in self._submitted and name not in self._cluster.workers
+
+
+class _Arrivals(SchedulerPlugin):
+    """Tells a `Renewer` of each worker that joins and of each job whose last worker
+    left, as the scheduler sees them (its checks see only who is in at the time)."""
+
+    name = "tilegraph-renewer"
+
+    def __init__(self, renewer: Renewer) -> None:
+        self._renewer = renewer
+        self._job: dict[str, str] = {}  # worker address -> its job
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        ws = scheduler.workers.get(worker)
+        job = self._renewer._job_of(str(ws.name)) if ws is not None else None
+        if job is not None:
+            self._job[worker] = job
+            self._renewer._joined(job)
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        job = self._job.pop(worker, None)
+        if job is not None and job not in self._job.values():
+            self._renewer._left(job)

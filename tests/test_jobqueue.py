@@ -567,11 +567,13 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_job_lost_between_two_checks_is_replaced(tmp_path, monkeypatch):
-    """``renew: true``: a job whose worker joined and was lost between two of the
-    renewer's checks, Dask having closed the job before the second, gets a fresh job at
-    that check (a job never seen with a worker counted as still queued: the run waited
-    ``wait_timeout`` for none and failed, CI 2026-12-07)."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_job_lost_between_two_checks_is_replaced(tmp_path, monkeypatch, processes):
+    """``renew: true``: a job whose workers joined and were all lost between two of the
+    renewer's checks gets a fresh job at the next check (a job never seen with a worker
+    counted as still queued: the run waited ``wait_timeout`` for none and failed, CI
+    2026-12-07). With one worker per job Dask also closes the job itself; with two it
+    does not (its workers are ``JOB-0`` and ``JOB-1``)."""
     import signal
 
     import distributed  # noqa: F401 (its config first: leaving `set` restores the rest)
@@ -582,19 +584,23 @@ def test_a_job_lost_between_two_checks_is_replaced(tmp_path, monkeypatch):
     monkeypatch.setattr(renew, "CHECK_S", 3600.0)  # no checks but the one made here
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"slurm": {
-        "cores": 1, "memory": "2GiB", "walltime": "01:00:00", "renew": True,
-        "wait_timeout": 60,
+        "cores": processes, "processes": processes, "memory": "2GiB",
+        "walltime": "01:00:00", "renew": True, "wait_timeout": 60,
     }}))  # fmt: skip
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
         ex = cluster.connect("slurm:1", profile=str(path))
         try:
             jobqueue = ex._cluster
-            os.killpg(int((jobs / "submitted").read_text().split()[0]), signal.SIGKILL)
             deadline = time.monotonic() + 60
-            while jobqueue.workers and time.monotonic() < deadline:
-                time.sleep(0.1)  # Dask closes a job lost-worker-timeout after its worker left
-            assert not jobqueue.workers
+            while ex.n_workers < processes and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (first,) = jobqueue.worker_spec
+            os.killpg(int((jobs / "submitted").read_text().split()[0]), signal.SIGKILL)
+            while ex.n_workers and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.5)  # lost-worker-timeout after the last one left
             jobqueue.sync(ex._renewer._check)
+            assert first not in jobqueue.worker_spec and len(jobqueue.worker_spec) == 1
             assert len((jobs / "submitted").read_text().splitlines()) == 2
             assert ex.wait_for_workers(60)
         finally:
