@@ -62,9 +62,12 @@ class Renewer:
         self._started: dict[str, float] = {}  # job name -> when its first worker joined
         self._absent: dict[str, float] = {}  # job name -> since when none of its workers is in
         self._successor: dict[str, str] = {}  # job name -> its successor's
-        self._submitted: set[str] = set()  # jobs seen submitted (Dask holds a Job for them)
+        # jobs Dask listed as submitted (not `_started`: of jobs submitted together, one
+        # job's worker may join before Dask lists any of them)
+        self._submitted: set[str] = set()
         self._busy: Any = None  # the check under way
-        #: Addresses of the workers retired here (renewed, not lost).
+        #: Addresses of the workers that left while their job was being renewed
+        #: (retired here, or by their ``--lifetime`` where the fresh job came late).
         self.retired: set[str] = set()
         self._callback = PeriodicCallback(self._tick, (interval or CHECK_S) * 1000)
         self._stopped = False
@@ -128,7 +131,6 @@ class Renewer:
         if cluster.status != Status.running:
             return
         now = time.monotonic()
-        self._submitted.update(n for n in cluster.workers if n in cluster.worker_spec)
         by_job: dict[str, list[str]] = {}
         for address, info in cluster.scheduler_info.get("workers", {}).items():
             job = self._job_of(str(info["name"]))
@@ -161,13 +163,10 @@ class Renewer:
             if gone or len(by_job.get(successor, ())) >= self._per_job:
                 ready.append((name, [] if gone else by_job.get(name, [])))
         addresses = [a for _, old in ready for a in old]
-        # counted before the call: the scheduler removes them before it answers
-        self.retired.update(addresses)
         # graceful: what only they hold moves to the other workers first (in one call)
         retired = (
             await cluster.scheduler_comm.retire_workers(workers=addresses) if addresses else {}
         )
-        self.retired.difference_update(a for a in addresses if a not in retired)
         if cluster.status != Status.running:
             return
         for name, old in ready:
@@ -182,6 +181,7 @@ class Renewer:
         forgotten = any(self._forgotten(n) for n in cluster.worker_spec)
         if changed and not forgotten:
             await cluster._correct_state()  # submits the successors, cancels the old jobs
+        # (the only submissions after the first: known as submitted from here on)
         self._submitted.update(cluster.workers)
 
     def _forgotten(self, name: str) -> bool:
@@ -209,5 +209,9 @@ class _Arrivals(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         job = self._job.pop(worker, None)
-        if job is not None and job not in self._job.values():
+        if job is None:
+            return
+        if job in self._renewer._successor:  # it has a fresh job: renewed, not lost
+            self._renewer.retired.add(worker)
+        if job not in self._job.values():
             self._renewer._left(job)

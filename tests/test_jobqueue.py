@@ -556,10 +556,11 @@ def test_a_run_through_renewed_jobs_gives_the_answer_of_sync(tmp_path, monkeypat
     ids = [int(ln.split()[0]) for ln in (jobs / "submitted").read_text().splitlines()]
     assert len(ids) > 1, "no job was replaced"
     assert run.restored == [], run.restored  # never continued from a checkpoint
-    # each replaced job's two workers retired in the run (a slow run renews its fresh
-    # job too), and none was counted as lost
+    # the replaced jobs' workers left as renewed (by the renewer, or by their --lifetime
+    # where the fresh job joined late under load; a slow run renews its fresh job too),
+    # and none was counted as lost
     renewed = run.metrics.get("renewed_workers", 0)
-    assert renewed >= 2 and renewed % 2 == 0 and renewed <= 2 * (len(ids) - 1), run.metrics
+    assert 2 <= renewed <= 2 * (len(ids) - 1), run.metrics
     assert "worker_restarts" not in run.metrics, run.metrics
     assert "--lifetime 21s" in job_script("slurm:1", path)
     deadline = time.time() + 30  # the run's end cancels the jobs still running
