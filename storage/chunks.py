@@ -18,6 +18,7 @@ import zarr
 
 from .errors import ChunkOwnershipError
 from .urls import join, open_store
+from .zarr_loop import sync
 
 __all__ = ["ArrayRef", "check_whole_chunks", "chunk_regions"]
 
@@ -160,10 +161,10 @@ def read_regions(arr: zarr.Array, regions: Sequence[Region]) -> list[np.ndarray]
     list of numpy.ndarray
         One per region, in order.
     """
-    if len(regions) < 2 or _sync is None:
+    if len(regions) < 2:
         return [np.asarray(arr[r]) for r in regions]
     aa = _async(arr)
-    got = _sync(_gather([aa.getitem(r) for r in regions]))
+    got = sync(_gather([aa.getitem(r) for r in regions]))
     return [to_numpy(g) for g in got]
 
 
@@ -178,12 +179,12 @@ def write_regions(arr: zarr.Array, regions: Sequence[Region], values: Sequence[A
     if len(keys) < len(regions):
         raise ValueError("write_regions: a region given twice")
     values = [np.asarray(v) for v in values]
-    if len(regions) < 2 or _sync is None:
+    if len(regions) < 2:
         for r, v in zip(regions, values, strict=True):
             arr[r] = v
         return
     aa = _async(arr)
-    _sync(_gather([aa.setitem(r, v) for r, v in zip(regions, values, strict=True)]))
+    sync(_gather([aa.setitem(r, v) for r, v in zip(regions, values, strict=True)]))
 
 
 def _async(arr: zarr.Array):
@@ -208,12 +209,6 @@ async def _gather(coroutines):
         if isinstance(r, BaseException):
             raise r
     return results
-
-
-try:  # Zarr's own loop (where its stores' async clients live); not public API
-    from zarr.core.sync import sync as _sync
-except ImportError:  # pragma: no cover - another Zarr layout: one region at a time
-    _sync = None
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 from zarr.storage import WrapperStore
+
+from .zarr_loop import sync
 
 __all__ = ["MetadataLast"]
 

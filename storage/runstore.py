@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync as zsync
 
 from . import checkpoint as _ckpt
 from .chunks import ArrayRef
@@ -33,6 +32,7 @@ from .lease import Lease, LeaseLost
 from .metadata_last import MetadataLast
 from .provenance import collect_provenance, jsonable, utc_now
 from .urls import filesystem, is_local, join, normalize_url, open_store
+from .zarr_loop import sync
 
 if TYPE_CHECKING:
     import xarray
@@ -639,7 +639,7 @@ class RunStore:
                     "(the dataset appears only once it is written)"
                 )
             key = f"{name}/zarr.json"
-            zsync(self._store.delete(key))
+            sync(self._store.delete(key))
             store = MetadataLast(self._store, key)
             ds.to_zarr(store, group=name, **kwargs)
             store.release()
@@ -686,7 +686,7 @@ class RunStore:
         except KeyError:
             node = None
         if not isinstance(node, zarr.Group):
-            if node is None and name and zsync(_has_keys_under(self._store, name + "/")):
+            if node is None and name and sync(_has_keys_under(self._store, name + "/")):
                 raise DatasetIncomplete(
                     f"run {self._run_id}: dataset {name!r} was not completely written (its "
                     "write was stopped); resume the run (--resume) to write it again"

@@ -1,0 +1,13 @@
+"""Zarr's own event loop, for calling its asynchronous store API from synchronous code.
+
+Zarr's stores keep their asynchronous clients (an object store's connections) on the
+event loop Zarr runs in a thread of its own, so their coroutines must run there.
+``zarr.core.sync.sync`` does that; it is not public API, and this module is the one
+place that imports it (``pyproject.toml`` pins the Zarr versions that have it).
+"""
+
+from __future__ import annotations
+
+from zarr.core.sync import sync
+
+__all__ = ["sync"]
