@@ -75,7 +75,7 @@ next)  # 2026-12-07: the rows issues 17, 19 and 21 still lack, most wanted first
         --set direct_reference=false
     # 19: torch networks on the GPU (DLPack, a diffusers directory with device=cuda)
     TAIL=30 step pytest-torch-gpu 100 python3 -m pytest -m gpu tests/test_gpu.py \
-        -k "torch or diffusers" -p no:cacheprovider -o addopts= -q -rA --timeout 85
+        -k "torch or diffusers or latents" -p no:cacheprovider -o addopts= -q -rA --timeout 85
     # 19: a diffusers UNet on the GPU: sequential, diffusers' ParaDiGMS loop, tilegraph's
     # samplers in one process, then the pipeline on local-cuda (window and batch)
     TAIL=30 step picard-diffusers-gpu 130 python3 benchmarks/picard.py --skip-counts \

@@ -168,3 +168,23 @@ def test_a_diffusers_directory_on_the_gpu_matches_the_cpu(tmp_path):
         abs(got["cuda"]["max_abs_diff_vs_sequential"] - got["cpu"]["max_abs_diff_vs_sequential"])
         < 1e-3
     )
+
+
+def test_latents_decoded_on_the_gpu_match_the_cpu():
+    """A latent-diffusion directory's autoencoder on the GPU: CuPy latents in, CuPy
+    images out (through DLPack), as the CPU decodes them."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    cupy = pytest.importorskip("cupy")
+    from tilegraph.tasks.picard.torch_models import LatentDecoder
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+    )  # fmt: skip
+    z = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    cpu = LatentDecoder(vae, 0.18215)(z)
+    got = LatentDecoder(vae, 0.18215, device="cuda")(cupy.asarray(z))
+    assert isinstance(got, cupy.ndarray) and got.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(cupy.asnumpy(got), cpu, atol=1e-4)

@@ -522,3 +522,161 @@ def test_a_directory_loads_in_the_requested_dtype_and_is_used_as_it_is(ddim_dir)
     x = np.random.default_rng(0).standard_normal((2, *SHAPE)).astype(np.float32)
     out = model.eps(x, np.array([10, 500]))
     assert out.dtype == np.float32 and out.shape == x.shape and np.all(np.isfinite(out))
+
+
+def tiny_autoencoder(cls, latent_channels, seed):
+    """A two-block autoencoder (its decoder upsamples 8x8 latents to 16x16 RGB)."""
+    torch.manual_seed(seed)
+    kw = {"num_vq_embeddings": 16} if cls is diffusers.VQModel else {}
+    return cls(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+        latent_channels=latent_channels, norm_num_groups=4, sample_size=16, **kw,
+    )  # fmt: skip
+
+
+def latent_unet(channels):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=channels, out_channels=channels, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def latent_dirs(tmp_path_factory):
+    """Latent-diffusion directories: LDM's own (``LDMPipeline``: a ``VQModel`` in
+    ``vqvae/``, 2 latent channels) and a DDIM pipeline with an ``AutoencoderKL`` in
+    ``vae/`` (4 latent channels, as Stable Diffusion's), listed in model_index.json."""
+    import json
+
+    root = tmp_path_factory.mktemp("latent")
+    sched = diffusers.DDIMScheduler(prediction_type="v_prediction")
+    vq = tiny_autoencoder(diffusers.VQModel, 2, seed=1)
+    diffusers.LDMPipeline(vqvae=vq, unet=latent_unet(2), scheduler=sched).save_pretrained(
+        str(root / "vqvae")
+    )
+    kl = root / "vae"
+    diffusers.DDIMPipeline(unet=latent_unet(4), scheduler=sched).save_pretrained(str(kl))
+    tiny_autoencoder(diffusers.AutoencoderKL, 4, seed=2).save_pretrained(str(kl / "vae"))
+    index = json.loads((kl / "model_index.json").read_text())
+    (kl / "model_index.json").write_text(
+        json.dumps({**index, "vae": ["diffusers", "AutoencoderKL"]})
+    )
+    return {"vqvae": root / "vqvae", "vae": root / "vae"}
+
+
+def _decoded(directory, sub, latents):
+    """diffusers' own decode, as its LDM and Stable Diffusion pipelines post-process."""
+    cls = diffusers.VQModel if sub == "vqvae" else diffusers.AutoencoderKL
+    ae = cls.from_pretrained(str(directory), subfolder=sub)
+    with torch.inference_mode():
+        z = torch.from_numpy(np.asarray(latents, dtype=np.float32)) / ae.config.scaling_factor
+        return (ae.decode(z).sample / 2 + 0.5).clamp(0, 1).numpy()
+
+
+@pytest.mark.parametrize(
+    "sub, cluster, parallel", [("vqvae", "sync", "window"), ("vae", "local:2", "batch")]
+)
+def test_a_latent_diffusion_directory_is_decoded_as_diffusers_decodes(
+    tmp_path, latent_dirs, sub, cluster, parallel
+):
+    """The samples of a latent-diffusion directory are latents; the run decodes them (and
+    the sequential ones) with the directory's autoencoder, on the replicas, into images
+    in [0, 1] that are diffusers' decode of the stored latents; summary.png shows them."""
+    n = 4
+    run = tilegraph(
+        "run", "picard", "--set", "model=diffusers", "--set",
+        f"diffusers.path={latent_dirs[sub]}", "--set", "sampler=ddim", "--set", "steps=10",
+        "--set", "window=4", "--set", f"n_samples={n}", "--set", "batch_size=2", "--set",
+        f"parallel={parallel}", "--cluster", cluster, "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "Casting directly" not in run.stderr, run.stderr  # loaded in its dtype
+    out = last_json(run.stdout)
+    res = xr.open_zarr(out["path"] + "/result", consolidated=False).load()
+    channels = 2 if sub == "vqvae" else 4
+    assert res.samples.shape == (n, channels, 8, 8)
+    assert res.image.dims == ("sample", "image_channel", "image_row", "image_col")
+    assert res.image.shape == (n, 3, 16, 16) and res.sequential_image.shape == (n, 3, 16, 16)
+    img = res.image.values
+    assert 0 <= img.min() and img.max() <= 1 and img.std() > 0.01  # not a constant image
+    np.testing.assert_allclose(img, _decoded(latent_dirs[sub], sub, res.samples), atol=1e-6)
+    np.testing.assert_allclose(
+        res.sequential_image.values, _decoded(latent_dirs[sub], sub, res.sequential), atol=1e-6
+    )
+    assert (tmp_path / "picard" / out["run_id"] / "summary.png").stat().st_size > 0
+
+
+def test_decode_false_keeps_the_latents_only(tmp_path, latent_dirs):
+    from helpers import run_cli
+
+    rc, stdout, err = run_cli(
+        "run", "picard", "--set", "model=diffusers", "--set",
+        f"diffusers.path={latent_dirs['vae']}", "--set", "diffusers.decode=false",
+        "--set", "steps=5", "--set", "window=5", "--set", "n_samples=2", "--set",
+        "batch_size=2", "--cluster", "sync", "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    res = xr.open_zarr(last_json(stdout)["path"] + "/result", consolidated=False)
+    assert "samples" in res and "image" not in res and "sequential_image" not in res
+
+
+def _edit_json(path, **changes):
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize(
+    "case, field, needle",
+    [
+        ("pixels", "diffusers.decode", "lists no autoencoder (vae or vqvae)"),
+        ("tiny-vae", "diffusers.decode", "holds a AutoencoderTiny; tilegraph decodes with"),
+        ("channels", "diffusers.path", "vae/config.json decodes latents of 3 channels, but"),
+        ("no-weights", "diffusers.path", "/vae has no weights file"),
+        ("not-built", "diffusers.path", "vae/config.json does not build a AutoencoderKL"),
+    ],
+)
+def test_a_bad_autoencoder_exits_2_before_anything_is_written(
+    tmp_path, ddim_dir, latent_dirs, case, field, needle
+):
+    import shutil
+
+    from helpers import run_cli
+
+    d = tmp_path / "dir"
+    shutil.copytree(ddim_dir if case == "pixels" else latent_dirs["vae"], d)
+    sets = ["model=diffusers", f"diffusers.path={d}"]
+    if case == "pixels":
+        sets.append("diffusers.decode=true")
+    elif case == "tiny-vae":
+        _edit_json(d / "model_index.json", vae=["diffusers", "AutoencoderTiny"])
+    elif case == "channels":
+        _edit_json(d / "vae" / "config.json", latent_channels=3)
+    elif case == "no-weights":
+        (d / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    else:  # 16 channels in groups of 5
+        _edit_json(d / "vae" / "config.json", norm_num_groups=5)
+    args = [a for s in sets for a in ("--set", s)]
+    rc, _, err = run_cli("run", "picard", *args, "--store", str(tmp_path / "runs"))
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert field in lines[0] and needle in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_float16_vae_decodes_in_float32_as_diffusers_upcasts(latent_dirs):
+    """AutoencoderKL's force_upcast (on by default): with diffusers.dtype=float16 the
+    network runs in float16 and the VAE decodes in float32, as diffusers' pipelines do."""
+    from tilegraph.pipelines.picard.config import PicardConfig
+    from tilegraph.pipelines.picard.model_spec import _decoder_spec
+
+    for sub, want in (("vae", "float32"), ("vqvae", "float16")):
+        cfg = PicardConfig(
+            model="diffusers", diffusers={"path": str(latent_dirs[sub]), "dtype": "float16"}
+        )
+        spec = _decoder_spec(cfg, (4, 8, 8))
+        assert spec["dtype"] == want and spec["subfolder"] == sub
+        assert spec["image_shape"] == (3, 16, 16)

@@ -72,6 +72,7 @@ def sample_batch(
     progress: Callable | None = None,
     checkpoint: Callable | None = None,
     state: dict | None = None,
+    decode: Callable | None = None,
 ) -> int:
     """Sample batch ``i`` and write its chunks; return its Picard iterations.
 
@@ -95,6 +96,10 @@ def sample_batch(
         checkpoint is due (the time it takes is not counted in ``wall_s``).
     state : dict, optional
         A state saved by ``checkpoint`` for this batch: continue from it.
+    decode : callable, optional
+        ``decode(latents) -> images``: the samples (and the sequential ones) decoded into
+        ``result/image`` (``result/sequential_image``) before the batch counts as done
+        (not counted in ``wall_s``).
     """
     T, bs = len(steps), cfg.batch_size
     lo, hi = i * bs, min((i + 1) * bs, cfg.n_samples)
@@ -130,6 +135,9 @@ def sample_batch(
     wall = time.perf_counter() - t0 - ckpt_s[0]  # sampling time, without checkpoints
     region = (slice(lo, hi),) + (slice(None),) * len(sample_shape)
     arrays["result/samples"].write(region, res.x)
+    images = (slice(lo, hi),) + (slice(None),) * 3
+    if decode is not None:
+        arrays["result/image"].write(images, decode(res.x))
     if "result/label" in arrays:
         arrays["result/label"].write((slice(lo, hi),), cfg.batch_labels(i))
     seq_wall = diff = np.nan
@@ -137,6 +145,8 @@ def sample_batch(
         xs, seq_wall = run_sequential(steps, x_T, z)
         diff = float(np.max(np.abs(res.x - xs)))
         arrays["result/sequential"].write(region, xs)
+        if decode is not None:
+            arrays["result/sequential_image"].write(images, decode(xs))
     rows = np.full((T, len(HISTORY_COLUMNS)), np.nan)
     rows[: res.iterations] = res.history
     one = (slice(i, i + 1),)

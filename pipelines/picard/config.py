@@ -100,6 +100,11 @@ class DiffusersConfig(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16", "float64"] = Field(
         default="float32", description="precision the network evaluates in"
     )
+    decode: bool | None = Field(
+        default=None,
+        description="decode the samples (latents) with the directory's autoencoder (vae/ "
+        "AutoencoderKL or vqvae/ VQModel) into result/image; unset: where it has one",
+    )
 
 
 #: Schedule fields a diffusers directory's scheduler_config.json decides.
@@ -301,6 +306,7 @@ class PicardConfig(PipelineConfig):
                 f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
                 f"{' and '.join(NETWORKS)} pipelines"
             )
+        self._check_decoder(unet)
         classes = unet.get("num_class_embeds")
         if unet.get("_class_name") == "UNet2DConditionModel" or self.conditioning is not None:
             classes = self._check_conditioning(unet)
@@ -355,6 +361,56 @@ class PicardConfig(PipelineConfig):
                 f"({', '.join(f'{k}={found[k]!r}' for k in clash)}); do not set it"
             )
         self.__dict__.update(found)
+
+    def _check_decoder(self, unet: dict) -> None:
+        """The autoencoder that decodes the samples, where there is one to use: a class
+        tilegraph decodes with, whose latents are the network's samples."""
+        from .diffusers_dir import (
+            AUTOENCODERS,
+            autoencoder,
+            latent_channels,
+            read_autoencoder,
+            sample_shape,
+        )
+
+        path, decode = self.diffusers.path, self.diffusers.decode
+        found = autoencoder(path)
+        if found is None:
+            if decode:
+                raise ValueError(
+                    f"diffusers.decode: {path}/model_index.json lists no autoencoder "
+                    f"({' or '.join(AUTOENCODERS)}); its samples are images already"
+                )
+            return
+        if decode is False:
+            return
+        sub, cls = found
+        if cls not in AUTOENCODERS.values():
+            raise ValueError(
+                f"diffusers.decode: {path}/{sub} holds a {cls}; tilegraph decodes with "
+                f"{' or '.join(AUTOENCODERS.values())} (diffusers.decode=false keeps the "
+                "latents)"
+            )
+        try:
+            ae = read_autoencoder(path, sub)
+            got, want = latent_channels(ae), sample_shape(unet)[0]
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"diffusers.path: {err}") from None
+        if got != want:
+            raise ValueError(
+                f"diffusers.path: {sub}/config.json decodes latents of {got} channels, but "
+                f"the network's samples have {want} (unet/config.json in_channels)"
+            )
+
+    def decoder(self) -> tuple[str, str] | None:
+        """model=diffusers: ``(subfolder, class name)`` of the autoencoder that decodes
+        the samples into ``result/image``, or None (none there, or ``diffusers.decode``
+        is false)."""
+        if self.model != "diffusers" or self.diffusers.decode is False:
+            return None
+        from .diffusers_dir import autoencoder
+
+        return autoencoder(self.diffusers.path)
 
     def _scheduler_value(self, sc: dict, key: str, default, field: str):
         """``sc[key]`` (or ``default``) validated as config field ``field`` takes it;

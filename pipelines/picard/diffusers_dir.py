@@ -20,6 +20,10 @@ FILES = {
 #: The networks tilegraph samples.
 NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
 
+#: The autoencoders that decode a latent-diffusion pipeline's samples: ``{subfolder:
+#: class}`` as ``model_index.json`` lists them (Stable Diffusion's ``vae``, LDM's ``vqvae``).
+AUTOENCODERS = {"vae": "AutoencoderKL", "vqvae": "VQModel"}
+
 #: The weights files diffusers' ``from_pretrained`` reads (no ``variant``), in its order
 #: of preference: one file, or the index of a sharded checkpoint.
 WEIGHTS = (
@@ -87,11 +91,61 @@ def sample_shape(unet: dict) -> tuple[int, ...]:
     return (int(channels), *(int(n) for n in hw * (3 - len(hw))))
 
 
+def autoencoder(url: str) -> tuple[str, str] | None:
+    """``(subfolder, class name)`` of the autoencoder the directory's ``model_index.json``
+    lists (a ``vae`` or ``vqvae`` component), or None for a pixel-space pipeline."""
+    index = read_pipeline_dir(url)["index"]
+    for sub in AUTOENCODERS:
+        entry = index.get(sub)
+        if isinstance(entry, list) and len(entry) == 2 and entry[1]:
+            return sub, str(entry[1])
+    return None
+
+
+@lru_cache(maxsize=16)
+def read_autoencoder(url: str, subfolder: str) -> dict:
+    """The autoencoder's ``<subfolder>/config.json`` (read once per process and URL).
+
+    Raises
+    ------
+    ValueError
+        Naming the file when it is missing or not a JSON object.
+    """
+    name = f"{subfolder}/config.json"
+    try:
+        out = json.loads(read_text(url, name))
+    except FileNotFoundError:
+        raise ValueError(f"{url}/{name} not found (model_index.json lists {subfolder})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{url}/{name} is not JSON: {err}") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"{url}/{name} holds a JSON {type(out).__name__}, not an object")
+    return out
+
+
+def latent_channels(ae: dict) -> int:
+    """Channels of the latents an autoencoder config decodes (a ``VQModel`` quantizes
+    ``vq_embed_dim`` of them, by default ``latent_channels``)."""
+    if ae.get("_class_name") == "VQModel":
+        return int(ae.get("vq_embed_dim") or ae.get("latent_channels", 3))
+    return int(ae.get("latent_channels", 4))
+
+
+def image_shape(ae: dict, latent: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of the images an autoencoder config decodes from
+    latents of shape ``latent`` ``(C, h, w)``: its decoder upsamples by 2 in every up
+    block but the last."""
+    blocks = ae.get("block_out_channels", [64])
+    n = len(blocks) if isinstance(blocks, list) and blocks else 1
+    factor = 2 ** (n - 1)
+    return int(ae.get("out_channels", 3)), latent[1] * factor, latent[2] * factor
+
+
 def _positive_int(n) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n > 0
 
 
-def check_network(url: str) -> None:
+def check_network(url: str, decoder: str | None = None) -> None:
     """Check the network of the pipeline directory at ``url`` without loading it.
 
     * ``unet/config.json`` gives a sample shape of positive integers and, where torch
@@ -102,7 +156,9 @@ def check_network(url: str) -> None:
     * a weights file ``from_pretrained`` reads is there (:data:`WEIGHTS`); a
       ``.safetensors`` file's header is read (not its tensors) and must describe exactly
       the bytes that follow it, with the shapes of the network built above;
-    * the network predicts as many channels as it is given (``out_channels``).
+    * the network predicts as many channels as it is given (``out_channels``);
+    * with ``decoder`` (the autoencoder's subfolder, ``vae`` or ``vqvae``), the same for
+      the autoencoder: its config builds and its weights file is there and fits it.
 
     The weights themselves are not loaded: a Stable Diffusion UNet is 3.4 GB that the
     driver would read and hold for a check, where every worker loads it anyway.
@@ -113,6 +169,7 @@ def check_network(url: str) -> None:
         One line naming the file and what is wrong.
     """
     unet = read_pipeline_dir(url)["unet"]
+    ae = None if decoder is None else read_autoencoder(url, decoder)
     try:
         channels = sample_shape(unet)[0]
         out = unet.get("out_channels", channels)
@@ -122,23 +179,30 @@ def check_network(url: str) -> None:
                 "(tilegraph needs a network that predicts the noise, epsilon, v or x0, of "
                 "its input; a learned-variance network is not supported)"
             )
-        shapes = _network_shapes(unet)
+        parts = [("unet", _network_shapes(unet))]
+        if decoder is not None:
+            parts.append((decoder, _network_shapes(ae, decoder)))
     except ValueError as exc:
         raise ValueError(f"{url}/{exc}") from None
     fs, root = _fs(url)
-    base = f"{root.rstrip('/')}/unet"
+    for sub, shapes in parts:
+        _check_weights(fs, f"{root.rstrip('/')}/{sub}", url, sub, shapes)
+
+
+def _check_weights(fs, base: str, url: str, sub: str, shapes: dict | None) -> None:
+    """A weights file of component ``sub`` is there and fits the network's ``shapes``."""
     found = next((name for name in WEIGHTS if fs.isfile(f"{base}/{name}")), None)
     if found is None:
         raise ValueError(
-            f"{url}/unet has no weights file ({' or '.join(WEIGHTS[::2])}): "
+            f"{url}/{sub} has no weights file ({' or '.join(WEIGHTS[::2])}): "
             "save the pipeline with save_pretrained"
         )
     if found.endswith(".index.json"):
-        _check_shards(fs, base, found, url)
+        _check_shards(fs, base, found, f"{url}/{sub}")
     elif found.endswith(".safetensors"):
-        _check_safetensors(fs, f"{base}/{found}", f"{url}/unet/{found}", shapes)
+        _check_safetensors(fs, f"{base}/{found}", f"{url}/{sub}/{found}", shapes, sub)
     elif fs.size(f"{base}/{found}") == 0:
-        raise ValueError(f"{url}/unet/{found} is empty")
+        raise ValueError(f"{url}/{sub}/{found} is empty")
 
 
 def _fs(url: str):
@@ -147,8 +211,8 @@ def _fs(url: str):
     return fsspec.core.url_to_fs(str(url))
 
 
-def _network_shapes(unet: dict) -> dict[str, tuple[int, ...]] | None:
-    """``{parameter name: shape}`` of the network ``unet/config.json`` describes, built
+def _network_shapes(unet: dict, sub: str = "unet") -> dict[str, tuple[int, ...]] | None:
+    """``{parameter name: shape}`` of the network ``<sub>/config.json`` describes, built
     on the meta device; None where torch or diffusers is not installed here (the
     workers check it when they load it).
 
@@ -165,7 +229,11 @@ def _network_shapes(unet: dict) -> dict[str, tuple[int, ...]] | None:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    cls = getattr(diffusers, unet["_class_name"])
+    cls = getattr(diffusers, str(unet.get("_class_name")), None)
+    if cls is None:
+        raise ValueError(
+            f"{sub}/config.json names {unet.get('_class_name')!r}, not a diffusers class"
+        )
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # unused keys in the config are not news here
     try:
@@ -175,7 +243,7 @@ def _network_shapes(unet: dict) -> dict[str, tuple[int, ...]] | None:
     except Exception as exc:  # diffusers' checks raise ValueError, others TypeError ...
         msg = " ".join(str(exc).split())[:300]
         raise ValueError(
-            f"unet/config.json does not build a {unet['_class_name']} "
+            f"{sub}/config.json does not build a {unet['_class_name']} "
             f"({type(exc).__name__}: {msg})"
         ) from None
     finally:
@@ -183,7 +251,7 @@ def _network_shapes(unet: dict) -> dict[str, tuple[int, ...]] | None:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def _check_safetensors(fs, path: str, shown: str, shapes: dict | None) -> None:
+def _check_safetensors(fs, path: str, shown: str, shapes: dict | None, sub: str = "unet") -> None:
     """The header of a ``.safetensors`` file: an 8-byte length, a JSON object of
     ``{name: {dtype, shape, data_offsets}}`` whose tensors fill the rest of the file."""
     size = fs.size(path)
@@ -214,7 +282,7 @@ def _check_safetensors(fs, path: str, shown: str, shapes: dict | None) -> None:
             raise ValueError(f"{shown}: the header's entry {name!r} is malformed")
         if shapes is not None and name in shapes and shapes[name] != shape:
             raise ValueError(
-                f"{shown}: {name} has shape {shape}, but unet/config.json builds "
+                f"{shown}: {name} has shape {shape}, but {sub}/config.json builds "
                 f"{shapes[name]} (weights of another network?)"
             )
         end = max(end, hi)
@@ -225,13 +293,14 @@ def _check_safetensors(fs, path: str, shown: str, shapes: dict | None) -> None:
         )
 
 
-def _check_shards(fs, base: str, index: str, url: str) -> None:
-    """A sharded checkpoint's index names files that are there."""
+def _check_shards(fs, base: str, index: str, shown: str) -> None:
+    """A sharded checkpoint's index names files that are there (``shown``: the
+    component's folder as errors name it)."""
     try:
         weight_map = json.loads(fs.cat_file(f"{base}/{index}"))["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-        raise ValueError(f"{url}/unet/{index} is not a checkpoint index (weight_map)") from None
+        raise ValueError(f"{shown}/{index} is not a checkpoint index (weight_map)") from None
     missing = [s for s in shards if not fs.isfile(f"{base}/{s}")]
     if missing:
-        raise ValueError(f"{url}/unet/{index} names missing shards: {', '.join(missing[:3])}")
+        raise ValueError(f"{shown}/{index} names missing shards: {', '.join(missing[:3])}")

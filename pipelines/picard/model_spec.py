@@ -126,6 +126,31 @@ def _unet_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
     return _unet_refs(attrs, store, abar, dtype), {**info, "train_loss": losses[-1]}
 
 
+def _decoder_spec(cfg: PicardConfig, latent: tuple[int, ...]) -> dict | None:
+    """model=diffusers: the autoencoder that decodes the samples, for the replicas (None:
+    the samples are the images)."""
+    found = cfg.decoder()
+    if found is None:
+        return None
+    from .diffusers_dir import image_shape, read_autoencoder
+
+    sub, cls = found
+    ae = read_autoencoder(cfg.diffusers.path, sub)
+    dtype = cfg.diffusers.dtype
+    # as diffusers' pipelines do: a VAE that overflows in float16 decodes in float32
+    if dtype == "float16" and ae.get("force_upcast", cls == "AutoencoderKL"):
+        dtype = "float32"
+    shift = ae.get("shift_factor")
+    return {
+        "subfolder": sub,
+        "class_name": cls,
+        "scaling_factor": float(ae.get("scaling_factor", 0.18215)),
+        "shift_factor": None if shift is None else float(shift),
+        "dtype": dtype,
+        "image_shape": image_shape(ae, latent),
+    }
+
+
 def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
     """``(spec, info)``: the replicas' model spec and facts for the metrics.
 
@@ -163,6 +188,7 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
             "sample_shape": sample_shape(unet),
             "prediction_type": cfg.scheduler_config().get("prediction_type", "epsilon"),
             "dtype": cfg.diffusers.dtype,
+            "decoder": _decoder_spec(cfg, sample_shape(unet)),
         }
         return spec, {"sample_shape": list(spec["sample_shape"])}
     if cfg.model == "custom":

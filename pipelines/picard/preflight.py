@@ -14,7 +14,7 @@ from .config import PicardConfig
 _CHECKED: dict[tuple, tuple[int, ...]] = {}
 
 #: diffusers directories already checked in this process.
-_CHECKED_DIRS: set[str] = set()
+_CHECKED_DIRS: set[tuple] = set()
 
 
 def preflight(cfg: PicardConfig) -> None:
@@ -27,7 +27,8 @@ def preflight(cfg: PicardConfig) -> None:
       the trained network of that model, trained with this ``train_steps``
       (:func:`check_weights_from`).
     * ``diffusers``: the network's weights file must be there and sound, and its
-      ``unet/config.json`` must build
+      ``unet/config.json`` must build; the same for the autoencoder that decodes the
+      samples, where there is one
       (:func:`~tilegraph.pipelines.picard.diffusers_dir.check_network`).
     """
     if cfg.model == "custom":
@@ -35,14 +36,18 @@ def preflight(cfg: PicardConfig) -> None:
         _check_sample_size(cfg, shape)
     elif cfg.model in ("digits", "digits-unet"):
         check_weights_from(cfg)
-    elif cfg.model == "diffusers" and cfg.diffusers.path not in _CHECKED_DIRS:
+    elif cfg.model == "diffusers":
+        decoder = cfg.decoder()
+        key = (cfg.diffusers.path, decoder and decoder[0])
+        if key in _CHECKED_DIRS:
+            return
         from .diffusers_dir import check_network
 
         try:
-            check_network(cfg.diffusers.path)
+            check_network(cfg.diffusers.path, decoder and decoder[0])
         except ValueError as exc:
             raise ConfigError(f"config field 'diffusers.path': {exc}") from None
-        _CHECKED_DIRS.add(cfg.diffusers.path)
+        _CHECKED_DIRS.add(key)
 
 
 def _check_sample_size(cfg: PicardConfig, shape: tuple[int, ...]) -> None:

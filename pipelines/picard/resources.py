@@ -17,7 +17,8 @@ One batch of ``n = batch_size`` samples of ``D`` values each (``gmm.dim``; 64 fo
 With ``parallel=window`` the driver runs the batches one after another and the workers
 only evaluate pieces of a window (``window / eval_parts`` steps of ``n`` rows each);
 with ``parallel=batch`` each worker runs whole batches and the driver holds only the
-results. The store holds the samples (and the sequential ones), per-batch numbers,
+results. The store holds the samples (and the sequential ones; with a latent-diffusion
+directory's autoencoder also both decoded into images), per-batch numbers,
 ``5 x batches x T`` history values and, with ``checkpoint_s`` set, up to two mid-batch
 checkpoints (the buffer; deleted at the end of the run). ``model=custom``: ``D`` is the
 size of the model's own ``sample_shape`` (the preflight builds the model once on the
@@ -81,6 +82,17 @@ def _sample_size(cfg) -> int:
     return DIGITS_D if cfg.model in ("digits", "digits-unet") else cfg.gmm.dim
 
 
+def _image_size(cfg) -> int:
+    """Values of one decoded image (a latent-diffusion directory's autoencoder), or 0."""
+    decoder = cfg.decoder()
+    if decoder is None:
+        return 0
+    from .diffusers_dir import image_shape, read_autoencoder, read_pipeline_dir, sample_shape
+
+    latent = sample_shape(read_pipeline_dir(cfg.diffusers.path)["unet"])
+    return math.prod(image_shape(read_autoencoder(cfg.diffusers.path, decoder[0]), latent))
+
+
 def _batch_bytes(cfg, D: int, e: int) -> int:
     """Peak of one batch's sampling where it runs (driver in window mode)."""
     n, T, p = cfg.batch_size, cfg.steps, cfg.window
@@ -115,6 +127,8 @@ def estimate(cfg, workers: int) -> Estimate:
         (``steps``, ``window``, ``anderson_memory``) or ``dtype=float32``.
     """
     D = _sample_size(cfg)
+    img = _image_size(cfg)  # decoded images: a batch's latents and images where decoded
+    copies = 2 if cfg.compare_sequential else 1
     e = 4 if cfg.dtype == "float32" else F8
     n, T, p = cfg.batch_size, cfg.steps, cfg.window
     replicas = max(1, int(workers))
@@ -125,7 +139,7 @@ def estimate(cfg, workers: int) -> Estimate:
 
     # results on the driver: the samples read back, the figure's reference draw and the
     # mixture's covariance and eigenvectors (gmm), the per-batch numbers
-    plot = F8 * cfg.n_samples * D
+    plot = F8 * cfg.n_samples * (D + copies * img)
     if cfg.model == "gmm":
         plot += F8 * (4 * D * D + 2 * max(2000, cfg.n_samples) * D)
     spec = params  # the model's parameters in the spec (the replicas' copies apart)
@@ -142,10 +156,11 @@ def estimate(cfg, workers: int) -> Estimate:
         # a replica runs whole batches, one at a time, the model calls inside them
         worker = params + acts + batch
     worker = max(worker, train)  # the digits network is trained as one task
+    worker += F8 * n * (D + img)  # a batch decoded (the first replica, or its own)
 
     # -- the store -----------------------------------------------------------------
     nb = cfg.n_batches
-    samples = F8 * nb * n * D * (2 if cfg.compare_sequential else 1)  # whole chunks
+    samples = F8 * nb * n * (D + img) * copies  # whole chunks
     history = F8 * 5 * nb * T + F8 * 5 * nb
     checkpoints = 0
     if cfg.checkpoint_s is not None and cfg.parallel == "window":

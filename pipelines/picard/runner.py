@@ -82,14 +82,27 @@ def _layout(cfg: PicardConfig, info: dict):
     return (cfg.gmm.dim,), ("feature",)
 
 
-def _arrays(store, cfg: PicardConfig, sample_shape, dims) -> dict:
-    """The run's result arrays (as a resumed run left them, or new)."""
+def _arrays(store, cfg: PicardConfig, sample_shape, dims, image_shape=None) -> dict:
+    """The run's result arrays (as a resumed run left them, or new); ``image_shape``:
+    ``(C, H, W)`` of the decoded images of a latent-diffusion directory."""
     nb, bs, T = cfg.n_batches, cfg.batch_size, cfg.steps
     shape = (cfg.n_samples, *sample_shape)
     chunks = (bs, *sample_shape)
     specs = {
         "result/samples": (shape, chunks, "float64", ("sample", *dims), np.nan, "Picard samples"),
     }
+    if image_shape is not None:
+        names = ["image"] + (["sequential_image"] if cfg.compare_sequential else [])
+        for name in names:
+            whose = "Picard" if name == "image" else "sequential sampler's"
+            specs[f"result/{name}"] = (
+                (cfg.n_samples, *image_shape),
+                (bs, *image_shape),
+                "float64",
+                ("sample", "image_channel", "image_row", "image_col"),
+                np.nan,
+                f"{whose} samples decoded by the pipeline's autoencoder, in [0, 1]",
+            )
     if cfg.class_labels is not None:
         specs["result/label"] = ((cfg.n_samples,), (bs,), "int64", ("sample",), -1, "class")
     if cfg.compare_sequential:
@@ -138,7 +151,8 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims) -> dict:
 
 def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     """Sample ``n_samples`` by Picard iteration; write ``result`` (samples, the sequential
-    samples, per-batch counts), ``history`` (per-iteration convergence) and
+    samples, with a latent-diffusion directory both decoded into images, per-batch
+    counts), ``history`` (per-iteration convergence) and
     ``summary.png`` into ``ctx.store``.
 
     Returns
@@ -153,7 +167,8 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     abar, steps = cfg.sampler_steps()
     spec, info = model_spec(cfg, abar, ctx)
     sample_shape, dims = _layout(cfg, info)
-    arr = _arrays(store, cfg, sample_shape, dims)
+    decoder = spec.get("decoder")
+    arr = _arrays(store, cfg, sample_shape, dims, decoder and tuple(decoder["image_shape"]))
 
     gpus = 1 if cfg.device == "cuda" else 0
     n_act = slots(ex, cfg.device)
@@ -195,6 +210,9 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
                 def run_sequential(steps, x_T, z, labels=labels):
                     return ex.gather(actors[0].sequential(steps, x_T, z, labels))
 
+                def decode(x):
+                    return ex.gather(actors[0].decode(x))
+
                 sample_batch(
                     i,
                     cfg,
@@ -206,6 +224,7 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
                     show,
                     checkpoint=None if cfg.checkpoint_s is None else checkpoint,
                     state=state,
+                    decode=decode if decoder else None,
                 )
                 bar.update(1)
 

@@ -185,6 +185,30 @@ class ModelReplica:
         self._xp = array_module(device)
         kind = {"mlp": "digits"}.get(spec["kind"], spec["kind"])
         self.label = model_label(kind, spec.get("target"), spec.get("path"))
+        self._decoder_spec = (spec.get("path"), spec.get("decoder"))
+        self._decoder = None  # loaded at the first decode
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Latents ``z`` (n, C, h, w) decoded by the pipeline directory's autoencoder
+        into images (n, C_img, H, W) in [0, 1] (float64, on the host). The autoencoder
+        is loaded at the first call and kept."""
+        path, dec = self._decoder_spec
+        if dec is None:
+            raise ValueError(f"{self.label} has no autoencoder to decode with")
+        if self._decoder is None:
+            from tilegraph.storage.files import local_copy
+            from tilegraph.tasks.picard.torch_models import LatentDecoder, load_autoencoder
+
+            net = load_autoencoder(
+                local_copy(path), dec["subfolder"], dec["class_name"], dec["dtype"]
+            )
+            self._decoder = LatentDecoder(
+                net, dec["scaling_factor"], dec["shift_factor"], dec["dtype"], self.device
+            )
+        xp = self._xp
+        with deterministic_blas():
+            out = self._decoder(xp.asarray(_local(z)))
+        return np.asarray(to_host(out), dtype=np.float64)
 
     def _eps(self, x, t, labels=None):
         if labels is None:
@@ -220,7 +244,10 @@ class ModelReplica:
         def run_sequential(steps, x_T, z):
             return self.sequential(steps, x_T, z, labels)
 
-        return sample_batch(i, cfg, steps, sample_shape, eps_fn, run_sequential, arrays)
+        decode = self.decode if self._decoder_spec[1] is not None else None
+        return sample_batch(
+            i, cfg, steps, sample_shape, eps_fn, run_sequential, arrays, decode=decode
+        )
 
     def sequential(self, steps, x_T: np.ndarray, z: np.ndarray, labels=None) -> tuple:
         """The sequential sampler on this worker: ``(samples, wall seconds)``; ``labels``

@@ -214,3 +214,73 @@ def load_unet(path: str, class_name: str, dtype: str | None = None):
     # without accelerate, diffusers' default (True) only warns and falls back to False
     lean = importlib.util.find_spec("accelerate") is not None
     return cls.from_pretrained(str(path), subfolder="unet", low_cpu_mem_usage=lean, **kw)
+
+
+class LatentDecoder:
+    """A diffusers autoencoder (``AutoencoderKL`` or ``VQModel``) that turns a
+    latent-diffusion sampler's latents into images, as diffusers' pipelines do:
+    ``vae.decode(z / scaling_factor + shift_factor)``, then ``x / 2 + 0.5`` clipped to
+    [0, 1].
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The autoencoder (its ``decode`` method is called); moved to ``device`` and cast to
+        ``dtype`` in place where it is not there already (it becomes the decoder's own).
+    scaling_factor : float
+        The autoencoder config's ``scaling_factor`` (latents were scaled by it in training).
+    shift_factor : float, optional
+        The config's ``shift_factor`` (Stable Diffusion 3's VAE), added after unscaling.
+    dtype, device : str
+        As for :class:`TorchDenoiser`.
+    """
+
+    def __init__(self, net, scaling_factor: float, shift_factor: float | None = None,
+                 dtype: str = "float32", device: str = "cpu"):  # fmt: skip
+        import torch
+
+        self.dtype = getattr(torch, dtype)
+        self.device = torch.device(device)
+        named = [*net.named_parameters(), *net.named_buffers()]
+        if any(p.device != self.device for _, p in named):
+            net = net.to(device=self.device)
+        # only where needed: diffusers warns on every cast to a dtype
+        if any(p.is_floating_point() and p.dtype != self.dtype for _, p in named):
+            net = net.to(dtype=self.dtype)
+        self.net = net.eval()
+        self.scaling_factor = float(scaling_factor)
+        self.shift_factor = None if shift_factor is None else float(shift_factor)
+
+    def __call__(self, z):
+        """Images ``(N, C_img, H, W)`` in [0, 1] of latents ``z`` ``(N, C, h, w)``, in
+        the namespace and dtype of ``z``."""
+        import torch
+
+        xp = array_namespace(z)
+        zt = _to_torch(z, self.device).to(self.dtype) / self.scaling_factor
+        if self.shift_factor is not None:
+            zt = zt + self.shift_factor
+        with torch.inference_mode():
+            img = _sample(self.net.decode(zt))
+            img = (img / 2 + 0.5).clamp(0, 1).to(_torch_dtype(z.dtype)).contiguous()
+            if type(z).__module__.split(".")[0] == "numpy":
+                img = img.cpu()
+        return xp.from_dlpack(img)
+
+
+def load_autoencoder(path: str, subfolder: str, class_name: str, dtype: str | None = None):
+    """The autoencoder of a local diffusers pipeline directory (``vae/`` or ``vqvae/``),
+    on the CPU, in ``dtype`` (default: as stored), cast while loading."""
+    import importlib.util
+
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, class_name, None)
+    if cls is None:
+        raise ValueError(
+            f"{subfolder}/config.json names {class_name!r}, which diffusers does not have"
+        )
+    kw = {} if dtype is None else {"torch_dtype": getattr(torch, dtype)}
+    lean = importlib.util.find_spec("accelerate") is not None
+    return cls.from_pretrained(str(path), subfolder=subfolder, low_cpu_mem_usage=lean, **kw)
