@@ -680,3 +680,21 @@ def test_a_float16_vae_decodes_in_float32_as_diffusers_upcasts(latent_dirs):
         spec = _decoder_spec(cfg, (4, 8, 8))
         assert spec["dtype"] == want and spec["subfolder"] == sub
         assert spec["image_shape"] == (3, 16, 16)
+
+
+def test_latent_statistics_and_shift_are_applied_as_diffusers_pipelines_do():
+    """SDXL's rule with per-channel latents_mean / latents_std, SD3's with shift_factor."""
+    from tilegraph.tasks.picard.torch_models import LatentDecoder
+
+    vae = tiny_autoencoder(diffusers.AutoencoderKL, 4, seed=3)
+    z = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    mean, std, sf = [0.1, -0.2, 0.3, 0.0], [2.0, 0.5, 1.0, 1.5], 0.13
+    zt = torch.from_numpy(z)
+    m, s = (torch.tensor(v).view(1, 4, 1, 1) for v in (mean, std))
+    with torch.inference_mode():
+        want_stats = (vae.decode(zt * s / sf + m).sample / 2 + 0.5).clamp(0, 1).numpy()
+        want_shift = (vae.decode(zt / sf + 0.6).sample / 2 + 0.5).clamp(0, 1).numpy()
+    got = LatentDecoder(vae, sf, latents_mean=mean, latents_std=std)(z)
+    np.testing.assert_allclose(got, want_stats, atol=1e-6)
+    np.testing.assert_allclose(LatentDecoder(vae, sf, shift_factor=0.6)(z), want_shift, atol=1e-6)
+    assert np.abs(want_stats - want_shift).max() > 1e-3  # the two rules differ here

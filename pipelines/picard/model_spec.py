@@ -141,11 +141,15 @@ def _decoder_spec(cfg: PicardConfig, latent: tuple[int, ...]) -> dict | None:
     if dtype == "float16" and ae.get("force_upcast", cls == "AutoencoderKL"):
         dtype = "float32"
     shift = ae.get("shift_factor")
+    mean, std = ae.get("latents_mean"), ae.get("latents_std")
     return {
         "subfolder": sub,
         "class_name": cls,
         "scaling_factor": float(ae.get("scaling_factor", 0.18215)),
         "shift_factor": None if shift is None else float(shift),
+        # per-channel statistics (SDXL-style VAEs that have them)
+        "latents_mean": None if mean is None or std is None else [float(v) for v in mean],
+        "latents_std": None if mean is None or std is None else [float(v) for v in std],
         "dtype": dtype,
         "image_shape": image_shape(ae, latent),
     }

@@ -203,8 +203,9 @@ class ModelReplica:
                 local_copy(path), dec["subfolder"], dec["class_name"], dec["dtype"]
             )
             self._decoder = LatentDecoder(
-                net, dec["scaling_factor"], dec["shift_factor"], dec["dtype"], self.device
-            )
+                net, dec["scaling_factor"], dec["shift_factor"], dec["dtype"], self.device,
+                dec.get("latents_mean"), dec.get("latents_std"),
+            )  # fmt: skip
         xp = self._xp
         with deterministic_blas():
             out = self._decoder(xp.asarray(_local(z)))

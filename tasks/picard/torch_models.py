@@ -219,8 +219,9 @@ def load_unet(path: str, class_name: str, dtype: str | None = None):
 class LatentDecoder:
     """A diffusers autoencoder (``AutoencoderKL`` or ``VQModel``) that turns a
     latent-diffusion sampler's latents into images, as diffusers' pipelines do:
-    ``vae.decode(z / scaling_factor + shift_factor)``, then ``x / 2 + 0.5`` clipped to
-    [0, 1].
+    ``vae.decode(z / scaling_factor + shift_factor)`` (with per-channel statistics,
+    ``vae.decode(z * latents_std / scaling_factor + latents_mean)``), then ``x / 2 + 0.5``
+    clipped to [0, 1].
 
     Parameters
     ----------
@@ -231,12 +232,15 @@ class LatentDecoder:
         The autoencoder config's ``scaling_factor`` (latents were scaled by it in training).
     shift_factor : float, optional
         The config's ``shift_factor`` (Stable Diffusion 3's VAE), added after unscaling.
+    latents_mean, latents_std : sequence of float, optional
+        The config's per-channel latent statistics (both or neither).
     dtype, device : str
         As for :class:`TorchDenoiser`.
     """
 
     def __init__(self, net, scaling_factor: float, shift_factor: float | None = None,
-                 dtype: str = "float32", device: str = "cpu"):  # fmt: skip
+                 dtype: str = "float32", device: str = "cpu", latents_mean=None,
+                 latents_std=None):  # fmt: skip
         import torch
 
         self.dtype = getattr(torch, dtype)
@@ -250,6 +254,12 @@ class LatentDecoder:
         self.net = net.eval()
         self.scaling_factor = float(scaling_factor)
         self.shift_factor = None if shift_factor is None else float(shift_factor)
+        self.stats = None
+        if latents_mean is not None and latents_std is not None:
+            self.stats = tuple(
+                torch.tensor(v, dtype=self.dtype, device=self.device).reshape(1, -1, 1, 1)
+                for v in (latents_mean, latents_std)
+            )
 
     def __call__(self, z):
         """Images ``(N, C_img, H, W)`` in [0, 1] of latents ``z`` ``(N, C, h, w)``, in
@@ -257,9 +267,13 @@ class LatentDecoder:
         import torch
 
         xp = array_namespace(z)
-        zt = _to_torch(z, self.device).to(self.dtype) / self.scaling_factor
-        if self.shift_factor is not None:
-            zt = zt + self.shift_factor
+        zt = _to_torch(z, self.device).to(self.dtype)
+        if self.stats is not None:
+            zt = zt * self.stats[1] / self.scaling_factor + self.stats[0]
+        else:
+            zt = zt / self.scaling_factor
+            if self.shift_factor is not None:
+                zt = zt + self.shift_factor
         with torch.inference_mode():
             img = _sample(self.net.decode(zt))
             img = (img / 2 + 0.5).clamp(0, 1).to(_torch_dtype(z.dtype)).contiguous()
