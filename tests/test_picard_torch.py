@@ -637,9 +637,10 @@ def _edit_json(path, **changes):
         ("channels", "diffusers.path", "vae/config.json decodes latents of 3 channels, but"),
         ("no-weights", "diffusers.path", "/vae has no weights file"),
         ("not-built", "diffusers.path", "vae/config.json does not build a AutoencoderKL"),
+        ("sdxl-unet", "diffusers.path", "addition_embed_type='text_time' (added conditioning"),
     ],
 )
-def test_a_bad_autoencoder_exits_2_before_anything_is_written(
+def test_a_bad_latent_directory_exits_2_before_anything_is_written(
     tmp_path, ddim_dir, latent_dirs, case, field, needle
 ):
     import shutil
@@ -655,6 +656,8 @@ def test_a_bad_autoencoder_exits_2_before_anything_is_written(
         _edit_json(d / "model_index.json", vae=["diffusers", "AutoencoderTiny"])
     elif case == "channels":
         _edit_json(d / "vae" / "config.json", latent_channels=3)
+    elif case == "sdxl-unet":
+        _edit_json(d / "unet" / "config.json", addition_embed_type="text_time")
     elif case == "no-weights":
         (d / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     else:  # 16 channels in groups of 5

@@ -306,6 +306,13 @@ class PicardConfig(PipelineConfig):
                 f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
                 f"{' and '.join(NETWORKS)} pipelines"
             )
+        added = unet.get("addition_embed_type")
+        if added:
+            raise ValueError(
+                f"diffusers.path: unet/config.json has addition_embed_type={added!r} (added "
+                "conditioning such as SDXL's text_embeds and time_ids), which tilegraph does "
+                "not pass; it samples networks conditioned by class labels or cross-attention"
+            )
         self._check_decoder(unet)
         classes = unet.get("num_class_embeds")
         if unet.get("_class_name") == "UNet2DConditionModel" or self.conditioning is not None:
