@@ -524,10 +524,11 @@ def test_a_directory_loads_in_the_requested_dtype_and_is_used_as_it_is(ddim_dir)
     assert out.dtype == np.float32 and out.shape == x.shape and np.all(np.isfinite(out))
 
 
-def tiny_autoencoder(cls, latent_channels, seed):
+def tiny_autoencoder(cls, latent_channels, seed, **kw):
     """A two-block autoencoder (its decoder upsamples 8x8 latents to 16x16 RGB)."""
     torch.manual_seed(seed)
-    kw = {"num_vq_embeddings": 16} if cls is diffusers.VQModel else {}
+    if cls is diffusers.VQModel:
+        kw.setdefault("num_vq_embeddings", 16)
     return cls(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
@@ -547,19 +548,21 @@ def latent_unet(channels):
 @pytest.fixture(scope="module")
 def latent_dirs(tmp_path_factory):
     """Latent-diffusion directories: LDM's own (``LDMPipeline``: a ``VQModel`` in
-    ``vqvae/``, 2 latent channels) and a DDIM pipeline with an ``AutoencoderKL`` in
-    ``vae/`` (4 latent channels, as Stable Diffusion's), listed in model_index.json."""
+    ``vqvae/`` quantizing latents of 2 channels, its vq_embed_dim, not its 3
+    latent_channels) and a DDIM pipeline with an ``AutoencoderKL`` in ``vae/`` (4 latent
+    channels, as Stable Diffusion's; scaling_factor 0.5), listed in model_index.json."""
     import json
 
     root = tmp_path_factory.mktemp("latent")
     sched = diffusers.DDIMScheduler(prediction_type="v_prediction")
-    vq = tiny_autoencoder(diffusers.VQModel, 2, seed=1)
+    vq = tiny_autoencoder(diffusers.VQModel, 3, seed=1, vq_embed_dim=2)
     diffusers.LDMPipeline(vqvae=vq, unet=latent_unet(2), scheduler=sched).save_pretrained(
         str(root / "vqvae")
     )
     kl = root / "vae"
     diffusers.DDIMPipeline(unet=latent_unet(4), scheduler=sched).save_pretrained(str(kl))
-    tiny_autoencoder(diffusers.AutoencoderKL, 4, seed=2).save_pretrained(str(kl / "vae"))
+    vae = tiny_autoencoder(diffusers.AutoencoderKL, 4, seed=2, scaling_factor=0.5)
+    vae.save_pretrained(str(kl / "vae"))
     index = json.loads((kl / "model_index.json").read_text())
     (kl / "model_index.json").write_text(
         json.dumps({**index, "vae": ["diffusers", "AutoencoderKL"]})
@@ -609,18 +612,28 @@ def test_a_latent_diffusion_directory_is_decoded_as_diffusers_decodes(
     assert (tmp_path / "picard" / out["run_id"] / "summary.png").stat().st_size > 0
 
 
-def test_decode_false_keeps_the_latents_only(tmp_path, latent_dirs):
+@pytest.mark.parametrize("sets", [["diffusers.decode=false"], ["compare_sequential=false"]])
+def test_decode_false_keeps_the_latents_only(tmp_path, latent_dirs, sets):
+    """decode=false: latents only; compare_sequential=false: the Picard images only."""
     from helpers import run_cli
 
     rc, stdout, err = run_cli(
         "run", "picard", "--set", "model=diffusers", "--set",
-        f"diffusers.path={latent_dirs['vae']}", "--set", "diffusers.decode=false",
+        f"diffusers.path={latent_dirs['vae']}", *(a for s in sets for a in ("--set", s)),
         "--set", "steps=5", "--set", "window=5", "--set", "n_samples=2", "--set",
         "batch_size=2", "--cluster", "sync", "--store", str(tmp_path), "--json",
     )  # fmt: skip
     assert rc == 0, err
-    res = xr.open_zarr(last_json(stdout)["path"] + "/result", consolidated=False)
-    assert "samples" in res and "image" not in res and "sequential_image" not in res
+    out = last_json(stdout)
+    res = xr.open_zarr(out["path"] + "/result", consolidated=False)
+    assert "samples" in res and "sequential_image" not in res
+    if sets == ["diffusers.decode=false"]:
+        assert "image" not in res
+    else:
+        assert "sequential" not in res and res.image.shape == (2, 3, 16, 16)
+        want = _decoded(latent_dirs["vae"], "vae", res.samples.values)
+        np.testing.assert_allclose(res.image.values, want, atol=1e-6)
+    assert (tmp_path / "picard" / out["run_id"] / "summary.png").stat().st_size > 0
 
 
 def _edit_json(path, **changes):

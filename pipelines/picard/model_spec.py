@@ -137,7 +137,8 @@ def _decoder_spec(cfg: PicardConfig, latent: tuple[int, ...]) -> dict | None:
     sub, cls = found
     ae = read_autoencoder(cfg.diffusers.path, sub)
     dtype = cfg.diffusers.dtype
-    # as diffusers' pipelines do: a VAE that overflows in float16 decodes in float32
+    # as diffusers' SDXL pipeline does: a VAE that overflows in float16 decodes in float32
+    # (its StableDiffusionPipeline decodes in the VAE's own dtype)
     if dtype == "float16" and ae.get("force_upcast", cls == "AutoencoderKL"):
         dtype = "float32"
     shift = ae.get("shift_factor")

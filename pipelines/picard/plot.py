@@ -70,14 +70,14 @@ def summary_figure(store, cfg, spec, abar):
     elif cfg.model == "gmm":
         _gmm_panel(axes[0], samples, spec)
     elif spec.get("decoder"):  # latents: show them decoded, mapped to [-1, 1]
-        img = 2 * store.array("result/image").read() - 1
+        first = (slice(0, 8),)  # the panel shows 8: large images stay on disk
+        img = 2 * store.array("result/image").read(first) - 1
         seq = None
         if cfg.compare_sequential:
-            seq = 2 * store.array("result/sequential_image").read() - 1
+            seq = 2 * store.array("result/sequential_image").read(first) - 1
         _image_panel(axes[0], img, seq)
-        axes[0].set_title(
-            f"decoded by {spec['decoder']['subfolder']}/: Picard (top), sequential (bottom)"
-        )
+        rows = ": Picard (top), sequential (bottom)" if seq is not None else ": Picard samples"
+        axes[0].set_title(f"decoded by {spec['decoder']['subfolder']}/{rows}")
     elif cfg.model in ("diffusers", "digits-unet"):
         seq = store.array("result/sequential").read() if cfg.compare_sequential else None
         _image_panel(axes[0], samples, seq)

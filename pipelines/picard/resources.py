@@ -156,7 +156,8 @@ def estimate(cfg, workers: int) -> Estimate:
         # a replica runs whole batches, one at a time, the model calls inside them
         worker = params + acts + batch
     worker = max(worker, train)  # the digits network is trained as one task
-    worker += F8 * n * (D + img)  # a batch decoded (the first replica, or its own)
+    if img:  # a batch decoded (the first replica, or its own)
+        worker += F8 * n * (D + img)
 
     # -- the store -----------------------------------------------------------------
     nb = cfg.n_batches

@@ -245,6 +245,8 @@ class LatentDecoder:
 
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda": the current one
+            self.device = torch.device("cuda", torch.cuda.current_device())
         named = [*net.named_parameters(), *net.named_buffers()]
         if any(p.device != self.device for _, p in named):
             net = net.to(device=self.device)
