@@ -771,3 +771,26 @@ def test_dpm_solver_2m_is_second_order_and_picard_reaches_it(gmm, tmp_path):
     run2 = tilegraph("run", "picard", "--set", "sampler=dpmpp2m", "--set", "steps=100",
                      "--set", "accelerate=true", "--store", str(tmp_path))  # fmt: skip
     assert run2.returncode == 2 and "dpmpp2m" in run2.stderr.strip().splitlines()[-1]
+
+
+def test_karras_noise_levels_run_picard_to_the_sequential_answer(gmm):
+    """DPM-Solver++(2M) on Karras levels: from the schedule's largest noise level to its
+    smallest, evenly spaced in sigma^(1/7), the model at the nearest timestep; Picard gives
+    the sequential bits at window 1 and the sequential result at a tiny tol."""
+    from tilegraph.tasks.picard.schedules import karras_sigmas
+
+    st = make_steps("dpmpp2m", ABAR, 30, karras=True)
+    sig = np.sqrt((1 - st.abar) / st.abar)
+    assert sig[0] == pytest.approx(np.sqrt((1 - ABAR[-1]) / ABAR[-1]), rel=1e-6)
+    assert sig[-1] == pytest.approx(np.sqrt((1 - ABAR[0]) / ABAR[0]), rel=1e-3)  # float32
+    np.testing.assert_allclose(np.diff(sig ** (1 / 7)), np.diff(sig ** (1 / 7))[0], rtol=1e-6)
+    np.testing.assert_allclose(sig, karras_sigmas(ABAR, 30))
+    assert st.t[0] == 999 and st.t[-1] == 0 and np.all(np.diff(st.t) <= 0)
+    x_T = draw_noise(np.random.SeedSequence(4), 8, (64,), 30)[0]
+    z = np.zeros((30, 8, 64))
+    xs = sequential(gmm.eps, st, x_T, z)
+    np.testing.assert_array_equal(picard(gmm.eps, st, x_T, z, 1, 0.1).x, xs)
+    exact = picard(gmm.eps, st, x_T, z, 8, 1e-12)
+    np.testing.assert_allclose(exact.x, xs, atol=1e-11, rtol=0)
+    with pytest.raises(ValueError, match="dpmpp2m only"):
+        make_steps("ddim", ABAR, 30, karras=True)

@@ -292,6 +292,21 @@ def test_plain_picard_counts_equal_diffusers_paradigms_loop(kind, prediction, p,
         # sample.to(torch.float32)), and x0_hat = (x - sigma eps) / alpha at alpha = 6e-3
         # amplifies its rounding: its float32 loop ends 1.4e-4 from the float64 solution
         ({}, 20, 3e-4),
+        # "DPM++ 2M Karras" (Karras noise levels, the model at the nearest timestep) on
+        # Stable Diffusion's schedule (this random network's samples reach 31 there: 1e-4
+        # is diffusers' float32 rounding, 1.1e-6 relative) and on the linear one (its
+        # float32 loop, as above)
+        (
+            {
+                "use_karras_sigmas": True,
+                "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085,
+                "beta_end": 0.012,
+            },
+            25,
+            1e-4,
+        ),
+        ({"use_karras_sigmas": True}, 20, 3e-4),
     ],
 )
 def test_dpm_solver_matches_diffusers_multistep_scheduler(kw, T, atol):
@@ -299,7 +314,7 @@ def test_dpm_solver_matches_diffusers_multistep_scheduler(kw, T, atol):
     sched.set_timesteps(T)
     sc = sched.config
     abar = make_schedule(sc.beta_schedule, sc.num_train_timesteps, sc.beta_start, sc.beta_end)
-    st = make_steps("dpmpp2m", abar, T, spacing=sc.timestep_spacing)
+    st = make_steps("dpmpp2m", abar, T, spacing=sc.timestep_spacing, karras=sc.use_karras_sigmas)
     np.testing.assert_array_equal(sched.timesteps.numpy(), st.t)
     net = tiny_unet()
     x_T = draw_noise(np.random.SeedSequence(1), 3, SHAPE, T)[0].astype(np.float32)
@@ -714,3 +729,58 @@ def test_latent_statistics_and_shift_are_applied_as_diffusers_pipelines_do():
     np.testing.assert_allclose(got, want_stats, atol=1e-6)
     np.testing.assert_allclose(LatentDecoder(vae, sf, shift_factor=0.6)(z), want_shift, atol=1e-6)
     assert np.abs(want_stats - want_shift).max() > 1e-3  # the two rules differ here
+
+
+def test_a_dpm_karras_directory_samples_as_diffusers(tmp_path):
+    """A directory whose DPM-Solver config has use_karras_sigmas ("DPM++ 2M Karras" on
+    Stable Diffusion's schedule): sampler=dpmpp2m takes it, and the run's sequential
+    samples are diffusers' own loop with that scheduler."""
+    from helpers import run_cli
+
+    sched = diffusers.DPMSolverMultistepScheduler(
+        use_karras_sigmas=True, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012,
+    )  # fmt: skip
+    path = tmp_path / "karras"
+    diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(str(path))
+    T, n = 15, 3
+    rc, stdout, err = run_cli(
+        "run", "picard", "--set", "model=diffusers", "--set", f"diffusers.path={path}",
+        "--set", "sampler=dpmpp2m", "--set", f"steps={T}", "--set", "window=8",
+        "--set", f"n_samples={n}", "--set", f"batch_size={n}", "--set", "dtype=float32",
+        "--cluster", "sync", "--store", str(tmp_path / "runs"), "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    res = xr.open_zarr(last_json(stdout)["path"] + "/result", consolidated=False).load()
+    sched.set_timesteps(T)
+    x_T = draw_noise(np.random.SeedSequence(0, spawn_key=(0,)), n, SHAPE, T)[0]
+    x = torch.from_numpy(x_T.astype(np.float32))
+    net = diffusers.UNet2DModel.from_pretrained(str(path), subfolder="unet")
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            x = sched.step(net(x, t).sample, t, x).prev_sample
+    assert np.abs(x.numpy()).max() > 0.1
+    np.testing.assert_allclose(res.sequential.values, x.numpy(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sched_kw, sets, field",
+    [
+        ({"use_karras_sigmas": True, "prediction_type": "v_prediction"}, [], "karras_sigmas"),
+        ({"final_sigmas_type": "sigma_min"}, [], "final_sigmas_type='sigma_min'"),
+        ({"use_lu_lambdas": True}, [], "use_lu_lambdas is not supported"),
+        ({}, ["sampler=ddim", "karras_sigmas=true"], "karras_sigmas applies to sampler=dpmpp2m"),
+    ],
+)
+def test_dpm_noise_levels_tilegraph_lacks_exit_2(tmp_path, sched_kw, sets, field):
+    from helpers import run_cli
+
+    sched = diffusers.DPMSolverMultistepScheduler(**sched_kw)
+    path = tmp_path / "dpm"
+    diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(str(path))
+    sets = sets or ["sampler=dpmpp2m"]
+    args = [a for s in ["model=diffusers", f"diffusers.path={path}", *sets] for a in ("--set", s)]
+    rc, _, err = run_cli("run", "picard", *args, "--store", str(tmp_path / "runs"))
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and field in lines[0], err
+    assert not (tmp_path / "runs").exists()

@@ -161,6 +161,11 @@ class PicardConfig(PipelineConfig):
         description="ddpm, ddim or dpmpp2m (DPM-Solver++(2M), diffusers' default sampler; "
         "plain Picard over pairs of steps, no accelerate/anderson)",
     )
+    karras_sigmas: bool = Field(
+        default=False,
+        description="sampler=dpmpp2m: Karras et al.'s noise levels ('DPM++ 2M Karras', "
+        "diffusers' use_karras_sigmas; model=diffusers: the directory's unless set)",
+    )
     steps: int = Field(default=1000, ge=1, description="sampling steps T")
     eta: float = Field(default=0.0, ge=0, le=1, description="DDIM noise (0: deterministic)")
     window: int = Field(default=96, ge=1, description="Picard window p")
@@ -276,6 +281,8 @@ class PicardConfig(PipelineConfig):
             raise ValueError("class_labels applies to model=diffusers or custom")
         if self.guidance_scale != 1.0 and self.class_labels is None:
             raise ValueError("guidance_scale needs class_labels (or conditioning)")
+        if self.karras_sigmas and self.sampler != "dpmpp2m":
+            raise ValueError("karras_sigmas applies to sampler=dpmpp2m (DPM-Solver++(2M))")
         if self.sampler == "dpmpp2m":
             if self.accelerate or self.anderson_memory:
                 raise ValueError(
@@ -368,6 +375,35 @@ class PicardConfig(PipelineConfig):
                 f"({', '.join(f'{k}={found[k]!r}' for k in clash)}); do not set it"
             )
         self.__dict__.update(found)
+        if self.sampler == "dpmpp2m":
+            self._dpm_noise_levels(sc)
+
+    def _dpm_noise_levels(self, sc: dict) -> None:
+        """sampler=dpmpp2m on a directory: its ``use_karras_sigmas`` (unless
+        ``karras_sigmas`` is set), and the noise-level options of diffusers'
+        DPM-Solver that tilegraph does not have refused rather than ignored."""
+        if "karras_sigmas" not in self.model_fields_set:
+            self.__dict__["karras_sigmas"] = bool(sc.get("use_karras_sigmas", False))
+        other = [k for k in ("use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
+                             "use_flow_sigmas") if sc.get(k)]  # fmt: skip
+        if sc.get("final_sigmas_type", "zero") != "zero":
+            other.append(f"final_sigmas_type={sc['final_sigmas_type']!r}")
+        clipped = sc.get("lambda_min_clipped", float("-inf"))
+        if isinstance(clipped, (int, float)) and clipped > -1e30:
+            other.append(f"lambda_min_clipped={clipped!r}")
+        if other:
+            raise ValueError(
+                f"diffusers.path: scheduler {', '.join(other)} is not supported with "
+                "sampler=dpmpp2m (tilegraph has the schedule's own or Karras noise levels, "
+                "down to 0)"
+            )
+        pred = sc.get("prediction_type", "epsilon")
+        if self.karras_sigmas and pred != "epsilon":
+            raise ValueError(
+                f"karras_sigmas: the network in diffusers.path predicts {pred}, which "
+                "diffusers converts at the Karras noise level and tilegraph at the training "
+                "timestep's; Karras levels need an epsilon network (set karras_sigmas=false)"
+            )
 
     def _check_decoder(self, unet: dict) -> None:
         """The autoencoder that decodes the samples, where there is one to use: a class
@@ -481,6 +517,10 @@ class PicardConfig(PipelineConfig):
             kw["final_one"] = bool(self.scheduler_config().get("set_alpha_to_one", True))
         # diffusers' DPM-Solver has no clip_sample (a DDPM directory's clipping is dropped)
         clip = None if self.sampler == "dpmpp2m" else self.clip_sample
+        if self.sampler == "dpmpp2m":
+            kw.update(
+                karras=self.karras_sigmas, cosine=self.schedule in ("cosine", "squaredcos_cap_v2")
+            )
         steps = make_steps(self.sampler, abar, self.steps, self.eta, clip=clip, **kw)
         return abar, steps
 

@@ -247,11 +247,43 @@ def dpm_timesteps(train_steps: int, n_steps: int, spacing: str = "linspace", off
     return t.astype(np.int64).copy()
 
 
+def _train_sigmas(abar: np.ndarray) -> np.ndarray:
+    """``sqrt((1 - abar) / abar)`` of the training schedule, rounded as diffusers computes
+    it (in float32: its ``alphas_cumprod`` is a float32 tensor). The Karras levels are
+    defined by its end points, and float32 moves the smallest by 8e-5 relative (linear
+    schedule), which would move every level; so they are taken as diffusers has them."""
+    a = np.asarray(abar, dtype=np.float32)
+    return np.sqrt((np.float32(1.0) - a) / a).astype(np.float64)
+
+
+def karras_sigmas(abar: np.ndarray, n_steps: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al.'s (2022) noise levels for ``n_steps`` steps, from the training
+    schedule's largest ``sigma = sqrt((1 - abar) / abar)`` to its smallest, evenly
+    spaced in ``sigma^(1/rho)`` (diffusers' ``use_karras_sigmas``)."""
+    sig = _train_sigmas(abar)
+    lo, hi = sig[0] ** (1.0 / rho), sig[-1] ** (1.0 / rho)
+    return (hi + np.linspace(0.0, 1.0, n_steps) * (lo - hi)) ** rho
+
+
+def sigma_to_t(sigma: np.ndarray, abar: np.ndarray) -> np.ndarray:
+    """The (fractional) training timesteps of noise levels ``sigma``: linear
+    interpolation in ``log sigma`` between the schedule's two neighbouring timesteps, as
+    diffusers' ``_sigma_to_t``."""
+    log_sigmas = np.log(_train_sigmas(abar)).astype(np.float32)
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return (1.0 - w) * low + w * (low + 1)
+
+
 def dpmpp_2m_steps(
     abar: np.ndarray,
     n_steps: int,
     spacing: str = "linspace",
     offset: int = 0,
+    karras: bool = False,
+    cosine: bool = False,
 ) -> SamplerSteps:
     """DPM-Solver++(2M) (Lu et al. 2022), as diffusers' ``DPMSolverMultistepScheduler``
     with its defaults (``dpmsolver++``, order 2, ``midpoint``, final noise level 0).
@@ -262,11 +294,26 @@ def dpmpp_2m_steps(
     ``x_next = (sigma_next / sigma_j) x - alpha_next (e^-h - 1) ((1 + 1/(2r)) m_j -
     m_prev / (2r))``. The first step and the last (to noise level 0) are first order
     (``m_prev`` drops out). Deterministic (``sigma`` = 0).
+
+    With ``karras``, the noise levels are :func:`karras_sigmas` (``spacing`` and
+    ``offset`` do not apply): the updates and the clean-sample predictions use them, and
+    the model sees the nearest training timestep (:func:`sigma_to_t`, rounded;
+    truncated for the ``cosine`` schedule, as diffusers does), so ``abar`` of the steps
+    is ``1 / (1 + sigma^2)``, not the schedule's at ``t``.
     """
     abar = np.asarray(abar, dtype=np.float64)
-    t = dpm_timesteps(abar.shape[0], n_steps, spacing, offset)
+    if karras:
+        if not 1 <= n_steps < abar.shape[0]:
+            raise ValueError(f"n_steps must be in 1..{abar.shape[0] - 1}, got {n_steps}")
+        sig = karras_sigmas(abar, n_steps)
+        tf = sigma_to_t(sig, abar)
+        t = (np.trunc(tf) if cosine else np.round(tf)).astype(np.int64)
+        ab = 1.0 / (1.0 + sig**2)
+    else:
+        t = dpm_timesteps(abar.shape[0], n_steps, spacing, offset)
+        ab = abar[t]
     n = t.shape[0]
-    al, sg = np.sqrt(abar[t]), np.sqrt(1.0 - abar[t])
+    al, sg = np.sqrt(ab), np.sqrt(1.0 - ab)
     al_n, sg_n = np.append(al[1:], 1.0), np.append(sg[1:], 0.0)
     lam = np.log(al / sg)
     with np.errstate(divide="ignore"):
@@ -283,12 +330,17 @@ def dpmpp_2m_steps(
     c = np.where(first, 0.0, 0.5 * al_n * em / r)
     prev = np.concatenate([t[1:], [-1]])
     _, _, _, var = _pairs(abar, t, prev)
-    return SamplerSteps(t, a, b, np.zeros(n), var, abar[t], "dpmpp2m", c=c)
+    return SamplerSteps(t, a, b, np.zeros(n), var, ab, "dpmpp2m", c=c)
 
 
 def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0, **kw) -> SamplerSteps:
     """``ddpm_steps``, ``ddim_steps`` or ``dpmpp_2m_steps`` by name (``kw``:
-    ``spacing``, ``offset``, ``clip``; ``final_one`` for DDIM)."""
+    ``spacing``, ``offset``, ``clip``; ``final_one`` for DDIM; ``karras`` and ``cosine``
+    for DPM-Solver++)."""
+    if kind != "dpmpp2m":
+        if kw.pop("karras", False):
+            raise ValueError("karras noise levels apply to dpmpp2m only")
+        kw.pop("cosine", None)
     if kind == "ddpm":
         kw.pop("final_one", None)
         return ddpm_steps(abar, n_steps, **kw)
