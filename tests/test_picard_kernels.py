@@ -794,3 +794,7 @@ def test_karras_noise_levels_run_picard_to_the_sequential_answer(gmm):
     np.testing.assert_allclose(exact.x, xs, atol=1e-11, rtol=0)
     with pytest.raises(ValueError, match="dpmpp2m only"):
         make_steps("ddim", ABAR, 30, karras=True)
+    # at 200 levels some share a rounded timestep; the tolerance's scale is the levels'
+    # own posterior variance, never the 1e-20 floor a repeated timestep would give
+    many = make_steps("dpmpp2m", ABAR, 200, karras=True)
+    assert np.unique(many.t).size < 200 and many.var[:-1].min() > 1e-9

@@ -767,17 +767,31 @@ def test_a_dpm_karras_directory_samples_as_diffusers(tmp_path):
     "sched_kw, sets, field",
     [
         ({"use_karras_sigmas": True, "prediction_type": "v_prediction"}, [], "karras_sigmas"),
+        ({"use_karras_sigmas": True, "prediction_type": "sample"}, [], "karras_sigmas"),
         ({"final_sigmas_type": "sigma_min"}, [], "final_sigmas_type='sigma_min'"),
         ({"use_lu_lambdas": True}, [], "use_lu_lambdas is not supported"),
+        ({"use_exponential_sigmas": True}, [], "use_exponential_sigmas is not supported"),
+        ({"lambda_min_clipped": -5.1}, [], "lambda_min_clipped=-5.1 is not supported"),
+        ({"use_karras_sigmas": True, "sigma_min": 0.1}, [], "sigma_min=0.1 is not supported"),
+        (
+            {"use_karras_sigmas": True, "beta_schedule": "squaredcos_cap_v2"},
+            [],
+            "karras_sigmas: not with the cosine schedule",
+        ),  # fmt: skip
         ({}, ["sampler=ddim", "karras_sigmas=true"], "karras_sigmas applies to sampler=dpmpp2m"),
+        ({"rescale_betas_zero_snr": True}, ["sampler=ddim"], "rescale_betas_zero_snr"),
+        ({"variance_type": "fixed_large"}, ["sampler=ddpm"], "variance_type='fixed_large'"),
     ],
 )
 def test_dpm_noise_levels_tilegraph_lacks_exit_2(tmp_path, sched_kw, sets, field):
+    """Scheduler settings that change diffusers' samples and that tilegraph has not:
+    refused, not ignored (keys written into the directory's scheduler_config.json)."""
     from helpers import run_cli
 
-    sched = diffusers.DPMSolverMultistepScheduler(**sched_kw)
     path = tmp_path / "dpm"
+    sched = diffusers.DPMSolverMultistepScheduler()
     diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(str(path))
+    _edit_json(path / "scheduler" / "scheduler_config.json", **sched_kw)
     sets = sets or ["sampler=dpmpp2m"]
     args = [a for s in ["model=diffusers", f"diffusers.path={path}", *sets] for a in ("--set", s)]
     rc, _, err = run_cli("run", "picard", *args, "--store", str(tmp_path / "runs"))

@@ -283,6 +283,13 @@ class PicardConfig(PipelineConfig):
             raise ValueError("guidance_scale needs class_labels (or conditioning)")
         if self.karras_sigmas and self.sampler != "dpmpp2m":
             raise ValueError("karras_sigmas applies to sampler=dpmpp2m (DPM-Solver++(2M))")
+        if self.karras_sigmas and self.schedule in ("cosine", "squaredcos_cap_v2"):
+            # its largest levels share the last few timesteps, and diffusers' own loop
+            # stops with an IndexError on such a schedule
+            raise ValueError(
+                "karras_sigmas: not with the cosine schedule (its largest Karras levels "
+                "share the last few training timesteps)"
+            )
         if self.sampler == "dpmpp2m":
             if self.accelerate or self.anderson_memory:
                 raise ValueError(
@@ -348,6 +355,18 @@ class PicardConfig(PipelineConfig):
             raise ValueError(
                 "diffusers.path: scheduler thresholding / trained_betas are not supported"
             )
+        if sc.get("rescale_betas_zero_snr"):
+            raise ValueError(
+                "diffusers.path: scheduler rescale_betas_zero_snr is not supported (tilegraph "
+                "samples the schedule's own betas)"
+            )
+        variance = sc.get("variance_type") or "fixed_small"
+        if self.sampler == "ddpm" and variance not in ("fixed_small", "fixed_small_log"):
+            raise ValueError(
+                f"diffusers.path: scheduler variance_type={variance!r} is not supported with "
+                "sampler=ddpm (tilegraph's DDPM step adds the posterior variance, "
+                "fixed_small)"
+            )
         found = dict(
             schedule=sc.get("beta_schedule", "linear"),
             train_steps=self._scheduler_value(sc, "num_train_timesteps", 1000, "train_steps"),
@@ -388,9 +407,12 @@ class PicardConfig(PipelineConfig):
                              "use_flow_sigmas") if sc.get(k)]  # fmt: skip
         if sc.get("final_sigmas_type", "zero") != "zero":
             other.append(f"final_sigmas_type={sc['final_sigmas_type']!r}")
-        clipped = sc.get("lambda_min_clipped", float("-inf"))
-        if isinstance(clipped, (int, float)) and clipped > -1e30:
-            other.append(f"lambda_min_clipped={clipped!r}")
+        if self.karras_sigmas:  # Karras end points other than the schedule's own
+            other += [f"{k}={sc[k]!r}" for k in ("sigma_min", "sigma_max") if sc.get(k)]
+        else:  # (diffusers ignores it with Karras levels)
+            clipped = sc.get("lambda_min_clipped", float("-inf"))
+            if isinstance(clipped, (int, float)) and clipped > -1e30:
+                other.append(f"lambda_min_clipped={clipped!r}")
         if other:
             raise ValueError(
                 f"diffusers.path: scheduler {', '.join(other)} is not supported with "
@@ -518,9 +540,7 @@ class PicardConfig(PipelineConfig):
         # diffusers' DPM-Solver has no clip_sample (a DDPM directory's clipping is dropped)
         clip = None if self.sampler == "dpmpp2m" else self.clip_sample
         if self.sampler == "dpmpp2m":
-            kw.update(
-                karras=self.karras_sigmas, cosine=self.schedule in ("cosine", "squaredcos_cap_v2")
-            )
+            kw["karras"] = self.karras_sigmas
         steps = make_steps(self.sampler, abar, self.steps, self.eta, clip=clip, **kw)
         return abar, steps
 

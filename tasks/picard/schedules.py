@@ -283,7 +283,6 @@ def dpmpp_2m_steps(
     spacing: str = "linspace",
     offset: int = 0,
     karras: bool = False,
-    cosine: bool = False,
 ) -> SamplerSteps:
     """DPM-Solver++(2M) (Lu et al. 2022), as diffusers' ``DPMSolverMultistepScheduler``
     with its defaults (``dpmsolver++``, order 2, ``midpoint``, final noise level 0).
@@ -296,18 +295,17 @@ def dpmpp_2m_steps(
     (``m_prev`` drops out). Deterministic (``sigma`` = 0).
 
     With ``karras``, the noise levels are :func:`karras_sigmas` (``spacing`` and
-    ``offset`` do not apply): the updates and the clean-sample predictions use them, and
-    the model sees the nearest training timestep (:func:`sigma_to_t`, rounded;
-    truncated for the ``cosine`` schedule, as diffusers does), so ``abar`` of the steps
-    is ``1 / (1 + sigma^2)``, not the schedule's at ``t``.
+    ``offset`` do not apply): the updates, the clean-sample predictions and the scale of
+    the Picard tolerance use them, and the model sees the nearest training timestep
+    (:func:`sigma_to_t`, rounded), so ``abar`` of the steps is ``1 / (1 + sigma^2)``, not
+    the schedule's at ``t`` (two steps may share a timestep).
     """
     abar = np.asarray(abar, dtype=np.float64)
     if karras:
         if not 1 <= n_steps < abar.shape[0]:
             raise ValueError(f"n_steps must be in 1..{abar.shape[0] - 1}, got {n_steps}")
         sig = karras_sigmas(abar, n_steps)
-        tf = sigma_to_t(sig, abar)
-        t = (np.trunc(tf) if cosine else np.round(tf)).astype(np.int64)
+        t = np.round(sigma_to_t(sig, abar)).astype(np.int64)
         ab = 1.0 / (1.0 + sig**2)
     else:
         t = dpm_timesteps(abar.shape[0], n_steps, spacing, offset)
@@ -329,18 +327,19 @@ def dpmpp_2m_steps(
     b = al_n * em * k * sg / al
     c = np.where(first, 0.0, 0.5 * al_n * em / r)
     prev = np.concatenate([t[1:], [-1]])
-    _, _, _, var = _pairs(abar, t, prev)
+    if karras:  # the posterior variance between the steps' own levels
+        _, _, _, var = _pairs(np.append(ab, 1.0), np.arange(n), np.arange(1, n + 1))
+    else:
+        _, _, _, var = _pairs(abar, t, prev)
     return SamplerSteps(t, a, b, np.zeros(n), var, ab, "dpmpp2m", c=c)
 
 
 def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0, **kw) -> SamplerSteps:
     """``ddpm_steps``, ``ddim_steps`` or ``dpmpp_2m_steps`` by name (``kw``:
-    ``spacing``, ``offset``, ``clip``; ``final_one`` for DDIM; ``karras`` and ``cosine``
-    for DPM-Solver++)."""
-    if kind != "dpmpp2m":
-        if kw.pop("karras", False):
-            raise ValueError("karras noise levels apply to dpmpp2m only")
-        kw.pop("cosine", None)
+    ``spacing``, ``offset``, ``clip``; ``final_one`` for DDIM; ``karras`` for
+    DPM-Solver++)."""
+    if kind != "dpmpp2m" and kw.pop("karras", False):
+        raise ValueError("karras noise levels apply to dpmpp2m only")
     if kind == "ddpm":
         kw.pop("final_one", None)
         return ddpm_steps(abar, n_steps, **kw)
