@@ -620,9 +620,11 @@ def test_a_latent_diffusion_directory_is_decoded_as_diffusers_decodes(
     assert res.image.shape == (n, 3, 16, 16) and res.sequential_image.shape == (n, 3, 16, 16)
     img = res.image.values
     assert 0 <= img.min() and img.max() <= 1 and img.std() > 0.01  # not a constant image
-    np.testing.assert_allclose(img, _decoded(latent_dirs[sub], sub, res.samples), atol=1e-6)
+    # float32 decodes, here and on the replica (single-threaded BLAS there): 1.3e-6 apart
+    # in one CI run
+    np.testing.assert_allclose(img, _decoded(latent_dirs[sub], sub, res.samples), atol=1e-5)
     np.testing.assert_allclose(
-        res.sequential_image.values, _decoded(latent_dirs[sub], sub, res.sequential), atol=1e-6
+        res.sequential_image.values, _decoded(latent_dirs[sub], sub, res.sequential), atol=1e-5
     )
     assert (tmp_path / "picard" / out["run_id"] / "summary.png").stat().st_size > 0
 
@@ -647,7 +649,7 @@ def test_decode_false_keeps_the_latents_only(tmp_path, latent_dirs, sets):
     else:
         assert "sequential" not in res and res.image.shape == (2, 3, 16, 16)
         want = _decoded(latent_dirs["vae"], "vae", res.samples.values)
-        np.testing.assert_allclose(res.image.values, want, atol=1e-6)
+        np.testing.assert_allclose(res.image.values, want, atol=1e-5)
     assert (tmp_path / "picard" / out["run_id"] / "summary.png").stat().st_size > 0
 
 
