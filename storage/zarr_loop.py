@@ -2,8 +2,9 @@
 
 Zarr's stores keep their asynchronous clients (an object store's connections) on the
 event loop Zarr runs in a thread of its own, so their coroutines must run there.
-``zarr.core.sync.sync`` does that; it is not public API, and this module is the one
-place that imports it (``pyproject.toml`` pins the Zarr versions that have it).
+``zarr.core.sync.sync`` does that; it is not public API (Zarr 3.1.3 and later, which
+``pyproject.toml`` asks for, have it), and this module is the one place that imports it:
+a Zarr that moves it fails here, at import.
 """
 
 from __future__ import annotations

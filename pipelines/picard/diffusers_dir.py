@@ -141,6 +141,13 @@ def image_shape(ae: dict, latent: tuple[int, ...]) -> tuple[int, int, int]:
     return int(ae.get("out_channels", 3)), latent[1] * factor, latent[2] * factor
 
 
+def decoded_shape(url: str, subfolder: str) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of the images the directory's autoencoder in
+    ``subfolder`` decodes from its network's samples."""
+    latent = sample_shape(read_pipeline_dir(url)["unet"])
+    return image_shape(read_autoencoder(url, subfolder), latent)
+
+
 def _positive_int(n) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n > 0
 

@@ -126,13 +126,13 @@ def _unet_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
     return _unet_refs(attrs, store, abar, dtype), {**info, "train_loss": losses[-1]}
 
 
-def _decoder_spec(cfg: PicardConfig, latent: tuple[int, ...]) -> dict | None:
+def _decoder_spec(cfg: PicardConfig) -> dict | None:
     """model=diffusers: the autoencoder that decodes the samples, for the replicas (None:
     the samples are the images)."""
     found = cfg.decoder()
     if found is None:
         return None
-    from .diffusers_dir import image_shape, read_autoencoder
+    from .diffusers_dir import decoded_shape, read_autoencoder
 
     sub, cls = found
     ae = read_autoencoder(cfg.diffusers.path, sub)
@@ -142,17 +142,18 @@ def _decoder_spec(cfg: PicardConfig, latent: tuple[int, ...]) -> dict | None:
     if dtype == "float16" and ae.get("force_upcast", cls == "AutoencoderKL"):
         dtype = "float32"
     shift = ae.get("shift_factor")
-    mean, std = ae.get("latents_mean"), ae.get("latents_std")
+    # per-channel statistics (SDXL-style VAEs have them), both or neither
+    stats = [ae.get("latents_mean"), ae.get("latents_std")]
+    mean, std = [None, None] if None in stats else [[float(v) for v in s] for s in stats]
     return {
         "subfolder": sub,
         "class_name": cls,
         "scaling_factor": float(ae.get("scaling_factor", 0.18215)),
         "shift_factor": None if shift is None else float(shift),
-        # per-channel statistics (SDXL-style VAEs that have them)
-        "latents_mean": None if mean is None or std is None else [float(v) for v in mean],
-        "latents_std": None if mean is None or std is None else [float(v) for v in std],
+        "latents_mean": mean,
+        "latents_std": std,
         "dtype": dtype,
-        "image_shape": image_shape(ae, latent),
+        "image_shape": decoded_shape(cfg.diffusers.path, sub),
     }
 
 
@@ -193,7 +194,7 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
             "sample_shape": sample_shape(unet),
             "prediction_type": cfg.scheduler_config().get("prediction_type", "epsilon"),
             "dtype": cfg.diffusers.dtype,
-            "decoder": _decoder_spec(cfg, sample_shape(unet)),
+            "decoder": _decoder_spec(cfg),
         }
         return spec, {"sample_shape": list(spec["sample_shape"])}
     if cfg.model == "custom":

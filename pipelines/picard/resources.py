@@ -87,10 +87,9 @@ def _image_size(cfg) -> int:
     decoder = cfg.decoder()
     if decoder is None:
         return 0
-    from .diffusers_dir import image_shape, read_autoencoder, read_pipeline_dir, sample_shape
+    from .diffusers_dir import decoded_shape
 
-    latent = sample_shape(read_pipeline_dir(cfg.diffusers.path)["unet"])
-    return math.prod(image_shape(read_autoencoder(cfg.diffusers.path, decoder[0]), latent))
+    return math.prod(decoded_shape(cfg.diffusers.path, decoder[0]))
 
 
 def _batch_bytes(cfg, D: int, e: int) -> int:

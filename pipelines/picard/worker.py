@@ -185,22 +185,22 @@ class ModelReplica:
         self._xp = array_module(device)
         kind = {"mlp": "digits"}.get(spec["kind"], spec["kind"])
         self.label = model_label(kind, spec.get("target"), spec.get("path"))
-        self._decoder_spec = (spec.get("path"), spec.get("decoder"))
+        self._path, self._decoder_spec = spec.get("path"), spec.get("decoder")
         self._decoder = None  # loaded at the first decode
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Latents ``z`` (n, C, h, w) decoded by the pipeline directory's autoencoder
         into images (n, C_img, H, W) in [0, 1] (float64, on the host). The autoencoder
         is loaded at the first call and kept."""
-        path, dec = self._decoder_spec
+        dec = self._decoder_spec
         if dec is None:
             raise ValueError(f"{self.label} has no autoencoder to decode with")
         if self._decoder is None:
             from tilegraph.storage.files import local_copy
-            from tilegraph.tasks.picard.torch_models import LatentDecoder, load_autoencoder
+            from tilegraph.tasks.picard.torch_models import LatentDecoder, load_component
 
-            net = load_autoencoder(
-                local_copy(path), dec["subfolder"], dec["class_name"], dec["dtype"]
+            net = load_component(
+                local_copy(self._path), dec["subfolder"], dec["class_name"], dec["dtype"]
             )
             self._decoder = LatentDecoder(
                 net, dec["scaling_factor"], dec["shift_factor"], dec["dtype"], self.device,
@@ -245,7 +245,7 @@ class ModelReplica:
         def run_sequential(steps, x_T, z):
             return self.sequential(steps, x_T, z, labels)
 
-        decode = self.decode if self._decoder_spec[1] is not None else None
+        decode = self.decode if self._decoder_spec is not None else None
         return sample_batch(
             i, cfg, steps, sample_shape, eps_fn, run_sequential, arrays, decode=decode
         )

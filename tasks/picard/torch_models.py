@@ -93,26 +93,9 @@ class TorchDenoiser:
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(TORCH_DTYPES)} (got {dtype!r})")
         self.dtype = getattr(torch, dtype)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:  # "cuda": the current one
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        if isinstance(net, torch.nn.Module):
-            # float32 parameters of modules diffusers keeps in float32 (loaded with
-            # torch_dtype) do not by themselves make a cast
-            keep = tuple(getattr(net, "_keep_in_fp32_modules", None) or ())
-            named = [*net.named_parameters(), *net.named_buffers()]
-            recast = any(
-                p.is_floating_point()
-                and p.dtype != self.dtype
-                and not any(k in name.split(".") for k in keep)
-                for name, p in named
-            )
-            moved = any(p.device != self.device for _, p in named)
-            if net.training or recast or moved:  # a copy: the caller's module stays as it is
-                net = copy.deepcopy(net).to(device=self.device)
-                if recast:  # only where needed: diffusers warns on every cast to a dtype
-                    net = net.to(dtype=self.dtype)
-            net = net.eval()
+        self.device = _torch_device(device)
+        if isinstance(net, torch.nn.Module):  # a copy: the caller's module stays as it is
+            net = _placed(net, self.dtype, self.device, copy_first=True)
         self.net = net
         self.abar = np.array(abar, dtype=np.float64)
         self.sample_shape = tuple(int(n) for n in sample_shape)
@@ -181,6 +164,36 @@ class TorchDenoiser:
         return (x - sa * pred) / sb  # "sample": the network predicts x0
 
 
+def _torch_device(device: str):
+    """``torch.device(device)``, with a bare ``"cuda"`` resolved to the current GPU (so
+    that comparing it with a parameter's device means what it says)."""
+    import torch
+
+    out = torch.device(device)
+    if out.type == "cuda" and out.index is None:
+        out = torch.device("cuda", torch.cuda.current_device())
+    return out
+
+
+def _placed(net, dtype, device, copy_first: bool):
+    """``net`` on ``device`` in ``dtype`` and in evaluation mode: ``net`` itself where it
+    is so already, else moved and cast (a copy first with ``copy_first``). Only where
+    needed: diffusers warns on every cast to a dtype, and the float32 parameters of
+    modules diffusers keeps in float32 (loaded with ``torch_dtype``) make no cast."""
+    keep = tuple(getattr(net, "_keep_in_fp32_modules", None) or ())
+    named = [*net.named_parameters(), *net.named_buffers()]
+    recast = any(
+        p.is_floating_point() and p.dtype != dtype and not any(k in n.split(".") for k in keep)
+        for n, p in named
+    )
+    moved = any(p.device != device for _, p in named)
+    if net.training or recast or moved:
+        net = (copy.deepcopy(net) if copy_first else net).to(device=device)
+        if recast:
+            net = net.to(dtype=dtype)
+    return net.eval()
+
+
 def _sample(out):
     """The tensor of a network's output (diffusers' ``.sample``, a tuple's first)."""
     out = getattr(out, "sample", out)
@@ -198,10 +211,10 @@ def _torch_dtype(dtype):
     return getattr(torch, np.dtype(dtype).name)
 
 
-def load_unet(path: str, class_name: str, dtype: str | None = None):
-    """The network of a local diffusers pipeline directory (``unet/``), on the CPU, in
-    ``dtype`` (a ``torch`` dtype name; default: as stored), cast while loading as
-    diffusers recommends (modules it keeps in float32 stay so)."""
+def load_component(path: str, subfolder: str, class_name: str, dtype: str | None = None):
+    """A network of a local diffusers pipeline directory (``unet/``, ``vae/``, ...), on
+    the CPU, in ``dtype`` (a ``torch`` dtype name; default: as stored), cast while
+    loading as diffusers recommends (modules it keeps in float32 stay so)."""
     import importlib.util
 
     import diffusers
@@ -209,11 +222,19 @@ def load_unet(path: str, class_name: str, dtype: str | None = None):
 
     cls = getattr(diffusers, class_name, None)
     if cls is None:
-        raise ValueError(f"unet/config.json names {class_name!r}, which diffusers does not have")
+        raise ValueError(
+            f"{subfolder}/config.json names {class_name!r}, which diffusers does not have"
+        )
     kw = {} if dtype is None else {"torch_dtype": getattr(torch, dtype)}
     # without accelerate, diffusers' default (True) only warns and falls back to False
     lean = importlib.util.find_spec("accelerate") is not None
-    return cls.from_pretrained(str(path), subfolder="unet", low_cpu_mem_usage=lean, **kw)
+    return cls.from_pretrained(str(path), subfolder=subfolder, low_cpu_mem_usage=lean, **kw)
+
+
+def load_unet(path: str, class_name: str, dtype: str | None = None):
+    """The network of a local diffusers pipeline directory (``unet/``): see
+    :func:`load_component`."""
+    return load_component(path, "unet", class_name, dtype)
 
 
 class LatentDecoder:
@@ -227,7 +248,8 @@ class LatentDecoder:
     ----------
     net : torch.nn.Module
         The autoencoder (its ``decode`` method is called); moved to ``device`` and cast to
-        ``dtype`` in place where it is not there already (it becomes the decoder's own).
+        ``dtype`` in place where it is not there already (it becomes the decoder's own:
+        no copy of a large VAE).
     scaling_factor : float
         The autoencoder config's ``scaling_factor`` (latents were scaled by it in training).
     shift_factor : float, optional
@@ -244,16 +266,8 @@ class LatentDecoder:
         import torch
 
         self.dtype = getattr(torch, dtype)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:  # "cuda": the current one
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        named = [*net.named_parameters(), *net.named_buffers()]
-        if any(p.device != self.device for _, p in named):
-            net = net.to(device=self.device)
-        # only where needed: diffusers warns on every cast to a dtype
-        if any(p.is_floating_point() and p.dtype != self.dtype for _, p in named):
-            net = net.to(dtype=self.dtype)
-        self.net = net.eval()
+        self.device = _torch_device(device)
+        self.net = _placed(net, self.dtype, self.device, copy_first=False)
         self.scaling_factor = float(scaling_factor)
         self.shift_factor = None if shift_factor is None else float(shift_factor)
         self.stats = None
@@ -282,21 +296,3 @@ class LatentDecoder:
             if type(z).__module__.split(".")[0] == "numpy":
                 img = img.cpu()
         return xp.from_dlpack(img)
-
-
-def load_autoencoder(path: str, subfolder: str, class_name: str, dtype: str | None = None):
-    """The autoencoder of a local diffusers pipeline directory (``vae/`` or ``vqvae/``),
-    on the CPU, in ``dtype`` (default: as stored), cast while loading."""
-    import importlib.util
-
-    import diffusers
-    import torch
-
-    cls = getattr(diffusers, class_name, None)
-    if cls is None:
-        raise ValueError(
-            f"{subfolder}/config.json names {class_name!r}, which diffusers does not have"
-        )
-    kw = {} if dtype is None else {"torch_dtype": getattr(torch, dtype)}
-    lean = importlib.util.find_spec("accelerate") is not None
-    return cls.from_pretrained(str(path), subfolder=subfolder, low_cpu_mem_usage=lean, **kw)
