@@ -773,6 +773,38 @@ def test_dpm_solver_2m_is_second_order_and_picard_reaches_it(gmm, tmp_path):
     assert run2.returncode == 2 and "dpmpp2m" in run2.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("karras", [False, True])
+def test_unipc_picard_is_its_sequential_sampler(gmm, tmp_path, karras):
+    """UniPC (predictor and corrector, a three-step recursion on the model inputs) on
+    the exact mixture: Picard over the steps and their two previous predictions gives
+    the sequential bits at window 1, the sequential result at a tiny tol, the same bits
+    after a resume from any checkpoint, and converges within its tolerance; the mixture's
+    samples land as close to the 960-step solution as DPM-Solver++(2M)'s."""
+    st = make_steps("unipc", ABAR, 50, karras=karras)
+    assert st.c.shape == (50, 2) and st.c[0].tolist() == [0.0, 0.0] and st.c[1, 1] == 0
+    x_T = draw_noise(np.random.SeedSequence(6), 8, (64,), 50)[0]
+    z = np.zeros((50, 8, 64))
+    xs = sequential(gmm.eps, st, x_T, z)
+    np.testing.assert_array_equal(picard(gmm.eps, st, x_T, z, 1, 0.1).x, xs)
+    exact = picard(gmm.eps, st, x_T, z, 8, 1e-12)
+    assert exact.iterations < 50
+    np.testing.assert_allclose(exact.x, xs, atol=1e-11, rtol=0)
+    saved = []
+    full = picard(gmm.eps, st, x_T, z, 16, 0.01, guard=True, checkpoint=lambda s: saved.append(
+        {k: np.array(v, copy=True) for k, v in s.items()}), checkpoint_every=1)  # fmt: skip
+    assert np.abs(full.x - xs).max() < 0.01 and full.iterations < 25
+    for state in saved:
+        again = picard(gmm.eps, st, x_T, z, 16, 0.01, guard=True, state=state)
+        np.testing.assert_array_equal(again.x, full.x)
+    if not karras:
+        ref = sequential(gmm.eps, make_steps("dpmpp2m", ABAR, 960), x_T, np.zeros((960, 8, 64)))
+        dpm = sequential(gmm.eps, make_steps("dpmpp2m", ABAR, 50), x_T, z)
+        assert np.abs(xs - ref).max() < 1.5 * np.abs(dpm - ref).max()
+        run = tilegraph("run", "picard", "--set", "sampler=unipc", "--set", "steps=100",
+                        "--set", "accelerate=true", "--store", str(tmp_path))  # fmt: skip
+        assert run.returncode == 2 and "unipc" in run.stderr.strip().splitlines()[-1]
+
+
 def test_karras_noise_levels_run_picard_to_the_sequential_answer(gmm):
     """DPM-Solver++(2M) on Karras levels: from the schedule's largest noise level to its
     smallest, evenly spaced in sigma^(1/7), the model at the nearest timestep; Picard gives
@@ -792,7 +824,7 @@ def test_karras_noise_levels_run_picard_to_the_sequential_answer(gmm):
     np.testing.assert_array_equal(picard(gmm.eps, st, x_T, z, 1, 0.1).x, xs)
     exact = picard(gmm.eps, st, x_T, z, 8, 1e-12)
     np.testing.assert_allclose(exact.x, xs, atol=1e-11, rtol=0)
-    with pytest.raises(ValueError, match="dpmpp2m only"):
+    with pytest.raises(ValueError, match="dpmpp2m and unipc only"):
         make_steps("ddim", ABAR, 30, karras=True)
     # at 200 levels some share a rounded timestep; the tolerance's scale is the levels'
     # own posterior variance, never the 1e-20 floor a repeated timestep would give

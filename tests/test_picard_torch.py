@@ -328,6 +328,112 @@ def test_dpm_solver_matches_diffusers_multistep_scheduler(kw, T, atol):
     np.testing.assert_allclose(ours, x.numpy(), atol=atol, rtol=0)
 
 
+def _unipc_float64_loop(sched, eps_fn, x_T):
+    """diffusers' UniPCMultistepScheduler loop in float64 from ``x_T`` (n, d): its noise
+    levels, rounded to float32 by ``set_timesteps``, recomputed in float64 from
+    ``alphas_cumprod`` (Karras levels kept as they are)."""
+    if not sched.config.use_karras_sigmas:
+        ab = sched.alphas_cumprod.double()[sched.timesteps]
+        sched.sigmas = torch.cat([((1 - ab) / ab) ** 0.5, torch.zeros(1, dtype=ab.dtype)])
+    else:
+        sched.sigmas = sched.sigmas.double()
+    x = torch.from_numpy(x_T.copy())
+    for t in sched.timesteps:
+        e = torch.from_numpy(eps_fn(x.numpy()[None], np.array([int(t)]))[0])
+        x = sched.step(e, t, x).prev_sample
+    return x.numpy()
+
+
+@pytest.mark.parametrize(
+    "kw, T, atol",
+    [
+        ({}, 10, 1e-12),
+        ({}, 25, 1e-12),
+        ({"timestep_spacing": "trailing"}, 12, 1e-12),
+        ({"timestep_spacing": "leading", "steps_offset": 1}, 15, 1e-12),
+        # Karras levels: diffusers' are float32 (set_timesteps), tilegraph's float64
+        (
+            {
+                "use_karras_sigmas": True,
+                "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085,
+                "beta_end": 0.012,
+            },
+            20,
+            1e-7,
+        ),  # fmt: skip
+    ],
+)
+def test_unipc_is_diffusers_unipc_in_float64(kw, T, atol):
+    """sampler=unipc's sequential sampler against diffusers' UniPCMultistepScheduler
+    (UniPC-2, bh2, with the corrector) run in float64 on a smooth model: the same
+    timesteps, and the same samples to rounding; Picard (window 4, tiny tol) to the
+    same answer."""
+    W = np.random.default_rng(0).normal(size=(6, 6)) * 0.3
+
+    def eps_fn(x, t):
+        tt = np.asarray(t, dtype=np.float64).reshape((-1,) + (1,) * (x.ndim - 1))
+        return np.tanh(x @ W) * (0.5 + tt / 2000.0)
+
+    torch_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # diffusers' solver constants in float64
+    try:
+        sched = diffusers.UniPCMultistepScheduler(**kw)
+        sched.set_timesteps(T)
+        x_T = np.random.default_rng(1).normal(size=(3, 6))
+        theirs = _unipc_float64_loop(sched, eps_fn, x_T)
+    finally:
+        torch.set_default_dtype(torch_dtype)
+    sc = sched.config
+    abar = sched.alphas_cumprod.double().numpy()  # both on diffusers' float32 schedule
+    st = make_steps("unipc", abar, T, spacing=sc.timestep_spacing, offset=sc.steps_offset,
+                    karras=sc.use_karras_sigmas)  # fmt: skip
+    np.testing.assert_array_equal(sched.timesteps.numpy(), st.t)
+    z = np.zeros((T, 3, 6))
+    ours = sequential(eps_fn, st, x_T, z)
+    assert np.abs(theirs).max() > 0.1 and np.abs(theirs - x_T).max() > 0.1
+    np.testing.assert_allclose(ours, theirs, atol=atol, rtol=0)
+    np.testing.assert_allclose(picard(eps_fn, st, x_T, z, 4, 1e-12).x, ours, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "kw, T, atol",
+    [
+        ({}, 20, 3e-4),
+        ({"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 10, 1e-5),
+        (
+            {
+                "use_karras_sigmas": True,
+                "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085,
+                "beta_end": 0.012,
+            },
+            25,
+            1e-4,
+        ),  # fmt: skip
+    ],
+)
+def test_unipc_matches_diffusers_on_a_unet(kw, T, atol):
+    """The same on a random UNet in float32, as a user runs diffusers' loop (float32
+    rounding: with the defaults this network's samples reach 480, and 3e-4 is 6e-7 of
+    that)."""
+    sched = diffusers.UniPCMultistepScheduler(**kw)
+    sched.set_timesteps(T)
+    sc = sched.config
+    abar = make_schedule(sc.beta_schedule, sc.num_train_timesteps, sc.beta_start, sc.beta_end)
+    st = make_steps("unipc", abar, T, spacing=sc.timestep_spacing, karras=sc.use_karras_sigmas)
+    net = tiny_unet()
+    x_T = draw_noise(np.random.SeedSequence(1), 3, SHAPE, T)[0].astype(np.float32)
+    x = torch.from_numpy(x_T.copy())
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            x = sched.step(net(x, t).sample, t, x).prev_sample
+    model = TorchDenoiser(net, abar, SHAPE, prediction_type=sc.prediction_type)
+    ours = sequential(model.eps, st, x_T, np.zeros((T, 3, *SHAPE), np.float32))
+    assert np.abs(x.numpy()).max() > 0.1
+    np.testing.assert_allclose(ours, x.numpy(), atol=atol, rtol=0)
+
+
 def test_digits_unet_trains_once_and_is_reused(tmp_path):
     """The digits-unet preset (a few Adam steps here): the UNet is trained by the run,
     stored in it, sampled by the replicas, reused by a resumed run and by another run
@@ -740,13 +846,17 @@ def test_latent_statistics_and_shift_are_applied_as_diffusers_pipelines_do():
     assert np.abs(want_stats - want_shift).max() > 1e-3  # the two rules differ here
 
 
-def test_a_dpm_karras_directory_samples_as_diffusers(tmp_path):
-    """A directory whose DPM-Solver config has use_karras_sigmas ("DPM++ 2M Karras" on
-    Stable Diffusion's schedule): sampler=dpmpp2m takes it, and the run's sequential
-    samples are diffusers' own loop with that scheduler."""
+@pytest.mark.parametrize(
+    "cls, sampler",
+    [("DPMSolverMultistepScheduler", "dpmpp2m"), ("UniPCMultistepScheduler", "unipc")],
+)
+def test_a_karras_directory_samples_as_diffusers(tmp_path, cls, sampler):
+    """A directory whose DPM-Solver or UniPC config has use_karras_sigmas ("DPM++ 2M
+    Karras" on Stable Diffusion's schedule): the sampler takes it, and the run's
+    sequential samples are diffusers' own loop with that scheduler."""
     from helpers import run_cli
 
-    sched = diffusers.DPMSolverMultistepScheduler(
+    sched = getattr(diffusers, cls)(
         use_karras_sigmas=True, beta_schedule="scaled_linear", beta_start=0.00085,
         beta_end=0.012,
     )  # fmt: skip
@@ -755,7 +865,7 @@ def test_a_dpm_karras_directory_samples_as_diffusers(tmp_path):
     T, n = 15, 3
     rc, stdout, err = run_cli(
         "run", "picard", "--set", "model=diffusers", "--set", f"diffusers.path={path}",
-        "--set", "sampler=dpmpp2m", "--set", f"steps={T}", "--set", "window=8",
+        "--set", f"sampler={sampler}", "--set", f"steps={T}", "--set", "window=8",
         "--set", f"n_samples={n}", "--set", f"batch_size={n}", "--set", "dtype=float32",
         "--cluster", "sync", "--store", str(tmp_path / "runs"), "--json",
     )  # fmt: skip
@@ -803,3 +913,27 @@ def test_dpm_noise_levels_tilegraph_lacks_exit_2(tmp_path, sched_kw, sets, field
     sets = sets or ["sampler=dpmpp2m"]
     line = _refused(tmp_path, ["model=diffusers", f"diffusers.path={path}", *sets])
     assert field in line, line
+
+
+@pytest.mark.parametrize(
+    "cls, sampler, sched_kw, field",
+    [
+        ("UniPCMultistepScheduler", "unipc", {"solver_order": 3}, "solver_order=3"),
+        ("UniPCMultistepScheduler", "unipc", {"solver_type": "bh1"}, "solver_type='bh1'"),
+        ("UniPCMultistepScheduler", "unipc", {"disable_corrector": [0]}, "disable_corrector=[0]"),
+        ("UniPCMultistepScheduler", "unipc", {"predict_x0": False}, "predict_x0=False"),
+        ("UniPCMultistepScheduler", "unipc", {"use_flow_sigmas": True}, "use_flow_sigmas"),
+        ("DPMSolverMultistepScheduler", "dpmpp2m", {"algorithm_type": "sde-dpmsolver++"},
+         "algorithm_type='sde-dpmsolver++'"),
+        ("DPMSolverMultistepScheduler", "dpmpp2m", {"solver_order": 3}, "solver_order=3"),
+    ],
+)  # fmt: skip
+def test_solver_settings_tilegraph_does_not_run_exit_2(tmp_path, cls, sampler, sched_kw, field):
+    """A directory's DPM-Solver or UniPC config whose solver is not the one the named
+    sampler runs (another order, variant or corrector): refused, naming the setting."""
+    path = tmp_path / "solver"
+    sched = getattr(diffusers, cls)()
+    diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(str(path))
+    _edit_json(path / "scheduler" / "scheduler_config.json", **sched_kw)
+    line = _refused(tmp_path, ["model=diffusers", f"diffusers.path={path}", f"sampler={sampler}"])
+    assert field in line and "diffusers.path" in line, line

@@ -11,6 +11,24 @@ from ..base import PipelineConfig
 from ..config import paired
 from ..imports import ExternalURL, ImportPath
 
+#: Samplers whose step uses earlier steps' clean-sample predictions (diffusers'
+#: DPM-Solver++(2M) and UniPC): plain Picard, noise levels down to 0.
+MULTISTEP_SAMPLERS = ("dpmpp2m", "unipc")
+
+#: Per multistep sampler: the diffusers scheduler class it is, and the solver settings
+#: of that class tilegraph runs (a directory's config of that class with others exits 2).
+SOLVER_SETTINGS = {
+    "dpmpp2m": (
+        "DPMSolverMultistepScheduler",
+        {"solver_order": 2, "algorithm_type": "dpmsolver++", "solver_type": "midpoint"},
+    ),
+    "unipc": (
+        "UniPCMultistepScheduler",
+        {"solver_order": 2, "solver_type": "bh2", "predict_x0": True,
+         "lower_order_final": True, "disable_corrector": []},
+    ),
+}  # fmt: skip
+
 
 class GMMConfig(BaseModel):
     """The exact Gaussian-mixture model: ``K`` components ``N(mu_k, spread^2 I)`` in
@@ -156,15 +174,16 @@ class PicardConfig(PipelineConfig):
     clip_sample: float | None = Field(
         default=None, gt=0, description="clip the clean-sample prediction to [-v, v]"
     )
-    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = Field(
+    sampler: Literal["ddpm", "ddim", "dpmpp2m", "unipc"] = Field(
         default="ddpm",
-        description="ddpm, ddim or dpmpp2m (DPM-Solver++(2M), diffusers' default sampler; "
-        "plain Picard over pairs of steps, no accelerate/anderson)",
+        description="ddpm, ddim, dpmpp2m (DPM-Solver++(2M), diffusers' default sampler) or "
+        "unipc (UniPC-2 with its corrector, diffusers' UniPCMultistepScheduler); the "
+        "multistep ones run plain Picard (no accelerate/anderson)",
     )
     karras_sigmas: bool = Field(
         default=False,
-        description="sampler=dpmpp2m: Karras et al.'s noise levels ('DPM++ 2M Karras', "
-        "diffusers' use_karras_sigmas; model=diffusers: the directory's unless set)",
+        description="sampler=dpmpp2m or unipc: Karras et al.'s noise levels ('DPM++ 2M "
+        "Karras', diffusers' use_karras_sigmas; model=diffusers: the directory's unless set)",
     )
     steps: int = Field(default=1000, ge=1, description="sampling steps T")
     eta: float = Field(default=0.0, ge=0, le=1, description="DDIM noise (0: deterministic)")
@@ -281,8 +300,8 @@ class PicardConfig(PipelineConfig):
             raise ValueError("class_labels applies to model=diffusers or custom")
         if self.guidance_scale != 1.0 and self.class_labels is None:
             raise ValueError("guidance_scale needs class_labels (or conditioning)")
-        if self.karras_sigmas and self.sampler != "dpmpp2m":
-            raise ValueError("karras_sigmas applies to sampler=dpmpp2m (DPM-Solver++(2M))")
+        if self.karras_sigmas and self.sampler not in MULTISTEP_SAMPLERS:
+            raise ValueError("karras_sigmas applies to sampler=dpmpp2m or unipc")
         if self.karras_sigmas and self.schedule in ("cosine", "squaredcos_cap_v2"):
             # its largest levels share the last few timesteps, and diffusers' own loop
             # stops with an IndexError on such a schedule
@@ -290,15 +309,16 @@ class PicardConfig(PipelineConfig):
                 "karras_sigmas: not with the cosine schedule (its largest Karras levels "
                 "share the last few training timesteps)"
             )
-        if self.sampler == "dpmpp2m":
+        if self.sampler in MULTISTEP_SAMPLERS:
+            s = self.sampler
             if self.accelerate or self.anderson_memory:
                 raise ValueError(
-                    "sampler=dpmpp2m runs plain Picard: set accelerate=false and anderson_memory=0"
+                    f"sampler={s} runs plain Picard: set accelerate=false and anderson_memory=0"
                 )
             if self.clip_sample is not None and self.model != "diffusers":
-                raise ValueError("clip_sample does not apply to sampler=dpmpp2m")
+                raise ValueError(f"clip_sample does not apply to sampler={s}")
             if self.steps >= self.train_steps:
-                raise ValueError(f"steps must be < train_steps={self.train_steps} for dpmpp2m")
+                raise ValueError(f"steps must be < train_steps={self.train_steps} for {s}")
         return self
 
     def _from_directory(self) -> None:
@@ -394,13 +414,24 @@ class PicardConfig(PipelineConfig):
                 f"({', '.join(f'{k}={found[k]!r}' for k in clash)}); do not set it"
             )
         self.__dict__.update(found)
-        if self.sampler == "dpmpp2m":
-            self._dpm_noise_levels(sc)
+        if self.sampler in MULTISTEP_SAMPLERS:
+            self._multistep_settings(sc)
 
-    def _dpm_noise_levels(self, sc: dict) -> None:
-        """sampler=dpmpp2m on a directory: its ``use_karras_sigmas`` (unless
-        ``karras_sigmas`` is set), and the noise-level options of diffusers'
-        DPM-Solver that tilegraph does not have refused rather than ignored."""
+    def _multistep_settings(self, sc: dict) -> None:
+        """sampler=dpmpp2m or unipc on a directory: its ``use_karras_sigmas`` (unless
+        ``karras_sigmas`` is set); the noise-level options of diffusers' multistep
+        solvers that tilegraph does not have, and a config of the named solver's own
+        class whose solver settings are not the ones tilegraph runs, refused rather
+        than ignored."""
+        own, runs = SOLVER_SETTINGS[self.sampler]
+        if sc.get("_class_name") == own:
+            off = [f"{k}={sc[k]!r}" for k, v in runs.items() if k in sc and sc[k] != v]
+            if off:
+                raise ValueError(
+                    f"diffusers.path: scheduler {', '.join(off)} is not supported "
+                    f"(sampler={self.sampler} is {own} with "
+                    f"{', '.join(f'{k}={v!r}' for k, v in runs.items())})"
+                )
         if "karras_sigmas" not in self.model_fields_set:
             self.__dict__["karras_sigmas"] = bool(sc.get("use_karras_sigmas", False))
         other = [k for k in ("use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
@@ -416,8 +447,8 @@ class PicardConfig(PipelineConfig):
         if other:
             raise ValueError(
                 f"diffusers.path: scheduler {', '.join(other)} is not supported with "
-                "sampler=dpmpp2m (tilegraph has the schedule's own or Karras noise levels, "
-                "down to 0)"
+                f"sampler={self.sampler} (tilegraph has the schedule's own or Karras noise "
+                "levels, down to 0)"
             )
         pred = sc.get("prediction_type", "epsilon")
         if self.karras_sigmas and pred != "epsilon":
@@ -537,9 +568,10 @@ class PicardConfig(PipelineConfig):
         kw = {"spacing": self.timestep_spacing, "offset": self.steps_offset}
         if self.model == "diffusers" and self.sampler == "ddim":
             kw["final_one"] = bool(self.scheduler_config().get("set_alpha_to_one", True))
-        # diffusers' DPM-Solver has no clip_sample (a DDPM directory's clipping is dropped)
-        clip = None if self.sampler == "dpmpp2m" else self.clip_sample
-        if self.sampler == "dpmpp2m":
+        # diffusers' multistep solvers have no clip_sample (a DDPM directory's clipping
+        # is dropped)
+        clip = None if self.sampler in MULTISTEP_SAMPLERS else self.clip_sample
+        if self.sampler in MULTISTEP_SAMPLERS:
             kw["karras"] = self.karras_sigmas
         steps = make_steps(self.sampler, abar, self.steps, self.eta, clip=clip, **kw)
         return abar, steps

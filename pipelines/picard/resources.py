@@ -4,8 +4,10 @@ One batch of ``n = batch_size`` samples of ``D`` values each (``gmm.dim``; 64 fo
 ``digits``) over ``T = steps`` steps, ``e`` bytes a value (``dtype``):
 
 * the batch's pre-drawn noise ``z`` (``T n D``, drawn in float64, then a copy in
-  ``dtype``), the trajectory buffer (``(T + 1) n D``) and, with ``accelerate``, the last
-  inputs and outputs of every step (``2 T n D``): the largest items;
+  ``dtype``), the trajectory buffer (``(T + 1) n D``), with ``accelerate`` or ``guard``
+  the last inputs and outputs of every step (``2 T n D``) and with a multistep sampler
+  (``dpmpp2m``, ``unipc``) every step's newest clean-sample prediction (``T n D``):
+  the largest items;
 * per Picard iteration a window of ``L <= window`` steps: the old outputs, the model
   output and its pieces, the drifts and the cumulative sum (about ``9 L n D``), and with
   ``anderson_memory = m`` the ``2 m`` stored window iterates and their difference stacks
@@ -20,10 +22,11 @@ with ``parallel=batch`` each worker runs whole batches and the driver holds only
 results. The store holds the samples (and the sequential ones; with a latent-diffusion
 directory's autoencoder also both decoded into images), per-batch numbers,
 ``5 x batches x T`` history values and, with ``checkpoint_s`` set, up to two mid-batch
-checkpoints (the buffer; deleted at the end of the run). ``model=custom``: ``D`` is the
-size of the model's own ``sample_shape`` (the preflight builds the model once on the
-driver, :func:`~tilegraph.pipelines.picard.preflight.custom_sample_shape`); its
-parameters and activations are the user's and not counted.
+checkpoints (the buffer and those per-step arrays; deleted at the end of the run).
+``model=custom``: ``D`` is the size of the model's own ``sample_shape`` (the preflight
+builds the model once on the driver,
+:func:`~tilegraph.pipelines.picard.preflight.custom_sample_shape`); its parameters and
+activations are the user's and not counted.
 
 Only array memory is estimated (what grows with the config): the Python process with
 its imported modules comes on top.
@@ -92,14 +95,23 @@ def _image_size(cfg) -> int:
     return math.prod(decoded_shape(cfg.diffusers.path, decoder[0]))
 
 
+def _history_values(cfg) -> int:
+    """Samples-sized arrays per step that a batch's Picard keeps besides its buffer
+    (and saves in a checkpoint): the secant's or the guard's last inputs and model
+    outputs, and a multistep sampler's newest predictions."""
+    from .config import MULTISTEP_SAMPLERS
+
+    seen = 2 if cfg.accelerate or cfg.guard else 0
+    return cfg.steps * (seen + (1 if cfg.sampler in MULTISTEP_SAMPLERS else 0))
+
+
 def _batch_bytes(cfg, D: int, e: int) -> int:
     """Peak of one batch's sampling where it runs (driver in window mode)."""
     n, T, p = cfg.batch_size, cfg.steps, cfg.window
     row = n * D
     noise = T * row * (F8 + e)  # z in float64 and its copy in dtype
     kept = (T + 1) * row * e + T * row * e  # the buffer and z
-    if cfg.accelerate:
-        kept += 2 * T * row * e  # seen_x, seen_eps
+    kept += _history_values(cfg) * row * e
     window = 9 * p * row * e
     if cfg.anderson_memory:
         window += 7 * cfg.anderson_memory * p * row * max(e, F8)
@@ -164,7 +176,7 @@ def estimate(cfg, workers: int) -> Estimate:
     history = F8 * 5 * nb * T + F8 * 5 * nb
     checkpoints = 0
     if cfg.checkpoint_s is not None and cfg.parallel == "window":
-        per = (T + 1) * n * D * e + (2 * T * n * D * e if cfg.accelerate else 0)
+        per = (T + 1 + _history_values(cfg)) * n * D * e
         checkpoints = 2 * per
     weights = 0
     if cfg.model == "digits" and not cfg.digits.weights_from:

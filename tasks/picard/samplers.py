@@ -93,12 +93,25 @@ def _x0(x, eps, steps: SamplerSteps, lo: int, hi: int):
     return (x - _col(xp, np.sqrt(1.0 - ab), nd, dt) * eps) / _col(xp, np.sqrt(ab), nd, dt)
 
 
-def _multistep(xp, steps: SamplerSteps, lo: int, hi: int, x0, x0_before):
-    """The multistep term ``c_j x0_hat_{j-1}`` of steps ``lo .. hi-1``, from their own
-    predictions ``x0`` (L, n, ...) and ``x0_before``, the prediction of step ``lo - 1``
-    (n, ...; ignored when ``lo = 0``, whose ``c`` is 0)."""
-    prev = xp.concat([x0_before[None, ...], x0[:-1, ...]], axis=0)
-    return _col(xp, steps.c[lo:hi], x0.ndim, x0.dtype) * prev
+def _multistep(xp, steps: SamplerSteps, lo: int, hi: int, x0, before):
+    """The multistep term ``sum_k c_jk x0_hat_{j-1-k}`` of steps ``lo .. hi-1``, from
+    their own predictions ``x0`` (L, n, ...) and ``before`` (K, n, ...), the predictions
+    of steps ``lo - K .. lo - 1`` (any finite values where the step index is negative:
+    its ``c`` is 0)."""
+    K, L = steps.c.shape[1], x0.shape[0]
+    hist = xp.concat([before, x0[:-1, ...]], axis=0)  # steps lo-K .. hi-2
+    out = None
+    for k in range(K):  # x0_hat_{j-1-k} of step j = lo + i sits at hist[K - 1 - k + i]
+        term = _col(xp, steps.c[lo:hi, k], x0.ndim, x0.dtype) * hist[K - 1 - k : K - 1 - k + L]
+        out = term if out is None else out + term
+    return out
+
+
+def _before(xp, x0_last, lo: int, K: int):
+    """The newest predictions of steps ``lo - K .. lo - 1`` (K, n, ...) from
+    ``x0_last`` (T, n, ...); a negative step index gets step 0's row (its coefficient
+    is 0)."""
+    return xp.stack([x0_last[max(lo - K + k, 0), ...] for k in range(K)], axis=0)
 
 
 def window_update(x_in, old_out, d, inv_var):
@@ -461,14 +474,15 @@ def _step(eps_fn: Callable, steps: SamplerSteps, z, j: int, x, flags: list | Non
     return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j))[0, ...]
 
 
-def _step_multi(eps_fn: Callable, steps: SamplerSteps, z, j: int, x, x0_before, flags=None):
-    """:func:`_step` of a multistep sampler: ``(x_{j+1}, x0_hat_j)``."""
+def _step_multi(eps_fn: Callable, steps: SamplerSteps, z, j: int, x, before, flags=None):
+    """:func:`_step` of a multistep sampler: ``(x_{j+1}, x0_hat_j)``; ``before`` (K, n,
+    ...): the predictions of steps ``j - K .. j - 1``."""
     xs = x[None, ...]
     e = _model_call(eps_fn, xs, steps, j, j + 1, finite=flags is None)
     if flags is not None:
         flags.append(array_namespace(e).all(array_namespace(e).isfinite(e)))
     x0 = _x0(xs, e, steps, j, j + 1)
-    extra = _multistep(array_namespace(x), steps, j, j + 1, x0, x0_before)
+    extra = _multistep(array_namespace(x), steps, j, j + 1, x0, before)
     return x + drift(xs, e, z[j : j + 1, ...], *_coefs(steps, j), extra=extra)[0, ...], x0[0]
 
 
@@ -533,17 +547,20 @@ def sequential(eps_fn: Callable, steps: SamplerSteps, x_T, z, callback: Callable
         shape (:func:`checked_eps`).
     """
     x = x_T
-    x0 = x_T  # the previous step's prediction (a multistep sampler's first step has c = 0)
+    xp = array_namespace(x)
+    # the previous steps' predictions, oldest first (a multistep sampler's first steps
+    # have c = 0 on the ones that do not exist)
+    before = None if steps.c is None else xp.stack([x_T] * steps.c.shape[1], axis=0)
     flags: list = []  # per step, on the device: read once at the end
     for j in range(len(steps)):
         if steps.c is None:
             x = _step(eps_fn, steps, z, j, x, flags)
         else:
-            x, x0 = _step_multi(eps_fn, steps, z, j, x, x0, flags)
+            x, x0 = _step_multi(eps_fn, steps, z, j, x, before, flags)
+            before = xp.concat([before[1:, ...], x0[None, ...]], axis=0)
         if callback is not None:
             callback(j)
     if flags:
-        xp = array_namespace(x)
         ok = np.asarray(to_host(xp.stack(flags)), dtype=bool)
         if not ok.all():
             first = int(np.flatnonzero(~ok)[0])  # the later ones follow from its NaN
@@ -802,8 +819,8 @@ def picard(
     # secant slopes)
     s2 = xp.zeros(x_T.shape[:1], dtype=x_T.dtype)
     loglam = np.full((T, x_T.shape[0]), np.nan) if guard else None
-    # a multistep sampler's fixed point is over pairs (x_j, x0_hat_{j-1}): the newest
-    # prediction of every step, the previous step's for a window's first step
+    # a multistep sampler's fixed point is over (x_j, x0_hat_{j-1}, ..., x0_hat_{j-K}):
+    # the newest prediction of every step, the steps' before the window for its first
     x0_last = xp.zeros((T, *x_T.shape), dtype=x_T.dtype) if multi else None
     if secant or guard:
         seen_x = xp.zeros((T, *x_T.shape), dtype=x_T.dtype)
@@ -837,7 +854,8 @@ def picard(
         extra = None
         if multi:
             x0 = _x0(x_in, eps, steps, b, e)
-            extra = _multistep(xp, steps, b, e, x0, x0_last[max(b - 1, 0), ...])
+            before = _before(xp, x0_last, b, steps.c.shape[1])
+            extra = _multistep(xp, steps, b, e, x0, before)
             x0_last[b:e, ...] = x0
         d = drift(x_in, eps, z[b:e, ...], steps.a[b:e], steps.b[b:e], steps.sigma[b:e], extra)
         if guard:  # before the secant update overwrites the previous evaluations

@@ -92,17 +92,18 @@ class SamplerSteps:
         ``alphas_cumprod`` at ``t``: what relates the model's noise prediction to its
         prediction of the clean sample, ``x0_hat = (x - sqrt(1 - abar) eps) / sqrt(abar)``.
     kind : str
-        ``"ddpm"`` or ``"ddim"``.
+        ``"ddpm"``, ``"ddim"``, ``"dpmpp2m"`` or ``"unipc"``.
     x0_coef : numpy.ndarray or None
         The coefficient of the clean-sample prediction ``x0_hat`` in step ``j`` (what a
         clipped ``x0_hat`` changes).
     clip : float or None
         ``x0_hat`` is clipped to ``[-clip, clip]`` (diffusers' ``clip_sample_range``;
         None: not clipped).
-    c : numpy.ndarray or None
-        Multistep samplers (``"dpmpp2m"``): the coefficient of the previous step's
-        clean-sample prediction in step ``j``, ``x_{j+1} = a_j x_j + b_j eps_j + c_j
-        x0_hat_{j-1}`` (0 for first-order steps); None for one-step samplers.
+    c : numpy.ndarray or None, shape (n, K)
+        Multistep samplers (``"dpmpp2m"``: K = 1, ``"unipc"``: K = 2): the coefficients
+        of the previous steps' clean-sample predictions in step ``j``, ``x_{j+1} = a_j
+        x_j + b_j eps_j + sum_k c_jk x0_hat_{j-1-k}`` (0 where there is no such step);
+        None for one-step samplers.
     """
 
     t: np.ndarray
@@ -277,6 +278,43 @@ def sigma_to_t(sigma: np.ndarray, abar: np.ndarray) -> np.ndarray:
     return (1.0 - w) * low + w * (low + 1)
 
 
+def _dpm_levels(abar, n_steps: int, spacing: str, offset: int, karras: bool):
+    """The steps of diffusers' multistep solvers (DPM-Solver, UniPC): ``(t, ab, var)``,
+    the timesteps the model sees, ``abar`` at the steps' noise levels and the posterior
+    variance between consecutive levels (the scale of the Picard tolerance)."""
+    if karras:
+        if not 1 <= n_steps < abar.shape[0]:
+            raise ValueError(f"n_steps must be in 1..{abar.shape[0] - 1}, got {n_steps}")
+        sig = karras_sigmas(abar, n_steps)
+        t = np.round(sigma_to_t(sig, abar)).astype(np.int64)
+        ab = 1.0 / (1.0 + sig**2)
+        n = t.shape[0]  # the posterior variance between the steps' own levels
+        _, _, _, var = _pairs(np.append(ab, 1.0), np.arange(n), np.arange(1, n + 1))
+    else:
+        t = dpm_timesteps(abar.shape[0], n_steps, spacing, offset)
+        ab = abar[t]
+        _, _, _, var = _pairs(abar, t, np.concatenate([t[1:], [-1]]))
+    return t, ab, var
+
+
+def _log_snr(ab: np.ndarray):
+    """``(alpha, sigma, lambda)`` of the steps' levels and of the next step's, the last
+    step's next level being noise level 0 (``alpha = 1``, ``sigma = 0``, ``lambda =
+    inf``). Shapes (n,)."""
+    al, sg = np.sqrt(ab), np.sqrt(1.0 - ab)
+    lam = np.log(al / sg)
+    with np.errstate(divide="ignore"):
+        nxt = (np.append(al[1:], 1.0), np.append(sg[1:], 0.0), np.append(lam[1:], np.inf))
+    return (al, sg, lam), nxt
+
+
+def _x0_form(g, cm, al, sg, kind, ab, t, var, c):
+    """A step ``x_{j+1} = g_j x_j + cm_j x0_hat_j + ...`` written in :class:`SamplerSteps`'
+    form, with ``x0_hat = (x - sg eps) / al``."""
+    n = t.shape[0]
+    return SamplerSteps(t, g + cm / al, -cm * sg / al, np.zeros(n), var, ab, kind, c=c)
+
+
 def dpmpp_2m_steps(
     abar: np.ndarray,
     n_steps: int,
@@ -301,21 +339,9 @@ def dpmpp_2m_steps(
     the schedule's at ``t`` (two steps may share a timestep).
     """
     abar = np.asarray(abar, dtype=np.float64)
-    if karras:
-        if not 1 <= n_steps < abar.shape[0]:
-            raise ValueError(f"n_steps must be in 1..{abar.shape[0] - 1}, got {n_steps}")
-        sig = karras_sigmas(abar, n_steps)
-        t = np.round(sigma_to_t(sig, abar)).astype(np.int64)
-        ab = 1.0 / (1.0 + sig**2)
-    else:
-        t = dpm_timesteps(abar.shape[0], n_steps, spacing, offset)
-        ab = abar[t]
+    t, ab, var = _dpm_levels(abar, n_steps, spacing, offset, karras)
     n = t.shape[0]
-    al, sg = np.sqrt(ab), np.sqrt(1.0 - ab)
-    al_n, sg_n = np.append(al[1:], 1.0), np.append(sg[1:], 0.0)
-    lam = np.log(al / sg)
-    with np.errstate(divide="ignore"):
-        lam_n = np.append(lam[1:], np.inf)
+    (al, sg, lam), (al_n, sg_n, lam_n) = _log_snr(ab)
     em = np.expm1(-(lam_n - lam))  # e^-h - 1 (-1 at the last step)
     first = np.zeros(n, dtype=bool)
     first[0] = first[-1] = True  # diffusers' lower_order_final: the step to level 0
@@ -323,31 +349,91 @@ def dpmpp_2m_steps(
     r[1:] = (lam[1:] - lam[:-1]) / (lam_n[1:] - lam[1:])
     r = np.where(first, 1.0, r)  # (the last step's h is infinite)
     k = np.where(first, 1.0, 1.0 + 0.5 / r)
-    a = sg_n / sg - al_n * em * k / al
-    b = al_n * em * k * sg / al
-    c = np.where(first, 0.0, 0.5 * al_n * em / r)
-    prev = np.concatenate([t[1:], [-1]])
-    if karras:  # the posterior variance between the steps' own levels
-        _, _, _, var = _pairs(np.append(ab, 1.0), np.arange(n), np.arange(1, n + 1))
-    else:
-        _, _, _, var = _pairs(abar, t, prev)
-    return SamplerSteps(t, a, b, np.zeros(n), var, ab, "dpmpp2m", c=c)
+    c = np.where(first, 0.0, 0.5 * al_n * em / r)[:, None]
+    return _x0_form(sg_n / sg, -al_n * em * k, al, sg, "dpmpp2m", ab, t, var, c)
+
+
+def unipc_steps(
+    abar: np.ndarray,
+    n_steps: int,
+    spacing: str = "linspace",
+    offset: int = 0,
+    karras: bool = False,
+) -> SamplerSteps:
+    """UniPC (Zhao et al. 2023) as diffusers' ``UniPCMultistepScheduler`` with its
+    defaults: order 2, ``bh2``, data prediction, the corrector UniC on every step,
+    first-order first and last steps, final noise level 0 (levels and ``karras`` as
+    :func:`dpmpp_2m_steps`).
+
+    diffusers evaluates the model at the predictor's output ``x_j`` and corrects it with
+    that output before predicting ``x_{j+1}``, so the corrected sample is a function of
+    ``x_j`` and the clean-sample predictions ``m_j, m_{j-1}, m_{j-2}``, and the whole step
+    is a three-step linear multistep on the model inputs:
+    ``x_{j+1} = a_j x_j + b_j eps_j + c_j1 m_{j-1} + c_j2 m_{j-2}``. With ``E_j = e^-h_j
+    - 1``, ``r_j = (lambda_{j-1} - lambda_j) / h_j``:
+
+    * predictor: ``x_{j+1} = (sigma_{j+1} / sigma_j) xc_j - alpha_{j+1} E_j (m_j + [order
+      2] (m_{j-1} - m_j) / (2 r_j))``;
+    * corrector (order of the previous predictor): ``xc_j = x_j - alpha_j E_{j-1}
+      (rc_0 - 1/2) (m_{j-2} - m_{j-1}) / r_{j-1} + rc_1 (m_j - m_{j-1}))`` where
+      ``(rc_0, rc_1)`` solve UniC's 2x2 system (order 1: ``rc_1 = 1/2`` alone).
+
+    The sample is the last predictor's output (diffusers corrects no final sample).
+    """
+    abar = np.asarray(abar, dtype=np.float64)
+    t, ab, var = _dpm_levels(abar, n_steps, spacing, offset, karras)
+    n = t.shape[0]
+    (al, sg, lam), (al_n, sg_n, lam_n) = _log_snr(ab)
+    E = np.expm1(-(lam_n - lam))  # h phi_1 = B(h) of bh2 (-1 at the last step)
+    order = np.full(n, 2)
+    order[0] = order[-1] = 1  # the first step, and lower_order_final
+    r = np.ones(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r[1:] = (lam[:-1] - lam[1:]) / (lam_n[1:] - lam[1:])
+    w = np.zeros(n)  # predictor: m_j + w (m_{j-1} - m_j)
+    w[order == 2] = 0.5 / r[order == 2]
+    P = -al_n * E
+    # corrector of step j (from step j-1's predictor: same h, r, order)
+    u = np.zeros(n)  # on (m_{j-2} - m_{j-1})
+    v = np.zeros(n)  # on (m_j - m_{j-1})
+    for j in range(1, n):
+        i = j - 1
+        hh = lam[i] - lam_n[i]  # -h
+        hk = E[i] / hh - 1.0
+        if order[i] == 1:
+            v[j] = 0.5
+        else:
+            b1 = hk / E[i]
+            b2 = (hk / hh - 0.5) * 2.0 / E[i]
+            rc0, rc1 = np.linalg.solve([[1.0, 1.0], [r[i], 1.0]], [b1, b2])
+            u[j], v[j] = (rc0 - 0.5) / r[i], rc1
+    K = np.zeros(n)
+    K[1:] = -al[1:] * E[:-1]
+    g = sg_n / sg
+    gK = g * K
+    cm = gK * v + P * (1.0 - w)
+    c = np.stack([-gK * (u + v) + P * w, gK * u], axis=1)
+    return _x0_form(g, cm, al, sg, "unipc", ab, t, var, c)
+
+
+#: The multistep samplers by name.
+MULTISTEP = {"dpmpp2m": dpmpp_2m_steps, "unipc": unipc_steps}
 
 
 def make_steps(kind: str, abar: np.ndarray, n_steps: int, eta: float = 0.0, **kw) -> SamplerSteps:
-    """``ddpm_steps``, ``ddim_steps`` or ``dpmpp_2m_steps`` by name (``kw``:
-    ``spacing``, ``offset``, ``clip``; ``final_one`` for DDIM; ``karras`` for
-    DPM-Solver++)."""
-    if kind != "dpmpp2m" and kw.pop("karras", False):
-        raise ValueError("karras noise levels apply to dpmpp2m only")
+    """``ddpm_steps``, ``ddim_steps``, ``dpmpp_2m_steps`` or ``unipc_steps`` by name
+    (``kw``: ``spacing``, ``offset``, ``clip``; ``final_one`` for DDIM; ``karras`` for
+    the multistep samplers)."""
+    if kind not in MULTISTEP and kw.pop("karras", False):
+        raise ValueError("karras noise levels apply to dpmpp2m and unipc only")
     if kind == "ddpm":
         kw.pop("final_one", None)
         return ddpm_steps(abar, n_steps, **kw)
     if kind == "ddim":
         return ddim_steps(abar, n_steps, eta, **kw)
-    if kind == "dpmpp2m":
+    if kind in MULTISTEP:
         kw.pop("final_one", None)
         if kw.pop("clip", None) is not None:
-            raise ValueError("clip_sample does not apply to dpmpp2m (diffusers' has none)")
-        return dpmpp_2m_steps(abar, n_steps, **kw)
-    raise ValueError(f"unknown sampler {kind!r}; choose 'ddpm', 'ddim' or 'dpmpp2m'")
+            raise ValueError(f"clip_sample does not apply to {kind} (diffusers' has none)")
+        return MULTISTEP[kind](abar, n_steps, **kw)
+    raise ValueError(f"unknown sampler {kind!r}; choose 'ddpm', 'ddim', 'dpmpp2m' or 'unipc'")
