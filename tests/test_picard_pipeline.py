@@ -61,6 +61,29 @@ def test_quick_gmm_run_writes_readable_results(tmp_path, executors):
     assert png.stat().st_size > 10_000
 
 
+def test_a_run_that_returns_another_sample_says_so(tmp_path, executors, capsys):
+    """DPM-Solver++-50 at p = 16 on the quick mixture: at tol = 0.1 one sample of batch
+    1 ends in another component (4.3 from the sequential sampler's), and the run warns,
+    naming the batch, on standard error and in its metrics; at tol = 0.02 (docs/picard.md,
+    "Few steps") it does not."""
+    from tilegraph.pipelines.picard.runner import another_sample
+
+    sets = ["sampler=dpmpp2m", "steps=50", "window=16", "n_samples=32"]
+    _, loose = run_pipeline(tmp_path, executors("sync"), sets=[*sets, "tol=0.1"])
+    err = capsys.readouterr().err
+    assert loose["max_abs_diff_vs_sequential"] > 3
+    (line,) = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert "batch(es) 1:" in line and "another sample" in line
+    assert loose["warnings"] == [line.removeprefix("warning: ")]
+    _, tight = run_pipeline(tmp_path, executors("sync"), sets=[*sets, "tol=0.02"], name="t")
+    assert "warning:" not in capsys.readouterr().err and "warnings" not in tight
+    assert tight["max_abs_diff_vs_sequential"] < 10 * 0.02
+    # the limit: 10 tol, at most 1
+    assert another_sample(np.array([0.009, 0.011]), 1e-3).startswith("batch(es) 1:")
+    assert another_sample(np.array([0.9, 0.99]), 0.5) is None
+    assert another_sample(np.array([0.9, 1.01]), 0.5).startswith("batch(es) 1:")
+
+
 def test_window_one_reproduces_the_sequential_sampler(tmp_path, executors):
     sets = ["n_samples=4", "batch_size=4", "window=1", "steps=50", "sampler=ddim"]
     store, m = run_pipeline(tmp_path, executors("sync"), sets=sets)

@@ -192,7 +192,8 @@ class PicardConfig(PipelineConfig):
         default=0.1,
         gt=0,
         description="tolerance relative to the noise scale (DDIM with window <= 32: <= 0.02, "
-        "accelerated <= 0.01; docs/picard.md)",
+        "accelerated <= 0.01; 20-100 steps: dpmpp2m/unipc <= 0.02, DDIM <= 0.005; "
+        "docs/picard.md)",
     )
     accelerate: bool = Field(
         default=False,

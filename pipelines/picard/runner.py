@@ -149,6 +149,30 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims, image_shape=None) -> d
     return out
 
 
+#: A batch whose samples end more than this many tolerances (at most 1.0) from the
+#: sequential sampler's holds another sample, not a rounding of it: converged batches
+#: end within 0.3-4 tol on the mixtures of docs/picard.md, samples that changed component
+#: 3-4.4 away.
+WRONG_TOLS = 10.0
+
+
+def another_sample(diffs: np.ndarray, tol: float) -> str | None:
+    """The warning for batches whose Picard samples are another sample than the
+    sequential sampler's (``diffs``: each batch's max |Picard - sequential|, shape
+    (batches,)), or None."""
+    limit = min(WRONG_TOLS * tol, 1.0)
+    bad = np.flatnonzero(diffs > limit)
+    if not bad.size:
+        return None
+    which = ", ".join(str(int(b)) for b in bad[:8]) + (", ..." if bad.size > 8 else "")
+    return (
+        f"batch(es) {which}: Picard's samples end up to {float(diffs.max()):.3g} from the "
+        f"sequential sampler's on the same noise, more than {limit:.3g} ({WRONG_TOLS:g} x "
+        f"tol, at most 1): another sample, not a rounding of it; take a smaller tol "
+        f"(docs/picard.md, 'Error control')"
+    )
+
+
 def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     """Sample ``n_samples`` by Picard iteration; write ``result`` (samples, the sequential
     samples, with a latent-diffusion directory both decoded into images, per-batch
@@ -243,9 +267,14 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
     }
     if cfg.compare_sequential:
         seq_walls = arr["result/sequential_wall_s"].read()
-        metrics["max_abs_diff_vs_sequential"] = float(arr["result/max_abs_diff"].read().max())
+        diffs = arr["result/max_abs_diff"].read()
+        metrics["max_abs_diff_vs_sequential"] = float(diffs.max())
         metrics["sequential_wall_s"] = float(seq_walls.sum())
         metrics["speedup_wall"] = float(seq_walls.sum() / walls.sum())
+        wrong = another_sample(diffs, cfg.tol)
+        if wrong:
+            ctx.warn(wrong)
+            metrics["warnings"] = [wrong]
     metrics.update(info)
 
     ctx.save_figure(summary_figure(store, cfg, spec, abar))
