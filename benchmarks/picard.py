@@ -67,7 +67,8 @@ Part 5 (``--trained-unet``; the torch extra): the ``digits-unet`` preset's UNet,
 here as the preset trains it (1-2 minutes), DDPM-100 and DDIM-100 without clipping, 16
 samples, p in (8, 32), tol in (0.1, 0.01): iterations and max |parallel - sequential| of
 diffusers' ParaDiGMS loop and of tilegraph's plain and accelerated Picard, guard off and
-on.
+on; then DDIM, DPM-Solver++(2M) and UniPC at 20 and 50 steps, p in (8, all steps), tol
+in (0.1, 0.02): plain Picard, guard off and on (diffusers has no parallel loop for these).
 
 Results go to ``benchmarks/results/picard.json`` (``--out``). A part not run
 (``--skip-counts``, ``--skip-learned``, ``--skip-wall``, a wall setting, device or part 4/5
@@ -561,6 +562,30 @@ def trained_unet_part() -> list[dict]:
                     f"{v[0]:4d} ({v[1]:.2g})" for k, v in row.items() if isinstance(v, list)
                 )
                 print(f"{row['sampler']:9} {p:3d} {tol:5.2f}  {cells}", flush=True)
+    # the few-step samplers diffusers' users sample with (no peer: diffusers has no
+    # parallel DPM-Solver or UniPC): plain Picard, guard off and on
+    print("sampler     p   tol  plain (err)  plain + guard (err)  [sequential steps]")
+    abar = sched.alphas_cumprod.numpy().astype(np.float64)
+    model = TorchDenoiser(net, abar, shape)
+    for kind, T in itertools.product(("ddim", "dpmpp2m", "unipc"), (20, 50)):
+        st = make_steps(kind, abar, T)
+        x_T, z = draw_noise(np.random.SeedSequence(3), n, shape, T)
+        x_T, z = x_T.astype(np.float32), z.astype(np.float32)
+        xs = sequential(model.eps, st, x_T, z)
+        for p in (8, T):
+            for tol in (0.1, 0.02):
+                row = {"sampler": f"{kind}-{T}", "window": p, "tol": tol}
+                for guard in (False, True):
+                    r = picard(model.eps, st, x_T, z, p, tol, guard=guard)
+                    row["plain + guard" if guard else "plain"] = [
+                        r.iterations,
+                        float(np.abs(r.x - xs).max()),
+                    ]
+                rows.append(row)
+                cells = " ".join(
+                    f"{v[0]:4d} ({v[1]:.2g})" for k, v in row.items() if isinstance(v, list)
+                )
+                print(f"{row['sampler']:11} {p:3d} {tol:5.2f}  {cells}  [{T}]", flush=True)
     return rows
 
 
