@@ -813,19 +813,42 @@ def test_a_bad_latent_directory_exits_2_before_anything_is_written(
     assert field in line and needle in line, line
 
 
-def test_a_float16_vae_decodes_in_float32_as_diffusers_upcasts(latent_dirs):
+@pytest.mark.parametrize("sub, want", [("vae", "float32"), ("vqvae", "float16")])
+def test_a_float16_vae_decodes_in_float32_as_diffusers_upcasts(tmp_path, latent_dirs, sub, want):
     """AutoencoderKL's force_upcast (on by default): with diffusers.dtype=float16 the
-    network runs in float16 and the VAE decodes in float32, as diffusers' pipelines do."""
+    network runs in float16 and the VAE decodes in float32, as diffusers' pipelines do;
+    a VQModel decodes in the network's float16. A whole run on the CPU (torch has
+    float16 kernels there): the images are that decode of the stored latents."""
+    from helpers import run_cli
     from tilegraph.pipelines.picard.config import PicardConfig
     from tilegraph.pipelines.picard.model_spec import _decoder_spec
 
-    for sub, want in (("vae", "float32"), ("vqvae", "float16")):
-        cfg = PicardConfig(
-            model="diffusers", diffusers={"path": str(latent_dirs[sub]), "dtype": "float16"}
-        )
-        spec = _decoder_spec(cfg)
-        assert spec["dtype"] == want and spec["subfolder"] == sub
-        assert spec["image_shape"] == (3, 16, 16)
+    cfg = PicardConfig(
+        model="diffusers", diffusers={"path": str(latent_dirs[sub]), "dtype": "float16"}
+    )
+    spec = _decoder_spec(cfg)
+    assert spec["dtype"] == want and spec["subfolder"] == sub
+    assert spec["image_shape"] == (3, 16, 16)
+    rc, stdout, err = run_cli(
+        "run", "picard", "--set", "model=diffusers", "--set",
+        f"diffusers.path={latent_dirs[sub]}", "--set", "diffusers.dtype=float16",
+        "--set", "sampler=ddim", "--set", "steps=6", "--set", "window=3", "--set",
+        "n_samples=2", "--set", "batch_size=2", "--set", "dtype=float32",
+        "--cluster", "sync", "--store", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    res = xr.open_zarr(last_json(stdout)["path"] + "/result", consolidated=False).load()
+    img = res.image.values
+    assert np.all(np.isfinite(res.samples.values)) and img.std() > 0.01
+    cls = diffusers.VQModel if sub == "vqvae" else diffusers.AutoencoderKL
+    dt = getattr(torch, want)
+    ae = cls.from_pretrained(str(latent_dirs[sub]), subfolder=sub, torch_dtype=dt)
+    with torch.inference_mode():
+        z = torch.from_numpy(res.samples.values).to(dt)
+        ref = (ae.decode(z / ae.config.scaling_factor).sample.float() / 2 + 0.5).clamp(0, 1)
+    # float32: as the float32 tests (thread counts); float16: a few of its ulps at 1 (the
+    # VQModel's float32 decode of these latents is 0.034 away: its quantizer amplifies)
+    np.testing.assert_allclose(img, ref.numpy(), atol=1e-5 if want == "float32" else 4e-3)
 
 
 def test_latent_statistics_and_shift_are_applied_as_diffusers_pipelines_do():
