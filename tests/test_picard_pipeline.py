@@ -66,7 +66,7 @@ def test_a_run_that_returns_another_sample_says_so(tmp_path, executors, capsys):
     1 ends in another component (4.3 from the sequential sampler's), and the run warns,
     naming the batch, on standard error and in its metrics; at tol = 0.02 (docs/picard.md,
     "Few steps") it does not."""
-    from tilegraph.pipelines.picard.runner import another_sample
+    from tilegraph.pipelines.picard.runner import another_sample, rounding_eps
 
     sets = ["sampler=dpmpp2m", "steps=50", "window=16", "n_samples=32"]
     _, loose = run_pipeline(tmp_path, executors("sync"), sets=[*sets, "tol=0.1"])
@@ -78,10 +78,15 @@ def test_a_run_that_returns_another_sample_says_so(tmp_path, executors, capsys):
     _, tight = run_pipeline(tmp_path, executors("sync"), sets=[*sets, "tol=0.02"], name="t")
     assert "warning:" not in capsys.readouterr().err and "warnings" not in tight
     assert tight["max_abs_diff_vs_sequential"] < 10 * 0.02
-    # the limit: 10 tol, at most 1
+    # the limit: 10 tol, at most 1, at least 100 x the coarsest precision's epsilon
     assert another_sample(np.array([0.009, 0.011]), 1e-3).startswith("batch(es) 1:")
     assert another_sample(np.array([0.9, 0.99]), 0.5) is None
     assert another_sample(np.array([0.9, 1.01]), 0.5).startswith("batch(es) 1:")
+    assert another_sample(np.array([0.05]), 1e-3, 2.0**-10) is None  # a float16 network
+    assert another_sample(np.array([2e-5]), 1e-7, 2.0**-23).startswith("batch(es) 0:")
+    assert another_sample(np.array([1e-5]), 1e-7, 2.0**-23) is None
+    cfg = build_config(PIPELINE, "quick", None, ["dtype=float32"])
+    assert rounding_eps(cfg) == np.finfo(np.float32).eps
 
 
 def test_window_one_reproduces_the_sequential_sampler(tmp_path, executors):

@@ -960,3 +960,37 @@ def test_solver_settings_tilegraph_does_not_run_exit_2(tmp_path, cls, sampler, s
     _edit_json(path / "scheduler" / "scheduler_config.json", **sched_kw)
     line = _refused(tmp_path, ["model=diffusers", f"diffusers.path={path}", f"sampler={sampler}"])
     assert field in line and "diffusers.path" in line, line
+
+
+@pytest.mark.parametrize(
+    "cls, sampler, sched_kw",
+    [
+        ("UniPCMultistepScheduler", "unipc", {"solver_type": "midpoint"}),
+        ("DPMSolverMultistepScheduler", "dpmpp2m", {"solver_type": "logrho"}),
+        ("DPMSolverMultistepScheduler", "dpmpp2m", {"solver_type": "bh2"}),
+    ],
+)
+def test_solver_aliases_diffusers_maps_are_accepted(tmp_path, cls, sampler, sched_kw):
+    """Values diffusers maps to the solver tilegraph runs (on construction) pass, and a
+    hand-written config without timestep_spacing gets these classes' linspace."""
+    import json
+
+    from tilegraph.pipelines.picard.config import PicardConfig
+
+    path = tmp_path / "alias"
+    sched = getattr(diffusers, cls)()
+    diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(str(path))
+    conf = path / "scheduler" / "scheduler_config.json"
+    _edit_json(conf, **sched_kw)
+    assert getattr(diffusers, cls).from_pretrained(str(path), subfolder="scheduler")
+    kw = {
+        "model": "diffusers",
+        "diffusers": {"path": str(path)},
+        "sampler": sampler,
+        "steps": 20,
+        "window": 8,
+    }
+    assert PicardConfig(**kw).timestep_spacing == "linspace"
+    conf.write_text(json.dumps({k: v for k, v in json.loads(conf.read_text()).items()
+                                if k != "timestep_spacing"}))  # fmt: skip
+    assert PicardConfig(**kw).timestep_spacing == "linspace"

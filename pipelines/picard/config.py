@@ -15,19 +15,27 @@ from ..imports import ExternalURL, ImportPath
 #: DPM-Solver++(2M) and UniPC): plain Picard, noise levels down to 0.
 MULTISTEP_SAMPLERS = ("dpmpp2m", "unipc")
 
-#: Per multistep sampler: the diffusers scheduler class it is, and the solver settings
-#: of that class tilegraph runs (a directory's config of that class with others exits 2).
+#: Per multistep sampler: the diffusers scheduler class it is, and the values of that
+#: class's solver settings that run what tilegraph runs (diffusers' own aliases
+#: included: it maps them on construction); a directory's config of that class with
+#: another value exits 2.
 SOLVER_SETTINGS = {
     "dpmpp2m": (
         "DPMSolverMultistepScheduler",
-        {"solver_order": 2, "algorithm_type": "dpmsolver++", "solver_type": "midpoint"},
+        {"solver_order": (2,), "algorithm_type": ("dpmsolver++",),
+         "solver_type": ("midpoint", "logrho", "bh1", "bh2")},
     ),
     "unipc": (
         "UniPCMultistepScheduler",
-        {"solver_order": 2, "solver_type": "bh2", "predict_x0": True,
-         "lower_order_final": True, "disable_corrector": []},
+        {"solver_order": (2,), "solver_type": ("bh2", "midpoint", "heun", "logrho"),
+         "predict_x0": (True,), "lower_order_final": (True,), "disable_corrector": ([],),
+         "solver_p": (None,)},
     ),
 }  # fmt: skip
+
+#: diffusers' default ``timestep_spacing`` of the scheduler classes whose default is
+#: not ``leading`` (a hand-written config may leave it out).
+LINSPACE_SCHEDULERS = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
 
 class GMMConfig(BaseModel):
@@ -393,7 +401,10 @@ class PicardConfig(PipelineConfig):
             train_steps=self._scheduler_value(sc, "num_train_timesteps", 1000, "train_steps"),
             beta_start=self._scheduler_value(sc, "beta_start", 1e-4, "beta_start"),
             beta_end=self._scheduler_value(sc, "beta_end", 0.02, "beta_end"),
-            timestep_spacing=sc.get("timestep_spacing", "leading"),
+            timestep_spacing=sc.get(
+                "timestep_spacing",
+                "linspace" if sc.get("_class_name") in LINSPACE_SCHEDULERS else "leading",
+            ),
             steps_offset=self._scheduler_value(sc, "steps_offset", 0, "steps_offset"),
             clip_sample=self._scheduler_value(sc, "clip_sample_range", 1.0, "clip_sample")
             if sc.get("clip_sample")
@@ -426,12 +437,12 @@ class PicardConfig(PipelineConfig):
         than ignored."""
         own, runs = SOLVER_SETTINGS[self.sampler]
         if sc.get("_class_name") == own:
-            off = [f"{k}={sc[k]!r}" for k, v in runs.items() if k in sc and sc[k] != v]
+            off = [f"{k}={sc[k]!r}" for k, v in runs.items() if k in sc and sc[k] not in v]
             if off:
                 raise ValueError(
                     f"diffusers.path: scheduler {', '.join(off)} is not supported "
                     f"(sampler={self.sampler} is {own} with "
-                    f"{', '.join(f'{k}={v!r}' for k, v in runs.items())})"
+                    f"{', '.join(f'{k}={v[0]!r}' for k, v in runs.items())})"
                 )
         if "karras_sigmas" not in self.model_fields_set:
             self.__dict__["karras_sigmas"] = bool(sc.get("use_karras_sigmas", False))

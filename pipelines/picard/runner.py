@@ -150,26 +150,40 @@ def _arrays(store, cfg: PicardConfig, sample_shape, dims, image_shape=None) -> d
 
 
 #: A batch whose samples end more than this many tolerances (at most 1.0) from the
-#: sequential sampler's holds another sample, not a rounding of it: converged batches
-#: end within 0.3-4 tol on the mixtures of docs/picard.md, samples that changed component
-#: 3-4.4 away.
+#: sequential sampler's is likely to hold another sample, not a rounding of it: on the
+#: mixtures of docs/picard.md converged batches end within 0.2-4 tol, samples that
+#: changed component 3-4.4 away (calibrated there only).
 WRONG_TOLS = 10.0
 
+#: Bits of the coarsest precision in play below which differences count as rounding.
+ROUNDING_EPS = 100.0
 
-def another_sample(diffs: np.ndarray, tol: float) -> str | None:
-    """The warning for batches whose Picard samples are another sample than the
+#: Machine epsilon of the network precisions numpy lacks.
+_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def rounding_eps(cfg: PicardConfig) -> float:
+    """Machine epsilon of the coarsest precision a run computes in: its samples' and,
+    for a diffusers directory, its network's."""
+    names = [cfg.dtype] + ([cfg.diffusers.dtype] if cfg.model == "diffusers" else [])
+    return max(_EPS.get(n) or float(np.finfo(n).eps) for n in names)
+
+
+def another_sample(diffs: np.ndarray, tol: float, eps: float = 0.0) -> str | None:
+    """The warning for batches whose Picard samples are likely another sample than the
     sequential sampler's (``diffs``: each batch's max |Picard - sequential|, shape
-    (batches,)), or None."""
-    limit = min(WRONG_TOLS * tol, 1.0)
+    (batches,), in the samples' units), or None. The limit is ``min(10 tol, 1)``, but
+    at least ``100 eps``: the rounding of samples of unit scale in precision ``eps``."""
+    limit = max(min(WRONG_TOLS * tol, 1.0), ROUNDING_EPS * eps)
     bad = np.flatnonzero(diffs > limit)
     if not bad.size:
         return None
     which = ", ".join(str(int(b)) for b in bad[:8]) + (", ..." if bad.size > 8 else "")
     return (
         f"batch(es) {which}: Picard's samples end up to {float(diffs.max()):.3g} from the "
-        f"sequential sampler's on the same noise, more than {limit:.3g} ({WRONG_TOLS:g} x "
-        f"tol, at most 1): another sample, not a rounding of it; take a smaller tol "
-        f"(docs/picard.md, 'Error control')"
+        f"sequential sampler's on the same noise, more than {limit:.3g} (min(10 tol, 1), "
+        f"at least 100 x the precision's epsilon): likely another sample, not a rounding "
+        f"of it; take a smaller tol (docs/picard.md, 'Error control')"
     )
 
 
@@ -271,7 +285,7 @@ def run(cfg: PicardConfig, ctx: RunContext) -> dict:
         metrics["max_abs_diff_vs_sequential"] = float(diffs.max())
         metrics["sequential_wall_s"] = float(seq_walls.sum())
         metrics["speedup_wall"] = float(seq_walls.sum() / walls.sum())
-        wrong = another_sample(diffs, cfg.tol)
+        wrong = another_sample(diffs, cfg.tol, rounding_eps(cfg))
         if wrong:
             ctx.warn(wrong)
             metrics["warnings"] = [wrong]
