@@ -994,3 +994,114 @@ def test_solver_aliases_diffusers_maps_are_accepted(tmp_path, cls, sampler, sche
     conf.write_text(json.dumps({k: v for k, v in json.loads(conf.read_text()).items()
                                 if k != "timestep_spacing"}))  # fmt: skip
     assert PicardConfig(**kw).timestep_spacing == "linspace"
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    """A tiny Stable Diffusion directory (``StableDiffusionPipeline.save_pretrained``): a
+    two-layer ``CLIPTextModel`` of 16 features with a character-level ``CLIPTokenizer``
+    (16 tokens), a cross-attention UNet on 4 x 8 x 8 latents, an ``AutoencoderKL`` and a
+    DDIM scheduler without clipping."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())  # every byte a token: no merges needed
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    tok = transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    torch.manual_seed(3)
+    encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=16, pad_token_id=len(vocab) - 1,
+        bos_token_id=len(vocab) - 2, eos_token_id=len(vocab) - 1,
+    ))  # fmt: skip
+    torch.manual_seed(4)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+        norm_num_groups=4, attention_head_dim=2,
+    )  # fmt: skip
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=tiny_autoencoder(diffusers.AutoencoderKL, 4, seed=5, scaling_factor=0.5),
+        text_encoder=encoder, tokenizer=tok, unet=unet,
+        scheduler=diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False,
+                                          steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("sd") / "pipe"
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def test_prompts_are_encoded_and_sampled_as_stable_diffusion_does(tmp_path, sd_dir):
+    """prompts=[...] with guidance: the run encodes the prompts and the negative prompt
+    once (stored in the run), as StableDiffusionPipeline.encode_prompt does; its sequential
+    latents and decoded images are diffusers' own pipeline run on the same start latents
+    (DDIM, eta 0); the Picard images within the tolerance of those."""
+    from helpers import run_cli
+
+    prompts, T, g = ["a cat", "a dog"], 6, 3.0
+    rc, stdout, err = run_cli(
+        "run", "picard", "--set", "model=diffusers", "--set", f"diffusers.path={sd_dir}",
+        "--set", f"prompts={prompts}", "--set", "negative_prompt=blurry", "--set",
+        f"guidance_scale={g}", "--set", "sampler=ddim", "--set", f"steps={T}", "--set",
+        "window=3", "--set", "n_samples=2", "--set", "batch_size=2", "--set",
+        "dtype=float32", "--set", "tol=0.001", "--cluster", "sync", "--store",
+        str(tmp_path), "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    out = last_json(stdout)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(sd_dir))
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        pos, neg = pipe.encode_prompt(prompts, "cpu", 1, True, ["blurry"] * 2)
+    kept = xr.open_zarr(out["path"] + "/prompts", consolidated=False).load()
+    np.testing.assert_allclose(kept.cond.values, pos.numpy(), atol=1e-6)
+    np.testing.assert_allclose(kept.uncond.values, neg[0].numpy(), atol=1e-6)
+    assert np.abs(pos[0] - pos[1]).max() > 1e-3  # the prompts differ
+    res = xr.open_zarr(out["path"] + "/result", consolidated=False).load()
+    x_T = draw_noise(np.random.SeedSequence(0, spawn_key=(0,)), 2, (4, 8, 8), T)[0]
+    kw = {"prompt": prompts, "negative_prompt": ["blurry"] * 2, "num_inference_steps": T,
+          "guidance_scale": g, "latents": torch.from_numpy(x_T.astype(np.float32))}  # fmt: skip
+    with torch.inference_mode():
+        lat = pipe(**kw, output_type="latent").images.numpy()
+        img = pipe(**kw, output_type="np").images  # (n, row, col, channel) in [0, 1]
+    assert np.abs(lat).max() > 0.1
+    # this random network's latents reach 60: float32 rounding, 5e-7 relative
+    np.testing.assert_allclose(res.sequential.values, lat, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(res.sequential_image.values, img.transpose(0, 3, 1, 2), atol=1e-5)
+    np.testing.assert_allclose(res.samples.values, lat, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "sets, field",
+    [
+        (["prompts=[a cat]", "conditioning=/nowhere.zarr"], "prompts: give prompts or"),
+        (["model=gmm", "negative_prompt=blurry"], "negative_prompt applies with prompts"),
+        (["model=gmm", "prompts=[a cat]"], "prompts applies to model=diffusers"),
+    ],
+)
+def test_bad_prompt_settings_exit_2(tmp_path, sd_dir, sets, field):
+    gmm = "model=gmm" in sets
+    base = [] if gmm else ["model=diffusers", f"diffusers.path={sd_dir}"]
+    line = _refused(tmp_path, [*base, *sets])
+    assert field in line, line
+
+
+def test_prompts_need_a_text_encoder_of_the_networks_width(tmp_path, sd_dir, ddim_dir):
+    """A directory without a text encoder, or one whose states are not as wide as the
+    network's cross-attention: exit 2 naming prompts."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(sd_dir, bare)
+    _edit_json(bare / "model_index.json", text_encoder=[None, None])
+    line = _refused(tmp_path, ["model=diffusers", f"diffusers.path={bare}", "prompts=[a]"])
+    assert "prompts:" in line and "no text_encoder" in line, line
+    wide = tmp_path / "wide"
+    shutil.copytree(sd_dir, wide)
+    _edit_json(wide / "text_encoder" / "config.json", hidden_size=32)
+    line = _refused(tmp_path, ["model=diffusers", f"diffusers.path={wide}", "prompts=[a]"])
+    assert "prompts:" in line and "32 features" in line, line

@@ -249,6 +249,18 @@ class PicardConfig(PipelineConfig):
         "(K, seq, dim) and, for guidance, uncond (seq, dim); sample i uses row "
         "class_labels[i] of cond (default i mod K)",
     )
+    prompts: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="texts a Stable Diffusion directory's text encoder turns into the "
+        "UNet2DConditionModel's conditioning (instead of conditioning=URL; the transformers "
+        "package); sample i uses prompt class_labels[i] (default i mod K)",
+    )
+    negative_prompt: str = Field(
+        default="",
+        description="with prompts and guidance_scale != 1: the unconditional text "
+        "(diffusers' negative_prompt; default empty)",
+    )
     compare_sequential: bool = Field(
         default=True, description="also run the sequential sampler on the same noise"
     )
@@ -301,6 +313,12 @@ class PicardConfig(PipelineConfig):
             paired("model", self.model, "diffusers", "diffusers.path", self.diffusers.path, "")
         if self.conditioning is not None and self.model != "diffusers":
             raise ValueError("conditioning applies to model=diffusers (a UNet2DConditionModel)")
+        if self.prompts is not None and self.model != "diffusers":
+            raise ValueError("prompts applies to model=diffusers (a UNet2DConditionModel)")
+        if self.prompts is not None and self.conditioning is not None:
+            raise ValueError("prompts: give prompts or conditioning, not both")
+        if self.negative_prompt and self.prompts is None:
+            raise ValueError("negative_prompt applies with prompts")
         if self.null_class is not None and self.class_labels is None:
             raise ValueError("null_class applies with class_labels (the unconditional class)")
         if self.eta and self.sampler != "ddim":
@@ -358,7 +376,8 @@ class PicardConfig(PipelineConfig):
             )
         self._check_decoder(unet)
         classes = unet.get("num_class_embeds")
-        if unet.get("_class_name") == "UNet2DConditionModel" or self.conditioning is not None:
+        conditional = self.conditioning is not None or self.prompts is not None
+        if unet.get("_class_name") == "UNet2DConditionModel" or conditional:
             classes = self._check_conditioning(unet)
         if self.class_labels is not None:
             if not classes:
@@ -477,7 +496,7 @@ class PicardConfig(PipelineConfig):
             AUTOENCODERS,
             autoencoder,
             latent_channels,
-            read_autoencoder,
+            read_component,
             sample_shape,
         )
 
@@ -500,7 +519,7 @@ class PicardConfig(PipelineConfig):
                 "latents)"
             )
         try:
-            ae = read_autoencoder(path, sub)
+            ae = read_component(path, sub)
             got, want = latent_channels(ae), sample_shape(unet)[0]
         except (ValueError, TypeError) as err:
             raise ValueError(f"diffusers.path: {err}") from None
@@ -542,10 +561,15 @@ class PicardConfig(PipelineConfig):
         default to ``0, 1, .., K-1`` cycled)."""
         from tilegraph.storage.groups import array_shapes
 
-        if unet.get("_class_name") != "UNet2DConditionModel" or self.conditioning is None:
+        given = self.conditioning is not None or self.prompts is not None
+        if unet.get("_class_name") != "UNet2DConditionModel" or not given:
+            field = "prompts" if self.prompts is not None else "conditioning"
             raise ValueError(
-                "conditioning: needed by a UNet2DConditionModel in diffusers.path, and only by one"
+                f"{field}: conditioning (a Zarr group) or prompts are needed by a "
+                "UNet2DConditionModel in diffusers.path, and only by one"
             )
+        if self.prompts is not None:
+            return self._check_prompts(unet)
         try:
             shapes = array_shapes(self.conditioning)
         except Exception as err:  # noqa: BLE001 - any reason the group cannot be read
@@ -562,6 +586,33 @@ class PicardConfig(PipelineConfig):
         if self.class_labels is None:
             self.__dict__["class_labels"] = list(range(cond[0]))
         return int(cond[0])
+
+    def _check_prompts(self, unet: dict) -> int:
+        """``prompts``: the directory has a text encoder tilegraph encodes with, whose
+        states are as wide as the network's cross-attention, and transformers is
+        installed; the labels default to ``0, 1, .., K-1`` cycled."""
+        import importlib.util
+
+        from .diffusers_dir import prompt_encoder
+
+        try:
+            _, _, hidden = prompt_encoder(self.diffusers.path)
+        except ValueError as err:
+            raise ValueError(f"prompts: {err}") from None
+        dim = int(unet.get("cross_attention_dim", 0))
+        if hidden != dim:
+            raise ValueError(
+                f"prompts: the text encoder's states have {hidden} features, the network's "
+                f"cross_attention_dim is {dim}"
+            )
+        if importlib.util.find_spec("transformers") is None:
+            raise ValueError(
+                "prompts: needs the transformers package (pip install 'tilegraph[torch]'), "
+                "or give conditioning=URL"
+            )
+        if self.class_labels is None:
+            self.__dict__["class_labels"] = list(range(len(self.prompts)))
+        return len(self.prompts)
 
     def scheduler_config(self) -> dict:
         """model=diffusers: the directory's ``scheduler_config.json`` (else empty)."""

@@ -24,6 +24,11 @@ NETWORKS = ("UNet2DModel", "UNet2DConditionModel")
 #: class}`` as ``model_index.json`` lists them (Stable Diffusion's ``vae``, LDM's ``vqvae``).
 AUTOENCODERS = {"vae": "AutoencoderKL", "vqvae": "VQModel"}
 
+#: The ``transformers`` classes tilegraph encodes prompts with (Stable Diffusion 1.x and
+#: 2.x): text encoders and tokenizers as ``model_index.json`` names them.
+TEXT_ENCODERS = ("CLIPTextModel",)
+TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
+
 #: The weights files diffusers' ``from_pretrained`` reads (no ``variant``), in its order
 #: of preference: one file, or the index of a sharded checkpoint.
 WEIGHTS = (
@@ -102,9 +107,36 @@ def autoencoder(url: str) -> tuple[str, str] | None:
     return None
 
 
+def prompt_encoder(url: str) -> tuple[str, str, int]:
+    """``(text encoder class, tokenizer class, hidden size)`` of the directory's prompt
+    encoder (``text_encoder/`` and ``tokenizer/`` as ``model_index.json`` lists them).
+
+    Raises
+    ------
+    ValueError
+        When the directory lists none, or classes tilegraph does not encode with.
+    """
+    index = read_pipeline_dir(url)["index"]
+    names = []
+    for sub in ("text_encoder", "tokenizer"):
+        entry = index.get(sub)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+            raise ValueError(f"model_index.json lists no {sub} (needed to encode prompts)")
+        names.append(str(entry[1]))
+    if names[0] not in TEXT_ENCODERS or names[1] not in TOKENIZERS:
+        raise ValueError(
+            f"the directory's text encoder is a {names[0]} with a {names[1]}; tilegraph "
+            f"encodes prompts with {' or '.join(TEXT_ENCODERS)} and "
+            f"{' or '.join(TOKENIZERS)} (Stable Diffusion 1.x and 2.x)"
+        )
+    hidden = read_component(url, "text_encoder").get("hidden_size")
+    return names[0], names[1], int(hidden or 0)
+
+
 @lru_cache(maxsize=16)
-def read_autoencoder(url: str, subfolder: str) -> dict:
-    """The autoencoder's ``<subfolder>/config.json`` (read once per process and URL).
+def read_component(url: str, subfolder: str) -> dict:
+    """A component's ``<subfolder>/config.json`` (the autoencoder's, the text encoder's;
+    read once per process and URL).
 
     Raises
     ------
@@ -145,7 +177,7 @@ def decoded_shape(url: str, subfolder: str) -> tuple[int, int, int]:
     """``(channels, height, width)`` of the images the directory's autoencoder in
     ``subfolder`` decodes from its network's samples."""
     latent = sample_shape(read_pipeline_dir(url)["unet"])
-    return image_shape(read_autoencoder(url, subfolder), latent)
+    return image_shape(read_component(url, subfolder), latent)
 
 
 def _positive_int(n) -> bool:
@@ -176,7 +208,7 @@ def check_network(url: str, decoder: str | None = None) -> None:
         One line naming the file and what is wrong.
     """
     unet = read_pipeline_dir(url)["unet"]
-    ae = None if decoder is None else read_autoencoder(url, decoder)
+    ae = None if decoder is None else read_component(url, decoder)
     try:
         channels = sample_shape(unet)[0]
         out = unet.get("out_channels", channels)

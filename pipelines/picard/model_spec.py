@@ -126,16 +126,52 @@ def _unet_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
     return _unet_refs(attrs, store, abar, dtype), {**info, "train_loss": losses[-1]}
 
 
+def _prompt_states(cfg: PicardConfig, ctx) -> tuple:
+    """model=diffusers with ``prompts``: the text encoder's states of the prompts and of
+    the negative prompt, computed once on a worker and kept in the run store (a resumed
+    run reads them back); ``(cond ref, uncond ref or None)`` for the replicas."""
+    from .diffusers_dir import prompt_encoder
+
+    store = ctx.store
+    guided = cfg.guidance_scale != 1.0
+    if not store.node_attrs("prompts").get("complete"):
+        encoder, tokenizer, _ = prompt_encoder(cfg.diffusers.path)
+        negative = cfg.negative_prompt if guided else None
+        fut = ctx.executor.submit(
+            _encode, str(cfg.diffusers.path), list(cfg.prompts), negative, encoder, tokenizer
+        )
+        states = ctx.executor.gather(fut)
+        for name, a in zip(("cond", "uncond"), states, strict=True):
+            if a is None:
+                continue
+            dims = ("prompt", "token", "feature")[-a.ndim :]
+            store.create_array(f"prompts/{name}", a.shape, a.shape, dtype="float32",
+                               overwrite=True, dimension_names=dims,
+                               ).write((slice(None),) * a.ndim, a)  # fmt: skip
+        store.set_node_attrs("prompts", {"prompts": list(cfg.prompts), "complete": True})
+    uncond = store.array("prompts/uncond") if guided else None
+    return store.array("prompts/cond"), uncond
+
+
+def _encode(path, prompts, negative, encoder, tokenizer):
+    """:func:`~tilegraph.tasks.picard.torch_models.encode_prompts` on a worker, from its
+    copy of the directory."""
+    from tilegraph.storage.files import local_copy
+    from tilegraph.tasks.picard.torch_models import encode_prompts
+
+    return encode_prompts(local_copy(path), prompts, negative, encoder, tokenizer)
+
+
 def _decoder_spec(cfg: PicardConfig) -> dict | None:
     """model=diffusers: the autoencoder that decodes the samples, for the replicas (None:
     the samples are the images)."""
     found = cfg.decoder()
     if found is None:
         return None
-    from .diffusers_dir import decoded_shape, read_autoencoder
+    from .diffusers_dir import decoded_shape, read_component
 
     sub, cls = found
-    ae = read_autoencoder(cfg.diffusers.path, sub)
+    ae = read_component(cfg.diffusers.path, sub)
     dtype = cfg.diffusers.dtype
     # as diffusers' SDXL pipeline does: a VAE that overflows in float16 decodes in float32
     # (its StableDiffusionPipeline decodes in the VAE's own dtype)
@@ -179,11 +215,12 @@ def model_spec(cfg: PicardConfig, abar: np.ndarray, ctx) -> tuple[dict, dict]:
 
         unet = read_pipeline_dir(cfg.diffusers.path)["unet"]  # checked with the config
         classes = unet.get("num_class_embeds")
-        if cfg.conditioning is not None:
+        if cfg.conditioning is not None or cfg.prompts is not None:
             classes = None  # rows of cond, not class embeddings
         spec = {
             "kind": "diffusers",
             "conditioning": cfg.conditioning,
+            "prompt_states": _prompt_states(cfg, ctx) if cfg.prompts is not None else None,
             "guidance_scale": cfg.guidance_scale,
             "null_class": (classes - 1 if cfg.null_class is None else cfg.null_class)
             if classes

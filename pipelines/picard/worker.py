@@ -57,7 +57,11 @@ def build_model(spec: dict, device: str = "cpu"):
         from tilegraph.tasks.picard.torch_models import TorchDenoiser, load_unet
 
         cond = uncond = None
-        if spec.get("conditioning"):
+        if spec.get("prompt_states"):
+            cond_ref, uncond_ref = spec["prompt_states"]
+            cond = np.asarray(cond_ref.read(), dtype=np.float32)
+            uncond = None if uncond_ref is None else np.asarray(uncond_ref.read(), np.float32)
+        elif spec.get("conditioning"):
             from tilegraph.storage.groups import read_arrays
 
             names = ("cond", "uncond") if spec["guidance_scale"] != 1.0 else ("cond",)

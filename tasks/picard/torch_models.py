@@ -8,7 +8,8 @@ dtype (float32, float16 or bfloat16) and converts what the network predicts
 (``epsilon``, ``v_prediction`` or ``sample``, diffusers' ``prediction_type``) into the
 noise prediction ``eps``, returned in the samples' namespace and dtype.
 
-torch and diffusers are imported only when a model is built (the ``torch`` extra).
+torch and diffusers (and ``transformers``, for prompts) are imported only when a model
+is built (the ``torch`` extra).
 """
 
 from __future__ import annotations
@@ -235,6 +236,57 @@ def load_unet(path: str, class_name: str, dtype: str | None = None):
     """The network of a local diffusers pipeline directory (``unet/``): see
     :func:`load_component`."""
     return load_component(path, "unet", class_name, dtype)
+
+
+def encode_prompts(
+    path: str,
+    prompts: list[str],
+    negative_prompt: str | None = "",
+    text_encoder: str = "CLIPTextModel",
+    tokenizer: str = "CLIPTokenizer",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The text encoder's states of ``prompts`` (and of ``negative_prompt`` for guidance)
+    as diffusers' Stable Diffusion pipeline computes them (``encode_prompt``): each text
+    tokenized and padded to the tokenizer's ``model_max_length`` (truncated there), the
+    encoder's last hidden states, with the attention mask only where the encoder's config
+    asks for it (``use_attention_mask``), in float32 on the CPU.
+
+    Parameters
+    ----------
+    path : str
+        A local pipeline directory with ``text_encoder/`` and ``tokenizer/``.
+    prompts : list of str
+        ``K`` texts.
+    negative_prompt : str or None
+        The unconditional text (``""``: diffusers' default); None: no unconditional
+        states.
+    text_encoder, tokenizer : str
+        The ``transformers`` classes the directory's ``model_index.json`` names.
+
+    Returns
+    -------
+    cond : numpy.ndarray, shape (K, seq, hidden)
+    uncond : numpy.ndarray, shape (seq, hidden), or None
+    """
+    import torch
+    import transformers
+
+    tok = getattr(transformers, tokenizer).from_pretrained(str(path), subfolder="tokenizer")
+    enc = getattr(transformers, text_encoder).from_pretrained(
+        str(path), subfolder="text_encoder", torch_dtype=torch.float32
+    )
+    enc.eval()
+    use_mask = bool(getattr(enc.config, "use_attention_mask", False))
+
+    def states(texts: list[str]) -> np.ndarray:
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt")  # fmt: skip
+        with torch.inference_mode():
+            out = enc(ids.input_ids, attention_mask=ids.attention_mask if use_mask else None)
+        return out[0].float().numpy()
+
+    cond = states(list(prompts))
+    return cond, None if negative_prompt is None else states([negative_prompt])[0]
 
 
 class LatentDecoder:
