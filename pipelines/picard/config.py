@@ -317,8 +317,8 @@ class PicardConfig(PipelineConfig):
             raise ValueError("prompts applies to model=diffusers (a UNet2DConditionModel)")
         if self.prompts is not None and self.conditioning is not None:
             raise ValueError("prompts: give prompts or conditioning, not both")
-        if self.negative_prompt and self.prompts is None:
-            raise ValueError("negative_prompt applies with prompts")
+        if self.negative_prompt and (self.prompts is None or self.guidance_scale == 1.0):
+            raise ValueError("negative_prompt applies with prompts and guidance_scale != 1")
         if self.null_class is not None and self.class_labels is None:
             raise ValueError("null_class applies with class_labels (the unconditional class)")
         if self.eta and self.sampler != "ddim":
@@ -326,7 +326,7 @@ class PicardConfig(PipelineConfig):
         if self.class_labels is not None and self.model not in ("diffusers", "custom"):
             raise ValueError("class_labels applies to model=diffusers or custom")
         if self.guidance_scale != 1.0 and self.class_labels is None:
-            raise ValueError("guidance_scale needs class_labels (or conditioning)")
+            raise ValueError("guidance_scale needs class_labels (or conditioning, or prompts)")
         if self.karras_sigmas and self.sampler not in MULTISTEP_SAMPLERS:
             raise ValueError("karras_sigmas applies to sampler=dpmpp2m or unipc")
         if self.karras_sigmas and self.schedule in ("cosine", "squaredcos_cap_v2"):
@@ -366,6 +366,12 @@ class PicardConfig(PipelineConfig):
             raise ValueError(
                 f"diffusers.path: unet/ holds a {unet.get('_class_name')}; tilegraph samples "
                 f"{' and '.join(NETWORKS)} pipelines"
+            )
+        if unet.get("time_cond_proj_dim") is not None:
+            raise ValueError(
+                f"diffusers.path: unet/config.json has time_cond_proj_dim="
+                f"{unet['time_cond_proj_dim']} (a guidance-distilled network, e.g. LCM, "
+                "that takes a timestep_cond), which tilegraph does not pass"
             )
         added = unet.get("addition_embed_type")
         if added:

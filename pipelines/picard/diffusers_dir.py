@@ -129,8 +129,8 @@ def prompt_encoder(url: str) -> tuple[str, str, int]:
             f"encodes prompts with {' or '.join(TEXT_ENCODERS)} and "
             f"{' or '.join(TOKENIZERS)} (Stable Diffusion 1.x and 2.x)"
         )
-    hidden = read_component(url, "text_encoder").get("hidden_size")
-    return names[0], names[1], int(hidden or 0)
+    hidden = read_component(url, "text_encoder").get("hidden_size", 512)  # CLIP's default
+    return names[0], names[1], int(hidden)
 
 
 @lru_cache(maxsize=16)

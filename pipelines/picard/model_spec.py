@@ -134,13 +134,17 @@ def _prompt_states(cfg: PicardConfig, ctx) -> tuple:
 
     store = ctx.store
     guided = cfg.guidance_scale != 1.0
-    if not store.node_attrs("prompts").get("complete"):
+    negative = cfg.negative_prompt if guided else None
+    kept = {"prompts": list(cfg.prompts), "negative_prompt": negative, "complete": True}
+    if store.node_attrs("prompts") != kept:
         encoder, tokenizer, _ = prompt_encoder(cfg.diffusers.path)
-        negative = cfg.negative_prompt if guided else None
         fut = ctx.executor.submit(
             _encode, str(cfg.diffusers.path), list(cfg.prompts), negative, encoder, tokenizer
         )
-        states = ctx.executor.gather(fut)
+        *states, truncated = ctx.executor.gather(fut)
+        if truncated:
+            which = ", ".join("negative_prompt" if i < 0 else f"prompts[{i}]" for i in truncated)
+            ctx.warn(f"{which}: longer than the text encoder's tokens, cut there (as diffusers)")
         for name, a in zip(("cond", "uncond"), states, strict=True):
             if a is None:
                 continue
@@ -148,7 +152,7 @@ def _prompt_states(cfg: PicardConfig, ctx) -> tuple:
             store.create_array(f"prompts/{name}", a.shape, a.shape, dtype="float32",
                                overwrite=True, dimension_names=dims,
                                ).write((slice(None),) * a.ndim, a)  # fmt: skip
-        store.set_node_attrs("prompts", {"prompts": list(cfg.prompts), "complete": True})
+        store.set_node_attrs("prompts", kept)
     uncond = store.array("prompts/uncond") if guided else None
     return store.array("prompts/cond"), uncond
 

@@ -267,6 +267,9 @@ def encode_prompts(
     -------
     cond : numpy.ndarray, shape (K, seq, hidden)
     uncond : numpy.ndarray, shape (seq, hidden), or None
+    truncated : list of int
+        The prompts (indices; ``-1``: the negative prompt) longer than the tokenizer's
+        ``model_max_length`` tokens, whose end the encoder did not see (diffusers warns).
     """
     import torch
     import transformers
@@ -285,8 +288,13 @@ def encode_prompts(
             out = enc(ids.input_ids, attention_mask=ids.attention_mask if use_mask else None)
         return out[0].float().numpy()
 
+    texts = list(prompts) + ([] if negative_prompt is None else [negative_prompt])
+    lengths = [len(ids) for ids in tok(texts).input_ids]
+    truncated = [i if i < len(prompts) else -1
+                 for i, n in enumerate(lengths) if n > tok.model_max_length]  # fmt: skip
     cond = states(list(prompts))
-    return cond, None if negative_prompt is None else states([negative_prompt])[0]
+    uncond = None if negative_prompt is None else states([negative_prompt])[0]
+    return cond, uncond, truncated
 
 
 class LatentDecoder:
