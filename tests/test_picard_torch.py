@@ -282,6 +282,28 @@ def test_plain_picard_counts_equal_diffusers_paradigms_loop(kind, prediction, p,
         np.testing.assert_allclose(ours.x, theirs, atol=1e-4, rtol=0)
 
 
+def _multistep_matches_diffusers_on_a_unet(cls, kind, kw, T, atol):
+    """tilegraph's sequential ``kind`` sampler against diffusers' scheduler ``cls`` loop
+    (``kw``, ``T`` steps) on a random UNet in float32: the same timesteps, the samples
+    within ``atol``."""
+    sched = getattr(diffusers, cls)(**kw)
+    sched.set_timesteps(T)
+    sc = sched.config
+    abar = make_schedule(sc.beta_schedule, sc.num_train_timesteps, sc.beta_start, sc.beta_end)
+    st = make_steps(kind, abar, T, spacing=sc.timestep_spacing, karras=sc.use_karras_sigmas)
+    np.testing.assert_array_equal(sched.timesteps.numpy(), st.t)
+    net = tiny_unet()
+    x_T = draw_noise(np.random.SeedSequence(1), 3, SHAPE, T)[0].astype(np.float32)
+    x = torch.from_numpy(x_T.copy())
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            x = sched.step(net(x, t).sample, t, x).prev_sample
+    model = TorchDenoiser(net, abar, SHAPE, prediction_type=sc.prediction_type)
+    ours = sequential(model.eps, st, x_T, np.zeros((T, 3, *SHAPE), np.float32))
+    assert np.abs(x.numpy()).max() > 0.1
+    np.testing.assert_allclose(ours, x.numpy(), atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize(
     "kw, T, atol",
     [
@@ -310,22 +332,7 @@ def test_plain_picard_counts_equal_diffusers_paradigms_loop(kind, prediction, p,
     ],
 )
 def test_dpm_solver_matches_diffusers_multistep_scheduler(kw, T, atol):
-    sched = diffusers.DPMSolverMultistepScheduler(**kw)
-    sched.set_timesteps(T)
-    sc = sched.config
-    abar = make_schedule(sc.beta_schedule, sc.num_train_timesteps, sc.beta_start, sc.beta_end)
-    st = make_steps("dpmpp2m", abar, T, spacing=sc.timestep_spacing, karras=sc.use_karras_sigmas)
-    np.testing.assert_array_equal(sched.timesteps.numpy(), st.t)
-    net = tiny_unet()
-    x_T = draw_noise(np.random.SeedSequence(1), 3, SHAPE, T)[0].astype(np.float32)
-    x = torch.from_numpy(x_T.copy())
-    with torch.inference_mode():
-        for t in sched.timesteps:
-            x = sched.step(net(x, t).sample, t, x).prev_sample
-    model = TorchDenoiser(net, abar, SHAPE, prediction_type=sc.prediction_type)
-    ours = sequential(model.eps, st, x_T, np.zeros((T, 3, *SHAPE), np.float32))
-    assert np.abs(x.numpy()).max() > 0.1
-    np.testing.assert_allclose(ours, x.numpy(), atol=atol, rtol=0)
+    _multistep_matches_diffusers_on_a_unet("DPMSolverMultistepScheduler", "dpmpp2m", kw, T, atol)
 
 
 def _unipc_float64_loop(sched, eps_fn, x_T):
@@ -417,21 +424,7 @@ def test_unipc_matches_diffusers_on_a_unet(kw, T, atol):
     """The same on a random UNet in float32, as a user runs diffusers' loop (float32
     rounding: with the defaults this network's samples reach 480, and 3e-4 is 6e-7 of
     that)."""
-    sched = diffusers.UniPCMultistepScheduler(**kw)
-    sched.set_timesteps(T)
-    sc = sched.config
-    abar = make_schedule(sc.beta_schedule, sc.num_train_timesteps, sc.beta_start, sc.beta_end)
-    st = make_steps("unipc", abar, T, spacing=sc.timestep_spacing, karras=sc.use_karras_sigmas)
-    net = tiny_unet()
-    x_T = draw_noise(np.random.SeedSequence(1), 3, SHAPE, T)[0].astype(np.float32)
-    x = torch.from_numpy(x_T.copy())
-    with torch.inference_mode():
-        for t in sched.timesteps:
-            x = sched.step(net(x, t).sample, t, x).prev_sample
-    model = TorchDenoiser(net, abar, SHAPE, prediction_type=sc.prediction_type)
-    ours = sequential(model.eps, st, x_T, np.zeros((T, 3, *SHAPE), np.float32))
-    assert np.abs(x.numpy()).max() > 0.1
-    np.testing.assert_allclose(ours, x.numpy(), atol=atol, rtol=0)
+    _multistep_matches_diffusers_on_a_unet("UniPCMultistepScheduler", "unipc", kw, T, atol)
 
 
 def test_digits_unet_trains_once_and_is_reused(tmp_path):
